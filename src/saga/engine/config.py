@@ -1,0 +1,42 @@
+"""Typed, validated configuration of one engine replica."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class EngineConfig(BaseModel):
+    """How one replica batches and stores KV. Defaults follow vLLM v1 online serving."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_num_seqs: int = Field(
+        256, ge=1, description="Most sequences in one batch (vLLM `--max-num-seqs`)."
+    )
+    max_num_batched_tokens: int = Field(
+        8192,
+        ge=16,
+        description="Token budget of one step: prefill chunk tokens plus one per decode "
+        "(vLLM `--max-num-batched-tokens`; chunked prefill is always on, as in vLLM v1).",
+    )
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0.0, le=1.0, description="Share of GPU memory vLLM may use (weights + KV)."
+    )
+    kv_capacity_blocks: int | None = Field(
+        None,
+        ge=1,
+        description="Override the GPU KV capacity in blocks (tests, what-if studies); by "
+        "default it follows from GPU memory, weights and gpu_memory_utilization.",
+    )
+    host_kv_gb: float = Field(
+        0.0,
+        ge=0.0,
+        description="Host (CPU) KV tier per replica in GiB; 0 disables offload and swap.",
+    )
+    preemption: Literal["recompute", "swap"] = Field(
+        "recompute",
+        description="What a preempted call loses: recompute drops its KV (vLLM v1's "
+        "only mode); swap copies it to the host tier first (needs host_kv_gb > 0).",
+    )

@@ -1,0 +1,488 @@
+"""Paged KV cache of one replica: a prefix cache over runs of blocks.
+
+vLLM keeps one hash per 16- or 64-token block, each hash chained on the one
+before it, so that a block is reused only when everything before it matches too.
+A prompt of 100k tokens is 1,600 such blocks, and a simulator that walked them one
+by one for every call could not run an hour of a 64-GPU cluster in a minute.
+
+This cache keeps exactly the same semantics at the granularity of *runs*:
+a prompt is a sequence of runs ``(namespace, first_id, count)`` (see
+:mod:`saga.core.workflow`), and the cache is a radix tree whose nodes each hold
+one run of consecutive blocks. Walking a prompt costs one step per run, not per
+block. Two prompts share a block exactly when they share the whole chain of runs
+up to it, which is what chained hashes give.
+
+Memory is counted in blocks, as in vLLM:
+
+* *locked* blocks belong to nodes with a reference count above zero (a running
+  call uses them, or a retention policy pins them);
+* *cached* blocks sit in nodes with no reference: reusable on a hit, evictable;
+* *anonymous* blocks are held by running calls outside the tree (a partial last
+  block, prompt blocks still being computed, output being generated);
+* everything else is free.
+
+Eviction frees cached blocks from the tails of leaves. Its order is the
+:class:`EvictionOrder`'s. The default, :class:`LRUEviction`, reproduces vLLM v1's
+free-block queue: when a call releases its blocks they join the queue tail-first
+(deepest block first), and eviction takes from the head, so the least recently
+released leaf loses its last block first. A node's blocks always have one release
+stamp, because a hit that ends inside a node splits it first.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+Run = tuple[str, int, int]
+"""A run of consecutive blocks: ``(namespace, first_id, count)``."""
+
+
+class KVNode:
+    """One run of cached blocks in the radix tree."""
+
+    __slots__ = (
+        "children",
+        "count",
+        "depth",
+        "first",
+        "idle_since",
+        "namespace",
+        "parent",
+        "ref",
+        "stamp",
+        "users",
+    )
+
+    def __init__(self, namespace: str, first: int, count: int, parent: KVNode | None) -> None:
+        self.namespace = namespace
+        self.first = first
+        self.count = count
+        self.parent = parent
+        self.children: dict[tuple[str, int], KVNode] = {}
+        self.ref = 0
+        # Release stamp: a larger stamp was released later. Set when ref drops to 0.
+        self.stamp = 0
+        self.depth: int = 0 if parent is None else parent.depth + 1
+        # Running calls using the node (refs minus retention pins) and since when
+        # none has: the memory-utilization metric counts idle time that ended in a hit.
+        self.users = 0
+        self.idle_since = 0.0
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.namespace, self.first)
+
+    def is_leaf(self) -> bool:
+        return not self.children
+
+    def __repr__(self) -> str:
+        return f"KVNode({self.namespace}:{self.first}+{self.count}, ref={self.ref})"
+
+
+class EvictionOrder:
+    """Chooses which cached leaf loses blocks first. Smaller key is evicted first.
+
+    ``key`` must never depend on the wall clock; ``now`` is passed in.
+    """
+
+    name = "base"
+    #: True when the key only changes at release (then a heap of stamps is exact).
+    static = False
+
+    def key(self, node: KVNode, now: float) -> float:
+        raise NotImplementedError
+
+
+class LRUEviction(EvictionOrder):
+    """vLLM v1's free-block queue: least recently released first, deepest first."""
+
+    name = "lru"
+    static = True
+
+    def key(self, node: KVNode, now: float) -> float:
+        return float(node.stamp)
+
+
+class KeyedEviction(EvictionOrder):
+    """Eviction by a policy's key function (next use, steps to execution, ...).
+
+    Ties fall back to LRU order, so the order is always total and deterministic.
+    """
+
+    static = False
+
+    def __init__(self, name: str, key_fn: Callable[[KVNode, float], float]) -> None:
+        self.name = name
+        self._key_fn = key_fn
+
+    def key(self, node: KVNode, now: float) -> float:
+        return self._key_fn(node, now)
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """Result of looking a prompt up: ``blocks`` matched, ending in ``node``
+    after ``offset`` of its blocks (``offset == node.count`` when the match ends at
+    the node's end; the root with offset 0 when nothing matched)."""
+
+    blocks: int
+    node: KVNode
+    offset: int
+
+
+class RadixKV:
+    """Prefix cache of one memory tier (GPU or host) with a block capacity."""
+
+    def __init__(self, capacity_blocks: int, eviction: EvictionOrder | None = None) -> None:
+        if capacity_blocks < 0:
+            raise ValueError(f"capacity_blocks must be >= 0, got {capacity_blocks}")
+        self.capacity = capacity_blocks
+        self.eviction: EvictionOrder = eviction or LRUEviction()
+        self.root = KVNode("", 0, 0, None)
+        self.root.ref = 1  # the root is never evicted
+        self.cached_blocks = 0  # every block in the tree
+        self.locked_blocks = 0  # blocks in nodes with ref > 0
+        self.anonymous_blocks = 0
+        self.evicted_blocks = 0  # running total, for metrics
+        # Memory utilization (DESIGN.md section 7): block-seconds of blocks in use by
+        # running calls, plus block-seconds of idle blocks that were hit again.
+        self.inuse_blocks = 0  # blocks in nodes with users > 0
+        self.busy_block_seconds = 0.0
+        self.reused_idle_block_seconds = 0.0
+        self._tick_at = 0.0
+        self._clock = 0  # release counter
+        self._heap: list[tuple[float, int, int, KVNode]] = []  # LRU: (stamp, tiebreak, id, node)
+        #: Called with (node, blocks) for every block run evicted (e.g. to offload it).
+        self.on_evict: Callable[[KVNode, int], None] | None = None
+
+    # ---- accounting -------------------------------------------------------------
+    @property
+    def used_blocks(self) -> int:
+        """Blocks that cannot be given out without eviction."""
+        return self.cached_blocks + self.anonymous_blocks
+
+    @property
+    def free_blocks(self) -> int:
+        """Blocks holding nothing."""
+        return self.capacity - self.cached_blocks - self.anonymous_blocks
+
+    @property
+    def evictable_blocks(self) -> int:
+        return self.cached_blocks - self.locked_blocks
+
+    @property
+    def available_blocks(self) -> int:
+        """Blocks that an allocation could get: free plus evictable."""
+        return self.capacity - self.locked_blocks - self.anonymous_blocks
+
+    def tick(self, now: float) -> None:
+        """Advance the utilization integrals to ``now`` (before any change)."""
+        if now > self._tick_at:
+            self.busy_block_seconds += (self.inuse_blocks + self.anonymous_blocks) * (
+                now - self._tick_at
+            )
+            self._tick_at = now
+
+    # ---- lookup -------------------------------------------------------------------
+    def match(self, runs: Sequence[Run]) -> Match:
+        """Longest cached prefix of ``runs``. No side effects."""
+        node = self.root
+        matched = 0
+        for namespace, first, count in runs:
+            while count > 0:
+                child = node.children.get((namespace, first))
+                if child is None:
+                    return Match(matched, node, node.count)
+                common = count if count < child.count else child.count
+                matched += common
+                if common < child.count:
+                    return Match(matched, child, common)
+                node = child
+                first += common
+                count -= common
+        return Match(matched, node, node.count)
+
+    def match_blocks(self, runs: Sequence[Run]) -> int:
+        return self.match(runs).blocks
+
+    # ---- locking --------------------------------------------------------------------
+    def lock(self, runs: Sequence[Run], now: float = 0.0, user: bool = True) -> tuple[KVNode, int]:
+        """Lock the longest cached prefix of ``runs``; return (deepest node, blocks).
+
+        A match that ends inside a node splits it, so that the lock covers whole
+        nodes. The caller must :meth:`unlock` the returned node later.
+        """
+        found = self.match(runs)
+        node = found.node
+        if found.offset < node.count:
+            node = self._split(node, found.offset)
+        self.acquire(node, now, user)
+        return node, found.blocks
+
+    def acquire(self, node: KVNode, now: float = 0.0, user: bool = True) -> None:
+        """Take one more reference on ``node`` and everything above it.
+
+        ``user`` is True for a running call and False for a retention pin; only the
+        former counts as memory in use.
+        """
+        self.tick(now)
+        n: KVNode | None = node
+        while n is not None:
+            if n.ref == 0:
+                self.locked_blocks += n.count
+            n.ref += 1
+            if user:
+                if n.users == 0 and n is not self.root:
+                    self.inuse_blocks += n.count
+                    self.reused_idle_block_seconds += n.count * (now - n.idle_since)
+                n.users += 1
+            n = n.parent
+
+    def unlock(self, node: KVNode, now: float = 0.0, user: bool = True) -> None:
+        """Drop one reference on ``node`` and everything above it.
+
+        Nodes whose count drops to zero get release stamps deepest first, so LRU
+        eviction takes a path's tail before its head, as vLLM's free queue does.
+        """
+        self.tick(now)
+        n: KVNode | None = node
+        while n is not None:
+            n.ref -= 1
+            if n.ref < 0:
+                raise AssertionError(f"reference count below zero on {n!r}")
+            if user:
+                n.users -= 1
+                if n.users == 0 and n is not self.root:
+                    self.inuse_blocks -= n.count
+                    n.idle_since = now
+            if n.ref == 0:
+                self.locked_blocks -= n.count
+                self._clock += 1
+                n.stamp = self._clock
+                if not n.children:
+                    self._push_leaf(n)
+            n = n.parent
+
+    def _split(self, node: KVNode, offset: int) -> KVNode:
+        """Split ``node`` after ``offset`` blocks; return the new upper part.
+
+        The original object keeps the lower part, so that any holder of a reference
+        to it (a lock covering the whole node) stays correct.
+        """
+        parent = node.parent
+        assert parent is not None and 0 < offset < node.count
+        upper = KVNode(node.namespace, node.first, offset, parent)
+        upper.ref = node.ref
+        upper.stamp = node.stamp
+        upper.users = node.users
+        upper.idle_since = node.idle_since
+        del parent.children[node.key]
+        parent.children[upper.key] = upper
+        node.first += offset
+        node.count -= offset
+        node.parent = upper
+        upper.children[node.key] = node
+        self._renumber_depth(node)
+        return upper
+
+    def _renumber_depth(self, node: KVNode) -> None:
+        stack = [node]
+        while stack:
+            n = stack.pop()
+            assert n.parent is not None
+            n.depth = n.parent.depth + 1
+            stack.extend(n.children.values())
+
+    # ---- insertion ------------------------------------------------------------------
+    def insert(
+        self, under: KVNode, runs: Sequence[Run], now: float = 0.0, user: bool = True
+    ) -> tuple[KVNode, int]:
+        """Cache ``runs`` below ``under`` (which the caller holds locked).
+
+        Returns (deepest node, newly cached blocks). The new path is locked once
+        for the caller, who must drop its lock on ``under`` afterwards if it no
+        longer needs it (the new node's lock covers ``under`` too). Blocks already
+        cached (inserted meanwhile by another call) are reused, not duplicated.
+        The caller gives up that many anonymous blocks via :meth:`release_anonymous`.
+        """
+        node = under
+        added = 0
+        for namespace, first, count in runs:
+            while count > 0:
+                child = node.children.get((namespace, first))
+                if child is None:
+                    self.tick(now)
+                    node = self._append_child(node, namespace, first, count, now)
+                    added += count
+                    break
+                common = count if count < child.count else child.count
+                if common < child.count:
+                    child = self._split(child, common)
+                node = child
+                first += common
+                count -= common
+        self.acquire(node, now, user)
+        return node, added
+
+    def _append_child(
+        self, node: KVNode, namespace: str, first: int, count: int, now: float
+    ) -> KVNode:
+        # Extend a run in place when the parent is a private leaf continuing it: keeps
+        # one node per run rather than one per call for long agent conversations.
+        if (
+            node is not self.root
+            and not node.children
+            and node.ref == 1
+            and node.namespace == namespace
+            and node.first + node.count == first
+        ):
+            node.count += count
+            self.cached_blocks += count
+            self.locked_blocks += count
+            if node.users > 0:
+                self.inuse_blocks += count
+            return node
+        child = KVNode(namespace, first, count, node)
+        child.idle_since = now
+        node.children[child.key] = child
+        self.cached_blocks += count
+        # the caller's acquire() below takes the reference and counts it locked
+        return child
+
+    # ---- anonymous blocks and eviction ------------------------------------------------
+    def allocate(self, blocks: int, now: float = 0.0) -> bool:
+        """Take ``blocks`` anonymous blocks, evicting cached ones if needed.
+
+        Returns False, changing nothing, when even full eviction would not do.
+        """
+        if blocks <= 0:
+            return True
+        if blocks > self.available_blocks:
+            return False
+        shortfall = blocks - self.free_blocks
+        if shortfall > 0:
+            self.evict(shortfall, now)
+        self.tick(now)
+        self.anonymous_blocks += blocks
+        return True
+
+    def release_anonymous(self, blocks: int, now: float = 0.0) -> None:
+        self.tick(now)
+        if blocks > self.anonymous_blocks:
+            raise AssertionError("releasing more anonymous blocks than held")
+        self.anonymous_blocks -= blocks
+
+    def adopt(self, blocks: int, now: float = 0.0) -> None:
+        """Turn ``blocks`` anonymous blocks into cached ones (after :meth:`insert`)."""
+        self.release_anonymous(blocks, now)
+
+    def evict(self, blocks: int, now: float = 0.0) -> int:
+        """Evict at least ``blocks`` cached blocks (fewer if not enough). Returns count."""
+        if self.eviction.static:
+            return self._evict_static(blocks)
+        return self._evict_keyed(blocks, now)
+
+    def _push_leaf(self, node: KVNode) -> None:
+        if self.eviction.static:
+            heapq.heappush(self._heap, (node.stamp, -node.depth, id(node), node))
+
+    def _evict_static(self, blocks: int) -> int:
+        done = 0
+        heap = self._heap
+        while done < blocks and heap:
+            stamp, _, _, node = heap[0]
+            if node.ref != 0 or node.children or node.stamp != stamp or node.count == 0:
+                heapq.heappop(heap)  # stale entry
+                continue
+            done += self._evict_from(node, blocks - done)
+            if node.count == 0:
+                heapq.heappop(heap)
+                self._detach(node)
+        return done
+
+    def _evict_keyed(self, blocks: int, now: float) -> int:
+        key = self.eviction.key
+        heap = [(key(n, now), n.stamp, id(n), n) for n in self.evictable_leaves()]
+        heapq.heapify(heap)
+        done = 0
+        while done < blocks and heap:
+            node = heap[0][3]
+            done += self._evict_from(node, blocks - done)
+            if node.count == 0:
+                heapq.heappop(heap)
+                parent = self._detach(node)
+                if parent is not None:
+                    heapq.heappush(heap, (key(parent, now), parent.stamp, id(parent), parent))
+        return done
+
+    def _evict_from(self, node: KVNode, want: int) -> int:
+        take = min(want, node.count)
+        if self.on_evict is not None:
+            self.on_evict(node, take)
+        node.count -= take
+        self.cached_blocks -= take
+        self.evicted_blocks += take
+        return take
+
+    def _detach(self, node: KVNode) -> KVNode | None:
+        """Remove an emptied leaf; return its parent if that became an evictable leaf."""
+        parent = node.parent
+        assert parent is not None
+        del parent.children[node.key]
+        node.parent = None
+        if parent is not self.root and parent.ref == 0 and not parent.children:
+            if self.eviction.static:
+                self._push_leaf(parent)
+            return parent
+        return None
+
+    def drop(self, node: KVNode) -> int:
+        """Free now the unreferenced leaf ``node`` and the ancestors in its namespace
+        that it leaves as unreferenced leaves: a workflow's private chain, without
+        touching the shared prefixes above it."""
+        freed = 0
+        namespace = node.namespace
+        current: KVNode | None = node
+        while (
+            current is not None
+            and current is not self.root
+            and current.namespace == namespace
+            and current.ref == 0
+            and not current.children
+        ):
+            freed += self._evict_from(current, current.count)
+            current = self._detach(current)
+        return freed
+
+    # ---- inspection -------------------------------------------------------------------
+    def nodes(self) -> Iterator[KVNode]:
+        stack = list(self.root.children.values())
+        while stack:
+            n = stack.pop()
+            yield n
+            stack.extend(n.children.values())
+
+    def evictable_leaves(self) -> list[KVNode]:
+        return [n for n in self.nodes() if n.ref == 0 and not n.children]
+
+    def check(self) -> None:
+        """Assert the invariants (for tests): counts add up, refs are consistent."""
+        cached = locked = inuse = 0
+        for n in self.nodes():
+            assert n.count > 0, f"empty node {n!r}"
+            assert n.ref >= 0
+            assert n.parent is not None and n.parent.children.get(n.key) is n
+            # every lock covers a whole root path, so a node holds its children's locks
+            assert n.ref >= sum(c.ref for c in n.children.values()), n
+            assert 0 <= n.users <= n.ref, n
+            cached += n.count
+            if n.ref > 0:
+                locked += n.count
+            if n.users > 0:
+                inuse += n.count
+        assert cached == self.cached_blocks, (cached, self.cached_blocks)
+        assert locked == self.locked_blocks, (locked, self.locked_blocks)
+        assert inuse == self.inuse_blocks, (inuse, self.inuse_blocks)
+        assert self.used_blocks <= self.capacity, (self.used_blocks, self.capacity)

@@ -1,0 +1,641 @@
+"""One inference replica: continuous batching over a paged prefix cache.
+
+This is mechanism only. Every choice is the scheduler core's, asked through
+:class:`EngineHooks`: the order of waiting calls (and so which running call is
+preempted), what happens to a finished call's KV, which pins to give up under
+memory pressure, and which cached blocks to evict (the cache's eviction order).
+
+A step follows vLLM v1's scheduler: running calls first (a prefill chunk or one
+decode token each, within the token budget; when a running call cannot get
+blocks, the running call last in priority order is preempted), then, if nothing
+was preempted, waiting calls in priority order while the batch and the budget
+have room and their blocks can be allocated.
+
+Speed: when a batch holds only decodes and nothing could join it, the replica
+plans a *run* of ``k`` identical decode steps (up to the first call that ends or
+the KV that is free) as one event, timed in closed form by the cost model. An
+event that reaches the replica during a run cuts it at the step boundary that
+follows, so the result equals stepping one step at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from saga.engine.costmodel import CostModel
+
+from saga.engine.config import EngineConfig
+from saga.engine.kvcache import EvictionOrder, KVNode, RadixKV, Run
+from saga.sched.decisions import Retention
+
+
+class Request:
+    """One call being served on a replica, with its progress and KV holdings."""
+
+    __slots__ = (
+        "anon",
+        "cached_tokens",
+        "call_id",
+        "computed",
+        "enqueued_at",
+        "finished_at",
+        "first_token_at",
+        "generated",
+        "host_tokens",
+        "info",
+        "keyed_blocks",
+        "lock",
+        "locked_blocks",
+        "output_tokens",
+        "preemptions",
+        "prompt_tokens",
+        "ready_at",
+        "recomputed_tokens",
+        "runs",
+        "scheduled_at",
+        "seq",
+        "workflow",
+    )
+
+    def __init__(
+        self,
+        workflow: str,
+        call_id: str,
+        runs: tuple[Run, ...],
+        prompt_tokens: int,
+        output_tokens: int,
+        block_tokens: int,
+        seq: int,
+        info: object = None,
+    ) -> None:
+        self.workflow = workflow
+        self.call_id = call_id
+        self.runs = runs
+        self.keyed_blocks = sum(r[2] for r in runs)
+        # A prompt is at least as long as its keyed blocks: shared prefixes round up.
+        self.prompt_tokens = max(prompt_tokens, self.keyed_blocks * block_tokens)
+        self.output_tokens = output_tokens
+        self.seq = seq
+        self.info = info
+        self.enqueued_at = 0.0
+        self.scheduled_at = -1.0
+        self.first_token_at = -1.0
+        self.finished_at = -1.0
+        self.ready_at = 0.0
+        self.computed = 0  # tokens whose KV exists
+        self.generated = 0  # output tokens produced
+        self.lock: KVNode | None = None  # deepest locked node of the keyed prefix
+        self.locked_blocks = 0
+        self.anon = 0  # blocks held outside the tree
+        self.cached_tokens = 0  # prompt tokens found on the GPU at first admission
+        self.host_tokens = 0  # prompt tokens loaded from the host tier
+        self.recomputed_tokens = 0  # tokens computed again after preemption
+        self.preemptions = 0
+
+    @property
+    def total_tokens(self) -> int:
+        """Tokens that must be in KV before the next output token: prompt + output so far."""
+        return self.prompt_tokens + self.generated
+
+    @property
+    def in_prefill(self) -> bool:
+        return self.computed < self.total_tokens
+
+    def __repr__(self) -> str:
+        return f"Request({self.workflow}/{self.call_id}, {self.computed}/{self.total_tokens})"
+
+
+class EngineHooks(Protocol):
+    """The scheduler core's answers to the engine's choice points."""
+
+    def queue_key(self, replica: Replica, request: Request, now: float) -> tuple[float, ...]:
+        """Order of service: smaller first. The largest running key is preempted first."""
+        ...
+
+    def retention(self, replica: Replica, request: Request, now: float) -> Retention:
+        """What to do with a finished call's KV while its workflow is in a tool call."""
+        ...
+
+
+class Pin:
+    """KV kept on the GPU for a workflow between its calls."""
+
+    __slots__ = ("expires", "node")
+
+    def __init__(self, node: KVNode, expires: float) -> None:
+        self.node = node
+        self.expires = expires
+
+
+class Replica:
+    """Mechanics of one replica. Driven by a runtime through plan/complete/interrupt."""
+
+    def __init__(
+        self,
+        index: int,
+        config: EngineConfig,
+        cost: CostModel,
+        hooks: EngineHooks,
+        *,
+        block_tokens: int,
+        capacity_blocks: int,
+        host_capacity_blocks: int = 0,
+        eviction: EvictionOrder | None = None,
+    ) -> None:
+        self.index = index
+        self.config = config
+        self.cost = cost
+        self.hooks = hooks
+        self.block_tokens = block_tokens
+        self.kv = RadixKV(capacity_blocks, eviction)
+        self.host: RadixKV | None = RadixKV(host_capacity_blocks) if host_capacity_blocks else None
+        self.block_bytes = cost.model.kv_bytes_per_token() * block_tokens
+        self.waiting: list[Request] = []
+        self.running: list[Request] = []
+        self.pins: dict[str, Pin] = {}
+        self.new_pins: list[tuple[str, Pin]] = []  # for the runtime to time their expiry
+        self.up = True
+        # the step or run in flight
+        self.busy = False
+        self.step_start = 0.0
+        self.step_end = 0.0
+        self.version = 0
+        self._batch: list[tuple[Request, int]] = []
+        self._run_steps = 0  # > 0: a decode run of this many steps
+        self._run_ctx = 0
+        self._link_free_at = 0.0
+        self.blocked_on_memory = False  # the last admission stopped for want of blocks
+        # counters for metrics
+        self.steps = 0
+        self.busy_seconds = 0.0
+        self.prompt_tokens_total = 0
+        self.cached_tokens_total = 0
+        self.recomputed_tokens_total = 0
+        self.output_tokens_total = 0
+
+    # ---- observations ------------------------------------------------------------------
+    def outstanding_tokens(self) -> int:
+        """Prefill and decode tokens still to do for queued and running calls."""
+        return sum(_remaining(r) for r in self.waiting) + sum(_remaining(r) for r in self.running)
+
+    def load(self) -> int:
+        """Calls queued or running (what least-outstanding routers count)."""
+        return len(self.waiting) + len(self.running)
+
+    def cached_blocks_for(self, runs: Sequence[Run]) -> int:
+        return self.kv.match_blocks(runs)
+
+    # ---- the runtime's verbs -----------------------------------------------------------
+    def enqueue(self, request: Request, now: float) -> None:
+        request.enqueued_at = now
+        self.waiting.append(request)
+
+    def plan(self, now: float) -> float | None:
+        """Start the next step if idle and there is work; return when it ends.
+
+        Returns None when idle with nothing runnable. When only host loads are
+        pending, returns the time the first completes (a wake-up, no step).
+        """
+        if self.busy or not self.up:
+            return None
+        batch, preempted = self._form_batch(now)
+        if not batch:
+            pending = [r.ready_at for r in self.running if r.ready_at > now]
+            if pending:
+                self.busy = True
+                self._batch = []
+                self._run_steps = 0
+                self.step_start = now
+                self.step_end = min(pending)
+                return self.step_end
+            return None
+        self._batch = batch
+        self._run_steps = 0
+        steps = 0 if preempted else self._decode_run_length(now, batch)
+        if steps > 1:
+            self._run_steps = steps
+            self._run_ctx = sum(r.computed for r, _ in batch)
+            duration = self.cost.decode_steps_time(len(batch), self._run_ctx, steps)
+        else:
+            duration = self._step_time(batch)
+        self.busy = True
+        self.step_start = now
+        self.step_end = now + duration
+        return self.step_end
+
+    def interrupt(self, now: float) -> float | None:
+        """Cut a decode run at the first step boundary at or after ``now``.
+
+        Returns the new end time if it changed (the runtime reschedules), else None.
+        """
+        if not self.busy or now >= self.step_end:
+            return None
+        if not self._batch:  # only waiting for a host load: plan again now
+            self.step_end = now
+            self.version += 1
+            return now
+        if self._run_steps <= 1:
+            return None
+        n = len(self._batch)
+        done = self.cost.decode_steps_within(n, self._run_ctx, now - self.step_start)
+        steps = min(self._run_steps, done + 1)
+        if steps >= self._run_steps:
+            return None
+        self._run_steps = steps
+        self.step_end = self.step_start + self.cost.decode_steps_time(n, self._run_ctx, steps)
+        self.version += 1
+        return self.step_end
+
+    def complete(self, now: float) -> list[Request]:
+        """Apply the step (or run) that ends at ``now``; return the calls that finished."""
+        self.busy = False
+        if not self._batch:
+            return []
+        self.steps += max(1, self._run_steps)
+        self.busy_seconds += now - self.step_start
+        finished: list[Request] = []
+        steps = self._run_steps or 1
+        for request, q in self._batch:
+            if self._run_steps:
+                request.computed += steps
+                request.generated += steps
+            else:
+                # A step emits a token when it completes the KV of everything so far;
+                # a decode is the case of one missing token.
+                request.computed += q
+                if request.computed >= request.total_tokens:
+                    if request.locked_blocks < request.keyed_blocks:
+                        self._prefill_done(request, now)
+                    request.generated += 1
+            if request.first_token_at < 0 and request.generated > 0:
+                request.first_token_at = now
+            if request.generated >= request.output_tokens:
+                finished.append(request)
+            else:
+                self._trim(request, now)
+        self._batch = []
+        self._run_steps = 0
+        for request in finished:
+            self._finish(request, now)
+        return finished
+
+    # ---- batch formation ---------------------------------------------------------------
+    def _form_batch(self, now: float) -> tuple[list[tuple[Request, int]], bool]:
+        hooks = self.hooks
+        if len(self.running) > 1:
+            self.running.sort(key=lambda r: hooks.queue_key(self, r, now))
+        budget = self.config.max_num_batched_tokens
+        batch: list[tuple[Request, int]] = []
+        preempted = False
+        index = 0
+        while index < len(self.running) and budget > 0:
+            request = self.running[index]
+            if request.ready_at > now:
+                index += 1
+                continue
+            q = min(request.total_tokens - request.computed, budget)
+            while not self._grow(request, request.computed + q, now):
+                victim = self.running[-1]
+                preempted = True
+                self._preempt(victim, now)
+                if victim is request:
+                    break
+            else:
+                batch.append((request, q))
+                budget -= q
+                index += 1
+                continue
+            # the request preempted itself: it left self.running, so do not advance
+        if not preempted:
+            self._admit_waiting(now, batch, budget)
+        return batch, preempted
+
+    def _admit_waiting(self, now: float, batch: list[tuple[Request, int]], budget: int) -> None:
+        if not self.waiting:
+            return
+        hooks = self.hooks
+        if len(self.waiting) > 1:
+            self.waiting.sort(key=lambda r: hooks.queue_key(self, r, now))
+        admitted = 0
+        self.blocked_on_memory = False
+        for request in self.waiting:
+            if budget <= 0 or len(self.running) >= self.config.max_num_seqs:
+                break
+            cached = self._start(request, now)
+            ready = request.ready_at <= now
+            q = min(request.total_tokens - request.computed, budget) if ready else 0
+            if not self._grow(request, request.computed + q, now):
+                # vLLM stops admitting at the first call whose blocks do not fit
+                self._release_kv(request, now)
+                request.ready_at = 0.0
+                self.blocked_on_memory = True
+                break
+            self._admitted(request, cached, now)
+            admitted += 1
+            self.running.append(request)
+            if ready:
+                batch.append((request, q))
+                budget -= q
+        if admitted:
+            del self.waiting[:admitted]
+
+    def _admitted(self, request: Request, cached: int, now: float) -> None:
+        pin = self.pins.pop(request.workflow, None)
+        if pin is not None:
+            self.kv.unlock(pin.node, now, user=False)
+        if request.scheduled_at < 0:
+            request.scheduled_at = now
+            request.cached_tokens = max(0, cached - request.host_tokens)
+            self.prompt_tokens_total += request.prompt_tokens
+            self.cached_tokens_total += request.cached_tokens
+        else:
+            recomputed = request.total_tokens - cached
+            request.recomputed_tokens += recomputed
+            self.recomputed_tokens_total += recomputed
+
+    def _start(self, request: Request, now: float) -> int:
+        """Lock the cached prefix of a waiting call, loading more from the host tier.
+
+        Returns the tokens whose KV is then present.
+        """
+        kv = self.kv
+        node, hit = kv.lock(request.runs, now)
+        host_hit = self.host.match_blocks(request.runs) if self.host is not None else 0
+        if host_hit > hit:
+            load = host_hit - hit
+            if not self._allocate(load, now):
+                load = 0
+            else:
+                skip = _skip_runs(request.runs, hit)
+                loaded, _ = _take_runs(skip, load)
+                new_node, added = kv.insert(node, loaded, now)
+                kv.unlock(node, now)
+                kv.adopt(added, now)
+                kv.release_anonymous(load - added, now)
+                node = new_node
+                start = max(now, self._link_free_at)
+                self._link_free_at = start + self.cost.host_transfer_time(load * self.block_bytes)
+                request.ready_at = self._link_free_at
+                request.host_tokens += load * self.block_tokens
+                hit += load
+        request.lock = node
+        request.locked_blocks = hit
+        cached = min(hit * self.block_tokens, request.total_tokens - 1)
+        request.computed = cached
+        return cached
+
+    def _grow(self, request: Request, tokens: int, now: float) -> bool:
+        """Make ``request`` hold blocks for ``tokens`` tokens."""
+        need = -(-tokens // self.block_tokens) - request.locked_blocks - request.anon
+        if need <= 0:
+            return True
+        if not self._allocate(need, now):
+            return False
+        request.anon += need
+        return True
+
+    def _allocate(self, blocks: int, now: float) -> bool:
+        if self.kv.allocate(blocks, now):
+            return True
+        # Under pressure, pins go first, earliest expiry first.
+        for workflow in sorted(self.pins, key=lambda w: (self.pins[w].expires, w)):
+            self.unpin(workflow, now)
+            if self.kv.allocate(blocks, now):
+                return True
+        return False
+
+    def _trim(self, request: Request, now: float) -> None:
+        """Give back blocks reserved for steps that did not happen (cut runs)."""
+        need = -(-request.computed // self.block_tokens) - request.locked_blocks
+        extra = request.anon - max(need, 0)
+        if extra > 0:
+            request.anon -= extra
+            self.kv.release_anonymous(extra, now)
+
+    def _preempt(self, request: Request, now: float) -> None:
+        self.running.remove(request)
+        request.preemptions += 1
+        if self.config.preemption == "swap" and self.host is not None:
+            self._copy_to_host(request, now)
+        self._release_kv(request, now)
+        request.computed = 0
+        request.ready_at = 0.0
+        self.waiting.insert(0, request)
+
+    def _release_kv(self, request: Request, now: float) -> None:
+        if request.lock is not None:
+            self.kv.unlock(request.lock, now)
+            request.lock = None
+        request.locked_blocks = 0
+        if request.anon:
+            self.kv.release_anonymous(request.anon, now)
+            request.anon = 0
+
+    def _prefill_done(self, request: Request, now: float) -> None:
+        """Cache the prompt's keyed blocks once computed, as vLLM caches full blocks."""
+        assert request.lock is not None
+        if request.locked_blocks >= request.keyed_blocks:
+            return
+        rest = _skip_runs(request.runs, request.locked_blocks)
+        self._extend_lock(request, rest, now)
+
+    def _extend_lock(self, request: Request, runs: Sequence[Run], now: float) -> None:
+        assert request.lock is not None
+        blocks = sum(r[2] for r in runs)
+        node, added = self.kv.insert(request.lock, runs, now)
+        self.kv.unlock(request.lock, now)
+        request.lock = node
+        request.locked_blocks += blocks
+        # the blocks were the request's own: now cached (or duplicates, freed)
+        taken = min(blocks, request.anon)
+        request.anon -= taken
+        self.kv.adopt(min(added, taken), now)
+        if taken > added:
+            self.kv.release_anonymous(taken - added, now)
+
+    def _finish(self, request: Request, now: float) -> None:
+        request.finished_at = now
+        self.running.remove(request)
+        self.output_tokens_total += request.generated
+        output = output_run(request, self.block_tokens)
+        if output is not None and request.lock is not None:
+            self._extend_lock(request, (output,), now)
+        if request.anon:
+            self.kv.release_anonymous(request.anon, now)
+            request.anon = 0
+        decision = self.hooks.retention(self, request, now)
+        self.apply_retention(request, decision, now)
+
+    # ---- retention -------------------------------------------------------------------
+    def apply_retention(self, request: Request, decision: Retention, now: float) -> None:
+        node = request.lock
+        request.lock = None
+        if node is None:
+            return
+        kind = decision.kind
+        if kind == "pin" and decision.ttl > 0:
+            old = self.pins.pop(request.workflow, None)
+            # the request's lock becomes the pin: same reference, no longer a user
+            self.kv.acquire(node, now, user=False)
+            self.kv.unlock(node, now)
+            if old is not None:
+                self.kv.unlock(old.node, now, user=False)
+            pin = Pin(node, now + decision.ttl)
+            self.pins[request.workflow] = pin
+            self.new_pins.append((request.workflow, pin))
+            return
+        if kind == "offload" and self.host is not None:
+            self._copy_node_to_host(node, now)
+        self.kv.unlock(node, now)
+        if kind == "drop" and node.ref == 0 and not node.children:
+            self.kv.drop(node)
+
+    def unpin(self, workflow: str, now: float) -> bool:
+        """Release a workflow's pin (TTL expired, pressure, or the policy said so)."""
+        pin = self.pins.pop(workflow, None)
+        if pin is None:
+            return False
+        self.kv.unlock(pin.node, now, user=False)
+        return True
+
+    def _copy_to_host(self, request: Request, now: float) -> None:
+        if request.lock is not None:
+            self._copy_node_to_host(request.lock, now)
+
+    def _copy_node_to_host(self, node: KVNode, now: float) -> None:
+        """Copy the path ending at ``node`` into the host tier (what is not there yet)."""
+        host = self.host
+        assert host is not None
+        runs = _path_runs(node)
+        have = host.match_blocks(runs)
+        total = sum(r[2] for r in runs)
+        missing = total - have
+        if missing <= 0 or missing > host.capacity:
+            return
+        if not host.allocate(missing, now):
+            return
+        host_node, _ = host.lock(runs, now, user=False)
+        new_node, added = host.insert(host_node, _skip_runs(runs, have), now, user=False)
+        host.unlock(host_node, now, user=False)
+        host.adopt(added, now)
+        host.release_anonymous(missing - added, now)
+        host.unlock(new_node, now, user=False)
+        start = max(now, self._link_free_at)
+        self._link_free_at = start + self.cost.host_transfer_time(missing * self.block_bytes)
+
+    # ---- timing ----------------------------------------------------------------------
+    def _step_time(self, batch: list[tuple[Request, int]]) -> float:
+        tokens = 0
+        attn = 0.0
+        kv_read = 0
+        for request, q in batch:
+            c = request.computed
+            tokens += q
+            attn += q * (c + (q + 1) / 2)
+            kv_read += c + q
+        return self.cost.step_time(tokens, attn, kv_read, len(batch))
+
+    def _decode_run_length(self, now: float, batch: list[tuple[Request, int]]) -> int:
+        """Steps of pure decode that can run as one event (0 or 1 means single step)."""
+        if len(batch) != len(self.running):
+            return 0  # someone is loading or did not fit: step by step
+        for request, q in batch:
+            if q != 1 or request.total_tokens - request.computed != 1:
+                return 0
+        if (
+            self.waiting
+            and not self.blocked_on_memory
+            and len(self.running) < self.config.max_num_seqs
+        ):
+            return 0  # a waiting call might join next step
+        steps = min(r.output_tokens - r.generated for r, _ in batch)
+        if steps <= 1:
+            return 0
+        # Reserve blocks for the whole run; shorten it to what memory allows.
+        while steps > 1 and not self._reserve(batch, steps, now):
+            steps //= 2
+        return steps if steps > 1 else 0
+
+    def _reserve(self, batch: list[tuple[Request, int]], steps: int, now: float) -> bool:
+        bt = self.block_tokens
+        needs = [
+            max(0, -(-(r.computed + steps) // bt) - r.locked_blocks - r.anon) for r, _ in batch
+        ]
+        total = sum(needs)
+        if total == 0:
+            return True
+        if total > self.kv.available_blocks:
+            return False
+        if not self.kv.allocate(total, now):
+            return False
+        for (request, _), need in zip(batch, needs, strict=True):
+            request.anon += need
+        return True
+
+    # ---- lifecycle ---------------------------------------------------------------------
+    def is_idle(self) -> bool:
+        return not self.busy and not self.waiting and not self.running
+
+    def drain_pins(self, now: float) -> None:
+        for workflow in list(self.pins):
+            self.unpin(workflow, now)
+
+
+def output_run(request: Request, block_tokens: int) -> Run | None:
+    """A finished call's full output blocks, named as the workflow's next block ids
+    (the convention of DESIGN.md section 6, so the next call's prompt hits them)."""
+    total_blocks = (request.prompt_tokens + request.generated) // block_tokens
+    count = total_blocks - request.keyed_blocks
+    if count <= 0:
+        return None
+    last = request.runs[-1] if request.runs else None
+    if last is not None and last[0].startswith("w:"):
+        return (last[0], last[1] + last[2], count)
+    return ("w:" + request.workflow, 0, count)
+
+
+def _remaining(request: Request) -> int:
+    return request.total_tokens - request.computed + request.output_tokens - request.generated
+
+
+def _skip_runs(runs: Sequence[Run], blocks: int) -> tuple[Run, ...]:
+    """The runs after their first ``blocks`` blocks."""
+    out: list[Run] = []
+    for namespace, first, count in runs:
+        if blocks >= count:
+            blocks -= count
+            continue
+        out.append((namespace, first + blocks, count - blocks))
+        blocks = 0
+    return tuple(out)
+
+
+def _take_runs(runs: Sequence[Run], blocks: int) -> tuple[tuple[Run, ...], int]:
+    """The first ``blocks`` blocks of ``runs`` (and how many there were)."""
+    out: list[Run] = []
+    taken = 0
+    for namespace, first, count in runs:
+        if taken >= blocks:
+            break
+        n = min(count, blocks - taken)
+        out.append((namespace, first, n))
+        taken += n
+    return tuple(out), taken
+
+
+def _path_runs(node: KVNode) -> tuple[Run, ...]:
+    """Runs from the root down to ``node``, merged where consecutive."""
+    chain: list[KVNode] = []
+    n: KVNode | None = node
+    while n is not None and n.parent is not None:
+        chain.append(n)
+        n = n.parent
+    out: list[Run] = []
+    for n in reversed(chain):
+        if out and out[-1][0] == n.namespace and out[-1][1] + out[-1][2] == n.first:
+            ns, first, count = out[-1]
+            out[-1] = (ns, first, count + n.count)
+        else:
+            out.append((n.namespace, n.first, n.count))
+    return tuple(out)

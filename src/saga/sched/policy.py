@@ -1,0 +1,137 @@
+"""The scheduler core's interface: what a policy observes and what it decides.
+
+A policy is pure decision code. It is told what happened (a workflow arrived, a
+call is ready, a call finished) with the time passed in, and it answers with
+plain data: a replica index, a queue key, a :class:`~saga.sched.decisions.Retention`,
+an :class:`~saga.sched.decisions.Admission`, an eviction order. It never reads the
+wall clock, never sleeps and never does I/O, so the simulator and the gateway
+drive the very same objects.
+
+Extension points, each small: :class:`Router` (where a call goes), the queue key
+(which call is served first, and so which is preempted first), retention (what
+a finished call's KV does during the tool call), eviction order, and admission.
+:class:`Policy` composes them; the registry in :mod:`saga.sched.registry` builds
+each named policy one way.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+from saga.engine.kvcache import EvictionOrder, LRUEviction, Run
+from saga.sched.decisions import ADMIT, RELEASE, Admission, Retention
+
+if TYPE_CHECKING:
+    from saga.engine.costmodel import CostModel
+    from saga.engine.replica import Replica, Request
+
+
+@dataclass(slots=True)
+class CallInfo:
+    """What a policy may know about a call when it becomes ready.
+
+    ``output_tokens`` is the call's true output length: known to the simulator,
+    not to a real scheduler. Only offline bounds (``belady``) may read it, and
+    ``next_gap`` (the tool time before the workflow's next call) likewise.
+    """
+
+    workflow: str
+    tenant: str
+    agent: str
+    call_id: str
+    index: int
+    tool: str | None
+    prompt_tokens: int
+    runs: tuple[Run, ...]
+    issued_at: float
+    workflow_arrival: float
+    slo: float | None
+    ends_workflow: bool
+    output_tokens: int = 0
+    next_gap: float | None = None
+
+
+@dataclass(slots=True)
+class WorkflowInfo:
+    """A workflow as a policy sees it when it arrives (no knowledge of its calls)."""
+
+    workflow: str
+    tenant: str
+    agent: str
+    arrival: float
+    slo: float | None
+
+
+@dataclass(slots=True)
+class PolicyContext:
+    """What a policy is bound to: the replicas it observes, the cost model it may use
+    for predictions, and a seeded random generator. No clock: time is passed in."""
+
+    replicas: Sequence[Replica]
+    cost: CostModel
+    block_tokens: int
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
+
+
+class Router:
+    """Chooses the replica for a ready call. One small class per routing rule."""
+
+    name: ClassVar[str] = "router"
+
+    def bind(self, ctx: PolicyContext) -> None:
+        self.ctx = ctx
+
+    def place(self, call: CallInfo, now: float) -> int:
+        raise NotImplementedError
+
+    def up_replicas(self) -> list[int]:
+        ups = [r.index for r in self.ctx.replicas if r.up]
+        if not ups:
+            raise RuntimeError("no replica is up")
+        return ups
+
+
+class Policy:
+    """A complete scheduling policy. The defaults are vLLM v1's behaviour: first come
+    first served, release KV to the LRU free queue, admit everything."""
+
+    name: ClassVar[str] = "policy"
+    #: Offline bounds read the future; the gateway refuses them.
+    offline: ClassVar[bool] = False
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    def bind(self, ctx: PolicyContext) -> None:
+        self.ctx = ctx
+        self.router.bind(ctx)
+
+    # ---- decisions ----------------------------------------------------------------
+    def admit(self, workflow: WorkflowInfo, now: float) -> Admission:
+        return ADMIT
+
+    def place(self, call: CallInfo, now: float) -> int:
+        return self.router.place(call, now)
+
+    def queue_key(self, replica: Replica, request: Request, now: float) -> tuple[float, ...]:
+        """First come first served at the replica (ties by arrival order)."""
+        return (request.enqueued_at, request.seq)
+
+    def retention(self, replica: Replica, request: Request, now: float) -> Retention:
+        return RELEASE
+
+    def eviction_order(self, replica_index: int) -> EvictionOrder:
+        return LRUEviction()
+
+    # ---- observations (for learning policies) -----------------------------------------
+    def on_call_ready(self, call: CallInfo, now: float) -> None:
+        """A call's dependencies are done and its tool time has passed."""
+
+    def on_call_finished(self, call: CallInfo, replica: int, now: float) -> None:
+        """A call produced its last token on ``replica``."""
+
+    def on_workflow_finished(self, workflow: WorkflowInfo, now: float) -> None:
+        """The workflow's last call finished."""

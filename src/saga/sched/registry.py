@@ -1,0 +1,34 @@
+"""Every named policy, built one way: ``build_policy(name)``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from saga.errors import UserError
+from saga.sched.policy import Policy
+from saga.sched.vllm import VLLMAffinity, VLLMLeastLoaded, VLLMRoundRobin
+
+_FACTORIES: dict[str, Callable[[], Policy]] = {}
+
+
+def register(name: str, factory: Callable[[], Policy]) -> None:
+    """Add a policy under ``name`` (used by baselines, SAGA and plugins)."""
+    if name in _FACTORIES:
+        raise ValueError(f"policy {name!r} is registered twice")
+    _FACTORIES[name] = factory
+
+
+for _cls in (VLLMRoundRobin, VLLMAffinity, VLLMLeastLoaded):
+    register(_cls.name, _cls)
+
+
+def list_policies() -> list[str]:
+    return sorted(_FACTORIES)
+
+
+def build_policy(name: str) -> Policy:
+    """A fresh policy object (policies hold state: build one per run)."""
+    factory = _FACTORIES.get(name)
+    if factory is None:
+        raise UserError(f"unknown policy {name!r}; choose one of: {', '.join(list_policies())}")
+    return factory()

@@ -1,0 +1,409 @@
+"""The discrete-event simulator: workflows issuing calls to a cluster of replicas.
+
+One process per workflow issues each call when the calls in its ``after`` list
+have finished and its tool gap has passed; the policy places the call, the
+replica's engine model serves it, and the policy decides what its KV does next.
+Everything runs on the simulated clock of an :class:`~saga.sim.events.EventLoop`,
+with a seeded random generator, so a seed gives the same result every time.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from saga.core.workflow import Call, Workflow
+from saga.engine.kvcache import Run
+from saga.engine.replica import Pin, Replica, Request, output_run
+from saga.sched.policy import CallInfo, Policy, PolicyContext, WorkflowInfo
+from saga.sim.cluster import ClusterSpec
+from saga.sim.events import EventLoop
+
+
+@dataclass(slots=True)
+class CallRecord:
+    """What happened to one call (times are simulated seconds)."""
+
+    workflow: str
+    call_id: str
+    replica: int
+    ready_at: float
+    scheduled_at: float
+    first_token_at: float
+    finished_at: float
+    prompt_tokens: int
+    cached_tokens: int
+    host_tokens: int
+    recomputed_tokens: int
+    output_tokens: int
+    preemptions: int
+
+
+@dataclass(slots=True)
+class WorkflowRecord:
+    """What happened to one workflow. ``finished_at`` is -1 if it never finished."""
+
+    workflow: str
+    tenant: str
+    agent: str
+    arrival: float
+    started_at: float
+    finished_at: float
+    calls: int
+    slo: float | None
+    rejected: str = ""
+
+    @property
+    def tct(self) -> float:
+        """Task completion time: end of the last call minus arrival."""
+        return self.finished_at - self.arrival
+
+
+@dataclass(slots=True)
+class ReplicaRecord:
+    index: int
+    capacity_blocks: int
+    busy_block_seconds: float
+    reused_idle_block_seconds: float
+    busy_seconds: float
+    steps: int
+    evicted_blocks: int
+    prompt_tokens: int
+    cached_tokens: int
+    recomputed_tokens: int
+    output_tokens: int
+
+
+@dataclass(slots=True)
+class SimResult:
+    """Raw records of one run; :mod:`saga.metrics` turns them into figures."""
+
+    policy: str
+    cluster: str
+    seed: int
+    workflows: list[WorkflowRecord]
+    calls: list[CallRecord]
+    replicas: list[ReplicaRecord]
+    start: float
+    end: float
+    events: int
+    kv_timeline: list[tuple[float, float]] = field(default_factory=list)
+
+
+class _WorkflowRun:
+    """The process of one workflow: which calls wait on what."""
+
+    __slots__ = (
+        "done", "index", "info", "kv_runs", "pending", "record", "waiting_on", "workflow",
+    )
+
+    def __init__(self, workflow: Workflow, record: WorkflowRecord) -> None:
+        self.workflow = workflow
+        self.record = record
+        self.index = workflow.call_index()
+        self.waiting_on = [len(c.after) for c in workflow.calls]
+        self.pending = len(workflow.calls)
+        self.done: list[bool] = [False] * len(workflow.calls)
+        # the KV each finished call left: its prompt runs and its output's blocks
+        self.kv_runs: list[tuple[Run, ...]] = [()] * len(workflow.calls)
+        self.info = WorkflowInfo(
+            workflow.id, workflow.tenant, workflow.agent, workflow.arrival, workflow.slo
+        )
+
+
+def prompt_runs(workflow: Workflow, call: Call) -> tuple[Run, ...]:
+    """A call's keyed KV blocks as runs: shared prefixes, then workflow blocks."""
+    bt = workflow.block_tokens
+    runs: list[Run] = [("s:" + name, 0, -(-tokens // bt)) for name, tokens in call.prompt.shared]
+    namespace = "w:" + workflow.id
+    runs.extend((namespace, first, count) for first, count in call.prompt.blocks)
+    return tuple(runs)
+
+
+def _common_blocks(a: Sequence[Run], b: Sequence[Run]) -> int:
+    """Blocks two run lists share from their start (prefix identity)."""
+    shared = 0
+    ia = ib = 0
+    na = nb = 0  # blocks consumed inside the current runs
+    while ia < len(a) and ib < len(b):
+        ns_a, first_a, count_a = a[ia]
+        ns_b, first_b, count_b = b[ib]
+        if ns_a != ns_b or first_a + na != first_b + nb:
+            break
+        step = min(count_a - na, count_b - nb)
+        shared += step
+        na += step
+        nb += step
+        if na == count_a:
+            ia, na = ia + 1, 0
+        if nb == count_b:
+            ib, nb = ib + 1, 0
+    return shared
+
+
+class Simulation:
+    """One run of one policy on one cluster and one set of workflows."""
+
+    def __init__(
+        self,
+        cluster: ClusterSpec,
+        policy: Policy,
+        workflows: Sequence[Workflow],
+        *,
+        seed: int = 0,
+        closed_loop: int | None = None,
+        progress: Callable[[float], None] | None = None,
+        kv_sample_interval: float = 0.0,
+    ) -> None:
+        if not workflows:
+            raise ValueError("no workflows to simulate")
+        block_sizes = {w.block_tokens for w in workflows}
+        if len(block_sizes) != 1:
+            raise ValueError(f"workflows mix block sizes {sorted(block_sizes)}; use one")
+        self.block_tokens = block_sizes.pop()
+        self.cluster = cluster
+        self.policy = policy
+        self.seed = seed
+        self.loop = EventLoop()
+        self.rng = random.Random(seed)
+        self.cost = cluster.cost_model()
+        capacity = cluster.kv_capacity_blocks(self.block_tokens)
+        host_capacity = cluster.host_capacity_blocks(self.block_tokens)
+        self.replicas: list[Replica] = []
+        ctx = PolicyContext(
+            replicas=self.replicas, cost=self.cost, block_tokens=self.block_tokens, rng=self.rng
+        )
+        for i in range(cluster.replicas):
+            self.replicas.append(
+                Replica(
+                    i,
+                    cluster.engine,
+                    self.cost,
+                    policy,
+                    block_tokens=self.block_tokens,
+                    capacity_blocks=capacity,
+                    host_capacity_blocks=host_capacity,
+                    eviction=policy.eviction_order(i),
+                )
+            )
+        policy.bind(ctx)
+        self.workflows = list(workflows)
+        self.closed_loop = closed_loop
+        self._progress = progress
+        self._horizon = max(w.arrival for w in workflows) or 1.0
+        self._records: list[WorkflowRecord] = []
+        self._calls: list[CallRecord] = []
+        self._kick_pending = [False] * cluster.replicas
+        self._seq = 0
+        self._kv_interval = kv_sample_interval
+        self._kv_timeline: list[tuple[float, float]] = []
+        self._next_closed = 0
+
+    # ---- running ------------------------------------------------------------------------
+    def run(self) -> SimResult:
+        if self.closed_loop:
+            count = min(self.closed_loop, len(self.workflows))
+            for _ in range(count):
+                self._start_next_closed(0.0)
+        else:
+            for workflow in self.workflows:
+                self.loop.at(workflow.arrival, self._arrive, workflow)
+        if self._kv_interval > 0:
+            self.loop.at(0.0, self._sample_kv)
+        self.loop.run(on_event=self._report_progress if self._progress else None)
+        return self._result()
+
+    def _report_progress(self) -> None:
+        assert self._progress is not None
+        self._progress(self.loop.now)
+
+    def _start_next_closed(self, now: float) -> None:
+        if self._next_closed >= len(self.workflows):
+            return
+        workflow = self.workflows[self._next_closed].with_arrival(now)
+        self._next_closed += 1
+        self.loop.at(now, self._arrive, workflow)
+
+    # ---- workflow process --------------------------------------------------------------
+    def _arrive(self, workflow: Workflow) -> None:
+        record = WorkflowRecord(
+            workflow.id, workflow.tenant, workflow.agent, workflow.arrival, -1.0, -1.0,
+            len(workflow.calls), workflow.slo,
+        )
+        run = _WorkflowRun(workflow, record)
+        self._admit(run)
+
+    def _admit(self, run: _WorkflowRun) -> None:
+        now = self.loop.now
+        decision = self.policy.admit(run.info, now)
+        if decision.verdict == "defer":
+            self.loop.after(max(decision.retry_after, 1e-3), self._admit, run)
+            return
+        self._records.append(run.record)
+        if decision.verdict == "reject":
+            run.record.rejected = decision.reason or "rejected"
+            if self.closed_loop:
+                self._start_next_closed(now)
+            return
+        run.record.started_at = now
+        for i, call in enumerate(run.workflow.calls):
+            if not call.after:
+                self.loop.after(call.gap, self._call_ready, (run, i))
+
+    def _call_ready(self, item: tuple[_WorkflowRun, int]) -> None:
+        run, i = item
+        now = self.loop.now
+        workflow = run.workflow
+        call = workflow.calls[i]
+        info = CallInfo(
+            workflow=workflow.id,
+            tenant=workflow.tenant,
+            agent=workflow.agent,
+            call_id=call.id,
+            index=i,
+            tool=call.tool,
+            prompt_tokens=call.prompt.tokens,
+            runs=prompt_runs(workflow, call),
+            issued_at=now,
+            workflow_arrival=workflow.arrival,
+            slo=workflow.slo,
+            ends_workflow=run.pending == 1,
+            output_tokens=call.output_tokens,
+            next_gap=self._next_gap(workflow, i),
+        )
+        self.policy.on_call_ready(info, now)
+        index = self.policy.place(info, now)
+        replica = self.replicas[index]
+        self._seq += 1
+        request = Request(
+            workflow.id, call.id, info.runs, call.prompt.tokens, call.output_tokens,
+            self.block_tokens, self._seq, info=(run, i, info),
+        )
+        replica.enqueue(request, now)
+        self._kick(replica)
+
+    def _recomputed(self, run: _WorkflowRun, i: int, request: Request) -> int:
+        """Tokens computed again: the reusable prefix (shared with the KV its
+        predecessors left) not found cached, plus preemption's recompute."""
+        call = run.workflow.calls[i]
+        shared = sum(r[2] for r in request.runs if r[0].startswith("s:"))
+        reusable = max(
+            [shared] + [_common_blocks(request.runs, run.kv_runs[run.index[a]]) for a in call.after]
+        )
+        reusable_tokens = min(reusable * self.block_tokens, request.prompt_tokens - 1)
+        missed = reusable_tokens - request.cached_tokens - request.host_tokens
+        return max(0, missed) + request.recomputed_tokens
+
+    @staticmethod
+    def _next_gap(workflow: Workflow, i: int) -> float | None:
+        call_id = workflow.calls[i].id
+        gaps = [c.gap for c in workflow.calls[i + 1 :] if call_id in c.after]
+        return min(gaps) if gaps else None
+
+    def _call_finished(self, replica: Replica, request: Request) -> None:
+        now = self.loop.now
+        run, i, info = request.info  # type: ignore[misc]
+        out = output_run(request, self.block_tokens)
+        run.kv_runs[i] = request.runs + ((out,) if out is not None else ())
+        self._calls.append(
+            CallRecord(
+                request.workflow, request.call_id, replica.index, info.issued_at,
+                request.scheduled_at, request.first_token_at, now, request.prompt_tokens,
+                request.cached_tokens, request.host_tokens,
+                self._recomputed(run, i, request), request.generated, request.preemptions,
+            )
+        )
+        self.policy.on_call_finished(info, replica.index, now)
+        run.done[i] = True
+        run.pending -= 1
+        workflow = run.workflow
+        call_id = workflow.calls[i].id
+        for j in range(i + 1, len(workflow.calls)):
+            nxt = workflow.calls[j]
+            if call_id in nxt.after:
+                run.waiting_on[j] -= 1
+                if run.waiting_on[j] == 0:
+                    self.loop.after(nxt.gap, self._call_ready, (run, j))
+        if run.pending == 0:
+            run.record.finished_at = now
+            self.policy.on_workflow_finished(run.info, now)
+            if self.closed_loop:
+                self._start_next_closed(now)
+
+    # ---- replicas -------------------------------------------------------------------------
+    def _kick(self, replica: Replica) -> None:
+        """Let the replica plan soon: after every event at this instant has run."""
+        if replica.busy:
+            end = replica.interrupt(self.loop.now)
+            if end is not None:
+                self.loop.at(end, self._step_end, (replica, replica.version))
+            return
+        if not self._kick_pending[replica.index]:
+            self._kick_pending[replica.index] = True
+            self.loop.at(self.loop.now, self._plan, replica)
+
+    def _plan(self, replica: Replica) -> None:
+        self._kick_pending[replica.index] = False
+        if replica.busy:
+            return
+        end = replica.plan(self.loop.now)
+        if end is not None:
+            self.loop.at(end, self._step_end, (replica, replica.version))
+
+    def _step_end(self, item: tuple[Replica, int]) -> None:
+        replica, version = item
+        if version != replica.version or not replica.busy:
+            return  # superseded by an interrupt
+        now = self.loop.now
+        finished = replica.complete(now)
+        for request in finished:
+            self._call_finished(replica, request)
+        for workflow, pin in replica.new_pins:
+            self.loop.at(pin.expires, self._pin_expired, (replica, workflow, pin))
+        replica.new_pins.clear()
+        self._plan(replica)
+
+    def _pin_expired(self, item: tuple[Replica, str, Pin]) -> None:
+        replica, workflow, pin = item
+        if replica.pins.get(workflow) is pin:
+            replica.unpin(workflow, self.loop.now)
+            if replica.waiting:
+                self._kick(replica)
+
+    def _sample_kv(self, _: object) -> None:
+        used = sum(r.kv.used_blocks / max(r.kv.capacity, 1) for r in self.replicas)
+        self._kv_timeline.append((self.loop.now, used / len(self.replicas)))
+        if self.loop.pending() > 0:
+            self.loop.after(self._kv_interval, self._sample_kv)
+
+    # ---- results ----------------------------------------------------------------------------
+    def _result(self) -> SimResult:
+        now = self.loop.now
+        for replica in self.replicas:
+            replica.drain_pins(now)
+            replica.kv.tick(now)
+        records = []
+        for r in self.replicas:
+            records.append(
+                ReplicaRecord(
+                    r.index, r.kv.capacity, r.kv.busy_block_seconds,
+                    r.kv.reused_idle_block_seconds, r.busy_seconds, r.steps,
+                    r.kv.evicted_blocks, r.prompt_tokens_total, r.cached_tokens_total,
+                    r.recomputed_tokens_total, r.output_tokens_total,
+                )
+            )
+        start = min((w.arrival for w in self._records), default=0.0)
+        return SimResult(
+            policy=self.policy.name,
+            cluster=self.cluster.name,
+            seed=self.seed,
+            workflows=sorted(self._records, key=lambda w: (w.arrival, w.workflow)),
+            calls=self._calls,
+            replicas=records,
+            start=start,
+            end=now,
+            events=self.loop.events_run,
+            kv_timeline=self._kv_timeline,
+        )
+

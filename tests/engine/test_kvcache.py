@@ -1,0 +1,206 @@
+"""Exact-state tests of the run-granular prefix cache."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from saga.engine.kvcache import KeyedEviction, KVNode, RadixKV, Run
+
+
+def cache_path(kv: RadixKV, runs: list[Run], now: float = 0.0) -> KVNode:
+    """Cache ``runs`` as a call would: lock the hit, allocate the rest, insert."""
+    node, hit = kv.lock(runs, now)
+    total = sum(r[2] for r in runs)
+    assert kv.allocate(total - hit, now)
+    rest = _skip(runs, hit)
+    new, added = kv.insert(node, rest, now)
+    kv.unlock(node, now)
+    kv.adopt(added, now)
+    kv.release_anonymous(total - hit - added, now)
+    return new
+
+
+def _skip(runs: list[Run], blocks: int) -> list[Run]:
+    out = []
+    for ns, first, count in runs:
+        if blocks >= count:
+            blocks -= count
+            continue
+        out.append((ns, first + blocks, count - blocks))
+        blocks = 0
+    return out
+
+
+def test_empty_cache_misses() -> None:
+    kv = RadixKV(100)
+    assert kv.match_blocks([("w:a", 0, 10)]) == 0
+    assert kv.free_blocks == 100
+
+
+def test_hit_after_release_and_partial_match() -> None:
+    kv = RadixKV(100)
+    node = cache_path(kv, [("s:sys", 0, 4), ("w:a", 0, 10)])
+    kv.unlock(node)
+    assert kv.cached_blocks == 14 and kv.locked_blocks == 0
+    assert kv.match_blocks([("s:sys", 0, 4), ("w:a", 0, 10), ("w:a", 10, 5)]) == 14
+    assert kv.match_blocks([("s:sys", 0, 4), ("w:a", 0, 6)]) == 10
+    # a different workflow shares only the system prompt
+    assert kv.match_blocks([("s:sys", 0, 4), ("w:b", 0, 10)]) == 4
+    # a run that diverges (new id at block 7) shares 7 blocks
+    assert kv.match_blocks([("s:sys", 0, 4), ("w:a", 0, 3), ("w:a", 20, 5)]) == 7
+    kv.check()
+
+
+def test_lock_inside_a_node_splits_it_and_counts_exactly() -> None:
+    kv = RadixKV(100)
+    node = cache_path(kv, [("w:a", 0, 10)])
+    kv.unlock(node)
+    upper, hit = kv.lock([("w:a", 0, 4), ("w:a", 50, 2)])
+    assert hit == 4
+    assert (upper.first, upper.count, upper.ref) == (0, 4, 1)
+    assert kv.locked_blocks == 4 and kv.evictable_blocks == 6
+    kv.check()
+    # only the unlocked tail can be evicted
+    assert kv.evict(100) == 6
+    assert kv.cached_blocks == 4
+    kv.unlock(upper)
+    kv.check()
+
+
+def test_lru_evicts_least_recently_released_tail_first() -> None:
+    kv = RadixKV(30)
+    a = cache_path(kv, [("w:a", 0, 10)], now=1.0)
+    b = cache_path(kv, [("w:b", 0, 10)], now=2.0)
+    kv.unlock(a, 3.0)
+    kv.unlock(b, 4.0)
+    # 10 free; ask for 15: 5 must go, from the tail of a (released first)
+    assert kv.allocate(15, 5.0)
+    assert kv.match_blocks([("w:a", 0, 10)]) == 5
+    assert kv.match_blocks([("w:b", 0, 10)]) == 10
+    kv.release_anonymous(15)
+    kv.check()
+
+
+def test_touch_on_hit_refreshes_lru_order() -> None:
+    kv = RadixKV(20)
+    a = cache_path(kv, [("w:a", 0, 10)])
+    b = cache_path(kv, [("w:b", 0, 10)])
+    kv.unlock(a)
+    kv.unlock(b)
+    again, _ = kv.lock([("w:a", 0, 10)])  # a is hit again, then released after b
+    kv.unlock(again)
+    assert kv.allocate(10)
+    assert kv.match_blocks([("w:b", 0, 10)]) == 0
+    assert kv.match_blocks([("w:a", 0, 10)]) == 10
+
+
+def test_children_are_evicted_before_their_shared_parent() -> None:
+    kv = RadixKV(24)
+    a = cache_path(kv, [("s:sys", 0, 4), ("w:a", 0, 10)])
+    b = cache_path(kv, [("s:sys", 0, 4), ("w:b", 0, 10)])
+    kv.unlock(a)
+    kv.unlock(b)
+    assert kv.cached_blocks == 24
+    # need 20: both private chains go before the shared prefix is touched
+    assert kv.allocate(20)
+    assert kv.match_blocks([("s:sys", 0, 4)]) == 4
+    assert kv.match_blocks([("s:sys", 0, 4), ("w:a", 0, 10)]) == 4
+    kv.check()
+
+
+def test_locked_blocks_are_never_evicted_and_allocation_fails_cleanly() -> None:
+    kv = RadixKV(12)
+    a = cache_path(kv, [("w:a", 0, 10)])
+    assert not kv.allocate(3)
+    assert kv.anonymous_blocks == 0 and kv.cached_blocks == 10
+    assert kv.allocate(2)
+    kv.unlock(a)
+    kv.check()
+
+
+def test_extending_a_private_leaf_keeps_one_node_per_run() -> None:
+    kv = RadixKV(200)
+    node = cache_path(kv, [("w:a", 0, 10)])
+    for step in range(5):
+        total = 10 + 10 * (step + 1)
+        assert kv.allocate(10)
+        new, added = kv.insert(node, [("w:a", total - 10, 10)])
+        kv.unlock(node)
+        kv.adopt(added)
+        node = new
+    assert len(list(kv.nodes())) == 1
+    assert node.count == 60
+    kv.unlock(node)
+    kv.check()
+
+
+def test_keyed_eviction_follows_the_policy_key() -> None:
+    next_use = {"w:a": 100.0, "w:b": 5.0}
+    order = KeyedEviction("next-use", lambda n, now: -next_use[n.namespace])
+    kv = RadixKV(20, order)
+    a = cache_path(kv, [("w:a", 0, 10)])
+    b = cache_path(kv, [("w:b", 0, 10)])
+    kv.unlock(b)  # b released first: LRU would evict it, next-use evicts a
+    kv.unlock(a)
+    assert kv.allocate(10)
+    assert kv.match_blocks([("w:a", 0, 10)]) == 0
+    assert kv.match_blocks([("w:b", 0, 10)]) == 10
+
+
+def test_drop_frees_private_chain_but_not_shared_prefix() -> None:
+    kv = RadixKV(40)
+    a = cache_path(kv, [("s:sys", 0, 4), ("w:a", 0, 10), ("w:a", 20, 3)])
+    kv.unlock(a)
+    assert kv.drop(a) == 13
+    assert kv.cached_blocks == 4
+    kv.check()
+
+
+def test_usage_integrals_count_busy_and_reused_idle_time() -> None:
+    kv = RadixKV(100)
+    node = cache_path(kv, [("w:a", 0, 10)], now=0.0)
+    kv.unlock(node, 2.0)  # busy 10 blocks for 2 s
+    again, _ = kv.lock([("w:a", 0, 10)], 5.0)  # idle 3 s, then hit: reused
+    kv.unlock(again, 6.0)
+    kv.tick(10.0)
+    assert kv.busy_block_seconds == 10 * 2 + 10 * 1
+    assert kv.reused_idle_block_seconds == 10 * 3
+
+
+runs_strategy = st.lists(
+    st.tuples(st.sampled_from(["w:a", "w:b", "s:x"]), st.integers(0, 6), st.integers(1, 5)),
+    min_size=1,
+    max_size=3,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), runs_strategy), min_size=1, max_size=25))
+def test_random_workloads_keep_invariants_and_leak_nothing(
+    ops: list[tuple[bool, list[Run]]],
+) -> None:
+    kv = RadixKV(40)
+    held: list[KVNode] = []
+    for release_one, runs in ops:
+        if release_one and held:
+            kv.unlock(held.pop(0))
+        else:
+            node, hit = kv.lock(runs)
+            need = sum(r[2] for r in runs) - hit
+            if not kv.allocate(need):
+                kv.unlock(node)
+                continue
+            new, added = kv.insert(node, _skip(runs, hit))
+            kv.unlock(node)
+            kv.adopt(added)
+            kv.release_anonymous(need - added)
+            held.append(new)
+        kv.check()
+    for node in held:
+        kv.unlock(node)
+    kv.check()
+    assert kv.locked_blocks == 0 and kv.anonymous_blocks == 0
+    cached = kv.cached_blocks
+    assert kv.evict(10**6) == cached
+    assert kv.cached_blocks == 0
