@@ -21,13 +21,15 @@ follows, so the result equals stepping one step at a time.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
-
-from saga.engine.costmodel import CostModel
+from typing import TYPE_CHECKING, Protocol
 
 from saga.engine.config import EngineConfig
+from saga.engine.costmodel import CostModel
 from saga.engine.kvcache import EvictionOrder, KVNode, RadixKV, Run
 from saga.sched.decisions import Retention
+
+if TYPE_CHECKING:
+    from saga.sched.policy import CallInfo
 
 
 class Request:
@@ -67,7 +69,7 @@ class Request:
         output_tokens: int,
         block_tokens: int,
         seq: int,
-        info: object = None,
+        info: CallInfo | None = None,
     ) -> None:
         self.workflow = workflow
         self.call_id = call_id
@@ -155,6 +157,10 @@ class Replica:
         self.running: list[Request] = []
         self.pins: dict[str, Pin] = {}
         self.new_pins: list[tuple[str, Pin]] = []  # for the runtime to time their expiry
+        # (time, runs) the runtime should call prefetch() at, from offload decisions
+        self.new_prefetches: list[tuple[float, tuple[Run, ...]]] = []
+        #: Plan pure-decode runs as one event (off only to test that runs change nothing).
+        self.decode_runs = True
         self.up = True
         # the step or run in flight
         self.busy = False
@@ -212,7 +218,7 @@ class Replica:
             return None
         self._batch = batch
         self._run_steps = 0
-        steps = 0 if preempted else self._decode_run_length(now, batch)
+        steps = 0 if preempted or not self.decode_runs else self._decode_run_length(now, batch)
         if steps > 1:
             self._run_steps = steps
             self._run_ctx = sum(r.computed for r, _ in batch)
@@ -487,9 +493,31 @@ class Replica:
             return
         if kind == "offload" and self.host is not None:
             self._copy_node_to_host(node, now)
+            if decision.prefetch_at is not None:
+                self.new_prefetches.append((max(now, decision.prefetch_at), _path_runs(node)))
         self.kv.unlock(node, now)
         if kind == "drop" and node.ref == 0 and not node.children:
             self.kv.drop(node)
+
+    def prefetch(self, runs: Sequence[Run], now: float) -> int:
+        """Load from the host tier the part of ``runs`` not on the GPU, leaving it
+        cached and evictable, so that the next call hits. Returns blocks loaded."""
+        if self.host is None:
+            return 0
+        have = self.kv.match_blocks(runs)
+        load = self.host.match_blocks(runs) - have
+        if load <= 0 or not self.kv.allocate(load, now):
+            return 0
+        node, _ = self.kv.lock(runs, now, user=False)
+        loaded, _ = _take_runs(_skip_runs(runs, have), load)
+        new_node, added = self.kv.insert(node, loaded, now, user=False)
+        self.kv.unlock(node, now, user=False)
+        self.kv.adopt(added, now)
+        self.kv.release_anonymous(load - added, now)
+        self.kv.unlock(new_node, now, user=False)
+        start = max(now, self._link_free_at)
+        self._link_free_at = start + self.cost.host_transfer_time(load * self.block_bytes)
+        return load
 
     def unpin(self, workflow: str, now: float) -> bool:
         """Release a workflow's pin (TTL expired, pressure, or the policy said so)."""

@@ -199,6 +199,7 @@ class Simulation:
         self._kv_interval = kv_sample_interval
         self._kv_timeline: list[tuple[float, float]] = []
         self._next_closed = 0
+        self._owners: dict[int, tuple[_WorkflowRun, int]] = {}  # request seq -> its call
 
     # ---- running ------------------------------------------------------------------------
     def run(self) -> SimResult:
@@ -278,8 +279,9 @@ class Simulation:
         self._seq += 1
         request = Request(
             workflow.id, call.id, info.runs, call.prompt.tokens, call.output_tokens,
-            self.block_tokens, self._seq, info=(run, i, info),
+            self.block_tokens, self._seq, info=info,
         )
+        self._owners[self._seq] = (run, i)
         replica.enqueue(request, now)
         self._kick(replica)
 
@@ -303,7 +305,9 @@ class Simulation:
 
     def _call_finished(self, replica: Replica, request: Request) -> None:
         now = self.loop.now
-        run, i, info = request.info  # type: ignore[misc]
+        run, i = self._owners.pop(request.seq)
+        info = request.info
+        assert info is not None
         out = output_run(request, self.block_tokens)
         run.kv_runs[i] = request.runs + ((out,) if out is not None else ())
         self._calls.append(
@@ -362,7 +366,14 @@ class Simulation:
         for workflow, pin in replica.new_pins:
             self.loop.at(pin.expires, self._pin_expired, (replica, workflow, pin))
         replica.new_pins.clear()
+        for when, runs in replica.new_prefetches:
+            self.loop.at(when, self._prefetch, (replica, runs))
+        replica.new_prefetches.clear()
         self._plan(replica)
+
+    def _prefetch(self, item: tuple[Replica, tuple[Run, ...]]) -> None:
+        replica, runs = item
+        replica.prefetch(runs, self.loop.now)
 
     def _pin_expired(self, item: tuple[Replica, str, Pin]) -> None:
         replica, workflow, pin = item
