@@ -1,0 +1,165 @@
+"""Exact-state tests of the batcher: chunked prefill, decode, preemption, retention."""
+
+from __future__ import annotations
+
+from saga.engine.config import EngineConfig
+from saga.engine.costmodel import cost_model_for
+from saga.engine.replica import Replica, Request
+from saga.sched.decisions import Retention
+from saga.sched.vllm import VLLMRoundRobin
+
+BT = 64
+
+
+class Hooks(VLLMRoundRobin):
+    """vLLM's FCFS order with a chosen retention decision."""
+
+    def __init__(self, decision: Retention | None = None) -> None:
+        super().__init__()
+        self.decision = decision or Retention("release")
+
+    def retention(self, replica: Replica, request: Request, now: float) -> Retention:
+        return self.decision
+
+
+def make_replica(
+    capacity: int = 256, budget: int = 512, seqs: int = 8, hooks: Hooks | None = None,
+    host_blocks: int = 0,
+) -> Replica:
+    config = EngineConfig(max_num_batched_tokens=budget, max_num_seqs=seqs)
+    return Replica(
+        0, config, cost_model_for("llama-3.1-8b", "h100-sxm", 1), hooks or Hooks(),
+        block_tokens=BT, capacity_blocks=capacity, host_capacity_blocks=host_blocks,
+    )
+
+
+def request(name: str, blocks: int, output: int, seq: int, extra_tokens: int = 0) -> Request:
+    runs = (("w:" + name, 0, blocks),)
+    return Request(name, "c0", runs, blocks * BT + extra_tokens, output, BT, seq)
+
+
+def drive(replica: Replica, now: float = 0.0, limit: int = 10_000) -> tuple[float, list[Request]]:
+    """Step the replica until idle; return the end time and calls in finish order."""
+    done: list[Request] = []
+    for _ in range(limit):
+        end = replica.plan(now)
+        if end is None:
+            return now, done
+        now = end
+        done.extend(replica.complete(now))
+    raise AssertionError("replica did not go idle")
+
+
+def test_chunked_prefill_respects_the_token_budget_in_fcfs_order() -> None:
+    replica = make_replica(budget=512)
+    a = request("a", 10, 3, seq=1)  # 640 prompt tokens
+    b = request("b", 4, 3, seq=2)  # 256 prompt tokens
+    replica.enqueue(a, 0.0)
+    replica.enqueue(b, 0.0)
+    replica.plan(0.0)
+    # step 1: a takes the whole budget (512 of 640), b waits for budget
+    assert [(r.workflow, q) for r, q in replica._batch] == [("a", 512)]
+    replica.complete(replica.step_end)
+    replica.plan(replica.step_end)
+    # step 2: a finishes its prefill (128) and b starts (256): 384 tokens
+    assert [(r.workflow, q) for r, q in replica._batch] == [("a", 128), ("b", 256)]
+    replica.complete(replica.step_end)
+    assert a.generated == 1 and b.generated == 1
+    assert a.first_token_at == b.first_token_at > 0
+
+
+def test_a_cached_prefix_is_not_computed_again() -> None:
+    replica = make_replica()
+    first = request("a", 10, 2, seq=1)
+    replica.enqueue(first, 0.0)
+    end, _ = drive(replica)
+    again = Request("a", "c1", (("w:a", 0, 12),), 12 * BT, 2, BT, seq=2)
+    replica.enqueue(again, end)
+    replica.plan(end)
+    # prompt (10 blocks) and output (2 tokens: no full block) were cached: 10 blocks hit
+    assert again.cached_tokens == 10 * BT
+    assert [(r.call_id, q) for r, q in replica._batch] == [("c1", 2 * BT)]
+
+
+def test_decode_runs_are_one_event_and_match_single_steps() -> None:
+    def finish_times(decode_runs: bool) -> tuple[list[float], int]:
+        replica = make_replica()
+        replica.decode_runs = decode_runs
+        for i, out in enumerate([40, 90, 200]):
+            replica.enqueue(request(f"w{i}", 8, out, seq=i), 0.0)
+        _, done = drive(replica)
+        return [r.finished_at for r in done], replica.steps
+
+    stepped, steps_single = finish_times(False)
+    ran, steps_runs = finish_times(True)
+    assert steps_single == steps_runs
+    assert len(ran) == len(stepped) == 3
+    for x, y in zip(ran, stepped, strict=True):
+        assert abs(x - y) < 1e-9 * max(1.0, y)
+
+
+def test_interrupting_a_run_ends_it_at_the_next_step_boundary() -> None:
+    replica = make_replica()
+    replica.enqueue(request("a", 8, 500, seq=1), 0.0)
+    end = replica.plan(0.0)
+    assert end is not None
+    replica.complete(end)  # prefill step
+    start = end
+    run_end = replica.plan(start)
+    assert run_end is not None and replica._run_steps > 1
+    step = replica.cost.decode_steps_time(1, replica._batch[0][0].computed, 1)
+    cut = replica.interrupt(start + 2.5 * step)
+    assert cut is not None
+    assert replica._run_steps == 3
+    assert abs(cut - (start + replica.cost.decode_steps_time(1, 8 * BT, 3))) < 1e-12
+
+
+def test_preemption_takes_the_last_running_call_and_recomputes_it() -> None:
+    # 20 blocks of KV; two calls of 8 blocks that each grow by 4 blocks of output
+    replica = make_replica(capacity=20, budget=2048)
+    a = request("a", 8, 4 * BT, seq=1)
+    b = request("b", 8, 4 * BT, seq=2)
+    replica.enqueue(a, 0.0)
+    replica.enqueue(b, 0.0)
+    _, done = drive(replica)
+    assert [r.workflow for r in done] == ["a", "b"]
+    assert b.preemptions >= 1 and a.preemptions == 0
+    assert b.recomputed_tokens > 0
+    assert replica.kv.locked_blocks == 0 and replica.kv.anonymous_blocks == 0
+    replica.kv.check()
+
+
+def test_pin_keeps_kv_until_the_next_call_and_unpin_releases_it() -> None:
+    replica = make_replica(hooks=Hooks(Retention("pin", ttl=30.0)))
+    replica.enqueue(request("a", 10, 2, seq=1), 0.0)
+    end, _ = drive(replica)
+    assert "a" in replica.pins and replica.kv.locked_blocks == 10
+    assert replica.kv.evictable_blocks == 0
+    nxt = Request("a", "c1", (("w:a", 0, 12),), 12 * BT, 2, BT, seq=2)
+    replica.enqueue(nxt, end + 5)
+    replica.plan(end + 5)
+    assert "a" not in replica.pins  # the pin is consumed by the hit
+    assert nxt.cached_tokens == 10 * BT
+
+
+def test_drop_frees_the_workflow_blocks_at_once() -> None:
+    replica = make_replica(hooks=Hooks(Retention("drop")))
+    replica.enqueue(request("a", 10, 2, seq=1), 0.0)
+    drive(replica)
+    assert replica.kv.cached_blocks == 0
+
+
+def test_offload_copies_to_host_and_a_later_call_loads_from_there() -> None:
+    replica = make_replica(capacity=24, hooks=Hooks(Retention("offload")), host_blocks=100)
+    replica.enqueue(request("a", 10, 2, seq=1), 0.0)
+    end, _ = drive(replica)
+    assert replica.host is not None and replica.host.cached_blocks == 10
+    # another workflow needs 21 of the 24 blocks: 7 of a's 10 are evicted, tail first
+    replica.enqueue(request("b", 20, 2, seq=2), end)
+    end, _ = drive(replica, end)
+    assert replica.kv.match_blocks((("w:a", 0, 10),)) == 3
+    nxt = Request("a", "c1", (("w:a", 0, 10),), 10 * BT + 5, 2, BT, seq=3)
+    replica.enqueue(nxt, end)
+    drive(replica, end)
+    assert nxt.cached_tokens == 3 * BT and nxt.host_tokens == 7 * BT
+    assert nxt.first_token_at > end + replica.cost.host_transfer_time(7 * replica.block_bytes)
