@@ -49,8 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
     _add_simulate(commands)
     _add_list(commands)
+    from saga.bench.cli import register as register_bench
     from saga.workloads.cli import register as register_workload
 
+    register_bench(commands)
     register_workload(commands)
     return parser
 
@@ -229,7 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        code: int = args.handler(args)
+        handler = getattr(args, "handler", None) or args.func
+        code: int = handler(args)
         return code
     except UserError as error:
         print(f"saga: error: {error}", file=sys.stderr)
