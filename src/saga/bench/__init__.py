@@ -1,0 +1,1 @@
+"""Benchmarks: scenarios, runner, reports (`saga bench`)."""

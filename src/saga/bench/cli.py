@@ -1,0 +1,80 @@
+"""`saga bench`: run a scenario and write summary.json and report.html."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from saga.errors import UserError
+
+EPILOG = """\
+scenarios are TOML files: the built-in ones are in src/saga/scenarios/ (copy one,
+edit it, and pass its path). `all` runs every built-in scenario.
+
+examples:
+  saga bench paper --quick --out runs/paper-quick
+  saga bench all --quick --out runs/quick
+  saga bench all --out runs/full --results docs/RESULTS.md     (regenerates RESULTS.md)
+"""
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser(
+        "bench",
+        help="run a benchmark scenario: every policy on the same workflows",
+        description="Run every policy of a scenario on the same workflows and seeds; print "
+        "a table, write DIR/summary.json and DIR/report.html (plots).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("scenario", help="a built-in scenario name, `all`, or a .toml file")
+    p.add_argument("--quick", action="store_true", help="the small version (minutes)")
+    p.add_argument("--out", type=Path, default=Path("runs/bench"), help="output directory")
+    p.add_argument(
+        "--results", type=Path, help="also write a RESULTS.md with every scenario's figures"
+    )
+    p.set_defaults(handler=_cmd_bench)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from saga.bench.report import print_tables, results_markdown, write_all
+    from saga.bench.runner import run_scenario
+    from saga.bench.scenario import builtin_scenarios, load_scenario
+
+    names = builtin_scenarios() if args.scenario == "all" else [args.scenario]
+    scenarios = [load_scenario(n) for n in names]
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)  # logs: wide tables rather than truncated names
+    summaries = []
+    started = time.perf_counter()
+    for scenario in scenarios:
+        out = args.out / scenario.name if len(scenarios) > 1 else args.out
+        with console.status(f"[bold]{scenario.name}[/bold]") as status:
+
+            def progress(message: str, status: object = status, name: str = scenario.name) -> None:
+                status.update(f"[bold]{name}[/bold]: {message}")  # type: ignore[attr-defined]
+
+            result = run_scenario(scenario, quick=args.quick, progress=progress)
+        summary = write_all(result, out)
+        print_tables(result, summary, console)
+        console.print(f"wrote {out / 'summary.json'} and {out / 'report.html'}")
+        summaries.append(summary)
+    if len(scenarios) > 1:
+        (args.out / "summary.json").write_text(json.dumps(summaries, indent=2) + "\n")
+    if args.results is not None:
+        command = (
+            f"saga bench {args.scenario}{' --quick' if args.quick else ''} --out {args.out} "
+            f"--results {args.results}"
+        )
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(results_markdown(summaries, command))
+        console.print(f"wrote {args.results}")
+    console.print(f"total wall time {time.perf_counter() - started:.0f} s")
+    if not scenarios:
+        raise UserError("no scenario to run")
+    return 0

@@ -1,0 +1,406 @@
+"""What a benchmark shows: a terminal table, summary.json, report.html, RESULTS.md."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from saga.bench.runner import BenchResult, CaseResult, pooled_speedups
+
+METRIC_COLUMNS = (
+    ("tct_mean", "TCT mean", "{:.1f}"),
+    ("tct_p50", "p50", "{:.1f}"),
+    ("tct_p99", "p99", "{:.1f}"),
+    ("slowdown_mean", "slowdown", "{:.2f}"),
+    ("slo_attainment", "SLO", "pct"),
+    ("kv_utilization", "KV util", "pct"),
+    ("prefix_hit_rate", "hit rate", "pct"),
+    ("throughput_workflows_per_s", "wf/s", "{:.3f}"),
+)
+
+# The paper's claims (DESIGN.md section 1), shown next to ours.
+PAPER = {
+    "tct_vs_vllm_affinity": 1.64,
+    "slo_attainment": 0.992,
+    "kv_utilization_ratio": 1.22,
+    "peak_throughput_ratio": 0.70,
+    "eviction_vs_belady": 1.31,
+}
+
+
+def json_safe(value: Any) -> Any:
+    """NaN and infinity become null, so the file is strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def primary_case(result: BenchResult) -> CaseResult | None:
+    """The headline case: load closest to 70 % of the first workload, else the first."""
+    if not result.cases:
+        return None
+    first = result.cases[0].workload
+    same = [c for c in result.cases if c.workload == first]
+    with_load = [c for c in same if c.load is not None]
+    if with_load:
+        return min(with_load, key=lambda c: (abs((c.load or 0) - 0.7), c.seed))
+    return same[0]
+
+
+def summary_dict(result: BenchResult) -> dict[str, Any]:
+    """Everything the benchmark measured, as summary.json holds it."""
+    scenario = result.scenario
+    primary = primary_case(result)
+    peak_ratio: dict[str, float] = {}
+    if result.scenario.kind == "saturation" and "throughput" in result.peaks:
+        ref = result.peaks["throughput"]
+        peak_ratio = {p: v / ref for p, v in result.peaks.items() if ref > 0}
+    summary: dict[str, Any] = json_safe(
+        {
+            "scenario": scenario.name,
+            "kind": scenario.kind,
+            "quick": result.quick,
+            "cluster": scenario.cluster,
+            "reference": scenario.reference,
+            "wall_seconds": result.wall_seconds,
+            "primary_case": primary.name if primary else None,
+            "policies": {n: r.summary for n, r in primary.runs.items()} if primary else {},
+            "speedup": pooled_speedups(result),
+            "cases": [_case_dict(c) for c in result.cases],
+            "sweep": [vars(p) for p in result.sweep],
+            "peaks": result.peaks,
+            "peak_ratio": peak_ratio,
+        }
+    )
+    return summary
+
+
+def _case_dict(case: CaseResult) -> dict[str, Any]:
+    return {
+        "name": case.name,
+        "workload": case.workload,
+        "seed": case.seed,
+        "replicas": case.replicas,
+        "load": case.load,
+        "rate": case.rate,
+        "policies": {n: r.summary for n, r in case.runs.items()},
+        "wall_seconds": {n: r.wall_seconds for n, r in case.runs.items()},
+        "speedup": case.speedup,
+        "eviction_vs_belady": case.eviction_vs_belady,
+    }
+
+
+def write_all(result: BenchResult, directory: Path) -> dict[str, Any]:
+    directory.mkdir(parents=True, exist_ok=True)
+    summary = summary_dict(result)
+    (directory / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    (directory / "report.html").write_text(render_html(result, summary))
+    return summary
+
+
+# ---- terminal ------------------------------------------------------------------------------
+def print_tables(result: BenchResult, summary: Mapping[str, Any], console: Console) -> None:
+    for case in result.cases:
+        table = Table(title=f"{result.scenario.name}: {case.name} (seed {case.seed})")
+        table.add_column("policy")
+        for _, title, _ in METRIC_COLUMNS:
+            table.add_column(title, justify="right")
+        if case.eviction_vs_belady:
+            table.add_column("recompute / Bélády", justify="right")
+        for name, run in case.runs.items():
+            row = [name] + [_fmt(run.summary.get(k), f) for k, _, f in METRIC_COLUMNS]
+            if case.eviction_vs_belady:
+                row.append(_fmt(case.eviction_vs_belady.get(name), "{:.2f}x"))
+            table.add_row(*row)
+        console.print(table)
+    if result.sweep:
+        table = Table(title=f"{result.scenario.name}: saturation sweep")
+        for column in ("policy", "in flight", "workflows/s", "TCT mean", "TCT p99"):
+            table.add_column(column, justify="right")
+        for p in result.sweep:
+            table.add_row(
+                p.policy,
+                str(p.concurrency),
+                f"{p.throughput:.4f}",
+                f"{p.tct_mean:.1f}",
+                f"{p.tct_p99:.1f}",
+            )
+        console.print(table)
+    if summary.get("peak_ratio"):
+        console.print(
+            "peak throughput relative to `throughput`: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in summary["peak_ratio"].items())
+        )
+    speed = summary.get("speedup") or {}
+    if speed:
+        table = Table(title=f"speedup of {result.scenario.reference} (TCT geometric mean)")
+        for column in ("over", "geomean", "95 % CI", "p", "pairs"):
+            table.add_column(column, justify="right")
+        for key, s in speed.items():
+            table.add_row(
+                key.split("/", 1)[1],
+                _fmt(s.get("geomean"), "{:.2f}x"),
+                f"{_fmt(s.get('ci_low'), '{:.2f}')}-{_fmt(s.get('ci_high'), '{:.2f}')}",
+                _fmt(s.get("p"), "{:.2g}"),
+                str(s.get("n")),
+            )
+        console.print(table)
+
+
+def _fmt(value: Any, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if not isinstance(value, int | float):
+        return str(value)
+    if fmt == "pct":
+        return f"{100 * value:.1f} %"
+    return fmt.format(value)
+
+
+# ---- plots and HTML -------------------------------------------------------------------------
+def _png(fig: Any) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def plots(result: BenchResult) -> list[tuple[str, str]]:
+    """(title, base64 PNG) for each plot the report shows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out: list[tuple[str, str]] = []
+    case = primary_case(result)
+    if case is not None and case.runs:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for name, run in case.runs.items():
+            values = sorted(run.tcts.values())
+            if values:
+                ys = [(i + 1) / len(values) for i in range(len(values))]
+                ax.step(values, ys, where="post", label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel("task completion time (s)")
+        ax.set_ylabel("share of workflows")
+        ax.legend(fontsize=7)
+        out.append((f"TCT distribution ({case.name})", _png(fig)))
+
+        fig, ax = plt.subplots(figsize=(7, 4))
+        names = list(case.runs)
+        tenants = sorted({t for r in case.runs.values() for t in _tenants(r.summary)})
+        width = 0.8 / max(1, len(tenants))
+        for j, tenant in enumerate(tenants):
+            ax.bar(
+                [i + j * width for i in range(len(names))],
+                [_tenants(case.runs[n].summary).get(tenant, 0.0) for n in names],
+                width,
+                label=tenant,
+            )
+        ax.set_xticks(
+            [i + 0.4 - width / 2 for i in range(len(names))],
+            names,
+            rotation=45,
+            ha="right",
+            fontsize=7,
+        )
+        ax.set_ylabel("mean slowdown")
+        ax.legend(fontsize=7)
+        out.append((f"slowdown per tenant ({case.name})", _png(fig)))
+
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for name, run in case.runs.items():
+            if run.kv_timeline:
+                times = [t for t, _ in run.kv_timeline]
+                used = [100 * u for _, u in run.kv_timeline]
+                ax.plot(times, used, label=name, linewidth=1)
+        ax.set_xlabel("simulated time (s)")
+        ax.set_ylabel("KV memory in use (%)")
+        ax.legend(fontsize=7)
+        out.append((f"KV memory over time ({case.name})", _png(fig)))
+
+    curve = _throughput_latency(result)
+    if curve:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for name, points in curve.items():
+            ordered = sorted(points)
+            ax.plot([x for x, _ in ordered], [y for _, y in ordered], marker="o", label=name)
+        ax.set_xlabel("completed workflows per second")
+        ax.set_ylabel("mean TCT (s)")
+        ax.set_yscale("log")
+        ax.legend(fontsize=7)
+        out.append(("throughput and latency", _png(fig)))
+    return out
+
+
+def _tenants(summary: Mapping[str, Any]) -> dict[str, float]:
+    value = summary.get("tenant_slowdown") or {}
+    return {k: float(v) for k, v in value.items() if isinstance(v, int | float)}
+
+
+def _throughput_latency(result: BenchResult) -> dict[str, list[tuple[float, float]]]:
+    curve: dict[str, list[tuple[float, float]]] = {}
+    for p in result.sweep:
+        if math.isfinite(p.throughput):
+            curve.setdefault(p.policy, []).append((p.throughput, p.tct_mean))
+    if curve:
+        return curve
+    loaded = [c for c in result.cases if c.load is not None]
+    for case in loaded:
+        for name, run in case.runs.items():
+            x = run.summary.get("throughput_workflows_per_s")
+            y = run.summary.get("tct_mean")
+            if isinstance(x, float) and isinstance(y, float):
+                curve.setdefault(name, []).append((x, y))
+    return curve if len(loaded) > 1 else {}
+
+
+def render_html(result: BenchResult, summary: Mapping[str, Any]) -> str:
+    scenario = result.scenario
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>SAGA bench: {html.escape(scenario.name)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
+        "padding:3px 8px;text-align:right}td:first-child,th:first-child{text-align:left}"
+        "img{max-width:100%}</style></head><body>",
+        f"<h1>SAGA bench: {html.escape(scenario.name)}{' (quick)' if result.quick else ''}</h1>",
+        f"<p>{html.escape(scenario.description)}</p>",
+        f"<p>cluster <b>{html.escape(scenario.cluster)}</b>, "
+        f"{len(scenario.policies)} policies, {len(result.cases)} cases, "
+        f"{result.wall_seconds:.0f} s of wall time.</p>",
+    ]
+    for case in result.cases:
+        parts.append(f"<h2>{html.escape(case.name)} (seed {case.seed})</h2>")
+        parts.append(_html_case_table(case))
+    speed = summary.get("speedup") or {}
+    if speed:
+        parts.append(f"<h2>Speedup of {html.escape(scenario.reference)}</h2><table>")
+        parts.append("<tr><th>over</th><th>geomean</th><th>95 % CI</th><th>p</th></tr>")
+        for key, s in speed.items():
+            parts.append(
+                f"<tr><td>{html.escape(key.split('/', 1)[1])}</td>"
+                f"<td>{_fmt(s.get('geomean'), '{:.2f}x')}</td>"
+                f"<td>{_fmt(s.get('ci_low'), '{:.2f}')}-{_fmt(s.get('ci_high'), '{:.2f}')}</td>"
+                f"<td>{_fmt(s.get('p'), '{:.2g}')}</td></tr>"
+            )
+        parts.append("</table>")
+    for title, data in plots(result):
+        parts.append(f"<h2>{html.escape(title)}</h2><img src='data:image/png;base64,{data}'>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _html_case_table(case: CaseResult) -> str:
+    head = "".join(f"<th>{html.escape(t)}</th>" for _, t, _ in METRIC_COLUMNS)
+    rows = [f"<table><tr><th>policy</th>{head}</tr>"]
+    for name, run in case.runs.items():
+        cells = "".join(f"<td>{_fmt(run.summary.get(k), f)}</td>" for k, _, f in METRIC_COLUMNS)
+        rows.append(f"<tr><td>{html.escape(name)}</td>{cells}</tr>")
+    rows.append("</table>")
+    return "".join(rows)
+
+
+# ---- RESULTS.md ---------------------------------------------------------------------------
+def results_markdown(summaries: Sequence[Mapping[str, Any]], command: str) -> str:
+    """docs/RESULTS.md: the latest figures of every scenario, next to the paper's."""
+    lines = [
+        "# Results",
+        "",
+        f"Regenerated by `{command}`. Do not edit by hand.",
+        "",
+    ]
+    lines += _headline(summaries)
+    for s in summaries:
+        lines += ["", f"## {s['scenario']}{' (quick)' if s.get('quick') else ''}", ""]
+        lines += _policy_table(s)
+        speed = s.get("speedup") or {}
+        if speed:
+            lines += [
+                "",
+                f"Speedup of `{s['reference']}` (TCT geometric mean over paired "
+                "workflows, bootstrap 95 % CI, paired sign-flip test):",
+                "",
+            ]
+            lines += ["| over | geomean | 95 % CI | p |", "|---|---|---|---|"]
+            for key, v in speed.items():
+                lines.append(
+                    f"| {key.split('/', 1)[1]} | {_fmt(v.get('geomean'), '{:.2f}x')} | "
+                    f"{_fmt(v.get('ci_low'), '{:.2f}')}-{_fmt(v.get('ci_high'), '{:.2f}')} | "
+                    f"{_fmt(v.get('p'), '{:.2g}')} |"
+                )
+        if s.get("peak_ratio"):
+            lines += [
+                "",
+                "Peak throughput relative to `throughput`: "
+                + ", ".join(f"{k} {v:.3f}" for k, v in s["peak_ratio"].items()),
+            ]
+    return "\n".join(lines) + "\n"
+
+
+def _policy_table(s: Mapping[str, Any]) -> list[str]:
+    policies = s.get("policies") or {}
+    if not policies:
+        return []
+    head = " | ".join(t for _, t, _ in METRIC_COLUMNS)
+    lines = [
+        f"Primary case: {s.get('primary_case')}",
+        "",
+        f"| policy | {head} |",
+        "|---" * (len(METRIC_COLUMNS) + 1) + "|",
+    ]
+    for name, m in policies.items():
+        cells = " | ".join(_fmt(m.get(k), f) for k, _, f in METRIC_COLUMNS)
+        lines.append(f"| {name} | {cells} |")
+    return lines
+
+
+def _headline(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
+    by_name = {s["scenario"]: s for s in summaries}
+    rows = ["| goal | paper | ours | where |", "|---|---|---|---|"]
+    paper = by_name.get("paper", {})
+    vs = (paper.get("speedup") or {}).get(f"{paper.get('reference')}/vllm-affinity") or {}
+    rows.append(
+        f"| TCT vs vllm-affinity (geomean) | {PAPER['tct_vs_vllm_affinity']}x | "
+        f"{_fmt(vs.get('geomean'), '{:.2f}x')} | paper |"
+    )
+    inter = by_name.get("interference", {})
+    ref = inter.get("reference")
+    slo = ((inter.get("policies") or {}).get(ref) or {}).get("slo_attainment")
+    rows.append(
+        f"| SLO attainment under interference | 99.2 % | {_fmt(slo, 'pct')} | interference |"
+    )
+    pol = paper.get("policies") or {}
+    mine = (pol.get(paper.get("reference")) or {}).get("kv_utilization")
+    base = (pol.get("vllm-affinity") or {}).get("kv_utilization")
+    ratio = mine / base if isinstance(mine, float) and isinstance(base, float) and base else None
+    rows.append(
+        f"| KV memory utilization vs vllm-affinity | 1.22x | {_fmt(ratio, '{:.2f}x')} | paper |"
+    )
+    sat = by_name.get("saturation", {})
+    peak = (sat.get("peak_ratio") or {}).get(sat.get("reference"))
+    rows.append(
+        f"| peak throughput vs throughput-optimal | ~0.70 | {_fmt(peak, '{:.3f}')} | saturation |"
+    )
+    bel = by_name.get("belady", {})
+    ev = None
+    for case in bel.get("cases") or []:
+        ev = (case.get("eviction_vs_belady") or {}).get(bel.get("reference"))
+    rows.append(f"| recomputation vs Bélády | 1.31x | {_fmt(ev, '{:.2f}x')} | belady |")
+    return ["## Headline", "", *rows]

@@ -1,0 +1,329 @@
+"""Run a scenario: every policy on the same workflows and seeds, in parallel processes."""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+from saga.bench.scenario import Scenario, WorkloadSpec
+from saga.core.workflow import Workflow
+from saga.metrics.summary import speedup
+from saga.sim.cluster import ClusterSpec, get_cluster
+from saga.sim.run import isolated_tcts, run_policy
+from saga.workloads import build_workload
+from saga.workloads.registry import describe
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class PolicyRun:
+    """What one policy did on one case (small enough to pass between processes)."""
+
+    policy: str
+    summary: dict[str, object]
+    tcts: dict[str, float]
+    kv_timeline: list[tuple[float, float]]
+    wall_seconds: float
+    finish_times: list[float] = field(default_factory=list)
+
+
+@dataclass
+class CaseResult:
+    """One workload at one load and seed, served by every policy."""
+
+    name: str
+    workload: str
+    seed: int
+    replicas: int
+    load: float | None = None
+    rate: float | None = None
+    runs: dict[str, PolicyRun] = field(default_factory=dict)
+    speedup: dict[str, dict[str, float]] = field(default_factory=dict)
+    eviction_vs_belady: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class SweepPoint:
+    policy: str
+    concurrency: int
+    throughput: float
+    tct_mean: float
+    tct_p99: float
+
+
+@dataclass
+class BenchResult:
+    scenario: Scenario
+    quick: bool
+    cases: list[CaseResult] = field(default_factory=list)
+    sweep: list[SweepPoint] = field(default_factory=list)
+    peaks: dict[str, float] = field(default_factory=dict)
+    wall_seconds: float = 0.0
+
+
+# ---- jobs run in worker processes -------------------------------------------------------
+def _run_job(
+    job: tuple[ClusterSpec, str, list[Workflow], int, int | None, dict[str, float], float],
+) -> PolicyRun:
+    cluster, policy, workflows, seed, closed_loop, isolated, kv_interval = job
+    started = time.perf_counter()
+    out = run_policy(
+        cluster,
+        policy,
+        workflows,
+        seed=seed,
+        closed_loop=closed_loop,
+        isolated_cache=dict(isolated),
+        kv_sample_interval=kv_interval,
+    )
+    wall = time.perf_counter() - started
+    done = [w for w in out.result.workflows if w.finished_at >= 0]
+    tcts = {w.workflow: w.finished_at - w.arrival for w in done}
+    finishes = sorted(w.finished_at for w in done)
+    return PolicyRun(policy, out.summary, tcts, out.result.kv_timeline, wall, finishes)
+
+
+def _isolated_job(job: tuple[ClusterSpec, list[Workflow]]) -> dict[str, float]:
+    cluster, workflows = job
+    return isolated_tcts(cluster, workflows)
+
+
+def _executor() -> Executor:
+    workers = max(1, min(2, os.cpu_count() or 1))
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+
+
+# ---- the scenario kinds -------------------------------------------------------------------
+def run_scenario(
+    scenario: Scenario, *, quick: bool, progress: Progress | None = None
+) -> BenchResult:
+    """Run every case of ``scenario`` (its quick version if ``quick``)."""
+    spec = scenario.quick_version() if quick else scenario
+    say = progress or (lambda _: None)
+    result = BenchResult(spec, quick)
+    started = time.perf_counter()
+    with _executor() as pool:
+        if spec.kind == "saturation":
+            _run_saturation(spec, pool, result, say)
+        elif spec.kind == "scale":
+            _run_scale(spec, pool, result, say)
+        else:
+            _run_compare(spec, pool, result, say)
+    result.wall_seconds = time.perf_counter() - started
+    return result
+
+
+def _run_compare(spec: Scenario, pool: Executor, result: BenchResult, say: Progress) -> None:
+    cluster = get_cluster(spec.cluster)
+    for workload in spec.workloads:
+        for seed in spec.seeds:
+            if spec.loads is None:
+                case = CaseResult(workload.title, workload.name, seed, cluster.replicas)
+                workflows, closed = _build(workload, seed, {})
+                _run_case(spec, cluster, case, workflows, closed, pool, say)
+                result.cases.append(case)
+                continue
+            peak = _peak_rate(spec, cluster, workload, seed, pool, result, say)
+            for load in spec.loads:
+                rate = load * peak
+                case = CaseResult(
+                    f"{workload.title}@{round(100 * load)}%",
+                    workload.name,
+                    seed,
+                    cluster.replicas,
+                    load,
+                    rate,
+                )
+                workflows, closed = _build(workload, seed, {"rate": f"{rate:.6g}"})
+                _run_case(spec, cluster, case, workflows, closed, pool, say)
+                result.cases.append(case)
+
+
+def _run_scale(spec: Scenario, pool: Executor, result: BenchResult, say: Progress) -> None:
+    base = get_cluster(spec.cluster)
+    for workload in spec.workloads:
+        base_rate = float(workload.params.get("rate", 0.2))
+        for replicas in spec.replicas:
+            cluster = base.model_copy(update={"replicas": replicas})
+            rate = base_rate * replicas / base.replicas
+            seed = spec.seeds[0]
+            case = CaseResult(
+                f"{workload.title}x{replicas * base.tp}gpu",
+                workload.name,
+                seed,
+                replicas,
+                rate=rate,
+            )
+            workflows, closed = _build(workload, seed, {"rate": f"{rate:.6g}"})
+            _run_case(spec, cluster, case, workflows, closed, pool, say)
+            result.cases.append(case)
+
+
+def _run_saturation(spec: Scenario, pool: Executor, result: BenchResult, say: Progress) -> None:
+    cluster = get_cluster(spec.cluster)
+    workload = spec.workloads[0]
+    seed = spec.seeds[0]
+    for policy in spec.policies:
+        points = _sweep(spec, cluster, workload, seed, policy, pool, say)
+        result.sweep.extend(points)
+        result.peaks[policy] = max(p.throughput for p in points)
+
+
+def _peak_rate(
+    spec: Scenario,
+    cluster: ClusterSpec,
+    workload: WorkloadSpec,
+    seed: int,
+    pool: Executor,
+    result: BenchResult,
+    say: Progress,
+) -> float:
+    """Peak completed workflows/s of the peak policy: the rate that load 1.0 means."""
+    key = f"{workload.title}/{seed}"
+    if key not in result.peaks:
+        points = _sweep(spec, cluster, workload, seed, spec.peak_policy, pool, say)
+        result.sweep.extend(points)
+        result.peaks[key] = max(p.throughput for p in points)
+    return result.peaks[key]
+
+
+def _sweep(
+    spec: Scenario,
+    cluster: ClusterSpec,
+    workload: WorkloadSpec,
+    seed: int,
+    policy: str,
+    pool: Executor,
+    say: Progress,
+) -> list[SweepPoint]:
+    """Closed-loop runs with more and more workflows in flight, two at a time (one per
+    core), until throughput stops rising by 2 % or the sweep list ends."""
+    points: list[SweepPoint] = []
+    levels = list(spec.sweep)
+    best = 0.0
+    while levels:
+        batch, levels = levels[:2], levels[2:]
+        jobs = []
+        for per_replica in batch:
+            concurrency = per_replica * cluster.replicas
+            workflows, _ = _build(workload, seed, _closed_params(workload, concurrency, spec))
+            # slowdowns are not needed for a sweep: skip the isolated runs
+            skip = {w.id: 1.0 for w in workflows}
+            jobs.append((cluster, policy, workflows, seed, concurrency, skip, 0.0))
+        say(f"saturation sweep of {policy} on {workload.title}: {batch} per replica")
+        for per_replica, run in zip(batch, pool.map(_run_job, jobs), strict=True):
+            points.append(
+                SweepPoint(
+                    policy,
+                    per_replica * cluster.replicas,
+                    steady_throughput(run.finish_times),
+                    float(run.summary["tct_mean"]),  # type: ignore[arg-type]
+                    float(run.summary["tct_p99"]),  # type: ignore[arg-type]
+                )
+            )
+        top = max((p.throughput for p in points if math.isfinite(p.throughput)), default=0.0)
+        if top < best * 1.02:
+            break
+        best = top
+    return points
+
+
+def steady_throughput(finishes: Sequence[float]) -> float:
+    """Completed workflows per second between the 20th and 80th percentile of finish
+    times (sorted): the steady state of a closed loop, without ramp-up and drain."""
+    if len(finishes) < 5:
+        return float("nan")
+    lo = int(0.2 * (len(finishes) - 1))
+    hi = int(0.8 * (len(finishes) - 1))
+    span = finishes[hi] - finishes[lo]
+    return (hi - lo) / span if span > 0 else float("nan")
+
+
+def _closed_params(workload: WorkloadSpec, concurrency: int, spec: Scenario) -> dict[str, str]:
+    _, model = describe(workload.name)
+    fields = model.model_fields
+    params = {"concurrency": str(concurrency)}
+    count = spec.sweep_workflows * concurrency
+    if "count" in fields:
+        params["count"] = str(count)
+        if "duration" in fields:
+            params["duration"] = "none"
+    elif "limit" in fields:
+        params["limit"] = str(count)
+    return params
+
+
+def _build(
+    workload: WorkloadSpec, seed: int, overrides: dict[str, str]
+) -> tuple[list[Workflow], int | None]:
+    params = {**workload.string_params(), **overrides}
+    built = build_workload(workload.name, seed=seed, params=params)
+    return list(built.workflows), built.closed_loop
+
+
+def _run_case(
+    spec: Scenario,
+    cluster: ClusterSpec,
+    case: CaseResult,
+    workflows: list[Workflow],
+    closed: int | None,
+    pool: Executor,
+    say: Progress,
+) -> None:
+    say(
+        f"{case.name} (seed {case.seed}): {len(workflows)} workflows on {cluster.name}"
+        f" x{cluster.replicas}: isolated TCTs"
+    )
+    isolated: dict[str, float] = {}
+    half = (len(workflows) + 1) // 2
+    for part in pool.map(_isolated_job, [(cluster, workflows[:half]), (cluster, workflows[half:])]):
+        isolated.update(part)
+    interval = spec.kv_sample_interval or _auto_interval(workflows)
+    jobs = [(cluster, p, workflows, case.seed, closed, isolated, interval) for p in spec.policies]
+    say(f"{case.name}: running {len(jobs)} policies")
+    for run in pool.map(_run_job, jobs):
+        case.runs[run.policy] = run
+        say(f"{case.name}: {run.policy} done in {run.wall_seconds:.1f} s")
+    reference = case.runs[spec.reference]
+    for name, run in case.runs.items():
+        if name != spec.reference:
+            case.speedup[f"{spec.reference}/{name}"] = speedup(
+                run.tcts, reference.tcts, seed=case.seed
+            )
+    if "belady" in case.runs:
+        bound = float(case.runs["belady"].summary["recomputed_tokens"])  # type: ignore[arg-type]
+        for name, run in case.runs.items():
+            mine = float(run.summary["recomputed_tokens"])  # type: ignore[arg-type]
+            case.eviction_vs_belady[name] = (
+                mine / bound if bound > 0 else (1.0 if mine == 0 else math.inf)
+            )
+
+
+def _auto_interval(workflows: Sequence[Workflow]) -> float:
+    span = max(w.arrival for w in workflows) - min(w.arrival for w in workflows)
+    return max(1.0, span / 200)
+
+
+def pooled_speedups(result: BenchResult) -> dict[str, dict[str, float]]:
+    """Speedup of the reference over each policy, over the paired workflows of every case."""
+    reference = result.scenario.reference
+    out: dict[str, dict[str, float]] = {}
+    for policy in result.scenario.policies:
+        if policy == reference:
+            continue
+        base: dict[str, float] = {}
+        mine: dict[str, float] = {}
+        for case in result.cases:
+            if policy in case.runs and reference in case.runs:
+                prefix = f"{case.name}/{case.seed}/"
+                base.update({prefix + k: v for k, v in case.runs[policy].tcts.items()})
+                mine.update({prefix + k: v for k, v in case.runs[reference].tcts.items()})
+        if base:
+            out[f"{reference}/{policy}"] = speedup(base, mine)
+    return out
