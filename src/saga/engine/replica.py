@@ -111,6 +111,10 @@ class Request:
 class EngineHooks(Protocol):
     """The scheduler core's answers to the engine's choice points."""
 
+    #: True when queue_key of a request never changes (then queues are sorted only
+    #: when they change, not every step).
+    static_order: bool
+
     def queue_key(self, replica: Replica, request: Request, now: float) -> tuple[float, ...]:
         """Order of service: smaller first. The largest running key is preempted first."""
         ...
@@ -172,6 +176,9 @@ class Replica:
         self._run_ctx = 0
         self._link_free_at = 0.0
         self.blocked_on_memory = False  # the last admission stopped for want of blocks
+        # With a static queue order, sort only after the queues changed.
+        self._running_unsorted = False
+        self._waiting_unsorted = False
         # counters for metrics
         self.steps = 0
         self.busy_seconds = 0.0
@@ -196,6 +203,7 @@ class Replica:
     def enqueue(self, request: Request, now: float) -> None:
         request.enqueued_at = now
         self.waiting.append(request)
+        self._waiting_unsorted = True
 
     def plan(self, now: float) -> float | None:
         """Start the next step if idle and there is work; return when it ends.
@@ -262,8 +270,9 @@ class Replica:
         self.busy_seconds += now - self.step_start
         finished: list[Request] = []
         steps = self._run_steps or 1
+        run = self._run_steps > 0
         for request, q in self._batch:
-            if self._run_steps:
+            if run:
                 request.computed += steps
                 request.generated += steps
             else:
@@ -278,8 +287,8 @@ class Replica:
                 request.first_token_at = now
             if request.generated >= request.output_tokens:
                 finished.append(request)
-            else:
-                self._trim(request, now)
+            elif run:
+                self._trim(request, now)  # a cut run reserved blocks for steps not taken
         self._batch = []
         self._run_steps = 0
         for request in finished:
@@ -289,8 +298,9 @@ class Replica:
     # ---- batch formation ---------------------------------------------------------------
     def _form_batch(self, now: float) -> tuple[list[tuple[Request, int]], bool]:
         hooks = self.hooks
-        if len(self.running) > 1:
+        if len(self.running) > 1 and (self._running_unsorted or not hooks.static_order):
             self.running.sort(key=lambda r: hooks.queue_key(self, r, now))
+            self._running_unsorted = False
         budget = self.config.max_num_batched_tokens
         batch: list[tuple[Request, int]] = []
         preempted = False
@@ -321,8 +331,9 @@ class Replica:
         if not self.waiting:
             return
         hooks = self.hooks
-        if len(self.waiting) > 1:
+        if len(self.waiting) > 1 and (self._waiting_unsorted or not hooks.static_order):
             self.waiting.sort(key=lambda r: hooks.queue_key(self, r, now))
+            self._waiting_unsorted = False
         admitted = 0
         self.blocked_on_memory = False
         for request in self.waiting:
@@ -345,6 +356,7 @@ class Replica:
                 budget -= q
         if admitted:
             del self.waiting[:admitted]
+            self._running_unsorted = True
 
     def _admitted(self, request: Request, cached: int, now: float) -> None:
         pin = self.pins.pop(request.workflow, None)
@@ -428,6 +440,7 @@ class Replica:
         request.computed = 0
         request.ready_at = 0.0
         self.waiting.insert(0, request)
+        self._waiting_unsorted = True
 
     def _release_kv(self, request: Request, now: float) -> None:
         if request.lock is not None:

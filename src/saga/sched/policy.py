@@ -101,6 +101,10 @@ class Policy:
     name: ClassVar[str] = "policy"
     #: Offline bounds read the future; the gateway refuses them.
     offline: ClassVar[bool] = False
+    #: True when queue_key never changes for a request (FCFS): the engine then sorts
+    #: its queues only when they change. Policies with aging or service-based keys
+    #: must set it False.
+    static_order: ClassVar[bool] = True
 
     def __init__(self, router: Router) -> None:
         self.router = router
