@@ -163,3 +163,39 @@ def test_offload_copies_to_host_and_a_later_call_loads_from_there() -> None:
     drive(replica, end)
     assert nxt.cached_tokens == 3 * BT and nxt.host_tokens == 7 * BT
     assert nxt.first_token_at > end + replica.cost.host_transfer_time(7 * replica.block_bytes)
+
+
+def test_pins_are_not_lost_when_giving_them_up_would_not_help() -> None:
+    # reported by the baselines work: a failed allocation used to unpin everything
+    replica = make_replica(capacity=100, hooks=Hooks(Retention("pin", ttl=60.0)))
+    replica.enqueue(request("pinned", 30, 2, seq=1), 0.0)
+    end, _ = drive(replica)
+    assert "pinned" in replica.pins
+    replica.hooks = Hooks()  # later calls release
+    replica.enqueue(request("big", 60, 1000, seq=2), end)
+    end = replica.plan(end) or end
+    replica.complete(end)
+    replica.enqueue(request("huge", 80, 2, seq=3), end)
+    replica.plan(end)
+    assert [r.workflow for r in replica.waiting] == ["huge"]
+    assert "pinned" in replica.pins
+    assert replica.kv.locked_blocks >= 30
+    replica.kv.check()
+
+
+def test_pressure_gives_up_pins_in_the_policy_order() -> None:
+    class LatestFirst(Hooks):
+        def unpin_order(self, replica: Replica, now: float) -> list[str]:
+            return sorted(replica.pins, key=lambda w: -replica.pins[w].expires)
+
+    hooks = LatestFirst(Retention("pin", ttl=60.0))
+    replica = make_replica(capacity=40, budget=4096, hooks=hooks)
+    replica.enqueue(request("early", 15, 2, seq=1), 0.0)
+    end, _ = drive(replica)
+    replica.enqueue(request("late", 15, 2, seq=2), end + 1)
+    end, _ = drive(replica, end + 1)
+    assert replica.kv.locked_blocks == 30
+    hooks.decision = Retention("release")
+    replica.enqueue(request("new", 18, 2, seq=3), end)
+    replica.plan(end)
+    assert "early" in replica.pins and "late" not in replica.pins

@@ -123,6 +123,10 @@ class EngineHooks(Protocol):
         """What to do with a finished call's KV while its workflow is in a tool call."""
         ...
 
+    def unpin_order(self, replica: Replica, now: float) -> list[str]:
+        """Workflows whose pins to give up first when memory runs short."""
+        ...
+
 
 class Pin:
     """KV kept on the GPU for a workflow between its calls."""
@@ -416,11 +420,23 @@ class Replica:
     def _allocate(self, blocks: int, now: float) -> bool:
         if self.kv.allocate(blocks, now):
             return True
-        # Under pressure, pins go first, earliest expiry first.
-        for workflow in sorted(self.pins, key=lambda w: (self.pins[w].expires, w)):
+        if not self.pins:
+            return False
+        # Under pressure, pins are given up in the policy's order until the blocks fit.
+        released: list[tuple[str, Pin]] = []
+        for workflow in self.hooks.unpin_order(self, now):
+            pin = self.pins.get(workflow)
+            if pin is None:
+                continue
             self.unpin(workflow, now)
+            released.append((workflow, pin))
             if self.kv.allocate(blocks, now):
                 return True
+        # Not enough even so: a failed allocation changes nothing, so the pins'
+        # blocks are all still cached and the pins are restored as they were.
+        for workflow, pin in released:
+            self.kv.acquire(pin.node, now, user=False)
+            self.pins[workflow] = pin
         return False
 
     def _trim(self, request: Request, now: float) -> None:

@@ -36,6 +36,9 @@ class CallInfo:
     ``output_tokens`` is the call's true output length: known to the simulator,
     not to a real scheduler. Only offline bounds (``belady``) may read it, and
     ``next_gap`` (the tool time before the workflow's next call) likewise.
+    ``after`` names the calls this one waited for (the DAG's edges, as a client's
+    request would say which results it carries) and ``next_tool`` the tool that the
+    call's output invokes (visible in a real response's tool call), if any.
     """
 
     workflow: str
@@ -52,6 +55,8 @@ class CallInfo:
     ends_workflow: bool
     output_tokens: int = 0
     next_gap: float | None = None
+    after: tuple[str, ...] = ()
+    next_tool: str | None = None
 
 
 @dataclass(slots=True)
@@ -129,6 +134,11 @@ class Policy:
 
     def eviction_order(self, replica_index: int) -> EvictionOrder:
         return LRUEviction()
+
+    def unpin_order(self, replica: Replica, now: float) -> list[str]:
+        """Pins to give up under memory pressure, first first: earliest expiry."""
+        pins = replica.pins
+        return sorted(pins, key=lambda w: (pins[w].expires, w))
 
     # ---- observations (for learning policies) -----------------------------------------
     def on_call_ready(self, call: CallInfo, now: float) -> None:

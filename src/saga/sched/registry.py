@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from saga.errors import UserError
+from saga.sched.baselines import BASELINES
 from saga.sched.policy import Policy
 from saga.sched.vllm import VLLMAffinity, VLLMLeastLoaded, VLLMRoundRobin
 
@@ -18,7 +19,7 @@ def register(name: str, factory: Callable[[], Policy]) -> None:
     _FACTORIES[name] = factory
 
 
-for _cls in (VLLMRoundRobin, VLLMAffinity, VLLMLeastLoaded):
+for _cls in (VLLMRoundRobin, VLLMAffinity, VLLMLeastLoaded, *BASELINES):
     register(_cls.name, _cls)
 
 

@@ -272,6 +272,8 @@ class Simulation:
             ends_workflow=run.pending == 1,
             output_tokens=call.output_tokens,
             next_gap=self._next_gap(workflow, i),
+            after=call.after,
+            next_tool=self._next_tool(workflow, i),
         )
         self.policy.on_call_ready(info, now)
         index = self.policy.place(info, now)
@@ -296,6 +298,14 @@ class Simulation:
         reusable_tokens = min(reusable * self.block_tokens, request.prompt_tokens - 1)
         missed = reusable_tokens - request.cached_tokens - request.host_tokens
         return max(0, missed) + request.recomputed_tokens
+
+    @staticmethod
+    def _next_tool(workflow: Workflow, i: int) -> str | None:
+        call_id = workflow.calls[i].id
+        for nxt in workflow.calls[i + 1 :]:
+            if call_id in nxt.after:
+                return nxt.tool
+        return None
 
     @staticmethod
     def _next_gap(workflow: Workflow, i: int) -> float | None:

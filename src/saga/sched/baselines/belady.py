@@ -1,0 +1,90 @@
+"""``belady``: Bélády's offline MIN eviction for prefix-tree KV (a bound, not deployable).
+
+Source (docs/baselines.md section 7): Bélády's MIN evicts the item whose next
+reference is furthest in the future. Adapted to a prefix tree: a block's next use
+is never later than that of its descendants, so the furthest next use is always
+at a leaf; evicting evictable leaves furthest-next-use first is MIN and keeps the
+cache prefix-closed.
+
+Next use, known offline. When a call finishes, ``CallInfo.next_gap`` (the tool
+time before the workflow's next call, read from the trace) announces the
+workflow's next use at ``now + next_gap``; a workflow's next use is the earliest
+announced use not yet issued, and never (evicted first) when there is none. While a
+call of the workflow is ready, queued or running its KV is in use (kept
+first). A workflow-local node takes its workflow's next use; a shared named prefix
+takes the soonest next use among the live workflows that use it, and never when
+none does (workflows that have not arrived yet are not known to the policy;
+shared prefixes are short, so this costs little). Ties, e.g. among blocks never
+used again, go to the least recently released (the engine's tie-break; the
+docs' "deepest, then most recently freed" is not expressible by a key).
+
+This is one pass with the next uses the run itself produces (the issue time of
+the next call, not its admission); the docs' multi-pass fixpoint is left to the
+benchmark driver. Everything else is ``vllm-affinity``: first come first served,
+release, session-hash routing, so the comparison isolates eviction.
+"""
+
+from __future__ import annotations
+
+from saga.engine.kvcache import EvictionOrder, KeyedEviction, KVNode
+from saga.engine.replica import Replica, Request
+from saga.sched.baselines._shared import INF, WorkflowActivity
+from saga.sched.decisions import RELEASE, Retention
+from saga.sched.policy import CallInfo, Policy, WorkflowInfo
+from saga.sched.vllm import ConsistentHashRouter
+
+
+class Belady(Policy):
+    """Evict the KV whose workflow is next used furthest in the future (offline)."""
+
+    name = "belady"
+    offline = True
+
+    def __init__(self) -> None:
+        super().__init__(ConsistentHashRouter())
+        self.activity = WorkflowActivity()
+        # workflow -> times of its calls announced by finished calls and not yet issued
+        self.future_uses: dict[str, list[float]] = {}
+
+    # ---- eviction ----------------------------------------------------------------------
+    def eviction_order(self, replica_index: int) -> EvictionOrder:
+        return KeyedEviction("belady", self.eviction_key)
+
+    def eviction_key(self, node: KVNode, now: float) -> float:
+        """Smaller is evicted first: minus the time of the node's next use."""
+        return -self.node_next_use(node, now)
+
+    def node_next_use(self, node: KVNode, now: float) -> float:
+        namespace = node.namespace
+        if namespace.startswith("w:"):
+            return self.workflow_next_use(namespace[2:], now)
+        users = self.activity.shared_users.get(namespace, ())
+        return min((self.workflow_next_use(w, now) for w in users), default=INF)
+
+    def workflow_next_use(self, workflow: str, now: float) -> float:
+        if self.activity.is_running(workflow):
+            return -INF  # in use now: kept before any announced use, however soon
+        uses = self.future_uses.get(workflow)
+        return min(uses) if uses else INF
+
+    # ---- retention: learn the next use from the trace ---------------------------------------
+    def retention(self, replica: Replica, request: Request, now: float) -> Retention:
+        info = request.info
+        if info is not None and info.next_gap is not None:
+            self.future_uses.setdefault(info.workflow, []).append(now + info.next_gap)
+        return RELEASE
+
+    # ---- observations ----------------------------------------------------------------
+    def on_call_ready(self, call: CallInfo, now: float) -> None:
+        self.activity.call_ready(call)
+        uses = self.future_uses.get(call.workflow)
+        if uses:
+            # the announced use this call fulfils (the earliest; they coincide for chains)
+            uses.remove(min(uses))
+
+    def on_call_finished(self, call: CallInfo, replica: int, now: float) -> None:
+        self.activity.call_finished(call)
+
+    def on_workflow_finished(self, workflow: WorkflowInfo, now: float) -> None:
+        self.activity.workflow_finished(workflow.workflow)
+        self.future_uses.pop(workflow.workflow, None)
