@@ -111,9 +111,11 @@ class Request:
 class EngineHooks(Protocol):
     """The scheduler core's answers to the engine's choice points."""
 
-    #: True when queue_key of a request never changes (then queues are sorted only
-    #: when they change, not every step).
-    static_order: bool
+    @property
+    def static_order(self) -> bool:
+        """True when queue_key of a request never changes (then queues are sorted
+        only when they change, not every step)."""
+        ...
 
     def queue_key(self, replica: Replica, request: Request, now: float) -> tuple[float, ...]:
         """Order of service: smaller first. The largest running key is preempted first."""
