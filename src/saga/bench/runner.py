@@ -249,7 +249,7 @@ def _closed_params(workload: WorkloadSpec, concurrency: int, spec: Scenario) -> 
     _, model = describe(workload.name)
     fields = model.model_fields
     params = {"concurrency": str(concurrency)}
-    count = spec.sweep_workflows * concurrency
+    count = max(spec.sweep_workflows * concurrency, 24)
     if "count" in fields:
         params["count"] = str(count)
         if "duration" in fields:
