@@ -50,9 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_simulate(commands)
     _add_list(commands)
     from saga.bench.cli import register as register_bench
+    from saga.emulator.cli import register as register_emulate
+    from saga.gateway.cli import register as register_serve
     from saga.workloads.cli import register as register_workload
 
     register_bench(commands)
+    register_serve(commands)
+    register_emulate(commands)
     register_workload(commands)
     return parser
 

@@ -1,0 +1,269 @@
+"""The emulator's runtime: engine-model replicas driven in real time.
+
+This is the simulator's replica driver (``_kick``, ``_plan``, ``_step_end``, pin
+expiry) with two additions for a live server:
+
+* calls arrive from HTTP handlers (:meth:`Emulator.submit`) and report progress
+  through an :class:`asyncio.Event` per call, so a handler can stream tokens;
+* while a streaming call runs, decode runs are cut every ``stream_interval`` model
+  seconds (:meth:`Replica.interrupt`, which changes nothing in the result), so that
+  tokens reach the client at the modelled pace instead of in one burst.
+
+Its scheduling hooks carry the gateway's hints: a call's priority (smaller first,
+then arrival) and what to do with its KV when it finishes. The KV control verbs
+(:meth:`Emulator.retain`) pin, offload or drop the KV a workflow's last call left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from saga.engine.kvcache import Run
+from saga.engine.replica import Pin, Replica, Request, output_run
+from saga.sched.decisions import RELEASE, Retention
+from saga.sim.cluster import ClusterSpec
+
+from .realtime import RealtimeEventLoop
+
+
+@dataclass(slots=True)
+class CallState:
+    """One call in the emulator, as its HTTP handler sees it."""
+
+    request: Request
+    replica: int
+    stream: bool
+    priority: float = 0.0
+    retention: Retention = RELEASE
+    progress: asyncio.Event = field(default_factory=asyncio.Event)
+    done: bool = False
+    arrived_at: float = 0.0
+
+
+class Emulator:
+    """``replicas`` engine-model replicas of ``cluster`` advancing in real time."""
+
+    @property
+    def static_order(self) -> bool:
+        """The queue key (priority, arrival, seq) of a call never changes."""
+        return True
+
+    def __init__(
+        self,
+        cluster: ClusterSpec,
+        replicas: int | None = None,
+        *,
+        time_scale: float = 1.0,
+        block_tokens: int = 64,
+        stream_interval: float = 0.05,
+    ) -> None:
+        self.cluster = cluster
+        self.loop = RealtimeEventLoop(time_scale)
+        self.block_tokens = block_tokens
+        self.stream_interval = stream_interval
+        self.cost = cluster.cost_model()
+        count = replicas if replicas is not None else cluster.replicas
+        capacity = cluster.kv_capacity_blocks(block_tokens)
+        host = cluster.host_capacity_blocks(block_tokens)
+        self.replicas = [
+            Replica(
+                i, cluster.engine, self.cost, self, block_tokens=block_tokens,
+                capacity_blocks=capacity, host_capacity_blocks=host,
+            )
+            for i in range(count)
+        ]
+        self.calls: dict[int, CallState] = {}
+        # what the last finished call of each workflow left, per replica (for retain)
+        self.last_kv: list[dict[str, tuple[Run, ...]]] = [{} for _ in self.replicas]
+        self._kick_pending = [False] * count
+        self._cut_pending = [False] * count
+        self._streaming = [0] * count
+        self._seq = 0
+        self.finished_calls = 0
+
+    # ---- hooks (saga.engine.replica.EngineHooks) ---------------------------------------
+    def queue_key(self, replica: Replica, request: Request, now: float) -> tuple[float, ...]:
+        state = self.calls.get(request.seq)
+        priority = state.priority if state is not None else 0.0
+        return (priority, request.enqueued_at, request.seq)
+
+    def retention(self, replica: Replica, request: Request, now: float) -> Retention:
+        state = self.calls.get(request.seq)
+        return state.retention if state is not None else RELEASE
+
+    def unpin_order(self, replica: Replica, now: float) -> list[str]:
+        """Pins to give up under memory pressure: earliest expiry first."""
+        pins = replica.pins
+        return sorted(pins, key=lambda w: (pins[w].expires, w))
+
+    # ---- calls ----------------------------------------------------------------------------
+    def submit(
+        self,
+        replica: int,
+        workflow: str,
+        runs: tuple[Run, ...],
+        prompt_tokens: int,
+        output_tokens: int,
+        *,
+        stream: bool = False,
+        priority: float = 0.0,
+        retention: Retention = RELEASE,
+    ) -> CallState:
+        """Queue a call on ``replica`` now; its state reports progress and the end."""
+        now = self.loop.sync()
+        self._seq += 1
+        request = Request(
+            workflow, f"c{self._seq}", runs, prompt_tokens, output_tokens, self.block_tokens,
+            self._seq,
+        )
+        state = CallState(request, replica, stream, priority, retention, arrived_at=now)
+        self.calls[request.seq] = state
+        if stream:
+            self._streaming[replica] += 1
+        target = self.replicas[replica]
+        target.enqueue(request, now)
+        self._kick(target)
+        return state
+
+    def model_now(self) -> float:
+        return self.loop.sync()
+
+    # ---- retention verbs (the KV control API) -------------------------------------------
+    def retain(self, replica: int, workflow: str, decision: Retention) -> int:
+        """Apply ``decision`` to the KV that ``workflow``'s last call left on ``replica``.
+
+        Returns the blocks concerned (0 when nothing of it is cached any more).
+        """
+        now = self.loop.sync()
+        target = self.replicas[replica]
+        runs = self.last_kv[replica].get(workflow)
+        if not runs:
+            return 0
+        node, hit = target.kv.lock(runs, now)
+        if hit == 0:
+            target.kv.unlock(node, now)
+            return 0
+        holder = Request(workflow, "retain", runs, 0, 0, self.block_tokens, 0)
+        holder.lock = node
+        target.apply_retention(holder, decision, now)
+        self._schedule_side_effects(target)
+        return hit
+
+    def unpin(self, replica: int, workflow: str) -> bool:
+        now = self.loop.sync()
+        target = self.replicas[replica]
+        released = target.unpin(workflow, now)
+        if released and target.waiting:
+            self._kick(target)
+        return released
+
+    # ---- driving the replicas (as saga.sim.simulator.Simulation) -------------------------
+    def _kick(self, replica: Replica) -> None:
+        now = self.loop.now
+        if replica.busy:
+            end = replica.interrupt(now)
+            if end is not None:
+                self.loop.at(end, self._step_end, (replica, replica.version))
+            return
+        if not self._kick_pending[replica.index]:
+            self._kick_pending[replica.index] = True
+            self.loop.at(now, self._plan, replica)
+
+    def _plan(self, replica: Replica) -> None:
+        self._kick_pending[replica.index] = False
+        if replica.busy:
+            return
+        now = self.loop.now
+        end = replica.plan(now)
+        if end is None:
+            return
+        self.loop.at(end, self._step_end, (replica, replica.version))
+        index = replica.index
+        if (
+            self._streaming[index]
+            and end - now > self.stream_interval
+            and not self._cut_pending[index]
+        ):
+            self._cut_pending[index] = True
+            self.loop.at(now + self.stream_interval, self._cut, replica)
+
+    def _cut(self, replica: Replica) -> None:
+        """Cut a long decode run so that streaming calls see their tokens."""
+        self._cut_pending[replica.index] = False
+        if replica.busy:
+            end = replica.interrupt(self.loop.now)
+            if end is not None:
+                self.loop.at(end, self._step_end, (replica, replica.version))
+
+    def _step_end(self, item: tuple[Replica, int]) -> None:
+        replica, version = item
+        if version != replica.version or not replica.busy:
+            return
+        now = self.loop.now
+        finished = replica.complete(now)
+        calls = self.calls
+        for request in replica.running:
+            state = calls.get(request.seq)
+            if state is not None and state.stream and request.generated:
+                state.progress.set()
+        for request in finished:
+            self._finished(replica, request)
+        self._schedule_side_effects(replica)
+        self._plan(replica)
+
+    def _finished(self, replica: Replica, request: Request) -> None:
+        state = self.calls.pop(request.seq, None)
+        out = output_run(request, self.block_tokens)
+        self.last_kv[replica.index][request.workflow] = request.runs + (
+            (out,) if out is not None else ()
+        )
+        self.finished_calls += 1
+        if state is None:
+            return
+        if state.stream:
+            self._streaming[replica.index] -= 1
+        state.done = True
+        state.progress.set()
+
+    def _schedule_side_effects(self, replica: Replica) -> None:
+        for workflow, pin in replica.new_pins:
+            self.loop.at(pin.expires, self._pin_expired, (replica, workflow, pin))
+        replica.new_pins.clear()
+        for when, runs in replica.new_prefetches:
+            self.loop.at(when, self._prefetch, (replica, runs))
+        replica.new_prefetches.clear()
+
+    def _prefetch(self, item: tuple[Replica, tuple[Run, ...]]) -> None:
+        replica, runs = item
+        replica.prefetch(runs, self.loop.now)
+
+    def _pin_expired(self, item: tuple[Replica, str, Pin]) -> None:
+        replica, workflow, pin = item
+        if replica.pins.get(workflow) is pin:
+            replica.unpin(workflow, self.loop.now)
+            if replica.waiting:
+                self._kick(replica)
+
+    # ---- observation ----------------------------------------------------------------------
+    def replica_state(self, index: int) -> dict[str, object]:
+        r = self.replicas[index]
+        return {
+            "replica": index,
+            "model_time": self.loop.sync(),
+            "time_scale": self.loop.time_scale,
+            "waiting": len(r.waiting),
+            "running": len(r.running),
+            "outstanding_tokens": r.outstanding_tokens(),
+            "kv_capacity_blocks": r.kv.capacity,
+            "kv_used_blocks": r.kv.used_blocks,
+            "pins": sorted(r.pins),
+            "steps": r.steps,
+            "prompt_tokens": r.prompt_tokens_total,
+            "cached_tokens": r.cached_tokens_total,
+            "output_tokens": r.output_tokens_total,
+            "busy": r.busy,
+            "step_end": r.step_end if r.busy else None,
+            "pending_events": self.loop.pending(),
+            "late_events": self.loop.late_events,
+        }

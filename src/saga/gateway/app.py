@@ -1,0 +1,588 @@
+"""The gateway: an OpenAI-compatible HTTP front that asks the scheduler core.
+
+For every call: find the tenant (API key) and the workflow (headers, or the
+fallback below), admit the workflow (the policy may defer it: the call waits here,
+or gets a 429 after ``max_defer``), place the call (the policy, or the workflow's
+home replica from the store), wait for a slot at that replica (weighted fair
+queueing across tenants when the replica is at its concurrency limit), forward the
+call, stream the answer back, then tell the policy and carry out its retention
+decision through the backend.
+
+Workflow identity, in order: header ``x-saga-workflow``; the body's ``user``; else
+``auto:`` + a hash of the first two chat messages (for completions, of the first
+1024 prompt characters), so that the turns of one conversation, which repeat its
+start, map to one workflow. Ids are per tenant. ``x-saga-agent`` names the agent
+program (default ``default``), ``x-saga-tool`` the tool that ran before this call,
+``x-saga-end: true`` marks the workflow's last call (without it a workflow ends
+after ``workflow_idle_timeout``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import heapq
+import importlib
+import json
+import random
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import aiohttp
+from aiohttp import web
+
+from saga.engine.replica import Replica, Request
+from saga.errors import UserError
+from saga.gateway.backends import Backend, BackendError, build_backend
+from saga.gateway.config import GatewayConfig
+from saga.gateway.metrics import Metrics, PromText
+from saga.gateway.openai_api import BadRequest, ChatRequest, CompletionRequest, Kind, parse_body
+from saga.gateway.prefix import chat_text, estimate_tokens, text_runs
+from saga.gateway.store import MemoryStore, Store, build_store
+from saga.gateway.view import RemoteReplicaView
+from saga.sched.decisions import Retention
+from saga.sched.policy import CallInfo, Policy, PolicyContext, WorkflowInfo
+from saga.sched.registry import build_policy
+from saga.sim.cluster import get_cluster
+
+_TRUE = {"1", "true", "yes"}
+_FALSE = {"0", "false", "no", ""}
+
+
+@dataclass(slots=True)
+class _Workflow:
+    info: WorkflowInfo
+    calls: int = 0
+    in_flight: int = 0
+    last_seen: float = 0.0
+    admitted: bool = False
+
+
+@dataclass(order=True, slots=True)
+class _Waiter:
+    tag: float
+    seq: int
+    request: Request = field(compare=False)
+    future: asyncio.Future[None] = field(compare=False)
+
+
+class Gateway:
+    """One gateway process: the policy, the backends, the store, the HTTP app."""
+
+    def __init__(
+        self, config: GatewayConfig, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.config = config
+        self._clock = clock
+        self._origin = clock()
+        for module in config.plugins:
+            try:
+                importlib.import_module(module)
+            except ImportError as error:
+                raise UserError(f"plugin {module!r} cannot be imported: {error}") from None
+        self.policy: Policy = build_policy(config.policy)
+        if self.policy.offline:
+            raise UserError(f"policy {config.policy!r} reads the future; the gateway cannot run it")
+        cluster = get_cluster(config.cluster)
+        self.model_name = config.served_models[0] if config.served_models else cluster.model
+        bt = config.block_tokens
+        capacity = cluster.kv_capacity_blocks(bt)
+        self.views = [RemoteReplicaView(i, capacity, bt) for i in range(len(config.backends))]
+        # The views offer what policies read of a Replica (see saga.gateway.view).
+        ctx = PolicyContext(
+            replicas=cast(Sequence[Replica], self.views), cost=cluster.cost_model(),
+            block_tokens=bt, rng=random.Random(0),
+        )
+        self.policy.bind(ctx)
+        self._custom_priority = type(self.policy).queue_key is not Policy.queue_key
+        self.tenant_of_key = {k: name for name, t in config.tenants.items() for k in t.keys}
+        self.store: Store = build_store(config.store)
+        self.metrics = Metrics()
+        self.backends: list[Backend] = []
+        self.workflows: dict[str, _Workflow] = {}
+        self._queues: list[list[_Waiter]] = [[] for _ in config.backends]
+        self._tenant_tag: dict[str, float] = {}
+        self._vtime = 0.0
+        self._seq = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._session: aiohttp.ClientSession | None = None
+
+    # ---- lifecycle ------------------------------------------------------------------------
+    def now(self) -> float:
+        return self._clock() - self._origin
+
+    async def start(self) -> None:
+        try:
+            await self.store.ping()
+        except Exception as error:
+            raise UserError(f"store {self.config.store.url} unreachable: {error}") from None
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, enable_cleanup_closed=True)
+        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        timeout = aiohttp.ClientTimeout(
+            total=self.config.request_timeout, connect=self.config.connect_timeout
+        )
+        self.backends = [
+            build_backend(i, b, self._session, timeout) for i, b in enumerate(self.config.backends)
+        ]
+        await self._check_health()
+        self._spawn(self._health_loop())
+        self._spawn(self._sweep_loop())
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+        await self.store.close()
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _check_health(self) -> None:
+        results = await asyncio.gather(*(b.healthy() for b in self.backends))
+        for view, ok in zip(self.views, results, strict=True):
+            view.up = ok
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.health_interval)
+            await self._check_health()
+
+    async def _sweep_loop(self) -> None:
+        idle = self.config.workflow_idle_timeout
+        while True:
+            await asyncio.sleep(min(idle / 4, 10.0))
+            now = self.now()
+            for key, wf in list(self.workflows.items()):
+                if wf.in_flight == 0 and now - wf.last_seen > idle:
+                    del self.workflows[key]
+                    self.policy.on_workflow_finished(wf.info, now)
+            if isinstance(self.store, MemoryStore):
+                self.store.expire()
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/completions", self._completions)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/metrics", self._metrics)
+
+        async def on_startup(_: web.Application) -> None:
+            await self.start()
+
+        async def on_cleanup(_: web.Application) -> None:
+            await self.stop()
+
+        app.on_startup.append(on_startup)
+        app.on_cleanup.append(on_cleanup)
+        return app
+
+    # ---- HTTP handlers ------------------------------------------------------------------
+    async def _chat(self, http: web.Request) -> web.StreamResponse:
+        return await self._call(http, "chat", "/v1/chat/completions")
+
+    async def _completions(self, http: web.Request) -> web.StreamResponse:
+        return await self._call(http, "completion", "/v1/completions")
+
+    async def _models(self, http: web.Request) -> web.Response:
+        try:
+            self._tenant(http)
+        except BadRequest as error:
+            return error.response()
+        names = self.config.served_models or [self.model_name]
+        return web.json_response(
+            {"object": "list", "data": [
+                {"id": n, "object": "model", "created": 0, "owned_by": "saga"} for n in names
+            ]}
+        )
+
+    async def _health(self, http: web.Request) -> web.Response:
+        up = [b.label for b, v in zip(self.backends, self.views, strict=True) if v.up]
+        body = {"status": "ok" if up else "no backend up", "backends_up": len(up),
+                "backends": len(self.backends)}
+        return web.json_response(body, status=200 if up else 503)
+
+    async def _metrics(self, http: web.Request) -> web.Response:
+        return web.Response(text=await self.render_metrics(), content_type="text/plain")
+
+    async def _call(self, http: web.Request, kind: Kind, path: str) -> web.StreamResponse:
+        tenant = "-"
+        try:
+            tenant = self._tenant(http)
+            body, data = parse_body(await http.read(), kind)
+            response = await self._serve(http, kind, path, tenant, body, data)
+        except BadRequest as error:
+            self.metrics.requests[(tenant, error.status)] += 1
+            return error.response()
+        self.metrics.requests[(tenant, response.status)] += 1
+        return response
+
+    def _tenant(self, http: web.Request) -> str:
+        if not self.config.tenants:
+            return "default"
+        auth = http.headers.get("Authorization", "")
+        scheme, _, key = auth.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise BadRequest(401, "missing API key: send 'Authorization: Bearer <key>'",
+                             "authentication_error", "missing_api_key")
+        tenant = self.tenant_of_key.get(key.strip())
+        if tenant is None:
+            raise BadRequest(401, "unknown API key", "authentication_error", "invalid_api_key")
+        return tenant
+
+    # ---- one call -------------------------------------------------------------------------
+    async def _serve(
+        self, http: web.Request, kind: Kind, path: str, tenant: str,
+        body: ChatRequest | CompletionRequest, data: dict[str, Any],
+    ) -> web.StreamResponse:
+        cfg = self.config
+        if cfg.served_models and body.model not in cfg.served_models:
+            raise BadRequest(404, f"model {body.model!r} not found; served: "
+                             f"{', '.join(cfg.served_models)}", code="model_not_found")
+        arrived = self.now()
+        headers = http.headers
+        workflow_id = f"{tenant}/{self._workflow_id(headers.get('x-saga-workflow'), body)}"
+        agent = headers.get("x-saga-agent") or "default"
+        tool = headers.get("x-saga-tool") or None
+        ends = _flag(headers.get("x-saga-end"), "x-saga-end")
+        text = body.text()
+        prompt_tokens = estimate_tokens(text)
+        runs = text_runs(text, cfg.block_tokens)
+        max_tokens = body.output_limit(cfg.default_max_tokens)
+
+        wf = self.workflows.get(workflow_id)
+        if wf is None:
+            slo = cfg.tenants[tenant].slo if tenant in cfg.tenants else None
+            wf = _Workflow(WorkflowInfo(workflow_id, tenant, agent, arrived, slo))
+            self.workflows[workflow_id] = wf
+        wf.last_seen = arrived
+        wf.in_flight += 1
+        extra_headers: dict[str, str] = {}
+        try:
+            session = await self.store.session(workflow_id)
+            if not (wf.admitted or session.admitted):
+                note = await self._admit(wf)
+                if note:
+                    extra_headers["x-saga-admission"] = note
+                await self.store.mark_admitted(workflow_id, cfg.session_ttl)
+            wf.admitted = True
+            now = self.now()
+            self._seq += 1
+            info = CallInfo(
+                workflow=workflow_id, tenant=tenant, agent=agent, call_id=f"{wf.calls}",
+                index=wf.calls, tool=tool, prompt_tokens=prompt_tokens, runs=runs,
+                issued_at=now, workflow_arrival=wf.info.arrival, slo=wf.info.slo,
+                ends_workflow=ends,
+            )
+            wf.calls += 1
+            index = await self._place(info, session.home, now)
+            request = Request(workflow_id, info.call_id, runs, prompt_tokens, max_tokens,
+                              cfg.block_tokens, self._seq, info=info)
+            request.enqueued_at = now
+            view = self.views[index]
+            backend = self.backends[index]
+            await self._acquire(index, request, tenant)
+            sent_at = self.now()
+            try:
+                view.kv.add(runs)
+                out_headers = {"Content-Type": "application/json", "x-saga-workflow": workflow_id}
+                if backend.understands_hints and self._custom_priority:
+                    key = self.policy.queue_key(cast(Replica, view), request, now)
+                    out_headers["x-saga-priority"] = repr(float(key[0]))
+                extra_headers["x-saga-backend"] = str(index)
+                response, tokens = await self._forward(
+                    http, backend, view, path, body, data, out_headers, extra_headers
+                )
+            finally:
+                self._release(index, request)
+            self._finished(wf, info, request, index, arrived, sent_at, tokens)
+            return response
+        finally:
+            wf.in_flight -= 1
+            if ends and workflow_id in self.workflows and wf.in_flight == 0:
+                del self.workflows[workflow_id]
+                self.policy.on_workflow_finished(wf.info, self.now())
+
+    def _workflow_id(self, header: str | None, body: ChatRequest | CompletionRequest) -> str:
+        if header:
+            return header
+        if body.user:
+            return "user:" + body.user
+        if isinstance(body, ChatRequest):
+            seed = chat_text({"role": m.role, "content": m.content} for m in body.messages[:2])
+        else:
+            seed = body.text()[:1024]
+        return "auto:" + hashlib.blake2b(seed.encode(), digest_size=8).hexdigest()
+
+    async def _admit(self, wf: _Workflow) -> str:
+        """Ask the policy until it admits; return a note if the workflow was deferred."""
+        started = self.now()
+        deadline = started + self.config.max_defer
+        reason = ""
+        while True:
+            now = self.now()
+            t0 = time.perf_counter()
+            decision = self.policy.admit(wf.info, now)
+            self.metrics.decision_latency.observe(time.perf_counter() - t0)
+            self.metrics.admissions[decision.verdict] += 1
+            if decision.verdict == "admit":
+                if not reason:
+                    return ""
+                return f"deferred {now - started:.3f}s: {reason}"
+            if decision.verdict == "reject":
+                raise BadRequest(429, f"workflow rejected: {decision.reason or 'no reason given'}",
+                                 "workflow_rejected", "workflow_rejected")
+            reason = decision.reason or "no reason given"
+            wait = max(decision.retry_after, 0.001)
+            if now + wait > deadline:
+                raise BadRequest(
+                    429, f"workflow deferred for longer than max_defer "
+                    f"({self.config.max_defer:g}s): {reason}", "workflow_deferred",
+                    "workflow_deferred", {"Retry-After": str(max(1, round(wait)))},
+                )
+            self.metrics.admission_waiting += 1
+            try:
+                await asyncio.sleep(wait)
+            finally:
+                self.metrics.admission_waiting -= 1
+
+    async def _place(self, info: CallInfo, home: int | None, now: float) -> int:
+        cfg = self.config
+        if cfg.sticky_sessions and home is not None and 0 <= home < len(self.views) \
+                and self.views[home].up:
+            return home
+        t0 = time.perf_counter()
+        try:
+            self.policy.on_call_ready(info, now)
+            index = self.policy.place(info, now)
+        except RuntimeError as error:  # "no replica is up"
+            raise BadRequest(503, f"no backend available: {error}", "service_unavailable",
+                             "no_backend") from None
+        finally:
+            self.metrics.decision_latency.observe(time.perf_counter() - t0)
+        if index != home:
+            await self.store.set_home(info.workflow, index, cfg.session_ttl)
+        return index
+
+    # ---- per-backend concurrency, fair across tenants -------------------------------------
+    async def _acquire(self, index: int, request: Request, tenant: str) -> None:
+        view = self.views[index]
+        queue = self._queues[index]
+        if not queue and len(view.running) < self.backends[index].max_concurrency:
+            view.running.append(request)
+            return
+        # Start-time fair queueing: a tenant's calls are spaced by cost / weight.
+        weight = self.config.tenants[tenant].weight if tenant in self.config.tenants else 1.0
+        start = max(self._vtime, self._tenant_tag.get(tenant, 0.0))
+        self._tenant_tag[tenant] = start + (request.prompt_tokens + request.output_tokens) / weight
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(queue, _Waiter(start, request.seq, request, future))
+        view.waiting.append(request)
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self._release(index, request)  # got the slot as the client left
+            else:
+                view.waiting.remove(request)
+            raise
+
+    def _release(self, index: int, request: Request) -> None:
+        view = self.views[index]
+        view.running.remove(request)
+        queue = self._queues[index]
+        limit = self.backends[index].max_concurrency
+        while queue and len(view.running) < limit:
+            waiter = heapq.heappop(queue)
+            if waiter.future.done():
+                continue
+            view.waiting.remove(waiter.request)
+            view.running.append(waiter.request)
+            self._vtime = waiter.tag
+            waiter.future.set_result(None)
+
+    # ---- forwarding ---------------------------------------------------------------------
+    async def _forward(
+        self, http: web.Request, backend: Backend, view: RemoteReplicaView, path: str,
+        body: ChatRequest | CompletionRequest, data: dict[str, Any],
+        out_headers: dict[str, str], extra_headers: dict[str, str],
+    ) -> tuple[web.StreamResponse, int]:
+        """Send the call and relay the answer; return it and the tokens served."""
+        client_usage = body.include_usage()
+        if body.stream and not client_usage:
+            data["stream_options"] = {**(body.stream_options or {}), "include_usage": True}
+            raw = json.dumps(data).encode()
+        else:
+            raw = await http.read()  # cached by aiohttp
+        try:
+            upstream = await backend.send(path, raw, out_headers)
+        except BackendError as error:
+            view.up = False
+            raise BadRequest(502, str(error), "backend_error", "backend_unreachable") from None
+        try:
+            if upstream.status != 200 or not body.stream:
+                payload = await upstream.read()
+                tokens = _usage_tokens(payload) if upstream.status == 200 else 0
+                return web.Response(
+                    body=payload, status=upstream.status, headers=extra_headers,
+                    content_type=upstream.content_type or "application/json",
+                ), tokens
+            response = web.StreamResponse(headers={
+                "Content-Type": "text/event-stream", "Cache-Control": "no-cache", **extra_headers
+            })
+            await response.prepare(http)
+            tokens = 0
+            try:
+                async for line in upstream.content:
+                    if line.startswith(b"data: {") and b'"usage"' in line and (
+                        b'"choices": []' in line or b'"choices":[]' in line
+                    ):
+                        tokens = _usage_tokens(line[6:])
+                        if not client_usage:
+                            continue
+                    await response.write(line)
+                await response.write_eof()
+            except (TimeoutError, aiohttp.ClientError) as error:
+                # The status is sent: end the stream with an error event, as OpenAI does.
+                view.up = isinstance(error, TimeoutError)
+                message = json.dumps({"error": {"message": f"backend {backend.label} failed "
+                                                f"mid-stream: {error!r}", "type": "backend_error"}})
+                await response.write(b"data: " + message.encode() + b"\n\n")
+            except ConnectionResetError:
+                pass  # the client left; the backend call is released below
+            return response, tokens
+        except TimeoutError:
+            raise BadRequest(504, f"backend {backend.label} timed out", "backend_error",
+                             "backend_timeout") from None
+        except aiohttp.ClientError as error:
+            view.up = False
+            raise BadRequest(502, f"backend {backend.label} failed: {error}", "backend_error",
+                             "backend_failed") from None
+        finally:
+            upstream.release()
+
+    def _finished(
+        self, wf: _Workflow, info: CallInfo, request: Request, index: int, arrived: float,
+        sent_at: float, tokens: int,
+    ) -> None:
+        now = self.now()
+        latency = now - arrived
+        backend_time = max(now - sent_at, 1e-9)
+        m = self.metrics
+        m.tenant_latency[info.tenant].observe(latency)
+        m.tenant_slowdown[info.tenant].observe(latency / backend_time)
+        self.policy.on_call_finished(info, index, now)
+        t0 = time.perf_counter()
+        decision = self.policy.retention(cast(Replica, self.views[index]), request, now)
+        m.decision_latency.observe(time.perf_counter() - t0)
+        m.retentions[decision.kind] += 1
+        backend = self.backends[index]
+        if decision.kind != "release" and backend.understands_hints:
+            self._spawn(self._retain(backend, info.workflow, decision, now))
+        record = self.store.record_call(info.tenant, info.agent, info.tool, tokens, latency)
+        if isinstance(self.store, MemoryStore):
+            _run_now(record)  # never suspends: no task needed
+        else:
+            self._spawn(record)
+
+    async def _retain(
+        self, backend: Backend, workflow: str, decision: Retention, now: float
+    ) -> None:
+        try:
+            await backend.retain(workflow, decision, now)
+        except BackendError:
+            self.metrics.retention_errors += 1
+
+    # ---- metrics -------------------------------------------------------------------------
+    async def render_metrics(self) -> str:
+        m = self.metrics
+        p = PromText()
+        p.family("saga_requests_total", "counter", "Calls answered, by tenant and HTTP status.")
+        for (tenant, status), n in sorted(m.requests.items()):
+            p.sample("saga_requests_total", n, (("tenant", tenant), ("status", str(status))))
+        p.family("saga_queue_length", "gauge", "Calls waiting at the gateway.")
+        p.sample("saga_queue_length", m.admission_waiting, (("queue", "admission"),))
+        for b, queue in zip(self.backends, self._queues, strict=True):
+            p.sample("saga_queue_length", sum(not w.future.done() for w in queue),
+                     (("queue", "dispatch"), ("backend", b.label)))
+        p.family("saga_replica_in_flight", "gauge", "Calls sent to a backend and not done.")
+        p.family("saga_replica_up", "gauge", "1 if the backend passed its last health check.")
+        p.family("saga_replica_cached_blocks", "gauge", "Blocks in the approximate prefix index.")
+        for b, v in zip(self.backends, self.views, strict=True):
+            labels = (("backend", b.label),)
+            p.sample("saga_replica_in_flight", len(v.running), labels)
+            p.sample("saga_replica_up", 1 if v.up else 0, labels)
+            p.sample("saga_replica_cached_blocks", v.kv.used_blocks, labels)
+        p.family("saga_tenant_slowdown", "summary",
+                 "Per call: gateway latency over backend latency (queueing inflation).")
+        for tenant, s in sorted(m.tenant_slowdown.items()):
+            p.summary("saga_tenant_slowdown", s, (("tenant", tenant),))
+        p.family("saga_tenant_latency_seconds", "summary", "Per call latency at the gateway.")
+        for tenant, s in sorted(m.tenant_latency.items()):
+            p.summary("saga_tenant_latency_seconds", s, (("tenant", tenant),))
+        p.family("saga_tenant_tokens_total", "counter",
+                 "Tokens served per tenant (shared store: all gateways).")
+        for tenant, tokens in sorted((await self.store.tenant_tokens()).items()):
+            p.sample("saga_tenant_tokens_total", tokens, (("tenant", tenant),))
+        p.family("saga_admission_decisions_total", "counter", "Admission verdicts.")
+        for verdict, n in sorted(m.admissions.items()):
+            p.sample("saga_admission_decisions_total", n, (("verdict", verdict),))
+        p.family("saga_retention_decisions_total", "counter", "Retention decisions by kind.")
+        for kind, n in sorted(m.retentions.items()):
+            p.sample("saga_retention_decisions_total", n, (("kind", kind),))
+        p.family("saga_retention_errors_total", "counter", "KV control calls that failed.")
+        p.sample("saga_retention_errors_total", m.retention_errors)
+        p.family("saga_decision_latency_seconds", "summary", "Time in the scheduler core.")
+        p.summary("saga_decision_latency_seconds", m.decision_latency)
+        p.family("saga_workflows_active", "gauge", "Workflows this gateway is tracking.")
+        p.sample("saga_workflows_active", len(self.workflows))
+        return p.text()
+
+
+def _run_now(coro: Coroutine[Any, Any, None]) -> None:
+    """Run a coroutine that never suspends to its end, synchronously."""
+    try:
+        coro.send(None)
+    except StopIteration:
+        return
+    coro.close()
+    raise RuntimeError("coroutine suspended")
+
+
+def _flag(raw: str | None, name: str) -> bool:
+    if raw is None:
+        return False
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise BadRequest(400, f"header {name}: expected true or false, got {raw!r}")
+
+
+def _usage_tokens(payload: bytes) -> int:
+    try:
+        usage = json.loads(payload).get("usage") or {}
+        return int(usage.get("total_tokens", 0))
+    except (ValueError, AttributeError, TypeError):
+        return 0
+
+
+async def serve(config: GatewayConfig, ready: asyncio.Event | None = None) -> None:
+    """Run a gateway until cancelled."""
+    gateway = Gateway(config)
+    runner = web.AppRunner(gateway.app(), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, config.host, config.port).start()
+        if ready is not None:
+            ready.set()
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()

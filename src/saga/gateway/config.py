@@ -1,0 +1,144 @@
+"""The gateway's typed, validated configuration (a TOML or JSON file)."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from saga.errors import UserError
+
+
+class BackendConfig(BaseModel):
+    """One inference replica behind the gateway."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url: str = Field(description="Base URL, e.g. http://127.0.0.1:9000 (no /v1).")
+    kind: Literal["emulator", "openai"] = Field(
+        "emulator",
+        description="emulator: SAGA's emulator (takes priorities and the KV control API); "
+        "openai: any OpenAI-compatible server (vLLM, SGLang, llama.cpp), hints not sent.",
+    )
+    name: str | None = Field(None, description="Name in metrics (default: the URL).")
+    max_concurrency: int = Field(
+        256, ge=1, description="Most calls in flight at this backend; more wait at the gateway."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"backend url {url!r} must start with http:// or https://")
+        return url.rstrip("/")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.url
+
+
+class TenantConfig(BaseModel):
+    """A tenant: its API keys, its weight in fair share and its SLO."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    keys: list[str] = Field(min_length=1, description="API keys (Bearer tokens) of the tenant.")
+    weight: float = Field(1.0, gt=0, description="Share weight when backends are saturated.")
+    slo: float | None = Field(
+        None, gt=1.0, description="TCT objective as a slowdown factor; none is best effort."
+    )
+
+
+class StoreConfig(BaseModel):
+    """Where shared state lives (session affinity, tenant accounts, graph statistics)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["memory", "redis"] = Field(
+        "memory", description="memory: this process only; redis: shared by several gateways."
+    )
+    url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL (kind = redis).")
+    prefix: str = Field("saga:", description="Key prefix in Redis.")
+
+
+class GatewayConfig(BaseModel):
+    """``saga serve --config FILE``. Every field has a default but ``backends``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8000, ge=0, le=65535, description="Port to listen on.")
+    policy: str = Field("vllm-affinity", description="Scheduling policy (see `saga list`).")
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="Python modules imported before the policy is built (they may register "
+        "policies with saga.sched.registry.register).",
+    )
+    cluster: str = Field(
+        "small", description="Cluster preset whose cost model policies may use for predictions."
+    )
+    block_tokens: int = Field(64, ge=1, description="KV block size of the prefix model.")
+    served_models: list[str] = Field(
+        default_factory=list,
+        description="Model names accepted (the first is listed first); empty accepts any.",
+    )
+    backends: list[BackendConfig] = Field(min_length=1, description="The replicas, in index order.")
+    tenants: dict[str, TenantConfig] = Field(
+        default_factory=dict,
+        description="Tenants by name. Empty: no API key needed, every call is tenant 'default'.",
+    )
+    store: StoreConfig = Field(default_factory=StoreConfig, description="Shared state.")
+    default_max_tokens: int = Field(
+        256, ge=1, description="Output limit assumed for a call that sets none."
+    )
+    request_timeout: float = Field(600.0, gt=0, description="Seconds for a whole backend call.")
+    connect_timeout: float = Field(5.0, gt=0, description="Seconds to connect to a backend.")
+    health_interval: float = Field(2.0, gt=0, description="Seconds between health checks.")
+    max_defer: float = Field(
+        30.0, ge=0, description="Longest a deferred workflow waits at the gateway before a 429."
+    )
+    sticky_sessions: bool = Field(
+        True,
+        description="Keep a workflow on the replica of its earlier calls while that replica is "
+        "up (shared through the store); the policy places first calls.",
+    )
+    session_ttl: float = Field(
+        3600.0, gt=0, description="Seconds a workflow's state (affinity, admission) is kept."
+    )
+    workflow_idle_timeout: float = Field(
+        600.0, gt=0,
+        description="A workflow with no call for this long (and no x-saga-end) is finished.",
+    )
+
+    @model_validator(mode="after")
+    def _unique_keys(self) -> GatewayConfig:
+        seen: dict[str, str] = {}
+        for name, tenant in self.tenants.items():
+            for key in tenant.keys:
+                if key in seen:
+                    raise ValueError(f"API key used by tenants {seen[key]!r} and {name!r}")
+                seen[key] = name
+        return self
+
+
+def load_config(path: Path) -> GatewayConfig:
+    """Read and validate a config file (``.toml`` or ``.json``)."""
+    if not path.exists():
+        raise UserError(f"config file not found: {path}")
+    try:
+        if path.suffix == ".json":
+            data = json.loads(path.read_text())
+        else:
+            data = tomllib.loads(path.read_text())
+    except (ValueError, tomllib.TOMLDecodeError) as error:
+        raise UserError(f"{path}: cannot parse: {error}") from None
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as error:
+        lines = [
+            f"{'.'.join(str(x) for x in e['loc']) or 'config'}: {e['msg']}" for e in error.errors()
+        ]
+        raise UserError(f"{path}: invalid config: " + "; ".join(lines)) from None

@@ -1,0 +1,173 @@
+"""Shared state behind a small interface: in-process by default, Redis for several gateways.
+
+What is shared, and why:
+
+* **sessions**: a workflow's home replica and whether it was admitted, so that a
+  workflow's calls keep their affinity whichever gateway they reach, and are
+  admitted once;
+* **tenant accounts**: tokens each tenant was served (attained service, for fair
+  share and metrics);
+* **graph statistics**: per (agent, tool) counts, latency and token sums, the
+  statistics an agent execution graph is learned from.
+
+Every method is one round trip (Redis pipelines where several keys change).
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from saga.gateway.config import StoreConfig
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """What the store knows of a workflow: its home replica, if any, and admission."""
+
+    home: int | None
+    admitted: bool
+
+
+class Store(ABC):
+    """The state shared by gateway processes."""
+
+    @abstractmethod
+    async def session(self, workflow: str) -> Session: ...
+
+    @abstractmethod
+    async def set_home(self, workflow: str, replica: int, ttl: float) -> None: ...
+
+    @abstractmethod
+    async def mark_admitted(self, workflow: str, ttl: float) -> None: ...
+
+    @abstractmethod
+    async def record_call(
+        self, tenant: str, agent: str, tool: str | None, tokens: int, latency: float
+    ) -> None:
+        """Account ``tokens`` to ``tenant`` and add the call to the graph statistics."""
+
+    @abstractmethod
+    async def tenant_tokens(self) -> dict[str, float]: ...
+
+    @abstractmethod
+    async def graph_stats(self, agent: str) -> dict[str, dict[str, float]]:
+        """Per tool (``-`` for none): ``calls``, ``tokens``, ``latency`` sums."""
+
+    async def ping(self) -> None:  # noqa: B027 (optional hook)
+        """Raise if the store cannot be reached."""
+
+    async def close(self) -> None:  # noqa: B027 (optional hook)
+        """Release connections."""
+
+
+class MemoryStore(Store):
+    """The state of one process, in dictionaries (the default)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._homes: dict[str, tuple[int, float]] = {}
+        self._admitted: dict[str, float] = {}
+        self._tokens: dict[str, float] = {}
+        self._graph: dict[str, dict[str, dict[str, float]]] = {}
+
+    async def session(self, workflow: str) -> Session:
+        now = self._clock()
+        home = self._homes.get(workflow)
+        admitted = self._admitted.get(workflow, -1.0) > now
+        return Session(home[0] if home is not None and home[1] > now else None, admitted)
+
+    async def set_home(self, workflow: str, replica: int, ttl: float) -> None:
+        self._homes[workflow] = (replica, self._clock() + ttl)
+
+    async def mark_admitted(self, workflow: str, ttl: float) -> None:
+        self._admitted[workflow] = self._clock() + ttl
+
+    async def record_call(
+        self, tenant: str, agent: str, tool: str | None, tokens: int, latency: float
+    ) -> None:
+        self._tokens[tenant] = self._tokens.get(tenant, 0.0) + tokens
+        stats = self._graph.setdefault(agent, {}).setdefault(
+            tool or "-", {"calls": 0.0, "tokens": 0.0, "latency": 0.0}
+        )
+        stats["calls"] += 1
+        stats["tokens"] += tokens
+        stats["latency"] += latency
+
+    async def tenant_tokens(self) -> dict[str, float]:
+        return dict(self._tokens)
+
+    async def graph_stats(self, agent: str) -> dict[str, dict[str, float]]:
+        return {tool: dict(v) for tool, v in self._graph.get(agent, {}).items()}
+
+    def expire(self) -> None:
+        """Forget expired sessions (called now and then by the gateway)."""
+        now = self._clock()
+        self._homes = {w: v for w, v in self._homes.items() if v[1] > now}
+        self._admitted = {w: t for w, t in self._admitted.items() if t > now}
+
+
+class RedisStore(Store):
+    """The same state in Redis, so that several gateway processes agree on it.
+
+    Keys (under ``prefix``): ``home:{workflow}`` and ``admitted:{workflow}`` with a
+    TTL; hash ``tenant_tokens``; hash ``graph:{agent}`` with fields ``{tool}:calls``,
+    ``{tool}:tokens``, ``{tool}:latency``.
+    """
+
+    def __init__(self, url: str, prefix: str = "saga:") -> None:
+        import redis.asyncio as redis
+
+        self._redis: Any = redis.Redis.from_url(url, decode_responses=True)
+        self._p = prefix
+
+    async def ping(self) -> None:
+        await self._redis.ping()
+
+    async def session(self, workflow: str) -> Session:
+        home, admitted = await self._redis.mget(
+            self._p + "home:" + workflow, self._p + "admitted:" + workflow
+        )
+        return Session(int(home) if home is not None else None, admitted is not None)
+
+    async def set_home(self, workflow: str, replica: int, ttl: float) -> None:
+        await self._redis.set(self._p + "home:" + workflow, replica, px=max(1, int(ttl * 1000)))
+
+    async def mark_admitted(self, workflow: str, ttl: float) -> None:
+        await self._redis.set(self._p + "admitted:" + workflow, 1, px=max(1, int(ttl * 1000)))
+
+    async def record_call(
+        self, tenant: str, agent: str, tool: str | None, tokens: int, latency: float
+    ) -> None:
+        t = tool or "-"
+        graph = self._p + "graph:" + agent
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hincrbyfloat(self._p + "tenant_tokens", tenant, tokens)
+            pipe.hincrby(graph, t + ":calls", 1)
+            pipe.hincrby(graph, t + ":tokens", tokens)
+            pipe.hincrbyfloat(graph, t + ":latency", latency)
+            await pipe.execute()
+
+    async def tenant_tokens(self) -> dict[str, float]:
+        raw: dict[str, str] = await self._redis.hgetall(self._p + "tenant_tokens")
+        return {k: float(v) for k, v in raw.items()}
+
+    async def graph_stats(self, agent: str) -> dict[str, dict[str, float]]:
+        raw: dict[str, str] = await self._redis.hgetall(self._p + "graph:" + agent)
+        out: dict[str, dict[str, float]] = {}
+        for field, value in raw.items():
+            tool, _, name = field.rpartition(":")
+            out.setdefault(tool, {})[name] = float(value)
+        return out
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+def build_store(config: StoreConfig) -> Store:
+    if config.kind == "redis":
+        return RedisStore(config.url, config.prefix)
+    return MemoryStore()

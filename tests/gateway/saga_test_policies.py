@@ -1,0 +1,34 @@
+"""Policies for the gateway tests, loaded by the gateway through its ``plugins`` option."""
+
+from __future__ import annotations
+
+from saga.engine.replica import Replica, Request
+from saga.sched.decisions import ADMIT, Admission, Retention
+from saga.sched.policy import WorkflowInfo
+from saga.sched.registry import register
+from saga.sched.vllm import VLLMLeastLoaded
+
+
+class AdmissionTestPolicy(VLLMLeastLoaded):
+    """Agent ``blocked``: always deferred ("cluster full"). Other workflows are
+    deferred once ("warming up") and then admitted. Finished calls are pinned 30 s."""
+
+    name = "test-admission"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def admit(self, workflow: WorkflowInfo, now: float) -> Admission:
+        if workflow.agent == "blocked":
+            return Admission("defer", "cluster full", 0.05)
+        if workflow.workflow not in self.seen:
+            self.seen.add(workflow.workflow)
+            return Admission("defer", "warming up", 0.05)
+        return ADMIT
+
+    def retention(self, replica: Replica, request: Request, now: float) -> Retention:
+        return Retention("pin", 30.0)
+
+
+register(AdmissionTestPolicy.name, AdmissionTestPolicy)

@@ -1,0 +1,77 @@
+"""Pure pieces of the gateway: text to runs, config validation, store, replica view."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from saga.errors import UserError
+from saga.gateway.config import GatewayConfig, load_config
+from saga.gateway.prefix import chat_text, estimate_tokens, text_runs
+from saga.gateway.store import MemoryStore
+from saga.gateway.view import ApproxPrefixIndex
+
+
+def test_text_runs_share_exactly_the_common_prefix() -> None:
+    block = 64 * 4
+    a = "A" * block * 3 + "tail"
+    b = "A" * block * 2 + "B" * block
+    ra, rb = text_runs(a, 64), text_runs(b, 64)
+    assert len(ra) == 3 and len(rb) == 3
+    assert ra[:2] == rb[:2] and ra[2] != rb[2]
+    # the same block content after a different prefix has another name (chained hash)
+    assert text_runs("B" * block + "A" * block, 64)[1] != ra[1]
+    assert text_runs("short", 64) == ()
+    assert estimate_tokens("abcde") == 2 and estimate_tokens("") == 1
+    assert chat_text([{"role": "user", "content": [{"type": "text", "text": "hi"}]}]) == (
+        "<|user|>\nhi\n"
+    )
+
+
+def test_config_errors_are_one_clear_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"backends": [{"url": "localhost:9000"}], "port": 70000}))
+    with pytest.raises(UserError) as info:
+        load_config(bad)
+    assert "must start with http://" in str(info.value) and "port" in str(info.value)
+    with pytest.raises(UserError, match="not found"):
+        load_config(tmp_path / "missing.toml")
+    dup = {"backends": [{"url": "http://127.0.0.1:1"}],
+           "tenants": {"a": {"keys": ["k"]}, "b": {"keys": ["k"]}}}
+    with pytest.raises(ValueError, match="API key used by tenants"):
+        GatewayConfig.model_validate(dup)
+    example = Path(__file__).resolve().parents[2] / "examples" / "gateway.toml"
+    assert load_config(example).tenants["alice"].weight == 2.0
+
+
+def test_memory_store_sessions_expire() -> None:
+    now = [0.0]
+    store = MemoryStore(clock=lambda: now[0])
+
+    async def main() -> None:
+        await store.set_home("w", 2, ttl=10)
+        await store.mark_admitted("w", ttl=10)
+        session = await store.session("w")
+        assert session.home == 2 and session.admitted
+        await store.record_call("t", "agent", None, 100, 0.5)
+        await store.record_call("t", "agent", "grep", 50, 0.25)
+        assert await store.tenant_tokens() == {"t": 150.0}
+        assert (await store.graph_stats("agent"))["grep"] == {
+            "calls": 1.0, "tokens": 50.0, "latency": 0.25}
+        now[0] = 11.0
+        session = await store.session("w")
+        assert session.home is None and not session.admitted
+
+    asyncio.run(main())
+
+
+def test_approx_prefix_index_is_lru_bounded() -> None:
+    index = ApproxPrefixIndex(capacity_blocks=3)
+    runs = (("h:1", 0, 1), ("h:2", 0, 1), ("h:3", 0, 1))
+    index.add(runs)
+    assert index.match_blocks(runs) == 3
+    index.add((("h:9", 0, 1),))  # evicts the least recently used block, h:1
+    assert index.match_blocks(runs) == 0 and index.used_blocks == 3
