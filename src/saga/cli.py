@@ -211,7 +211,10 @@ def _print_summary(summary: dict[str, object], meta: dict[str, object], wall: fl
             f"{summary['workflows_completed']} / {summary['workflows_rejected']}",
         ),
         ("Jain's index over tenants", f"{_num(summary['jain_index']):.3f}"),
-        ("simulated seconds / wall seconds", f"{_num(summary['simulated_seconds']):,.0f} / {wall:.1f}"),
+        (
+            "simulated seconds / wall seconds",
+            f"{_num(summary['simulated_seconds']):,.0f} / {wall:.1f}",
+        ),
     ]
     for name, value in rows:
         table.add_row(name, value)

@@ -30,7 +30,8 @@ def workflows(draw: st.DrawFn) -> list[Workflow]:
         for i in range(n_calls):
             if fanout and 0 < i < n_calls - 1:
                 after: tuple[str, ...] = ("c0",)
-                runs: tuple[tuple[int, int], ...] = ((0, blocks), (1000 * i, draw(st.integers(1, 9))))
+                branch = (1000 * i, draw(st.integers(1, 9)))
+                runs: tuple[tuple[int, int], ...] = ((0, blocks), branch)
             elif fanout and i == n_calls - 1:
                 after = tuple(f"c{j}" for j in range(1, n_calls - 1))
                 runs = ((0, blocks + 3),)

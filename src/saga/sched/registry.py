@@ -7,6 +7,7 @@ from collections.abc import Callable
 from saga.errors import UserError
 from saga.sched.baselines import BASELINES
 from saga.sched.policy import Policy
+from saga.sched.saga import ALL as SAGA_POLICIES
 from saga.sched.vllm import VLLMAffinity, VLLMLeastLoaded, VLLMRoundRobin
 
 _FACTORIES: dict[str, Callable[[], Policy]] = {}
@@ -21,6 +22,9 @@ def register(name: str, factory: Callable[[], Policy]) -> None:
 
 for _cls in (VLLMRoundRobin, VLLMAffinity, VLLMLeastLoaded, *BASELINES):
     register(_cls.name, _cls)
+# a separate loop: mypy joins a homogeneous tuple with the classes above to ``object``
+for _saga in SAGA_POLICIES:
+    register(_saga.name, _saga)
 
 
 def list_policies() -> list[str]:

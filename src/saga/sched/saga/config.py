@@ -1,0 +1,205 @@
+"""SAGA's typed configuration: every knob, described and validated, one way to build.
+
+Each mechanism of DESIGN.md section 3 has a switch so that ablations are
+configurations, not forks of the code.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class SagaConfig(BaseModel):
+    """Configuration of the ``saga`` policy (see :mod:`saga.sched.saga`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # ---- mechanism switches (ablations) --------------------------------------------
+    graph: bool = Field(
+        True,
+        description="Learn Agent Execution Graphs. Off: every prediction uses the cold-start "
+        "priors only (no per-agent learning).",
+    )
+    steal: bool = Field(
+        True,
+        description="Placement by predicted completion time (affinity that yields to load, "
+        "work stealing at tool boundaries). Off: a workflow always returns to its home "
+        "replica; only first calls are placed by predicted completion.",
+    )
+    afs: bool = Field(
+        True,
+        description="Agent Fair Share queue order. Off: first come first served by call "
+        "readiness, as vLLM.",
+    )
+    retention: bool = Field(
+        True,
+        description="Graph-driven KV retention (pin / offload / release / drop) and "
+        "next-use eviction. Off: release to the LRU free queue, as vLLM.",
+    )
+    admission: bool = Field(
+        True, description="SLO admission control. Off: admit every workflow at once."
+    )
+
+    # ---- Agent Execution Graph -------------------------------------------------------
+    depth_buckets: int = Field(
+        8,
+        ge=1,
+        le=32,
+        description="Call-site nodes are (preceding tool, log2 bucket of the call index), "
+        "with this many buckets; 1 keys nodes by tool only. Buckets let the graph learn "
+        "that the continuation hazard changes with progress (heavy-tailed sessions).",
+    )
+    prior_weight: float = Field(
+        2.0,
+        ge=0.0,
+        description="Pseudo-observations of the pooled estimate mixed into each node's "
+        "estimate (Bayesian smoothing): with n samples a node weighs its own data n/(n+w).",
+    )
+    prior_continue: float = Field(
+        0.9,
+        gt=0.0,
+        lt=1.0,
+        description="Cold-start probability that a workflow calls again after a call.",
+    )
+    prior_tool_median: float = Field(
+        5.0, gt=0.0, description="Cold-start median tool duration (s), log-normal."
+    )
+    prior_tool_sigma: float = Field(
+        1.0, gt=0.0, description="Cold-start log-space standard deviation of tool durations."
+    )
+    prior_output_tokens: float = Field(
+        300.0, gt=0.0, description="Cold-start mean output tokens of a call."
+    )
+    prior_growth_tokens: float = Field(
+        1000.0, ge=0.0, description="Cold-start mean tokens a call's prompt appends."
+    )
+    min_samples: int = Field(
+        5,
+        ge=1,
+        description="Samples a tool needs before its own duration fit is used instead of "
+        "the agent's pooled fit (and the pooled fit before the prior).",
+    )
+    max_continue: float = Field(
+        0.995,
+        gt=0.0,
+        lt=1.0,
+        description="Cap on any continuation probability, so value iteration contracts.",
+    )
+    refresh_every: int = Field(
+        16,
+        ge=1,
+        description="Observations between recomputations of a graph's remaining-work values.",
+    )
+
+    # ---- KV retention ---------------------------------------------------------------
+    price_idle: float = Field(
+        0.05,
+        ge=0.0,
+        description="Shadow price of GPU memory on an idle replica: seconds of others' "
+        "delay per (share of the KV cache x second held).",
+    )
+    price_per_waiting: float = Field(
+        1.0,
+        ge=0.0,
+        description="Price added per call waiting on the replica, scaled by memory pressure: "
+        "each waiting call is slowed when memory is held.",
+    )
+    pressure_knee: float = Field(
+        0.5,
+        ge=0.0,
+        lt=1.0,
+        description="Memory pressure (held + waiting demand over capacity) below which "
+        "memory is treated as free; the price rises linearly above it.",
+    )
+    ttl_max: float = Field(120.0, gt=0.0, description="Longest pin TTL in seconds.")
+    drop_below: float = Field(
+        0.02,
+        ge=0.0,
+        le=1.0,
+        description="Drop a finished call's private KV when the chance its workflow calls "
+        "again is below this.",
+    )
+    prefetch_quantile: float = Field(
+        0.2,
+        gt=0.0,
+        lt=1.0,
+        description="Prefetch offloaded KV so that it is back by this quantile of the "
+        "predicted tool duration.",
+    )
+    eviction_t0: float = Field(
+        1.0,
+        gt=0.0,
+        description="Seconds added to the time until next use in the eviction key, so "
+        "imminent reuses do not divide by zero.",
+    )
+
+    # ---- placement ------------------------------------------------------------------
+    steal_margin: float = Field(
+        0.15,
+        ge=0.0,
+        description="A call leaves the replica holding its KV only when another replica's "
+        "predicted completion is better by this share (hysteresis against flapping).",
+    )
+    steal_min_gain: float = Field(
+        0.5,
+        ge=0.0,
+        description="... and by at least this many seconds.",
+    )
+    colocate_slack: float = Field(
+        0.25,
+        ge=0.0,
+        description="A new workflow may go to a replica (e.g. one holding its shared prefix) "
+        "only if the working set homed there (context tokens of its workflows) is within "
+        "this share, plus colocate_abs, of the least.",
+    )
+    colocate_abs: float = Field(
+        16384.0, ge=0.0, description="Absolute working-set slack in tokens for co-location."
+    )
+
+    # ---- Agent Fair Share -----------------------------------------------------------
+    tenant_weights: dict[str, float] = Field(
+        default_factory=dict,
+        description="Weight of each tenant's fair share; tenants not listed weigh 1.",
+    )
+    aging: float = Field(
+        0.5,
+        ge=0.0,
+        description="Seconds of remaining-work priority a call gains per second it waits, "
+        "so that no call starves behind shorter work.",
+    )
+
+    # ---- SLO admission --------------------------------------------------------------
+    defer_best_effort_at: float = Field(
+        0.8,
+        gt=0.0,
+        description="Defer best-effort workflows when the predicted slowdown reaches this "
+        "share of the tightest interactive SLO.",
+    )
+    retry_after: float = Field(2.0, gt=0.0, description="Seconds before a deferred retry.")
+    max_queue: float = Field(
+        30.0,
+        ge=0.0,
+        description="Seconds an interactive workflow may wait for admission before it is "
+        "rejected with a reason.",
+    )
+    max_defer_best_effort: float = Field(
+        600.0,
+        ge=0.0,
+        description="Seconds a best-effort workflow may be deferred; then it is admitted, "
+        "so deferral never starves it.",
+    )
+    slowdown_halflife: float = Field(
+        30.0,
+        gt=0.0,
+        description="Half-life in seconds of the moving average of observed call slowdowns.",
+    )
+
+    @model_validator(mode="after")
+    def _weights_positive(self) -> SagaConfig:
+        bad = {t: w for t, w in self.tenant_weights.items() if not w > 0}
+        if bad:
+            raise ValueError(f"tenant weights must be > 0: {bad}")
+        return self
+
+    def weight(self, tenant: str) -> float:
+        return self.tenant_weights.get(tenant, 1.0)

@@ -1,0 +1,385 @@
+"""Agent Execution Graphs: a learned, online model of each agent's workflow structure.
+
+Nodes are call sites: the tool that preceded the call (``^`` for a workflow's first
+call, ``-`` for a later call with no tool) and a log2 bucket of the call's index,
+so that the graph can learn that the chance of going on changes with progress.
+After a call at node X the workflow either ends or runs a tool and calls again at
+node Y. Edges count those outcomes; per tool a log-normal is fitted online to the
+tool durations (running mean and variance of log seconds, Welford); per node the
+mean output tokens and the tokens the prompt appends are kept.
+
+Everything is learned from observations a real gateway has: when a call becomes
+ready, when it finished, how many tokens it produced, when its workflow ended. It
+never reads oracle fields (a call's future output length or tool time).
+
+Cold start: every estimate is smoothed towards a pooled one with ``prior_weight``
+pseudo-observations (node -> all nodes of its depth bucket -> configured prior),
+and a tool's duration fit is used only after ``min_samples`` samples.
+
+Answers: P(the workflow calls again within t), the expected gap, quantiles of the
+gap, and the expected remaining calls and tokens from a node, by value iteration.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from statistics import NormalDist
+
+import numpy as np
+
+from saga.sched.saga.config import SagaConfig
+
+START = "^"
+NO_TOOL = "-"
+_STD_NORMAL = NormalDist()
+
+
+def node_key(tool: str | None, index: int, buckets: int) -> str:
+    """The call site of call number ``index`` that followed ``tool``."""
+    name = START if index == 0 else (tool or NO_TOOL)
+    return f"{name}#{depth_bucket(index, buckets)}"
+
+
+def depth_bucket(index: int, buckets: int) -> int:
+    """0 for call 0, 1 for call 1, 2 for calls 2-3, 3 for 4-7, ... capped."""
+    return min(index.bit_length(), buckets - 1)
+
+
+def node_bucket(node: str) -> int:
+    return int(node.rsplit("#", 1)[1])
+
+
+def node_tool(node: str) -> str:
+    return node.rsplit("#", 1)[0]
+
+
+@dataclass(slots=True)
+class LogNormalFit:
+    """Streaming log-normal fit: Welford's mean and variance of log(x)."""
+
+    n: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+
+    def add(self, x: float) -> None:
+        y = math.log(max(x, 1e-3))
+        self.n += 1
+        delta = y - self.mean
+        self.mean += delta / self.n
+        self.m2 += delta * (y - self.mean)
+
+    @property
+    def sigma(self) -> float:
+        # one sample says nothing of spread: callers fall back before that
+        return math.sqrt(self.m2 / (self.n - 1)) if self.n > 1 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class LogNormal:
+    """A log-normal distribution by the mean and deviation of log(x)."""
+
+    mu: float
+    sigma: float
+
+    def cdf(self, t: float) -> float:
+        if t <= 0:
+            return 0.0
+        if self.sigma <= 1e-9:
+            return 1.0 if math.log(t) >= self.mu else 0.0
+        return _STD_NORMAL.cdf((math.log(t) - self.mu) / self.sigma)
+
+    def mean(self) -> float:
+        return math.exp(self.mu + self.sigma**2 / 2)
+
+    def quantile(self, q: float) -> float:
+        return math.exp(self.mu + self.sigma * _STD_NORMAL.inv_cdf(q))
+
+    def mean_min(self, t: float) -> float:
+        """E[min(X, t)]: how long memory held until X or a TTL of t is held."""
+        if t <= 0:
+            return 0.0
+        if self.sigma <= 1e-9:
+            return min(math.exp(self.mu), t)
+        z = (math.log(t) - self.mu) / self.sigma
+        partial = self.mean() * _STD_NORMAL.cdf(z - self.sigma)  # E[X; X <= t]
+        return partial + t * (1.0 - _STD_NORMAL.cdf(z))
+
+
+@dataclass(slots=True)
+class Mean:
+    n: int = 0
+    total: float = 0.0
+
+    def add(self, x: float) -> None:
+        self.n += 1
+        self.total += x
+
+    def smoothed(self, prior: float, weight: float) -> float:
+        if self.n + weight <= 0:
+            return prior
+        return (self.total + weight * prior) / (self.n + weight)
+
+
+@dataclass(slots=True)
+class _Node:
+    ends: int = 0
+    continues: int = 0
+    successors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    output: Mean = field(default_factory=Mean)
+    growth: Mean = field(default_factory=Mean)
+
+    @property
+    def outcomes(self) -> int:
+        return self.ends + self.continues
+
+
+@dataclass(slots=True)
+class Gap:
+    """What follows a call at one node: P(continue) and the tool-gap mixture."""
+
+    p_continue: float
+    mixture: tuple[tuple[float, LogNormal], ...]
+    _quantiles: dict[float, float] = field(default_factory=dict, repr=False, compare=False)
+
+    def cdf(self, t: float) -> float:
+        """P(the next call is ready within t | the workflow continues)."""
+        return sum(w * d.cdf(t) for w, d in self.mixture)
+
+    def p_return_within(self, t: float) -> float:
+        return self.p_continue * self.cdf(t)
+
+    def mean(self) -> float:
+        return sum(w * d.mean() for w, d in self.mixture)
+
+    def mean_min(self, t: float) -> float:
+        """E[min(gap, t)], counting a workflow that never returns as holding t."""
+        held = sum(w * d.mean_min(t) for w, d in self.mixture)
+        return self.p_continue * held + (1.0 - self.p_continue) * t
+
+    def quantile(self, q: float) -> float:
+        """The q-quantile of the gap given the workflow continues (bisection in log t)."""
+        cached = self._quantiles.get(q)
+        if cached is None:
+            cached = self._quantiles[q] = self._quantile(q)
+        return cached
+
+    def _quantile(self, q: float) -> float:
+        if len(self.mixture) == 1:
+            return self.mixture[0][1].quantile(q)
+        lo, hi = math.log(1e-3), math.log(1e6)
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            if self.cdf(math.exp(mid)) < q:
+                lo = mid
+            else:
+                hi = mid
+        return math.exp(hi)
+
+
+class AgentGraph:
+    """The execution graph of one agent type, learned online."""
+
+    def __init__(self, config: SagaConfig) -> None:
+        self.config = config
+        self._nodes: dict[str, _Node] = defaultdict(_Node)
+        self._tools: dict[str, LogNormalFit] = defaultdict(LogNormalFit)
+        self._all_tools = LogNormalFit()
+        self._values: dict[str, tuple[float, float]] = {}
+        self._gaps: dict[str, Gap] = {}
+        self._stale = 0
+        self.observations = 0
+
+    # ---- observations --------------------------------------------------------------
+    def observe_transition(self, src: str, dst: str, duration: float, growth: float) -> None:
+        """A call at ``src`` was followed, ``duration`` s after it finished, by a call at
+        ``dst`` whose prompt appended ``growth`` tokens."""
+        node = self._nodes[src]
+        node.continues += 1
+        node.successors[dst] += 1
+        self._nodes[dst].growth.add(max(growth, 0.0))
+        tool = node_tool(dst)
+        self._tools[tool].add(duration)
+        self._all_tools.add(duration)
+        self._touch()
+
+    def observe_end(self, src: str) -> None:
+        """The workflow ended after a call at ``src``."""
+        self._nodes[src].ends += 1
+        self._touch()
+
+    def observe_output(self, node: str, tokens: int) -> None:
+        self._nodes[node].output.add(float(tokens))
+        self._touch()
+
+    def _touch(self) -> None:
+        self.observations += 1
+        self._stale += 1
+
+    # ---- estimates -------------------------------------------------------------------
+    def p_continue(self, node: str) -> float:
+        cfg = self.config
+        w = cfg.prior_weight
+        pooled = self._pooled_continue(node_bucket(node))
+        own = self._nodes.get(node)
+        k, n = (own.continues, own.outcomes) if own is not None else (0, 0)
+        p = (k + w * pooled) / (n + w) if n + w > 0 else pooled
+        return min(p, cfg.max_continue)
+
+    def _pooled_continue(self, bucket: int) -> float:
+        cfg = self.config
+        k = n = 0
+        for key, node in self._nodes.items():
+            if node_bucket(key) == bucket:
+                k += node.continues
+                n += node.outcomes
+        w = cfg.prior_weight
+        return (k + w * cfg.prior_continue) / (n + w) if n + w > 0 else cfg.prior_continue
+
+    def successors(self, node: str) -> dict[str, float]:
+        """P(next call site | the workflow continues after a call at ``node``)."""
+        own = self._nodes.get(node)
+        pooled = self._pooled_successors(node_bucket(node))
+        if not pooled:
+            return {node: 1.0}  # nothing learned: memoryless self-loop
+        w = self.config.prior_weight
+        k = own.continues if own is not None else 0
+        if k == 0:
+            return pooled
+        out = {dst: w * p / (k + w) for dst, p in pooled.items()}
+        assert own is not None
+        for dst, c in own.successors.items():
+            out[dst] = out.get(dst, 0.0) + c / (k + w)
+        return out
+
+    def _pooled_successors(self, bucket: int) -> dict[str, float]:
+        counts: dict[str, int] = defaultdict(int)
+        for key, node in self._nodes.items():
+            if node_bucket(key) == bucket:
+                for dst, c in node.successors.items():
+                    counts[dst] += c
+        total = sum(counts.values())
+        return {dst: c / total for dst, c in sorted(counts.items())} if total else {}
+
+    def duration(self, tool: str) -> LogNormal:
+        """Fitted tool-duration distribution, falling back to pooled, then the prior."""
+        cfg = self.config
+        for fit in (self._tools.get(tool), self._all_tools):
+            if fit is not None and fit.n >= max(cfg.min_samples, 2):
+                return LogNormal(fit.mean, max(fit.sigma, 0.05))
+        return LogNormal(math.log(cfg.prior_tool_median), cfg.prior_tool_sigma)
+
+    def _gap(self, node: str) -> Gap:
+        by_tool: dict[str, float] = defaultdict(float)
+        for dst, p in self.successors(node).items():
+            by_tool[node_tool(dst)] += p
+        mixture = tuple((p, self.duration(tool)) for tool, p in sorted(by_tool.items()))
+        return Gap(self.p_continue(node), mixture)
+
+    def output_tokens(self, node: str) -> float:
+        cfg = self.config
+        return self._node_mean(node, "output", cfg.prior_output_tokens)
+
+    def growth_tokens(self, node: str) -> float:
+        return self._node_mean(node, "growth", self.config.prior_growth_tokens)
+
+    def _node_mean(self, node: str, attr: str, prior: float) -> float:
+        pooled = Mean()
+        for n in self._nodes.values():
+            m: Mean = getattr(n, attr)
+            pooled.n += m.n
+            pooled.total += m.total
+        w = self.config.prior_weight
+        base = pooled.smoothed(prior, w)
+        own = self._nodes.get(node)
+        return getattr(own, attr).smoothed(base, w) if own is not None else base
+
+    # ---- value iteration ------------------------------------------------------------------
+    def remaining(self, node: str) -> tuple[float, float]:
+        """Expected (calls, tokens) still to come after a call at ``node`` finishes.
+
+        Tokens count what the engine must process: appended prompt tokens and output.
+        """
+        self._refresh()
+        value = self._values.get(node)
+        if value is None:  # unseen node: the memoryless closed form of its estimates
+            c = self.p_continue(node)
+            per_call = self.growth_tokens(node) + self.output_tokens(node)
+            return c / (1 - c), c / (1 - c) * per_call
+        return value
+
+    def gap(self, node: str) -> Gap:
+        """What follows a call at ``node`` (cached between refreshes)."""
+        self._refresh()
+        cached = self._gaps.get(node)
+        if cached is None:
+            cached = self._gaps[node] = self._gap(node)
+        return cached
+
+    def _refresh(self) -> None:
+        if self._stale >= self.config.refresh_every or not self._values:
+            self._values = self.value_iteration(start=self._values)
+            self._gaps = {}
+            self._stale = 0
+
+    def value_iteration(
+        self,
+        tol: float = 1e-6,
+        max_iter: int = 100_000,
+        start: dict[str, tuple[float, float]] | None = None,
+    ) -> dict[str, tuple[float, float]]:
+        """Solve V(X) = p(X) * sum_Y q(Y|X) * (r(Y) + V(Y)) for calls (r = 1) and
+        tokens (r = appended prompt + output tokens), by value iteration.
+
+        Iterates from ``start`` (the last solution: a warm start, as the graph changes
+        little between refreshes) or 0; it contracts because every p(X) <= max_continue.
+        """
+        nodes = set(self._nodes)
+        for x in list(nodes):
+            nodes.update(self.successors(x))
+        order = sorted(nodes)
+        if not order:
+            return {}
+        index = {x: i for i, x in enumerate(order)}
+        a = np.zeros((len(order), len(order)))
+        for x in order:
+            cont = self.p_continue(x)
+            for y, q in self.successors(x).items():
+                a[index[x], index[y]] += cont * q
+        reward = np.array(
+            [[1.0, self.growth_tokens(x) + self.output_tokens(x)] for x in order]
+        )
+        b = a @ reward
+        start = start or {}
+        v = np.array([start.get(x, (0.0, 0.0)) for x in order], dtype=float)
+        scale = np.maximum(reward, 1.0)
+        for _ in range(max_iter):
+            nxt = b + a @ v
+            done = float(np.max(np.abs(nxt - v) / scale)) < tol
+            v = nxt
+            if done:
+                break
+        return {x: (float(v[i, 0]), float(v[i, 1])) for i, x in enumerate(order)}
+
+
+class GraphStore:
+    """One graph per agent type, created on first sight."""
+
+    def __init__(self, config: SagaConfig) -> None:
+        self.config = config
+        self._graphs: dict[str, AgentGraph] = {}
+        # with the graph switched off every agent shares one graph that never learns
+        self._frozen = AgentGraph(config)
+
+    def get(self, agent: str) -> AgentGraph:
+        if not self.config.graph:
+            return self._frozen
+        graph = self._graphs.get(agent)
+        if graph is None:
+            graph = self._graphs[agent] = AgentGraph(self.config)
+        return graph
+
+    @property
+    def learning(self) -> bool:
+        return self.config.graph

@@ -1,0 +1,337 @@
+"""The ``saga`` policy: DESIGN.md section 3 wired into the scheduler-core interface.
+
+It keeps a small record per workflow (its call site in the Agent Execution Graph,
+its home replica, when its last call finished) and answers the engine's questions
+with the mechanisms of this package:
+
+* :meth:`SagaPolicy.place` - :mod:`~saga.sched.saga.placement`;
+* :meth:`SagaPolicy.queue_key` - :mod:`~saga.sched.saga.fairshare`;
+* :meth:`SagaPolicy.retention` and :meth:`SagaPolicy.eviction_order` -
+  :mod:`~saga.sched.saga.retention` and the graph's predicted next use;
+* :meth:`SagaPolicy.admit` - :mod:`~saga.sched.saga.admission`.
+
+Observations feed :mod:`~saga.sched.saga.graph`; oracle fields of
+:class:`~saga.sched.policy.CallInfo` (``output_tokens``, ``next_gap``) are never read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from saga.engine.kvcache import EvictionOrder, KeyedEviction, KVNode, LRUEviction
+from saga.sched.decisions import ADMIT, RELEASE, Admission, Retention
+from saga.sched.policy import CallInfo, Policy, PolicyContext, Router, WorkflowInfo
+from saga.sched.saga import admission, placement
+from saga.sched.saga import retention as keep
+from saga.sched.saga.config import SagaConfig
+from saga.sched.saga.fairshare import FairShare
+from saga.sched.saga.graph import AgentGraph, GraphStore, node_key
+
+if TYPE_CHECKING:
+    from saga.engine.replica import Replica, Request
+
+
+@dataclass(slots=True)
+class Flow:
+    """What SAGA remembers of one workflow in progress."""
+
+    info: WorkflowInfo
+    node: str = ""
+    home: int | None = None
+    in_tool: bool = False
+    last_finish: float | None = None
+    last_prompt: int = 0
+    last_output: int = 0  # output tokens of the previous call
+    output: int = 0  # output tokens of the call that just finished
+    gap_before: float = 0.0  # the tool time before the current call
+    rest: float = 0.0  # expected seconds of work after the current call
+    priority: float = 0.0  # expected seconds of work left, including the current call
+    call_prefill: float = 0.0  # predicted prefill seconds of the current call
+    context: int = 0  # tokens of KV it has built (prompt + output of its last call)
+    next_use: float = 0.0  # predicted time of the next call (in a tool)
+    p_return: float = 0.0
+    prefixes: set[str] = field(default_factory=set)
+
+
+class _NoRouter(Router):
+    """SAGA places calls itself (placement needs the workflow state)."""
+
+    name = "saga"
+
+    def place(self, call: CallInfo, now: float) -> int:
+        raise NotImplementedError
+
+
+class SagaPolicy(Policy):
+    """Workflow-atomic scheduling (DESIGN.md section 3); ablations by :class:`SagaConfig`."""
+
+    name = "saga"
+    # AFS keys age and follow tenants' service: the engine must sort every step
+    static_order = False
+
+    def __init__(self, config: SagaConfig | None = None) -> None:
+        super().__init__(_NoRouter())
+        self.config = config or SagaConfig()
+        self.graphs = GraphStore(self.config)
+        self.fair = FairShare(self.config)
+        self.flows: dict[str, Flow] = {}
+        self.slowdowns = admission.SlowdownTracker(self.config.slowdown_halflife)
+        self.prefix_users: dict[str, int] = {}
+        self.steals = 0
+
+    def bind(self, ctx: PolicyContext) -> None:
+        super().bind(ctx)
+        self.predictor = placement.Predictor(ctx.cost, ctx.block_tokens)
+        self.homed = [0.0] * len(ctx.replicas)  # context tokens of the flows homed there
+
+    # ---- workflow state ------------------------------------------------------------------
+    def _flow(self, workflow: WorkflowInfo) -> Flow:
+        flow = self.flows.get(workflow.workflow)
+        if flow is None:
+            flow = self.flows[workflow.workflow] = Flow(workflow)
+            self.fair.activate(workflow.tenant)
+        return flow
+
+    def _graph(self, flow: Flow) -> AgentGraph:
+        return self.graphs.get(flow.info.agent)
+
+    def _rehome(self, flow: Flow, home: int | None, context: int) -> None:
+        """Move ``flow``'s working set to ``home`` with ``context`` tokens."""
+        if flow.home is not None:
+            self.homed[flow.home] -= flow.context
+        flow.home, flow.context = home, context
+        if home is not None:
+            self.homed[home] += context
+
+    # ---- admission -----------------------------------------------------------------------
+    def admit(self, workflow: WorkflowInfo, now: float) -> Admission:
+        if self.config.admission:
+            active = [f.info.slo for f in self.flows.values() if f.info.slo is not None]
+            predicted = max(self.slowdowns.value(now), self._queue_slowdown())
+            verdict = admission.decide(workflow, now, predicted, active, self.config)
+            if verdict.verdict != "admit":
+                return verdict
+        self._flow(workflow)
+        return ADMIT
+
+    def _queue_slowdown(self) -> float:
+        """Slowdown a new call would see from queueing alone on the best replica."""
+        backlog = min(self.predictor.backlog(r) for r in self.ctx.replicas if r.up)
+        typical = 1.0 + self.config.prior_tool_median  # a call plus a tool gap, seconds
+        return 1.0 + backlog / typical
+
+    # ---- observations ----------------------------------------------------------------------
+    def on_call_ready(self, call: CallInfo, now: float) -> None:
+        flow = self._flow(
+            WorkflowInfo(call.workflow, call.tenant, call.agent, call.workflow_arrival, call.slo)
+        )
+        graph = self._graph(flow)
+        node = node_key(call.tool, call.index, self.config.depth_buckets)
+        if flow.last_finish is not None:
+            flow.gap_before = now - flow.last_finish
+            if self.graphs.learning:
+                graph.observe_transition(
+                    flow.node, node, flow.gap_before, call.prompt_tokens - flow.last_prompt
+                )
+        flow.in_tool = False
+        flow.node = node
+        calls_left, _ = graph.remaining(node)
+        flow.rest = calls_left * self._call_seconds(graph, node)
+        for ns, _, _ in call.runs:
+            if ns.startswith("s:") and ns not in flow.prefixes:
+                flow.prefixes.add(ns)
+                self.prefix_users[ns] = self.prefix_users.get(ns, 0) + 1
+
+    def _call_seconds(self, graph: AgentGraph, node: str) -> float:
+        """Expected work of one call after ``node``: appended prefill plus decode."""
+        p = self.predictor
+        return graph.growth_tokens(node) * p.t_token + graph.output_tokens(node) * p.t_decode
+
+    def on_call_finished(self, call: CallInfo, replica: int, now: float) -> None:
+        flow = self.flows.get(call.workflow)
+        if flow is None:
+            return
+        work = flow.call_prefill + flow.output * self.predictor.t_decode
+        self.fair.charge(call.tenant, work)
+        self._observe_slowdown(flow, call, now)
+        flow.last_finish = now
+        flow.last_prompt = call.prompt_tokens
+        flow.last_output = flow.output
+        self._rehome(flow, replica, call.prompt_tokens + flow.output)
+        flow.in_tool = not call.ends_workflow
+
+    def _observe_slowdown(self, flow: Flow, call: CallInfo, now: float) -> None:
+        latency = now - call.issued_at
+        cached = flow.last_prompt + flow.last_output if flow.last_finish is not None else 0
+        ideal = self.predictor.prefill(call.prompt_tokens, cached)
+        ideal += flow.output * self.predictor.t_decode
+        gap = flow.gap_before
+        self.slowdowns.add((latency + gap) / max(ideal + gap, 1e-6), now)
+
+    def on_workflow_finished(self, workflow: WorkflowInfo, now: float) -> None:
+        flow = self.flows.pop(workflow.workflow, None)
+        if flow is None:
+            return
+        if self.graphs.learning and flow.node:
+            self._graph(flow).observe_end(flow.node)
+        self._rehome(flow, None, 0)
+        self.fair.deactivate(workflow.tenant)
+        for ns in flow.prefixes:
+            self.prefix_users[ns] -= 1
+
+    # ---- placement -------------------------------------------------------------------------
+    def place(self, call: CallInfo, now: float) -> int:
+        flow = self.flows.get(call.workflow)
+        if flow is None:  # a runtime that skipped on_call_ready: observe now
+            self.on_call_ready(call, now)
+            flow = self.flows[call.workflow]
+        graph = self._graph(flow)
+        output = graph.output_tokens(flow.node)
+        estimates = [
+            self.predictor.estimate(r, call.runs, call.prompt_tokens, output)
+            for r in self.ctx.replicas
+            if r.up
+        ]
+        home = flow.home if flow.home is not None and self.ctx.replicas[flow.home].up else None
+        chosen = placement.choose(estimates, home, self.homed, self.config)
+        if home is not None and chosen != home:
+            self.steals += 1
+            # the KV left behind is of no more use to this workflow: let it go
+            self.ctx.replicas[home].unpin(call.workflow, now)
+        self._rehome(flow, chosen, call.prompt_tokens)
+        estimate = next(e for e in estimates if e.replica == chosen)
+        flow.call_prefill = estimate.service - output * self.predictor.t_decode
+        flow.priority = flow.rest + estimate.service
+        return chosen
+
+    # ---- queue order -------------------------------------------------------------------------
+    def queue_key(self, replica: Replica, request: Request, now: float) -> tuple[float, ...]:
+        if not self.config.afs or request.info is None:
+            return (request.enqueued_at, request.seq)
+        flow = self.flows.get(request.workflow)
+        priority = flow.priority if flow is not None else 0.0
+        tenant, remaining = self.fair.key(
+            request.info.tenant, priority, now - request.enqueued_at
+        )
+        return (tenant, remaining, request.enqueued_at, request.seq)
+
+    # ---- retention and eviction --------------------------------------------------------------
+    def retention(self, replica: Replica, request: Request, now: float) -> Retention:
+        flow = self.flows.get(request.workflow)
+        if flow is None or request.info is None:
+            return RELEASE
+        graph = self._graph(flow)
+        flow.output = request.generated
+        if self.graphs.learning:
+            graph.observe_output(flow.node, request.generated)
+        gap = graph.gap(flow.node)
+        flow.p_return = gap.p_continue
+        flow.next_use = now + gap.mean()
+        if not self.config.retention:
+            return RELEASE
+        return keep.decide(self._retention_input(replica, request, now), self.config)
+
+    def _retention_input(
+        self, replica: Replica, request: Request, now: float
+    ) -> keep.RetentionInput:
+        assert request.info is not None
+        flow = self.flows[request.workflow]
+        bt = replica.block_tokens
+        shared = sum(r[2] for r in request.runs if r[0].startswith("s:"))
+        blocks = max(0, request.locked_blocks - shared)
+        reload = None
+        host = replica.host
+        if host is not None and blocks < host.capacity:
+            reload = self.ctx.cost.host_transfer_time(blocks * replica.block_bytes)
+        demand = sum(r.total_tokens - r.computed for r in replica.waiting) // bt
+        memory = keep.MemoryState(
+            capacity=replica.kv.capacity,
+            held=replica.kv.locked_blocks + replica.kv.anonymous_blocks,
+            waiting_demand=demand,
+            waiting_calls=len(replica.waiting),
+        )
+        return keep.RetentionInput(
+            now=now,
+            ends=request.info.ends_workflow,
+            gap=self._graph(flow).gap(flow.node),
+            blocks=blocks,
+            recompute=self.predictor.prefill(request.total_tokens, shared * bt),
+            reload=reload,
+            memory=memory,
+        )
+
+    def eviction_order(self, replica_index: int) -> EvictionOrder:
+        if not self.config.retention:
+            return LRUEviction()
+        return KeyedEviction("saga-next-use", self._eviction_key)
+
+    def _eviction_key(self, node: KVNode, now: float) -> float:
+        """Expected reuse value of a cached leaf: smaller is evicted first.
+
+        P(the owner calls again) over the time until its predicted next call (an
+        online approximation of Belady: furthest next use first); blocks of finished
+        workflows are worth nothing; shared prefixes are worth their live users.
+        """
+        t0 = self.config.eviction_t0
+        ns = node.namespace
+        if ns.startswith("w:"):
+            flow = self.flows.get(ns[2:])
+            if flow is None:
+                return -1.0
+            if not flow.in_tool:
+                return flow.p_return / t0 + 1.0  # its call is queued or running: soon
+            return flow.p_return / (max(flow.next_use - now, 0.0) + t0)
+        if ns.startswith("s:"):
+            return (1 + self.prefix_users.get(ns, 0)) / t0
+        return 0.0
+
+
+class SagaNoGraph(SagaPolicy):
+    """Ablation: cold-start priors only, no learned Agent Execution Graph."""
+
+    name = "saga-no-graph"
+
+    def __init__(self) -> None:
+        super().__init__(SagaConfig(graph=False))
+
+
+class SagaNoSteal(SagaPolicy):
+    """Ablation: strict session affinity after the first call (no work stealing)."""
+
+    name = "saga-no-steal"
+
+    def __init__(self) -> None:
+        super().__init__(SagaConfig(steal=False))
+
+
+class SagaNoAFS(SagaPolicy):
+    """Ablation: first come first served queues instead of Agent Fair Share."""
+
+    name = "saga-no-afs"
+
+    def __init__(self) -> None:
+        super().__init__(SagaConfig(afs=False))
+
+
+class SagaNoRetention(SagaPolicy):
+    """Ablation: release KV to LRU at tool calls, as vLLM (no pin, offload or next-use)."""
+
+    name = "saga-no-retention"
+
+    def __init__(self) -> None:
+        super().__init__(SagaConfig(retention=False))
+
+
+class SagaNoAdmission(SagaPolicy):
+    """Ablation: admit every workflow at once."""
+
+    name = "saga-no-admission"
+
+    def __init__(self) -> None:
+        super().__init__(SagaConfig(admission=False))
+
+
+ALL: tuple[type[SagaPolicy], ...] = (
+    SagaPolicy, SagaNoGraph, SagaNoSteal, SagaNoAFS, SagaNoRetention, SagaNoAdmission,
+)

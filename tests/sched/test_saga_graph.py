@@ -1,0 +1,101 @@
+"""Agent Execution Graph: learned statistics and value iteration, with exact expectations."""
+
+from __future__ import annotations
+
+import math
+import pathlib
+import re
+
+import pytest
+
+from saga.sched.saga.config import SagaConfig
+from saga.sched.saga.graph import AgentGraph, LogNormal, LogNormalFit, depth_bucket, node_key
+
+EXACT = SagaConfig(prior_weight=0.0, depth_buckets=1, min_samples=2)
+
+
+def test_node_keys_and_depth_buckets() -> None:
+    assert [depth_bucket(i, 8) for i in (0, 1, 2, 3, 4, 7, 8, 1000)] == [0, 1, 2, 2, 3, 3, 4, 7]
+    assert node_key(None, 0, 8) == "^#0"
+    assert node_key("bash", 5, 8) == "bash#3"
+    assert node_key(None, 5, 8) == "-#3"
+    assert node_key("bash", 5, 1) == "bash#0"
+
+
+def test_lognormal_fit_is_welford_on_logs() -> None:
+    fit = LogNormalFit()
+    for x in (1.0, math.e, math.e**2):
+        fit.add(x)
+    assert fit.n == 3
+    assert fit.mean == pytest.approx(1.0)
+    assert fit.sigma == pytest.approx(1.0)  # sample deviation of (0, 1, 2)
+
+
+def test_lognormal_cdf_quantile_and_truncated_mean() -> None:
+    d = LogNormal(math.log(5.0), 0.5)
+    assert d.cdf(5.0) == pytest.approx(0.5)
+    assert d.quantile(0.5) == pytest.approx(5.0)
+    assert d.mean() == pytest.approx(5.0 * math.exp(0.125))
+    # E[min(X, t)] -> E[X] as t grows, -> t as t shrinks
+    assert d.mean_min(1e6) == pytest.approx(d.mean())
+    assert d.mean_min(0.01) == pytest.approx(0.01, rel=1e-6)
+
+
+def _feed_chain(graph: AgentGraph) -> None:
+    """4 workflows: ^ -> bash three times (growth 1000), one ends at ^;
+    from bash: 2 continue to bash (growth 1000), 2 end. Outputs 200 at bash."""
+    for duration in (2.0, 2.0 * math.e, 2.0 * math.e**2):
+        graph.observe_transition("^#0", "bash#0", duration, 1000)
+    graph.observe_end("^#0")
+    for duration in (2.0, 2.0):
+        graph.observe_transition("bash#0", "bash#0", duration, 1000)
+    graph.observe_end("bash#0")
+    graph.observe_end("bash#0")
+    for _ in range(5):
+        graph.observe_output("bash#0", 200)
+
+
+def test_learned_probabilities_and_durations() -> None:
+    g = AgentGraph(EXACT)
+    _feed_chain(g)
+    assert g.p_continue("^#0") == pytest.approx(0.75)
+    assert g.p_continue("bash#0") == pytest.approx(0.5)
+    assert g.successors("^#0") == {"bash#0": pytest.approx(1.0)}
+    d = g.duration("bash")  # logs of 2, 2e, 2e^2, 2, 2: mean ln2 + 0.6
+    assert d.mu == pytest.approx(math.log(2.0) + 0.6)
+    assert d.sigma == pytest.approx(math.sqrt((0.36 * 3 + 0.16 + 1.96) / 4))
+    gap = g.gap("^#0")
+    assert gap.p_return_within(math.exp(d.mu)) == pytest.approx(0.75 * 0.5)
+    assert g.output_tokens("bash#0") == pytest.approx(200.0)
+    assert g.growth_tokens("bash#0") == pytest.approx(1000.0)
+
+
+def test_value_iteration_on_a_tiny_graph() -> None:
+    # By hand: calls V(bash) = 0.5 (1 + V(bash)) = 1; V(^) = 0.75 (1 + 1) = 1.5.
+    # tokens (r = growth 1000 + output 200): V(bash) = 0.5 (1200 + V) = 1200;
+    # V(^) = 0.75 (1200 + 1200) = 1800.
+    g = AgentGraph(EXACT)
+    _feed_chain(g)
+    values = g.value_iteration(tol=1e-12)
+    assert values["bash#0"] == pytest.approx((1.0, 1200.0))
+    assert values["^#0"] == pytest.approx((1.5, 1800.0))
+    assert g.remaining("^#0") == pytest.approx((1.5, 1800.0))
+
+
+def test_cold_start_uses_priors_then_smooths_towards_the_pool() -> None:
+    cfg = SagaConfig(prior_weight=2.0, prior_continue=0.9, depth_buckets=1)
+    g = AgentGraph(cfg)
+    assert g.p_continue("x#0") == pytest.approx(0.9)
+    assert g.duration("bash").quantile(0.5) == pytest.approx(cfg.prior_tool_median)
+    assert g.remaining("x#0")[0] == pytest.approx(0.9 / 0.1)  # geometric: c / (1 - c)
+    g.observe_end("a#0")
+    g.observe_end("a#0")
+    # pooled: (0 + 2 * 0.9) / (2 + 2) = 0.45; node a: (0 + 2 * 0.45) / (2 + 2) = 0.225
+    assert g.p_continue("a#0") == pytest.approx(0.225)
+    assert g.p_continue("b#0") == pytest.approx(0.45)
+
+
+def test_the_policy_never_reads_oracle_fields() -> None:
+    root = pathlib.Path(__file__).parents[2] / "src" / "saga" / "sched" / "saga"
+    source = "\n".join(p.read_text() for p in sorted(root.glob("*.py")))
+    assert not re.search(r"(info|call|request)\.output_tokens|\.next_gap", source)

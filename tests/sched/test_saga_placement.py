@@ -1,0 +1,89 @@
+"""Placement: affinity kept while home is fine, work stolen when home is overloaded."""
+
+from __future__ import annotations
+
+from saga.engine.config import EngineConfig
+from saga.engine.costmodel import cost_model_for
+from saga.engine.kvcache import RadixKV, Run
+from saga.engine.replica import Replica, Request
+from saga.sched.policy import CallInfo, PolicyContext
+from saga.sched.saga import SagaConfig, SagaPolicy
+from saga.sched.saga.placement import Estimate, choose
+
+CFG = SagaConfig(steal_margin=0.15, steal_min_gain=0.5, colocate_slack=0.25, colocate_abs=0.0)
+
+
+def test_choose_keeps_home_unless_another_replica_is_clearly_better() -> None:
+    homed = [0.0, 0.0]
+    near = [Estimate(0, backlog=2.0, service=1.0), Estimate(1, backlog=0.0, service=2.8)]
+    assert choose(near, home=0, homed=homed, config=CFG) == 0  # gain 0.2 s: stay
+    far = [Estimate(0, backlog=20.0, service=1.0), Estimate(1, backlog=0.0, service=4.0)]
+    assert choose(far, home=0, homed=homed, config=CFG) == 1  # gain 17 s > 15 % of 21 s
+    assert choose(far, home=0, homed=homed, config=CFG.model_copy(update={"steal": False})) == 0
+
+
+def test_new_workflows_colocate_within_the_working_set_bound() -> None:
+    est = [Estimate(0, 0.0, 1.0), Estimate(1, 0.0, 3.0), Estimate(2, 0.0, 2.0)]
+    # replica 0 (cheapest: it holds the shared prefix) has a working set 1.2x the least
+    assert choose(est, home=None, homed=[120.0, 100.0, 200.0], config=CFG) == 0
+    # ... but not 1.3x: the best of the replicas within bound wins instead
+    assert choose(est, home=None, homed=[130.0, 100.0, 120.0], config=CFG) == 2
+
+
+BT = 64
+RUNS: tuple[Run, ...] = (("s:sys", 0, 16), ("w:a", 0, 200))
+
+
+def _cluster() -> tuple[SagaPolicy, list[Replica]]:
+    cost = cost_model_for("llama-3.1-8b", "h100-sxm", 1)
+    policy = SagaPolicy(CFG)
+    engine = EngineConfig(max_num_batched_tokens=8192, max_num_seqs=64)
+    replicas = [
+        Replica(i, engine, cost, policy, block_tokens=BT, capacity_blocks=4096)
+        for i in range(2)
+    ]
+    policy.bind(PolicyContext(replicas=replicas, cost=cost, block_tokens=BT))
+    return policy, replicas
+
+
+def _cache(kv: RadixKV, runs: tuple[Run, ...]) -> None:
+    node, hit = kv.lock(runs)
+    total = sum(r[2] for r in runs)
+    assert kv.allocate(total - hit)
+    new, added = kv.insert(node, runs[1:] if hit else runs)
+    kv.unlock(node)
+    kv.adopt(added)
+    kv.unlock(new)
+
+
+def _call(index: int, runs: tuple[Run, ...], t: float) -> CallInfo:
+    tokens = sum(r[2] for r in runs) * BT
+    return CallInfo("a", "acme", "swe", f"c{index}", index, "bash" if index else None,
+                    tokens, runs, t, 0.0, None, False)
+
+
+def _home_on_zero(policy: SagaPolicy, replicas: list[Replica]) -> CallInfo:
+    first = _call(0, (*RUNS[:1], ("w:a", 0, 150)), 0.0)
+    policy.on_call_ready(first, 0.0)
+    policy.on_call_finished(first, 0, 10.0)  # home: replica 0
+    _cache(replicas[0].kv, RUNS)
+    nxt = _call(1, RUNS, 15.0)
+    policy.on_call_ready(nxt, 15.0)
+    return nxt
+
+
+def test_affinity_is_kept_when_home_is_not_overloaded() -> None:
+    policy, replicas = _cluster()
+    nxt = _home_on_zero(policy, replicas)
+    assert policy.place(nxt, 15.0) == 0
+    assert policy.steals == 0
+
+
+def test_work_is_stolen_when_home_is_overloaded() -> None:
+    policy, replicas = _cluster()
+    nxt = _home_on_zero(policy, replicas)
+    for k in range(6):  # 6 x 100k tokens of prefill queued at home
+        r = Request("other", f"o{k}", (("w:o", k * 2000, 1500),), 100_000, 100, BT, k)
+        replicas[0].enqueue(r, 15.0)
+    assert policy.place(nxt, 15.0) == 1
+    assert policy.steals == 1
