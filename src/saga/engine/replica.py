@@ -195,7 +195,9 @@ class Replica:
 
     # ---- observations ------------------------------------------------------------------
     def outstanding_tokens(self) -> int:
-        """Prefill and decode tokens still to do for queued and running calls."""
+        """Work a router can see: prompt tokens still to prefill, plus a fixed decode
+        allowance per call (a real router does not know how long an output will be,
+        so the true output length is deliberately not used)."""
         return sum(_remaining(r) for r in self.waiting) + sum(_remaining(r) for r in self.running)
 
     def load(self) -> int:
@@ -654,8 +656,12 @@ def output_run(request: Request, block_tokens: int) -> Run | None:
     return ("w:" + request.workflow, 0, count)
 
 
+DECODE_ALLOWANCE = 256
+"""Output tokens a router assumes for a call still running or queued."""
+
+
 def _remaining(request: Request) -> int:
-    return request.total_tokens - request.computed + request.output_tokens - request.generated
+    return request.total_tokens - request.computed + DECODE_ALLOWANCE
 
 
 def _skip_runs(runs: Sequence[Run], blocks: int) -> tuple[Run, ...]:
