@@ -1,14 +1,15 @@
 """Hardware and model presets for the engine cost model.
 
 Every number here is a public specification (sources in docs/costmodel.md), except the
-``cpu-tiny`` device and the ``tiny-llama`` model, which are placeholders for local tests.
+``cpu-tiny`` device, which stands for the 2-core CPU machines the real-engine tests run on, and
+the ``tiny-llama`` model, our own (``saga.integrations.tinymodel``).
 The presets say what the hardware *is*; how much of it vLLM achieves lives in
 :mod:`saga.engine.costmodel` (``Efficiency``), calibrated against published measurements.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 __all__ = [
     "GPU",
@@ -135,12 +136,14 @@ GPUS: dict[str, GPU] = {
         GPU("a100-80gb", 312e12, 2.039e12, 80 * GIB, 600e9),
         GPU("h100-sxm", 989e12, 3.35e12, 80 * GIB, 900e9),
         GPU("h200", 989e12, 4.8e12, 143771 * 1024**2, 900e9),
-        # Placeholder until calibrated against a real vLLM-CPU server (DESIGN.md section 5):
-        # 2 Zen 3 cores with AVX2 FMA (2 x 256-bit FMA per cycle = 32 fp32 FLOP/cycle) at
-        # ~2.45 GHz; no AVX-512 BF16, so bf16 runs at the fp32 rate. ~20 GB/s is a guess at
-        # one VM's share of DDR4 bandwidth. "HBM" is the memory vLLM-CPU may use for weights
-        # and KV (its KV cache space defaults to 4 GiB). No interconnect.
-        GPU("cpu-tiny", 2 * 2.45e9 * 32, 20e9, 8 * GIB, 0.0),
+        # The 2-core AMD EPYC (Zen 3, AVX2 FMA, no AVX-512) VMs this project runs on, as
+        # vLLM-CPU uses them: it serves with one OpenMP thread (the other core runs its
+        # front end), so the peak is one core's fp32 FMA rate, 2 x 256-bit FMA per cycle =
+        # 32 FLOP/cycle at ~2.45 GHz (no bf16 units: the tiny model runs in float32).
+        # ~20 GB/s is a nominal share of DDR4 bandwidth for one VM; the achieved fraction
+        # is fitted in costmodel.py. "HBM" is the memory vLLM-CPU may use for weights and
+        # KV (VLLM_CPU_KVCACHE_SPACE). No interconnect.
+        GPU("cpu-tiny", 1 * 2.45e9 * 32, 20e9, 8 * GIB, 0.0),
     )
 }
 
@@ -191,6 +194,11 @@ def _llama(
     )
 
 
+def _tiny_llama() -> ModelSpec:
+    spec = _llama("tiny-llama", 4, 256, 4, 2, 64, 688, 2048)
+    return replace(spec, dtype_bytes=4)
+
+
 # Shapes from each model's published config.json; parameter counts computed from them
 # (8,030,261,248 / 70,553,706,496 / 32,763,876,352: the published 8.0 B, 70.6 B, 32.8 B).
 MODELS: dict[str, ModelSpec] = {
@@ -199,8 +207,9 @@ MODELS: dict[str, ModelSpec] = {
         _llama("llama-3.1-8b", 32, 4096, 32, 8, 128, 14336, 128256),
         _llama("llama-3.1-70b", 80, 8192, 64, 8, 128, 28672, 128256),
         _llama("qwen2.5-32b", 64, 5120, 40, 8, 128, 27648, 152064, qkv_bias=True),
-        # A tiny test model that runs anywhere (a few MB of weights).
-        _llama("tiny-llama", 4, 256, 4, 2, 64, 688, 2048),
+        # The tiny random model that saga.integrations.tinymodel builds for real CPU engines
+        # (a few MB of weights), in float32 as both CPU engines serve it.
+        _tiny_llama(),
     )
 }
 
