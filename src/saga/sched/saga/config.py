@@ -39,6 +39,11 @@ class SagaConfig(BaseModel):
     admission: bool = Field(
         True, description="SLO admission control. Off: admit every workflow at once."
     )
+    memory_gate: bool = Field(
+        True,
+        description="Admit new workflows only while the active set's working set fits "
+        "memory_budget x the cluster's KV capacity (FIFO queue, interactive first).",
+    )
 
     # ---- Agent Execution Graph -------------------------------------------------------
     depth_buckets: int = Field(
@@ -187,6 +192,18 @@ class SagaConfig(BaseModel):
         ge=0.0,
         description="Seconds a best-effort workflow may be deferred; then it is admitted, "
         "so deferral never starves it.",
+    )
+    memory_budget: float = Field(
+        1.0,
+        gt=0.0,
+        description="Working set of admitted workflows, as a multiple of the cluster's GPU "
+        "KV capacity in tokens, beyond which new workflows wait at the door.",
+    )
+    prior_context_tokens: float = Field(
+        20_000.0,
+        gt=0.0,
+        description="Context a workflow is assumed to bring before its agent type's first "
+        "call has been seen.",
     )
     slowdown_halflife: float = Field(
         30.0,

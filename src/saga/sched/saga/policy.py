@@ -26,6 +26,7 @@ from saga.sched.saga import admission, placement
 from saga.sched.saga import retention as keep
 from saga.sched.saga.config import SagaConfig
 from saga.sched.saga.fairshare import FairShare
+from saga.sched.saga.gate import MemoryGate
 from saga.sched.saga.graph import AgentGraph, GraphStore, node_key
 
 if TYPE_CHECKING:
@@ -84,6 +85,11 @@ class SagaPolicy(Policy):
         super().bind(ctx)
         self.predictor = placement.Predictor(ctx.cost, ctx.block_tokens)
         self.homed = [0.0] * len(ctx.replicas)  # context tokens of the flows homed there
+        capacity = sum(r.kv.capacity for r in ctx.replicas) * ctx.block_tokens
+        self.gate = MemoryGate(
+            capacity, self.config.memory_budget, self.config.retry_after,
+            self.config.prior_context_tokens,
+        )
 
     # ---- workflow state ------------------------------------------------------------------
     def _flow(self, workflow: WorkflowInfo) -> Flow:
@@ -110,10 +116,24 @@ class SagaPolicy(Policy):
             active = [f.info.slo for f in self.flows.values() if f.info.slo is not None]
             predicted = max(self.slowdowns.value(now), self._queue_slowdown())
             verdict = admission.decide(workflow, now, predicted, active, self.config)
+            if verdict.verdict == "reject":
+                self.gate.forget(workflow.workflow)
+            if verdict.verdict != "admit":
+                return verdict
+        if self.config.memory_gate:
+            verdict = self.gate.decide(workflow, self._working_set())
             if verdict.verdict != "admit":
                 return verdict
         self._flow(workflow)
         return ADMIT
+
+    def _working_set(self) -> float:
+        """Context tokens the admitted workflows hold or are expected to bring."""
+        homed = sum(self.homed)
+        for flow in self.flows.values():
+            if flow.home is None:
+                homed += self.gate.expected_context(flow.info.agent)
+        return homed
 
     def _queue_slowdown(self) -> float:
         """Slowdown a new call would see from queueing alone on the best replica."""
@@ -128,6 +148,8 @@ class SagaPolicy(Policy):
         )
         graph = self._graph(flow)
         node = node_key(call.tool, call.index, self.config.depth_buckets)
+        if flow.last_finish is None and flow.home is None:
+            self.gate.observe_first_context(call.agent, call.prompt_tokens)
         if flow.last_finish is not None:
             flow.gap_before = now - flow.last_finish
             if self.graphs.learning:
@@ -323,6 +345,15 @@ class SagaNoRetention(SagaPolicy):
         super().__init__(SagaConfig(retention=False))
 
 
+class SagaNoGate(SagaPolicy):
+    """Ablation: no memory gate (every admitted workflow starts at once)."""
+
+    name = "saga-no-gate"
+
+    def __init__(self) -> None:
+        super().__init__(SagaConfig(memory_gate=False))
+
+
 class SagaNoAdmission(SagaPolicy):
     """Ablation: admit every workflow at once."""
 
@@ -334,4 +365,5 @@ class SagaNoAdmission(SagaPolicy):
 
 ALL: tuple[type[SagaPolicy], ...] = (
     SagaPolicy, SagaNoGraph, SagaNoSteal, SagaNoAFS, SagaNoRetention, SagaNoAdmission,
+    SagaNoGate,
 )

@@ -1,0 +1,62 @@
+"""The memory gate: FIFO admission bounded by the working set."""
+
+from __future__ import annotations
+
+from saga.sched.policy import WorkflowInfo
+from saga.sched.saga.gate import MemoryGate
+
+
+def wf(name: str, slo: float | None = None, agent: str = "a") -> WorkflowInfo:
+    return WorkflowInfo(name, "t", agent, 0.0, slo)
+
+
+def gate(capacity: float = 100_000, budget: float = 1.0) -> MemoryGate:
+    return MemoryGate(capacity, budget, retry_after=2.0, prior_context=20_000)
+
+
+def test_admits_while_the_working_set_fits_then_queues_in_order() -> None:
+    g = gate()
+    assert g.decide(wf("a"), 0).verdict == "admit"
+    assert g.decide(wf("b"), 70_000).verdict == "admit"  # 70k + 20k <= 100k
+    first = g.decide(wf("c"), 90_000)
+    assert first.verdict == "defer" and first.retry_after == 2.0
+    assert "position 1 of 1" in first.reason and "exceeds 100,000" in first.reason
+    assert g.decide(wf("d"), 90_000).verdict == "defer"
+    # room again: d is not first in line, c is
+    assert g.decide(wf("d"), 10_000).verdict == "defer"
+    assert g.decide(wf("c"), 10_000).verdict == "admit"
+    assert g.decide(wf("d"), 30_000).verdict == "admit"
+    assert not g.waiting
+
+
+def test_interactive_work_goes_ahead_of_best_effort() -> None:
+    g = gate()
+    for name in ("be1", "be2"):
+        assert g.decide(wf(name), 95_000).verdict == "defer"
+    assert g.decide(wf("int1", slo=3.0), 95_000).verdict == "defer"
+    assert g.decide(wf("int2", slo=3.0), 95_000).verdict == "defer"
+    assert list(g.waiting) == ["int1", "int2", "be1", "be2"]
+    assert g.decide(wf("int1", slo=3.0), 0.0).verdict == "admit"
+
+
+def test_an_empty_cluster_admits_even_a_workflow_larger_than_memory() -> None:
+    g = gate(capacity=1_000)
+    assert g.decide(wf("huge"), 0.0).verdict == "admit"
+
+
+def test_expected_context_learns_from_first_calls() -> None:
+    g = gate()
+    assert g.expected_context("swe") == 20_000
+    g.observe_first_context("swe", 10_000)
+    g.observe_first_context("swe", 30_000)
+    assert g.expected_context("swe") == 20_000
+    g.observe_first_context("swe", 50_000)
+    assert g.expected_context("swe") == 30_000
+    assert g.expected_context("other") == 20_000
+
+
+def test_forget_removes_a_rejected_workflow() -> None:
+    g = gate()
+    g.decide(wf("x", slo=2.0), 99_000)
+    g.forget("x")
+    assert not g.waiting
