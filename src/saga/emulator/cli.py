@@ -43,6 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block-tokens", type=int, default=64, help="KV block size (default: 64)")
     p.add_argument("--stream-interval", type=float, default=0.05,
                    help="most model seconds between streamed chunks (default: 0.05)")
+    p.add_argument("--max-queue", type=int, default=4096,
+                   help="most calls queued per replica; more get a 429 (default: 4096)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--replicas must be at least 1")
     if args.time_scale <= 0:
         raise UserError("--time-scale must be > 0")
+    if args.max_queue < 1:
+        raise UserError("--max-queue must be at least 1")
     if args.block_tokens < 1:
         raise UserError("--block-tokens must be at least 1")
     replicas = args.replicas or cluster.replicas
@@ -64,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--port {args.port}: replicas need ports {args.port}..+{replicas - 1}")
     emulator = Emulator(
         cluster, replicas, time_scale=args.time_scale, block_tokens=args.block_tokens,
-        stream_interval=args.stream_interval,
+        stream_interval=args.stream_interval, max_waiting=args.max_queue,
     )
     print(
         f"saga emulate: {replicas} x {cluster.model} on {cluster.gpu} ({cluster.name}), "

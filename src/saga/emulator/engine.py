@@ -57,8 +57,10 @@ class Emulator:
         time_scale: float = 1.0,
         block_tokens: int = 64,
         stream_interval: float = 0.05,
+        max_waiting: int = 4096,
     ) -> None:
         self.cluster = cluster
+        self.max_waiting = max_waiting
         self.loop = RealtimeEventLoop(time_scale)
         self.block_tokens = block_tokens
         self.stream_interval = stream_interval
@@ -81,6 +83,7 @@ class Emulator:
         self._streaming = [0] * count
         self._seq = 0
         self.finished_calls = 0
+        self.aborted_calls = 0
 
     # ---- hooks (saga.engine.replica.EngineHooks) ---------------------------------------
     def queue_key(self, replica: Replica, request: Request, now: float) -> tuple[float, ...]:
@@ -125,6 +128,29 @@ class Emulator:
         target.enqueue(request, now)
         self._kick(target)
         return state
+
+    def abort(self, state: CallState) -> None:
+        """The client left: a queued call is dropped, a running one ends at its next
+        step (the engine model has no abort verb; capping its output ends it there,
+        releasing its KV as any finished call does)."""
+        if state.done:
+            return
+        self.aborted_calls += 1
+        now = self.loop.sync()
+        target = self.replicas[state.replica]
+        request = state.request
+        if request in target.waiting:
+            target.waiting.remove(request)
+            self.calls.pop(request.seq, None)
+            if state.stream:
+                self._streaming[state.replica] -= 1
+            state.done = True
+            return
+        request.output_tokens = min(request.output_tokens, request.generated + 1)
+        if target.busy:
+            end = target.interrupt(now)
+            if end is not None:
+                self.loop.at(end, self._step_end, (target, target.version))
 
     def model_now(self) -> float:
         return self.loop.sync()
@@ -266,4 +292,5 @@ class Emulator:
             "step_end": r.step_end if r.busy else None,
             "pending_events": self.loop.pending(),
             "late_events": self.loop.late_events,
+            "aborted_calls": self.aborted_calls,
         }

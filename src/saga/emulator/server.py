@@ -68,6 +68,9 @@ async def _generate(http: web.Request, kind: Kind) -> web.StreamResponse:
         priority = _float_header(http, "x-saga-priority", 0.0)
     except BadRequest as error:
         return error.response()
+    if len(emulator.replicas[replica].waiting) >= emulator.max_waiting:
+        return error_response(429, f"replica {replica}: {emulator.max_waiting} calls queued",
+                              "overloaded", "queue_full", {"Retry-After": "1"})
     text = body.text()
     prompt_tokens = estimate_tokens(text)
     output_tokens = body.output_limit(DEFAULT_MAX_TOKENS)
@@ -79,11 +82,16 @@ async def _generate(http: web.Request, kind: Kind) -> web.StreamResponse:
     )
     ident = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
     created = int(time.time())
-    if body.stream:
-        return await _stream(http, kind, body.model, ident, created, state, body.include_usage())
-    while not state.done:
-        await state.progress.wait()
-        state.progress.clear()
+    try:
+        if body.stream:
+            return await _stream(http, kind, body.model, ident, created, state,
+                                 body.include_usage())
+        while not state.done:
+            await state.progress.wait()
+            state.progress.clear()
+    except (asyncio.CancelledError, ConnectionResetError):
+        emulator.abort(state)  # the client left (the server cancels its handler)
+        raise
     req = state.request
     content = TOKEN * req.generated
     choice: dict[str, Any]
@@ -196,7 +204,7 @@ async def _kv(http: web.Request) -> web.Response:
     verb = http.match_info["verb"]
     try:
         data = json.loads(await http.read() or b"{}")
-    except ValueError:
+    except (ValueError, RecursionError):
         return error_response(400, "KV control body is not valid JSON")
     if not isinstance(data, dict) or not isinstance(data.get("workflow"), str):
         return error_response(400, 'KV control body needs {"workflow": "<id>", ...}')
@@ -239,7 +247,8 @@ async def serve(
     clock = asyncio.create_task(emulator.loop.run_realtime())
     try:
         for i in range(len(emulator.replicas)):
-            runner = web.AppRunner(build_app(emulator, i), access_log=None, shutdown_timeout=1.0)
+            runner = web.AppRunner(build_app(emulator, i), access_log=None, shutdown_timeout=1.0,
+                                   handler_cancellation=True)
             await runner.setup()
             runners.append(runner)
             await web.TCPSite(runner, host, port + i).start()

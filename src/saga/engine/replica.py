@@ -635,6 +635,36 @@ class Replica:
         return True
 
     # ---- lifecycle ---------------------------------------------------------------------
+    def fail(self, now: float) -> list[Request]:
+        """The replica died: mark it down and lose its step, its pins and all its KV
+        (GPU and host tier). Returns the calls it held, running and waiting, by
+        ``seq``, reset to start again elsewhere (their output so far is lost; the
+        replica that takes one counts its prompt as recomputed). The runtime sets
+        ``up`` again when the replica returns, with an empty cache."""
+        self.up = False
+        self.busy = False
+        self.version += 1  # the step in flight never ends
+        self._batch = []
+        self._run_steps = 0
+        held = sorted(self.running + self.waiting, key=lambda r: r.seq)
+        self.running.clear()
+        self.waiting.clear()
+        for request in held:
+            self._release_kv(request, now)
+            request.computed = 0
+            request.generated = 0
+            request.first_token_at = -1.0
+            request.ready_at = 0.0
+        self.drain_pins(now)
+        self.new_pins.clear()
+        self.new_prefetches.clear()
+        self.kv.evict(self.kv.used_blocks, now)
+        if self.host is not None:
+            self.host.evict(self.host.used_blocks, now)
+        self._link_free_at = now
+        self.blocked_on_memory = False
+        return held
+
     def is_idle(self) -> bool:
         return not self.busy and not self.waiting and not self.running
 

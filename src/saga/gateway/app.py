@@ -15,6 +15,13 @@ start, map to one workflow. Ids are per tenant. ``x-saga-agent`` names the agent
 program (default ``default``), ``x-saga-tool`` the tool that ran before this call,
 ``x-saga-end: true`` marks the workflow's last call (without it a workflow ends
 after ``workflow_idle_timeout``).
+
+Reliability (docs/RELIABILITY.md): every queue is bounded (``max_pending``,
+``max_queue``, ``max_workflows``: beyond, a 429 with Retry-After); a backend that fails
+before any byte reached the client (unreachable, timed out, 5xx, disconnected) is
+retried on the replica the policy picks then, at most ``retries`` times and within a
+retry budget; a client that leaves cancels its backend call (the connection is
+closed); API keys are compared in constant time and never logged.
 """
 
 from __future__ import annotations
@@ -22,11 +29,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import heapq
+import hmac
 import importlib
 import json
+import logging
 import random
 import time
-from collections.abc import Callable, Coroutine, Sequence
+import urllib.parse
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -38,7 +48,15 @@ from saga.errors import UserError
 from saga.gateway.backends import Backend, BackendError, build_backend
 from saga.gateway.config import GatewayConfig
 from saga.gateway.metrics import Metrics, PromText
-from saga.gateway.openai_api import BadRequest, ChatRequest, CompletionRequest, Kind, parse_body
+from saga.gateway.openai_api import (
+    BadRequest,
+    ChatRequest,
+    CompletionRequest,
+    Kind,
+    error_response,
+    parse_body,
+)
+from saga.gateway.openapi import openapi_document
 from saga.gateway.prefix import chat_text, estimate_tokens, text_runs
 from saga.gateway.store import MemoryStore, Store, build_store
 from saga.gateway.view import RemoteReplicaView
@@ -49,6 +67,61 @@ from saga.sim.cluster import get_cluster
 
 _TRUE = {"1", "true", "yes"}
 _FALSE = {"0", "false", "no", ""}
+_MAX_HEADER = 256
+#: Body fields a client may not pass on to a backend (vLLM reads ``priority``).
+_STRIPPED = ("priority",)
+log = logging.getLogger("saga.gateway")
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
+
+
+class KeyRing:
+    """API keys to names, compared in constant time: the presented key's SHA-256 is
+    compared with every stored digest by :func:`hmac.compare_digest`, with no early
+    exit, so the time taken says nothing about which bytes matched."""
+
+    def __init__(self, keys: dict[str, str]) -> None:
+        self._entries = [(_digest(k), name) for k, name in keys.items()]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def lookup(self, key: str) -> str | None:
+        presented = _digest(key)
+        found: str | None = None
+        for digest, name in self._entries:
+            if hmac.compare_digest(presented, digest):
+                found = name
+        return found
+
+
+class RetryBudget:
+    """Retries as a fraction of calls: each call deposits ``ratio`` tokens, each retry
+    takes one, the balance starts at ``reserve`` and never exceeds ``cap``."""
+
+    def __init__(self, ratio: float, reserve: float = 10.0, cap: float = 100.0) -> None:
+        self.ratio = ratio
+        self.balance = reserve
+        self.cap = cap
+
+    def deposit(self) -> None:
+        self.balance = min(self.cap, self.balance + self.ratio)
+
+    def take(self) -> bool:
+        if self.balance < 1.0:
+            return False
+        self.balance -= 1.0
+        return True
+
+
+class _Retryable(Exception):
+    """The backend failed before any byte reached the client: the call may go again."""
+
+    def __init__(self, error: BadRequest) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 @dataclass(slots=True)
@@ -97,8 +170,12 @@ class Gateway:
         )
         self.policy.bind(ctx)
         self._custom_priority = type(self.policy).queue_key is not Policy.queue_key
-        self.tenant_of_key = {k: name for name, t in config.tenants.items() for k in t.keys}
+        self.keys = KeyRing({k: name for name, t in config.tenants.items() for k in t.keys})
+        self.admin_keys = KeyRing({k: "admin" for k in config.admin_keys})
+        self.retry_budget = RetryBudget(config.retry_budget)
+        self._pending = 0
         self.store: Store = build_store(config.store)
+        self._rng = random.Random(0)  # retry jitter
         self.metrics = Metrics()
         self.backends: list[Backend] = []
         self.workflows: dict[str, _Workflow] = {}
@@ -166,7 +243,10 @@ class Gateway:
                 self.store.expire()
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(
+            client_max_size=self.config.max_body_bytes, middlewares=[_errors_as_json]
+        )
+        app.router.add_get("/openapi.json", self._openapi)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_get("/v1/models", self._models)
@@ -209,29 +289,53 @@ class Gateway:
         return web.json_response(body, status=200 if up else 503)
 
     async def _metrics(self, http: web.Request) -> web.Response:
+        if len(self.admin_keys):
+            key = _bearer(http)
+            if not key or self.admin_keys.lookup(key) is None:
+                status = 403 if key and self.keys.lookup(key) is not None else 401
+                return error_response(status, "/metrics needs an admin key",
+                                      "authentication_error", "admin_key_required")
         return web.Response(text=await self.render_metrics(), content_type="text/plain")
+
+    async def _openapi(self, http: web.Request) -> web.Response:
+        return web.json_response(openapi_document(self.config))
 
     async def _call(self, http: web.Request, kind: Kind, path: str) -> web.StreamResponse:
         tenant = "-"
+        cfg = self.config
+        if self._pending >= cfg.max_pending:
+            self.metrics.shed["pending"] += 1
+            self.metrics.requests[(tenant, 429)] += 1
+            return error_response(429, f"gateway overloaded: {cfg.max_pending} calls pending",
+                                  "overloaded", "gateway_overloaded", {"Retry-After": "1"})
+        self._pending += 1
         try:
             tenant = self._tenant(http)
-            body, data = parse_body(await http.read(), kind)
+            length = http.content_length
+            if length is not None and length > cfg.max_body_bytes:
+                raise _too_large(cfg.max_body_bytes)
+            try:
+                raw = await http.read()
+            except web.HTTPRequestEntityTooLarge:
+                raise _too_large(cfg.max_body_bytes) from None
+            body, data = parse_body(raw, kind)
             response = await self._serve(http, kind, path, tenant, body, data)
         except BadRequest as error:
             self.metrics.requests[(tenant, error.status)] += 1
             return error.response()
+        finally:
+            self._pending -= 1
         self.metrics.requests[(tenant, response.status)] += 1
         return response
 
     def _tenant(self, http: web.Request) -> str:
         if not self.config.tenants:
             return "default"
-        auth = http.headers.get("Authorization", "")
-        scheme, _, key = auth.partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
+        key = _bearer(http)
+        if not key:
             raise BadRequest(401, "missing API key: send 'Authorization: Bearer <key>'",
                              "authentication_error", "missing_api_key")
-        tenant = self.tenant_of_key.get(key.strip())
+        tenant = self.keys.lookup(key)
         if tenant is None:
             raise BadRequest(401, "unknown API key", "authentication_error", "invalid_api_key")
         return tenant
@@ -247,23 +351,35 @@ class Gateway:
                              f"{', '.join(cfg.served_models)}", code="model_not_found")
         arrived = self.now()
         headers = http.headers
-        workflow_id = f"{tenant}/{self._workflow_id(headers.get('x-saga-workflow'), body)}"
-        agent = headers.get("x-saga-agent") or "default"
-        tool = headers.get("x-saga-tool") or None
+        workflow_id = f"{tenant}/{self._workflow_id(_name(headers, 'x-saga-workflow'), body)}"
+        agent = _name(headers, "x-saga-agent") or "default"
+        tool = _name(headers, "x-saga-tool") or None
         ends = _flag(headers.get("x-saga-end"), "x-saga-end")
+        max_tokens = body.output_limit(cfg.default_max_tokens)
+        if max_tokens > cfg.max_output_tokens:
+            raise BadRequest(400, f"max_tokens {max_tokens} exceeds this gateway's limit "
+                             f"({cfg.max_output_tokens})", code="max_tokens_too_large")
+        for name in _STRIPPED:
+            data.pop(name, None)
         text = body.text()
         prompt_tokens = estimate_tokens(text)
         runs = text_runs(text, cfg.block_tokens)
-        max_tokens = body.output_limit(cfg.default_max_tokens)
 
         wf = self.workflows.get(workflow_id)
         if wf is None:
+            if len(self.workflows) >= cfg.max_workflows:
+                self.metrics.shed["workflows"] += 1
+                raise BadRequest(429, f"gateway overloaded: {cfg.max_workflows} workflows "
+                                 "active", "overloaded", "too_many_workflows",
+                                 {"Retry-After": "1"})
             slo = cfg.tenants[tenant].slo if tenant in cfg.tenants else None
             wf = _Workflow(WorkflowInfo(workflow_id, tenant, agent, arrived, slo))
             self.workflows[workflow_id] = wf
         wf.last_seen = arrived
         wf.in_flight += 1
-        extra_headers: dict[str, str] = {}
+        # header-safe (a ``user`` may hold any character); the client sees its scoped id
+        wire_id = urllib.parse.quote(workflow_id, safe="/:@-_.~+=")
+        extra_headers: dict[str, str] = {"x-saga-workflow": wire_id}
         try:
             session = await self.store.session(workflow_id)
             if not (wf.admitted or session.admitted):
@@ -281,26 +397,46 @@ class Gateway:
                 ends_workflow=ends,
             )
             wf.calls += 1
+            self.retry_budget.deposit()
             index = await self._place(info, session.home, now)
-            request = Request(workflow_id, info.call_id, runs, prompt_tokens, max_tokens,
-                              cfg.block_tokens, self._seq, info=info)
-            request.enqueued_at = now
-            view = self.views[index]
-            backend = self.backends[index]
-            await self._acquire(index, request, tenant)
-            sent_at = self.now()
-            try:
-                view.kv.add(runs)
-                out_headers = {"Content-Type": "application/json", "x-saga-workflow": workflow_id}
-                if backend.understands_hints and self._custom_priority:
-                    key = self.policy.queue_key(cast(Replica, view), request, now)
-                    out_headers["x-saga-priority"] = repr(float(key[0]))
-                extra_headers["x-saga-backend"] = str(index)
-                response, tokens = await self._forward(
-                    http, backend, view, path, body, data, out_headers, extra_headers
-                )
-            finally:
-                self._release(index, request)
+            attempt = 0
+            while True:
+                request = Request(workflow_id, info.call_id, runs, prompt_tokens, max_tokens,
+                                  cfg.block_tokens, self._seq, info=info)
+                request.enqueued_at = now
+                view = self.views[index]
+                backend = self.backends[index]
+                await self._acquire(index, request, tenant)
+                sent_at = self.now()
+                try:
+                    view.kv.add(runs)
+                    out_headers = {"Content-Type": "application/json",
+                                   "x-saga-workflow": wire_id}
+                    if backend.understands_hints and self._custom_priority:
+                        key = self.policy.queue_key(cast(Replica, view), request, now)
+                        out_headers["x-saga-priority"] = repr(float(key[0]))
+                    extra_headers["x-saga-backend"] = str(index)
+                    response, tokens = await self._forward(
+                        http, backend, view, path, body, data, out_headers, extra_headers
+                    )
+                    break
+                except _Retryable as failure:
+                    if attempt >= cfg.retries or not self.retry_budget.take():
+                        raise failure.error from None
+                except asyncio.CancelledError:
+                    # the client left: the backend call is closed; tell the policy it ended
+                    self.metrics.client_disconnects += 1
+                    self.policy.on_call_finished(info, index, self.now())
+                    raise
+                finally:
+                    self._release(index, request)
+                attempt += 1
+                self.metrics.retries += 1
+                await asyncio.sleep(cfg.retry_backoff * 2 ** (attempt - 1)
+                                    * (0.5 + self._rng.random()))
+                now = self.now()
+                index = await self._place(info, None, now, retry=True)
+                extra_headers["x-saga-retries"] = str(attempt)
             self._finished(wf, info, request, index, arrived, sent_at, tokens)
             return response
         finally:
@@ -352,14 +488,17 @@ class Gateway:
             finally:
                 self.metrics.admission_waiting -= 1
 
-    async def _place(self, info: CallInfo, home: int | None, now: float) -> int:
+    async def _place(
+        self, info: CallInfo, home: int | None, now: float, retry: bool = False
+    ) -> int:
         cfg = self.config
         if cfg.sticky_sessions and home is not None and 0 <= home < len(self.views) \
                 and self.views[home].up:
             return home
         t0 = time.perf_counter()
         try:
-            self.policy.on_call_ready(info, now)
+            if not retry:
+                self.policy.on_call_ready(info, now)
             index = self.policy.place(info, now)
         except RuntimeError as error:  # "no replica is up"
             raise BadRequest(503, f"no backend available: {error}", "service_unavailable",
@@ -377,6 +516,11 @@ class Gateway:
         if not queue and len(view.running) < self.backends[index].max_concurrency:
             view.running.append(request)
             return
+        if len(view.waiting) >= self.config.max_queue:
+            self.metrics.shed["queue"] += 1
+            raise BadRequest(429, f"backend {self.backends[index].label} has "
+                             f"{len(view.waiting)} calls waiting", "overloaded",
+                             "backend_queue_full", {"Retry-After": "1"})
         # Start-time fair queueing: a tenant's calls are spaced by cost / weight.
         weight = self.config.tenants[tenant].weight if tenant in self.config.tenants else 1.0
         start = max(self._vtime, self._tenant_tag.get(tenant, 0.0))
@@ -413,24 +557,49 @@ class Gateway:
         body: ChatRequest | CompletionRequest, data: dict[str, Any],
         out_headers: dict[str, str], extra_headers: dict[str, str],
     ) -> tuple[web.StreamResponse, int]:
-        """Send the call and relay the answer; return it and the tokens served."""
+        """Send the call and relay the answer; return it and the tokens served.
+
+        Raises :class:`_Retryable` when the backend failed before anything was sent
+        to the client. When the client leaves (a failed write, or the handler is
+        cancelled) the backend connection is closed, which cancels the call there.
+        """
         client_usage = body.include_usage()
         if body.stream and not client_usage:
             data["stream_options"] = {**(body.stream_options or {}), "include_usage": True}
-            raw = json.dumps(data).encode()
-        else:
-            raw = await http.read()  # cached by aiohttp
+        raw = json.dumps(data).encode()
         try:
             upstream = await backend.send(path, raw, out_headers)
         except BackendError as error:
-            view.up = False
-            raise BadRequest(502, str(error), "backend_error", "backend_unreachable") from None
+            if not error.timeout:
+                view.up = False
+            code = "backend_timeout" if error.timeout else "backend_unreachable"
+            raise _Retryable(BadRequest(504 if error.timeout else 502, str(error),
+                                        "backend_error", code)) from None
+        done = False
         try:
+            if upstream.status >= 500:
+                text = (await upstream.read())[:200].decode("utf-8", "replace")
+                raise _Retryable(BadRequest(
+                    502, f"backend {backend.label} answered {upstream.status}: {text}",
+                    "backend_error", "backend_failed"))
             if upstream.status != 200 or not body.stream:
-                payload = await upstream.read()
+                try:
+                    payload = await upstream.read()
+                except TimeoutError:
+                    raise _Retryable(BadRequest(504, f"backend {backend.label} timed out",
+                                                "backend_error", "backend_timeout")) from None
+                except aiohttp.ClientError as error:
+                    view.up = False
+                    raise _Retryable(BadRequest(502, f"backend {backend.label} failed: "
+                                                f"{error}", "backend_error",
+                                                "backend_failed")) from None
+                done = True
                 tokens = _usage_tokens(payload) if upstream.status == 200 else 0
+                headers = dict(extra_headers)
+                if "Retry-After" in upstream.headers:
+                    headers["Retry-After"] = upstream.headers["Retry-After"]
                 return web.Response(
-                    body=payload, status=upstream.status, headers=extra_headers,
+                    body=payload, status=upstream.status, headers=headers,
                     content_type=upstream.content_type or "application/json",
                 ), tokens
             response = web.StreamResponse(headers={
@@ -446,26 +615,23 @@ class Gateway:
                         tokens = _usage_tokens(line[6:])
                         if not client_usage:
                             continue
-                    await response.write(line)
-                await response.write_eof()
+                    if not await _write(response, line):
+                        self.metrics.client_disconnects += 1
+                        return response, tokens  # the client left: close the backend call
+                done = True
+                await _write(response, b"", eof=True)
             except (TimeoutError, aiohttp.ClientError) as error:
                 # The status is sent: end the stream with an error event, as OpenAI does.
                 view.up = isinstance(error, TimeoutError)
                 message = json.dumps({"error": {"message": f"backend {backend.label} failed "
                                                 f"mid-stream: {error!r}", "type": "backend_error"}})
-                await response.write(b"data: " + message.encode() + b"\n\n")
-            except ConnectionResetError:
-                pass  # the client left; the backend call is released below
+                await _write(response, b"data: " + message.encode() + b"\n\n")
             return response, tokens
-        except TimeoutError:
-            raise BadRequest(504, f"backend {backend.label} timed out", "backend_error",
-                             "backend_timeout") from None
-        except aiohttp.ClientError as error:
-            view.up = False
-            raise BadRequest(502, f"backend {backend.label} failed: {error}", "backend_error",
-                             "backend_failed") from None
         finally:
-            upstream.release()
+            if done:
+                upstream.release()
+            else:
+                upstream.close()
 
     def _finished(
         self, wf: _Workflow, info: CallInfo, request: Request, index: int, arrived: float,
@@ -540,6 +706,14 @@ class Gateway:
         p.sample("saga_retention_errors_total", m.retention_errors)
         p.family("saga_decision_latency_seconds", "summary", "Time in the scheduler core.")
         p.summary("saga_decision_latency_seconds", m.decision_latency)
+        p.family("saga_retries_total", "counter", "Backend calls made again after a failure.")
+        p.sample("saga_retries_total", m.retries)
+        p.family("saga_client_disconnects_total", "counter",
+                 "Calls whose client left before the end (backend call closed).")
+        p.sample("saga_client_disconnects_total", m.client_disconnects)
+        p.family("saga_shed_total", "counter", "Calls refused with a 429 at a bound.")
+        for bound, n in sorted(m.shed.items()):
+            p.sample("saga_shed_total", n, (("bound", bound),))
         p.family("saga_workflows_active", "gauge", "Workflows this gateway is tracking.")
         p.sample("saga_workflows_active", len(self.workflows))
         return p.text()
@@ -553,6 +727,59 @@ def _run_now(coro: Coroutine[Any, Any, None]) -> None:
         return
     coro.close()
     raise RuntimeError("coroutine suspended")
+
+
+async def _write(response: web.StreamResponse, data: bytes, eof: bool = False) -> bool:
+    """Write to the client; False if it has left."""
+    try:
+        if eof:
+            await response.write_eof()
+        else:
+            await response.write(data)
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        return False
+    return True
+
+
+def _bearer(http: web.Request) -> str:
+    scheme, _, key = http.headers.get("Authorization", "").partition(" ")
+    return key.strip() if scheme.lower() == "bearer" else ""
+
+
+def _name(headers: Any, name: str) -> str | None:
+    """A name header (workflow, agent, tool): at most 256 printable characters."""
+    raw: str | None = headers.get(name)
+    if raw is None:
+        return None
+    if len(raw) > _MAX_HEADER or not raw.isprintable():
+        raise BadRequest(400, f"header {name}: expected at most {_MAX_HEADER} printable "
+                         f"characters, got {len(raw)}", code="bad_header")
+    return raw.strip()
+
+
+def _too_large(limit: int) -> BadRequest:
+    return BadRequest(413, f"request body larger than {limit} bytes", code="body_too_large")
+
+
+@web.middleware
+async def _errors_as_json(
+    request: web.Request,
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> web.StreamResponse:
+    """Every error as an OpenAI error body: aiohttp's own (404, 405, 413) and, for a
+    bug, a 500 whose traceback goes to the log (never the request's headers)."""
+    try:
+        return await handler(request)
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        return error_response(error.status, error.reason, code=f"http_{error.status}")
+    except (asyncio.CancelledError, BadRequest):
+        raise
+    except Exception:
+        log.exception("internal error on %s %s", request.method, request.path)
+        return error_response(500, "internal error in the gateway", "server_error",
+                              "internal_error")
 
 
 def _flag(raw: str | None, name: str) -> bool:
@@ -577,7 +804,8 @@ def _usage_tokens(payload: bytes) -> int:
 async def serve(config: GatewayConfig, ready: asyncio.Event | None = None) -> None:
     """Run a gateway until cancelled."""
     gateway = Gateway(config)
-    runner = web.AppRunner(gateway.app(), access_log=None)
+    # A client that disconnects cancels its handler, which closes its backend call.
+    runner = web.AppRunner(gateway.app(), access_log=None, handler_cancellation=True)
     await runner.setup()
     try:
         await web.TCPSite(runner, config.host, config.port).start()

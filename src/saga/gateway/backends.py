@@ -18,6 +18,10 @@ from saga.sched.decisions import Retention
 class BackendError(Exception):
     """The backend could not be reached or failed; the gateway answers 502/504."""
 
+    def __init__(self, message: str, timeout: bool = False) -> None:
+        super().__init__(message)
+        self.timeout = timeout
+
 
 class Backend:
     """An OpenAI-compatible server. One keep-alive connection pool is shared by all."""
@@ -48,7 +52,7 @@ class Backend:
                 self.url + path, data=body, headers=headers, timeout=self._timeout
             )
         except TimeoutError:
-            raise BackendError(f"backend {self.label} timed out") from None
+            raise BackendError(f"backend {self.label} timed out", timeout=True) from None
         except aiohttp.ClientError as error:
             raise BackendError(f"backend {self.label} unreachable: {error}") from None
 

@@ -45,7 +45,11 @@ class TenantConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    keys: list[str] = Field(min_length=1, description="API keys (Bearer tokens) of the tenant.")
+    keys: list[str] = Field(
+        min_length=1, repr=False,
+        description="API keys (Bearer tokens) of the tenant; compared in constant time, "
+        "never logged.",
+    )
     weight: float = Field(1.0, gt=0, description="Share weight when backends are saturated.")
     slo: float | None = Field(
         None, gt=1.0, description="TCT objective as a slowdown factor; none is best effort."
@@ -62,6 +66,11 @@ class StoreConfig(BaseModel):
     )
     url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL (kind = redis).")
     prefix: str = Field("saga:", description="Key prefix in Redis.")
+    max_sessions: int = Field(
+        1_000_000, ge=1,
+        description="kind = memory: most workflow sessions kept; the oldest go first "
+        "(Redis bounds them by TTL).",
+    )
 
 
 class GatewayConfig(BaseModel):
@@ -113,6 +122,49 @@ class GatewayConfig(BaseModel):
         description="A workflow with no call for this long (and no x-saga-end) is finished.",
     )
 
+    admin_keys: list[str] = Field(
+        default_factory=list, repr=False,
+        description="Keys that may read /metrics. Empty: /metrics is open (keep the gateway "
+        "on a private network then); set: tenants' keys get 403 there.",
+    )
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="Largest request body; larger is a 413."
+    )
+    max_output_tokens: int = Field(
+        32768, ge=1, description="Largest max_tokens a call may ask for; larger is a 400."
+    )
+    max_pending: int = Field(
+        4096, ge=1,
+        description="Most calls inside the gateway at once (waiting, deferred or forwarded); "
+        "more get a 429 with Retry-After at once.",
+    )
+    max_queue: int = Field(
+        1024, ge=0,
+        description="Most calls waiting for a slot at one backend; more get a 429.",
+    )
+    max_workflows: int = Field(
+        100_000, ge=1, description="Most workflows tracked at once; a new one beyond is a 429."
+    )
+    retries: int = Field(
+        2, ge=0, le=10,
+        description="Extra attempts, on another replica when one is up, for a call whose "
+        "backend failed (unreachable, timed out, 5xx) before any byte reached the client.",
+    )
+    retry_budget: float = Field(
+        0.2, ge=0.0, le=1.0,
+        description="Retries allowed as a fraction of calls (a token bucket with a reserve "
+        "of 10), so that retries cannot multiply the load of a failing cluster.",
+    )
+    retry_backoff: float = Field(
+        0.05, ge=0.0, description="Seconds before the first retry (doubled for each next)."
+    )
+
+    @model_validator(mode="after")
+    def _limits(self) -> GatewayConfig:
+        if self.default_max_tokens > self.max_output_tokens:
+            raise ValueError("default_max_tokens exceeds max_output_tokens")
+        return self
+
     @model_validator(mode="after")
     def _unique_keys(self) -> GatewayConfig:
         seen: dict[str, str] = {}
@@ -121,6 +173,8 @@ class GatewayConfig(BaseModel):
                 if key in seen:
                     raise ValueError(f"API key used by tenants {seen[key]!r} and {name!r}")
                 seen[key] = name
+        if set(self.admin_keys) & seen.keys():
+            raise ValueError("an admin key is also a tenant's API key")
         return self
 
 

@@ -38,6 +38,9 @@ class Metrics:
         self.tenant_latency: defaultdict[str, LatencySummary] = defaultdict(LatencySummary)
         self.tenant_slowdown: defaultdict[str, LatencySummary] = defaultdict(LatencySummary)
         self.admission_waiting = 0
+        self.retries = 0
+        self.client_disconnects = 0
+        self.shed: defaultdict[str, int] = defaultdict(int)  # bound -> calls refused
 
 
 def _esc(value: str) -> str:

@@ -104,6 +104,8 @@ def parse_body(raw: bytes, kind: Kind) -> tuple[ChatRequest | CompletionRequest,
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as error:
         raise BadRequest(400, f"request body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise BadRequest(400, "request body is nested too deeply") from None
     if not isinstance(data, dict):
         raise BadRequest(400, "request body must be a JSON object")
     model: type[ChatRequest | CompletionRequest] = (

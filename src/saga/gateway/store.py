@@ -67,8 +67,11 @@ class Store(ABC):
 class MemoryStore(Store):
     """The state of one process, in dictionaries (the default)."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, max_sessions: int = 1_000_000
+    ) -> None:
         self._clock = clock
+        self.max_sessions = max_sessions
         self._homes: dict[str, tuple[int, float]] = {}
         self._admitted: dict[str, float] = {}
         self._tokens: dict[str, float] = {}
@@ -81,10 +84,20 @@ class MemoryStore(Store):
         return Session(home[0] if home is not None and home[1] > now else None, admitted)
 
     async def set_home(self, workflow: str, replica: int, ttl: float) -> None:
+        self._homes.pop(workflow, None)  # re-insert: the dict's order is age
         self._homes[workflow] = (replica, self._clock() + ttl)
+        self._bound()
 
     async def mark_admitted(self, workflow: str, ttl: float) -> None:
+        self._admitted.pop(workflow, None)
         self._admitted[workflow] = self._clock() + ttl
+        self._bound()
+
+    def _bound(self) -> None:
+        """At most ``max_sessions`` of each kind: the oldest go (same TTL: first to expire)."""
+        for table in (self._homes, self._admitted):
+            while len(table) > self.max_sessions:
+                del table[next(iter(table))]
 
     async def record_call(
         self, tenant: str, agent: str, tool: str | None, tokens: int, latency: float
@@ -170,4 +183,4 @@ class RedisStore(Store):
 def build_store(config: StoreConfig) -> Store:
     if config.kind == "redis":
         return RedisStore(config.url, config.prefix)
-    return MemoryStore()
+    return MemoryStore(max_sessions=config.max_sessions)

@@ -19,6 +19,7 @@ from saga.engine.replica import Pin, Replica, Request, output_run
 from saga.sched.policy import CallInfo, Policy, PolicyContext, WorkflowInfo
 from saga.sim.cluster import ClusterSpec
 from saga.sim.events import EventLoop
+from saga.sim.faults import Fault, check_faults
 
 
 @dataclass(slots=True)
@@ -155,6 +156,7 @@ class Simulation:
         closed_loop: int | None = None,
         progress: Callable[[float], None] | None = None,
         kv_sample_interval: float = 0.0,
+        faults: Sequence[Fault] = (),
     ) -> None:
         if not workflows:
             raise ValueError("no workflows to simulate")
@@ -200,6 +202,8 @@ class Simulation:
         self._kv_timeline: list[tuple[float, float]] = []
         self._next_closed = 0
         self._owners: dict[int, tuple[_WorkflowRun, int]] = {}  # request seq -> its call
+        self.faults = check_faults(faults, cluster.replicas)
+        self._parked: list[Request] = []  # ready while no replica was up
 
     # ---- running ------------------------------------------------------------------------
     def run(self) -> SimResult:
@@ -212,6 +216,9 @@ class Simulation:
                 self.loop.at(workflow.arrival, self._arrive, workflow)
         if self._kv_interval > 0:
             self.loop.at(0.0, self._sample_kv)
+        for fault in self.faults:
+            self.loop.at(fault.at, self._fail, fault.replica)
+            self.loop.at(fault.until, self._recover, fault.replica)
         self.loop.run(on_event=self._report_progress if self._progress else None)
         return self._result()
 
@@ -276,16 +283,38 @@ class Simulation:
             next_tool=self._next_tool(workflow, i),
         )
         self.policy.on_call_ready(info, now)
-        index = self.policy.place(info, now)
-        replica = self.replicas[index]
         self._seq += 1
         request = Request(
             workflow.id, call.id, info.runs, call.prompt.tokens, call.output_tokens,
             self.block_tokens, self._seq, info=info,
         )
         self._owners[self._seq] = (run, i)
+        self._dispatch(request)
+
+    def _dispatch(self, request: Request) -> None:
+        """Place a call and queue it there (or park it while no replica is up)."""
+        now = self.loop.now
+        info = request.info
+        assert info is not None
+        if self.faults and not any(r.up for r in self.replicas):
+            self._parked.append(request)
+            return
+        replica = self.replicas[self.policy.place(info, now)]
         replica.enqueue(request, now)
         self._kick(replica)
+
+    # ---- faults (saga.sim.faults) ---------------------------------------------------------
+    def _fail(self, index: int) -> None:
+        """The replica dies: what it held is placed again, as recompute."""
+        for request in self.replicas[index].fail(self.loop.now):
+            self._dispatch(request)
+
+    def _recover(self, index: int) -> None:
+        """The replica is back, empty; calls parked while none was up are placed."""
+        self.replicas[index].up = True
+        parked, self._parked = self._parked, []
+        for request in parked:
+            self._dispatch(request)
 
     def _recomputed(self, run: _WorkflowRun, i: int, request: Request) -> int:
         """Tokens computed again: the reusable prefix (shared with the KV its

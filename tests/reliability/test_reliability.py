@@ -1,0 +1,69 @@
+"""Faults, bad input, overload and tenant isolation on real processes (loopback only).
+
+The scenarios live in ``scenarios.py``; ``scripts/reliability.py`` runs them larger and
+writes docs/RELIABILITY.md. Here they run small and every row must hold.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from scenarios import (
+    Outcome,
+    backend_errors,
+    bad_inputs,
+    bad_traces,
+    client_disconnects,
+    flood,
+    fuzz,
+    gateway_restart_with_redis,
+    replica_killed,
+    tenant_isolation,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _check(rows: list[Outcome]) -> None:
+    bad = [f"{r.what}: {r.result} {r.details or ''}" for r in rows if not r.ok]
+    assert not bad, "\n".join(bad)
+
+
+def test_replica_killed_mid_workflow_moves_and_rejoins(tmp_path: Path) -> None:
+    _check(replica_killed(tmp_path, workflows=4, calls=3))
+
+
+def test_backend_5xx_and_timeouts_get_bounded_retries(tmp_path: Path) -> None:
+    _check(backend_errors(tmp_path, calls=8))
+
+
+def test_client_disconnect_cancels_the_backend_call(tmp_path: Path) -> None:
+    _check(client_disconnects(tmp_path))
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+def test_gateway_restart_keeps_affinity_and_accounts(tmp_path: Path) -> None:
+    _check(gateway_restart_with_redis(tmp_path, workflows=4))
+
+
+def test_bad_input_is_a_clear_4xx(tmp_path: Path) -> None:
+    _check(bad_inputs(tmp_path))
+
+
+def test_bad_trace_lines_name_line_and_field(tmp_path: Path) -> None:
+    _check(bad_traces(tmp_path))
+
+
+def test_schemathesis_finds_no_server_error(tmp_path: Path) -> None:
+    pytest.importorskip("schemathesis")
+    _check([fuzz(tmp_path, examples=15)])
+
+
+def test_flood_is_shed_with_429_and_memory_stays_bounded(tmp_path: Path) -> None:
+    _check([flood(tmp_path, total=1500, clients=150)])
+
+
+def test_tenants_cannot_act_for_each_other(tmp_path: Path) -> None:
+    _check(tenant_isolation(tmp_path))
