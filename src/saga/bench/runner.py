@@ -30,7 +30,6 @@ class PolicyRun:
     tcts: dict[str, float]
     kv_timeline: list[tuple[float, float]]
     wall_seconds: float
-    finish_times: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -85,8 +84,7 @@ def _run_job(
     wall = time.perf_counter() - started
     done = [w for w in out.result.workflows if w.finished_at >= 0]
     tcts = {w.workflow: w.finished_at - w.arrival for w in done}
-    finishes = sorted(w.finished_at for w in done)
-    return PolicyRun(policy, out.summary, tcts, out.result.kv_timeline, wall, finishes)
+    return PolicyRun(policy, out.summary, tcts, out.result.kv_timeline, wall)
 
 
 def _isolated_job(job: tuple[ClusterSpec, list[Workflow]]) -> dict[str, float]:
@@ -203,46 +201,70 @@ def _sweep(
     say: Progress,
 ) -> list[SweepPoint]:
     """Closed-loop runs with more and more workflows in flight, two at a time (one per
-    core), until throughput stops rising by 2 % or the sweep list ends."""
+    core), until throughput stops rising by 2 % or the sweep list ends; then one round
+    of refinement between the best point and the next, where the peak lies."""
     points: list[SweepPoint] = []
-    levels = list(spec.sweep)
+    levels = [per_replica * cluster.replicas for per_replica in spec.sweep]
     best = 0.0
     while levels:
         batch, levels = levels[:2], levels[2:]
-        jobs = []
-        for per_replica in batch:
-            concurrency = per_replica * cluster.replicas
-            workflows, _ = _build(workload, seed, _closed_params(workload, concurrency, spec))
-            # slowdowns are not needed for a sweep: skip the isolated runs
-            skip = {w.id: 1.0 for w in workflows}
-            jobs.append((cluster, policy, workflows, seed, concurrency, skip, 0.0))
-        say(f"saturation sweep of {policy} on {workload.title}: {batch} per replica")
-        for per_replica, run in zip(batch, pool.map(_run_job, jobs), strict=True):
-            points.append(
-                SweepPoint(
-                    policy,
-                    per_replica * cluster.replicas,
-                    steady_throughput(run.finish_times),
-                    float(run.summary["tct_mean"]),  # type: ignore[arg-type]
-                    float(run.summary["tct_p99"]),  # type: ignore[arg-type]
-                )
-            )
+        points += _sweep_points(spec, cluster, workload, seed, policy, batch, pool, say)
         top = max((p.throughput for p in points if math.isfinite(p.throughput)), default=0.0)
         if top < best * 1.02:
             break
         best = top
+    points.sort(key=lambda p: p.concurrency)
+    finite = [p for p in points if math.isfinite(p.throughput)]
+    if finite:
+        peak = max(finite, key=lambda p: p.throughput)
+        above = [p.concurrency for p in points if p.concurrency > peak.concurrency]
+        if above:
+            lo, hi = peak.concurrency, min(above)
+            ratio = hi / lo
+            middle = sorted({round(lo * ratio ** (1 / 3)), round(lo * ratio ** (2 / 3))} - {lo, hi})
+            if middle:
+                points += _sweep_points(spec, cluster, workload, seed, policy, middle, pool, say)
+                points.sort(key=lambda p: p.concurrency)
     return points
 
 
-def steady_throughput(finishes: Sequence[float]) -> float:
-    """Completed workflows per second between the 20th and 80th percentile of finish
-    times (sorted): the steady state of a closed loop, without ramp-up and drain."""
-    if len(finishes) < 5:
+def _sweep_points(
+    spec: Scenario,
+    cluster: ClusterSpec,
+    workload: WorkloadSpec,
+    seed: int,
+    policy: str,
+    concurrencies: list[int],
+    pool: Executor,
+    say: Progress,
+) -> list[SweepPoint]:
+    jobs = []
+    for concurrency in concurrencies:
+        workflows, _ = _build(workload, seed, _closed_params(workload, concurrency, spec))
+        # slowdowns are not needed for a sweep: skip the isolated runs
+        skip = {w.id: 1.0 for w in workflows}
+        jobs.append((cluster, policy, workflows, seed, concurrency, skip, 0.0))
+    say(f"saturation sweep of {policy} on {workload.title}: {concurrencies} in flight")
+    return [
+        SweepPoint(
+            policy,
+            concurrency,
+            steady_throughput(concurrency, list(run.tcts.values())),
+            float(run.summary["tct_mean"]),  # type: ignore[arg-type]
+            float(run.summary["tct_p99"]),  # type: ignore[arg-type]
+        )
+        for concurrency, run in zip(concurrencies, pool.map(_run_job, jobs), strict=True)
+    ]
+
+
+def steady_throughput(concurrency: int, tcts: Sequence[float]) -> float:
+    """Completed workflows per second of a closed loop, by Little's law: workflows in
+    flight over their mean TCT. Unlike completions over the makespan it is not biased
+    by the loop's synchronized start or its drain."""
+    if not tcts:
         return float("nan")
-    lo = int(0.2 * (len(finishes) - 1))
-    hi = int(0.8 * (len(finishes) - 1))
-    span = finishes[hi] - finishes[lo]
-    return (hi - lo) / span if span > 0 else float("nan")
+    mean = sum(tcts) / len(tcts)
+    return concurrency / mean if mean > 0 else float("nan")
 
 
 def _closed_params(workload: WorkloadSpec, concurrency: int, spec: Scenario) -> dict[str, str]:

@@ -160,6 +160,13 @@ class SagaConfig(BaseModel):
     colocate_abs: float = Field(
         16384.0, ge=0.0, description="Absolute working-set slack in tokens for co-location."
     )
+    placement_candidates: int = Field(
+        16,
+        ge=2,
+        description="Replicas a call's placement evaluates: all of them up to this many; on "
+        "larger clusters the workflow's home, the replicas with the smallest working sets "
+        "and a seeded random sample, this many in all (power of d choices).",
+    )
 
     # ---- Agent Fair Share -----------------------------------------------------------
     tenant_weights: dict[str, float] = Field(

@@ -16,6 +16,7 @@ Observations feed :mod:`~saga.sched.saga.graph`; oracle fields of
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -79,12 +80,17 @@ class SagaPolicy(Policy):
         self.flows: dict[str, Flow] = {}
         self.slowdowns = admission.SlowdownTracker(self.config.slowdown_halflife)
         self.prefix_users: dict[str, int] = {}
+        self.active_slos: dict[float, int] = {}  # SLOs of the workflows in flight
         self.steals = 0
 
     def bind(self, ctx: PolicyContext) -> None:
         super().bind(ctx)
         self.predictor = placement.Predictor(ctx.cost, ctx.block_tokens)
         self.homed = [0.0] * len(ctx.replicas)  # context tokens of the flows homed there
+        self.homed_total = 0.0
+        self._placements = 0
+        self._lightest: list[int] = []
+        self.unhomed: dict[str, int] = {}  # flows with no home yet, per agent type
         capacity = sum(r.kv.capacity for r in ctx.replicas) * ctx.block_tokens
         self.gate = MemoryGate(
             capacity, self.config.memory_budget, self.config.retry_after,
@@ -96,6 +102,9 @@ class SagaPolicy(Policy):
         flow = self.flows.get(workflow.workflow)
         if flow is None:
             flow = self.flows[workflow.workflow] = Flow(workflow)
+            self._count_unhomed(workflow.agent, +1)
+            if workflow.slo is not None:
+                self.active_slos[workflow.slo] = self.active_slos.get(workflow.slo, 0) + 1
             self.fair.activate(workflow.tenant)
         return flow
 
@@ -106,14 +115,23 @@ class SagaPolicy(Policy):
         """Move ``flow``'s working set to ``home`` with ``context`` tokens."""
         if flow.home is not None:
             self.homed[flow.home] -= flow.context
+            self.homed_total -= flow.context
+        else:
+            self._count_unhomed(flow.info.agent, -1)
         flow.home, flow.context = home, context
         if home is not None:
             self.homed[home] += context
+            self.homed_total += context
+        else:
+            self._count_unhomed(flow.info.agent, +1)
+
+    def _count_unhomed(self, agent: str, delta: int) -> None:
+        self.unhomed[agent] = self.unhomed.get(agent, 0) + delta
 
     # ---- admission -----------------------------------------------------------------------
     def admit(self, workflow: WorkflowInfo, now: float) -> Admission:
         if self.config.admission:
-            active = [f.info.slo for f in self.flows.values() if f.info.slo is not None]
+            active = [slo for slo, n in self.active_slos.items() if n > 0]
             predicted = max(self.slowdowns.value(now), self._queue_slowdown())
             verdict = admission.decide(workflow, now, predicted, active, self.config)
             if verdict.verdict == "reject":
@@ -129,15 +147,14 @@ class SagaPolicy(Policy):
 
     def _working_set(self) -> float:
         """Context tokens the admitted workflows hold or are expected to bring."""
-        homed = sum(self.homed)
-        for flow in self.flows.values():
-            if flow.home is None:
-                homed += self.gate.expected_context(flow.info.agent)
-        return homed
+        expected = self.gate.expected_context
+        return self.homed_total + sum(n * expected(a) for a, n in self.unhomed.items() if n)
 
     def _queue_slowdown(self) -> float:
         """Slowdown a new call would see from queueing alone on the best replica."""
-        backlog = min(self.predictor.backlog(r) for r in self.ctx.replicas if r.up)
+        backlog = min(
+            (self.predictor.backlog(r) for r in self._candidates(None)), default=0.0
+        )
         typical = 1.0 + self.config.prior_tool_median  # a call plus a tool gap, seconds
         return 1.0 + backlog / typical
 
@@ -198,6 +215,9 @@ class SagaPolicy(Policy):
         if self.graphs.learning and flow.node:
             self._graph(flow).observe_end(flow.node)
         self._rehome(flow, None, 0)
+        self._count_unhomed(flow.info.agent, -1)
+        if flow.info.slo is not None:
+            self.active_slos[flow.info.slo] -= 1
         self.fair.deactivate(workflow.tenant)
         for ns in flow.prefixes:
             self.prefix_users[ns] -= 1
@@ -210,12 +230,11 @@ class SagaPolicy(Policy):
             flow = self.flows[call.workflow]
         graph = self._graph(flow)
         output = graph.output_tokens(flow.node)
+        home = flow.home if flow.home is not None and self.ctx.replicas[flow.home].up else None
         estimates = [
             self.predictor.estimate(r, call.runs, call.prompt_tokens, output)
-            for r in self.ctx.replicas
-            if r.up
+            for r in self._candidates(home)
         ]
-        home = flow.home if flow.home is not None and self.ctx.replicas[flow.home].up else None
         chosen = placement.choose(estimates, home, self.homed, self.config)
         if home is not None and chosen != home:
             self.steals += 1
@@ -226,6 +245,26 @@ class SagaPolicy(Policy):
         flow.call_prefill = estimate.service - output * self.predictor.t_decode
         flow.priority = flow.rest + estimate.service
         return chosen
+
+    def _candidates(self, home: int | None) -> list[Replica]:
+        """The up replicas a placement evaluates (all of them on small clusters)."""
+        replicas = self.ctx.replicas
+        limit = self.config.placement_candidates
+        if len(replicas) <= limit:
+            return [r for r in replicas if r.up]
+        # The lightest replicas change slowly: refresh them every few placements, so a
+        # decision costs O(limit), not O(replicas).
+        self._placements += 1
+        if self._placements % 64 == 1:
+            self._lightest = heapq.nsmallest(
+                limit // 2, range(len(replicas)), key=lambda i: (self.homed[i], i)
+            )
+        chosen = set(self._lightest)
+        if home is not None:
+            chosen.add(home)
+        if len(chosen) < limit:
+            chosen.update(self.ctx.rng.sample(range(len(replicas)), limit - len(chosen)))
+        return [replicas[i] for i in sorted(chosen) if replicas[i].up]
 
     # ---- queue order -------------------------------------------------------------------------
     def queue_key(self, replica: Replica, request: Request, now: float) -> tuple[float, ...]:
