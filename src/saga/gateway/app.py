@@ -45,7 +45,7 @@ from aiohttp import web
 
 from saga.engine.replica import Replica, Request
 from saga.errors import UserError
-from saga.gateway.backends import Backend, BackendError, build_backend
+from saga.gateway.backends import BACKENDS, Backend, BackendError, build_backend
 from saga.gateway.config import GatewayConfig
 from saga.gateway.metrics import Metrics, PromText
 from saga.gateway.openai_api import (
@@ -162,7 +162,15 @@ class Gateway:
         self.model_name = config.served_models[0] if config.served_models else cluster.model
         bt = config.block_tokens
         capacity = cluster.kv_capacity_blocks(bt)
-        self.views = [RemoteReplicaView(i, capacity, bt) for i in range(len(config.backends))]
+        block_bytes = cluster.cost_model().model.kv_bytes_per_token() * bt
+        # an offloading backend's host tier (llama.cpp: slot files on disk) holds at least
+        # what its KV holds, whatever the preset's host tier
+        host = max(capacity, cluster.host_capacity_blocks(bt))
+        self.views = [
+            RemoteReplicaView(i, capacity, bt, block_bytes,
+                              host if BACKENDS[b.kind].offloads else None)
+            for i, b in enumerate(config.backends)
+        ]
         # The views offer what policies read of a Replica (see saga.gateway.view).
         ctx = PolicyContext(
             replicas=cast(Sequence[Replica], self.views), cost=cluster.cost_model(),
@@ -408,16 +416,20 @@ class Gateway:
                 backend = self.backends[index]
                 await self._acquire(index, request, tenant)
                 sent_at = self.now()
+                prepared = False
                 try:
                     view.kv.add(runs)
                     out_headers = {"Content-Type": "application/json",
                                    "x-saga-workflow": wire_id}
-                    if backend.understands_hints and self._custom_priority:
+                    key = None
+                    if backend.takes_priority and self._custom_priority:
                         key = self.policy.queue_key(cast(Replica, view), request, now)
-                        out_headers["x-saga-priority"] = repr(float(key[0]))
+                    sent = dict(data)  # the backend adapts its own copy
+                    await backend.prepare(workflow_id, sent, out_headers, key)
+                    prepared = True
                     extra_headers["x-saga-backend"] = str(index)
                     response, tokens = await self._forward(
-                        http, backend, view, path, body, data, out_headers, extra_headers
+                        http, backend, view, path, body, sent, out_headers, extra_headers
                     )
                     break
                 except _Retryable as failure:
@@ -429,6 +441,8 @@ class Gateway:
                     self.policy.on_call_finished(info, index, self.now())
                     raise
                 finally:
+                    if prepared:
+                        backend.finished(workflow_id)
                     self._release(index, request)
                 attempt += 1
                 self.metrics.retries += 1
@@ -649,7 +663,7 @@ class Gateway:
         m.decision_latency.observe(time.perf_counter() - t0)
         m.retentions[decision.kind] += 1
         backend = self.backends[index]
-        if decision.kind != "release" and backend.understands_hints:
+        if decision.kind != "release" and backend.retains:
             self._spawn(self._retain(backend, info.workflow, decision, now))
         record = self.store.record_call(info.tenant, info.agent, info.tool, tokens, latency)
         if isinstance(self.store, MemoryStore):
@@ -685,6 +699,17 @@ class Gateway:
             p.sample("saga_replica_in_flight", len(v.running), labels)
             p.sample("saga_replica_up", 1 if v.up else 0, labels)
             p.sample("saga_replica_cached_blocks", v.kv.used_blocks, labels)
+        stats = await asyncio.gather(*(b.prefix_cache() for b in self.backends))
+        for name, what in (("queries", "looked up in"), ("hits", "found in")):
+            if all(st is None for st in stats):
+                break
+            family = f"saga_backend_prefix_cache_{name}_total"
+            p.family(family, "counter",
+                     f"Prompt tokens the engine {what} its prefix cache (its own metrics).")
+            for b, st in zip(self.backends, stats, strict=True):
+                if st is not None:
+                    p.sample(family, st.queries if name == "queries" else st.hits,
+                             (("backend", b.label),))
         p.family("saga_tenant_slowdown", "summary",
                  "Per call: gateway latency over backend latency (queueing inflation).")
         for tenant, s in sorted(m.tenant_slowdown.items()):

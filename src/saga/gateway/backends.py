@@ -1,18 +1,42 @@
 """Backends behind one small interface: send a call, check health, carry out retention.
 
-:class:`Backend` speaks OpenAI HTTP to any compatible server (vLLM, SGLang,
-llama.cpp server). :class:`EmulatorBackend` also passes the scheduler's priority as
-a header and carries out retention decisions through the emulator's KV control API.
+:class:`Backend` speaks OpenAI HTTP to any compatible server. The others add what their
+engine understands, in :meth:`Backend.prepare` (just before a call is sent, once it has its
+replica) and :meth:`Backend.retain` (after it finished):
+
+* :class:`EmulatorBackend` -- SAGA's emulator: the scheduler's priority as a header,
+  retention through the emulator's KV control API;
+* :class:`VLLMBackend` -- vLLM: the priority in the request's ``priority`` field (when the
+  server runs ``--scheduling-policy priority``), the workflow id in ``vllm_xargs``, prefix
+  cache counters from its Prometheus ``/metrics``;
+* :class:`LlamaCppBackend` -- llama.cpp's server: a slot per active workflow (LRU over
+  the slots, ``id_slot`` and ``cache_prompt``), ``offload`` as slot save to the server's
+  ``--slot-save-path`` and restore on the workflow's next call when its slot went to
+  another workflow meanwhile, ``drop`` as slot erase.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+import asyncio
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import aiohttp
 
 from saga.gateway.config import BackendConfig
+from saga.integrations.engines import PrefixCacheStats, parse_prometheus
 from saga.sched.decisions import Retention
+
+log = logging.getLogger("saga.gateway")
+
+#: vLLM priorities are integers; a queue key's two first elements are packed into one,
+#: each in milliseconds, the second offset so that it stays positive (order kept while
+#: it lies within +-``_SECOND_SPAN`` / 2 ms).
+_SECOND_SPAN = 10**12
 
 
 class BackendError(Exception):
@@ -23,12 +47,29 @@ class BackendError(Exception):
         self.timeout = timeout
 
 
+def vllm_priority(key: tuple[float, ...]) -> int:
+    """A scheduler queue key (lower first) as one vLLM priority (lower first too).
+
+    The key's first element (e.g. a tenant's normalized service) and second (e.g. the
+    workflow's remaining work) are compared in that order, to the millisecond; later
+    elements (arrival, sequence) are vLLM's own tie-break (arrival order).
+    """
+    first = round(key[0] * 1000) if key else 0
+    second = round(key[1] * 1000) if len(key) > 1 else 0
+    second = min(max(second + _SECOND_SPAN // 2, 0), _SECOND_SPAN - 1)
+    return first * _SECOND_SPAN + second
+
+
 class Backend:
     """An OpenAI-compatible server. One keep-alive connection pool is shared by all."""
 
     kind: ClassVar[str] = "openai"
-    #: Whether the backend reads x-saga-priority and offers the KV control API.
-    understands_hints: ClassVar[bool] = False
+    #: Whether :meth:`prepare` uses the scheduler's queue key (the gateway computes it).
+    takes_priority: ClassVar[bool] = False
+    #: Whether :meth:`retain` carries out retention decisions.
+    retains: ClassVar[bool] = False
+    #: Whether it has a host tier for ``offload`` (the policy's view then shows one).
+    offloads: ClassVar[bool] = False
 
     def __init__(
         self, index: int, config: BackendConfig, session: aiohttp.ClientSession,
@@ -42,6 +83,7 @@ class Backend:
         self._session = session
         self._timeout = timeout
         self._health_timeout = aiohttp.ClientTimeout(total=2.0)
+        self._control_timeout = aiohttp.ClientTimeout(total=30.0)
 
     async def send(
         self, path: str, body: bytes, headers: dict[str, str]
@@ -65,15 +107,63 @@ class Backend:
         except (TimeoutError, aiohttp.ClientError):
             return False
 
+    async def prepare(
+        self, workflow: str, data: dict[str, Any], headers: dict[str, str],
+        key: tuple[float, ...] | None,
+    ) -> None:
+        """Adapt one call (its body ``data``, a copy, and ``headers``) for this engine
+        before it is sent; ``key`` is the scheduler's queue key when
+        :attr:`takes_priority` and the policy orders queues, else None."""
+
+    def finished(self, workflow: str) -> None:
+        """The call :meth:`prepare` adapted is over (answered, failed or abandoned)."""
+
     async def retain(self, workflow: str, decision: Retention, now: float) -> None:
         """Carry out a retention decision (a generic server has no way: nothing)."""
+
+    async def prefix_cache(self) -> PrefixCacheStats | None:
+        """The engine's own prefix-cache counters (tokens), or None if it has none."""
+        return None
+
+    async def _metrics(self) -> dict[str, list[tuple[dict[str, str], float]]] | None:
+        try:
+            async with self._session.get(
+                self.url + "/metrics", timeout=self._health_timeout
+            ) as response:
+                if response.status != 200:
+                    return None
+                return parse_prometheus(await response.text())
+        except (TimeoutError, aiohttp.ClientError):
+            return None
+
+    async def _post_json(self, path: str, payload: Mapping[str, Any], what: str) -> Any:
+        try:
+            async with self._session.post(
+                self.url + path, json=payload, timeout=self._control_timeout
+            ) as response:
+                if response.status != 200:
+                    text = (await response.read())[:200].decode("utf-8", "replace")
+                    raise BackendError(
+                        f"backend {self.label}: {what} answered {response.status}: {text}"
+                    )
+                return await response.json(content_type=None)
+        except (TimeoutError, aiohttp.ClientError) as error:
+            raise BackendError(f"backend {self.label}: {what} failed: {error}") from None
 
 
 class EmulatorBackend(Backend):
     """SAGA's emulator: priorities as a header, retention through ``/saga/kv/*``."""
 
     kind = "emulator"
-    understands_hints = True
+    takes_priority = True
+    retains = True
+
+    async def prepare(
+        self, workflow: str, data: dict[str, Any], headers: dict[str, str],
+        key: tuple[float, ...] | None,
+    ) -> None:
+        if key is not None:
+            headers["x-saga-priority"] = repr(float(key[0]))
 
     async def retain(self, workflow: str, decision: Retention, now: float) -> None:
         """``now`` is the gateway's clock, the one ``decision.prefetch_at`` is on."""
@@ -97,7 +187,171 @@ class EmulatorBackend(Backend):
             raise BackendError(f"backend {self.label}: KV {verb} failed: {error}") from None
 
 
-BACKENDS: dict[str, type[Backend]] = {"openai": Backend, "emulator": EmulatorBackend}
+def _metric(metrics: Mapping[str, list[tuple[dict[str, str], float]]], *names: str) -> float:
+    for name in names:
+        if name in metrics:
+            return sum(v for _, v in metrics[name])
+    return 0.0
+
+
+class VLLMBackend(Backend):
+    """vLLM's OpenAI server.
+
+    The workflow id goes in ``vllm_xargs["saga_workflow"]`` (per-request extras vLLM
+    hands to its engine and plugins). With ``priority_scheduling`` (the server runs
+    ``--scheduling-policy priority``) the scheduler's queue key goes in ``priority``
+    (:func:`vllm_priority`); without it vLLM rejects a non-zero priority, so none is sent.
+    Prefix-cache counters: ``vllm:prefix_cache_queries`` and ``_hits`` (tokens).
+    """
+
+    kind = "vllm"
+    takes_priority = True
+
+    async def prepare(
+        self, workflow: str, data: dict[str, Any], headers: dict[str, str],
+        key: tuple[float, ...] | None,
+    ) -> None:
+        xargs = dict(data.get("vllm_xargs") or {})
+        xargs["saga_workflow"] = workflow
+        data["vllm_xargs"] = xargs
+        if key is not None and self.config.priority_scheduling:
+            data["priority"] = vllm_priority(key)
+
+    async def prefix_cache(self) -> PrefixCacheStats | None:
+        metrics = await self._metrics()
+        if metrics is None:
+            return None
+        return PrefixCacheStats(
+            queries=_metric(metrics, "vllm:prefix_cache_queries_total",
+                            "vllm:prefix_cache_queries"),
+            hits=_metric(metrics, "vllm:prefix_cache_hits_total", "vllm:prefix_cache_hits"),
+        )
+
+
+def slot_file(workflow: str) -> str:
+    """The bare file name a workflow's slot is saved under (llama.cpp accepts no paths)."""
+    return "saga-" + hashlib.blake2b(workflow.encode(), digest_size=12).hexdigest() + ".bin"
+
+
+class LlamaCppBackend(Backend):
+    """llama.cpp's server with ``config.slots`` slots (its ``--parallel``).
+
+    Each active workflow owns a slot; a workflow without one takes a free slot, else the
+    least recently used slot that is not serving a call (else the least recently used),
+    whose owner loses it. Calls carry ``id_slot`` and ``cache_prompt: true``, so a
+    workflow's next call reuses its slot's KV. ``pin`` keeps the slot from being taken
+    until the pin expires (while another slot can be taken); ``offload`` saves the slot to
+    the server's ``--slot-save-path`` and, if the slot went to another workflow by the
+    workflow's next call, restores it first (the host tier); ``drop`` erases the slot.
+    Counts of saves, restores and erases are in :attr:`actions`.
+    """
+
+    kind = "llamacpp"
+    retains = True
+    offloads = True
+
+    def __init__(
+        self, index: int, config: BackendConfig, session: aiohttp.ClientSession,
+        timeout: aiohttp.ClientTimeout,
+    ) -> None:
+        super().__init__(index, config, session, timeout)
+        self.slots = config.slots
+        self.owner: list[str | None] = [None] * self.slots
+        self.busy = [0] * self.slots
+        self._lru: OrderedDict[str, int] = OrderedDict()  # workflow -> slot, oldest first
+        self._pinned: dict[str, float] = {}  # workflow -> expiry (time.monotonic)
+        self._saved: set[str] = set()
+        self._lock = asyncio.Lock()
+        self.actions: dict[str, int] = {"save": 0, "restore": 0, "erase": 0}
+
+    def slot_of(self, workflow: str) -> int | None:
+        return self._lru.get(workflow)
+
+    def _take_slot(self, workflow: str) -> int:
+        free = [s for s in range(self.slots) if self.owner[s] is None]
+        if free:
+            slot = free[0]
+        else:
+            now = time.monotonic()
+            order = list(self._lru.items())
+            candidates = (
+                [s for w, s in order if not self.busy[s] and self._pinned.get(w, 0.0) <= now]
+                or [s for _, s in order if not self.busy[s]]
+                or [s for _, s in order]
+            )
+            slot = candidates[0]
+            loser = self.owner[slot]
+            if loser is not None:
+                del self._lru[loser]
+                self._pinned.pop(loser, None)
+        self.owner[slot] = workflow
+        self._lru[workflow] = slot
+        return slot
+
+    async def prepare(
+        self, workflow: str, data: dict[str, Any], headers: dict[str, str],
+        key: tuple[float, ...] | None,
+    ) -> None:
+        async with self._lock:
+            slot = self._lru.get(workflow)
+            if slot is not None:
+                self._lru.move_to_end(workflow)
+            else:
+                slot = self._take_slot(workflow)
+                if workflow in self._saved and not self.busy[slot]:
+                    await self._action(slot, "restore", slot_file(workflow), quiet=True)
+            self._pinned.pop(workflow, None)  # a pin lasts until the next call
+            self.busy[slot] += 1
+        data["id_slot"] = slot
+        data["cache_prompt"] = True
+
+    def finished(self, workflow: str) -> None:
+        slot = self._lru.get(workflow)
+        if slot is not None and self.busy[slot]:
+            self.busy[slot] -= 1
+
+    async def retain(self, workflow: str, decision: Retention, now: float) -> None:
+        async with self._lock:
+            slot = self._lru.get(workflow)
+            if decision.kind == "pin" and slot is not None:
+                self._pinned[workflow] = time.monotonic() + decision.ttl
+            elif decision.kind == "offload" and slot is not None and not self.busy[slot]:
+                await self._action(slot, "save", slot_file(workflow))
+                self._saved.add(workflow)
+            elif decision.kind == "drop":
+                self._saved.discard(workflow)
+                if slot is not None and not self.busy[slot]:
+                    del self._lru[workflow]
+                    self.owner[slot] = None
+                    self._pinned.pop(workflow, None)
+                    await self._action(slot, "erase", None)
+
+    async def _action(self, slot: int, action: str, filename: str | None,
+                      quiet: bool = False) -> None:
+        payload = {"filename": filename} if filename is not None else {}
+        try:
+            await self._post_json(f"/slots/{slot}?action={action}", payload, f"slot {action}")
+        except BackendError:
+            if not quiet:
+                raise
+            # A failed restore is a cache miss: the call recomputes its prompt.
+            log.warning("backend %s: slot %s of slot %d failed", self.label, action, slot)
+            return
+        self.actions[action] += 1
+
+    async def prefix_cache(self) -> PrefixCacheStats | None:
+        metrics = await self._metrics()
+        if metrics is None:
+            return None
+        cached = _metric(metrics, "llamacpp:prompt_tokens_cached_total")
+        evaluated = _metric(metrics, "llamacpp:prompt_tokens_total")
+        return PrefixCacheStats(queries=cached + evaluated, hits=cached)
+
+
+BACKENDS: dict[str, type[Backend]] = {
+    "openai": Backend, "emulator": EmulatorBackend, "vllm": VLLMBackend,
+    "llamacpp": LlamaCppBackend,
+}
 
 
 def build_backend(

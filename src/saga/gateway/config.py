@@ -18,10 +18,24 @@ class BackendConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     url: str = Field(description="Base URL, e.g. http://127.0.0.1:9000 (no /v1).")
-    kind: Literal["emulator", "openai"] = Field(
+    kind: Literal["emulator", "openai", "vllm", "llamacpp"] = Field(
         "emulator",
         description="emulator: SAGA's emulator (takes priorities and the KV control API); "
-        "openai: any OpenAI-compatible server (vLLM, SGLang, llama.cpp), hints not sent.",
+        "vllm: vLLM's OpenAI server (workflow id in vllm_xargs, priority with "
+        "priority_scheduling, prefix-cache counters read); llamacpp: llama.cpp's server "
+        "(a slot per workflow, offload as slot save and restore, drop as slot erase); "
+        "openai: any OpenAI-compatible server, hints not sent.",
+    )
+    priority_scheduling: bool = Field(
+        False,
+        description="kind = vllm: the server runs --scheduling-policy priority, so the "
+        "scheduler's queue key is sent as the request's priority (vLLM rejects a non-zero "
+        "priority otherwise).",
+    )
+    slots: int = Field(
+        4, ge=1,
+        description="kind = llamacpp: the server's slots (its --parallel); one per active "
+        "workflow, least recently used first to go.",
     )
     name: str | None = Field(None, description="Name in metrics (default: the URL).")
     max_concurrency: int = Field(

@@ -14,7 +14,10 @@ bookkeeping so that policies run unchanged. What is exact and what is approximat
   gateway routed to the replica, bounded by the replica's KV capacity. It does not
   see evictions made by the engine for other traffic, nor pins, so it overestimates
   hits under memory pressure; it never invents a prefix that was not sent there;
-* ``up``: the last health check (or a failed call) said so.
+* ``up``: the last health check (or a failed call) said so;
+* ``host``: a host tier of the preset's host capacity for backends that offload
+  (llama.cpp: slot save and restore), else None; ``locked_blocks`` and
+  ``anonymous_blocks`` are 0 (the gateway does not see the engine's allocations).
 """
 
 from __future__ import annotations
@@ -45,6 +48,15 @@ class ApproxPrefixIndex:
     def available_blocks(self) -> int:
         return self.capacity
 
+    @property
+    def locked_blocks(self) -> int:
+        """Blocks held by running calls: not known here (the engine's own business)."""
+        return 0
+
+    @property
+    def anonymous_blocks(self) -> int:
+        return 0
+
     def match_blocks(self, runs: Sequence[Run]) -> int:
         """Blocks of ``runs``' prefix that were sent to this replica and not aged out."""
         blocks = self._blocks
@@ -73,10 +85,17 @@ class ApproxPrefixIndex:
 class RemoteReplicaView:
     """A backend as a policy sees it (the members of Replica that policies read)."""
 
-    def __init__(self, index: int, capacity_blocks: int, block_tokens: int) -> None:
+    def __init__(
+        self, index: int, capacity_blocks: int, block_tokens: int, block_bytes: int = 0,
+        host_blocks: int | None = None,
+    ) -> None:
         self.index = index
         self.up = True
         self.block_tokens = block_tokens
+        self.block_bytes = block_bytes
+        #: The host tier, for backends that have one (llama.cpp's slot files): what the
+        #: policy may offload to; its contents are not tracked (nothing matches there).
+        self.host = ApproxPrefixIndex(host_blocks) if host_blocks is not None else None
         self.waiting: list[Request] = []
         self.running: list[Request] = []
         self.kv = ApproxPrefixIndex(capacity_blocks)
@@ -92,3 +111,7 @@ class RemoteReplicaView:
 
     def cached_blocks_for(self, runs: Sequence[Run]) -> int:
         return self.kv.match_blocks(runs)
+
+    def unpin(self, workflow: str, now: float) -> None:
+        """Forget a pin the policy asked for (the backend lets it lapse)."""
+        self.pins.pop(workflow, None)

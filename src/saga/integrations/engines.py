@@ -49,6 +49,7 @@ __all__ = [
     "find_vllm_python",
     "http_json",
     "llama_completion",
+    "llama_prefix_cache",
     "llama_slot_action",
     "llama_slots",
     "main",
@@ -430,6 +431,16 @@ def vllm_prefix_cache(base_url: str) -> PrefixCacheStats:
         ),
         hits=_metric_sum(metrics, "vllm:prefix_cache_hits_total", "vllm:prefix_cache_hits"),
     )
+
+
+def llama_prefix_cache(base_url: str) -> PrefixCacheStats:
+    """llama.cpp's prompt tokens taken from a slot's cache and evaluated, from ``/metrics``
+    (``llamacpp:prompt_tokens_cached_total``, ``llamacpp:prompt_tokens_total``), as
+    prefix-cache queries (their sum) and hits (the cached ones)."""
+    metrics = parse_prometheus(_http_text(base_url + "/metrics"))
+    cached = _metric_sum(metrics, "llamacpp:prompt_tokens_cached_total")
+    evaluated = _metric_sum(metrics, "llamacpp:prompt_tokens_total")
+    return PrefixCacheStats(queries=cached + evaluated, hits=cached)
 
 
 # ---- llama.cpp ----------------------------------------------------------------------------

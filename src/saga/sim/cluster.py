@@ -113,6 +113,18 @@ CLUSTERS: dict[str, ClusterSpec] = {
             "the default scenario, small enough to run in seconds and to feel memory pressure.",
         ),
         ClusterSpec(
+            name="cpu-tiny",
+            replicas=2,
+            gpu="cpu-tiny",
+            model="tiny-llama",
+            engine=EngineConfig(
+                max_num_batched_tokens=4096, max_num_seqs=256, kv_capacity_blocks=2048
+            ),
+            description="2 vLLM-CPU replicas of the tiny-llama model, one core each, as the "
+            "real-engine tests run them (docs/engines.md): 1 GiB of KV, 262,144 tokens, "
+            "2048 blocks of 128 tokens (vLLM-CPU's block); 4096 batched tokens per step.",
+        ),
+        ClusterSpec(
             name="test-2",
             replicas=2,
             gpu="h100-sxm",

@@ -1,0 +1,346 @@
+"""Replay LMCache agent sessions (real text) through the gateway in front of real engines.
+
+The LMCache agent traces (``lmcache_agent/*.jsonl.gz``: ``input``, ``output``,
+``session_id``, ``timestamp`` per call) hold each call's whole prompt as text. The
+workload reader (:mod:`saga.workloads.readers.lmcache`) keeps only token counts and block
+ids; a live replay needs the text itself, so this module reads the files again:
+
+* :func:`load_sessions`: the first ``sessions`` sessions (by first timestamp) with calls in
+  timestamp order, at most ``calls`` each, empty inputs skipped, each input cut to its first
+  ``max_prompt_chars`` characters (a session's prompts extend one another, so cutting the
+  tail keeps their shared prefixes);
+* :func:`plan`: session *k* arrives at ``k * arrival_interval`` seconds; the gap before a
+  later call is the trace's timestamp difference divided by ``time_compress``, at most
+  ``max_gap`` (taken after the previous call's answer, as the simulator does); each call
+  asks for ``ceil(len(output) / 4)`` tokens, at most ``max_tokens`` (and ``ignore_eos``, so
+  it gets exactly that many);
+* :func:`replay`: one run through a gateway, a client per session, ``x-saga-workflow``,
+  ``x-saga-tool`` and ``x-saga-end`` set; returns each workflow's task completion time
+  (TCT: its arrival to its last answer). A ``salt`` line starts every prompt, so that runs
+  one after another on the same engines find nothing of each other in the prefix cache;
+* :func:`sim_workflows`: the same plan as the simulator's workflows, prompts tokenized with
+  the tiny model's own tokenizer and chat template, cut into ``block_tokens`` blocks named
+  by their chain (as :mod:`saga.workloads.readers.lmcache` does), for
+  :func:`simulate` on a cluster preset (``cpu-tiny``: the calibrated vLLM-CPU replicas);
+* :class:`GatewayThread`: a gateway in this process, on its own event loop and thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import math
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from saga.core.workflow import Call, Prompt, Workflow
+from saga.gateway.app import Gateway
+from saga.gateway.config import GatewayConfig
+from saga.sched.registry import build_policy
+from saga.sim.cluster import get_cluster
+from saga.sim.simulator import Simulation
+from saga.workloads._blocks import runs_from_ids
+
+__all__ = [
+    "GatewayThread",
+    "PolicyRun",
+    "ReplayCall",
+    "ReplayWorkflow",
+    "TraceCall",
+    "TraceSession",
+    "chat_prompt",
+    "compare",
+    "load_sessions",
+    "plan",
+    "replay",
+    "sim_workflows",
+    "simulate",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class TraceCall:
+    """One call of a trace: its prompt text, its output's length, its timestamp (s)."""
+
+    text: str
+    output_chars: int
+    t: float
+
+
+@dataclass(frozen=True, slots=True)
+class TraceSession:
+    id: str
+    calls: tuple[TraceCall, ...]
+
+
+def load_sessions(
+    path: str | Path, *, sessions: int, calls: int, max_prompt_chars: int
+) -> list[TraceSession]:
+    """The first ``sessions`` sessions of an LMCache agent trace (see the module doc)."""
+    by_session: dict[str, list[TraceCall]] = {}
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            obj = json.loads(line)
+            text = str(obj.get("input") or "")
+            if not text.strip():
+                continue
+            call = TraceCall(text[:max_prompt_chars], len(str(obj.get("output") or "")),
+                             float(obj.get("timestamp") or 0.0) / 1e6)
+            by_session.setdefault(str(obj["session_id"]), []).append(call)
+    ordered = sorted(
+        ((sid, sorted(cs, key=lambda c: c.t)) for sid, cs in by_session.items()),
+        key=lambda item: (item[1][0].t, item[0]),
+    )
+    return [TraceSession(sid, tuple(cs[:calls])) for sid, cs in ordered[:sessions]]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayCall:
+    text: str
+    max_tokens: int
+    gap: float  # seconds after the previous call's answer (0 for the first)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayWorkflow:
+    id: str
+    arrival: float
+    calls: tuple[ReplayCall, ...]
+
+
+def plan(
+    sessions: Sequence[TraceSession], *, max_tokens: int, time_compress: float,
+    max_gap: float, arrival_interval: float,
+) -> list[ReplayWorkflow]:
+    """Arrivals, gaps and output lengths of a replay (see the module doc)."""
+    out = []
+    for k, s in enumerate(sessions):
+        calls = []
+        for i, c in enumerate(s.calls):
+            gap = min(max_gap, max(0.0, c.t - s.calls[i - 1].t) / time_compress) if i else 0.0
+            tokens = min(max_tokens, max(1, math.ceil(c.output_chars / 4)))
+            calls.append(ReplayCall(c.text, tokens, gap))
+        out.append(ReplayWorkflow(f"s{k:03d}", k * arrival_interval, tuple(calls)))
+    return out
+
+
+def chat_prompt(text: str) -> str:
+    """The tiny model's chat template for one user message (docs/engines.md)."""
+    return f"<|user|>\n{text}<|end|>\n<|assistant|>\n"
+
+
+@dataclass
+class ReplayResult:
+    tct: dict[str, float]  # workflow -> seconds
+    calls: int
+    errors: int
+    backends: dict[str, int]  # workflow -> the replica its calls went to last
+
+    @property
+    def mean_tct(self) -> float:
+        return sum(self.tct.values()) / len(self.tct) if self.tct else math.nan
+
+
+async def replay(
+    url: str, workflows: Sequence[ReplayWorkflow], *, salt: str = "",
+    model: str = "tiny-llama", agent: str = "agent", timeout: float = 600.0,
+) -> ReplayResult:
+    """Run ``workflows`` through the gateway at ``url``; return their TCTs."""
+    start = time.monotonic() + 0.2
+    result = ReplayResult({}, 0, 0, {})
+    limit = aiohttp.ClientTimeout(total=timeout)
+    async with aiohttp.ClientSession(timeout=limit) as session:
+
+        async def run(wf: ReplayWorkflow) -> None:
+            await asyncio.sleep(max(0.0, start + wf.arrival - time.monotonic()))
+            arrived = time.monotonic()
+            for i, call in enumerate(wf.calls):
+                await asyncio.sleep(call.gap)
+                headers = {"x-saga-workflow": wf.id, "x-saga-agent": agent,
+                           "x-saga-end": "true" if i == len(wf.calls) - 1 else "false"}
+                if i:
+                    headers["x-saga-tool"] = "tool"
+                body: dict[str, Any] = {
+                    "model": model, "max_tokens": call.max_tokens, "temperature": 0.0,
+                    "ignore_eos": True,
+                    "messages": [{"role": "user", "content": salt + call.text}],
+                }
+                async with session.post(url + "/v1/chat/completions", json=body,
+                                        headers=headers) as response:
+                    await response.read()
+                    result.calls += 1
+                    if response.status != 200:
+                        result.errors += 1
+                    result.backends[wf.id] = int(response.headers.get("x-saga-backend", -1))
+            result.tct[wf.id] = time.monotonic() - arrived
+
+        await asyncio.gather(*(run(w) for w in workflows))
+    return result
+
+
+def sim_workflows(
+    workflows: Sequence[ReplayWorkflow], tokenizer_json: str | Path, *, salt: str = "",
+    block_tokens: int = 128, agent: str = "agent",
+) -> list[Workflow]:
+    """The replay as the simulator's workflows (see the module doc)."""
+    from tokenizers import Tokenizer  # the `engines` extra
+
+    tok = Tokenizer.from_file(str(tokenizer_json))
+    out = []
+    for wf in workflows:
+        chains: dict[tuple[int, tuple[int, ...]], int] = {}
+        calls = []
+        for i, call in enumerate(wf.calls):
+            ids: list[int] = tok.encode(chat_prompt(salt + call.text),
+                                        add_special_tokens=False).ids
+            blocks, parent = [], -1
+            for b in range(len(ids) // block_tokens):
+                key = (parent, tuple(ids[b * block_tokens:(b + 1) * block_tokens]))
+                parent = chains.setdefault(key, len(chains))
+                blocks.append(parent)
+            calls.append(Call(f"c{i}", Prompt(max(1, len(ids)), (), runs_from_ids(blocks)),
+                              call.max_tokens, (f"c{i - 1}",) if i else (), call.gap,
+                              "tool" if i else None))
+        out.append(Workflow(f"default/{wf.id}", "default", agent, wf.arrival, tuple(calls),
+                            None, block_tokens))
+    return out
+
+
+def simulate(workflows: Sequence[Workflow], cluster: str, policy: str) -> dict[str, float]:
+    """Each workflow's TCT in the simulator (ids without the tenant)."""
+    result = Simulation(get_cluster(cluster), build_policy(policy), workflows).run()
+    return {w.workflow.split("/", 1)[-1]: w.tct for w in result.workflows}
+
+
+class GatewayThread:
+    """A gateway serving on a free loopback port from a thread of this process.
+
+    ``with GatewayThread(config) as gw:`` -- ``gw.url`` is its base URL and ``gw.gateway``
+    the :class:`Gateway` (its backends and views can be inspected; do it from tests only).
+    """
+
+    def __init__(self, config: GatewayConfig, ready_timeout: float = 30.0) -> None:
+        self.gateway = Gateway(config.model_copy(update={"port": 0}))
+        self.url = ""
+        self._ready_timeout = ready_timeout
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+
+    async def _start(self) -> str:
+        runner = web.AppRunner(self.gateway.app(), access_log=None, handler_cancellation=True)
+        await runner.setup()
+        self._runner = runner
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        return f"http://{host}:{port}"
+
+    def call(self, coro: Any) -> Any:
+        """Run a coroutine on the gateway's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(self._ready_timeout)
+
+    def __enter__(self) -> GatewayThread:
+        self._thread.start()
+        try:
+            self.url = self.call(self._start())
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._runner is not None:
+            self.call(self._runner.cleanup())
+            self._runner = None
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
+@dataclass
+class PolicyRun:
+    """One policy's replay on real engines, and the simulator's prediction for it."""
+
+    policy: str
+    tct: dict[str, float]
+    sim_tct: dict[str, float]
+    prefix_queries: float  # prompt tokens the engines looked up, this run
+    prefix_hits: float  # ... and found cached
+    calls: int
+    errors: int
+    slot_actions: dict[str, int]
+
+    @property
+    def mean_tct(self) -> float:
+        return sum(self.tct.values()) / len(self.tct) if self.tct else math.nan
+
+    @property
+    def sim_mean_tct(self) -> float:
+        return sum(self.sim_tct.values()) / len(self.sim_tct) if self.sim_tct else math.nan
+
+    @property
+    def hit_rate(self) -> float:
+        return self.prefix_hits / self.prefix_queries if self.prefix_queries else 0.0
+
+
+def compare(
+    urls: Sequence[str], kind: str, workflows: Sequence[ReplayWorkflow],
+    policies: Sequence[str], *, cluster: str = "cpu-tiny", block_tokens: int = 128,
+    priority_scheduling: bool = True, slots: int = 4, tokenizer_json: str | Path | None = None,
+    timeout: float = 600.0,
+) -> list[PolicyRun]:
+    """Replay ``workflows`` once per policy through a fresh gateway in front of ``urls``
+    (engines of ``kind``: vllm or llamacpp); the engines' prefix-cache counters are read
+    before and after each run. With ``tokenizer_json``, also simulate each run on
+    ``cluster``."""
+    from saga.integrations import engines as eng
+
+    def stats(url: str) -> eng.PrefixCacheStats:
+        return eng.vllm_prefix_cache(url) if kind == "vllm" else eng.llama_prefix_cache(url)
+
+    runs = []
+    nonce = f"{time.time_ns():x}"
+    for policy in policies:
+        salt = f"[replay {nonce} {policy}]\n"
+        backends: list[dict[str, Any]] = [
+            {"url": u, "kind": kind, "name": f"{kind}-{i}",
+             **({"priority_scheduling": priority_scheduling} if kind == "vllm" else
+                {"slots": slots, "max_concurrency": slots})}
+            for i, u in enumerate(urls)
+        ]
+        config = GatewayConfig.model_validate({
+            "policy": policy, "cluster": cluster, "block_tokens": block_tokens,
+            "backends": backends, "request_timeout": timeout,
+            # every call placed by the policy, as in the simulator
+            "sticky_sessions": False,
+        })
+        before = [stats(u) for u in urls]
+        actions: dict[str, int] = {}
+        with GatewayThread(config) as gw:
+            result = asyncio.run(replay(gw.url, workflows, salt=salt, timeout=timeout))
+            for b in gw.gateway.backends:
+                for name, n in getattr(b, "actions", {}).items():
+                    actions[name] = actions.get(name, 0) + n
+        after = [stats(u) for u in urls]
+        sim: dict[str, float] = {}
+        if tokenizer_json is not None:
+            sim = simulate(sim_workflows(workflows, tokenizer_json, salt=salt,
+                                         block_tokens=block_tokens), cluster, policy)
+        runs.append(PolicyRun(
+            policy, result.tct, sim,
+            sum(a.queries - b.queries for a, b in zip(after, before, strict=True)),
+            sum(a.hits - b.hits for a, b in zip(after, before, strict=True)),
+            result.calls, result.errors, actions,
+        ))
+    return runs
