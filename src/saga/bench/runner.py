@@ -210,7 +210,9 @@ def _sweep(
         batch, levels = levels[:2], levels[2:]
         points += _sweep_points(spec, cluster, workload, seed, policy, batch, pool, say)
         top = max((p.throughput for p in points if math.isfinite(p.throughput)), default=0.0)
-        if top < best * 1.02:
+        last = points[-1].throughput
+        # stop once throughput no longer rises, or is already falling past the peak
+        if top < best * 1.02 or (math.isfinite(last) and last < 0.98 * top):
             break
         best = top
     points.sort(key=lambda p: p.concurrency)
