@@ -119,7 +119,7 @@ def print_tables(result: BenchResult, summary: Mapping[str, Any], console: Conso
         for _, title, _ in METRIC_COLUMNS:
             table.add_column(title, justify="right")
         if case.eviction_vs_belady:
-            table.add_column("recompute / Bélády", justify="right")
+            table.add_column("GPU misses / Bélády", justify="right")
         for name, run in case.runs.items():
             row = [name] + [_fmt(run.summary.get(k), f) for k, _, f in METRIC_COLUMNS]
             if case.eviction_vs_belady:
@@ -402,5 +402,5 @@ def _headline(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
     ev = None
     for case in bel.get("cases") or []:
         ev = (case.get("eviction_vs_belady") or {}).get(bel.get("reference"))
-    rows.append(f"| recomputation vs Bélády | 1.31x | {_fmt(ev, '{:.2f}x')} | belady |")
+    rows.append(f"| GPU prefix misses vs Bélády | 1.31x | {_fmt(ev, '{:.2f}x')} | belady |")
     return ["## Headline", "", *rows]

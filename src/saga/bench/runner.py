@@ -321,9 +321,9 @@ def _run_case(
                 run.tcts, reference.tcts, seed=case.seed
             )
     if "belady" in case.runs:
-        bound = float(case.runs["belady"].summary["recomputed_tokens"])  # type: ignore[arg-type]
+        bound = float(case.runs["belady"].summary["gpu_missed_tokens"])  # type: ignore[arg-type]
         for name, run in case.runs.items():
-            mine = float(run.summary["recomputed_tokens"])  # type: ignore[arg-type]
+            mine = float(run.summary["gpu_missed_tokens"])  # type: ignore[arg-type]
             case.eviction_vs_belady[name] = (
                 mine / bound if bound > 0 else (1.0 if mine == 0 else math.inf)
             )

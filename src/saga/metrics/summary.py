@@ -61,6 +61,13 @@ def recomputed_tokens(result: SimResult) -> int:
     return sum(c.recomputed_tokens for c in result.calls)
 
 
+def gpu_missed_tokens(result: SimResult) -> int:
+    """Tokens of reusable prefixes that were not on the GPU when their call was
+    scheduled (then reloaded from the host tier or recomputed): the misses that GPU
+    eviction and placement cause, the quantity Belady's bound minimizes."""
+    return sum(c.gpu_missed_tokens for c in result.calls)
+
+
 def kv_utilization(result: SimResult) -> float:
     """Time-averaged share of KV capacity holding blocks that are either in use by a
     running call or hit again before they are evicted."""
@@ -100,6 +107,7 @@ def summarize(result: SimResult, isolated: Mapping[str, float]) -> dict[str, obj
         "slowdown_p99": percentile(list(slowdowns.values()), 99),
         "prefix_hit_rate": prefix_hit_rate(result),
         "recomputed_tokens": recomputed_tokens(result),
+        "gpu_missed_tokens": gpu_missed_tokens(result),
         "kv_utilization": kv_utilization(result),
         "throughput_workflows_per_s": len(done) / duration,
         "throughput_output_tokens_per_s": output / duration,

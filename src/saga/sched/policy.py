@@ -35,7 +35,8 @@ class CallInfo:
 
     ``output_tokens`` is the call's true output length: known to the simulator,
     not to a real scheduler. Only offline bounds (``belady``) may read it, and
-    ``next_gap`` (the tool time before the workflow's next call) likewise.
+    ``next_gap`` (the tool time before the workflow's next call) and ``next_runs``
+    (the KV blocks of the next call's prompt) likewise.
     ``after`` names the calls this one waited for (the DAG's edges, as a client's
     request would say which results it carries) and ``next_tool`` the tool that the
     call's output invokes (visible in a real response's tool call), if any.
@@ -57,6 +58,7 @@ class CallInfo:
     next_gap: float | None = None
     after: tuple[str, ...] = ()
     next_tool: str | None = None
+    next_runs: tuple[Run, ...] | None = None
 
 
 @dataclass(slots=True)

@@ -39,6 +39,7 @@ class CallRecord:
     recomputed_tokens: int
     output_tokens: int
     preemptions: int
+    gpu_missed_tokens: int = 0
 
 
 @dataclass(slots=True)
@@ -281,6 +282,7 @@ class Simulation:
             next_gap=self._next_gap(workflow, i),
             after=call.after,
             next_tool=self._next_tool(workflow, i),
+            next_runs=self._next_runs(workflow, i),
         )
         self.policy.on_call_ready(info, now)
         self._seq += 1
@@ -316,17 +318,16 @@ class Simulation:
         for request in parked:
             self._dispatch(request)
 
-    def _recomputed(self, run: _WorkflowRun, i: int, request: Request) -> int:
-        """Tokens computed again: the reusable prefix (shared with the KV its
-        predecessors left) not found cached, plus preemption's recompute."""
+    def _reusable_missed(self, run: _WorkflowRun, i: int, request: Request) -> int:
+        """Tokens of the call's reusable prefix (what it shares with the KV its
+        predecessors left) that were not on the GPU when it was scheduled."""
         call = run.workflow.calls[i]
         shared = sum(r[2] for r in request.runs if r[0].startswith("s:"))
         reusable = max(
             [shared] + [_common_blocks(request.runs, run.kv_runs[run.index[a]]) for a in call.after]
         )
         reusable_tokens = min(reusable * self.block_tokens, request.prompt_tokens - 1)
-        missed = reusable_tokens - request.cached_tokens - request.host_tokens
-        return max(0, missed) + request.recomputed_tokens
+        return max(0, reusable_tokens - request.cached_tokens)
 
     @staticmethod
     def _next_tool(workflow: Workflow, i: int) -> str | None:
@@ -334,6 +335,14 @@ class Simulation:
         for nxt in workflow.calls[i + 1 :]:
             if call_id in nxt.after:
                 return nxt.tool
+        return None
+
+    @staticmethod
+    def _next_runs(workflow: Workflow, i: int) -> tuple[Run, ...] | None:
+        call_id = workflow.calls[i].id
+        for nxt in workflow.calls[i + 1 :]:
+            if call_id in nxt.after:
+                return prompt_runs(workflow, nxt)
         return None
 
     @staticmethod
@@ -347,6 +356,7 @@ class Simulation:
         run, i = self._owners.pop(request.seq)
         info = request.info
         assert info is not None
+        missed = self._reusable_missed(run, i, request)
         out = output_run(request, self.block_tokens)
         run.kv_runs[i] = request.runs + ((out,) if out is not None else ())
         self._calls.append(
@@ -354,7 +364,8 @@ class Simulation:
                 request.workflow, request.call_id, replica.index, info.issued_at,
                 request.scheduled_at, request.first_token_at, now, request.prompt_tokens,
                 request.cached_tokens, request.host_tokens,
-                self._recomputed(run, i, request), request.generated, request.preemptions,
+                max(0, missed - request.host_tokens) + request.recomputed_tokens,
+                request.generated, request.preemptions, missed,
             )
         )
         self.policy.on_call_finished(info, replica.index, now)

@@ -9,7 +9,9 @@ cache prefix-closed.
 Next use, known offline. When a call finishes, ``CallInfo.next_gap`` (the tool
 time before the workflow's next call, read from the trace) announces the
 workflow's next use at ``now + next_gap``; a workflow's next use is the earliest
-announced use not yet issued, and never (evicted first) when there is none. While a
+announced use not yet issued, and never (evicted first) when there is none. Blocks
+that the next call's prompt (``CallInfo.next_runs``) does not contain, such as a
+context the agent has compacted away, are never used again. While a
 call of the workflow is ready, queued or running its KV is in use (kept
 first). A workflow-local node takes its workflow's next use; a shared named prefix
 takes the soonest next use among the live workflows that use it, and never when
@@ -45,6 +47,8 @@ class Belady(Policy):
         self.activity = WorkflowActivity()
         # workflow -> times of its calls announced by finished calls and not yet issued
         self.future_uses: dict[str, list[float]] = {}
+        # workflow -> the blocks the next call's prompt holds (what the next use touches)
+        self.next_blocks: dict[str, tuple[tuple[str, int, int], ...]] = {}
 
     # ---- eviction ----------------------------------------------------------------------
     def eviction_order(self, replica_index: int) -> EvictionOrder:
@@ -57,9 +61,24 @@ class Belady(Policy):
     def node_next_use(self, node: KVNode, now: float) -> float:
         namespace = node.namespace
         if namespace.startswith("w:"):
-            return self.workflow_next_use(namespace[2:], now)
+            workflow = namespace[2:]
+            use = self.workflow_next_use(workflow, now)
+            if use in (INF, -INF) or self._reused(workflow, node):
+                return use
+            return INF  # the next call does not touch these blocks (compacted context)
         users = self.activity.shared_users.get(namespace, ())
         return min((self.workflow_next_use(w, now) for w in users), default=INF)
+
+    def _reused(self, workflow: str, node: KVNode) -> bool:
+        """Whether the workflow's next prompt contains any block of ``node``."""
+        runs = self.next_blocks.get(workflow)
+        if runs is None:
+            return True
+        end = node.first + node.count
+        return any(
+            ns == node.namespace and first < end and node.first < first + count
+            for ns, first, count in runs
+        )
 
     def workflow_next_use(self, workflow: str, now: float) -> float:
         if self.activity.is_running(workflow):
@@ -72,6 +91,8 @@ class Belady(Policy):
         info = request.info
         if info is not None and info.next_gap is not None:
             self.future_uses.setdefault(info.workflow, []).append(now + info.next_gap)
+            if info.next_runs is not None:
+                self.next_blocks[info.workflow] = info.next_runs
         return RELEASE
 
     # ---- observations ----------------------------------------------------------------
@@ -88,3 +109,4 @@ class Belady(Policy):
     def on_workflow_finished(self, workflow: WorkflowInfo, now: float) -> None:
         self.activity.workflow_finished(workflow.workflow)
         self.future_uses.pop(workflow.workflow, None)
+        self.next_blocks.pop(workflow.workflow, None)
