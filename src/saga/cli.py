@@ -52,12 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     from saga.bench.cli import register as register_bench
     from saga.emulator.cli import register as register_emulate
     from saga.gateway.cli import register as register_serve
+    from saga.report.graph import register as register_graph
     from saga.workloads.cli import register as register_workload
 
     register_bench(commands)
     register_serve(commands)
     register_emulate(commands)
     register_workload(commands)
+    register_graph(commands)
     return parser
 
 

@@ -66,3 +66,18 @@ def test_help_explains_every_command() -> None:
         assert command in proc.stdout
     proc = run("simulate", "--help")
     assert "examples:" in proc.stdout and "--cluster" in proc.stdout
+
+
+def test_graph_show_prints_and_draws_what_saga_learned(tmp_path: Path) -> None:
+    proc = run("simulate", "--policy", "saga", "--out", str(tmp_path), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    graphs = json.loads((tmp_path / "graph.json").read_text())
+    assert set(graphs) == {"swe-agent", "web-agent"}
+    nodes = graphs["swe-agent"]["nodes"]
+    assert nodes["^#0"]["calls"] > 0 and 0 < nodes["^#0"]["p_continue"] <= 1
+    proc = run("graph", "show", str(tmp_path), "--agent", "swe-agent")
+    assert proc.returncode == 0, proc.stderr
+    assert "learned execution graph of 'swe-agent'" in proc.stdout
+    assert (tmp_path / "graph-swe-agent.png").stat().st_size > 10_000
+    missing = run("graph", "show", str(tmp_path / "nothing"))
+    assert missing.returncode == 2 and "no learned graph here" in missing.stderr

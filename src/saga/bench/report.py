@@ -235,6 +235,8 @@ def plots(result: BenchResult) -> list[tuple[str, str]]:
         ax.legend(fontsize=7)
         out.append((f"KV memory over time ({case.name})", _png(fig)))
 
+    if case is not None:
+        out += _graph_plots(case, result.scenario.reference)
     curve = _throughput_latency(result)
     if curve:
         fig, ax = plt.subplots(figsize=(7, 4))
@@ -246,6 +248,25 @@ def plots(result: BenchResult) -> list[tuple[str, str]]:
         ax.set_yscale("log")
         ax.legend(fontsize=7)
         out.append(("throughput and latency", _png(fig)))
+    return out
+
+
+def _graph_plots(case: CaseResult, reference: str) -> list[tuple[str, str]]:
+    """Drawings of the execution graphs the reference policy learned (two at most)."""
+    import tempfile
+
+    from saga.report.graph import draw_graph
+
+    run = case.runs.get(reference)
+    if run is None or not run.graph:
+        return []
+    out = []
+    with tempfile.TemporaryDirectory() as folder:
+        for agent, graph in list(run.graph.items())[:2]:
+            if isinstance(graph, dict):
+                path = draw_graph(agent, graph, Path(folder) / "graph.png")
+                data = base64.b64encode(path.read_bytes()).decode()
+                out.append((f"execution graph {reference} learned for {agent!r}", data))
     return out
 
 

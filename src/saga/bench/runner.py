@@ -30,6 +30,7 @@ class PolicyRun:
     tcts: dict[str, float]
     kv_timeline: list[tuple[float, float]]
     wall_seconds: float
+    graph: dict[str, object] | None = None
 
 
 @dataclass
@@ -84,7 +85,7 @@ def _run_job(
     wall = time.perf_counter() - started
     done = [w for w in out.result.workflows if w.finished_at >= 0]
     tcts = {w.workflow: w.finished_at - w.arrival for w in done}
-    return PolicyRun(policy, out.summary, tcts, out.result.kv_timeline, wall)
+    return PolicyRun(policy, out.summary, tcts, out.result.kv_timeline, wall, out.graph)
 
 
 def _isolated_job(job: tuple[ClusterSpec, list[Workflow]]) -> dict[str, float]:

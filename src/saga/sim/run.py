@@ -22,6 +22,7 @@ class RunOutput:
     result: SimResult
     isolated: Mapping[str, float]
     summary: dict[str, object]
+    graph: dict[str, object] | None = None  # learned execution graphs, if the policy has them
 
 
 def isolated_tcts(
@@ -62,9 +63,10 @@ def run_policy(
     kv_sample_interval: float = 0.0,
 ) -> RunOutput:
     """Simulate ``policy`` and summarize it (see :func:`saga.metrics.summary.summarize`)."""
+    chosen = build_policy(policy)
     sim = Simulation(
         cluster,
-        build_policy(policy),
+        chosen,
         workflows,
         seed=seed,
         closed_loop=closed_loop,
@@ -73,7 +75,9 @@ def run_policy(
     )
     result = sim.run()
     isolated = isolated_tcts(cluster, workflows, isolated_cache)
-    return RunOutput(result, isolated, summarize(result, isolated))
+    snapshot = getattr(chosen, "graph_snapshot", None)
+    graph = snapshot() if callable(snapshot) else None
+    return RunOutput(result, isolated, summarize(result, isolated), graph)
 
 
 WORKFLOW_CSV_COLUMNS = (
@@ -103,6 +107,8 @@ def write_outputs(out: RunOutput, directory: Path, extra: Mapping[str, object]) 
             )
         )
     (directory / "workflows.csv").write_text("\n".join(lines) + "\n")
+    if out.graph is not None:
+        (directory / "graph.json").write_text(json.dumps(out.graph, indent=1, sort_keys=True))
 
 
 def _csv(text: str) -> str:

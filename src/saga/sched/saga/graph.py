@@ -323,6 +323,33 @@ class AgentGraph:
             self._gaps = {}
             self._stale = 0
 
+    def snapshot(self) -> dict[str, object]:
+        """What the graph has learned, as plain data (for `saga graph show` and reports):
+        call sites with their counts and predictions, and edges with probabilities."""
+        nodes: dict[str, dict[str, float]] = {}
+        edges: list[dict[str, object]] = []
+        for key in sorted(self._nodes):
+            node = self._nodes[key]
+            calls, tokens = self.remaining(key)
+            nodes[key] = {
+                "calls": float(node.outcomes),
+                "p_continue": self.p_continue(key),
+                "output_tokens": self.output_tokens(key),
+                "growth_tokens": self.growth_tokens(key),
+                "remaining_calls": calls,
+                "remaining_tokens": tokens,
+            }
+            for dst, count in sorted(node.successors.items()):
+                edges.append(
+                    {"src": key, "dst": dst, "count": count,
+                     "p": count / node.outcomes if node.outcomes else 0.0}
+                )
+        tools = {
+            tool: {"n": float(fit.n), "median_s": self.duration(tool).quantile(0.5)}
+            for tool, fit in sorted(self._tools.items())
+        }
+        return {"nodes": nodes, "edges": edges, "tools": tools}
+
     def value_iteration(
         self,
         tol: float = 1e-6,
@@ -383,3 +410,7 @@ class GraphStore:
     @property
     def learning(self) -> bool:
         return self.config.graph
+
+    def snapshot(self) -> dict[str, object]:
+        """Every agent type's learned graph (see :meth:`AgentGraph.snapshot`)."""
+        return {agent: g.snapshot() for agent, g in sorted(self._graphs.items())}

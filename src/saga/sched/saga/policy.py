@@ -128,6 +128,10 @@ class SagaPolicy(Policy):
     def _count_unhomed(self, agent: str, delta: int) -> None:
         self.unhomed[agent] = self.unhomed.get(agent, 0) + delta
 
+    def graph_snapshot(self) -> dict[str, object]:
+        """The learned Agent Execution Graphs, as plain data (see `saga graph show`)."""
+        return self.graphs.snapshot()
+
     # ---- admission -----------------------------------------------------------------------
     def admit(self, workflow: WorkflowInfo, now: float) -> Admission:
         if self.config.admission:

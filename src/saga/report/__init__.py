@@ -1,0 +1,1 @@
+"""Things people look at: drawings and tables of what a run learned."""
