@@ -8,6 +8,14 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from saga.errors import UserError
 
@@ -42,7 +50,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from saga.bench.report import print_tables, results_markdown, write_all
-    from saga.bench.runner import run_scenario
+    from saga.bench.runner import planned_runs, run_scenario
     from saga.bench.scenario import builtin_scenarios, load_scenario
 
     names = builtin_scenarios() if args.scenario == "all" else [args.scenario]
@@ -54,10 +62,20 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     for scenario in scenarios:
         out = args.out / scenario.name if len(scenarios) > 1 else args.out
-        with console.status(f"[bold]{scenario.name}[/bold]") as status:
+        spec = scenario.quick_version() if args.quick else scenario
+        with Progress(
+            TextColumn("[bold]{task.fields[name]}[/bold]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.description}"),
+            console=console,
+            transient=True,
+        ) as bar:
+            task = bar.add_task("", total=planned_runs(spec), name=scenario.name)
 
-            def progress(message: str, status: object = status, name: str = scenario.name) -> None:
-                status.update(f"[bold]{name}[/bold]: {message}")  # type: ignore[attr-defined]
+            def progress(message: str, bar: Progress = bar, task: TaskID = task) -> None:
+                bar.update(task, description=message, advance=1 if " done in " in message else 0)
 
             result = run_scenario(scenario, quick=args.quick, progress=progress)
         summary = write_all(result, out)

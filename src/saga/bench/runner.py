@@ -330,6 +330,17 @@ def _run_case(
             )
 
 
+def planned_runs(scenario: Scenario) -> int | None:
+    """Policy runs a scenario's cases will make (None when sweeps decide it)."""
+    if scenario.kind == "saturation":
+        return None
+    if scenario.kind == "scale":
+        cases = len(scenario.workloads) * len(scenario.replicas)
+    else:
+        cases = len(scenario.workloads) * len(scenario.seeds) * len(scenario.loads or [1.0])
+    return cases * len(scenario.policies)
+
+
 def _auto_interval(workflows: Sequence[Workflow]) -> float:
     span = max(w.arrival for w in workflows) - min(w.arrival for w in workflows)
     return max(1.0, span / 200)
