@@ -34,6 +34,7 @@ import importlib
 import json
 import logging
 import random
+import re
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -70,6 +71,9 @@ _FALSE = {"0", "false", "no", ""}
 _MAX_HEADER = 256
 #: Body fields a client may not pass on to a backend (vLLM reads ``priority``).
 _STRIPPED = ("priority",)
+#: ``"usage": {...  "total_tokens": N`` with no nested object before it (OpenAI, vLLM,
+#: the emulator); JSON strings escape quotes, so ``"usage"`` is always a key.
+_USAGE_TOTAL = re.compile(rb'"usage"\s*:\s*\{[^{}]*?"total_tokens"\s*:\s*(\d+)')
 log = logging.getLogger("saga.gateway")
 
 
@@ -819,6 +823,16 @@ def _flag(raw: str | None, name: str) -> bool:
 
 
 def _usage_tokens(payload: bytes) -> int:
+    """``usage.total_tokens`` of a response body or stream chunk, 0 without one.
+
+    Engines write ``usage`` after the choices: the number is read after the last
+    ``"usage"`` key rather than by decoding the whole (possibly long) body; a body
+    that does not fit that shape is decoded."""
+    at = payload.rfind(b'"usage"')
+    if at >= 0:
+        match = _USAGE_TOTAL.match(payload, at)
+        if match is not None:
+            return int(match.group(1))
     try:
         usage = json.loads(payload).get("usage") or {}
         return int(usage.get("total_tokens", 0))
