@@ -45,7 +45,28 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument(
         "--results", type=Path, help="also write a RESULTS.md with every scenario's figures"
     )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep scenarios whose summary.json is already in --out (an interrupted run)",
+    )
     p.set_defaults(handler=_cmd_bench)
+
+
+def _previous(out: Path, name: str, quick: bool) -> dict[str, object] | None:
+    """A finished scenario's summary in ``out``, if it is this scenario and mode."""
+    path = out / "summary.json"
+    if not path.exists():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(summary, dict) or summary.get("scenario") != name:
+        return None
+    if summary.get("quick") != quick:
+        return None
+    return summary
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -62,6 +83,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     for scenario in scenarios:
         out = args.out / scenario.name if len(scenarios) > 1 else args.out
+        previous = _previous(out, scenario.name, args.quick) if args.resume else None
+        if previous is not None:
+            console.print(f"kept {out / 'summary.json'} (--resume)")
+            summaries.append(previous)
+            continue
         spec = scenario.quick_version() if args.quick else scenario
         with Progress(
             TextColumn("[bold]{task.fields[name]}[/bold]"),
