@@ -401,6 +401,22 @@ def _headline(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
         f"| TCT vs vllm-affinity (geomean) | {PAPER['tct_vs_vllm_affinity']}x | "
         f"{_fmt(vs.get('geomean'), '{:.2f}x')} | paper |"
     )
+    for name in ("paper", "claude-code"):
+        summary = by_name.get(name, {})
+        speed = summary.get("speedup") or {}
+        others = [
+            (v.get("geomean"), k.split("/", 1)[1]) for k, v in speed.items()
+            if not k.split("/", 1)[1].startswith(("vllm-affinity", "saga", "belady"))
+            and isinstance(v.get("geomean"), float)
+        ]
+        if name == "claude-code":
+            vs_aff = speed.get(f"{summary.get('reference')}/vllm-affinity") or {}
+            rows.append(f"| TCT vs vllm-affinity, real Claude Code sessions | - | "
+                        f"{_fmt(vs_aff.get('geomean'), '{:.2f}x')} | claude-code |")
+        if others:
+            value, policy = min(others)
+            rows.append(f"| TCT vs the best other baseline ({policy}), {name} | goal 1.25x | "
+                        f"{value:.2f}x | {name} |")
     inter = by_name.get("interference", {})
     ref = inter.get("reference")
     slo = ((inter.get("policies") or {}).get(ref) or {}).get("slo_attainment")
