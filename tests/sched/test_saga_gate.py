@@ -20,7 +20,8 @@ def test_admits_while_the_working_set_fits_then_queues_in_order() -> None:
     assert g.decide(wf("b"), 70_000).verdict == "admit"  # 70k + 20k <= 100k
     first = g.decide(wf("c"), 90_000)
     assert first.verdict == "defer" and first.retry_after == 2.0
-    assert "position 1 of 1" in first.reason and "exceeds 100,000" in first.reason
+    assert "1 workflows in the admission queue" in first.reason
+    assert "exceeds 100,000" in first.reason
     assert g.decide(wf("d"), 90_000).verdict == "defer"
     # room again: d is not first in line, c is
     assert g.decide(wf("d"), 10_000).verdict == "defer"

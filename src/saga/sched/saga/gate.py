@@ -49,7 +49,8 @@ class MemoryGate:
 
     def decide(self, workflow: WorkflowInfo, working_set: float) -> Admission:
         """Admit ``workflow`` if it is first in line and fits beside ``working_set``."""
-        if workflow.workflow not in self.waiting:
+        if workflow.workflow not in self._queued:
+            self._queued.add(workflow.workflow)
             if workflow.slo is None:
                 self.waiting.append(workflow.workflow)
             else:  # interactive work goes ahead of best effort, in arrival order
@@ -59,14 +60,14 @@ class MemoryGate:
         # An empty cluster always admits, so a workflow larger than memory still runs.
         if head == workflow.workflow and (working_set <= 0 or working_set + need <= self.limit):
             self.waiting.popleft()
+            self._queued.discard(workflow.workflow)
             self._interactive.discard(workflow.workflow)
             return ADMIT
-        position = self.waiting.index(workflow.workflow) + 1
         return Admission(
             "defer",
             f"memory gate: working set {working_set:,.0f} + {need:,.0f} tokens exceeds "
-            f"{self.limit:,.0f} ({self.budget:g} x KV capacity); position {position} of "
-            f"{len(self.waiting)} in the admission queue",
+            f"{self.limit:,.0f} ({self.budget:g} x KV capacity); {len(self.waiting)} "
+            "workflows in the admission queue",
             self.retry_after,
         )
 
@@ -77,9 +78,11 @@ class MemoryGate:
 
     def forget(self, workflow: str) -> None:
         """A workflow left the queue some other way (rejected)."""
-        if workflow in self.waiting:
+        if workflow in self._queued:
             self.waiting.remove(workflow)
+            self._queued.discard(workflow)
         self._interactive.discard(workflow)
 
     def __post_init__(self) -> None:
         self._interactive: set[str] = set()
+        self._queued: set[str] = set()  # members of `waiting`, for O(1) lookups
