@@ -486,3 +486,28 @@ class RadixKV:
         assert locked == self.locked_blocks, (locked, self.locked_blocks)
         assert inuse == self.inuse_blocks, (inuse, self.inuse_blocks)
         assert self.used_blocks <= self.capacity, (self.used_blocks, self.capacity)
+
+
+def skip_runs(runs: Sequence[Run], blocks: int) -> tuple[Run, ...]:
+    """The runs after their first ``blocks`` blocks."""
+    out: list[Run] = []
+    for namespace, first, count in runs:
+        if blocks >= count:
+            blocks -= count
+            continue
+        out.append((namespace, first + blocks, count - blocks))
+        blocks = 0
+    return tuple(out)
+
+
+def take_runs(runs: Sequence[Run], blocks: int) -> tuple[tuple[Run, ...], int]:
+    """The first ``blocks`` blocks of ``runs`` (and how many there were)."""
+    out: list[Run] = []
+    taken = 0
+    for namespace, first, count in runs:
+        if taken >= blocks:
+            break
+        n = min(count, blocks - taken)
+        out.append((namespace, first, n))
+        taken += n
+    return tuple(out), taken

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from saga.engine.config import EngineConfig
 from saga.engine.costmodel import CostModel
-from saga.engine.kvcache import EvictionOrder, KVNode, RadixKV, Run
+from saga.engine.kvcache import EvictionOrder, KVNode, RadixKV, Run, skip_runs, take_runs
 from saga.sched.decisions import Retention
 
 if TYPE_CHECKING:
@@ -393,8 +393,8 @@ class Replica:
             if not self._allocate(load, now):
                 load = 0
             else:
-                skip = _skip_runs(request.runs, hit)
-                loaded, _ = _take_runs(skip, load)
+                skip = skip_runs(request.runs, hit)
+                loaded, _ = take_runs(skip, load)
                 new_node, added = kv.insert(node, loaded, now)
                 kv.unlock(node, now)
                 kv.adopt(added, now)
@@ -476,7 +476,7 @@ class Replica:
         assert request.lock is not None
         if request.locked_blocks >= request.keyed_blocks:
             return
-        rest = _skip_runs(request.runs, request.locked_blocks)
+        rest = skip_runs(request.runs, request.locked_blocks)
         self._extend_lock(request, rest, now)
 
     def _extend_lock(self, request: Request, runs: Sequence[Run], now: float) -> None:
@@ -542,7 +542,7 @@ class Replica:
         if load <= 0 or not self.kv.allocate(load, now):
             return 0
         node, _ = self.kv.lock(runs, now, user=False)
-        loaded, _ = _take_runs(_skip_runs(runs, have), load)
+        loaded, _ = take_runs(skip_runs(runs, have), load)
         new_node, added = self.kv.insert(node, loaded, now, user=False)
         self.kv.unlock(node, now, user=False)
         self.kv.adopt(added, now)
@@ -577,7 +577,7 @@ class Replica:
         if not host.allocate(missing, now):
             return
         host_node, _ = host.lock(runs, now, user=False)
-        new_node, added = host.insert(host_node, _skip_runs(runs, have), now, user=False)
+        new_node, added = host.insert(host_node, skip_runs(runs, have), now, user=False)
         host.unlock(host_node, now, user=False)
         host.adopt(added, now)
         host.release_anonymous(missing - added, now)
@@ -692,31 +692,6 @@ DECODE_ALLOWANCE = 256
 
 def _remaining(request: Request) -> int:
     return request.total_tokens - request.computed + DECODE_ALLOWANCE
-
-
-def _skip_runs(runs: Sequence[Run], blocks: int) -> tuple[Run, ...]:
-    """The runs after their first ``blocks`` blocks."""
-    out: list[Run] = []
-    for namespace, first, count in runs:
-        if blocks >= count:
-            blocks -= count
-            continue
-        out.append((namespace, first + blocks, count - blocks))
-        blocks = 0
-    return tuple(out)
-
-
-def _take_runs(runs: Sequence[Run], blocks: int) -> tuple[tuple[Run, ...], int]:
-    """The first ``blocks`` blocks of ``runs`` (and how many there were)."""
-    out: list[Run] = []
-    taken = 0
-    for namespace, first, count in runs:
-        if taken >= blocks:
-            break
-        n = min(count, blocks - taken)
-        out.append((namespace, first, n))
-        taken += n
-    return tuple(out), taken
 
 
 def _path_runs(node: KVNode) -> tuple[Run, ...]:

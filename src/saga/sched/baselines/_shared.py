@@ -145,17 +145,5 @@ class LeastOutstandingRouter(Router):
         return min(self.up_replicas(), key=lambda i: (self.ctx.replicas[i].load(), i))
 
 
-def skip_runs(runs: Sequence[Run], blocks: int) -> tuple[Run, ...]:
-    """The runs after their first ``blocks`` blocks."""
-    out: list[Run] = []
-    for namespace, first, count in runs:
-        if blocks >= count:
-            blocks -= count
-            continue
-        out.append((namespace, first + blocks, count - blocks))
-        blocks = 0
-    return tuple(out)
-
-
 def run_blocks(runs: Sequence[Run]) -> int:
     return sum(count for _, _, count in runs)

@@ -42,9 +42,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from saga.engine.kvcache import RadixKV, Run
+from saga.engine.kvcache import RadixKV, Run, skip_runs
 from saga.engine.replica import Replica, Request
-from saga.sched.baselines._shared import run_blocks, skip_runs
+from saga.sched.baselines._shared import run_blocks
 from saga.sched.policy import CallInfo, Policy, PolicyContext, Router
 
 CHARS_PER_TOKEN = 4
