@@ -20,9 +20,10 @@ import asyncio
 from dataclasses import dataclass, field
 
 from saga.engine.kvcache import Run
-from saga.engine.replica import Pin, Replica, Request, output_run
+from saga.engine.replica import Replica, Request, output_run
 from saga.sched.decisions import RELEASE, Retention
 from saga.sim.cluster import ClusterSpec
+from saga.sim.timers import ReplicaTimers
 
 from .realtime import RealtimeEventLoop
 
@@ -41,7 +42,7 @@ class CallState:
     arrived_at: float = 0.0
 
 
-class Emulator:
+class Emulator(ReplicaTimers):
     """``replicas`` engine-model replicas of ``cluster`` advancing in real time."""
 
     @property
@@ -61,7 +62,7 @@ class Emulator:
     ) -> None:
         self.cluster = cluster
         self.max_waiting = max_waiting
-        self.loop = RealtimeEventLoop(time_scale)
+        self.loop: RealtimeEventLoop = RealtimeEventLoop(time_scale)
         self.block_tokens = block_tokens
         self.stream_interval = stream_interval
         self.cost = cluster.cost_model()
@@ -173,7 +174,7 @@ class Emulator:
         holder = Request(workflow, "retain", runs, 0, 0, self.block_tokens, 0)
         holder.lock = node
         target.apply_retention(holder, decision, now)
-        self._schedule_side_effects(target)
+        self._schedule_replica_timers(target)
         return hit
 
     def unpin(self, replica: int, workflow: str) -> bool:
@@ -235,7 +236,7 @@ class Emulator:
                 state.progress.set()
         for request in finished:
             self._finished(replica, request)
-        self._schedule_side_effects(replica)
+        self._schedule_replica_timers(replica)
         self._plan(replica)
 
     def _finished(self, replica: Replica, request: Request) -> None:
@@ -251,25 +252,6 @@ class Emulator:
             self._streaming[replica.index] -= 1
         state.done = True
         state.progress.set()
-
-    def _schedule_side_effects(self, replica: Replica) -> None:
-        for workflow, pin in replica.new_pins:
-            self.loop.at(pin.expires, self._pin_expired, (replica, workflow, pin))
-        replica.new_pins.clear()
-        for when, runs in replica.new_prefetches:
-            self.loop.at(when, self._prefetch, (replica, runs))
-        replica.new_prefetches.clear()
-
-    def _prefetch(self, item: tuple[Replica, tuple[Run, ...]]) -> None:
-        replica, runs = item
-        replica.prefetch(runs, self.loop.now)
-
-    def _pin_expired(self, item: tuple[Replica, str, Pin]) -> None:
-        replica, workflow, pin = item
-        if replica.pins.get(workflow) is pin:
-            replica.unpin(workflow, self.loop.now)
-            if replica.waiting:
-                self._kick(replica)
 
     # ---- observation ----------------------------------------------------------------------
     def replica_state(self, index: int) -> dict[str, object]:

@@ -32,6 +32,7 @@ stamp, because a hit that ends inside a node splits it first.
 from __future__ import annotations
 
 import heapq
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -81,7 +82,7 @@ class KVNode:
         return f"KVNode({self.namespace}:{self.first}+{self.count}, ref={self.ref})"
 
 
-class EvictionOrder:
+class EvictionOrder(ABC):
     """Chooses which cached leaf loses blocks first. Smaller key is evicted first.
 
     ``key`` must never depend on the wall clock; ``now`` is passed in.
@@ -91,8 +92,9 @@ class EvictionOrder:
     #: True when the key only changes at release (then a heap of stamps is exact).
     static = False
 
+    @abstractmethod
     def key(self, node: KVNode, now: float) -> float:
-        raise NotImplementedError
+        """The node's eviction priority at ``now``."""
 
 
 class LRUEviction(EvictionOrder):

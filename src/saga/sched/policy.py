@@ -17,6 +17,7 @@ each named policy one way.
 from __future__ import annotations
 
 import random
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
@@ -83,7 +84,7 @@ class PolicyContext:
     rng: random.Random = field(default_factory=lambda: random.Random(0))
 
 
-class Router:
+class Router(ABC):
     """Chooses the replica for a ready call. One small class per routing rule."""
 
     name: ClassVar[str] = "router"
@@ -91,8 +92,9 @@ class Router:
     def bind(self, ctx: PolicyContext) -> None:
         self.ctx = ctx
 
+    @abstractmethod
     def place(self, call: CallInfo, now: float) -> int:
-        raise NotImplementedError
+        """The index of the replica for ``call``."""
 
     def up_replicas(self) -> list[int]:
         ups = [r.index for r in self.ctx.replicas if r.up]

@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 
 from saga.core.workflow import Call, Workflow
 from saga.engine.kvcache import Run
-from saga.engine.replica import Pin, Replica, Request, output_run
+from saga.engine.replica import Replica, Request, output_run
 from saga.sched.policy import CallInfo, Policy, PolicyContext, WorkflowInfo
 from saga.sim.cluster import ClusterSpec
 from saga.sim.events import EventLoop
 from saga.sim.faults import Fault, check_faults
+from saga.sim.timers import ReplicaTimers
 
 
 @dataclass(slots=True)
@@ -144,7 +145,7 @@ def _common_blocks(a: Sequence[Run], b: Sequence[Run]) -> int:
     return shared
 
 
-class Simulation:
+class Simulation(ReplicaTimers):
     """One run of one policy on one cluster and one set of workflows."""
 
     def __init__(
@@ -413,24 +414,8 @@ class Simulation:
         finished = replica.complete(now)
         for request in finished:
             self._call_finished(replica, request)
-        for workflow, pin in replica.new_pins:
-            self.loop.at(pin.expires, self._pin_expired, (replica, workflow, pin))
-        replica.new_pins.clear()
-        for when, runs in replica.new_prefetches:
-            self.loop.at(when, self._prefetch, (replica, runs))
-        replica.new_prefetches.clear()
+        self._schedule_replica_timers(replica)
         self._plan(replica)
-
-    def _prefetch(self, item: tuple[Replica, tuple[Run, ...]]) -> None:
-        replica, runs = item
-        replica.prefetch(runs, self.loop.now)
-
-    def _pin_expired(self, item: tuple[Replica, str, Pin]) -> None:
-        replica, workflow, pin = item
-        if replica.pins.get(workflow) is pin:
-            replica.unpin(workflow, self.loop.now)
-            if replica.waiting:
-                self._kick(replica)
 
     def _sample_kv(self, _: object) -> None:
         used = sum(r.kv.used_blocks / max(r.kv.capacity, 1) for r in self.replicas)

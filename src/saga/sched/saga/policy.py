@@ -62,7 +62,7 @@ class _NoRouter(Router):
     name = "saga"
 
     def place(self, call: CallInfo, now: float) -> int:
-        raise NotImplementedError
+        raise RuntimeError("SagaPolicy.place places calls itself; its router is never asked")
 
 
 class SagaPolicy(Policy):
