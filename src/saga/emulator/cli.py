@@ -86,12 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="saga emulate", epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except UserError as error:
-        print(f"saga: error: {error}", file=sys.stderr)
-        return 2
+    """``saga emulate ...`` (for ``python -m``): the same parser and errors as ``saga``."""
+    from saga.cli import main as saga_main
+
+    return saga_main(["emulate", *(sys.argv[1:] if argv is None else argv)])
