@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from saga.sched.policy import WorkflowInfo
+from saga.core.workflow import Call, Prompt, Workflow
+from saga.engine.replica import Replica, Request
+from saga.sched.policy import CallInfo, WorkflowInfo
 from saga.sched.saga.admission import SlowdownTracker, decide
 from saga.sched.saga.config import SagaConfig
+from saga.sched.saga.policy import SagaPolicy
+from saga.sim.cluster import get_cluster
+from saga.sim.simulator import Simulation
 
 CFG = SagaConfig(defer_best_effort_at=0.8, max_queue=30.0, retry_after=2.0)
 
@@ -52,3 +57,55 @@ def test_slowdown_tracker_decays_with_half_life() -> None:
     tr.add(4.0, 0.0)
     tr.add(2.0, 10.0)  # the first sample now weighs 1/2
     assert tr.value(10.0) == pytest.approx((4.0 * 0.5 + 2.0) / 1.5)
+
+
+def _saga_on_small_cluster(afs: bool = True) -> tuple[SagaPolicy, list[Replica]]:
+    dummy = Workflow("d", "t", "a", 0.0, (Call("c0", Prompt(64), 1),))
+    policy = SagaPolicy(SagaConfig(afs=afs, memory_gate=False))
+    sim = Simulation(get_cluster("test-2"), policy, [dummy])
+    return policy, sim.replicas
+
+
+def _call(workflow: str, tenant: str, slo: float | None, prompt: int) -> CallInfo:
+    return CallInfo(
+        workflow=workflow, tenant=tenant, agent="agent", call_id="c0", index=0, tool=None,
+        prompt_tokens=prompt, runs=((f"w:{workflow}", 0, prompt // 16),), issued_at=0.0,
+        workflow_arrival=0.0, slo=slo, ends_workflow=True,
+    )
+
+
+def _flood(replicas: list[Replica], calls: int, prompt: int) -> None:
+    """Queue ``calls`` best-effort prompts on every replica (a batch tenant's flood)."""
+    for replica in replicas:
+        for k in range(calls):
+            info = _call(f"batch-{replica.index}-{k}", "batch", None, prompt)
+            replica.waiting.append(
+                Request(info.workflow, "c0", info.runs, prompt, 16, 16, k, info=info)
+            )
+
+
+def test_a_best_effort_flood_does_not_turn_interactive_work_away() -> None:
+    # Under AFS the flood is served after interactive work: admission must not count it.
+    policy, replicas = _saga_on_small_cluster()
+    _flood(replicas, calls=200, prompt=32_000)
+    assert policy._queue_slowdown(interactive=False) > 10.0  # the flood is real
+    assert policy.admit(WorkflowInfo("i", "web", "agent", 0.0, 3.0), 0.0).verdict == "admit"
+
+
+def test_without_afs_the_flood_is_ahead_and_interactive_work_is_queued() -> None:
+    policy, replicas = _saga_on_small_cluster(afs=False)
+    _flood(replicas, calls=200, prompt=32_000)
+    verdict = policy.admit(WorkflowInfo("i", "web", "agent", 0.0, 3.0), 0.0)
+    assert verdict.verdict == "defer" and verdict.reason.startswith("queued: predicted")
+
+
+def test_only_interactive_calls_feed_the_slowdown_prediction() -> None:
+    policy, _ = _saga_on_small_cluster()
+    for name, slo in (("batch-1", None), ("web-1", 3.0)):
+        policy.admit(WorkflowInfo(name, name.split("-")[0], "agent", 0.0, slo), 0.0)
+        info = _call(name, name.split("-")[0], slo, 1_000)
+        policy.on_call_ready(info, 0.0)
+        policy.place(info, 0.0)
+        # a best-effort call 100 s late, an interactive one on time
+        policy.on_call_finished(info, 0, 100.0 if slo is None else 0.01)
+    assert policy.slowdowns.value(100.0) < 2.0

@@ -1,9 +1,13 @@
 """SLO admission: defer best-effort work first, then queue or reject interactive work.
 
 Interactive workflows carry a TCT SLO as a slowdown factor. The predicted slowdown
-of new work is a time-decayed moving average of observed call slowdowns (latency
-plus the tool gap before the call, over the call's ideal latency plus that gap),
-raised to the slowdown the current queues alone imply. Rules, in order:
+of new interactive work is a time-decayed moving average of the slowdowns observed by
+interactive calls (latency plus the tool gap before the call, over the call's ideal
+latency plus that gap), raised to the slowdown the interactive work queued ahead
+implies. Best-effort calls are left out of both: under Agent Fair Share a flooding
+best-effort tenant is served after the interactive ones, so its queueing predicts
+nothing about theirs (counting it made admission turn interactive work away exactly
+when a flood arrived). Rules, in order:
 
 1. No interactive work in sight: admit.
 2. A best-effort workflow (no SLO) is deferred while the prediction is at least

@@ -19,8 +19,8 @@ prompt) co-locate, within load bounds, and working sets stay balanced.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from functools import lru_cache
+from typing import TYPE_CHECKING, NamedTuple
 
 from saga.sched.saga.config import SagaConfig
 
@@ -30,9 +30,8 @@ if TYPE_CHECKING:
     from saga.engine.replica import Replica
 
 
-@dataclass(frozen=True, slots=True)
-class Estimate:
-    """Predicted seconds of one call on one replica."""
+class Estimate(NamedTuple):
+    """Predicted seconds of one call on one replica (a tuple: placements make many)."""
 
     replica: int
     backlog: float
@@ -54,17 +53,25 @@ class Predictor:
         chunk, ctx = 8192, 16384
         self.t_token = cost.prefill_time(ctx + chunk, ctx) / chunk
         self.t_decode = cost.decode_steps_time(1, ctx, 1)
+        # A placement asks the same few questions of every candidate (a candidate that
+        # does not hold the workflow's KV has the same prefill ahead of it): memoized,
+        # the cost model runs once per distinct question, not once per candidate.
+        self._prefill = lru_cache(maxsize=4096)(cost.prefill_time)
+        self._decode_step = lru_cache(maxsize=4096)(cost.decode_steps_time)
 
     def prefill(self, prompt: int, cached: int) -> float:
-        return self.cost.prefill_time(prompt, min(cached, prompt))
+        return float(self._prefill(prompt, min(cached, prompt)))
 
-    def backlog(self, replica: Replica) -> float:
-        """Seconds of prefill work queued or running on ``replica``."""
+    def backlog(self, replica: Replica, only_slo: bool = False) -> float:
+        """Seconds of prefill work queued or running on ``replica`` (``only_slo``: of
+        calls of interactive workflows only, those with an SLO)."""
         tokens = 0
         for r in replica.waiting:
-            tokens += r.prompt_tokens - min(r.computed, r.prompt_tokens)
+            if not only_slo or (r.info is not None and r.info.slo is not None):
+                tokens += r.prompt_tokens - min(r.computed, r.prompt_tokens)
         for r in replica.running:
-            tokens += max(0, r.total_tokens - r.computed - 1)
+            if not only_slo or (r.info is not None and r.info.slo is not None):
+                tokens += max(0, r.total_tokens - r.computed - 1)
         return tokens * self.t_token
 
     def memory_wait(self, replica: Replica, need: int, drain: float) -> float:
@@ -72,8 +79,9 @@ class Predictor:
         else the share of the call that does not fit times ``drain``, the time for the
         running calls to finish and give their blocks back."""
         kv = replica.kv
-        demand = sum(r.total_tokens - r.computed for r in replica.waiting) // self.block_tokens
-        free = kv.capacity - kv.locked_blocks - kv.anonymous_blocks - demand
+        free = kv.capacity - kv.locked_blocks - kv.anonymous_blocks
+        if replica.waiting:
+            free -= sum(r.total_tokens - r.computed for r in replica.waiting) // self.block_tokens
         if need <= free:
             return 0.0
         return drain * min(1.0, (need - max(free, 0)) / max(need, 1))
@@ -87,18 +95,23 @@ class Predictor:
     ) -> Estimate:
         bt = self.block_tokens
         gpu = replica.kv.match_blocks(runs)
-        host = replica.host.match_blocks(runs) if replica.host is not None else 0
+        cached = gpu
         reload = 0.0
-        if host > gpu:
-            nbytes = (host - gpu) * replica.block_bytes
-            reload = self.cost.host_transfer_time(nbytes)
-        cached = max(gpu, host) * bt
-        batch = len(replica.running) + 1
-        ctx = sum(r.computed for r in replica.running) + prompt
-        step = self.cost.decode_steps_time(batch, ctx, 1)
-        service = reload + self.prefill(prompt, cached) + output * step
-        need = -(-(prompt + int(output)) // bt) - max(gpu, host)
-        wait = self.backlog(replica) + self.memory_wait(replica, need, output * step)
+        host_tier = replica.host
+        if host_tier is not None and host_tier.cached_blocks:
+            host = host_tier.match_blocks(runs)
+            if host > gpu:
+                reload = self.cost.host_transfer_time((host - gpu) * replica.block_bytes)
+                cached = host
+        running = replica.running
+        ctx = prompt
+        for r in running:
+            ctx += r.computed
+        step = float(self._decode_step(len(running) + 1, ctx, 1))
+        service = reload + self.prefill(prompt, cached * bt) + output * step
+        wait = self.memory_wait(replica, -(-(prompt + int(output)) // bt) - cached, output * step)
+        if running or replica.waiting:
+            wait += self.backlog(replica)
         return Estimate(replica.index, wait, service)
 
 

@@ -78,6 +78,9 @@ class SagaPolicy(Policy):
         self.graphs = GraphStore(self.config)
         self.fair = FairShare(self.config)
         self.flows: dict[str, Flow] = {}
+        # Slowdown observed by interactive calls only: best-effort work is what admission
+        # defers and what AFS serves last, so its (large) slowdowns say nothing about
+        # what a new interactive workflow would see.
         self.slowdowns = admission.SlowdownTracker(self.config.slowdown_halflife)
         self.prefix_users: dict[str, int] = {}
         self.active_slos: dict[float, int] = {}  # SLOs of the workflows in flight
@@ -136,7 +139,7 @@ class SagaPolicy(Policy):
     def admit(self, workflow: WorkflowInfo, now: float) -> Admission:
         if self.config.admission:
             active = [slo for slo, n in self.active_slos.items() if n > 0]
-            predicted = max(self.slowdowns.value(now), self._queue_slowdown())
+            predicted = max(self.slowdowns.value(now), self._queue_slowdown(interactive=True))
             verdict = admission.decide(workflow, now, predicted, active, self.config)
             if verdict.verdict == "reject":
                 self.gate.forget(workflow.workflow)
@@ -154,10 +157,15 @@ class SagaPolicy(Policy):
         expected = self.gate.expected_context
         return self.homed_total + sum(n * expected(a) for a, n in self.unhomed.items() if n)
 
-    def _queue_slowdown(self) -> float:
-        """Slowdown a new call would see from queueing alone on the best replica."""
+    def _queue_slowdown(self, interactive: bool) -> float:
+        """Slowdown a new call would see from queueing alone on the best replica.
+
+        Under AFS an interactive call waits only behind interactive work (a flooding
+        best-effort tenant is over its share and served after), so only that is counted.
+        """
+        only_slo = interactive and self.config.afs
         backlog = min(
-            (self.predictor.backlog(r) for r in self._candidates(None)), default=0.0
+            (self.predictor.backlog(r, only_slo) for r in self._candidates(None)), default=0.0
         )
         typical = 1.0 + self.config.prior_tool_median  # a call plus a tool gap, seconds
         return 1.0 + backlog / typical
@@ -210,7 +218,8 @@ class SagaPolicy(Policy):
         ideal = self.predictor.prefill(call.prompt_tokens, cached)
         ideal += flow.output * self.predictor.t_decode
         gap = flow.gap_before
-        self.slowdowns.add((latency + gap) / max(ideal + gap, 1e-6), now)
+        if flow.info.slo is not None:
+            self.slowdowns.add((latency + gap) / max(ideal + gap, 1e-6), now)
 
     def on_workflow_finished(self, workflow: WorkflowInfo, now: float) -> None:
         flow = self.flows.pop(workflow.workflow, None)
@@ -256,19 +265,31 @@ class SagaPolicy(Policy):
         limit = self.config.placement_candidates
         if len(replicas) <= limit:
             return [r for r in replicas if r.up]
-        # The lightest replicas change slowly: refresh them every few placements, so a
-        # decision costs O(limit), not O(replicas).
-        self._placements += 1
-        if self._placements % 64 == 1:
-            self._lightest = heapq.nsmallest(
-                limit // 2, range(len(replicas)), key=lambda i: (self.homed[i], i)
-            )
+        self._refresh_lightest(limit // 2)
         chosen = set(self._lightest)
         if home is not None:
             chosen.add(home)
-        if len(chosen) < limit:
-            chosen.update(self.ctx.rng.sample(range(len(replicas)), limit - len(chosen)))
+        n, draw = len(replicas), self.ctx.rng.random
+        for _ in range(limit - len(chosen)):  # a seeded sample (repeats merge: fewer is fine)
+            chosen.add(int(draw() * n))
         return [replicas[i] for i in sorted(chosen) if replicas[i].up]
+
+    def _refresh_lightest(self, keep: int) -> None:
+        """Keep ``self._lightest``, the ``keep`` replicas with the least homed work, fresh.
+
+        The lightest replicas change slowly: each placement rescans one slice of the
+        replicas (a full sweep every 64 placements) and merges it with the current set,
+        so a decision costs O(candidates), never O(replicas), and no decision pays for
+        a whole sweep at once.
+        """
+        n = len(self.ctx.replicas)
+        width = -(-n // 64)
+        start = self._placements * width % n
+        self._placements += 1
+        pool = set(self._lightest)
+        pool.update(range(start, min(start + width, n)))
+        homed = self.homed
+        self._lightest = heapq.nsmallest(keep, pool, key=lambda i: (homed[i], i))
 
     # ---- queue order -------------------------------------------------------------------------
     def queue_key(self, replica: Replica, request: Request, now: float) -> tuple[float, ...]:
