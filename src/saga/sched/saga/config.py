@@ -93,7 +93,8 @@ class SagaConfig(BaseModel):
     refresh_every: int = Field(
         16,
         ge=1,
-        description="Observations between recomputations of a graph's remaining-work values.",
+        description="Observations between recomputations of a graph's remaining-work values "
+        "(at least; once a graph has seen n observations, every n/64).",
     )
 
     # ---- KV retention ---------------------------------------------------------------

@@ -318,7 +318,11 @@ class AgentGraph:
         return cached
 
     def _refresh(self) -> None:
-        if self._stale >= self.config.refresh_every or not self._values:
+        # After n observations one more moves an estimate by O(1/n): recompute every
+        # `refresh_every` observations while the graph is young, then every n/64, so
+        # the cost per decision falls as the graph settles (and rarely lands in a tail).
+        due = max(self.config.refresh_every, self.observations // 64)
+        if self._stale >= due or not self._values:
             self._values = self.value_iteration(start=self._values)
             self._gaps = {}
             self._stale = 0

@@ -16,7 +16,6 @@ Observations feed :mod:`~saga.sched.saga.graph`; oracle fields of
 
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -289,7 +288,7 @@ class SagaPolicy(Policy):
         pool = set(self._lightest)
         pool.update(range(start, min(start + width, n)))
         homed = self.homed
-        self._lightest = heapq.nsmallest(keep, pool, key=lambda i: (homed[i], i))
+        self._lightest = [i for _, i in sorted([(homed[i], i) for i in pool])[:keep]]
 
     # ---- queue order -------------------------------------------------------------------------
     def queue_key(self, replica: Replica, request: Request, now: float) -> tuple[float, ...]:
