@@ -77,3 +77,13 @@ def test_ablations_finish_every_workflow(name: str, workload: list[Workflow]) ->
     result = _run(name, workload)
     assert len(_tcts(result)) == len(workload)
     assert result.policy == name
+
+
+def test_tenant_accounts_track_the_slowdown_of_finished_workflows() -> None:
+    policy = build_policy("saga")
+    workflows = agent_workload(seed=3, count=12, rate=0.5)
+    result = Simulation(get_cluster("small"), policy, workflows, seed=0).run()
+    account = policy.fair.tenants["acme"]  # type: ignore[attr-defined]
+    assert account.slowdown_n == len([w for w in result.workflows if w.finished_at >= 0]) == 12
+    # TCT over calls-alone-plus-gaps: at least ~1 (the prediction is the cost model's)
+    assert 0.9 <= account.slowdown < 20.0

@@ -134,3 +134,23 @@ def test_event_loop_never_goes_back_in_time() -> None:
         assert "past" in str(error)
     else:
         raise AssertionError("scheduling into the past must fail")
+
+
+def test_a_call_larger_than_a_replicas_kv_is_rejected_not_left_hanging() -> None:
+    # test-2 replicas hold 512 blocks of 64 tokens: a 33,000-token prompt can never run.
+    def chain(name: str, blocks: int) -> Workflow:
+        calls = tuple(
+            Call(f"c{k}", Prompt(blocks * BT + k * BT, (), ((0, blocks + k),)), 16,
+                 (f"c{k - 1}",) if k else (), 1.0 if k else 0.0, "bash" if k else None)
+            for k in range(3)
+        )
+        return Workflow(name, "t", "swe", 0.0, calls)
+
+    workflows = [chain("fits", 100), chain("huge", 515)]
+    for policy in ("saga", "vllm-affinity"):
+        result = Simulation(get_cluster("test-2"), build_policy(policy), workflows).run()
+        by_name = {w.workflow: w for w in result.workflows}
+        assert by_name["fits"].finished_at > 0 and not by_name["fits"].rejected
+        assert by_name["huge"].rejected == (
+            "call c0 needs 516 KV blocks (32,960 prompt + 16 output tokens); a replica holds 512"
+        )

@@ -242,7 +242,28 @@ class Simulation(ReplicaTimers):
             len(workflow.calls), workflow.slo,
         )
         run = _WorkflowRun(workflow, record)
+        too_large = self._too_large(workflow)
+        if too_large:
+            # As vLLM refuses a request longer than its KV can ever hold: the workflow
+            # could never finish, so it is rejected at once, with the reason on record.
+            self._records.append(record)
+            record.rejected = too_large
+            if self.closed_loop:
+                self._start_next_closed(self.loop.now)
+            return
         self._admit(run)
+
+    def _too_large(self, workflow: Workflow) -> str:
+        """Why no replica could ever serve one of ``workflow``'s calls ("" if all fit)."""
+        capacity = max(r.kv.capacity for r in self.replicas)
+        for call in workflow.calls:
+            need = -(-(call.prompt.tokens + call.output_tokens) // self.block_tokens)
+            if need > capacity:
+                return (
+                    f"call {call.id} needs {need} KV blocks ({call.prompt.tokens:,} prompt + "
+                    f"{call.output_tokens:,} output tokens); a replica holds {capacity}"
+                )
+        return ""
 
     def _admit(self, run: _WorkflowRun) -> None:
         now = self.loop.now

@@ -37,7 +37,9 @@ class SagaConfig(BaseModel):
         "next-use eviction. Off: release to the LRU free queue, as vLLM.",
     )
     admission: bool = Field(
-        True, description="SLO admission control. Off: admit every workflow at once."
+        True,
+        description="SLO admission control. Off: no SLO-driven deferral or rejection (the "
+        "memory gate, a separate switch, still applies).",
     )
     memory_gate: bool = Field(
         True,

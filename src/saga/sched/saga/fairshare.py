@@ -22,9 +22,10 @@ Proof sketch, by induction on charges: before a charge all v lie in [m, m + Q/w_
 the served tenant had v = m and moves to at most m + Q/w_min; others do not move
 and the new minimum is >= m, so the spread stays <= Q/w_min. Joining at the current
 minimum keeps the invariant. The engine batches several calls per step, so in the
-simulator the bound holds at the granularity of admission order, not of tokens; the
-tenant's *estimated slowdown* (observed TCT over predicted ideal) is tracked as well
-and reported, and is what admission control acts on.
+simulator the bound holds at the granularity of admission order, not of tokens. Each
+tenant's *estimated slowdown* (TCT of its finished workflows over their predicted
+ideal: calls alone plus tool gaps) is tracked as well, for reports; admission control
+acts on its own tracker of interactive call slowdowns (:mod:`.admission`).
 """
 
 from __future__ import annotations

@@ -52,6 +52,7 @@ class Flow:
     context: int = 0  # tokens of KV it has built (prompt + output of its last call)
     next_use: float = 0.0  # predicted time of the next call (in a tool)
     p_return: float = 0.0
+    ideal: float = 0.0  # predicted seconds of its calls alone plus its tool gaps, so far
     prefixes: set[str] = field(default_factory=set)
 
 
@@ -217,6 +218,7 @@ class SagaPolicy(Policy):
         ideal = self.predictor.prefill(call.prompt_tokens, cached)
         ideal += flow.output * self.predictor.t_decode
         gap = flow.gap_before
+        flow.ideal += ideal + gap
         if flow.info.slo is not None:
             self.slowdowns.add((latency + gap) / max(ideal + gap, 1e-6), now)
 
@@ -230,7 +232,8 @@ class SagaPolicy(Policy):
         self._count_unhomed(flow.info.agent, -1)
         if flow.info.slo is not None:
             self.active_slos[flow.info.slo] -= 1
-        self.fair.deactivate(workflow.tenant)
+        tct = now - flow.info.arrival
+        self.fair.deactivate(workflow.tenant, tct / flow.ideal if flow.ideal > 0 else None)
         for ns in flow.prefixes:
             self.prefix_users[ns] -= 1
 
@@ -418,7 +421,7 @@ class SagaNoGate(SagaPolicy):
 
 
 class SagaNoAdmission(SagaPolicy):
-    """Ablation: admit every workflow at once."""
+    """Ablation: no SLO admission (no deferral or rejection for SLOs; the gate stays)."""
 
     name = "saga-no-admission"
 
