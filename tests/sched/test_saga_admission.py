@@ -109,3 +109,15 @@ def test_only_interactive_calls_feed_the_slowdown_prediction() -> None:
         # a best-effort call 100 s late, an interactive one on time
         policy.on_call_finished(info, 0, 100.0 if slo is None else 0.01)
     assert policy.slowdowns.value(100.0) < 2.0
+
+
+def test_withdrawing_a_deferred_workflow_takes_it_out_of_the_gate() -> None:
+    dummy = Workflow("d", "t", "a", 0.0, (Call("c0", Prompt(64), 1),))
+    policy = SagaPolicy(SagaConfig(memory_budget=1e-6))
+    Simulation(get_cluster("test-2"), policy, [dummy])
+    first, second, third = (WorkflowInfo(n, "t", "agent", 0.0, None) for n in "abc")
+    assert policy.admit(first, 0.0).verdict == "admit"  # an empty cluster admits
+    assert policy.admit(second, 0.0).verdict == "defer"
+    assert policy.admit(third, 0.0).verdict == "defer"
+    policy.on_admission_withdrawn(second, 1.0)
+    assert list(policy.gate.waiting) == ["c"]

@@ -61,3 +61,13 @@ def test_forget_removes_a_rejected_workflow() -> None:
     g.decide(wf("x", slo=2.0), 99_000)
     g.forget("x")
     assert not g.waiting
+
+
+def test_a_withdrawn_workflow_no_longer_blocks_the_queue() -> None:
+    g = gate()
+    assert g.decide(wf("a"), 95_000).verdict == "defer"  # a heads the queue
+    assert g.decide(wf("b"), 95_000).verdict == "defer"
+    assert g.decide(wf("b"), 0.0).verdict == "defer"  # b is behind a, even with room
+    g.forget("a")  # a's client gave up (SagaPolicy.on_admission_withdrawn)
+    assert g.decide(wf("b"), 0.0).verdict == "admit"
+    assert not g.waiting

@@ -153,3 +153,7 @@ class Policy:
 
     def on_workflow_finished(self, workflow: WorkflowInfo, now: float) -> None:
         """The workflow's last call finished."""
+
+    def on_admission_withdrawn(self, workflow: WorkflowInfo, now: float) -> None:
+        """A workflow that ``admit`` deferred will not ask again (its client gave up):
+        forget any place it holds in an admission queue."""

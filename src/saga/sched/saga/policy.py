@@ -152,6 +152,10 @@ class SagaPolicy(Policy):
         self._flow(workflow)
         return ADMIT
 
+    def on_admission_withdrawn(self, workflow: WorkflowInfo, now: float) -> None:
+        # Else a withdrawn workflow at the head of the gate's queue blocks it for good.
+        self.gate.forget(workflow.workflow)
+
     def _working_set(self) -> float:
         """Context tokens the admitted workflows hold or are expected to bring."""
         expected = self.gate.expected_context
