@@ -71,3 +71,14 @@ def test_a_withdrawn_workflow_no_longer_blocks_the_queue() -> None:
     g.forget("a")  # a's client gave up (SagaPolicy.on_admission_withdrawn)
     assert g.decide(wf("b"), 0.0).verdict == "admit"
     assert not g.waiting
+
+
+def test_behind_answers_only_for_queued_workflows_not_first_in_line() -> None:
+    g = gate()
+    assert g.behind("a") is None  # not queued
+    assert g.decide(wf("a"), 95_000).verdict == "defer"
+    assert g.decide(wf("b"), 95_000).verdict == "defer"
+    assert g.behind("a") is None  # first in line: must be asked properly
+    later = g.behind("b")
+    assert later is not None and later.verdict == "defer" and later.retry_after == 2.0
+    assert later.reason == "memory gate: not first of 2 queued workflows"

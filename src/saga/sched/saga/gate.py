@@ -71,6 +71,15 @@ class MemoryGate:
             self.retry_after,
         )
 
+    def behind(self, workflow: str) -> Admission | None:
+        """A deferral if ``workflow`` is queued and not first in line, else None."""
+        if workflow not in self._queued or self.waiting[0] == workflow:
+            return None
+        return Admission(
+            "defer", f"memory gate: not first of {len(self.waiting)} queued workflows",
+            self.retry_after,
+        )
+
     def _insert_interactive(self, workflow: str) -> None:
         self._interactive.add(workflow)
         index = sum(1 for w in self.waiting if w in self._interactive)

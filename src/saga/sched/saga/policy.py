@@ -137,9 +137,18 @@ class SagaPolicy(Policy):
 
     # ---- admission -----------------------------------------------------------------------
     def admit(self, workflow: WorkflowInfo, now: float) -> Admission:
+        if self.config.memory_gate and workflow.slo is None:
+            # Best effort behind others in the gate's queue waits whatever admission would
+            # say: answer at once (under overload thousands of deferred workflows ask).
+            behind = self.gate.behind(workflow.workflow)
+            if behind:
+                return behind
         if self.config.admission:
             active = [slo for slo, n in self.active_slos.items() if n > 0]
-            predicted = max(self.slowdowns.value(now), self._queue_slowdown(interactive=True))
+            if active or workflow.slo is not None:
+                predicted = max(self.slowdowns.value(now), self._queue_slowdown(interactive=True))
+            else:
+                predicted = 1.0  # no SLO in play: admission admits without a prediction
             verdict = admission.decide(workflow, now, predicted, active, self.config)
             if verdict.verdict == "reject":
                 self.gate.forget(workflow.workflow)

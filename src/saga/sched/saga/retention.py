@@ -93,15 +93,15 @@ def decide(inp: RetentionInput, config: SagaConfig) -> Retention:
         fallback_cost = inp.recompute * eviction_risk(inp.memory)
         fallback = RELEASE
     best_gain, best = 0.0, fallback
-    for tau in ttl_candidates(inp.gap, config):
-        gain = inp.gap.p_return_within(tau) * fallback_cost - price * share * inp.gap.mean_min(tau)
+    for tau, p_return, held in inp.gap.ttl_table(config.ttl_max, TTL_QUANTILES):
+        gain = p_return * fallback_cost - price * share * held
         if gain > best_gain:
             best_gain, best = gain, Retention("pin", ttl=tau)
     return best
 
 
 def ttl_candidates(gap: Gap, config: SagaConfig) -> list[float]:
-    return sorted({min(gap.quantile(q), config.ttl_max) for q in TTL_QUANTILES})
+    return [tau for tau, _, _ in gap.ttl_table(config.ttl_max, TTL_QUANTILES)]
 
 
 def _offload(inp: RetentionInput, config: SagaConfig) -> Retention:
