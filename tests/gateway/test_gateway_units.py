@@ -75,3 +75,14 @@ def test_approx_prefix_index_is_lru_bounded() -> None:
     assert index.match_blocks(runs) == 3
     index.add((("h:9", 0, 1),))  # evicts the least recently used block, h:1
     assert index.match_blocks(runs) == 0 and index.used_blocks == 3
+
+
+def test_view_offers_what_placement_reads_of_a_host_tier() -> None:
+    """The SAGA policy reads ``host.cached_blocks`` of a replica with a host tier (the
+    gateway's llama.cpp views); an untracked host tier is empty, so nothing matches."""
+    from saga.gateway.view import RemoteReplicaView
+
+    view = RemoteReplicaView(0, capacity_blocks=8, block_tokens=16, host_blocks=32)
+    assert view.host is not None and view.host.cached_blocks == 0
+    view.kv.add([("h:a", 0, 3)])
+    assert view.kv.cached_blocks == view.kv.used_blocks == 3

@@ -25,6 +25,7 @@ def test_overhead_benchmark_runs_all_targets_against_the_same_emulators(tmp_path
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(out.read_text())
+    assert result["client"] == "lean"  # the same generator for every target
     (row,) = result["rows"]
     assert row["errors"] == 0
     assert row["served_ok"]  # the emulators served every answered call, whichever way

@@ -39,9 +39,9 @@ def test_vllm_backend_sends_workflow_and_priority() -> None:
         return out
 
     with_priority, without = asyncio.run(run())
-    assert with_priority == {"vllm_xargs": {"mine": 1, "saga_workflow": "t/w1"},
-                             "priority": vllm_priority((0.0, 1.0))}
-    assert without == {"vllm_xargs": {"mine": 1, "saga_workflow": "t/w1"}}
+    sent = {"mine": 1, "saga_workflow": "t/w1", "saga_tenant": "t"}
+    assert with_priority == {"vllm_xargs": sent, "priority": vllm_priority((0.0, 1.0))}
+    assert without == {"vllm_xargs": sent}
 
 
 def test_llama_slots_are_lru_per_workflow_and_pins_hold() -> None:

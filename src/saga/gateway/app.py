@@ -22,6 +22,11 @@ before any byte reached the client (unreachable, timed out, 5xx, disconnected) i
 retried on the replica the policy picks then, at most ``retries`` times and within a
 retry budget; a client that leaves cancels its backend call (the connection is
 closed); API keys are compared in constant time and never logged.
+
+HTTP: :func:`serve` runs :class:`Gateway` on :mod:`saga.gateway.server` (asyncio
+protocols and httptools) and forwards calls on :mod:`saga.gateway.upstream` pools; the
+handlers only see :class:`~saga.gateway.server.HttpRequest`, so :meth:`Gateway.app`
+also offers them as an aiohttp application, for embedding.
 """
 
 from __future__ import annotations
@@ -37,12 +42,11 @@ import random
 import re
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import aiohttp
-from aiohttp import web
 
 from saga.engine.replica import Replica, Request
 from saga.errors import UserError
@@ -54,17 +58,29 @@ from saga.gateway.openai_api import (
     ChatRequest,
     CompletionRequest,
     Kind,
-    error_response,
     parse_body,
 )
 from saga.gateway.openapi import openapi_document
 from saga.gateway.prefix import chat_text, estimate_tokens, text_runs
+from saga.gateway.server import (
+    BodyTooLarge,
+    HttpRequest,
+    HttpServer,
+    Response,
+    ResponseStream,
+    Router,
+    error,
+)
 from saga.gateway.store import MemoryStore, Store, build_store
+from saga.gateway.upstream import UpstreamError, UpstreamResponse
 from saga.gateway.view import RemoteReplicaView
 from saga.sched.decisions import Retention
 from saga.sched.policy import CallInfo, Policy, PolicyContext, WorkflowInfo
 from saga.sched.registry import build_policy
 from saga.sim.cluster import get_cluster
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 _TRUE = {"1", "true", "yes"}
 _FALSE = {"0", "false", "no", ""}
@@ -197,6 +213,13 @@ class Gateway:
         self._seq = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
+        self.router = Router()
+        self.router.add("GET", "/openapi.json", self._openapi)
+        self.router.add("POST", "/v1/chat/completions", self._chat)
+        self.router.add("POST", "/v1/completions", self._completions)
+        self.router.add("GET", "/v1/models", self._models)
+        self.router.add("GET", "/health", self._health)
+        self.router.add("GET", "/metrics", self._metrics)
 
     # ---- lifecycle ------------------------------------------------------------------------
     def now(self) -> float:
@@ -223,6 +246,8 @@ class Gateway:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for backend in self.backends:
+            backend.close()
         if self._session is not None:
             await self._session.close()
         await self.store.close()
@@ -255,71 +280,69 @@ class Gateway:
                 self.store.expire()
 
     def app(self) -> web.Application:
-        app = web.Application(
-            client_max_size=self.config.max_body_bytes, middlewares=[_errors_as_json]
-        )
-        app.router.add_get("/openapi.json", self._openapi)
-        app.router.add_post("/v1/chat/completions", self._chat)
-        app.router.add_post("/v1/completions", self._completions)
-        app.router.add_get("/v1/models", self._models)
-        app.router.add_get("/health", self._health)
-        app.router.add_get("/metrics", self._metrics)
+        """The same API as an aiohttp application (its startup starts the gateway, its
+        cleanup stops it), to embed in an aiohttp server; :func:`serve` is faster."""
+        from saga.gateway.aiohttp_front import build_app
 
-        async def on_startup(_: web.Application) -> None:
-            await self.start()
-
-        async def on_cleanup(_: web.Application) -> None:
-            await self.stop()
-
-        app.on_startup.append(on_startup)
-        app.on_cleanup.append(on_cleanup)
-        return app
+        return build_app(self)
 
     # ---- HTTP handlers ------------------------------------------------------------------
-    async def _chat(self, http: web.Request) -> web.StreamResponse:
+    async def handle(self, http: HttpRequest) -> Response | ResponseStream:
+        """Answer one request; a bug is a 500 whose traceback goes to the log (never the
+        request's headers)."""
+        try:
+            return await self.router.dispatch(http)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("internal error on %s %s", http.method, http.path)
+            return error(500, "internal error in the gateway", "server_error", "internal_error")
+
+    async def _chat(self, http: HttpRequest) -> Response | ResponseStream:
         return await self._call(http, "chat", "/v1/chat/completions")
 
-    async def _completions(self, http: web.Request) -> web.StreamResponse:
+    async def _completions(self, http: HttpRequest) -> Response | ResponseStream:
         return await self._call(http, "completion", "/v1/completions")
 
-    async def _models(self, http: web.Request) -> web.Response:
+    async def _models(self, http: HttpRequest) -> Response:
         try:
             self._tenant(http)
-        except BadRequest as error:
-            return error.response()
+        except BadRequest as failure:
+            return _error_response(failure)
         names = self.config.served_models or [self.model_name]
-        return web.json_response(
+        return Response.json(
             {"object": "list", "data": [
                 {"id": n, "object": "model", "created": 0, "owned_by": "saga"} for n in names
             ]}
         )
 
-    async def _health(self, http: web.Request) -> web.Response:
+    async def _health(self, http: HttpRequest) -> Response:
         up = [b.label for b, v in zip(self.backends, self.views, strict=True) if v.up]
         body = {"status": "ok" if up else "no backend up", "backends_up": len(up),
                 "backends": len(self.backends)}
-        return web.json_response(body, status=200 if up else 503)
+        return Response.json(body, status=200 if up else 503)
 
-    async def _metrics(self, http: web.Request) -> web.Response:
+    async def _metrics(self, http: HttpRequest) -> Response:
         if len(self.admin_keys):
             key = _bearer(http)
             if not key or self.admin_keys.lookup(key) is None:
                 status = 403 if key and self.keys.lookup(key) is not None else 401
-                return error_response(status, "/metrics needs an admin key",
-                                      "authentication_error", "admin_key_required")
-        return web.Response(text=await self.render_metrics(), content_type="text/plain")
+                return error(status, "/metrics needs an admin key", "authentication_error",
+                             "admin_key_required")
+        return Response(200, (await self.render_metrics()).encode(),
+                        content_type="text/plain; charset=utf-8")
 
-    async def _openapi(self, http: web.Request) -> web.Response:
-        return web.json_response(openapi_document(self.config))
+    async def _openapi(self, http: HttpRequest) -> Response:
+        return Response.json(openapi_document(self.config))
 
-    async def _call(self, http: web.Request, kind: Kind, path: str) -> web.StreamResponse:
+    async def _call(self, http: HttpRequest, kind: Kind, path: str) -> Response | ResponseStream:
         tenant = "-"
         cfg = self.config
         if self._pending >= cfg.max_pending:
             self.metrics.shed["pending"] += 1
             self.metrics.requests[(tenant, 429)] += 1
-            return error_response(429, f"gateway overloaded: {cfg.max_pending} calls pending",
-                                  "overloaded", "gateway_overloaded", {"Retry-After": "1"})
+            return error(429, f"gateway overloaded: {cfg.max_pending} calls pending",
+                         "overloaded", "gateway_overloaded", {"Retry-After": "1"})
         self._pending += 1
         try:
             tenant = self._tenant(http)
@@ -328,19 +351,19 @@ class Gateway:
                 raise _too_large(cfg.max_body_bytes)
             try:
                 raw = await http.read()
-            except web.HTTPRequestEntityTooLarge:
+            except BodyTooLarge:
                 raise _too_large(cfg.max_body_bytes) from None
             body, data = parse_body(raw, kind)
-            response = await self._serve(http, kind, path, tenant, body, data)
-        except BadRequest as error:
-            self.metrics.requests[(tenant, error.status)] += 1
-            return error.response()
+            response = await self._serve(http, kind, path, tenant, body, data, raw)
+        except BadRequest as failure:
+            self.metrics.requests[(tenant, failure.status)] += 1
+            return _error_response(failure)
         finally:
             self._pending -= 1
         self.metrics.requests[(tenant, response.status)] += 1
         return response
 
-    def _tenant(self, http: web.Request) -> str:
+    def _tenant(self, http: HttpRequest) -> str:
         if not self.config.tenants:
             return "default"
         key = _bearer(http)
@@ -354,9 +377,9 @@ class Gateway:
 
     # ---- one call -------------------------------------------------------------------------
     async def _serve(
-        self, http: web.Request, kind: Kind, path: str, tenant: str,
-        body: ChatRequest | CompletionRequest, data: dict[str, Any],
-    ) -> web.StreamResponse:
+        self, http: HttpRequest, kind: Kind, path: str, tenant: str,
+        body: ChatRequest | CompletionRequest, data: dict[str, Any], raw: bytes,
+    ) -> Response | ResponseStream:
         cfg = self.config
         if cfg.served_models and body.model not in cfg.served_models:
             raise BadRequest(404, f"model {body.model!r} not found; served: "
@@ -371,8 +394,15 @@ class Gateway:
         if max_tokens > cfg.max_output_tokens:
             raise BadRequest(400, f"max_tokens {max_tokens} exceeds this gateway's limit "
                              f"({cfg.max_output_tokens})", code="max_tokens_too_large")
+        # the client's bytes go on unchanged unless the body must change
+        edited = False
         for name in _STRIPPED:
-            data.pop(name, None)
+            if name in data:
+                del data[name]
+                edited = True
+        if body.stream and not body.include_usage():  # the gateway counts tokens
+            data["stream_options"] = {**(body.stream_options or {}), "include_usage": True}
+            edited = True
         text = body.text()
         prompt_tokens = estimate_tokens(text)
         runs = text_runs(text, cfg.block_tokens)
@@ -431,9 +461,13 @@ class Gateway:
                     sent = dict(data)  # the backend adapts its own copy
                     await backend.prepare(workflow_id, sent, out_headers, key)
                     prepared = True
+                    # what was validated goes on: the client's bytes when nothing changed
+                    # (JSON readers of the engines keep the last of repeated keys, as here)
+                    unchanged = not edited and _same(sent, data)
+                    payload = raw if unchanged else json.dumps(sent).encode()
                     extra_headers["x-saga-backend"] = str(index)
                     response, tokens = await self._forward(
-                        http, backend, view, path, body, sent, out_headers, extra_headers
+                        http, backend, view, path, body, payload, out_headers, extra_headers
                     )
                     break
                 except _Retryable as failure:
@@ -571,85 +605,95 @@ class Gateway:
 
     # ---- forwarding ---------------------------------------------------------------------
     async def _forward(
-        self, http: web.Request, backend: Backend, view: RemoteReplicaView, path: str,
-        body: ChatRequest | CompletionRequest, data: dict[str, Any],
+        self, http: HttpRequest, backend: Backend, view: RemoteReplicaView, path: str,
+        body: ChatRequest | CompletionRequest, payload: bytes,
         out_headers: dict[str, str], extra_headers: dict[str, str],
-    ) -> tuple[web.StreamResponse, int]:
+    ) -> tuple[Response | ResponseStream, int]:
         """Send the call and relay the answer; return it and the tokens served.
 
         Raises :class:`_Retryable` when the backend failed before anything was sent
         to the client. When the client leaves (a failed write, or the handler is
         cancelled) the backend connection is closed, which cancels the call there.
         """
-        client_usage = body.include_usage()
-        if body.stream and not client_usage:
-            data["stream_options"] = {**(body.stream_options or {}), "include_usage": True}
-        raw = json.dumps(data).encode()
         try:
-            upstream = await backend.send(path, raw, out_headers)
-        except BackendError as error:
-            if not error.timeout:
+            upstream = await backend.send(path, payload, out_headers)
+        except BackendError as failure:
+            if not failure.timeout:
                 view.up = False
-            code = "backend_timeout" if error.timeout else "backend_unreachable"
-            raise _Retryable(BadRequest(504 if error.timeout else 502, str(error),
+            code = "backend_timeout" if failure.timeout else "backend_unreachable"
+            raise _Retryable(BadRequest(504 if failure.timeout else 502, str(failure),
                                         "backend_error", code)) from None
         done = False
         try:
             if upstream.status >= 500:
-                text = (await upstream.read())[:200].decode("utf-8", "replace")
+                text = (await _read_quietly(upstream))[:200].decode("utf-8", "replace")
                 raise _Retryable(BadRequest(
                     502, f"backend {backend.label} answered {upstream.status}: {text}",
                     "backend_error", "backend_failed"))
             if upstream.status != 200 or not body.stream:
-                try:
-                    payload = await upstream.read()
-                except TimeoutError:
-                    raise _Retryable(BadRequest(504, f"backend {backend.label} timed out",
-                                                "backend_error", "backend_timeout")) from None
-                except aiohttp.ClientError as error:
-                    view.up = False
-                    raise _Retryable(BadRequest(502, f"backend {backend.label} failed: "
-                                                f"{error}", "backend_error",
-                                                "backend_failed")) from None
+                answer = await self._read_answer(upstream, backend, view, extra_headers)
                 done = True
-                tokens = _usage_tokens(payload) if upstream.status == 200 else 0
-                headers = dict(extra_headers)
-                if "Retry-After" in upstream.headers:
-                    headers["Retry-After"] = upstream.headers["Retry-After"]
-                return web.Response(
-                    body=payload, status=upstream.status, headers=headers,
-                    content_type=upstream.content_type or "application/json",
-                ), tokens
-            response = web.StreamResponse(headers={
+                tokens = _usage_tokens(answer.body) if upstream.status == 200 else 0
+                return answer, tokens
+            stream = await http.stream(200, {
                 "Content-Type": "text/event-stream", "Cache-Control": "no-cache", **extra_headers
             })
-            await response.prepare(http)
-            tokens = 0
-            try:
-                async for line in upstream.content:
-                    if line.startswith(b"data: {") and b'"usage"' in line and (
-                        b'"choices": []' in line or b'"choices":[]' in line
-                    ):
-                        tokens = _usage_tokens(line[6:])
-                        if not client_usage:
-                            continue
-                    if not await _write(response, line):
-                        self.metrics.client_disconnects += 1
-                        return response, tokens  # the client left: close the backend call
-                done = True
-                await _write(response, b"", eof=True)
-            except (TimeoutError, aiohttp.ClientError) as error:
-                # The status is sent: end the stream with an error event, as OpenAI does.
-                view.up = isinstance(error, TimeoutError)
-                message = json.dumps({"error": {"message": f"backend {backend.label} failed "
-                                                f"mid-stream: {error!r}", "type": "backend_error"}})
-                await _write(response, b"data: " + message.encode() + b"\n\n")
-            return response, tokens
+            tokens, done = await self._relay(upstream, stream, backend, view,
+                                             client_usage=body.include_usage())
+            return stream, tokens
         finally:
             if done:
                 upstream.release()
             else:
                 upstream.close()
+
+    async def _read_answer(
+        self, upstream: UpstreamResponse, backend: Backend, view: RemoteReplicaView,
+        extra_headers: dict[str, str],
+    ) -> Response:
+        """A whole (not streamed) answer, or :class:`_Retryable`."""
+        try:
+            payload = await upstream.read()
+        except TimeoutError:
+            raise _Retryable(BadRequest(504, f"backend {backend.label} timed out",
+                                        "backend_error", "backend_timeout")) from None
+        except UpstreamError as failure:
+            view.up = False
+            raise _Retryable(BadRequest(502, f"backend {backend.label} failed: {failure}",
+                                        "backend_error", "backend_failed")) from None
+        headers = extra_headers
+        retry_after = upstream.headers.get("retry-after")
+        if retry_after is not None:
+            headers = {**extra_headers, "Retry-After": retry_after}
+        return Response(upstream.status, payload, headers,
+                        upstream.content_type or "application/json")
+
+    async def _relay(
+        self, upstream: UpstreamResponse, stream: ResponseStream, backend: Backend,
+        view: RemoteReplicaView, client_usage: bool,
+    ) -> tuple[int, bool]:
+        """Relay an event stream; return the tokens served and whether it ended well.
+
+        The gateway asked for the usage chunk (``include_usage``) to count tokens; it is
+        kept from a client that did not ask for it. A backend failing mid-stream ends the
+        stream with an ``error`` event, as OpenAI does (the status is sent already)."""
+        tokens = 0
+        try:
+            while (piece := await upstream.read_lines()) is not None:
+                if b'"usage"' in piece:
+                    piece, found = _take_usage(piece, keep=client_usage)
+                    tokens = found or tokens
+                if piece and not await stream.write(piece):
+                    self.metrics.client_disconnects += 1
+                    return tokens, False  # the client left: close the backend call
+            await stream.finish()
+            return tokens, True
+        except (TimeoutError, UpstreamError) as failure:
+            view.up = isinstance(failure, TimeoutError)
+            message = json.dumps({"error": {"message": f"backend {backend.label} failed "
+                                            f"mid-stream: {failure!r}", "type": "backend_error"}})
+            await stream.write(b"data: " + message.encode() + b"\n\n")
+            return tokens, False
 
     def _finished(
         self, wf: _Workflow, info: CallInfo, request: Request, index: int, arrived: float,
@@ -758,20 +802,43 @@ def _run_now(coro: Coroutine[Any, Any, None]) -> None:
     raise RuntimeError("coroutine suspended")
 
 
-async def _write(response: web.StreamResponse, data: bytes, eof: bool = False) -> bool:
-    """Write to the client; False if it has left."""
+async def _read_quietly(upstream: UpstreamResponse) -> bytes:
+    """The body of an answer that is an error already: what could be read of it."""
     try:
-        if eof:
-            await response.write_eof()
-        else:
-            await response.write(data)
-    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-        return False
-    return True
+        return await upstream.read()
+    except (TimeoutError, UpstreamError):
+        return b""
 
 
-def _bearer(http: web.Request) -> str:
-    scheme, _, key = http.headers.get("Authorization", "").partition(" ")
+def _same(sent: dict[str, Any], data: dict[str, Any]) -> bool:
+    """Whether a backend's :meth:`~Backend.prepare` left its (shallow) copy of the body
+    as it was: the same keys bound to the same objects (it replaces what it changes)."""
+    return len(sent) == len(data) and all(sent.get(k) is v for k, v in data.items())
+
+
+def _error_response(failure: BadRequest) -> Response:
+    return error(failure.status, failure.message, failure.kind, failure.code, failure.headers)
+
+
+def _take_usage(piece: bytes, keep: bool) -> tuple[bytes, int]:
+    """Find the usage chunk (``"choices": []``) among the lines of an event stream;
+    return the lines (without it unless ``keep``) and its total tokens (0: none)."""
+    tokens = 0
+    lines = piece.splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        if line.startswith(b"data: {") and b'"usage"' in line and (
+            b'"choices": []' in line or b'"choices":[]' in line
+        ):
+            tokens = _usage_tokens(line[6:])
+            if not keep:
+                continue
+        kept.append(line)
+    return (piece if len(kept) == len(lines) else b"".join(kept)), tokens
+
+
+def _bearer(http: HttpRequest) -> str:
+    scheme, _, key = http.headers.get("authorization", "").partition(" ")
     return key.strip() if scheme.lower() == "bearer" else ""
 
 
@@ -788,27 +855,6 @@ def _name(headers: Any, name: str) -> str | None:
 
 def _too_large(limit: int) -> BadRequest:
     return BadRequest(413, f"request body larger than {limit} bytes", code="body_too_large")
-
-
-@web.middleware
-async def _errors_as_json(
-    request: web.Request,
-    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
-) -> web.StreamResponse:
-    """Every error as an OpenAI error body: aiohttp's own (404, 405, 413) and, for a
-    bug, a 500 whose traceback goes to the log (never the request's headers)."""
-    try:
-        return await handler(request)
-    except web.HTTPException as error:
-        if error.status < 400:
-            raise
-        return error_response(error.status, error.reason, code=f"http_{error.status}")
-    except (asyncio.CancelledError, BadRequest):
-        raise
-    except Exception:
-        log.exception("internal error on %s %s", request.method, request.path)
-        return error_response(500, "internal error in the gateway", "server_error",
-                              "internal_error")
 
 
 def _flag(raw: str | None, name: str) -> bool:
@@ -841,15 +887,15 @@ def _usage_tokens(payload: bytes) -> int:
 
 
 async def serve(config: GatewayConfig, ready: asyncio.Event | None = None) -> None:
-    """Run a gateway until cancelled."""
+    """Run a gateway until cancelled; then let calls in flight finish (10 s at most)."""
     gateway = Gateway(config)
-    # A client that disconnects cancels its handler, which closes its backend call.
-    runner = web.AppRunner(gateway.app(), access_log=None, handler_cancellation=True)
-    await runner.setup()
+    server = HttpServer(gateway.handle, max_body=config.max_body_bytes)
+    await gateway.start()
     try:
-        await web.TCPSite(runner, config.host, config.port).start()
+        await server.start(config.host, config.port)
         if ready is not None:
             ready.set()
         await asyncio.Event().wait()
     finally:
-        await runner.cleanup()
+        await server.close()
+        await gateway.stop()

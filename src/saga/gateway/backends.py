@@ -1,8 +1,11 @@
 """Backends behind one small interface: send a call, check health, carry out retention.
 
-:class:`Backend` speaks OpenAI HTTP to any compatible server. The others add what their
-engine understands, in :meth:`Backend.prepare` (just before a call is sent, once it has its
-replica) and :meth:`Backend.retain` (after it finished):
+:class:`Backend` speaks OpenAI HTTP to any compatible server. Calls (and the emulator's
+KV control calls, one per retention decision) go through a keep-alive
+:class:`~saga.gateway.upstream.UpstreamPool`, the hot path; health checks, metrics and
+llama.cpp's slot actions, which are rare, through the shared aiohttp session. The other
+classes add what their engine understands, in :meth:`Backend.prepare` (just before a call
+is sent, once it has its replica) and :meth:`Backend.retain` (after it finished):
 
 * :class:`EmulatorBackend` -- SAGA's emulator: the scheduler's priority as a header,
   retention through the emulator's KV control API;
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import time
 from collections import OrderedDict
@@ -28,6 +32,7 @@ from typing import Any, ClassVar
 import aiohttp
 
 from saga.gateway.config import BackendConfig
+from saga.gateway.upstream import UpstreamError, UpstreamPool, UpstreamResponse
 from saga.integrations.engines import PrefixCacheStats, parse_prometheus
 from saga.sched.decisions import Retention
 
@@ -61,7 +66,8 @@ def vllm_priority(key: tuple[float, ...]) -> int:
 
 
 class Backend:
-    """An OpenAI-compatible server. One keep-alive connection pool is shared by all."""
+    """An OpenAI-compatible server: calls on its own keep-alive pool, the rest on the
+    aiohttp ``session`` shared by all backends."""
 
     kind: ClassVar[str] = "openai"
     #: Whether :meth:`prepare` uses the scheduler's queue key (the gateway computes it).
@@ -84,19 +90,24 @@ class Backend:
         self._timeout = timeout
         self._health_timeout = aiohttp.ClientTimeout(total=2.0)
         self._control_timeout = aiohttp.ClientTimeout(total=30.0)
+        self.pool = UpstreamPool(
+            config.url, connect_timeout=timeout.connect or timeout.total or 5.0,
+            timeout=timeout.total,
+        )
 
-    async def send(
-        self, path: str, body: bytes, headers: dict[str, str]
-    ) -> aiohttp.ClientResponse:
-        """POST ``body`` to ``path``; the caller reads and releases the response."""
+    async def send(self, path: str, body: bytes, headers: dict[str, str]) -> UpstreamResponse:
+        """POST ``body`` to ``path``; once the answer's head is in, the caller reads the
+        answer and releases it (or closes it to abandon the call)."""
         try:
-            return await self._session.post(
-                self.url + path, data=body, headers=headers, timeout=self._timeout
-            )
+            return await self.pool.request("POST", path, body, headers)
         except TimeoutError:
             raise BackendError(f"backend {self.label} timed out", timeout=True) from None
-        except aiohttp.ClientError as error:
+        except UpstreamError as error:
             raise BackendError(f"backend {self.label} unreachable: {error}") from None
+
+    def close(self) -> None:
+        """Close the call connections (the aiohttp session is its owner's to close)."""
+        self.pool.close()
 
     async def healthy(self) -> bool:
         try:
@@ -176,15 +187,18 @@ class EmulatorBackend(Backend):
             payload["prefetch_after"] = max(0.0, decision.prefetch_at - now)
         verb = decision.kind
         try:
-            async with self._session.post(
-                f"{self.url}/saga/kv/{verb}", json=payload, timeout=self._health_timeout
-            ) as response:
-                if response.status != 200:
-                    raise BackendError(
-                        f"backend {self.label}: KV {verb} answered {response.status}"
-                    )
-        except (TimeoutError, aiohttp.ClientError) as error:
+            response = await self.pool.request(
+                "POST", f"/saga/kv/{verb}", json.dumps(payload).encode(),
+                {"Content-Type": "application/json"}, timeout=2.0,
+            )
+            try:
+                await response.read()
+            finally:
+                response.release()
+        except (TimeoutError, UpstreamError) as error:
             raise BackendError(f"backend {self.label}: KV {verb} failed: {error}") from None
+        if response.status != 200:
+            raise BackendError(f"backend {self.label}: KV {verb} answered {response.status}")
 
 
 def _metric(metrics: Mapping[str, list[tuple[dict[str, str], float]]], *names: str) -> float:
@@ -197,25 +211,57 @@ def _metric(metrics: Mapping[str, list[tuple[dict[str, str], float]]], *names: s
 class VLLMBackend(Backend):
     """vLLM's OpenAI server.
 
-    The workflow id goes in ``vllm_xargs["saga_workflow"]`` (per-request extras vLLM
-    hands to its engine and plugins). With ``priority_scheduling`` (the server runs
+    The workflow id goes in ``vllm_xargs["saga_workflow"]`` and its tenant (the scope of
+    the id, before the first ``/``) in ``saga_tenant`` (per-request extras vLLM hands to
+    its engine and scheduler). With ``priority_scheduling`` (the server runs
     ``--scheduling-policy priority``) the scheduler's queue key goes in ``priority``
     (:func:`vllm_priority`); without it vLLM rejects a non-zero priority, so none is sent.
     Prefix-cache counters: ``vllm:prefix_cache_queries`` and ``_hits`` (tokens).
+
+    Retention: vLLM's own scheduler keeps finished KV evictable. SAGA's scheduler inside
+    vLLM (:mod:`saga.integrations.vllm_scheduler`, docs/engines.md) pins it when asked:
+    the policy's decision arrives (:meth:`retain`) only after a call has finished, so a
+    ``pin`` is sent as ``saga_ttl`` (seconds) with the workflow's next call, as the hint
+    for that call's retention; without a hint the scheduler in vLLM decides itself.
+    A stock vLLM ignores these extras. ``saga_tenant`` and ``saga_ttl`` from the client
+    are replaced (the gateway's word counts, not the caller's).
     """
 
     kind = "vllm"
     takes_priority = True
+    retains = True
+    #: Workflows whose next-call TTL hint is remembered (oldest forgotten first).
+    max_hints: ClassVar[int] = 65536
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._next_ttl: OrderedDict[str, float] = OrderedDict()
 
     async def prepare(
         self, workflow: str, data: dict[str, Any], headers: dict[str, str],
         key: tuple[float, ...] | None,
     ) -> None:
         xargs = dict(data.get("vllm_xargs") or {})
+        xargs.pop("saga_ttl", None)
+        tenant, scoped, _ = workflow.partition("/")
         xargs["saga_workflow"] = workflow
+        xargs["saga_tenant"] = tenant if scoped else "default"
+        ttl = self._next_ttl.pop(workflow, None)
+        if ttl is not None:
+            xargs["saga_ttl"] = ttl
         data["vllm_xargs"] = xargs
         if key is not None and self.config.priority_scheduling:
             data["priority"] = vllm_priority(key)
+
+    async def retain(self, workflow: str, decision: Retention, now: float) -> None:
+        """Remember a ``pin``'s TTL for the workflow's next call; other kinds forget it."""
+        if decision.kind == "pin" and decision.ttl > 0:
+            self._next_ttl[workflow] = decision.ttl
+            self._next_ttl.move_to_end(workflow)
+            while len(self._next_ttl) > self.max_hints:
+                self._next_ttl.popitem(last=False)
+        else:
+            self._next_ttl.pop(workflow, None)
 
     async def prefix_cache(self) -> PrefixCacheStats | None:
         metrics = await self._metrics()

@@ -90,10 +90,17 @@ class BadRequest(Exception):
         return error_response(self.status, self.message, self.kind, self.code, self.headers)
 
 
+def error_body(message: str, kind: str = "invalid_request_error", code: str | None = None) -> bytes:
+    """An OpenAI error body."""
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return json.dumps(body).encode()
+
+
 def error_response(
     status: int, message: str, kind: str = "invalid_request_error", code: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> web.Response:
+    """An OpenAI error body as an aiohttp response (the emulator's server)."""
     body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
     return web.json_response(body, status=status, headers=headers)
 

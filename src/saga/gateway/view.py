@@ -41,6 +41,12 @@ class ApproxPrefixIndex:
         return len(self._blocks)
 
     @property
+    def cached_blocks(self) -> int:
+        """Blocks indexed, as the engine's ``KVCache.cached_blocks`` (placement reads it of
+        a host tier to skip matching an empty one)."""
+        return len(self._blocks)
+
+    @property
     def free_blocks(self) -> int:
         return self.capacity - len(self._blocks)
 
