@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from saga.engine.replica import Replica, Request
 from saga.sched.decisions import ADMIT, Admission, Retention
-from saga.sched.policy import WorkflowInfo
+from saga.sched.policy import CallInfo, WorkflowInfo
 from saga.sched.registry import register
 from saga.sched.vllm import VLLMLeastLoaded
 
@@ -32,3 +32,23 @@ class AdmissionTestPolicy(VLLMLeastLoaded):
 
 
 register(AdmissionTestPolicy.name, AdmissionTestPolicy)
+
+
+class StealingTestPolicy(VLLMLeastLoaded):
+    """Records every call it observes; places call k of a workflow on replica k % 2 (a
+    policy that moves workflows, as saga's work stealing does)."""
+
+    name = "test-stealing"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.observed: list[str] = []
+
+    def on_call_ready(self, call: CallInfo, now: float) -> None:
+        self.observed.append(f"{call.workflow}/{call.index}")
+
+    def place(self, call: CallInfo, now: float) -> int:
+        return call.index % 2
+
+
+register(StealingTestPolicy.name, StealingTestPolicy)

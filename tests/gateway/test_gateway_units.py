@@ -86,3 +86,51 @@ def test_view_offers_what_placement_reads_of_a_host_tier() -> None:
     assert view.host is not None and view.host.cached_blocks == 0
     view.kv.add([("h:a", 0, 3)])
     assert view.kv.cached_blocks == view.kv.used_blocks == 3
+
+
+def test_policy_observes_every_call_and_may_move_a_workflow_it_placed() -> None:
+    from saga.gateway.app import Gateway, _Workflow
+    from saga.sched.policy import CallInfo, WorkflowInfo
+
+    config = GatewayConfig.model_validate({
+        "policy": "test-stealing", "plugins": ["saga_test_policies"], "cluster": "small",
+        "backends": [{"url": "http://127.0.0.1:1"}, {"url": "http://127.0.0.1:2"}],
+    })
+    assert config.sticky_sessions  # the default
+    gateway = Gateway(config)
+
+    def call(workflow: str, index: int) -> CallInfo:
+        return CallInfo(workflow=workflow, tenant="t", agent="a", call_id=str(index),
+                        index=index, tool=None, prompt_tokens=64, runs=(), issued_at=0.0,
+                        workflow_arrival=0.0, slo=None, ends_workflow=False)
+
+    async def places() -> list[int]:
+        mine = _Workflow(WorkflowInfo("mine", "t", "a", 0.0, None))
+        theirs = _Workflow(WorkflowInfo("theirs", "t", "a", 0.0, None))
+        home = None
+        chosen = []
+        for k in range(3):  # this gateway placed every call: the policy moves it
+            home = await gateway._place(call("mine", k), home, 0.0, mine)
+            chosen.append(home)
+        # another gateway homed "theirs" on replica 1 (the shared store says so)
+        for k in range(2):
+            chosen.append(await gateway._place(call("theirs", 2 * k), 1, 0.0, theirs))
+        return chosen
+
+    assert asyncio.run(places()) == [0, 1, 0, 1, 1]
+    policy = gateway.policy
+    assert policy.observed == ["mine/0", "mine/1", "mine/2", "theirs/0", "theirs/2"]  # type: ignore[attr-defined]
+
+
+def test_tenant_weights_in_the_config_reach_the_policy() -> None:
+    from saga.gateway.app import Gateway
+    from saga.sched.saga.policy import SagaPolicy
+
+    config = GatewayConfig.model_validate({
+        "policy": "saga", "cluster": "small", "backends": [{"url": "http://127.0.0.1:1"}],
+        "tenants": {"alice": {"keys": ["ka"], "weight": 3.0}, "bob": {"keys": ["kb"]}},
+    })
+    policy = Gateway(config).policy
+    assert isinstance(policy, SagaPolicy)
+    assert policy.fair.account("alice").weight == 3.0
+    assert policy.fair.account("bob").weight == 1.0

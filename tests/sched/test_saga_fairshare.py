@@ -53,3 +53,16 @@ def test_deviation_bound(weights: list[float], charges: list[float], joins: list
         served = min(active, key=lambda t: fs.key(t, 0.0, 0.0))
         fs.charge(served, q)
         assert fs.spread(active) <= bound
+
+
+def test_tenant_weights_set_after_construction_reach_the_accounts() -> None:
+    from saga.sched.saga.policy import SagaPolicy
+
+    policy = SagaPolicy()
+    policy.fair.account("alice")  # an account made before the weights arrive
+    policy.set_tenant_weights({"alice": 2.0, "bob": 0.5})
+    assert policy.fair.account("alice").weight == 2.0
+    assert policy.fair.account("bob").weight == 0.5
+    assert policy.fair.account("carol").weight == 1.0
+    policy.fair.charge("alice", 4.0)
+    assert policy.fair.key("alice", 0.0, 0.0)[0] == 2.0  # normalized service: 4 / 2

@@ -151,6 +151,7 @@ class _Workflow:
     in_flight: int = 0
     last_seen: float = 0.0
     admitted: bool = False
+    placed_here: int | None = None  # replica this gateway's policy last chose for it
 
 
 @dataclass(order=True, slots=True)
@@ -197,6 +198,7 @@ class Gateway:
             block_tokens=bt, rng=random.Random(0),
         )
         self.policy.bind(ctx)
+        self.policy.set_tenant_weights({name: t.weight for name, t in config.tenants.items()})
         self._custom_priority = type(self.policy).queue_key is not Policy.queue_key
         self.keys = KeyRing({k: name for name, t in config.tenants.items() for k in t.keys})
         self.admin_keys = KeyRing({k: "admin" for k in config.admin_keys})
@@ -440,7 +442,7 @@ class Gateway:
             )
             wf.calls += 1
             self.retry_budget.deposit()
-            index = await self._place(info, session.home, now)
+            index = await self._place(info, session.home, now, wf)
             attempt = 0
             while True:
                 request = Request(workflow_id, info.call_id, runs, prompt_tokens, max_tokens,
@@ -487,7 +489,7 @@ class Gateway:
                 await asyncio.sleep(cfg.retry_backoff * 2 ** (attempt - 1)
                                     * (0.5 + self._rng.random()))
                 now = self.now()
-                index = await self._place(info, None, now, retry=True)
+                index = await self._place(info, None, now, wf, retry=True)
                 extra_headers["x-saga-retries"] = str(attempt)
             self._finished(wf, info, request, index, arrived, sent_at, tokens)
             return response
@@ -529,6 +531,7 @@ class Gateway:
             reason = decision.reason or "no reason given"
             wait = max(decision.retry_after, 0.001)
             if now + wait > deadline:
+                self.policy.on_admission_withdrawn(wf.info, now)
                 raise BadRequest(
                     429, f"workflow deferred for longer than max_defer "
                     f"({self.config.max_defer:g}s): {reason}", "workflow_deferred",
@@ -537,26 +540,35 @@ class Gateway:
             self.metrics.admission_waiting += 1
             try:
                 await asyncio.sleep(wait)
+            except asyncio.CancelledError:  # the client went away while deferred
+                self.policy.on_admission_withdrawn(wf.info, self.now())
+                raise
             finally:
                 self.metrics.admission_waiting -= 1
 
     async def _place(
-        self, info: CallInfo, home: int | None, now: float, retry: bool = False
+        self, info: CallInfo, home: int | None, now: float, wf: _Workflow, retry: bool = False
     ) -> int:
+        """The replica for a call. The policy observes every call (its graphs learn) and
+        places it, stealing included, when this gateway placed the workflow's last call
+        (so the policy's own state is current). With ``sticky_sessions``, a workflow
+        whose home another gateway chose (in the shared store) stays there."""
         cfg = self.config
-        if cfg.sticky_sessions and home is not None and 0 <= home < len(self.views) \
-                and self.views[home].up:
-            return home
         t0 = time.perf_counter()
+        if not retry:
+            self.policy.on_call_ready(info, now)
+        if cfg.sticky_sessions and home is not None and home != wf.placed_here \
+                and 0 <= home < len(self.views) and self.views[home].up:
+            self.metrics.decision_latency.observe(time.perf_counter() - t0)
+            return home
         try:
-            if not retry:
-                self.policy.on_call_ready(info, now)
             index = self.policy.place(info, now)
         except RuntimeError as error:  # "no replica is up"
             raise BadRequest(503, f"no backend available: {error}", "service_unavailable",
                              "no_backend") from None
         finally:
             self.metrics.decision_latency.observe(time.perf_counter() - t0)
+        wf.placed_here = index
         if index != home:
             await self.store.set_home(info.workflow, index, cfg.session_ttl)
         return index

@@ -125,8 +125,9 @@ class GatewayConfig(BaseModel):
     )
     sticky_sessions: bool = Field(
         True,
-        description="Keep a workflow on the replica of its earlier calls while that replica is "
-        "up (shared through the store); the policy places first calls.",
+        description="Keep a workflow whose home another gateway chose (shared through the "
+        "store) on that replica while it is up; the policy places every call of the "
+        "workflows this gateway placed (and may move them).",
     )
     session_ttl: float = Field(
         3600.0, gt=0, description="Seconds a workflow's state (affinity, admission) is kept."

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
@@ -143,6 +143,10 @@ class Policy:
         """Pins to give up under memory pressure, first first: earliest expiry."""
         pins = replica.pins
         return sorted(pins, key=lambda w: (pins[w].expires, w))
+
+    def set_tenant_weights(self, weights: Mapping[str, float]) -> None:
+        """Fair-share weights of tenants (from a deployment's config); a policy without
+        a notion of tenants ignores them."""
 
     # ---- observations (for learning policies) -----------------------------------------
     def on_call_ready(self, call: CallInfo, now: float) -> None:

@@ -16,6 +16,7 @@ Observations feed :mod:`~saga.sched.saga.graph`; oracle fields of
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -160,6 +161,14 @@ class SagaPolicy(Policy):
                 return verdict
         self._flow(workflow)
         return ADMIT
+
+    def set_tenant_weights(self, weights: Mapping[str, float]) -> None:
+        self.config = self.config.model_copy(
+            update={"tenant_weights": {**self.config.tenant_weights, **weights}}
+        )
+        self.fair.config = self.config
+        for tenant, account in self.fair.tenants.items():
+            account.weight = self.config.weight(tenant)
 
     def on_admission_withdrawn(self, workflow: WorkflowInfo, now: float) -> None:
         # Else a withdrawn workflow at the head of the gate's queue blocks it for good.
