@@ -497,7 +497,12 @@ def test_pins_give_way_under_memory_pressure(servers: Servers) -> None:
 
 def _backlog(url: str) -> list[str]:
     """Tenant ta starts a long call, queues five more; then tenant tb sends one.
-    The order the calls finished in (one sequence at a time)."""
+    The order the calls finished in (one sequence at a time).
+
+    The long call (1,500 tokens: about 7 s here on one core, longer on a busier machine)
+    holds the only sequence slot while the others arrive 0.3 s apart, so the arrival order
+    is fixed without reading vLLM's gauges (its /metrics stalls while the core computes).
+    """
     rng = random.Random(17)
     done: list[str] = []
     lock = threading.Lock()
@@ -508,7 +513,7 @@ def _backlog(url: str) -> list[str]:
         with lock:
             done.append(name)
 
-    plan = [("a1", "ta", 600, 0.6)] + [(f"a{i}", "ta", 24, 0.05) for i in range(2, 7)]
+    plan = [("a1", "ta", 1500, 1.5)] + [(f"a{i}", "ta", 24, 0.3) for i in range(2, 7)]
     plan.append(("b1", "tb", 24, 0.0))
     threads = []
     for name, tenant, max_tokens, pause in plan:
