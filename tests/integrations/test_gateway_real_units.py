@@ -44,6 +44,30 @@ def test_vllm_backend_sends_workflow_and_priority() -> None:
     assert without == {"vllm_xargs": sent}
 
 
+def test_vllm_backend_passes_the_call_to_saga_inside_vllm() -> None:
+    from saga.sched.policy import CallInfo
+
+    def call(tool: str | None, ends: bool) -> CallInfo:
+        return CallInfo(workflow="t/w1", tenant="t", agent="coder", call_id="1", index=1,
+                        tool=tool, prompt_tokens=10, runs=(), issued_at=0.0,
+                        workflow_arrival=0.0, slo=None, ends_workflow=ends)
+
+    async def run() -> list[dict[str, Any]]:
+        backend, session = await _with_backend("vllm", priority_scheduling=False)
+        out = []
+        for info in (call("bash", False), call(None, True)):
+            data: dict[str, Any] = {}
+            await backend.prepare("t/w1", data, {}, None, info)
+            out.append(data["vllm_xargs"])
+        await session.close()
+        return out
+
+    middle, last = asyncio.run(run())
+    base = {"saga_workflow": "t/w1", "saga_tenant": "t", "saga_agent": "coder"}
+    assert middle == {**base, "saga_tool": "bash"}
+    assert last == {**base, "saga_end": True}
+
+
 def test_llama_slots_are_lru_per_workflow_and_pins_hold() -> None:
     async def run() -> list[int]:
         backend, session = await _with_backend("llamacpp", slots=2)

@@ -461,7 +461,7 @@ class Gateway:
                     if backend.takes_priority and self._custom_priority:
                         key = self.policy.queue_key(cast(Replica, view), request, now)
                     sent = dict(data)  # the backend adapts its own copy
-                    await backend.prepare(workflow_id, sent, out_headers, key)
+                    await backend.prepare(workflow_id, sent, out_headers, key, info)
                     prepared = True
                     # what was validated goes on: the client's bytes when nothing changed
                     # (JSON readers of the engines keep the last of repeated keys, as here)

@@ -35,6 +35,7 @@ from saga.gateway.config import BackendConfig
 from saga.gateway.upstream import UpstreamError, UpstreamPool, UpstreamResponse
 from saga.integrations.engines import PrefixCacheStats, parse_prometheus
 from saga.sched.decisions import Retention
+from saga.sched.policy import CallInfo
 
 log = logging.getLogger("saga.gateway")
 
@@ -120,11 +121,12 @@ class Backend:
 
     async def prepare(
         self, workflow: str, data: dict[str, Any], headers: dict[str, str],
-        key: tuple[float, ...] | None,
+        key: tuple[float, ...] | None, call: CallInfo | None = None,
     ) -> None:
         """Adapt one call (its body ``data``, a copy, and ``headers``) for this engine
         before it is sent; ``key`` is the scheduler's queue key when
-        :attr:`takes_priority` and the policy orders queues, else None."""
+        :attr:`takes_priority` and the policy orders queues, else None; ``call`` is what
+        the scheduler core knows of the call (agent, tool before it, last call or not)."""
 
     def finished(self, workflow: str) -> None:
         """The call :meth:`prepare` adapted is over (answered, failed or abandoned)."""
@@ -171,7 +173,7 @@ class EmulatorBackend(Backend):
 
     async def prepare(
         self, workflow: str, data: dict[str, Any], headers: dict[str, str],
-        key: tuple[float, ...] | None,
+        key: tuple[float, ...] | None, call: CallInfo | None = None,
     ) -> None:
         if key is not None:
             headers["x-saga-priority"] = repr(float(key[0]))
@@ -239,13 +241,19 @@ class VLLMBackend(Backend):
 
     async def prepare(
         self, workflow: str, data: dict[str, Any], headers: dict[str, str],
-        key: tuple[float, ...] | None,
+        key: tuple[float, ...] | None, call: CallInfo | None = None,
     ) -> None:
         xargs = dict(data.get("vllm_xargs") or {})
         xargs.pop("saga_ttl", None)
         tenant, scoped, _ = workflow.partition("/")
         xargs["saga_workflow"] = workflow
         xargs["saga_tenant"] = tenant if scoped else "default"
+        if call is not None:  # what SAGA inside vLLM learns its graph from
+            xargs["saga_agent"] = call.agent
+            if call.tool is not None:
+                xargs["saga_tool"] = call.tool
+            if call.ends_workflow:
+                xargs["saga_end"] = True
         ttl = self._next_ttl.pop(workflow, None)
         if ttl is not None:
             xargs["saga_ttl"] = ttl
@@ -336,7 +344,7 @@ class LlamaCppBackend(Backend):
 
     async def prepare(
         self, workflow: str, data: dict[str, Any], headers: dict[str, str],
-        key: tuple[float, ...] | None,
+        key: tuple[float, ...] | None, call: CallInfo | None = None,
     ) -> None:
         async with self._lock:
             slot = self._lru.get(workflow)
