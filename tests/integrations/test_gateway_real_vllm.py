@@ -102,4 +102,6 @@ def test_affinity_and_round_robin_policies_run(vllm_pair: list[str]) -> None:
                     extra_headers={"x-saga-workflow": f"wf-{policy}"},
                 )
                 seen.add(raw.headers["x-saga-backend"])
-            assert len(seen) == 1  # sticky sessions keep a workflow home under both
+            # the policy places every call this gateway placed before: affinity keeps the
+            # workflow home, round robin moves it (as in the simulator)
+            assert len(seen) == (1 if policy == "vllm-affinity" else 2), (policy, seen)
