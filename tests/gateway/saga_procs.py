@@ -6,6 +6,7 @@ terminated (then killed) at the end, whatever happened.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import random
@@ -62,7 +63,9 @@ def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen[bytes] | N
             with urllib.request.urlopen(url, timeout=1.0) as response:
                 if response.status == 200:
                     return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
+        except (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException):
+            # HTTPException: polling a port nobody listens on yet can connect the socket to
+            # itself (TCP self-connect) and read back its own request as a "status line"
             pass
         time.sleep(0.05)
     raise RuntimeError(f"{url} not up after {timeout}s")

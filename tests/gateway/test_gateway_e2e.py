@@ -184,8 +184,12 @@ def test_fair_share_between_tenants(backends: list[str], tmp_path: Path) -> None
 
         async def main() -> None:
             flood = [asyncio.create_task(call(alpha, "alpha", i)) for i in range(16)]
-            await asyncio.sleep(0.15)
-            queued = metric_value(metrics(url), "saga_queue_length", queue="dispatch") or 0
+            queued = 0.0
+            for _ in range(200):  # until the flood waits at the gateway (a busy machine is slow)
+                await asyncio.sleep(0.05)
+                queued = metric_value(metrics(url), "saga_queue_length", queue="dispatch") or 0
+                if queued >= 1:
+                    break
             light = [asyncio.create_task(call(beta, "beta", i)) for i in range(4)]
             await asyncio.gather(*flood, *light)
             await alpha.close()
