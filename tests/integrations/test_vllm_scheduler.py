@@ -499,9 +499,11 @@ def _backlog(url: str) -> list[str]:
     """Tenant ta starts a long call, queues five more; then tenant tb sends one.
     The order the calls finished in (one sequence at a time).
 
-    The long call (1,500 tokens: about 7 s here on one core, longer on a busier machine)
-    holds the only sequence slot while the others arrive 0.3 s apart, so the arrival order
-    is fixed without reading vLLM's gauges (its /metrics stalls while the core computes).
+    The long call (1,900 tokens: 4-9 s here on one core, longer on a busier machine)
+    holds the only sequence slot while the others arrive 0.15 s apart (all within 2 s), so
+    the arrival order is fixed without reading vLLM's gauges (its /metrics stalls while the
+    core computes), and b1 arrives while a1 still runs: its tenant joins at ta's service
+    then, and ta's keeps growing until a1 ends.
     """
     rng = random.Random(17)
     done: list[str] = []
@@ -513,7 +515,7 @@ def _backlog(url: str) -> list[str]:
         with lock:
             done.append(name)
 
-    plan = [("a1", "ta", 1500, 1.5)] + [(f"a{i}", "ta", 24, 0.3) for i in range(2, 7)]
+    plan = [("a1", "ta", 1900, 1.0)] + [(f"a{i}", "ta", 24, 0.15) for i in range(2, 7)]
     plan.append(("b1", "tb", 24, 0.0))
     threads = []
     for name, tenant, max_tokens, pause in plan:
