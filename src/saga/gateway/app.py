@@ -553,24 +553,30 @@ class Gateway:
         places it, stealing included, when this gateway placed the workflow's last call
         (so the policy's own state is current). With ``sticky_sessions``, a workflow
         whose home another gateway chose (in the shared store) stays there."""
-        cfg = self.config
         t0 = time.perf_counter()
+        try:
+            index = self._choose_replica(info, home, now, wf, retry)
+        finally:
+            self.metrics.decision_latency.observe(time.perf_counter() - t0)
+        if index != home:
+            await self.store.set_home(info.workflow, index, self.config.session_ttl)
+        return index
+
+    def _choose_replica(
+        self, info: CallInfo, home: int | None, now: float, wf: _Workflow, retry: bool
+    ) -> int:
+        """The scheduler core's part of :meth:`_place` (what decision latency measures)."""
         if not retry:
             self.policy.on_call_ready(info, now)
-        if cfg.sticky_sessions and home is not None and home != wf.placed_here \
+        if self.config.sticky_sessions and home is not None and home != wf.placed_here \
                 and 0 <= home < len(self.views) and self.views[home].up:
-            self.metrics.decision_latency.observe(time.perf_counter() - t0)
             return home
         try:
             index = self.policy.place(info, now)
         except RuntimeError as error:  # "no replica is up"
             raise BadRequest(503, f"no backend available: {error}", "service_unavailable",
                              "no_backend") from None
-        finally:
-            self.metrics.decision_latency.observe(time.perf_counter() - t0)
         wf.placed_here = index
-        if index != home:
-            await self.store.set_home(info.workflow, index, cfg.session_ttl)
         return index
 
     # ---- per-backend concurrency, fair across tenants -------------------------------------
