@@ -16,9 +16,11 @@ each with 39 KV blocks of 128 tokens and one sequence at a time):
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -495,46 +497,98 @@ def test_pins_give_way_under_memory_pressure(servers: Servers) -> None:
     assert len(kept) == 2, hits
 
 
-def _backlog(url: str) -> list[str]:
-    """Tenant ta starts a long call, queues five more; then tenant tb sends one.
-    The order the calls finished in (one sequence at a time).
+def _until_queued(url: str, running: int, waiting: int, deadline: float,
+                  done: list[str]) -> None:
+    """Wait until vLLM's own gauges show the calls sent so far inside the engine."""
+    while True:
+        assert not done, f"{done} finished before the backlog was queued: machine too slow"
+        queue = eng.vllm_queue(url)
+        if queue.running >= running and queue.waiting >= waiting:
+            return
+        assert time.monotonic() < deadline, f"calls never reached the engine: {queue}"
+        time.sleep(0.05)
 
-    The long call (1,900 tokens: 4-9 s here on one core, longer on a busier machine)
-    holds the only sequence slot while the others arrive 0.15 s apart (all within 2 s), so
-    the arrival order is fixed without reading vLLM's gauges (its /metrics stalls while the
-    core computes), and b1 arrives while a1 still runs: its tenant joins at ta's service
+
+_ACCESS_LINE = re.compile(r'127\.0\.0\.1:(\d+) - "POST /v1/completions')
+
+
+def _served_order(proc: eng.EngineProc, log_from: int, names: dict[int, str]) -> list[str]:
+    """The calls in the order the server answered them: its access log names each by the
+    client's port (answers reach the client threads in bursts, in any order)."""
+    deadline = time.monotonic() + 30
+    while True:
+        with proc.log_path.open("rb") as log:
+            log.seek(log_from)
+            text = log.read().decode("utf-8", errors="replace")
+        order = [names[int(p)] for p in _ACCESS_LINE.findall(text) if int(p) in names]
+        if len(order) == len(names) or time.monotonic() > deadline:
+            return order
+        time.sleep(0.1)
+
+
+def _backlog(proc: eng.EngineProc) -> list[str]:
+    """Tenant ta starts a long call, queues five more; then tenant tb sends one.
+    The order the server finished them in (one sequence at a time).
+
+    ta's queued calls are sent once vLLM's gauges show a1 running, and b1 once they show
+    them waiting, so b1 reaches the engine after them however busy the machine is (in a
+    CI run, sending all 0.15 s apart let the API server hand them on in another order).
+    The long call (1,900 output tokens: 4-9 s here on one core) holds the only sequence
+    slot meanwhile, so b1 arrives while a1 still runs: its tenant joins at ta's service
     then, and ta's keeps growing until a1 ends.
     """
-    rng = random.Random(17)
+    url, rng = proc.base_url, random.Random(17)
+    log_from = proc.log_path.stat().st_size
+    names: dict[int, str] = {}
     done: list[str] = []
     lock = threading.Lock()
 
     def run(name: str, tenant: str, max_tokens: int) -> None:
-        eng.vllm_completion(url, _tokens(rng, 64), max_tokens,
-                            xargs={"saga_workflow": name, "saga_tenant": tenant, "saga_ttl": 0})
+        body = {"model": eng.SERVED_NAME, "prompt": _tokens(rng, 64), "max_tokens": max_tokens,
+                "temperature": 0.0, "ignore_eos": True,
+                "vllm_xargs": {"saga_workflow": name, "saga_tenant": tenant, "saga_ttl": 0}}
+        conn = http.client.HTTPConnection(eng.LOOPBACK, proc.port, timeout=300)
+        try:
+            conn.connect()
+            assert conn.sock is not None
+            with lock:
+                names[conn.sock.getsockname()[1]] = name
+            conn.request("POST", "/v1/completions", json.dumps(body),
+                         {"Content-Type": "application/json"})
+            reply = conn.getresponse()
+            assert reply.status == 200, reply.read()[:500]
+            reply.read()
+        finally:
+            conn.close()
         with lock:
             done.append(name)
 
-    plan = [("a1", "ta", 1900, 1.0)] + [(f"a{i}", "ta", 24, 0.15) for i in range(2, 7)]
-    plan.append(("b1", "tb", 24, 0.0))
-    threads = []
-    for name, tenant, max_tokens, pause in plan:
+    def send(name: str, tenant: str, max_tokens: int) -> None:
         thread = threading.Thread(target=run, args=(name, tenant, max_tokens))
         thread.start()
         threads.append(thread)
-        time.sleep(pause)
+
+    threads: list[threading.Thread] = []
+    deadline = time.monotonic() + 120
+    send("a1", "ta", 1900)
+    _until_queued(url, running=1, waiting=0, deadline=deadline, done=done)
+    for i in range(2, 7):  # their order among themselves does not matter
+        send(f"a{i}", "ta", 24)
+    _until_queued(url, running=1, waiting=5, deadline=deadline, done=done)
+    send("b1", "tb", 24)
     for thread in threads:
         thread.join(300)
-    return done
+    assert len(done) == 7, done
+    return _served_order(proc, log_from, names)
 
 
 @pytest.mark.engines
 @pytest.mark.timeout(900)
 def test_fair_share_runs_the_under_served_tenant_first(servers: Servers) -> None:
-    saga = _backlog(servers.saga.base_url)
-    stock = _backlog(servers.stock.base_url)
+    saga = _backlog(servers.saga)
+    stock = _backlog(servers.stock)
     print(f"\nfinish order: SAGA scheduler {saga}, vLLM's own {stock}")
-    assert stock.index("b1") >= 5  # first come, first served: behind the a's queue
+    assert stock[0] == "a1" and stock[-1] == "b1"  # first come, first served
     assert saga[0] == "a1" and saga.index("b1") <= 2  # b1 overtakes (at least 4 of) a's queue
     service = servers.stats()["service"]
     assert service["ta"] > service["tb"]

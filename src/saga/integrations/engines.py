@@ -480,6 +480,24 @@ def vllm_prefix_cache(base_url: str) -> PrefixCacheStats:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class VLLMQueue:
+    """vLLM's scheduler gauges: requests running and waiting (summed over engines)."""
+
+    running: int
+    waiting: int
+
+
+def vllm_queue(base_url: str, timeout: float = 30.0) -> VLLMQueue:
+    """Requests running and waiting, from ``/metrics`` (``vllm:num_requests_running``,
+    ``vllm:num_requests_waiting``). The gauges are updated after each engine step."""
+    metrics = parse_prometheus(_http_text(base_url + "/metrics", timeout))
+    return VLLMQueue(
+        running=int(_metric_sum(metrics, "vllm:num_requests_running")),
+        waiting=int(_metric_sum(metrics, "vllm:num_requests_waiting")),
+    )
+
+
 def llama_prefix_cache(base_url: str) -> PrefixCacheStats:
     """llama.cpp's prompt tokens taken from a slot's cache and evaluated, from ``/metrics``
     (``llamacpp:prompt_tokens_cached_total``, ``llamacpp:prompt_tokens_total``), as
