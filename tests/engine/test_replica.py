@@ -199,3 +199,60 @@ def test_pressure_gives_up_pins_in_the_policy_order() -> None:
     replica.enqueue(request("new", 18, 2, seq=3), end)
     replica.plan(end)
     assert "early" in replica.pins and "late" not in replica.pins
+
+
+class TenantFirst(Hooks):
+    """Calls of workflows named b* go first; ``preempt`` says whether to preempt for them."""
+
+    static_order = False
+
+    def __init__(self, preempt: bool) -> None:
+        super().__init__()
+        self.preempt = preempt
+
+    def queue_key(self, replica: Replica, request: Request, now: float) -> tuple[float, ...]:
+        return (0.0 if request.workflow.startswith("b") else 1.0, request.seq)
+
+    def preempt_for(self, replica: Replica, waiting: Request, running: Request, now: float) -> bool:
+        return self.preempt and waiting.workflow.startswith("b")
+
+
+def _full_replica(preempt: bool) -> tuple[Replica, Request, Request, float]:
+    """Two sequence slots, both taken by long decodes of a1 and a2 at t = end."""
+    replica = make_replica(capacity=256, budget=2048, seqs=2, hooks=TenantFirst(preempt))
+    a1, a2 = request("a1", 4, 400, seq=1), request("a2", 4, 400, seq=2)
+    replica.enqueue(a1, 0.0)
+    replica.enqueue(a2, 0.0)
+    end = replica.plan(0.0)
+    assert end is not None
+    replica.complete(end)
+    return replica, a1, a2, end
+
+
+def test_fair_preemption_takes_the_last_running_call_for_the_first_waiting_one() -> None:
+    replica, a1, a2, now = _full_replica(preempt=True)
+    b1, b2 = request("b1", 4, 8, seq=3), request("b2", 4, 8, seq=4)
+    replica.enqueue(b1, now)
+    replica.enqueue(b2, now)
+    step_end = replica.plan(now)
+    assert step_end is not None
+    # one preemption per step: a2 (last in queue order) made room for b1 alone
+    assert replica.fair_preemptions == 1
+    assert a2.preemptions == 1 and a1.preemptions == 0
+    assert sorted(r.workflow for r in replica.running) == ["a1", "b1"]
+    assert [r.workflow for r in replica.waiting] == ["b2", "a2"]
+    done = replica.complete(step_end)
+    done += drive(replica, step_end)[1]
+    assert [r.workflow for r in done][:2] == ["b1", "b2"]
+    assert [r.workflow for r in done][-1] == "a2"
+    assert replica.kv.locked_blocks == 0 and replica.kv.anonymous_blocks == 0
+    replica.kv.check()
+
+
+def test_without_fair_preemption_a_full_replica_makes_the_newcomer_wait() -> None:
+    replica, _, a2, now = _full_replica(preempt=False)
+    b1 = request("b1", 4, 8, seq=3)
+    replica.enqueue(b1, now)
+    _, done = drive(replica, now)
+    assert replica.fair_preemptions == 0 and a2.preemptions == 0
+    assert [r.workflow for r in done] == ["a1", "a2", "b1"]

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from saga.engine.replica import Request
+from saga.sched.policy import CallInfo
 from saga.sched.saga.config import SagaConfig
 from saga.sched.saga.fairshare import FairShare
+from saga.sched.saga.policy import SagaPolicy
 
 
 def test_tenant_below_its_share_goes_first_then_least_remaining_work() -> None:
@@ -56,8 +60,6 @@ def test_deviation_bound(weights: list[float], charges: list[float], joins: list
 
 
 def test_tenant_weights_set_after_construction_reach_the_accounts() -> None:
-    from saga.sched.saga.policy import SagaPolicy
-
     policy = SagaPolicy()
     policy.fair.account("alice")  # an account made before the weights arrive
     policy.set_tenant_weights({"alice": 2.0, "bob": 0.5})
@@ -66,3 +68,43 @@ def test_tenant_weights_set_after_construction_reach_the_accounts() -> None:
     assert policy.fair.account("carol").weight == 1.0
     policy.fair.charge("alice", 4.0)
     assert policy.fair.key("alice", 0.0, 0.0)[0] == 2.0  # normalized service: 4 / 2
+
+
+def _call(tenant: str, workflow: str, seq: int) -> Request:
+    info = CallInfo(
+        workflow=workflow, tenant=tenant, agent="a", call_id="c0", index=0, tool=None,
+        prompt_tokens=640, runs=((f"w:{workflow}", 0, 10),), issued_at=0.0,
+        workflow_arrival=0.0, slo=None, ends_workflow=False,
+    )
+    req = Request(workflow, "c0", info.runs, info.prompt_tokens, 100, 64, seq)
+    req.info = info
+    return req
+
+
+def test_preemption_only_for_a_tenant_trailing_by_more_than_the_gap() -> None:
+    policy = SagaPolicy(SagaConfig(preempt_gap=30.0, max_fair_preemptions=1))
+    flood, owed = _call("flood", "f1", 1), _call("owed", "o1", 2)
+    policy.fair.charge("flood", 40.0)
+    policy.fair.charge("owed", 15.0)
+    assert not policy.preempt_for(None, owed, flood, 0.0)  # type: ignore[arg-type]  # 25 s
+    policy.fair.charge("flood", 5.1)  # now 30.1 s apart
+    assert policy.preempt_for(None, owed, flood, 0.0)  # type: ignore[arg-type]
+    assert not policy.preempt_for(None, flood, owed, 0.0)  # type: ignore[arg-type]
+    assert not policy.preempt_for(None, _call("flood", "f2", 3), flood, 0.0)  # type: ignore[arg-type]
+    flood.preemptions = 1  # already paid one recompute
+    assert not policy.preempt_for(None, owed, flood, 0.0)  # type: ignore[arg-type]
+
+
+def test_tenant_weights_scale_the_preemption_gap() -> None:
+    policy = SagaPolicy(SagaConfig(preempt_gap=30.0, tenant_weights={"big": 4.0}))
+    big, small = _call("big", "b1", 1), _call("small", "s1", 2)
+    policy.fair.charge("big", 100.0)  # 25 s per unit of weight: within its share
+    assert not policy.preempt_for(None, small, big, 0.0)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("config", [SagaConfig(preempt_gap=None), SagaConfig(afs=False)])
+def test_no_fair_preemption_when_switched_off(config: SagaConfig) -> None:
+    policy = SagaPolicy(config)
+    flood, owed = _call("flood", "f1", 1), _call("owed", "o1", 2)
+    policy.fair.charge("flood", 1000.0)
+    assert not policy.preempt_for(None, owed, flood, 0.0)  # type: ignore[arg-type]

@@ -101,6 +101,10 @@ class Emulator(ReplicaTimers):
         pins = replica.pins
         return sorted(pins, key=lambda w: (pins[w].expires, w))
 
+    def preempt_for(self, replica: Replica, waiting: Request, running: Request, now: float) -> bool:
+        """The emulator preempts only for memory, as the engines it stands for."""
+        return False
+
     # ---- calls ----------------------------------------------------------------------------
     def submit(
         self,

@@ -129,6 +129,11 @@ class EngineHooks(Protocol):
         """Workflows whose pins to give up first when memory runs short."""
         ...
 
+    def preempt_for(self, replica: Replica, waiting: Request, running: Request, now: float) -> bool:
+        """On a full replica: True to preempt ``running`` (the last in queue order) so
+        that ``waiting`` (the first waiting call) can start (fair-share preemption)."""
+        ...
+
 
 class Pin:
     """KV kept on the GPU for a workflow between its calls."""
@@ -192,6 +197,7 @@ class Replica:
         self.cached_tokens_total = 0
         self.recomputed_tokens_total = 0
         self.output_tokens_total = 0
+        self.fair_preemptions = 0
 
     # ---- observations ------------------------------------------------------------------
     def outstanding_tokens(self) -> int:
@@ -309,6 +315,7 @@ class Replica:
         if len(self.running) > 1 and (self._running_unsorted or not hooks.static_order):
             self.running.sort(key=lambda r: hooks.queue_key(self, r, now))
             self._running_unsorted = False
+        self._preempt_for_fairness(now)
         budget = self.config.max_num_batched_tokens
         batch: list[tuple[Request, int]] = []
         preempted = False
@@ -335,13 +342,31 @@ class Replica:
             self._admit_waiting(now, batch, budget)
         return batch, preempted
 
-    def _admit_waiting(self, now: float, batch: list[tuple[Request, int]], budget: int) -> None:
-        if not self.waiting:
-            return
+    def _sort_waiting(self, now: float) -> None:
         hooks = self.hooks
         if len(self.waiting) > 1 and (self._waiting_unsorted or not hooks.static_order):
             self.waiting.sort(key=lambda r: hooks.queue_key(self, r, now))
             self._waiting_unsorted = False
+
+    def _preempt_for_fairness(self, now: float) -> None:
+        """When the replica is full (every sequence slot taken, or the last admission
+        found no blocks), let the policy preempt the last running call for the first
+        waiting one. At most one per step: the freed slot or blocks go to the first
+        waiting call in this very step, so one preemption per step cannot thrash."""
+        if not self.waiting or not self.running:
+            return
+        if len(self.running) < self.config.max_num_seqs and not self.blocked_on_memory:
+            return
+        self._sort_waiting(now)
+        victim = self.running[-1]
+        if self.hooks.preempt_for(self, self.waiting[0], victim, now):
+            self.fair_preemptions += 1
+            self._preempt(victim, now)
+
+    def _admit_waiting(self, now: float, batch: list[tuple[Request, int]], budget: int) -> None:
+        if not self.waiting:
+            return
+        self._sort_waiting(now)
         admitted = 0
         self.blocked_on_memory = False
         for request in self.waiting:

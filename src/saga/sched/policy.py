@@ -136,6 +136,11 @@ class Policy:
     def retention(self, replica: Replica, request: Request, now: float) -> Retention:
         return RELEASE
 
+    def preempt_for(self, replica: Replica, waiting: Request, running: Request, now: float) -> bool:
+        """Preempt ``running`` on a full replica so that ``waiting`` can start? Never,
+        unless a policy preempts for fairness (vLLM preempts only for memory)."""
+        return False
+
     def eviction_order(self, replica_index: int) -> EvictionOrder:
         return LRUEviction()
 

@@ -182,6 +182,22 @@ class SagaConfig(BaseModel):
         description="Seconds of remaining-work priority a call gains per second it waits, "
         "so that no call starves behind shorter work.",
     )
+    preempt_gap: float | None = Field(
+        30.0,
+        gt=0.0,
+        description="Fair-share preemption: on a full replica (every sequence slot taken, or "
+        "no blocks for the next call), the last running call is preempted for the first "
+        "waiting one when the waiting call's tenant is below the running call's tenant by "
+        "more than this many seconds of normalized service (estimated GPU seconds over "
+        "weight). None: never preempt for fairness.",
+    )
+    max_fair_preemptions: int = Field(
+        1,
+        ge=0,
+        description="A call already preempted this many times (for memory or fairness) is "
+        "not preempted for fairness again: each time its KV goes back to the cache and may "
+        "have to be recomputed.",
+    )
 
     # ---- SLO admission --------------------------------------------------------------
     defer_best_effort_at: float = Field(

@@ -22,7 +22,19 @@ Proof sketch, by induction on charges: before a charge all v lie in [m, m + Q/w_
 the served tenant had v = m and moves to at most m + Q/w_min; others do not move
 and the new minimum is >= m, so the spread stays <= Q/w_min. Joining at the current
 minimum keeps the invariant. The engine batches several calls per step, so in the
-simulator the bound holds at the granularity of admission order, not of tokens. Each
+simulator the bound holds at the granularity of admission order, not of tokens.
+
+**Preemption of over-served tenants.** Queue order alone cannot help a tenant whose
+call waits on a replica full of another tenant's long calls: service is charged when a
+call finishes. So on a full replica (every sequence slot taken, or the last admission
+found no blocks), when the first waiting call's tenant is below the last running call's
+tenant by more than ``preempt_gap`` (G) seconds of normalized service, that running call
+is preempted and the waiting call starts in the same step (:meth:`SagaPolicy.preempt_for
+<saga.sched.saga.policy.SagaPolicy.preempt_for>`). The bound this gives: a call whose
+tenant trails a running call's tenant by more than G waits behind it no longer than
+until the replica next forms a batch (the next step boundary after an arrival or a
+finish), unless that call was already preempted ``max_fair_preemptions`` times, which
+caps the recompute one call can be made to pay. Each
 tenant's *estimated slowdown* (TCT of its finished workflows over their predicted
 ideal: calls alone plus tool gaps) is tracked as well, for reports; admission control
 acts on its own tracker of interactive call slowdowns (:mod:`.admission`).

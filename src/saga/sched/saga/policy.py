@@ -326,6 +326,19 @@ class SagaPolicy(Policy):
         )
         return (tenant, remaining, request.enqueued_at, request.seq)
 
+    def preempt_for(self, replica: Replica, waiting: Request, running: Request, now: float) -> bool:
+        """Fair-share preemption: the running call's tenant is over-served, relative to
+        the waiting call's, by more than ``preempt_gap`` (see :mod:`.fairshare`)."""
+        gap = self.config.preempt_gap
+        if not self.config.afs or gap is None or waiting.info is None or running.info is None:
+            return False
+        if running.preemptions >= self.config.max_fair_preemptions:
+            return False
+        ahead, behind = running.info.tenant, waiting.info.tenant
+        if ahead == behind:
+            return False
+        return self.fair.account(ahead).normalized - self.fair.account(behind).normalized > gap
+
     # ---- retention and eviction --------------------------------------------------------------
     def retention(self, replica: Replica, request: Request, now: float) -> Retention:
         flow = self.flows.get(request.workflow)
@@ -451,7 +464,16 @@ class SagaNoAdmission(SagaPolicy):
         super().__init__(SagaConfig(admission=False))
 
 
+class SagaNoPreempt(SagaPolicy):
+    """Ablation: Agent Fair Share orders the queues but never preempts a running call."""
+
+    name = "saga-no-preempt"
+
+    def __init__(self) -> None:
+        super().__init__(SagaConfig(preempt_gap=None))
+
+
 ALL: tuple[type[SagaPolicy], ...] = (
     SagaPolicy, SagaNoGraph, SagaNoSteal, SagaNoAFS, SagaNoRetention, SagaNoAdmission,
-    SagaNoGate,
+    SagaNoGate, SagaNoPreempt,
 )
