@@ -57,6 +57,10 @@ class Flow:
     prefixes: set[str] = field(default_factory=set)
 
 
+#: Tokens of the prefill chunk that rebuild weights are measured on (a typical chunk).
+_REBUILD_CHUNK = 2048
+
+
 class _NoRouter(Router):
     """SAGA places calls itself (placement needs the workflow state)."""
 
@@ -86,6 +90,7 @@ class SagaPolicy(Policy):
         self.prefix_users: dict[str, int] = {}
         self.active_slos: dict[float, int] = {}  # SLOs of the workflows in flight
         self.steals = 0
+        self._rebuild_weights: dict[int, float] = {}  # leaf depth in blocks -> weight
 
     def bind(self, ctx: PolicyContext) -> None:
         super().bind(ctx)
@@ -395,7 +400,15 @@ class SagaPolicy(Policy):
         P(the owner calls again) over the time until its predicted next call (an
         online approximation of Belady: furthest next use first); blocks of finished
         workflows are worth nothing; shared prefixes are worth their live users.
+        Weighted by what losing the leaf's last block costs: its recompute seconds,
+        relative to a block at the start of a context (``eviction_by_rebuild_cost``).
         """
+        value = self._reuse_value(node, now)
+        if value <= 0.0 or not self.config.eviction_by_rebuild_cost:
+            return value
+        return value * self._rebuild_weight(node)
+
+    def _reuse_value(self, node: KVNode, now: float) -> float:
         t0 = self.config.eviction_t0
         ns = node.namespace
         if ns.startswith("w:"):
@@ -408,6 +421,25 @@ class SagaPolicy(Policy):
         if ns.startswith("s:"):
             return (1 + self.prefix_users.get(ns, 0)) / t0
         return 0.0
+
+    def _rebuild_weight(self, node: KVNode) -> float:
+        """Recompute cost of a token at the leaf's depth over that of a context's first
+        tokens (attention: deeper tokens cost more), per token of a prefill chunk."""
+        blocks = 0
+        walk: KVNode | None = node
+        while walk is not None:
+            blocks += walk.count
+            walk = walk.parent
+        weights = self._rebuild_weights
+        weight = weights.get(blocks)
+        if weight is None:
+            weight = weights[blocks] = self._chunk_seconds(blocks) / self._chunk_seconds(0)
+        return weight
+
+    def _chunk_seconds(self, blocks: int) -> float:
+        """Seconds to prefill a chunk after ``blocks`` cached blocks of context."""
+        start = blocks * self.ctx.block_tokens
+        return self.ctx.cost.prefill_time(start + _REBUILD_CHUNK, start)
 
 
 class SagaNoGraph(SagaPolicy):

@@ -1,0 +1,58 @@
+"""SAGA's eviction key: next use, and (optionally) the cost of rebuilding a block."""
+
+from __future__ import annotations
+
+from saga.engine.costmodel import cost_model_for
+from saga.engine.kvcache import KVNode
+from saga.sched.policy import PolicyContext, WorkflowInfo
+from saga.sched.saga.config import SagaConfig
+from saga.sched.saga.policy import Flow, SagaPolicy
+
+BT = 64
+
+
+def _policy(by_cost: bool) -> SagaPolicy:
+    policy = SagaPolicy(SagaConfig(eviction_by_rebuild_cost=by_cost))
+    policy.bind(PolicyContext([], cost_model_for("llama-3.1-8b", "h100-sxm", 1), BT))
+    return policy
+
+
+def _in_tool(policy: SagaPolicy, name: str, next_use: float, p_return: float = 0.9) -> None:
+    flow = Flow(WorkflowInfo(name, "t", "a", 0.0, None), in_tool=True)
+    flow.next_use, flow.p_return = next_use, p_return
+    policy.flows[name] = flow
+
+
+def _leaves() -> tuple[KVNode, KVNode]:
+    """A short context (10 blocks after a 20-block shared prefix) and a long one (1,500)."""
+    root = KVNode("", 0, 0, None)
+    shared = KVNode("s:sys", 0, 20, root)
+    return KVNode("w:short", 0, 10, shared), KVNode("w:long", 0, 1500, shared)
+
+
+def test_next_use_alone_evicts_the_later_reuse_first() -> None:
+    policy = _policy(by_cost=False)
+    _in_tool(policy, "short", next_use=10.0)
+    _in_tool(policy, "long", next_use=20.0)
+    short, long = _leaves()
+    assert policy._eviction_key(long, 0.0) < policy._eviction_key(short, 0.0)
+    assert policy._eviction_key(short, 0.0) == 0.9 / (10.0 + 1.0)
+
+
+def test_rebuild_cost_keeps_the_deep_block_that_is_dearer_to_recompute() -> None:
+    policy = _policy(by_cost=True)
+    _in_tool(policy, "short", next_use=10.0)
+    _in_tool(policy, "long", next_use=20.0)
+    short, long = _leaves()
+    cost = policy.ctx.cost
+    chunk = 2048
+    weight = (cost.prefill_time(1520 * BT + chunk, 1520 * BT) / cost.prefill_time(chunk, 0))
+    assert weight > 2.0  # ~97k tokens deep: attention dominates
+    assert policy._eviction_key(long, 0.0) == 0.9 / 21.0 * weight
+    assert policy._eviction_key(short, 0.0) < policy._eviction_key(long, 0.0)
+
+
+def test_finished_workflows_go_first_whatever_their_depth() -> None:
+    policy = _policy(by_cost=True)
+    short, long = _leaves()  # neither workflow is in flight any more
+    assert policy._eviction_key(long, 0.0) == policy._eviction_key(short, 0.0) == -1.0
