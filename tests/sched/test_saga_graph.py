@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import math
 import pathlib
+import random
 import re
+from typing import cast
 
 import pytest
 
 from saga.sched.saga.config import SagaConfig
-from saga.sched.saga.graph import AgentGraph, LogNormal, LogNormalFit, depth_bucket, node_key
+from saga.sched.saga.graph import (
+    AgentGraph,
+    GraphStore,
+    LogNormal,
+    LogNormalFit,
+    Observation,
+    depth_bucket,
+    node_key,
+)
 
 EXACT = SagaConfig(prior_weight=0.0, depth_buckets=1, min_samples=2)
 
@@ -99,3 +110,89 @@ def test_the_policy_never_reads_oracle_fields() -> None:
     root = pathlib.Path(__file__).parents[2] / "src" / "saga" / "sched" / "saga"
     source = "\n".join(p.read_text() for p in sorted(root.glob("*.py")))
     assert not re.search(r"(info|call|request)\.output_tokens|\.next_gap", source)
+
+
+def _feed_random(store: GraphStore, seed: int) -> None:
+    """Observations of two agents as the policy makes them: transitions, outputs, ends."""
+    rng = random.Random(seed)
+    for w in range(30):
+        agent = ("coder", "browser")[w % 2]
+        graph = store.get(agent)
+        node = node_key(None, 0, 4)
+        for index in range(1, rng.randint(1, 6)):
+            graph.observe_output(node, rng.randint(1, 400))
+            nxt = node_key(rng.choice(("bash", "grep", None)), index, 4)
+            graph.observe_transition(node, nxt, rng.lognormvariate(0.5, 1.2),
+                                     rng.randint(-50, 3000))
+            node = nxt
+        graph.observe_output(node, rng.randint(1, 400))
+        graph.observe_end(node)
+
+
+def _estimates(graph: AgentGraph) -> dict[str, object]:
+    snapshot = graph.snapshot()
+    nodes = sorted(cast(dict[str, object], snapshot["nodes"]))  # every node seen, dst too
+    assert len(nodes) > 3
+    return {
+        "snapshot": snapshot,
+        "p_continue": {n: graph.p_continue(n) for n in nodes},
+        "successors": {n: graph.successors(n) for n in nodes},
+        "output": {n: graph.output_tokens(n) for n in nodes},
+        "growth": {n: graph.growth_tokens(n) for n in nodes},
+        "duration": {t: graph.duration(t) for t in ("bash", "grep", "-", "never")},
+        "gap": {n: (graph.gap(n).p_continue, graph.gap(n).mixture) for n in nodes},
+        "remaining": {n: graph.remaining(n) for n in nodes},
+        "observations": graph.observations,
+    }
+
+
+def test_graph_store_records_what_it_learns_and_applies_it_elsewhere_exactly() -> None:
+    cfg = SagaConfig(depth_buckets=4)
+    sent: list[Observation] = []
+    here = GraphStore(cfg, sink=sent.append)
+    _feed_random(here, seed=1)
+    assert len(sent) == here.get("coder").observations + here.get("browser").observations
+    # through the wire format: JSON rows, as the store carries them
+    wire = json.loads(json.dumps([o.to_row() for o in sent]))
+    echoed: list[Observation] = []
+    there = GraphStore(cfg, sink=echoed.append)
+    assert there.apply(Observation.from_row(row) for row in wire) == len(sent)
+    assert echoed == []  # learned from elsewhere: not sent back
+    for agent in ("coder", "browser"):
+        assert _estimates(there.get(agent)) == _estimates(here.get(agent))  # exact, not approx
+
+
+def test_no_sink_learns_as_before_and_a_late_sink_sees_new_observations() -> None:
+    plain, recorded = GraphStore(SagaConfig()), GraphStore(SagaConfig())
+    _feed_random(plain, seed=2)
+    _feed_random(recorded, seed=2)
+    sent: list[Observation] = []
+    recorded.set_sink(sent.append)  # graphs that exist already pass it on too
+    recorded.get("coder").observe_end("^#0")
+    plain.get("coder").observe_end("^#0")
+    assert sent == [Observation("coder", "end", "^#0")]
+    assert _estimates(recorded.get("coder")) == _estimates(plain.get("coder"))
+
+
+def test_a_store_that_does_not_learn_ignores_applied_observations() -> None:
+    store = GraphStore(SagaConfig(graph=False))
+    assert store.apply([Observation("coder", "end", "^#0")]) == 0
+    assert store.snapshot() == {} and store.get("coder").observations == 0
+
+
+@pytest.mark.parametrize("row", [
+    None, [], ["t", "a"], ["x", "a", "n"], ["e", "a", "n", 1], ["t", "a", "n", "m", 1.0],
+    ["t", "a", "n", "m", float("nan"), 1.0], ["t", "a", "n", "m", "1", 1.0],
+    ["o", "a", "n", 1.5], ["o", "a", "n", True], [1, "a", "n"],
+])
+def test_observation_rows_refuse_anything_else(row: object) -> None:
+    with pytest.raises(ValueError):
+        Observation.from_row(row)
+
+
+def test_only_learning_saga_policies_offer_their_graphs() -> None:
+    from saga.sched.registry import build_policy
+
+    assert build_policy("saga").learned_graphs() is not None
+    assert build_policy("saga-no-graph").learned_graphs() is None
+    assert build_policy("vllm-rr").learned_graphs() is None

@@ -32,6 +32,7 @@ also offers them as an aiohttp application, for embedding.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import heapq
 import hmac
@@ -42,6 +43,8 @@ import random
 import re
 import time
 import urllib.parse
+import uuid
+from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
@@ -71,12 +74,13 @@ from saga.gateway.server import (
     Router,
     error,
 )
-from saga.gateway.store import MemoryStore, Store, build_store
+from saga.gateway.store import FIRST_CURSOR, MemoryStore, Store, build_store
 from saga.gateway.upstream import UpstreamError, UpstreamResponse
 from saga.gateway.view import RemoteReplicaView
 from saga.sched.decisions import Retention
 from saga.sched.policy import CallInfo, Policy, PolicyContext, WorkflowInfo
 from saga.sched.registry import build_policy
+from saga.sched.saga.graph import GraphStore, Observation
 from saga.sim.cluster import get_cluster
 
 if TYPE_CHECKING:
@@ -90,6 +94,11 @@ _STRIPPED = ("priority",)
 #: ``"usage": {...  "total_tokens": N`` with no nested object before it (OpenAI, vLLM,
 #: the emulator); JSON strings escape quotes, so ``"usage"`` is always a key.
 _USAGE_TOTAL = re.compile(rb'"usage"\s*:\s*\{[^{}]*?"total_tokens"\s*:\s*(\d+)')
+#: Graph sync reads the log in pages of this many entries, at most this many pages per
+#: exchange: a gateway catching up on a long log does it over several exchanges, each
+#: applying a bounded amount between two awaits.
+_SYNC_PAGE_ENTRIES = 64
+_SYNC_PAGES = 16
 log = logging.getLogger("saga.gateway")
 
 
@@ -166,8 +175,11 @@ class Gateway:
     """One gateway process: the policy, the backends, the store, the HTTP app."""
 
     def __init__(
-        self, config: GatewayConfig, *, clock: Callable[[], float] = time.monotonic
+        self, config: GatewayConfig, *, clock: Callable[[], float] = time.monotonic,
+        store: Store | None = None,
     ) -> None:
+        """``store``: shared state to use instead of the one ``config.store`` describes
+        (gateways in one process sharing a :class:`MemoryStore`)."""
         self.config = config
         self._clock = clock
         self._origin = clock()
@@ -204,7 +216,7 @@ class Gateway:
         self.admin_keys = KeyRing({k: "admin" for k in config.admin_keys})
         self.retry_budget = RetryBudget(config.retry_budget)
         self._pending = 0
-        self.store: Store = build_store(config.store)
+        self.store: Store = store if store is not None else build_store(config.store)
         self._rng = random.Random(0)  # retry jitter
         self.metrics = Metrics()
         self.backends: list[Backend] = []
@@ -222,6 +234,21 @@ class Gateway:
         self.router.add("GET", "/v1/models", self._models)
         self.router.add("GET", "/health", self._health)
         self.router.add("GET", "/metrics", self._metrics)
+        self.router.add("GET", "/saga/graph", self._graph)
+        self._setup_graph_sync()
+
+    def _setup_graph_sync(self) -> None:
+        """Record what the policy's graphs learn, for :meth:`sync_graphs` to publish."""
+        self.graphs: GraphStore | None = self.policy.learned_graphs()
+        self._sync = self.graphs is not None and bool(self.config.graph_sync_interval)
+        # a fresh id per process: a restarted gateway lost what it learned, so it reads
+        # its former self's observations as another gateway's
+        self.gateway_id = uuid.uuid4().hex
+        self._outbox: deque[Observation] = deque(maxlen=self.config.graph_sync_backlog)
+        self._graph_cursor = FIRST_CURSOR
+        self._sync_failing = False
+        if self._sync and self.graphs is not None:
+            self.graphs.set_sink(self._record_observation)
 
     # ---- lifecycle ------------------------------------------------------------------------
     def now(self) -> float:
@@ -243,11 +270,16 @@ class Gateway:
         await self._check_health()
         self._spawn(self._health_loop())
         self._spawn(self._sweep_loop())
+        if self._sync:
+            self._spawn(self._graph_sync_loop())
 
     async def stop(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._sync:  # what was learned since the last exchange, if the store answers
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._publish_observations(), 2.0)
         for backend in self.backends:
             backend.close()
         if self._session is not None:
@@ -280,6 +312,79 @@ class Gateway:
                     self.policy.on_workflow_finished(wf.info, now)
             if isinstance(self.store, MemoryStore):
                 self.store.expire()
+
+    # ---- learned graphs, shared through the store ------------------------------------------
+    async def _graph_sync_loop(self) -> None:
+        interval = self.config.graph_sync_interval or 1.0
+        while True:  # at once first: a new gateway starts from what the others learned
+            await self.sync_graphs()
+            await asyncio.sleep(interval)
+
+    def _record_observation(self, observation: Observation) -> None:
+        if len(self._outbox) == self._outbox.maxlen:
+            self.metrics.graph_observations["dropped"] += 1
+        self._outbox.append(observation)
+
+    async def sync_graphs(self) -> None:
+        """One exchange of learned-graph observations with the other gateways: publish
+        what this gateway's graphs observed, then learn what the others published.
+
+        A store error is logged and counted, never raised: calls are served meanwhile,
+        unpublished observations are kept for the next exchange (at most
+        ``graph_sync_backlog``) and reading resumes from the same cursor."""
+        if not self._sync or self.graphs is None:
+            return
+        published = await self._publish_observations()
+        fetched = await self._apply_observations(self.graphs)
+        if published and fetched and self._sync_failing:
+            self._sync_failing = False
+            log.info("graph sync: the store answers again")
+
+    async def _publish_observations(self) -> bool:
+        if not self._outbox:
+            return True
+        batch = list(self._outbox)
+        self._outbox.clear()  # what is observed while publishing queues behind the batch
+        try:
+            await self.store.publish_observations(self.gateway_id, batch)
+        except asyncio.CancelledError:
+            self._requeue(batch)  # stop() publishes it last
+            raise
+        except Exception as failure:  # any store error: serving must go on
+            self._requeue(batch)
+            self._graph_sync_failed("publish", failure)
+            return False
+        self.metrics.graph_observations["published"] += len(batch)
+        return True
+
+    def _requeue(self, batch: list[Observation]) -> None:
+        """Put an unpublished batch back before what was observed meanwhile; beyond
+        ``graph_sync_backlog`` the oldest go (the newest describe the agents best)."""
+        kept = [*batch, *self._outbox]
+        self._outbox.clear()
+        self._outbox.extend(kept)
+        self.metrics.graph_observations["dropped"] += len(kept) - len(self._outbox)
+
+    async def _apply_observations(self, graphs: GraphStore) -> bool:
+        for _ in range(_SYNC_PAGES):
+            try:
+                cursor, batch = await self.store.fetch_observations(
+                    self.gateway_id, self._graph_cursor, _SYNC_PAGE_ENTRIES)
+            except Exception as failure:  # any store error: serving must go on
+                self._graph_sync_failed("fetch", failure)
+                return False
+            if cursor == self._graph_cursor:
+                break
+            self._graph_cursor = cursor
+            self.metrics.graph_observations["applied"] += graphs.apply(batch)
+        return True
+
+    def _graph_sync_failed(self, op: str, failure: Exception) -> None:
+        self.metrics.graph_sync_errors[op] += 1
+        if not self._sync_failing:  # once per outage, not every interval
+            self._sync_failing = True
+            log.warning("graph sync: %s failed, retrying every %gs: %r", op,
+                        self.config.graph_sync_interval, failure)
 
     def app(self) -> web.Application:
         """The same API as an aiohttp application (its startup starts the gateway, its
@@ -325,14 +430,32 @@ class Gateway:
         return Response.json(body, status=200 if up else 503)
 
     async def _metrics(self, http: HttpRequest) -> Response:
-        if len(self.admin_keys):
-            key = _bearer(http)
-            if not key or self.admin_keys.lookup(key) is None:
-                status = 403 if key and self.keys.lookup(key) is not None else 401
-                return error(status, "/metrics needs an admin key", "authentication_error",
-                             "admin_key_required")
+        denied = self._admin_only(http)
+        if denied is not None:
+            return denied
         return Response(200, (await self.render_metrics()).encode(),
                         content_type="text/plain; charset=utf-8")
+
+    async def _graph(self, http: HttpRequest) -> Response:
+        """The policy's learned Agent Execution Graphs (``learning`` false and no agents
+        for a policy that learns none)."""
+        denied = self._admin_only(http)
+        if denied is not None:
+            return denied
+        graphs = self.graphs
+        return Response.json({"policy": self.config.policy, "learning": graphs is not None,
+                              "agents": graphs.snapshot() if graphs is not None else {}})
+
+    def _admin_only(self, http: HttpRequest) -> Response | None:
+        """The refusal when admin keys are set and the request has none of them."""
+        if not len(self.admin_keys):
+            return None
+        key = _bearer(http)
+        if key and self.admin_keys.lookup(key) is not None:
+            return None
+        status = 403 if key and self.keys.lookup(key) is not None else 401
+        return error(status, f"{http.path} needs an admin key", "authentication_error",
+                     "admin_key_required")
 
     async def _openapi(self, http: HttpRequest) -> Response:
         return Response.json(openapi_document(self.config))
@@ -807,7 +930,24 @@ class Gateway:
             p.sample("saga_shed_total", n, (("bound", bound),))
         p.family("saga_workflows_active", "gauge", "Workflows this gateway is tracking.")
         p.sample("saga_workflows_active", len(self.workflows))
+        if self._sync:
+            self._render_graph_sync(p)
         return p.text()
+
+    def _render_graph_sync(self, p: PromText) -> None:
+        m = self.metrics
+        p.family("saga_graph_observations_total", "counter",
+                 "Learned-graph observations shared through the store: published by this "
+                 "gateway, applied from the others, dropped (backlog full).")
+        for event in ("published", "applied", "dropped"):
+            p.sample("saga_graph_observations_total", m.graph_observations[event],
+                     (("event", event),))
+        p.family("saga_graph_sync_errors_total", "counter",
+                 "Store errors in graph sync, by operation (retried every interval).")
+        for op in ("publish", "fetch"):
+            p.sample("saga_graph_sync_errors_total", m.graph_sync_errors[op], (("op", op),))
+        p.family("saga_graph_sync_backlog", "gauge", "Observations waiting to be published.")
+        p.sample("saga_graph_sync_backlog", len(self._outbox))
 
 
 def _run_now(coro: Coroutine[Any, Any, None]) -> None:

@@ -71,7 +71,7 @@ class TenantConfig(BaseModel):
 
 
 class StoreConfig(BaseModel):
-    """Where shared state lives (session affinity, tenant accounts, graph statistics)."""
+    """Where shared state lives (session affinity, tenant accounts, learned graphs)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -84,6 +84,12 @@ class StoreConfig(BaseModel):
         1_000_000, ge=1,
         description="kind = memory: most workflow sessions kept; the oldest go first "
         "(Redis bounds them by TTL).",
+    )
+    graph_log_length: int = Field(
+        1000, ge=1,
+        description="Entries kept in the log of learned-graph observations that gateways "
+        "share (each a batch of at most 256 observations; Redis trims approximately). A "
+        "gateway that falls further behind, or starts later, misses the older entries.",
     )
 
 
@@ -135,6 +141,18 @@ class GatewayConfig(BaseModel):
     workflow_idle_timeout: float = Field(
         600.0, gt=0,
         description="A workflow with no call for this long (and no x-saga-end) is finished.",
+    )
+    graph_sync_interval: float | None = Field(
+        1.0, ge=0,
+        description="Seconds between exchanges of learned Agent Execution Graph observations "
+        "with the other gateways sharing the store (policies that learn graphs: the saga "
+        "family): this gateway publishes what its graphs observed and learns what the "
+        "others published. 0 or null: off (the graphs learn from this gateway's calls only).",
+    )
+    graph_sync_backlog: int = Field(
+        100_000, ge=1,
+        description="Most observations kept for publishing while the store cannot be "
+        "reached; beyond, the oldest are dropped (and counted in /metrics).",
     )
 
     admin_keys: list[str] = Field(

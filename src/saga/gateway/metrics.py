@@ -41,6 +41,9 @@ class Metrics:
         self.retries = 0
         self.client_disconnects = 0
         self.shed: defaultdict[str, int] = defaultdict(int)  # bound -> calls refused
+        # learned-graph sync: published / applied / dropped observations; errors per op
+        self.graph_observations: defaultdict[str, int] = defaultdict(int)
+        self.graph_sync_errors: defaultdict[str, int] = defaultdict(int)
 
 
 def _esc(value: str) -> str:

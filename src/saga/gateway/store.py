@@ -7,21 +7,38 @@ What is shared, and why:
   admitted once;
 * **tenant accounts**: tokens each tenant was served (attained service, for fair
   share and metrics);
-* **graph statistics**: per (agent, tool) counts, latency and token sums, the
-  statistics an agent execution graph is learned from.
+* **call statistics**: per (agent, tool) counts, latency and token sums (raw
+  counters for operators; no policy reads them);
+* **learned graph observations**: a log of what each gateway's Agent Execution
+  Graphs observed (:class:`~saga.sched.saga.graph.Observation`), so that every
+  gateway's graphs learn from the calls of all of them. Each entry is a batch tagged
+  with the publishing gateway's id, so that a gateway skips its own; the log keeps
+  the last ``graph_log_length`` entries (a gateway that falls further behind, or
+  starts later, misses the older ones).
 
 Every method is one round trip (Redis pipelines where several keys change).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from saga.gateway.config import StoreConfig
+from saga.sched.saga.graph import Observation
+
+#: The cursor before the first entry of the observation log.
+FIRST_CURSOR = "0"
+#: Most observations in one log entry: bounds an entry's size (a backlog after an outage
+#: is published as several entries), while a second's observations usually fit in one.
+ENTRY_OBSERVATIONS = 256
+log = logging.getLogger("saga.gateway")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +74,21 @@ class Store(ABC):
     async def graph_stats(self, agent: str) -> dict[str, dict[str, float]]:
         """Per tool (``-`` for none): ``calls``, ``tokens``, ``latency`` sums."""
 
+    @abstractmethod
+    async def publish_observations(
+        self, source: str, observations: Sequence[Observation]
+    ) -> None:
+        """Append what gateway ``source``'s graphs observed to the log, in order."""
+
+    @abstractmethod
+    async def fetch_observations(
+        self, source: str, cursor: str, limit: int
+    ) -> tuple[str, list[Observation]]:
+        """The observations of at most ``limit`` log entries after ``cursor`` (from
+        :data:`FIRST_CURSOR`, or a cursor this store returned) that gateways other than
+        ``source`` published, in log order, and the cursor after those entries
+        (``cursor`` itself when there is nothing new)."""
+
     async def ping(self) -> None:  # noqa: B027 (optional hook)
         """Raise if the store cannot be reached."""
 
@@ -68,7 +100,8 @@ class MemoryStore(Store):
     """The state of one process, in dictionaries (the default)."""
 
     def __init__(
-        self, clock: Callable[[], float] = time.monotonic, max_sessions: int = 1_000_000
+        self, clock: Callable[[], float] = time.monotonic, max_sessions: int = 1_000_000,
+        graph_log_length: int = 1000,
     ) -> None:
         self._clock = clock
         self.max_sessions = max_sessions
@@ -76,6 +109,12 @@ class MemoryStore(Store):
         self._admitted: dict[str, float] = {}
         self._tokens: dict[str, float] = {}
         self._graph: dict[str, dict[str, dict[str, float]]] = {}
+        # (sequence number, source, observations): gateways in one process sharing this
+        # store read it as gateways in several read Redis's stream
+        self._log: deque[tuple[int, str, tuple[Observation, ...]]] = deque(
+            maxlen=graph_log_length
+        )
+        self._log_seq = 0
 
     async def session(self, workflow: str) -> Session:
         now = self._clock()
@@ -116,6 +155,30 @@ class MemoryStore(Store):
     async def graph_stats(self, agent: str) -> dict[str, dict[str, float]]:
         return {tool: dict(v) for tool, v in self._graph.get(agent, {}).items()}
 
+    async def publish_observations(
+        self, source: str, observations: Sequence[Observation]
+    ) -> None:
+        for chunk in _chunks(observations):
+            self._log_seq += 1
+            self._log.append((self._log_seq, source, tuple(chunk)))
+
+    async def fetch_observations(
+        self, source: str, cursor: str, limit: int
+    ) -> tuple[str, list[Observation]]:
+        last = int(cursor)
+        out: list[Observation] = []
+        taken = 0
+        for seq, origin, chunk in self._log:  # at most graph_log_length entries
+            if seq <= last:
+                continue
+            if taken >= limit:
+                break
+            taken += 1
+            last = seq
+            if origin != source:
+                out.extend(chunk)
+        return str(last), out
+
     def expire(self) -> None:
         """Forget expired sessions (called now and then by the gateway)."""
         now = self._clock()
@@ -128,14 +191,17 @@ class RedisStore(Store):
 
     Keys (under ``prefix``): ``home:{workflow}`` and ``admitted:{workflow}`` with a
     TTL; hash ``tenant_tokens``; hash ``graph:{agent}`` with fields ``{tool}:calls``,
-    ``{tool}:tokens``, ``{tool}:latency``.
+    ``{tool}:tokens``, ``{tool}:latency``; stream ``graph_log`` of observation batches,
+    entries ``{source, rows}`` (``rows``: JSON list of :meth:`Observation.to_row`),
+    trimmed to about ``graph_log_length`` entries at each XADD.
     """
 
-    def __init__(self, url: str, prefix: str = "saga:") -> None:
+    def __init__(self, url: str, prefix: str = "saga:", graph_log_length: int = 1000) -> None:
         import redis.asyncio as redis
 
         self._redis: Any = redis.Redis.from_url(url, decode_responses=True)
         self._p = prefix
+        self._log_length = graph_log_length
 
     async def ping(self) -> None:
         await self._redis.ping()
@@ -176,11 +242,62 @@ class RedisStore(Store):
             out.setdefault(tool, {})[name] = float(value)
         return out
 
+    async def publish_observations(
+        self, source: str, observations: Sequence[Observation]
+    ) -> None:
+        key = self._p + "graph_log"
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for chunk in _chunks(observations):
+                rows = json.dumps([o.to_row() for o in chunk], separators=(",", ":"))
+                # approximate trimming (~) costs O(1): Redis drops whole macro nodes
+                pipe.xadd(key, {"source": source, "rows": rows},
+                          maxlen=self._log_length, approximate=True)
+            await pipe.execute()
+
+    async def fetch_observations(
+        self, source: str, cursor: str, limit: int
+    ) -> tuple[str, list[Observation]]:
+        # one stream read (RESP2, as the client speaks): [[key, [(id, fields), ...]]] or []
+        reply = await self._redis.xread({self._p + "graph_log": cursor}, count=limit)
+        if not reply or not reply[0][1]:
+            return cursor, []
+        entries: list[tuple[str, dict[str, str]]] = reply[0][1]
+        out: list[Observation] = []
+        for _, fields in entries:
+            if fields.get("source") != source:
+                out.extend(_decode_rows(fields.get("rows", "")))
+        return entries[-1][0], out
+
     async def close(self) -> None:
         await self._redis.aclose()
 
 
+def _chunks(observations: Sequence[Observation]) -> Iterator[Sequence[Observation]]:
+    for start in range(0, len(observations), ENTRY_OBSERVATIONS):
+        yield observations[start:start + ENTRY_OBSERVATIONS]
+
+
+def _decode_rows(raw: str) -> list[Observation]:
+    """The observations of one log entry; what is not one (another version wrote it,
+    or anything else) is skipped, so that it cannot stop the log being read."""
+    try:
+        rows = json.loads(raw)
+    except ValueError:
+        rows = None
+    if not isinstance(rows, list):
+        log.warning("graph log entry is not a JSON list of rows: skipped")
+        return []
+    out: list[Observation] = []
+    for row in rows:
+        try:
+            out.append(Observation.from_row(row))
+        except ValueError as error:
+            log.warning("graph log: %s: skipped", error)
+    return out
+
+
 def build_store(config: StoreConfig) -> Store:
     if config.kind == "redis":
-        return RedisStore(config.url, config.prefix)
-    return MemoryStore(max_sessions=config.max_sessions)
+        return RedisStore(config.url, config.prefix, config.graph_log_length)
+    return MemoryStore(max_sessions=config.max_sessions,
+                       graph_log_length=config.graph_log_length)

@@ -28,6 +28,7 @@ from saga.sched.decisions import ADMIT, RELEASE, Admission, Retention
 if TYPE_CHECKING:
     from saga.engine.costmodel import CostModel
     from saga.engine.replica import Replica, Request
+    from saga.sched.saga.graph import GraphStore
 
 
 @dataclass(slots=True)
@@ -152,6 +153,11 @@ class Policy:
     def set_tenant_weights(self, weights: Mapping[str, float]) -> None:
         """Fair-share weights of tenants (from a deployment's config); a policy without
         a notion of tenants ignores them."""
+
+    def learned_graphs(self) -> GraphStore | None:
+        """The Agent Execution Graphs the policy learns, if it learns any (the gateway
+        shares them with other gateways through its store); None for the others."""
+        return None
 
     # ---- observations (for learning policies) -----------------------------------------
     def on_call_ready(self, call: CallInfo, now: float) -> None:

@@ -18,14 +18,21 @@ and a tool's duration fit is used only after ``min_samples`` samples.
 
 Answers: P(the workflow calls again within t), the expected gap, quantiles of the
 gap, and the expected remaining calls and tokens from a node, by value iteration.
+
+Sharing: a :class:`GraphStore` given a sink passes every observation its graphs learn
+to it as an :class:`Observation` (plain data); :meth:`GraphStore.apply` learns
+observations made elsewhere (another gateway's graphs) through the same ``observe_*``
+methods, without passing them to the sink again, so that they are never echoed back.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from statistics import NormalDist
+from typing import Literal
 
 import numpy as np
 
@@ -54,6 +61,61 @@ def node_bucket(node: str) -> int:
 
 def node_tool(node: str) -> str:
     return node.rsplit("#", 1)[0]
+
+
+ObservationKind = Literal["transition", "end", "output"]
+_KIND_TAG: dict[ObservationKind, str] = {"transition": "t", "end": "e", "output": "o"}
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One observation an agent's graph learned, as plain data, so that another
+    process's graph of the same agent can learn it too (see :meth:`GraphStore.apply`)."""
+
+    agent: str
+    kind: ObservationKind
+    node: str  # the call site observed (the source of a transition)
+    dst: str = ""  # transition: the next call site
+    duration: float = 0.0  # transition: seconds from the call's end to the next call
+    growth: float = 0.0  # transition: tokens the next prompt appended
+    tokens: int = 0  # output: tokens the call produced
+
+    def to_row(self) -> list[str | float | int]:
+        """A compact JSON-able row (only the fields of its kind)."""
+        head: list[str | float | int] = [_KIND_TAG[self.kind], self.agent, self.node]
+        if self.kind == "transition":
+            return [*head, self.dst, self.duration, self.growth]
+        if self.kind == "output":
+            return [*head, self.tokens]
+        return head
+
+    @classmethod
+    def from_row(cls, row: object) -> Observation:
+        """The observation :meth:`to_row` wrote; ValueError for anything else (rows come
+        from other processes, perhaps of another version)."""
+        if not isinstance(row, list) or len(row) < 3 or not all(
+            isinstance(x, str) for x in row[:3]
+        ):
+            raise ValueError(f"not an observation row: {row!r}")
+        tag, agent, node, *rest = row
+        if tag == "t" and len(rest) == 3 and isinstance(rest[0], str):
+            duration, growth = _finite(rest[1]), _finite(rest[2])
+            return cls(agent, "transition", node, rest[0], duration, growth)
+        if tag == "e" and not rest:
+            return cls(agent, "end", node)
+        if tag == "o" and len(rest) == 1 and type(rest[0]) is int:
+            return cls(agent, "output", node, tokens=rest[0])
+        raise ValueError(f"not an observation row: {row!r}")
+
+
+def _finite(x: object) -> float:
+    # bool is an int: refuse it, and NaN or infinity would poison the running means
+    if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
+        raise ValueError(f"not a finite number: {x!r}")
+    return x
+
+
+ObservationSink = Callable[[Observation], None]
 
 
 @dataclass(slots=True)
@@ -201,10 +263,17 @@ class Gap:
 
 
 class AgentGraph:
-    """The execution graph of one agent type, learned online."""
+    """The execution graph of one agent type, learned online.
 
-    def __init__(self, config: SagaConfig) -> None:
+    With a ``sink``, every observation is also passed to it (tagged with ``agent``),
+    unless made with ``record=False`` (an observation learned from elsewhere)."""
+
+    def __init__(
+        self, config: SagaConfig, agent: str = "", sink: ObservationSink | None = None
+    ) -> None:
         self.config = config
+        self.agent = agent
+        self.sink = sink
         self._nodes: dict[str, _Node] = defaultdict(_Node)
         self._tools: dict[str, LogNormalFit] = defaultdict(LogNormalFit)
         self._all_tools = LogNormalFit()
@@ -214,9 +283,13 @@ class AgentGraph:
         self.observations = 0
 
     # ---- observations --------------------------------------------------------------
-    def observe_transition(self, src: str, dst: str, duration: float, growth: float) -> None:
+    def observe_transition(
+        self, src: str, dst: str, duration: float, growth: float, *, record: bool = True
+    ) -> None:
         """A call at ``src`` was followed, ``duration`` s after it finished, by a call at
         ``dst`` whose prompt appended ``growth`` tokens."""
+        if record and self.sink is not None:
+            self.sink(Observation(self.agent, "transition", src, dst, duration, growth))
         node = self._nodes[src]
         node.continues += 1
         node.successors[dst] += 1
@@ -226,12 +299,16 @@ class AgentGraph:
         self._all_tools.add(duration)
         self._touch()
 
-    def observe_end(self, src: str) -> None:
+    def observe_end(self, src: str, *, record: bool = True) -> None:
         """The workflow ended after a call at ``src``."""
+        if record and self.sink is not None:
+            self.sink(Observation(self.agent, "end", src))
         self._nodes[src].ends += 1
         self._touch()
 
-    def observe_output(self, node: str, tokens: int) -> None:
+    def observe_output(self, node: str, tokens: int, *, record: bool = True) -> None:
+        if record and self.sink is not None:
+            self.sink(Observation(self.agent, "output", node, tokens=tokens))
         self._nodes[node].output.add(float(tokens))
         self._touch()
 
@@ -417,11 +494,15 @@ class AgentGraph:
 
 
 class GraphStore:
-    """One graph per agent type, created on first sight."""
+    """One graph per agent type, created on first sight.
 
-    def __init__(self, config: SagaConfig) -> None:
+    ``sink`` (see :meth:`set_sink`) receives every observation the graphs learn;
+    :meth:`apply` learns observations that came from elsewhere."""
+
+    def __init__(self, config: SagaConfig, sink: ObservationSink | None = None) -> None:
         self.config = config
         self._graphs: dict[str, AgentGraph] = {}
+        self._sink = sink
         # with the graph switched off every agent shares one graph that never learns
         self._frozen = AgentGraph(config)
 
@@ -430,8 +511,34 @@ class GraphStore:
             return self._frozen
         graph = self._graphs.get(agent)
         if graph is None:
-            graph = self._graphs[agent] = AgentGraph(self.config)
+            graph = self._graphs[agent] = AgentGraph(self.config, agent, self._sink)
         return graph
+
+    def set_sink(self, sink: ObservationSink | None) -> None:
+        """Pass every observation learned from now on to ``sink`` (None: to nothing)."""
+        self._sink = sink
+        for graph in self._graphs.values():
+            graph.sink = sink
+
+    def apply(self, observations: Iterable[Observation]) -> int:
+        """Learn observations made elsewhere, in order; return how many were learned.
+
+        They are not passed to the sink: what came from elsewhere is not sent back.
+        A store that does not learn (``graph = false``) ignores them."""
+        if not self.learning:
+            return 0
+        count = 0
+        for obs in observations:
+            graph = self.get(obs.agent)
+            if obs.kind == "transition":
+                graph.observe_transition(obs.node, obs.dst, obs.duration, obs.growth,
+                                         record=False)
+            elif obs.kind == "end":
+                graph.observe_end(obs.node, record=False)
+            else:
+                graph.observe_output(obs.node, obs.tokens, record=False)
+            count += 1
+        return count
 
     @property
     def learning(self) -> bool:

@@ -141,6 +141,10 @@ class SagaPolicy(Policy):
         """The learned Agent Execution Graphs, as plain data (see `saga graph show`)."""
         return self.graphs.snapshot()
 
+    def learned_graphs(self) -> GraphStore | None:
+        # the no-graph ablation learns nothing, so it has nothing to share
+        return self.graphs if self.graphs.learning else None
+
     # ---- admission -----------------------------------------------------------------------
     def admit(self, workflow: WorkflowInfo, now: float) -> Admission:
         if self.config.memory_gate and workflow.slo is None:
