@@ -18,16 +18,16 @@ prompt) co-locate, within load bounds, and working sets stay balanced.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from functools import lru_cache
+from collections.abc import Iterable, Sequence
+from functools import lru_cache, partial
 from typing import TYPE_CHECKING, NamedTuple
 
 from saga.sched.saga.config import SagaConfig
 
 if TYPE_CHECKING:
     from saga.engine.costmodel import CostModel
-    from saga.engine.kvcache import Run
-    from saga.engine.replica import Replica
+    from saga.engine.kvcache import RadixKV, Run
+    from saga.engine.replica import Replica, Request
 
 
 class Estimate(NamedTuple):
@@ -79,12 +79,9 @@ class Predictor:
         else the share of the call that does not fit times ``drain``, the time for the
         running calls to finish and give their blocks back."""
         kv = replica.kv
-        free = kv.capacity - kv.locked_blocks - kv.anonymous_blocks
-        if replica.waiting:
-            free -= sum(r.total_tokens - r.computed for r in replica.waiting) // self.block_tokens
-        if need <= free:
-            return 0.0
-        return drain * min(1.0, (need - max(free, 0)) / max(need, 1))
+        waiting = sum(r.total_tokens - r.computed for r in replica.waiting) // self.block_tokens
+        free = kv.capacity - kv.locked_blocks - kv.anonymous_blocks - waiting
+        return 0.0 if need <= free else _short(need, free, drain)
 
     def estimate(
         self,
@@ -93,26 +90,85 @@ class Predictor:
         prompt: int,
         output: float,
     ) -> Estimate:
-        bt = self.block_tokens
-        gpu = replica.kv.match_blocks(runs)
-        cached = gpu
-        reload = 0.0
-        host_tier = replica.host
-        if host_tier is not None and host_tier.cached_blocks:
-            host = host_tier.match_blocks(runs)
-            if host > gpu:
-                reload = self.cost.host_transfer_time((host - gpu) * replica.block_bytes)
-                cached = host
-        running = replica.running
-        ctx = prompt
-        for r in running:
-            ctx += r.computed
-        step = float(self._decode_step(len(running) + 1, ctx, 1))
-        service = reload + self.prefill(prompt, cached * bt) + output * step
-        wait = self.memory_wait(replica, -(-(prompt + int(output)) // bt) - cached, output * step)
-        if running or replica.waiting:
-            wait += self.backlog(replica)
-        return Estimate(replica.index, wait, service)
+        """The call's estimate on one replica (see :meth:`estimate_all`)."""
+        return self.estimate_all((replica,), runs, prompt, output)[0]
+
+    def estimate_all(
+        self,
+        replicas: Iterable[Replica],
+        runs: Sequence[Run],
+        prompt: int,
+        output: float,
+    ) -> list[Estimate]:
+        """The call's estimate on each of ``replicas``: the hot loop of a placement, so
+        what does not depend on the replica is computed once and each queue is read in
+        one pass (:func:`_queue_tokens`). The arithmetic is that of :meth:`prefill`,
+        :meth:`memory_wait` and :meth:`backlog`, in the same order: the same floats."""
+        bt, t_token = self.block_tokens, self.t_token
+        blocks = -(-(prompt + int(output)) // bt)  # the call's blocks, prompt and output
+        decode_step, prefill = self._decode_step, self._prefill
+        estimates = []
+        for replica in replicas:
+            kv, running, waiting, host = replica.kv, replica.running, replica.waiting, replica.host
+            cached, reload = kv.match_blocks(runs), 0.0
+            if host is not None and host.cached_blocks:  # (an empty tier holds nothing)
+                cached, reload = self._host_hit(host, replica.block_bytes, runs, cached)
+            busy = running or waiting
+            context, demand, backlog = _queue_tokens(running, waiting) if busy else _IDLE
+            drain = output * decode_step(len(running) + 1, prompt + context, 1)
+            hit = cached * bt  # tokens, clamped to the prompt as prefill() does
+            service = reload + prefill(prompt, hit if hit < prompt else prompt) + drain
+            need = blocks - cached
+            free = kv.capacity - kv.locked_blocks - kv.anonymous_blocks - demand // bt
+            wait = 0.0 if need <= free else _short(need, free, drain)
+            if busy:
+                wait += backlog * t_token
+            estimates.append(_estimate((replica.index, wait, service)))
+        return estimates
+
+    def _host_hit(
+        self, tier: RadixKV, block_bytes: int, runs: Sequence[Run], gpu: int
+    ) -> tuple[int, float]:
+        """Blocks of ``runs`` cached on a replica with ``gpu`` of them on its GPU: more if
+        its host ``tier`` has more, with the seconds to load those."""
+        host = tier.match_blocks(runs)
+        if host > gpu:
+            return host, self.cost.host_transfer_time((host - gpu) * block_bytes)
+        return gpu, 0.0
+
+
+_IDLE = (0, 0, 0)  # _queue_tokens of empty queues
+# Estimate(*fields) without the Python-level __new__ of a NamedTuple (as Estimate._make,
+# less its length check): a placement makes one per candidate
+_estimate = partial(tuple.__new__, Estimate)
+
+
+def _queue_tokens(running: Sequence[Request], waiting: Sequence[Request]) -> tuple[int, int, int]:
+    """One pass over each queue of a replica (busy replicas hold many calls): the KV
+    tokens its running calls have computed (the decode batch's context), the tokens its
+    waiting calls still need in KV, and :meth:`Predictor.backlog`'s prefill tokens.
+    On a busy replica this loop is most of a placement's time: it reads
+    ``prompt_tokens + generated`` rather than the property ``total_tokens`` (a call)."""
+    context = backlog = 0
+    for r in running:
+        computed = r.computed
+        context += computed
+        left = r.prompt_tokens + r.generated - computed - 1
+        if left > 0:
+            backlog += left
+    demand = 0
+    for r in waiting:
+        prompt, computed = r.prompt_tokens, r.computed
+        demand += prompt + r.generated - computed
+        if computed < prompt:
+            backlog += prompt - computed
+    return context, demand, backlog
+
+
+def _short(need: int, free: int, drain: float) -> float:
+    """The wait for ``need`` blocks when only ``free`` are free: the share that does not
+    fit times ``drain`` (see :meth:`Predictor.memory_wait`)."""
+    return drain * min(1.0, (need - max(free, 0)) / max(need, 1))
 
 
 def choose(
@@ -127,17 +183,34 @@ def choose(
     ``homed`` the context tokens of the workflows homed on each replica (their
     working set: they will come back to it).
     """
-    by_index = {e.replica: e for e in estimates}
-    best = min(estimates, key=lambda e: (e.completion, e.replica))
-    if home is not None and home in by_index:
+    return pick(estimates, home, homed, config).replica
+
+
+def pick(
+    estimates: Sequence[Estimate],
+    home: int | None,
+    homed: Sequence[float],
+    config: SagaConfig,
+) -> Estimate:
+    """:func:`choose`'s choice, as its estimate (the caller wants its service time).
+
+    Candidates are ranked by (completion, replica): ties go to the lowest index. The
+    index into ``estimates`` rides along in the ranked tuples, never compared (the
+    replicas of a placement are distinct)."""
+    completions = [e.backlog + e.service for e in estimates]
+    replicas = [e.replica for e in estimates]
+    if home is not None and home in replicas:
+        at_home = estimates[replicas.index(home)]
         if not config.steal:
-            return home
-        stay = by_index[home].completion
-        gain = stay - best.completion
+            return at_home
+        stay = at_home.backlog + at_home.service
+        completion, _, best = min(zip(completions, replicas, range(len(estimates)), strict=True))
+        gain = stay - completion
         if gain > config.steal_margin * stay and gain > config.steal_min_gain:
-            return best.replica
-        return home
-    least = min(homed[e.replica] for e in estimates)
-    bound = least * (1.0 + config.colocate_slack) + config.colocate_abs
-    eligible = [e for e in estimates if homed[e.replica] <= bound]
-    return min(eligible, key=lambda e: (e.completion, e.replica)).replica
+            return estimates[best]
+        return at_home
+    load = [homed[r] for r in replicas]
+    bound = min(load) * (1.0 + config.colocate_slack) + config.colocate_abs
+    ranked = zip(completions, replicas, range(len(estimates)), strict=True)
+    _, _, best = min(rank for rank, x in zip(ranked, load, strict=True) if x <= bound)
+    return estimates[best]

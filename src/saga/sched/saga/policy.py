@@ -203,9 +203,12 @@ class SagaPolicy(Policy):
 
     # ---- observations ----------------------------------------------------------------------
     def on_call_ready(self, call: CallInfo, now: float) -> None:
-        flow = self._flow(
-            WorkflowInfo(call.workflow, call.tenant, call.agent, call.workflow_arrival, call.slo)
-        )
+        flow = self.flows.get(call.workflow)
+        if flow is None:  # its first call (or one not admitted through admit)
+            flow = self._flow(
+                WorkflowInfo(call.workflow, call.tenant, call.agent, call.workflow_arrival,
+                             call.slo)
+            )
         graph = self._graph(flow)
         node = node_key(call.tool, call.index, self.config.depth_buckets)
         if flow.last_finish is None and flow.home is None:
@@ -277,17 +280,16 @@ class SagaPolicy(Policy):
         graph = self._graph(flow)
         output = graph.output_tokens(flow.node)
         home = flow.home if flow.home is not None and self.ctx.replicas[flow.home].up else None
-        estimates = [
-            self.predictor.estimate(r, call.runs, call.prompt_tokens, output)
-            for r in self._candidates(home)
-        ]
-        chosen = placement.choose(estimates, home, self.homed, self.config)
+        estimates = self.predictor.estimate_all(
+            self._candidates(home), call.runs, call.prompt_tokens, output
+        )
+        estimate = placement.pick(estimates, home, self.homed, self.config)
+        chosen = estimate.replica
         if home is not None and chosen != home:
             self.steals += 1
             # the KV left behind is of no more use to this workflow: let it go
             self.ctx.replicas[home].unpin(call.workflow, now)
         self._rehome(flow, chosen, call.prompt_tokens)
-        estimate = next(e for e in estimates if e.replica == chosen)
         flow.call_prefill = estimate.service - output * self.predictor.t_decode
         flow.priority = flow.rest + estimate.service
         return chosen
@@ -319,10 +321,11 @@ class SagaPolicy(Policy):
         width = -(-n // 64)
         start = self._placements * width % n
         self._placements += 1
-        pool = set(self._lightest)
-        pool.update(range(start, min(start + width, n)))
-        homed = self.homed
-        self._lightest = [i for _, i in sorted([(homed[i], i) for i in pool])[:keep]]
+        pool = sorted(set(self._lightest).union(range(start, min(start + width, n))))
+        # a stable sort by homed work after the sort by index: ordered by (work, index)
+        # without building a tuple per replica
+        pool.sort(key=self.homed.__getitem__)
+        self._lightest = pool[:keep]
 
     # ---- queue order -------------------------------------------------------------------------
     def queue_key(self, replica: Replica, request: Request, now: float) -> tuple[float, ...]:
