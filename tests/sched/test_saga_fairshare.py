@@ -70,11 +70,11 @@ def test_tenant_weights_set_after_construction_reach_the_accounts() -> None:
     assert policy.fair.key("alice", 0.0, 0.0)[0] == 2.0  # normalized service: 4 / 2
 
 
-def _call(tenant: str, workflow: str, seq: int) -> Request:
+def _call(tenant: str, workflow: str, seq: int, slo: float | None = None) -> Request:
     info = CallInfo(
         workflow=workflow, tenant=tenant, agent="a", call_id="c0", index=0, tool=None,
         prompt_tokens=640, runs=((f"w:{workflow}", 0, 10),), issued_at=0.0,
-        workflow_arrival=0.0, slo=None, ends_workflow=False,
+        workflow_arrival=0.0, slo=slo, ends_workflow=False,
     )
     req = Request(workflow, "c0", info.runs, info.prompt_tokens, 100, 64, seq)
     req.info = info
@@ -93,6 +93,18 @@ def test_preemption_only_for_a_tenant_trailing_by_more_than_the_gap() -> None:
     assert not policy.preempt_for(None, _call("flood", "f2", 3), flood, 0.0)  # type: ignore[arg-type]
     flood.preemptions = 1  # already paid one recompute
     assert not policy.preempt_for(None, owed, flood, 0.0)  # type: ignore[arg-type]
+
+
+def test_an_interactive_call_is_never_preempted_for_fairness() -> None:
+    policy = SagaPolicy(SagaConfig(preempt_gap=30.0))
+    chat, batch = _call("chat", "c1", 1, slo=3.0), _call("batch", "b1", 2)
+    policy.fair.charge("chat", 1000.0)
+    assert not policy.preempt_for(None, batch, chat, 0.0)  # type: ignore[arg-type]
+    other = _call("other", "o1", 3, slo=3.0)
+    assert not policy.preempt_for(None, other, chat, 0.0)  # type: ignore[arg-type]
+    # ... while best-effort work does yield to an interactive call that is owed service
+    policy.fair.charge("batch", 2000.0)
+    assert policy.preempt_for(None, chat, batch, 0.0)  # type: ignore[arg-type]
 
 
 def test_tenant_weights_scale_the_preemption_gap() -> None:

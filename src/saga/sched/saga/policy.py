@@ -346,6 +346,8 @@ class SagaPolicy(Policy):
             return False
         if running.preemptions >= self.config.max_fair_preemptions:
             return False
+        if running.info.slo is not None:
+            return False  # an interactive call is never preempted: its SLO is at stake
         ahead, behind = running.info.tenant, waiting.info.tenant
         if ahead == behind:
             return False
@@ -379,7 +381,7 @@ class SagaPolicy(Policy):
         host = replica.host
         if host is not None and blocks < host.capacity:
             reload = self.ctx.cost.host_transfer_time(blocks * replica.block_bytes)
-        demand = sum(r.total_tokens - r.computed for r in replica.waiting) // bt
+        demand = replica.demand_tokens // bt
         memory = keep.MemoryState(
             capacity=replica.kv.capacity,
             held=replica.kv.locked_blocks + replica.kv.anonymous_blocks,
