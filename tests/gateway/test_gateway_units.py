@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -86,6 +87,63 @@ def test_view_offers_what_placement_reads_of_a_host_tier() -> None:
     assert view.host is not None and view.host.cached_blocks == 0
     view.kv.add([("h:a", 0, 3)])
     assert view.kv.cached_blocks == view.kv.used_blocks == 3
+
+
+def test_view_keeps_the_queue_sums_placement_reads_as_calls_come_and_go() -> None:
+    """The gateway's calls never progress in its view (computed and generated stay 0):
+    no context, each waiting call needs its whole prompt, a running one all but a token."""
+    from saga.engine.replica import Request
+    from saga.gateway.view import RemoteReplicaView
+
+    view = RemoteReplicaView(0, capacity_blocks=64, block_tokens=16)
+    a, b, c = (Request(f"w{i}", "c0", (), 100 * i, 32, 16, i) for i in (1, 2, 3))
+    view.add_running(a)
+    view.add_waiting(b)
+    view.add_waiting(c)
+    view.check_queue_tokens()
+    assert (view.context_tokens, view.demand_tokens, view.backlog_tokens) == (0, 500, 599)
+    view.remove_running(a)  # a ended: b gets its slot, c's client leaves
+    view.remove_waiting(b)
+    view.add_running(b)
+    view.remove_waiting(c)
+    view.check_queue_tokens()
+    assert (view.context_tokens, view.demand_tokens, view.backlog_tokens) == (0, 0, 199)
+
+
+def test_gateway_moves_calls_through_the_view_verbs() -> None:
+    """Concurrency slots and the fair queue keep the view's sums exact: a call over the
+    limit waits, takes the slot a finished call frees, or leaves (cancelled)."""
+    from saga.engine.replica import Request
+    from saga.gateway.app import Gateway
+
+    config = GatewayConfig.model_validate({
+        "cluster": "small", "backends": [{"url": "http://127.0.0.1:1"}],
+    })
+    gateway = Gateway(config)
+    # backends are built at start(), with a session: only the limit is read here
+    gateway.backends = [SimpleNamespace(max_concurrency=1, label="b0")]  # type: ignore[list-item]
+    view = gateway.views[0]
+    a, b, c = (Request(f"w{i}", "c0", (), 100 * i, 32, 16, i) for i in (1, 2, 3))
+
+    async def traffic() -> None:
+        await gateway._acquire(0, a, "t")
+        waiter_b = asyncio.create_task(gateway._acquire(0, b, "t"))
+        waiter_c = asyncio.create_task(gateway._acquire(0, c, "t"))
+        await asyncio.sleep(0)
+        assert view.running == [a] and view.waiting == [b, c]
+        view.check_queue_tokens()
+        waiter_c.cancel()
+        gateway._release(0, a)
+        await waiter_b
+        with pytest.raises(asyncio.CancelledError):
+            await waiter_c
+        assert view.running == [b] and not view.waiting
+        view.check_queue_tokens()
+        gateway._release(0, b)
+
+    asyncio.run(traffic())
+    view.check_queue_tokens()
+    assert (view.context_tokens, view.demand_tokens, view.backlog_tokens) == (0, 0, 0)
 
 
 def test_policy_observes_every_call_and_may_move_a_workflow_it_placed() -> None:

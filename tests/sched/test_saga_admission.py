@@ -79,8 +79,8 @@ def _flood(replicas: list[Replica], calls: int, prompt: int) -> None:
     for replica in replicas:
         for k in range(calls):
             info = _call(f"batch-{replica.index}-{k}", "batch", None, prompt)
-            replica.waiting.append(
-                Request(info.workflow, "c0", info.runs, prompt, 16, 16, k, info=info)
+            replica.enqueue(
+                Request(info.workflow, "c0", info.runs, prompt, 16, 16, k, info=info), 0.0
             )
 
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+from unittest.mock import patch
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from saga.core.workflow import Call, Prompt, Workflow
+from saga.engine.replica import Replica, Request
 from saga.sched.registry import build_policy
 from saga.sim.cluster import get_cluster
 from saga.sim.events import EventLoop
+from saga.sim.faults import Fault
 from saga.sim.run import run_policy, write_outputs
 from saga.sim.simulator import Simulation
 
@@ -93,6 +96,51 @@ def test_decode_runs_give_the_same_result_as_single_steps(wfs: list[Workflow]) -
     for x, y in zip(a, b, strict=True):
         assert x[:2] == y[:2] and x[3] == y[3]
         assert abs(x[2] - y[2]) <= 1e-6 * max(1.0, y[2])
+
+
+class CheckedReplica(Replica):
+    """A replica that recounts its queue token sums after every verb the runtime uses."""
+
+    def enqueue(self, request: Request, now: float) -> None:
+        super().enqueue(request, now)
+        self.check_queue_tokens()
+
+    def plan(self, now: float) -> float | None:
+        end = super().plan(now)
+        self.check_queue_tokens()
+        return end
+
+    def interrupt(self, now: float) -> float | None:
+        end = super().interrupt(now)
+        self.check_queue_tokens()
+        return end
+
+    def complete(self, now: float) -> list[Request]:
+        finished = super().complete(now)
+        self.check_queue_tokens()
+        return finished
+
+    def fail(self, now: float) -> list[Request]:
+        held = super().fail(now)
+        self.check_queue_tokens()
+        return held
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(workflows(), st.sampled_from(["saga", "saga-no-steal", "vllm-least-loaded"]),
+       st.floats(0.0, 40.0), st.booleans())
+def test_queue_token_sums_stay_exact_through_whole_simulations(
+    wfs: list[Workflow], policy: str, fail_at: float, fail: bool
+) -> None:
+    faults = [Fault(replica=0, at=fail_at, duration=5.0)] if fail else []
+    with patch("saga.sim.simulator.Replica", CheckedReplica):
+        sim = Simulation(get_cluster("test-2"), build_policy(policy), wfs, seed=1,
+                         faults=faults)
+    assert all(isinstance(r, CheckedReplica) for r in sim.replicas)
+    sim.run()
+    for replica in sim.replicas:
+        assert (replica.context_tokens, replica.demand_tokens, replica.backlog_tokens) == (
+            0, 0, 0)
 
 
 def test_same_seed_gives_byte_identical_summary(tmp_path: object) -> None:

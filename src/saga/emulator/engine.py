@@ -144,8 +144,7 @@ class Emulator(ReplicaTimers):
         now = self.loop.sync()
         target = self.replicas[state.replica]
         request = state.request
-        if request in target.waiting:
-            target.waiting.remove(request)
+        if target.withdraw(request):
             self.calls.pop(request.seq, None)
             if state.stream:
                 self._streaming[state.replica] -= 1

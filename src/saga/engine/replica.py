@@ -145,7 +145,57 @@ class Pin:
         self.expires = expires
 
 
-class Replica:
+class QueueTokens:
+    """Token sums over a replica's queues, kept as calls move so that placement reads
+    them in O(1) rather than call by call (busy replicas hold a hundred calls each):
+
+    * ``context_tokens``: KV tokens the running calls have computed (the decode
+      batch's context);
+    * ``demand_tokens``: tokens the waiting calls still need in KV;
+    * ``backlog_tokens``: prefill ahead, that is, per running call the tokens before
+      its next output token but one, per waiting call its prompt not yet computed.
+
+    Whoever moves a call in or out of ``running``/``waiting``, or changes its
+    ``computed``, ``generated`` or ``prompt_tokens``, counts it out before and in
+    after (or updates the sums by the exact difference).
+    """
+
+    running: list[Request]
+    waiting: list[Request]
+    context_tokens: int
+    demand_tokens: int
+    backlog_tokens: int
+
+    def _clear_queue_tokens(self) -> None:
+        self.context_tokens = self.demand_tokens = self.backlog_tokens = 0
+
+    def check_queue_tokens(self) -> None:
+        """Assert that the sums equal a count from scratch (for tests)."""
+        running, waiting = self.running, self.waiting
+        context = sum(r.computed for r in running)
+        demand = sum(r.prompt_tokens + r.generated - r.computed for r in waiting)
+        backlog = sum(max(0, r.prompt_tokens + r.generated - r.computed - 1) for r in running)
+        backlog += sum(max(0, r.prompt_tokens - r.computed) for r in waiting)
+        kept = (self.context_tokens, self.demand_tokens, self.backlog_tokens)
+        assert kept == (context, demand, backlog), (kept, (context, demand, backlog))
+
+    def _count_running(self, request: Request, sign: int) -> None:
+        """Add (``sign`` 1) or take out (-1) a running call's share of the sums."""
+        computed = request.computed
+        self.context_tokens += sign * computed
+        left = request.prompt_tokens + request.generated - computed - 1
+        if left > 0:
+            self.backlog_tokens += sign * left
+
+    def _count_waiting(self, request: Request, sign: int) -> None:
+        """Add (``sign`` 1) or take out (-1) a waiting call's share of the sums."""
+        prompt, computed = request.prompt_tokens, request.computed
+        self.demand_tokens += sign * (prompt + request.generated - computed)
+        if computed < prompt:
+            self.backlog_tokens += sign * (prompt - computed)
+
+
+class Replica(QueueTokens):
     """Mechanics of one replica. Driven by a runtime through plan/complete/interrupt."""
 
     def __init__(
@@ -170,6 +220,7 @@ class Replica:
         self.block_bytes = cost.model.kv_bytes_per_token() * block_tokens
         self.waiting: list[Request] = []
         self.running: list[Request] = []
+        self._clear_queue_tokens()
         self.pins: dict[str, Pin] = {}
         self.new_pins: list[tuple[str, Pin]] = []  # for the runtime to time their expiry
         # (time, runs) the runtime should call prefetch() at, from offload decisions
@@ -217,7 +268,16 @@ class Replica:
     def enqueue(self, request: Request, now: float) -> None:
         request.enqueued_at = now
         self.waiting.append(request)
+        self._count_waiting(request, 1)
         self._waiting_unsorted = True
+
+    def withdraw(self, request: Request) -> bool:
+        """Take a waiting call off the queue (its client left); False if not waiting."""
+        if request not in self.waiting:
+            return False
+        self.waiting.remove(request)
+        self._count_waiting(request, -1)
+        return True
 
     def plan(self, now: float) -> float | None:
         """Start the next step if idle and there is work; return when it ends.
@@ -285,6 +345,7 @@ class Replica:
         finished: list[Request] = []
         steps = self._run_steps or 1
         run = self._run_steps > 0
+        computed = emitted = 0  # tokens, for the queue sums (_step_tokens)
         for request, q in self._batch:
             if run:
                 request.computed += steps
@@ -293,21 +354,36 @@ class Replica:
                 # A step emits a token when it completes the KV of everything so far;
                 # a decode is the case of one missing token.
                 request.computed += q
+                computed += q
                 if request.computed >= request.total_tokens:
                     if request.locked_blocks < request.keyed_blocks:
                         self._prefill_done(request, now)
                     request.generated += 1
+                    emitted += 1
             if request.first_token_at < 0 and request.generated > 0:
                 request.first_token_at = now
             if request.generated >= request.output_tokens:
                 finished.append(request)
             elif run:
                 self._trim(request, now)  # a cut run reserved blocks for steps not taken
+        if run:
+            computed = emitted = steps * len(self._batch)
+        self._step_tokens(computed, emitted)
         self._batch = []
         self._run_steps = 0
         for request in finished:
             self._finish(request, now)
         return finished
+
+    def _step_tokens(self, computed: int, emitted: int) -> None:
+        """Update the queue sums for a step (or run) in which running calls computed
+        ``computed`` tokens of KV and emitted ``emitted`` tokens, in O(1) rather than
+        call by call. A running call always lacks the KV of at least its next token
+        (admission computes at most total - 1, a step at most what is missing, and
+        an emitted token is one more to compute), so its backlog share is exactly
+        total - computed - 1: it shrinks by what was computed less what was emitted."""
+        self.context_tokens += computed
+        self.backlog_tokens -= computed - emitted
 
     # ---- batch formation ---------------------------------------------------------------
     def _form_batch(self, now: float) -> tuple[list[tuple[Request, int]], bool]:
@@ -372,6 +448,7 @@ class Replica:
         for request in self.waiting:
             if budget <= 0 or len(self.running) >= self.config.max_num_seqs:
                 break
+            self._count_waiting(request, -1)  # _start sets what it has computed
             cached = self._start(request, now)
             ready = request.ready_at <= now
             q = min(request.total_tokens - request.computed, budget) if ready else 0
@@ -380,10 +457,12 @@ class Replica:
                 self._release_kv(request, now)
                 request.ready_at = 0.0
                 self.blocked_on_memory = True
+                self._count_waiting(request, 1)
                 break
             self._admitted(request, cached, now)
             admitted += 1
             self.running.append(request)
+            self._count_running(request, 1)
             if ready:
                 batch.append((request, q))
                 budget -= q
@@ -478,6 +557,7 @@ class Replica:
 
     def _preempt(self, request: Request, now: float) -> None:
         self.running.remove(request)
+        self._count_running(request, -1)
         request.preemptions += 1
         if self.config.preemption == "swap" and self.host is not None:
             self._copy_to_host(request, now)
@@ -485,6 +565,7 @@ class Replica:
         request.computed = 0
         request.ready_at = 0.0
         self.waiting.insert(0, request)
+        self._count_waiting(request, 1)
         self._waiting_unsorted = True
 
     def _release_kv(self, request: Request, now: float) -> None:
@@ -521,6 +602,7 @@ class Replica:
     def _finish(self, request: Request, now: float) -> None:
         request.finished_at = now
         self.running.remove(request)
+        self._count_running(request, -1)
         self.output_tokens_total += request.generated
         output = output_run(request, self.block_tokens)
         if output is not None and request.lock is not None:
@@ -674,6 +756,7 @@ class Replica:
         held = sorted(self.running + self.waiting, key=lambda r: r.seq)
         self.running.clear()
         self.waiting.clear()
+        self._clear_queue_tokens()
         for request in held:
             self._release_kv(request, now)
             request.computed = 0

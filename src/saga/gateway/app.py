@@ -707,7 +707,7 @@ class Gateway:
         view = self.views[index]
         queue = self._queues[index]
         if not queue and len(view.running) < self.backends[index].max_concurrency:
-            view.running.append(request)
+            view.add_running(request)
             return
         if len(view.waiting) >= self.config.max_queue:
             self.metrics.shed["queue"] += 1
@@ -720,27 +720,27 @@ class Gateway:
         self._tenant_tag[tenant] = start + (request.prompt_tokens + request.output_tokens) / weight
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(queue, _Waiter(start, request.seq, request, future))
-        view.waiting.append(request)
+        view.add_waiting(request)
         try:
             await future
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
                 self._release(index, request)  # got the slot as the client left
             else:
-                view.waiting.remove(request)
+                view.remove_waiting(request)
             raise
 
     def _release(self, index: int, request: Request) -> None:
         view = self.views[index]
-        view.running.remove(request)
+        view.remove_running(request)
         queue = self._queues[index]
         limit = self.backends[index].max_concurrency
         while queue and len(view.running) < limit:
             waiter = heapq.heappop(queue)
             if waiter.future.done():
                 continue
-            view.waiting.remove(waiter.request)
-            view.running.append(waiter.request)
+            view.remove_waiting(waiter.request)
+            view.add_running(waiter.request)
             self._vtime = waiter.tag
             waiter.future.set_result(None)
 

@@ -8,6 +8,10 @@ bookkeeping so that policies run unchanged. What is exact and what is approximat
   reached) -- exact for this gateway, blind to other gateways;
 * ``running``: calls this gateway sent and whose response has not ended -- the
   replica may still be queueing some of them internally;
+* the queue token sums of :class:`saga.engine.replica.QueueTokens`: over those two
+  lists, kept by the ``add_*``/``remove_*`` verbs (the gateway moves calls only
+  through them); its calls' ``computed`` and ``generated`` stay 0 (it does not see
+  the engine's progress), so the context is 0 and each call counts its whole prompt;
 * ``load()``, ``outstanding_tokens()``: from those two lists, with each call's
   ``max_tokens`` as its output (outstanding work is not decremented as tokens stream);
 * ``cached_blocks_for(runs)`` and ``kv``: an LRU index of the block hashes this
@@ -26,7 +30,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 from saga.engine.kvcache import Run
-from saga.engine.replica import Request
+from saga.engine.replica import QueueTokens, Request
 
 
 class ApproxPrefixIndex:
@@ -88,7 +92,7 @@ class ApproxPrefixIndex:
             blocks.popitem(last=False)
 
 
-class RemoteReplicaView:
+class RemoteReplicaView(QueueTokens):
     """A backend as a policy sees it (the members of Replica that policies read)."""
 
     def __init__(
@@ -104,11 +108,29 @@ class RemoteReplicaView:
         self.host = ApproxPrefixIndex(host_blocks) if host_blocks is not None else None
         self.waiting: list[Request] = []
         self.running: list[Request] = []
+        self._clear_queue_tokens()
         self.kv = ApproxPrefixIndex(capacity_blocks)
         self.pins: dict[str, float] = {}  # workflow -> expiry (gateway clock), as asked
 
     def load(self) -> int:
         return len(self.waiting) + len(self.running)
+
+    # ---- the gateway's verbs: a call moves only through these (they keep the sums) ----
+    def add_running(self, request: Request) -> None:
+        self.running.append(request)
+        self._count_running(request, 1)
+
+    def remove_running(self, request: Request) -> None:
+        self.running.remove(request)
+        self._count_running(request, -1)
+
+    def add_waiting(self, request: Request) -> None:
+        self.waiting.append(request)
+        self._count_waiting(request, 1)
+
+    def remove_waiting(self, request: Request) -> None:
+        self.waiting.remove(request)
+        self._count_waiting(request, -1)
 
     def outstanding_tokens(self) -> int:
         return sum(r.prompt_tokens + r.output_tokens for r in self.waiting) + sum(

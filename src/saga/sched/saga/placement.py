@@ -27,7 +27,7 @@ from saga.sched.saga.config import SagaConfig
 if TYPE_CHECKING:
     from saga.engine.costmodel import CostModel
     from saga.engine.kvcache import RadixKV, Run
-    from saga.engine.replica import Replica, Request
+    from saga.engine.replica import Replica
 
 
 class Estimate(NamedTuple):
@@ -64,13 +64,15 @@ class Predictor:
 
     def backlog(self, replica: Replica, only_slo: bool = False) -> float:
         """Seconds of prefill work queued or running on ``replica`` (``only_slo``: of
-        calls of interactive workflows only, those with an SLO)."""
+        calls of interactive workflows only, those with an SLO: counted call by call)."""
+        if not only_slo:
+            return replica.backlog_tokens * self.t_token
         tokens = 0
         for r in replica.waiting:
-            if not only_slo or (r.info is not None and r.info.slo is not None):
+            if r.info is not None and r.info.slo is not None:
                 tokens += r.prompt_tokens - min(r.computed, r.prompt_tokens)
         for r in replica.running:
-            if not only_slo or (r.info is not None and r.info.slo is not None):
+            if r.info is not None and r.info.slo is not None:
                 tokens += max(0, r.total_tokens - r.computed - 1)
         return tokens * self.t_token
 
@@ -79,7 +81,7 @@ class Predictor:
         else the share of the call that does not fit times ``drain``, the time for the
         running calls to finish and give their blocks back."""
         kv = replica.kv
-        waiting = sum(r.total_tokens - r.computed for r in replica.waiting) // self.block_tokens
+        waiting = replica.demand_tokens // self.block_tokens
         free = kv.capacity - kv.locked_blocks - kv.anonymous_blocks - waiting
         return 0.0 if need <= free else _short(need, free, drain)
 
@@ -101,20 +103,21 @@ class Predictor:
         output: float,
     ) -> list[Estimate]:
         """The call's estimate on each of ``replicas``: the hot loop of a placement, so
-        what does not depend on the replica is computed once and each queue is read in
-        one pass (:func:`_queue_tokens`). The arithmetic is that of :meth:`prefill`,
-        :meth:`memory_wait` and :meth:`backlog`, in the same order: the same floats."""
+        what does not depend on the replica is computed once and the queues are read as
+        the sums each replica keeps (:class:`~saga.engine.replica.QueueTokens`), not call
+        by call. The arithmetic is that of :meth:`prefill`, :meth:`memory_wait` and
+        :meth:`backlog`, in the same order: the same floats."""
         bt, t_token = self.block_tokens, self.t_token
         blocks = -(-(prompt + int(output)) // bt)  # the call's blocks, prompt and output
         decode_step, prefill = self._decode_step, self._prefill
         estimates = []
         for replica in replicas:
-            kv, running, waiting, host = replica.kv, replica.running, replica.waiting, replica.host
+            kv, running, host = replica.kv, replica.running, replica.host
             cached, reload = kv.match_blocks(runs), 0.0
             if host is not None and host.cached_blocks:  # (an empty tier holds nothing)
                 cached, reload = self._host_hit(host, replica.block_bytes, runs, cached)
-            busy = running or waiting
-            context, demand, backlog = _queue_tokens(running, waiting) if busy else _IDLE
+            busy = running or replica.waiting
+            context, demand = replica.context_tokens, replica.demand_tokens
             drain = output * decode_step(len(running) + 1, prompt + context, 1)
             hit = cached * bt  # tokens, clamped to the prompt as prefill() does
             service = reload + prefill(prompt, hit if hit < prompt else prompt) + drain
@@ -122,7 +125,7 @@ class Predictor:
             free = kv.capacity - kv.locked_blocks - kv.anonymous_blocks - demand // bt
             wait = 0.0 if need <= free else _short(need, free, drain)
             if busy:
-                wait += backlog * t_token
+                wait += replica.backlog_tokens * t_token
             estimates.append(_estimate((replica.index, wait, service)))
         return estimates
 
@@ -137,32 +140,9 @@ class Predictor:
         return gpu, 0.0
 
 
-_IDLE = (0, 0, 0)  # _queue_tokens of empty queues
 # Estimate(*fields) without the Python-level __new__ of a NamedTuple (as Estimate._make,
 # less its length check): a placement makes one per candidate
 _estimate = partial(tuple.__new__, Estimate)
-
-
-def _queue_tokens(running: Sequence[Request], waiting: Sequence[Request]) -> tuple[int, int, int]:
-    """One pass over each queue of a replica (busy replicas hold many calls): the KV
-    tokens its running calls have computed (the decode batch's context), the tokens its
-    waiting calls still need in KV, and :meth:`Predictor.backlog`'s prefill tokens.
-    On a busy replica this loop is most of a placement's time: it reads
-    ``prompt_tokens + generated`` rather than the property ``total_tokens`` (a call)."""
-    context = backlog = 0
-    for r in running:
-        computed = r.computed
-        context += computed
-        left = r.prompt_tokens + r.generated - computed - 1
-        if left > 0:
-            backlog += left
-    demand = 0
-    for r in waiting:
-        prompt, computed = r.prompt_tokens, r.computed
-        demand += prompt + r.generated - computed
-        if computed < prompt:
-            backlog += prompt - computed
-    return context, demand, backlog
 
 
 def _short(need: int, free: int, drain: float) -> float:
