@@ -385,7 +385,7 @@ def servers(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     try:
         for core, saga in ((0, True), (1, False)):
             procs.append(eng.start_vllm(
-                tiny_model, free_port(), extra_args=SERVER_ARGS, max_model_len=2048,
+                tiny_model, free_port(), extra_args=SERVER_ARGS, max_model_len=4096,
                 cpu_threads=str(core % (os.cpu_count() or 1)), log_dir=logs, wait=False,
                 saga_scheduler=saga, saga_config={"stats_interval": 0} if saga else None,
             ))
@@ -533,7 +533,8 @@ def _backlog(proc: eng.EngineProc) -> list[str]:
     ta's queued calls are sent once vLLM's gauges show a1 running, and b1 once they show
     them waiting, so b1 reaches the engine after them however busy the machine is (in a
     CI run, sending all 0.15 s apart let the API server hand them on in another order).
-    The long call (1,900 output tokens: 4-9 s here on one core) holds the only sequence
+    The long call (3,000 output tokens: 1,900 took 4-9 s here on one core, and a run beside
+    other heavy work once finished it before the others were queued) holds the only sequence
     slot meanwhile, so b1 arrives while a1 still runs: its tenant joins at ta's service
     then, and ta's keeps growing until a1 ends.
     """
@@ -570,7 +571,7 @@ def _backlog(proc: eng.EngineProc) -> list[str]:
 
     threads: list[threading.Thread] = []
     deadline = time.monotonic() + 120
-    send("a1", "ta", 1900)
+    send("a1", "ta", 3000)
     _until_queued(url, running=1, waiting=0, deadline=deadline, done=done)
     for i in range(2, 7):  # their order among themselves does not matter
         send(f"a{i}", "ta", 24)
