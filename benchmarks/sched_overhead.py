@@ -11,9 +11,9 @@ of the thread (on a shared machine the wall p99 also counts time the process was
 running), and the garbage collections that fell in the timed calls.
 
 Target (issue 5): place p99 under 100 us. Measured on a shared 2-core VM with nothing
-else running: with idle replicas place p50 ~52-56 us, p99 ~90-105 us (16 candidates x
-~2 us, mostly reading cold replica and KV objects); with 100 calls per replica about the
-same, p50 ~57-59 us, p99 ~97-105 us, since each replica keeps its queues' token sums
+else running (3 runs): with idle replicas place p50 ~41-46 us, p99 ~77-104 us (16
+candidates x ~2 us, mostly reading cold replica and KV objects); with 100 calls per
+replica p50 ~48 us, p99 ~92-97 us, since each replica keeps its queues' token sums
 (``QueueTokens``) and a busy candidate reads no slower than an idle one (read call by
 call, they took p50 ~250 us, p99 ~360-600 us). No collection falls in a timed call.
 Run: python benchmarks/sched_overhead.py [--replicas N] [--workflows N] [--samples N]
