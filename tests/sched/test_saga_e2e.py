@@ -9,6 +9,7 @@ import pytest
 
 from saga.core.workflow import Call, Prompt, Workflow
 from saga.metrics.summary import speedup
+from saga.sched.policy import CallInfo
 from saga.sched.registry import build_policy, list_policies
 from saga.sim.cluster import get_cluster
 from saga.sim.simulator import SimResult, Simulation
@@ -87,3 +88,29 @@ def test_tenant_accounts_track_the_slowdown_of_finished_workflows() -> None:
     assert account.slowdown_n == len([w for w in result.workflows if w.finished_at >= 0]) == 12
     # TCT over calls-alone-plus-gaps: at least ~1 (the prediction is the cost model's)
     assert 0.9 <= account.slowdown < 20.0
+
+
+def _first_call(workflow: str) -> CallInfo:
+    return CallInfo(
+        workflow=workflow, tenant="acme", agent="swe-agent", call_id="c0", index=0,
+        tool=None, prompt_tokens=64 * 80, runs=(("s:sys", 0, 64), (f"w:{workflow}", 0, 16)),
+        issued_at=0.0, workflow_arrival=0.0, slo=None, ends_workflow=False,
+    )
+
+
+def test_placement_finds_the_one_replica_up_and_says_when_none_is() -> None:
+    cluster = get_cluster("h100-64-8b")
+    sim = Simulation(cluster, build_policy("saga"), agent_workload(1, 1, 1.0), seed=0)
+    assert len(sim.replicas) > 16  # placement samples candidates here
+    for replica in sim.replicas:
+        replica.up = False
+    sim.replicas[37].up = True
+    for k in range(20):  # whatever the sample, the only replica up is found
+        call = _first_call(f"w{k}")
+        sim.policy.on_call_ready(call, 0.0)
+        assert sim.policy.place(call, 0.0) == 37
+    sim.replicas[37].up = False
+    call = _first_call("none")
+    sim.policy.on_call_ready(call, 0.0)
+    with pytest.raises(RuntimeError, match="no replica is up"):
+        sim.policy.place(call, 0.0)

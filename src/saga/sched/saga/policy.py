@@ -280,8 +280,13 @@ class SagaPolicy(Policy):
         graph = self._graph(flow)
         output = graph.output_tokens(flow.node)
         home = flow.home if flow.home is not None and self.ctx.replicas[flow.home].up else None
+        candidates = self._candidates(home)
+        if not candidates:  # every sampled replica is down: any that is up will do
+            candidates = [r for r in self.ctx.replicas if r.up]
+            if not candidates:  # what the runtimes catch (the gateway answers 503)
+                raise RuntimeError("no replica is up")
         estimates = self.predictor.estimate_all(
-            self._candidates(home), call.runs, call.prompt_tokens, output
+            candidates, call.runs, call.prompt_tokens, output
         )
         estimate = placement.pick(estimates, home, self.homed, self.config)
         chosen = estimate.replica
