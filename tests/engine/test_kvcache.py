@@ -204,3 +204,25 @@ def test_random_workloads_keep_invariants_and_leak_nothing(
     cached = kv.cached_blocks
     assert kv.evict(10**6) == cached
     assert kv.cached_blocks == 0
+
+
+def test_a_leaf_another_call_holds_is_not_extended_under_its_lock() -> None:
+    """Two calls of one workflow: b inserts a longer prompt that runs through a's leaf
+    (cached by a meanwhile). a's node must stay a's 4 blocks; b's 2 more blocks go to a
+    child of it, so a's lock never covers blocks that a does not hold."""
+    kv = RadixKV(100)
+    root_lock, _ = kv.lock([("w:x", 0, 6)])  # b looked up before a's blocks were cached
+    a = cache_path(kv, [("w:x", 0, 4)])  # a holds its leaf: ref 1
+    assert kv.allocate(6)
+    b, added = kv.insert(root_lock, [("w:x", 0, 6)])
+    kv.unlock(root_lock)
+    kv.adopt(added)
+    kv.release_anonymous(6 - added)
+    assert added == 2 and a.count == 4
+    assert b.parent is a and (b.first, b.count) == (4, 2)
+    assert a.ref == 2 and b.ref == 1  # a's own lock, and b's through its child
+    kv.check()
+    kv.unlock(a)
+    kv.unlock(b)
+    assert kv.locked_blocks == 0
+    kv.check()

@@ -322,7 +322,7 @@ class RadixKV:
                 child = node.children.get((namespace, first))
                 if child is None:
                     self.tick(now)
-                    node = self._append_child(node, namespace, first, count, now)
+                    node = self._append_child(node, namespace, first, count, now, node is under)
                     added += count
                     break
                 common = count if count < child.count else child.count
@@ -335,12 +335,16 @@ class RadixKV:
         return node, added
 
     def _append_child(
-        self, node: KVNode, namespace: str, first: int, count: int, now: float
+        self, node: KVNode, namespace: str, first: int, count: int, now: float, held: bool
     ) -> KVNode:
         # Extend a run in place when the parent is a private leaf continuing it: keeps
         # one node per run rather than one per call for long agent conversations.
+        # Private means the caller's own lock is its only reference (``held``): a node
+        # reached below ``under`` was cached by another call, whose lock must not grow
+        # to cover blocks it does not hold.
         if (
-            node is not self.root
+            held
+            and node is not self.root
             and not node.children
             and node.ref == 1
             and node.namespace == namespace
