@@ -76,25 +76,6 @@ class Predictor:
                 tokens += max(0, r.total_tokens - r.computed - 1)
         return tokens * self.t_token
 
-    def memory_wait(self, replica: Replica, need: int, drain: float) -> float:
-        """Expected wait for ``need`` blocks: none if they are free (or evictable) now,
-        else the share of the call that does not fit times ``drain``, the time for the
-        running calls to finish and give their blocks back."""
-        kv = replica.kv
-        waiting = replica.demand_tokens // self.block_tokens
-        free = kv.capacity - kv.locked_blocks - kv.anonymous_blocks - waiting
-        return 0.0 if need <= free else _short(need, free, drain)
-
-    def estimate(
-        self,
-        replica: Replica,
-        runs: Sequence[Run],
-        prompt: int,
-        output: float,
-    ) -> Estimate:
-        """The call's estimate on one replica (see :meth:`estimate_all`)."""
-        return self.estimate_all((replica,), runs, prompt, output)[0]
-
     def estimate_all(
         self,
         replicas: Iterable[Replica],
@@ -105,8 +86,8 @@ class Predictor:
         """The call's estimate on each of ``replicas``: the hot loop of a placement, so
         what does not depend on the replica is computed once and the queues are read as
         the sums each replica keeps (:class:`~saga.engine.replica.QueueTokens`), not call
-        by call. The arithmetic is that of :meth:`prefill`, :meth:`memory_wait` and
-        :meth:`backlog`, in the same order: the same floats."""
+        by call. Its prefill is :meth:`prefill`'s and its backlog :meth:`backlog`'s; a call
+        whose blocks do not fit beside what is held and awaited waits :func:`_short`."""
         bt, t_token = self.block_tokens, self.t_token
         blocks = -(-(prompt + int(output)) // bt)  # the call's blocks, prompt and output
         decode_step, prefill = self._decode_step, self._prefill
@@ -116,7 +97,6 @@ class Predictor:
             cached, reload = kv.match_blocks(runs), 0.0
             if host is not None and host.cached_blocks:  # (an empty tier holds nothing)
                 cached, reload = self._host_hit(host, replica.block_bytes, runs, cached)
-            busy = running or replica.waiting
             context, demand = replica.context_tokens, replica.demand_tokens
             drain = output * decode_step(len(running) + 1, prompt + context, 1)
             hit = cached * bt  # tokens, clamped to the prompt as prefill() does
@@ -124,8 +104,7 @@ class Predictor:
             need = blocks - cached
             free = kv.capacity - kv.locked_blocks - kv.anonymous_blocks - demand // bt
             wait = 0.0 if need <= free else _short(need, free, drain)
-            if busy:
-                wait += replica.backlog_tokens * t_token
+            wait += replica.backlog_tokens * t_token  # 0 on an idle replica
             estimates.append(_estimate((replica.index, wait, service)))
         return estimates
 
@@ -146,8 +125,9 @@ _estimate = partial(tuple.__new__, Estimate)
 
 
 def _short(need: int, free: int, drain: float) -> float:
-    """The wait for ``need`` blocks when only ``free`` are free: the share that does not
-    fit times ``drain`` (see :meth:`Predictor.memory_wait`)."""
+    """The expected wait for ``need`` blocks when only ``free`` are free (counting the
+    blocks the waiting calls still need as taken): the share of the call that does not
+    fit times ``drain``, the time for the running calls to finish and give theirs back."""
     return drain * min(1.0, (need - max(free, 0)) / max(need, 1))
 
 
