@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from saga.bench.report import results_markdown
 from saga.bench.scenario import builtin_scenarios, load_scenario, parse_scenario
 from saga.errors import UserError
+from saga.metrics.summary import speedup_ceiling
 
 TINY = """
 name = "tiny"
@@ -30,7 +32,8 @@ params = { count = "12", max_calls = "6", max_prompt_tokens = "20000", context_s
 
 def test_builtin_scenarios_are_valid_with_their_quick_versions() -> None:
     names = builtin_scenarios()
-    assert {"paper", "claude-code", "interference", "saturation", "belady", "scale"} <= set(names)
+    assert {"paper", "claude-code", "interference", "saturation", "belady", "scale", "ablation",
+            "ablation-claude-code"} <= set(names)
     for name in names:
         scenario = load_scenario(name)
         assert scenario.quick_version().name == scenario.name
@@ -74,6 +77,9 @@ def test_bench_runs_every_policy_and_writes_summary_and_report(tmp_path: Path) -
         assert set(s) >= {"geomean", "ci_low", "ci_high", "p"}
         assert s["ci_low"] <= s["geomean"] <= s["ci_high"]
         assert 0 < s["p"] <= 1
+        assert math.isfinite(s["ceiling"]) and s["ceiling"] > 0
+    for case in summary["cases"]:
+        assert math.isfinite(case["speedup"]["vllm-affinity/vllm-rr"]["ceiling"])
     assert len(summary["cases"]) == 2
     assert summary["peaks"]
     html = (out / "report.html").read_text()
@@ -93,3 +99,38 @@ def test_results_markdown_puts_ours_next_to_the_paper() -> None:
     text = results_markdown([summary], "saga bench all")
     assert "| TCT vs vllm-affinity (geomean) | 1.64x | 2.50x | paper |" in text
     assert "| KV memory utilization vs vllm-affinity | 1.22x | 2.00x | paper |" in text
+
+
+def test_results_markdown_lists_each_mechanism_gain_largest_first() -> None:
+    def speed(value: float) -> dict[str, float]:
+        return {"geomean": value, "ci_low": value, "ci_high": value, "p": 0.01}
+
+    summary = {
+        "scenario": "ablation-claude-code", "reference": "saga", "quick": False,
+        "policies": {}, "cases": [],
+        "speedup": {"saga/saga-no-steal": speed(1.27), "saga/saga-no-gate": speed(2.116),
+                    "saga/vllm-affinity": speed(1.95), "saga/saga-no-graph": speed(0.98)},
+    }
+    text = results_markdown([summary], "saga bench all")
+    assert ("| TCT gain of each mechanism (SAGA over SAGA without it), real Claude Code "
+            "sessions | - | gate 2.12x, steal 1.27x, graph 0.98x | ablation-claude-code |") in text
+    assert "TCT gain of each mechanism" not in results_markdown([], "saga bench all")
+
+
+def test_speedup_ceiling_is_the_baselines_geomean_slowdown_over_the_paired_workflows() -> None:
+    baseline = {"a": 40.0, "b": 10.0, "c": 99.0}
+    candidate = {"a": 30.0, "b": 10.0}  # "c" did not finish under the candidate: not paired
+    isolated = {"a": 10.0, "b": 10.0, "c": 1.0}
+    assert speedup_ceiling(baseline, candidate, isolated) == pytest.approx(2.0)  # sqrt(4 * 1)
+    assert math.isnan(speedup_ceiling(baseline, candidate, {}))
+
+
+def test_results_markdown_shows_the_ceiling_next_to_the_speedup() -> None:
+    summary = {
+        "scenario": "paper", "reference": "saga", "quick": False, "policies": {}, "cases": [],
+        "speedup": {"saga/vllm-affinity": {"geomean": 1.03, "ci_low": 1.0, "ci_high": 1.1,
+                                            "p": 0.01, "ceiling": 1.094}},
+    }
+    text = results_markdown([summary], "saga bench all")
+    assert "| TCT vs vllm-affinity (geomean) | 1.64x | 1.03x (ceiling 1.09x) | paper |" in text
+    assert "| vllm-affinity | 1.03x | 1.00-1.10 | 0.01 | 1.09x |" in text

@@ -147,7 +147,7 @@ def print_tables(result: BenchResult, summary: Mapping[str, Any], console: Conso
     speed = summary.get("speedup") or {}
     if speed:
         table = Table(title=f"speedup of {result.scenario.reference} (TCT geometric mean)")
-        for column in ("over", "geomean", "95 % CI", "p", "pairs"):
+        for column in ("over", "geomean", "95 % CI", "p", "pairs", "ceiling"):
             table.add_column(column, justify="right")
         for key, s in speed.items():
             table.add_row(
@@ -156,6 +156,7 @@ def print_tables(result: BenchResult, summary: Mapping[str, Any], console: Conso
                 f"{_fmt(s.get('ci_low'), '{:.2f}')}-{_fmt(s.get('ci_high'), '{:.2f}')}",
                 _fmt(s.get("p"), "{:.2g}"),
                 str(s.get("n")),
+                _fmt(s.get("ceiling"), "{:.2f}x"),
             )
         console.print(table)
 
@@ -313,13 +314,16 @@ def render_html(result: BenchResult, summary: Mapping[str, Any]) -> str:
     speed = summary.get("speedup") or {}
     if speed:
         parts.append(f"<h2>Speedup of {html.escape(scenario.reference)}</h2><table>")
-        parts.append("<tr><th>over</th><th>geomean</th><th>95 % CI</th><th>p</th></tr>")
+        parts.append(
+            "<tr><th>over</th><th>geomean</th><th>95 % CI</th><th>p</th><th>ceiling</th></tr>"
+        )
         for key, s in speed.items():
             parts.append(
                 f"<tr><td>{html.escape(key.split('/', 1)[1])}</td>"
                 f"<td>{_fmt(s.get('geomean'), '{:.2f}x')}</td>"
                 f"<td>{_fmt(s.get('ci_low'), '{:.2f}')}-{_fmt(s.get('ci_high'), '{:.2f}')}</td>"
-                f"<td>{_fmt(s.get('p'), '{:.2g}')}</td></tr>"
+                f"<td>{_fmt(s.get('p'), '{:.2g}')}</td>"
+                f"<td>{_fmt(s.get('ceiling'), '{:.2f}x')}</td></tr>"
             )
         parts.append("</table>")
     for title, data in plots(result):
@@ -356,15 +360,17 @@ def results_markdown(summaries: Sequence[Mapping[str, Any]], command: str) -> st
             lines += [
                 "",
                 f"Speedup of `{s['reference']}` (TCT geometric mean over paired "
-                "workflows, bootstrap 95 % CI, paired sign-flip test):",
+                "workflows, bootstrap 95 % CI, paired sign-flip test). Ceiling: the "
+                "speedup of a scheduler that gave every workflow its TCT alone on an idle "
+                "replica, the most any policy could show over that baseline:",
                 "",
             ]
-            lines += ["| over | geomean | 95 % CI | p |", "|---|---|---|---|"]
+            lines += ["| over | geomean | 95 % CI | p | ceiling |", "|---|---|---|---|---|"]
             for key, v in speed.items():
                 lines.append(
                     f"| {key.split('/', 1)[1]} | {_fmt(v.get('geomean'), '{:.2f}x')} | "
                     f"{_fmt(v.get('ci_low'), '{:.2f}')}-{_fmt(v.get('ci_high'), '{:.2f}')} | "
-                    f"{_fmt(v.get('p'), '{:.2g}')} |"
+                    f"{_fmt(v.get('p'), '{:.2g}')} | {_fmt(v.get('ceiling'), '{:.2f}x')} |"
                 )
         if s.get("peak_ratio"):
             lines += [
@@ -392,6 +398,26 @@ def _policy_table(s: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _ceiling(speed: Mapping[str, Any]) -> str:
+    value = speed.get("ceiling")
+    return f" (ceiling {value:.2f}x)" if isinstance(value, float) and math.isfinite(value) else ""
+
+
+def _ablation_row(summary: Mapping[str, Any]) -> list[str]:
+    """Speedup of the reference over each of its ablations, largest first, in one row."""
+    ref = summary.get("reference")
+    prefix = f"{ref}/{ref}-no-"
+    found = [
+        (v["geomean"], k.removeprefix(prefix)) for k, v in (summary.get("speedup") or {}).items()
+        if k.startswith(prefix) and isinstance(v.get("geomean"), float)
+    ]
+    if not found:
+        return []
+    cells = ", ".join(f"{name} {value:.2f}x" for value, name in sorted(found, reverse=True))
+    return [f"| TCT gain of each mechanism (SAGA over SAGA without it), real Claude Code "
+            f"sessions | - | {cells} | ablation-claude-code |"]
+
+
 def _headline(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
     by_name = {s["scenario"]: s for s in summaries}
     rows = ["| goal | paper | ours | where |", "|---|---|---|---|"]
@@ -399,7 +425,7 @@ def _headline(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
     vs = (paper.get("speedup") or {}).get(f"{paper.get('reference')}/vllm-affinity") or {}
     rows.append(
         f"| TCT vs vllm-affinity (geomean) | {PAPER['tct_vs_vllm_affinity']}x | "
-        f"{_fmt(vs.get('geomean'), '{:.2f}x')} | paper |"
+        f"{_fmt(vs.get('geomean'), '{:.2f}x')}{_ceiling(vs)} | paper |"
     )
     for name in ("paper", "claude-code"):
         summary = by_name.get(name, {})
@@ -412,11 +438,13 @@ def _headline(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
         if name == "claude-code":
             vs_aff = speed.get(f"{summary.get('reference')}/vllm-affinity") or {}
             rows.append(f"| TCT vs vllm-affinity, real Claude Code sessions | - | "
-                        f"{_fmt(vs_aff.get('geomean'), '{:.2f}x')} | claude-code |")
+                        f"{_fmt(vs_aff.get('geomean'), '{:.2f}x')}{_ceiling(vs_aff)} | "
+                        "claude-code |")
         if others:
             value, policy = min(others)
+            best = speed.get(f"{summary.get('reference')}/{policy}") or {}
             rows.append(f"| TCT vs the best other baseline ({policy}), {name} | goal 1.25x | "
-                        f"{value:.2f}x | {name} |")
+                        f"{value:.2f}x{_ceiling(best)} | {name} |")
     inter = by_name.get("interference", {})
     ref = inter.get("reference")
     slo = ((inter.get("policies") or {}).get(ref) or {}).get("slo_attainment")
@@ -449,6 +477,7 @@ def _headline(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
     rows.append(
         f"| peak throughput vs throughput-optimal | ~0.70 | {_fmt(peak, '{:.3f}')} | saturation |"
     )
+    rows += _ablation_row(by_name.get("ablation-claude-code", {}))
     bel = by_name.get("belady", {})
     ev = None
     for case in bel.get("cases") or []:

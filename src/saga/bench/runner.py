@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from saga.bench.scenario import Scenario, WorkloadSpec
 from saga.core.workflow import Workflow
-from saga.metrics.summary import speedup
+from saga.metrics.summary import speedup, speedup_ceiling
 from saga.sim.cluster import ClusterSpec, get_cluster
 from saga.sim.run import isolated_tcts, run_policy
 from saga.workloads import build_workload
@@ -44,6 +44,7 @@ class CaseResult:
     load: float | None = None
     rate: float | None = None
     runs: dict[str, PolicyRun] = field(default_factory=dict)
+    isolated: dict[str, float] = field(default_factory=dict)  # workflow -> TCT alone
     speedup: dict[str, dict[str, float]] = field(default_factory=dict)
     eviction_vs_belady: dict[str, float] = field(default_factory=dict)
 
@@ -309,6 +310,7 @@ def _run_case(
     half = (len(workflows) + 1) // 2
     for part in pool.map(_isolated_job, [(cluster, workflows[:half]), (cluster, workflows[half:])]):
         isolated.update(part)
+    case.isolated = isolated
     interval = spec.kv_sample_interval or _auto_interval(workflows)
     jobs = [(cluster, p, workflows, case.seed, closed, isolated, interval) for p in spec.policies]
     say(f"{case.name}: running {len(jobs)} policies")
@@ -318,9 +320,10 @@ def _run_case(
     reference = case.runs[spec.reference]
     for name, run in case.runs.items():
         if name != spec.reference:
-            case.speedup[f"{spec.reference}/{name}"] = speedup(
-                run.tcts, reference.tcts, seed=case.seed
-            )
+            case.speedup[f"{spec.reference}/{name}"] = {
+                **speedup(run.tcts, reference.tcts, seed=case.seed),
+                "ceiling": speedup_ceiling(run.tcts, reference.tcts, isolated),
+            }
     if "belady" in case.runs:
         bound = float(case.runs["belady"].summary["gpu_missed_tokens"])  # type: ignore[arg-type]
         for name, run in case.runs.items():
@@ -355,11 +358,15 @@ def pooled_speedups(result: BenchResult) -> dict[str, dict[str, float]]:
             continue
         base: dict[str, float] = {}
         mine: dict[str, float] = {}
+        alone: dict[str, float] = {}
         for case in result.cases:
             if policy in case.runs and reference in case.runs:
                 prefix = f"{case.name}/{case.seed}/"
                 base.update({prefix + k: v for k, v in case.runs[policy].tcts.items()})
                 mine.update({prefix + k: v for k, v in case.runs[reference].tcts.items()})
+                alone.update({prefix + k: v for k, v in case.isolated.items()})
         if base:
-            out[f"{reference}/{policy}"] = speedup(base, mine)
+            out[f"{reference}/{policy}"] = {
+                **speedup(base, mine), "ceiling": speedup_ceiling(base, mine, alone)
+            }
     return out

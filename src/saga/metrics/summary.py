@@ -197,6 +197,27 @@ def speedup(
     }
 
 
+def speedup_ceiling(
+    baseline: Mapping[str, float],
+    candidate: Mapping[str, float],
+    isolated: Mapping[str, float],
+) -> float:
+    """The largest speedup over ``baseline`` that any policy could show on these workflows.
+
+    Geometric mean, over the workflows paired in ``speedup(baseline, candidate)``, of
+    TCT_baseline / TCT_isolated: the speedup of a scheduler that gave every workflow the
+    TCT it has alone on an idle replica. No scheduler beats that by more than the little a
+    shared prefix warmed by another workflow saves, so when a baseline's slowdowns are small
+    no policy can show a large speedup over it.
+    """
+    keys = sorted(set(baseline) & set(candidate) & set(isolated))
+    logs = [
+        math.log(baseline[k] / isolated[k]) for k in keys
+        if baseline[k] > 0 and candidate[k] > 0 and isolated[k] > 0
+    ]
+    return math.exp(sum(logs) / len(logs)) if logs else float("nan")
+
+
 def _mean(values: Sequence[float]) -> float:
     xs = [v for v in values if not math.isnan(v)]
     return sum(xs) / len(xs) if xs else float("nan")
