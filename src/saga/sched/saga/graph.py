@@ -279,6 +279,10 @@ class AgentGraph:
         self._all_tools = LogNormalFit()
         self._values: dict[str, tuple[float, float]] = {}
         self._gaps: dict[str, Gap] = {}
+        # every node's output and growth observations pooled, kept as they arrive: a
+        # placement reads them three times, and summing every node each time cost more
+        # than the rest of the read (the sums are of whole tokens: exact in any order)
+        self._pooled = {"output": Mean(), "growth": Mean()}
         self._stale = 0
         self.observations = 0
 
@@ -294,6 +298,7 @@ class AgentGraph:
         node.continues += 1
         node.successors[dst] += 1
         self._nodes[dst].growth.add(max(growth, 0.0))
+        self._pooled["growth"].add(max(growth, 0.0))
         tool = node_tool(dst)
         self._tools[tool].add(duration)
         self._all_tools.add(duration)
@@ -310,6 +315,7 @@ class AgentGraph:
         if record and self.sink is not None:
             self.sink(Observation(self.agent, "output", node, tokens=tokens))
         self._nodes[node].output.add(float(tokens))
+        self._pooled["output"].add(float(tokens))
         self._touch()
 
     def _touch(self) -> None:
@@ -384,13 +390,8 @@ class AgentGraph:
         return self._node_mean(node, "growth", self.config.prior_growth_tokens)
 
     def _node_mean(self, node: str, attr: str, prior: float) -> float:
-        pooled = Mean()
-        for n in self._nodes.values():
-            m: Mean = getattr(n, attr)
-            pooled.n += m.n
-            pooled.total += m.total
         w = self.config.prior_weight
-        base = pooled.smoothed(prior, w)
+        base = self._pooled[attr].smoothed(prior, w)
         own = self._nodes.get(node)
         return getattr(own, attr).smoothed(base, w) if own is not None else base
 
