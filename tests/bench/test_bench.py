@@ -134,3 +134,29 @@ def test_results_markdown_shows_the_ceiling_next_to_the_speedup() -> None:
     text = results_markdown([summary], "saga bench all")
     assert "| TCT vs vllm-affinity (geomean) | 1.64x | 1.03x (ceiling 1.09x) | paper |" in text
     assert "| vllm-affinity | 1.03x | 1.00-1.10 | 0.01 | 1.09x |" in text
+
+
+def test_results_markdown_shows_slo_attainment_without_each_mechanism() -> None:
+    summary = {
+        "scenario": "interference", "reference": "saga", "quick": False, "cases": [],
+        "policies": {"saga": {"slo_attainment": 1.0}, "sglang": {"slo_attainment": 0.366},
+                     "saga-no-admission": {"slo_attainment": 0.926},
+                     "saga-no-preempt": {"slo_attainment": 0.994}},
+    }
+    text = results_markdown([summary], "saga bench all")
+    assert ("| SLO attainment of SAGA without: admission 92.6 %, preempt 99.4 % | - | "
+            "100.0 % with all | interference |") in text
+
+
+def test_results_markdown_keeps_the_scenarios_policy_order_from_a_sorted_summary() -> None:
+    # what `saga bench --resume` reads back: summary.json is written with sorted keys
+    summary = json.loads(json.dumps({
+        "scenario": "paper", "reference": "saga", "quick": False, "cases": [],
+        "policy_order": ["saga", "vllm-affinity", "autellix"],
+        "policies": {"saga": {}, "vllm-affinity": {}, "autellix": {}},
+        "speedup": {"saga/vllm-affinity": {"geomean": 1.1}, "saga/autellix": {"geomean": 1.2}},
+    }, sort_keys=True))
+    section = results_markdown([summary], "saga bench all").split("## paper")[1]
+    rows = [line.split(" | ")[0] for line in section.splitlines() if line.startswith("| ")]
+    assert rows == ["| policy", "| saga", "| vllm-affinity", "| autellix", "| over",
+                    "| vllm-affinity", "| autellix"]

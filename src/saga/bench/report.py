@@ -7,7 +7,7 @@ import html
 import io
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,8 @@ def summary_dict(result: BenchResult) -> dict[str, Any]:
             "quick": result.quick,
             "cluster": scenario.cluster,
             "reference": scenario.reference,
+            # summary.json is written with sorted keys: this keeps the scenario's order
+            "policy_order": list(scenario.policies),
             "wall_seconds": result.wall_seconds,
             "primary_case": primary.name if primary else None,
             "policies": {n: r.summary for n, r in primary.runs.items()} if primary else {},
@@ -355,7 +357,7 @@ def results_markdown(summaries: Sequence[Mapping[str, Any]], command: str) -> st
     for s in summaries:
         lines += ["", f"## {s['scenario']}{' (quick)' if s.get('quick') else ''}", ""]
         lines += _policy_table(s)
-        speed = s.get("speedup") or {}
+        speed = _in_order(s, s.get("speedup") or {}, lambda key: key.split("/", 1)[1])
         if speed:
             lines += [
                 "",
@@ -376,9 +378,21 @@ def results_markdown(summaries: Sequence[Mapping[str, Any]], command: str) -> st
             lines += [
                 "",
                 "Peak throughput relative to `throughput`: "
-                + ", ".join(f"{k} {v:.3f}" for k, v in s["peak_ratio"].items()),
+                + ", ".join(f"{k} {v:.3f}" for k, v in _in_order(s, s["peak_ratio"]).items()),
             ]
     return "\n".join(lines) + "\n"
+
+
+def _in_order(
+    summary: Mapping[str, Any],
+    by_policy: Mapping[str, Any],
+    policy_of: Callable[[str], str] = lambda key: key,
+) -> dict[str, Any]:
+    """``by_policy`` in the scenario's policy order (as run, whether or not the summary
+    was read back from a sorted summary.json); unknown policies last, as they came."""
+    order = {name: i for i, name in enumerate(summary.get("policy_order") or [])}
+    keys = sorted(by_policy, key=lambda k: order.get(policy_of(k), len(order)))
+    return {k: by_policy[k] for k in keys}
 
 
 def _policy_table(s: Mapping[str, Any]) -> list[str]:
@@ -392,7 +406,7 @@ def _policy_table(s: Mapping[str, Any]) -> list[str]:
         f"| policy | {head} |",
         "|---" * (len(METRIC_COLUMNS) + 1) + "|",
     ]
-    for name, m in policies.items():
+    for name, m in _in_order(s, policies).items():
         cells = " | ".join(_fmt(m.get(k), f) for k, _, f in METRIC_COLUMNS)
         lines.append(f"| {name} | {cells} |")
     return lines
@@ -459,6 +473,14 @@ def _headline(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
         value, policy = max(others_slo)
         rows.append(f"| SLO attainment, best baseline ({policy}) | - | {_fmt(value, 'pct')} | "
                     "interference |")
+    ablated = [
+        f"{name.removeprefix(f'{ref}-no-')} {_fmt(m.get('slo_attainment'), 'pct')}"
+        for name, m in (inter.get("policies") or {}).items()
+        if name.startswith(f"{ref}-no-")
+    ]
+    if ablated:
+        rows.append(f"| SLO attainment of SAGA without: {', '.join(ablated)} | - | "
+                    f"{_fmt(slo, 'pct')} with all | interference |")
     mine_ref = (inter.get("policies") or {}).get(ref) or {}
     rows.append(
         f"| Jain over tenant slowdowns: all tenants / SLO tenants | goal 0.95 | "
