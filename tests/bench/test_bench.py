@@ -7,6 +7,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -160,3 +161,24 @@ def test_results_markdown_keeps_the_scenarios_policy_order_from_a_sorted_summary
     rows = [line.split(" | ")[0] for line in section.splitlines() if line.startswith("| ")]
     assert rows == ["| policy", "| saga", "| vllm-affinity", "| autellix", "| over",
                     "| vllm-affinity", "| autellix"]
+
+
+def test_results_markdown_tabulates_the_sweep_and_kv_utilization_where_memory_binds() -> None:
+    def point(policy: str, concurrency: int, throughput: float, kv: float) -> dict[str, Any]:
+        return {"policy": policy, "concurrency": concurrency, "throughput": throughput,
+                "tct_mean": 1.0, "tct_p99": 2.0, "kv_utilization": kv}
+
+    summary = {
+        "scenario": "saturation", "kind": "saturation", "reference": "saga", "quick": False,
+        "policy_order": ["saga", "vllm-affinity"], "policies": {}, "cases": [],
+        "peak_ratio": {"saga": 1.2},
+        "sweep": [point("saga", 32, 0.01, 0.30), point("saga", 64, 0.02, 0.60),
+                  point("vllm-affinity", 32, 0.01, 0.25), point("vllm-affinity", 64, 0.015, 0.40),
+                  point("vllm-affinity", 80, 0.012, 0.45)],
+    }
+    text = results_markdown([summary], "saga bench all")
+    assert "| in flight | saga | vllm-affinity |" in text
+    assert "| 64 | 0.0200 / 60.0 % | 0.0150 / 40.0 % |" in text
+    assert "| 80 | - | 0.0120 / 45.0 % |" in text
+    assert ("| KV memory utilization vs vllm-affinity | 1.22x | n/a at 70 % load; 1.50x at 64 "
+            "in flight, closed loop | paper, saturation |") in text

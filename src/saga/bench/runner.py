@@ -56,6 +56,7 @@ class SweepPoint:
     throughput: float
     tct_mean: float
     tct_p99: float
+    kv_utilization: float = float("nan")
 
 
 @dataclass
@@ -256,6 +257,7 @@ def _sweep_points(
             steady_throughput(concurrency, list(run.tcts.values())),
             float(run.summary["tct_mean"]),  # type: ignore[arg-type]
             float(run.summary["tct_p99"]),  # type: ignore[arg-type]
+            float(run.summary["kv_utilization"]),  # type: ignore[arg-type]
         )
         for concurrency, run in zip(concurrencies, pool.map(_run_job, jobs), strict=True)
     ]
