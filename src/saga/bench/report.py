@@ -516,7 +516,7 @@ def _headline(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
                     "interference |")
     ablated = [
         f"{name.removeprefix(f'{ref}-no-')} {_fmt(m.get('slo_attainment'), 'pct')}"
-        for name, m in (inter.get("policies") or {}).items()
+        for name, m in _in_order(inter, inter.get("policies") or {}).items()
         if name.startswith(f"{ref}-no-")
     ]
     if ablated:
