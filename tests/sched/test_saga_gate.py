@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from saga.core.workflow import Call, Prompt, Workflow
 from saga.sched.policy import WorkflowInfo
+from saga.sched.saga.config import SagaConfig
 from saga.sched.saga.gate import MemoryGate
+from saga.sched.saga.policy import SagaPolicy
+from saga.sim.cluster import get_cluster
+from saga.sim.simulator import Simulation
 
 
 def wf(name: str, slo: float | None = None, agent: str = "a") -> WorkflowInfo:
@@ -82,3 +87,26 @@ def test_behind_answers_only_for_queued_workflows_not_first_in_line() -> None:
     later = g.behind("b")
     assert later is not None and later.verdict == "defer" and later.retry_after == 2.0
     assert later.reason == "memory gate: not first of 2 queued workflows"
+
+
+def test_an_unseen_agent_gets_at_most_cold_start_workflows_in_until_its_context_is_known() -> None:
+    g = MemoryGate(1e9, 1.0, retry_after=2.0, prior_context=20_000, cold_start=2)
+    assert g.decide(wf("a", agent="new"), 0.0, unplaced=0).verdict == "admit"  # empty cluster
+    assert g.decide(wf("b", agent="new"), 20_000, unplaced=1).verdict == "admit"
+    held = g.decide(wf("c", agent="new"), 40_000, unplaced=2)
+    assert held.verdict == "defer" and held.retry_after == 2.0
+    assert "no call of agent 'new' seen yet and 2 of its workflows admitted" in held.reason
+    assert g.decide(wf("d", agent="old"), 40_000, unplaced=0).verdict == "defer"  # FIFO
+    g.observe_first_context("new", 50_000)  # a first call was placed: the context is known
+    assert g.decide(wf("c", agent="new"), 90_000, unplaced=2).verdict == "admit"
+    assert g.decide(wf("d", agent="old"), 140_000, unplaced=0).verdict == "admit"
+
+
+def test_a_burst_of_an_unknown_agent_is_not_admitted_whole_on_the_prior() -> None:
+    # 40 workflows at once, before any call: the prior (20k tokens) would let all in
+    dummy = Workflow("d", "t", "a", 0.0, (Call("c0", Prompt(64), 1),))
+    policy = SagaPolicy(SagaConfig(gate_cold_start=4))
+    Simulation(get_cluster("paper-a100-64"), policy, [dummy])
+    burst = [WorkflowInfo(f"w{i}", "t", "swe", 0.0, None) for i in range(40)]
+    verdicts = [policy.admit(w, 0.0).verdict for w in burst]
+    assert verdicts == ["admit"] * 4 + ["defer"] * 36

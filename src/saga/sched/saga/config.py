@@ -239,6 +239,13 @@ class SagaConfig(BaseModel):
         description="Working set of admitted workflows, as a multiple of the cluster's GPU "
         "KV capacity in tokens, beyond which new workflows wait at the door.",
     )
+    gate_cold_start: int = Field(
+        4,
+        ge=1,
+        description="Until a first call of an agent type has been seen, the memory gate "
+        "lets at most this many of its workflows in unplaced: a burst of an unknown agent "
+        "is not admitted whole on the prior context.",
+    )
     prior_context_tokens: float = Field(
         20_000.0,
         gt=0.0,

@@ -32,6 +32,7 @@ class MemoryGate:
     budget: float
     retry_after: float
     prior_context: float
+    cold_start: int = 4
     waiting: deque[str] = field(default_factory=deque)
     _first_context: dict[str, tuple[float, int]] = field(default_factory=dict)
 
@@ -47,8 +48,20 @@ class MemoryGate:
         total, count = self._first_context.get(agent, (0.0, 0))
         self._first_context[agent] = (total + tokens, count + 1)
 
-    def decide(self, workflow: WorkflowInfo, working_set: float) -> Admission:
-        """Admit ``workflow`` if it is first in line and fits beside ``working_set``."""
+    def seen(self, agent: str) -> bool:
+        """Whether a first call of ``agent`` has been observed (its context is known)."""
+        return agent in self._first_context
+
+    def decide(
+        self, workflow: WorkflowInfo, working_set: float, unplaced: int = 0
+    ) -> Admission:
+        """Admit ``workflow`` if it is first in line and fits beside ``working_set``.
+
+        ``unplaced``: admitted workflows of its agent type not yet placed. Until a first
+        call of the type has been seen its context is only the prior, so at most
+        ``cold_start`` of them are let in (a burst of an unknown agent could otherwise be
+        admitted whole at the prior and then outgrow the memory).
+        """
         if workflow.workflow not in self._queued:
             self._queued.add(workflow.workflow)
             if workflow.slo is None:
@@ -57,12 +70,21 @@ class MemoryGate:
                 self._insert_interactive(workflow.workflow)
         head = self.waiting[0]
         need = self.expected_context(workflow.agent)
+        known = self.seen(workflow.agent) or unplaced < self.cold_start
         # An empty cluster always admits, so a workflow larger than memory still runs.
-        if head == workflow.workflow and (working_set <= 0 or working_set + need <= self.limit):
+        fits = working_set <= 0 or (known and working_set + need <= self.limit)
+        if head == workflow.workflow and fits:
             self.waiting.popleft()
             self._queued.discard(workflow.workflow)
             self._interactive.discard(workflow.workflow)
             return ADMIT
+        if not known:
+            return Admission(
+                "defer",
+                f"memory gate: no call of agent {workflow.agent!r} seen yet and {unplaced} "
+                "of its workflows admitted; waiting to learn its context",
+                self.retry_after,
+            )
         return Admission(
             "defer",
             f"memory gate: working set {working_set:,.0f} + {need:,.0f} tokens exceeds "

@@ -103,7 +103,7 @@ class SagaPolicy(Policy):
         capacity = sum(r.kv.capacity for r in ctx.replicas) * ctx.block_tokens
         self.gate = MemoryGate(
             capacity, self.config.memory_budget, self.config.retry_after,
-            self.config.prior_context_tokens,
+            self.config.prior_context_tokens, self.config.gate_cold_start,
         )
 
     # ---- workflow state ------------------------------------------------------------------
@@ -165,7 +165,9 @@ class SagaPolicy(Policy):
             if verdict.verdict != "admit":
                 return verdict
         if self.config.memory_gate:
-            verdict = self.gate.decide(workflow, self._working_set())
+            verdict = self.gate.decide(
+                workflow, self._working_set(), self.unhomed.get(workflow.agent, 0)
+            )
             if verdict.verdict != "admit":
                 return verdict
         self._flow(workflow)
