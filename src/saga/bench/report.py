@@ -385,19 +385,23 @@ def results_markdown(summaries: Sequence[Mapping[str, Any]], command: str) -> st
     return "\n".join(lines) + "\n"
 
 
+def _sweep_points(summary: Mapping[str, Any]) -> dict[tuple[str, int], dict[str, Any]]:
+    """The saturation sweep's points by (policy, workflows in flight)."""
+    return {(p["policy"], p["concurrency"]): p for p in summary.get("sweep") or []}
+
+
 def _sweep_table(summary: Mapping[str, Any]) -> list[str]:
     """The saturation sweep as workflows in flight x policy: completed workflows/s and
     KV memory utilization at each point a policy ran."""
-    points = summary.get("sweep") or []
-    if summary.get("kind") != "saturation" or not points:
+    cell = _sweep_points(summary)
+    if summary.get("kind") != "saturation" or not cell:
         return []
-    cell = {(p["policy"], p["concurrency"]): p for p in points}
-    policies = list(_in_order(summary, {p["policy"]: None for p in points}))
+    policies = list(_in_order(summary, {name: None for name, _ in cell}))
     lines = [
         "", "Saturation sweep (closed loop): completed workflows/s / KV memory utilization",
         "", f"| in flight | {' | '.join(policies)} |", "|---" * (len(policies) + 1) + "|",
     ]
-    for concurrency in sorted({p["concurrency"] for p in points}):
+    for concurrency in sorted({c for _, c in cell}):
         cells = [
             f"{c['throughput']:.4f} / {_fmt(c.get('kv_utilization'), 'pct')}"
             if (c := cell.get((name, concurrency))) else "-"
@@ -407,21 +411,20 @@ def _sweep_table(summary: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _kv_at_saturation(summary: Mapping[str, Any]) -> str:
-    """KV utilization of the reference over vllm-affinity's at the most workflows in flight
-    both ran in the saturation sweep, where memory binds."""
+def _kv_at_saturation(summary: Mapping[str, Any]) -> tuple[float, int] | None:
+    """KV utilization of the reference over vllm-affinity's, and at how many workflows in
+    flight: the most both ran in the saturation sweep, where memory binds."""
     ref = str(summary.get("reference"))
-    kv: dict[tuple[str, int], Any] = {
-        (p["policy"], p["concurrency"]): p.get("kv_utilization") for p in summary.get("sweep") or []
-    }
-    common = [c for (name, c) in kv if name == ref and (("vllm-affinity", c) in kv)]
+    points = _sweep_points(summary)
+    common = [c for name, c in points if name == ref and ("vllm-affinity", c) in points]
     if not common:
-        return ""
+        return None
     top = max(common)
-    mine, base = kv[(ref, top)], kv[("vllm-affinity", top)]
+    mine = points[(ref, top)].get("kv_utilization")
+    base = points[("vllm-affinity", top)].get("kv_utilization")
     if not (isinstance(mine, float) and isinstance(base, float) and base > 0):
-        return ""
-    return f"; {mine / base:.2f}x at {top} in flight, closed loop | paper, saturation |"
+        return None
+    return mine / base, top
 
 
 def _in_order(
@@ -533,11 +536,13 @@ def _headline(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
     base = (pol.get("vllm-affinity") or {}).get("kv_utilization")
     ratio = mine / base if isinstance(mine, float) and isinstance(base, float) and base else None
     sat = by_name.get("saturation", {})
+    ours, where = _fmt(ratio, "{:.2f}x"), "paper"
     at_saturation = _kv_at_saturation(sat)
-    rows.append(
-        f"| KV memory utilization vs vllm-affinity | 1.22x | {_fmt(ratio, '{:.2f}x')}"
-        + (f" at 70 % load{at_saturation}" if at_saturation else " | paper |")
-    )
+    if at_saturation is not None:
+        kv_ratio, in_flight = at_saturation
+        ours += f" at 70 % load; {kv_ratio:.2f}x at {in_flight} in flight, closed loop"
+        where += ", saturation"
+    rows.append(f"| KV memory utilization vs vllm-affinity | 1.22x | {ours} | {where} |")
     peak = (sat.get("peak_ratio") or {}).get(sat.get("reference"))
     rows.append(
         f"| peak throughput vs throughput-optimal | ~0.70 | {_fmt(peak, '{:.3f}')} | saturation |"
