@@ -8,26 +8,27 @@ from saga.engine.kvcache import RadixKV, Run
 from saga.engine.replica import Replica, Request
 from saga.sched.policy import CallInfo, PolicyContext
 from saga.sched.saga import SagaConfig, SagaPolicy
-from saga.sched.saga.placement import Estimate, choose
+from saga.sched.saga.placement import Estimate, pick
 
 CFG = SagaConfig(steal_margin=0.15, steal_min_gain=0.5, colocate_slack=0.25, colocate_abs=0.0)
 
 
-def test_choose_keeps_home_unless_another_replica_is_clearly_better() -> None:
+def test_pick_keeps_home_unless_another_replica_is_clearly_better() -> None:
     homed = [0.0, 0.0]
     near = [Estimate(0, backlog=2.0, service=1.0), Estimate(1, backlog=0.0, service=2.8)]
-    assert choose(near, home=0, homed=homed, config=CFG) == 0  # gain 0.2 s: stay
+    assert pick(near, home=0, homed=homed, config=CFG).replica == 0  # gain 0.2 s: stay
     far = [Estimate(0, backlog=20.0, service=1.0), Estimate(1, backlog=0.0, service=4.0)]
-    assert choose(far, home=0, homed=homed, config=CFG) == 1  # gain 17 s > 15 % of 21 s
-    assert choose(far, home=0, homed=homed, config=CFG.model_copy(update={"steal": False})) == 0
+    assert pick(far, home=0, homed=homed, config=CFG).replica == 1  # gain 17 s > 15 % of 21 s
+    no_steal = CFG.model_copy(update={"steal": False})
+    assert pick(far, home=0, homed=homed, config=no_steal).replica == 0
 
 
 def test_new_workflows_colocate_within_the_working_set_bound() -> None:
     est = [Estimate(0, 0.0, 1.0), Estimate(1, 0.0, 3.0), Estimate(2, 0.0, 2.0)]
     # replica 0 (cheapest: it holds the shared prefix) has a working set 1.2x the least
-    assert choose(est, home=None, homed=[120.0, 100.0, 200.0], config=CFG) == 0
+    assert pick(est, home=None, homed=[120.0, 100.0, 200.0], config=CFG).replica == 0
     # ... but not 1.3x: the best of the replicas within bound wins instead
-    assert choose(est, home=None, homed=[130.0, 100.0, 120.0], config=CFG) == 2
+    assert pick(est, home=None, homed=[130.0, 100.0, 120.0], config=CFG).replica == 2
 
 
 BT = 64

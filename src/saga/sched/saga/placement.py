@@ -131,28 +131,18 @@ def _short(need: int, free: int, drain: float) -> float:
     return drain * min(1.0, (need - max(free, 0)) / max(need, 1))
 
 
-def choose(
-    estimates: Sequence[Estimate],
-    home: int | None,
-    homed: Sequence[float],
-    config: SagaConfig,
-) -> int:
-    """The replica for a call, given its estimate on every up replica.
-
-    ``home`` is the replica holding the workflow's KV (None for a new workflow);
-    ``homed`` the context tokens of the workflows homed on each replica (their
-    working set: they will come back to it).
-    """
-    return pick(estimates, home, homed, config).replica
-
-
 def pick(
     estimates: Sequence[Estimate],
     home: int | None,
     homed: Sequence[float],
     config: SagaConfig,
 ) -> Estimate:
-    """:func:`choose`'s choice, as its estimate (the caller wants its service time).
+    """The estimate of the replica for a call, given its estimate on every up replica
+    (the caller wants the choice's service time too).
+
+    ``home`` is the replica holding the workflow's KV (None for a new workflow);
+    ``homed`` the context tokens of the workflows homed on each replica (their
+    working set: they will come back to it).
 
     Candidates are ranked by (completion, replica): ties go to the lowest index. The
     index into ``estimates`` rides along in the ranked tuples, never compared (the
