@@ -117,7 +117,7 @@ def test_the_check_counts_an_evictable_prefix_hit_as_blocks_it_takes() -> None:
     replica = make(capacity=30, budget=256)
     replica.enqueue(request("x", 5, 1, seq=-1), 0.0)
     drive(replica)
-    _, now = decoding(replica, 6, 300)  # 23 available, x's 5 among them
+    held, now = decoding(replica, 6, 300)  # 23 available, x's 5 among them
     runs = (("w:x", 0, 5), ("w:z", 0, 19))  # 24 blocks, 5 of them hit
     fits = Request("z", "c0", (*runs[:1], ("w:z", 0, 18)), 23 * BT, 2, BT, seq=1)
     over = Request("z2", "c0", runs, 24 * BT, 2, BT, seq=2)
@@ -125,8 +125,10 @@ def test_the_check_counts_an_evictable_prefix_hit_as_blocks_it_takes() -> None:
     replica.plan(now)
     assert replica.waiting == [over]  # 19 new + 5 hit > 23
     replica.withdraw(over)
+    replica.interrupt(now)  # one decode step, not the whole run
     end = replica.step_end
     replica.complete(end)
+    assert held in replica.running and replica.kv.available_blocks == 23
     replica.enqueue(fits, end)
     replica.plan(end)
     assert fits in replica.running and fits.cached_tokens == 5 * BT  # 18 new + 5 hit
