@@ -580,6 +580,31 @@ def _latency_test(cost: CostModel) -> float:
     )
 
 
+def _single_prefill(tokens: int) -> Callable[[CostModel], float]:
+    """One prompt prefilled in a single step (chunked prefill off), one token sampled."""
+
+    def predict(cost: CostModel) -> float:
+        return cost.step_time(tokens, tokens * (tokens + 1) / 2, tokens, 1)
+
+    return predict
+
+
+MINFERENCE = (
+    "github.com/microsoft/MInference experiments/README.md (also the top-level README), "
+    "A100 80GB, gradientai/Llama-3-8B-Instruct-Gradient-1048k (Llama-3-8B shapes)"
+)
+_VLLM_E2E = (
+    "'End-to-End Benchmark using vLLM' table, column FlashAttention-2: "
+    "experiments/benchmarks/benchmark_e2e_vllm.py, vLLM with enable_chunked_prefill=False, "
+    "enforce_eager, max_tokens=1, one prompt, mean of 10 runs after a warm-up"
+)
+_HF_E2E = (
+    "'End-to-End Benchmark' table, column FlashAttention-2: "
+    "experiments/benchmarks/benchmark_e2e.py --attn_type hf, transformers' forward pass with "
+    "FlashAttention-2 (no paged KV), pre-filling latency"
+)
+
+
 @dataclass(frozen=True)
 class Calibration:
     """One published measurement and how to predict it."""
@@ -791,6 +816,66 @@ CALIBRATION: list[Calibration] = [
         1.405924,
         _lockstep_decode(_OUT_70B_H100),
     ),
+    # --- A100, long prompts: attn_mfu is fitted to the vLLM points (50k-128k tokens) ---
+    Calibration(
+        "a100-8b-vllm-prefill-50k",
+        f"{MINFERENCE}; {_VLLM_E2E}",
+        "a100-80gb",
+        "llama-3.1-8b",
+        1,
+        "one prompt of 50,000 tokens, prefilled in one step",
+        "mean latency to the first token",
+        7.71675,
+        _single_prefill(50_000),
+    ),
+    Calibration(
+        "a100-8b-vllm-prefill-100k",
+        f"{MINFERENCE}; {_VLLM_E2E}",
+        "a100-80gb",
+        "llama-3.1-8b",
+        1,
+        "one prompt of 100,000 tokens, prefilled in one step",
+        "mean latency to the first token",
+        21.73080,
+        _single_prefill(100_000),
+    ),
+    Calibration(
+        "a100-8b-vllm-prefill-128k",
+        f"{MINFERENCE}; {_VLLM_E2E}",
+        "a100-80gb",
+        "llama-3.1-8b",
+        1,
+        "one prompt of 128,000 tokens (the table's 128K; the script counts in thousands)",
+        "mean latency to the first token",
+        32.86252,
+        _single_prefill(128_000),
+    ),
+    # Same machine and model in transformers: a different engine (unfused layers, no
+    # paging), kept as an out-of-sample check of the attention-bound regime.
+    Calibration(
+        "a100-8b-hf-fa2-prefill-50k",
+        f"{MINFERENCE}; {_HF_E2E}",
+        "a100-80gb",
+        "llama-3.1-8b",
+        1,
+        "one prompt of 50,000 tokens, one forward pass",
+        "mean pre-filling latency",
+        8.52933,
+        _single_prefill(50_000),
+        fitted=False,
+    ),
+    Calibration(
+        "a100-8b-hf-fa2-prefill-100k",
+        f"{MINFERENCE}; {_HF_E2E}",
+        "a100-80gb",
+        "llama-3.1-8b",
+        1,
+        "one prompt of 100,000 tokens, one forward pass",
+        "mean pre-filling latency",
+        24.88319,
+        _single_prefill(100_000),
+        fitted=False,
+    ),
     # --- H200: not fitted; it inherits the H100's factors, so these are out-of-sample ---
     Calibration(
         "h200-8b-latency-bs8",
@@ -846,6 +931,21 @@ def test_calibration_point(point: Calibration) -> None:
         f"{point.id}: predicted {predicted:.4f} s vs published {point.published:.4f} s "
         f"({error:+.1%}); source {point.source}"
     )
+
+
+def test_long_prompts_are_calibrated_on_a100() -> None:
+    # the regime agent workloads live in: attention is 48-70 % of a 50k-128k prefill's FLOPs
+    long = [p for p in CALIBRATION if "prefill" in p.id and p.id.endswith(("k",))]
+    assert {p.id for p in long if p.fitted} == {
+        "a100-8b-vllm-prefill-50k", "a100-8b-vllm-prefill-100k", "a100-8b-vllm-prefill-128k"
+    }
+    cost = cost_model_for("llama-3.1-8b", "a100-80gb", 1)
+    model = cost.model
+    for p in long:
+        tokens = int(p.id.rsplit("-", 1)[1][:-1]) * 1000
+        attention = 4 * model.layers * model.heads * model.head_dim * tokens * tokens / 2
+        linear = 2 * model.body_params() * tokens
+        assert attention / (attention + linear) > 0.45
 
 
 def test_at_least_four_points_per_calibrated_gpu() -> None:

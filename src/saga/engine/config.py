@@ -21,6 +21,15 @@ class EngineConfig(BaseModel):
         description="Token budget of one step: prefill chunk tokens plus one per decode "
         "(vLLM `--max-num-batched-tokens`; chunked prefill is always on, as in vLLM v1).",
     )
+    scheduler_reserve_full_isl: bool = Field(
+        True,
+        description="Admit a waiting call only if blocks for its whole prompt (plus any "
+        "output it already made) fit in the free and evictable blocks, not just its first "
+        "chunk (vLLM `--scheduler-reserve-full-isl`, on by default: "
+        "vllm/config/scheduler.py). Retention pins count as taken; the check gives them "
+        "up (in the policy's unpin order) only on a replica where no call runs, which "
+        "is a SAGA choice: vLLM has no pins.",
+    )
     gpu_memory_utilization: float = Field(
         0.9, gt=0.0, le=1.0, description="Share of GPU memory vLLM may use (weights + KV)."
     )

@@ -51,6 +51,14 @@ class Efficiency(BaseModel):
         description="Achieved fraction of peak dense FLOP/s in compute-bound steps "
         "(large prefill chunks): GEMM efficiency and the non-GEMM kernels together.",
     )
+    attn_mfu: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="Achieved fraction of peak FLOP/s in the attention kernels "
+        "(FlashAttention's QK^T and PV), which run below the GEMMs and dominate long "
+        "prefills; None uses mfu. Fitted on prompts of 50k-128k tokens where measured.",
+    )
     mbu: float = Field(
         gt=0.0,
         le=1.0,
@@ -93,8 +101,12 @@ class Efficiency(BaseModel):
 # Fitted to the published vLLM measurements listed in docs/costmodel.md (Lambda's vLLM
 # v0.6.0 runs: decode steps at 1-220 sequences, prefill bursts, TP 1/2/4), which are kept
 # as tests in tests/engine/test_costmodel.py. comm_efficiency is set, not fitted.
+# attn_mfu (A100 only) is fitted to single prefills of 50k-128k tokens in vLLM
+# (MInference's end-to-end benchmark): with the GEMMs' 0.70 the model was 15-20 % fast
+# there, where attention is two thirds of the FLOPs.
 _A100 = Efficiency(
     mfu=0.70,
+    attn_mfu=0.52,
     mbu=0.80,
     t_fixed=2.2e-3,
     comm_efficiency=0.40,
@@ -163,11 +175,13 @@ class CostModel:
         # With tp > kv_heads vLLM replicates KV heads, so KV traffic splits kv_heads ways.
         kv_split = min(tp, model.kv_heads)
         inv_compute = 1.0 / (gpu.peak_flops * eff.mfu * tp)
+        attn_mfu = eff.attn_mfu if eff.attn_mfu is not None else eff.mfu
+        inv_attention = 1.0 / (gpu.peak_flops * attn_mfu * tp)
         inv_memory = 1.0 / (gpu.hbm_bandwidth * eff.mbu)
         # Compute-side seconds per token, per sequence (output head), per attention pair.
         self._c_tok = 2.0 * model.body_params() * inv_compute
         self._c_seq = 2.0 * model.embedding_params() * inv_compute
-        self._c_attn = 4.0 * model.layers * model.heads * model.head_dim * inv_compute
+        self._c_attn = 4.0 * model.layers * model.heads * model.head_dim * inv_attention
         # Memory-side seconds: weights once per step, KV per token read or written.
         self._m_weights = model.streamed_weight_bytes() / tp * inv_memory
         self._m_kv = model.kv_bytes_per_token() / kv_split * inv_memory

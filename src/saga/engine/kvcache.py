@@ -197,6 +197,29 @@ class RadixKV:
         candidate: a plain tuple, not a frozen Match, is a quarter of the cost)."""
         return self._walk(runs)[0]
 
+    def match_idle(self, runs: Sequence[Run]) -> tuple[int, int]:
+        """(blocks of the longest cached prefix of ``runs``, how many of them are in
+        unreferenced nodes). Locking the prefix takes the latter out of the evictable
+        blocks, so an admission check counts them as blocks it needs (as vLLM counts
+        the evictable blocks of a prefix hit). No side effects: nothing is touched."""
+        node = self.root
+        matched = idle = 0
+        for namespace, first, count in runs:
+            while count > 0:
+                child = node.children.get((namespace, first))
+                if child is None:
+                    return matched, idle
+                common = count if count < child.count else child.count
+                matched += common
+                if child.ref == 0:
+                    idle += common
+                if common < child.count:
+                    return matched, idle
+                node = child
+                first += common
+                count -= common
+        return matched, idle
+
     def _walk(self, runs: Sequence[Run]) -> tuple[int, KVNode, int]:
         """(blocks matched, node the match ends in, blocks into that node)."""
         node = self.root

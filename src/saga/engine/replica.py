@@ -5,11 +5,13 @@ This is mechanism only. Every choice is the scheduler core's, asked through
 preempted), what happens to a finished call's KV, which pins to give up under
 memory pressure, and which cached blocks to evict (the cache's eviction order).
 
-A step follows vLLM v1's scheduler: running calls first (a prefill chunk or one
-decode token each, within the token budget; when a running call cannot get
-blocks, the running call last in priority order is preempted), then, if nothing
-was preempted, waiting calls in priority order while the batch and the budget
-have room and their blocks can be allocated.
+A step follows vLLM v1's scheduler (docs/engine.md has the rule-by-rule table):
+running calls first (a prefill chunk or one decode token each, within the token
+budget; when a running call cannot get blocks, the running call last in priority
+order is preempted), then, if nothing was preempted, waiting calls in priority
+order while the batch and the budget have room and blocks for each one's whole
+prompt fit in the free and evictable blocks (``scheduler_reserve_full_isl``).
+A prefill chunk's full blocks are cached as soon as it is computed.
 
 Speed: when a batch holds only decodes and nothing could join it, the replica
 plans a *run* of ``k`` identical decode steps (up to the first call that ends or
@@ -20,7 +22,8 @@ follows, so the result equals stepping one step at a time.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
 from saga.engine.config import EngineConfig
@@ -50,6 +53,7 @@ class Request:
         "lock",
         "locked_blocks",
         "output_tokens",
+        "preempted_computed",
         "preemptions",
         "prompt_tokens",
         "ready_at",
@@ -93,6 +97,7 @@ class Request:
         self.cached_tokens = 0  # prompt tokens found on the GPU at first admission
         self.host_tokens = 0  # prompt tokens loaded from the host tier
         self.recomputed_tokens = 0  # tokens computed again after preemption
+        self.preempted_computed = 0  # tokens whose KV existed when it was last preempted
         self.preemptions = 0
 
     @property
@@ -355,9 +360,9 @@ class Replica(QueueTokens):
                 # a decode is the case of one missing token.
                 request.computed += q
                 computed += q
+                if request.locked_blocks < request.keyed_blocks:
+                    self._cache_computed(request, now)
                 if request.computed >= request.total_tokens:
-                    if request.locked_blocks < request.keyed_blocks:
-                        self._prefill_done(request, now)
                     request.generated += 1
                     emitted += 1
             if request.first_token_at < 0 and request.generated > 0:
@@ -448,17 +453,23 @@ class Replica(QueueTokens):
         for request in self.waiting:
             if budget <= 0 or len(self.running) >= self.config.max_num_seqs:
                 break
+            # Check first, touch after: a call that does not fit leaves the cache as
+            # it was (no lock, no LRU stamp, no host load), as vLLM's allocate_slots
+            # returns None before it takes the prefix hit's blocks.
+            # Pins are given up for a waiting call only on a replica where nothing
+            # runs: otherwise the call waits for running calls to free blocks, as in
+            # vLLM, rather than cost a workflow its retained KV (a SAGA choice).
+            need = partial(self._admission_need, request, budget)
+            if not self._make_room(need, now, keep=request.workflow, unpin=not self.running):
+                # vLLM stops admitting at the first call whose blocks do not fit
+                self.blocked_on_memory = True
+                break
             self._count_waiting(request, -1)  # _start sets what it has computed
             cached = self._start(request, now)
             ready = request.ready_at <= now
             q = min(request.total_tokens - request.computed, budget) if ready else 0
-            if not self._grow(request, request.computed + q, now):
-                # vLLM stops admitting at the first call whose blocks do not fit
-                self._release_kv(request, now)
-                request.ready_at = 0.0
-                self.blocked_on_memory = True
-                self._count_waiting(request, 1)
-                break
+            grown = self._grow(request, request.computed + q, now)
+            assert grown, "the admission check counted the first chunk's blocks"
             self._admitted(request, cached, now)
             admitted += 1
             self.running.append(request)
@@ -470,6 +481,27 @@ class Replica(QueueTokens):
             del self.waiting[:admitted]
             self._running_unsorted = True
 
+    def _admission_need(self, request: Request, budget: int) -> int:
+        """Blocks that admitting the waiting ``request`` takes out of the free and
+        evictable ones: the blocks of its whole sequence (``scheduler_reserve_full_isl``,
+        vLLM's default) or of its first chunk, beyond its prefix hit on the GPU, plus
+        the hit's blocks that are evictable now (locking them makes them not).
+        Mirrors vLLM's ``KVCacheManager.allocate_slots``; reads, never touches."""
+        bt = self.block_tokens
+        hit, idle = self.kv.match_idle(request.runs)
+        present = hit
+        if self.host is not None:
+            present = max(hit, self.host.match_blocks(request.runs))
+        total = request.total_tokens
+        if self.config.scheduler_reserve_full_isl:
+            tokens = total
+        elif present > hit:
+            tokens = 0  # only the host load this step; its chunk comes when it lands
+        else:
+            computed = min(present * bt, total - 1)
+            tokens = computed + min(total - computed, budget)
+        return max(present - hit, -(-tokens // bt) - hit) + idle
+
     def _admitted(self, request: Request, cached: int, now: float) -> None:
         pin = self.pins.pop(request.workflow, None)
         if pin is not None:
@@ -480,7 +512,9 @@ class Replica(QueueTokens):
             self.prompt_tokens_total += request.prompt_tokens
             self.cached_tokens_total += request.cached_tokens
         else:
-            recomputed = request.total_tokens - cached
+            # what existed before the preemption and was lost (not the prompt it had
+            # not reached yet, nor what its cached chunks kept)
+            recomputed = max(0, request.preempted_computed - cached)
             request.recomputed_tokens += recomputed
             self.recomputed_tokens_total += recomputed
 
@@ -526,24 +560,33 @@ class Replica(QueueTokens):
         return True
 
     def _allocate(self, blocks: int, now: float) -> bool:
-        if self.kv.allocate(blocks, now):
+        return self._make_room(lambda: blocks, now) and self.kv.allocate(blocks, now)
+
+    def _make_room(
+        self, need: Callable[[], int], now: float, keep: str = "", unpin: bool = True
+    ) -> bool:
+        """True when ``need()`` blocks fit in the free and evictable ones, giving up
+        pins (if ``unpin``; never ``keep``'s) in the policy's order until they do.
+        ``need`` is asked again after each pin given up: a pin may hold part of a
+        prefix hit."""
+        kv = self.kv
+        if need() <= kv.available_blocks:
             return True
-        if not self.pins:
+        if not unpin or not self.pins:
             return False
-        # Under pressure, pins are given up in the policy's order until the blocks fit.
         released: list[tuple[str, Pin]] = []
         for workflow in self.hooks.unpin_order(self, now):
             pin = self.pins.get(workflow)
-            if pin is None:
+            if pin is None or workflow == keep:
                 continue
             self.unpin(workflow, now)
             released.append((workflow, pin))
-            if self.kv.allocate(blocks, now):
+            if need() <= kv.available_blocks:
                 return True
-        # Not enough even so: a failed allocation changes nothing, so the pins'
-        # blocks are all still cached and the pins are restored as they were.
+        # Not enough even so: nothing was evicted, so the pins' blocks are all still
+        # cached and the pins are restored as they were.
         for workflow, pin in released:
-            self.kv.acquire(pin.node, now, user=False)
+            kv.acquire(pin.node, now, user=False)
             self.pins[workflow] = pin
         return False
 
@@ -562,6 +605,7 @@ class Replica(QueueTokens):
         if self.config.preemption == "swap" and self.host is not None:
             self._copy_to_host(request, now)
         self._release_kv(request, now)
+        request.preempted_computed = request.computed
         request.computed = 0
         request.ready_at = 0.0
         self.waiting.insert(0, request)
@@ -577,13 +621,16 @@ class Replica(QueueTokens):
             self.kv.release_anonymous(request.anon, now)
             request.anon = 0
 
-    def _prefill_done(self, request: Request, now: float) -> None:
-        """Cache the prompt's keyed blocks once computed, as vLLM caches full blocks."""
-        assert request.lock is not None
-        if request.locked_blocks >= request.keyed_blocks:
+    def _cache_computed(self, request: Request, now: float) -> None:
+        """Cache the prompt's keyed blocks whose KV is now complete, chunk by chunk, as
+        vLLM caches each scheduled chunk's full blocks (``KVCacheManager.allocate_slots``
+        calls ``cache_blocks``): a call preempted mid-prefill leaves them cached."""
+        full = min(request.computed // self.block_tokens, request.keyed_blocks)
+        if full <= request.locked_blocks:
             return
-        rest = skip_runs(request.runs, request.locked_blocks)
-        self._extend_lock(request, rest, now)
+        done, _ = take_runs(skip_runs(request.runs, request.locked_blocks),
+                            full - request.locked_blocks)
+        self._extend_lock(request, done, now)
 
     def _extend_lock(self, request: Request, runs: Sequence[Run], now: float) -> None:
         assert request.lock is not None
@@ -759,6 +806,7 @@ class Replica(QueueTokens):
         self._clear_queue_tokens()
         for request in held:
             self._release_kv(request, now)
+            request.preempted_computed = request.computed
             request.computed = 0
             request.generated = 0
             request.first_token_at = -1.0
