@@ -264,3 +264,16 @@ def test_dynamo_router_queue_holds_work_while_every_replica_is_busy() -> None:
     queue(o0, 1, prompt_tokens=limit + BT)
     queue(o1, 1, prompt_tokens=limit + BT)
     assert off.admit(wf("y"), 0.0).verdict == "admit"
+
+
+def test_dynamo_a_call_placed_again_leaves_its_first_replica() -> None:
+    policy = Dynamo()
+    bind(policy, 2)
+    c = call("a", CALL_RUNS)
+    first = policy.place(c, 0.0)
+    policy.ctx.replicas[first].up = False  # it failed: the runtime places the call again
+    second = policy.place(c, 1.0)
+    assert second != first
+    assert policy.kv_router.active[first].blocks == 0
+    policy.on_call_finished(c, second, 2.0)
+    assert [a.blocks for a in policy.kv_router.active] == [0, 0]

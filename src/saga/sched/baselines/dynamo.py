@@ -156,6 +156,7 @@ class KVRouter(Router):
     def bind(self, ctx: PolicyContext) -> None:
         super().bind(ctx)
         self.active = [ActiveSequences() for _ in ctx.replicas]
+        self.where: dict[tuple[str, str], int] = {}  # active call -> its replica
 
     def cost(self, replica_index: int, call: CallInfo) -> float:
         cfg = self.config
@@ -180,7 +181,12 @@ class KVRouter(Router):
             low = min(costs.values())
             tied = [i for i, c in costs.items() if c == low]
             choice = tied[0] if len(tied) == 1 else self.ctx.rng.choice(tied)
-        self.active[choice].add((call.workflow, call.call_id), call.runs)
+        key = (call.workflow, call.call_id)
+        moved = self.where.pop(key, None)
+        if moved is not None:  # placed again (its replica failed): it left that one
+            self.active[moved].remove(key)
+        self.active[choice].add(key, call.runs)
+        self.where[key] = choice
         return choice
 
     def _softmax(self, costs: dict[int, float]) -> int:
@@ -196,7 +202,8 @@ class KVRouter(Router):
         return self.ctx.rng.choices(rows, weights)[0]
 
     def finished(self, call: CallInfo, replica: int) -> None:
-        self.active[replica].remove((call.workflow, call.call_id))
+        key = (call.workflow, call.call_id)
+        self.active[self.where.pop(key, replica)].remove(key)
 
     def all_busy(self) -> bool:
         """Every up replica has more prefill pending than the queue threshold allows."""
