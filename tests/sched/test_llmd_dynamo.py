@@ -10,7 +10,7 @@ import pytest
 
 from saga.engine.kvcache import RadixKV, Run, skip_runs
 from saga.engine.replica import Replica, Request
-from saga.sched.baselines.dynamo import ActiveSequences, Dynamo, DynamoConfig
+from saga.sched.baselines.dynamo import ActiveSequences, Dynamo, DynamoConfig, DynamoPriority
 from saga.sched.baselines.llmd import LLMD, LLMDConfig, LLMDPriority, take_runs
 from saga.sched.policy import CallInfo, Policy, PolicyContext, WorkflowInfo
 from saga.sim.cluster import get_cluster
@@ -277,3 +277,25 @@ def test_dynamo_a_call_placed_again_leaves_its_first_replica() -> None:
     assert policy.kv_router.active[first].blocks == 0
     policy.on_call_finished(c, second, 2.0)
     assert [a.blocks for a in policy.kv_router.active] == [0, 0]
+
+
+def test_dynamo_priority_releases_the_strict_tier_first_and_orders_the_engine_by_priority() -> None:
+    policy = DynamoPriority()
+    r0, _ = bind(policy, 2)
+    limit = 16 * r0.config.max_num_batched_tokens
+    for replica in policy.ctx.replicas:
+        queue(replica, 1, prompt_tokens=limit + BT)  # every replica busy
+    assert policy.admit(wf("batch"), 0.0).verdict == "defer"
+    assert policy.admit(wf("chat", slo=3.0), 0.0).verdict == "defer"
+    assert policy.pending == {"batch": 0, "chat": 1}
+    drain(r0)  # room again
+    assert policy.admit(wf("batch"), 1.0).verdict == "defer"  # tier 1 goes first
+    assert policy.admit(wf("chat", slo=3.0), 1.0).verdict == "admit"
+    assert policy.admit(wf("batch"), 2.0).verdict == "admit"
+    chat, batch = call("chat", CALL_RUNS, slo=3.0), call("batch", CALL_RUNS)
+    early = Request("batch", "c0", CALL_RUNS, 640, 16, BT, 1, info=batch)
+    late = Request("chat", "c0", CALL_RUNS, 640, 16, BT, 2, info=chat)
+    early.enqueued_at, late.enqueued_at = 1.0, 2.0
+    assert policy.queue_key(r0, late, 3.0) < policy.queue_key(r0, early, 3.0)
+    plain = Dynamo()
+    assert plain.queue_key(r0, early, 3.0) < plain.queue_key(r0, late, 3.0)

@@ -40,6 +40,12 @@ default, would need rescaling). Pending prefill tokens are the engine's
 (prompt tokens not yet computed, ``backlog_tokens``); Dynamo counts the same
 tokens from its own bookkeeping (uncached prompt at routing, cleared at the
 first token).
+
+``dynamo+priority`` gives interactive tenants (an SLO) what Dynamo offers for
+service levels (docs.nvidia.com/dynamo, "Priority Scheduling"; request field
+``nvext.agent_hints``): ``strict_priority = 1`` (a router-queue tier that always
+goes ahead of lower tiers) and a ``priority`` that Dynamo forwards to the
+engine, here vLLM with ``--scheduling-policy priority``.
 """
 
 from __future__ import annotations
@@ -47,12 +53,17 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from saga.engine.kvcache import Run
 from saga.sched.decisions import ADMIT, Admission
 from saga.sched.policy import CallInfo, Policy, PolicyContext, Router, WorkflowInfo
+from saga.sched.vllm import request_priority
+
+if TYPE_CHECKING:
+    from saga.engine.replica import Replica, Request
 
 #: Dynamo's ``DEFAULT_MAX_BATCHED_TOKENS`` for a worker that reports none (no queueing).
 DEFAULT_MAX_BATCHED_TOKENS = 10_000_000
@@ -231,26 +242,49 @@ class Dynamo(Policy):
     def __init__(self, config: DynamoConfig | None = None) -> None:
         self.config = config or DynamoConfig()
         self.kv_router = KVRouter(self.config)
-        # workflows held by the router queue (in arrival order; one that asks when a
-        # replica has room goes, so the order holds up to ``retry_after``)
-        self.pending: dict[str, None] = {}
+        # workflows held by the router queue -> their strict-priority tier (in arrival
+        # order; one that asks when a replica has room goes, so the order holds up to
+        # ``retry_after``)
+        self.pending: dict[str, int] = {}
         super().__init__(self.kv_router)
 
+    def strict_priority(self, workflow: WorkflowInfo) -> int:
+        """The request's ``strict_priority`` tier (none is sent: 0)."""
+        return 0
+
     def admit(self, workflow: WorkflowInfo, now: float) -> Admission:
+        tier = self.strict_priority(workflow)
         if not self.kv_router.all_busy():
-            self.pending.pop(workflow.workflow, None)
-            return ADMIT
-        self.pending.setdefault(workflow.workflow, None)
-        return Admission(
-            "defer",
-            f"dynamo router queue: every replica has more than "
-            f"{self.config.router_queue_threshold:g} x max_num_batched_tokens of prefill "
-            f"pending; {len(self.pending)} queued",
-            self.config.retry_after,
-        )
+            if not any(t > tier for t in self.pending.values()):
+                self.pending.pop(workflow.workflow, None)
+                return ADMIT
+            reason = "dynamo router queue: a higher strict-priority tier goes first"
+        else:
+            reason = (
+                f"dynamo router queue: every replica has more than "
+                f"{self.config.router_queue_threshold:g} x max_num_batched_tokens of prefill "
+                f"pending; {len(self.pending) + 1} queued"
+            )
+        self.pending.setdefault(workflow.workflow, tier)
+        return Admission("defer", reason, self.config.retry_after)
 
     def on_call_finished(self, call: CallInfo, replica: int, now: float) -> None:
         self.kv_router.finished(call, replica)
 
     def on_admission_withdrawn(self, workflow: WorkflowInfo, now: float) -> None:
         self.pending.pop(workflow.workflow, None)
+
+
+class DynamoPriority(Dynamo):
+    """Dynamo with interactive tenants (an SLO) marked by ``nvext.agent_hints``:
+    ``strict_priority`` 1 ahead in the router queue, and a ``priority`` that Dynamo
+    forwards to vLLM's priority scheduling (interactive first, see
+    :mod:`saga.sched.vllm`)."""
+
+    name = "dynamo+priority"
+
+    def strict_priority(self, workflow: WorkflowInfo) -> int:
+        return 1 if workflow.slo is not None else 0
+
+    def queue_key(self, replica: Replica, request: Request, now: float) -> tuple[float, ...]:
+        return (request_priority(request), request.enqueued_at, request.seq)
