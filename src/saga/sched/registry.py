@@ -1,4 +1,8 @@
-"""Every named policy, built one way: ``build_policy(name)``."""
+"""Every named policy, built one way: ``build_policy(name)``.
+
+Any policy but SAGA's own runs behind SAGA's memory gate as ``NAME+gate``
+(:mod:`saga.sched.gated`); the online baselines are listed under that name too.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,17 @@ from collections.abc import Callable
 
 from saga.errors import UserError
 from saga.sched.baselines import BASELINES
+from saga.sched.gated import SUFFIX as GATE_SUFFIX
+from saga.sched.gated import gated
 from saga.sched.policy import Policy
 from saga.sched.saga import ALL as SAGA_POLICIES
-from saga.sched.vllm import VLLMAffinity, VLLMLeastLoaded, VLLMRoundRobin
+from saga.sched.vllm import (
+    VLLMAffinity,
+    VLLMAffinityPriority,
+    VLLMLeastLoaded,
+    VLLMLeastLoadedPriority,
+    VLLMRoundRobin,
+)
 
 _FACTORIES: dict[str, Callable[[], Policy]] = {}
 
@@ -20,11 +32,23 @@ def register(name: str, factory: Callable[[], Policy]) -> None:
     _FACTORIES[name] = factory
 
 
-for _cls in (VLLMRoundRobin, VLLMAffinity, VLLMLeastLoaded, *BASELINES):
+_VLLM = (VLLMRoundRobin, VLLMAffinity, VLLMLeastLoaded, VLLMAffinityPriority,
+         VLLMLeastLoadedPriority)
+for _cls in (*_VLLM, *BASELINES):
     register(_cls.name, _cls)
 # a separate loop: mypy joins a homogeneous tuple with the classes above to ``object``
 for _saga in SAGA_POLICIES:
     register(_saga.name, _saga)
+
+
+def _gated_factory(base: str) -> Callable[[], Policy]:
+    name = base + GATE_SUFFIX
+    return lambda: gated(build_policy(base), name)
+
+
+# The online baselines behind the gate are listed (any other is built by its name).
+for _base in [c.name for c in (*_VLLM, *BASELINES) if not c.offline]:
+    register(_base + GATE_SUFFIX, _gated_factory(_base))
 
 
 def list_policies() -> list[str]:
@@ -34,6 +58,10 @@ def list_policies() -> list[str]:
 def build_policy(name: str) -> Policy:
     """A fresh policy object (policies hold state: build one per run)."""
     factory = _FACTORIES.get(name)
+    if factory is None and name.endswith(GATE_SUFFIX):
+        base = name.removesuffix(GATE_SUFFIX)
+        if base in _FACTORIES and not base.startswith("saga"):
+            factory = _gated_factory(base)
     if factory is None:
         raise UserError(f"unknown policy {name!r}; choose one of: {', '.join(list_policies())}")
     return factory()

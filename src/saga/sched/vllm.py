@@ -12,14 +12,29 @@ preemption by recompute of the last running request. They differ in routing
   nodes per replica); the paper's baseline;
 * ``vllm-least-loaded``: fewest calls queued or running. production-stack has no
   such router; this is the usual "least outstanding requests" rule.
+
+``vllm-affinity+priority`` and ``vllm-least-loaded+priority`` add the service
+level vLLM offers: ``--scheduling-policy priority`` with a per-request
+``priority`` (``vllm/v1/core/sched/request_queue.py``, ``PriorityRequestQueue``:
+lower value first, then arrival time; the scheduler preempts the running
+request with the largest ``(priority, arrival_time)``). Interactive tenants (a
+workflow with an SLO) send priority 0, best effort 1.
 """
 
 from __future__ import annotations
 
 import bisect
 import hashlib
+from typing import TYPE_CHECKING
 
 from saga.sched.policy import CallInfo, Policy, PolicyContext, Router
+
+if TYPE_CHECKING:
+    from saga.engine.replica import Replica, Request
+
+#: vLLM request priorities (lower is served first): interactive, then best effort.
+INTERACTIVE_PRIORITY = 0
+BEST_EFFORT_PRIORITY = 1
 
 
 class RoundRobinRouter(Router):
@@ -120,6 +135,34 @@ class VLLMAffinity(Policy):
 
 class VLLMLeastLoaded(Policy):
     name = "vllm-least-loaded"
+
+    def __init__(self) -> None:
+        super().__init__(LeastLoadedRouter())
+
+
+def request_priority(request: Request) -> int:
+    """The ``priority`` a client sends: interactive work (an SLO) ahead of best effort."""
+    interactive = request.info is not None and request.info.slo is not None
+    return INTERACTIVE_PRIORITY if interactive else BEST_EFFORT_PRIORITY
+
+
+class _PriorityScheduling(Policy):
+    """vLLM's ``priority`` scheduling policy: ``(priority, arrival)`` orders the waiting
+    queue and the running list (so preemption takes the largest key)."""
+
+    def queue_key(self, replica: Replica, request: Request, now: float) -> tuple[float, ...]:
+        return (request_priority(request), request.enqueued_at, request.seq)
+
+
+class VLLMAffinityPriority(_PriorityScheduling):
+    name = "vllm-affinity+priority"
+
+    def __init__(self) -> None:
+        super().__init__(ConsistentHashRouter())
+
+
+class VLLMLeastLoadedPriority(_PriorityScheduling):
+    name = "vllm-least-loaded+priority"
 
     def __init__(self) -> None:
         super().__init__(LeastLoadedRouter())

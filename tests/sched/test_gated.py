@@ -1,0 +1,145 @@
+"""``NAME+gate`` admits exactly as SAGA's memory gate; ``+priority`` orders as vLLM's
+``priority`` scheduling policy."""
+
+from __future__ import annotations
+
+import heapq
+import random
+
+import pytest
+
+from saga.engine.kvcache import Run
+from saga.engine.replica import Replica, Request
+from saga.sched.gated import GatedPolicy
+from saga.sched.policy import CallInfo, Policy, PolicyContext, WorkflowInfo
+from saga.sched.registry import build_policy, list_policies
+from saga.sched.saga.policy import SagaPolicy
+from saga.sim.cluster import get_cluster
+
+BT = 64
+
+
+def bind(policy: Policy, replicas: int = 2, capacity: int = 64) -> list[Replica]:
+    cluster = get_cluster("test-2")
+    cost = cluster.cost_model()
+    built = [
+        Replica(i, cluster.engine, cost, policy, block_tokens=BT, capacity_blocks=capacity,
+                eviction=policy.eviction_order(i))
+        for i in range(replicas)
+    ]
+    policy.bind(PolicyContext(built, cost, BT, rng=random.Random(0)))
+    return built
+
+
+def script(seed: int) -> list[tuple[str, float, str, list[int]]]:
+    """Workflows: (id, arrival, agent, prompt blocks of each call, growing)."""
+    rng = random.Random(seed)
+    flows = []
+    for i in range(40):
+        first = rng.randint(6, 60)
+        calls = [first + 20 * k for k in range(rng.randint(1, 5))]
+        flows.append((f"w{i}", i * 0.3, rng.choice(["coder", "web"]), calls))
+    return flows
+
+
+def drive(policy: Policy, seed: int) -> list[tuple[float, str, str]]:
+    """Run the same arrivals and calls through ``policy``'s hooks as a runtime would
+    (a deferred workflow retries after ``retry_after``; a call runs 1.5 s, its tool
+    0.5 s) and return every admission verdict in order."""
+    replicas = bind(policy, capacity=128)
+    flows = {wid: (arrival, agent, calls) for wid, arrival, agent, calls in script(seed)}
+    events: list[tuple[float, int, str, str, int]] = []
+    order = iter(range(1_000_000))
+    for wid, (arrival, _, _) in flows.items():
+        heapq.heappush(events, (arrival, next(order), "arrive", wid, 0))
+    verdicts: list[tuple[float, str, str]] = []
+    placed: dict[tuple[str, int], tuple[CallInfo, int]] = {}
+    while events:
+        now, _, kind, wid, k = heapq.heappop(events)
+        arrival, agent, calls = flows[wid]
+        info = WorkflowInfo(wid, "t", agent, arrival, None)
+        if kind == "arrive":
+            decision = policy.admit(info, now)
+            verdicts.append((now, wid, decision.verdict))
+            if decision.verdict == "defer":
+                heapq.heappush(events, (now + decision.retry_after, next(order), kind, wid, 0))
+            else:
+                heapq.heappush(events, (now, next(order), "ready", wid, 0))
+        elif kind == "ready":
+            runs: tuple[Run, ...] = (("s:sys", 0, 4), ("w:" + wid, 0, calls[k]))
+            call = CallInfo(
+                workflow=wid, tenant="t", agent=agent, call_id=f"c{k}", index=k,
+                tool="bash" if k else None, prompt_tokens=(4 + calls[k]) * BT, runs=runs,
+                issued_at=now, workflow_arrival=arrival, slo=None,
+                ends_workflow=k == len(calls) - 1,
+            )
+            policy.on_call_ready(call, now)
+            placed[(wid, k)] = (call, policy.place(call, now))
+            heapq.heappush(events, (now + 1.5, next(order), "finish", wid, k))
+        else:
+            call, index = placed.pop((wid, k))
+            request = Request(wid, call.call_id, call.runs, call.prompt_tokens, 1000, BT,
+                              next(order), info=call)
+            request.generated = 1000
+            policy.retention(replicas[index], request, now)
+            policy.on_call_finished(call, index, now)
+            if k + 1 < len(calls):
+                heapq.heappush(events, (now + 0.5, next(order), "ready", wid, k + 1))
+            else:
+                policy.on_workflow_finished(info, now)
+    return verdicts
+
+
+@pytest.mark.parametrize("base", ["vllm-affinity", "sglang", "throughput", "llm-d", "dynamo"])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_gated_baseline_admits_exactly_as_sagas_gate(base: str, seed: int) -> None:
+    gated = build_policy(base + "+gate")
+    assert isinstance(gated, GatedPolicy)
+    theirs = drive(gated, seed)
+    ours = drive(SagaPolicy(), seed)
+    assert theirs == ours
+    assert any(v == "defer" for _, _, v in ours)  # the gate did bind
+
+
+def test_a_gated_policy_keeps_the_inner_policys_decisions() -> None:
+    gated = build_policy("sglang+gate")
+    assert isinstance(gated, GatedPolicy)
+    assert gated.name == "sglang+gate"
+    assert type(gated).static_order == type(gated.inner).static_order
+    assert gated.router is gated.inner.router
+
+
+def test_gate_variants_are_listed_and_built_by_name() -> None:
+    names = list_policies()
+    for base in ("vllm-rr", "vllm-affinity", "vllm-least-loaded", "sglang", "throughput",
+                 "llm-d", "dynamo", "autellix", "continuum", "infercept", "kvflow"):
+        assert base + "+gate" in names
+    assert "belady+gate" not in names  # offline bounds are not listed
+    assert build_policy("belady+gate").offline
+    with pytest.raises(Exception, match="unknown policy"):
+        build_policy("saga+gate")
+
+
+# ---- vLLM's priority scheduling ------------------------------------------------------------
+def test_vllm_priority_serves_interactive_first_then_arrival_preempting_best_effort() -> None:
+    policy = build_policy("vllm-affinity+priority")
+    (replica,) = bind(policy, replicas=1)
+
+    def req(wid: str, slo: float | None, at: float) -> Request:
+        call = CallInfo(
+            workflow=wid, tenant="t", agent="a", call_id="c0", index=0, tool=None,
+            prompt_tokens=BT, runs=(("w:" + wid, 0, 1),), issued_at=at, workflow_arrival=at,
+            slo=slo, ends_workflow=True,
+        )
+        r = Request(wid, "c0", call.runs, BT, 16, BT, int(at * 10), info=call)
+        r.enqueued_at = at
+        return r
+
+    calls = [req("be-early", None, 1.0), req("chat-late", 3.0, 3.0),
+             req("be-late", None, 2.0), req("chat-early", 3.0, 2.5)]
+    ordered = sorted(calls, key=lambda r: policy.queue_key(replica, r, 5.0))
+    # priority 0 (an SLO) before 1, then arrival: the engine preempts the last
+    assert [r.workflow for r in ordered] == ["chat-early", "chat-late", "be-early", "be-late"]
+    fcfs = build_policy("vllm-affinity")
+    by_arrival = sorted(calls, key=lambda r: fcfs.queue_key(replica, r, 5.0))
+    assert [r.workflow for r in by_arrival] == ["be-early", "be-late", "chat-early", "chat-late"]
