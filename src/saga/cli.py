@@ -18,6 +18,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from saga import __version__
+from saga.cli_args import check_output_dir, check_seed
 from saga.errors import UserError
 
 DESCRIPTION = """\
@@ -137,6 +138,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from saga.sim.run import run_policy, write_outputs
     from saga.workloads import build_workload
 
+    check_seed(args.seed)
+    check_output_dir(args.out)
     cluster = get_cluster(args.cluster)
     build_policy(args.policy)  # fail fast on an unknown name
     params = parse_params(args.param)

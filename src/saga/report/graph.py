@@ -10,6 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from saga.cli_args import check_output_dir
 from saga.errors import UserError
 
 MIN_EDGE_P = 0.05  # edges rarer than this are left out of the drawing
@@ -113,6 +114,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     if not console.is_terminal:
         console = Console(width=140)
     folder = args.png or (args.run if args.run.is_dir() else args.run.parent)
+    check_output_dir(folder, "--png" if args.png else "the run folder")
     for agent, graph in graphs.items():
         console.print(graph_table(agent, graph))
         drawn = draw_graph(agent, graph, folder / f"graph-{agent}.png")
