@@ -115,3 +115,4 @@ def test_a_broken_json_line_names_its_real_column(
     _fails_in_one_line(["simulate", "--trace", str(trace), "--out", str(tmp_path / "run")],
                        capsys, "broken.jsonl:1: invalid JSON: Expecting value at column 59")
     assert not (tmp_path / "run").exists()
+
