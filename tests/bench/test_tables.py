@@ -81,7 +81,7 @@ def test_a_speedup_below_one_says_what_the_reference_trades_for_it() -> None:
     no_slo = {k: v for k, v in mine.items() if k != "slo_attainment"}
     one_tenant = {**no_slo, "tenant_slowdown": {"cc": 2.0}}
     assert tradeoff_note("saga", "x", SPEED, one_tenant, {"tenant_slowdown": {"cc": 1.5}}) == (
-        "x 0.55x: saga is slower here and meets no more SLOs in return")
+        "x 0.55x: saga is slower here, with no tenant or SLO gain in return")
     noisy = {**SPEED, "geomean": 0.99, "ci_high": 1.01}
     assert tradeoff_note("saga", "x", noisy, mine, theirs) == (
         "x 0.99x: within noise (its 95 % CI reaches 1x), no clear difference")

@@ -278,7 +278,7 @@ def tradeoff_note(
         gains.insert(0, f"that of {_and(better)}")
         lost = f"the mean slowdown of tenant{'s' if len(worse) > 1 else ''} {_and(worse)}"
     if not gains:
-        return f"{head} {reference} is slower here and meets no more SLOs in return"
+        return f"{head} {reference} is slower here, with no tenant or SLO gain in return"
     return f"{head} {reference} trades {lost} for {', and '.join(gains)}"
 
 
