@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
+import pytest
 from rich.console import Console
 
 from saga.bench.report import (
@@ -160,3 +161,29 @@ def test_text_tables_render_the_same_cells_in_html() -> None:
     assert page == ("<table><caption>t &lt;1&gt;</caption><tr><th>policy</th>"
                     "<th>TCT mean (s)</th></tr><tr><td>a&amp;b</td><td>1.0</td></tr></table>"
                     "<p class='note'>note: x</p>")
+
+
+@pytest.mark.real_traces  # the claude-code scenarios replay ../shared/traces
+def test_every_quick_case_serves_at_least_20_workflows() -> None:
+    # what `saga bench all --quick` runs must mean something: no case of one workflow
+    from saga.bench.scenario import builtin_scenarios
+    from saga.sim.cluster import get_cluster
+    from saga.workloads import build_workload
+
+    for name in builtin_scenarios():
+        spec = load_scenario(name).quick_version()
+        if spec.kind == "saturation":  # each sweep point runs at least 24 workflows
+            continue
+        base = get_cluster(spec.cluster)
+        for workload in spec.workloads:
+            params = workload.string_params()
+            if spec.kind == "scale":
+                rates = [float(params.get("rate", 0.2)) * r / base.replicas
+                         for r in spec.replicas]
+            else:  # at a load the rate follows the peak; these workloads are count-bound
+                rates = [float(params["rate"])] if "rate" in params else [None]
+            for rate in rates:
+                overrides = {} if rate is None else {"rate": f"{rate:.6g}"}
+                built = build_workload(workload.name, seed=spec.seeds[0],
+                                       params={**params, **overrides})
+                assert len(list(built.workflows)) >= 20, (name, workload.name, rate)
