@@ -18,6 +18,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from saga import __version__
+from saga.cli_args import check_output_dir, check_seed
 from saga.errors import UserError
 
 DESCRIPTION = """\
@@ -117,16 +118,25 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
     console = Console()
     console.print("[bold]policies:[/bold] " + ", ".join(list_policies()))
-    table = Table(title="clusters")
-    for column in ("name", "replicas", "GPUs", "model", "description"):
-        table.add_column(column)
+    console.print()
+    # the short facts in a table, the descriptions below it at full width: a description
+    # in a table cell wraps into a narrow column of many lines (and gets cut) at 80 columns
+    table = Table(title="clusters", title_justify="left")
+    for column in ("name", "replicas", "GPUs", "model"):
+        table.add_column(column, no_wrap=True, justify="right" if column == "replicas" else "left")
     for spec in CLUSTERS.values():
-        table.add_row(
-            spec.name, str(spec.replicas), f"{spec.gpus} x {spec.gpu}", spec.model,
-            spec.description,
-        )
+        tp = f", TP {spec.tp}" if spec.tp > 1 else ""
+        table.add_row(spec.name, str(spec.replicas), f"{spec.gpus} x {spec.gpu}{tp}", spec.model)
     console.print(table)
-    console.print("[bold]workloads:[/bold] " + ", ".join(list_workloads()))
+    about = Table.grid(padding=(0, 2))
+    about.add_column(no_wrap=True, style="bold")
+    about.add_column(overflow="fold")
+    for spec in CLUSTERS.values():
+        about.add_row(spec.name, spec.description)
+    console.print(about)
+    console.print()
+    console.print("[bold]workloads:[/bold] " + ", ".join(list_workloads())
+                  + " (parameters: `saga workload list`)")
     return 0
 
 
@@ -137,6 +147,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from saga.sim.run import run_policy, write_outputs
     from saga.workloads import build_workload
 
+    check_seed(args.seed)
+    check_output_dir(args.out)
     cluster = get_cluster(args.cluster)
     build_policy(args.policy)  # fail fast on an unknown name
     params = parse_params(args.param)

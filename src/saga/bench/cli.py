@@ -17,6 +17,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from saga.cli_args import check_output_dir, check_output_file
 from saga.errors import UserError
 
 EPILOG = """\
@@ -76,6 +77,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     names = builtin_scenarios() if args.scenario == "all" else [args.scenario]
     scenarios = [load_scenario(n) for n in names]
+    check_output_dir(args.out)
+    if len(scenarios) > 1:
+        for scenario in scenarios:
+            check_output_dir(args.out / scenario.name)
+    if args.results is not None:
+        check_output_file(args.results, "--results", parent_must_exist=False)
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)  # logs: wide tables rather than truncated names

@@ -8,23 +8,43 @@ import io
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from saga.bench.runner import BenchResult, CaseResult, pooled_speedups
 
+# (summary key, column title with its unit, format): "pct" a share as a percentage,
+# "rate" completed workflows per second or per hour, whichever shows the digits
 METRIC_COLUMNS = (
-    ("tct_mean", "TCT mean", "{:.1f}"),
-    ("tct_p50", "p50", "{:.1f}"),
-    ("tct_p99", "p99", "{:.1f}"),
-    ("slowdown_mean", "slowdown", "{:.2f}"),
-    ("slo_attainment", "SLO", "pct"),
+    ("tct_mean", "TCT mean (s)", "{:.1f}"),
+    ("tct_p50", "TCT p50 (s)", "{:.1f}"),
+    ("tct_p99", "TCT p99 (s)", "{:.1f}"),
+    ("slowdown_mean", "slowdown", "{:.2f}x"),
+    ("slo_attainment", "SLO met", "pct"),
     ("kv_utilization", "KV util", "pct"),
     ("prefix_hit_rate", "hit rate", "pct"),
-    ("throughput_workflows_per_s", "wf/s", "{:.3f}"),
+    ("throughput_workflows_per_s", "wf/s", "rate"),
+)
+# how many workflows each row stands on: finished, refused by admission, and paired with
+# the reference's for its speedup
+COUNT_COLUMNS = ("completed", "rejected", "paired")
+JUDGED_ON_SLO = "judged on SLO attainment"
+SLO_MET = "SLO met: the share of the workflows that have an SLO which met it"
+COLUMNS_EXPLAINED = (
+    "TCT: task completion time, a workflow's arrival to its last call's end. slowdown: TCT "
+    "over the TCT alone on an idle replica. KV util: time-averaged share of KV memory "
+    "holding blocks a running call uses or a later call hits (the plot of KV memory over "
+    "time shows all occupied blocks). hit rate: share of prompt tokens found cached (GPU or "
+    "host memory). "
+    "completed / rejected: workflows finished / refused by admission control; paired: "
+    "workflows finished under both this policy and the reference, which the speedups "
+    "compare. Speedup: geometric mean of the TCT ratios over paired workflows, bootstrap "
+    "95 % CI, paired sign-flip test p; ceiling: the most any policy could show."
 )
 
 # The paper's claims (DESIGN.md section 1), shown next to ours.
@@ -113,25 +133,172 @@ def write_all(result: BenchResult, directory: Path) -> dict[str, Any]:
     return summary
 
 
-# ---- terminal ------------------------------------------------------------------------------
+# ---- tables: the same text in the terminal, report.html and RESULTS.md -------------------
+@dataclass(frozen=True)
+class TextTable:
+    """A table as text cells, with one-line notes to print under it."""
+
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+    notes: list[str] = field(default_factory=list)
+
+
+def judged_on_slo(policies: Mapping[str, Mapping[str, Any]], reference: str) -> bool:
+    """A case whose workflows carry SLOs is judged on SLO attainment, not on TCT."""
+    value = (policies.get(reference) or {}).get("slo_attainment")
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def case_table(
+    title: str, case: Mapping[str, Any], reference: str, order: Sequence[str] = ()
+) -> TextTable:
+    """One case, a row per policy: its metrics with their units, then how many workflows
+    it completed, rejected and paired with the reference's; SLO attainment comes first
+    when the case is judged on it."""
+    policies: Mapping[str, Mapping[str, Any]] = case.get("policies") or {}
+    rank = {name: i for i, name in enumerate(order)}
+    names = sorted(policies, key=lambda n: rank.get(n, len(rank)))
+    columns = list(METRIC_COLUMNS)
+    notes = []
+    if judged_on_slo(policies, reference):
+        columns.sort(key=lambda column: column[0] != "slo_attainment")
+        title = f"{title}, {JUDGED_ON_SLO}"
+        notes.append(f"note: {SLO_MET}")
+    else:  # no workflow has an SLO: a column of n/a says nothing
+        columns = [c for c in columns if c[0] != "slo_attainment" or any(
+            _is_number(m.get(c[0])) for m in policies.values())]
+    rate_title, rate_scale, rate_format = _rate_unit(
+        [policies[n].get("throughput_workflows_per_s") for n in names]
+    )
+    header = ["policy", *(rate_title if f == "rate" else t for _, t, f in columns),
+              *COUNT_COLUMNS]
+    belady = case.get("eviction_vs_belady") or {}
+    if belady:
+        header.append("GPU misses / Bélády")
+    speed = case.get("speedup") or {}
+    rows = []
+    for name in names:
+        metrics = policies[name]
+        cells = [name]
+        for key, _, fmt in columns:
+            value = metrics.get(key)
+            if fmt == "rate":
+                scaled = value * rate_scale if isinstance(value, int | float) else value
+                cells.append(_fmt(scaled, rate_format))
+            else:
+                cells.append(_fmt(value, fmt))
+        paired = (speed.get(f"{reference}/{name}") or {}).get("n")
+        cells += [_fmt(metrics.get("workflows_completed"), "{:,}"),
+                  _fmt(metrics.get("workflows_rejected"), "{:,}"),
+                  "-" if name == reference else _fmt(paired, "{:,}")]
+        if belady:
+            cells.append(_fmt(belady.get(name), "{:.2f}x"))
+        rows.append(cells)
+    return TextTable(title, header, rows, notes)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def _rate_unit(values: Sequence[Any]) -> tuple[str, float, str]:
+    """Completed workflows per second, or per hour where a table's rates are all below
+    0.1/s (long agent sessions), so that no column prints 0.000."""
+    finite = [v for v in values if isinstance(v, int | float) and math.isfinite(v)]
+    if finite and max(finite) < 0.1:
+        return "wf/h", 3600.0, "{:.2f}"
+    return "wf/s", 1.0, "{:.3f}"
+
+
+def speedup_table(
+    summary: Mapping[str, Any], speed: Mapping[str, Mapping[str, Any]]
+) -> TextTable:
+    """The reference's TCT speedups over each policy, and a note under each one below 1
+    saying what the reference got in return (from the primary case's metrics)."""
+    reference = str(summary.get("reference"))
+    policies: Mapping[str, Mapping[str, Any]] = summary.get("policies") or {}
+    rows, notes = [], []
+    if judged_on_slo(policies, reference):
+        notes.append(f"note: this scenario is {JUDGED_ON_SLO}, not TCT: the speedups show "
+                     "what that costs")
+    where = f" (in {summary.get('primary_case')})" if len(summary.get("cases") or []) > 1 else ""
+    for key, s in _in_order(summary, speed, lambda key: key.split("/", 1)[1]).items():
+        other = key.split("/", 1)[1]
+        rows.append([
+            other,
+            _fmt(s.get("geomean"), "{:.2f}x"),
+            f"{_fmt(s.get('ci_low'), '{:.2f}')}-{_fmt(s.get('ci_high'), '{:.2f}')}",
+            _fmt(s.get("p"), "{:.2g}"),
+            _fmt(s.get("n"), "{:,}"),
+            _fmt(s.get("ceiling"), "{:.2f}x"),
+        ])
+        note = tradeoff_note(reference, other, s, policies.get(reference) or {},
+                             policies.get(other) or {})
+        if note is not None:
+            notes.append(f"note: {note}{where if 'trades' in note else ''}")
+    return TextTable(
+        f"speedup of {reference} (TCT geometric mean; above 1x: {reference} faster)",
+        ["over", "geomean", "95 % CI", "p", "pairs", "ceiling"], rows, notes,
+    )
+
+
+def tradeoff_note(
+    reference: str,
+    other: str,
+    speed: Mapping[str, Any],
+    mine: Mapping[str, Any],
+    theirs: Mapping[str, Any],
+) -> str | None:
+    """For a speedup that prints below 1x: what the reference gained in exchange (SLO
+    attainment, some tenants' slowdown), or that it gained nothing, or that the loss is
+    within noise. None for a speedup of 1x or more."""
+    geomean = speed.get("geomean")
+    if not isinstance(geomean, float) or not math.isfinite(geomean) or round(geomean, 2) >= 1:
+        return None
+    head = f"{other} {geomean:.2f}x:"
+    ci_high = speed.get("ci_high")
+    if isinstance(ci_high, float) and ci_high >= 1:
+        return f"{head} within noise (its 95 % CI reaches 1x), no clear difference"
+    gains = []
+    slo_mine, slo_theirs = mine.get("slo_attainment"), theirs.get("slo_attainment")
+    if isinstance(slo_mine, float) and isinstance(slo_theirs, float) and slo_mine > slo_theirs:
+        gains.append(f"more SLOs met ({_fmt(slo_mine, 'pct')} vs {_fmt(slo_theirs, 'pct')})")
+    tenants_mine, tenants_theirs = _tenants(mine), _tenants(theirs)
+    better, worse = [], []
+    for tenant in sorted(set(tenants_mine) & set(tenants_theirs)):
+        a, b = tenants_mine[tenant], tenants_theirs[tenant]
+        cell = f"{tenant} ({a:.1f} vs {b:.1f})"
+        if a < 0.98 * b:
+            better.append(cell)
+        elif a > 1.02 * b:
+            worse.append(cell)
+    lost = "TCT"
+    if better and worse:  # with one tenant its slowdown is the TCT: no trade to show
+        gains.insert(0, f"that of {_and(better)}")
+        lost = f"the mean slowdown of tenant{'s' if len(worse) > 1 else ''} {_and(worse)}"
+    if not gains:
+        return f"{head} {reference} is slower here, with no tenant or SLO gain in return"
+    return f"{head} {reference} trades {lost} for {', and '.join(gains)}"
+
+
+def _and(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
 def print_tables(result: BenchResult, summary: Mapping[str, Any], console: Console) -> None:
-    for case in result.cases:
-        table = Table(title=f"{result.scenario.name}: {case.name} (seed {case.seed})")
-        table.add_column("policy")
-        for _, title, _ in METRIC_COLUMNS:
-            table.add_column(title, justify="right")
-        if case.eviction_vs_belady:
-            table.add_column("GPU misses / Bélády", justify="right")
-        for name, run in case.runs.items():
-            row = [name] + [_fmt(run.summary.get(k), f) for k, _, f in METRIC_COLUMNS]
-            if case.eviction_vs_belady:
-                row.append(_fmt(case.eviction_vs_belady.get(name), "{:.2f}x"))
-            table.add_row(*row)
-        console.print(table)
+    """A table per case, the saturation sweep, the speedups and their notes."""
+    name, reference = result.scenario.name, result.scenario.reference
+    order = list(result.scenario.policies)
+    for case in summary.get("cases") or []:
+        title = (f"{name}: {case['name']} (seed {case['seed']}, {case['replicas']} "
+                 "replicas)")
+        _print_table(case_table(title, case, reference, order), console)
     if result.sweep:
-        table = Table(title=f"{result.scenario.name}: saturation sweep")
-        for column in ("policy", "in flight", "workflows/s", "TCT mean", "TCT p99", "KV util"):
-            table.add_column(column, justify="right")
+        table = Table(title=f"{name}: saturation sweep (closed loop)")
+        for column in ("policy", "in flight", "wf/s", "TCT mean (s)", "TCT p99 (s)",
+                       "KV util"):
+            table.add_column(column, justify="left" if column == "policy" else "right")
         for p in result.sweep:
             table.add_row(
                 p.policy,
@@ -149,19 +316,37 @@ def print_tables(result: BenchResult, summary: Mapping[str, Any], console: Conso
         )
     speed = summary.get("speedup") or {}
     if speed:
-        table = Table(title=f"speedup of {result.scenario.reference} (TCT geometric mean)")
-        for column in ("over", "geomean", "95 % CI", "p", "pairs", "ceiling"):
-            table.add_column(column, justify="right")
-        for key, s in speed.items():
-            table.add_row(
-                key.split("/", 1)[1],
-                _fmt(s.get("geomean"), "{:.2f}x"),
-                f"{_fmt(s.get('ci_low'), '{:.2f}')}-{_fmt(s.get('ci_high'), '{:.2f}')}",
-                _fmt(s.get("p"), "{:.2g}"),
-                str(s.get("n")),
-                _fmt(s.get("ceiling"), "{:.2f}x"),
-            )
-        console.print(table)
+        _print_table(speedup_table(summary, speed), console)
+
+
+def _print_table(text: TextTable, console: Console) -> None:
+    """The table, split into several (each with the first column) where the terminal is
+    too narrow for all its columns: a cut or wrapped number misleads."""
+    parts: list[list[int]] = []
+    for i in range(1, len(text.header)):
+        if parts and _width(text, [0, *parts[-1], i], console) <= console.width:
+            parts[-1].append(i)
+        else:
+            parts.append([i])
+    for n, part in enumerate(parts or [[]]):
+        title = text.title if n == 0 else f"{text.title} (continued)"
+        console.print(_rich_table(text, [0, *part], title))
+    for note in text.notes:
+        console.print(note, highlight=False, markup=False)
+
+
+def _rich_table(text: TextTable, columns: Sequence[int], title: str | None = None) -> Table:
+    table = Table(title=title)
+    for i in columns:
+        table.add_column(text.header[i], justify="left" if i == 0 else "right", no_wrap=True)
+    for row in text.rows:
+        table.add_row(*(row[i] for i in columns))
+    return table
+
+
+def _width(text: TextTable, columns: Sequence[int], console: Console) -> int:
+    unbounded = console.options.update_width(10_000)  # what it needs, not what fits
+    return Measurement.get(console, unbounded, _rich_table(text, columns)).maximum
 
 
 def _fmt(value: Any, fmt: str) -> str:
@@ -224,7 +409,10 @@ def plots(result: BenchResult) -> list[tuple[str, str]]:
             ha="right",
             fontsize=7,
         )
-        ax.set_ylabel("mean slowdown")
+        ax.set_ylabel("mean slowdown (TCT / TCT alone)")
+        values = [v for r in case.runs.values() for v in _tenants(r.summary).values() if v > 0]
+        if values and max(values) > 10 * min(values):
+            ax.set_yscale("log")  # one flooded tenant would flatten the others' bars
         ax.legend(fontsize=7)
         out.append((f"slowdown per tenant ({case.name})", _png(fig)))
 
@@ -235,7 +423,7 @@ def plots(result: BenchResult) -> list[tuple[str, str]]:
                 used = [100 * u for _, u in run.kv_timeline]
                 ax.plot(times, used, label=name, linewidth=1)
         ax.set_xlabel("simulated time (s)")
-        ax.set_ylabel("KV memory in use (%)")
+        ax.set_ylabel("KV memory occupied (%), idle cached blocks included")
         ax.legend(fontsize=7)
         out.append((f"KV memory over time ({case.name})", _png(fig)))
 
@@ -256,17 +444,21 @@ def plots(result: BenchResult) -> list[tuple[str, str]]:
 
 
 def _graph_plots(case: CaseResult, reference: str) -> list[tuple[str, str]]:
-    """Drawings of the execution graphs the reference policy learned (two at most)."""
+    """Drawings of the execution graphs the reference policy learned: the two most used
+    that have a path to show (a one-call agent's graph is a lone dot)."""
     import tempfile
 
-    from saga.report.graph import draw_graph
+    from saga.report.graph import draw_graph, strongest_paths
 
     run = case.runs.get(reference)
     if run is None or not run.graph:
         return []
+    graphs = [(agent, g) for agent, g in run.graph.items()
+              if isinstance(g, dict) and strongest_paths(g).edges]
+    graphs.sort(key=lambda item: -sum(n["calls"] for n in item[1].get("nodes", {}).values()))
     out = []
     with tempfile.TemporaryDirectory() as folder:
-        for agent, graph in list(run.graph.items())[:2]:
+        for agent, graph in graphs[:2]:
             if isinstance(graph, dict):
                 path = draw_graph(agent, graph, Path(folder) / "graph.png")
                 data = base64.b64encode(path.read_bytes()).decode()
@@ -296,52 +488,102 @@ def _throughput_latency(result: BenchResult) -> dict[str, list[tuple[float, floa
     return curve if len(loaded) > 1 else {}
 
 
+def run_description(result: BenchResult) -> list[str]:
+    """What this run did, read from its cases (not the scenario's text, which describes
+    the full version): cluster and replicas, workloads, loads and rates, seeds, cases."""
+    from saga.sim.cluster import get_cluster
+
+    spec = result.scenario
+    cluster = get_cluster(spec.cluster)
+    replicas = sorted({c.replicas for c in result.cases}) or [cluster.replicas]
+    tp = f", TP {cluster.tp}" if cluster.tp > 1 else ""
+    lines = [
+        f"Cluster {cluster.name}: {_and([str(r) for r in replicas])} "
+        f"replica{'s' if replicas != [1] else ''} of {cluster.model} on {cluster.gpu}{tp}."
+    ]
+    workloads = [
+        w.name + (f" ({', '.join(f'{k}={v}' for k, v in w.params.items())})" if w.params else "")
+        for w in spec.workloads
+    ]
+    lines.append(f"Workload{'s' if len(workloads) > 1 else ''}: {'; '.join(workloads)}.")
+    loads = sorted({c.load for c in result.cases if c.load is not None})
+    if loads:
+        lines.append(
+            f"Offered load: {_and([f'{round(100 * x)} %' for x in loads])} of the peak "
+            f"throughput of the `{spec.peak_policy}` policy (found by a closed-loop sweep)."
+        )
+    rates = [f"{c.name} {c.rate:.3g}" for c in result.cases if c.rate is not None]
+    if rates:
+        lines.append(f"Arrival rate (workflows/s): {', '.join(rates)}.")
+    if spec.kind == "saturation":
+        lines.append(
+            f"Closed-loop sweep: {_and([str(x) for x in spec.sweep])} workflows in flight "
+            f"per replica, until throughput stops rising ({len(result.sweep)} points)."
+        )
+    seeds = sorted({c.seed for c in result.cases}) or spec.seeds[:1]
+    names = list(dict.fromkeys(c.name for c in result.cases))
+    cases = (f"{len(result.cases)} case{'s' if len(result.cases) != 1 else ''} "
+             f"({', '.join(names)}), " if names else "")
+    seed = f"seed{'s' if len(seeds) != 1 else ''} {_and([str(x) for x in seeds])}"
+    lines.append(
+        f"{cases}{seed if cases else seed.capitalize()}; "
+        f"{len(spec.policies)} policies: {', '.join(spec.policies)}; "
+        f"{result.wall_seconds:.0f} s of wall time."
+    )
+    return lines
+
+
 def render_html(result: BenchResult, summary: Mapping[str, Any]) -> str:
     scenario = result.scenario
+    mode = " (quick)" if result.quick else ""
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>SAGA bench: {html.escape(scenario.name)}</title>",
+        f"<title>SAGA bench: {html.escape(scenario.name)}{mode}</title>",
         "<style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
+        "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;"
         "padding:3px 8px;text-align:right}td:first-child,th:first-child{text-align:left}"
-        "img{max-width:100%}</style></head><body>",
-        f"<h1>SAGA bench: {html.escape(scenario.name)}{' (quick)' if result.quick else ''}</h1>",
-        f"<p>{html.escape(scenario.description)}</p>",
-        f"<p>cluster <b>{html.escape(scenario.cluster)}</b>, "
-        f"{len(scenario.policies)} policies, {len(result.cases)} cases, "
-        f"{result.wall_seconds:.0f} s of wall time.</p>",
+        "caption{text-align:left;font-weight:bold;padding:.3em 0}"
+        ".note{margin:.2em 0;color:#444}.about{color:#555}"
+        "img{max-width:100%}.wide{overflow-x:auto}.wide img{max-width:none}"
+        "</style></head><body>",
+        f"<h1>SAGA bench: {html.escape(scenario.name)}{mode}</h1>",
+        "<p>" + "<br>".join(html.escape(line) for line in run_description(result)) + "</p>",
     ]
-    for case in result.cases:
-        parts.append(f"<h2>{html.escape(case.name)} (seed {case.seed})</h2>")
-        parts.append(_html_case_table(case))
+    if result.quick and scenario.description:
+        parts.append(
+            f"<p class='about'>The full scenario (without <code>--quick</code>): "
+            f"{html.escape(scenario.description)}</p>"
+        )
+    elif scenario.description:
+        parts.append(f"<p class='about'>{html.escape(scenario.description)}</p>")
+    order = list(scenario.policies)
+    for case in summary.get("cases") or []:
+        parts.append(f"<h2>{html.escape(case['name'])}</h2>")
+        title = f"seed {case['seed']}, {case['replicas']} replicas"
+        parts.append(_html_table(case_table(title, case, scenario.reference, order)))
     speed = summary.get("speedup") or {}
     if speed:
-        parts.append(f"<h2>Speedup of {html.escape(scenario.reference)}</h2><table>")
-        parts.append(
-            "<tr><th>over</th><th>geomean</th><th>95 % CI</th><th>p</th><th>ceiling</th></tr>"
-        )
-        for key, s in speed.items():
-            parts.append(
-                f"<tr><td>{html.escape(key.split('/', 1)[1])}</td>"
-                f"<td>{_fmt(s.get('geomean'), '{:.2f}x')}</td>"
-                f"<td>{_fmt(s.get('ci_low'), '{:.2f}')}-{_fmt(s.get('ci_high'), '{:.2f}')}</td>"
-                f"<td>{_fmt(s.get('p'), '{:.2g}')}</td>"
-                f"<td>{_fmt(s.get('ceiling'), '{:.2f}x')}</td></tr>"
-            )
-        parts.append("</table>")
+        table = speedup_table(summary, speed)
+        parts.append(f"<h2>{html.escape(table.title[:1].upper() + table.title[1:])}</h2>")
+        parts.append(_html_table(table, caption=False))
+    parts.append(f"<p class='about'>{html.escape(COLUMNS_EXPLAINED)}</p>")
     for title, data in plots(result):
-        parts.append(f"<h2>{html.escape(title)}</h2><img src='data:image/png;base64,{data}'>")
+        image = f"<img src='data:image/png;base64,{data}'>"
+        if title.startswith("execution graph"):  # wide: scroll rather than shrink its text
+            image = f"<div class='wide'>{image}</div>"
+        parts.append(f"<h2>{html.escape(title)}</h2>{image}")
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
-def _html_case_table(case: CaseResult) -> str:
-    head = "".join(f"<th>{html.escape(t)}</th>" for _, t, _ in METRIC_COLUMNS)
-    rows = [f"<table><tr><th>policy</th>{head}</tr>"]
-    for name, run in case.runs.items():
-        cells = "".join(f"<td>{_fmt(run.summary.get(k), f)}</td>" for k, _, f in METRIC_COLUMNS)
-        rows.append(f"<tr><td>{html.escape(name)}</td>{cells}</tr>")
+def _html_table(text: TextTable, caption: bool = True) -> str:
+    head = "".join(f"<th>{html.escape(t)}</th>" for t in text.header)
+    title = f"<caption>{html.escape(text.title)}</caption>" if caption else ""
+    rows = [f"<table>{title}<tr>{head}</tr>"]
+    for row in text.rows:
+        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
     rows.append("</table>")
+    rows += [f"<p class='note'>{html.escape(note)}</p>" for note in text.notes]
     return "".join(rows)
 
 
@@ -375,6 +617,9 @@ def results_markdown(summaries: Sequence[Mapping[str, Any]], command: str) -> st
                     f"{_fmt(v.get('ci_low'), '{:.2f}')}-{_fmt(v.get('ci_high'), '{:.2f}')} | "
                     f"{_fmt(v.get('p'), '{:.2g}')} | {_fmt(v.get('ceiling'), '{:.2f}x')} |"
                 )
+            notes = speedup_table(s, speed).notes
+            if notes:
+                lines += ["", *(f"- {note.removeprefix('note: ')}" for note in notes)]
         lines += _sweep_table(s)
         if s.get("peak_ratio"):
             lines += [
@@ -443,17 +688,20 @@ def _policy_table(s: Mapping[str, Any]) -> list[str]:
     policies = s.get("policies") or {}
     if not policies:
         return []
-    head = " | ".join(t for _, t, _ in METRIC_COLUMNS)
-    lines = [
-        f"Primary case: {s.get('primary_case')}",
+    # the primary case's speedups give the paired counts; its metrics are `policies`
+    primary: Mapping[str, Any] = next(
+        (c for c in s.get("cases") or [] if c.get("policies") == policies), {}
+    )
+    case = {**primary, "policies": policies}
+    table = case_table(f"Primary case: {s.get('primary_case')}", case, str(s.get("reference")),
+                       list(_in_order(s, policies)))
+    return [
+        f"{table.title}",
         "",
-        f"| policy | {head} |",
-        "|---" * (len(METRIC_COLUMNS) + 1) + "|",
+        f"| {' | '.join(table.header)} |",
+        "|---" * len(table.header) + "|",
+        *(f"| {' | '.join(row)} |" for row in table.rows),
     ]
-    for name, m in _in_order(s, policies).items():
-        cells = " | ".join(_fmt(m.get(k), f) for k, _, f in METRIC_COLUMNS)
-        lines.append(f"| {name} | {cells} |")
-    return lines
 
 
 def _ceiling(speed: Mapping[str, Any]) -> str:

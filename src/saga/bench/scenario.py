@@ -10,7 +10,7 @@ from __future__ import annotations
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -54,7 +54,9 @@ class Scenario(BaseModel):
     reference: str = Field(
         "saga", description="The policy whose speedup over every other one is reported."
     )
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="Seeds.")
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=lambda: [0], min_length=1, description="Seeds (non-negative)."
+    )
     workloads: list[WorkloadSpec] = Field(min_length=1, description="Workloads to serve.")
     loads: list[float] | None = Field(
         None,

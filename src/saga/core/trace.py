@@ -316,7 +316,9 @@ def iter_trace(path: str | Path) -> Iterator[Workflow]:
             if not text.strip():
                 continue
             try:
-                obj = json.loads(text)
+                # without its line break: an error at the end of the line would
+                # otherwise be reported at column 1 of the next line
+                obj = json.loads(text.rstrip("\r\n"))
             except json.JSONDecodeError as e:
                 raise TraceError(f"invalid JSON: {e.msg} at column {e.colno}",
                                  source=source, line=n) from None

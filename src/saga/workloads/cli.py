@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from saga.cli_args import check_output_dir, check_output_file, check_seed
 from saga.core.trace import read_trace, write_trace
 from saga.core.workflow import Workflow
 from saga.errors import UserError
@@ -44,6 +45,8 @@ def _progress(workflows: Iterable[Workflow], console: Console, label: str
 def cmd_generate(args: argparse.Namespace, console: Console | None = None) -> int:
     """Build a registry workload and write it as a canonical trace."""
     console = console or Console(stderr=True)
+    check_seed(args.seed)
+    check_output_file(Path(args.out), parent_must_exist=True)
     wl = build_workload(args.name, seed=args.seed, params=_params(args.param))
     n = write_trace(wl.workflows, args.out)
     console.print(f"wrote {n} workflows to {args.out}")
@@ -57,6 +60,8 @@ def cmd_import(args: argparse.Namespace, console: Console | None = None) -> int:
         raise UserError(f"unknown format {args.format!r}; choose one of: {', '.join(FORMATS)}")
     if not Path(args.path).is_file():
         raise UserError(f"{args.path}: no such file")
+    check_seed(args.seed)
+    check_output_file(Path(args.out), parent_must_exist=True)
     params = {**_params(args.param), "path": args.path}
     wl = build_workload(args.format, seed=args.seed, params=params)
     n = write_trace(_progress(wl.workflows, console, f"writing {args.format}"), args.out)
@@ -67,6 +72,8 @@ def cmd_import(args: argparse.Namespace, console: Console | None = None) -> int:
 def cmd_stats(args: argparse.Namespace, console: Console | None = None) -> int:
     """Print summary statistics of a trace file, and optionally write plots."""
     console = console or Console()
+    if args.plots:
+        check_output_dir(Path(args.plots), "--plots")
     workflows = read_trace(args.file)
     s = stats.compute(workflows)
     table = Table(title=f"{args.file}: {len(workflows)} workflows, "
