@@ -29,7 +29,7 @@ from saga.engine.kvcache import EvictionOrder, KVNode, RadixKV, Run, skip_runs, 
 from saga.sched.decisions import Retention
 
 if TYPE_CHECKING:
-    from saga.sched.policy import CallInfo
+    from saga.sched.view import CallInfo
 
 
 class Request:
@@ -251,6 +251,11 @@ class Replica(QueueTokens):
         self.fair_preemptions = 0
 
     # ---- observations ------------------------------------------------------------------
+    @property
+    def max_num_batched_tokens(self) -> int:
+        """The chunk budget of a step (what policies read, :class:`saga.sched.view.ReplicaView`)."""
+        return self.config.max_num_batched_tokens
+
     def outstanding_tokens(self) -> int:
         """Work a router can see: prompt tokens still to prefill, plus a fixed decode
         allowance per call (a real router does not know how long an output will be,

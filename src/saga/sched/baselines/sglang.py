@@ -43,9 +43,9 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from saga.engine.kvcache import RadixKV, Run, skip_runs
-from saga.engine.replica import Replica, Request
 from saga.sched.baselines._shared import run_blocks
 from saga.sched.policy import CallInfo, Policy, PolicyContext, Router
+from saga.sched.view import CallView, ReplicaView
 
 CHARS_PER_TOKEN = 4
 
@@ -157,7 +157,7 @@ class SGLang(Policy):
         self.cache_router = CacheAwareRouter(self.config)
         super().__init__(self.cache_router)
 
-    def queue_key(self, replica: Replica, request: Request, now: float) -> tuple[float, ...]:
+    def queue_key(self, replica: ReplicaView, request: CallView, now: float) -> tuple[float, ...]:
         # A running call holds a lock on its prefix; running calls keep arrival order so
         # that preemption takes the latest, as in vLLM (SGLang's retraction is not modelled).
         if request.lock is not None or len(replica.waiting) > self.config.lpm_max_queue:
