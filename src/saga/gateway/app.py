@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import heapq
 import hmac
 import importlib
 import json
@@ -45,13 +44,12 @@ import time
 import urllib.parse
 import uuid
 from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from saga.engine.replica import Replica, Request
 from saga.errors import UserError
 from saga.gateway.backends import BACKENDS, Backend, BackendError, build_backend
 from saga.gateway.config import GatewayConfig
@@ -76,7 +74,7 @@ from saga.gateway.server import (
 )
 from saga.gateway.store import FIRST_CURSOR, MemoryStore, Store, build_store
 from saga.gateway.upstream import UpstreamError, UpstreamResponse
-from saga.gateway.view import RemoteReplicaView
+from saga.gateway.view import GatewayCall, RemoteReplicaView
 from saga.sched.decisions import Retention
 from saga.sched.policy import CallInfo, Policy, PolicyContext, WorkflowInfo
 from saga.sched.registry import build_policy
@@ -163,14 +161,6 @@ class _Workflow:
     placed_here: int | None = None  # replica this gateway's policy last chose for it
 
 
-@dataclass(order=True, slots=True)
-class _Waiter:
-    tag: float
-    seq: int
-    request: Request = field(compare=False)
-    future: asyncio.Future[None] = field(compare=False)
-
-
 class Gateway:
     """One gateway process: the policy, the backends, the store, the HTTP app."""
 
@@ -201,13 +191,15 @@ class Gateway:
         host = max(capacity, cluster.host_capacity_blocks(bt))
         self.views = [
             RemoteReplicaView(i, capacity, bt, block_bytes,
-                              host if BACKENDS[b.kind].offloads else None)
+                              host if BACKENDS[b.kind].offloads else None,
+                              max_concurrency=b.max_concurrency,
+                              max_num_batched_tokens=cluster.engine.max_num_batched_tokens)
             for i, b in enumerate(config.backends)
         ]
-        # The views offer what policies read of a Replica (see saga.gateway.view).
+        # The views are the policy's replicas (saga.sched.view.ReplicaView).
         ctx = PolicyContext(
-            replicas=cast(Sequence[Replica], self.views), cost=cluster.cost_model(),
-            block_tokens=bt, rng=random.Random(0),
+            replicas=self.views, cost=cluster.cost_model(), block_tokens=bt,
+            rng=random.Random(0),
         )
         self.policy.bind(ctx)
         self.policy.set_tenant_weights({name: t.weight for name, t in config.tenants.items()})
@@ -221,9 +213,6 @@ class Gateway:
         self.metrics = Metrics()
         self.backends: list[Backend] = []
         self.workflows: dict[str, _Workflow] = {}
-        self._queues: list[list[_Waiter]] = [[] for _ in config.backends]
-        self._tenant_tag: dict[str, float] = {}
-        self._vtime = 0.0
         self._seq = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
@@ -568,9 +557,7 @@ class Gateway:
             index = await self._place(info, session.home, now, wf)
             attempt = 0
             while True:
-                request = Request(workflow_id, info.call_id, runs, prompt_tokens, max_tokens,
-                                  cfg.block_tokens, self._seq, info=info)
-                request.enqueued_at = now
+                request = GatewayCall(info, max_tokens, cfg.block_tokens, self._seq, now)
                 view = self.views[index]
                 backend = self.backends[index]
                 await self._acquire(index, request, tenant)
@@ -582,7 +569,7 @@ class Gateway:
                                    "x-saga-workflow": wire_id}
                     key = None
                     if backend.takes_priority and self._custom_priority:
-                        key = self.policy.queue_key(cast(Replica, view), request, now)
+                        key = self.policy.queue_key(view, request, now)
                     sent = dict(data)  # the backend adapts its own copy
                     await backend.prepare(workflow_id, sent, out_headers, key, info)
                     prepared = True
@@ -702,47 +689,35 @@ class Gateway:
         wf.placed_here = index
         return index
 
-    # ---- per-backend concurrency, fair across tenants -------------------------------------
-    async def _acquire(self, index: int, request: Request, tenant: str) -> None:
+    # ---- per-backend concurrency, fair across tenants (the view's queue) ------------------
+    async def _acquire(self, index: int, call: GatewayCall, tenant: str) -> None:
         view = self.views[index]
-        queue = self._queues[index]
-        if not queue and len(view.running) < self.backends[index].max_concurrency:
-            view.add_running(request)
+        if view.try_start(call, self.now()):
             return
         if len(view.waiting) >= self.config.max_queue:
             self.metrics.shed["queue"] += 1
             raise BadRequest(429, f"backend {self.backends[index].label} has "
                              f"{len(view.waiting)} calls waiting", "overloaded",
                              "backend_queue_full", {"Retry-After": "1"})
-        # Start-time fair queueing: a tenant's calls are spaced by cost / weight.
         weight = self.config.tenants[tenant].weight if tenant in self.config.tenants else 1.0
-        start = max(self._vtime, self._tenant_tag.get(tenant, 0.0))
-        self._tenant_tag[tenant] = start + (request.prompt_tokens + request.output_tokens) / weight
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(queue, _Waiter(start, request.seq, request, future))
-        view.add_waiting(request)
+        slot: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        call.slot = slot
+        view.enqueue(call, weight)
         try:
-            await future
+            await slot
         except asyncio.CancelledError:
-            if future.done() and not future.cancelled():
-                self._release(index, request)  # got the slot as the client left
+            if slot.done() and not slot.cancelled():
+                self._release(index, call)  # got the slot as the client left
             else:
-                view.remove_waiting(request)
+                view.withdraw(call)
             raise
+        finally:
+            call.slot = None
 
-    def _release(self, index: int, request: Request) -> None:
-        view = self.views[index]
-        view.remove_running(request)
-        queue = self._queues[index]
-        limit = self.backends[index].max_concurrency
-        while queue and len(view.running) < limit:
-            waiter = heapq.heappop(queue)
-            if waiter.future.done():
-                continue
-            view.remove_waiting(waiter.request)
-            view.add_running(waiter.request)
-            self._vtime = waiter.tag
-            waiter.future.set_result(None)
+    def _release(self, index: int, call: GatewayCall) -> None:
+        for started in self.views[index].finish(call, self.now(), _still_waiting):
+            assert started.slot is not None
+            started.slot.set_result(None)
 
     # ---- forwarding ---------------------------------------------------------------------
     async def _forward(
@@ -837,7 +812,7 @@ class Gateway:
             return tokens, False
 
     def _finished(
-        self, wf: _Workflow, info: CallInfo, request: Request, index: int, arrived: float,
+        self, wf: _Workflow, info: CallInfo, request: GatewayCall, index: int, arrived: float,
         sent_at: float, tokens: int,
     ) -> None:
         now = self.now()
@@ -848,8 +823,10 @@ class Gateway:
         m.tenant_slowdown[info.tenant].observe(latency / backend_time)
         self.policy.on_call_finished(info, index, now)
         t0 = time.perf_counter()
-        decision = self.policy.retention(cast(Replica, self.views[index]), request, now)
+        view = self.views[index]
+        decision = self.policy.retention(view, request, now)
         m.decision_latency.observe(time.perf_counter() - t0)
+        view.note_retention(info.workflow, decision, now)
         m.retentions[decision.kind] += 1
         backend = self.backends[index]
         if decision.kind != "release" and backend.retains:
@@ -877,8 +854,8 @@ class Gateway:
             p.sample("saga_requests_total", n, (("tenant", tenant), ("status", str(status))))
         p.family("saga_queue_length", "gauge", "Calls waiting at the gateway.")
         p.sample("saga_queue_length", m.admission_waiting, (("queue", "admission"),))
-        for b, queue in zip(self.backends, self._queues, strict=True):
-            p.sample("saga_queue_length", sum(not w.future.done() for w in queue),
+        for b, view in zip(self.backends, self.views, strict=True):
+            p.sample("saga_queue_length", len(view.waiting),
                      (("queue", "dispatch"), ("backend", b.label)))
         p.family("saga_replica_in_flight", "gauge", "Calls sent to a backend and not done.")
         p.family("saga_replica_up", "gauge", "1 if the backend passed its last health check.")
@@ -972,6 +949,11 @@ def _same(sent: dict[str, Any], data: dict[str, Any]) -> bool:
     """Whether a backend's :meth:`~Backend.prepare` left its (shallow) copy of the body
     as it was: the same keys bound to the same objects (it replaces what it changes)."""
     return len(sent) == len(data) and all(sent.get(k) is v for k, v in data.items())
+
+
+def _still_waiting(call: GatewayCall) -> bool:
+    """A queued call whose client has not left (its slot future is not cancelled)."""
+    return call.slot is not None and not call.slot.done()
 
 
 def _error_response(failure: BadRequest) -> Response:
