@@ -11,8 +11,8 @@ call records (:class:`saga.sched.view.CallView`) in front of every hook:
 * ``gateway``: a real ``Gateway`` (not started: no backend is contacted) and its
   ``RemoteReplicaView``s; calls are the gateway's ``GatewayCall`` records moved through
   the view's verbs, two slots per backend;
-* ``vllm``: the vLLM view of :mod:`saga.integrations.vllm_scheduler` over fake vLLM
-  requests and block pool (see :mod:`fake_vllm`).
+* ``vllm``: the vLLM adapter (:mod:`saga.integrations.vllm_view`) as ``SagaScheduler``
+  builds it, over fake vLLM requests, queues and block pool (:mod:`fake_vllm`).
 """
 
 from __future__ import annotations
@@ -21,9 +21,13 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from fake_vllm import FakeEngine, FakeRequest
+
 from saga.engine.replica import Replica, Request
 from saga.gateway.config import GatewayConfig
 from saga.gateway.view import GatewayCall
+from saga.integrations.vllm_scheduler import SagaInVLLM, VLLMSchedulerConfig
+from saga.integrations.vllm_view import VLLMCall
 from saga.sched.decisions import Retention
 from saga.sched.policy import Policy, PolicyContext
 from saga.sched.registry import build_policy
@@ -108,7 +112,53 @@ class GatewayWorld:
         view.note_retention(call.workflow, decision, now)
 
 
+class VLLMWorld:
+    """The vLLM adapter as ``SagaScheduler`` builds it, with the policy asked for, over a
+    fake engine: two requests run at a time (each holding its blocks), the rest wait."""
+
+    def __init__(self, policy_name: str) -> None:
+        self.engine = FakeEngine()
+        self.saga = SagaInVLLM(
+            VLLMSchedulerConfig(), self.engine, lambda blocks: None, block_size=BLOCK,
+            capacity_blocks=self.engine.capacity, max_num_batched_tokens=8192,
+            policy=build_policy(policy_name),
+        )
+        self.policy = self.saga.policy
+        self.replicas: Sequence[ReplicaView] = [self.saga.view]
+        self._seq = 0
+
+    def submit(self, info: CallInfo, replica: int, now: float) -> CallView:
+        self._seq += 1
+        request = FakeRequest(f"r{self._seq}", info.prompt_tokens, arrival_time=now)
+        call = VLLMCall(request, info, self._seq, now, BLOCK)
+        self.saga.calls[request.request_id] = call
+        engine = self.engine
+        if len(engine.running) < 2:
+            request.num_computed_tokens = request.num_prompt_tokens
+            request.num_output_tokens = 1
+            engine.free -= call.locked_blocks
+            engine.running.append(request)
+            self.saga.scheduled([request.request_id], now)
+        else:
+            engine.waiting.append(request)
+        return call
+
+    def finish(self, call: CallView, replica: int, decision: Retention, now: float) -> None:
+        assert isinstance(call, VLLMCall)
+        engine = self.engine
+        if call.request in engine.running:
+            engine.running.remove(call.request)
+            if decision.kind == "pin" and decision.ttl > 0:
+                self.saga.pins.pin(call.workflow, [0] * call.locked_blocks, now, decision.ttl)
+            else:
+                engine.free += call.locked_blocks
+        else:
+            engine.waiting.remove(call.request)
+        self.saga.calls.pop(call.request.request_id, None)
+
+
 WORLDS: dict[str, Callable[[str], World]] = {
     "engine-model": EngineWorld,
     "gateway": GatewayWorld,
+    "vllm": VLLMWorld,
 }

@@ -116,3 +116,50 @@ def test_small_workload_through_the_gateway_pipeline(name: str) -> None:
     """Four workflows of three calls through the gateway's whole call pipeline (admission,
     placement, the per-backend queue, retention) in front of two emulator replicas."""
     assert asyncio.run(_through_gateway(name)) == [200] * 12
+
+
+@pytest.mark.parametrize("name", POLICIES)
+def test_small_workload_through_the_vllm_scheduler_core(name: str) -> None:
+    """Four workflows of three calls through what ``SagaScheduler`` does with vLLM's
+    requests (arrive, order the waiting queue, schedule, finish, pin, sweep), over a fake
+    engine that runs one request at a time; every workflow's calls are served in order."""
+    from fake_vllm import FakeEngine, FakeRequest
+
+    from saga.integrations.vllm_scheduler import (
+        Hints,
+        KeyedQueue,
+        SagaInVLLM,
+        VLLMSchedulerConfig,
+    )
+
+    engine = FakeEngine()
+    core = SagaInVLLM(VLLMSchedulerConfig(), engine, lambda blocks: None, block_size=64,
+                      capacity_blocks=engine.capacity, max_num_batched_tokens=8192,
+                      policy=build_policy(name))
+    now = 0.0
+    queue: KeyedQueue[FakeRequest] = KeyedQueue(lambda r: core.key(r, now))
+    served: list[str] = []
+    for k in range(3):
+        for w in range(4):
+            hints = Hints(f"t{w % 2}/w{w}", f"t{w % 2}", "coder", "bash" if k else None, k == 2)
+            request = FakeRequest(f"w{w}-c{k}", 640 * (k + 1), arrival_time=now)
+            core.arrive(request, hints, now)
+            queue.add_request(request)
+            engine.waiting = queue.items()
+        while queue:
+            now += 0.5
+            queue.refresh()
+            request = queue.pop_request()
+            engine.waiting = queue.items()
+            engine.running = [request]
+            core.scheduled([request.request_id], now)
+            request.num_computed_tokens, request.num_output_tokens = request.num_tokens, 16
+            decision = core.finish(request, completed=True, now=now + 0.25)
+            engine.running = []
+            if decision.kind == "pin" and decision.ttl > 0:
+                core.pins.pin(request.request_id, [0], now, decision.ttl)
+            served.append(request.request_id)
+        now += 1.0
+    assert sorted(served) == sorted(f"w{w}-c{k}" for w in range(4) for k in range(3))
+    assert not core.workflows and not core.calls  # every workflow ended with its last call
+    assert core.sweep(now + 10 * core.config.idle_timeout) == []
