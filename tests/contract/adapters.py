@@ -23,6 +23,7 @@ from typing import Protocol
 
 from fake_vllm import FakeEngine, FakeRequest
 
+from saga.engine.cluster import get_cluster
 from saga.engine.replica import Replica, Request
 from saga.gateway.config import GatewayConfig
 from saga.gateway.view import GatewayCall
@@ -32,7 +33,6 @@ from saga.sched.decisions import Retention
 from saga.sched.policy import Policy, PolicyContext
 from saga.sched.registry import build_policy
 from saga.sched.view import CallInfo, CallView, CostView, ReplicaView
-from saga.sim.cluster import get_cluster
 
 BLOCK = 64
 

@@ -62,9 +62,9 @@ async def _through_gateway(name: str) -> list[int]:
 
     from saga.emulator.engine import Emulator
     from saga.emulator.server import build_app
+    from saga.engine.cluster import get_cluster
     from saga.gateway.app import Gateway
     from saga.gateway.config import GatewayConfig
-    from saga.sim.cluster import get_cluster
 
     # the emulator's replicas in this process, each on a port of its own (as `serve`)
     emulator = Emulator(get_cluster("test-2"), 2, time_scale=50.0)

@@ -11,10 +11,10 @@ import pytest
 
 from saga.errors import UserError
 from saga.gateway.config import GatewayConfig, load_config
-from saga.gateway.prefix import chat_text, estimate_tokens, text_runs
 from saga.gateway.store import MemoryStore
 from saga.gateway.view import ApproxPrefixIndex, GatewayCall
 from saga.sched.view import CallInfo
+from saga.wire.prefix import chat_text, estimate_tokens, text_runs
 
 
 def test_text_runs_share_exactly_the_common_prefix() -> None:

@@ -50,26 +50,19 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from saga.engine.cluster import get_cluster
 from saga.errors import UserError
 from saga.gateway.backends import BACKENDS, Backend, BackendError, build_backend
 from saga.gateway.config import GatewayConfig
 from saga.gateway.metrics import Metrics, PromText
-from saga.gateway.openai_api import (
-    BadRequest,
-    ChatRequest,
-    CompletionRequest,
-    Kind,
-    parse_body,
-)
 from saga.gateway.openapi import openapi_document
-from saga.gateway.prefix import chat_text, estimate_tokens, text_runs
 from saga.gateway.server import (
     BodyTooLarge,
     HttpRequest,
     HttpServer,
     Response,
     ResponseStream,
-    Router,
+    RouteTable,
     error,
 )
 from saga.gateway.store import FIRST_CURSOR, MemoryStore, Store, build_store
@@ -79,7 +72,14 @@ from saga.sched.decisions import Retention
 from saga.sched.policy import CallInfo, Policy, PolicyContext, WorkflowInfo
 from saga.sched.registry import build_policy
 from saga.sched.saga.graph import GraphStore, Observation
-from saga.sim.cluster import get_cluster
+from saga.wire.openai_api import (
+    BadRequest,
+    ChatRequest,
+    CompletionRequest,
+    Kind,
+    parse_body,
+)
+from saga.wire.prefix import chat_text, estimate_tokens, text_runs
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -216,14 +216,14 @@ class Gateway:
         self._seq = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
-        self.router = Router()
-        self.router.add("GET", "/openapi.json", self._openapi)
-        self.router.add("POST", "/v1/chat/completions", self._chat)
-        self.router.add("POST", "/v1/completions", self._completions)
-        self.router.add("GET", "/v1/models", self._models)
-        self.router.add("GET", "/health", self._health)
-        self.router.add("GET", "/metrics", self._metrics)
-        self.router.add("GET", "/saga/graph", self._graph)
+        self.routes = RouteTable()
+        self.routes.add("GET", "/openapi.json", self._openapi)
+        self.routes.add("POST", "/v1/chat/completions", self._chat)
+        self.routes.add("POST", "/v1/completions", self._completions)
+        self.routes.add("GET", "/v1/models", self._models)
+        self.routes.add("GET", "/health", self._health)
+        self.routes.add("GET", "/metrics", self._metrics)
+        self.routes.add("GET", "/saga/graph", self._graph)
         self._setup_graph_sync()
 
     def _setup_graph_sync(self) -> None:
@@ -387,7 +387,7 @@ class Gateway:
         """Answer one request; a bug is a 500 whose traceback goes to the log (never the
         request's headers)."""
         try:
-            return await self.router.dispatch(http)
+            return await self.routes.dispatch(http)
         except asyncio.CancelledError:
             raise
         except Exception:
