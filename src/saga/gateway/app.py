@@ -27,6 +27,11 @@ HTTP: :func:`serve` runs :class:`Gateway` on :mod:`saga.gateway.server` (asyncio
 protocols and httptools) and forwards calls on :mod:`saga.gateway.upstream` pools; the
 handlers only see :class:`~saga.gateway.server.HttpRequest`, so :meth:`Gateway.app`
 also offers them as an aiohttp application, for embedding.
+
+This module is the lifecycle, the HTTP handlers and the call pipeline; the gateway's
+other jobs are modules of their own: API keys (:mod:`.auth`), each backend's fair queue
+and what the policy reads of it (:mod:`.view`), relaying answers (:mod:`.relay`),
+learned-graph sync (:mod:`.graph_sync`) and the ``/metrics`` page (:mod:`.prometheus`).
 """
 
 from __future__ import annotations
@@ -34,16 +39,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import hmac
 import importlib
 import json
 import logging
 import random
-import re
 import time
 import urllib.parse
-import uuid
-from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -52,10 +53,14 @@ import aiohttp
 
 from saga.engine.cluster import get_cluster
 from saga.errors import UserError
+from saga.gateway.auth import KeyRing, bearer
 from saga.gateway.backends import BACKENDS, Backend, BackendError, build_backend
 from saga.gateway.config import GatewayConfig
-from saga.gateway.metrics import Metrics, PromText
+from saga.gateway.graph_sync import GraphSync
+from saga.gateway.metrics import Metrics
 from saga.gateway.openapi import openapi_document
+from saga.gateway.prometheus import render_metrics
+from saga.gateway.relay import Retryable, forward
 from saga.gateway.server import (
     BodyTooLarge,
     HttpRequest,
@@ -65,13 +70,12 @@ from saga.gateway.server import (
     RouteTable,
     error,
 )
-from saga.gateway.store import FIRST_CURSOR, MemoryStore, Store, build_store
-from saga.gateway.upstream import UpstreamError, UpstreamResponse
+from saga.gateway.store import MemoryStore, Store, build_store
 from saga.gateway.view import GatewayCall, RemoteReplicaView
 from saga.sched.decisions import Retention
 from saga.sched.policy import CallInfo, Policy, PolicyContext, WorkflowInfo
 from saga.sched.registry import build_policy
-from saga.sched.saga.graph import GraphStore, Observation
+from saga.sched.saga.graph import GraphStore
 from saga.wire.openai_api import (
     BadRequest,
     ChatRequest,
@@ -89,39 +93,7 @@ _FALSE = {"0", "false", "no", ""}
 _MAX_HEADER = 256
 #: Body fields a client may not pass on to a backend (vLLM reads ``priority``).
 _STRIPPED = ("priority",)
-#: ``"usage": {...  "total_tokens": N`` with no nested object before it (OpenAI, vLLM,
-#: the emulator); JSON strings escape quotes, so ``"usage"`` is always a key.
-_USAGE_TOTAL = re.compile(rb'"usage"\s*:\s*\{[^{}]*?"total_tokens"\s*:\s*(\d+)')
-#: Graph sync reads the log in pages of this many entries, at most this many pages per
-#: exchange: a gateway catching up on a long log does it over several exchanges, each
-#: applying a bounded amount between two awaits.
-_SYNC_PAGE_ENTRIES = 64
-_SYNC_PAGES = 16
 log = logging.getLogger("saga.gateway")
-
-
-def _digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
-
-
-class KeyRing:
-    """API keys to names, compared in constant time: the presented key's SHA-256 is
-    compared with every stored digest by :func:`hmac.compare_digest`, with no early
-    exit, so the time taken says nothing about which bytes matched."""
-
-    def __init__(self, keys: dict[str, str]) -> None:
-        self._entries = [(_digest(k), name) for k, name in keys.items()]
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def lookup(self, key: str) -> str | None:
-        presented = _digest(key)
-        found: str | None = None
-        for digest, name in self._entries:
-            if hmac.compare_digest(presented, digest):
-                found = name
-        return found
 
 
 class RetryBudget:
@@ -141,14 +113,6 @@ class RetryBudget:
             return False
         self.balance -= 1.0
         return True
-
-
-class _Retryable(Exception):
-    """The backend failed before any byte reached the client: the call may go again."""
-
-    def __init__(self, error: BadRequest) -> None:
-        super().__init__(error.message)
-        self.error = error
 
 
 @dataclass(slots=True)
@@ -224,20 +188,7 @@ class Gateway:
         self.routes.add("GET", "/health", self._health)
         self.routes.add("GET", "/metrics", self._metrics)
         self.routes.add("GET", "/saga/graph", self._graph)
-        self._setup_graph_sync()
-
-    def _setup_graph_sync(self) -> None:
-        """Record what the policy's graphs learn, for :meth:`sync_graphs` to publish."""
-        self.graphs: GraphStore | None = self.policy.learned_graphs()
-        self._sync = self.graphs is not None and bool(self.config.graph_sync_interval)
-        # a fresh id per process: a restarted gateway lost what it learned, so it reads
-        # its former self's observations as another gateway's
-        self.gateway_id = uuid.uuid4().hex
-        self._outbox: deque[Observation] = deque(maxlen=self.config.graph_sync_backlog)
-        self._graph_cursor = FIRST_CURSOR
-        self._sync_failing = False
-        if self._sync and self.graphs is not None:
-            self.graphs.set_sink(self._record_observation)
+        self.graph_sync = GraphSync(self.policy.learned_graphs(), config, self.store, self.metrics)
 
     # ---- lifecycle ------------------------------------------------------------------------
     def now(self) -> float:
@@ -259,16 +210,16 @@ class Gateway:
         await self._check_health()
         self._spawn(self._health_loop())
         self._spawn(self._sweep_loop())
-        if self._sync:
-            self._spawn(self._graph_sync_loop())
+        if self.graph_sync.enabled:
+            self._spawn(self.graph_sync.loop())
 
     async def stop(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._sync:  # what was learned since the last exchange, if the store answers
+        if self.graph_sync.enabled:  # what was learned since the last exchange, if it answers
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._publish_observations(), 2.0)
+                await asyncio.wait_for(self.graph_sync.publish(), 2.0)
         for backend in self.backends:
             backend.close()
         if self._session is not None:
@@ -302,78 +253,14 @@ class Gateway:
             if isinstance(self.store, MemoryStore):
                 self.store.expire()
 
-    # ---- learned graphs, shared through the store ------------------------------------------
-    async def _graph_sync_loop(self) -> None:
-        interval = self.config.graph_sync_interval or 1.0
-        while True:  # at once first: a new gateway starts from what the others learned
-            await self.sync_graphs()
-            await asyncio.sleep(interval)
-
-    def _record_observation(self, observation: Observation) -> None:
-        if len(self._outbox) == self._outbox.maxlen:
-            self.metrics.graph_observations["dropped"] += 1
-        self._outbox.append(observation)
+    @property
+    def graphs(self) -> GraphStore | None:
+        """The policy's learned graphs (None for a policy that learns none)."""
+        return self.graph_sync.graphs
 
     async def sync_graphs(self) -> None:
-        """One exchange of learned-graph observations with the other gateways: publish
-        what this gateway's graphs observed, then learn what the others published.
-
-        A store error is logged and counted, never raised: calls are served meanwhile,
-        unpublished observations are kept for the next exchange (at most
-        ``graph_sync_backlog``) and reading resumes from the same cursor."""
-        if not self._sync or self.graphs is None:
-            return
-        published = await self._publish_observations()
-        fetched = await self._apply_observations(self.graphs)
-        if published and fetched and self._sync_failing:
-            self._sync_failing = False
-            log.info("graph sync: the store answers again")
-
-    async def _publish_observations(self) -> bool:
-        if not self._outbox:
-            return True
-        batch = list(self._outbox)
-        self._outbox.clear()  # what is observed while publishing queues behind the batch
-        try:
-            await self.store.publish_observations(self.gateway_id, batch)
-        except asyncio.CancelledError:
-            self._requeue(batch)  # stop() publishes it last
-            raise
-        except Exception as failure:  # any store error: serving must go on
-            self._requeue(batch)
-            self._graph_sync_failed("publish", failure)
-            return False
-        self.metrics.graph_observations["published"] += len(batch)
-        return True
-
-    def _requeue(self, batch: list[Observation]) -> None:
-        """Put an unpublished batch back before what was observed meanwhile; beyond
-        ``graph_sync_backlog`` the oldest go (the newest describe the agents best)."""
-        kept = [*batch, *self._outbox]
-        self._outbox.clear()
-        self._outbox.extend(kept)
-        self.metrics.graph_observations["dropped"] += len(kept) - len(self._outbox)
-
-    async def _apply_observations(self, graphs: GraphStore) -> bool:
-        for _ in range(_SYNC_PAGES):
-            try:
-                cursor, batch = await self.store.fetch_observations(
-                    self.gateway_id, self._graph_cursor, _SYNC_PAGE_ENTRIES)
-            except Exception as failure:  # any store error: serving must go on
-                self._graph_sync_failed("fetch", failure)
-                return False
-            if cursor == self._graph_cursor:
-                break
-            self._graph_cursor = cursor
-            self.metrics.graph_observations["applied"] += graphs.apply(batch)
-        return True
-
-    def _graph_sync_failed(self, op: str, failure: Exception) -> None:
-        self.metrics.graph_sync_errors[op] += 1
-        if not self._sync_failing:  # once per outage, not every interval
-            self._sync_failing = True
-            log.warning("graph sync: %s failed, retrying every %gs: %r", op,
-                        self.config.graph_sync_interval, failure)
+        """One exchange of learned-graph observations with the other gateways."""
+        await self.graph_sync.exchange()
 
     def app(self) -> web.Application:
         """The same API as an aiohttp application (its startup starts the gateway, its
@@ -422,7 +309,7 @@ class Gateway:
         denied = self._admin_only(http)
         if denied is not None:
             return denied
-        return Response(200, (await self.render_metrics()).encode(),
+        return Response(200, (await render_metrics(self)).encode(),
                         content_type="text/plain; charset=utf-8")
 
     async def _graph(self, http: HttpRequest) -> Response:
@@ -439,7 +326,7 @@ class Gateway:
         """The refusal when admin keys are set and the request has none of them."""
         if not len(self.admin_keys):
             return None
-        key = _bearer(http)
+        key = bearer(http)
         if key and self.admin_keys.lookup(key) is not None:
             return None
         status = 403 if key and self.keys.lookup(key) is not None else 401
@@ -480,7 +367,7 @@ class Gateway:
     def _tenant(self, http: HttpRequest) -> str:
         if not self.config.tenants:
             return "default"
-        key = _bearer(http)
+        key = bearer(http)
         if not key:
             raise BadRequest(401, "missing API key: send 'Authorization: Bearer <key>'",
                              "authentication_error", "missing_api_key")
@@ -578,11 +465,12 @@ class Gateway:
                     unchanged = not edited and _same(sent, data)
                     payload = raw if unchanged else json.dumps(sent).encode()
                     extra_headers["x-saga-backend"] = str(index)
-                    response, tokens = await self._forward(
-                        http, backend, view, path, body, payload, out_headers, extra_headers
+                    response, tokens = await forward(
+                        self.metrics, http, backend, view, path, body, payload, out_headers,
+                        extra_headers,
                     )
                     break
-                except _Retryable as failure:
+                except Retryable as failure:
                     if attempt >= cfg.retries or not self.retry_budget.take():
                         raise failure.error from None
                 except asyncio.CancelledError:
@@ -719,98 +607,6 @@ class Gateway:
             assert started.slot is not None
             started.slot.set_result(None)
 
-    # ---- forwarding ---------------------------------------------------------------------
-    async def _forward(
-        self, http: HttpRequest, backend: Backend, view: RemoteReplicaView, path: str,
-        body: ChatRequest | CompletionRequest, payload: bytes,
-        out_headers: dict[str, str], extra_headers: dict[str, str],
-    ) -> tuple[Response | ResponseStream, int]:
-        """Send the call and relay the answer; return it and the tokens served.
-
-        Raises :class:`_Retryable` when the backend failed before anything was sent
-        to the client. When the client leaves (a failed write, or the handler is
-        cancelled) the backend connection is closed, which cancels the call there.
-        """
-        try:
-            upstream = await backend.send(path, payload, out_headers)
-        except BackendError as failure:
-            if not failure.timeout:
-                view.up = False
-            code = "backend_timeout" if failure.timeout else "backend_unreachable"
-            raise _Retryable(BadRequest(504 if failure.timeout else 502, str(failure),
-                                        "backend_error", code)) from None
-        done = False
-        try:
-            if upstream.status >= 500:
-                text = (await _read_quietly(upstream))[:200].decode("utf-8", "replace")
-                raise _Retryable(BadRequest(
-                    502, f"backend {backend.label} answered {upstream.status}: {text}",
-                    "backend_error", "backend_failed"))
-            if upstream.status != 200 or not body.stream:
-                answer = await self._read_answer(upstream, backend, view, extra_headers)
-                done = True
-                tokens = _usage_tokens(answer.body) if upstream.status == 200 else 0
-                return answer, tokens
-            stream = await http.stream(200, {
-                "Content-Type": "text/event-stream", "Cache-Control": "no-cache", **extra_headers
-            })
-            tokens, done = await self._relay(upstream, stream, backend, view,
-                                             client_usage=body.include_usage())
-            return stream, tokens
-        finally:
-            if done:
-                upstream.release()
-            else:
-                upstream.close()
-
-    async def _read_answer(
-        self, upstream: UpstreamResponse, backend: Backend, view: RemoteReplicaView,
-        extra_headers: dict[str, str],
-    ) -> Response:
-        """A whole (not streamed) answer, or :class:`_Retryable`."""
-        try:
-            payload = await upstream.read()
-        except TimeoutError:
-            raise _Retryable(BadRequest(504, f"backend {backend.label} timed out",
-                                        "backend_error", "backend_timeout")) from None
-        except UpstreamError as failure:
-            view.up = False
-            raise _Retryable(BadRequest(502, f"backend {backend.label} failed: {failure}",
-                                        "backend_error", "backend_failed")) from None
-        headers = extra_headers
-        retry_after = upstream.headers.get("retry-after")
-        if retry_after is not None:
-            headers = {**extra_headers, "Retry-After": retry_after}
-        return Response(upstream.status, payload, headers,
-                        upstream.content_type or "application/json")
-
-    async def _relay(
-        self, upstream: UpstreamResponse, stream: ResponseStream, backend: Backend,
-        view: RemoteReplicaView, client_usage: bool,
-    ) -> tuple[int, bool]:
-        """Relay an event stream; return the tokens served and whether it ended well.
-
-        The gateway asked for the usage chunk (``include_usage``) to count tokens; it is
-        kept from a client that did not ask for it. A backend failing mid-stream ends the
-        stream with an ``error`` event, as OpenAI does (the status is sent already)."""
-        tokens = 0
-        try:
-            while (piece := await upstream.read_lines()) is not None:
-                if b'"usage"' in piece:
-                    piece, found = _take_usage(piece, keep=client_usage)
-                    tokens = found or tokens
-                if piece and not await stream.write(piece):
-                    self.metrics.client_disconnects += 1
-                    return tokens, False  # the client left: close the backend call
-            await stream.finish()
-            return tokens, True
-        except (TimeoutError, UpstreamError) as failure:
-            view.up = isinstance(failure, TimeoutError)
-            message = json.dumps({"error": {"message": f"backend {backend.label} failed "
-                                            f"mid-stream: {failure!r}", "type": "backend_error"}})
-            await stream.write(b"data: " + message.encode() + b"\n\n")
-            return tokens, False
-
     def _finished(
         self, wf: _Workflow, info: CallInfo, request: GatewayCall, index: int, arrived: float,
         sent_at: float, tokens: int,
@@ -845,87 +641,6 @@ class Gateway:
         except BackendError:
             self.metrics.retention_errors += 1
 
-    # ---- metrics -------------------------------------------------------------------------
-    async def render_metrics(self) -> str:
-        m = self.metrics
-        p = PromText()
-        p.family("saga_requests_total", "counter", "Calls answered, by tenant and HTTP status.")
-        for (tenant, status), n in sorted(m.requests.items()):
-            p.sample("saga_requests_total", n, (("tenant", tenant), ("status", str(status))))
-        p.family("saga_queue_length", "gauge", "Calls waiting at the gateway.")
-        p.sample("saga_queue_length", m.admission_waiting, (("queue", "admission"),))
-        for b, view in zip(self.backends, self.views, strict=True):
-            p.sample("saga_queue_length", len(view.waiting),
-                     (("queue", "dispatch"), ("backend", b.label)))
-        p.family("saga_replica_in_flight", "gauge", "Calls sent to a backend and not done.")
-        p.family("saga_replica_up", "gauge", "1 if the backend passed its last health check.")
-        p.family("saga_replica_cached_blocks", "gauge", "Blocks in the approximate prefix index.")
-        for b, v in zip(self.backends, self.views, strict=True):
-            labels = (("backend", b.label),)
-            p.sample("saga_replica_in_flight", len(v.running), labels)
-            p.sample("saga_replica_up", 1 if v.up else 0, labels)
-            p.sample("saga_replica_cached_blocks", v.kv.used_blocks, labels)
-        stats = await asyncio.gather(*(b.prefix_cache() for b in self.backends))
-        for name, what in (("queries", "looked up in"), ("hits", "found in")):
-            if all(st is None for st in stats):
-                break
-            family = f"saga_backend_prefix_cache_{name}_total"
-            p.family(family, "counter",
-                     f"Prompt tokens the engine {what} its prefix cache (its own metrics).")
-            for b, st in zip(self.backends, stats, strict=True):
-                if st is not None:
-                    p.sample(family, st.queries if name == "queries" else st.hits,
-                             (("backend", b.label),))
-        p.family("saga_tenant_slowdown", "summary",
-                 "Per call: gateway latency over backend latency (queueing inflation).")
-        for tenant, s in sorted(m.tenant_slowdown.items()):
-            p.summary("saga_tenant_slowdown", s, (("tenant", tenant),))
-        p.family("saga_tenant_latency_seconds", "summary", "Per call latency at the gateway.")
-        for tenant, s in sorted(m.tenant_latency.items()):
-            p.summary("saga_tenant_latency_seconds", s, (("tenant", tenant),))
-        p.family("saga_tenant_tokens_total", "counter",
-                 "Tokens served per tenant (shared store: all gateways).")
-        for tenant, tokens in sorted((await self.store.tenant_tokens()).items()):
-            p.sample("saga_tenant_tokens_total", tokens, (("tenant", tenant),))
-        p.family("saga_admission_decisions_total", "counter", "Admission verdicts.")
-        for verdict, n in sorted(m.admissions.items()):
-            p.sample("saga_admission_decisions_total", n, (("verdict", verdict),))
-        p.family("saga_retention_decisions_total", "counter", "Retention decisions by kind.")
-        for kind, n in sorted(m.retentions.items()):
-            p.sample("saga_retention_decisions_total", n, (("kind", kind),))
-        p.family("saga_retention_errors_total", "counter", "KV control calls that failed.")
-        p.sample("saga_retention_errors_total", m.retention_errors)
-        p.family("saga_decision_latency_seconds", "summary", "Time in the scheduler core.")
-        p.summary("saga_decision_latency_seconds", m.decision_latency)
-        p.family("saga_retries_total", "counter", "Backend calls made again after a failure.")
-        p.sample("saga_retries_total", m.retries)
-        p.family("saga_client_disconnects_total", "counter",
-                 "Calls whose client left before the end (backend call closed).")
-        p.sample("saga_client_disconnects_total", m.client_disconnects)
-        p.family("saga_shed_total", "counter", "Calls refused with a 429 at a bound.")
-        for bound, n in sorted(m.shed.items()):
-            p.sample("saga_shed_total", n, (("bound", bound),))
-        p.family("saga_workflows_active", "gauge", "Workflows this gateway is tracking.")
-        p.sample("saga_workflows_active", len(self.workflows))
-        if self._sync:
-            self._render_graph_sync(p)
-        return p.text()
-
-    def _render_graph_sync(self, p: PromText) -> None:
-        m = self.metrics
-        p.family("saga_graph_observations_total", "counter",
-                 "Learned-graph observations shared through the store: published by this "
-                 "gateway, applied from the others, dropped (backlog full).")
-        for event in ("published", "applied", "dropped"):
-            p.sample("saga_graph_observations_total", m.graph_observations[event],
-                     (("event", event),))
-        p.family("saga_graph_sync_errors_total", "counter",
-                 "Store errors in graph sync, by operation (retried every interval).")
-        for op in ("publish", "fetch"):
-            p.sample("saga_graph_sync_errors_total", m.graph_sync_errors[op], (("op", op),))
-        p.family("saga_graph_sync_backlog", "gauge", "Observations waiting to be published.")
-        p.sample("saga_graph_sync_backlog", len(self._outbox))
-
 
 def _run_now(coro: Coroutine[Any, Any, None]) -> None:
     """Run a coroutine that never suspends to its end, synchronously."""
@@ -935,14 +650,6 @@ def _run_now(coro: Coroutine[Any, Any, None]) -> None:
         return
     coro.close()
     raise RuntimeError("coroutine suspended")
-
-
-async def _read_quietly(upstream: UpstreamResponse) -> bytes:
-    """The body of an answer that is an error already: what could be read of it."""
-    try:
-        return await upstream.read()
-    except (TimeoutError, UpstreamError):
-        return b""
 
 
 def _same(sent: dict[str, Any], data: dict[str, Any]) -> bool:
@@ -958,28 +665,6 @@ def _still_waiting(call: GatewayCall) -> bool:
 
 def _error_response(failure: BadRequest) -> Response:
     return error(failure.status, failure.message, failure.kind, failure.code, failure.headers)
-
-
-def _take_usage(piece: bytes, keep: bool) -> tuple[bytes, int]:
-    """Find the usage chunk (``"choices": []``) among the lines of an event stream;
-    return the lines (without it unless ``keep``) and its total tokens (0: none)."""
-    tokens = 0
-    lines = piece.splitlines(keepends=True)
-    kept = []
-    for line in lines:
-        if line.startswith(b"data: {") and b'"usage"' in line and (
-            b'"choices": []' in line or b'"choices":[]' in line
-        ):
-            tokens = _usage_tokens(line[6:])
-            if not keep:
-                continue
-        kept.append(line)
-    return (piece if len(kept) == len(lines) else b"".join(kept)), tokens
-
-
-def _bearer(http: HttpRequest) -> str:
-    scheme, _, key = http.headers.get("authorization", "").partition(" ")
-    return key.strip() if scheme.lower() == "bearer" else ""
 
 
 def _name(headers: Any, name: str) -> str | None:
@@ -1006,24 +691,6 @@ def _flag(raw: str | None, name: str) -> bool:
     if value in _FALSE:
         return False
     raise BadRequest(400, f"header {name}: expected true or false, got {raw!r}")
-
-
-def _usage_tokens(payload: bytes) -> int:
-    """``usage.total_tokens`` of a response body or stream chunk, 0 without one.
-
-    Engines write ``usage`` after the choices: the number is read after the last
-    ``"usage"`` key rather than by decoding the whole (possibly long) body; a body
-    that does not fit that shape is decoded."""
-    at = payload.rfind(b'"usage"')
-    if at >= 0:
-        match = _USAGE_TOTAL.match(payload, at)
-        if match is not None:
-            return int(match.group(1))
-    try:
-        usage = json.loads(payload).get("usage") or {}
-        return int(usage.get("total_tokens", 0))
-    except (ValueError, AttributeError, TypeError):
-        return 0
 
 
 async def serve(config: GatewayConfig, ready: asyncio.Event | None = None) -> None:
