@@ -1,4 +1,4 @@
-"""Exact-state tests of the baselines of DESIGN.md section 4 (docs/baselines.md)."""
+"""Exact-state tests of the baselines (docs/baselines.md)."""
 
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ METRIC_COLUMNS = (
     ("throughput_workflows_per_s", "wf/s", "{:.3f}"),
 )
 
-# The paper's claims (DESIGN.md section 1), shown next to ours.
+# The paper's claims (docs/baselines.md section 8), shown next to ours.
 PAPER = {
     "tct_vs_vllm_affinity": 1.64,
     "slo_attainment": 0.992,

@@ -788,7 +788,7 @@ class Replica(QueueTokens):
 
 def output_run(request: Request, block_tokens: int) -> Run | None:
     """A finished call's full output blocks, named as the workflow's next block ids
-    (the convention of DESIGN.md section 6, so the next call's prompt hits them)."""
+    (the convention of docs/workloads.md, so the next call's prompt hits them)."""
     total_blocks = (request.prompt_tokens + request.generated) // block_tokens
     count = total_blocks - request.keyed_blocks
     if count <= 0:

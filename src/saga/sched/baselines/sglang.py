@@ -30,7 +30,7 @@ Inside the replica: ``schedule_policy = "lpm"``, waiting calls sorted by the
 length of their cached prefix on that replica, longest first, ties in arrival
 order, falling back to first come first served when more than 128 calls wait
 (hard-coded in ``_determine_active_policy``). Current SGLang ships ``fcfs`` by
-default; LPM is its cache-aware mode, the one DESIGN.md names. The in-batch
+default; LPM is its cache-aware mode, the one docs/baselines.md names. The in-batch
 prefix deprioritisation (32/32-token thresholds) is below our 64-token block
 and is not modelled. Preemption keeps vLLM's rule (the last running call in
 arrival order); eviction is the engine's LRU over radix leaves (least recently

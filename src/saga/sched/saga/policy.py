@@ -1,4 +1,4 @@
-"""The ``saga`` policy: DESIGN.md section 3 wired into the scheduler-core interface.
+"""The ``saga`` policy: docs/saga.md wired into the scheduler-core interface.
 
 It keeps a small record per workflow (its call site in the Agent Execution Graph,
 its home replica, when its last call finished) and answers the engine's questions
@@ -71,7 +71,7 @@ class _NoRouter(Router):
 
 
 class SagaPolicy(Policy):
-    """Workflow-atomic scheduling (DESIGN.md section 3); ablations by :class:`SagaConfig`."""
+    """Workflow-atomic scheduling (docs/saga.md); ablations by :class:`SagaConfig`."""
 
     name = "saga"
     # AFS keys age and follow tenants' service: the engine must sort every step
