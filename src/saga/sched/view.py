@@ -7,7 +7,8 @@ of them (docs/architecture.md):
 * the engine model's :class:`saga.engine.replica.Replica` and its ``Request`` (the
   simulator and the emulator);
 * the gateway's :class:`saga.gateway.view.RemoteReplicaView` and its call records;
-* the vLLM view of :mod:`saga.integrations.vllm_scheduler`, over vLLM's own queues.
+* :class:`saga.integrations.vllm_view.VLLMReplicaView` and its ``VLLMCall``, over vLLM's
+  own queues and block pool (``SagaScheduler`` runs inside vLLM).
 
 The protocols are read-only views (properties), so an adapter may keep a plain
 attribute, a property or a computed value behind each member. The one verb a policy
