@@ -30,10 +30,10 @@ import time
 from collections.abc import Callable, Sequence
 
 from saga.core.workflow import Call, Prompt, Workflow
+from saga.engine.cluster import get_cluster
 from saga.engine.replica import Replica, Request
 from saga.sched.policy import CallInfo, Policy, WorkflowInfo
 from saga.sched.registry import build_policy
-from saga.sim.cluster import get_cluster
 from saga.sim.simulator import Simulation
 
 BLOCK = 64  # tokens per KV block of the h100-64-8b preset

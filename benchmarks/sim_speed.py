@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from saga.sim.cluster import get_cluster
+from saga.engine.cluster import get_cluster
 from saga.sim.run import run_policy
 from saga.workloads import build_workload
 

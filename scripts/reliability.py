@@ -22,8 +22,8 @@ import scenarios as sc  # noqa: E402
 
 
 def simulator_rows() -> list[sc.Outcome]:
+    from saga.engine.cluster import get_cluster
     from saga.sched.registry import build_policy, list_policies
-    from saga.sim.cluster import get_cluster
     from saga.sim.faults import Fault
     from saga.sim.simulator import Simulation
 

@@ -8,4 +8,5 @@ bash scripts/setup.sh
 bash scripts/engines.sh install || echo "test: real engines unavailable; engine tests will skip" >&2
 .venv/bin/ruff check src tests benchmarks
 .venv/bin/mypy
+.venv/bin/lint-imports
 .venv/bin/python -m pytest "$@"

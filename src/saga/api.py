@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from saga.core.trace import read_trace
+from saga.engine.cluster import get_cluster
 from saga.errors import UserError
-from saga.sim.cluster import get_cluster
 from saga.sim.run import run_policy, write_outputs
 from saga.workloads import build_workload
 

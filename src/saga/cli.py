@@ -112,8 +112,8 @@ def parse_params(items: Sequence[str]) -> dict[str, str]:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
+    from saga.engine.cluster import CLUSTERS
     from saga.sched.registry import list_policies
-    from saga.sim.cluster import CLUSTERS
     from saga.workloads import list_workloads
 
     console = Console()
@@ -142,8 +142,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from saga.core.trace import read_trace
+    from saga.engine.cluster import get_cluster
     from saga.sched.registry import build_policy
-    from saga.sim.cluster import get_cluster
     from saga.sim.run import run_policy, write_outputs
     from saga.workloads import build_workload
 

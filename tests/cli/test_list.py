@@ -10,7 +10,7 @@ from saga.cli import main
 def test_list_reads_at_80_columns_with_nothing_cut(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from saga.sim.cluster import CLUSTERS
+    from saga.engine.cluster import CLUSTERS
 
     monkeypatch.setenv("COLUMNS", "80")
     assert main(["list"]) == 0

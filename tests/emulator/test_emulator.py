@@ -14,8 +14,8 @@ from saga.core.workflow import Call, Prompt, Workflow
 from saga.emulator.engine import Emulator
 from saga.emulator.realtime import RealtimeEventLoop
 from saga.emulator.server import build_app
+from saga.engine.cluster import get_cluster
 from saga.sched.registry import build_policy
-from saga.sim.cluster import get_cluster
 from saga.sim.simulator import Simulation
 
 pytestmark = pytest.mark.timeout(60)

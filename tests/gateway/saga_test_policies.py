@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from saga.engine.replica import Replica, Request
 from saga.sched.decisions import ADMIT, Admission, Retention
 from saga.sched.policy import CallInfo, WorkflowInfo
 from saga.sched.registry import register
+from saga.sched.view import CallView, ReplicaView
 from saga.sched.vllm import VLLMLeastLoaded
 
 
@@ -27,7 +27,7 @@ class AdmissionTestPolicy(VLLMLeastLoaded):
             return Admission("defer", "warming up", 0.05)
         return ADMIT
 
-    def retention(self, replica: Replica, request: Request, now: float) -> Retention:
+    def retention(self, replica: ReplicaView, request: CallView, now: float) -> Retention:
         return Retention("pin", 30.0)
 
 

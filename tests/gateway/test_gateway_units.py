@@ -11,9 +11,10 @@ import pytest
 
 from saga.errors import UserError
 from saga.gateway.config import GatewayConfig, load_config
-from saga.gateway.prefix import chat_text, estimate_tokens, text_runs
 from saga.gateway.store import MemoryStore
-from saga.gateway.view import ApproxPrefixIndex
+from saga.gateway.view import ApproxPrefixIndex, GatewayCall
+from saga.sched.view import CallInfo
+from saga.wire.prefix import chat_text, estimate_tokens, text_runs
 
 
 def test_text_runs_share_exactly_the_common_prefix() -> None:
@@ -89,41 +90,97 @@ def test_view_offers_what_placement_reads_of_a_host_tier() -> None:
     assert view.kv.cached_blocks == view.kv.used_blocks == 3
 
 
+def _calls(n: int) -> list[GatewayCall]:
+    """Calls w1..wn of 100*i prompt tokens each, tenant ``t``."""
+    return [
+        GatewayCall(
+            CallInfo(f"w{i}", "t", "a", "c0", 0, None, 100 * i, (), 0.0, 0.0, None, False),
+            32, 16, i, 0.0,
+        )
+        for i in range(1, n + 1)
+    ]
+
+
 def test_view_keeps_the_queue_sums_placement_reads_as_calls_come_and_go() -> None:
     """The gateway's calls never progress in its view (computed and generated stay 0):
     no context, each waiting call needs its whole prompt, a running one all but a token."""
-    from saga.engine.replica import Request
     from saga.gateway.view import RemoteReplicaView
 
-    view = RemoteReplicaView(0, capacity_blocks=64, block_tokens=16)
-    a, b, c = (Request(f"w{i}", "c0", (), 100 * i, 32, 16, i) for i in (1, 2, 3))
-    view.add_running(a)
-    view.add_waiting(b)
-    view.add_waiting(c)
+    view = RemoteReplicaView(0, capacity_blocks=64, block_tokens=16, max_concurrency=1)
+    a, b, c = _calls(3)
+    assert view.try_start(a, 1.0) and not view.try_start(b, 1.0)
+    view.enqueue(b, 1.0)
+    view.enqueue(c, 1.0)
     view.check_queue_tokens()
     assert (view.context_tokens, view.demand_tokens, view.backlog_tokens) == (0, 500, 599)
-    view.remove_running(a)  # a ended: b gets its slot, c's client leaves
-    view.remove_waiting(b)
-    view.add_running(b)
-    view.remove_waiting(c)
+    assert view.load() == 3 and view.outstanding_tokens() == 600 + 3 * 32
+    assert view.withdraw(c) and not view.withdraw(c)  # c's client leaves
+    assert view.finish(a, 2.0, lambda call: True) == [b]  # a ended: b gets its slot
+    assert b.scheduled_at == 2.0 and view.running == [b] and view.waiting == []
     view.check_queue_tokens()
     assert (view.context_tokens, view.demand_tokens, view.backlog_tokens) == (0, 0, 199)
+
+
+def test_view_queue_is_fair_across_tenants_by_weight() -> None:
+    """Start-time fair queueing per backend: a heavy tenant's queued calls do not keep a
+    light tenant's later call waiting behind all of them."""
+    from saga.gateway.view import RemoteReplicaView
+
+    view = RemoteReplicaView(0, capacity_blocks=64, block_tokens=16, max_concurrency=1)
+    first, *heavy = _calls(4)
+    light = GatewayCall(
+        CallInfo("x", "light", "a", "c0", 0, None, 100, (), 0.0, 0.0, None, False), 32, 16, 9, 0.0
+    )
+    assert view.try_start(first, 0.0)
+    for call in heavy:
+        view.enqueue(call, 1.0)
+    view.enqueue(light, 1.0)
+    # start tags: the heavy tenant's 0, 232, 564 (prompt + max_tokens apart), light's 0;
+    # equal tags go by arrival (seq)
+    assert view.waiting == [heavy[0], light, heavy[1], heavy[2]]
+    assert view.finish(first, 1.0, lambda call: True) == [heavy[0]]
+    assert view.finish(heavy[0], 2.0, lambda call: True) == [light]
+    # a waiting call that is no longer startable (its client left) is dropped
+    assert view.finish(light, 3.0, lambda call: call is not heavy[1]) == [heavy[2]]
+    assert view.waiting == [] and view.load() == 1
+    view.check_queue_tokens()
+
+
+def test_view_keeps_the_pins_the_policy_asked_for() -> None:
+    """Pins are stored as the protocol says (``.expires``), so ``Policy.unpin_order`` reads
+    them; the next call of the workflow, an unpin or expiry lets them go."""
+    from saga.gateway.view import RemoteReplicaView
+    from saga.sched.decisions import RELEASE, Retention
+    from saga.sched.policy import Policy
+    from saga.sched.vllm import RoundRobinRouter
+
+    view = RemoteReplicaView(0, capacity_blocks=64, block_tokens=16)
+    view.note_retention("w1", Retention("pin", ttl=5.0), 1.0)
+    view.note_retention("w2", Retention("pin", ttl=2.0), 1.0)
+    view.note_retention("w3", RELEASE, 1.0)
+    assert view.pins["w1"].expires == 6.0 and "w3" not in view.pins
+    assert Policy(RoundRobinRouter()).unpin_order(view, 1.0) == ["w2", "w1"]
+    w1 = _calls(1)[0]
+    assert view.try_start(w1, 2.0) and "w1" not in view.pins  # its next call uses it
+    assert view.unpin("w2", 2.0) and not view.unpin("w2", 2.0)
+    view.note_retention("w4", Retention("pin", ttl=1.0), 3.0)
+    view.note_retention("w5", Retention("pin", ttl=1.0), 4.5)  # sweeps w4, expired at 4
+    assert list(view.pins) == ["w5"]
 
 
 def test_gateway_moves_calls_through_the_view_verbs() -> None:
     """Concurrency slots and the fair queue keep the view's sums exact: a call over the
     limit waits, takes the slot a finished call frees, or leaves (cancelled)."""
-    from saga.engine.replica import Request
     from saga.gateway.app import Gateway
 
     config = GatewayConfig.model_validate({
-        "cluster": "small", "backends": [{"url": "http://127.0.0.1:1"}],
+        "cluster": "small", "backends": [{"url": "http://127.0.0.1:1", "max_concurrency": 1}],
     })
     gateway = Gateway(config)
-    # backends are built at start(), with a session: only the limit is read here
-    gateway.backends = [SimpleNamespace(max_concurrency=1, label="b0")]  # type: ignore[list-item]
+    # backends are built at start(), with a session: only the label is read here
+    gateway.backends = [SimpleNamespace(label="b0")]  # type: ignore[list-item]
     view = gateway.views[0]
-    a, b, c = (Request(f"w{i}", "c0", (), 100 * i, 32, 16, i) for i in (1, 2, 3))
+    a, b, c = _calls(3)
 
     async def traffic() -> None:
         await gateway._acquire(0, a, "t")

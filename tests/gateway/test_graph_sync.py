@@ -237,25 +237,25 @@ def test_a_publish_cancelled_midway_keeps_its_batch() -> None:
     async def scenario() -> None:
         task = asyncio.ensure_future(a.sync_graphs())
         await asyncio.sleep(0)
-        assert not a._outbox  # taken for publishing
+        assert not a.graph_sync.outbox  # taken for publishing
         _graphs(a).get("coder").observe_end("late#0")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
 
     asyncio.run(scenario())
-    assert [o.node for o in a._outbox][-2:] == ["bash#2", "late#0"]  # in order, none lost
-    assert len(a._outbox) == 7
+    assert [o.node for o in a.graph_sync.outbox][-2:] == ["bash#2", "late#0"]  # in order, none lost
+    assert len(a.graph_sync.outbox) == 7
 
 
 @pytest.mark.parametrize("extra", [{"graph_sync_interval": 0}, {"graph_sync_interval": None},
                                    {"policy": "vllm-rr"}, {"policy": "saga-no-graph"}])
 def test_graph_sync_off(extra: dict[str, Any]) -> None:
     gw = Gateway(_gateway_config(**extra))
-    assert not gw._sync
+    assert not gw.graph_sync.enabled
     if gw.graphs is not None:
         _learn(gw.graphs, 1)
-    assert not gw._outbox  # nothing recorded
+    assert not gw.graph_sync.outbox  # nothing recorded
 
 
 def test_graph_sync_interval_is_validated() -> None:

@@ -16,7 +16,7 @@ from saga.gateway.server import (
     HttpServer,
     Response,
     ResponseStream,
-    Router,
+    RouteTable,
 )
 
 pytestmark = pytest.mark.timeout(30)
@@ -33,7 +33,7 @@ class Log:
         self.stream_writes_failed = 0
 
 
-def _router(log: Log) -> Router:
+def _router(log: Log) -> RouteTable:
     async def echo(http: HttpRequest) -> Response:
         try:
             body = await http.read()
@@ -66,7 +66,7 @@ def _router(log: Log) -> Router:
         await stream.write(b"two")
         return stream  # the server finishes it
 
-    router = Router()
+    router = RouteTable()
     router.add("POST", "/echo", echo)
     router.add("GET", "/hello", hello)
     router.add("GET", "/events", events)

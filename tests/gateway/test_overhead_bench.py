@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from saga.gateway.app import _usage_tokens
+from saga.gateway.relay import usage_tokens as _usage_tokens
 
 ROOT = Path(__file__).resolve().parents[2]
 

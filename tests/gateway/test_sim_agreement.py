@@ -13,8 +13,8 @@ import pytest
 from saga_procs import emulator, gateway
 
 from saga.core.workflow import Call, Prompt, Workflow
+from saga.engine.cluster import get_cluster
 from saga.sched.registry import build_policy
-from saga.sim.cluster import get_cluster
 from saga.sim.simulator import Simulation
 
 pytestmark = pytest.mark.timeout(120)

@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +42,10 @@ from saga.integrations.vllm_scheduler import (
     CONFIG_ENV,
     SCHEDULER_CLS,
     STATS_MARKER,
-    Finish,
     Hints,
     KeyedQueue,
     PinTable,
-    SagaCore,
+    SagaInVLLM,
     VLLMSchedulerConfig,
     load_config,
     parse_hints,
@@ -54,6 +54,7 @@ from saga.integrations.vllm_scheduler import (
 from saga.sched.decisions import Retention
 from saga.sched.saga import retention as keep
 from saga.sched.saga.config import SagaConfig
+from saga.sched.saga.policy import SagaPolicy
 
 
 def free_port() -> int:
@@ -144,11 +145,12 @@ class FakePool:
 
 def test_pins_hold_until_return_expiry_or_reset() -> None:
     pool = FakePool()
-    pins: PinTable[int] = PinTable(pool.free, t0=1.0)
+    pins: PinTable[int] = PinTable(pool.free, lambda workflow, now: 0.0)
     pins.pin("w1", [1, 2, 3], now=0.0, ttl=10.0)
     pins.pin("w2", [4, 5], now=1.0, ttl=2.0)
     pins.pin("w1", [6], now=2.0, ttl=10.0)  # a second pin of one workflow (fan-out)
     assert pins.pinned_blocks == 6 and len(pins) == 3 and pool.freed == []
+    assert pins.latest()["w1"].expires == 12.0  # what a policy reads as the pin
     assert pins.expire(now=2.9) == 0
     assert pins.expire(now=3.0, waiting={"w2"}) == 0  # about to be used: kept
     assert pins.expire(now=3.0) == 2 and pool.freed == [[4, 5]]
@@ -163,119 +165,188 @@ def test_pins_hold_until_return_expiry_or_reset() -> None:
 
 
 def test_pressure_releases_the_least_valuable_pin_first() -> None:
+    """Least valuable first by the value the policy gives the workflow's KV, the asker's
+    pins last, the oldest first among equals."""
     pool = FakePool()
-    pins: PinTable[int] = PinTable(pool.free, t0=1.0)
-    # value = P(return) / (time to predicted return + t0)
-    pins.pin("soon", [1], now=0.0, ttl=60.0, p_return=0.9, next_use=2.0)  # 0.9 / 3
-    pins.pin("late", [2], now=0.0, ttl=90.0, p_return=0.9, next_use=59.0)  # 0.9 / 60
-    pins.pin("unlikely", [3], now=0.0, ttl=60.0, p_return=0.1, next_use=2.0)  # 0.1 / 3
-    pins.pin("old", [4, 4], now=-5.0, ttl=90.0, p_return=0.9, next_use=59.0)  # = "late"
-    pins.pin("asker", [5], now=0.0, ttl=60.0, p_return=0.0, next_use=99.0)  # worth 0, but
-    pins.pin("queued", [6], now=0.0, ttl=60.0, p_return=0.0, next_use=99.0)  # ... waits
-    order = [p.workflow for p in pins.victims(now=0.0, waiting={"queued"}, spare="asker")]
-    assert order == ["old", "late", "unlikely", "soon", "queued", "asker"]
-    assert pins.relieve(now=0.0, waiting={"queued"}, spare="asker") == 2
+    values = {"soon": 0.3, "late": 0.015, "unlikely": 0.033, "old": 0.015, "asker": 0.0}
+    pins: PinTable[int] = PinTable(pool.free, lambda workflow, now: values[workflow])
+    pins.pin("soon", [1], now=0.0, ttl=60.0)
+    pins.pin("late", [2], now=0.0, ttl=90.0)
+    pins.pin("unlikely", [3], now=0.0, ttl=60.0)
+    pins.pin("old", [4, 4], now=-5.0, ttl=90.0)  # worth what "late" is, but older
+    pins.pin("asker", [5], now=0.0, ttl=60.0)  # worth nothing, but it asks for memory
+    order = [p.workflow for p in pins.victims(now=0.0, spare="asker")]
+    assert order == ["old", "late", "unlikely", "soon", "asker"]
+    assert pins.relieve(now=0.0, spare="asker") == 2
     assert pool.freed == [[4, 4]] and pins.counters["released_pressure"] == 1
     while pins.relieve(now=0.0):
         pass
-    assert pins.pinned_blocks == 0 and pins.counters["released_blocks_pressure"] == 7
+    assert pins.pinned_blocks == 0 and pins.counters["released_blocks_pressure"] == 6
 
 
-# ---- SAGA's core as the engine uses it -------------------------------------------------------
-def _core(**saga: Any) -> SagaCore:
-    return SagaCore(VLLMSchedulerConfig(saga=SagaConfig(**saga)))
+# ---- SAGA's policy over the vLLM view (fake vLLM requests and block pool) --------------------
+@dataclass
+class FakeRequest:
+    """The members of vLLM's ``Request`` the view reads."""
+
+    request_id: str
+    num_prompt_tokens: int
+    num_output_tokens: int = 0
+    num_computed_tokens: int = 0
+    arrival_time: float = 0.0
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_prompt_tokens + self.num_output_tokens
+
+
+@dataclass
+class FakeEngine:
+    """vLLM's queues and block pool as the view reads them (VLLMState)."""
+
+    capacity: int = 1000
+    free: int = 1000
+    waiting: list[FakeRequest] = field(default_factory=list)
+    running: list[FakeRequest] = field(default_factory=list)
+
+    def saga_waiting_requests(self) -> list[FakeRequest]:
+        return self.waiting
+
+    def saga_running_requests(self) -> list[FakeRequest]:
+        return self.running
+
+    def saga_free_blocks(self) -> int:
+        return self.free
+
+
+BLOCK_SIZE = 2048
+
+
+def _saga(engine: FakeEngine | None = None, **saga: Any) -> SagaInVLLM:
+    engine = engine or FakeEngine()
+    return SagaInVLLM(VLLMSchedulerConfig(saga=SagaConfig(**saga)), engine, FakePool().free,
+                      block_size=BLOCK_SIZE, capacity_blocks=engine.capacity,
+                      max_num_batched_tokens=8192)
+
+
+def test_the_scheduler_drives_the_saga_policy_itself() -> None:
+    core = _saga()
+    assert isinstance(core.policy, SagaPolicy)
+    assert core.policy.ctx.replicas == [core.view]
+    call = core.arrive(FakeRequest("r1", 100), Hints("t/w1", "t", "coder"), now=0.0)
+    assert call.info.workflow == "t/w1" and "t/w1" in core.policy.flows
 
 
 def test_fair_share_key_serves_the_tenant_furthest_below_its_share() -> None:
-    core = _core(tenant_weights={"heavy": 2.0})
-    a = core.arrive(Hints("a/1", "a"), "r1", 100, now=0.0)
-    core.charge("a", 4.0)
-    b = core.arrive(Hints("b/1", "b"), "r2", 100, now=0.0)
+    engine = FakeEngine()
+    core = _saga(engine, tenant_weights={"heavy": 2.0})
+    a1 = FakeRequest("a1", 1000, num_output_tokens=100)
+    core.arrive(a1, Hints("a/1", "a"), now=0.0)
+    core.finish(a1, completed=True, now=1.0)  # a is charged its call's predicted work
+    a2, b1 = FakeRequest("a2", 100), FakeRequest("b1", 100)
+    core.arrive(a2, Hints("a/1", "a", tool="bash"), now=2.0)
+    core.arrive(b1, Hints("b/1", "b"), now=2.0)
+    engine.waiting = [a2, b1]
+    fair = core.policy.fair  # type: ignore[attr-defined]
     # a newcomer joins at the least service of the active tenants: no credit for being new
-    assert core.fair.account("b").normalized == 4.0
-    core.charge("a", 0.5)  # a keeps running
-    assert core.key(b, 0.1, 0.0) < core.key(a, 0.1, 0.0)
-    h = core.arrive(Hints("h/1", "heavy"), "r3", 100, now=0.0)
-    core.charge("heavy", 8.0)  # weight 2: normalized 4 + 8/2 = 8
-    assert core.key(h, 0.1, 0.0)[0] == pytest.approx(8.0)
-    # within a tenant: least remaining work, with aging so the older call goes first
-    a2 = core.arrive(Hints("a/2", "a"), "r4", 100, now=0.0)
-    assert core.key(a, 0.1, waited=2.0) < core.key(a2, 0.1, waited=1.0)
-    assert core.key(a2, 0.1, 0.0) < core.key(a2, 5.0, 0.0)
+    assert fair.account("b").normalized == fair.account("a").normalized > 0
+    a3 = FakeRequest("a3", 1000, num_output_tokens=100)
+    core.arrive(a3, Hints("a/2", "a"), now=2.0)
+    core.finish(a3, completed=True, now=3.0)  # a is served more
+    assert core.key(b1, 3.0) < core.key(a2, 3.0)
+    # the policy's own key, of the call the view shows
+    assert core.key(b1, 3.0) == core.policy.queue_key(core.view, core.calls["b1"], 3.0)
+    assert core.key(FakeRequest("stranger", 1), 3.0)[0] == float("inf")
 
 
-def test_service_is_the_measured_step_time() -> None:
-    core = _core()
-    core.observe_step(0.2, 1000, decode_only=False)
-    core.observe_step(0.03, 3, decode_only=True)
-    cfg = core.config
-    assert core.times.t_token == pytest.approx(cfg.t_token + 0.1 * (2e-4 - cfg.t_token))
-    assert core.times.t_decode == pytest.approx(cfg.t_decode + 0.1 * (0.03 - cfg.t_decode))
-    assert core.own_work(1000, 10) == pytest.approx(
-        1000 * core.times.t_token + 10 * core.times.t_decode)
-
-
-IDLE = keep.MemoryState(capacity=1000, held=0, waiting_demand=0, waiting_calls=0)
-BUSY = keep.MemoryState(capacity=1000, held=600, waiting_demand=500, waiting_calls=4)
-DONE = Finish(prompt_tokens=20_000, output_tokens=200, blocks=10, completed=True)
+IDLE = FakeEngine()
+BUSY = FakeEngine(free=400, waiting=[FakeRequest(f"q{i}", 125 * BLOCK_SIZE) for i in range(4)])
+DONE = FakeRequest("r1", 20_000, num_output_tokens=200)
 
 
 @pytest.mark.parametrize(
-    ("hints", "done", "kind", "ttl"),
+    ("hints", "completed", "kind", "ttl"),
     [
-        (Hints("w", ttl=30.0), DONE, "pin", 30.0),
-        (Hints("w", ttl=500.0), DONE, "pin", 120.0),  # capped at ttl_max
-        (Hints("w", ttl=0.0), DONE, "release", 0.0),
-        (Hints("w", ttl=30.0, end=True), DONE, "drop", 0.0),  # the workflow's last call
-        (Hints("w", ttl=30.0), Finish(100, 0, 1, completed=False), "release", 0.0),  # aborted
-        (Hints(None, ttl=30.0), DONE, "release", 0.0),  # no workflow: nothing comes back
+        (Hints("w", ttl=30.0), True, "pin", 30.0),
+        (Hints("w", ttl=500.0), True, "pin", 120.0),  # capped at ttl_max
+        (Hints("w", ttl=0.0), True, "release", 0.0),
+        (Hints("w", ttl=30.0, end=True), True, "drop", 0.0),  # the workflow's last call
+        (Hints("w", ttl=30.0), False, "release", 0.0),  # aborted
+        (Hints(None, ttl=30.0), True, "release", 0.0),  # no workflow: nothing comes back
     ],
 )
-def test_retention_hints(hints: Hints, done: Finish, kind: str, ttl: float) -> None:
-    core = _core()
-    flow = core.arrive(hints, "r1", done.prompt_tokens, now=0.0)
-    decision = core.finish(flow, hints, done, IDLE, now=1.0)
+def test_retention_hints(hints: Hints, completed: bool, kind: str, ttl: float) -> None:
+    core = _saga()
+    call = core.arrive(DONE, hints, now=0.0)
+    decision = core.finish(DONE, completed, now=1.0)
     assert (decision.kind, decision.ttl) == (kind, ttl)
-    assert (flow.workflow in core.flows) == (kind in ("pin", "release") and not flow.anonymous)
+    assert (call.workflow in core.workflows) == (kind in ("pin", "release")
+                                                 and hints.workflow is not None)
+    assert (call.workflow in core.policy.flows) == (call.workflow in core.workflows)
 
 
-def test_retention_without_a_hint_is_the_cores_decision() -> None:
-    """No hint: SAGA's retention.decide on the workflow's graph and the engine's memory; it
-    releases on an empty engine (nothing would evict the blocks) and pins under pressure."""
+def test_retention_without_a_hint_is_the_policys_decision() -> None:
+    """No hint: SagaPolicy.retention on the workflow's graph and the engine's memory as the
+    view shows it; it releases on an empty engine (nothing would evict the blocks) and pins
+    under pressure (600 of 1000 blocks held, 500 more wanted by 4 waiting requests)."""
     kinds = []
-    for memory in (IDLE, BUSY):
-        core = _core()
-        flow = core.arrive(Hints("w"), "r1", DONE.prompt_tokens, now=0.0)
-        decision = core.finish(flow, Hints("w"), DONE, memory, now=1.0)
+    for engine, held in ((IDLE, 0), (BUSY, 600)):
+        core = _saga(engine)
+        core.arrive(DONE, Hints("w"), now=0.0)
+        for waiting in engine.waiting:
+            core.arrive(waiting, Hints(f"other-{waiting.request_id}"), now=0.0)
+        decision = core.finish(DONE, True, now=1.0)
+        policy = core.policy
+        assert isinstance(policy, SagaPolicy)
+        flow = policy.flows["w"]
         expected = keep.decide(keep.RetentionInput(
-            now=1.0, ends=False, gap=core.graphs.get("default").gap(flow.node), blocks=10,
-            recompute=20_200 * core.times.t_token, reload=None, memory=memory),
-            core.saga)
+            now=1.0, ends=False, gap=policy.graphs.get("default").gap(flow.node), blocks=10,
+            recompute=20_200 * core.cost.t_token, reload=None,
+            memory=keep.MemoryState(capacity=1000, held=held,
+                                    waiting_demand=len(engine.waiting) * 125,
+                                    waiting_calls=len(engine.waiting))),
+            policy.config)
         assert decision == expected
         kinds.append(decision.kind)
     assert kinds == ["release", "pin"]
-    off = _core(retention=False)
-    flow = off.arrive(Hints("w", ttl=30.0), "r1", 100, now=0.0)
-    assert off.finish(flow, Hints("w", ttl=30.0), DONE, BUSY, now=1.0).kind == "release"
+    off = _saga(BUSY, retention=False)
+    off.arrive(DONE, Hints("w", ttl=30.0), now=0.0)
+    assert off.finish(DONE, True, now=1.0).kind == "release"
+
+
+def test_pins_are_valued_by_the_policys_next_use() -> None:
+    """A pin of a workflow in a tool call is worth less the later its predicted return;
+    a workflow with a request waiting is about to return; an ended one is worth nothing."""
+    core = _saga()
+    for name in ("t/soon", "t/waits"):
+        first = FakeRequest(f"{name}-1", 1000, num_output_tokens=10)
+        core.arrive(first, Hints(name, "t"), now=0.0)
+        core.finish(first, True, now=1.0)
+    core.arrive(FakeRequest("t/waits-2", 1100), Hints("t/waits", "t", tool="bash"), now=2.0)
+    assert core.pin_value("t/waits", 2.0) > core.pin_value("t/soon", 2.0) > 0
+    assert core.pin_value("t/never-seen", 2.0) < 0
 
 
 def test_graph_learns_tool_gaps_and_idle_workflows_end() -> None:
-    core = _core(min_samples=1)
+    core = _saga(min_samples=1)
     for i in range(3):
-        hints = Hints(f"t/w{i}", "t", "coder")
-        flow = core.arrive(hints, f"r{i}a", 1000, now=0.0)
-        core.finish(flow, hints, Finish(1000, 50, 8, True), IDLE, now=1.0)
-        hints = Hints(f"t/w{i}", "t", "coder", tool="bash", end=True)
-        flow = core.arrive(hints, f"r{i}b", 1200, now=4.0)  # 3 s of bash
-        core.finish(flow, hints, Finish(1200, 50, 10, True), IDLE, now=5.0)
-    graph = core.graphs.get("coder")
+        first = FakeRequest(f"r{i}a", 1000, num_output_tokens=50)
+        core.arrive(first, Hints(f"t/w{i}", "t", "coder"), now=0.0)
+        core.finish(first, True, now=1.0)
+        last = FakeRequest(f"r{i}b", 1200, num_output_tokens=50)
+        core.arrive(last, Hints(f"t/w{i}", "t", "coder", tool="bash", end=True), now=4.0)
+        core.finish(last, True, now=5.0)  # 3 s of bash between the calls
+    policy = core.policy
+    assert isinstance(policy, SagaPolicy)
+    graph = policy.graphs.get("coder")
     assert graph.duration("bash").quantile(0.5) == pytest.approx(3.0)
-    assert core.fair.account("t").active == 0 and not core.flows
-    idle = core.arrive(Hints("t/idle", "t"), "r9", 10, now=10.0)
-    core.finish(idle, Hints("t/idle", "t"), Finish(10, 1, 1, True), IDLE, now=10.0)
+    assert policy.fair.account("t").active == 0 and not core.workflows and not policy.flows
+    idle = FakeRequest("r9", 10, num_output_tokens=1)
+    core.arrive(idle, Hints("t/idle", "t"), now=10.0)
+    core.finish(idle, True, now=10.0)
     assert core.sweep(now=10.0 + core.config.idle_timeout / 2) == []
-    assert core.sweep(now=11.0 + core.config.idle_timeout) == [idle]
-    assert core.fair.account("t").active == 0
+    assert core.sweep(now=11.0 + core.config.idle_timeout) == ["t/idle"]
+    assert policy.fair.account("t").active == 0 and not policy.flows
 
 
 # ---- wiring: engines, the gateway's backend, imports ----------------------------------------

@@ -1,4 +1,4 @@
-"""Exact-state tests of the baselines of DESIGN.md section 4 (docs/baselines.md)."""
+"""Exact-state tests of the baselines (docs/baselines.md)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import random
 import pytest
 
 from saga.core.workflow import Call, Prompt, Workflow
+from saga.engine.cluster import get_cluster
 from saga.engine.kvcache import KVNode, RadixKV, Run
 from saga.engine.replica import Replica, Request
 from saga.sched.baselines import (
@@ -24,7 +25,6 @@ from saga.sched.decisions import Retention
 from saga.sched.policy import CallInfo, Policy, PolicyContext, WorkflowInfo
 from saga.sched.registry import build_policy, list_policies
 from saga.sched.vllm import ConsistentHashRouter, _md5_int
-from saga.sim.cluster import get_cluster
 from saga.sim.simulator import CallRecord, Simulation
 
 BT = 64

@@ -8,13 +8,13 @@ import random
 
 import pytest
 
+from saga.engine.cluster import get_cluster
 from saga.engine.kvcache import Run
 from saga.engine.replica import Replica, Request
 from saga.sched.gated import GatedPolicy
 from saga.sched.policy import CallInfo, Policy, PolicyContext, WorkflowInfo
 from saga.sched.registry import build_policy, list_policies
 from saga.sched.saga.policy import SagaPolicy
-from saga.sim.cluster import get_cluster
 
 BT = 64
 

@@ -8,12 +8,12 @@ import random
 
 import pytest
 
+from saga.engine.cluster import get_cluster
 from saga.engine.kvcache import RadixKV, Run, skip_runs
 from saga.engine.replica import Replica, Request
 from saga.sched.baselines.dynamo import ActiveSequences, Dynamo, DynamoConfig, DynamoPriority
 from saga.sched.baselines.llmd import LLMD, LLMDConfig, LLMDPriority, take_runs
 from saga.sched.policy import CallInfo, Policy, PolicyContext, WorkflowInfo
-from saga.sim.cluster import get_cluster
 
 BT = 64
 _seq = iter(range(1, 1_000_000))

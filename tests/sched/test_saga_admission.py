@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from saga.core.workflow import Call, Prompt, Workflow
+from saga.engine.cluster import get_cluster
 from saga.engine.replica import Replica, Request
 from saga.sched.policy import CallInfo, WorkflowInfo
 from saga.sched.saga.admission import SlowdownTracker, decide
 from saga.sched.saga.config import SagaConfig
 from saga.sched.saga.policy import SagaPolicy
-from saga.sim.cluster import get_cluster
 from saga.sim.simulator import Simulation
 
 CFG = SagaConfig(defer_best_effort_at=0.8, max_queue=30.0, retry_after=2.0)

@@ -8,10 +8,10 @@ import random
 import pytest
 
 from saga.core.workflow import Call, Prompt, Workflow
+from saga.engine.cluster import get_cluster
 from saga.metrics.summary import speedup
 from saga.sched.policy import CallInfo
 from saga.sched.registry import build_policy, list_policies
-from saga.sim.cluster import get_cluster
 from saga.sim.simulator import SimResult, Simulation
 
 BT = 64

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from saga.core.workflow import Call, Prompt, Workflow
+from saga.engine.cluster import get_cluster
 from saga.sched.policy import WorkflowInfo
 from saga.sched.saga.config import SagaConfig
 from saga.sched.saga.gate import MemoryGate
 from saga.sched.saga.policy import SagaPolicy
-from saga.sim.cluster import get_cluster
 from saga.sim.simulator import Simulation
 
 

@@ -6,9 +6,9 @@ import pytest
 from pydantic import ValidationError
 
 from saga.core.workflow import Call, Prompt, Workflow
+from saga.engine.cluster import get_cluster
 from saga.engine.replica import Request
 from saga.sched.registry import build_policy, list_policies
-from saga.sim.cluster import get_cluster
 from saga.sim.faults import Fault, check_faults
 from saga.sim.simulator import Simulation
 

@@ -9,10 +9,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from saga.core.workflow import Call, Prompt, Workflow
+from saga.engine.cluster import get_cluster
+from saga.engine.events import EventLoop
 from saga.engine.replica import Replica, Request
 from saga.sched.registry import build_policy
-from saga.sim.cluster import get_cluster
-from saga.sim.events import EventLoop
 from saga.sim.faults import Fault
 from saga.sim.run import run_policy, write_outputs
 from saga.sim.simulator import Simulation

@@ -47,7 +47,7 @@ COLUMNS_EXPLAINED = (
     "95 % CI, paired sign-flip test p; ceiling: the most any policy could show."
 )
 
-# The paper's claims (DESIGN.md section 1), shown next to ours.
+# The paper's claims (docs/baselines.md section 8), shown next to ours.
 PAPER = {
     "tct_vs_vllm_affinity": 1.64,
     "slo_attainment": 0.992,
@@ -491,7 +491,7 @@ def _throughput_latency(result: BenchResult) -> dict[str, list[tuple[float, floa
 def run_description(result: BenchResult) -> list[str]:
     """What this run did, read from its cases (not the scenario's text, which describes
     the full version): cluster and replicas, workloads, loads and rates, seeds, cases."""
-    from saga.sim.cluster import get_cluster
+    from saga.engine.cluster import get_cluster
 
     spec = result.scenario
     cluster = get_cluster(spec.cluster)

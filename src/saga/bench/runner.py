@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 from saga.bench.scenario import Scenario, WorkloadSpec
 from saga.core.workflow import Workflow
+from saga.engine.cluster import ClusterSpec, get_cluster
 from saga.metrics.summary import speedup, speedup_ceiling
-from saga.sim.cluster import ClusterSpec, get_cluster
 from saga.sim.run import isolated_tcts, run_policy
 from saga.workloads import build_workload
 from saga.workloads.registry import describe

@@ -1,4 +1,4 @@
-"""The canonical workflow-trace format: JSON Lines, one workflow per line (DESIGN.md section 6).
+"""The canonical workflow-trace format: JSON Lines, one workflow per line (docs/workloads.md).
 
 Reading validates every line and names the line and the field of the first problem
 (:class:`TraceError`); writing is atomic. Files ending in ``.gz`` are gzip-compressed.

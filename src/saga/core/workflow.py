@@ -1,4 +1,4 @@
-"""The workflow model every part of SAGA shares (DESIGN.md section 6).
+"""The workflow model every part of SAGA shares (docs/workloads.md).
 
 A *workflow* is one agent task: a DAG of LLM *calls*, each of which may wait for
 earlier calls (``after``) and then for a tool to run (``gap`` seconds) before it is

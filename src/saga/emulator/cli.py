@@ -48,8 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from saga.gateway._loop import run as run_loop
-    from saga.sim.cluster import get_cluster
+    from saga.aio import run as run_loop
+    from saga.engine.cluster import get_cluster
 
     from .engine import Emulator
     from .server import serve

@@ -19,11 +19,11 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from saga.engine.cluster import ClusterSpec
 from saga.engine.kvcache import Run
 from saga.engine.replica import Replica, Request, output_run
+from saga.engine.timers import ReplicaTimers
 from saga.sched.decisions import RELEASE, Retention
-from saga.sim.cluster import ClusterSpec
-from saga.sim.timers import ReplicaTimers
 
 from .realtime import RealtimeEventLoop
 

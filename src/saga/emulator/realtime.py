@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from saga.sim.events import Callback, EventLoop
+from saga.engine.events import Callback, EventLoop
 
 
 class RealtimeEventLoop(EventLoop):

@@ -26,9 +26,9 @@ from typing import Any
 
 from aiohttp import web
 
-from saga.gateway.openai_api import BadRequest, Kind, error_response, parse_body
-from saga.gateway.prefix import estimate_tokens, text_runs
 from saga.sched.decisions import Retention
+from saga.wire.openai_api import BadRequest, Kind, error_response, parse_body
+from saga.wire.prefix import estimate_tokens, text_runs
 
 from .engine import CallState, Emulator
 

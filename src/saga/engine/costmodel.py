@@ -1,4 +1,4 @@
-"""Step-time cost model of one inference replica (DESIGN.md section 5).
+"""Step-time cost model of one inference replica (docs/costmodel.md).
 
 One continuous-batching step costs
 

@@ -148,7 +148,7 @@ class RadixKV:
         self.locked_blocks = 0  # blocks in nodes with ref > 0
         self.anonymous_blocks = 0
         self.evicted_blocks = 0  # running total, for metrics
-        # Memory utilization (DESIGN.md section 7): block-seconds of blocks in use by
+        # Memory utilization (saga.metrics.summary): block-seconds of blocks in use by
         # running calls, plus block-seconds of idle blocks that were hit again.
         self.inuse_blocks = 0  # blocks in nodes with users > 0
         self.busy_block_seconds = 0.0

@@ -32,7 +32,7 @@ from saga.engine.kvcache import EvictionOrder, KVNode, RadixKV, Run, skip_runs, 
 from saga.sched.decisions import Retention
 
 if TYPE_CHECKING:
-    from saga.sched.policy import CallInfo
+    from saga.sched.view import CallInfo
 
 
 class Request:
@@ -256,6 +256,11 @@ class Replica(QueueTokens):
         self.fair_preemptions = 0
 
     # ---- observations ------------------------------------------------------------------
+    @property
+    def max_num_batched_tokens(self) -> int:
+        """The chunk budget of a step (what policies read, :class:`saga.sched.view.ReplicaView`)."""
+        return self.config.max_num_batched_tokens
+
     def outstanding_tokens(self) -> int:
         """Work a router can see: prompt tokens still to prefill, plus a fixed decode
         allowance per call (a real router does not know how long an output will be,
@@ -831,7 +836,7 @@ class Replica(QueueTokens):
 
 def output_run(request: Request, block_tokens: int) -> Run | None:
     """A finished call's full output blocks, named as the workflow's next block ids
-    (the convention of DESIGN.md section 6, so the next call's prompt hits them)."""
+    (the convention of docs/workloads.md, so the next call's prompt hits them)."""
     total_blocks = (request.prompt_tokens + request.generated) // block_tokens
     count = total_blocks - request.keyed_blocks
     if count <= 0:

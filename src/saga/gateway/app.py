@@ -27,6 +27,11 @@ HTTP: :func:`serve` runs :class:`Gateway` on :mod:`saga.gateway.server` (asyncio
 protocols and httptools) and forwards calls on :mod:`saga.gateway.upstream` pools; the
 handlers only see :class:`~saga.gateway.server.HttpRequest`, so :meth:`Gateway.app`
 also offers them as an aiohttp application, for embedding.
+
+This module is the lifecycle, the HTTP handlers and the call pipeline; the gateway's
+other jobs are modules of their own: API keys (:mod:`.auth`), each backend's fair queue
+and what the policy reads of it (:mod:`.view`), relaying answers (:mod:`.relay`),
+learned-graph sync (:mod:`.graph_sync`) and the ``/metrics`` page (:mod:`.prometheus`).
 """
 
 from __future__ import annotations
@@ -34,54 +39,51 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import heapq
-import hmac
 import importlib
 import json
 import logging
 import random
-import re
 import time
 import urllib.parse
-import uuid
-from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from saga.engine.replica import Replica, Request
+from saga.engine.cluster import get_cluster
 from saga.errors import UserError
+from saga.gateway.auth import KeyRing, bearer
 from saga.gateway.backends import BACKENDS, Backend, BackendError, build_backend
 from saga.gateway.config import GatewayConfig
-from saga.gateway.metrics import Metrics, PromText
-from saga.gateway.openai_api import (
-    BadRequest,
-    ChatRequest,
-    CompletionRequest,
-    Kind,
-    parse_body,
-)
+from saga.gateway.graph_sync import GraphSync
+from saga.gateway.metrics import Metrics
 from saga.gateway.openapi import openapi_document
-from saga.gateway.prefix import chat_text, estimate_tokens, text_runs
+from saga.gateway.prometheus import render_metrics
+from saga.gateway.relay import Retryable, forward
 from saga.gateway.server import (
     BodyTooLarge,
     HttpRequest,
     HttpServer,
     Response,
     ResponseStream,
-    Router,
+    RouteTable,
     error,
 )
-from saga.gateway.store import FIRST_CURSOR, MemoryStore, Store, build_store
-from saga.gateway.upstream import UpstreamError, UpstreamResponse
-from saga.gateway.view import RemoteReplicaView
+from saga.gateway.store import MemoryStore, Store, build_store
+from saga.gateway.view import GatewayCall, RemoteReplicaView
 from saga.sched.decisions import Retention
 from saga.sched.policy import CallInfo, Policy, PolicyContext, WorkflowInfo
 from saga.sched.registry import build_policy
-from saga.sched.saga.graph import GraphStore, Observation
-from saga.sim.cluster import get_cluster
+from saga.sched.saga.graph import GraphStore
+from saga.wire.openai_api import (
+    BadRequest,
+    ChatRequest,
+    CompletionRequest,
+    Kind,
+    parse_body,
+)
+from saga.wire.prefix import chat_text, estimate_tokens, text_runs
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -91,39 +93,7 @@ _FALSE = {"0", "false", "no", ""}
 _MAX_HEADER = 256
 #: Body fields a client may not pass on to a backend (vLLM reads ``priority``).
 _STRIPPED = ("priority",)
-#: ``"usage": {...  "total_tokens": N`` with no nested object before it (OpenAI, vLLM,
-#: the emulator); JSON strings escape quotes, so ``"usage"`` is always a key.
-_USAGE_TOTAL = re.compile(rb'"usage"\s*:\s*\{[^{}]*?"total_tokens"\s*:\s*(\d+)')
-#: Graph sync reads the log in pages of this many entries, at most this many pages per
-#: exchange: a gateway catching up on a long log does it over several exchanges, each
-#: applying a bounded amount between two awaits.
-_SYNC_PAGE_ENTRIES = 64
-_SYNC_PAGES = 16
 log = logging.getLogger("saga.gateway")
-
-
-def _digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
-
-
-class KeyRing:
-    """API keys to names, compared in constant time: the presented key's SHA-256 is
-    compared with every stored digest by :func:`hmac.compare_digest`, with no early
-    exit, so the time taken says nothing about which bytes matched."""
-
-    def __init__(self, keys: dict[str, str]) -> None:
-        self._entries = [(_digest(k), name) for k, name in keys.items()]
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def lookup(self, key: str) -> str | None:
-        presented = _digest(key)
-        found: str | None = None
-        for digest, name in self._entries:
-            if hmac.compare_digest(presented, digest):
-                found = name
-        return found
 
 
 class RetryBudget:
@@ -145,14 +115,6 @@ class RetryBudget:
         return True
 
 
-class _Retryable(Exception):
-    """The backend failed before any byte reached the client: the call may go again."""
-
-    def __init__(self, error: BadRequest) -> None:
-        super().__init__(error.message)
-        self.error = error
-
-
 @dataclass(slots=True)
 class _Workflow:
     info: WorkflowInfo
@@ -161,14 +123,6 @@ class _Workflow:
     last_seen: float = 0.0
     admitted: bool = False
     placed_here: int | None = None  # replica this gateway's policy last chose for it
-
-
-@dataclass(order=True, slots=True)
-class _Waiter:
-    tag: float
-    seq: int
-    request: Request = field(compare=False)
-    future: asyncio.Future[None] = field(compare=False)
 
 
 class Gateway:
@@ -201,13 +155,15 @@ class Gateway:
         host = max(capacity, cluster.host_capacity_blocks(bt))
         self.views = [
             RemoteReplicaView(i, capacity, bt, block_bytes,
-                              host if BACKENDS[b.kind].offloads else None)
+                              host if BACKENDS[b.kind].offloads else None,
+                              max_concurrency=b.max_concurrency,
+                              max_num_batched_tokens=cluster.engine.max_num_batched_tokens)
             for i, b in enumerate(config.backends)
         ]
-        # The views offer what policies read of a Replica (see saga.gateway.view).
+        # The views are the policy's replicas (saga.sched.view.ReplicaView).
         ctx = PolicyContext(
-            replicas=cast(Sequence[Replica], self.views), cost=cluster.cost_model(),
-            block_tokens=bt, rng=random.Random(0),
+            replicas=self.views, cost=cluster.cost_model(), block_tokens=bt,
+            rng=random.Random(0),
         )
         self.policy.bind(ctx)
         self.policy.set_tenant_weights({name: t.weight for name, t in config.tenants.items()})
@@ -221,34 +177,18 @@ class Gateway:
         self.metrics = Metrics()
         self.backends: list[Backend] = []
         self.workflows: dict[str, _Workflow] = {}
-        self._queues: list[list[_Waiter]] = [[] for _ in config.backends]
-        self._tenant_tag: dict[str, float] = {}
-        self._vtime = 0.0
         self._seq = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
-        self.router = Router()
-        self.router.add("GET", "/openapi.json", self._openapi)
-        self.router.add("POST", "/v1/chat/completions", self._chat)
-        self.router.add("POST", "/v1/completions", self._completions)
-        self.router.add("GET", "/v1/models", self._models)
-        self.router.add("GET", "/health", self._health)
-        self.router.add("GET", "/metrics", self._metrics)
-        self.router.add("GET", "/saga/graph", self._graph)
-        self._setup_graph_sync()
-
-    def _setup_graph_sync(self) -> None:
-        """Record what the policy's graphs learn, for :meth:`sync_graphs` to publish."""
-        self.graphs: GraphStore | None = self.policy.learned_graphs()
-        self._sync = self.graphs is not None and bool(self.config.graph_sync_interval)
-        # a fresh id per process: a restarted gateway lost what it learned, so it reads
-        # its former self's observations as another gateway's
-        self.gateway_id = uuid.uuid4().hex
-        self._outbox: deque[Observation] = deque(maxlen=self.config.graph_sync_backlog)
-        self._graph_cursor = FIRST_CURSOR
-        self._sync_failing = False
-        if self._sync and self.graphs is not None:
-            self.graphs.set_sink(self._record_observation)
+        self.routes = RouteTable()
+        self.routes.add("GET", "/openapi.json", self._openapi)
+        self.routes.add("POST", "/v1/chat/completions", self._chat)
+        self.routes.add("POST", "/v1/completions", self._completions)
+        self.routes.add("GET", "/v1/models", self._models)
+        self.routes.add("GET", "/health", self._health)
+        self.routes.add("GET", "/metrics", self._metrics)
+        self.routes.add("GET", "/saga/graph", self._graph)
+        self.graph_sync = GraphSync(self.policy.learned_graphs(), config, self.store, self.metrics)
 
     # ---- lifecycle ------------------------------------------------------------------------
     def now(self) -> float:
@@ -270,16 +210,16 @@ class Gateway:
         await self._check_health()
         self._spawn(self._health_loop())
         self._spawn(self._sweep_loop())
-        if self._sync:
-            self._spawn(self._graph_sync_loop())
+        if self.graph_sync.enabled:
+            self._spawn(self.graph_sync.loop())
 
     async def stop(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._sync:  # what was learned since the last exchange, if the store answers
+        if self.graph_sync.enabled:  # what was learned since the last exchange, if it answers
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._publish_observations(), 2.0)
+                await asyncio.wait_for(self.graph_sync.publish(), 2.0)
         for backend in self.backends:
             backend.close()
         if self._session is not None:
@@ -313,78 +253,14 @@ class Gateway:
             if isinstance(self.store, MemoryStore):
                 self.store.expire()
 
-    # ---- learned graphs, shared through the store ------------------------------------------
-    async def _graph_sync_loop(self) -> None:
-        interval = self.config.graph_sync_interval or 1.0
-        while True:  # at once first: a new gateway starts from what the others learned
-            await self.sync_graphs()
-            await asyncio.sleep(interval)
-
-    def _record_observation(self, observation: Observation) -> None:
-        if len(self._outbox) == self._outbox.maxlen:
-            self.metrics.graph_observations["dropped"] += 1
-        self._outbox.append(observation)
+    @property
+    def graphs(self) -> GraphStore | None:
+        """The policy's learned graphs (None for a policy that learns none)."""
+        return self.graph_sync.graphs
 
     async def sync_graphs(self) -> None:
-        """One exchange of learned-graph observations with the other gateways: publish
-        what this gateway's graphs observed, then learn what the others published.
-
-        A store error is logged and counted, never raised: calls are served meanwhile,
-        unpublished observations are kept for the next exchange (at most
-        ``graph_sync_backlog``) and reading resumes from the same cursor."""
-        if not self._sync or self.graphs is None:
-            return
-        published = await self._publish_observations()
-        fetched = await self._apply_observations(self.graphs)
-        if published and fetched and self._sync_failing:
-            self._sync_failing = False
-            log.info("graph sync: the store answers again")
-
-    async def _publish_observations(self) -> bool:
-        if not self._outbox:
-            return True
-        batch = list(self._outbox)
-        self._outbox.clear()  # what is observed while publishing queues behind the batch
-        try:
-            await self.store.publish_observations(self.gateway_id, batch)
-        except asyncio.CancelledError:
-            self._requeue(batch)  # stop() publishes it last
-            raise
-        except Exception as failure:  # any store error: serving must go on
-            self._requeue(batch)
-            self._graph_sync_failed("publish", failure)
-            return False
-        self.metrics.graph_observations["published"] += len(batch)
-        return True
-
-    def _requeue(self, batch: list[Observation]) -> None:
-        """Put an unpublished batch back before what was observed meanwhile; beyond
-        ``graph_sync_backlog`` the oldest go (the newest describe the agents best)."""
-        kept = [*batch, *self._outbox]
-        self._outbox.clear()
-        self._outbox.extend(kept)
-        self.metrics.graph_observations["dropped"] += len(kept) - len(self._outbox)
-
-    async def _apply_observations(self, graphs: GraphStore) -> bool:
-        for _ in range(_SYNC_PAGES):
-            try:
-                cursor, batch = await self.store.fetch_observations(
-                    self.gateway_id, self._graph_cursor, _SYNC_PAGE_ENTRIES)
-            except Exception as failure:  # any store error: serving must go on
-                self._graph_sync_failed("fetch", failure)
-                return False
-            if cursor == self._graph_cursor:
-                break
-            self._graph_cursor = cursor
-            self.metrics.graph_observations["applied"] += graphs.apply(batch)
-        return True
-
-    def _graph_sync_failed(self, op: str, failure: Exception) -> None:
-        self.metrics.graph_sync_errors[op] += 1
-        if not self._sync_failing:  # once per outage, not every interval
-            self._sync_failing = True
-            log.warning("graph sync: %s failed, retrying every %gs: %r", op,
-                        self.config.graph_sync_interval, failure)
+        """One exchange of learned-graph observations with the other gateways."""
+        await self.graph_sync.exchange()
 
     def app(self) -> web.Application:
         """The same API as an aiohttp application (its startup starts the gateway, its
@@ -398,7 +274,7 @@ class Gateway:
         """Answer one request; a bug is a 500 whose traceback goes to the log (never the
         request's headers)."""
         try:
-            return await self.router.dispatch(http)
+            return await self.routes.dispatch(http)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -433,7 +309,7 @@ class Gateway:
         denied = self._admin_only(http)
         if denied is not None:
             return denied
-        return Response(200, (await self.render_metrics()).encode(),
+        return Response(200, (await render_metrics(self)).encode(),
                         content_type="text/plain; charset=utf-8")
 
     async def _graph(self, http: HttpRequest) -> Response:
@@ -450,7 +326,7 @@ class Gateway:
         """The refusal when admin keys are set and the request has none of them."""
         if not len(self.admin_keys):
             return None
-        key = _bearer(http)
+        key = bearer(http)
         if key and self.admin_keys.lookup(key) is not None:
             return None
         status = 403 if key and self.keys.lookup(key) is not None else 401
@@ -491,7 +367,7 @@ class Gateway:
     def _tenant(self, http: HttpRequest) -> str:
         if not self.config.tenants:
             return "default"
-        key = _bearer(http)
+        key = bearer(http)
         if not key:
             raise BadRequest(401, "missing API key: send 'Authorization: Bearer <key>'",
                              "authentication_error", "missing_api_key")
@@ -568,9 +444,7 @@ class Gateway:
             index = await self._place(info, session.home, now, wf)
             attempt = 0
             while True:
-                request = Request(workflow_id, info.call_id, runs, prompt_tokens, max_tokens,
-                                  cfg.block_tokens, self._seq, info=info)
-                request.enqueued_at = now
+                request = GatewayCall(info, max_tokens, cfg.block_tokens, self._seq, now)
                 view = self.views[index]
                 backend = self.backends[index]
                 await self._acquire(index, request, tenant)
@@ -582,7 +456,7 @@ class Gateway:
                                    "x-saga-workflow": wire_id}
                     key = None
                     if backend.takes_priority and self._custom_priority:
-                        key = self.policy.queue_key(cast(Replica, view), request, now)
+                        key = self.policy.queue_key(view, request, now)
                     sent = dict(data)  # the backend adapts its own copy
                     await backend.prepare(workflow_id, sent, out_headers, key, info)
                     prepared = True
@@ -591,11 +465,12 @@ class Gateway:
                     unchanged = not edited and _same(sent, data)
                     payload = raw if unchanged else json.dumps(sent).encode()
                     extra_headers["x-saga-backend"] = str(index)
-                    response, tokens = await self._forward(
-                        http, backend, view, path, body, payload, out_headers, extra_headers
+                    response, tokens = await forward(
+                        self.metrics, http, backend, view, path, body, payload, out_headers,
+                        extra_headers,
                     )
                     break
-                except _Retryable as failure:
+                except Retryable as failure:
                     if attempt >= cfg.retries or not self.retry_budget.take():
                         raise failure.error from None
                 except asyncio.CancelledError:
@@ -702,142 +577,38 @@ class Gateway:
         wf.placed_here = index
         return index
 
-    # ---- per-backend concurrency, fair across tenants -------------------------------------
-    async def _acquire(self, index: int, request: Request, tenant: str) -> None:
+    # ---- per-backend concurrency, fair across tenants (the view's queue) ------------------
+    async def _acquire(self, index: int, call: GatewayCall, tenant: str) -> None:
         view = self.views[index]
-        queue = self._queues[index]
-        if not queue and len(view.running) < self.backends[index].max_concurrency:
-            view.add_running(request)
+        if view.try_start(call, self.now()):
             return
         if len(view.waiting) >= self.config.max_queue:
             self.metrics.shed["queue"] += 1
             raise BadRequest(429, f"backend {self.backends[index].label} has "
                              f"{len(view.waiting)} calls waiting", "overloaded",
                              "backend_queue_full", {"Retry-After": "1"})
-        # Start-time fair queueing: a tenant's calls are spaced by cost / weight.
         weight = self.config.tenants[tenant].weight if tenant in self.config.tenants else 1.0
-        start = max(self._vtime, self._tenant_tag.get(tenant, 0.0))
-        self._tenant_tag[tenant] = start + (request.prompt_tokens + request.output_tokens) / weight
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(queue, _Waiter(start, request.seq, request, future))
-        view.add_waiting(request)
+        slot: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        call.slot = slot
+        view.enqueue(call, weight)
         try:
-            await future
+            await slot
         except asyncio.CancelledError:
-            if future.done() and not future.cancelled():
-                self._release(index, request)  # got the slot as the client left
+            if slot.done() and not slot.cancelled():
+                self._release(index, call)  # got the slot as the client left
             else:
-                view.remove_waiting(request)
+                view.withdraw(call)
             raise
-
-    def _release(self, index: int, request: Request) -> None:
-        view = self.views[index]
-        view.remove_running(request)
-        queue = self._queues[index]
-        limit = self.backends[index].max_concurrency
-        while queue and len(view.running) < limit:
-            waiter = heapq.heappop(queue)
-            if waiter.future.done():
-                continue
-            view.remove_waiting(waiter.request)
-            view.add_running(waiter.request)
-            self._vtime = waiter.tag
-            waiter.future.set_result(None)
-
-    # ---- forwarding ---------------------------------------------------------------------
-    async def _forward(
-        self, http: HttpRequest, backend: Backend, view: RemoteReplicaView, path: str,
-        body: ChatRequest | CompletionRequest, payload: bytes,
-        out_headers: dict[str, str], extra_headers: dict[str, str],
-    ) -> tuple[Response | ResponseStream, int]:
-        """Send the call and relay the answer; return it and the tokens served.
-
-        Raises :class:`_Retryable` when the backend failed before anything was sent
-        to the client. When the client leaves (a failed write, or the handler is
-        cancelled) the backend connection is closed, which cancels the call there.
-        """
-        try:
-            upstream = await backend.send(path, payload, out_headers)
-        except BackendError as failure:
-            if not failure.timeout:
-                view.up = False
-            code = "backend_timeout" if failure.timeout else "backend_unreachable"
-            raise _Retryable(BadRequest(504 if failure.timeout else 502, str(failure),
-                                        "backend_error", code)) from None
-        done = False
-        try:
-            if upstream.status >= 500:
-                text = (await _read_quietly(upstream))[:200].decode("utf-8", "replace")
-                raise _Retryable(BadRequest(
-                    502, f"backend {backend.label} answered {upstream.status}: {text}",
-                    "backend_error", "backend_failed"))
-            if upstream.status != 200 or not body.stream:
-                answer = await self._read_answer(upstream, backend, view, extra_headers)
-                done = True
-                tokens = _usage_tokens(answer.body) if upstream.status == 200 else 0
-                return answer, tokens
-            stream = await http.stream(200, {
-                "Content-Type": "text/event-stream", "Cache-Control": "no-cache", **extra_headers
-            })
-            tokens, done = await self._relay(upstream, stream, backend, view,
-                                             client_usage=body.include_usage())
-            return stream, tokens
         finally:
-            if done:
-                upstream.release()
-            else:
-                upstream.close()
+            call.slot = None
 
-    async def _read_answer(
-        self, upstream: UpstreamResponse, backend: Backend, view: RemoteReplicaView,
-        extra_headers: dict[str, str],
-    ) -> Response:
-        """A whole (not streamed) answer, or :class:`_Retryable`."""
-        try:
-            payload = await upstream.read()
-        except TimeoutError:
-            raise _Retryable(BadRequest(504, f"backend {backend.label} timed out",
-                                        "backend_error", "backend_timeout")) from None
-        except UpstreamError as failure:
-            view.up = False
-            raise _Retryable(BadRequest(502, f"backend {backend.label} failed: {failure}",
-                                        "backend_error", "backend_failed")) from None
-        headers = extra_headers
-        retry_after = upstream.headers.get("retry-after")
-        if retry_after is not None:
-            headers = {**extra_headers, "Retry-After": retry_after}
-        return Response(upstream.status, payload, headers,
-                        upstream.content_type or "application/json")
-
-    async def _relay(
-        self, upstream: UpstreamResponse, stream: ResponseStream, backend: Backend,
-        view: RemoteReplicaView, client_usage: bool,
-    ) -> tuple[int, bool]:
-        """Relay an event stream; return the tokens served and whether it ended well.
-
-        The gateway asked for the usage chunk (``include_usage``) to count tokens; it is
-        kept from a client that did not ask for it. A backend failing mid-stream ends the
-        stream with an ``error`` event, as OpenAI does (the status is sent already)."""
-        tokens = 0
-        try:
-            while (piece := await upstream.read_lines()) is not None:
-                if b'"usage"' in piece:
-                    piece, found = _take_usage(piece, keep=client_usage)
-                    tokens = found or tokens
-                if piece and not await stream.write(piece):
-                    self.metrics.client_disconnects += 1
-                    return tokens, False  # the client left: close the backend call
-            await stream.finish()
-            return tokens, True
-        except (TimeoutError, UpstreamError) as failure:
-            view.up = isinstance(failure, TimeoutError)
-            message = json.dumps({"error": {"message": f"backend {backend.label} failed "
-                                            f"mid-stream: {failure!r}", "type": "backend_error"}})
-            await stream.write(b"data: " + message.encode() + b"\n\n")
-            return tokens, False
+    def _release(self, index: int, call: GatewayCall) -> None:
+        for started in self.views[index].finish(call, self.now(), _still_waiting):
+            assert started.slot is not None
+            started.slot.set_result(None)
 
     def _finished(
-        self, wf: _Workflow, info: CallInfo, request: Request, index: int, arrived: float,
+        self, wf: _Workflow, info: CallInfo, request: GatewayCall, index: int, arrived: float,
         sent_at: float, tokens: int,
     ) -> None:
         now = self.now()
@@ -848,8 +619,10 @@ class Gateway:
         m.tenant_slowdown[info.tenant].observe(latency / backend_time)
         self.policy.on_call_finished(info, index, now)
         t0 = time.perf_counter()
-        decision = self.policy.retention(cast(Replica, self.views[index]), request, now)
+        view = self.views[index]
+        decision = self.policy.retention(view, request, now)
         m.decision_latency.observe(time.perf_counter() - t0)
+        view.note_retention(info.workflow, decision, now)
         m.retentions[decision.kind] += 1
         backend = self.backends[index]
         if decision.kind != "release" and backend.retains:
@@ -868,87 +641,6 @@ class Gateway:
         except BackendError:
             self.metrics.retention_errors += 1
 
-    # ---- metrics -------------------------------------------------------------------------
-    async def render_metrics(self) -> str:
-        m = self.metrics
-        p = PromText()
-        p.family("saga_requests_total", "counter", "Calls answered, by tenant and HTTP status.")
-        for (tenant, status), n in sorted(m.requests.items()):
-            p.sample("saga_requests_total", n, (("tenant", tenant), ("status", str(status))))
-        p.family("saga_queue_length", "gauge", "Calls waiting at the gateway.")
-        p.sample("saga_queue_length", m.admission_waiting, (("queue", "admission"),))
-        for b, queue in zip(self.backends, self._queues, strict=True):
-            p.sample("saga_queue_length", sum(not w.future.done() for w in queue),
-                     (("queue", "dispatch"), ("backend", b.label)))
-        p.family("saga_replica_in_flight", "gauge", "Calls sent to a backend and not done.")
-        p.family("saga_replica_up", "gauge", "1 if the backend passed its last health check.")
-        p.family("saga_replica_cached_blocks", "gauge", "Blocks in the approximate prefix index.")
-        for b, v in zip(self.backends, self.views, strict=True):
-            labels = (("backend", b.label),)
-            p.sample("saga_replica_in_flight", len(v.running), labels)
-            p.sample("saga_replica_up", 1 if v.up else 0, labels)
-            p.sample("saga_replica_cached_blocks", v.kv.used_blocks, labels)
-        stats = await asyncio.gather(*(b.prefix_cache() for b in self.backends))
-        for name, what in (("queries", "looked up in"), ("hits", "found in")):
-            if all(st is None for st in stats):
-                break
-            family = f"saga_backend_prefix_cache_{name}_total"
-            p.family(family, "counter",
-                     f"Prompt tokens the engine {what} its prefix cache (its own metrics).")
-            for b, st in zip(self.backends, stats, strict=True):
-                if st is not None:
-                    p.sample(family, st.queries if name == "queries" else st.hits,
-                             (("backend", b.label),))
-        p.family("saga_tenant_slowdown", "summary",
-                 "Per call: gateway latency over backend latency (queueing inflation).")
-        for tenant, s in sorted(m.tenant_slowdown.items()):
-            p.summary("saga_tenant_slowdown", s, (("tenant", tenant),))
-        p.family("saga_tenant_latency_seconds", "summary", "Per call latency at the gateway.")
-        for tenant, s in sorted(m.tenant_latency.items()):
-            p.summary("saga_tenant_latency_seconds", s, (("tenant", tenant),))
-        p.family("saga_tenant_tokens_total", "counter",
-                 "Tokens served per tenant (shared store: all gateways).")
-        for tenant, tokens in sorted((await self.store.tenant_tokens()).items()):
-            p.sample("saga_tenant_tokens_total", tokens, (("tenant", tenant),))
-        p.family("saga_admission_decisions_total", "counter", "Admission verdicts.")
-        for verdict, n in sorted(m.admissions.items()):
-            p.sample("saga_admission_decisions_total", n, (("verdict", verdict),))
-        p.family("saga_retention_decisions_total", "counter", "Retention decisions by kind.")
-        for kind, n in sorted(m.retentions.items()):
-            p.sample("saga_retention_decisions_total", n, (("kind", kind),))
-        p.family("saga_retention_errors_total", "counter", "KV control calls that failed.")
-        p.sample("saga_retention_errors_total", m.retention_errors)
-        p.family("saga_decision_latency_seconds", "summary", "Time in the scheduler core.")
-        p.summary("saga_decision_latency_seconds", m.decision_latency)
-        p.family("saga_retries_total", "counter", "Backend calls made again after a failure.")
-        p.sample("saga_retries_total", m.retries)
-        p.family("saga_client_disconnects_total", "counter",
-                 "Calls whose client left before the end (backend call closed).")
-        p.sample("saga_client_disconnects_total", m.client_disconnects)
-        p.family("saga_shed_total", "counter", "Calls refused with a 429 at a bound.")
-        for bound, n in sorted(m.shed.items()):
-            p.sample("saga_shed_total", n, (("bound", bound),))
-        p.family("saga_workflows_active", "gauge", "Workflows this gateway is tracking.")
-        p.sample("saga_workflows_active", len(self.workflows))
-        if self._sync:
-            self._render_graph_sync(p)
-        return p.text()
-
-    def _render_graph_sync(self, p: PromText) -> None:
-        m = self.metrics
-        p.family("saga_graph_observations_total", "counter",
-                 "Learned-graph observations shared through the store: published by this "
-                 "gateway, applied from the others, dropped (backlog full).")
-        for event in ("published", "applied", "dropped"):
-            p.sample("saga_graph_observations_total", m.graph_observations[event],
-                     (("event", event),))
-        p.family("saga_graph_sync_errors_total", "counter",
-                 "Store errors in graph sync, by operation (retried every interval).")
-        for op in ("publish", "fetch"):
-            p.sample("saga_graph_sync_errors_total", m.graph_sync_errors[op], (("op", op),))
-        p.family("saga_graph_sync_backlog", "gauge", "Observations waiting to be published.")
-        p.sample("saga_graph_sync_backlog", len(self._outbox))
-
 
 def _run_now(coro: Coroutine[Any, Any, None]) -> None:
     """Run a coroutine that never suspends to its end, synchronously."""
@@ -960,44 +652,19 @@ def _run_now(coro: Coroutine[Any, Any, None]) -> None:
     raise RuntimeError("coroutine suspended")
 
 
-async def _read_quietly(upstream: UpstreamResponse) -> bytes:
-    """The body of an answer that is an error already: what could be read of it."""
-    try:
-        return await upstream.read()
-    except (TimeoutError, UpstreamError):
-        return b""
-
-
 def _same(sent: dict[str, Any], data: dict[str, Any]) -> bool:
     """Whether a backend's :meth:`~Backend.prepare` left its (shallow) copy of the body
     as it was: the same keys bound to the same objects (it replaces what it changes)."""
     return len(sent) == len(data) and all(sent.get(k) is v for k, v in data.items())
 
 
+def _still_waiting(call: GatewayCall) -> bool:
+    """A queued call whose client has not left (its slot future is not cancelled)."""
+    return call.slot is not None and not call.slot.done()
+
+
 def _error_response(failure: BadRequest) -> Response:
     return error(failure.status, failure.message, failure.kind, failure.code, failure.headers)
-
-
-def _take_usage(piece: bytes, keep: bool) -> tuple[bytes, int]:
-    """Find the usage chunk (``"choices": []``) among the lines of an event stream;
-    return the lines (without it unless ``keep``) and its total tokens (0: none)."""
-    tokens = 0
-    lines = piece.splitlines(keepends=True)
-    kept = []
-    for line in lines:
-        if line.startswith(b"data: {") and b'"usage"' in line and (
-            b'"choices": []' in line or b'"choices":[]' in line
-        ):
-            tokens = _usage_tokens(line[6:])
-            if not keep:
-                continue
-        kept.append(line)
-    return (piece if len(kept) == len(lines) else b"".join(kept)), tokens
-
-
-def _bearer(http: HttpRequest) -> str:
-    scheme, _, key = http.headers.get("authorization", "").partition(" ")
-    return key.strip() if scheme.lower() == "bearer" else ""
 
 
 def _name(headers: Any, name: str) -> str | None:
@@ -1024,24 +691,6 @@ def _flag(raw: str | None, name: str) -> bool:
     if value in _FALSE:
         return False
     raise BadRequest(400, f"header {name}: expected true or false, got {raw!r}")
-
-
-def _usage_tokens(payload: bytes) -> int:
-    """``usage.total_tokens`` of a response body or stream chunk, 0 without one.
-
-    Engines write ``usage`` after the choices: the number is read after the last
-    ``"usage"`` key rather than by decoding the whole (possibly long) body; a body
-    that does not fit that shape is decoded."""
-    at = payload.rfind(b'"usage"')
-    if at >= 0:
-        match = _USAGE_TOTAL.match(payload, at)
-        if match is not None:
-            return int(match.group(1))
-    try:
-        usage = json.loads(payload).get("usage") or {}
-        return int(usage.get("total_tokens", 0))
-    except (ValueError, AttributeError, TypeError):
-        return 0
 
 
 async def serve(config: GatewayConfig, ready: asyncio.Event | None = None) -> None:

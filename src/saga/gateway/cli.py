@@ -41,7 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ._loop import run as run_loop
+    from saga.aio import run as run_loop
+
     from .app import Gateway, serve
     from .config import load_config
 

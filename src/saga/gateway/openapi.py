@@ -1,6 +1,6 @@
 """The gateway's OpenAPI 3.0 document (``GET /openapi.json``), built from its pydantic models.
 
-Request bodies are the schemas of :mod:`saga.gateway.openai_api` (with this gateway's
+Request bodies are the schemas of :mod:`saga.wire.openai_api` (with this gateway's
 limits: ``max_tokens`` at most ``max_output_tokens``); every error is the OpenAI
 error body. It is what ``schemathesis`` fuzzes the gateway against
 (``scripts/reliability.py``).
@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from saga.gateway.config import GatewayConfig
-from saga.gateway.openai_api import ChatRequest, CompletionRequest
+from saga.wire.openai_api import ChatRequest, CompletionRequest
 
 _ERROR = {
     "type": "object",

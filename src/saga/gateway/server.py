@@ -38,7 +38,7 @@ from typing import Any, Protocol, cast
 
 import httptools
 
-from saga.gateway.openai_api import error_body
+from saga.wire.openai_api import error_body
 
 log = logging.getLogger("saga.gateway")
 
@@ -117,7 +117,7 @@ class HttpRequest(Protocol):
 Handler = Callable[[HttpRequest], Awaitable[Response | ResponseStream]]
 
 
-class Router:
+class RouteTable:
     """Exact paths to handlers by method; ``HEAD`` is served by the ``GET`` handler."""
 
     def __init__(self) -> None:

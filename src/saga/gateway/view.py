@@ -1,36 +1,100 @@
-"""What the gateway knows of a remote replica, shaped like an engine-model replica.
+"""The gateway's adapter to the scheduler core: a remote replica as a policy sees it.
 
-Policies observe :class:`saga.engine.replica.Replica` objects through a handful of
-members; :class:`RemoteReplicaView` offers the same members from the gateway's own
-bookkeeping so that policies run unchanged. What is exact and what is approximate:
+:class:`RemoteReplicaView` satisfies :class:`saga.sched.view.ReplicaView` from the
+gateway's own bookkeeping, and :class:`GatewayCall` (the gateway's record of one call)
+satisfies :class:`saga.sched.view.CallView`. The view *is* the gateway's per-backend
+queue: a call moves only through its verbs (:meth:`~RemoteReplicaView.try_start`,
+:meth:`~RemoteReplicaView.enqueue`, :meth:`~RemoteReplicaView.withdraw`,
+:meth:`~RemoteReplicaView.finish`), which keep the concurrency limit, the start-time fair
+queue across tenants and the queue token sums in one place. What is exact and what is
+approximate:
 
 * ``waiting``: calls this gateway holds for the replica (its concurrency limit was
-  reached) -- exact for this gateway, blind to other gateways;
+  reached), in the fair queue's order -- exact for this gateway, blind to other gateways;
 * ``running``: calls this gateway sent and whose response has not ended -- the
   replica may still be queueing some of them internally;
-* the queue token sums of :class:`saga.engine.replica.QueueTokens`: over those two
-  lists, kept by the ``add_*``/``remove_*`` verbs (the gateway moves calls only
-  through them); its calls' ``computed`` and ``generated`` stay 0 (it does not see
-  the engine's progress), so the context is 0 and each call counts its whole prompt;
+* the queue token sums (see :class:`saga.engine.replica.QueueTokens` for their
+  definitions): over those two lists; a call's ``computed`` and ``generated`` stay 0
+  (the gateway does not see the engine's progress), so the context is 0 and each call
+  counts its whole prompt;
 * ``load()``, ``outstanding_tokens()``: from those two lists, with each call's
   ``max_tokens`` as its output (outstanding work is not decremented as tokens stream);
 * ``cached_blocks_for(runs)`` and ``kv``: an LRU index of the block hashes this
   gateway routed to the replica, bounded by the replica's KV capacity. It does not
   see evictions made by the engine for other traffic, nor pins, so it overestimates
   hits under memory pressure; it never invents a prefix that was not sent there;
+* ``pins``: the pins the policy asked for (:meth:`~RemoteReplicaView.note_retention`),
+  with their expiry on the gateway's clock; a pin goes when the workflow's next call
+  starts here, when it is unpinned, or (swept at the next retention decision) when it
+  has expired -- what the backend was asked to do, not what it did;
 * ``up``: the last health check (or a failed call) said so;
 * ``host``: a host tier of the preset's host capacity for backends that offload
   (llama.cpp: slot save and restore), else None; ``locked_blocks`` and
-  ``anonymous_blocks`` are 0 (the gateway does not see the engine's allocations).
+  ``anonymous_blocks`` are 0 (the gateway does not see the engine's allocations);
+* ``max_num_batched_tokens``: the cluster preset's engine setting (the gateway's model
+  of the backend).
 """
 
 from __future__ import annotations
 
+import asyncio
+import heapq
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from saga.engine.kvcache import Run
-from saga.engine.replica import QueueTokens, Request
+from saga.sched.decisions import Retention
+from saga.sched.view import CallInfo
+
+
+class GatewayCall:
+    """The gateway's record of one call to a backend (a policy reads it as a
+    :class:`~saga.sched.view.CallView`)."""
+
+    __slots__ = (
+        "call_id", "enqueued_at", "info", "output_tokens", "prompt_tokens", "runs",
+        "scheduled_at", "seq", "slot", "tenant", "workflow",
+    )
+
+    #: What the gateway cannot see of the engine's progress: the members a policy reads
+    #: of an engine call, fixed here (the engine's business).
+    computed = 0
+    generated = 0
+    locked_blocks = 0
+    preemptions = 0
+    lock = None
+
+    def __init__(
+        self, info: CallInfo, output_tokens: int, block_tokens: int, seq: int, now: float,
+    ) -> None:
+        self.info = info
+        self.workflow = info.workflow
+        self.call_id = info.call_id
+        self.tenant = info.tenant
+        self.runs = info.runs
+        # A prompt is at least as long as its keyed blocks (as the engine model counts).
+        self.prompt_tokens = max(info.prompt_tokens, sum(r[2] for r in info.runs) * block_tokens)
+        self.output_tokens = output_tokens  # the call's max_tokens
+        self.seq = seq
+        self.enqueued_at = now
+        self.scheduled_at = -1.0  # when it got a slot on the backend
+        #: Resolved when a waiting call gets its slot (set by the gateway when it waits).
+        self.slot: asyncio.Future[None] | None = None
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.generated
+
+    def __repr__(self) -> str:
+        return f"GatewayCall({self.workflow}/{self.call_id})"
+
+
+@dataclass(slots=True)
+class RemotePin:
+    """A pin the policy asked of a backend, with its expiry on the gateway's clock."""
+
+    expires: float
 
 
 class ApproxPrefixIndex:
@@ -92,54 +156,126 @@ class ApproxPrefixIndex:
             blocks.popitem(last=False)
 
 
-class RemoteReplicaView(QueueTokens):
-    """A backend as a policy sees it (the members of Replica that policies read)."""
+class RemoteReplicaView:
+    """A backend as a policy sees it, and the gateway's queue of calls for it."""
 
     def __init__(
         self, index: int, capacity_blocks: int, block_tokens: int, block_bytes: int = 0,
-        host_blocks: int | None = None,
+        host_blocks: int | None = None, *, max_concurrency: int = 64,
+        max_num_batched_tokens: int = 8192,
     ) -> None:
         self.index = index
         self.up = True
         self.block_tokens = block_tokens
         self.block_bytes = block_bytes
+        self.max_num_batched_tokens = max_num_batched_tokens
+        #: Calls the backend is sent at once; the rest wait here, fairly.
+        self.max_concurrency = max_concurrency
         #: The host tier, for backends that have one (llama.cpp's slot files): what the
         #: policy may offload to; its contents are not tracked (nothing matches there).
         self.host = ApproxPrefixIndex(host_blocks) if host_blocks is not None else None
-        self.waiting: list[Request] = []
-        self.running: list[Request] = []
-        self._clear_queue_tokens()
         self.kv = ApproxPrefixIndex(capacity_blocks)
-        self.pins: dict[str, float] = {}  # workflow -> expiry (gateway clock), as asked
+        self.running: list[GatewayCall] = []
+        # the fair queue: (start tag, seq, call), a heap
+        self._queue: list[tuple[float, int, GatewayCall]] = []
+        self._vtime = 0.0  # the start tag of the call last given a slot
+        self._tenant_tag: dict[str, float] = {}  # tenant -> finish tag of its last call
+        self.context_tokens = self.demand_tokens = self.backlog_tokens = 0
+        self.pins: dict[str, RemotePin] = {}  # workflow -> the pin asked of the backend
+
+    # ---- what a policy reads ----------------------------------------------------------
+    @property
+    def waiting(self) -> list[GatewayCall]:
+        """The calls waiting for a slot, first served first."""
+        return [call for _, _, call in sorted(self._queue)]
 
     def load(self) -> int:
-        return len(self.waiting) + len(self.running)
-
-    # ---- the gateway's verbs: a call moves only through these (they keep the sums) ----
-    def add_running(self, request: Request) -> None:
-        self.running.append(request)
-        self._count_running(request, 1)
-
-    def remove_running(self, request: Request) -> None:
-        self.running.remove(request)
-        self._count_running(request, -1)
-
-    def add_waiting(self, request: Request) -> None:
-        self.waiting.append(request)
-        self._count_waiting(request, 1)
-
-    def remove_waiting(self, request: Request) -> None:
-        self.waiting.remove(request)
-        self._count_waiting(request, -1)
+        return len(self._queue) + len(self.running)
 
     def outstanding_tokens(self) -> int:
-        return sum(r.prompt_tokens + r.output_tokens for r in self.waiting) + sum(
-            r.prompt_tokens + r.output_tokens for r in self.running
-        )
+        calls = [c for _, _, c in self._queue] + self.running
+        return sum(c.prompt_tokens + c.output_tokens for c in calls)
 
     def cached_blocks_for(self, runs: Sequence[Run]) -> int:
         return self.kv.match_blocks(runs)
 
-    def unpin(self, workflow: str, now: float) -> None:
+    def unpin(self, workflow: str, now: float) -> bool:
         """Forget a pin the policy asked for (the backend lets it lapse)."""
-        self.pins.pop(workflow, None)
+        return self.pins.pop(workflow, None) is not None
+
+    # ---- the gateway's verbs: a call moves only through these -------------------------
+    def try_start(self, call: GatewayCall, now: float) -> bool:
+        """Give ``call`` a slot now if one is free and nobody waits; else False."""
+        if self._queue or len(self.running) >= self.max_concurrency:
+            return False
+        self._start(call, now)
+        return True
+
+    def enqueue(self, call: GatewayCall, weight: float) -> None:
+        """Queue ``call`` for a slot. Start-time fair queueing: a tenant's calls are
+        spaced by their cost (prompt plus max_tokens) over the tenant's weight."""
+        start = max(self._vtime, self._tenant_tag.get(call.tenant, 0.0))
+        self._tenant_tag[call.tenant] = start + (call.prompt_tokens + call.output_tokens) / weight
+        heapq.heappush(self._queue, (start, call.seq, call))
+        self._count_waiting(call, 1)
+
+    def withdraw(self, call: GatewayCall) -> bool:
+        """Take a waiting call off the queue (its client left); False if not waiting."""
+        for i, (_, _, queued) in enumerate(self._queue):
+            if queued is call:
+                self._queue[i] = self._queue[-1]
+                self._queue.pop()
+                heapq.heapify(self._queue)
+                self._count_waiting(call, -1)
+                return True
+        return False
+
+    def finish(
+        self, call: GatewayCall, now: float, startable: Callable[[GatewayCall], bool],
+    ) -> list[GatewayCall]:
+        """``call`` gave its slot back: start waiting calls, fair order, while slots are
+        free; return them. A waiting call for which ``startable`` is false (its client is
+        leaving) is dropped from the queue instead."""
+        self.running.remove(call)
+        self._count_running(call, -1)
+        started = []
+        while self._queue and len(self.running) < self.max_concurrency:
+            tag, _, waiter = heapq.heappop(self._queue)
+            self._count_waiting(waiter, -1)
+            if not startable(waiter):
+                continue
+            self._vtime = tag
+            self._start(waiter, now)
+            started.append(waiter)
+        return started
+
+    def note_retention(self, workflow: str, decision: Retention, now: float) -> None:
+        """Record the policy's retention decision for ``workflow``'s KV here."""
+        for expired in [w for w, pin in self.pins.items() if pin.expires <= now]:
+            del self.pins[expired]
+        if decision.kind == "pin":
+            self.pins[workflow] = RemotePin(now + decision.ttl)
+        else:
+            self.pins.pop(workflow, None)
+
+    def _start(self, call: GatewayCall, now: float) -> None:
+        call.scheduled_at = now
+        self.running.append(call)
+        self._count_running(call, 1)
+        self.pins.pop(call.workflow, None)  # the next call uses the pinned KV
+
+    # ---- the queue token sums (computed and generated stay 0 at the gateway) ----------
+    def _count_running(self, call: GatewayCall, sign: int) -> None:
+        self.backlog_tokens += sign * max(0, call.prompt_tokens - 1)
+
+    def _count_waiting(self, call: GatewayCall, sign: int) -> None:
+        self.demand_tokens += sign * call.prompt_tokens
+        self.backlog_tokens += sign * call.prompt_tokens
+
+    def check_queue_tokens(self) -> None:
+        """Assert that the sums equal a count from scratch (for tests)."""
+        waiting = [c for _, _, c in self._queue]
+        demand = sum(c.prompt_tokens for c in waiting)
+        backlog = sum(max(0, c.prompt_tokens - 1) for c in self.running) + demand
+        kept = (self.context_tokens, self.demand_tokens, self.backlog_tokens)
+        assert kept == (0, demand, backlog), (kept, (0, demand, backlog))

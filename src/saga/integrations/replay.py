@@ -42,10 +42,10 @@ import aiohttp
 from aiohttp import web
 
 from saga.core.workflow import Call, Prompt, Workflow
+from saga.engine.cluster import get_cluster
 from saga.gateway.app import Gateway
 from saga.gateway.config import GatewayConfig
 from saga.sched.registry import build_policy
-from saga.sim.cluster import get_cluster
 from saga.sim.simulator import Simulation
 from saga.workloads._blocks import runs_from_ids
 

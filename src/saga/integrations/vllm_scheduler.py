@@ -3,24 +3,28 @@
 Load it with ``--scheduler-cls saga.integrations.vllm_scheduler.SagaScheduler`` (and the
 checkout on vLLM's ``PYTHONPATH``: :func:`saga.integrations.engines.start_vllm` with
 ``saga_scheduler=True`` does both; docs/engines.md, "SAGA inside vLLM"). It is vLLM's own
-scheduler with three things changed, each made by SAGA's scheduler core
-(:mod:`saga.sched.saga`):
+scheduler with three things changed, each decided by the scheduler core's
+:class:`~saga.sched.saga.policy.SagaPolicy` itself, the very object the simulator and the
+gateway drive, bound to this engine through the vLLM adapter
+(:mod:`saga.integrations.vllm_view`; docs/architecture.md):
 
 * **queue order** (Agent Fair Share, :mod:`~saga.sched.saga.fairshare`): the waiting queue
-  is a :class:`KeyedQueue` ordered by ``FairShare.key``: the tenant's normalized service
-  first, then the workflow's expected remaining work minus the aging credit, then arrival.
-  Service is charged from what vLLM actually computed: each step's measured time, split
-  between the requests in it by their scheduled tokens.
+  is a :class:`KeyedQueue` ordered by the policy's ``queue_key``: the tenant's normalized
+  service first, then the workflow's expected remaining work minus the aging credit, then
+  arrival. Service is charged by the policy as in every runtime: SAGA's predicted work of
+  each finished call, priced at ``t_token`` seconds per prefill token and ``t_decode``
+  per decode step (:class:`~saga.integrations.vllm_view.StepCost`).
 * **retention** (:mod:`~saga.sched.saga.retention`): when a request of a workflow
   finishes, its KV blocks are kept referenced (not in the free queue, so never evicted)
-  for a TTL, when the request says so (``saga_ttl``) or, without a hint, when the core's
-  ``retention.decide`` picks ``pin`` from the workflow's learned Agent Execution Graph
+  for a TTL, when the request says so (``saga_ttl``) or, without a hint, when the policy's
+  ``retention`` picks ``pin`` from the workflow's learned Agent Execution Graph
   (:mod:`~saga.sched.saga.graph`) and the engine's memory state. A pin is released when
   the workflow's next request is admitted (after it took its prefix hit), when its TTL
   expires, or under memory pressure (an allocation fails: least valuable pin first, by
-  the core's next-use order).
+  the policy's eviction key, SAGA's next-use order).
 * **observations**: per workflow the call sites, tool gaps, prompt growth and output
-  lengths feed the graph, as in the gateway.
+  lengths feed the graph, as in the gateway (the policy's ``on_call_ready`` and
+  ``on_call_finished``).
 
 Per-request hints come in ``vllm_xargs`` (``SamplingParams.extra_args``), see
 :func:`parse_hints`: ``saga_workflow``, ``saga_tenant``, ``saga_agent``, ``saga_tool``
@@ -33,7 +37,7 @@ Counters (pins, pinned blocks, releases by return, expiry and pressure, decision
 tenants' normalized service) go to vLLM's log as ``saga-stats {json}`` lines.
 
 The module imports vLLM only when :data:`SagaScheduler` is first looked up, so its pure
-parts (hints, :class:`KeyedQueue`, :class:`PinTable`, :class:`SagaCore`) load and are
+parts (hints, :class:`KeyedQueue`, :class:`PinTable`, :class:`SagaInVLLM`) load and are
 tested without vLLM.
 """
 
@@ -44,30 +48,31 @@ import json
 import logging
 import math
 import os
+import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from saga.sched.decisions import DROP, RELEASE, Retention
-from saga.sched.saga import retention as keep
+from saga.engine.kvcache import KVNode
+from saga.integrations.vllm_view import StepCost, VLLMCall, VLLMReplicaView, VLLMState
+from saga.sched.decisions import RELEASE, Retention
+from saga.sched.policy import Policy, PolicyContext
 from saga.sched.saga.config import SagaConfig
-from saga.sched.saga.fairshare import FairShare
-from saga.sched.saga.graph import AgentGraph, GraphStore, node_key
+from saga.sched.saga.policy import SagaPolicy
+from saga.sched.view import CallInfo, PinView, WorkflowInfo
 
 __all__ = [
     "CONFIG_ENV",
     "SCHEDULER_CLS",
     "STATS_MARKER",
-    "Finish",
-    "Flow",
     "Hints",
     "KeyedQueue",
-    "Pin",
     "PinTable",
-    "SagaCore",
+    "PinnedBlocks",
+    "SagaInVLLM",
     "VLLMSchedulerConfig",
     "load_config",
     "parse_hints",
@@ -107,15 +112,11 @@ class VLLMSchedulerConfig(BaseModel):
     )
     t_token: float = Field(
         1e-4, gt=0.0,
-        description="Initial estimate of seconds per prefill token, until steps are measured.",
+        description="Seconds per prefill token: the policy's price of prompt work "
+        "(its predictions, hence fair-share charges and retention's recompute cost).",
     )
     t_decode: float = Field(
-        0.02, gt=0.0,
-        description="Initial estimate of seconds per decode step, until steps are measured.",
-    )
-    smoothing: float = Field(
-        0.1, gt=0.0, le=1.0,
-        description="Weight of a new measurement in the moving averages of step times.",
+        0.02, gt=0.0, description="Seconds per decode step: the policy's price of output work.",
     )
 
 
@@ -251,31 +252,30 @@ RELEASE_REASONS = ("return", "expiry", "pressure", "reset")
 
 
 @dataclass(slots=True)
-class Pin(Generic[B]):
+class PinnedBlocks(Generic[B]):
     """KV blocks of one finished request, kept referenced for its workflow."""
 
     workflow: str
     blocks: list[B]
     created: float
     expires: float
-    p_return: float  # chance the workflow calls again (the graph's)
-    next_use: float  # predicted time of its next call
 
 
 class PinTable(Generic[B]):
     """Pinned blocks by workflow, on an injected clock; ``free`` gives blocks back to the
     engine's pool (for vLLM: the block pool's ``free_blocks``, tail block first).
 
-    Pressure releases the least valuable pin first. A pin's value is SAGA's next-use
-    eviction key (:meth:`SagaPolicy._eviction_key`): the chance its workflow returns over
-    the time until the predicted return plus ``t0``; a workflow with a request waiting is
-    about to return (value ``1 / t0``). Ties go to the oldest pin.
+    Pressure releases the least valuable pin first, by ``value(workflow, now)``: the
+    policy's eviction key of the workflow's KV (for SAGA its next-use value, see
+    :meth:`SagaInVLLM.pin_value`). Ties go to the oldest pin.
     """
 
-    def __init__(self, free: Callable[[list[B]], None], t0: float = 1.0) -> None:
+    def __init__(
+        self, free: Callable[[list[B]], None], value: Callable[[str, float], float],
+    ) -> None:
         self._free = free
-        self.t0 = t0
-        self.pins: dict[str, list[Pin[B]]] = {}
+        self._value = value
+        self.pins: dict[str, list[PinnedBlocks[B]]] = {}
         self.pinned_blocks = 0
         self.counters: dict[str, int] = {
             "pins": 0, **{f"released_{r}": 0 for r in RELEASE_REASONS},
@@ -285,12 +285,12 @@ class PinTable(Generic[B]):
     def __len__(self) -> int:
         return sum(len(p) for p in self.pins.values())
 
-    def pin(
-        self, workflow: str, blocks: list[B], now: float, ttl: float, p_return: float = 1.0,
-        next_use: float | None = None,
-    ) -> Pin[B]:
-        pin = Pin(workflow, list(blocks), now, now + ttl, p_return,
-                  now + ttl if next_use is None else next_use)
+    def latest(self) -> dict[str, PinnedBlocks[B]]:
+        """Each pinned workflow's latest pin (what a policy reads as its pin)."""
+        return {w: pins[-1] for w, pins in self.pins.items()}
+
+    def pin(self, workflow: str, blocks: list[B], now: float, ttl: float) -> PinnedBlocks[B]:
+        pin = PinnedBlocks(workflow, list(blocks), now, now + ttl)
         self.pins.setdefault(workflow, []).append(pin)
         self.pinned_blocks += len(pin.blocks)
         self.counters["pins"] += 1
@@ -299,7 +299,7 @@ class PinTable(Generic[B]):
     def holds(self, workflow: str) -> bool:
         return workflow in self.pins
 
-    def _drop(self, pin: Pin[B], reason: str) -> int:
+    def _drop(self, pin: PinnedBlocks[B], reason: str) -> int:
         pins = self.pins[pin.workflow]
         pins.remove(pin)
         if not pins:
@@ -327,209 +327,194 @@ class PinTable(Generic[B]):
                     out += self._drop(pin, "expiry")
         return out
 
-    def value(self, pin: Pin[B], now: float, waiting: set[str] | frozenset[str]) -> float:
-        if pin.workflow in waiting:
-            return 1.0 / self.t0
-        return pin.p_return / (max(pin.next_use - now, 0.0) + self.t0)
-
-    def victims(
-        self, now: float, waiting: set[str] | frozenset[str] = frozenset(),
-        spare: str | None = None,
-    ) -> list[Pin[B]]:
+    def victims(self, now: float, spare: str | None = None) -> list[PinnedBlocks[B]]:
         """Pins in the order pressure releases them: ``spare``'s (the workflow asking for
-        memory) last, then by value, then oldest first."""
+        memory) last, then least valuable first, then oldest first."""
         pins = [p for ps in self.pins.values() for p in ps]
-        return sorted(pins, key=lambda p: (p.workflow == spare, self.value(p, now, waiting),
+        value = self._value
+        return sorted(pins, key=lambda p: (p.workflow == spare, value(p.workflow, now),
                                            p.created, p.workflow))
 
-    def relieve(
-        self, now: float, waiting: set[str] | frozenset[str] = frozenset(),
-        spare: str | None = None,
-    ) -> int:
+    def relieve(self, now: float, spare: str | None = None) -> int:
         """Release the least valuable pin for memory; the blocks freed (0: none left)."""
-        order = self.victims(now, waiting, spare)
+        order = self.victims(now, spare)
         return self._drop(order[0], "pressure") if order else 0
 
 
-# ---- SAGA's core, as the engine sees it ------------------------------------------------------
+# ---- SAGA's policy over the vLLM view ----------------------------------------------------------
 @dataclass(slots=True)
-class Flow:
-    """What the scheduler remembers of one workflow (or of one anonymous request)."""
+class _Workflow:
+    """A workflow as the scheduler sees it in vLLM (for calls, idle ends and hints)."""
 
-    workflow: str
-    tenant: str
-    agent: str
-    anonymous: bool = False
-    node: str = ""
+    info: WorkflowInfo
+    anonymous: bool
     calls: int = 0
     in_flight: int = 0
-    last_finish: float | None = None
-    last_prompt: int = 0
     last_seen: float = 0.0
-    rest_prefill: float = 0.0  # expected prompt tokens still to come after this call
-    rest_decode: float = 0.0  # expected output tokens still to come after this call
-    p_return: float = 0.0
-    next_use: float = 0.0
-    ended: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Finish:
-    """A finished request as retention sees it."""
+class SagaInVLLM:
+    """The scheduler core's :class:`~saga.sched.saga.policy.SagaPolicy`, bound to one vLLM
+    engine through :class:`~saga.integrations.vllm_view.VLLMReplicaView`.
 
-    prompt_tokens: int
-    output_tokens: int
-    blocks: int  # KV blocks it holds
-    completed: bool  # stopped or hit its length (not aborted or failed)
-
-
-@dataclass(slots=True)
-class StepTimes:
-    """Moving averages of measured step times: seconds per prefill token, per decode step."""
-
-    t_token: float
-    t_decode: float
-    smoothing: float
-    steps: int = 0
-
-    def observe(self, seconds: float, tokens: int, decode_only: bool) -> None:
-        if seconds <= 0 or tokens <= 0:
-            return
-        a = self.smoothing
-        self.steps += 1
-        if decode_only:
-            self.t_decode += a * (seconds - self.t_decode)
-        else:
-            self.t_token += a * (seconds / tokens - self.t_token)
-
-
-class SagaCore:
-    """SAGA's fair share, execution graphs and retention for one vLLM engine.
-
-    Pure bookkeeping on an injected clock (the runtime passes ``now``): the vLLM scheduler
-    calls :meth:`arrive`, :meth:`finish`, :meth:`key`, :meth:`charge` and
-    :meth:`observe_step`, and carries out what :meth:`finish` returns.
+    Pure, on an injected clock (the scheduler class passes ``now``): ``SagaScheduler``
+    calls :meth:`arrive`, :meth:`key`, :meth:`scheduled`, :meth:`finish`, :meth:`sweep`
+    and carries out what they return; tests drive it over fakes. It turns vLLM's
+    requests into :class:`~saga.sched.view.CallInfo` (from the hints), asks the policy
+    (``on_call_ready``, ``place``, ``queue_key``, ``retention``, ``on_call_finished``,
+    ``on_workflow_finished``) and applies the request's own ``saga_ttl`` hint over the
+    policy's retention. Fair share is charged by the policy as everywhere else: SAGA's
+    predicted work of each finished call, priced by :class:`StepCost`.
     """
 
-    def __init__(self, config: VLLMSchedulerConfig) -> None:
+    def __init__(
+        self, config: VLLMSchedulerConfig, state: VLLMState, free: Callable[[list[Any]], None],
+        *, block_size: int, capacity_blocks: int, max_num_batched_tokens: int,
+        policy: Policy | None = None,
+    ) -> None:
         self.config = config
-        self.saga = config.saga
-        self.fair = FairShare(self.saga)
-        self.graphs = GraphStore(self.saga)
-        self.flows: dict[str, Flow] = {}
-        self.times = StepTimes(config.t_token, config.t_decode, config.smoothing)
+        self.policy = policy if policy is not None else SagaPolicy(config.saga)
+        self.calls: dict[str, VLLMCall] = {}
+        self.hints: dict[str, Hints] = {}
+        self.workflows: dict[str, _Workflow] = {}
+        self.pins: PinTable[Any] = PinTable(free, self.pin_value)
+        self.view = VLLMReplicaView(
+            state, self.calls, _LatestPins(self.pins), block_size=block_size,
+            capacity_blocks=capacity_blocks, max_num_batched_tokens=max_num_batched_tokens,
+        )
+        self.cost = StepCost(config.t_token, config.t_decode)
+        self.policy.bind(PolicyContext([self.view], self.cost, block_size, random.Random(0)))
+        self._eviction = self.policy.eviction_order(0)
         self.decisions: dict[str, int] = {"pin": 0, "release": 0, "drop": 0, "offload": 0}
         self.hinted = 0
+        self._seq = 0
 
-    def _graph(self, flow: Flow) -> AgentGraph:
-        return self.graphs.get(flow.agent)
-
-    def arrive(self, hints: Hints, request_id: str, prompt_tokens: int, now: float) -> Flow:
-        """A request arrived: its workflow's flow (made and its tenant activated on first
-        sight; anonymous requests get one of their own), with the graph told of the call."""
+    # ---- arrivals and order -----------------------------------------------------------
+    def arrive(self, request: Any, hints: Hints, now: float) -> VLLMCall:
+        """A request arrived: the policy sees the call ready and places it (one replica:
+        placement only prices the call, which its queue key uses)."""
         anonymous = hints.workflow is None
-        name = f"req:{request_id}" if anonymous else str(hints.workflow)
-        flow = self.flows.get(name)
-        if flow is None:
-            flow = self.flows[name] = Flow(name, hints.tenant, hints.agent, anonymous)
-            self.fair.activate(flow.tenant)
-        graph = self._graph(flow)
-        node = node_key(hints.tool, flow.calls, self.saga.depth_buckets)
-        if flow.last_finish is not None and flow.in_flight == 0 and self.graphs.learning:
-            graph.observe_transition(flow.node, node, max(now - flow.last_finish, 0.0),
-                                     prompt_tokens - flow.last_prompt)
-        flow.node = node
-        flow.calls += 1
-        flow.in_flight += 1
-        flow.last_seen = now
-        calls_left, _ = graph.remaining(node)
-        flow.rest_prefill = calls_left * graph.growth_tokens(node)
-        flow.rest_decode = calls_left * graph.output_tokens(node)
-        return flow
+        name = f"req:{request.request_id}" if anonymous else str(hints.workflow)
+        wf = self.workflows.get(name)
+        if wf is None:
+            wf = self.workflows[name] = _Workflow(
+                WorkflowInfo(name, hints.tenant, hints.agent, now, None), anonymous)
+        info = CallInfo(
+            workflow=name, tenant=wf.info.tenant, agent=wf.info.agent,
+            call_id=str(request.request_id), index=wf.calls, tool=hints.tool,
+            prompt_tokens=int(request.num_prompt_tokens), runs=(), issued_at=now,
+            workflow_arrival=wf.info.arrival, slo=None, ends_workflow=anonymous or hints.end,
+        )
+        wf.calls += 1
+        wf.in_flight += 1
+        wf.last_seen = now
+        self._seq += 1
+        call = VLLMCall(request, info, self._seq, now, self.view.block_tokens)
+        self.calls[request.request_id] = call
+        self.hints[request.request_id] = hints
+        self.policy.on_call_ready(info, now)
+        self.policy.place(info, now)
+        return call
 
-    def key(self, flow: Flow, own_work: float, waited: float) -> tuple[float, float]:
-        """Agent Fair Share's queue key of a request: (tenant's normalized service, the
-        workflow's remaining work in seconds minus the aging credit). ``own_work`` is the
-        request's own (:meth:`own_work`); the rest of the workflow is the graph's, priced
-        at the same measured step times."""
-        rest = self.own_work(flow.rest_prefill, flow.rest_decode)
-        return self.fair.key(flow.tenant, rest + own_work, waited)
+    def key(self, request: Any, now: float) -> tuple[float, ...]:
+        """The policy's queue key of a waiting request (untracked ones go last)."""
+        call = self.calls.get(request.request_id)
+        if call is None:
+            return (math.inf, 0.0, float(request.arrival_time), 0.0)
+        return self.policy.queue_key(self.view, call, now)
 
-    def own_work(self, prompt_left: float, output_left: float) -> float:
-        """Seconds of work: prompt tokens to prefill plus decode steps, at the measured
-        step times."""
-        return max(prompt_left, 0) * self.times.t_token + max(output_left, 0) * self.times.t_decode
+    def scheduled(self, request_ids: Iterable[str], now: float) -> None:
+        """These requests were scheduled in a step (the first time sets ``scheduled_at``)."""
+        for request_id in request_ids:
+            call = self.calls.get(request_id)
+            if call is not None and call.scheduled_at < 0:
+                call.scheduled_at = now
 
-    def charge(self, tenant: str, seconds: float) -> None:
-        self.fair.charge(tenant, seconds)
+    def workflow_of(self, request_id: str) -> str | None:
+        """The workflow of a request being served (None for one not seen arriving)."""
+        call = self.calls.get(request_id)
+        return call.workflow if call is not None else None
 
-    def observe_step(self, seconds: float, tokens: int, decode_only: bool) -> None:
-        self.times.observe(seconds, tokens, decode_only)
+    def waiting_workflows(self) -> set[str]:
+        return {call.workflow for call in self.view.waiting}
 
-    def finish(
-        self, flow: Flow, hints: Hints, done: Finish, memory: keep.MemoryState, now: float
-    ) -> Retention:
-        """A request finished: update the flow and the graph, and decide what becomes of
-        its KV. ``pin`` (with its TTL) is the only decision the engine acts on; the others
-        leave vLLM's LRU in charge."""
-        flow.in_flight = max(flow.in_flight - 1, 0)
-        flow.last_finish = now
-        flow.last_seen = now
-        flow.last_prompt = done.prompt_tokens
-        graph = self._graph(flow)
-        if self.graphs.learning and done.completed:
-            graph.observe_output(flow.node, done.output_tokens)
-        gap = graph.gap(flow.node)
-        flow.p_return = gap.p_continue
-        flow.next_use = now + gap.mean()
-        if flow.anonymous or hints.end:
-            self.end(flow)
-            return self._count(DROP if hints.end else RELEASE)
-        if not done.completed or not self.saga.retention:
-            return self._count(RELEASE)
-        if hints.ttl is not None:
+    # ---- finishes and pins ------------------------------------------------------------
+    def finish(self, request: Any, completed: bool, now: float) -> Retention:
+        """A request finished (``completed``: stopped or hit its length, not aborted):
+        the policy decides what becomes of its KV, a ``saga_ttl`` hint overriding it.
+        ``pin`` (with its TTL) is the only decision the engine acts on; the others leave
+        vLLM's LRU in charge."""
+        call = self.calls.pop(request.request_id, None)
+        hints = self.hints.pop(request.request_id, Hints())
+        if call is None:
+            return RELEASE
+        info = call.info
+        wf = self.workflows[info.workflow]
+        wf.in_flight = max(wf.in_flight - 1, 0)
+        wf.last_seen = now
+        decision = self.policy.retention(self.view, call, now)
+        goes_on = not info.ends_workflow
+        if wf.anonymous or (goes_on and (not completed or not self.config.saga.retention)):
+            decision = RELEASE
+        elif not info.ends_workflow and hints.ttl is not None:
             self.hinted += 1
-            ttl = min(hints.ttl, self.saga.ttl_max)
-            return self._count(Retention("pin", ttl=ttl) if ttl > 0 else RELEASE)
-        decision = keep.decide(keep.RetentionInput(
-            now=now, ends=False, gap=gap, blocks=done.blocks,
-            recompute=(done.prompt_tokens + done.output_tokens) * self.times.t_token,
-            reload=None, memory=memory,
-        ), self.saga)
-        return self._count(decision)
-
-    def _count(self, decision: Retention) -> Retention:
+            ttl = min(hints.ttl, self.config.saga.ttl_max)
+            decision = Retention("pin", ttl=ttl) if ttl > 0 else RELEASE
+        self.policy.on_call_finished(info, 0, now)
+        if info.ends_workflow:
+            self._end(wf, now)
         self.decisions[decision.kind] += 1
         return decision
 
-    def end(self, flow: Flow) -> None:
-        """The workflow is over: the graph sees its end, its tenant may go idle."""
-        if flow.ended:
-            return
-        flow.ended = True
-        self.flows.pop(flow.workflow, None)
-        if not flow.anonymous and self.graphs.learning and flow.node:
-            self._graph(flow).observe_end(flow.node)
-        self.fair.deactivate(flow.tenant)
+    def pin_value(self, workflow: str, now: float) -> float:
+        """What a pin of ``workflow`` is worth keeping: the policy's eviction key of the
+        workflow's KV (SAGA: the chance it calls again over the time to its next call;
+        about to call when a request of it waits; nothing once it has ended)."""
+        return self._eviction.key(KVNode(f"w:{workflow}", 0, 1, None), now)
 
-    def sweep(self, now: float) -> list[Flow]:
-        """End the workflows idle for longer than ``idle_timeout``; they are returned."""
+    # ---- workflow ends ----------------------------------------------------------------
+    def _end(self, wf: _Workflow, now: float) -> None:
+        if self.workflows.pop(wf.info.workflow, None) is not None:
+            self.policy.on_workflow_finished(wf.info, now)
+
+    def sweep(self, now: float) -> list[str]:
+        """End the workflows idle for longer than ``idle_timeout`` (they never sent
+        ``saga_end``); their names are returned (the scheduler lets their pins go)."""
         limit = self.config.idle_timeout
-        idle = [f for f in self.flows.values()
-                if f.in_flight == 0 and now - f.last_seen > limit]
-        for flow in idle:
-            self.end(flow)
-        return idle
+        idle = [wf for wf in self.workflows.values()
+                if wf.in_flight == 0 and now - wf.last_seen > limit]
+        for wf in idle:
+            self._end(wf, now)
+        return [wf.info.workflow for wf in idle]
 
     def stats(self) -> dict[str, Any]:
+        fair = getattr(self.policy, "fair", None)
+        service = {} if fair is None else {
+            t: round(a.normalized, 6) for t, a in sorted(fair.tenants.items())}
         return {
             "decisions": dict(self.decisions),
             "hinted": self.hinted,
-            "workflows": sum(1 for f in self.flows.values() if not f.anonymous),
-            "service": {t: round(a.normalized, 6) for t, a in sorted(self.fair.tenants.items())},
-            "t_token": self.times.t_token,
-            "t_decode": self.times.t_decode,
+            "workflows": sum(1 for wf in self.workflows.values() if not wf.anonymous),
+            "service": service,
+            "t_token": self.cost.t_token,
+            "t_decode": self.cost.t_decode,
         }
+
+
+class _LatestPins(Mapping[str, PinView]):
+    """The pin table as a policy reads pins: workflow -> its latest pin."""
+
+    def __init__(self, table: PinTable[Any]) -> None:
+        self._table = table
+
+    def __getitem__(self, workflow: str) -> PinView:
+        return self._table.pins[workflow][-1]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._table.pins))
+
+    def __len__(self) -> int:
+        return len(self._table.pins)
 
 
 def parse_stats(log_text: str) -> dict[str, Any] | None:
@@ -546,19 +531,6 @@ def parse_stats(log_text: str) -> dict[str, Any] | None:
 
 
 # ---- the vLLM scheduler class (built on first use, inside vLLM's process) ------------------
-@dataclass(slots=True)
-class _Tracked:
-    flow: Flow
-    hints: Hints
-
-
-@dataclass(slots=True)
-class _Step:
-    started: float
-    tokens: dict[str, int] = field(default_factory=dict)  # tenant -> scheduled tokens
-    decode_only: bool = True
-
-
 def _build_scheduler_class() -> type[Any]:
     """Define ``SagaScheduler`` on top of vLLM's V1 ``Scheduler`` (imports vLLM)."""
     from vllm.v1.core.sched.scheduler import (  # type: ignore[import-not-found,unused-ignore]
@@ -574,32 +546,34 @@ def _build_scheduler_class() -> type[Any]:
     class SagaScheduler(Scheduler):  # type: ignore[misc,valid-type,unused-ignore]
         """vLLM's V1 scheduler with SAGA's queue order and KV retention (module docstring).
 
-        Overrides: ``add_request`` (hints, flow, pin expiry), ``schedule`` (expiry, queue
-        refresh, the step's tokens per tenant), ``update_from_output`` (the step's measured
-        time charged to tenants), ``_free_request`` (the retention decision),
-        ``_free_request_blocks`` (pin instead of free), ``reset_prefix_cache`` (pins go
-        first); the KV manager's ``allocate_slots`` is wrapped to release pins on pressure
-        and on a workflow's return.
+        It is the :class:`~saga.integrations.vllm_view.VLLMState` its SAGA reads. Overrides:
+        ``add_request`` (hints, the policy sees the call, pin expiry), ``schedule`` (expiry,
+        idle ends, queue refresh, first-scheduled times), ``_free_request`` (the retention
+        decision), ``_free_request_blocks`` (pin instead of free), ``reset_prefix_cache``
+        (pins go first); the KV manager's ``allocate_slots`` is wrapped to release pins on
+        pressure and on a workflow's return.
         """
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.saga_config = load_config()
-            self.saga = SagaCore(self.saga_config)
             pool = self.kv_cache_manager.block_pool
-            self.saga_pins: PinTable[Any] = PinTable(
-                lambda blocks: pool.free_blocks(reversed(blocks)),
-                t0=self.saga_config.saga.eviction_t0,
+            budget = getattr(self, "max_num_scheduled_tokens", None) or (
+                self.scheduler_config.max_num_batched_tokens)
+            self.saga = SagaInVLLM(
+                self.saga_config, self, lambda blocks: pool.free_blocks(reversed(blocks)),
+                block_size=self.block_size, capacity_blocks=pool.num_gpu_blocks - 1,
+                max_num_batched_tokens=int(budget),
             )
-            self._saga_tracked: dict[str, _Tracked] = {}
-            self._saga_pending: dict[str, tuple[str, Retention, Flow]] = {}
-            self._saga_steps: dict[int, _Step] = {}
-            self._saga_now = time.time()
+            self.saga_pins = self.saga.pins
+            self._saga_pending: dict[str, tuple[str, Retention]] = {}
+            self._saga_now = time.monotonic()
             self._saga_logged: tuple[Any, ...] = ()
             self._saga_log_at = 0.0
             self._saga_swept = time.monotonic()
             if self.saga_config.saga.afs:
-                self.waiting = KeyedQueue(self._saga_key)
+                keyed: KeyedQueue[Any] = KeyedQueue(lambda r: self.saga.key(r, self._saga_now))
+                self.waiting = keyed
             original = self.kv_cache_manager.allocate_slots
             self.kv_cache_manager.allocate_slots = functools.partial(
                 self._saga_allocate, original)
@@ -609,39 +583,31 @@ def _build_scheduler_class() -> type[Any]:
                      pool.num_gpu_blocks - 1, self.block_size)
             self._saga_log(force=True)
 
+        # ---- what the view reads (VLLMState) --------------------------------------------
+        def saga_waiting_requests(self) -> list[Any]:
+            out: list[Any] = []
+            for queue in (self.waiting, self.kv_holding_waiting):
+                out.extend(queue.items() if isinstance(queue, KeyedQueue) else list(queue))
+            return out
+
+        def saga_running_requests(self) -> list[Any]:
+            return list(self.running)
+
+        def saga_free_blocks(self) -> int:
+            return int(self.kv_cache_manager.block_pool.get_num_free_blocks())
+
         # ---- arrivals and order -----------------------------------------------------------
         def add_request(self, request: Any) -> None:
             if request.request_id not in self.requests:
                 params = request.sampling_params
                 hints = parse_hints(params.extra_args if params is not None else None)
-                flow = self.saga.arrive(hints, request.request_id, request.num_prompt_tokens,
-                                        time.monotonic())
-                self._saga_tracked[request.request_id] = _Tracked(flow, hints)
+                self.saga.arrive(request, hints, time.monotonic())
                 self._saga_expire()
             super().add_request(request)
 
-        def _saga_key(self, request: Any) -> tuple[Any, ...]:
-            tracked = self._saga_tracked.get(request.request_id)
-            if tracked is None:
-                return (math.inf, 0.0, request.arrival_time, request.request_id)
-            own = self.saga.own_work(request.num_tokens - request.num_computed_tokens,
-                                     request.max_tokens - request.num_output_tokens)
-            waited = max(self._saga_now - request.arrival_time, 0.0)
-            return (*self.saga.key(tracked.flow, own, waited), request.arrival_time,
-                    request.request_id)
-
-        def _saga_waiting(self) -> set[str]:
-            out = set()
-            for queue in (self.waiting, self.kv_holding_waiting):
-                for request in queue.items() if isinstance(queue, KeyedQueue) else list(queue):
-                    tracked = self._saga_tracked.get(request.request_id)
-                    if tracked is not None:
-                        out.add(tracked.flow.workflow)
-            return out
-
         def _saga_expire(self) -> None:
             if self.saga_pins.pins and self.saga_pins.expire(
-                    time.monotonic(), self._saga_waiting()):
+                    time.monotonic(), self.saga.waiting_workflows()):
                 self._saga_log()
 
         def schedule(self, *args: Any, **kwargs: Any) -> Any:
@@ -649,59 +615,22 @@ def _build_scheduler_class() -> type[Any]:
             self._saga_expire()
             if now - self._saga_swept > 1.0:
                 self._saga_swept = now
-                for flow in self.saga.sweep(now):
-                    self.saga_pins.release(flow.workflow, "expiry")
-            self._saga_now = time.time()
+                for workflow in self.saga.sweep(now):
+                    self.saga_pins.release(workflow, "expiry")
+            self._saga_now = now
             if isinstance(self.waiting, KeyedQueue):
                 self.waiting.refresh()
             output = super().schedule(*args, **kwargs)
-            step = _Step(time.monotonic())
-            for req_id, tokens in output.num_scheduled_tokens.items():
-                tracked = self._saga_tracked.get(req_id)
-                tenant = tracked.flow.tenant if tracked is not None else "default"
-                step.tokens[tenant] = step.tokens.get(tenant, 0) + tokens
-                step.decode_only &= tokens == 1
-            if step.tokens:
-                if len(self._saga_steps) > 64:  # outputs never reported back: forget them
-                    self._saga_steps.clear()
-                self._saga_steps[id(output)] = step
+            self.saga.scheduled(output.num_scheduled_tokens, now)
             self._saga_log()
             return output
 
-        def update_from_output(self, scheduler_output: Any, model_runner_output: Any) -> Any:
-            step = self._saga_steps.pop(id(scheduler_output), None)
-            if step is not None:
-                seconds = time.monotonic() - step.started
-                total = sum(step.tokens.values())
-                for tenant, tokens in step.tokens.items():
-                    self.saga.charge(tenant, seconds * tokens / total)
-                self.saga.observe_step(seconds, total, step.decode_only)
-            return super().update_from_output(scheduler_output, model_runner_output)
-
         # ---- finishes and pins ------------------------------------------------------------
         def _free_request(self, request: Any, *args: Any, **kwargs: Any) -> Any:
-            tracked = self._saga_tracked.pop(request.request_id, None)
-            if tracked is not None:
-                pool = self.kv_cache_manager.block_pool
-                capacity = pool.num_gpu_blocks - 1
-                free = pool.get_num_free_blocks()
-                queued = (self.waiting.items() if isinstance(self.waiting, KeyedQueue)
-                          else list(self.waiting))
-                demand = sum(math.ceil(r.num_tokens / self.block_size) for r in queued)
-                memory = keep.MemoryState(capacity=capacity, held=capacity - free,
-                                          waiting_demand=demand,
-                                          waiting_calls=len(queued))
-                done = Finish(
-                    prompt_tokens=request.num_prompt_tokens,
-                    output_tokens=request.num_output_tokens,
-                    blocks=math.ceil(request.num_tokens / self.block_size),
-                    completed=request.status in completed,
-                )
-                decision = self.saga.finish(tracked.flow, tracked.hints, done, memory,
-                                            time.monotonic())
-                if decision.kind == "pin" and decision.ttl > 0:
-                    self._saga_pending[request.request_id] = (
-                        tracked.flow.workflow, decision, tracked.flow)
+            workflow = self.saga.workflow_of(request.request_id)
+            decision = self.saga.finish(request, request.status in completed, time.monotonic())
+            if workflow is not None and decision.kind == "pin" and decision.ttl > 0:
+                self._saga_pending[request.request_id] = (workflow, decision)
             out = super()._free_request(request, *args, **kwargs)
             self._saga_log()
             return out
@@ -709,19 +638,17 @@ def _build_scheduler_class() -> type[Any]:
         def _free_request_blocks(self, request: Any) -> None:
             pending = self._saga_pending.pop(request.request_id, None)
             if pending is not None and self._request_blocks_can_be_freed(request):
-                workflow, decision, flow = pending
+                workflow, decision = pending
                 blocks = self.kv_cache_manager.pop_blocks_for_free(request)
                 if blocks:
-                    self.saga_pins.pin(workflow, blocks, time.monotonic(), decision.ttl,
-                                       flow.p_return, flow.next_use)
+                    self.saga_pins.pin(workflow, blocks, time.monotonic(), decision.ttl)
                     self._saga_log()
                 return
             super()._free_request_blocks(request)
 
         def _saga_allocate(self, original: Callable[..., Any], request: Any, *args: Any,
                            **kwargs: Any) -> Any:
-            tracked = self._saga_tracked.get(request.request_id)
-            workflow = tracked.flow.workflow if tracked is not None else None
+            workflow = self.saga.workflow_of(request.request_id)
             while True:
                 blocks = original(request, *args, **kwargs)
                 if blocks is not None:
@@ -732,7 +659,7 @@ def _build_scheduler_class() -> type[Any]:
                     return blocks
                 if not self.saga_pins.pins or not self._saga_may_fit(request, kwargs):
                     return None
-                self.saga_pins.relieve(time.monotonic(), self._saga_waiting(), workflow)
+                self.saga_pins.relieve(time.monotonic(), workflow)
                 self._saga_log()
 
         def _saga_may_fit(self, request: Any, kwargs: Mapping[str, Any]) -> bool:

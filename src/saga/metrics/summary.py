@@ -1,4 +1,4 @@
-"""The metrics of DESIGN.md section 7, each defined once, here.
+"""The metrics of a run (the keys of summary.json, README.md), each defined once, here.
 
 Every figure is computed from a :class:`~saga.sim.simulator.SimResult` (or the
 same records from the gateway), so the simulator and the live runtime report

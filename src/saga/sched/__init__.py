@@ -1,1 +1,1 @@
-"""The scheduler core: policies that return decisions as data (DESIGN.md section 3)."""
+"""The scheduler core: policies that return decisions as data (docs/architecture.md)."""

@@ -30,8 +30,8 @@ from saga.sched.saga.config import SagaConfig
 from saga.sched.saga.gate import MemoryGate
 
 if TYPE_CHECKING:
-    from saga.engine.replica import Replica, Request
     from saga.sched.saga.graph import GraphStore
+    from saga.sched.view import CallView, ReplicaView
 
 SUFFIX = "+gate"
 
@@ -134,7 +134,7 @@ class GatedPolicy(Policy):
         self._rehome(self.held[call.workflow], chosen, call.prompt_tokens)
         return chosen
 
-    def retention(self, replica: Replica, request: Request, now: float) -> Retention:
+    def retention(self, replica: ReplicaView, request: CallView, now: float) -> Retention:
         held = self.held.get(request.workflow)
         if held is not None and request.info is not None:
             held.output = request.generated
@@ -159,16 +159,18 @@ class GatedPolicy(Policy):
         self.inner.on_admission_withdrawn(workflow, now)
 
     # ---- everything else is the inner policy's ----------------------------------------------
-    def queue_key(self, replica: Replica, request: Request, now: float) -> tuple[float, ...]:
+    def queue_key(self, replica: ReplicaView, request: CallView, now: float) -> tuple[float, ...]:
         return self.inner.queue_key(replica, request, now)
 
-    def preempt_for(self, replica: Replica, waiting: Request, running: Request, now: float) -> bool:
+    def preempt_for(
+        self, replica: ReplicaView, waiting: CallView, running: CallView, now: float
+    ) -> bool:
         return self.inner.preempt_for(replica, waiting, running, now)
 
     def eviction_order(self, replica_index: int) -> EvictionOrder:
         return self.inner.eviction_order(replica_index)
 
-    def unpin_order(self, replica: Replica, now: float) -> list[str]:
+    def unpin_order(self, replica: ReplicaView, now: float) -> list[str]:
         return self.inner.unpin_order(replica, now)
 
     def set_tenant_weights(self, weights: Mapping[str, float]) -> None:

@@ -22,56 +22,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
-from saga.engine.kvcache import EvictionOrder, LRUEviction, Run
+from saga.engine.kvcache import EvictionOrder, LRUEviction
 from saga.sched.decisions import ADMIT, RELEASE, Admission, Retention
+from saga.sched.view import CallInfo, CallView, CostView, ReplicaView, WorkflowInfo
 
 if TYPE_CHECKING:
-    from saga.engine.costmodel import CostModel
-    from saga.engine.replica import Replica, Request
     from saga.sched.saga.graph import GraphStore
 
-
-@dataclass(slots=True)
-class CallInfo:
-    """What a policy may know about a call when it becomes ready.
-
-    ``output_tokens`` is the call's true output length: known to the simulator,
-    not to a real scheduler. Only offline bounds (``belady``) may read it, and
-    ``next_gap`` (the tool time before the workflow's next call) and ``next_runs``
-    (the KV blocks of the next call's prompt) likewise.
-    ``after`` names the calls this one waited for (the DAG's edges, as a client's
-    request would say which results it carries) and ``next_tool`` the tool that the
-    call's output invokes (visible in a real response's tool call), if any.
-    """
-
-    workflow: str
-    tenant: str
-    agent: str
-    call_id: str
-    index: int
-    tool: str | None
-    prompt_tokens: int
-    runs: tuple[Run, ...]
-    issued_at: float
-    workflow_arrival: float
-    slo: float | None
-    ends_workflow: bool
-    output_tokens: int = 0
-    next_gap: float | None = None
-    after: tuple[str, ...] = ()
-    next_tool: str | None = None
-    next_runs: tuple[Run, ...] | None = None
-
-
-@dataclass(slots=True)
-class WorkflowInfo:
-    """A workflow as a policy sees it when it arrives (no knowledge of its calls)."""
-
-    workflow: str
-    tenant: str
-    agent: str
-    arrival: float
-    slo: float | None
+# CallInfo and WorkflowInfo live in saga.sched.view; imported from here they still work.
+__all__ = ["CallInfo", "Policy", "PolicyContext", "Router", "WorkflowInfo"]
 
 
 @dataclass(slots=True)
@@ -79,8 +38,8 @@ class PolicyContext:
     """What a policy is bound to: the replicas it observes, the cost model it may use
     for predictions, and a seeded random generator. No clock: time is passed in."""
 
-    replicas: Sequence[Replica]
-    cost: CostModel
+    replicas: Sequence[ReplicaView]
+    cost: CostView
     block_tokens: int
     rng: random.Random = field(default_factory=lambda: random.Random(0))
 
@@ -130,14 +89,16 @@ class Policy:
     def place(self, call: CallInfo, now: float) -> int:
         return self.router.place(call, now)
 
-    def queue_key(self, replica: Replica, request: Request, now: float) -> tuple[float, ...]:
+    def queue_key(self, replica: ReplicaView, request: CallView, now: float) -> tuple[float, ...]:
         """First come first served at the replica (ties by arrival order)."""
         return (request.enqueued_at, request.seq)
 
-    def retention(self, replica: Replica, request: Request, now: float) -> Retention:
+    def retention(self, replica: ReplicaView, request: CallView, now: float) -> Retention:
         return RELEASE
 
-    def preempt_for(self, replica: Replica, waiting: Request, running: Request, now: float) -> bool:
+    def preempt_for(
+        self, replica: ReplicaView, waiting: CallView, running: CallView, now: float
+    ) -> bool:
         """Preempt ``running`` on a full replica so that ``waiting`` can start? Never,
         unless a policy preempts for fairness (vLLM preempts only for memory)."""
         return False
@@ -145,7 +106,7 @@ class Policy:
     def eviction_order(self, replica_index: int) -> EvictionOrder:
         return LRUEviction()
 
-    def unpin_order(self, replica: Replica, now: float) -> list[str]:
+    def unpin_order(self, replica: ReplicaView, now: float) -> list[str]:
         """Pins to give up under memory pressure, first first: earliest expiry."""
         pins = replica.pins
         return sorted(pins, key=lambda w: (pins[w].expires, w))

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from saga.sched.policy import CallInfo, Policy, PolicyContext, Router
 
 if TYPE_CHECKING:
-    from saga.engine.replica import Replica, Request
+    from saga.sched.view import CallView, ReplicaView
 
 #: vLLM request priorities (lower is served first): interactive, then best effort.
 INTERACTIVE_PRIORITY = 0
@@ -140,7 +140,7 @@ class VLLMLeastLoaded(Policy):
         super().__init__(LeastLoadedRouter())
 
 
-def request_priority(request: Request) -> int:
+def request_priority(request: CallView) -> int:
     """The ``priority`` a client sends: interactive work (an SLO) ahead of best effort."""
     interactive = request.info is not None and request.info.slo is not None
     return INTERACTIVE_PRIORITY if interactive else BEST_EFFORT_PRIORITY
@@ -150,7 +150,7 @@ class _PriorityScheduling(Policy):
     """vLLM's ``priority`` scheduling policy: ``(priority, arrival)`` orders the waiting
     queue and the running list (so preemption takes the largest key)."""
 
-    def queue_key(self, replica: Replica, request: Request, now: float) -> tuple[float, ...]:
+    def queue_key(self, replica: ReplicaView, request: CallView, now: float) -> tuple[float, ...]:
         return (request_priority(request), request.enqueued_at, request.seq)
 
 

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from saga.core.workflow import Workflow
+from saga.engine.cluster import ClusterSpec
 from saga.metrics.summary import summarize
 from saga.sched.registry import build_policy
 from saga.sched.vllm import VLLMRoundRobin
-from saga.sim.cluster import ClusterSpec
 from saga.sim.simulator import SimResult, Simulation
 
 

@@ -3,7 +3,7 @@
 One process per workflow issues each call when the calls in its ``after`` list
 have finished and its tool gap has passed; the policy places the call, the
 replica's engine model serves it, and the policy decides what its KV does next.
-Everything runs on the simulated clock of an :class:`~saga.sim.events.EventLoop`,
+Everything runs on the simulated clock of an :class:`~saga.engine.events.EventLoop`,
 with a seeded random generator, so a seed gives the same result every time.
 """
 
@@ -14,13 +14,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from saga.core.workflow import Call, Workflow
+from saga.engine.cluster import ClusterSpec
+from saga.engine.events import EventLoop
 from saga.engine.kvcache import Run
 from saga.engine.replica import Replica, Request, output_run
+from saga.engine.timers import ReplicaTimers
 from saga.sched.policy import CallInfo, Policy, PolicyContext, WorkflowInfo
-from saga.sim.cluster import ClusterSpec
-from saga.sim.events import EventLoop
 from saga.sim.faults import Fault, check_faults
-from saga.sim.timers import ReplicaTimers
 
 
 @dataclass(slots=True)

@@ -1,4 +1,4 @@
-"""Workloads: generators and trace readers that all produce workflows (DESIGN.md section 6).
+"""Workloads: generators and trace readers that all produce workflows (docs/workloads.md).
 
 The registry maps a name to a way of building a :class:`Workload`:
 

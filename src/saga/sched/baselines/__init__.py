@@ -1,4 +1,4 @@
-"""The baselines of DESIGN.md section 4 beyond the vLLM routers (see docs/baselines.md).
+"""The baselines beyond the vLLM routers (docs/baselines.md).
 
 One module per policy; each states its algorithm, parameters and source.
 """

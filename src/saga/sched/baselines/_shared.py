@@ -52,7 +52,7 @@ class ToolTimes:
     workflow's next call: the tool (and any human) time in between. At a call's
     finish a policy does not know which tool the model is about to call (our
     :class:`CallInfo` names only the tool that ran *before* a call), so samples
-    are keyed by *call site* as in DESIGN.md section 3: (agent, tool before the
+    are keyed by *call site* as SAGA's graph keys them (docs/saga.md): (agent, tool before the
     finishing call). Lookups fall back from the call site to the agent to all
     calls when a level has fewer than ``min_samples``.
     """

@@ -36,9 +36,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from saga.engine.replica import Replica, Request
 from saga.sched.decisions import RELEASE, Retention
 from saga.sched.policy import CallInfo, Policy, Router, WorkflowInfo
+from saga.sched.view import CallView, ReplicaView
 
 
 class AutellixConfig(BaseModel):
@@ -108,10 +108,10 @@ class Autellix(Policy):
         self.programs: dict[str, ProgramAccount] = {}
 
     # ---- decisions -------------------------------------------------------------------
-    def queue_key(self, replica: Replica, request: Request, now: float) -> tuple[float, ...]:
+    def queue_key(self, replica: ReplicaView, request: CallView, now: float) -> tuple[float, ...]:
         return (float(self.level(request, now)), request.enqueued_at, request.seq)
 
-    def level(self, request: Request, now: float) -> int:
+    def level(self, request: CallView, now: float) -> int:
         """The request's queue: 0 is served first."""
         account = self.programs.get(request.workflow) or ProgramAccount()
         running_for = now - request.scheduled_at if request.scheduled_at >= 0 else 0.0
@@ -128,14 +128,14 @@ class Autellix(Policy):
             boundary *= 2.0
         return level
 
-    def is_starved(self, account: ProgramAccount, request: Request, now: float) -> bool:
+    def is_starved(self, account: ProgramAccount, request: CallView, now: float) -> bool:
         # Depends only on when the call was admitted, so it is stable once it runs.
         waited_until = request.scheduled_at if request.scheduled_at >= 0 else now
         wait = account.wait + max(0.0, waited_until - request.enqueued_at)
         floor = max(account.service, self.config.first_quantum)
         return wait >= self.config.starvation_ratio * floor
 
-    def retention(self, replica: Replica, request: Request, now: float) -> Retention:
+    def retention(self, replica: ReplicaView, request: CallView, now: float) -> Retention:
         # The finished request is visible only here: charge its service and wait.
         account = self.programs.setdefault(request.workflow, ProgramAccount())
         promoted = self.is_starved(account, request, now)

@@ -29,10 +29,10 @@ release, session-hash routing, so the comparison isolates eviction.
 from __future__ import annotations
 
 from saga.engine.kvcache import EvictionOrder, KeyedEviction, KVNode
-from saga.engine.replica import Replica, Request
 from saga.sched.baselines._shared import INF, WorkflowActivity
 from saga.sched.decisions import RELEASE, Retention
 from saga.sched.policy import CallInfo, Policy, WorkflowInfo
+from saga.sched.view import CallView, ReplicaView
 from saga.sched.vllm import ConsistentHashRouter
 
 
@@ -87,7 +87,7 @@ class Belady(Policy):
         return min(uses) if uses else INF
 
     # ---- retention: learn the next use from the trace ---------------------------------------
-    def retention(self, replica: Replica, request: Request, now: float) -> Retention:
+    def retention(self, replica: ReplicaView, request: CallView, now: float) -> Retention:
         info = request.info
         if info is not None and info.next_gap is not None:
             self.future_uses.setdefault(info.workflow, []).append(now + info.next_gap)

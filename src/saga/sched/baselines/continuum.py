@@ -30,7 +30,7 @@ keyed by call site (agent, previous tool), falling back to the agent, then to
 all tools, below ``min_samples``.
 
 Memory pressure: Continuum unpins the *youngest program* first; our engine gives
-up pins earliest expiry first (``Replica._allocate``) and has no hook for a
+up pins earliest expiry first (``ReplicaView._allocate``) and has no hook for a
 policy's order, so this baseline runs with the engine's order (reported).
 """
 
@@ -40,10 +40,10 @@ from collections import deque
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from saga.engine.replica import Replica, Request
 from saga.sched.baselines._shared import ToolTimes
 from saga.sched.decisions import RELEASE, Retention
 from saga.sched.policy import CallInfo, Policy, WorkflowInfo
+from saga.sched.view import CallView, ReplicaView
 from saga.sched.vllm import ConsistentHashRouter
 
 
@@ -95,12 +95,12 @@ class Continuum(Policy):
         self.tools = ToolTimes(self.config.sample_window, self.config.min_samples)
         self.queue_delays: deque[float] = deque(maxlen=self.config.queue_delay_window)
 
-    def queue_key(self, replica: Replica, request: Request, now: float) -> tuple[float, ...]:
+    def queue_key(self, replica: ReplicaView, request: CallView, now: float) -> tuple[float, ...]:
         info = request.info
         arrival = info.workflow_arrival if info is not None else request.enqueued_at
         return (arrival, request.enqueued_at, request.seq)
 
-    def retention(self, replica: Replica, request: Request, now: float) -> Retention:
+    def retention(self, replica: ReplicaView, request: CallView, now: float) -> Retention:
         self.queue_delays.append(max(0.0, request.scheduled_at - request.enqueued_at))
         info = request.info
         if info is None or info.ends_workflow:
@@ -108,23 +108,23 @@ class Continuum(Policy):
         ttl = self.ttl(replica, request, info)
         return Retention("pin", ttl=ttl) if ttl > 0 else RELEASE
 
-    def ttl(self, replica: Replica, request: Request, info: CallInfo) -> float:
+    def ttl(self, replica: ReplicaView, request: CallView, info: CallInfo) -> float:
         samples = self.tools.samples_for(info)
         if samples is None:
             return self.config.cold_start_ttl
         return best_ttl(samples.sorted, self.benefit(replica, request), self.cost_rate(
             replica, request))
 
-    def benefit(self, replica: Replica, request: Request) -> float:
+    def benefit(self, replica: ReplicaView, request: CallView) -> float:
         """Seconds a hit on return saves: queueing delay avoided plus the re-prefill."""
         delay = sum(self.queue_delays) / len(self.queue_delays) if self.queue_delays else 0.0
         context = request.prompt_tokens + request.generated
         prefill = self.ctx.cost.prefill_time(
-            context, chunk=replica.config.max_num_batched_tokens
+            context, chunk=replica.max_num_batched_tokens
         )
         return self.config.continuity * delay + prefill
 
-    def cost_rate(self, replica: Replica, request: Request) -> float:
+    def cost_rate(self, replica: ReplicaView, request: CallView) -> float:
         share = request.locked_blocks / max(replica.kv.capacity, 1)
         return self.config.memory_cost_scale * share
 

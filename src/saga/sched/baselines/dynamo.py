@@ -63,7 +63,7 @@ from saga.sched.policy import CallInfo, Policy, PolicyContext, Router, WorkflowI
 from saga.sched.vllm import request_priority
 
 if TYPE_CHECKING:
-    from saga.engine.replica import Replica, Request
+    from saga.sched.view import CallView, ReplicaView
 
 #: Dynamo's ``DEFAULT_MAX_BATCHED_TOKENS`` for a worker that reports none (no queueing).
 DEFAULT_MAX_BATCHED_TOKENS = 10_000_000
@@ -227,11 +227,9 @@ class KVRouter(Router):
         )
 
 
-def _max_batched_tokens(replica: object) -> int:
+def _max_batched_tokens(replica: ReplicaView) -> int:
     """The worker's ``max_num_batched_tokens`` as registered with the router."""
-    config = getattr(replica, "config", None)
-    value = getattr(config, "max_num_batched_tokens", None)
-    return int(value) if isinstance(value, int) else DEFAULT_MAX_BATCHED_TOKENS
+    return replica.max_num_batched_tokens
 
 
 class Dynamo(Policy):
@@ -286,5 +284,5 @@ class DynamoPriority(Dynamo):
     def strict_priority(self, workflow: WorkflowInfo) -> int:
         return 1 if workflow.slo is not None else 0
 
-    def queue_key(self, replica: Replica, request: Request, now: float) -> tuple[float, ...]:
+    def queue_key(self, replica: ReplicaView, request: CallView, now: float) -> tuple[float, ...]:
         return (request_priority(request), request.enqueued_at, request.seq)

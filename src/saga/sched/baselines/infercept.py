@@ -47,10 +47,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from saga.engine.replica import Replica, Request
 from saga.sched.baselines._shared import ToolTimes
 from saga.sched.decisions import DROP, RELEASE, Retention
 from saga.sched.policy import CallInfo, Policy, WorkflowInfo
+from saga.sched.view import CallView, ReplicaView
 from saga.sched.vllm import ConsistentHashRouter
 
 InterceptOption = Literal["preserve", "swap", "discard"]
@@ -119,12 +119,12 @@ class InferCept(Policy):
         self.tools = ToolTimes(self.config.sample_window, self.config.min_samples)
         self._budget_used: dict[int, tuple[float, int]] = {}  # replica -> (step time, tokens)
 
-    def queue_key(self, replica: Replica, request: Request, now: float) -> tuple[float, ...]:
+    def queue_key(self, replica: ReplicaView, request: CallView, now: float) -> tuple[float, ...]:
         info = request.info
         arrival = info.workflow_arrival if info is not None else request.enqueued_at
         return (arrival, request.enqueued_at, request.seq)
 
-    def retention(self, replica: Replica, request: Request, now: float) -> Retention:
+    def retention(self, replica: ReplicaView, request: CallView, now: float) -> Retention:
         info = request.info
         if info is None or info.ends_workflow:
             return RELEASE
@@ -138,7 +138,7 @@ class InferCept(Policy):
         return DROP
 
     def interception(
-        self, replica: Replica, request: Request, info: CallInfo, now: float
+        self, replica: ReplicaView, request: CallView, info: CallInfo, now: float
     ) -> Interception:
         context = request.prompt_tokens + request.generated
         cost = self.ctx.cost
@@ -148,7 +148,7 @@ class InferCept(Policy):
             other_tokens=sum(r.computed for r in replica.running),
             tool_seconds=self.predicted_tool_seconds(info),
             recompute_seconds=cost.prefill_time(
-                context, chunk=replica.config.max_num_batched_tokens
+                context, chunk=replica.max_num_batched_tokens
             ),
             swap_stall_seconds=cost.host_transfer_time(self._bytes(excess)),
             kv_bytes_per_token=float(cost.model.kv_bytes_per_token()),
@@ -159,7 +159,7 @@ class InferCept(Policy):
         samples = self.tools.samples_for(info)
         return samples.mean() if samples is not None else self.config.cold_start_tool_seconds
 
-    def _take_swap_budget(self, replica: Replica, tokens: int, now: float) -> int:
+    def _take_swap_budget(self, replica: ReplicaView, tokens: int, now: float) -> int:
         """Tokens of this swap that ride free on the current step's link time."""
         if not self.config.pipelined_swap or replica.host is None:
             return 0
@@ -171,7 +171,7 @@ class InferCept(Policy):
         self._budget_used[replica.index] = (now, used + taken)
         return taken
 
-    def _step_swap_budget(self, replica: Replica) -> int:
+    def _step_swap_budget(self, replica: ReplicaView) -> int:
         cost = self.ctx.cost
         n = max(1, len(replica.running))
         step = cost.decode_steps_time(n, sum(r.computed for r in replica.running), 1)

@@ -36,10 +36,10 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from saga.engine.kvcache import EvictionOrder, KeyedEviction, KVNode
-from saga.engine.replica import Replica, Request
 from saga.sched.baselines._shared import INF, ToolTimes, WorkflowActivity
 from saga.sched.decisions import RELEASE, Retention
 from saga.sched.policy import CallInfo, Policy, WorkflowInfo
+from saga.sched.view import CallView, ReplicaView
 from saga.sched.vllm import ConsistentHashRouter
 
 
@@ -96,13 +96,13 @@ class KVFlow(Policy):
         return 1.0 if self.activity.is_live(workflow) else INF
 
     # ---- retention and prefetch -----------------------------------------------------------
-    def retention(self, replica: Replica, request: Request, now: float) -> Retention:
+    def retention(self, replica: ReplicaView, request: CallView, now: float) -> Retention:
         info = request.info
         if info is None or info.ends_workflow or replica.host is None:
             return RELEASE
         return Retention("offload", prefetch_at=self.prefetch_time(request, info, now))
 
-    def prefetch_time(self, request: Request, info: CallInfo, now: float) -> float:
+    def prefetch_time(self, request: CallView, info: CallInfo, now: float) -> float:
         samples = self.tools.samples_for(info)
         if samples is None:
             predicted = self.config.cold_start_tool_seconds

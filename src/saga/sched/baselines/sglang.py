@@ -30,7 +30,7 @@ Inside the replica: ``schedule_policy = "lpm"``, waiting calls sorted by the
 length of their cached prefix on that replica, longest first, ties in arrival
 order, falling back to first come first served when more than 128 calls wait
 (hard-coded in ``_determine_active_policy``). Current SGLang ships ``fcfs`` by
-default; LPM is its cache-aware mode, the one DESIGN.md names. The in-batch
+default; LPM is its cache-aware mode, the one docs/baselines.md names. The in-batch
 prefix deprioritisation (32/32-token thresholds) is below our 64-token block
 and is not modelled. Preemption keeps vLLM's rule (the last running call in
 arrival order); eviction is the engine's LRU over radix leaves (least recently
@@ -43,9 +43,9 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from saga.engine.kvcache import RadixKV, Run, skip_runs
-from saga.engine.replica import Replica, Request
 from saga.sched.baselines._shared import run_blocks
 from saga.sched.policy import CallInfo, Policy, PolicyContext, Router
+from saga.sched.view import CallView, ReplicaView
 
 CHARS_PER_TOKEN = 4
 
@@ -157,7 +157,7 @@ class SGLang(Policy):
         self.cache_router = CacheAwareRouter(self.config)
         super().__init__(self.cache_router)
 
-    def queue_key(self, replica: Replica, request: Request, now: float) -> tuple[float, ...]:
+    def queue_key(self, replica: ReplicaView, request: CallView, now: float) -> tuple[float, ...]:
         # A running call holds a lock on its prefix; running calls keep arrival order so
         # that preemption takes the latest, as in vLLM (SGLang's retraction is not modelled).
         if request.lock is not None or len(replica.waiting) > self.config.lpm_max_queue:

@@ -1,14 +1,14 @@
 """``throughput``: the throughput-optimal reference for peak throughput.
 
-Not a published policy; DESIGN.md section 4 defines it (docs/baselines.md
-section 9): vLLM engine semantics (first come first served, chunked prefill,
-prefix caching, LRU eviction, preemption by recompute), no pinning, and
-least-loaded routing. Load is measured in work, not calls: a call goes to the
-replica whose outstanding tokens (prefill and decode still to do for its queued
-and running calls) *plus the call's own uncached prompt there* are fewest, ties
-to the lowest index. Counting the call's uncached prefill makes least-loaded
-routing see prefix hits, so that it does not pay for re-prefills a load-blind
-router would cause: both terms are the work the replica must do.
+Not a published policy; docs/baselines.md section 9 defines it: vLLM engine
+semantics (first come first served, chunked prefill, prefix caching, LRU eviction,
+preemption by recompute), no pinning, and least-loaded routing. Load is measured
+in work, not calls: a call goes to the replica whose outstanding tokens (prefill
+and decode still to do for its queued and running calls) *plus the call's own
+uncached prompt there* are fewest, ties to the lowest index. Counting the call's
+uncached prefill makes least-loaded routing see prefix hits, so that it does not
+pay for re-prefills a load-blind router would cause: both terms are the work the
+replica must do.
 
 The batch size (``max_num_seqs``, ``max_num_batched_tokens``) is the cluster's
 engine configuration, not the policy's; for peak-throughput sweeps use the

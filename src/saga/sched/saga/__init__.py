@@ -1,4 +1,4 @@
-"""SAGA's scheduler core (DESIGN.md section 3): Agent Execution Graphs, graph-driven KV
+"""SAGA's scheduler core (docs/saga.md): Agent Execution Graphs, graph-driven KV
 retention, placement with session affinity and work stealing, Agent Fair Share and SLO
 admission, composed in :class:`SagaPolicy` and switchable by :class:`SagaConfig`."""
 

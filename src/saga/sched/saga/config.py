@@ -1,6 +1,6 @@
 """SAGA's typed configuration: every knob, described and validated, one way to build.
 
-Each mechanism of DESIGN.md section 3 has a switch so that ablations are
+Each mechanism of docs/saga.md has a switch so that ablations are
 configurations, not forks of the code.
 """
 

@@ -25,9 +25,8 @@ from typing import TYPE_CHECKING, NamedTuple
 from saga.sched.saga.config import SagaConfig
 
 if TYPE_CHECKING:
-    from saga.engine.costmodel import CostModel
-    from saga.engine.kvcache import RadixKV, Run
-    from saga.engine.replica import Replica
+    from saga.engine.kvcache import Run
+    from saga.sched.view import CostView, KVView, ReplicaView
 
 
 class Estimate(NamedTuple):
@@ -45,7 +44,7 @@ class Estimate(NamedTuple):
 class Predictor:
     """Turns replica state into seconds with the cost model."""
 
-    def __init__(self, cost: CostModel, block_tokens: int) -> None:
+    def __init__(self, cost: CostView, block_tokens: int) -> None:
         self.cost = cost
         self.block_tokens = block_tokens
         # Seconds per prefill token at a typical context, and per decode step of a
@@ -62,7 +61,7 @@ class Predictor:
     def prefill(self, prompt: int, cached: int) -> float:
         return float(self._prefill(prompt, min(cached, prompt)))
 
-    def backlog(self, replica: Replica, only_slo: bool = False) -> float:
+    def backlog(self, replica: ReplicaView, only_slo: bool = False) -> float:
         """Seconds of prefill work queued or running on ``replica`` (``only_slo``: of
         calls of interactive workflows only, those with an SLO: counted call by call)."""
         if not only_slo:
@@ -78,7 +77,7 @@ class Predictor:
 
     def estimate_all(
         self,
-        replicas: Iterable[Replica],
+        replicas: Iterable[ReplicaView],
         runs: Sequence[Run],
         prompt: int,
         output: float,
@@ -109,7 +108,7 @@ class Predictor:
         return estimates
 
     def _host_hit(
-        self, tier: RadixKV, block_bytes: int, runs: Sequence[Run], gpu: int
+        self, tier: KVView, block_bytes: int, runs: Sequence[Run], gpu: int
     ) -> tuple[int, float]:
         """Blocks of ``runs`` cached on a replica with ``gpu`` of them on its GPU: more if
         its host ``tier`` has more, with the seconds to load those."""

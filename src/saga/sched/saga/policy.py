@@ -1,4 +1,4 @@
-"""The ``saga`` policy: DESIGN.md section 3 wired into the scheduler-core interface.
+"""The ``saga`` policy: docs/saga.md wired into the scheduler-core interface.
 
 It keeps a small record per workflow (its call site in the Agent Execution Graph,
 its home replica, when its last call finished) and answers the engine's questions
@@ -31,7 +31,7 @@ from saga.sched.saga.gate import MemoryGate
 from saga.sched.saga.graph import AgentGraph, GraphStore, node_key
 
 if TYPE_CHECKING:
-    from saga.engine.replica import Replica, Request
+    from saga.sched.view import CallView, ReplicaView
 
 
 @dataclass(slots=True)
@@ -71,7 +71,7 @@ class _NoRouter(Router):
 
 
 class SagaPolicy(Policy):
-    """Workflow-atomic scheduling (DESIGN.md section 3); ablations by :class:`SagaConfig`."""
+    """Workflow-atomic scheduling (docs/saga.md); ablations by :class:`SagaConfig`."""
 
     name = "saga"
     # AFS keys age and follow tenants' service: the engine must sort every step
@@ -301,7 +301,7 @@ class SagaPolicy(Policy):
         flow.priority = flow.rest + estimate.service
         return chosen
 
-    def _candidates(self, home: int | None) -> list[Replica]:
+    def _candidates(self, home: int | None) -> list[ReplicaView]:
         """The up replicas a placement evaluates (all of them on small clusters)."""
         replicas = self.ctx.replicas
         limit = self.config.placement_candidates
@@ -335,7 +335,7 @@ class SagaPolicy(Policy):
         self._lightest = pool[:keep]
 
     # ---- queue order -------------------------------------------------------------------------
-    def queue_key(self, replica: Replica, request: Request, now: float) -> tuple[float, ...]:
+    def queue_key(self, replica: ReplicaView, request: CallView, now: float) -> tuple[float, ...]:
         if not self.config.afs or request.info is None:
             return (request.enqueued_at, request.seq)
         flow = self.flows.get(request.workflow)
@@ -345,7 +345,9 @@ class SagaPolicy(Policy):
         )
         return (tenant, remaining, request.enqueued_at, request.seq)
 
-    def preempt_for(self, replica: Replica, waiting: Request, running: Request, now: float) -> bool:
+    def preempt_for(
+        self, replica: ReplicaView, waiting: CallView, running: CallView, now: float
+    ) -> bool:
         """Fair-share preemption: the running call's tenant is over-served, relative to
         the waiting call's, by more than ``preempt_gap`` (see :mod:`.fairshare`)."""
         gap = self.config.preempt_gap
@@ -361,7 +363,7 @@ class SagaPolicy(Policy):
         return self.fair.account(ahead).normalized - self.fair.account(behind).normalized > gap
 
     # ---- retention and eviction --------------------------------------------------------------
-    def retention(self, replica: Replica, request: Request, now: float) -> Retention:
+    def retention(self, replica: ReplicaView, request: CallView, now: float) -> Retention:
         flow = self.flows.get(request.workflow)
         if flow is None or request.info is None:
             return RELEASE
@@ -377,7 +379,7 @@ class SagaPolicy(Policy):
         return keep.decide(self._retention_input(replica, request, now), self.config)
 
     def _retention_input(
-        self, replica: Replica, request: Request, now: float
+        self, replica: ReplicaView, request: CallView, now: float
     ) -> keep.RetentionInput:
         assert request.info is not None
         flow = self.flows[request.workflow]

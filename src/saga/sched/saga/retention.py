@@ -20,7 +20,7 @@ for release), ``share`` the part of the replica's KV the pin holds and ``price``
 shadow price of memory (:func:`shadow_price`). Candidate TTLs are quantiles of the
 predicted gap. As waiting work and memory pressure grow, the price grows, the best
 TTL shrinks to 0, and retention converges to release: vLLM's throughput-optimal
-behaviour (DESIGN.md section 3, "going beyond the paper").
+behaviour (docs/saga.md, "KV retention and eviction").
 """
 
 from __future__ import annotations

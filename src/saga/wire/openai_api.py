@@ -12,7 +12,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from saga.gateway.prefix import chat_text
+from saga.wire.prefix import chat_text
 
 
 class ChatMessage(BaseModel):

@@ -7,9 +7,9 @@ loop (simulated or real time).
 
 from __future__ import annotations
 
+from saga.engine.events import EventLoop
 from saga.engine.kvcache import Run
 from saga.engine.replica import Pin, Replica
-from saga.sim.events import EventLoop
 
 
 class ReplicaTimers:

@@ -1,0 +1,1 @@
+"""The engine model: one replica's mechanics (continuous batching, paged prefix cache, cost)."""

@@ -1,0 +1,162 @@
+"""Relaying a call to a backend and its answer to the client (whole or streamed), counting
+the tokens served from the answer's ``usage``; what failed before any byte reached the
+client is :class:`Retryable` (the call pipeline may send it again)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from saga.gateway.backends import Backend, BackendError
+from saga.gateway.metrics import Metrics
+from saga.gateway.server import HttpRequest, Response, ResponseStream
+from saga.gateway.upstream import UpstreamError, UpstreamResponse
+from saga.gateway.view import RemoteReplicaView
+from saga.wire.openai_api import BadRequest, ChatRequest, CompletionRequest
+
+#: ``"usage": {...  "total_tokens": N`` with no nested object before it (OpenAI, vLLM,
+#: the emulator); JSON strings escape quotes, so ``"usage"`` is always a key.
+_USAGE_TOTAL = re.compile(rb'"usage"\s*:\s*\{[^{}]*?"total_tokens"\s*:\s*(\d+)')
+
+
+class Retryable(Exception):
+    """The backend failed before any byte reached the client: the call may go again."""
+
+    def __init__(self, error: BadRequest) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+async def forward(
+    metrics: Metrics, http: HttpRequest, backend: Backend, view: RemoteReplicaView, path: str,
+    body: ChatRequest | CompletionRequest, payload: bytes,
+    out_headers: dict[str, str], extra_headers: dict[str, str],
+) -> tuple[Response | ResponseStream, int]:
+    """Send the call and relay the answer; return it and the tokens served.
+
+    Raises :class:`Retryable` when the backend failed before anything was sent
+    to the client. When the client leaves (a failed write, or the handler is
+    cancelled) the backend connection is closed, which cancels the call there.
+    """
+    try:
+        upstream = await backend.send(path, payload, out_headers)
+    except BackendError as failure:
+        if not failure.timeout:
+            view.up = False
+        code = "backend_timeout" if failure.timeout else "backend_unreachable"
+        raise Retryable(BadRequest(504 if failure.timeout else 502, str(failure),
+                                    "backend_error", code)) from None
+    done = False
+    try:
+        if upstream.status >= 500:
+            text = (await read_quietly(upstream))[:200].decode("utf-8", "replace")
+            raise Retryable(BadRequest(
+                502, f"backend {backend.label} answered {upstream.status}: {text}",
+                "backend_error", "backend_failed"))
+        if upstream.status != 200 or not body.stream:
+            answer = await read_answer(upstream, backend, view, extra_headers)
+            done = True
+            tokens = usage_tokens(answer.body) if upstream.status == 200 else 0
+            return answer, tokens
+        stream = await http.stream(200, {
+            "Content-Type": "text/event-stream", "Cache-Control": "no-cache", **extra_headers
+        })
+        tokens, done = await relay(metrics, upstream, stream, backend, view,
+                                         client_usage=body.include_usage())
+        return stream, tokens
+    finally:
+        if done:
+            upstream.release()
+        else:
+            upstream.close()
+
+async def read_answer(
+    upstream: UpstreamResponse, backend: Backend, view: RemoteReplicaView,
+    extra_headers: dict[str, str],
+) -> Response:
+    """A whole (not streamed) answer, or :class:`Retryable`."""
+    try:
+        payload = await upstream.read()
+    except TimeoutError:
+        raise Retryable(BadRequest(504, f"backend {backend.label} timed out",
+                                    "backend_error", "backend_timeout")) from None
+    except UpstreamError as failure:
+        view.up = False
+        raise Retryable(BadRequest(502, f"backend {backend.label} failed: {failure}",
+                                    "backend_error", "backend_failed")) from None
+    headers = extra_headers
+    retry_after = upstream.headers.get("retry-after")
+    if retry_after is not None:
+        headers = {**extra_headers, "Retry-After": retry_after}
+    return Response(upstream.status, payload, headers,
+                    upstream.content_type or "application/json")
+
+async def relay(
+    metrics: Metrics, upstream: UpstreamResponse, stream: ResponseStream, backend: Backend,
+    view: RemoteReplicaView, client_usage: bool,
+) -> tuple[int, bool]:
+    """Relay an event stream; return the tokens served and whether it ended well.
+
+    The gateway asked for the usage chunk (``include_usage``) to count tokens; it is
+    kept from a client that did not ask for it. A backend failing mid-stream ends the
+    stream with an ``error`` event, as OpenAI does (the status is sent already)."""
+    tokens = 0
+    try:
+        while (piece := await upstream.read_lines()) is not None:
+            if b'"usage"' in piece:
+                piece, found = take_usage(piece, keep=client_usage)
+                tokens = found or tokens
+            if piece and not await stream.write(piece):
+                metrics.client_disconnects += 1
+                return tokens, False  # the client left: close the backend call
+        await stream.finish()
+        return tokens, True
+    except (TimeoutError, UpstreamError) as failure:
+        view.up = isinstance(failure, TimeoutError)
+        message = json.dumps({"error": {"message": f"backend {backend.label} failed "
+                                        f"mid-stream: {failure!r}", "type": "backend_error"}})
+        await stream.write(b"data: " + message.encode() + b"\n\n")
+        return tokens, False
+
+
+async def read_quietly(upstream: UpstreamResponse) -> bytes:
+    """The body of an answer that is an error already: what could be read of it."""
+    try:
+        return await upstream.read()
+    except (TimeoutError, UpstreamError):
+        return b""
+
+
+def take_usage(piece: bytes, keep: bool) -> tuple[bytes, int]:
+    """Find the usage chunk (``"choices": []``) among the lines of an event stream;
+    return the lines (without it unless ``keep``) and its total tokens (0: none)."""
+    tokens = 0
+    lines = piece.splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        if line.startswith(b"data: {") and b'"usage"' in line and (
+            b'"choices": []' in line or b'"choices":[]' in line
+        ):
+            tokens = usage_tokens(line[6:])
+            if not keep:
+                continue
+        kept.append(line)
+    return (piece if len(kept) == len(lines) else b"".join(kept)), tokens
+
+
+def usage_tokens(payload: bytes) -> int:
+    """``usage.total_tokens`` of a response body or stream chunk, 0 without one.
+
+    Engines write ``usage`` after the choices: the number is read after the last
+    ``"usage"`` key rather than by decoding the whole (possibly long) body; a body
+    that does not fit that shape is decoded."""
+    at = payload.rfind(b'"usage"')
+    if at >= 0:
+        match = _USAGE_TOTAL.match(payload, at)
+        if match is not None:
+            return int(match.group(1))
+    try:
+        usage = json.loads(payload).get("usage") or {}
+        return int(usage.get("total_tokens", 0))
+    except (ValueError, AttributeError, TypeError):
+        return 0

@@ -1,0 +1,1 @@
+"""Metrics of a run: the summary a simulation or benchmark writes."""

@@ -1,0 +1,1 @@
+"""The discrete-event simulator: drives engine-model replicas and a policy over a workload."""
