@@ -35,7 +35,8 @@ def simulate(
         closed_loop = None
         source = str(trace)
     else:
-        built = build_workload(workload, seed=seed, params=dict(params or {}))
+        built = build_workload(workload, seed=seed, params=dict(params or {}),
+                               context_window=spec.cost_model().model.max_context)
         workflows = list(built.workflows)
         closed_loop = built.closed_loop
         source = workload
