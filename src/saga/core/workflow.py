@@ -31,6 +31,10 @@ EndSignal = Literal["explicit", "idle"]
 new call tells (a human session that simply stops)."""
 END_SIGNALS: tuple[EndSignal, ...] = ("explicit", "idle")
 
+HUMAN_TOOL = "human"
+"""The ``tool`` of a call that a human's message starts: no tool ran in its gap, the
+previous response ended the turn (the convention of every reader and generator)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Prompt:

@@ -43,6 +43,10 @@ class CallInfo:
     request would say which results it carries) and ``next_tool`` the tool that the
     call's output invokes (visible in a real response's tool call), if any.
 
+    ``turn_ended`` says what the call's response shows: False if it invokes a tool (the
+    client will call again), True if it ends the turn (only a human's message may follow),
+    None when the runtime does not report it.
+
     ``ends_workflow`` is the client's end marker (the gateway's ``x-saga-end`` header):
     set only on the last call of a workflow whose client sends one (``end_signal =
     "explicit"``). ``oracle_last_call`` is the truth, whether or not the client says it:
@@ -67,6 +71,7 @@ class CallInfo:
     next_tool: str | None = None
     next_runs: tuple[Run, ...] | None = None
     oracle_last_call: bool = False
+    turn_ended: bool | None = None
 
 
 #: What the simulator knows and a real gateway does not: only policies with

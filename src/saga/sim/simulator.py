@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from saga.core.context import describe_over, over_context
-from saga.core.workflow import Call, Workflow
+from saga.core.workflow import HUMAN_TOOL, Call, Workflow
 from saga.engine.kvcache import Run
 from saga.engine.replica import Replica, Request, output_run
 from saga.sched.policy import CallInfo, Policy, PolicyContext, WorkflowInfo
@@ -329,6 +329,7 @@ class Simulation(ReplicaTimers):
             next_tool=self._next_tool(workflow, i),
             next_runs=self._next_runs(workflow, i),
             oracle_last_call=last,
+            turn_ended=self._turn_ended(workflow, i),
         )
         self.policy.on_call_ready(info, now)
         self._seq += 1
@@ -382,6 +383,14 @@ class Simulation(ReplicaTimers):
             if call_id in nxt.after:
                 return nxt.tool
         return None
+
+    @staticmethod
+    def _turn_ended(workflow: Workflow, i: int) -> bool:
+        """What the call's response shows: it invoked a tool (the next call follows a
+        tool) or ended the turn (a human's message or nothing follows; a real response
+        does not tell which)."""
+        tool = Simulation._next_tool(workflow, i)
+        return tool is None or tool == HUMAN_TOOL
 
     @staticmethod
     def _next_runs(workflow: Workflow, i: int) -> tuple[Run, ...] | None:
