@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 
 from saga.core.workflow import Call, EndSignal, Prompt, Workflow
+from saga.sched.policy import Policy
 from saga.sched.registry import build_policy
 from saga.sched.saga.config import SagaConfig
 from saga.sched.saga.ends import EndMarkers, EndWatch, time_to_end
@@ -32,6 +34,11 @@ def learned() -> AgentGraph:
 
 def test_a_response_that_invokes_a_tool_never_predicts_an_end() -> None:
     assert time_to_end(learned(), "a#0", False, 0.9) == math.inf
+
+
+def test_nothing_is_predicted_before_enough_ends_were_seen() -> None:
+    assert time_to_end(learned(), "a#0", True, 0.9, min_ends=2) == math.inf
+    assert time_to_end(learned(), "a#0", True, 0.9, min_ends=1) < math.inf
 
 
 def test_after_a_turn_ends_the_end_comes_when_a_human_return_is_unlikely() -> None:
@@ -84,26 +91,33 @@ def test_markers_say_an_agents_ends_only_if_never_missing() -> None:
     assert not m.said("x")
 
 
-def single_calls(signal: EndSignal, count: int = 5) -> list[Workflow]:
-    out = [Workflow(f"w{i}", "t", "chat", 2.0 * i,
+def single_calls(signal: EndSignal, count: int = 6) -> list[Workflow]:
+    out = [Workflow(f"w{i}", "t", "chat", 10.0 * i,
                     (Call("c0", Prompt(20 * BT, (), ((0, 20),)), 50),), end_signal=signal)
            for i in range(count)]
     # a later workflow keeps the run going past every idle timeout
-    out.append(Workflow("tail", "t", "other", 100.0,
+    out.append(Workflow("tail", "t", "other", 200.0,
                         (Call("c0", Prompt(BT, (), ((0, 1),)), 1),), end_signal="explicit"))
     return out
 
 
+def first_end_is_enough() -> SagaPolicy:
+    return SagaPolicy(SagaConfig(min_samples=1))
+
+
 @pytest.mark.parametrize(("policy", "signal", "predicted"), [
-    ("saga", "idle", 5),  # each call ends its turn, no human was ever seen returning
-    ("saga", "explicit", 0),  # the client says it: nothing to predict
-    ("saga-no-end-prediction", "idle", 0),
+    # w0's end is seen at 25 s; w3-w5 then end their turns with no human ever seen back
+    (first_end_is_enough, "idle", 3),
+    (lambda: build_policy("saga"), "idle", 0),  # 5 ends must be seen first
+    (first_end_is_enough, "explicit", 0),  # the client says it: nothing to predict
+    (lambda: build_policy("saga-no-end-prediction"), "idle", 0),
 ])
-def test_ends_are_predicted_only_when_unsaid(policy: str, signal: EndSignal,
-                                             predicted: int) -> None:
-    chosen = build_policy(policy)
+def test_ends_are_predicted_only_when_unsaid_and_once_ends_were_seen(
+    policy: Callable[[], Policy], signal: EndSignal, predicted: int
+) -> None:
+    chosen = policy()
     assert isinstance(chosen, SagaPolicy)
-    Simulation(get_cluster("test-2"), chosen, single_calls(signal), end_idle_timeout=30.0).run()
+    Simulation(get_cluster("test-2"), chosen, single_calls(signal), end_idle_timeout=25.0).run()
     assert chosen.predicted_ends == predicted
 
 
@@ -113,13 +127,14 @@ def test_a_workflow_that_returns_after_a_predicted_end_is_counted_again() -> Non
     calls = (Call("c0", Prompt(20 * BT, (), ((0, 20),)), 50),
              Call("c1", Prompt(22 * BT, (), ((0, 22),)), 50, ("c0",), 5.0, "human"),
              Call("c2", Prompt(24 * BT, (), ((0, 24),)), 50, ("c1",), 5.0, "human"))
-    workflows = [Workflow(f"w{i}", "t", "chat", 3.0 * i, calls, end_signal="idle")
-                 for i in range(4)]
+    workflows = single_calls("idle", count=1)[:1]  # one end to learn from, seen at 25 s
+    workflows += [Workflow(f"r{i}", "t", "chat", 30.0 + 3.0 * i, calls, end_signal="idle")
+                  for i in range(4)]
     workflows.append(Workflow("tail", "t", "other", 200.0,
                               (Call("c0", Prompt(BT, (), ((0, 1),)), 1),),
                               end_signal="explicit"))
-    policy = SagaPolicy()
-    result = Simulation(get_cluster("test-2"), policy, workflows, end_idle_timeout=30.0).run()
+    policy = first_end_is_enough()
+    result = Simulation(get_cluster("test-2"), policy, workflows, end_idle_timeout=25.0).run()
     assert all(w.finished_at > 0 for w in result.workflows)
     assert policy.predicted_ends > 0
     assert policy.flows == {}

@@ -57,6 +57,7 @@ class SweepPoint:
     tct_mean: float
     tct_p99: float
     kv_utilization: float = float("nan")
+    calls_over_context: int = 0
 
 
 @dataclass
@@ -266,6 +267,7 @@ def _sweep_points(
             float(run.summary["tct_mean"]),  # type: ignore[arg-type]
             float(run.summary["tct_p99"]),  # type: ignore[arg-type]
             float(run.summary["kv_utilization"]),  # type: ignore[arg-type]
+            int(run.summary["calls_over_context"]),  # type: ignore[call-overload]
         )
         for concurrency, run in zip(concurrencies, pool.map(_run_job, jobs), strict=True)
     ]

@@ -23,7 +23,8 @@ retention drops its KV, and eviction takes it first. A call that comes after all
 it back, as a new workflow's would be.
 
 An agent type whose workflows have been seen to end with the marker (and never
-without) needs no prediction: its ends will be said.
+without) needs no prediction: its ends will be said; nor is one predicted before
+``min_samples`` ends of the agent type have been observed (cold start).
 """
 
 from __future__ import annotations
@@ -37,10 +38,12 @@ from saga.sched.saga.graph import AgentGraph, node_tool
 
 
 def time_to_end(graph: AgentGraph, node: str, turn_ended: bool | None,
-                confidence: float) -> float:
+                confidence: float, min_ends: int = 1) -> float:
     """Seconds after a call at ``node`` finishes until its workflow, silent since, has
-    ended with probability ``confidence`` (0: at once; inf: never predicted)."""
-    if turn_ended is False:
+    ended with probability ``confidence`` (0: at once; inf: never predicted). Nothing is
+    predicted before ``min_ends`` ends of the agent have been observed: the priors alone
+    know nothing of how its users leave."""
+    if turn_ended is False or graph.ends < min_ends:
         return math.inf  # the response invoked a tool: the client calls again
     gap = graph.gap(node)
     c = gap.p_continue

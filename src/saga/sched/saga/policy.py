@@ -274,7 +274,7 @@ class SagaPolicy(Policy):
         if not self.config.predict_end or self.end_markers.said(call.agent):
             return float("inf")
         return time_to_end(self._graph(flow), flow.node, call.turn_ended,
-                           self.config.end_confidence)
+                           self.config.end_confidence, self.config.min_samples)
 
     def _expire_ends(self, now: float) -> None:
         for workflow, epoch in self.end_watch.due(now):
