@@ -10,8 +10,9 @@ with the mechanisms of this package:
   :mod:`~saga.sched.saga.retention` and the graph's predicted next use;
 * :meth:`SagaPolicy.admit` - :mod:`~saga.sched.saga.admission`.
 
-Observations feed :mod:`~saga.sched.saga.graph`; oracle fields of
-:class:`~saga.sched.policy.CallInfo` (``output_tokens``, ``next_gap``) are never read.
+Observations feed :mod:`~saga.sched.saga.graph`; the oracle fields of
+:class:`~saga.sched.policy.CallInfo` (``ORACLE_FIELDS``) are never read: a workflow's end
+is what its client marks, the runtime reports, or :mod:`~saga.sched.saga.ends` predicts.
 """
 
 from __future__ import annotations
