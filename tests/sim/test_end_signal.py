@@ -112,3 +112,21 @@ def test_the_default_idle_timeout_is_the_gateways() -> None:
     assert get_cluster("small").end_idle_timeout == GatewayConfig.model_fields[
         "workflow_idle_timeout"].default == 600.0
 
+
+
+def test_a_response_shows_a_tool_call_or_an_ended_turn_never_the_end() -> None:
+    """turn_ended/next_tool as a real response shows them: the call before a human's message
+    and the workflow's last call look the same."""
+    seen: dict[str, tuple[bool | None, str | None]] = {}
+
+    class Watch(VLLMRoundRobin):
+        def on_call_ready(self, call: CallInfo, now: float) -> None:
+            seen[call.call_id] = (call.turn_ended, call.next_tool)
+
+    calls = (
+        Call("c0", Prompt(10 * BT, (), ((0, 10),)), 20),
+        Call("c1", Prompt(12 * BT, (), ((0, 12),)), 20, ("c0",), 1.0, "bash"),
+        Call("c2", Prompt(14 * BT, (), ((0, 14),)), 20, ("c1",), 9.0, "human"),
+    )
+    run(Watch(), [Workflow("w", "t", "a", 0.0, calls)])
+    assert seen == {"c0": (False, "bash"), "c1": (True, None), "c2": (True, None)}

@@ -378,10 +378,12 @@ class Simulation(ReplicaTimers):
 
     @staticmethod
     def _next_tool(workflow: Workflow, i: int) -> str | None:
+        """The tool the call's response invokes, as the response shows it: none if the
+        turn ended, whether a human's message follows or nothing does."""
         call_id = workflow.calls[i].id
         for nxt in workflow.calls[i + 1 :]:
             if call_id in nxt.after:
-                return nxt.tool
+                return None if nxt.tool == HUMAN_TOOL else nxt.tool
         return None
 
     @staticmethod
@@ -389,8 +391,7 @@ class Simulation(ReplicaTimers):
         """What the call's response shows: it invoked a tool (the next call follows a
         tool) or ended the turn (a human's message or nothing follows; a real response
         does not tell which)."""
-        tool = Simulation._next_tool(workflow, i)
-        return tool is None or tool == HUMAN_TOOL
+        return Simulation._next_tool(workflow, i) is None
 
     @staticmethod
     def _next_runs(workflow: Workflow, i: int) -> tuple[Run, ...] | None:
