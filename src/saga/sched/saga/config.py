@@ -134,8 +134,9 @@ class SagaConfig(BaseModel):
         "waiting for the idle timeout: its working set leaves the gate, its KV is dropped.",
     )
     end_confidence: float = Field(
-        0.9, gt=0.0, lt=1.0,
-        description="P(the workflow has ended) at which a predicted end is acted on.",
+        0.5, gt=0.0, lt=1.0,
+        description="P(the workflow has ended) at which a predicted end is acted on "
+        "(0.5: when an end is likelier than a return; docs/saga.md has the sweep).",
     )
     prefetch_quantile: float = Field(
         0.2,
