@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from saga.cli_args import check_seed
 from saga.core.trace import read_trace
 from saga.engine.cluster import get_cluster
 from saga.errors import UserError
@@ -27,6 +28,7 @@ def simulate(
     Returns the summary that ``saga simulate`` writes to ``summary.json`` (same keys,
     same values for the same arguments); with ``out`` it writes the same files.
     """
+    check_seed(seed, "seed")
     spec = get_cluster(cluster)
     if trace is not None:
         if params:
@@ -35,7 +37,8 @@ def simulate(
         closed_loop = None
         source = str(trace)
     else:
-        built = build_workload(workload, seed=seed, params=dict(params or {}))
+        built = build_workload(workload, seed=seed, params=dict(params or {}),
+                               context_window=spec.cost_model().model.max_context)
         workflows = list(built.workflows)
         closed_loop = built.closed_loop
         source = workload

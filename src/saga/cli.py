@@ -92,6 +92,18 @@ def _add_simulate(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--out", type=Path, default=Path("runs/simulate"), help="output directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--end-idle-timeout", type=float, default=None, metavar="S",
+        help="seconds with no call after which a workflow without an end marker is seen "
+        "ended (default: the cluster's, 600 as the gateway's workflow_idle_timeout)",
+    )
+    p.add_argument(
+        "--strict-context",
+        action="store_true",
+        help="fail, naming the call, if a call is longer than the cluster's model context "
+        "(default: such calls are not simulated, their workflows are rejected and counted "
+        "in calls_over_context, with a warning)",
+    )
     p.set_defaults(handler=_cmd_simulate)
 
 
@@ -141,6 +153,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
+    from saga.core.context import check_context
     from saga.core.trace import read_trace
     from saga.engine.cluster import get_cluster
     from saga.sched.registry import build_policy
@@ -161,12 +174,16 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         closed_loop = None
         source = str(args.trace)
     else:
-        workload = build_workload(args.workload, seed=args.seed, params=params)
+        workload = build_workload(args.workload, seed=args.seed, params=params,
+                                  context_window=cluster.cost_model().model.max_context)
         workflows = list(workload.workflows)
         closed_loop = workload.closed_loop
         source = args.workload
     if not workflows:
         raise UserError(f"{source}: no workflows to simulate")
+    model = cluster.cost_model().model
+    if args.strict_context:
+        check_context(workflows, model.max_context, f"{model.name} ({cluster.name})")
     console = Console(stderr=True)
     started = time.perf_counter()
     horizon = max(w.arrival for w in workflows) or 1.0
@@ -186,7 +203,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
         out = run_policy(
             cluster, args.policy, workflows, seed=args.seed, closed_loop=closed_loop,
-            progress=update,
+            progress=update, end_idle_timeout=args.end_idle_timeout,
         )
     wall = time.perf_counter() - started
     meta = {
@@ -197,6 +214,11 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         "workflows": len(workflows),
     }
     write_outputs(out, args.out, meta)
+    over = out.summary.get("calls_over_context", 0)
+    if over:
+        print(f"saga: warning: {over} calls longer than the {model.max_context:,}-token "
+              f"context of {model.name} were not simulated (their workflows are rejected; "
+              "see calls_over_context, --strict-context)", file=sys.stderr)
     _print_summary(out.summary, meta, wall)
     print(f"wrote {args.out / 'summary.json'} and {args.out / 'workflows.csv'}")
     return 0

@@ -116,3 +116,11 @@ def test_a_broken_json_line_names_its_real_column(
                        capsys, "broken.jsonl:1: invalid JSON: Expecting value at column 59")
     assert not (tmp_path / "run").exists()
 
+
+
+def test_the_python_api_refuses_a_negative_seed_in_one_line() -> None:
+    from saga import simulate
+    from saga.errors import UserError
+
+    with pytest.raises(UserError, match=r"^seed -1: a seed must be a non-negative integer$"):
+        simulate(workload="coding-agent", params={"count": "2"}, seed=-1)

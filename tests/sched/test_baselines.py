@@ -119,8 +119,9 @@ def chain(
 
 
 def single(wid: str, arrival: float, blocks: int, output: int) -> Workflow:
+    # its client marks the end (the baselines' last-call rules are under test here)
     return Workflow(wid, "t", "noise", arrival, (Call("c0", Prompt(blocks * BT, (), ((0, blocks),)),
-                                                       output),))
+                                                       output),), end_signal="explicit")
 
 
 # ---- vllm-affinity -------------------------------------------------------------------------

@@ -37,7 +37,7 @@ def agent_workload(seed: int, count: int, rate: float) -> list[Workflow]:
             prompt = Prompt(SYSTEM[1] + n * BT, (SYSTEM,), ((0, n),))
             calls.append(Call(f"c{k}", prompt, output, (f"c{k - 1}",) if k else (), gap, tool))
             n += output // BT + rng.randint(5, 40)
-        out.append(Workflow(f"w{w}", "acme", "swe-agent", t, tuple(calls)))
+        out.append(Workflow(f"w{w}", "acme", "swe-agent", t, tuple(calls), end_signal="explicit"))
     return out
 
 

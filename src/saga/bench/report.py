@@ -103,11 +103,25 @@ def summary_dict(result: BenchResult) -> dict[str, Any]:
             "speedup": pooled_speedups(result),
             "cases": [_case_dict(c) for c in result.cases],
             "sweep": [vars(p) for p in result.sweep],
+            "calls_over_context": calls_over_context(result),
             "peaks": result.peaks,
             "peak_ratio": peak_ratio,
         }
     )
     return summary
+
+
+def calls_over_context(result: BenchResult) -> dict[str, int]:
+    """Per policy, calls longer than the model's context over every case and sweep point
+    (never simulated: a valid benchmark has 0 everywhere)."""
+    out: dict[str, int] = {p: 0 for p in result.scenario.policies}
+    for case in result.cases:
+        for name, run in case.runs.items():
+            over = run.summary.get("calls_over_context", 0)
+            out[name] = out.get(name, 0) + (over if isinstance(over, int) else 0)
+    for point in result.sweep:
+        out[point.policy] = out.get(point.policy, 0) + point.calls_over_context
+    return out
 
 
 def _case_dict(case: CaseResult) -> dict[str, Any]:

@@ -57,6 +57,7 @@ class SweepPoint:
     tct_mean: float
     tct_p99: float
     kv_utilization: float = float("nan")
+    calls_over_context: int = 0
 
 
 @dataclass
@@ -101,6 +102,14 @@ def _executor() -> Executor:
 
 
 # ---- the scenario kinds -------------------------------------------------------------------
+def _cluster(spec: Scenario) -> ClusterSpec:
+    """The scenario's cluster, with its end-of-workflow idle timeout if it sets one."""
+    cluster = get_cluster(spec.cluster)
+    if spec.end_idle_timeout is not None:
+        cluster = cluster.model_copy(update={"end_idle_timeout": spec.end_idle_timeout})
+    return cluster
+
+
 def run_scenario(
     scenario: Scenario, *, quick: bool, progress: Progress | None = None
 ) -> BenchResult:
@@ -121,12 +130,12 @@ def run_scenario(
 
 
 def _run_compare(spec: Scenario, pool: Executor, result: BenchResult, say: Progress) -> None:
-    cluster = get_cluster(spec.cluster)
+    cluster = _cluster(spec)
     for workload in spec.workloads:
         for seed in spec.seeds:
             if spec.loads is None:
                 case = CaseResult(workload.title, workload.name, seed, cluster.replicas)
-                workflows, closed = _build(workload, seed, {})
+                workflows, closed = _build(cluster, workload, seed, {})
                 _run_case(spec, cluster, case, workflows, closed, pool, say)
                 result.cases.append(case)
                 continue
@@ -141,13 +150,13 @@ def _run_compare(spec: Scenario, pool: Executor, result: BenchResult, say: Progr
                     load,
                     rate,
                 )
-                workflows, closed = _build(workload, seed, {"rate": f"{rate:.6g}"})
+                workflows, closed = _build(cluster, workload, seed, {"rate": f"{rate:.6g}"})
                 _run_case(spec, cluster, case, workflows, closed, pool, say)
                 result.cases.append(case)
 
 
 def _run_scale(spec: Scenario, pool: Executor, result: BenchResult, say: Progress) -> None:
-    base = get_cluster(spec.cluster)
+    base = _cluster(spec)
     for workload in spec.workloads:
         base_rate = float(workload.params.get("rate", 0.2))
         for replicas in spec.replicas:
@@ -161,13 +170,13 @@ def _run_scale(spec: Scenario, pool: Executor, result: BenchResult, say: Progres
                 replicas,
                 rate=rate,
             )
-            workflows, closed = _build(workload, seed, {"rate": f"{rate:.6g}"})
+            workflows, closed = _build(cluster, workload, seed, {"rate": f"{rate:.6g}"})
             _run_case(spec, cluster, case, workflows, closed, pool, say)
             result.cases.append(case)
 
 
 def _run_saturation(spec: Scenario, pool: Executor, result: BenchResult, say: Progress) -> None:
-    cluster = get_cluster(spec.cluster)
+    cluster = _cluster(spec)
     workload = spec.workloads[0]
     seed = spec.seeds[0]
     for policy in spec.policies:
@@ -245,7 +254,7 @@ def _sweep_points(
 ) -> list[SweepPoint]:
     jobs = []
     for concurrency in concurrencies:
-        workflows, _ = _build(workload, seed, _closed_params(workload, concurrency, spec))
+        workflows, _ = _build(cluster, workload, seed, _closed_params(workload, concurrency, spec))
         # slowdowns are not needed for a sweep: skip the isolated runs
         skip = {w.id: 1.0 for w in workflows}
         jobs.append((cluster, policy, workflows, seed, concurrency, skip, 0.0))
@@ -258,6 +267,7 @@ def _sweep_points(
             float(run.summary["tct_mean"]),  # type: ignore[arg-type]
             float(run.summary["tct_p99"]),  # type: ignore[arg-type]
             float(run.summary["kv_utilization"]),  # type: ignore[arg-type]
+            int(run.summary["calls_over_context"]),  # type: ignore[call-overload]
         )
         for concurrency, run in zip(concurrencies, pool.map(_run_job, jobs), strict=True)
     ]
@@ -288,10 +298,12 @@ def _closed_params(workload: WorkloadSpec, concurrency: int, spec: Scenario) -> 
 
 
 def _build(
-    workload: WorkloadSpec, seed: int, overrides: dict[str, str]
+    cluster: ClusterSpec, workload: WorkloadSpec, seed: int, overrides: dict[str, str]
 ) -> tuple[list[Workflow], int | None]:
     params = {**workload.string_params(), **overrides}
-    built = build_workload(workload.name, seed=seed, params=params)
+    # readers that model their client's context management use the model's window
+    window = cluster.cost_model().model.max_context
+    built = build_workload(workload.name, seed=seed, params=params, context_window=window)
     return list(built.workflows), built.closed_loop
 
 

@@ -78,6 +78,10 @@ class Scenario(BaseModel):
         min_length=1,
         description="scale: cluster sizes in replicas (the workload rate grows with them).",
     )
+    end_idle_timeout: float | None = Field(
+        None, gt=0, description="Seconds with no call after which a workflow without an end "
+        "marker is seen ended (default: the cluster's, the gateway's 600).",
+    )
     kv_sample_interval: float = Field(
         0.0, ge=0, description="Seconds between KV-memory samples for the report (0: auto)."
     )

@@ -4,7 +4,8 @@ Reading validates every line and names the line and the field of the first probl
 (:class:`TraceError`); writing is atomic. Files ending in ``.gz`` are gzip-compressed.
 
 Defaults for missing fields: ``tenant`` "default", ``agent`` "agent", ``slo`` null (best
-effort), ``block_tokens`` 64, a call's ``after`` [] , ``gap`` 0, ``tool`` null, a prompt's
+effort), ``block_tokens`` 64, ``end_signal`` "idle" (no end marker: the gateway learns
+the end from its idle timeout), a call's ``after`` [] , ``gap`` 0, ``tool`` null, a prompt's
 ``shared`` and ``blocks`` []. Unknown workflow-level fields are kept in
 :attr:`Workflow.extra` and written back under their own names; unknown call-level fields
 are ignored.
@@ -23,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, cast
 
-from saga.core.workflow import DEFAULT_BLOCK_TOKENS, Call, Prompt, Workflow
+from saga.core.workflow import DEFAULT_BLOCK_TOKENS, END_SIGNALS, Call, Prompt, Workflow
 from saga.errors import UserError
 
 __all__ = [
@@ -39,7 +40,7 @@ __all__ = [
 
 # Workflow-level keys of the format; anything else goes to Workflow.extra.
 _KNOWN_KEYS = frozenset(
-    {"workflow", "tenant", "agent", "arrival", "slo", "block_tokens", "calls"}
+    {"workflow", "tenant", "agent", "arrival", "slo", "block_tokens", "calls", "end_signal"}
 )
 
 
@@ -181,6 +182,10 @@ def _parse(obj: object) -> Workflow:
     slo_raw = obj.get("slo")
     slo = None if slo_raw is None else _float(slo_raw, "slo", 1.0)
     block_tokens = _int(obj.get("block_tokens", DEFAULT_BLOCK_TOKENS), "block_tokens", 1)
+    end_signal = obj.get("end_signal", "idle")
+    if end_signal not in END_SIGNALS:
+        raise _Bad("end_signal", f"must be one of {', '.join(END_SIGNALS)}, got "
+                   f"{_show(end_signal)}")
     if "calls" not in obj:
         raise _Bad("calls", "is missing")
     raw_calls = _list(obj["calls"], "calls")
@@ -188,7 +193,7 @@ def _parse(obj: object) -> Workflow:
     extra = {k: v for k, v in obj.items() if k not in _KNOWN_KEYS}
     w = Workflow(
         id=wid, tenant=tenant, agent=agent, arrival=arrival, calls=calls, slo=slo,
-        block_tokens=block_tokens, extra=extra,
+        block_tokens=block_tokens, extra=extra, end_signal=end_signal,
     )
     _check(w)
     return w
@@ -275,6 +280,7 @@ def workflow_to_dict(w: Workflow) -> dict[str, object]:
         "arrival": w.arrival,
         "slo": w.slo,
         "block_tokens": w.block_tokens,
+        "end_signal": w.end_signal,
         "calls": [_call_to_dict(c) for c in w.calls],
     }
     for k, v in w.extra.items():

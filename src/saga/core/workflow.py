@@ -21,8 +21,19 @@ thousand in the simulator. Validation happens once, where data enters
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 DEFAULT_BLOCK_TOKENS = 64
+
+EndSignal = Literal["explicit", "idle"]
+"""How a gateway learns that a workflow ended: ``explicit``, its client marks the last call
+(the gateway's ``x-saga-end`` header); ``idle``, no marker, so only an idle timeout with no
+new call tells (a human session that simply stops)."""
+END_SIGNALS: tuple[EndSignal, ...] = ("explicit", "idle")
+
+HUMAN_TOOL = "human"
+"""The ``tool`` of a call that a human's message starts: no tool ran in its gap, the
+previous response ended the turn (the convention of every reader and generator)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +77,7 @@ class Workflow:
     ``slo`` is the tenant's task-completion-time objective as a slowdown factor
     (TCT over the TCT alone on an idle replica); ``None`` means best effort.
     ``calls`` is topologically ordered: every id in ``after`` names an earlier call.
+    ``end_signal`` says how its end becomes known to the scheduler (:data:`EndSignal`).
     """
 
     id: str
@@ -76,6 +88,7 @@ class Workflow:
     slo: float | None = None
     block_tokens: int = DEFAULT_BLOCK_TOKENS
     extra: dict[str, object] = field(default_factory=dict, compare=False, hash=False)
+    end_signal: EndSignal = "idle"
 
     def call_index(self) -> dict[str, int]:
         """Map from call id to its position in ``calls``."""
@@ -98,4 +111,5 @@ class Workflow:
             slo=self.slo,
             block_tokens=self.block_tokens,
             extra=self.extra,
+            end_signal=self.end_signal,
         )

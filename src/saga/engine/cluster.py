@@ -29,6 +29,11 @@ class ClusterSpec(BaseModel):
     tp: int = Field(1, ge=1, description="Tensor-parallel GPUs per replica.")
     host_link: str = Field("gen4", description="Host link for the KV host tier: gen4 or gen5.")
     engine: EngineConfig = Field(default_factory=EngineConfig, description="Engine settings.")
+    end_idle_timeout: float = Field(
+        600.0, gt=0,
+        description="Seconds with no call after which the gateway takes a workflow without "
+        "an end marker (end_signal = idle) as finished: the gateway's workflow_idle_timeout.",
+    )
     description: str = ""
 
     @property

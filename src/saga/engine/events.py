@@ -1,7 +1,10 @@
 """A tiny discrete-event core: a heap of (time, seq, callback, argument).
 
 The counter breaks ties in scheduling order, so a run is deterministic. Time only
-moves forward; scheduling into the past is a bug and raises.
+moves forward; scheduling into the past is a bug and raises. *Background* events
+(:meth:`EventLoop.at_background`) run in order like the others but do not keep the loop
+alive: once only background events remain, the run is over (a gateway's idle-timeout
+sweep, say, happens only while something else still does).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ class EventLoop:
         self._heap: list[tuple[float, int, Callback, Any]] = []
         self._seq = 0
         self.events_run = 0
+        self._background: set[int] = set()  # seqs of the background events pending
 
     def at(self, time: float, callback: Callback, arg: Any = None) -> None:
         """Run ``callback(arg)`` at ``time`` (not before ``now``)."""
@@ -29,6 +33,11 @@ class EventLoop:
         self._seq += 1
         heapq.heappush(self._heap, (time, self._seq, callback, arg))
 
+    def at_background(self, time: float, callback: Callback, arg: Any = None) -> None:
+        """Like :meth:`at`, but the event does not keep the loop alive (module docstring)."""
+        self.at(time, callback, arg)
+        self._background.add(self._seq)
+
     def after(self, delay: float, callback: Callback, arg: Any = None) -> None:
         self.at(self.now + delay, callback, arg)
 
@@ -36,11 +45,14 @@ class EventLoop:
         """Run events in time order until the heap is empty (or past ``until``)."""
         heap = self._heap
         pop = heapq.heappop
-        while heap:
+        background = self._background
+        while len(heap) > len(background):
             if until is not None and heap[0][0] > until:
                 self.now = until
                 return
-            time, _, callback, arg = pop(heap)
+            time, seq, callback, arg = pop(heap)
+            if background:
+                background.discard(seq)
             self.now = time
             callback(arg)
             self.events_run += 1
@@ -48,4 +60,5 @@ class EventLoop:
                 on_event()
 
     def pending(self) -> int:
-        return len(self._heap)
+        """Events still to run that keep the loop alive (background ones are not counted)."""
+        return len(self._heap) - len(self._background)

@@ -57,6 +57,9 @@ class ModelSpec:
         dtype_bytes: bytes per weight and per KV element (2 for bf16/fp16).
         vocab: vocabulary size; 0 when unknown, and then embeddings are not treated apart.
         tied_embeddings: whether the output projection reuses the input embedding.
+        max_context: the longest sequence (prompt plus output, in tokens) the model serves:
+            its config's ``max_position_embeddings``, vLLM's default ``max_model_len``; a
+            request longer than this gets an HTTP 400 from vLLM. 0 when unknown (no limit).
     """
 
     name: str
@@ -71,6 +74,7 @@ class ModelSpec:
     dtype_bytes: int = 2
     vocab: int = 0
     tied_embeddings: bool = False
+    max_context: int = 0
 
     def kv_bytes_per_token(self) -> int:
         """Bytes of KV cache one token occupies: K and V for every layer and KV head."""
@@ -164,6 +168,7 @@ def _llama(
     *,
     qkv_bias: bool = False,
     tied_embeddings: bool = False,
+    max_context: int = 0,
 ) -> ModelSpec:
     params = float(
         llama_params(
@@ -191,22 +196,27 @@ def _llama(
         dtype_bytes=2,
         vocab=vocab,
         tied_embeddings=tied_embeddings,
+        max_context=max_context,
     )
 
 
 def _tiny_llama() -> ModelSpec:
-    spec = _llama("tiny-llama", 4, 256, 4, 2, 64, 688, 2048)
+    spec = _llama("tiny-llama", 4, 256, 4, 2, 64, 688, 2048, max_context=32768)
     return replace(spec, dtype_bytes=4)
 
 
 # Shapes from each model's published config.json; parameter counts computed from them
 # (8,030,261,248 / 70,553,706,496 / 32,763,876,352: the published 8.0 B, 70.6 B, 32.8 B).
+# max_context is the config's max_position_embeddings (what vLLM takes as max_model_len):
+# 131,072 for Llama-3.1-8B and -70B; 32,768 for Qwen2.5-32B (its 131,072 needs YaRN rope
+# scaling, which vLLM enables only when asked); the tiny model's own config says 32,768.
 MODELS: dict[str, ModelSpec] = {
     m.name: m
     for m in (
-        _llama("llama-3.1-8b", 32, 4096, 32, 8, 128, 14336, 128256),
-        _llama("llama-3.1-70b", 80, 8192, 64, 8, 128, 28672, 128256),
-        _llama("qwen2.5-32b", 64, 5120, 40, 8, 128, 27648, 152064, qkv_bias=True),
+        _llama("llama-3.1-8b", 32, 4096, 32, 8, 128, 14336, 128256, max_context=131072),
+        _llama("llama-3.1-70b", 80, 8192, 64, 8, 128, 28672, 128256, max_context=131072),
+        _llama("qwen2.5-32b", 64, 5120, 40, 8, 128, 27648, 152064, qkv_bias=True,
+               max_context=32768),
         # The tiny random model that saga.integrations.tinymodel builds for real CPU engines
         # (a few MB of weights), in float32 as both CPU engines serve it.
         _tiny_llama(),

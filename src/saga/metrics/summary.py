@@ -68,6 +68,13 @@ def gpu_missed_tokens(result: SimResult) -> int:
     return sum(c.gpu_missed_tokens for c in result.calls)
 
 
+def calls_over_context(result: SimResult) -> int:
+    """Calls longer than the model's context (prompt plus output over its window): a real
+    vLLM answers them 400, so they are never simulated and their workflows are rejected
+    (counted in ``workflows_rejected``). A valid benchmark has none."""
+    return sum(w.over_context for w in result.workflows)
+
+
 def kv_utilization(result: SimResult) -> float:
     """Time-averaged share of KV capacity holding blocks that are either in use by a
     running call or hit again before they are evicted."""
@@ -113,6 +120,7 @@ def summarize(result: SimResult, isolated: Mapping[str, float]) -> dict[str, obj
         "throughput_output_tokens_per_s": output / duration,
         "workflows_completed": len(done),
         "workflows_rejected": sum(1 for w in result.workflows if w.rejected),
+        "calls_over_context": calls_over_context(result),
         "workflows_total": len(result.workflows),
         "calls_completed": len(result.calls),
         "ttft_p50": percentile(ttft, 50),

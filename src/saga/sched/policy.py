@@ -24,13 +24,20 @@ from typing import TYPE_CHECKING, ClassVar
 
 from saga.engine.kvcache import EvictionOrder, LRUEviction
 from saga.sched.decisions import ADMIT, RELEASE, Admission, Retention
-from saga.sched.view import CallInfo, CallView, CostView, ReplicaView, WorkflowInfo
+from saga.sched.view import (
+    ORACLE_FIELDS,
+    CallInfo,
+    CallView,
+    CostView,
+    ReplicaView,
+    WorkflowInfo,
+)
 
 if TYPE_CHECKING:
     from saga.sched.saga.graph import GraphStore
 
 # CallInfo and WorkflowInfo live in saga.sched.view; imported from here they still work.
-__all__ = ["CallInfo", "Policy", "PolicyContext", "Router", "WorkflowInfo"]
+__all__ = ["ORACLE_FIELDS", "CallInfo", "Policy", "PolicyContext", "Router", "WorkflowInfo"]
 
 
 @dataclass(slots=True)

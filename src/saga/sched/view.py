@@ -44,6 +44,15 @@ class CallInfo:
     ``after`` names the calls this one waited for (the DAG's edges, as a client's
     request would say which results it carries) and ``next_tool`` the tool that the
     call's output invokes (visible in a real response's tool call), if any.
+
+    ``turn_ended`` says what the call's response shows: False if it invokes a tool (the
+    client will call again), True if it ends the turn (only a human's message may follow),
+    None when the runtime does not report it.
+
+    ``ends_workflow`` is the client's end marker (the gateway's ``x-saga-end`` header):
+    set only on the last call of a workflow whose client sends one (``end_signal =
+    "explicit"``). ``oracle_last_call`` is the truth, whether or not the client says it:
+    the call is its workflow's last. Only offline bounds may read it (:data:`ORACLE_FIELDS`).
     """
 
     workflow: str
@@ -63,6 +72,13 @@ class CallInfo:
     after: tuple[str, ...] = ()
     next_tool: str | None = None
     next_runs: tuple[Run, ...] | None = None
+    oracle_last_call: bool = False
+    turn_ended: bool | None = None
+
+
+#: What the simulator knows and a real gateway does not: only policies with
+#: ``offline = True`` may read these fields of :class:`CallInfo`.
+ORACLE_FIELDS: tuple[str, ...] = ("output_tokens", "next_gap", "next_runs", "oracle_last_call")
 
 
 @dataclass(slots=True)

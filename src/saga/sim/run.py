@@ -61,6 +61,7 @@ def run_policy(
     isolated_cache: MutableMapping[str, float] | None = None,
     progress: Callable[[float], None] | None = None,
     kv_sample_interval: float = 0.0,
+    end_idle_timeout: float | None = None,
 ) -> RunOutput:
     """Simulate ``policy`` and summarize it (see :func:`saga.metrics.summary.summarize`)."""
     chosen = build_policy(policy)
@@ -72,6 +73,7 @@ def run_policy(
         closed_loop=closed_loop,
         progress=progress,
         kv_sample_interval=kv_sample_interval,
+        end_idle_timeout=end_idle_timeout,
     )
     result = sim.run()
     isolated = isolated_tcts(cluster, workflows, isolated_cache)

@@ -13,7 +13,8 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from saga.core.workflow import Call, Workflow
+from saga.core.context import describe_over, over_context
+from saga.core.workflow import HUMAN_TOOL, Call, Workflow
 from saga.engine.cluster import ClusterSpec
 from saga.engine.events import EventLoop
 from saga.engine.kvcache import Run
@@ -56,6 +57,9 @@ class WorkflowRecord:
     calls: int
     slo: float | None
     rejected: str = ""
+    #: calls longer than the model's context (vLLM answers them 400): the workflow is
+    #: rejected at arrival and never simulated
+    over_context: int = 0
 
     @property
     def tct(self) -> float:
@@ -98,7 +102,8 @@ class _WorkflowRun:
     """The process of one workflow: which calls wait on what."""
 
     __slots__ = (
-        "done", "index", "info", "kv_runs", "pending", "record", "waiting_on", "workflow",
+        "done", "index", "info", "kv_runs", "last_issued", "pending", "record", "waiting_on",
+        "workflow",
     )
 
     def __init__(self, workflow: Workflow, record: WorkflowRecord) -> None:
@@ -110,6 +115,7 @@ class _WorkflowRun:
         self.done: list[bool] = [False] * len(workflow.calls)
         # the KV each finished call left: its prompt runs and its output's blocks
         self.kv_runs: list[tuple[Run, ...]] = [()] * len(workflow.calls)
+        self.last_issued = 0.0  # when its latest call was issued (the gateway's last_seen)
         self.info = WorkflowInfo(
             workflow.id, workflow.tenant, workflow.agent, workflow.arrival, workflow.slo
         )
@@ -159,6 +165,7 @@ class Simulation(ReplicaTimers):
         progress: Callable[[float], None] | None = None,
         kv_sample_interval: float = 0.0,
         faults: Sequence[Fault] = (),
+        end_idle_timeout: float | None = None,
     ) -> None:
         if not workflows:
             raise ValueError("no workflows to simulate")
@@ -167,11 +174,17 @@ class Simulation(ReplicaTimers):
             raise ValueError(f"workflows mix block sizes {sorted(block_sizes)}; use one")
         self.block_tokens = block_sizes.pop()
         self.cluster = cluster
+        #: seconds without a call after which a workflow with no end marker is seen ended
+        self.end_idle_timeout = (
+            cluster.end_idle_timeout if end_idle_timeout is None else end_idle_timeout
+        )
         self.policy = policy
         self.seed = seed
         self.loop = EventLoop()
         self.rng = random.Random(seed)
         self.cost = cluster.cost_model()
+        #: the model's window (0: none known); longer calls are rejected, never served
+        self.max_context = self.cost.model.max_context
         capacity = cluster.kv_capacity_blocks(self.block_tokens)
         host_capacity = cluster.host_capacity_blocks(self.block_tokens)
         self.replicas: list[Replica] = []
@@ -242,7 +255,14 @@ class Simulation(ReplicaTimers):
             len(workflow.calls), workflow.slo,
         )
         run = _WorkflowRun(workflow, record)
-        too_large = self._too_large(workflow)
+        over = over_context(workflow, self.max_context)
+        if over:
+            # vLLM answers such a call 400: the workflow cannot complete as recorded.
+            record.over_context = len(over)
+            record.rejected = "over context: " + describe_over(
+                workflow, over[0], self.max_context, self.cluster.model
+            )
+        too_large = record.rejected or self._too_large(workflow)
         if too_large:
             # As vLLM refuses a request longer than its KV can ever hold: the workflow
             # could never finish, so it is rejected at once, with the reason on record.
@@ -287,6 +307,8 @@ class Simulation(ReplicaTimers):
         now = self.loop.now
         workflow = run.workflow
         call = workflow.calls[i]
+        run.last_issued = now
+        last = run.pending == 1
         info = CallInfo(
             workflow=workflow.id,
             tenant=workflow.tenant,
@@ -299,12 +321,15 @@ class Simulation(ReplicaTimers):
             issued_at=now,
             workflow_arrival=workflow.arrival,
             slo=workflow.slo,
-            ends_workflow=run.pending == 1,
+            # the client's end marker: only a client that sends one gives it
+            ends_workflow=last and workflow.end_signal == "explicit",
             output_tokens=call.output_tokens,
             next_gap=self._next_gap(workflow, i),
             after=call.after,
             next_tool=self._next_tool(workflow, i),
             next_runs=self._next_runs(workflow, i),
+            oracle_last_call=last,
+            turn_ended=self._turn_ended(workflow, i),
         )
         self.policy.on_call_ready(info, now)
         self._seq += 1
@@ -353,11 +378,20 @@ class Simulation(ReplicaTimers):
 
     @staticmethod
     def _next_tool(workflow: Workflow, i: int) -> str | None:
+        """The tool the call's response invokes, as the response shows it: none if the
+        turn ended, whether a human's message follows or nothing does."""
         call_id = workflow.calls[i].id
         for nxt in workflow.calls[i + 1 :]:
             if call_id in nxt.after:
-                return nxt.tool
+                return None if nxt.tool == HUMAN_TOOL else nxt.tool
         return None
+
+    @staticmethod
+    def _turn_ended(workflow: Workflow, i: int) -> bool:
+        """What the call's response shows: it invoked a tool (the next call follows a
+        tool) or ended the turn (a human's message or nothing follows; a real response
+        does not tell which)."""
+        return Simulation._next_tool(workflow, i) is None
 
     @staticmethod
     def _next_runs(workflow: Workflow, i: int) -> tuple[Run, ...] | None:
@@ -402,10 +436,21 @@ class Simulation(ReplicaTimers):
                 if run.waiting_on[j] == 0:
                     self.loop.after(nxt.gap, self._call_ready, (run, j))
         if run.pending == 0:
-            run.record.finished_at = now
-            self.policy.on_workflow_finished(run.info, now)
+            run.record.finished_at = now  # the metrics' truth: TCT ends here
+            if workflow.end_signal == "explicit":
+                self.policy.on_workflow_finished(run.info, now)  # the marked call is done
+            else:
+                # As the gateway's sweep sees it: no call in flight and none issued for
+                # the idle timeout. A background event: it never prolongs the run.
+                seen = max(run.last_issued + self.end_idle_timeout, now)
+                self.loop.at_background(seen, self._idle_end, run)
             if self.closed_loop:
                 self._start_next_closed(now)
+
+    def _idle_end(self, run: _WorkflowRun) -> None:
+        """The idle timeout of a workflow without an end marker has passed: every policy
+        learns now that it ended."""
+        self.policy.on_workflow_finished(run.info, self.loop.now)
 
     # ---- replicas -------------------------------------------------------------------------
     def _kick(self, replica: Replica) -> None:

@@ -60,6 +60,14 @@ class ClaudeParams(ReaderParams):
     human_gap: Literal["keep", "cap", "zero"] = Field(
         "keep", description="Human think times: keep, cap at human_cap, or zero.")
     human_cap: float = Field(60.0, ge=0, description="Cap in seconds for human_gap=cap.")
+    context_window: int | None = Field(
+        None, ge=1024, description="Model context window in tokens: Claude Code's "
+        "auto-compaction is replayed at it (default: the cluster's model when known; none: "
+        "the sessions as recorded, prompts up to 894k tokens).")
+    compact_summary: int = Field(4000, ge=1, description="Tokens of a compaction's summary.")
+    end_signal: Literal["explicit", "idle"] = Field(
+        "idle", description="idle: the session's end is seen only after the idle timeout, "
+        "as for a real Claude Code user; explicit: as if the client marked its last call.")
 
 
 class MooncakeParams(ReaderParams):
@@ -117,7 +125,9 @@ def _claude(path: str, p: ReaderParams, seed: int) -> Iterable[Workflow]:
     assert isinstance(p, ClaudeParams)
     return read_claude_code(path, ClaudeCodeOptions(
         rate=p.rate, seed=seed, human_gap=p.human_gap, human_cap=p.human_cap,
-        tenant=_tenant(p, "claude-code"), slo=p.slo, limit=p.limit))
+        tenant=_tenant(p, "claude-code"), slo=p.slo, limit=p.limit,
+        context_window=p.context_window, compact_summary=p.compact_summary,
+        end_signal=p.end_signal))
 
 
 def _mooncake(path: str, p: ReaderParams, seed: int) -> Iterable[Workflow]:
@@ -221,10 +231,26 @@ def parse_params(model: type[BaseModel], params: Mapping[str, str] | None, *, na
                         ) from None
 
 
-def build_workload(name: str, *, seed: int = 0, params: Mapping[str, str] | None = None
-                   ) -> Workload:
-    """Build workload ``name`` deterministically for ``seed`` with CLI-style string params."""
+def build_workload(name: str, *, seed: int = 0, params: Mapping[str, str] | None = None,
+                   context_window: int | None = None) -> Workload:
+    """Build workload ``name`` deterministically for ``seed`` with CLI-style string params.
+
+    ``context_window``: the serving model's window, for readers that model how their client
+    keeps its prompts within it, and for generators whose client compacts at
+    ``max_prompt_tokens`` (it then defaults to the window less the longest output). A param
+    given explicitly wins.
+    """
     entry = _REGISTRY[_lookup(name)]
+    params = dict(params or {})
+    fields = entry.params.model_fields
+    if context_window and "context_window" in fields:
+        params.setdefault("context_window", str(context_window))
+    elif context_window and "max_prompt_tokens" in fields and "max_output_tokens" in fields:
+        # a generated client compacts before its prompt and its longest answer outgrow
+        # the model's window (the generator's own limit when that is lower)
+        longest = int(params.get("max_output_tokens", fields["max_output_tokens"].default))
+        limit = min(int(fields["max_prompt_tokens"].default), context_window - longest)
+        params.setdefault("max_prompt_tokens", str(limit))
     p = parse_params(entry.params, params, name=name)
     workflows, closed = entry.build(p, np.random.default_rng(seed))
     ordered = tuple(sorted(workflows, key=lambda w: (w.arrival, w.id)))

@@ -127,6 +127,17 @@ class SagaConfig(BaseModel):
         description="Drop a finished call's private KV when the chance its workflow calls "
         "again is below this.",
     )
+    predict_end: bool = Field(
+        True,
+        description="Take a workflow without an end marker as ended once the graph's "
+        "P(no return | no call since) reaches end_confidence (saga/ends.py), instead of "
+        "waiting for the idle timeout: its working set leaves the gate, its KV is dropped.",
+    )
+    end_confidence: float = Field(
+        0.5, gt=0.0, lt=1.0,
+        description="P(the workflow has ended) at which a predicted end is acted on "
+        "(0.5: when an end is likelier than a return; docs/saga.md has the sweep).",
+    )
     prefetch_quantile: float = Field(
         0.2,
         gt=0.0,

@@ -285,6 +285,7 @@ class AgentGraph:
         self._pooled = {"output": Mean(), "growth": Mean()}
         self._stale = 0
         self.observations = 0
+        self.ends = 0  # workflow ends observed (what end prediction learns from)
 
     # ---- observations --------------------------------------------------------------
     def observe_transition(
@@ -309,6 +310,7 @@ class AgentGraph:
         if record and self.sink is not None:
             self.sink(Observation(self.agent, "end", src))
         self._nodes[src].ends += 1
+        self.ends += 1
         self._touch()
 
     def observe_output(self, node: str, tokens: int, *, record: bool = True) -> None:

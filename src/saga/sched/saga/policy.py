@@ -10,8 +10,9 @@ with the mechanisms of this package:
   :mod:`~saga.sched.saga.retention` and the graph's predicted next use;
 * :meth:`SagaPolicy.admit` - :mod:`~saga.sched.saga.admission`.
 
-Observations feed :mod:`~saga.sched.saga.graph`; oracle fields of
-:class:`~saga.sched.policy.CallInfo` (``output_tokens``, ``next_gap``) are never read.
+Observations feed :mod:`~saga.sched.saga.graph`; the oracle fields of
+:class:`~saga.sched.policy.CallInfo` (``ORACLE_FIELDS``) are never read: a workflow's end
+is what its client marks, the runtime reports, or :mod:`~saga.sched.saga.ends` predicts.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from saga.sched.policy import CallInfo, Policy, PolicyContext, Router, WorkflowI
 from saga.sched.saga import admission, placement
 from saga.sched.saga import retention as keep
 from saga.sched.saga.config import SagaConfig
+from saga.sched.saga.ends import EndMarkers, EndWatch, time_to_end
 from saga.sched.saga.fairshare import FairShare
 from saga.sched.saga.gate import MemoryGate
 from saga.sched.saga.graph import AgentGraph, GraphStore, node_key
@@ -55,6 +57,9 @@ class Flow:
     p_return: float = 0.0
     ideal: float = 0.0  # predicted seconds of its calls alone plus its tool gaps, so far
     prefixes: set[str] = field(default_factory=set)
+    epoch: int = 0  # calls issued so far: a predicted end is for one epoch only
+    predicted_end: bool = False  # taken as ended (ends.py); its working set is released
+    marked: bool = False  # its client sent the end marker
 
 
 #: Tokens of the prefill chunk that rebuild weights are measured on (a typical chunk).
@@ -91,6 +96,9 @@ class SagaPolicy(Policy):
         self.active_slos: dict[float, int] = {}  # SLOs of the workflows in flight
         self.steals = 0
         self._rebuild_weights: dict[int, float] = {}  # leaf depth in blocks -> weight
+        self.end_watch = EndWatch()
+        self.end_markers = EndMarkers()
+        self.predicted_ends = 0  # workflows taken as ended before any runtime said so
 
     def bind(self, ctx: PolicyContext) -> None:
         super().bind(ctx)
@@ -147,6 +155,7 @@ class SagaPolicy(Policy):
 
     # ---- admission -----------------------------------------------------------------------
     def admit(self, workflow: WorkflowInfo, now: float) -> Admission:
+        self._expire_ends(now)
         if self.config.memory_gate and workflow.slo is None:
             # Best effort behind others in the gate's queue waits whatever admission would
             # say: answer at once (under overload thousands of deferred workflows ask).
@@ -211,6 +220,10 @@ class SagaPolicy(Policy):
                 WorkflowInfo(call.workflow, call.tenant, call.agent, call.workflow_arrival,
                              call.slo)
             )
+        self._expire_ends(now)
+        flow.epoch += 1
+        if flow.predicted_end:  # it came back after all: count it again
+            self._unrelease(flow)
         graph = self._graph(flow)
         node = node_key(call.tool, call.index, self.config.depth_buckets)
         if flow.last_finish is None and flow.home is None:
@@ -247,6 +260,47 @@ class SagaPolicy(Policy):
         flow.last_output = flow.output
         self._rehome(flow, replica, call.prompt_tokens + flow.output)
         flow.in_tool = not call.ends_workflow
+        flow.marked = call.ends_workflow
+        if flow.in_tool:
+            self._expire_ends(now)
+            wait = self._time_to_end(flow, call)
+            if wait <= 0.0:
+                self._release(flow, now)
+            else:
+                self.end_watch.watch(now + wait, call.workflow, flow.epoch)
+
+    # ---- predicted ends (ends.py) ---------------------------------------------------------
+    def _time_to_end(self, flow: Flow, call: CallInfo) -> float:
+        """Seconds after ``call`` finishes until its workflow is taken as ended."""
+        if not self.config.predict_end or self.end_markers.said(call.agent):
+            return float("inf")
+        return time_to_end(self._graph(flow), flow.node, call.turn_ended,
+                           self.config.end_confidence, self.config.min_samples)
+
+    def _expire_ends(self, now: float) -> None:
+        for workflow, epoch in self.end_watch.due(now):
+            flow = self.flows.get(workflow)
+            if flow is not None and flow.epoch == epoch and flow.in_tool:
+                self._release(flow, now)
+
+    def _release(self, flow: Flow, now: float) -> None:
+        """Take ``flow`` as ended: its working set leaves the gate's count, its pin goes."""
+        if flow.predicted_end:
+            return
+        flow.predicted_end = True
+        self.predicted_ends += 1
+        if flow.home is not None:
+            self.homed[flow.home] -= flow.context
+            self.homed_total -= flow.context
+            flow.context = 0
+            self.ctx.replicas[flow.home].unpin(flow.info.workflow, now)
+        else:
+            self._count_unhomed(flow.info.agent, -1)
+
+    def _unrelease(self, flow: Flow) -> None:
+        flow.predicted_end = False
+        if flow.home is None:
+            self._count_unhomed(flow.info.agent, +1)
 
     def _observe_slowdown(self, flow: Flow, call: CallInfo, now: float) -> None:
         latency = now - call.issued_at
@@ -262,6 +316,9 @@ class SagaPolicy(Policy):
         flow = self.flows.pop(workflow.workflow, None)
         if flow is None:
             return
+        self.end_markers.observe(flow.info.agent, flow.marked)
+        if flow.predicted_end:
+            self._unrelease(flow)  # then forgotten as any finished workflow
         if self.graphs.learning and flow.node:
             self._graph(flow).observe_end(flow.node)
         self._rehome(flow, None, 0)
@@ -399,7 +456,9 @@ class SagaPolicy(Policy):
         )
         return keep.RetentionInput(
             now=now,
-            ends=request.info.ends_workflow,
+            # said by the client, or predicted at once (a response that ends the turn of
+            # an agent whose users rarely come back)
+            ends=request.info.ends_workflow or self._time_to_end(flow, request.info) <= 0.0,
             gap=self._graph(flow).gap(flow.node),
             blocks=blocks,
             recompute=self.predictor.prefill(request.total_tokens, shared * bt),
@@ -431,7 +490,7 @@ class SagaPolicy(Policy):
         ns = node.namespace
         if ns.startswith("w:"):
             flow = self.flows.get(ns[2:])
-            if flow is None:
+            if flow is None or flow.predicted_end:
                 return -1.0
             if not flow.in_tool:
                 return flow.p_return / t0 + 1.0  # its call is queued or running: soon
@@ -523,7 +582,16 @@ class SagaNoPreempt(SagaPolicy):
         super().__init__(SagaConfig(preempt_gap=None))
 
 
+class SagaNoEndPrediction(SagaPolicy):
+    """Ablation: wait for the client's end marker or the idle timeout (no predicted ends)."""
+
+    name = "saga-no-end-prediction"
+
+    def __init__(self) -> None:
+        super().__init__(SagaConfig(predict_end=False))
+
+
 ALL: tuple[type[SagaPolicy], ...] = (
     SagaPolicy, SagaNoGraph, SagaNoSteal, SagaNoAFS, SagaNoRetention, SagaNoAdmission,
-    SagaNoGate, SagaNoPreempt,
+    SagaNoGate, SagaNoPreempt, SagaNoEndPrediction,
 )

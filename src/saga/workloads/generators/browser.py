@@ -78,4 +78,5 @@ class BrowserAgent(Generator):
             calls.append(Call(f"c{k}", Prompt(p.system_tokens + history + obs, shared, runs),
                               out, after, gap, tool))
             history += out + p.action_tokens
-        return Workflow(wid, p.tenant, p.agent, arrival, tuple(calls), p.slo, bt)
+        return Workflow(wid, p.tenant, p.agent, arrival, tuple(calls), p.slo, bt,
+                        end_signal="explicit")

@@ -79,7 +79,8 @@ class CodingAgent(Generator):
                 base += context // p.block_tokens + out // p.block_tokens + 1
                 grown = min(p.compact_tokens, limit)
             context = grown
-        return Workflow(wid, p.tenant, p.agent, arrival, tuple(calls), p.slo, p.block_tokens)
+        return Workflow(wid, p.tenant, p.agent, arrival, tuple(calls), p.slo, p.block_tokens,
+                        end_signal="explicit")
 
     @staticmethod
     def _gap(p: CodingParams, rng: np.random.Generator, k: int, tools: list[str]

@@ -90,7 +90,8 @@ class Fanout(Generator):
         calls.append(Call("m", Prompt(p.system_tokens + head_tokens + reports, shared,
                                       merge_runs), round(lognormal(rng, p.planner_output, s)),
                           tuple(lasts), 0.0, "join"))
-        return Workflow(wid, p.tenant, p.agent, arrival, tuple(calls), p.slo, bt)
+        return Workflow(wid, p.tenant, p.agent, arrival, tuple(calls), p.slo, bt,
+                        end_signal="explicit")
 
 
 def _run(first: int, count: int) -> tuple[tuple[int, int], ...]:

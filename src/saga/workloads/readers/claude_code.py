@@ -25,6 +25,10 @@ Each session becomes one workflow; its calls keep their order (sorted by ``t``):
   shared prefix and keeps its runs.
 * output tokens of 0 (27 interrupted calls) are counted as 1.
 
+**context window** (``context_window``, by default the serving model's when known): the
+client's auto-compaction is replayed at that window (:mod:`.compaction`), so that no prompt
+outgrows it; ``None`` keeps the sessions as recorded (prompts up to 894k tokens).
+
 Session start times are not in the trace: arrivals are a Poisson process of ``rate`` per
 second drawn from ``seed``, in file order.
 """
@@ -39,9 +43,10 @@ from typing import Any, Literal
 import numpy as np
 
 from saga.core.trace import validate_workflow
-from saga.core.workflow import Call, Prompt, Workflow
+from saga.core.workflow import Call, EndSignal, Prompt, Workflow
 from saga.workloads._blocks import drop_leading, leading_match
 from saga.workloads.readers._fields import Fields, json_lines
+from saga.workloads.readers.compaction import compact_session
 
 HumanGap = Literal["keep", "cap", "zero"]
 TRACE_NAME = "claude_code_sessions.jsonl.gz"
@@ -120,6 +125,9 @@ class ClaudeCodeOptions:
     tenant: str = "claude-code"
     slo: float | None = None
     limit: int | None = None
+    context_window: int | None = None
+    compact_summary: int = 4000
+    end_signal: EndSignal = "idle"
 
 
 def read_claude_code(path: str | Path, options: ClaudeCodeOptions | None = None
@@ -156,12 +164,20 @@ def _session(f: Fields, obj: dict[str, Any], arrival: float, opts: ClaudeCodeOpt
         for agent, calls in streams.items()
     }
     spawn = {a: subs[a][0] if a in subs else cs[0].t for a, cs in streams.items() if a != "main"}
-    calls = _link(raw, streams, spawn, prefixes, opts)
+    calls = tuple(_link(raw, streams, spawn, prefixes, opts))
+    extra: dict[str, object] = {
+        "source": TRACE_NAME, "human_gap": opts.human_gap,
+        **({"human_cap": opts.human_cap} if opts.human_gap == "cap" else {}),
+    }
+    if opts.context_window is not None:
+        compacted = compact_session(calls, [c.agent for c in raw], block,
+                                    opts.context_window, opts.compact_summary)
+        calls = compacted.calls
+        extra["context_window"] = opts.context_window
+        extra["compactions"] = compacted.compactions
     return Workflow(
-        id=sid, tenant=opts.tenant, agent="claude-code", arrival=arrival, calls=tuple(calls),
-        slo=opts.slo, block_tokens=block,
-        extra={"source": TRACE_NAME, "human_gap": opts.human_gap,
-               **({"human_cap": opts.human_cap} if opts.human_gap == "cap" else {})},
+        id=sid, tenant=opts.tenant, agent="claude-code", arrival=arrival, calls=calls,
+        slo=opts.slo, block_tokens=block, extra=extra, end_signal=opts.end_signal,
     )
 
 

@@ -1,0 +1,104 @@
+"""End prediction: when a workflow that no one says has ended most likely has.
+
+A gateway learns that a workflow ended from its client's end marker (``x-saga-end``)
+or, failing one, from its idle timeout (600 s by default). A Claude Code session ends
+with a human who never says so: waiting for the timeout, the memory gate would count
+the session's context as held for ten minutes after its last call, and keep new
+sessions out. SAGA predicts the end from its Agent Execution Graph instead.
+
+After a call at node ``n`` finishes, with no call of the workflow since, the chance
+that it has ended is, by Bayes::
+
+    P(end | no call within t) = (1 - c) / ((1 - c) + c' * S(t))
+
+with ``c`` the graph's P(continue) at ``n``, ``c'`` the part of it that the call's
+response leaves possible, and ``S`` the survival function of the time until the next
+call given one comes. What the response shows narrows it (``CallInfo.turn_ended``):
+a response that invokes a tool means the client will call again (no end predicted);
+one that ends the turn leaves only a human's return (``c' = c x P(next node is a
+human message)``, ``S`` from the learned human think times); unknown (a runtime that
+does not report it) leaves the whole gap mixture. The workflow is taken as ended at the
+first ``t`` where that reaches ``end_confidence``: the gate then releases its working set,
+retention drops its KV, and eviction takes it first. A call that comes after all puts
+it back, as a new workflow's would be.
+
+An agent type whose workflows have been seen to end with the marker (and never
+without) needs no prediction: its ends will be said; nor is one predicted before
+``min_samples`` ends of the agent type have been observed (cold start).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass, field
+
+from saga.core.workflow import HUMAN_TOOL
+from saga.sched.saga.graph import AgentGraph, node_tool
+
+
+def time_to_end(graph: AgentGraph, node: str, turn_ended: bool | None,
+                confidence: float, min_ends: int = 1) -> float:
+    """Seconds after a call at ``node`` finishes until its workflow, silent since, has
+    ended with probability ``confidence`` (0: at once; inf: never predicted). Nothing is
+    predicted before ``min_ends`` ends of the agent have been observed: the priors alone
+    know nothing of how its users leave."""
+    if turn_ended is False or graph.ends < min_ends:
+        return math.inf  # the response invoked a tool: the client calls again
+    gap = graph.gap(node)
+    c = gap.p_continue
+    if turn_ended:
+        human = sum(p for dst, p in graph.successors(node).items()
+                    if node_tool(dst) == HUMAN_TOOL)
+        back = c * human
+    else:
+        back = c
+    end = 1.0 - c
+    if back <= 0.0 or end / (end + back) >= confidence:
+        return 0.0
+    if end <= 0.0:
+        return math.inf
+    # S(t) <= end (1 - q) / (q back), so t is the (1 - that) quantile of the return time
+    survive = end * (1.0 - confidence) / (confidence * back)
+    if turn_ended:
+        return graph.duration(HUMAN_TOOL).quantile(1.0 - survive)
+    return gap.quantile(1.0 - survive)
+
+
+@dataclass
+class EndWatch:
+    """Predicted end times, earliest first; an entry is stale once its workflow has
+    called again (its epoch moved on)."""
+
+    _heap: list[tuple[float, int, str, int]] = field(default_factory=list)
+    _seq: int = 0
+
+    def watch(self, at: float, workflow: str, epoch: int) -> None:
+        if math.isfinite(at):
+            self._seq += 1
+            heapq.heappush(self._heap, (at, self._seq, workflow, epoch))
+
+    def due(self, now: float) -> list[tuple[str, int]]:
+        """The (workflow, epoch) entries whose predicted end has come."""
+        out = []
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, _, workflow, epoch = heapq.heappop(heap)
+            out.append((workflow, epoch))
+        return out
+
+
+@dataclass
+class EndMarkers:
+    """Per agent type: how many of its ends came with the client's marker, and without."""
+
+    marked: dict[str, int] = field(default_factory=dict)
+    unmarked: dict[str, int] = field(default_factory=dict)
+
+    def observe(self, agent: str, marked: bool) -> None:
+        counts = self.marked if marked else self.unmarked
+        counts[agent] = counts.get(agent, 0) + 1
+
+    def said(self, agent: str) -> bool:
+        """Whether ``agent``'s ends are said by its client (seen marked, never not)."""
+        return self.marked.get(agent, 0) > 0 and self.unmarked.get(agent, 0) == 0

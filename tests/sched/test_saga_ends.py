@@ -1,0 +1,142 @@
+"""SAGA's predicted ends (sched/saga/ends.py): exact times, and the gate's accounting."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import pytest
+
+from saga.core.workflow import Call, EndSignal, Prompt, Workflow
+from saga.engine.cluster import get_cluster
+from saga.sched.policy import Policy
+from saga.sched.registry import build_policy
+from saga.sched.saga.config import SagaConfig
+from saga.sched.saga.ends import EndMarkers, EndWatch, time_to_end
+from saga.sched.saga.graph import AgentGraph, LogNormal
+from saga.sched.saga.policy import SagaPolicy
+from saga.sim.simulator import Simulation
+
+EXACT = SagaConfig(prior_weight=0.0, depth_buckets=1, min_samples=2)
+BT = 64
+
+
+def learned() -> AgentGraph:
+    """After a call at a#0: 6 tool calls (2 s), 3 human returns (10 s, 40 s), 1 end."""
+    g = AgentGraph(EXACT)
+    for _ in range(6):
+        g.observe_transition("a#0", "tool#0", 2.0, 100)
+    for gap in (10.0, 40.0, 10.0):
+        g.observe_transition("a#0", "human#0", gap, 100)
+    g.observe_end("a#0")
+    return g
+
+
+def test_a_response_that_invokes_a_tool_never_predicts_an_end() -> None:
+    assert time_to_end(learned(), "a#0", False, 0.9) == math.inf
+
+
+def test_nothing_is_predicted_before_enough_ends_were_seen() -> None:
+    assert time_to_end(learned(), "a#0", True, 0.9, min_ends=2) == math.inf
+    assert time_to_end(learned(), "a#0", True, 0.9, min_ends=1) < math.inf
+
+
+def test_after_a_turn_ends_the_end_comes_when_a_human_return_is_unlikely() -> None:
+    g = learned()
+    # P(continue) 9/10, of which 3/9 human: end 0.1 against return 0.3 x S(t)
+    end, back = 0.1, 0.9 * 3 / 9
+    assert end / (end + back) < 0.9  # not at once
+    survive = end * 0.1 / (0.9 * back)
+    human = g.duration("human")
+    logs = [math.log(x) for x in (10.0, 40.0, 10.0)]
+    mu = sum(logs) / 3
+    sigma = math.sqrt(sum((x - mu) ** 2 for x in logs) / 2)
+    assert (human.mu, human.sigma) == pytest.approx((mu, sigma))
+    expected = LogNormal(mu, sigma).quantile(1 - survive)
+    assert time_to_end(g, "a#0", True, 0.9) == pytest.approx(expected)
+    # the later the wait, the surer: a lower confidence acts sooner
+    assert time_to_end(g, "a#0", True, 0.5) < expected
+
+
+def test_without_the_response_type_the_whole_gap_mixture_is_used() -> None:
+    g = learned()
+    survive = 0.1 * 0.1 / (0.9 * 0.9)
+    assert time_to_end(g, "a#0", None, 0.9) == pytest.approx(g.gap("a#0").quantile(1 - survive))
+
+
+def test_a_node_no_human_ever_returned_to_ends_at_once() -> None:
+    g = AgentGraph(EXACT)
+    g.observe_transition("a#0", "tool#0", 2.0, 100)
+    g.observe_transition("a#0", "tool#0", 2.0, 100)
+    g.observe_end("a#0")
+    assert time_to_end(g, "a#0", True, 0.9) == 0.0
+
+
+def test_end_watch_gives_due_entries_in_time_order() -> None:
+    watch = EndWatch()
+    watch.watch(5.0, "b", 1)
+    watch.watch(math.inf, "never", 1)
+    watch.watch(3.0, "a", 2)
+    assert watch.due(2.0) == []
+    assert watch.due(5.0) == [("a", 2), ("b", 1)]
+    assert watch.due(1e12) == []
+
+
+def test_markers_say_an_agents_ends_only_if_never_missing() -> None:
+    m = EndMarkers()
+    assert not m.said("x")
+    m.observe("x", True)
+    assert m.said("x")
+    m.observe("x", False)
+    assert not m.said("x")
+
+
+def single_calls(signal: EndSignal, count: int = 6) -> list[Workflow]:
+    out = [Workflow(f"w{i}", "t", "chat", 10.0 * i,
+                    (Call("c0", Prompt(20 * BT, (), ((0, 20),)), 50),), end_signal=signal)
+           for i in range(count)]
+    # a later workflow keeps the run going past every idle timeout
+    out.append(Workflow("tail", "t", "other", 200.0,
+                        (Call("c0", Prompt(BT, (), ((0, 1),)), 1),), end_signal="explicit"))
+    return out
+
+
+def first_end_is_enough() -> SagaPolicy:
+    return SagaPolicy(SagaConfig(min_samples=1))
+
+
+@pytest.mark.parametrize(("policy", "signal", "predicted"), [
+    # w0's end is seen at 25 s; w3-w5 then end their turns with no human ever seen back
+    (first_end_is_enough, "idle", 3),
+    (lambda: build_policy("saga"), "idle", 0),  # 5 ends must be seen first
+    (first_end_is_enough, "explicit", 0),  # the client says it: nothing to predict
+    (lambda: build_policy("saga-no-end-prediction"), "idle", 0),
+])
+def test_ends_are_predicted_only_when_unsaid_and_once_ends_were_seen(
+    policy: Callable[[], Policy], signal: EndSignal, predicted: int
+) -> None:
+    chosen = policy()
+    assert isinstance(chosen, SagaPolicy)
+    Simulation(get_cluster("test-2"), chosen, single_calls(signal), end_idle_timeout=25.0).run()
+    assert chosen.predicted_ends == predicted
+
+
+def test_a_workflow_that_returns_after_a_predicted_end_is_counted_again() -> None:
+    """Turns ended by the response, then a human comes back: released and restored; once
+    every workflow has ended the gate holds nothing."""
+    calls = (Call("c0", Prompt(20 * BT, (), ((0, 20),)), 50),
+             Call("c1", Prompt(22 * BT, (), ((0, 22),)), 50, ("c0",), 5.0, "human"),
+             Call("c2", Prompt(24 * BT, (), ((0, 24),)), 50, ("c1",), 5.0, "human"))
+    workflows = single_calls("idle", count=1)[:1]  # one end to learn from, seen at 25 s
+    workflows += [Workflow(f"r{i}", "t", "chat", 30.0 + 3.0 * i, calls, end_signal="idle")
+                  for i in range(4)]
+    workflows.append(Workflow("tail", "t", "other", 200.0,
+                              (Call("c0", Prompt(BT, (), ((0, 1),)), 1),),
+                              end_signal="explicit"))
+    policy = first_end_is_enough()
+    result = Simulation(get_cluster("test-2"), policy, workflows, end_idle_timeout=25.0).run()
+    assert all(w.finished_at > 0 for w in result.workflows)
+    assert policy.predicted_ends > 0
+    assert policy.flows == {}
+    assert policy.homed_total == 0 and all(h == 0 for h in policy.homed)
+    assert all(n == 0 for n in policy.unhomed.values())
