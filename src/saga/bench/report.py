@@ -14,6 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from saga.bench.capacity import CapacityCase
 from saga.bench.runner import BenchResult, CaseResult, pooled_speedups
 
 METRIC_COLUMNS = (
@@ -85,9 +86,45 @@ def summary_dict(result: BenchResult) -> dict[str, Any]:
             "sweep": [vars(p) for p in result.sweep],
             "peaks": result.peaks,
             "peak_ratio": peak_ratio,
+            **capacity_dict(result),
         }
     )
     return summary
+
+
+def capacity_dict(result: BenchResult) -> dict[str, Any]:
+    """The capacity keys of summary.json: ``capacity`` (workflows/s per policy) and
+    ``capacity_ratio`` (``"saga/NAME"``) of the first workload, and ``capacity_cases``
+    with every workload's figures and probes."""
+    if not result.capacity:
+        return {}
+    scenario = result.scenario
+    cases = [
+        {
+            "workload": c.workload,
+            "cluster": c.cluster,
+            "replicas": c.replicas,
+            "seeds": c.seeds,
+            "workflows_per_seed": c.workflows,
+            "capacity": c.capacity,
+            "capacity_ratio": c.ratios(scenario.reference),
+            "bracketed": c.bracketed,
+            "burst_rate": c.burst_rate,
+            "points": [vars(p) for p in c.points],
+            "wall_seconds": c.wall_seconds,
+        }
+        for c in result.capacity
+    ]
+    return {
+        "capacity": cases[0]["capacity"],
+        "capacity_ratio": cases[0]["capacity_ratio"],
+        "capacity_cases": cases,
+        "goodput": {
+            "slowdown": scenario.goodput_slowdown,
+            "target": scenario.goodput_target,
+            "tolerance": scenario.capacity_tolerance,
+        },
+    }
 
 
 def _case_dict(case: CaseResult) -> dict[str, Any]:
@@ -115,6 +152,8 @@ def write_all(result: BenchResult, directory: Path) -> dict[str, Any]:
 
 # ---- terminal ------------------------------------------------------------------------------
 def print_tables(result: BenchResult, summary: Mapping[str, Any], console: Console) -> None:
+    for capacity in result.capacity:
+        _print_capacity(result, capacity, console)
     for case in result.cases:
         table = Table(title=f"{result.scenario.name}: {case.name} (seed {case.seed})")
         table.add_column("policy")
@@ -164,6 +203,27 @@ def print_tables(result: BenchResult, summary: Mapping[str, Any], console: Conso
         console.print(table)
 
 
+def _print_capacity(result: BenchResult, case: CapacityCase, console: Console) -> None:
+    scenario = result.scenario
+    table = Table(
+        title=f"{scenario.name}: goodput capacity, {case.workload} on {case.cluster} "
+        f"({100 * scenario.goodput_target:g} % of workflows within "
+        f"{scenario.goodput_slowdown:g}x their TCT alone; seeds {case.seeds} pooled)"
+    )
+    for column in ("policy", "capacity (wf/s)", f"{scenario.reference} / policy", "probes"):
+        table.add_column(column, justify="right")
+    ratios = case.ratios(scenario.reference)
+    for name, value in case.capacity.items():
+        bound = "" if case.bracketed.get(name) else " (not bracketed)"
+        table.add_row(
+            name,
+            f"{value:.4g}{bound}",
+            _fmt(ratios.get(f"{scenario.reference}/{name}"), "{:.2f}x"),
+            str(sum(1 for p in case.points if p.policy == name)),
+        )
+    console.print(table)
+
+
 def _fmt(value: Any, fmt: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
@@ -191,7 +251,7 @@ def plots(result: BenchResult) -> list[tuple[str, str]]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out: list[tuple[str, str]] = []
+    out: list[tuple[str, str]] = [_capacity_plot(result, c) for c in result.capacity]
     case = primary_case(result)
     if case is not None and case.runs:
         fig, ax = plt.subplots(figsize=(7, 4))
@@ -255,6 +315,27 @@ def plots(result: BenchResult) -> list[tuple[str, str]]:
     return out
 
 
+def _capacity_plot(result: BenchResult, case: CapacityCase) -> tuple[str, str]:
+    """Attainment against arrival rate per policy, each policy's capacity marked."""
+    import matplotlib.pyplot as plt
+
+    target = result.scenario.goodput_target
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, capacity in case.capacity.items():
+        probes = sorted((p.rate, p.attainment) for p in case.points if p.policy == name)
+        (line,) = ax.plot([r for r, _ in probes], [100 * a for _, a in probes], marker="o",
+                          markersize=3, linewidth=1, label=f"{name} ({capacity:.3g}/s)")
+        if capacity > 0:
+            ax.axvline(capacity, color=line.get_color(), linestyle=":", linewidth=1)
+    ax.axhline(100 * target, color="grey", linestyle="--", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("Poisson arrival rate (workflows/s)")
+    ax.set_ylabel(f"workflows within {result.scenario.goodput_slowdown:g}x alone (%)")
+    ax.legend(fontsize=7)
+    title = f"goodput attainment against rate, capacity dotted ({case.workload}, {case.cluster})"
+    return title, _png(fig)
+
+
 def _graph_plots(case: CaseResult, reference: str) -> list[tuple[str, str]]:
     """Drawings of the execution graphs the reference policy learned (two at most)."""
     import tempfile
@@ -311,6 +392,8 @@ def render_html(result: BenchResult, summary: Mapping[str, Any]) -> str:
         f"{len(scenario.policies)} policies, {len(result.cases)} cases, "
         f"{result.wall_seconds:.0f} s of wall time.</p>",
     ]
+    for capacity in result.capacity:
+        parts.append(_html_capacity(result, capacity))
     for case in result.cases:
         parts.append(f"<h2>{html.escape(case.name)} (seed {case.seed})</h2>")
         parts.append(_html_case_table(case))
@@ -333,6 +416,25 @@ def render_html(result: BenchResult, summary: Mapping[str, Any]) -> str:
         parts.append(f"<h2>{html.escape(title)}</h2><img src='data:image/png;base64,{data}'>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _html_capacity(result: BenchResult, case: CapacityCase) -> str:
+    scenario = result.scenario
+    ratios = case.ratios(scenario.reference)
+    rows = [
+        f"<h2>Goodput capacity: {html.escape(case.workload)} on {html.escape(case.cluster)}</h2>",
+        f"<p>Highest Poisson arrival rate at which {100 * scenario.goodput_target:g} % of "
+        f"workflows finish within {scenario.goodput_slowdown:g}x their TCT alone, pooled over "
+        f"seeds {case.seeds} ({case.workflows} workflows each), bisected to "
+        f"{100 * scenario.capacity_tolerance:g} %.</p>",
+        f"<table><tr><th>policy</th><th>capacity (wf/s)</th>"
+        f"<th>{html.escape(scenario.reference)} / policy</th></tr>",
+    ]
+    for name, value in case.capacity.items():
+        ratio = _fmt(ratios.get(f"{scenario.reference}/{name}"), "{:.2f}x")
+        rows.append(f"<tr><td>{html.escape(name)}</td><td>{value:.4g}</td><td>{ratio}</td></tr>")
+    rows.append("</table>")
+    return "".join(rows)
 
 
 def _html_case_table(case: CaseResult) -> str:

@@ -10,12 +10,13 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 
+from saga.bench.capacity import CapacityCase, measure_capacity
 from saga.bench.scenario import Scenario, WorkloadSpec
+from saga.bench.workloads import build_spec
 from saga.core.workflow import Workflow
 from saga.metrics.summary import speedup, speedup_ceiling
 from saga.sim.cluster import ClusterSpec, get_cluster
 from saga.sim.run import isolated_tcts, run_policy
-from saga.workloads import build_workload
 from saga.workloads.registry import describe
 
 Progress = Callable[[str], None]
@@ -66,6 +67,7 @@ class BenchResult:
     cases: list[CaseResult] = field(default_factory=list)
     sweep: list[SweepPoint] = field(default_factory=list)
     peaks: dict[str, float] = field(default_factory=dict)
+    capacity: list[CapacityCase] = field(default_factory=list)
     wall_seconds: float = 0.0
 
 
@@ -114,6 +116,9 @@ def run_scenario(
             _run_saturation(spec, pool, result, say)
         elif spec.kind == "scale":
             _run_scale(spec, pool, result, say)
+        elif spec.kind == "capacity":
+            for workload in spec.workloads:
+                result.capacity.append(measure_capacity(spec, workload, pool, say))
         else:
             _run_compare(spec, pool, result, say)
     result.wall_seconds = time.perf_counter() - started
@@ -121,8 +126,8 @@ def run_scenario(
 
 
 def _run_compare(spec: Scenario, pool: Executor, result: BenchResult, say: Progress) -> None:
-    cluster = get_cluster(spec.cluster)
     for workload in spec.workloads:
+        cluster = get_cluster(workload.cluster or spec.cluster)
         for seed in spec.seeds:
             if spec.loads is None:
                 case = CaseResult(workload.title, workload.name, seed, cluster.replicas)
@@ -149,7 +154,7 @@ def _run_compare(spec: Scenario, pool: Executor, result: BenchResult, say: Progr
 def _run_scale(spec: Scenario, pool: Executor, result: BenchResult, say: Progress) -> None:
     base = get_cluster(spec.cluster)
     for workload in spec.workloads:
-        base_rate = float(workload.params.get("rate", 0.2))
+        base_rate = float(workload.rate or workload.params.get("rate", 0.2))
         for replicas in spec.replicas:
             cluster = base.model_copy(update={"replicas": replicas})
             rate = base_rate * replicas / base.replicas
@@ -274,10 +279,12 @@ def steady_throughput(concurrency: int, tcts: Sequence[float]) -> float:
 
 
 def _closed_params(workload: WorkloadSpec, concurrency: int, spec: Scenario) -> dict[str, str]:
-    _, model = describe(workload.name)
-    fields = model.model_fields
     params = {"concurrency": str(concurrency)}
     count = max(spec.sweep_workflows * concurrency, 24)
+    if workload.trace is not None:
+        return {**params, "count": str(count)}
+    _, model = describe(workload.name)
+    fields = model.model_fields
     if "count" in fields:
         params["count"] = str(count)
         if "duration" in fields:
@@ -290,9 +297,7 @@ def _closed_params(workload: WorkloadSpec, concurrency: int, spec: Scenario) -> 
 def _build(
     workload: WorkloadSpec, seed: int, overrides: dict[str, str]
 ) -> tuple[list[Workflow], int | None]:
-    params = {**workload.string_params(), **overrides}
-    built = build_workload(workload.name, seed=seed, params=params)
-    return list(built.workflows), built.closed_loop
+    return build_spec(workload, seed, overrides)
 
 
 def _run_case(
@@ -337,7 +342,7 @@ def _run_case(
 
 def planned_runs(scenario: Scenario) -> int | None:
     """Policy runs a scenario's cases will make (None when sweeps decide it)."""
-    if scenario.kind == "saturation":
+    if scenario.kind in ("saturation", "capacity"):
         return None
     if scenario.kind == "scale":
         cases = len(scenario.workloads) * len(scenario.replicas)
