@@ -53,6 +53,8 @@ class Request:
         "preemptions",
         "prompt_tokens",
         "ready_at",
+        "recompute_base",
+        "recompute_held",
         "recomputed_tokens",
         "runs",
         "scheduled_at",
@@ -94,6 +96,11 @@ class Request:
         self.host_tokens = 0  # prompt tokens loaded from the host tier
         self.recomputed_tokens = 0  # tokens computed again after preemption
         self.preemptions = 0
+        # While recomputing after a preemption: the blocks it held when re-admitted
+        # (found cached), and how many beyond them it holds (counted in the cache's
+        # recompute_blocks). -1: not recomputing.
+        self.recompute_base = -1
+        self.recompute_held = 0
 
     @property
     def total_tokens(self) -> int:
@@ -244,6 +251,9 @@ class Replica(QueueTokens):
         # counters for metrics
         self.steps = 0
         self.busy_seconds = 0.0
+        #: (start, end) within which stepping time is also counted in window_busy_seconds
+        self.busy_window = (0.0, 0.0)
+        self.window_busy_seconds = 0.0
         self.prompt_tokens_total = 0
         self.cached_tokens_total = 0
         self.recomputed_tokens_total = 0
@@ -342,6 +352,8 @@ class Replica(QueueTokens):
             return []
         self.steps += max(1, self._run_steps)
         self.busy_seconds += now - self.step_start
+        low, high = self.busy_window
+        self.window_busy_seconds += max(0.0, min(now, high) - max(self.step_start, low))
         finished: list[Request] = []
         steps = self._run_steps or 1
         run = self._run_steps > 0
@@ -356,6 +368,8 @@ class Replica(QueueTokens):
                 request.computed += q
                 computed += q
                 if request.computed >= request.total_tokens:
+                    if request.recompute_base >= 0:
+                        self._end_recompute(request, now)
                     if request.locked_blocks < request.keyed_blocks:
                         self._prefill_done(request, now)
                     request.generated += 1
@@ -483,6 +497,20 @@ class Replica(QueueTokens):
             recomputed = request.total_tokens - cached
             request.recomputed_tokens += recomputed
             self.recomputed_tokens_total += recomputed
+            if recomputed > 0:
+                request.recompute_base = request.locked_blocks
+                self._track_recompute(request, now)
+
+    def _track_recompute(self, request: Request, now: float) -> None:
+        """Count the blocks a recomputing call holds beyond those it found cached."""
+        held = request.locked_blocks + request.anon - request.recompute_base
+        self.kv.hold_recomputed(held - request.recompute_held, now)
+        request.recompute_held = held
+
+    def _end_recompute(self, request: Request, now: float) -> None:
+        self.kv.hold_recomputed(-request.recompute_held, now)
+        request.recompute_held = 0
+        request.recompute_base = -1
 
     def _start(self, request: Request, now: float) -> int:
         """Lock the cached prefix of a waiting call, loading more from the host tier.
@@ -523,6 +551,8 @@ class Replica(QueueTokens):
         if not self._allocate(need, now):
             return False
         request.anon += need
+        if request.recompute_base >= 0:
+            self._track_recompute(request, now)
         return True
 
     def _allocate(self, blocks: int, now: float) -> bool:
@@ -569,6 +599,8 @@ class Replica(QueueTokens):
         self._waiting_unsorted = True
 
     def _release_kv(self, request: Request, now: float) -> None:
+        if request.recompute_base >= 0:
+            self._end_recompute(request, now)
         if request.lock is not None:
             self.kv.unlock(request.lock, now)
             request.lock = None

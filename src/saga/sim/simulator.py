@@ -76,6 +76,8 @@ class ReplicaRecord:
     cached_tokens: int
     recomputed_tokens: int
     output_tokens: int
+    recompute_block_seconds: float = 0.0  # of busy_block_seconds, held while recomputing
+    window_busy_seconds: float = 0.0  # seconds stepping a batch within the arrival window
 
 
 @dataclass(slots=True)
@@ -92,6 +94,8 @@ class SimResult:
     end: float
     events: int
     kv_timeline: list[tuple[float, float]] = field(default_factory=list)
+    #: first and last arrival of an open-loop run ((0, 0) for a closed loop)
+    arrival_window: tuple[float, float] = (0.0, 0.0)
 
 
 class _WorkflowRun:
@@ -196,6 +200,12 @@ class Simulation(ReplicaTimers):
         self.closed_loop = closed_loop
         self._progress = progress
         self._horizon = max(w.arrival for w in workflows) or 1.0
+        self._window = (
+            (0.0, 0.0) if closed_loop
+            else (min(w.arrival for w in workflows), max(w.arrival for w in workflows))
+        )
+        for replica in self.replicas:
+            replica.busy_window = self._window
         self._records: list[WorkflowRecord] = []
         self._calls: list[CallRecord] = []
         self._kick_pending = [False] * cluster.replicas
@@ -458,6 +468,7 @@ class Simulation(ReplicaTimers):
                     r.kv.reused_idle_block_seconds, r.busy_seconds, r.steps,
                     r.kv.evicted_blocks, r.prompt_tokens_total, r.cached_tokens_total,
                     r.recomputed_tokens_total, r.output_tokens_total,
+                    r.kv.recompute_block_seconds, r.window_busy_seconds,
                 )
             )
         start = min((w.arrival for w in self._records), default=0.0)
@@ -472,5 +483,6 @@ class Simulation(ReplicaTimers):
             end=now,
             events=self.loop.events_run,
             kv_timeline=self._kv_timeline,
+            arrival_window=self._window,
         )
 

@@ -1,0 +1,123 @@
+"""Useful KV utilization: blocks held while recomputing KV lost to preemption are waste;
+and the busy share of a replica within the arrival window."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from tests.engine.test_replica import BT, drive, make_replica, request
+
+from saga.engine.replica import Replica, Request
+from saga.metrics.summary import busy_share, kv_useful_utilization, kv_utilization
+from saga.sim.simulator import ReplicaRecord, SimResult
+
+
+def held(replica: Replica, r: Request) -> int:
+    return r.locked_blocks + r.anon
+
+
+def step(replica: Replica, now: float) -> float:
+    end = replica.plan(now)
+    assert end is not None
+    replica.complete(end)
+    return end
+
+
+def test_a_call_without_preemption_wastes_nothing() -> None:
+    replica = make_replica(capacity=64, budget=512)
+    replica.enqueue(request("a", 10, 40, seq=1), 0.0)
+    drive(replica)
+    assert replica.kv.busy_block_seconds > 0
+    assert replica.kv.recompute_block_seconds == 0.0
+    assert replica.kv.recompute_blocks == 0
+
+
+def test_blocks_held_while_recomputing_evicted_kv_are_waste() -> None:
+    replica = make_replica(capacity=64, budget=512)
+    replica.decode_runs = False
+    a = request("a", 8, 40, seq=1)  # 512 prompt tokens: one step of prefill
+    replica.enqueue(a, 0.0)
+    now = step(replica, 0.0)  # prefill; the prompt's 8 blocks are cached
+    for _ in range(3):
+        now = step(replica, now)  # decode steps
+    assert a.generated == 4
+    # preempted, and everything it had cached is evicted: it must compute it all again
+    replica._preempt(a, now)
+    replica.kv.evict(replica.kv.used_blocks, now)
+    assert replica.kv.recompute_block_seconds == 0.0
+    # re-admission: 512 + generated tokens to recompute, 512 a step: two steps
+    waste = 0.0
+    start = now
+    end = replica.plan(start)
+    assert end is not None and a.recompute_base == 0
+    first = held(replica, a)
+    assert first == 8  # the first chunk: 512 tokens
+    replica.complete(end)
+    waste += first * (end - start)
+    start = end
+    end = replica.plan(start)
+    assert end is not None
+    second = held(replica, a)
+    assert second == 8 + math.ceil((a.generated + 1) / BT)  # the rest, with the next token
+    replica.complete(end)
+    waste += second * (end - start)
+    # the second step completed the recomputation: from here the blocks serve decoding
+    assert a.recompute_base == -1 and replica.kv.recompute_blocks == 0
+    assert replica.kv.recompute_block_seconds == pytest.approx(waste, rel=1e-12)
+    drive(replica, end)
+    assert replica.kv.recompute_block_seconds == pytest.approx(waste, rel=1e-12)
+    assert a.recomputed_tokens == 8 * BT + 4  # the prompt and the 4 tokens generated
+
+
+def test_a_recomputing_call_preempted_again_stops_counting() -> None:
+    replica = make_replica(capacity=64, budget=256)
+    replica.decode_runs = False
+    a = request("a", 8, 40, seq=1)
+    replica.enqueue(a, 0.0)
+    now = step(replica, 0.0)
+    now = step(replica, now)  # prefill in two chunks of 256 tokens
+    now = step(replica, now)  # a decode step
+    replica._preempt(a, now)
+    replica.kv.evict(replica.kv.used_blocks, now)
+    end = step(replica, now)  # first chunk of the recomputation (256 tokens: 4 blocks)
+    assert replica.kv.recompute_blocks == 4
+    replica._preempt(a, end)
+    assert replica.kv.recompute_blocks == 0 and a.recompute_base == -1
+    assert replica.kv.recompute_block_seconds == pytest.approx(4 * (end - now), rel=1e-12)
+
+
+def record(capacity: int, busy: float, reused: float, recompute: float, window: float,
+           ) -> ReplicaRecord:
+    return ReplicaRecord(0, capacity, busy, reused, 0.0, 0, 0, 0, 0, 0, 0, recompute, window)
+
+
+def result(*replicas: ReplicaRecord, window: tuple[float, float] = (0.0, 0.0)) -> SimResult:
+    return SimResult("p", "c", 0, [], [], list(replicas), 0.0, 10.0, 0,
+                     arrival_window=window)
+
+
+def test_useful_utilization_takes_recomputing_blocks_out_of_the_busy_ones() -> None:
+    # 2 replicas x 100 blocks x 10 s = 2000 block-seconds of capacity
+    run = result(record(100, 500.0, 100.0, 200.0, 0.0), record(100, 300.0, 0.0, 0.0, 0.0))
+    assert kv_utilization(run) == pytest.approx(900 / 2000)
+    assert kv_useful_utilization(run) == pytest.approx(700 / 2000)
+
+
+def test_busy_share_is_stepping_time_over_replica_time_in_the_arrival_window() -> None:
+    run = result(record(1, 0, 0, 0, 3.0), record(1, 0, 0, 0, 1.0), window=(2.0, 6.0))
+    assert busy_share(run) == pytest.approx(4.0 / 8.0)
+    assert math.isnan(busy_share(result(record(1, 0, 0, 0, 0.0))))  # closed loop
+
+
+def test_the_replica_counts_only_stepping_time_inside_its_window() -> None:
+    replica = make_replica(capacity=64, budget=512)
+    replica.enqueue(request("a", 8, 40, seq=1), 0.0)
+    prefill_end = replica.plan(0.0)
+    assert prefill_end is not None
+    replica.busy_window = (prefill_end / 2, 1e9)
+    replica.complete(prefill_end)
+    assert replica.window_busy_seconds == pytest.approx(prefill_end / 2, rel=1e-12)
+    end, _ = drive(replica, prefill_end)
+    assert replica.window_busy_seconds == pytest.approx(end - prefill_end / 2, rel=1e-12)
+    assert replica.busy_seconds == pytest.approx(end, rel=1e-12)
