@@ -81,6 +81,13 @@ def test_bench_runs_every_policy_and_writes_summary_and_report(tmp_path: Path) -
         assert math.isfinite(s["ceiling"]) and s["ceiling"] > 0
     for case in summary["cases"]:
         assert math.isfinite(case["speedup"]["vllm-affinity/vllm-rr"]["ceiling"])
+        load = case["offered_load"]
+        assert load["of_peak"] == case["load"] and load["peak_policy"] == "vllm-least-loaded"
+        assert load["rate"] == pytest.approx(case["rate"])
+        assert case["cluster"] == "test-2"
+        for name, metrics in case["policies"].items():
+            assert 0 < case["busy_share"][name] <= 1
+            assert 0 <= metrics["kv_useful_utilization"] <= metrics["kv_utilization"]
     assert len(summary["cases"]) == 2
     assert summary["peaks"]
     html = (out / "report.html").read_text()
@@ -99,7 +106,7 @@ def test_results_markdown_puts_ours_next_to_the_paper() -> None:
     }
     text = results_markdown([summary], "saga bench all")
     assert "| TCT vs vllm-affinity (geomean) | 1.64x | 2.50x | paper |" in text
-    assert "| KV memory utilization vs vllm-affinity | 1.22x | 2.00x | paper |" in text
+    assert "| useful KV memory utilization vs vllm-affinity | 1.22x | 2.00x | paper |" in text
 
 
 def test_results_markdown_lists_each_mechanism_gain_largest_first() -> None:
@@ -180,5 +187,5 @@ def test_results_markdown_tabulates_the_sweep_and_kv_utilization_where_memory_bi
     assert "| in flight | saga | vllm-affinity |" in text
     assert "| 64 | 0.0200 / 60.0 % | 0.0150 / 40.0 % |" in text
     assert "| 80 | - | 0.0120 / 45.0 % |" in text
-    assert ("| KV memory utilization vs vllm-affinity | 1.22x | n/a at 70 % load; 1.50x at 64 "
-            "in flight, closed loop | paper, saturation |") in text
+    assert ("| useful KV memory utilization vs vllm-affinity | 1.22x | n/a at 70 % load; "
+            "1.50x at 64 in flight, closed loop | paper, saturation |") in text

@@ -145,6 +145,7 @@ class CapacityCase:
     bracketed: dict[str, bool] = field(default_factory=dict)
     points: list[CapacityPoint] = field(default_factory=list)
     burst_rate: float = math.inf
+    source: str = ""  # the registry workload (or trace file) the workflows came from
     wall_seconds: float = 0.0
 
     def ratios(self, reference: str) -> dict[str, float]:
@@ -210,7 +211,7 @@ def measure_capacity(
     """Every policy's goodput capacity on ``workload`` (see the module doc)."""
     cluster = get_cluster(workload.cluster or spec.cluster)
     per_seed = {seed: build_spec(workload, seed, {})[0] for seed in spec.seeds}
-    return capacity_on(
+    case = capacity_on(
         cluster,
         per_seed,
         spec.policies,
@@ -222,6 +223,8 @@ def measure_capacity(
         say=say,
         title=workload.title,
     )
+    case.source = workload.name or workload.trace or ""
+    return case
 
 
 def capacity_on(

@@ -48,6 +48,7 @@ class CaseResult:
     isolated: dict[str, float] = field(default_factory=dict)  # workflow -> TCT alone
     speedup: dict[str, dict[str, float]] = field(default_factory=dict)
     eviction_vs_belady: dict[str, float] = field(default_factory=dict)
+    cluster: str = ""
 
 
 @dataclass
@@ -58,6 +59,7 @@ class SweepPoint:
     tct_mean: float
     tct_p99: float
     kv_utilization: float = float("nan")
+    kv_useful_utilization: float = float("nan")
 
 
 @dataclass
@@ -130,7 +132,10 @@ def _run_compare(spec: Scenario, pool: Executor, result: BenchResult, say: Progr
         cluster = get_cluster(workload.cluster or spec.cluster)
         for seed in spec.seeds:
             if spec.loads is None:
-                case = CaseResult(workload.title, workload.name, seed, cluster.replicas)
+                case = CaseResult(
+                    workload.title, workload.name, seed, cluster.replicas,
+                    rate=own_rate(workload),
+                )
                 workflows, closed = _build(workload, seed, {})
                 _run_case(spec, cluster, case, workflows, closed, pool, say)
                 result.cases.append(case)
@@ -263,6 +268,7 @@ def _sweep_points(
             float(run.summary["tct_mean"]),  # type: ignore[arg-type]
             float(run.summary["tct_p99"]),  # type: ignore[arg-type]
             float(run.summary["kv_utilization"]),  # type: ignore[arg-type]
+            float(run.summary["kv_useful_utilization"]),  # type: ignore[arg-type]
         )
         for concurrency, run in zip(concurrencies, pool.map(_run_job, jobs), strict=True)
     ]
@@ -309,6 +315,7 @@ def _run_case(
     pool: Executor,
     say: Progress,
 ) -> None:
+    case.cluster = cluster.name
     say(
         f"{case.name} (seed {case.seed}): {len(workflows)} workflows on {cluster.name}"
         f" x{cluster.replicas}: isolated TCTs"
@@ -349,6 +356,16 @@ def planned_runs(scenario: Scenario) -> int | None:
     else:
         cases = len(scenario.workloads) * len(scenario.seeds) * len(scenario.loads or [1.0])
     return cases * len(scenario.policies)
+
+
+def own_rate(workload: WorkloadSpec) -> float | None:
+    """The arrival rate a workload states (params ``rate``, or a trace's ``rate``)."""
+    if workload.rate is not None:
+        return workload.rate
+    if "concurrency" in workload.params:  # a closed loop: no arrival rate
+        return None
+    value = workload.params.get("rate")
+    return float(value) if value is not None else None
 
 
 def _auto_interval(workflows: Sequence[Workflow]) -> float:
