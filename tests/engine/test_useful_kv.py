@@ -87,6 +87,39 @@ def test_a_recomputing_call_preempted_again_stops_counting() -> None:
     assert replica.kv.recompute_block_seconds == pytest.approx(4 * (end - now), rel=1e-12)
 
 
+def test_a_next_call_recomputing_its_evicted_prefix_wastes_only_that_prefix() -> None:
+    replica = make_replica(capacity=64, budget=512)
+    # the workflow's earlier calls had computed 10 blocks; they were evicted
+    call = Request("a", "c1", (("w:a", 0, 12),), 12 * BT, 4, BT, seq=1)
+    call.reusable_blocks = 10
+    replica.enqueue(call, 0.0)
+    end1 = step(replica, 0.0)  # 512 tokens: 8 blocks, all of the lost prefix
+    assert replica.kv.recompute_blocks == 8
+    end2 = replica.plan(end1)
+    assert end2 is not None
+    assert held(replica, call) == 12  # the whole prompt
+    assert replica.kv.recompute_blocks == 10  # only the 10 computed before are waste
+    replica.complete(end2)  # the prefix is back: no more waste
+    assert replica.kv.recompute_blocks == 0 and call.recompute_base == -1
+    waste = 8 * end1 + 10 * (end2 - end1)
+    assert replica.kv.recompute_block_seconds == pytest.approx(waste, rel=1e-12)
+    drive(replica, end2)
+    assert replica.kv.recompute_block_seconds == pytest.approx(waste, rel=1e-12)
+
+
+def test_a_next_call_that_finds_its_prefix_cached_wastes_nothing() -> None:
+    replica = make_replica(capacity=64, budget=512)
+    first = request("a", 10, 2, seq=1)
+    replica.enqueue(first, 0.0)
+    end, _ = drive(replica)
+    again = Request("a", "c1", (("w:a", 0, 12),), 12 * BT, 2, BT, seq=2)
+    again.reusable_blocks = 10
+    replica.enqueue(again, end)
+    drive(replica, end)
+    assert again.cached_tokens == 10 * BT
+    assert replica.kv.recompute_block_seconds == 0.0
+
+
 def record(capacity: int, busy: float, reused: float, recompute: float, window: float,
            ) -> ReplicaRecord:
     return ReplicaRecord(0, capacity, busy, reused, 0.0, 0, 0, 0, 0, 0, 0, recompute, window)

@@ -55,7 +55,9 @@ class Request:
         "ready_at",
         "recompute_base",
         "recompute_held",
+        "recompute_until",
         "recomputed_tokens",
+        "reusable_blocks",
         "runs",
         "scheduled_at",
         "seq",
@@ -96,10 +98,14 @@ class Request:
         self.host_tokens = 0  # prompt tokens loaded from the host tier
         self.recomputed_tokens = 0  # tokens computed again after preemption
         self.preemptions = 0
-        # While recomputing after a preemption: the blocks it held when re-admitted
-        # (found cached), and how many beyond them it holds (counted in the cache's
-        # recompute_blocks). -1: not recomputing.
+        # Leading blocks of the prompt its workflow computed before (set by the runtime):
+        # computing them again on a miss is recomputation.
+        self.reusable_blocks = 0
+        # While recomputing (blocks up to recompute_until it had, or its workflow had,
+        # computed before): the blocks it held when admitted (found cached), and how many
+        # beyond them it holds (counted in the cache's recompute_blocks). -1: not recomputing.
         self.recompute_base = -1
+        self.recompute_until = 0
         self.recompute_held = 0
 
     @property
@@ -367,9 +373,11 @@ class Replica(QueueTokens):
                 # a decode is the case of one missing token.
                 request.computed += q
                 computed += q
+                if request.recompute_base >= 0 and request.computed >= min(
+                    request.recompute_until * self.block_tokens, request.total_tokens
+                ):
+                    self._end_recompute(request, now)
                 if request.computed >= request.total_tokens:
-                    if request.recompute_base >= 0:
-                        self._end_recompute(request, now)
                     if request.locked_blocks < request.keyed_blocks:
                         self._prefill_done(request, now)
                     request.generated += 1
@@ -493,17 +501,26 @@ class Replica(QueueTokens):
             request.cached_tokens = max(0, cached - request.host_tokens)
             self.prompt_tokens_total += request.prompt_tokens
             self.cached_tokens_total += request.cached_tokens
+            if request.reusable_blocks > request.locked_blocks:  # its prefix was evicted
+                self._start_recompute(request, request.reusable_blocks, now)
         else:
             recomputed = request.total_tokens - cached
             request.recomputed_tokens += recomputed
             self.recomputed_tokens_total += recomputed
             if recomputed > 0:
-                request.recompute_base = request.locked_blocks
-                self._track_recompute(request, now)
+                self._start_recompute(request, -(-request.total_tokens // self.block_tokens), now)
+
+    # ---- useful-memory accounting: blocks held while recomputing are waste -------------
+    def _start_recompute(self, request: Request, until: int, now: float) -> None:
+        request.recompute_base = request.locked_blocks
+        request.recompute_until = until
+        self._track_recompute(request, now)
 
     def _track_recompute(self, request: Request, now: float) -> None:
-        """Count the blocks a recomputing call holds beyond those it found cached."""
-        held = request.locked_blocks + request.anon - request.recompute_base
+        """Count the blocks a recomputing call holds beyond those it found cached, up to
+        the end of what was computed before."""
+        held = min(request.locked_blocks + request.anon, request.recompute_until)
+        held = max(0, held - request.recompute_base)
         self.kv.hold_recomputed(held - request.recompute_held, now)
         request.recompute_held = held
 

@@ -322,6 +322,7 @@ class Simulation(ReplicaTimers):
             workflow.id, call.id, info.runs, call.prompt.tokens, call.output_tokens,
             self.block_tokens, self._seq, info=info,
         )
+        request.reusable_blocks = self._reusable_blocks(run, i, request)
         self._owners[self._seq] = (run, i)
         self._dispatch(request)
 
@@ -350,14 +351,19 @@ class Simulation(ReplicaTimers):
         for request in parked:
             self._dispatch(request)
 
+    def _reusable_blocks(self, run: _WorkflowRun, i: int, request: Request) -> int:
+        """Blocks of the call's reusable prefix: what it shares with the KV its
+        predecessors left, or a named shared prefix."""
+        call = run.workflow.calls[i]
+        shared = sum(r[2] for r in request.runs if r[0].startswith("s:"))
+        return max(
+            [shared] + [_common_blocks(request.runs, run.kv_runs[run.index[a]]) for a in call.after]
+        )
+
     def _reusable_missed(self, run: _WorkflowRun, i: int, request: Request) -> int:
         """Tokens of the call's reusable prefix (what it shares with the KV its
         predecessors left) that were not on the GPU when it was scheduled."""
-        call = run.workflow.calls[i]
-        shared = sum(r[2] for r in request.runs if r[0].startswith("s:"))
-        reusable = max(
-            [shared] + [_common_blocks(request.runs, run.kv_runs[run.index[a]]) for a in call.after]
-        )
+        reusable = self._reusable_blocks(run, i, request)
         reusable_tokens = min(reusable * self.block_tokens, request.prompt_tokens - 1)
         return max(0, reusable_tokens - request.cached_tokens)
 
