@@ -14,6 +14,7 @@ def capacity_summary() -> dict[str, Any]:
         "goodput": {"slowdown": 2.0, "target": 0.9, "tolerance": 0.05},
         "capacity_cases": [{
             "workload": "coding", "source": "coding-agent", "cluster": "paper-a100-64",
+            "params": {"count": "200", "max_calls": "60", "rate": "0.04"},
             "seeds": [0, 1], "workflows_per_seed": 200,
             "capacity": {"saga": 0.06, "vllm-affinity": 0.02, "sglang": 0.04,
                          "saga-no-gate": 0.05},
@@ -28,6 +29,7 @@ def capacity_summary() -> dict[str, Any]:
 def paper_summary() -> dict[str, Any]:
     case = {
         "name": "coding@70%", "workload": "coding-agent", "cluster": "paper-a100-64", "seed": 0,
+        "params": {"count": "300", "max_calls": "60"},
         "offered_load": {"rate": 0.03, "of_peak": 0.7, "peak_policy": "throughput"},
         "busy_share": {"saga": 0.5, "vllm-affinity": 0.625},
     }
@@ -66,3 +68,11 @@ def test_without_a_capacity_run_the_load_is_over_the_peak() -> None:
     text = results_markdown([paper_summary()], "saga bench all")
     assert "## Goodput capacity" not in text
     assert "0.03 wf/s = 70 % of `throughput`'s closed-loop peak" in text
+
+
+def test_a_capacity_of_other_workflows_is_no_basis() -> None:
+    paper = paper_summary()
+    paper["cases"][0]["params"] = {"count": "300", "max_calls": "30"}  # shorter workflows
+    text = results_markdown([capacity_summary(), paper], "saga bench all")
+    assert "0.03 wf/s = 70 % of `throughput`'s closed-loop peak" in text
+    assert "goodput capacity (0.02" not in text

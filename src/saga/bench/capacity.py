@@ -18,6 +18,11 @@ them span a tenth of their median TCT alone, a higher rate changes nothing. The 
 stops growing there (``burst_rate``); a policy still served at that rate has a capacity
 reported as not bracketed (at least that rate, on this many workflows).
 
+The workflows are finite: the first arrive to an idle cluster and the last see it drain, so
+the capacity is that of a steady state only when the arrivals span several TCTs (200 coding
+workflows at 0.05/s span 4000 s, two mean TCTs: the full scenario is near that edge, the
+quick one, a burst or two, well past it).
+
 Every rate is applied by re-timing the same workflows (:func:`saga.bench.workloads.retime`),
 so the workflows, and their isolated TCTs, are the same at every rate.
 """
@@ -146,6 +151,7 @@ class CapacityCase:
     points: list[CapacityPoint] = field(default_factory=list)
     burst_rate: float = math.inf
     source: str = ""  # the registry workload (or trace file) the workflows came from
+    params: dict[str, str] = field(default_factory=dict)  # its params, as given
     wall_seconds: float = 0.0
 
     def ratios(self, reference: str) -> dict[str, float]:
@@ -224,6 +230,7 @@ def measure_capacity(
         title=workload.title,
     )
     case.source = workload.name or workload.trace or ""
+    case.params = workload.string_params()
     return case
 
 

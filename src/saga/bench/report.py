@@ -104,6 +104,7 @@ def capacity_dict(result: BenchResult) -> dict[str, Any]:
         {
             "workload": c.workload,
             "source": c.source,
+            "params": c.params,
             "cluster": c.cluster,
             "replicas": c.replicas,
             "seeds": c.seeds,
@@ -151,6 +152,7 @@ def _load_dict(scenario: Scenario, case: CaseResult) -> dict[str, Any]:
     capacity run of the same workload and cluster is at hand.)"""
     return {
         "cluster": case.cluster,
+        "params": case.params,
         "offered_load": {
             "rate": case.rate,
             "of_peak": case.load,
@@ -691,14 +693,31 @@ def _useful_kv_ratio(mine: Mapping[str, Any] | None, base: Mapping[str, Any] | N
     return a / b if isinstance(a, float) and isinstance(b, float) and b > 0 else None
 
 
-def capacity_basis(summaries: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], float]:
-    """vllm-affinity's goodput capacity by (workload, cluster), from any capacity run."""
-    out: dict[tuple[str, str], float] = {}
+#: Params that set how many workflows arrive and when, not what they are: a capacity
+#: measured on a workload is the basis of another's load when all its other params match.
+ARRIVAL_PARAMS = frozenset({"rate", "count", "limit", "duration", "concurrency"})
+
+BasisKey = tuple[str, str, tuple[tuple[str, str], ...]]
+
+
+def basis_key(source: Any, cluster: Any, params: Any) -> BasisKey:
+    """(workload, cluster, its params but the arrival ones) of a case or capacity case."""
+    kept = sorted(
+        (str(k), str(v)) for k, v in (params or {}).items() if k not in ARRIVAL_PARAMS
+    )
+    return str(source), str(cluster), tuple(kept)
+
+
+def capacity_basis(summaries: Sequence[Mapping[str, Any]]) -> dict[BasisKey, float]:
+    """vllm-affinity's goodput capacity by workload (arrival params aside) and cluster,
+    from any capacity run."""
+    out: dict[BasisKey, float] = {}
     for s in summaries:
         for case in s.get("capacity_cases") or []:
             value = (case.get("capacity") or {}).get("vllm-affinity")
             if isinstance(value, int | float) and value > 0:
-                out[(str(case.get("source")), str(case.get("cluster")))] = float(value)
+                key = basis_key(case.get("source"), case.get("cluster"), case.get("params"))
+                out[key] = float(value)
     return out
 
 
@@ -758,7 +777,7 @@ def _capacity_section(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
                 at_least = "" if bracketed.get(name, True) else "≥ "
                 lines.append(f"| {name} | {at_least}{_fmt(value, '{:.4g}')} | "
                              f"{_fmt(ratios.get(f'{ref}/{name}'), '{:.2f}x')} |")
-    return ["", *lines]
+    return ["", *lines, ""]
 
 
 def _primary_case_dict(s: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -767,12 +786,12 @@ def _primary_case_dict(s: Mapping[str, Any]) -> Mapping[str, Any] | None:
 
 
 def _load_text(s: Mapping[str, Any], case: Mapping[str, Any],
-               basis: Mapping[tuple[str, str], float]) -> str:
+               basis: Mapping[BasisKey, float]) -> str:
     """The offered load of a case, over vllm-affinity's goodput capacity when one was
     measured for the same workload and cluster, else over the peak policy's peak."""
     load = case.get("offered_load") or {}
     rate = load.get("rate")
-    capacity = basis.get((str(case.get("workload")), str(case.get("cluster"))))
+    capacity = basis.get(basis_key(case.get("workload"), case.get("cluster"), case.get("params")))
     if isinstance(rate, int | float) and capacity:
         return (f"{rate:.4g} wf/s = {rate / capacity:.2f}x vllm-affinity's goodput capacity "
                 f"({capacity:.4g} wf/s)")
@@ -792,7 +811,7 @@ def _busy_text(s: Mapping[str, Any], case: Mapping[str, Any]) -> str:
 
 
 def _loads_section(summaries: Sequence[Mapping[str, Any]],
-                   basis: Mapping[tuple[str, str], float]) -> list[str]:
+                   basis: Mapping[BasisKey, float]) -> list[str]:
     """The load each scenario's headline (primary) case was run at."""
     rows = []
     for s in summaries:
@@ -811,7 +830,7 @@ def _loads_section(summaries: Sequence[Mapping[str, Any]],
     ]
 
 
-def _load_line(s: Mapping[str, Any], basis: Mapping[tuple[str, str], float]) -> list[str]:
+def _load_line(s: Mapping[str, Any], basis: Mapping[BasisKey, float]) -> list[str]:
     case = _primary_case_dict(s)
     if case is None or s.get("kind") != "compare":
         return []

@@ -49,6 +49,7 @@ class CaseResult:
     speedup: dict[str, dict[str, float]] = field(default_factory=dict)
     eviction_vs_belady: dict[str, float] = field(default_factory=dict)
     cluster: str = ""
+    params: dict[str, str] = field(default_factory=dict)  # the workload's own, as given
 
 
 @dataclass
@@ -133,8 +134,8 @@ def _run_compare(spec: Scenario, pool: Executor, result: BenchResult, say: Progr
         for seed in spec.seeds:
             if spec.loads is None:
                 case = CaseResult(
-                    workload.title, workload.name, seed, cluster.replicas,
-                    rate=own_rate(workload),
+                    workload.title, workload.name or workload.trace or "", seed,
+                    cluster.replicas, rate=own_rate(workload), params=workload.string_params(),
                 )
                 workflows, closed = _build(workload, seed, {})
                 _run_case(spec, cluster, case, workflows, closed, pool, say)
@@ -145,11 +146,12 @@ def _run_compare(spec: Scenario, pool: Executor, result: BenchResult, say: Progr
                 rate = load * peak
                 case = CaseResult(
                     f"{workload.title}@{round(100 * load)}%",
-                    workload.name,
+                    workload.name or workload.trace or "",
                     seed,
                     cluster.replicas,
                     load,
                     rate,
+                    params=workload.string_params(),
                 )
                 workflows, closed = _build(workload, seed, {"rate": f"{rate:.6g}"})
                 _run_case(spec, cluster, case, workflows, closed, pool, say)
@@ -170,6 +172,7 @@ def _run_scale(spec: Scenario, pool: Executor, result: BenchResult, say: Progres
                 seed,
                 replicas,
                 rate=rate,
+                params=workload.string_params(),
             )
             workflows, closed = _build(workload, seed, {"rate": f"{rate:.6g}"})
             _run_case(spec, cluster, case, workflows, closed, pool, say)
