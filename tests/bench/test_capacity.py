@@ -97,7 +97,7 @@ def test_capacity_of_a_tiny_simulation_is_the_derived_threshold(
     with ThreadPoolExecutor(1) as pool:
         case = capacity_on(
             cluster, per_seed, ["vllm-rr"], start=start, slowdown=SLOWDOWN, target=target,
-            tolerance=0.05, pool=pool, say=lambda _: None,
+            tolerance=0.05, window_tcts=None, warmup_tcts=0.0, pool=pool, say=lambda _: None,
         )
     expected, probes = search(step(known), start, target=0.5, tolerance=0.05)
     assert [p.rate for p in case.points] == [r for r, _ in probes]
@@ -118,20 +118,59 @@ def test_capacity_ratios_name_the_reference_first() -> None:
     assert case.ratios("saga") == {"saga/a": pytest.approx(2.0), "saga/b": math.inf}
 
 
-def test_growth_stops_at_the_burst_rate_and_says_so() -> None:
-    capacity, probes = search(lambda _: 1.0, 0.1, target=0.9, tolerance=0.05, max_rate=1.0)
-    assert [r for r, _ in probes] == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.0])
-    assert capacity == 1.0
-    state = CapacitySearch(0.1, target=0.9, tolerance=0.05, max_rate=1.0)
+def test_a_served_probe_that_ran_out_of_workflows_stops_the_growth() -> None:
+    capacity, probes = search(lambda _: 1.0, 0.1, target=0.9, tolerance=0.05, limit=0.4)
+    assert [r for r, _ in probes] == pytest.approx([0.1, 0.2, 0.4])
+    assert capacity == pytest.approx(0.4)
+    state = CapacitySearch(0.1, target=0.9, tolerance=0.05)
     for rate, share in probes:
-        state.record(rate, share)
-    assert state.next_rate() is None and not state.bracketed
+        state.record(rate, share, limited=rate >= 0.4)
+    assert state.limited and not state.bracketed and state.next_rate() is None
 
 
-def test_burst_rate_spans_a_tenth_of_the_median_alone() -> None:
-    from saga.bench.capacity import burst_rate
+def test_a_failed_probe_that_ran_out_still_fails() -> None:
+    capacity, probes = search(step(0.31), 0.1, target=0.9, tolerance=0.05, limit=0.4)
+    assert capacity == pytest.approx(0.3)  # 0.1 0.2 served, 0.4 failed (limited): bisect
+    state = CapacitySearch(0.1, target=0.9, tolerance=0.05)
+    for rate, share in probes:
+        state.record(rate, share, limited=rate >= 0.4)
+    assert state.bracketed and not state.limited
 
-    per_seed = {0: pair(0), 1: pair(1) + pair(2)}
+
+def test_a_probe_offers_what_arrives_within_the_window() -> None:
+    from saga.bench.capacity import offered
+
+    pool = pair(0) + pair(1) + pair(2)  # 6 workflows
+    gaps = np.random.default_rng(5).exponential(1 / 0.5, 5)
+    arrivals = [0.0, *np.cumsum(gaps).tolist()]
+    window = (arrivals[3] + arrivals[4]) / 2
+    kept, ran_out = offered(pool, 0.5, 5, window)
+    assert [w.arrival for w in kept] == arrivals[:4] and not ran_out
+    everything, ran_out = offered(pool, 0.5, 5, arrivals[5] + 1)
+    assert len(everything) == 6 and ran_out
+    _, ran_out = offered(pool, 0.5, 5, math.inf)
+    assert not ran_out  # no window: the pool is the offer
+
+
+def test_workflows_arriving_in_the_warmup_are_not_judged() -> None:
+    from saga.bench.capacity import met_service_level
+    from saga.bench.workloads import retime
+
+    cluster = serial_replica()
+    workflows = pair(0)
+    alone = isolated_tcts(cluster, workflows)
+    rate = 2 * threshold(0, alone["s0w0"])  # the second workflow misses
+    timed = retime(workflows, rate, 0)
+    assert met_service_level((cluster, "vllm-rr", timed, 0, alone, SLOWDOWN, 0.0))[:2] == (1, 2)
+    second = timed[1].arrival
+    judged = met_service_level((cluster, "vllm-rr", timed, 0, alone, SLOWDOWN, second))
+    assert judged[:2] == (0, 1)  # only the second, which missed
+    early = met_service_level((cluster, "vllm-rr", timed, 0, alone, SLOWDOWN, second / 2))
+    assert early[:2] == (0, 1)
+
+
+def test_median_alone_pools_the_seeds() -> None:
+    from saga.bench.capacity import median_alone
+
     isolated = {0: {"a": 10.0, "b": 30.0}, 1: {"c": 20.0, "d": 20.0, "e": 50.0, "f": 40.0}}
-    # median of 10, 20, 20, 30, 40, 50 (upper) is 30; the fewest workflows, 2, span one gap
-    assert burst_rate(per_seed, isolated) == pytest.approx(1 / 3.0)
+    assert median_alone(isolated) == 30.0  # of 10, 20, 20, 30, 40, 50: the upper middle

@@ -22,6 +22,8 @@ def capacity_summary() -> dict[str, Any]:
                                "saga/saga-no-gate": 1.2},
             "bracketed": {"saga": False, "vllm-affinity": True, "sglang": True,
                           "saga-no-gate": True},
+            "limited": {"saga": True, "vllm-affinity": False, "sglang": False,
+                        "saga-no-gate": False},
         }],
     }
 

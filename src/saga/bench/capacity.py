@@ -13,18 +13,19 @@ workflows of all seeds. One search per policy over the pooled share keeps a sing
 well-defined service level on a larger sample; the per-seed shares are kept with every
 probe so that a seed that alone would fail is visible.
 
-A finite set of workflows has a rate past which it is a burst: once the arrivals of all of
-them span a tenth of their median TCT alone, a higher rate changes nothing. The search
-stops growing there (``burst_rate``); a policy still served at that rate has a capacity
-reported as not bracketed (at least that rate, on this many workflows).
+Steady state, not a burst: a probe at rate r offers the workflows that arrive within a
+window of ``capacity_window`` (4) median TCTs alone, drawn from a pool of the workload's
+workflows (its count), and judges only those that arrive after a warm-up of
+``capacity_warmup`` (1) median TCT alone, when the cluster has filled. A higher rate so
+offers more workflows over the same time, as a real stream would: past the capacity the
+backlog grows through the window and the late arrivals miss. When the pool runs out before
+the window ends, the probe offered fewer workflows than the rate calls for: a failure there
+is still a failure, but a success is only a lower bound, so the search stops growing and
+reports the capacity as "at least" (``limited``).
 
-The workflows are finite: the first arrive to an idle cluster and the last see it drain, so
-the capacity is that of a steady state only when the arrivals span several TCTs (200 coding
-workflows at 0.05/s span 4000 s, two mean TCTs: the full scenario is near that edge, the
-quick one, a burst or two, well past it).
-
-Every rate is applied by re-timing the same workflows (:func:`saga.bench.workloads.retime`),
-so the workflows, and their isolated TCTs, are the same at every rate.
+Every rate re-times the same pool (:func:`saga.bench.workloads.retime`): a higher rate
+offers a longer prefix of the same workflows in the same order, their isolated TCTs computed
+once.
 """
 
 from __future__ import annotations
@@ -59,19 +60,20 @@ class CapacityPoint:
     attainment: float
     served: bool
     per_seed: dict[int, float] = field(default_factory=dict)
+    judged: int = 0  # workflows judged, over all seeds (arrived after the warm-up)
+    offered: int = 0  # workflows offered, over all seeds (arrived within the window)
+    limited: bool = False  # a seed's pool ran out before the window ended
 
 
 class CapacitySearch:
     """The bisection of one policy, as a state machine: ask :meth:`next_rate`, run it,
     :meth:`record` the attainment. Pure: it neither simulates nor reads a clock."""
 
-    def __init__(
-        self, start: float, *, target: float, tolerance: float, max_rate: float = math.inf
-    ) -> None:
-        if not 0 < start <= max_rate:
-            raise ValueError(f"start rate must be in (0, {max_rate}], got {start}")
+    def __init__(self, start: float, *, target: float, tolerance: float) -> None:
+        if start <= 0:
+            raise ValueError(f"start rate must be > 0, got {start}")
         self.start = start
-        self.max_rate = max_rate
+        self.limited = False  # a served probe ran out of workflows: capacity at least that
         self.target = target
         self.tolerance = tolerance
         self.served: float | None = None  # highest rate served
@@ -87,20 +89,22 @@ class CapacitySearch:
             return None  # no bracket within the factor's reach: give up, say so
         if high is None:
             assert low is not None
-            return None if low >= self.max_rate else min(low * BRACKET_FACTOR, self.max_rate)
+            return None if self.limited else low * BRACKET_FACTOR
         if low is None:
             return high / BRACKET_FACTOR
         if high <= low * (1 + self.tolerance):
             return None
         return (low + high) / 2
 
-    def record(self, rate: float, attainment: float) -> bool:
-        """Record a probe; True if ``rate`` was served."""
+    def record(self, rate: float, attainment: float, limited: bool = False) -> bool:
+        """Record a probe; True if ``rate`` was served. ``limited``: the probe offered
+        fewer workflows than the rate called for (its pool ran out)."""
         self.probes += 1
         served = attainment >= self.target
         if served:
             if self.served is None or rate > self.served:
                 self.served = rate
+                self.limited = limited
         elif self.failed is None or rate < self.failed:
             self.failed = rate
         # a noisy attainment may pass above a failed rate: keep the bracket ordered
@@ -115,8 +119,9 @@ class CapacitySearch:
 
     @property
     def bracketed(self) -> bool:
-        """True when the capacity lies between a served and a failed rate."""
-        return self.served is not None and self.failed is not None
+        """True when the capacity lies between a served and a failed rate, and the served
+        one offered all the workflows its rate called for."""
+        return self.served is not None and self.failed is not None and not self.limited
 
 
 def search(
@@ -125,14 +130,15 @@ def search(
     *,
     target: float,
     tolerance: float,
-    max_rate: float = math.inf,
+    limit: float = math.inf,
 ) -> tuple[float, list[tuple[float, float]]]:
-    """Run one search against an attainment function; (capacity, probes as (rate, share))."""
-    state = CapacitySearch(start, target=target, tolerance=tolerance, max_rate=max_rate)
+    """Run one search against an attainment function; (capacity, probes as (rate, share)).
+    Probes at or above ``limit`` are marked limited (their pool ran out)."""
+    state = CapacitySearch(start, target=target, tolerance=tolerance)
     probes: list[tuple[float, float]] = []
     while (rate := state.next_rate()) is not None:
         share = attainment(rate)
-        state.record(rate, share)
+        state.record(rate, share, limited=rate >= limit)
         probes.append((rate, share))
     return state.capacity, probes
 
@@ -149,7 +155,9 @@ class CapacityCase:
     capacity: dict[str, float] = field(default_factory=dict)
     bracketed: dict[str, bool] = field(default_factory=dict)
     points: list[CapacityPoint] = field(default_factory=list)
-    burst_rate: float = math.inf
+    window: float = math.inf  # seconds of arrivals per probe
+    warmup: float = 0.0  # seconds of arrivals not judged
+    limited: dict[str, bool] = field(default_factory=dict)
     source: str = ""  # the registry workload (or trace file) the workflows came from
     params: dict[str, str] = field(default_factory=dict)  # its params, as given
     wall_seconds: float = 0.0
@@ -167,22 +175,33 @@ class CapacityCase:
 
 
 # ---- jobs run in worker processes ----------------------------------------------------------
-AttainmentJob = tuple[ClusterSpec, str, list[Workflow], int, dict[str, float], float]
+AttainmentJob = tuple[ClusterSpec, str, list[Workflow], int, dict[str, float], float, float]
 
 
 def met_service_level(job: AttainmentJob) -> tuple[int, int, float]:
-    """(workflows meeting the level, workflows, wall seconds) for one policy on one seed's
-    re-timed workflows. An unfinished or rejected workflow misses."""
-    cluster, policy, workflows, seed, isolated, slowdown = job
+    """(workflows meeting the level, workflows judged, wall seconds) for one policy on one
+    seed's re-timed workflows; only those arriving at or after the warm-up are judged. An
+    unfinished or rejected workflow misses."""
+    cluster, policy, workflows, seed, isolated, slowdown, warmup = job
     started = time.perf_counter()
     result = Simulation(cluster, build_policy(policy), workflows, seed=seed).run()
+    judged = [w for w in result.workflows if w.arrival >= warmup]
     met = sum(
         1
-        for w in result.workflows
+        for w in judged
         if w.finished_at >= 0 and not w.rejected
         and w.finished_at - w.arrival <= slowdown * isolated[w.workflow]
     )
-    return met, len(result.workflows), time.perf_counter() - started
+    return met, len(judged), time.perf_counter() - started
+
+
+def offered(pool: Sequence[Workflow], rate: float, seed: int, window: float
+            ) -> tuple[list[Workflow], bool]:
+    """The workflows of ``pool`` re-timed at ``rate`` that arrive within ``window``
+    seconds, and whether the pool ran out first (its last arrival inside the window)."""
+    timed = retime(pool, rate, seed)
+    kept = [w for w in timed if w.arrival < window]
+    return kept, len(kept) == len(timed) and math.isfinite(window)
 
 
 def _isolated_job(job: tuple[ClusterSpec, list[Workflow]]) -> dict[str, float]:
@@ -190,15 +209,10 @@ def _isolated_job(job: tuple[ClusterSpec, list[Workflow]]) -> dict[str, float]:
     return isolated_tcts(cluster, workflows)
 
 
-def burst_rate(
-    per_seed: dict[int, list[Workflow]], isolated: dict[int, dict[str, float]]
-) -> float:
-    """The rate at which the fewest workflows of a seed arrive within a tenth of the median
-    TCT alone: past it the workflows are a burst (see the module doc)."""
+def median_alone(isolated: dict[int, dict[str, float]]) -> float:
+    """The median TCT alone over every seed's workflows (the upper one of an even count)."""
     alone = sorted(t for by_id in isolated.values() for t in by_id.values())
-    median = alone[len(alone) // 2] if alone else 0.0
-    fewest = min(len(w) for w in per_seed.values())
-    return (fewest - 1) / (0.1 * median) if median > 0 and fewest > 1 else math.inf
+    return alone[len(alone) // 2] if alone else 0.0
 
 
 # ---- the scenario kind ---------------------------------------------------------------------
@@ -225,6 +239,8 @@ def measure_capacity(
         slowdown=spec.goodput_slowdown,
         target=spec.goodput_target,
         tolerance=spec.capacity_tolerance,
+        window_tcts=spec.capacity_window,
+        warmup_tcts=spec.capacity_warmup,
         pool=pool,
         say=say,
         title=workload.title,
@@ -243,12 +259,15 @@ def capacity_on(
     slowdown: float,
     target: float,
     tolerance: float,
+    window_tcts: float | None,
+    warmup_tcts: float,
     pool: Executor,
     say: Progress,
     title: str = "",
 ) -> CapacityCase:
     """The searches of every policy, run in lockstep: each round probes every unfinished
-    policy on every seed at once, so the pool's workers stay busy."""
+    policy on every seed at once, so the pool's workers stay busy. ``window_tcts`` and
+    ``warmup_tcts`` are in median TCTs alone (None: offer every workflow of the pool)."""
     started = time.perf_counter()
     say(f"{title}: isolated TCTs of {sum(len(w) for w in per_seed.values())} workflows")
     isolated: dict[int, dict[str, float]] = {}
@@ -256,27 +275,29 @@ def capacity_on(
         half = (len(workflows) + 1) // 2
         parts = pool.map(_isolated_job, [(cluster, workflows[:half]), (cluster, workflows[half:])])
         isolated[seed] = {k: v for part in parts for k, v in part.items()}
+    median = median_alone(isolated)
     case = CapacityCase(
         title, cluster.name, cluster.replicas, list(per_seed),
         min(len(w) for w in per_seed.values()),
+        window=math.inf if window_tcts is None else window_tcts * median,
+        warmup=warmup_tcts * median,
     )
-    case.burst_rate = burst_rate(per_seed, isolated)
-    searches = {
-        p: CapacitySearch(
-            min(start, case.burst_rate), target=target, tolerance=tolerance,
-            max_rate=case.burst_rate,
-        )
-        for p in policies
-    }
+    searches = {p: CapacitySearch(start, target=target, tolerance=tolerance) for p in policies}
     while True:
         todo = [(p, rate) for p, s in searches.items() if (rate := s.next_rate()) is not None]
         if not todo:
             break
-        jobs: list[AttainmentJob] = [
-            (cluster, policy, retime(per_seed[seed], rate, seed), seed, isolated[seed], slowdown)
-            for policy, rate in todo
-            for seed in per_seed
-        ]
+        jobs: list[AttainmentJob] = []
+        limited: dict[tuple[str, float], bool] = {}
+        sizes: dict[tuple[str, float], int] = {}
+        for policy, rate in todo:
+            for seed in per_seed:
+                kept, ran_out = offered(per_seed[seed], rate, seed, case.window)
+                limited[policy, rate] = limited.get((policy, rate), False) or ran_out
+                sizes[policy, rate] = sizes.get((policy, rate), 0) + len(kept)
+                jobs.append(
+                    (cluster, policy, kept, seed, isolated[seed], slowdown, case.warmup)
+                )
         say(f"{title}: probing {len(todo)} policies x {len(per_seed)} seeds")
         outcomes = iter(pool.map(met_service_level, jobs))
         for policy, rate in todo:
@@ -286,16 +307,21 @@ def capacity_on(
             for seed in per_seed:
                 seed_met, seed_total, seconds = next(outcomes)
                 met, total, wall = met + seed_met, total + seed_total, wall + seconds
-                shares[seed] = seed_met / seed_total
-            share = met / total
-            served = searches[policy].record(rate, share)
-            case.points.append(CapacityPoint(policy, rate, share, served, shares))
+                shares[seed] = seed_met / seed_total if seed_total else 1.0
+            # no workflow arrived after the warm-up (a very low rate): nothing missed
+            share = met / total if total else 1.0
+            served = searches[policy].record(rate, share, limited[policy, rate])
+            case.points.append(CapacityPoint(
+                policy, rate, share, served, shares, total, sizes[policy, rate],
+                limited[policy, rate],
+            ))
             say(
-                f"{title}: {policy} at {rate:.4g} wf/s: {100 * share:.0f} % within "
+                f"{title}: {policy} at {rate:.4g} wf/s: {100 * share:.0f} % of {total} within "
                 f"{slowdown:g}x ({'served' if served else 'not served'}) done in {wall:.1f} s"
             )
     for policy, state in searches.items():
         case.capacity[policy] = state.capacity
         case.bracketed[policy] = state.bracketed
+        case.limited[policy] = state.limited
     case.wall_seconds = time.perf_counter() - started
     return case

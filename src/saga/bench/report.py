@@ -112,7 +112,9 @@ def capacity_dict(result: BenchResult) -> dict[str, Any]:
             "capacity": c.capacity,
             "capacity_ratio": c.ratios(scenario.reference),
             "bracketed": c.bracketed,
-            "burst_rate": c.burst_rate,
+            "limited": c.limited,
+            "window_seconds": c.window,
+            "warmup_seconds": c.warmup,
             "points": [vars(p) for p in c.points],
             "wall_seconds": c.wall_seconds,
         }
@@ -126,6 +128,8 @@ def capacity_dict(result: BenchResult) -> dict[str, Any]:
             "slowdown": scenario.goodput_slowdown,
             "target": scenario.goodput_target,
             "tolerance": scenario.capacity_tolerance,
+            "window": scenario.capacity_window,
+            "warmup": scenario.capacity_warmup,
         },
     }
 
@@ -234,7 +238,9 @@ def _print_capacity(result: BenchResult, case: CapacityCase, console: Console) -
         table.add_column(column, justify="right")
     ratios = case.ratios(scenario.reference)
     for name, value in case.capacity.items():
-        bound = "" if case.bracketed.get(name) else " (not bracketed)"
+        bound = " (at least: pool ran out)" if case.limited.get(name) else (
+            "" if case.bracketed.get(name) else " (not bracketed)"
+        )
         table.add_row(
             name,
             f"{value:.4g}{bound}",
@@ -745,8 +751,10 @@ def _capacity_section(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
             f"Poisson arrival rate at which {100 * goodput.get('target', 0.9):g} % of workflows "
             f"finish within {goodput.get('slowdown', 2.0):g}x their TCT alone on an idle "
             f"replica, bisected to {100 * goodput.get('tolerance', 0.05):g} %, the attainment "
-            "pooled over the seeds. \"≥\": still served when every workflow arrives within a "
-            "tenth of the median TCT alone (a burst), the most this many workflows can show.",
+            "pooled over the seeds. Each probe offers the workflows arriving within "
+            f"{goodput.get('window', 4.0):g} median TCTs alone and judges those after the first "
+            f"{goodput.get('warmup', 1.0):g}. \"≥\": still served when the pool of workflows ran "
+            "out before the window ended (a lower bound).",
             "",
             "| goal | ours | where |",
             "|---|---|---|",
@@ -764,7 +772,6 @@ def _capacity_section(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
         for case in s["capacity_cases"]:
             capacity = case.get("capacity") or {}
             ratios = case.get("capacity_ratio") or {}
-            bracketed = case.get("bracketed") or {}
             lines += [
                 "",
                 f"{case['workload']} on {case['cluster']} ({case.get('workflows_per_seed')} "
@@ -774,7 +781,7 @@ def _capacity_section(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
                 "|---|---|---|",
             ]
             for name, value in _in_order(s, capacity).items():
-                at_least = "" if bracketed.get(name, True) else "≥ "
+                at_least = "≥ " if (case.get("limited") or {}).get(name) else ""
                 lines.append(f"| {name} | {at_least}{_fmt(value, '{:.4g}')} | "
                              f"{_fmt(ratios.get(f'{ref}/{name}'), '{:.2f}x')} |")
     return ["", *lines, ""]

@@ -115,6 +115,14 @@ class Scenario(BaseModel):
         0.05, gt=0, le=1, description="capacity: bisection stops when the failing rate is "
         "within this fraction above the passing one."
     )
+    capacity_window: float = Field(
+        4.0, gt=0, description="capacity: each probe offers the workflows arriving within "
+        "this many median TCTs alone (from the workload's pool of `count`)."
+    )
+    capacity_warmup: float = Field(
+        1.0, ge=0, description="capacity: workflows arriving in the first this many median "
+        "TCTs alone fill the cluster and are not judged."
+    )
     capacity_start: float | None = Field(
         None, gt=0, description="capacity: first rate tried, workflows/s (default: the "
         "workload's own `rate`, else 0.1)."
@@ -131,6 +139,8 @@ class Scenario(BaseModel):
     def _reference_is_run(self) -> Scenario:
         if self.reference not in self.policies:
             raise ValueError(f"reference {self.reference!r} is not among policies")
+        if self.capacity_warmup >= self.capacity_window:
+            raise ValueError("capacity_warmup must be shorter than capacity_window")
         return self
 
     def quick_version(self) -> Scenario:
