@@ -116,7 +116,7 @@ class Scenario(BaseModel):
         "within this fraction above the passing one."
     )
     capacity_window: float = Field(
-        4.0, gt=0, description="capacity: each probe offers the workflows arriving within "
+        8.0, gt=0, description="capacity: each probe offers the workflows arriving within "
         "this many median TCTs alone (from the workload's pool of `count`)."
     )
     capacity_warmup: float = Field(
