@@ -30,7 +30,38 @@ def test_a_call_without_preemption_wastes_nothing() -> None:
     drive(replica)
     assert replica.kv.busy_block_seconds > 0
     assert replica.kv.recompute_block_seconds == 0.0
+    assert replica.kv.discarded_block_seconds == 0.0
     assert replica.kv.recompute_blocks == 0
+
+
+def test_blocks_a_preemption_discards_were_held_for_nothing() -> None:
+    replica = make_replica(capacity=64, budget=512)
+    replica.decode_runs = False
+    a = request("a", 8, 200, seq=1)
+    replica.enqueue(a, 0.0)
+    end1 = step(replica, 0.0)  # prefill: 8 blocks outside the cache, then cached
+    assert (a.locked_blocks, a.anon) == (8, 0)
+    now = end1
+    for _ in range(3):
+        now = step(replica, now)  # decode: the output's block is outside the cache
+    assert a.anon == 1
+    replica._preempt(a, now)
+    # the prompt's 8 blocks went into the cache at end1 and stay there (a hit may serve
+    # them again); the output's block, held since end1, is lost
+    assert replica.kv.discarded_block_seconds == pytest.approx(now - end1, rel=1e-12)
+    assert replica.kv.recompute_block_seconds == 0.0
+    assert a.anon_since == []
+
+
+def test_a_prompt_preempted_mid_prefill_discards_its_chunk() -> None:
+    replica = make_replica(capacity=64, budget=256)
+    a = request("a", 8, 20, seq=1)  # 512 prompt tokens in two chunks of 256 (4 blocks)
+    replica.enqueue(a, 0.0)
+    end1 = step(replica, 0.0)
+    end2 = replica.plan(end1)  # the second chunk takes 4 more blocks at end1
+    assert end2 is not None and a.anon == 8
+    replica._preempt(a, end1)  # before the second chunk ran
+    assert replica.kv.discarded_block_seconds == pytest.approx(4 * end1, rel=1e-12)
 
 
 def test_blocks_held_while_recomputing_evicted_kv_are_waste() -> None:
@@ -82,9 +113,12 @@ def test_a_recomputing_call_preempted_again_stops_counting() -> None:
     replica.kv.evict(replica.kv.used_blocks, now)
     end = step(replica, now)  # first chunk of the recomputation (256 tokens: 4 blocks)
     assert replica.kv.recompute_blocks == 4
+    discarded = replica.kv.discarded_block_seconds
     replica._preempt(a, end)
     assert replica.kv.recompute_blocks == 0 and a.recompute_base == -1
     assert replica.kv.recompute_block_seconds == pytest.approx(4 * (end - now), rel=1e-12)
+    # its blocks were waste as recomputation already: the preemption adds nothing
+    assert replica.kv.discarded_block_seconds == discarded
 
 
 def test_a_next_call_recomputing_its_evicted_prefix_wastes_only_that_prefix() -> None:
@@ -120,9 +154,9 @@ def test_a_next_call_that_finds_its_prefix_cached_wastes_nothing() -> None:
     assert replica.kv.recompute_block_seconds == 0.0
 
 
-def record(capacity: int, busy: float, reused: float, recompute: float, window: float,
+def record(capacity: int, busy: float, reused: float, wasted: float, window: float,
            ) -> ReplicaRecord:
-    return ReplicaRecord(0, capacity, busy, reused, 0.0, 0, 0, 0, 0, 0, 0, recompute, window)
+    return ReplicaRecord(0, capacity, busy, reused, 0.0, 0, 0, 0, 0, 0, 0, wasted, window)
 
 
 def result(*replicas: ReplicaRecord, window: tuple[float, float] = (0.0, 0.0)) -> SimResult:

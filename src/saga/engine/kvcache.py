@@ -157,6 +157,8 @@ class RadixKV:
         # computed before (after a preemption): counted busy, but serving nothing new.
         self.recompute_blocks = 0
         self.recompute_block_seconds = 0.0
+        # Block-seconds of anonymous blocks that preemption discarded (their KV is lost).
+        self.discarded_block_seconds = 0.0
         self._tick_at = 0.0
         self._clock = 0  # release counter
         self._heap: list[tuple[float, int, int, KVNode]] = []  # LRU: (stamp, tiebreak, id, node)
@@ -191,6 +193,11 @@ class RadixKV:
             )
             self.recompute_block_seconds += self.recompute_blocks * (now - self._tick_at)
             self._tick_at = now
+
+    def discard_held(self, block_seconds: float) -> None:
+        """A preempted call's anonymous blocks were discarded: the block-seconds they
+        were held for served KV that must be computed again."""
+        self.discarded_block_seconds += block_seconds
 
     def hold_recomputed(self, blocks: int, now: float) -> None:
         """``blocks`` more (or fewer, if negative) blocks held by calls recomputing."""

@@ -37,6 +37,7 @@ class Request:
 
     __slots__ = (
         "anon",
+        "anon_since",
         "cached_tokens",
         "call_id",
         "computed",
@@ -54,6 +55,7 @@ class Request:
         "prompt_tokens",
         "ready_at",
         "recompute_base",
+        "recompute_done_at",
         "recompute_held",
         "recompute_until",
         "recomputed_tokens",
@@ -107,6 +109,12 @@ class Request:
         self.recompute_base = -1
         self.recompute_until = 0
         self.recompute_held = 0
+        # Its anonymous blocks as [count, since] runs, oldest first (the cache adopts the
+        # oldest, a cut run gives back the newest): what a preemption would discard, and
+        # for how long it was held. recompute_done_at: when this admission stopped
+        # recomputing (its blocks count as waste before that, through recompute_blocks).
+        self.anon_since: list[list[float]] = []
+        self.recompute_done_at = 0.0
 
     @property
     def total_tokens(self) -> int:
@@ -493,6 +501,7 @@ class Replica(QueueTokens):
             self._running_unsorted = True
 
     def _admitted(self, request: Request, cached: int, now: float) -> None:
+        request.recompute_done_at = now
         pin = self.pins.pop(request.workflow, None)
         if pin is not None:
             self.kv.unlock(pin.node, now, user=False)
@@ -516,6 +525,33 @@ class Replica(QueueTokens):
         request.recompute_until = until
         self._track_recompute(request, now)
 
+    @staticmethod
+    def _anon_added(request: Request, blocks: int, now: float) -> None:
+        if blocks > 0:
+            request.anon_since.append([blocks, now])
+
+    @staticmethod
+    def _anon_removed(request: Request, blocks: int, oldest: bool) -> None:
+        """``blocks`` anonymous blocks left: the oldest (cached) or the newest (given back)."""
+        runs = request.anon_since
+        while blocks > 0 and runs:
+            run = runs[0] if oldest else runs[-1]
+            taken = min(blocks, int(run[0]))
+            run[0] -= taken
+            blocks -= taken
+            if run[0] == 0:
+                runs.pop(0 if oldest else -1)
+
+    def _discard_anon(self, request: Request, now: float) -> None:
+        """A preemption discards the call's anonymous blocks: the block-seconds they were
+        held (after any recomputation, counted apart) served KV that must be computed again.
+        A call preempted while still recomputing adds nothing here."""
+        if request.recompute_base < 0:
+            since = request.recompute_done_at
+            held = sum(count * (now - max(start, since)) for count, start in request.anon_since)
+            self.kv.discard_held(held)
+        request.anon_since.clear()
+
     def _track_recompute(self, request: Request, now: float) -> None:
         """Count the blocks a recomputing call holds beyond those it found cached, up to
         the end of what was computed before."""
@@ -525,6 +561,7 @@ class Replica(QueueTokens):
         request.recompute_held = held
 
     def _end_recompute(self, request: Request, now: float) -> None:
+        request.recompute_done_at = now
         self.kv.hold_recomputed(-request.recompute_held, now)
         request.recompute_held = 0
         request.recompute_base = -1
@@ -568,6 +605,7 @@ class Replica(QueueTokens):
         if not self._allocate(need, now):
             return False
         request.anon += need
+        self._anon_added(request, need, now)
         if request.recompute_base >= 0:
             self._track_recompute(request, now)
         return True
@@ -599,6 +637,7 @@ class Replica(QueueTokens):
         need = -(-request.computed // self.block_tokens) - request.locked_blocks
         extra = request.anon - max(need, 0)
         if extra > 0:
+            self._anon_removed(request, extra, oldest=False)
             request.anon -= extra
             self.kv.release_anonymous(extra, now)
 
@@ -616,6 +655,7 @@ class Replica(QueueTokens):
         self._waiting_unsorted = True
 
     def _release_kv(self, request: Request, now: float) -> None:
+        self._discard_anon(request, now)
         if request.recompute_base >= 0:
             self._end_recompute(request, now)
         if request.lock is not None:
@@ -643,6 +683,7 @@ class Replica(QueueTokens):
         request.locked_blocks += blocks
         # the blocks were the request's own: now cached (or duplicates, freed)
         taken = min(blocks, request.anon)
+        self._anon_removed(request, taken, oldest=True)
         request.anon -= taken
         self.kv.adopt(min(added, taken), now)
         if taken > added:
@@ -650,6 +691,7 @@ class Replica(QueueTokens):
 
     def _finish(self, request: Request, now: float) -> None:
         request.finished_at = now
+        request.anon_since.clear()  # its KV served it to the end: nothing discarded
         self.running.remove(request)
         self._count_running(request, -1)
         self.output_tokens_total += request.generated
@@ -788,6 +830,7 @@ class Replica(QueueTokens):
             return False
         for (request, _), need in zip(batch, needs, strict=True):
             request.anon += need
+            self._anon_added(request, need, now)
         return True
 
     # ---- lifecycle ---------------------------------------------------------------------

@@ -80,17 +80,22 @@ def kv_utilization(result: SimResult) -> float:
 
 
 def kv_useful_utilization(result: SimResult) -> float:
-    """Like :func:`kv_utilization`, less the block-seconds of blocks a running call holds
-    while it recomputes KV it had computed before a preemption: block-seconds of blocks
-    that serve a call without being recomputed, plus cached blocks hit again, over
-    capacity. Thrash (calls preempted and recomputed over and over) holds memory busy
-    without progress; this measure does not count it."""
+    """Block-seconds of blocks that serve a call without being recomputed, plus cached
+    blocks hit again, over capacity: :func:`kv_utilization` less the waste, which is
+
+    * blocks a running call holds while it recomputes KV that it (after a preemption) or
+      its workflow (a prefix evicted between calls) had computed before, and
+    * a call's blocks outside the prefix cache (prompt chunks not yet cached, output)
+      held until a preemption discarded them: their KV must be computed again.
+
+    Thrash (calls preempted and recomputed over and over) holds memory busy without
+    progress; this measure does not count it."""
     duration = result.end - result.start
     capacity = sum(r.capacity_blocks for r in result.replicas) * duration
     if capacity <= 0:
         return 0.0
     useful = sum(
-        r.busy_block_seconds - r.recompute_block_seconds + r.reused_idle_block_seconds
+        r.busy_block_seconds - r.wasted_block_seconds + r.reused_idle_block_seconds
         for r in result.replicas
     )
     return useful / capacity

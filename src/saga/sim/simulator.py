@@ -76,7 +76,8 @@ class ReplicaRecord:
     cached_tokens: int
     recomputed_tokens: int
     output_tokens: int
-    recompute_block_seconds: float = 0.0  # of busy_block_seconds, held while recomputing
+    #: of busy_block_seconds: held while recomputing, or holding KV a preemption discarded
+    wasted_block_seconds: float = 0.0
     window_busy_seconds: float = 0.0  # seconds stepping a batch within the arrival window
 
 
@@ -474,7 +475,8 @@ class Simulation(ReplicaTimers):
                     r.kv.reused_idle_block_seconds, r.busy_seconds, r.steps,
                     r.kv.evicted_blocks, r.prompt_tokens_total, r.cached_tokens_total,
                     r.recomputed_tokens_total, r.output_tokens_total,
-                    r.kv.recompute_block_seconds, r.window_busy_seconds,
+                    r.kv.recompute_block_seconds + r.kv.discarded_block_seconds,
+                    r.window_busy_seconds,
                 )
             )
         start = min((w.arrival for w in self._records), default=0.0)
