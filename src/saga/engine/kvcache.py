@@ -153,8 +153,9 @@ class RadixKV:
         self.inuse_blocks = 0  # blocks in nodes with users > 0
         self.busy_block_seconds = 0.0
         self.reused_idle_block_seconds = 0.0
-        # Of the busy blocks, those a running call holds while it recomputes KV it had
-        # computed before (after a preemption): counted busy, but serving nothing new.
+        # Of the busy blocks, those a running call holds while it recomputes KV that it
+        # (after a preemption) or its workflow (a prefix evicted between calls) had
+        # computed before: counted busy, but serving nothing new.
         self.recompute_blocks = 0
         self.recompute_block_seconds = 0.0
         # Block-seconds of anonymous blocks that preemption discarded (their KV is lost).
