@@ -770,8 +770,8 @@ def _capacity_section(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
             f"replica, bisected to {100 * goodput.get('tolerance', 0.05):g} %, the attainment "
             "pooled over the seeds. Each probe offers the workflows arriving within "
             f"{goodput.get('window', 8.0):g} median TCTs alone and judges those arriving after a "
-            f"warm-up of {goodput.get('warmup', 1.0):g}. \"≥\": still served when the pool of "
-            "workflows ran "
+            f"warm-up of {goodput.get('warmup', 1.0):g} median TCT. \"≥\": still served when "
+            "the pool of workflows ran "
             "out before the window ended (a lower bound).",
             "",
             "| goal | ours | where |",
