@@ -16,7 +16,9 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
+from saga.bench.capacity import CapacityCase
 from saga.bench.runner import BenchResult, CaseResult, pooled_speedups
+from saga.bench.scenario import Scenario
 
 # (summary key, column title with its unit, format): "pct" a share as a percentage,
 # "rate" completed workflows per second or per hour, whichever shows the digits
@@ -101,11 +103,12 @@ def summary_dict(result: BenchResult) -> dict[str, Any]:
             "primary_case": primary.name if primary else None,
             "policies": {n: r.summary for n, r in primary.runs.items()} if primary else {},
             "speedup": pooled_speedups(result),
-            "cases": [_case_dict(c) for c in result.cases],
+            "cases": [_case_dict(c) | _load_dict(scenario, c) for c in result.cases],
             "sweep": [vars(p) for p in result.sweep],
             "calls_over_context": calls_over_context(result),
             "peaks": result.peaks,
             "peak_ratio": peak_ratio,
+            **capacity_dict(result),
         }
     )
     return summary
@@ -124,6 +127,47 @@ def calls_over_context(result: BenchResult) -> dict[str, int]:
     return out
 
 
+def capacity_dict(result: BenchResult) -> dict[str, Any]:
+    """The capacity keys of summary.json: ``capacity`` (workflows/s per policy) and
+    ``capacity_ratio`` (``"saga/NAME"``) of the first workload, and ``capacity_cases``
+    with every workload's figures and probes."""
+    if not result.capacity:
+        return {}
+    scenario = result.scenario
+    cases = [
+        {
+            "workload": c.workload,
+            "source": c.source,
+            "params": c.params,
+            "cluster": c.cluster,
+            "replicas": c.replicas,
+            "seeds": c.seeds,
+            "workflows_per_seed": c.workflows,
+            "capacity": c.capacity,
+            "capacity_ratio": c.ratios(scenario.reference),
+            "bracketed": c.bracketed,
+            "limited": c.limited,
+            "window_seconds": c.window,
+            "warmup_seconds": c.warmup,
+            "points": [vars(p) for p in c.points],
+            "wall_seconds": c.wall_seconds,
+        }
+        for c in result.capacity
+    ]
+    return {
+        "capacity": cases[0]["capacity"],
+        "capacity_ratio": cases[0]["capacity_ratio"],
+        "capacity_cases": cases,
+        "goodput": {
+            "slowdown": scenario.goodput_slowdown,
+            "target": scenario.goodput_target,
+            "tolerance": scenario.capacity_tolerance,
+            "window": scenario.capacity_window,
+            "warmup": scenario.capacity_warmup,
+        },
+    }
+
+
 def _case_dict(case: CaseResult) -> dict[str, Any]:
     return {
         "name": case.name,
@@ -137,6 +181,39 @@ def _case_dict(case: CaseResult) -> dict[str, Any]:
         "speedup": case.speedup,
         "eviction_vs_belady": case.eviction_vs_belady,
     }
+
+
+def _load_dict(scenario: Scenario, case: CaseResult) -> dict[str, Any]:
+    """The load a case was run at: its arrival rate, as a fraction of the peak policy's
+    closed-loop peak when the scenario set loads, and the replicas' busy share per policy.
+    (RESULTS.md also states the rate over vllm-affinity's goodput capacity when a
+    capacity run of the same workload and cluster is at hand.)"""
+    return {
+        "cluster": case.cluster,
+        "params": case.params,
+        "offered_load": {
+            "rate": case.rate,
+            "of_peak": case.load,
+            "peak_policy": scenario.peak_policy if case.load is not None else None,
+        },
+        "busy_share": {n: r.summary.get("busy_share") for n, r in case.runs.items()},
+    }
+
+
+def case_load_text(scenario: Scenario, case: Mapping[str, Any]) -> str:
+    """One line: a case's offered load and each policy's busy share (from its summary)."""
+    offered = case.get("offered_load") or {}
+    rate, of_peak = offered.get("rate"), offered.get("of_peak")
+    if rate is None:
+        load = "closed loop" if of_peak is None else "n/a"
+    elif of_peak is not None:
+        load = (f"{rate:.4g} wf/s, {100 * of_peak:.0f} % of `{scenario.peak_policy}`'s "
+                "closed-loop peak")
+    else:
+        load = f"{rate:.4g} wf/s"
+    shares = case.get("busy_share") or {}
+    busy = ", ".join(f"{name} {_fmt(share, 'pct')}" for name, share in shares.items())
+    return f"offered load: {load}; busy share (replica-time stepping in the arrival window): {busy}"
 
 
 def write_all(result: BenchResult, directory: Path) -> dict[str, Any]:
@@ -304,10 +381,13 @@ def print_tables(result: BenchResult, summary: Mapping[str, Any], console: Conso
     """A table per case, the saturation sweep, the speedups and their notes."""
     name, reference = result.scenario.name, result.scenario.reference
     order = list(result.scenario.policies)
+    for capacity in result.capacity:
+        _print_capacity(result, capacity, console)
     for case in summary.get("cases") or []:
         title = (f"{name}: {case['name']} (seed {case['seed']}, {case['replicas']} "
                  "replicas)")
         _print_table(case_table(title, case, reference, order), console)
+        console.print(case_load_text(result.scenario, case))
     if result.sweep:
         table = Table(title=f"{name}: saturation sweep (closed loop)")
         for column in ("policy", "in flight", "wf/s", "TCT mean (s)", "TCT p99 (s)",
@@ -363,6 +443,29 @@ def _width(text: TextTable, columns: Sequence[int], console: Console) -> int:
     return Measurement.get(console, unbounded, _rich_table(text, columns)).maximum
 
 
+def _print_capacity(result: BenchResult, case: CapacityCase, console: Console) -> None:
+    scenario = result.scenario
+    table = Table(
+        title=f"{scenario.name}: goodput capacity, {case.workload} on {case.cluster} "
+        f"({100 * scenario.goodput_target:g} % of workflows within "
+        f"{scenario.goodput_slowdown:g}x their TCT alone; seeds {case.seeds} pooled)"
+    )
+    for column in ("policy", "capacity (wf/s)", f"{scenario.reference} / policy", "probes"):
+        table.add_column(column, justify="right")
+    ratios = case.ratios(scenario.reference)
+    for name, value in case.capacity.items():
+        bound = " (at least: pool ran out)" if case.limited.get(name) else (
+            "" if case.bracketed.get(name) else " (not bracketed)"
+        )
+        table.add_row(
+            name,
+            f"{value:.4g}{bound}",
+            _fmt(ratios.get(f"{scenario.reference}/{name}"), "{:.2f}x"),
+            str(sum(1 for p in case.points if p.policy == name)),
+        )
+    console.print(table)
+
+
 def _fmt(value: Any, fmt: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
@@ -390,7 +493,7 @@ def plots(result: BenchResult) -> list[tuple[str, str]]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out: list[tuple[str, str]] = []
+    out: list[tuple[str, str]] = [_capacity_plot(result, c) for c in result.capacity]
     case = primary_case(result)
     if case is not None and case.runs:
         fig, ax = plt.subplots(figsize=(7, 4))
@@ -455,6 +558,27 @@ def plots(result: BenchResult) -> list[tuple[str, str]]:
         ax.legend(fontsize=7)
         out.append(("throughput and latency", _png(fig)))
     return out
+
+
+def _capacity_plot(result: BenchResult, case: CapacityCase) -> tuple[str, str]:
+    """Attainment against arrival rate per policy, each policy's capacity marked."""
+    import matplotlib.pyplot as plt
+
+    target = result.scenario.goodput_target
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, capacity in case.capacity.items():
+        probes = sorted((p.rate, p.attainment) for p in case.points if p.policy == name)
+        (line,) = ax.plot([r for r, _ in probes], [100 * a for _, a in probes], marker="o",
+                          markersize=3, linewidth=1, label=f"{name} ({capacity:.3g}/s)")
+        if capacity > 0:
+            ax.axvline(capacity, color=line.get_color(), linestyle=":", linewidth=1)
+    ax.axhline(100 * target, color="grey", linestyle="--", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("Poisson arrival rate (workflows/s)")
+    ax.set_ylabel(f"workflows within {result.scenario.goodput_slowdown:g}x alone (%)")
+    ax.legend(fontsize=7)
+    title = f"goodput attainment against rate, capacity dotted ({case.workload}, {case.cluster})"
+    return title, _png(fig)
 
 
 def _graph_plots(case: CaseResult, reference: str) -> list[tuple[str, str]]:
@@ -570,11 +694,14 @@ def render_html(result: BenchResult, summary: Mapping[str, Any]) -> str:
         )
     elif scenario.description:
         parts.append(f"<p class='about'>{html.escape(scenario.description)}</p>")
+    for capacity in result.capacity:
+        parts.append(_html_capacity(result, capacity))
     order = list(scenario.policies)
     for case in summary.get("cases") or []:
         parts.append(f"<h2>{html.escape(case['name'])}</h2>")
         title = f"seed {case['seed']}, {case['replicas']} replicas"
         parts.append(_html_table(case_table(title, case, scenario.reference, order)))
+        parts.append(f"<p>{html.escape(case_load_text(scenario, case))}</p>")
     speed = summary.get("speedup") or {}
     if speed:
         table = speedup_table(summary, speed)
@@ -588,6 +715,25 @@ def render_html(result: BenchResult, summary: Mapping[str, Any]) -> str:
         parts.append(f"<h2>{html.escape(title)}</h2>{image}")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _html_capacity(result: BenchResult, case: CapacityCase) -> str:
+    scenario = result.scenario
+    ratios = case.ratios(scenario.reference)
+    rows = [
+        f"<h2>Goodput capacity: {html.escape(case.workload)} on {html.escape(case.cluster)}</h2>",
+        f"<p>Highest Poisson arrival rate at which {100 * scenario.goodput_target:g} % of "
+        f"workflows finish within {scenario.goodput_slowdown:g}x their TCT alone, pooled over "
+        f"seeds {case.seeds} ({case.workflows} workflows each), bisected to "
+        f"{100 * scenario.capacity_tolerance:g} %.</p>",
+        f"<table><tr><th>policy</th><th>capacity (wf/s)</th>"
+        f"<th>{html.escape(scenario.reference)} / policy</th></tr>",
+    ]
+    for name, value in case.capacity.items():
+        ratio = _fmt(ratios.get(f"{scenario.reference}/{name}"), "{:.2f}x")
+        rows.append(f"<tr><td>{html.escape(name)}</td><td>{value:.4g}</td><td>{ratio}</td></tr>")
+    rows.append("</table>")
+    return "".join(rows)
 
 
 def _html_table(text: TextTable, caption: bool = True) -> str:
@@ -610,10 +756,16 @@ def results_markdown(summaries: Sequence[Mapping[str, Any]], command: str) -> st
         f"Regenerated by `{command}`. Do not edit by hand.",
         "",
     ]
+    basis = capacity_basis(summaries)
+    lines += _capacity_section(summaries)
     lines += _headline(summaries)
+    lines += _loads_section(summaries, basis)
     for s in summaries:
+        if s.get("kind") == "capacity":
+            continue  # rendered first, above
         lines += ["", f"## {s['scenario']}{' (quick)' if s.get('quick') else ''}", ""]
         lines += _policy_table(s)
+        lines += _load_line(s, basis)
         speed = _in_order(s, s.get("speedup") or {}, lambda key: key.split("/", 1)[1])
         if speed:
             lines += [
@@ -679,11 +831,8 @@ def _kv_at_saturation(summary: Mapping[str, Any]) -> tuple[float, int] | None:
     if not common:
         return None
     top = max(common)
-    mine = points[(ref, top)].get("kv_utilization")
-    base = points[("vllm-affinity", top)].get("kv_utilization")
-    if not (isinstance(mine, float) and isinstance(base, float) and base > 0):
-        return None
-    return mine / base, top
+    ratio = _useful_kv_ratio(points[(ref, top)], points[("vllm-affinity", top)])
+    return None if ratio is None else (ratio, top)
 
 
 def _in_order(
@@ -794,9 +943,7 @@ def _headline(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
         f"{_fmt(mine_ref.get('jain_index_slo'), '{:.3f}')} | interference |"
     )
     pol = paper.get("policies") or {}
-    mine = (pol.get(paper.get("reference")) or {}).get("kv_utilization")
-    base = (pol.get("vllm-affinity") or {}).get("kv_utilization")
-    ratio = mine / base if isinstance(mine, float) and isinstance(base, float) and base else None
+    ratio = _useful_kv_ratio(pol.get(paper.get("reference")), pol.get("vllm-affinity"))
     sat = by_name.get("saturation", {})
     ours, where = _fmt(ratio, "{:.2f}x"), "paper"
     at_saturation = _kv_at_saturation(sat)
@@ -804,7 +951,7 @@ def _headline(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
         kv_ratio, in_flight = at_saturation
         ours += f" at 70 % load; {kv_ratio:.2f}x at {in_flight} in flight, closed loop"
         where += ", saturation"
-    rows.append(f"| KV memory utilization vs vllm-affinity | 1.22x | {ours} | {where} |")
+    rows.append(f"| useful KV memory utilization vs vllm-affinity | 1.22x | {ours} | {where} |")
     peak = (sat.get("peak_ratio") or {}).get(sat.get("reference"))
     rows.append(
         f"| peak throughput vs throughput-optimal | ~0.70 | {_fmt(peak, '{:.3f}')} | saturation |"
@@ -816,3 +963,164 @@ def _headline(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
         ev = (case.get("eviction_vs_belady") or {}).get(bel.get("reference"))
     rows.append(f"| GPU prefix misses vs Bélády | 1.31x | {_fmt(ev, '{:.2f}x')} | belady |")
     return ["## Headline", "", *rows]
+
+
+# ---- RESULTS.md: goodput capacity first, then the loads the TCT figures were taken at ------
+def _useful_kv_ratio(mine: Mapping[str, Any] | None, base: Mapping[str, Any] | None
+                     ) -> float | None:
+    """Useful KV utilization of ``mine`` over ``base`` (the held one for summaries written
+    before the useful one existed)."""
+    def value(m: Mapping[str, Any] | None) -> Any:
+        m = m or {}
+        useful = m.get("kv_useful_utilization")
+        return useful if isinstance(useful, float) else m.get("kv_utilization")
+
+    a, b = value(mine), value(base)
+    return a / b if isinstance(a, float) and isinstance(b, float) and b > 0 else None
+
+
+#: Params that set how many workflows arrive and when, not what they are: a capacity
+#: measured on a workload is the basis of another's load when all its other params match.
+ARRIVAL_PARAMS = frozenset({"rate", "count", "limit", "duration", "concurrency"})
+
+BasisKey = tuple[str, str, tuple[tuple[str, str], ...]]
+
+
+def basis_key(source: Any, cluster: Any, params: Any) -> BasisKey:
+    """(workload, cluster, its params but the arrival ones) of a case or capacity case."""
+    kept = sorted(
+        (str(k), str(v)) for k, v in (params or {}).items() if k not in ARRIVAL_PARAMS
+    )
+    return str(source), str(cluster), tuple(kept)
+
+
+def capacity_basis(summaries: Sequence[Mapping[str, Any]]) -> dict[BasisKey, float]:
+    """vllm-affinity's goodput capacity by workload (arrival params aside) and cluster,
+    from any capacity run."""
+    out: dict[BasisKey, float] = {}
+    for s in summaries:
+        for case in s.get("capacity_cases") or []:
+            value = (case.get("capacity") or {}).get("vllm-affinity")
+            if isinstance(value, int | float) and value > 0:
+                key = basis_key(case.get("source"), case.get("cluster"), case.get("params"))
+                out[key] = float(value)
+    return out
+
+
+def _best_other(capacity_ratio: Mapping[str, Any], reference: str) -> tuple[float, str] | None:
+    """The smallest ratio over a policy that is neither the reference nor its ablation:
+    the best other baseline."""
+    found = [
+        (float(v), k.split("/", 1)[1]) for k, v in capacity_ratio.items()
+        if not k.split("/", 1)[1].startswith((reference, "belady"))
+        and isinstance(v, int | float)
+    ]
+    return min(found) if found else None
+
+
+def _capacity_section(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
+    found = [s for s in summaries if s.get("capacity_cases")]
+    if not found:
+        return []
+    lines = ["## Goodput capacity", ""]
+    for s in found:
+        goodput = s.get("goodput") or {}
+        ref = str(s.get("reference"))
+        lines += [
+            f"Scenario `{s['scenario']}`{' (quick)' if s.get('quick') else ''}: the highest "
+            f"Poisson arrival rate at which {100 * goodput.get('target', 0.9):g} % of workflows "
+            f"finish within {goodput.get('slowdown', 2.0):g}x their TCT alone on an idle "
+            f"replica, bisected to {100 * goodput.get('tolerance', 0.05):g} %, the attainment "
+            "pooled over the seeds. Each probe offers the workflows arriving within "
+            f"{goodput.get('window', 8.0):g} median TCTs alone and judges those arriving after a "
+            f"warm-up of {goodput.get('warmup', 1.0):g} median TCT. \"≥\": still served when "
+            "the pool of workflows ran "
+            "out before the window ended (a lower bound).",
+            "",
+            "| goal | ours | where |",
+            "|---|---|---|",
+        ]
+        for case in s["capacity_cases"]:
+            ratios = case.get("capacity_ratio") or {}
+            where = f"{case['workload']} on {case['cluster']}"
+            vs = ratios.get(f"{ref}/vllm-affinity")
+            lines.append(f"| capacity {ref} / vllm-affinity (goal 2.0x) | "
+                         f"{_fmt(vs, '{:.2f}x')} | {where} |")
+            best = _best_other(ratios, ref)
+            if best is not None:
+                lines.append(f"| capacity {ref} / best other baseline ({best[1]}) "
+                             f"(goal 1.3x) | {best[0]:.2f}x | {where} |")
+        for case in s["capacity_cases"]:
+            capacity = case.get("capacity") or {}
+            ratios = case.get("capacity_ratio") or {}
+            lines += [
+                "",
+                f"{case['workload']} on {case['cluster']} ({case.get('workflows_per_seed')} "
+                f"workflows x seeds {case.get('seeds')}):",
+                "",
+                f"| policy | capacity (wf/s) | {ref} / policy |",
+                "|---|---|---|",
+            ]
+            for name, value in _in_order(s, capacity).items():
+                at_least = "≥ " if (case.get("limited") or {}).get(name) else ""
+                lines.append(f"| {name} | {at_least}{_fmt(value, '{:.4g}')} | "
+                             f"{_fmt(ratios.get(f'{ref}/{name}'), '{:.2f}x')} |")
+    return [*lines, ""]
+
+
+def _primary_case_dict(s: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    cases = [c for c in s.get("cases") or [] if c.get("name") == s.get("primary_case")]
+    return min(cases, key=lambda c: c.get("seed", 0)) if cases else None
+
+
+def _load_text(s: Mapping[str, Any], case: Mapping[str, Any],
+               basis: Mapping[BasisKey, float]) -> str:
+    """The offered load of a case, over vllm-affinity's goodput capacity when one was
+    measured for the same workload and cluster, else over the peak policy's peak."""
+    load = case.get("offered_load") or {}
+    rate = load.get("rate")
+    capacity = basis.get(basis_key(case.get("workload"), case.get("cluster"), case.get("params")))
+    if isinstance(rate, int | float) and capacity:
+        return (f"{rate:.4g} wf/s = {rate / capacity:.2f}x vllm-affinity's goodput capacity "
+                f"({capacity:.4g} wf/s)")
+    if isinstance(load.get("of_peak"), int | float):
+        return (f"{_fmt(rate, '{:.4g}')} wf/s = {100 * load['of_peak']:.0f} % of "
+                f"`{load.get('peak_policy')}`'s closed-loop peak")
+    if isinstance(rate, int | float):
+        return f"{rate:.4g} wf/s (no capacity or peak measured for it)"
+    return "closed loop"
+
+
+def _busy_text(s: Mapping[str, Any], case: Mapping[str, Any]) -> str:
+    busy = case.get("busy_share") or {}
+    ref = str(s.get("reference"))
+    shown = [(n, busy.get(n)) for n in (ref, "vllm-affinity") if n in busy]
+    return ", ".join(f"{n} {_fmt(v, 'pct')}" for n, v in shown) or "n/a"
+
+
+def _loads_section(summaries: Sequence[Mapping[str, Any]],
+                   basis: Mapping[BasisKey, float]) -> list[str]:
+    """The load each scenario's headline (primary) case was run at."""
+    rows = []
+    for s in summaries:
+        case = _primary_case_dict(s)
+        if s.get("kind") != "compare" or case is None:
+            continue
+        rows.append(f"| {s['scenario']} | {case.get('name')} | {_load_text(s, case, basis)} | "
+                    f"{_busy_text(s, case)} |")
+    if not rows:
+        return []
+    return [
+        "", "## Loads of the TCT figures", "",
+        "The offered load of each scenario's primary case (the tables below), and the share of "
+        "replica-time spent stepping a batch between the first and the last arrival:", "",
+        "| scenario | case | offered load | busy share |", "|---|---|---|---|", *rows,
+    ]
+
+
+def _load_line(s: Mapping[str, Any], basis: Mapping[BasisKey, float]) -> list[str]:
+    case = _primary_case_dict(s)
+    if case is None or s.get("kind") != "compare":
+        return []
+    return ["", f"Offered load: {_load_text(s, case, basis)}; busy share "
+            f"{_busy_text(s, case)}."]

@@ -10,12 +10,13 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 
+from saga.bench.capacity import CapacityCase, measure_capacity
 from saga.bench.scenario import Scenario, WorkloadSpec
+from saga.bench.workloads import build_spec
 from saga.core.workflow import Workflow
-from saga.engine.cluster import ClusterSpec, get_cluster
+from saga.engine.cluster import ClusterSpec
 from saga.metrics.summary import speedup, speedup_ceiling
 from saga.sim.run import isolated_tcts, run_policy
-from saga.workloads import build_workload
 from saga.workloads.registry import describe
 
 Progress = Callable[[str], None]
@@ -47,6 +48,8 @@ class CaseResult:
     isolated: dict[str, float] = field(default_factory=dict)  # workflow -> TCT alone
     speedup: dict[str, dict[str, float]] = field(default_factory=dict)
     eviction_vs_belady: dict[str, float] = field(default_factory=dict)
+    cluster: str = ""
+    params: dict[str, str] = field(default_factory=dict)  # the workload's own, as given
 
 
 @dataclass
@@ -58,6 +61,7 @@ class SweepPoint:
     tct_p99: float
     kv_utilization: float = float("nan")
     calls_over_context: int = 0
+    kv_useful_utilization: float = float("nan")
 
 
 @dataclass
@@ -67,6 +71,7 @@ class BenchResult:
     cases: list[CaseResult] = field(default_factory=list)
     sweep: list[SweepPoint] = field(default_factory=list)
     peaks: dict[str, float] = field(default_factory=dict)
+    capacity: list[CapacityCase] = field(default_factory=list)
     wall_seconds: float = 0.0
 
 
@@ -102,14 +107,6 @@ def _executor() -> Executor:
 
 
 # ---- the scenario kinds -------------------------------------------------------------------
-def _cluster(spec: Scenario) -> ClusterSpec:
-    """The scenario's cluster, with its end-of-workflow idle timeout if it sets one."""
-    cluster = get_cluster(spec.cluster)
-    if spec.end_idle_timeout is not None:
-        cluster = cluster.model_copy(update={"end_idle_timeout": spec.end_idle_timeout})
-    return cluster
-
-
 def run_scenario(
     scenario: Scenario, *, quick: bool, progress: Progress | None = None
 ) -> BenchResult:
@@ -123,6 +120,9 @@ def run_scenario(
             _run_saturation(spec, pool, result, say)
         elif spec.kind == "scale":
             _run_scale(spec, pool, result, say)
+        elif spec.kind == "capacity":
+            for workload in spec.workloads:
+                result.capacity.append(measure_capacity(spec, workload, pool, say))
         else:
             _run_compare(spec, pool, result, say)
     result.wall_seconds = time.perf_counter() - started
@@ -130,11 +130,14 @@ def run_scenario(
 
 
 def _run_compare(spec: Scenario, pool: Executor, result: BenchResult, say: Progress) -> None:
-    cluster = _cluster(spec)
     for workload in spec.workloads:
+        cluster = spec.cluster_for(workload)
         for seed in spec.seeds:
             if spec.loads is None:
-                case = CaseResult(workload.title, workload.name, seed, cluster.replicas)
+                case = CaseResult(
+                    workload.title, workload.name or workload.trace or "", seed,
+                    cluster.replicas, rate=own_rate(workload), params=workload.string_params(),
+                )
                 workflows, closed = _build(cluster, workload, seed, {})
                 _run_case(spec, cluster, case, workflows, closed, pool, say)
                 result.cases.append(case)
@@ -144,11 +147,12 @@ def _run_compare(spec: Scenario, pool: Executor, result: BenchResult, say: Progr
                 rate = load * peak
                 case = CaseResult(
                     f"{workload.title}@{round(100 * load)}%",
-                    workload.name,
+                    workload.name or workload.trace or "",
                     seed,
                     cluster.replicas,
                     load,
                     rate,
+                    params=workload.string_params(),
                 )
                 workflows, closed = _build(cluster, workload, seed, {"rate": f"{rate:.6g}"})
                 _run_case(spec, cluster, case, workflows, closed, pool, say)
@@ -156,9 +160,9 @@ def _run_compare(spec: Scenario, pool: Executor, result: BenchResult, say: Progr
 
 
 def _run_scale(spec: Scenario, pool: Executor, result: BenchResult, say: Progress) -> None:
-    base = _cluster(spec)
+    base = spec.cluster_for()
     for workload in spec.workloads:
-        base_rate = float(workload.params.get("rate", 0.2))
+        base_rate = float(workload.rate or workload.params.get("rate", 0.2))
         for replicas in spec.replicas:
             cluster = base.model_copy(update={"replicas": replicas})
             rate = base_rate * replicas / base.replicas
@@ -169,6 +173,7 @@ def _run_scale(spec: Scenario, pool: Executor, result: BenchResult, say: Progres
                 seed,
                 replicas,
                 rate=rate,
+                params=workload.string_params(),
             )
             workflows, closed = _build(cluster, workload, seed, {"rate": f"{rate:.6g}"})
             _run_case(spec, cluster, case, workflows, closed, pool, say)
@@ -176,7 +181,7 @@ def _run_scale(spec: Scenario, pool: Executor, result: BenchResult, say: Progres
 
 
 def _run_saturation(spec: Scenario, pool: Executor, result: BenchResult, say: Progress) -> None:
-    cluster = _cluster(spec)
+    cluster = spec.cluster_for()
     workload = spec.workloads[0]
     seed = spec.seeds[0]
     for policy in spec.policies:
@@ -268,6 +273,7 @@ def _sweep_points(
             float(run.summary["tct_p99"]),  # type: ignore[arg-type]
             float(run.summary["kv_utilization"]),  # type: ignore[arg-type]
             int(run.summary["calls_over_context"]),  # type: ignore[call-overload]
+            float(run.summary["kv_useful_utilization"]),  # type: ignore[arg-type]
         )
         for concurrency, run in zip(concurrencies, pool.map(_run_job, jobs), strict=True)
     ]
@@ -284,10 +290,12 @@ def steady_throughput(concurrency: int, tcts: Sequence[float]) -> float:
 
 
 def _closed_params(workload: WorkloadSpec, concurrency: int, spec: Scenario) -> dict[str, str]:
-    _, model = describe(workload.name)
-    fields = model.model_fields
     params = {"concurrency": str(concurrency)}
     count = max(spec.sweep_workflows * concurrency, 24)
+    if workload.trace is not None:
+        return {**params, "count": str(count)}
+    _, model = describe(workload.name)
+    fields = model.model_fields
     if "count" in fields:
         params["count"] = str(count)
         if "duration" in fields:
@@ -300,11 +308,9 @@ def _closed_params(workload: WorkloadSpec, concurrency: int, spec: Scenario) -> 
 def _build(
     cluster: ClusterSpec, workload: WorkloadSpec, seed: int, overrides: dict[str, str]
 ) -> tuple[list[Workflow], int | None]:
-    params = {**workload.string_params(), **overrides}
-    # readers that model their client's context management use the model's window
-    window = cluster.cost_model().model.max_context
-    built = build_workload(workload.name, seed=seed, params=params, context_window=window)
-    return list(built.workflows), built.closed_loop
+    # readers and generators that model their client's context management use the
+    # model's window
+    return build_spec(workload, seed, overrides, cluster.cost_model().model.max_context)
 
 
 def _run_case(
@@ -316,6 +322,7 @@ def _run_case(
     pool: Executor,
     say: Progress,
 ) -> None:
+    case.cluster = cluster.name
     say(
         f"{case.name} (seed {case.seed}): {len(workflows)} workflows on {cluster.name}"
         f" x{cluster.replicas}: isolated TCTs"
@@ -349,13 +356,23 @@ def _run_case(
 
 def planned_runs(scenario: Scenario) -> int | None:
     """Policy runs a scenario's cases will make (None when sweeps decide it)."""
-    if scenario.kind == "saturation":
+    if scenario.kind in ("saturation", "capacity"):
         return None
     if scenario.kind == "scale":
         cases = len(scenario.workloads) * len(scenario.replicas)
     else:
         cases = len(scenario.workloads) * len(scenario.seeds) * len(scenario.loads or [1.0])
     return cases * len(scenario.policies)
+
+
+def own_rate(workload: WorkloadSpec) -> float | None:
+    """The arrival rate a workload states (params ``rate``, or a trace's ``rate``)."""
+    if workload.rate is not None:
+        return workload.rate
+    if "concurrency" in workload.params:  # a closed loop: no arrival rate
+        return None
+    value = workload.params.get("rate")
+    return float(value) if value is not None else None
 
 
 def _auto_interval(workflows: Sequence[Workflow]) -> float:

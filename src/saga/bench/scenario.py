@@ -14,23 +14,51 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from saga.engine.cluster import ClusterSpec, get_cluster
 from saga.errors import UserError
 
 
 class WorkloadSpec(BaseModel):
-    """One workload of a scenario: a registry name and its parameters."""
+    """One workload of a scenario: a registry name and its parameters, or a trace file."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: str = Field(description="Workload registry name (see `saga workload list`).")
+    name: str = Field(
+        "", description="Workload registry name (see `saga workload list`); empty with `trace`."
+    )
     params: dict[str, str | int | float] = Field(
         default_factory=dict, description="Workload parameters, as `--param k=v` would give."
     )
+    trace: str | None = Field(
+        None,
+        description="A canonical trace file (see `saga workload import`), relative to the "
+        "scenario file or absolute, instead of a registry name.",
+    )
+    rate: float | None = Field(
+        None,
+        gt=0,
+        description="With `trace`: re-time the workflows' arrivals as a Poisson process of "
+        "this many workflows/s drawn with the case's seed (None: the trace's own arrivals).",
+    )
+    cluster: str | None = Field(
+        None, description="Cluster preset for this workload (default: the scenario's)."
+    )
     label: str | None = Field(None, description="Short name in tables (default: name).")
+
+    @model_validator(mode="after")
+    def _name_or_trace(self) -> WorkloadSpec:
+        if bool(self.name) == (self.trace is not None):
+            raise ValueError("give exactly one of name (a registry workload) and trace (a file)")
+        if self.trace is not None and self.params:
+            raise ValueError("params apply to registry workloads, not to a trace file")
+        if self.trace is None and self.rate is not None:
+            raise ValueError("rate applies to a trace file; give a registry workload's rate "
+                             "in params")
+        return self
 
     @property
     def title(self) -> str:
-        return self.label or self.name
+        return self.label or self.name or Path(self.trace or "trace").name.split(".")[0]
 
     def string_params(self) -> dict[str, str]:
         return {k: str(v) for k, v in self.params.items()}
@@ -43,11 +71,12 @@ class Scenario(BaseModel):
 
     name: str = Field(description="Scenario name.")
     description: str = Field("", description="What the scenario shows.")
-    kind: Literal["compare", "saturation", "scale"] = Field(
+    kind: Literal["compare", "saturation", "scale", "capacity"] = Field(
         "compare",
         description="compare: every policy on the same workflows; saturation: a closed-loop "
         "sweep of concurrency to each policy's peak throughput; scale: the compare case on "
-        "growing clusters, with the simulator's wall time.",
+        "growing clusters, with the simulator's wall time; capacity: each policy's goodput "
+        "capacity, the highest Poisson arrival rate it serves within its service level.",
     )
     cluster: str = Field(description="Cluster preset (see `saga list`).")
     policies: list[str] = Field(min_length=1, description="Policies to run, by name.")
@@ -82,6 +111,29 @@ class Scenario(BaseModel):
         None, gt=0, description="Seconds with no call after which a workflow without an end "
         "marker is seen ended (default: the cluster's, the gateway's 600).",
     )
+    goodput_slowdown: float = Field(
+        2.0, gt=1, description="capacity: a workflow meets its service level when its TCT is "
+        "at most this multiple of its TCT alone on an idle replica."
+    )
+    goodput_target: float = Field(
+        0.9, gt=0, le=1, description="capacity: share of workflows that must meet it."
+    )
+    capacity_tolerance: float = Field(
+        0.05, gt=0, le=1, description="capacity: bisection stops when the failing rate is "
+        "within this fraction above the passing one."
+    )
+    capacity_window: float = Field(
+        8.0, gt=0, description="capacity: each probe offers the workflows arriving within "
+        "this many median TCTs alone (from the workload's pool of `count`)."
+    )
+    capacity_warmup: float = Field(
+        1.0, ge=0, description="capacity: workflows arriving in the first this many median "
+        "TCTs alone fill the cluster and are not judged."
+    )
+    capacity_start: float | None = Field(
+        None, gt=0, description="capacity: first rate tried, workflows/s (default: the "
+        "workload's own `rate`, else 0.1)."
+    )
     kv_sample_interval: float = Field(
         0.0, ge=0, description="Seconds between KV-memory samples for the report (0: auto)."
     )
@@ -94,7 +146,18 @@ class Scenario(BaseModel):
     def _reference_is_run(self) -> Scenario:
         if self.reference not in self.policies:
             raise ValueError(f"reference {self.reference!r} is not among policies")
+        if self.capacity_warmup >= self.capacity_window:
+            raise ValueError("capacity_warmup must be shorter than capacity_window")
         return self
+
+    def cluster_for(self, workload: WorkloadSpec | None = None) -> ClusterSpec:
+        """The cluster that serves ``workload`` (its own, else the scenario's), with the
+        scenario's end-of-workflow idle timeout if it sets one."""
+        name = workload.cluster if workload is not None and workload.cluster else self.cluster
+        cluster = get_cluster(name)
+        if self.end_idle_timeout is not None:
+            cluster = cluster.model_copy(update={"end_idle_timeout": self.end_idle_timeout})
+        return cluster
 
     def quick_version(self) -> Scenario:
         """The scenario with its `quick` overrides applied."""
@@ -120,22 +183,29 @@ def load_scenario(name_or_path: str) -> Scenario:
             raise UserError(f"scenario file not found: {path}")
         text = path.read_text()
         source = str(path)
+        base = path.resolve().parent
     else:
         if name_or_path not in builtin_scenarios():
             raise UserError(
                 f"unknown scenario {name_or_path!r}; choose one of: "
                 f"{', '.join(builtin_scenarios())}, or give a .toml file"
             )
-        text = (resources.files("saga") / "scenarios" / f"{name_or_path}.toml").read_text()
+        folder = resources.files("saga") / "scenarios"
+        text = (folder / f"{name_or_path}.toml").read_text()
         source = f"{name_or_path}.toml"
-    return parse_scenario(text, source)
+        base = Path(str(folder))
+    return parse_scenario(text, source, base=base)
 
 
-def parse_scenario(text: str, source: str) -> Scenario:
+def parse_scenario(text: str, source: str, *, base: Path | None = None) -> Scenario:
+    """Parse and validate a scenario; trace paths are taken relative to ``base`` (the
+    scenario file's folder) unless absolute."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise UserError(f"{source}: not valid TOML: {error}") from None
+    if base is not None:
+        _resolve_traces(data, base)
     try:
         scenario = Scenario.model_validate(data)
         scenario.quick_version()  # the overrides must be valid too
@@ -144,3 +214,14 @@ def parse_scenario(text: str, source: str) -> Scenario:
         where = ".".join(str(x) for x in first["loc"]) or "scenario"
         raise UserError(f"{source}: {where}: {first['msg']}") from None
     return scenario
+
+
+def _resolve_traces(data: dict[str, Any], base: Path) -> None:
+    """Make the relative ``trace`` paths of the workloads (and quick workloads) absolute."""
+    quick = data.get("quick")
+    lists = [data.get("workloads"), quick.get("workloads") if isinstance(quick, dict) else None]
+    for workloads in lists:
+        for workload in workloads if isinstance(workloads, list) else []:
+            trace = workload.get("trace") if isinstance(workload, dict) else None
+            if isinstance(trace, str) and not Path(trace).expanduser().is_absolute():
+                workload["trace"] = str(base / trace)

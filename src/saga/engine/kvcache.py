@@ -153,6 +153,13 @@ class RadixKV:
         self.inuse_blocks = 0  # blocks in nodes with users > 0
         self.busy_block_seconds = 0.0
         self.reused_idle_block_seconds = 0.0
+        # Of the busy blocks, those a running call holds while it recomputes KV that it
+        # (after a preemption) or its workflow (a prefix evicted between calls) had
+        # computed before: counted busy, but serving nothing new.
+        self.recompute_blocks = 0
+        self.recompute_block_seconds = 0.0
+        # Block-seconds of anonymous blocks that preemption discarded (their KV is lost).
+        self.discarded_block_seconds = 0.0
         self._tick_at = 0.0
         self._clock = 0  # release counter
         self._heap: list[tuple[float, int, int, KVNode]] = []  # LRU: (stamp, tiebreak, id, node)
@@ -185,7 +192,20 @@ class RadixKV:
             self.busy_block_seconds += (self.inuse_blocks + self.anonymous_blocks) * (
                 now - self._tick_at
             )
+            self.recompute_block_seconds += self.recompute_blocks * (now - self._tick_at)
             self._tick_at = now
+
+    def discard_held(self, block_seconds: float) -> None:
+        """A preempted call's anonymous blocks were discarded: the block-seconds they
+        were held for served KV that must be computed again."""
+        self.discarded_block_seconds += block_seconds
+
+    def hold_recomputed(self, blocks: int, now: float) -> None:
+        """``blocks`` more (or fewer, if negative) blocks held by calls recomputing."""
+        self.tick(now)
+        self.recompute_blocks += blocks
+        if self.recompute_blocks < 0:
+            raise AssertionError("more recomputing blocks released than held")
 
     # ---- lookup -------------------------------------------------------------------
     def match(self, runs: Sequence[Run]) -> Match:

@@ -40,6 +40,7 @@ class Request:
 
     __slots__ = (
         "anon",
+        "anon_since",
         "cached_tokens",
         "call_id",
         "computed",
@@ -57,7 +58,12 @@ class Request:
         "preemptions",
         "prompt_tokens",
         "ready_at",
+        "recompute_base",
+        "recompute_done_at",
+        "recompute_held",
+        "recompute_until",
         "recomputed_tokens",
+        "reusable_blocks",
         "runs",
         "scheduled_at",
         "seq",
@@ -99,6 +105,21 @@ class Request:
         self.recomputed_tokens = 0  # tokens computed again after preemption
         self.preempted_computed = 0  # tokens whose KV existed when it was last preempted
         self.preemptions = 0
+        # Leading blocks of the prompt its workflow computed before (set by the runtime):
+        # computing them again on a miss is recomputation.
+        self.reusable_blocks = 0
+        # While recomputing (blocks up to recompute_until it had, or its workflow had,
+        # computed before): the blocks it held when admitted (found cached), and how many
+        # beyond them it holds (counted in the cache's recompute_blocks). -1: not recomputing.
+        self.recompute_base = -1
+        self.recompute_until = 0
+        self.recompute_held = 0
+        # Its anonymous blocks as [count, since] runs, oldest first (the cache adopts the
+        # oldest, a cut run gives back the newest): what a preemption would discard, and
+        # for how long it was held. recompute_done_at: when this admission stopped
+        # recomputing (its blocks count as waste before that, through recompute_blocks).
+        self.anon_since: list[list[float]] = []
+        self.recompute_done_at = 0.0
 
     @property
     def total_tokens(self) -> int:
@@ -249,6 +270,9 @@ class Replica(QueueTokens):
         # counters for metrics
         self.steps = 0
         self.busy_seconds = 0.0
+        #: (start, end) within which stepping time is also counted in window_busy_seconds
+        self.busy_window = (0.0, 0.0)
+        self.window_busy_seconds = 0.0
         self.prompt_tokens_total = 0
         self.cached_tokens_total = 0
         self.recomputed_tokens_total = 0
@@ -352,6 +376,8 @@ class Replica(QueueTokens):
             return []
         self.steps += max(1, self._run_steps)
         self.busy_seconds += now - self.step_start
+        low, high = self.busy_window
+        self.window_busy_seconds += max(0.0, min(now, high) - max(self.step_start, low))
         finished: list[Request] = []
         steps = self._run_steps or 1
         run = self._run_steps > 0
@@ -367,6 +393,10 @@ class Replica(QueueTokens):
                 computed += q
                 if request.locked_blocks < request.keyed_blocks:
                     self._cache_computed(request, now)
+                if request.recompute_base >= 0 and request.computed >= min(
+                    request.recompute_until * self.block_tokens, request.total_tokens
+                ):
+                    self._end_recompute(request, now)
                 if request.computed >= request.total_tokens:
                     request.generated += 1
                     emitted += 1
@@ -508,6 +538,7 @@ class Replica(QueueTokens):
         return max(present - hit, -(-tokens // bt) - hit) + idle
 
     def _admitted(self, request: Request, cached: int, now: float) -> None:
+        request.recompute_done_at = now
         pin = self.pins.pop(request.workflow, None)
         if pin is not None:
             self.kv.unlock(pin.node, now, user=False)
@@ -516,12 +547,63 @@ class Replica(QueueTokens):
             request.cached_tokens = max(0, cached - request.host_tokens)
             self.prompt_tokens_total += request.prompt_tokens
             self.cached_tokens_total += request.cached_tokens
+            if request.reusable_blocks > request.locked_blocks:  # its prefix was evicted
+                self._start_recompute(request, request.reusable_blocks, now)
         else:
             # what existed before the preemption and was lost (not the prompt it had
             # not reached yet, nor what its cached chunks kept)
             recomputed = max(0, request.preempted_computed - cached)
             request.recomputed_tokens += recomputed
             self.recomputed_tokens_total += recomputed
+            if recomputed > 0:
+                self._start_recompute(request, -(-request.total_tokens // self.block_tokens), now)
+
+    # ---- useful-memory accounting: blocks held while recomputing are waste -------------
+    def _start_recompute(self, request: Request, until: int, now: float) -> None:
+        request.recompute_base = request.locked_blocks
+        request.recompute_until = until
+        self._track_recompute(request, now)
+
+    @staticmethod
+    def _anon_added(request: Request, blocks: int, now: float) -> None:
+        if blocks > 0:
+            request.anon_since.append([blocks, now])
+
+    @staticmethod
+    def _anon_removed(request: Request, blocks: int, oldest: bool) -> None:
+        """``blocks`` anonymous blocks left: the oldest (cached) or the newest (given back)."""
+        runs = request.anon_since
+        while blocks > 0 and runs:
+            run = runs[0] if oldest else runs[-1]
+            taken = min(blocks, int(run[0]))
+            run[0] -= taken
+            blocks -= taken
+            if run[0] == 0:
+                runs.pop(0 if oldest else -1)
+
+    def _discard_anon(self, request: Request, now: float) -> None:
+        """A preemption discards the call's anonymous blocks: the block-seconds they were
+        held (after any recomputation, counted apart) served KV that must be computed again.
+        A call preempted while still recomputing adds nothing here."""
+        if request.recompute_base < 0:
+            since = request.recompute_done_at
+            held = sum(count * (now - max(start, since)) for count, start in request.anon_since)
+            self.kv.discard_held(held)
+        request.anon_since.clear()
+
+    def _track_recompute(self, request: Request, now: float) -> None:
+        """Count the blocks a recomputing call holds beyond those it found cached, up to
+        the end of what was computed before."""
+        held = min(request.locked_blocks + request.anon, request.recompute_until)
+        held = max(0, held - request.recompute_base)
+        self.kv.hold_recomputed(held - request.recompute_held, now)
+        request.recompute_held = held
+
+    def _end_recompute(self, request: Request, now: float) -> None:
+        request.recompute_done_at = now
+        self.kv.hold_recomputed(-request.recompute_held, now)
+        request.recompute_held = 0
+        request.recompute_base = -1
 
     def _start(self, request: Request, now: float) -> int:
         """Lock the cached prefix of a waiting call, loading more from the host tier.
@@ -562,6 +644,9 @@ class Replica(QueueTokens):
         if not self._allocate(need, now):
             return False
         request.anon += need
+        self._anon_added(request, need, now)
+        if request.recompute_base >= 0:
+            self._track_recompute(request, now)
         return True
 
     def _allocate(self, blocks: int, now: float) -> bool:
@@ -600,6 +685,7 @@ class Replica(QueueTokens):
         need = -(-request.computed // self.block_tokens) - request.locked_blocks
         extra = request.anon - max(need, 0)
         if extra > 0:
+            self._anon_removed(request, extra, oldest=False)
             request.anon -= extra
             self.kv.release_anonymous(extra, now)
 
@@ -618,6 +704,9 @@ class Replica(QueueTokens):
         self._waiting_unsorted = True
 
     def _release_kv(self, request: Request, now: float) -> None:
+        self._discard_anon(request, now)
+        if request.recompute_base >= 0:
+            self._end_recompute(request, now)
         if request.lock is not None:
             self.kv.unlock(request.lock, now)
             request.lock = None
@@ -646,6 +735,7 @@ class Replica(QueueTokens):
         request.locked_blocks += blocks
         # the blocks were the request's own: now cached (or duplicates, freed)
         taken = min(blocks, request.anon)
+        self._anon_removed(request, taken, oldest=True)
         request.anon -= taken
         self.kv.adopt(min(added, taken), now)
         if taken > added:
@@ -653,6 +743,7 @@ class Replica(QueueTokens):
 
     def _finish(self, request: Request, now: float) -> None:
         request.finished_at = now
+        request.anon_since.clear()  # its KV served it to the end: nothing discarded
         self.running.remove(request)
         self._count_running(request, -1)
         self.output_tokens_total += request.generated
@@ -791,6 +882,7 @@ class Replica(QueueTokens):
             return False
         for (request, _), need in zip(batch, needs, strict=True):
             request.anon += need
+            self._anon_added(request, need, now)
         return True
 
     # ---- lifecycle ---------------------------------------------------------------------

@@ -86,6 +86,38 @@ def kv_utilization(result: SimResult) -> float:
     return useful / capacity
 
 
+def kv_useful_utilization(result: SimResult) -> float:
+    """Block-seconds of blocks that serve a call without being recomputed, plus cached
+    blocks hit again, over capacity: :func:`kv_utilization` less the waste, which is
+
+    * blocks a running call holds while it recomputes KV that it (after a preemption) or
+      its workflow (a prefix evicted between calls) had computed before, and
+    * a call's blocks outside the prefix cache (prompt chunks not yet cached, output)
+      held until a preemption discarded them: their KV must be computed again.
+
+    Thrash (calls preempted and recomputed over and over) holds memory busy without
+    progress; this measure does not count it."""
+    duration = result.end - result.start
+    capacity = sum(r.capacity_blocks for r in result.replicas) * duration
+    if capacity <= 0:
+        return 0.0
+    useful = sum(
+        r.busy_block_seconds - r.wasted_block_seconds + r.reused_idle_block_seconds
+        for r in result.replicas
+    )
+    return useful / capacity
+
+
+def busy_share(result: SimResult) -> float:
+    """Share of replica-time with a batch stepping between the first and the last arrival
+    (the offered load as the replicas felt it); NaN for a closed loop or one arrival."""
+    low, high = result.arrival_window
+    span = (high - low) * len(result.replicas)
+    if span <= 0:
+        return float("nan")
+    return sum(r.window_busy_seconds for r in result.replicas) / span
+
+
 def jain_index(values: Sequence[float]) -> float:
     """Jain's fairness index: (sum x)^2 / (n * sum x^2); 1 is perfectly even."""
     xs = [v for v in values if not math.isnan(v)]
@@ -116,6 +148,8 @@ def summarize(result: SimResult, isolated: Mapping[str, float]) -> dict[str, obj
         "recomputed_tokens": recomputed_tokens(result),
         "gpu_missed_tokens": gpu_missed_tokens(result),
         "kv_utilization": kv_utilization(result),
+        "kv_useful_utilization": kv_useful_utilization(result),
+        "busy_share": busy_share(result),
         "throughput_workflows_per_s": len(done) / duration,
         "throughput_output_tokens_per_s": output / duration,
         "workflows_completed": len(done),

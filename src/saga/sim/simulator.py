@@ -80,6 +80,9 @@ class ReplicaRecord:
     cached_tokens: int
     recomputed_tokens: int
     output_tokens: int
+    #: of busy_block_seconds: held while recomputing, or holding KV a preemption discarded
+    wasted_block_seconds: float = 0.0
+    window_busy_seconds: float = 0.0  # seconds stepping a batch within the arrival window
 
 
 @dataclass(slots=True)
@@ -96,6 +99,8 @@ class SimResult:
     end: float
     events: int
     kv_timeline: list[tuple[float, float]] = field(default_factory=list)
+    #: first and last arrival of an open-loop run ((0, 0) for a closed loop)
+    arrival_window: tuple[float, float] = (0.0, 0.0)
 
 
 class _WorkflowRun:
@@ -209,6 +214,12 @@ class Simulation(ReplicaTimers):
         self.closed_loop = closed_loop
         self._progress = progress
         self._horizon = max(w.arrival for w in workflows) or 1.0
+        self._window = (
+            (0.0, 0.0) if closed_loop
+            else (min(w.arrival for w in workflows), max(w.arrival for w in workflows))
+        )
+        for replica in self.replicas:
+            replica.busy_window = self._window
         self._records: list[WorkflowRecord] = []
         self._calls: list[CallRecord] = []
         self._kick_pending = [False] * cluster.replicas
@@ -337,6 +348,7 @@ class Simulation(ReplicaTimers):
             workflow.id, call.id, info.runs, call.prompt.tokens, call.output_tokens,
             self.block_tokens, self._seq, info=info,
         )
+        request.reusable_blocks = self._reusable_blocks(run, i, request)
         self._owners[self._seq] = (run, i)
         self._dispatch(request)
 
@@ -365,14 +377,19 @@ class Simulation(ReplicaTimers):
         for request in parked:
             self._dispatch(request)
 
+    def _reusable_blocks(self, run: _WorkflowRun, i: int, request: Request) -> int:
+        """Blocks of the call's reusable prefix: what it shares with the KV its
+        predecessors left, or a named shared prefix."""
+        call = run.workflow.calls[i]
+        shared = sum(r[2] for r in request.runs if r[0].startswith("s:"))
+        return max(
+            [shared] + [_common_blocks(request.runs, run.kv_runs[run.index[a]]) for a in call.after]
+        )
+
     def _reusable_missed(self, run: _WorkflowRun, i: int, request: Request) -> int:
         """Tokens of the call's reusable prefix (what it shares with the KV its
         predecessors left) that were not on the GPU when it was scheduled."""
-        call = run.workflow.calls[i]
-        shared = sum(r[2] for r in request.runs if r[0].startswith("s:"))
-        reusable = max(
-            [shared] + [_common_blocks(request.runs, run.kv_runs[run.index[a]]) for a in call.after]
-        )
+        reusable = self._reusable_blocks(run, i, request)
         reusable_tokens = min(reusable * self.block_tokens, request.prompt_tokens - 1)
         return max(0, reusable_tokens - request.cached_tokens)
 
@@ -503,6 +520,8 @@ class Simulation(ReplicaTimers):
                     r.kv.reused_idle_block_seconds, r.busy_seconds, r.steps,
                     r.kv.evicted_blocks, r.prompt_tokens_total, r.cached_tokens_total,
                     r.recomputed_tokens_total, r.output_tokens_total,
+                    r.kv.recompute_block_seconds + r.kv.discarded_block_seconds,
+                    r.window_busy_seconds,
                 )
             )
         start = min((w.arrival for w in self._records), default=0.0)
@@ -517,5 +536,6 @@ class Simulation(ReplicaTimers):
             end=now,
             events=self.loop.events_run,
             kv_timeline=self._kv_timeline,
+            arrival_window=self._window,
         )
 

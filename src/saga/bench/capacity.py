@@ -1,0 +1,330 @@
+"""Goodput capacity: the highest Poisson arrival rate a policy serves within its service level.
+
+A workflow meets the service level when its TCT is at most ``goodput_slowdown`` (2) times
+its TCT alone on an idle replica (DistServe's goodput, taken per workflow); a rate is
+*served* when at least ``goodput_target`` (90 %) of the workflows meet it. A policy's
+capacity is the highest rate found served by a bisection that first brackets the answer
+(doubling the rate until one fails, or halving it until one passes) and then halves the
+bracket until the failing rate is within ``capacity_tolerance`` (5 %) of the passing one.
+
+Seeds: every probe runs each seed's workflows (each seed draws its own workflows and
+arrival times) and the attainment is *pooled*: workflows meeting the level over all
+workflows of all seeds. One search per policy over the pooled share keeps a single
+well-defined service level on a larger sample; the per-seed shares are kept with every
+probe so that a seed that alone would fail is visible.
+
+Steady state, not a burst: a probe at rate r offers the workflows that arrive within a
+window of ``capacity_window`` (8) median TCTs alone, drawn from a pool of the workload's
+workflows (its count), and judges only those that arrive after a warm-up of
+``capacity_warmup`` (1) median TCT alone, when the cluster has filled. A higher rate so
+offers more workflows over the same time, as a real stream would: past the capacity the
+backlog grows through the window and the late arrivals miss (a window of 3 was too short:
+coding agents on 2 replicas at about 1.2x their capacity met the level 89 % of the time over 3
+median TCTs, 61 % over 6 and 28 % over 10). When the pool runs out before
+the window ends, the probe offered fewer workflows than the rate calls for: a failure there
+is still a failure, but a success is only a lower bound, so the search stops growing and
+reports the capacity as "at least" (``limited``).
+
+Every rate re-times the same pool (:func:`saga.bench.workloads.retime`): a higher rate
+offers a longer prefix of the same workflows in the same order, their isolated TCTs computed
+once.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+from saga.bench.scenario import Scenario, WorkloadSpec
+from saga.bench.workloads import build_spec, retime
+from saga.core.workflow import Workflow
+from saga.engine.cluster import ClusterSpec
+from saga.sched.registry import build_policy
+from saga.sim.run import isolated_tcts
+from saga.sim.simulator import Simulation
+
+Progress = Callable[[str], None]
+
+#: The bracket grows or shrinks by this factor per probe, at most this many times.
+BRACKET_FACTOR = 2.0
+BRACKET_STEPS = 12
+
+
+@dataclass
+class CapacityPoint:
+    """One probe: a policy at a rate, its pooled attainment and each seed's."""
+
+    policy: str
+    rate: float
+    attainment: float
+    served: bool
+    per_seed: dict[int, float] = field(default_factory=dict)
+    judged: int = 0  # workflows judged, over all seeds (arrived after the warm-up)
+    offered: int = 0  # workflows offered, over all seeds (arrived within the window)
+    limited: bool = False  # a seed's pool ran out before the window ended
+
+
+class CapacitySearch:
+    """The bisection of one policy, as a state machine: ask :meth:`next_rate`, run it,
+    :meth:`record` the attainment. Pure: it neither simulates nor reads a clock."""
+
+    def __init__(self, start: float, *, target: float, tolerance: float) -> None:
+        if start <= 0:
+            raise ValueError(f"start rate must be > 0, got {start}")
+        self.start = start
+        self.limited = False  # a served probe ran out of workflows: capacity at least that
+        self.target = target
+        self.tolerance = tolerance
+        self.served: float | None = None  # highest rate served
+        self.failed: float | None = None  # lowest rate above it not served
+        self.probes = 0
+
+    def next_rate(self) -> float | None:
+        """The next rate to probe, or None when the search is done."""
+        low, high = self.served, self.failed
+        if low is None and high is None:
+            return self.start
+        if self.probes > BRACKET_STEPS and (low is None or high is None):
+            return None  # no bracket within the factor's reach: give up, say so
+        if high is None:
+            assert low is not None
+            return None if self.limited else low * BRACKET_FACTOR
+        if low is None:
+            return high / BRACKET_FACTOR
+        if high <= low * (1 + self.tolerance):
+            return None
+        return (low + high) / 2
+
+    def record(self, rate: float, attainment: float, limited: bool = False) -> bool:
+        """Record a probe; True if ``rate`` was served. ``limited``: the probe offered
+        fewer workflows than the rate called for (its pool ran out)."""
+        self.probes += 1
+        served = attainment >= self.target
+        if served:
+            if self.served is None or rate > self.served:
+                self.served = rate
+                self.limited = limited
+        elif self.failed is None or rate < self.failed:
+            self.failed = rate
+        # a noisy attainment may pass above a failed rate: keep the bracket ordered
+        if self.served is not None and self.failed is not None and self.failed <= self.served:
+            self.failed = None
+        return served
+
+    @property
+    def capacity(self) -> float:
+        """The highest rate served (0 if none was)."""
+        return self.served or 0.0
+
+    @property
+    def bracketed(self) -> bool:
+        """True when the capacity lies between a served and a failed rate, and the served
+        one offered all the workflows its rate called for."""
+        return self.served is not None and self.failed is not None and not self.limited
+
+
+def search(
+    attainment: Callable[[float], float],
+    start: float,
+    *,
+    target: float,
+    tolerance: float,
+    limit: float = math.inf,
+) -> tuple[float, list[tuple[float, float]]]:
+    """Run one search against an attainment function; (capacity, probes as (rate, share)).
+    Probes at or above ``limit`` are marked limited (their pool ran out)."""
+    state = CapacitySearch(start, target=target, tolerance=tolerance)
+    probes: list[tuple[float, float]] = []
+    while (rate := state.next_rate()) is not None:
+        share = attainment(rate)
+        state.record(rate, share, limited=rate >= limit)
+        probes.append((rate, share))
+    return state.capacity, probes
+
+
+@dataclass
+class CapacityCase:
+    """The capacity of every policy on one workload and cluster."""
+
+    workload: str
+    cluster: str
+    replicas: int
+    seeds: list[int]
+    workflows: int  # per seed (the smallest)
+    capacity: dict[str, float] = field(default_factory=dict)
+    bracketed: dict[str, bool] = field(default_factory=dict)
+    points: list[CapacityPoint] = field(default_factory=list)
+    window: float = math.inf  # seconds of arrivals per probe
+    warmup: float = 0.0  # seconds of arrivals not judged
+    limited: dict[str, bool] = field(default_factory=dict)
+    source: str = ""  # the registry workload (or trace file) the workflows came from
+    params: dict[str, str] = field(default_factory=dict)  # its params, as given
+    wall_seconds: float = 0.0
+
+    def ratios(self, reference: str) -> dict[str, float]:
+        """capacity of ``reference`` over each other policy's (inf when theirs is 0)."""
+        mine = self.capacity.get(reference)
+        if mine is None:
+            return {}
+        return {
+            f"{reference}/{name}": (mine / value if value > 0 else math.inf)
+            for name, value in self.capacity.items()
+            if name != reference
+        }
+
+
+# ---- jobs run in worker processes ----------------------------------------------------------
+AttainmentJob = tuple[ClusterSpec, str, list[Workflow], int, dict[str, float], float, float]
+
+
+def met_service_level(job: AttainmentJob) -> tuple[int, int, float]:
+    """(workflows meeting the level, workflows judged, wall seconds) for one policy on one
+    seed's re-timed workflows; only those arriving at or after the warm-up are judged. An
+    unfinished or rejected workflow misses."""
+    cluster, policy, workflows, seed, isolated, slowdown, warmup = job
+    started = time.perf_counter()
+    result = Simulation(cluster, build_policy(policy), workflows, seed=seed).run()
+    judged = [w for w in result.workflows if w.arrival >= warmup]
+    met = sum(
+        1
+        for w in judged
+        if w.finished_at >= 0 and not w.rejected
+        and w.finished_at - w.arrival <= slowdown * isolated[w.workflow]
+    )
+    return met, len(judged), time.perf_counter() - started
+
+
+def offered(pool: Sequence[Workflow], rate: float, seed: int, window: float
+            ) -> tuple[list[Workflow], bool]:
+    """The workflows of ``pool`` re-timed at ``rate`` that arrive within ``window``
+    seconds, and whether the pool ran out first (its last arrival inside the window)."""
+    timed = retime(pool, rate, seed)
+    kept = [w for w in timed if w.arrival < window]
+    return kept, len(kept) == len(timed) and math.isfinite(window)
+
+
+def _isolated_job(job: tuple[ClusterSpec, list[Workflow]]) -> dict[str, float]:
+    cluster, workflows = job
+    return isolated_tcts(cluster, workflows)
+
+
+def median_alone(isolated: dict[int, dict[str, float]]) -> float:
+    """The median TCT alone over every seed's workflows (the upper one of an even count)."""
+    alone = sorted(t for by_id in isolated.values() for t in by_id.values())
+    return alone[len(alone) // 2] if alone else 0.0
+
+
+# ---- the scenario kind ---------------------------------------------------------------------
+def start_rate(spec: Scenario, workload: WorkloadSpec) -> float:
+    """The first rate probed: the scenario's, else the workload's own, else 0.1/s."""
+    if spec.capacity_start is not None:
+        return spec.capacity_start
+    if workload.rate is not None:
+        return workload.rate
+    return float(workload.params.get("rate", 0.1))
+
+
+def measure_capacity(
+    spec: Scenario, workload: WorkloadSpec, pool: Executor, say: Progress
+) -> CapacityCase:
+    """Every policy's goodput capacity on ``workload`` (see the module doc)."""
+    cluster = spec.cluster_for(workload)
+    window = cluster.cost_model().model.max_context
+    per_seed = {seed: build_spec(workload, seed, {}, window)[0] for seed in spec.seeds}
+    case = capacity_on(
+        cluster,
+        per_seed,
+        spec.policies,
+        start=start_rate(spec, workload),
+        slowdown=spec.goodput_slowdown,
+        target=spec.goodput_target,
+        tolerance=spec.capacity_tolerance,
+        window_tcts=spec.capacity_window,
+        warmup_tcts=spec.capacity_warmup,
+        pool=pool,
+        say=say,
+        title=workload.title,
+    )
+    case.source = workload.name or workload.trace or ""
+    case.params = workload.string_params()
+    return case
+
+
+def capacity_on(
+    cluster: ClusterSpec,
+    per_seed: dict[int, list[Workflow]],
+    policies: Sequence[str],
+    *,
+    start: float,
+    slowdown: float,
+    target: float,
+    tolerance: float,
+    window_tcts: float | None,
+    warmup_tcts: float,
+    pool: Executor,
+    say: Progress,
+    title: str = "",
+) -> CapacityCase:
+    """The searches of every policy, run in lockstep: each round probes every unfinished
+    policy on every seed at once, so the pool's workers stay busy. ``window_tcts`` and
+    ``warmup_tcts`` are in median TCTs alone (None: offer every workflow of the pool)."""
+    started = time.perf_counter()
+    say(f"{title}: isolated TCTs of {sum(len(w) for w in per_seed.values())} workflows")
+    isolated: dict[int, dict[str, float]] = {}
+    for seed, workflows in per_seed.items():
+        half = (len(workflows) + 1) // 2
+        parts = pool.map(_isolated_job, [(cluster, workflows[:half]), (cluster, workflows[half:])])
+        isolated[seed] = {k: v for part in parts for k, v in part.items()}
+    median = median_alone(isolated)
+    case = CapacityCase(
+        title, cluster.name, cluster.replicas, list(per_seed),
+        min(len(w) for w in per_seed.values()),
+        window=math.inf if window_tcts is None else window_tcts * median,
+        warmup=warmup_tcts * median,
+    )
+    searches = {p: CapacitySearch(start, target=target, tolerance=tolerance) for p in policies}
+    while True:
+        todo = [(p, rate) for p, s in searches.items() if (rate := s.next_rate()) is not None]
+        if not todo:
+            break
+        jobs: list[AttainmentJob] = []
+        limited: dict[tuple[str, float], bool] = {}
+        sizes: dict[tuple[str, float], int] = {}
+        for policy, rate in todo:
+            for seed in per_seed:
+                kept, ran_out = offered(per_seed[seed], rate, seed, case.window)
+                limited[policy, rate] = limited.get((policy, rate), False) or ran_out
+                sizes[policy, rate] = sizes.get((policy, rate), 0) + len(kept)
+                jobs.append(
+                    (cluster, policy, kept, seed, isolated[seed], slowdown, case.warmup)
+                )
+        say(f"{title}: probing {len(todo)} policies x {len(per_seed)} seeds")
+        outcomes = iter(pool.map(met_service_level, jobs))
+        for policy, rate in todo:
+            met = total = 0
+            shares: dict[int, float] = {}
+            wall = 0.0
+            for seed in per_seed:
+                seed_met, seed_total, seconds = next(outcomes)
+                met, total, wall = met + seed_met, total + seed_total, wall + seconds
+                shares[seed] = seed_met / seed_total if seed_total else 1.0
+            # no workflow arrived after the warm-up (a very low rate): nothing missed
+            share = met / total if total else 1.0
+            served = searches[policy].record(rate, share, limited[policy, rate])
+            case.points.append(CapacityPoint(
+                policy, rate, share, served, shares, total, sizes[policy, rate],
+                limited[policy, rate],
+            ))
+            say(
+                f"{title}: {policy} at {rate:.4g} wf/s: {100 * share:.0f} % of {total} within "
+                f"{slowdown:g}x ({'served' if served else 'not served'}) done in {wall:.1f} s"
+            )
+    for policy, state in searches.items():
+        case.capacity[policy] = state.capacity
+        case.bracketed[policy] = state.bracketed
+        case.limited[policy] = state.limited
+    case.wall_seconds = time.perf_counter() - started
+    return case
