@@ -31,6 +31,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from statistics import NormalDist
 from typing import Literal
 
@@ -55,7 +56,9 @@ def depth_bucket(index: int, buckets: int) -> int:
     return min(index.bit_length(), buckets - 1)
 
 
+@lru_cache(maxsize=65536)
 def node_bucket(node: str) -> int:
+    # memoized: the pooled estimates ask it of every node of a graph, per estimate
     return int(node.rsplit("#", 1)[1])
 
 
@@ -209,12 +212,29 @@ class Gap:
     _ttl_tables: dict[tuple[float, tuple[float, ...]], tuple[tuple[float, float, float], ...]] = (
         field(default_factory=dict, repr=False, compare=False)
     )
+    _parts: tuple[tuple[float, float, float], ...] = field(
+        default=(), init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        self._parts = tuple((w, d.mu, d.sigma) for w, d in self.mixture)
 
     def cdf(self, t: float) -> float:
-        """P(the next call is ready within t | the workflow continues)."""
+        """P(the next call is ready within t | the workflow continues).
+
+        :meth:`LogNormal.cdf` of each component inlined, with log(t) taken once: the
+        same arithmetic in the same order, so bit for bit the same sum (the bisection
+        of :meth:`_quantile` asks this 40 times per quantile)."""
+        if t <= 0:
+            return 0.0
+        lt = math.log(t)
+        erf = math.erf
         total = 0.0
-        for w, d in self.mixture:
-            total += w * d.cdf(t)
+        for w, mu, sigma in self._parts:
+            if sigma <= 1e-9:
+                total += w * (1.0 if lt >= mu else 0.0)
+            else:
+                total += w * (0.5 * (1.0 + erf((lt - mu) / sigma / _SQRT2)))
         return total
 
     def p_return_within(self, t: float) -> float:
@@ -285,6 +305,10 @@ class AgentGraph:
         self._pooled = {"output": Mean(), "growth": Mean()}
         self._stale = 0
         self.observations = 0
+        # pooled estimates per depth bucket, from every node of the graph: kept until the
+        # next observation (value iteration asks them of every node, each a scan of all)
+        self._pooled_continues: dict[int, float] = {}
+        self._pooled_nexts: dict[int, dict[str, float]] = {}
 
     # ---- observations --------------------------------------------------------------
     def observe_transition(
@@ -321,6 +345,8 @@ class AgentGraph:
     def _touch(self) -> None:
         self.observations += 1
         self._stale += 1
+        self._pooled_continues.clear()
+        self._pooled_nexts.clear()
 
     # ---- estimates -------------------------------------------------------------------
     def p_continue(self, node: str) -> float:
@@ -333,6 +359,12 @@ class AgentGraph:
         return min(p, cfg.max_continue)
 
     def _pooled_continue(self, bucket: int) -> float:
+        cached = self._pooled_continues.get(bucket)
+        if cached is None:
+            cached = self._pooled_continues[bucket] = self._pool_continue(bucket)
+        return cached
+
+    def _pool_continue(self, bucket: int) -> float:
         cfg = self.config
         k = n = 0
         for key, node in self._nodes.items():
@@ -359,6 +391,13 @@ class AgentGraph:
         return out
 
     def _pooled_successors(self, bucket: int) -> dict[str, float]:
+        """(Kept until the next observation: callers only read it.)"""
+        cached = self._pooled_nexts.get(bucket)
+        if cached is None:
+            cached = self._pooled_nexts[bucket] = self._pool_successors(bucket)
+        return cached
+
+    def _pool_successors(self, bucket: int) -> dict[str, float]:
         counts: dict[str, int] = defaultdict(int)
         for key, node in self._nodes.items():
             if node_bucket(key) == bucket:
@@ -485,9 +524,17 @@ class AgentGraph:
         start = start or {}
         v = np.array([start.get(x, (0.0, 0.0)) for x in order], dtype=float)
         scale = np.maximum(reward, 1.0)
+        # the same array operations as ``np.max(np.abs(nxt - v) / scale)``, through the
+        # ufuncs into one scratch array: a graph has tens of nodes, so the wrappers and
+        # temporaries, not the arithmetic, were the cost of an iteration
+        diff = np.empty_like(v)
+        subtract, absolute, divide = np.subtract, np.absolute, np.divide
         for _ in range(max_iter):
             nxt = b + a @ v
-            done = float(np.max(np.abs(nxt - v) / scale)) < tol
+            subtract(nxt, v, out=diff)
+            absolute(diff, out=diff)
+            divide(diff, scale, out=diff)
+            done = float(diff.max()) < tol
             v = nxt
             if done:
                 break
