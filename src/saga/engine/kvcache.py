@@ -96,6 +96,10 @@ class EvictionOrder(ABC):
     def key(self, node: KVNode, now: float) -> float:
         """The node's eviction priority at ``now``."""
 
+    def key_function(self) -> Callable[[KVNode, float], float]:
+        """:meth:`key` as the plainest callable (an eviction asks it of every leaf)."""
+        return self.key
+
 
 class LRUEviction(EvictionOrder):
     """vLLM v1's free-block queue: least recently released first, deepest first."""
@@ -121,6 +125,9 @@ class KeyedEviction(EvictionOrder):
 
     def key(self, node: KVNode, now: float) -> float:
         return self._key_fn(node, now)
+
+    def key_function(self) -> Callable[[KVNode, float], float]:
+        return self._key_fn
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,7 +455,7 @@ class RadixKV:
         return done
 
     def _evict_keyed(self, blocks: int, now: float) -> int:
-        key = self.eviction.key
+        key = self.eviction.key_function()
         # (the ranking is total, id() last, so the set's order does not matter)
         heap = [(key(n, now), n.stamp, id(n), n) for n in self._leaves]
         heapq.heapify(heap)

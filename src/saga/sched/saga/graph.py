@@ -215,6 +215,9 @@ class Gap:
     _parts: tuple[tuple[float, float, float], ...] = field(
         default=(), init=False, repr=False, compare=False
     )
+    _bisected: dict[float, float] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         self._parts = tuple((w, d.mu, d.sigma) for w, d in self.mixture)
@@ -273,9 +276,15 @@ class Gap:
         if len(self.mixture) == 1:
             return self.mixture[0][1].quantile(q)
         lo, hi = math.log(1e-3), math.log(1e6)
+        # the bisections of a gap's quantiles start down the same path: the CDF at each
+        # midpoint is kept for the next quantile asked of this gap
+        seen, cdf, exp = self._bisected, self.cdf, math.exp
         for _ in range(40):
             mid = (lo + hi) / 2
-            if self.cdf(math.exp(mid)) < q:
+            p = seen.get(mid)
+            if p is None:
+                p = seen[mid] = cdf(exp(mid))
+            if p < q:
                 lo = mid
             else:
                 hi = mid
