@@ -318,6 +318,7 @@ class AgentGraph:
         # next observation (value iteration asks them of every node, each a scan of all)
         self._pooled_continues: dict[int, float] = {}
         self._pooled_nexts: dict[int, dict[str, float]] = {}
+        self._nexts: dict[str, dict[str, float]] = {}  # successors(), likewise
 
     # ---- observations --------------------------------------------------------------
     def observe_transition(
@@ -356,6 +357,7 @@ class AgentGraph:
         self._stale += 1
         self._pooled_continues.clear()
         self._pooled_nexts.clear()
+        self._nexts.clear()
 
     # ---- estimates -------------------------------------------------------------------
     def p_continue(self, node: str) -> float:
@@ -384,7 +386,15 @@ class AgentGraph:
         return (k + w * cfg.prior_continue) / (n + w) if n + w > 0 else cfg.prior_continue
 
     def successors(self, node: str) -> dict[str, float]:
-        """P(next call site | the workflow continues after a call at ``node``)."""
+        """P(next call site | the workflow continues after a call at ``node``).
+
+        (Kept until the next observation: callers only read it.)"""
+        cached = self._nexts.get(node)
+        if cached is None:
+            cached = self._nexts[node] = self._successors(node)
+        return cached
+
+    def _successors(self, node: str) -> dict[str, float]:
         own = self._nodes.get(node)
         pooled = self._pooled_successors(node_bucket(node))
         if not pooled:
