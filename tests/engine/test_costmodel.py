@@ -328,6 +328,7 @@ def test_decode_steps_time_across_the_roofline_crossing(
         ctx = n * ctx_per_seq
         steps = [cost.step_time(n, ctx + (j + 1) * n, ctx + (j + 1) * n, n) for j in range(100)]
         assert cost.decode_steps_time(n, ctx, 100) == pytest.approx(sum(steps), rel=1e-12)
+        assert cost.decode_steps_time(n, ctx, 1) == cost._decode_series(n, ctx, 1)
         first_slope, last_slope = steps[1] - steps[0], steps[-1] - steps[-2]
         if not math.isclose(first_slope, last_slope, rel_tol=0.1):
             crossed += 1  # the bound switched inside the run
@@ -351,6 +352,17 @@ def test_decode_steps_time_equals_the_sum_of_steps(
         expected += cost.step_time(n, c + n, c + n, n)
     got = cost.decode_steps_time(n, ctx, k)
     assert got == pytest.approx(expected, rel=1e-9, abs=0.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(cost=_any_cost_model(), n=st.integers(1, 1024), ctx_per_seq=st.integers(0, 200_000))
+def test_one_decode_step_is_the_closed_form_at_one_bit_for_bit(
+    cost: CostModel, n: int, ctx_per_seq: int
+) -> None:
+    # the k = 1 shortcut must not move a placement: exactly the series' value
+    assert cost.decode_steps_time(n, n * ctx_per_seq, 1) == cost._decode_series(
+        n, n * ctx_per_seq, 1
+    )
 
 
 @settings(max_examples=300, deadline=None)

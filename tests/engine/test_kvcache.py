@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -175,12 +176,18 @@ runs_strategy = st.lists(
 )
 
 
+def _by_namespace(node: KVNode, now: float) -> float:
+    return {"w:a": 2.0, "w:b": 1.0}.get(node.namespace, 3.0)
+
+
+@pytest.mark.parametrize("keyed", [False, True])
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.booleans(), runs_strategy), min_size=1, max_size=25))
 def test_random_workloads_keep_invariants_and_leak_nothing(
-    ops: list[tuple[bool, list[Run]]],
+    keyed: bool, ops: list[tuple[bool, list[Run]]],
 ) -> None:
-    kv = RadixKV(40)
+    # keyed: check() also asserts the kept set of evictable leaves equals a tree walk's
+    kv = RadixKV(40, KeyedEviction("ns", _by_namespace) if keyed else None)
     held: list[KVNode] = []
     for release_one, runs in ops:
         if release_one and held:
@@ -204,6 +211,7 @@ def test_random_workloads_keep_invariants_and_leak_nothing(
     cached = kv.cached_blocks
     assert kv.evict(10**6) == cached
     assert kv.cached_blocks == 0
+    kv.check()
 
 
 def test_a_leaf_another_call_holds_is_not_extended_under_its_lock() -> None:

@@ -87,6 +87,12 @@ def test_behind_answers_only_for_queued_workflows_not_first_in_line() -> None:
     later = g.behind("b")
     assert later is not None and later.verdict == "defer" and later.retry_after == 2.0
     assert later.reason == "memory gate: not first of 2 queued workflows"
+    # the answer is kept per queue length, so it follows the queue as it grows
+    assert g.decide(wf("c"), 95_000).verdict == "defer"
+    third = g.behind("c")
+    assert third is not None and third.reason == "memory gate: not first of 3 queued workflows"
+    again = g.behind("b")
+    assert again is not None and again.reason == "memory gate: not first of 3 queued workflows"
 
 
 def test_an_unseen_agent_gets_at_most_cold_start_workflows_in_until_its_context_is_known() -> None:

@@ -96,6 +96,10 @@ class EvictionOrder(ABC):
     def key(self, node: KVNode, now: float) -> float:
         """The node's eviction priority at ``now``."""
 
+    def key_function(self) -> Callable[[KVNode, float], float]:
+        """:meth:`key` as the plainest callable (an eviction asks it of every leaf)."""
+        return self.key
+
 
 class LRUEviction(EvictionOrder):
     """vLLM v1's free-block queue: least recently released first, deepest first."""
@@ -121,6 +125,9 @@ class KeyedEviction(EvictionOrder):
 
     def key(self, node: KVNode, now: float) -> float:
         return self._key_fn(node, now)
+
+    def key_function(self) -> Callable[[KVNode, float], float]:
+        return self._key_fn
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +170,10 @@ class RadixKV:
         self._tick_at = 0.0
         self._clock = 0  # release counter
         self._heap: list[tuple[float, int, int, KVNode]] = []  # LRU: (stamp, tiebreak, id, node)
+        # Keyed orders: the evictable leaves (unreferenced, childless), kept as nodes
+        # change, so that an eviction ranks them without walking the whole tree.
+        self._keyed = not self.eviction.static
+        self._leaves: set[KVNode] = set()
         #: Called with (node, blocks) for every block run evicted (e.g. to offload it).
         self.on_evict: Callable[[KVNode, int], None] | None = None
 
@@ -283,6 +294,8 @@ class RadixKV:
         while n is not None:
             if n.ref == 0:
                 self.locked_blocks += n.count
+                if self._keyed:
+                    self._leaves.discard(n)
             n.ref += 1
             if user:
                 if n.users == 0 and n is not self.root:
@@ -401,6 +414,8 @@ class RadixKV:
             return node
         child = KVNode(namespace, first, count, node)
         child.idle_since = now
+        if self._keyed and not node.children:
+            self._leaves.discard(node)  # (an unreferenced node reached below ``under``)
         node.children[child.key] = child
         self.cached_blocks += count
         # the caller's acquire() below takes the reference and counts it locked
@@ -440,7 +455,9 @@ class RadixKV:
         return self._evict_keyed(blocks, now)
 
     def _push_leaf(self, node: KVNode) -> None:
-        if self.eviction.static:
+        if self._keyed:
+            self._leaves.add(node)
+        else:
             heapq.heappush(self._heap, (node.stamp, -node.depth, id(node), node))
 
     def _evict_static(self, blocks: int) -> int:
@@ -458,8 +475,9 @@ class RadixKV:
         return done
 
     def _evict_keyed(self, blocks: int, now: float) -> int:
-        key = self.eviction.key
-        heap = [(key(n, now), n.stamp, id(n), n) for n in self.evictable_leaves()]
+        key = self.eviction.key_function()
+        # (the ranking is total, id() last, so the set's order does not matter)
+        heap = [(key(n, now), n.stamp, id(n), n) for n in self._leaves]
         heapq.heapify(heap)
         done = 0
         while done < blocks and heap:
@@ -487,9 +505,10 @@ class RadixKV:
         assert parent is not None
         del parent.children[node.key]
         node.parent = None
+        if self._keyed:
+            self._leaves.discard(node)
         if parent is not self.root and parent.ref == 0 and not parent.children:
-            if self.eviction.static:
-                self._push_leaf(parent)
+            self._push_leaf(parent)
             return parent
         return None
 
@@ -538,6 +557,8 @@ class RadixKV:
             if n.users > 0:
                 inuse += n.count
         assert cached == self.cached_blocks, (cached, self.cached_blocks)
+        if self._keyed:
+            assert self._leaves == set(self.evictable_leaves()), "evictable-leaf set"
         assert locked == self.locked_blocks, (locked, self.locked_blocks)
         assert inuse == self.inuse_blocks, (inuse, self.inuse_blocks)
         assert self.used_blocks <= self.capacity, (self.used_blocks, self.capacity)

@@ -433,6 +433,7 @@ class Replica(QueueTokens):
             self._running_unsorted = False
         self._preempt_for_fairness(now)
         budget = self.config.max_num_batched_tokens
+        bt = self.block_tokens
         batch: list[tuple[Request, int]] = []
         preempted = False
         index = 0
@@ -441,7 +442,15 @@ class Replica(QueueTokens):
             if request.ready_at > now:
                 index += 1
                 continue
-            q = min(request.total_tokens - request.computed, budget)
+            computed = request.computed
+            left = request.prompt_tokens + request.generated - computed
+            q = left if left < budget else budget
+            if -(-(computed + q) // bt) <= request.locked_blocks + request.anon:
+                # holds the blocks already (most decode steps): _grow would do nothing
+                batch.append((request, q))
+                budget -= q
+                index += 1
+                continue
             while not self._grow(request, request.computed + q, now):
                 victim = self.running[-1]
                 preempted = True

@@ -35,6 +35,9 @@ class MemoryGate:
     cold_start: int = 4
     waiting: deque[str] = field(default_factory=deque)
     _first_context: dict[str, tuple[float, int]] = field(default_factory=dict)
+    # behind()'s answers by (queue length, retry_after): under overload every queued
+    # workflow asks again every retry_after seconds, and the answer is the same data
+    _behind: dict[tuple[int, float], Admission] = field(default_factory=dict)
 
     @property
     def limit(self) -> float:
@@ -97,10 +100,13 @@ class MemoryGate:
         """A deferral if ``workflow`` is queued and not first in line, else None."""
         if workflow not in self._queued or self.waiting[0] == workflow:
             return None
-        return Admission(
-            "defer", f"memory gate: not first of {len(self.waiting)} queued workflows",
-            self.retry_after,
-        )
+        key = (len(self.waiting), self.retry_after)
+        answer = self._behind.get(key)
+        if answer is None:
+            answer = self._behind[key] = Admission(
+                "defer", f"memory gate: not first of {key[0]} queued workflows", key[1]
+            )
+        return answer
 
     def _insert_interactive(self, workflow: str) -> None:
         self._interactive.add(workflow)

@@ -31,6 +31,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from statistics import NormalDist
 from typing import Literal
 
@@ -55,7 +56,9 @@ def depth_bucket(index: int, buckets: int) -> int:
     return min(index.bit_length(), buckets - 1)
 
 
+@lru_cache(maxsize=65536)
 def node_bucket(node: str) -> int:
+    # memoized: the pooled estimates ask it of every node of a graph, per estimate
     return int(node.rsplit("#", 1)[1])
 
 
@@ -209,12 +212,32 @@ class Gap:
     _ttl_tables: dict[tuple[float, tuple[float, ...]], tuple[tuple[float, float, float], ...]] = (
         field(default_factory=dict, repr=False, compare=False)
     )
+    _parts: tuple[tuple[float, float, float], ...] = field(
+        default=(), init=False, repr=False, compare=False
+    )
+    _bisected: dict[float, float] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        self._parts = tuple((w, d.mu, d.sigma) for w, d in self.mixture)
 
     def cdf(self, t: float) -> float:
-        """P(the next call is ready within t | the workflow continues)."""
+        """P(the next call is ready within t | the workflow continues).
+
+        :meth:`LogNormal.cdf` of each component inlined, with log(t) taken once: the
+        same arithmetic in the same order, so bit for bit the same sum (the bisection
+        of :meth:`_quantile` asks this 40 times per quantile)."""
+        if t <= 0:
+            return 0.0
+        lt = math.log(t)
+        erf = math.erf
         total = 0.0
-        for w, d in self.mixture:
-            total += w * d.cdf(t)
+        for w, mu, sigma in self._parts:
+            if sigma <= 1e-9:
+                total += w * (1.0 if lt >= mu else 0.0)
+            else:
+                total += w * (0.5 * (1.0 + erf((lt - mu) / sigma / _SQRT2)))
         return total
 
     def p_return_within(self, t: float) -> float:
@@ -253,9 +276,15 @@ class Gap:
         if len(self.mixture) == 1:
             return self.mixture[0][1].quantile(q)
         lo, hi = math.log(1e-3), math.log(1e6)
+        # the bisections of a gap's quantiles start down the same path: the CDF at each
+        # midpoint is kept for the next quantile asked of this gap
+        seen, cdf, exp = self._bisected, self.cdf, math.exp
         for _ in range(40):
             mid = (lo + hi) / 2
-            if self.cdf(math.exp(mid)) < q:
+            p = seen.get(mid)
+            if p is None:
+                p = seen[mid] = cdf(exp(mid))
+            if p < q:
                 lo = mid
             else:
                 hi = mid
@@ -286,6 +315,11 @@ class AgentGraph:
         self._stale = 0
         self.observations = 0
         self.ends = 0  # workflow ends observed (what end prediction learns from)
+        # pooled estimates per depth bucket, from every node of the graph: kept until the
+        # next observation (value iteration asks them of every node, each a scan of all)
+        self._pooled_continues: dict[int, float] = {}
+        self._pooled_nexts: dict[int, dict[str, float]] = {}
+        self._nexts: dict[str, dict[str, float]] = {}  # successors(), likewise
 
     # ---- observations --------------------------------------------------------------
     def observe_transition(
@@ -323,6 +357,9 @@ class AgentGraph:
     def _touch(self) -> None:
         self.observations += 1
         self._stale += 1
+        self._pooled_continues.clear()
+        self._pooled_nexts.clear()
+        self._nexts.clear()
 
     # ---- estimates -------------------------------------------------------------------
     def p_continue(self, node: str) -> float:
@@ -335,6 +372,12 @@ class AgentGraph:
         return min(p, cfg.max_continue)
 
     def _pooled_continue(self, bucket: int) -> float:
+        cached = self._pooled_continues.get(bucket)
+        if cached is None:
+            cached = self._pooled_continues[bucket] = self._pool_continue(bucket)
+        return cached
+
+    def _pool_continue(self, bucket: int) -> float:
         cfg = self.config
         k = n = 0
         for key, node in self._nodes.items():
@@ -345,7 +388,15 @@ class AgentGraph:
         return (k + w * cfg.prior_continue) / (n + w) if n + w > 0 else cfg.prior_continue
 
     def successors(self, node: str) -> dict[str, float]:
-        """P(next call site | the workflow continues after a call at ``node``)."""
+        """P(next call site | the workflow continues after a call at ``node``).
+
+        (Kept until the next observation: callers only read it.)"""
+        cached = self._nexts.get(node)
+        if cached is None:
+            cached = self._nexts[node] = self._successors(node)
+        return cached
+
+    def _successors(self, node: str) -> dict[str, float]:
         own = self._nodes.get(node)
         pooled = self._pooled_successors(node_bucket(node))
         if not pooled:
@@ -361,6 +412,13 @@ class AgentGraph:
         return out
 
     def _pooled_successors(self, bucket: int) -> dict[str, float]:
+        """(Kept until the next observation: callers only read it.)"""
+        cached = self._pooled_nexts.get(bucket)
+        if cached is None:
+            cached = self._pooled_nexts[bucket] = self._pool_successors(bucket)
+        return cached
+
+    def _pool_successors(self, bucket: int) -> dict[str, float]:
         counts: dict[str, int] = defaultdict(int)
         for key, node in self._nodes.items():
             if node_bucket(key) == bucket:
@@ -487,9 +545,17 @@ class AgentGraph:
         start = start or {}
         v = np.array([start.get(x, (0.0, 0.0)) for x in order], dtype=float)
         scale = np.maximum(reward, 1.0)
+        # the same array operations as ``np.max(np.abs(nxt - v) / scale)``, through the
+        # ufuncs into one scratch array: a graph has tens of nodes, so the wrappers and
+        # temporaries, not the arithmetic, were the cost of an iteration
+        diff = np.empty_like(v)
+        subtract, absolute, divide = np.subtract, np.absolute, np.divide
         for _ in range(max_iter):
             nxt = b + a @ v
-            done = float(np.max(np.abs(nxt - v) / scale)) < tol
+            subtract(nxt, v, out=diff)
+            absolute(diff, out=diff)
+            divide(diff, scale, out=diff)
+            done = float(diff.max()) < tol
             v = nxt
             if done:
                 break
