@@ -132,8 +132,21 @@ class SagaRouting:
         self.idle_timeout = workflow_idle_timeout
         self.stats = RoutingStats()
         self._seq = 0
+        #: What the other router replicas admitted (from the shared state): SAGA's memory
+        #: gate counts it beside this router's own working set.
+        self.remote_working_set = 0.0
+        if isinstance(self.policy, SagaPolicy):
+            saga = self.policy
+            setattr(saga, "_working_set",  # noqa: B010 (an instance's override)
+                    lambda: SagaPolicy._working_set(saga) + self.remote_working_set)
         #: Called with (tenant, seconds) when the policy charges a tenant (shared).
         self.on_charge: Callable[[str, float], None] | None = None
+
+    def local_working_set(self) -> float:
+        """Context tokens this router's admitted workflows hold or are expected to bring."""
+        if isinstance(self.policy, SagaPolicy):
+            return SagaPolicy._working_set(self.policy)
+        return 0.0
 
     # ---- replicas --------------------------------------------------------------------
     def update_replicas(self, replica_ids: Sequence[str]) -> None:
@@ -155,6 +168,12 @@ class SagaRouting:
             self.slot_of[rid] = view.index
         for rid in live & self.slot_of.keys():
             self.views[self.slot_of[rid]].up = True
+
+    def replica_died(self, replica_id: str) -> None:
+        """Ray found the replica dead before listing it gone: route around it now."""
+        slot = self.slot_of.get(replica_id)
+        if slot is not None:
+            self.views[slot].up = False
 
     def report(self, replica_id: str, stats: ReplicaStats) -> None:
         slot = self.slot_of.get(replica_id)
@@ -181,7 +200,9 @@ class SagaRouting:
         request is decided once and repeated)."""
         known = self.routed.get(request_id)
         if known is not None:
-            return known.tiers
+            if self.views[known.tiers.slot].up:
+                return known.tiers
+            return self._replace(known, now)  # its replica died before taking it
         shared = shared or SharedSession()
         wf = self.workflows.get(call.workflow)
         if wf is None:
@@ -217,6 +238,17 @@ class SagaRouting:
         wf.placed_here = slot
         self.stats.routed += 1
         return tiers
+
+    def _replace(self, routed: _Routed, now: float) -> Held | Tiers:
+        try:
+            slot = self.policy.place(routed.info, now)
+        except RuntimeError as error:
+            return Held(str(error), self.hold_retry)
+        routed.tiers = Tiers(self._ranks(slot), slot)
+        wf = self.workflows.get(routed.info.workflow)
+        if wf is not None:
+            wf.placed_here = slot
+        return routed.tiers
 
     def _admit(self, wf: _Workflow, now: float) -> Held | None:
         name = wf.info.workflow
@@ -302,17 +334,18 @@ class SagaRouting:
         view.kv.add(routed.info.runs)
         routed.record = record
 
-    def completed(self, request_id: str, now: float) -> None:
-        """The request ended (answered or failed) on the replica it was sent to."""
+    def completed(self, request_id: str, now: float) -> str | None:
+        """The request ended (answered or failed) on the replica it was sent to; the
+        workflow's name if that was its last call."""
         routed = self.routed.pop(request_id, None)
         if routed is None:
-            return
+            return None
         info = routed.info
         wf = self.workflows.get(info.workflow)
         if wf is not None:
             wf.in_flight -= 1
         if routed.slot is None or routed.record is None:
-            return
+            return None
         view = self.views[routed.slot]
         view.finish(routed.record, now, lambda _: True)
         before = self._service(info.tenant)
@@ -324,6 +357,25 @@ class SagaRouting:
         if info.ends_workflow and wf is not None and wf.in_flight == 0:
             del self.workflows[info.workflow]
             self.policy.on_workflow_finished(wf.info, now)
+            return info.workflow
+        return None
+
+    def hand_over(self, workflow: str, now: float) -> None:
+        """Another router replica placed (or ended) ``workflow``: its state is that
+        router's now. This router forgets it -- its working set is counted there, not
+        twice -- without teaching its graphs an end or its fair share a slowdown (the
+        workflow goes on); a later call here reads the shared state again."""
+        wf = self.workflows.get(workflow)
+        if wf is None or wf.in_flight:
+            return
+        del self.workflows[workflow]
+        policy = self.policy
+        if isinstance(policy, SagaPolicy):
+            flow = policy.flows.get(workflow)
+            if flow is not None:
+                flow.node = ""  # no end observed
+                flow.ideal = 0.0  # no slowdown recorded
+        policy.on_workflow_finished(wf.info, now)
 
     def charge(self, tenant: str, seconds: float) -> None:
         """Service another router replica gave ``tenant`` (Agent Fair Share is global)."""

@@ -139,3 +139,14 @@ def test_any_online_policy_routes_through_the_same_adapter() -> None:
     tiers = _send(routing, "q1", _call("w1", "p " * 50), 0.0)
     assert tiers.ranks[0][0] in {"r-a", "r-b"}
     routing.completed("q1", 0.1)
+
+
+def test_a_request_whose_chosen_replica_died_is_placed_again() -> None:
+    routing = _router()
+    first = routing.route("q1", _call("w1", "k " * 100), 0.0)
+    assert isinstance(first, Tiers)
+    dead = first.ranks[0][0]
+    routing.replica_died(dead)
+    again = routing.route("q1", _call("w1", "k " * 100), 0.1)
+    assert isinstance(again, Tiers)
+    assert dead not in [r for tier in again.ranks for r in tier]
