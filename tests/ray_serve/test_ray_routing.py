@@ -150,3 +150,13 @@ def test_a_request_whose_chosen_replica_died_is_placed_again() -> None:
     again = routing.route("q1", _call("w1", "k " * 100), 0.1)
     assert isinstance(again, Tiers)
     assert dead not in [r for tier in again.ranks for r in tier]
+
+
+def test_a_workflow_placed_by_another_router_is_handed_over() -> None:
+    routing = _router(cluster="test-2")
+    _send(routing, "q1", _call("w1", "z " * 60_000), 0.0)
+    routing.completed("q1", 1.0)
+    assert routing.local_working_set() == 30_000  # its context (prompt) is homed
+    routing.hand_over("w1", 2.0)  # another router placed its next call
+    assert routing.local_working_set() == 0
+    assert not routing.knows_home("w1")
