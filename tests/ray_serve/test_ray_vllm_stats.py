@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("ray.serve", reason="Ray Serve is not installed (pip install -e '.[ray]')")
 
-from saga.integrations.ray.deployments import parse_vllm_metrics  # noqa: E402
+from saga.integrations.ray.deployments import parse_vllm_metrics
 
 METRICS = """\
 # HELP vllm:num_requests_running Number of requests in model execution batches.
