@@ -49,7 +49,9 @@ def _until(condition: Callable[[], Any], what: str, timeout: float = 60.0) -> An
 def base_url() -> Iterator[str]:
     port = _free_port()
     config = RayAppConfig(routers=2, replicas=2, cluster="test-2", time_scale=10.0,
-                          stats_period=0.2, state_actor=STATE_ACTOR)
+                          stats_period=0.2, state_actor=STATE_ACTOR,
+                          # calls spread over both routers: they agree through the state
+                          ingress_affinity=False)
     start(config, port=port, num_cpus=2)
     try:
         yield f"http://127.0.0.1:{port}"

@@ -54,14 +54,25 @@ def build_app(config: RayAppConfig) -> Any:
     else:
         engine = emulator.options(**options).bind(
             config.cluster, config.time_scale, config.block_tokens)
-    return ingress.options(num_replicas=config.routers, max_ongoing_requests=4096).bind(
-        engine, config.block_tokens, config.keys)
+    ingress_options: dict[str, Any] = {"num_replicas": config.routers,
+                                       "max_ongoing_requests": 4096}
+    if config.ingress_affinity:
+        hashed: dict[str, Any] = {"request_router_class": CONSISTENT_HASH}
+        ingress_options["request_router_config"] = RequestRouterConfig(**hashed)
+    return ingress.options(**ingress_options).bind(engine, config.block_tokens, config.keys)
+
+
+#: Ray's consistent-hash router, for the proxy's choice of ingress replica.
+CONSISTENT_HASH = "ray.serve.experimental.consistent_hash_router.ConsistentHashRouter"
+#: The header Serve's proxy reads a session id from (for the ingress's consistent hashing).
+SESSION_HEADER_ENV = "RAY_SERVE_SESSION_ID_HEADER_KEY"
 
 
 def runtime_env() -> dict[str, Any]:
-    """Workers import the same SAGA as this process (its source directory)."""
+    """Workers import the same SAGA as this process (its source directory), and Serve's
+    proxy reads the workflow header as the session id."""
     src = str(Path(saga.__file__).resolve().parents[1])
-    return {"env_vars": {"PYTHONPATH": src}}
+    return {"env_vars": {"PYTHONPATH": src, SESSION_HEADER_ENV: "x-saga-workflow"}}
 
 
 def start(config: RayAppConfig, *, address: str | None = None, port: int = 8000,

@@ -7,15 +7,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-#: The request routers a deployment may use, by the names the benchmark reports.
+#: The request routers a deployment may use, by the names the benchmark reports. Ray's
+#: own are timed subclasses (:mod:`.timed`): unchanged but for recording decision times.
 ROUTERS: dict[str, str] = {
     "saga-ray": "saga.integrations.ray.router.SagaRequestRouter",
-    "ray-pow2": "ray.serve._private.request_router.pow_2_router."
-                "PowerOfTwoChoicesRequestRouter",
-    "ray-consistent-hash": "ray.serve.experimental.consistent_hash_router.ConsistentHashRouter",
-    # the class ray.serve.llm.request_router re-exports (that module needs ray[llm])
-    "ray-prefix-affinity": "ray.llm._internal.serve.routing_policies.prefix_aware."
-                           "prefix_aware_router.PrefixCacheAffinityRouter",
+    "ray-pow2": "saga.integrations.ray.timed.TimedPow2Router",
+    "ray-consistent-hash": "saga.integrations.ray.timed.TimedConsistentHashRouter",
+    "ray-prefix-affinity": "saga.integrations.ray.timed.TimedPrefixAffinityRouter",
 }
 
 
@@ -40,6 +38,13 @@ class RayAppConfig(BaseModel):
     stats_period: float = Field(0.5, gt=0, description="record_routing_stats period, s.")
     state_actor: str = Field("saga-ray-state", description="The shared state actor's name.")
     keys: dict[str, str] = Field(default_factory=dict, description="API key -> tenant.")
+    ingress_affinity: bool = Field(
+        True, description="Serve's proxy sends a workflow's calls to one ingress replica "
+        "(consistent hashing of x-saga-workflow; needs RAY_SERVE_SESSION_ID_HEADER_KEY="
+        "x-saga-workflow in the proxy's environment, which `saga ray` sets when it starts "
+        "Ray): its router then knows the workflow and asks the shared state only for a "
+        "workflow's first call, or after a router replica died. Off: calls spread over the "
+        "ingress replicas and the routers agree through the shared state alone.")
 
     @model_validator(mode="after")
     def _check(self) -> RayAppConfig:

@@ -165,6 +165,13 @@ class SagaState:
         return SyncReply(self.incarnation, others, dict(self.service), cursor, fetched,
                          events, self._event_seq)
 
+    async def record_overhead(self, router: str, overhead_ms: Sequence[float]) -> None:
+        """Decision times of a router that does not sync (Ray's own, timed)."""
+        self.overhead.setdefault(router, deque(maxlen=20_000)).extend(overhead_ms)
+
+    async def reset_overhead(self) -> None:
+        self.overhead.clear()
+
     def _log_has(self, cursor: str) -> bool:
         return int(cursor) <= self._log._log_seq
 
