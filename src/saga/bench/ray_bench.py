@@ -7,6 +7,9 @@ one client per session, through five routers in front of the same emulator repli
 * ``saga-gateway``: SAGA's own gateway (:mod:`saga.gateway`) in front of emulator
   servers, policy ``saga``;
 * ``saga-ray``: Ray Serve, :class:`~saga.integrations.ray.router.SagaRequestRouter`;
+* ``saga-ray-spread``: the same, but Serve's proxy spreads a workflow's calls over the
+  two router replicas (no ingress affinity), so they agree through the shared state alone
+  (``cross_router_*``: the workflows served by both, and how many kept one replica);
 * ``ray-pow2``, ``ray-consistent-hash``, ``ray-prefix-affinity``: Ray Serve with its own
   routers (timed subclasses, :mod:`saga.integrations.ray.timed`).
 
@@ -42,8 +45,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from saga.errors import UserError
 from saga.integrations.replay import ReplayWorkflow, load_sessions, plan
 
-ROUTER_NAMES = ("saga-gateway", "saga-ray", "ray-pow2", "ray-consistent-hash",
-                "ray-prefix-affinity")
+ROUTER_NAMES = ("saga-gateway", "saga-ray", "saga-ray-spread", "ray-pow2",
+                "ray-consistent-hash", "ray-prefix-affinity")
+#: saga-ray with calls spread over the router replicas (no ingress affinity): the routers
+#: agree through the shared state alone.
+SPREAD = "saga-ray-spread"
 Progress = Callable[[str], None]
 
 
@@ -54,17 +60,17 @@ class RayBench(BaseModel):
 
     name: str = "ray"
     trace: str = "lmcache_agent/miniswe.jsonl.gz"
-    sessions: int = Field(16, ge=1)
-    calls: int = Field(6, ge=1)
+    sessions: int = Field(24, ge=1)
+    calls: int = Field(8, ge=1)
     max_prompt_chars: int = Field(60_000, ge=100)
-    arrival_interval: float = Field(0.4, ge=0)
+    arrival_interval: float = Field(0.1, ge=0)
     time_compress: float = Field(4.0, gt=0)
     max_gap: float = Field(1.5, ge=0)
-    max_tokens: int = Field(48, ge=1)
+    max_tokens: int = Field(64, ge=1)
     cluster: str = "test-2"
     replicas: int = Field(2, ge=1)
     routers: int = Field(2, ge=1)
-    time_scale: float = Field(4.0, gt=0)
+    time_scale: float = Field(1.0, gt=0)
     policy: str = "saga"
     faults: bool = True
     run: list[str] = Field(default_factory=lambda: list(ROUTER_NAMES))
@@ -105,8 +111,12 @@ class LiveRun:
         ok = [c for c in self.calls if c.status == 200]
         prompt = sum(c.prompt_tokens for c in ok)
         by_workflow: dict[str, list[str]] = {}
+        routers_of: dict[str, set[str]] = {}
         for c in ok:
             by_workflow.setdefault(c.workflow, []).append(c.replica)
+            if c.router:
+                routers_of.setdefault(c.workflow, set()).add(c.router)
+        crossed = [w for w, rs in routers_of.items() if len(rs) > 1]
         held = [w for w, rs in by_workflow.items() if len(set(rs)) == 1]
         moves = sum(sum(1 for a, b in itertools.pairwise(rs) if a != b)
                     for rs in by_workflow.values())
@@ -120,6 +130,9 @@ class LiveRun:
             "affinity": len(held) / len(by_workflow) if by_workflow else 0.0,
             "replica_moves": moves,
             "router_replicas_used": len(routers),
+            "cross_router_workflows": len(crossed),
+            "cross_router_affinity": (sum(1 for w in crossed if len(set(by_workflow[w])) == 1)
+                                      / len(crossed)) if crossed else math.nan,
             "route_overhead_ms": {
                 "median": statistics.median(overhead_ms) if overhead_ms else math.nan,
                 "p99": _quantile(sorted(overhead_ms), 0.99),
@@ -214,7 +227,6 @@ class EmulatorThread:
         self.urls = [f"http://127.0.0.1:{self.port + i}" for i in range(replicas)]
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._task: asyncio.Future[None] | None = None
 
     def __enter__(self) -> EmulatorThread:
         from saga.emulator.server import serve
@@ -228,15 +240,22 @@ class EmulatorThread:
         async def started() -> None:
             await ready.wait()
 
-        self._task = asyncio.run_coroutine_threadsafe(main(), self._loop)  # type: ignore[assignment]
+        self._server = asyncio.run_coroutine_threadsafe(main(), self._loop)
         asyncio.run_coroutine_threadsafe(started(), self._loop).result(30)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._loop.call_soon_threadsafe(self._task.cancel)
+        async def stop() -> None:  # the server's tasks end (cancelled) before the loop
+            me = asyncio.current_task()
+            tasks = [t for t in asyncio.all_tasks() if t is not me]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(30)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+        self._loop.close()
 
 
 def run_gateway(bench: RayBench, workflows: Sequence[ReplayWorkflow], salt: str) -> dict[str, Any]:
@@ -302,7 +321,8 @@ class RayCluster:
 
         name = f"bench-{router}{'-faults' if faults else ''}"
         config = RayAppConfig(
-            name=name, route_prefix=f"/{name}", router=router, policy=bench.policy,
+            name=name, route_prefix=f"/{name}", ingress_affinity=router != SPREAD,
+            router="saga-ray" if router == SPREAD else router, policy=bench.policy,
             routers=bench.routers, replicas=bench.replicas, cluster=bench.cluster,
             time_scale=bench.time_scale, stats_period=0.2,
         )
@@ -397,7 +417,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     table = Table(title=f"saga bench {summary['scenario']}"
                   f"{' --quick' if summary['quick'] else ''}")
     for column in ("router", "mean TCT s", "p99 TCT s", "prefix hit", "affinity",
-                   "route ms (median)", "errors", "saga speedup"):
+                   "route ms (median)", "kept home across routers", "errors", "saga speedup"):
         table.add_column(column)
     rows = dict(summary["policies"])
     if summary.get("faults"):
@@ -406,9 +426,16 @@ def print_summary(summary: dict[str, Any]) -> None:
         speedup = summary["speedup"].get(f"saga/{name}")
         table.add_row(name, f"{r['mean_tct']:.2f}", f"{r['p99_tct']:.2f}",
                       f"{r['prefix_hit_rate']:.1%}", f"{r['affinity']:.0%}",
-                      f"{r['route_overhead_ms']['median']:.3f}", str(r["errors"]),
+                      f"{r['route_overhead_ms']['median']:.3f}", _crossed(r), str(r["errors"]),
                       f"{speedup:.2f}x" if speedup else "")
     Console(width=140).print(table)
+
+
+def _crossed(result: dict[str, Any]) -> str:
+    crossed = result.get("cross_router_workflows", 0)
+    if not crossed:
+        return ""
+    return f"{round(result['cross_router_affinity'] * crossed)}/{crossed}"
 
 
 def run_cli(scenario: str, quick: bool, out: Path) -> int:
