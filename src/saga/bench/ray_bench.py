@@ -60,7 +60,7 @@ class RayBench(BaseModel):
 
     name: str = "ray"
     trace: str = "lmcache_agent/miniswe.jsonl.gz"
-    sessions: int = Field(24, ge=1)
+    sessions: int = Field(20, ge=1)
     calls: int = Field(8, ge=1)
     max_prompt_chars: int = Field(60_000, ge=100)
     arrival_interval: float = Field(0.1, ge=0)
