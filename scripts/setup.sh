@@ -24,3 +24,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install --quiet -e '.[dev,engines]'
+# Ray Serve (the `ray` extra: SAGA's request router for Ray, tests/ray_serve). Its own line:
+# when it cannot be installed (no wheel for this platform) the rest still works and those
+# tests skip, saying why.
+.venv/bin/python -m pip install --quiet -e '.[ray]' \
+  || echo "setup: could not install ray[serve]; the Ray Serve tests will be skipped" >&2

@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     from saga.bench.cli import register as register_bench
     from saga.emulator.cli import register as register_emulate
     from saga.gateway.cli import register as register_serve
+    from saga.integrations.ray.cli import register as register_ray
     from saga.report.graph import register as register_graph
     from saga.workloads.cli import register as register_workload
 
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_emulate(commands)
     register_workload(commands)
     register_graph(commands)
+    register_ray(commands)
     return parser
 
 

@@ -71,6 +71,11 @@ def _previous(out: Path, name: str, quick: bool) -> dict[str, object] | None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.scenario == "ray":  # live: Ray Serve and emulator replicas (docs/ray.md)
+        from saga.bench.ray_bench import run_cli
+
+        check_output_dir(args.out)
+        return run_cli(args.scenario, args.quick, args.out)
     from saga.bench.report import print_tables, results_markdown, write_all
     from saga.bench.runner import planned_runs, run_scenario
     from saga.bench.scenario import builtin_scenarios, load_scenario
