@@ -250,12 +250,14 @@ class SagaConfig(BaseModel):
         description="Working set of admitted workflows, as a multiple of the cluster's GPU "
         "KV capacity in tokens, beyond which new workflows wait at the door.",
     )
+    # 0.25 (docs/saga.md, "The gate under vLLM's admission rule"): 0 queued short sessions
+    # behind idle ones whose KV was long offloaded; 0.5 and 1.0 let too much in at 3x load.
     gate_host_share: float = Field(
-        0.0,
+        0.25,
         ge=0.0,
         description="Share of the host (CPU) KV tier counted beside the GPU KV in the memory "
         "gate's limit: a workflow in its tool gap may wait in the host tier and come back by "
-        "a reload instead of a recompute. 0: the GPU KV only.",
+        "a reload instead of a recompute. 0: the GPU KV only (the gate before 2026-12-05).",
     )
     gate_work_conserving: bool = Field(
         False,
