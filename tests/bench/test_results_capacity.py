@@ -78,3 +78,28 @@ def test_a_capacity_of_other_workflows_is_no_basis() -> None:
     text = results_markdown([capacity_summary(), paper], "saga bench all")
     assert "0.03 wf/s = 70 % of `throughput`'s closed-loop peak" in text
     assert "goodput capacity (0.02" not in text
+
+
+def test_the_best_other_baseline_includes_variants_of_vllm_affinity() -> None:
+    summary = capacity_summary()
+    case = summary["capacity_cases"][0]
+    case["capacity"]["vllm-affinity+gate"] = 0.05
+    case["capacity_ratio"]["saga/vllm-affinity+gate"] = 1.2
+    case["capacity_ratio"]["saga/belady"] = 0.5  # an offline bound is no baseline
+    text = results_markdown([summary], "saga bench all")
+    assert ("| capacity saga / best other baseline (vllm-affinity+gate) (goal 1.3x) | 1.20x | "
+            "coding on paper-a100-64 |") in text
+
+
+def test_the_tct_headline_best_other_excludes_exactly_vllm_affinity() -> None:
+    speedup = {"saga/vllm-affinity": {"geomean": 1.1},
+               "saga/vllm-affinity+priority": {"geomean": 1.4},
+               "saga/sglang": {"geomean": 1.6},
+               "saga/saga-no-gate": {"geomean": 1.05},
+               "saga/belady": {"geomean": 0.9}}
+    claude = {"scenario": "claude-code", "kind": "compare", "reference": "saga", "quick": True,
+              "cases": [], "policies": {}, "speedup": speedup}
+    text = results_markdown([claude], "saga bench all")
+    assert ("| TCT vs the best other baseline (vllm-affinity+priority), claude-code | "
+            "goal 1.25x | 1.40x") in text
+    assert "| TCT vs vllm-affinity, real Claude Code sessions | - | 1.10x" in text

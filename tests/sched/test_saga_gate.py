@@ -116,3 +116,40 @@ def test_a_burst_of_an_unknown_agent_is_not_admitted_whole_on_the_prior() -> Non
     burst = [WorkflowInfo(f"w{i}", "t", "swe", 0.0, None) for i in range(40)]
     verdicts = [policy.admit(w, 0.0).verdict for w in burst]
     assert verdicts == ["admit"] * 4 + ["defer"] * 36
+
+
+def test_the_gate_counts_the_configured_share_of_the_host_tier() -> None:
+    dummy = Workflow("d", "t", "a", 0.0, (Call("c0", Prompt(64), 1),))
+    spec = get_cluster("a100-8-70b")
+    bt = dummy.block_tokens
+    gpu = spec.replicas * spec.kv_capacity_blocks(bt) * bt
+    host = spec.replicas * spec.host_capacity_blocks(bt) * bt
+    assert host > 0
+    for share in (0.0, 0.5):
+        policy = SagaPolicy(SagaConfig(gate_host_share=share))
+        Simulation(spec, policy, [dummy])
+        assert policy.gate.capacity_tokens == gpu + share * host
+        assert policy.gate.limit == policy.config.memory_budget * (gpu + share * host)
+
+
+def test_room_admits_the_head_past_the_limit_but_keeps_the_order() -> None:
+    g = gate()
+    assert g.decide(wf("a"), 95_000).verdict == "defer"  # over the limit, no room
+    assert g.decide(wf("b"), 95_000, room=True).verdict == "defer"  # b is behind a
+    assert g.decide(wf("a"), 95_000, room=True).verdict == "admit"
+    assert g.decide(wf("b"), 95_000, room=True).verdict == "admit"
+    # room does not bypass the cold start of an agent never seen
+    held = g.decide(wf("c", agent="new"), 95_000, unplaced=4, room=True)
+    assert held.verdict == "defer" and "no call of agent 'new' seen yet" in held.reason
+
+
+def test_the_work_conserving_gate_admits_past_the_limit_only_with_room() -> None:
+    dummy = Workflow("d", "t", "a", 0.0, (Call("c0", Prompt(64), 1),))
+    for conserving in (False, True):
+        policy = SagaPolicy(SagaConfig(memory_budget=1e-6, gate_work_conserving=conserving))
+        Simulation(get_cluster("test-2"), policy, [dummy])
+        policy.gate.observe_first_context("agent", 64)  # a small context: idle replicas fit it
+        first, second = (WorkflowInfo(n, "t", "agent", 0.0, None) for n in "ab")
+        assert policy.admit(first, 0.0).verdict == "admit"  # an empty cluster admits
+        policy.homed_total = 1_000.0  # the first one's working set, past the tiny limit
+        assert policy.admit(second, 0.0).verdict == ("admit" if conserving else "defer")

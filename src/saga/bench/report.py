@@ -901,7 +901,8 @@ def _headline(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
         speed = summary.get("speedup") or {}
         others = [
             (v.get("geomean"), k.split("/", 1)[1]) for k, v in speed.items()
-            if not k.split("/", 1)[1].startswith(("vllm-affinity", "saga", "belady"))
+            if _is_other_baseline(k.split("/", 1)[1], str(summary.get("reference")))
+            and k.split("/", 1)[1] != "vllm-affinity"  # it has its own row above
             and isinstance(v.get("geomean"), float)
         ]
         if name == "claude-code":
@@ -1007,12 +1008,20 @@ def capacity_basis(summaries: Sequence[Mapping[str, Any]]) -> dict[BasisKey, flo
     return out
 
 
+def _is_other_baseline(name: str, reference: str) -> bool:
+    """A deployable baseline: neither the reference, nor one of its ablations (`saga-no-*`),
+    nor an offline bound (`belady`). Variants of a baseline (`vllm-affinity+gate`,
+    `sglang+priority`) are baselines too."""
+    return (name != reference and not name.startswith(f"{reference}-")
+            and name != "belady")
+
+
 def _best_other(capacity_ratio: Mapping[str, Any], reference: str) -> tuple[float, str] | None:
     """The smallest ratio over a policy that is neither the reference nor its ablation:
     the best other baseline."""
     found = [
         (float(v), k.split("/", 1)[1]) for k, v in capacity_ratio.items()
-        if not k.split("/", 1)[1].startswith((reference, "belady"))
+        if _is_other_baseline(k.split("/", 1)[1], reference)
         and isinstance(v, int | float)
     ]
     return min(found) if found else None

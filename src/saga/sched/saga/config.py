@@ -250,6 +250,22 @@ class SagaConfig(BaseModel):
         description="Working set of admitted workflows, as a multiple of the cluster's GPU "
         "KV capacity in tokens, beyond which new workflows wait at the door.",
     )
+    # 0.25 (docs/saga.md, "The gate under vLLM's admission rule"): 0 queued short sessions
+    # behind idle ones whose KV was long offloaded; 0.5 and 1.0 let too much in at 3x load.
+    gate_host_share: float = Field(
+        0.25,
+        ge=0.0,
+        description="Share of the host (CPU) KV tier counted beside the GPU KV in the memory "
+        "gate's limit: a workflow in its tool gap may wait in the host tier and come back by "
+        "a reload instead of a recompute. 0: the GPU KV only (the gate before 2026-12-05).",
+    )
+    gate_work_conserving: bool = Field(
+        False,
+        description="Admit the head of the memory gate's queue past the limit while some "
+        "replica has no call waiting and free KV for its expected context: the engine's "
+        "own admission (vLLM's whole-prompt check) then waits instead of thrashing, so "
+        "holding work at the door would only leave memory idle.",
+    )
     gate_cold_start: int = Field(
         4,
         ge=1,

@@ -56,7 +56,8 @@ class MemoryGate:
         return agent in self._first_context
 
     def decide(
-        self, workflow: WorkflowInfo, working_set: float, unplaced: int = 0
+        self, workflow: WorkflowInfo, working_set: float, unplaced: int = 0,
+        room: bool = False,
     ) -> Admission:
         """Admit ``workflow`` if it is first in line and fits beside ``working_set``.
 
@@ -64,6 +65,9 @@ class MemoryGate:
         call of the type has been seen its context is only the prior, so at most
         ``cold_start`` of them are let in (a burst of an unknown agent could otherwise be
         admitted whole at the prior and then outgrow the memory).
+
+        ``room``: a replica has no call waiting and free KV for the workflow's expected
+        context now, so it is admitted even past the limit (the work-conserving gate).
         """
         if workflow.workflow not in self._queued:
             self._queued.add(workflow.workflow)
@@ -75,7 +79,7 @@ class MemoryGate:
         need = self.expected_context(workflow.agent)
         known = self.seen(workflow.agent) or unplaced < self.cold_start
         # An empty cluster always admits, so a workflow larger than memory still runs.
-        fits = working_set <= 0 or (known and working_set + need <= self.limit)
+        fits = working_set <= 0 or (known and (room or working_set + need <= self.limit))
         if head == workflow.workflow and fits:
             self.waiting.popleft()
             self._queued.discard(workflow.workflow)

@@ -108,7 +108,9 @@ class SagaPolicy(Policy):
         self._placements = 0
         self._lightest: list[int] = []
         self.unhomed: dict[str, int] = {}  # flows with no home yet, per agent type
-        capacity = sum(r.kv.capacity for r in ctx.replicas) * ctx.block_tokens
+        gpu = sum(r.kv.capacity for r in ctx.replicas) * ctx.block_tokens
+        host = sum(r.host.capacity for r in ctx.replicas if r.host is not None)
+        capacity = gpu + self.config.gate_host_share * host * ctx.block_tokens
         self.gate = MemoryGate(
             capacity, self.config.memory_budget, self.config.retry_after,
             self.config.prior_context_tokens, self.config.gate_cold_start,
@@ -175,7 +177,8 @@ class SagaPolicy(Policy):
                 return verdict
         if self.config.memory_gate:
             verdict = self.gate.decide(
-                workflow, self._working_set(), self.unhomed.get(workflow.agent, 0)
+                workflow, self._working_set(), self.unhomed.get(workflow.agent, 0),
+                self.config.gate_work_conserving and self._room_for(workflow.agent),
             )
             if verdict.verdict != "admit":
                 return verdict
@@ -198,6 +201,19 @@ class SagaPolicy(Policy):
         """Context tokens the admitted workflows hold or are expected to bring."""
         expected = self.gate.expected_context
         return self.homed_total + sum(n * expected(a) for a, n in self.unhomed.items() if n)
+
+    def _room_for(self, agent: str) -> bool:
+        """Whether some replica has no call waiting and free KV for a new workflow of
+        ``agent`` (its expected first context): memory does not bind there now."""
+        need = self.gate.expected_context(agent) / self.ctx.block_tokens
+        for r in self.ctx.replicas:
+            if not r.up or r.waiting:
+                continue
+            kv = r.kv
+            free = kv.capacity - kv.locked_blocks - kv.anonymous_blocks
+            if free - r.demand_tokens / self.ctx.block_tokens >= need:
+                return True
+        return False
 
     def _queue_slowdown(self, interactive: bool) -> float:
         """Slowdown a new call would see from queueing alone on the best replica.
