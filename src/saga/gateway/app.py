@@ -8,13 +8,11 @@ queueing across tenants when the replica is at its concurrency limit), forward t
 call, stream the answer back, then tell the policy and carry out its retention
 decision through the backend.
 
-Workflow identity, in order: header ``x-saga-workflow``; the body's ``user``; else
-``auto:`` + a hash of the first two chat messages (for completions, of the first
-1024 prompt characters), so that the turns of one conversation, which repeat its
-start, map to one workflow. Ids are per tenant. ``x-saga-agent`` names the agent
-program (default ``default``), ``x-saga-tool`` the tool that ran before this call,
-``x-saga-end: true`` marks the workflow's last call (without it a workflow ends
-after ``workflow_idle_timeout``).
+Workflow identity (workflow, agent, the tool before the call, the end) is
+:func:`saga.gateway.identity.identify`: our ``x-saga-*`` headers first, then what
+standard clients send (OpenAI body fields, coding agents' session headers, the
+conversation's start). Ids are per tenant; a workflow with no ``x-saga-end`` ends after
+``workflow_idle_timeout``.
 
 Reliability (docs/RELIABILITY.md): every queue is bounded (``max_pending``,
 ``max_queue``, ``max_workflows``: beyond, a 429 with Retry-After); a backend that fails
@@ -38,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import importlib
 import json
 import logging
@@ -57,6 +54,7 @@ from saga.gateway.auth import KeyRing, bearer
 from saga.gateway.backends import BACKENDS, Backend, BackendError, build_backend
 from saga.gateway.config import GatewayConfig
 from saga.gateway.graph_sync import GraphSync
+from saga.gateway.identity import identify
 from saga.gateway.metrics import Metrics
 from saga.gateway.openapi import openapi_document
 from saga.gateway.prometheus import render_metrics
@@ -83,14 +81,11 @@ from saga.wire.openai_api import (
     Kind,
     parse_body,
 )
-from saga.wire.prefix import chat_text, estimate_tokens, text_runs
+from saga.wire.prefix import estimate_tokens, text_runs
 
 if TYPE_CHECKING:
     from aiohttp import web
 
-_TRUE = {"1", "true", "yes"}
-_FALSE = {"0", "false", "no", ""}
-_MAX_HEADER = 256
 #: Body fields a client may not pass on to a backend (vLLM reads ``priority``).
 _STRIPPED = ("priority",)
 log = logging.getLogger("saga.gateway")
@@ -386,11 +381,9 @@ class Gateway:
             raise BadRequest(404, f"model {body.model!r} not found; served: "
                              f"{', '.join(cfg.served_models)}", code="model_not_found")
         arrived = self.now()
-        headers = http.headers
-        workflow_id = f"{tenant}/{self._workflow_id(_name(headers, 'x-saga-workflow'), body)}"
-        agent = _name(headers, "x-saga-agent") or "default"
-        tool = _name(headers, "x-saga-tool") or None
-        ends = _flag(headers.get("x-saga-end"), "x-saga-end")
+        who = identify(http.headers, data)
+        workflow_id = f"{tenant}/{who.workflow}"
+        agent, tool, ends = who.agent, who.tool, who.ends
         max_tokens = body.output_limit(cfg.default_max_tokens)
         if max_tokens > cfg.max_output_tokens:
             raise BadRequest(400, f"max_tokens {max_tokens} exceeds this gateway's limit "
@@ -496,17 +489,6 @@ class Gateway:
             if ends and workflow_id in self.workflows and wf.in_flight == 0:
                 del self.workflows[workflow_id]
                 self.policy.on_workflow_finished(wf.info, self.now())
-
-    def _workflow_id(self, header: str | None, body: ChatRequest | CompletionRequest) -> str:
-        if header:
-            return header
-        if body.user:
-            return "user:" + body.user
-        if isinstance(body, ChatRequest):
-            seed = chat_text({"role": m.role, "content": m.content} for m in body.messages[:2])
-        else:
-            seed = body.text()[:1024]
-        return "auto:" + hashlib.blake2b(seed.encode(), digest_size=8).hexdigest()
 
     async def _admit(self, wf: _Workflow) -> str:
         """Ask the policy until it admits; return a note if the workflow was deferred."""
@@ -667,30 +649,8 @@ def _error_response(failure: BadRequest) -> Response:
     return error(failure.status, failure.message, failure.kind, failure.code, failure.headers)
 
 
-def _name(headers: Any, name: str) -> str | None:
-    """A name header (workflow, agent, tool): at most 256 printable characters."""
-    raw: str | None = headers.get(name)
-    if raw is None:
-        return None
-    if len(raw) > _MAX_HEADER or not raw.isprintable():
-        raise BadRequest(400, f"header {name}: expected at most {_MAX_HEADER} printable "
-                         f"characters, got {len(raw)}", code="bad_header")
-    return raw.strip()
-
-
 def _too_large(limit: int) -> BadRequest:
     return BadRequest(413, f"request body larger than {limit} bytes", code="body_too_large")
-
-
-def _flag(raw: str | None, name: str) -> bool:
-    if raw is None:
-        return False
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise BadRequest(400, f"header {name}: expected true or false, got {raw!r}")
 
 
 async def serve(config: GatewayConfig, ready: asyncio.Event | None = None) -> None:
