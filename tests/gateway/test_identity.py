@@ -265,4 +265,4 @@ def test_an_agent_session_with_no_saga_header_is_scheduled_as_with_headers() -> 
     assert bare == tagged
     assert _structure(bare_graphs) == _structure(tagged_graphs)
     # the agents' graphs learned the tools of the recorded sessions
-    assert any("Grep" in node for node in bare_graphs["claude-code"]["nodes"])
+    assert any("Grep" in node for node in bare_graphs["acme/claude-code"]["nodes"])

@@ -7,7 +7,7 @@ What is shared, and why:
   admitted once;
 * **tenant accounts**: tokens each tenant was served (attained service, for fair
   share and metrics);
-* **call statistics**: per (agent, tool) counts, latency and token sums (raw
+* **call statistics**: per (tenant, agent, tool) counts, latency and token sums (raw
   counters for operators; no policy reads them);
 * **learned graph observations**: a log of what each gateway's Agent Execution
   Graphs observed (:class:`~saga.sched.saga.graph.Observation`), so that every
@@ -71,8 +71,9 @@ class Store(ABC):
     async def tenant_tokens(self) -> dict[str, float]: ...
 
     @abstractmethod
-    async def graph_stats(self, agent: str) -> dict[str, dict[str, float]]:
-        """Per tool (``-`` for none): ``calls``, ``tokens``, ``latency`` sums."""
+    async def graph_stats(self, tenant: str, agent: str) -> dict[str, dict[str, float]]:
+        """Per tool (``-`` for none) of ``tenant``'s agent: ``calls``, ``tokens``,
+        ``latency`` sums."""
 
     @abstractmethod
     async def publish_observations(
@@ -108,7 +109,7 @@ class MemoryStore(Store):
         self._homes: dict[str, tuple[int, float]] = {}
         self._admitted: dict[str, float] = {}
         self._tokens: dict[str, float] = {}
-        self._graph: dict[str, dict[str, dict[str, float]]] = {}
+        self._graph: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
         # (sequence number, source, observations): gateways in one process sharing this
         # store read it as gateways in several read Redis's stream
         self._log: deque[tuple[int, str, tuple[Observation, ...]]] = deque(
@@ -142,7 +143,7 @@ class MemoryStore(Store):
         self, tenant: str, agent: str, tool: str | None, tokens: int, latency: float
     ) -> None:
         self._tokens[tenant] = self._tokens.get(tenant, 0.0) + tokens
-        stats = self._graph.setdefault(agent, {}).setdefault(
+        stats = self._graph.setdefault((tenant, agent), {}).setdefault(
             tool or "-", {"calls": 0.0, "tokens": 0.0, "latency": 0.0}
         )
         stats["calls"] += 1
@@ -152,8 +153,8 @@ class MemoryStore(Store):
     async def tenant_tokens(self) -> dict[str, float]:
         return dict(self._tokens)
 
-    async def graph_stats(self, agent: str) -> dict[str, dict[str, float]]:
-        return {tool: dict(v) for tool, v in self._graph.get(agent, {}).items()}
+    async def graph_stats(self, tenant: str, agent: str) -> dict[str, dict[str, float]]:
+        return {tool: dict(v) for tool, v in self._graph.get((tenant, agent), {}).items()}
 
     async def publish_observations(
         self, source: str, observations: Sequence[Observation]
@@ -190,7 +191,7 @@ class RedisStore(Store):
     """The same state in Redis, so that several gateway processes agree on it.
 
     Keys (under ``prefix``): ``home:{workflow}`` and ``admitted:{workflow}`` with a
-    TTL; hash ``tenant_tokens``; hash ``graph:{agent}`` with fields ``{tool}:calls``,
+    TTL; hash ``tenant_tokens``; hash ``graph:{tenant}/{agent}`` with fields ``{tool}:calls``,
     ``{tool}:tokens``, ``{tool}:latency``; stream ``graph_log`` of observation batches,
     entries ``{source, rows}`` (``rows``: JSON list of :meth:`Observation.to_row`),
     trimmed to about ``graph_log_length`` entries at each XADD.
@@ -222,7 +223,7 @@ class RedisStore(Store):
         self, tenant: str, agent: str, tool: str | None, tokens: int, latency: float
     ) -> None:
         t = tool or "-"
-        graph = self._p + "graph:" + agent
+        graph = self._p + "graph:" + tenant + "/" + agent
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.hincrbyfloat(self._p + "tenant_tokens", tenant, tokens)
             pipe.hincrby(graph, t + ":calls", 1)
@@ -234,8 +235,8 @@ class RedisStore(Store):
         raw: dict[str, str] = await self._redis.hgetall(self._p + "tenant_tokens")
         return {k: float(v) for k, v in raw.items()}
 
-    async def graph_stats(self, agent: str) -> dict[str, dict[str, float]]:
-        raw: dict[str, str] = await self._redis.hgetall(self._p + "graph:" + agent)
+    async def graph_stats(self, tenant: str, agent: str) -> dict[str, dict[str, float]]:
+        raw: dict[str, str] = await self._redis.hgetall(self._p + "graph:" + tenant + "/" + agent)
         out: dict[str, dict[str, float]] = {}
         for field, value in raw.items():
             tool, _, name = field.rpartition(":")

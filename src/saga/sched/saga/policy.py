@@ -27,7 +27,7 @@ from saga.sched.saga import admission, placement
 from saga.sched.saga import retention as keep
 from saga.sched.saga.config import SagaConfig
 from saga.sched.saga.fairshare import FairShare
-from saga.sched.saga.gate import MemoryGate
+from saga.sched.saga.gate import AgentKey, MemoryGate, agent_key
 from saga.sched.saga.graph import AgentGraph, GraphStore, node_key
 
 if TYPE_CHECKING:
@@ -99,7 +99,7 @@ class SagaPolicy(Policy):
         self.homed_total = 0.0
         self._placements = 0
         self._lightest: list[int] = []
-        self.unhomed: dict[str, int] = {}  # flows with no home yet, per agent type
+        self.unhomed: dict[AgentKey, int] = {}  # flows with no home yet, per (tenant, agent)
         capacity = sum(r.kv.capacity for r in ctx.replicas) * ctx.block_tokens
         self.gate = MemoryGate(
             capacity, self.config.memory_budget, self.config.retry_after,
@@ -111,14 +111,14 @@ class SagaPolicy(Policy):
         flow = self.flows.get(workflow.workflow)
         if flow is None:
             flow = self.flows[workflow.workflow] = Flow(workflow)
-            self._count_unhomed(workflow.agent, +1)
+            self._count_unhomed(agent_key(workflow), +1)
             if workflow.slo is not None:
                 self.active_slos[workflow.slo] = self.active_slos.get(workflow.slo, 0) + 1
             self.fair.activate(workflow.tenant)
         return flow
 
     def _graph(self, flow: Flow) -> AgentGraph:
-        return self.graphs.get(flow.info.agent)
+        return self.graphs.get(flow.info.agent, flow.info.tenant)
 
     def _rehome(self, flow: Flow, home: int | None, context: int) -> None:
         """Move ``flow``'s working set to ``home`` with ``context`` tokens."""
@@ -126,16 +126,16 @@ class SagaPolicy(Policy):
             self.homed[flow.home] -= flow.context
             self.homed_total -= flow.context
         else:
-            self._count_unhomed(flow.info.agent, -1)
+            self._count_unhomed(agent_key(flow.info), -1)
         flow.home, flow.context = home, context
         if home is not None:
             self.homed[home] += context
             self.homed_total += context
         else:
-            self._count_unhomed(flow.info.agent, +1)
+            self._count_unhomed(agent_key(flow.info), +1)
 
-    def _count_unhomed(self, agent: str, delta: int) -> None:
-        self.unhomed[agent] = self.unhomed.get(agent, 0) + delta
+    def _count_unhomed(self, key: AgentKey, delta: int) -> None:
+        self.unhomed[key] = self.unhomed.get(key, 0) + delta
 
     def graph_snapshot(self) -> dict[str, object]:
         """The learned Agent Execution Graphs, as plain data (see `saga graph show`)."""
@@ -166,7 +166,7 @@ class SagaPolicy(Policy):
                 return verdict
         if self.config.memory_gate:
             verdict = self.gate.decide(
-                workflow, self._working_set(), self.unhomed.get(workflow.agent, 0)
+                workflow, self._working_set(), self.unhomed.get(agent_key(workflow), 0)
             )
             if verdict.verdict != "admit":
                 return verdict
@@ -214,7 +214,7 @@ class SagaPolicy(Policy):
         graph = self._graph(flow)
         node = node_key(call.tool, call.index, self.config.depth_buckets)
         if flow.last_finish is None and flow.home is None:
-            self.gate.observe_first_context(call.agent, call.prompt_tokens)
+            self.gate.observe_first_context(agent_key(call), call.prompt_tokens)
         if flow.last_finish is not None:
             flow.gap_before = now - flow.last_finish
             if self.graphs.learning:
@@ -265,7 +265,7 @@ class SagaPolicy(Policy):
         if self.graphs.learning and flow.node:
             self._graph(flow).observe_end(flow.node)
         self._rehome(flow, None, 0)
-        self._count_unhomed(flow.info.agent, -1)
+        self._count_unhomed(agent_key(flow.info), -1)
         if flow.info.slo is not None:
             self.active_slos[flow.info.slo] -= 1
         tct = now - flow.info.arrival
