@@ -128,7 +128,9 @@ def render(rows: list[sc.Outcome], quick: bool) -> str:
               "the memory store's `max_sessions` and the emulator's `--max-queue` bound "
               "every queue; beyond, a 429 with `Retry-After`.",
               "* **tenants**: workflow ids are scoped by tenant; client priority hints are "
-              "dropped; `/metrics` needs an `admin_keys` key when set; keys are compared "
+              "dropped; `/metrics` and `/saga/*` need an `admin_keys` key unless "
+              "`public_metrics` (closed by default); learned graphs, gate accounting and "
+              "call statistics are per tenant; keys are compared "
               "as SHA-256 digests with `hmac.compare_digest` over all keys and never "
               "logged.",
               "* **simulator**: `saga.sim.faults.Fault` outages; a dead replica's calls "

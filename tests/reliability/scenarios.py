@@ -86,7 +86,7 @@ def gateway_config(urls: list[str], **extra: Any) -> dict[str, Any]:
     concurrency = extra.pop("max_concurrency", 8)
     kind = extra.pop("kind", "emulator")
     return {"policy": "vllm-least-loaded", "cluster": "test-2", "served_models": [MODEL],
-            "tenants": TENANTS, "health_interval": 0.3,
+            "tenants": TENANTS, "health_interval": 0.3, "admin_keys": [ADMIN],
             "backends": [{"url": u, "kind": kind, "max_concurrency": concurrency} for u in urls],
             **extra}
 
@@ -524,7 +524,7 @@ def flood(tmp: Path, total: int = 3000, clients: int = 200) -> Outcome:
 
             elapsed = asyncio.run(main())
             rss1 = _rss_kb(proc.pid)
-            text = http("GET", url + "/metrics")[2].decode()
+            text = admin_metrics(url)
     answered = sum(statuses.values())
     growth_mb = (peak - rss0) / 1024
     ok = (answered == total and set(statuses) <= {200, 429}

@@ -318,14 +318,17 @@ class Gateway:
                               "agents": graphs.snapshot() if graphs is not None else {}})
 
     def _admin_only(self, http: HttpRequest) -> Response | None:
-        """The refusal when admin keys are set and the request has none of them."""
-        if not len(self.admin_keys):
+        """The refusal unless the request has an admin key or ``public_metrics`` is set
+        (closed by default: with no admin key configured nobody gets in)."""
+        if self.config.public_metrics:
             return None
         key = bearer(http)
         if key and self.admin_keys.lookup(key) is not None:
             return None
         status = 403 if key and self.keys.lookup(key) is not None else 401
-        return error(status, f"{http.path} needs an admin key", "authentication_error",
+        hint = "" if len(self.admin_keys) else \
+            " (none is configured: set admin_keys, or public_metrics = true)"
+        return error(status, f"{http.path} needs an admin key{hint}", "authentication_error",
                      "admin_key_required")
 
     async def _openapi(self, http: HttpRequest) -> Response:

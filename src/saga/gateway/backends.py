@@ -188,10 +188,12 @@ class EmulatorBackend(Backend):
         elif decision.kind == "offload" and decision.prefetch_at is not None:
             payload["prefetch_after"] = max(0.0, decision.prefetch_at - now)
         verb = decision.kind
+        headers = {"Content-Type": "application/json"}
+        if self.config.admin_key:
+            headers["Authorization"] = "Bearer " + self.config.admin_key
         try:
             response = await self.pool.request(
-                "POST", f"/saga/kv/{verb}", json.dumps(payload).encode(),
-                {"Content-Type": "application/json"}, timeout=2.0,
+                "POST", f"/saga/kv/{verb}", json.dumps(payload).encode(), headers, timeout=2.0,
             )
             try:
                 await response.read()

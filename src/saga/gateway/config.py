@@ -18,6 +18,11 @@ class BackendConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     url: str = Field(description="Base URL, e.g. http://127.0.0.1:9000 (no /v1).")
+    admin_key: str | None = Field(
+        None, repr=False,
+        description="kind = emulator: the emulator's --admin-key, sent as a Bearer token "
+        "on KV control calls (/saga/kv/*).",
+    )
     kind: Literal["emulator", "openai", "vllm", "llamacpp"] = Field(
         "emulator",
         description="emulator: SAGA's emulator (takes priorities and the KV control API); "
@@ -157,8 +162,15 @@ class GatewayConfig(BaseModel):
 
     admin_keys: list[str] = Field(
         default_factory=list, repr=False,
-        description="Keys that may read /metrics. Empty: /metrics is open (keep the gateway "
-        "on a private network then); set: tenants' keys get 403 there.",
+        description="Keys that may read /metrics and /saga/* (the learned graphs); tenants' "
+        "keys get 403 there, no key 401. Closed by default: with no admin key and "
+        "public_metrics false, nobody may read them.",
+    )
+    public_metrics: bool = Field(
+        False,
+        description="Serve /metrics and /saga/* to anyone, no key needed (a gateway on a "
+        "private network whose scraper sends no key). They show every tenant's traffic "
+        "and learned agent graphs.",
     )
     max_body_bytes: int = Field(
         8 * 1024 * 1024, ge=1024, description="Largest request body; larger is a 413."
