@@ -52,3 +52,16 @@ class StealingTestPolicy(VLLMLeastLoaded):
 
 
 register(StealingTestPolicy.name, StealingTestPolicy)
+
+
+class FirstUpTestPolicy(VLLMLeastLoaded):
+    """Places every call on the first replica that is up (a policy that would send a
+    retry straight back to a failing replica if the gateway did not exclude it)."""
+
+    name = "test-first-up"
+
+    def place(self, call: CallInfo, now: float) -> int:
+        return next(r.index for r in self.ctx.replicas if r.up)
+
+
+register(FirstUpTestPolicy.name, FirstUpTestPolicy)

@@ -5,31 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+from inproc import Get
 
 from saga.gateway.app import Gateway
 from saga.gateway.config import GatewayConfig, load_config
 from saga.gateway.server import Response
-
-
-class _Get:
-    """What the gateway's handler reads of a GET request."""
-
-    def __init__(self, path: str, headers: Mapping[str, str]) -> None:
-        self.method = "GET"
-        self.path = path
-        self.headers = {k.lower(): v for k, v in headers.items()}
-        self.content_length: int | None = 0
-
-    async def read(self) -> bytes:
-        return b""
-
-    async def stream(self, status: int, headers: Mapping[str, str]) -> object:
-        raise AssertionError("not streamed")
 
 
 def _statuses(extra: dict[str, Any]) -> dict[tuple[str, str], int]:
@@ -48,7 +32,7 @@ def _statuses(extra: dict[str, Any]) -> dict[tuple[str, str], int]:
                 for who, key in (("none", ""), ("tenant", "sk-alpha"), ("admin", "sk-admin"),
                                  ("wrong", "sk-nope")):
                     headers = {"Authorization": f"Bearer {key}"} if key else {}
-                    response = await gateway.handle(_Get(path, headers))  # type: ignore[arg-type]
+                    response = await gateway.handle(Get(path, headers))  # type: ignore[arg-type]
                     out[(path, who)] = response.status
         finally:
             await gateway.stop()
@@ -73,7 +57,7 @@ def test_admin_pages_are_closed_by_default() -> None:
 def test_the_closed_page_says_how_to_open_it() -> None:
     config = GatewayConfig.model_validate({
         "backends": [{"url": "http://127.0.0.1:1"}]})
-    response = asyncio.run(Gateway(config).handle(_Get("/metrics", {})))  # type: ignore[arg-type]
+    response = asyncio.run(Gateway(config).handle(Get("/metrics", {})))  # type: ignore[arg-type]
     assert isinstance(response, Response)
     message = json.loads(response.body)["error"]["message"]
     assert "set admin_keys, or public_metrics = true" in message

@@ -44,7 +44,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 
@@ -68,7 +68,7 @@ from saga.gateway.server import (
     RouteTable,
     error,
 )
-from saga.gateway.store import MemoryStore, Store, build_store
+from saga.gateway.store import MemoryStore, Session, Store, build_store
 from saga.gateway.view import GatewayCall, RemoteReplicaView
 from saga.sched.decisions import Retention
 from saga.sched.policy import CallInfo, Policy, PolicyContext, WorkflowInfo
@@ -89,6 +89,7 @@ if TYPE_CHECKING:
 #: Body fields a client may not pass on to a backend (vLLM reads ``priority``).
 _STRIPPED = ("priority",)
 log = logging.getLogger("saga.gateway")
+_T = TypeVar("_T")
 
 
 class RetryBudget:
@@ -184,6 +185,7 @@ class Gateway:
         self.routes.add("GET", "/metrics", self._metrics)
         self.routes.add("GET", "/saga/graph", self._graph)
         self.graph_sync = GraphSync(self.policy.learned_graphs(), config, self.store, self.metrics)
+        self._store_down = False
 
     # ---- lifecycle ------------------------------------------------------------------------
     def now(self) -> float:
@@ -202,6 +204,8 @@ class Gateway:
         self.backends = [
             build_backend(i, b, self._session, timeout) for i, b in enumerate(self.config.backends)
         ]
+        for backend in self.backends:
+            backend.sweep()  # files an earlier run left (llama.cpp slot saves)
         await self._check_health()
         self._spawn(self._health_loop())
         self._spawn(self._sweep_loop())
@@ -243,8 +247,7 @@ class Gateway:
             now = self.now()
             for key, wf in list(self.workflows.items()):
                 if wf.in_flight == 0 and now - wf.last_seen > idle:
-                    del self.workflows[key]
-                    self.policy.on_workflow_finished(wf.info, now)
+                    self._end_workflow(key, wf, now)
             if isinstance(self.store, MemoryStore):
                 self.store.expire()
 
@@ -420,12 +423,15 @@ class Gateway:
         wire_id = urllib.parse.quote(workflow_id, safe="/:@-_.~+=")
         extra_headers: dict[str, str] = {"x-saga-workflow": wire_id}
         try:
-            session = await self.store.session(workflow_id)
+            session = await self.stored_op("session", self.store.session(workflow_id))
+            if session is None:  # the store is down: serve on this gateway's own state
+                session = Session(None, False)
             if not (wf.admitted or session.admitted):
                 note = await self._admit(wf)
                 if note:
                     extra_headers["x-saga-admission"] = note
-                await self.store.mark_admitted(workflow_id, cfg.session_ttl)
+                await self.stored_op("admitted",
+                                   self.store.mark_admitted(workflow_id, cfg.session_ttl))
             wf.admitted = True
             now = self.now()
             self._seq += 1
@@ -439,6 +445,7 @@ class Gateway:
             self.retry_budget.deposit()
             index = await self._place(info, session.home, now, wf)
             attempt = 0
+            failed: set[int] = set()  # backends that failed this call: a retry goes elsewhere
             while True:
                 request = GatewayCall(info, max_tokens, cfg.block_tokens, self._seq, now)
                 view = self.views[index]
@@ -467,6 +474,7 @@ class Gateway:
                     )
                     break
                 except Retryable as failure:
+                    failed.add(index)
                     if attempt >= cfg.retries or not self.retry_budget.take():
                         raise failure.error from None
                 except asyncio.CancelledError:
@@ -483,15 +491,42 @@ class Gateway:
                 await asyncio.sleep(cfg.retry_backoff * 2 ** (attempt - 1)
                                     * (0.5 + self._rng.random()))
                 now = self.now()
-                index = await self._place(info, None, now, wf, retry=True)
+                index = await self._place(info, None, now, wf, retry=True, exclude=failed)
                 extra_headers["x-saga-retries"] = str(attempt)
             self._finished(wf, info, request, index, arrived, sent_at, tokens)
             return response
         finally:
             wf.in_flight -= 1
             if ends and workflow_id in self.workflows and wf.in_flight == 0:
-                del self.workflows[workflow_id]
-                self.policy.on_workflow_finished(wf.info, self.now())
+                self._end_workflow(workflow_id, wf, self.now())
+
+    def _end_workflow(self, key: str, wf: _Workflow, now: float) -> None:
+        """A workflow is over (its last call, or idle): the policy and the backends
+        forget it (llama.cpp: its slot and saved slot file go)."""
+        del self.workflows[key]
+        self.policy.on_workflow_finished(wf.info, now)
+        for backend in self.backends:
+            backend.forget(key)
+
+    async def stored_op(self, op: str, coro: Coroutine[Any, Any, _T]) -> _T | None:
+        """A store operation on the call path; if the store fails (down, hung: its
+        commands time out), None, counted and logged once per outage, so that calls go
+        on without shared state rather than fail."""
+        try:
+            result = await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            self.metrics.store_errors[op] += 1
+            if not self._store_down:
+                self._store_down = True
+                log.warning("store unavailable (%s: %s); serving without shared state",
+                            op, type(error).__name__)
+            return None
+        if self._store_down:
+            self._store_down = False
+            log.warning("store available again")
+        return result
 
     async def _admit(self, wf: _Workflow) -> str:
         """Ask the policy until it admits; return a note if the workflow was deferred."""
@@ -530,19 +565,31 @@ class Gateway:
                 self.metrics.admission_waiting -= 1
 
     async def _place(
-        self, info: CallInfo, home: int | None, now: float, wf: _Workflow, retry: bool = False
+        self, info: CallInfo, home: int | None, now: float, wf: _Workflow, retry: bool = False,
+        exclude: set[int] | None = None,
     ) -> int:
         """The replica for a call. The policy observes every call (its graphs learn) and
         places it, stealing included, when this gateway placed the workflow's last call
         (so the policy's own state is current). With ``sticky_sessions``, a workflow
         whose home another gateway chose (in the shared store) stays there."""
         t0 = time.perf_counter()
+        # a retry excludes the backends that failed the call: the policy sees them down
+        # for this decision (unless none other is up)
+        hidden = [i for i in exclude or () if self.views[i].up]
+        if hidden and any(v.up for i, v in enumerate(self.views) if i not in hidden):
+            for i in hidden:
+                self.views[i].up = False
+        else:
+            hidden = []
         try:
             index = self._choose_replica(info, home, now, wf, retry)
         finally:
+            for i in hidden:
+                self.views[i].up = True
             self.metrics.decision_latency.observe(time.perf_counter() - t0)
         if index != home:
-            await self.store.set_home(info.workflow, index, self.config.session_ttl)
+            await self.stored_op("home", self.store.set_home(info.workflow, index,
+                                                           self.config.session_ttl))
         return index
 
     def _choose_replica(
@@ -616,7 +663,7 @@ class Gateway:
         if isinstance(self.store, MemoryStore):
             _run_now(record)  # never suspends: no task needed
         else:
-            self._spawn(record)
+            self._spawn(self.stored_op("record", record))
 
     async def _retain(
         self, backend: Backend, workflow: str, decision: Retention, now: float

@@ -46,6 +46,18 @@ class BackendConfig(BaseModel):
     max_concurrency: int = Field(
         256, ge=1, description="Most calls in flight at this backend; more wait at the gateway."
     )
+    slot_save_path: str | None = Field(
+        None,
+        description="kind = llamacpp: the server's --slot-save-path as this gateway sees it "
+        "(same machine or a shared mount). With it the gateway deletes a workflow's slot "
+        "file when the slot is erased and when the workflow ends, sweeps saga-*.bin files "
+        "left there at start, and keeps the files within slot_save_budget.",
+    )
+    slot_save_budget: int = Field(
+        8 * 1024**3, ge=0,
+        description="kind = llamacpp with slot_save_path: most bytes of saved slots; beyond, "
+        "the oldest saves are deleted (their workflows' next calls recompute).",
+    )
 
     @field_validator("url")
     @classmethod
@@ -87,8 +99,17 @@ class StoreConfig(BaseModel):
     prefix: str = Field("saga:", description="Key prefix in Redis.")
     max_sessions: int = Field(
         1_000_000, ge=1,
-        description="kind = memory: most workflow sessions kept; the oldest go first "
-        "(Redis bounds them by TTL).",
+        description="Most workflow sessions kept (beside their TTL); beyond, the least "
+        "recently placed go first, counted in saga_store_sessions_evicted_total.",
+    )
+    socket_timeout: float = Field(
+        1.0, gt=0,
+        description="kind = redis: seconds a command may take before it fails (a hung "
+        "Redis must not stall the calls or graph sync; the gateway serves without the "
+        "store meanwhile).",
+    )
+    connect_timeout: float = Field(
+        1.0, gt=0, description="kind = redis: seconds to (re)connect.",
     )
     graph_log_length: int = Field(
         1000, ge=1,

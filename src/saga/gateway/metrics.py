@@ -44,6 +44,8 @@ class Metrics:
         # learned-graph sync: published / applied / dropped observations; errors per op
         self.graph_observations: defaultdict[str, int] = defaultdict(int)
         self.graph_sync_errors: defaultdict[str, int] = defaultdict(int)
+        # store operations on the call path that failed (the call went on without them)
+        self.store_errors: defaultdict[str, int] = defaultdict(int)
 
 
 def _esc(value: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from saga.gateway.backends import LlamaCppBackend
 from saga.gateway.metrics import PromText
 
 if TYPE_CHECKING:
@@ -51,8 +52,9 @@ async def render_metrics(gateway: Gateway) -> str:
         p.summary("saga_tenant_latency_seconds", s, (("tenant", tenant),))
     p.family("saga_tenant_tokens_total", "counter",
              "Tokens served per tenant (shared store: all gateways).")
-    for tenant, tokens in sorted((await gateway.store.tenant_tokens()).items()):
-        p.sample("saga_tenant_tokens_total", tokens, (("tenant", tenant),))
+    tokens = await gateway.stored_op("metrics", gateway.store.tenant_tokens())
+    for tenant, served in sorted((tokens or {}).items()):
+        p.sample("saga_tenant_tokens_total", served, (("tenant", tenant),))
     p.family("saga_admission_decisions_total", "counter", "Admission verdicts.")
     for verdict, n in sorted(m.admissions.items()):
         p.sample("saga_admission_decisions_total", n, (("verdict", verdict),))
@@ -73,6 +75,32 @@ async def render_metrics(gateway: Gateway) -> str:
         p.sample("saga_shed_total", n, (("bound", bound),))
     p.family("saga_workflows_active", "gauge", "Workflows this gateway is tracking.")
     p.sample("saga_workflows_active", len(gateway.workflows))
+    store = gateway.store
+    sessions = await gateway.stored_op("metrics", store.session_count())
+    p.family("saga_store_sessions", "gauge", "Workflow sessions in the store.")
+    if sessions is not None:
+        p.sample("saga_store_sessions", sessions)
+    p.family("saga_store_sessions_evicted_total", "counter",
+             "Sessions this gateway evicted to keep the store within max_sessions.")
+    p.sample("saga_store_sessions_evicted_total", store.evicted)
+    p.family("saga_store_errors_total", "counter",
+             "Store operations that failed; calls went on without shared state.")
+    for op, n in sorted(m.store_errors.items()):
+        p.sample("saga_store_errors_total", n, (("op", op),))
+    slotted = [b for b in gateway.backends
+               if isinstance(b, LlamaCppBackend) and b.slot_dir is not None]
+    if slotted:
+        p.family("saga_slot_files", "gauge", "Saved llama.cpp slot files on disk.")
+        p.family("saga_slot_file_bytes", "gauge", "Bytes of saved llama.cpp slot files.")
+        p.family("saga_slot_files_deleted_total", "counter",
+                 "Slot files deleted, by reason (drop, end, sweep, budget).")
+        for b in slotted:
+            count, size = b.slot_files()
+            p.sample("saga_slot_files", count, (("backend", b.label),))
+            p.sample("saga_slot_file_bytes", size, (("backend", b.label),))
+            for reason, n in sorted(b.deleted.items()):
+                p.sample("saga_slot_files_deleted_total", n,
+                         (("backend", b.label), ("reason", reason)))
     if gateway.graph_sync.enabled:
         gateway.graph_sync.render(p)
     return p.text()

@@ -16,7 +16,14 @@ What is shared, and why:
   the last ``graph_log_length`` entries (a gateway that falls further behind, or
   starts later, misses the older ones).
 
-Every method is one round trip (Redis pipelines where several keys change).
+Every method is one round trip (Redis pipelines where several keys change), but a
+session write that finds the store over ``max_sessions``, which evicts the least
+recently placed sessions in a second one.
+
+Redis commands time out (``socket_timeout``) and a lost connection is opened again on
+the next command (one retry, after a short backoff), so a restarted Redis is used
+again at once and a hung one fails fast instead of stalling the gateway (whose call
+path then serves without shared state; :mod:`saga.gateway.app`).
 """
 
 from __future__ import annotations
@@ -90,6 +97,13 @@ class Store(ABC):
         ``source`` published, in log order, and the cursor after those entries
         (``cursor`` itself when there is nothing new)."""
 
+    #: Sessions this process evicted to stay within ``max_sessions``.
+    evicted = 0
+
+    @abstractmethod
+    async def session_count(self) -> int:
+        """Workflow sessions held."""
+
     async def ping(self) -> None:  # noqa: B027 (optional hook)
         """Raise if the store cannot be reached."""
 
@@ -134,10 +148,17 @@ class MemoryStore(Store):
         self._bound()
 
     def _bound(self) -> None:
-        """At most ``max_sessions`` of each kind: the oldest go (same TTL: first to expire)."""
+        """At most ``max_sessions`` of each kind: the oldest session goes whole (same TTL:
+        the first to expire), counted in :attr:`evicted`."""
         for table in (self._homes, self._admitted):
             while len(table) > self.max_sessions:
-                del table[next(iter(table))]
+                oldest = next(iter(table))
+                self._homes.pop(oldest, None)
+                self._admitted.pop(oldest, None)
+                self.evicted += 1
+
+    async def session_count(self) -> int:
+        return len(self._homes.keys() | self._admitted.keys())
 
     async def record_call(
         self, tenant: str, agent: str, tool: str | None, tokens: int, latency: float
@@ -191,18 +212,34 @@ class RedisStore(Store):
     """The same state in Redis, so that several gateway processes agree on it.
 
     Keys (under ``prefix``): ``home:{workflow}`` and ``admitted:{workflow}`` with a
-    TTL; hash ``tenant_tokens``; hash ``graph:{tenant}/{agent}`` with fields ``{tool}:calls``,
-    ``{tool}:tokens``, ``{tool}:latency``; stream ``graph_log`` of observation batches,
+    TTL, and sorted set ``sessions`` (workflow by time of its last session write; the
+    entries older than the TTL are trimmed at each write, and beyond ``max_sessions``
+    the oldest sessions are deleted); hash ``tenant_tokens``; hash
+    ``graph:{tenant}/{agent}`` with fields ``{tool}:calls``, ``{tool}:tokens``,
+    ``{tool}:latency``; stream ``graph_log`` of observation batches,
     entries ``{source, rows}`` (``rows``: JSON list of :meth:`Observation.to_row`),
     trimmed to about ``graph_log_length`` entries at each XADD.
     """
 
-    def __init__(self, url: str, prefix: str = "saga:", graph_log_length: int = 1000) -> None:
+    def __init__(self, url: str, prefix: str = "saga:", graph_log_length: int = 1000,
+                 max_sessions: int = 1_000_000, socket_timeout: float = 1.0,
+                 connect_timeout: float = 1.0) -> None:
         import redis.asyncio as redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import ExponentialBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
 
-        self._redis: Any = redis.Redis.from_url(url, decode_responses=True)
+        # a dropped connection (a restart) is reopened and the command sent once more; a
+        # timeout is not retried (a hung Redis would only hang longer)
+        self._redis: Any = redis.Redis.from_url(
+            url, decode_responses=True, socket_timeout=socket_timeout,
+            socket_connect_timeout=connect_timeout, health_check_interval=30,
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1,
+                        supported_errors=(RedisConnectionError,)),
+        )
         self._p = prefix
         self._log_length = graph_log_length
+        self.max_sessions = max_sessions
 
     async def ping(self) -> None:
         await self._redis.ping()
@@ -214,10 +251,34 @@ class RedisStore(Store):
         return Session(int(home) if home is not None else None, admitted is not None)
 
     async def set_home(self, workflow: str, replica: int, ttl: float) -> None:
-        await self._redis.set(self._p + "home:" + workflow, replica, px=max(1, int(ttl * 1000)))
+        await self._write_session(workflow, "home:", replica, ttl)
 
     async def mark_admitted(self, workflow: str, ttl: float) -> None:
-        await self._redis.set(self._p + "admitted:" + workflow, 1, px=max(1, int(ttl * 1000)))
+        await self._write_session(workflow, "admitted:", 1, ttl)
+
+    async def _write_session(self, workflow: str, kind: str, value: int, ttl: float) -> None:
+        now = time.time()  # wall clock: gateways on several hosts share the index
+        index = self._p + "sessions"
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(self._p + kind + workflow, value, px=max(1, int(ttl * 1000)))
+            pipe.zadd(index, {workflow: now})
+            pipe.zremrangebyscore(index, "-inf", now - ttl)  # expired: their keys are gone
+            pipe.zcard(index)
+            *_, count = await pipe.execute()
+        if count > self.max_sessions:
+            await self._evict(count - self.max_sessions)
+
+    async def _evict(self, excess: int) -> None:
+        """Delete the ``excess`` least recently written sessions (both their keys)."""
+        oldest = await self._redis.zpopmin(self._p + "sessions", excess)
+        if not oldest:
+            return
+        keys = [self._p + kind + w for w, _ in oldest for kind in ("home:", "admitted:")]
+        await self._redis.delete(*keys)
+        self.evicted += len(oldest)
+
+    async def session_count(self) -> int:
+        return int(await self._redis.zcard(self._p + "sessions"))
 
     async def record_call(
         self, tenant: str, agent: str, tool: str | None, tokens: int, latency: float
@@ -299,6 +360,7 @@ def _decode_rows(raw: str) -> list[Observation]:
 
 def build_store(config: StoreConfig) -> Store:
     if config.kind == "redis":
-        return RedisStore(config.url, config.prefix, config.graph_log_length)
+        return RedisStore(config.url, config.prefix, config.graph_log_length,
+                          config.max_sessions, config.socket_timeout, config.connect_timeout)
     return MemoryStore(max_sessions=config.max_sessions,
                        graph_log_length=config.graph_log_length)
