@@ -649,6 +649,8 @@ class Gateway:
         m = self.metrics
         m.tenant_latency[info.tenant].observe(latency)
         m.tenant_slowdown[info.tenant].observe(latency / backend_time)
+        if info.slo is not None:  # the gateway's share of the SLO: its queueing inflation
+            m.tenant_slo[(info.tenant, latency / backend_time <= info.slo)] += 1
         self.policy.on_call_finished(info, index, now)
         t0 = time.perf_counter()
         view = self.views[index]

@@ -37,6 +37,8 @@ class Metrics:
         self.decision_latency = LatencySummary()
         self.tenant_latency: defaultdict[str, LatencySummary] = defaultdict(LatencySummary)
         self.tenant_slowdown: defaultdict[str, LatencySummary] = defaultdict(LatencySummary)
+        # calls of tenants with an SLO: (tenant, whether the call's slowdown met it)
+        self.tenant_slo: defaultdict[tuple[str, bool], int] = defaultdict(int)
         self.admission_waiting = 0
         self.retries = 0
         self.client_disconnects = 0

@@ -47,6 +47,12 @@ async def render_metrics(gateway: Gateway) -> str:
              "Per call: gateway latency over backend latency (queueing inflation).")
     for tenant, s in sorted(m.tenant_slowdown.items()):
         p.summary("saga_tenant_slowdown", s, (("tenant", tenant),))
+    p.family("saga_tenant_slo_calls_total", "counter",
+             "Calls of tenants with an SLO, by whether the call's slowdown at the gateway "
+             "(its queueing inflation) met the tenant's SLO.")
+    for (tenant, met), n in sorted(m.tenant_slo.items()):
+        p.sample("saga_tenant_slo_calls_total", n,
+                 (("tenant", tenant), ("met", "true" if met else "false")))
     p.family("saga_tenant_latency_seconds", "summary", "Per call latency at the gateway.")
     for tenant, s in sorted(m.tenant_latency.items()):
         p.summary("saga_tenant_latency_seconds", s, (("tenant", tenant),))
