@@ -65,3 +65,19 @@ class FirstUpTestPolicy(VLLMLeastLoaded):
 
 
 register(FirstUpTestPolicy.name, FirstUpTestPolicy)
+
+
+class OffloadTestPolicy(VLLMLeastLoaded):
+    """Offloads every finished call's KV (agent ``dropper``: drops it from its second
+    call on), so that slot files are saved on llama.cpp backends."""
+
+    name = "test-offload"
+
+    def retention(self, replica: ReplicaView, request: CallView, now: float) -> Retention:
+        info = request.info
+        if info is not None and info.agent == "dropper" and info.index >= 1:
+            return Retention("drop")
+        return Retention("offload")
+
+
+register(OffloadTestPolicy.name, OffloadTestPolicy)
