@@ -61,8 +61,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller counts")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "RELIABILITY.md")
-    parser.add_argument("--soak", type=Path,
-                        help="a scripts/soak.py --json report, for the soak rows")
+    parser.add_argument("--soak", type=Path, action="append", default=[],
+                        help="a scripts/soak.py --json report, for the soak rows (repeat "
+                        "for several runs)")
     args = parser.parse_args()
     q = args.quick
     rows: list[sc.Outcome] = []
@@ -87,8 +88,8 @@ def main() -> int:
             lambda: [sc.slot_files(tmp, workflows=15 if q else 40, budget_files=4)],
             simulator_rows,
         ]
-        if args.soak is not None:
-            steps.append(lambda: sc.soak_rows(json.loads(args.soak.read_text())))
+        for report in args.soak:
+            steps.append(lambda r=report: sc.soak_rows(json.loads(r.read_text())))
         for step in steps:
             try:
                 got = step()

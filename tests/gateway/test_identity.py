@@ -64,6 +64,8 @@ def test_the_conversation_start_names_every_turn_of_one_conversation() -> None:
     assert no_system.workflow == no_system_later.workflow != first.workflow
     prompt = identify({}, {"prompt": "p" * 2000})
     assert prompt.workflow == identify({}, {"prompt": "p" * 1024 + "q" * 50}).workflow
+    tokens = identify({}, {"prompt": [1, 2, 3]})
+    assert tokens.workflow != identify({}, {"prompt": [4, 5, 6]}).workflow
 
 
 @pytest.mark.parametrize(("headers", "body", "agent", "source"), [

@@ -51,6 +51,7 @@ deployment) can import :func:`identify` as it is.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -173,9 +174,11 @@ def conversation_start(body: Mapping[str, Any]) -> str:
                 break
         return chat_text(start)
     prompt = body.get("prompt")
-    if isinstance(prompt, list):
-        prompt = prompt[0] if prompt and isinstance(prompt[0], str) else ""
-    return prompt[:1024] if isinstance(prompt, str) else ""
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str):  # token ids: their start, as text
+        prompt = json.dumps(prompt, separators=(",", ":"))
+    return prompt[:1024]
 
 
 def tool_before(body: Mapping[str, Any]) -> str | None:
