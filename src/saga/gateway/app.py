@@ -90,6 +90,8 @@ if TYPE_CHECKING:
 _STRIPPED = ("priority",)
 log = logging.getLogger("saga.gateway")
 _T = TypeVar("_T")
+#: Seconds a failed store is left alone before the call path tries it again.
+_STORE_RETRY = 1.0
 
 
 class RetryBudget:
@@ -186,6 +188,7 @@ class Gateway:
         self.routes.add("GET", "/saga/graph", self._graph)
         self.graph_sync = GraphSync(self.policy.learned_graphs(), config, self.store, self.metrics)
         self._store_down = False
+        self._store_retry_at = 0.0
 
     # ---- lifecycle ------------------------------------------------------------------------
     def now(self) -> float:
@@ -250,6 +253,11 @@ class Gateway:
                     self._end_workflow(key, wf, now)
             if isinstance(self.store, MemoryStore):
                 self.store.expire()
+
+    @property
+    def store_down(self) -> bool:
+        """Whether the last store operation on the call path failed."""
+        return self._store_down
 
     @property
     def graphs(self) -> GraphStore | None:
@@ -511,13 +519,21 @@ class Gateway:
     async def stored_op(self, op: str, coro: Coroutine[Any, Any, _T]) -> _T | None:
         """A store operation on the call path; if the store fails (down, hung: its
         commands time out), None, counted and logged once per outage, so that calls go
-        on without shared state rather than fail."""
+        on without shared state rather than fail. After a failure the operations of the
+        next second are skipped (counted), then one is tried again: a hung store costs
+        one timeout a second, not one per call."""
+        now = self.now()
+        if self._store_down and now < self._store_retry_at:
+            coro.close()
+            self.metrics.store_skipped[op] += 1
+            return None
         try:
             result = await coro
         except asyncio.CancelledError:
             raise
         except Exception as error:
             self.metrics.store_errors[op] += 1
+            self._store_retry_at = self.now() + _STORE_RETRY
             if not self._store_down:
                 self._store_down = True
                 log.warning("store unavailable (%s: %s); serving without shared state",

@@ -48,6 +48,7 @@ class Metrics:
         self.graph_sync_errors: defaultdict[str, int] = defaultdict(int)
         # store operations on the call path that failed (the call went on without them)
         self.store_errors: defaultdict[str, int] = defaultdict(int)
+        self.store_skipped: defaultdict[str, int] = defaultdict(int)  # while it was down
 
 
 def _esc(value: str) -> str:

@@ -93,6 +93,12 @@ async def render_metrics(gateway: Gateway) -> str:
              "Store operations that failed; calls went on without shared state.")
     for op, n in sorted(m.store_errors.items()):
         p.sample("saga_store_errors_total", n, (("op", op),))
+    p.family("saga_store_skipped_total", "counter",
+             "Store operations skipped in the second after a failure (the store is down).")
+    for op, n in sorted(m.store_skipped.items()):
+        p.sample("saga_store_skipped_total", n, (("op", op),))
+    p.family("saga_store_up", "gauge", "0 while the store is failing, else 1.")
+    p.sample("saga_store_up", 0 if gateway.store_down else 1)
     slotted = [b for b in gateway.backends
                if isinstance(b, LlamaCppBackend) and b.slot_dir is not None]
     if slotted:
