@@ -103,7 +103,7 @@ class StoreConfig(BaseModel):
         "recently placed go first, counted in saga_store_sessions_evicted_total.",
     )
     socket_timeout: float = Field(
-        1.0, gt=0,
+        2.0, gt=0,
         description="kind = redis: seconds a command may take before it fails (a hung "
         "Redis must not stall the calls or graph sync; the gateway serves without the "
         "store meanwhile).",

@@ -222,7 +222,7 @@ class RedisStore(Store):
     """
 
     def __init__(self, url: str, prefix: str = "saga:", graph_log_length: int = 1000,
-                 max_sessions: int = 1_000_000, socket_timeout: float = 1.0,
+                 max_sessions: int = 1_000_000, socket_timeout: float = 2.0,
                  connect_timeout: float = 1.0) -> None:
         import redis.asyncio as redis
         from redis.asyncio.retry import Retry
