@@ -360,3 +360,47 @@ def test_calls_go_on_while_redis_is_down_and_use_it_again_once_back() -> None:
     assert store['saga_store_skipped_total{op="session"}'] == "1"
     assert store["saga_store_up"] == "0"
     assert got[3:] == [200, True]
+
+
+@pytest.mark.timeout(90)
+def test_calls_queued_while_the_store_suspends_keep_their_own_sequence_numbers() -> None:
+    """Found by the soak: a call read the gateway's sequence counter after awaiting the
+    store, so two queued calls could share a number and tie in the fair queue (a 500)."""
+    from aiohttp import web
+
+    from saga.emulator.engine import Emulator
+    from saga.emulator.server import build_app
+    from saga.engine.cluster import get_cluster
+    from saga.gateway.app import Gateway
+
+    class SuspendingStore(MemoryStore):
+        async def set_home(self, workflow: str, replica: int, ttl: float) -> None:
+            await asyncio.sleep(0)  # as Redis does: other calls run meanwhile
+            await super().set_home(workflow, replica, ttl)
+
+    async def main() -> list[int]:
+        emulator = Emulator(get_cluster("test-2"), 1, time_scale=50.0)
+        clock = asyncio.create_task(emulator.loop.run_realtime())
+        runner = web.AppRunner(build_app(emulator, 0), access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        await web.TCPSite(runner, HOST, 0).start()
+        config = GatewayConfig.model_validate({
+            "policy": "vllm-least-loaded", "cluster": "test-2",
+            "tenants": {"a": {"keys": ["ka"]}, "b": {"keys": ["kb"]}},
+            "backends": [{"url": f"http://{HOST}:{runner.addresses[0][1]}",
+                          "max_concurrency": 1}]})
+        gateway = Gateway(config, store=SuspendingStore())
+        await gateway.start()
+        try:
+            calls = [gateway.handle(Post(  # type: ignore[arg-type]
+                "/v1/chat/completions", chat(f"w{i}"),
+                {"authorization": f"Bearer k{'ab'[i % 2]}", "x-saga-workflow": f"w{i}"}))
+                for i in range(40)]
+            return [r.status for r in await asyncio.gather(*calls)]
+        finally:
+            await gateway.stop()
+            clock.cancel()
+            await asyncio.gather(clock, return_exceptions=True)
+            await runner.cleanup()
+
+    assert asyncio.run(main()) == [200] * 40

@@ -189,6 +189,8 @@ class Gateway:
         self.graph_sync = GraphSync(self.policy.learned_graphs(), config, self.store, self.metrics)
         self._store_down = False
         self._store_retry_at = 0.0
+        self._store_logged_at = -1e9
+        self._failed_checks = [0] * len(config.backends)
 
     # ---- lifecycle ------------------------------------------------------------------------
     def now(self) -> float:
@@ -209,7 +211,7 @@ class Gateway:
         ]
         for backend in self.backends:
             backend.sweep()  # files an earlier run left (llama.cpp slot saves)
-        await self._check_health()
+        await self._check_health(first=True)
         self._spawn(self._health_loop())
         self._spawn(self._sweep_loop())
         if self.graph_sync.enabled:
@@ -233,10 +235,15 @@ class Gateway:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _check_health(self) -> None:
+    async def _check_health(self, first: bool = False) -> None:
+        """A passed check marks a backend up; it is marked down after two failed checks
+        in a row (one slow answer on a loaded machine is not an outage; at start, one),
+        or at once by a call it failed (:func:`~saga.gateway.relay.forward`)."""
         results = await asyncio.gather(*(b.healthy() for b in self.backends))
-        for view, ok in zip(self.views, results, strict=True):
-            view.up = ok
+        for i, (view, ok) in enumerate(zip(self.views, results, strict=True)):
+            self._failed_checks[i] = 0 if ok else self._failed_checks[i] + 1
+            if ok or first or self._failed_checks[i] >= 2:
+                view.up = ok
 
     async def _health_loop(self) -> None:
         while True:
@@ -443,6 +450,7 @@ class Gateway:
             wf.admitted = True
             now = self.now()
             self._seq += 1
+            seq = self._seq  # this call's: other calls move the counter while this one waits
             info = CallInfo(
                 workflow=workflow_id, tenant=tenant, agent=agent, call_id=f"{wf.calls}",
                 index=wf.calls, tool=tool, prompt_tokens=prompt_tokens, runs=runs,
@@ -455,7 +463,7 @@ class Gateway:
             attempt = 0
             failed: set[int] = set()  # backends that failed this call: a retry goes elsewhere
             while True:
-                request = GatewayCall(info, max_tokens, cfg.block_tokens, self._seq, now)
+                request = GatewayCall(info, max_tokens, cfg.block_tokens, seq, now)
                 view = self.views[index]
                 backend = self.backends[index]
                 await self._acquire(index, request, tenant)
@@ -518,7 +526,7 @@ class Gateway:
 
     async def stored_op(self, op: str, coro: Coroutine[Any, Any, _T]) -> _T | None:
         """A store operation on the call path; if the store fails (down, hung: its
-        commands time out), None, counted and logged once per outage, so that calls go
+        commands time out), None, counted and logged (once per 30 s at most), so that calls go
         on without shared state rather than fail. After a failure the operations of the
         next second are skipped (counted), then one is tried again: a hung store costs
         one timeout a second, not one per call."""
@@ -536,12 +544,13 @@ class Gateway:
             self._store_retry_at = self.now() + _STORE_RETRY
             if not self._store_down:
                 self._store_down = True
-                log.warning("store unavailable (%s: %s); serving without shared state",
-                            op, type(error).__name__)
+                if self.now() - self._store_logged_at >= 30.0:  # a flapping store: rarely
+                    self._store_logged_at = self.now()
+                    log.warning("store unavailable (%s: %s); serving without shared state",
+                                op, type(error).__name__)
             return None
         if self._store_down:
             self._store_down = False
-            log.warning("store available again")
         return result
 
     async def _admit(self, wf: _Workflow) -> str:

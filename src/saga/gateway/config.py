@@ -111,6 +111,11 @@ class StoreConfig(BaseModel):
     connect_timeout: float = Field(
         1.0, gt=0, description="kind = redis: seconds to (re)connect.",
     )
+    max_connections: int = Field(
+        64, ge=1,
+        description="kind = redis: most connections to Redis; a command waits for a free "
+        "one (at most socket_timeout) rather than opening more.",
+    )
     graph_log_length: int = Field(
         1000, ge=1,
         description="Entries kept in the log of learned-graph observations that gateways "

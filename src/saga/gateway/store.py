@@ -223,20 +223,24 @@ class RedisStore(Store):
 
     def __init__(self, url: str, prefix: str = "saga:", graph_log_length: int = 1000,
                  max_sessions: int = 1_000_000, socket_timeout: float = 2.0,
-                 connect_timeout: float = 1.0) -> None:
+                 connect_timeout: float = 1.0, max_connections: int = 64) -> None:
         import redis.asyncio as redis
         from redis.asyncio.retry import Retry
         from redis.backoff import ExponentialBackoff
         from redis.exceptions import ConnectionError as RedisConnectionError
 
         # a dropped connection (a restart) is reopened and the command sent once more; a
-        # timeout is not retried (a hung Redis would only hang longer)
-        self._redis: Any = redis.Redis.from_url(
+        # timeout is not retried (a hung Redis would only hang longer). At most
+        # max_connections connections: a command waits for a free one (up to the socket
+        # timeout) rather than failing when many calls use the store at once.
+        pool = redis.BlockingConnectionPool.from_url(
             url, decode_responses=True, socket_timeout=socket_timeout,
             socket_connect_timeout=connect_timeout, health_check_interval=30,
+            max_connections=max_connections, timeout=socket_timeout,
             retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1,
                         supported_errors=(RedisConnectionError,)),
         )
+        self._redis: Any = redis.Redis(connection_pool=pool)
         self._p = prefix
         self._log_length = graph_log_length
         self.max_sessions = max_sessions
@@ -361,6 +365,7 @@ def _decode_rows(raw: str) -> list[Observation]:
 def build_store(config: StoreConfig) -> Store:
     if config.kind == "redis":
         return RedisStore(config.url, config.prefix, config.graph_log_length,
-                          config.max_sessions, config.socket_timeout, config.connect_timeout)
+                          config.max_sessions, config.socket_timeout, config.connect_timeout,
+                          config.max_connections)
     return MemoryStore(max_sessions=config.max_sessions,
                        graph_log_length=config.graph_log_length)
