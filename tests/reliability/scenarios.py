@@ -822,6 +822,8 @@ def soak_rows(report: dict[str, Any]) -> list[Outcome]:
             f"({report['achieved_rate']:g} achieved), {report['replicas']} emulators, Redis; "
             f"{report['disconnect']:.0%} client disconnects, " + "; ".join(
                 ev.strip() for ev in report["events"]))
+    if report.get("note"):
+        what += f" ({report['note']})"
     bounded_keys = e["redis_keys"] is not None and e["redis_keys"] <= 2 * 2000 + 100
     return [
         Outcome("soak", what, report["sent"],
