@@ -2,6 +2,7 @@
 
     python scripts/reliability.py            # about a minute; real processes on 127.0.0.1
     python scripts/reliability.py --quick    # smaller counts
+    python scripts/reliability.py --soak soak.json   # with a scripts/soak.py --json report
 
 The scenarios are those of tests/reliability (run larger here); the simulator rows run
 every policy under the same replica failures. Exits 1 if any row does not hold.
@@ -10,6 +11,7 @@ every policy under the same replica failures. Exits 1 if any row does not hold.
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import sys
 import tempfile
@@ -59,6 +61,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller counts")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "RELIABILITY.md")
+    parser.add_argument("--soak", type=Path, action="append", default=[],
+                        help="a scripts/soak.py --json report, for the soak rows (repeat "
+                        "for several runs)")
     args = parser.parse_args()
     q = args.quick
     rows: list[sc.Outcome] = []
@@ -74,8 +79,17 @@ def main() -> int:
             lambda: [sc.fuzz(tmp, examples=15 if q else 100)],
             lambda: [sc.flood(tmp, total=1500 if q else 5000, clients=150 if q else 300)],
             lambda: sc.tenant_isolation(tmp),
+            lambda: sc.agents_without_headers(tmp),
+            lambda: [sc.tenant_graphs(tmp, flood=5 if q else 20)],
+            lambda: [sc.closed_by_default(tmp)],
+            lambda: [sc.retry_elsewhere(tmp, calls=5 if q else 20)],
+            lambda: sc.redis_faults(tmp, calls=10 if q else 40),
+            lambda: [sc.store_bound(tmp, workflows=30 if q else 100, limit=10 if q else 25)],
+            lambda: [sc.slot_files(tmp, workflows=15 if q else 40, budget_files=4)],
             simulator_rows,
         ]
+        for report in args.soak:
+            steps.append(lambda r=report: sc.soak_rows(json.loads(r.read_text())))
         for step in steps:
             try:
                 got = step()
@@ -128,9 +142,23 @@ def render(rows: list[sc.Outcome], quick: bool) -> str:
               "the memory store's `max_sessions` and the emulator's `--max-queue` bound "
               "every queue; beyond, a 429 with `Retry-After`.",
               "* **tenants**: workflow ids are scoped by tenant; client priority hints are "
-              "dropped; `/metrics` needs an `admin_keys` key when set; keys are compared "
+              "dropped; `/metrics` and `/saga/*` need an `admin_keys` key unless "
+              "`public_metrics` (closed by default); learned graphs, gate accounting and "
+              "call statistics are per tenant; keys are compared "
               "as SHA-256 digests with `hmac.compare_digest` over all keys and never "
               "logged.",
+              "* **clients**: recorded request shapes of Claude Code, Codex, OpenCode and an "
+              "OpenAI-SDK agent (tests/gateway/fixtures/agent_sessions.json) with no SAGA "
+              "header are one workflow per session, of the right agent, with tool "
+              "boundaries from the messages (`saga.gateway.identity`).",
+              "* **leaks**: Redis commands time out and reconnect, and the call path serves "
+              "without the store while it is away; sessions are bounded by "
+              "`store.max_sessions` as well as TTL (oldest evicted, counted); llama.cpp "
+              "slot files are deleted on drop, at the workflow's end, by a start-up sweep "
+              "and beyond `slot_save_budget`.",
+              "* **soak**: `scripts/soak.py` (agent sessions with no SAGA header, open loop, "
+              "client disconnects, an emulator and Redis restarted) and the gateway's RSS, "
+              "open files, Redis keys and slot files at start and end.",
               "* **simulator**: `saga.sim.faults.Fault` outages; a dead replica's calls "
               "go back to the policy's `place` and are recomputed; no KV block or call "
               "is left behind.",

@@ -105,6 +105,8 @@ def gateway(config: dict[str, Any], tmp: Path) -> Iterator[str]:
     """A gateway process with ``config`` (port chosen here); yields its base URL."""
     port = free_ports(1)
     path = tmp / f"gateway-{port}.json"
+    if not config.get("admin_keys"):  # these tests scrape /metrics with no key
+        config = {"public_metrics": True, **config}
     path.write_text(json.dumps({**config, "host": HOST, "port": port}))
     proc = subprocess.Popen(
         [sys.executable, "-m", "saga.gateway", "--config", str(path)],

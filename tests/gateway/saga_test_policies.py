@@ -52,3 +52,32 @@ class StealingTestPolicy(VLLMLeastLoaded):
 
 
 register(StealingTestPolicy.name, StealingTestPolicy)
+
+
+class FirstUpTestPolicy(VLLMLeastLoaded):
+    """Places every call on the first replica that is up (a policy that would send a
+    retry straight back to a failing replica if the gateway did not exclude it)."""
+
+    name = "test-first-up"
+
+    def place(self, call: CallInfo, now: float) -> int:
+        return next(r.index for r in self.ctx.replicas if r.up)
+
+
+register(FirstUpTestPolicy.name, FirstUpTestPolicy)
+
+
+class OffloadTestPolicy(VLLMLeastLoaded):
+    """Offloads every finished call's KV (agent ``dropper``: drops it from its second
+    call on), so that slot files are saved on llama.cpp backends."""
+
+    name = "test-offload"
+
+    def retention(self, replica: ReplicaView, request: CallView, now: float) -> Retention:
+        info = request.info
+        if info is not None and info.agent == "dropper" and info.index >= 1:
+            return Retention("drop")
+        return Retention("offload")
+
+
+register(OffloadTestPolicy.name, OffloadTestPolicy)

@@ -61,7 +61,8 @@ def test_memory_store_sessions_expire() -> None:
         await store.record_call("t", "agent", None, 100, 0.5)
         await store.record_call("t", "agent", "grep", 50, 0.25)
         assert await store.tenant_tokens() == {"t": 150.0}
-        assert (await store.graph_stats("agent"))["grep"] == {
+        assert await store.graph_stats("u", "agent") == {}  # statistics are per tenant
+        assert (await store.graph_stats("t", "agent"))["grep"] == {
             "calls": 1.0, "tokens": 50.0, "latency": 0.25}
         now[0] = 11.0
         session = await store.session("w")

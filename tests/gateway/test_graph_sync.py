@@ -331,11 +331,11 @@ def test_two_gateway_processes_share_learned_graphs_through_redis(tmp_path: Path
                 _graph(two, key="sk-alpha")  # a tenant's key does not read the graphs
             assert refused.value.code == 403
             _drive(one, workflows=6)  # through gateway one only
-            learned = _learned(_graph(one)["agents"]["coder"])
+            learned = _learned(_graph(one)["agents"]["alpha/coder"])
             assert learned["nodes"]["^#0"]["calls"] == 6
 
             def two_learned() -> dict[str, Any] | None:
-                coder = _graph(two)["agents"].get("coder")
+                coder = _graph(two)["agents"].get("alpha/coder")
                 return coder if coder is not None and _learned(coder) == learned else None
 
             # exactly what one learned: the same counts, and the same floats (applied in order)

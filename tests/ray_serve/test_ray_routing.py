@@ -103,7 +103,11 @@ def test_the_memory_gate_holds_a_workflow_until_memory_is_released() -> None:
 def test_held_workflows_ask_in_agent_fair_share_order() -> None:
     routing = _router(cluster="test-2")
     big = "z " * 80_000
-    _send(routing, "q1", _call("w1", big, tenant="heavy"), 0.0)
+    # tenants learn apart: the light tenant's first contexts are known from a session of
+    # its own (else the gate's cold start would let its first workflows in unsized)
+    _send(routing, "q0", _call("w-l0", big, tenant="light", ends=True), 0.0)
+    routing.completed("q0", 0.01)
+    _send(routing, "q1", _call("w1", big, tenant="heavy"), 0.02)
     routing.charge("heavy", 100.0)  # the heavy tenant was served much more
     routing.route("h1", _call("w-heavy", big, tenant="heavy"), 0.1)
     routing.route("l1", _call("w-light", big, tenant="light"), 0.2)

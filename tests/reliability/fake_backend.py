@@ -1,8 +1,10 @@
 """A misbehaving OpenAI backend for fault tests: ``python fake_backend.py PORT MODE``.
 
 MODE ``500`` answers every call 500; ``slow`` answers after 30 s; ``echo`` answers at
-once and records what it received. ``GET /_seen`` returns the calls counted and the
-last body and headers; ``GET /health`` is always 200.
+once and records what it received; ``llamacpp DIR`` answers at once and does what
+llama.cpp's server does with slot actions (``POST /slots/{id}?action=save`` writes the
+named file, 1000 bytes, into DIR; restore and erase touch nothing). ``GET /_seen``
+returns the calls counted and the last body and headers; ``GET /health`` is always 200.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -40,7 +43,19 @@ def main() -> None:
     async def report(_: web.Request) -> web.Response:
         return web.json_response(seen)
 
+    async def slots(http: web.Request) -> web.Response:
+        action = http.query.get("action", "")
+        payload = json.loads(await http.read() or b"{}")
+        seen.setdefault("slot_actions", []).append(action)
+        if action == "save" and len(sys.argv) > 3:
+            name = str(payload.get("filename", ""))
+            if "/" in name or not name:
+                return web.json_response({"error": "bad filename"}, status=400)
+            (Path(sys.argv[3]) / name).write_bytes(b"k" * 1000)
+        return web.json_response({"id_slot": int(http.match_info["slot"])})
+
     app = web.Application()
+    app.router.add_post("/slots/{slot}", slots)
     app.router.add_post("/v1/chat/completions", call)
     app.router.add_get("/health", health)
     app.router.add_get("/_seen", report)

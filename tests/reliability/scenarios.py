@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -86,7 +87,7 @@ def gateway_config(urls: list[str], **extra: Any) -> dict[str, Any]:
     concurrency = extra.pop("max_concurrency", 8)
     kind = extra.pop("kind", "emulator")
     return {"policy": "vllm-least-loaded", "cluster": "test-2", "served_models": [MODEL],
-            "tenants": TENANTS, "health_interval": 0.3,
+            "tenants": TENANTS, "health_interval": 0.3, "admin_keys": [ADMIN],
             "backends": [{"url": u, "kind": kind, "max_concurrency": concurrency} for u in urls],
             **extra}
 
@@ -524,7 +525,7 @@ def flood(tmp: Path, total: int = 3000, clients: int = 200) -> Outcome:
 
             elapsed = asyncio.run(main())
             rss1 = _rss_kb(proc.pid)
-            text = http("GET", url + "/metrics")[2].decode()
+            text = admin_metrics(url)
     answered = sum(statuses.values())
     growth_mb = (peak - rss0) / 1024
     ok = (answered == total and set(statuses) <= {200, 429}
@@ -599,3 +600,289 @@ def tenant_isolation(tmp: Path) -> list[Outcome]:
     rows.append(Outcome("tenants", "API keys in the gateway's output (stdout+stderr)",
                         len(log.splitlines()), f"keys found: {len(leaked)}", not leaked))
     return rows
+
+
+# ---- 5. real clients, tenants' learning, closed pages, slow leaks ---------------------------
+SESSIONS: dict[str, Any] = json.loads(
+    (HERE.parent / "gateway" / "fixtures" / "agent_sessions.json").read_text())
+
+
+def _session_calls(name: str) -> list[tuple[dict[str, str], dict[str, Any]]]:
+    """A recorded agent session (tests/gateway/fixtures) as its calls: headers, body."""
+    s = SESSIONS[name]
+    messages: list[dict[str, Any]] = [{"role": "system", "content": s["system"]},
+                                      {"role": "user", "content": s["user"]}]
+    out = [(dict(s["headers"]), {**s["body"], "messages": list(messages)})]
+    for k, step in enumerate(s["steps"]):
+        calls = [{"id": f"c{k}_{j}", "type": "function",
+                  "function": {"name": c["name"], "arguments": c["arguments"]}}
+                 for j, c in enumerate(step["tool_calls"])]
+        messages.append({"role": "assistant", "content": None, "tool_calls": calls})
+        for call, result in zip(calls, step["results"], strict=True):
+            messages.append({"role": "tool", "tool_call_id": call["id"], "content": result})
+        out.append((dict(s["headers"]), {**s["body"], "messages": list(messages)}))
+    return out
+
+
+def _graph(url: str) -> dict[str, Any]:
+    _, _, body = http("GET", url + "/saga/graph", headers={"Authorization": f"Bearer {ADMIN}"})
+    agents: dict[str, Any] = json.loads(body)["agents"]
+    return agents
+
+
+def agents_without_headers(tmp: Path) -> list[Outcome]:
+    """Recorded request shapes of real coding agents, no SAGA header: one workflow per
+    session, the agent named, tool boundaries learned."""
+    rows = []
+    with emulator(replicas=2) as urls, gateway(
+            gateway_config(urls, policy="saga", served_models=[]), tmp) as gw:
+        for name in (n for n in SESSIONS if not n.startswith("_")):
+            calls = _session_calls(name)
+            ids, statuses = set(), []
+            for headers, body in calls:
+                body = {**body, "model": MODEL, "max_tokens": 4, "stream": False}
+                status, got, _ = http("POST", gw + "/v1/chat/completions",
+                                      json.dumps(body).encode(), {
+                                          **headers, "Authorization": f"Bearer {ALPHA}",
+                                          "Content-Type": "application/json"})
+                statuses.append(status)
+                ids.add(got.get("x-saga-workflow", ""))
+            learned = [a for a in _graph(gw) if a.startswith("alpha/")]
+            tools = {t for a in learned for t in _graph(gw)[a]["tools"]}
+            expected_tools = {"+".join(c["name"] for c in st["tool_calls"])
+                              for st in SESSIONS[name]["steps"]}
+            one = len(ids) == 1 and not next(iter(ids)).startswith("alpha/auto:")
+            rows.append(Outcome(
+                "clients", f"{name} session, no SAGA header ({SESSIONS[name]['source'][:60]}...)",
+                len(calls), f"statuses {sorted(set(statuses))}; workflow ids {sorted(ids)}; "
+                f"graphs {sorted(learned)}", one and set(statuses) == {200}
+                and expected_tools <= tools))
+    return rows
+
+
+def tenant_graphs(tmp: Path, flood: int = 20) -> Outcome:
+    """Beta floods calls under alpha's agent name; alpha's learned graph does not move."""
+    with emulator(replicas=2) as urls, gateway(
+            gateway_config(urls, policy="saga", graph_sync_interval=0), tmp) as gw:
+        def run(key: str, prefix: str, n: int, tools: list[str]) -> None:
+            for w in range(n):
+                for k, tool in enumerate([None, *tools]):
+                    extra = {"x-saga-agent": "coder", "x-saga-end": str(k == len(tools))}
+                    if tool:
+                        extra["x-saga-tool"] = tool
+                    chat(gw, key, f"{prefix}{w}", content=f"{prefix}{w} " * (20 + 10 * k),
+                         extra=extra)
+
+        run(ALPHA, "a", 3, ["grep", "read"])
+        before = json.dumps(_graph(gw).get("alpha/coder"), sort_keys=True)
+        run(BETA, "b", flood, ["bash"] * 5)
+        graphs = _graph(gw)
+        after = json.dumps(graphs.get("alpha/coder"), sort_keys=True)
+    return Outcome("tenants", "beta floods calls under alpha's agent name (coder)",
+                   flood * 6, f"alpha/coder graph unchanged: {before == after}; graphs "
+                   f"{sorted(graphs)}", before == after and "beta/coder" in graphs)
+
+
+def closed_by_default(tmp: Path) -> Outcome:
+    """No admin key configured: /metrics and /saga/graph are closed to all."""
+    with emulator(replicas=1) as urls, gateway(
+            {**gateway_config(urls), "admin_keys": [], "public_metrics": False}, tmp) as gw:
+        got = [http("GET", gw + path, headers=h)[0] for path in ("/metrics", "/saga/graph")
+               for h in ({}, {"Authorization": f"Bearer {ALPHA}"},
+                         {"Authorization": f"Bearer {ADMIN}"})]
+    return Outcome("tenants", "/metrics, /saga/graph with no admin key configured (no key, "
+                   "tenant key, a guessed key)", len(got), f"statuses {got}",
+                   got == [401, 403, 401] * 2)
+
+
+def redis_faults(tmp: Path, calls: int = 20) -> list[Outcome]:
+    """Redis hung (SIGSTOP), then stopped and restarted: calls go on; the store is used
+    again once back."""
+    rows = []
+    port = free_ports(1)
+    with emulator(replicas=2) as urls:
+        cfg = gateway_config(urls, policy="saga", store={
+            "kind": "redis", "url": f"redis://{HOST}:{port}/0", "socket_timeout": 0.5,
+            "connect_timeout": 0.5})
+        with _redis_at(port) as proc, gateway(cfg, tmp) as gw:
+            os.kill(proc.pid, signal.SIGSTOP)
+            try:
+                t0 = time.monotonic()
+                hung = [chat(gw, ALPHA, f"h{i}")[0] for i in range(calls)]
+                took = time.monotonic() - t0
+            finally:
+                os.kill(proc.pid, signal.SIGCONT)
+            text = admin_metrics(gw)
+            errors = metric_value(text, "saga_store_errors_total", op="session") or 0
+            skipped = metric_value(text, "saga_store_skipped_total", op="session") or 0
+            rows.append(Outcome(
+                "leaks", "Redis hung (SIGSTOP) under calls (socket_timeout 0.5 s)", calls,
+                f"statuses {sorted(Counter(hung).items())} in {took:.1f} s; store sessions "
+                f"read: {errors:g} failed (timed out), {skipped:g} skipped while it was down",
+                set(hung) == {200} and errors + skipped >= calls and errors < calls))
+            _stop(proc)
+            down = [chat(gw, ALPHA, f"d{i}")[0] for i in range(calls)]
+            with _redis_at(port):
+                time.sleep(1.1)  # past the second in which a failed store is left alone
+                back = [chat(gw, ALPHA, f"u{i}")[0] for i in range(calls)]
+                keys = _redis_dbsize(port)
+            rows.append(Outcome(
+                "leaks", "Redis stopped, then restarted empty on the same port", 2 * calls,
+                f"while down {sorted(Counter(down).items())}; after restart "
+                f"{sorted(Counter(back).items())}, {keys} Redis keys written again",
+                set(down) == {200} and set(back) == {200} and keys > 0))
+    return rows
+
+
+def store_bound(tmp: Path, workflows: int = 60, limit: int = 20) -> Outcome:
+    """More workflows than store.max_sessions: the oldest sessions go, counted."""
+    port = free_ports(1)
+    with emulator(replicas=1) as urls, _redis_at(port):
+        cfg = gateway_config(urls, store={"kind": "redis", "url": f"redis://{HOST}:{port}/0",
+                                          "max_sessions": limit})
+        with gateway(cfg, tmp) as gw:
+            statuses = [chat(gw, ALPHA, f"s{i}")[0] for i in range(workflows)]
+            text = admin_metrics(gw)
+        sessions = metric_value(text, "saga_store_sessions")
+        evicted = metric_value(text, "saga_store_sessions_evicted_total")
+        keys = _redis_dbsize(port)
+    return Outcome("leaks", f"{workflows} workflows, store.max_sessions {limit} (Redis)",
+                   workflows, f"statuses {sorted(set(statuses))}; {sessions:g} sessions, "
+                   f"{evicted:g} evicted, {keys} Redis keys",
+                   set(statuses) == {200} and sessions == limit
+                   and evicted == workflows - limit and keys <= 2 * limit + 4)
+
+
+def slot_files(tmp: Path, workflows: int = 30, budget_files: int = 5) -> Outcome:
+    """llama.cpp slot files: swept at start, deleted on drop and at the workflow's end,
+    kept within the disk budget."""
+    slot_dir = tmp / "slots"
+    slot_dir.mkdir(exist_ok=True)
+    for i in range(3):  # left by an earlier run
+        (slot_dir / f"saga-stale{i}.bin").write_bytes(b"x" * 1000)
+    port = free_ports(1)
+    with process([sys.executable, str(HERE / "fake_backend.py"), str(port), "llamacpp",
+                  str(slot_dir)]) as proc:
+        url = f"http://{HOST}:{port}"
+        wait_http(url + "/health", proc=proc)
+        cfg = gateway_config([url], kind="llamacpp", policy="test-offload",
+                             plugins=["saga_test_policies"], served_models=[])
+        cfg["backends"][0].update({"slots": 2, "slot_save_path": str(slot_dir),
+                                   "slot_save_budget": 1000 * budget_files})
+        peak = 0
+        with gateway(cfg, tmp) as gw:
+            swept = sorted(p.name for p in slot_dir.iterdir())
+            for w in range(workflows):
+                agent = "dropper" if w % 3 == 0 else "coder"
+                for k in range(2):
+                    chat(gw, ALPHA, f"l{w}", extra={"x-saga-agent": agent,
+                                                     "x-saga-end": str(k == 1 and w % 2 == 0)})
+                peak = max(peak, len(list(slot_dir.iterdir())))
+            time.sleep(0.5)  # the last retention actions run after their answers
+            text = admin_metrics(gw)
+        left = len(list(slot_dir.iterdir()))
+    deleted = {r: metric_value(text, "saga_slot_files_deleted_total", reason=r)
+               for r in ("sweep", "drop", "end", "budget")}
+    return Outcome(
+        "leaks", f"llama.cpp slot saves: {workflows} workflows offloaded, a third then "
+        f"dropped, half ended; budget {budget_files} files; 3 stale files at start",
+        workflows * 2,
+        f"stale files after start {len(swept)}; at most {peak} files, {left} at the end; "
+        f"deleted {', '.join(f'{k} {v:g}' for k, v in deleted.items() if v is not None)}",
+        swept == [] and peak <= budget_files and left <= budget_files
+        and all((deleted[r] or 0) > 0 for r in ("sweep", "drop", "end", "budget")))
+
+
+def retry_elsewhere(tmp: Path, calls: int = 10) -> Outcome:
+    """A backend answers 500 to everything; the policy would pick it again (ties go to
+    replica 0): retries go to the other backend."""
+    p500 = free_ports(1)
+    with process([sys.executable, str(HERE / "fake_backend.py"), str(p500), "500"]) as bad, \
+            emulator(replicas=1) as urls:
+        wait_http(f"http://{HOST}:{p500}/health", proc=bad)
+        cfg = gateway_config([f"http://{HOST}:{p500}", *urls], kind="emulator",
+                             policy="test-first-up", plugins=["saga_test_policies"],
+                             retries=1, retry_backoff=0.0, retry_budget=1.0)
+        with gateway(cfg, tmp) as gw:
+            got = [chat(gw, ALPHA, f"x{i}")[:2] for i in range(calls)]
+        hits = json.loads(http("GET", f"http://{HOST}:{p500}/_seen")[2])["hits"]
+    statuses = Counter(s for s, _ in got)
+    moved = sum(h.get("x-saga-backend") == "1" and h.get("x-saga-retries") == "1"
+                for _, h in got)
+    return Outcome("faults", "a backend answers 500 to every call; the policy prefers it",
+                   calls, f"statuses {sorted(statuses.items())}; {moved} answered by the other "
+                   f"backend after 1 retry; the failing backend saw {hits} calls",
+                   statuses == Counter({200: calls}) and moved == calls and hits == calls)
+
+
+def soak_rows(report: dict[str, Any]) -> list[Outcome]:
+    """Rows from a ``scripts/soak.py --json`` report."""
+    s, e = report["start"], report["end"]
+    what = (f"soak: {report['minutes']:g} min at {report['rate']:g} calls/s "
+            f"({report['achieved_rate']:g} achieved), {report['replicas']} emulators, Redis; "
+            f"{report['disconnect']:.0%} client disconnects, " + "; ".join(
+                ev.strip() for ev in report["events"]))
+    if report.get("note"):
+        what += f" ({report['note']})"
+    bounded_keys = e["redis_keys"] is not None and e["redis_keys"] <= 2 * 2000 + 100
+    samples = report.get("samples", [])
+    rss = [x["rss_mb"] for x in samples]
+    files = [x["open_files"] for x in samples]
+    # open files follow the calls in flight: flat means no higher at the end than in the
+    # first half of the run
+    first_half = files[:max(1, len(files) // 2)]
+    files_bound = max(first_half) if files else s["open_files"] + 10
+    return [
+        Outcome("soak", what, report["sent"],
+                f"statuses {report['statuses']}; lost {report['lost']}; served by backends "
+                f"beyond the answers (less disconnects) {report['answered_twice_bound']}",
+                report["lost"] == 0 and report["answered_twice_bound"] == 0),
+        Outcome("soak", "gateway memory and files, start to end", report["sent"],
+                f"RSS {s['rss_mb']} -> {e['rss_mb']} MB ({report['rss_growth_pct']:+g} %; "
+                f"samples {min(rss, default=0):g}-{max(rss, default=0):g}); open files "
+                f"{s['open_files']} -> {e['open_files']} (samples {min(files, default=0)}-"
+                f"{max(files, default=0)}, the connections of calls in flight)",
+                report["rss_growth_pct"] < 10 and e["open_files"] <= files_bound),
+        Outcome("soak", "Redis keys, store sessions, slot files, start to end", report["sent"],
+                f"Redis keys {s['redis_keys']} -> {e['redis_keys']}; sessions "
+                f"{s['store_sessions']} -> {e['store_sessions']} (max 2000; "
+                f"{e['sessions_evicted']:g} evicted); slot files {s['slot_files']} -> "
+                f"{e['slot_files']} (emulators save none)", bounded_keys),
+    ]
+
+
+@contextmanager
+def _redis_at(port: int) -> Iterator[subprocess.Popen[bytes]]:
+    import shutil
+    import socket
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise FileNotFoundError("redis-server")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while _redis_dbsize(port) < 0:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.05)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGCONT)
+        _stop(proc)
+        del socket
+
+
+def _redis_dbsize(port: int) -> int:
+    """Keys in the Redis on ``port``, or -1 if it does not answer."""
+    import socket
+
+    try:
+        with socket.create_connection((HOST, port), timeout=1) as s:
+            s.sendall(b"DBSIZE\r\n")
+            return int(s.recv(64).decode().strip().lstrip(":"))
+    except (OSError, ValueError):
+        return -1

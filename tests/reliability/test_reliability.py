@@ -12,14 +12,21 @@ from pathlib import Path
 import pytest
 from scenarios import (
     Outcome,
+    agents_without_headers,
     backend_errors,
     bad_inputs,
     bad_traces,
     client_disconnects,
+    closed_by_default,
     flood,
     fuzz,
     gateway_restart_with_redis,
+    redis_faults,
     replica_killed,
+    retry_elsewhere,
+    slot_files,
+    store_bound,
+    tenant_graphs,
     tenant_isolation,
 )
 
@@ -67,3 +74,33 @@ def test_flood_is_shed_with_429_and_memory_stays_bounded(tmp_path: Path) -> None
 
 def test_tenants_cannot_act_for_each_other(tmp_path: Path) -> None:
     _check(tenant_isolation(tmp_path))
+
+
+def test_real_agent_request_shapes_need_no_saga_header(tmp_path: Path) -> None:
+    _check(agents_without_headers(tmp_path))
+
+
+def test_a_look_alike_agent_flood_leaves_another_tenants_graph(tmp_path: Path) -> None:
+    _check([tenant_graphs(tmp_path, flood=4)])
+
+
+def test_admin_pages_are_closed_without_an_admin_key(tmp_path: Path) -> None:
+    _check([closed_by_default(tmp_path)])
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+def test_calls_go_on_through_a_hung_and_a_restarted_redis(tmp_path: Path) -> None:
+    _check(redis_faults(tmp_path, calls=5))
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+def test_the_store_is_bounded_by_count(tmp_path: Path) -> None:
+    _check([store_bound(tmp_path, workflows=15, limit=5)])
+
+
+def test_slot_files_are_deleted_and_bounded(tmp_path: Path) -> None:
+    _check([slot_files(tmp_path, workflows=12, budget_files=3)])
+
+
+def test_a_retry_goes_to_another_backend(tmp_path: Path) -> None:
+    _check([retry_elsewhere(tmp_path, calls=4)])

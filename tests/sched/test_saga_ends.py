@@ -84,11 +84,18 @@ def test_end_watch_gives_due_entries_in_time_order() -> None:
 
 def test_markers_say_an_agents_ends_only_if_never_missing() -> None:
     m = EndMarkers()
-    assert not m.said("x")
-    m.observe("x", True)
-    assert m.said("x")
-    m.observe("x", False)
-    assert not m.said("x")
+    assert not m.said(("t", "x"))
+    m.observe(("t", "x"), True)
+    assert m.said(("t", "x"))
+    m.observe(("t", "x"), False)
+    assert not m.said(("t", "x"))
+
+
+def test_one_tenants_missing_markers_leave_anothers_alone() -> None:
+    m = EndMarkers()
+    m.observe(("a", "x"), True)
+    m.observe(("b", "x"), False)  # a look-alike agent of another tenant, no marker
+    assert m.said(("a", "x")) and not m.said(("b", "x"))
 
 
 def single_calls(signal: EndSignal, count: int = 6) -> list[Workflow]:

@@ -52,13 +52,16 @@ def test_an_empty_cluster_admits_even_a_workflow_larger_than_memory() -> None:
 
 def test_expected_context_learns_from_first_calls() -> None:
     g = gate()
-    assert g.expected_context("swe") == 20_000
-    g.observe_first_context("swe", 10_000)
-    g.observe_first_context("swe", 30_000)
-    assert g.expected_context("swe") == 20_000
-    g.observe_first_context("swe", 50_000)
-    assert g.expected_context("swe") == 30_000
-    assert g.expected_context("other") == 20_000
+    swe = ("t", "swe")
+    assert g.expected_context(swe) == 20_000
+    g.observe_first_context(swe, 10_000)
+    g.observe_first_context(swe, 30_000)
+    assert g.expected_context(swe) == 20_000
+    g.observe_first_context(swe, 50_000)
+    assert g.expected_context(swe) == 30_000
+    assert g.expected_context(("t", "other")) == 20_000
+    # another tenant's agent of the same name is another agent
+    assert g.expected_context(("u", "swe")) == 20_000 and not g.seen(("u", "swe"))
 
 
 def test_forget_removes_a_rejected_workflow() -> None:
@@ -103,7 +106,7 @@ def test_an_unseen_agent_gets_at_most_cold_start_workflows_in_until_its_context_
     assert held.verdict == "defer" and held.retry_after == 2.0
     assert "no call of agent 'new' seen yet and 2 of its workflows admitted" in held.reason
     assert g.decide(wf("d", agent="old"), 40_000, unplaced=0).verdict == "defer"  # FIFO
-    g.observe_first_context("new", 50_000)  # a first call was placed: the context is known
+    g.observe_first_context(("t", "new"), 50_000)  # a first call was placed: the context is known
     assert g.decide(wf("c", agent="new"), 90_000, unplaced=2).verdict == "admit"
     assert g.decide(wf("d", agent="old"), 140_000, unplaced=0).verdict == "admit"
 

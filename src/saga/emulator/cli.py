@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import os
 import sys
 
 from saga.errors import UserError
@@ -43,6 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block-tokens", type=int, default=64, help="KV block size (default: 64)")
     p.add_argument("--stream-interval", type=float, default=0.05,
                    help="most model seconds between streamed chunks (default: 0.05)")
+    p.add_argument("--admin-key", default=os.environ.get("SAGA_EMULATOR_ADMIN_KEY", ""),
+                   help="Bearer key the KV control API (/saga/kv/*) and /saga/state require "
+                   "(default: $SAGA_EMULATOR_ADMIN_KEY; none: open, loopback only)")
     p.add_argument("--max-queue", type=int, default=4096,
                    help="most calls queued per replica; more get a 429 (default: 4096)")
 
@@ -63,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--max-queue must be at least 1")
     if args.block_tokens < 1:
         raise UserError("--block-tokens must be at least 1")
+    if not args.admin_key and not _loopback(args.host):
+        raise UserError(f"--host {args.host}: the KV control API would be open to the "
+                        "network; give --admin-key (or bind 127.0.0.1)")
     replicas = args.replicas or cluster.replicas
     if not 0 < args.port <= 65535 - replicas + 1:
         raise UserError(f"--port {args.port}: replicas need ports {args.port}..+{replicas - 1}")
@@ -77,12 +85,19 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     try:
-        run_loop(serve(emulator, args.host, args.port))
+        run_loop(serve(emulator, args.host, args.port, admin_key=args.admin_key))
     except OSError as error:
         raise UserError(f"cannot listen on {args.host}:{args.port}: {error}") from None
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def main(argv: list[str] | None = None) -> int:

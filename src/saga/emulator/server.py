@@ -9,7 +9,9 @@ Replica ``i`` listens on ``port + i``. Each serves:
 * the KV control API: ``POST /saga/kv/pin`` ``{"workflow", "ttl"}``,
   ``POST /saga/kv/unpin`` ``{"workflow"}``, ``POST /saga/kv/offload``
   ``{"workflow", "prefetch_after"?}``, ``POST /saga/kv/drop`` ``{"workflow"}``;
-  ``ttl`` and ``prefetch_after`` are model seconds.
+  ``ttl`` and ``prefetch_after`` are model seconds. With an admin key (``saga emulate
+  --admin-key``), the KV control API and ``/saga/state`` need it as a Bearer token (401
+  otherwise); the command refuses a non-loopback ``--host`` without one.
 
 Hints a gateway may send: ``x-saga-workflow`` (whose KV a call extends and pins),
 ``x-saga-priority`` (a float, smaller is served first; default 0).
@@ -18,6 +20,7 @@ Hints a gateway may send: ``x-saga-workflow`` (whose KV a call extends and pins)
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import time
 import traceback
@@ -37,12 +40,15 @@ TOKEN = " tok"  # four characters: one token by the prefix module's estimate
 
 EMULATOR_KEY = web.AppKey("emulator", Emulator)
 REPLICA_KEY = web.AppKey("replica", int)
+ADMIN_KEY = web.AppKey("admin_key", str)
 
 
-def build_app(emulator: Emulator, replica: int) -> web.Application:
+def build_app(emulator: Emulator, replica: int, admin_key: str = "") -> web.Application:
+    """Replica ``replica``'s server; ``admin_key`` (if any) guards the control routes."""
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app[EMULATOR_KEY] = emulator
     app[REPLICA_KEY] = replica
+    app[ADMIN_KEY] = admin_key
     app.router.add_post("/v1/chat/completions", _chat)
     app.router.add_post("/v1/completions", _completions)
     app.router.add_get("/v1/models", _models)
@@ -194,7 +200,22 @@ async def _health(http: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+def _refused(http: web.Request) -> web.Response | None:
+    """401 unless the request bears the admin key (when one is set)."""
+    key = http.app[ADMIN_KEY]
+    if not key:
+        return None
+    scheme, _, given = http.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), key.encode()):
+        return None
+    return error_response(401, f"{http.path} needs the emulator's admin key",
+                          "authentication_error", "admin_key_required")
+
+
 async def _state(http: web.Request) -> web.Response:
+    refused = _refused(http)
+    if refused is not None:
+        return refused
     return web.json_response(http.app[EMULATOR_KEY].replica_state(http.app[REPLICA_KEY]))
 
 
@@ -202,6 +223,9 @@ async def _kv(http: web.Request) -> web.Response:
     emulator = http.app[EMULATOR_KEY]
     replica = http.app[REPLICA_KEY]
     verb = http.match_info["verb"]
+    refused = _refused(http)
+    if refused is not None:
+        return refused
     try:
         data = json.loads(await http.read() or b"{}")
     except (ValueError, RecursionError):
@@ -240,15 +264,16 @@ def _float_header(http: web.Request, name: str, default: float) -> float:
 
 
 async def serve(
-    emulator: Emulator, host: str, port: int, ready: asyncio.Event | None = None
+    emulator: Emulator, host: str, port: int, ready: asyncio.Event | None = None,
+    admin_key: str = "",
 ) -> None:
     """Serve every replica (replica i on ``port + i``) until cancelled."""
     runners: list[web.AppRunner] = []
     clock = asyncio.create_task(emulator.loop.run_realtime())
     try:
         for i in range(len(emulator.replicas)):
-            runner = web.AppRunner(build_app(emulator, i), access_log=None, shutdown_timeout=1.0,
-                                   handler_cancellation=True)
+            runner = web.AppRunner(build_app(emulator, i, admin_key), access_log=None,
+                                   shutdown_timeout=1.0, handler_cancellation=True)
             await runner.setup()
             runners.append(runner)
             await web.TCPSite(runner, host, port + i).start()

@@ -8,13 +8,11 @@ queueing across tenants when the replica is at its concurrency limit), forward t
 call, stream the answer back, then tell the policy and carry out its retention
 decision through the backend.
 
-Workflow identity, in order: header ``x-saga-workflow``; the body's ``user``; else
-``auto:`` + a hash of the first two chat messages (for completions, of the first
-1024 prompt characters), so that the turns of one conversation, which repeat its
-start, map to one workflow. Ids are per tenant. ``x-saga-agent`` names the agent
-program (default ``default``), ``x-saga-tool`` the tool that ran before this call,
-``x-saga-end: true`` marks the workflow's last call (without it a workflow ends
-after ``workflow_idle_timeout``).
+Workflow identity (workflow, agent, the tool before the call, the end) is
+:func:`saga.gateway.identity.identify`: our ``x-saga-*`` headers first, then what
+standard clients send (OpenAI body fields, coding agents' session headers, the
+conversation's start). Ids are per tenant; a workflow with no ``x-saga-end`` ends after
+``workflow_idle_timeout``.
 
 Reliability (docs/RELIABILITY.md): every queue is bounded (``max_pending``,
 ``max_queue``, ``max_workflows``: beyond, a 429 with Retry-After); a backend that fails
@@ -38,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import importlib
 import json
 import logging
@@ -47,7 +44,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 
@@ -57,6 +54,7 @@ from saga.gateway.auth import KeyRing, bearer
 from saga.gateway.backends import BACKENDS, Backend, BackendError, build_backend
 from saga.gateway.config import GatewayConfig
 from saga.gateway.graph_sync import GraphSync
+from saga.gateway.identity import identify
 from saga.gateway.metrics import Metrics
 from saga.gateway.openapi import openapi_document
 from saga.gateway.prometheus import render_metrics
@@ -70,7 +68,7 @@ from saga.gateway.server import (
     RouteTable,
     error,
 )
-from saga.gateway.store import MemoryStore, Store, build_store
+from saga.gateway.store import MemoryStore, Session, Store, build_store
 from saga.gateway.view import GatewayCall, RemoteReplicaView
 from saga.sched.decisions import Retention
 from saga.sched.policy import CallInfo, Policy, PolicyContext, WorkflowInfo
@@ -83,17 +81,17 @@ from saga.wire.openai_api import (
     Kind,
     parse_body,
 )
-from saga.wire.prefix import chat_text, estimate_tokens, text_runs
+from saga.wire.prefix import estimate_tokens, text_runs
 
 if TYPE_CHECKING:
     from aiohttp import web
 
-_TRUE = {"1", "true", "yes"}
-_FALSE = {"0", "false", "no", ""}
-_MAX_HEADER = 256
 #: Body fields a client may not pass on to a backend (vLLM reads ``priority``).
 _STRIPPED = ("priority",)
 log = logging.getLogger("saga.gateway")
+_T = TypeVar("_T")
+#: Seconds a failed store is left alone before the call path tries it again.
+_STORE_RETRY = 1.0
 
 
 class RetryBudget:
@@ -189,6 +187,10 @@ class Gateway:
         self.routes.add("GET", "/metrics", self._metrics)
         self.routes.add("GET", "/saga/graph", self._graph)
         self.graph_sync = GraphSync(self.policy.learned_graphs(), config, self.store, self.metrics)
+        self._store_down = False
+        self._store_retry_at = 0.0
+        self._store_logged_at = -1e9
+        self._failed_checks = [0] * len(config.backends)
 
     # ---- lifecycle ------------------------------------------------------------------------
     def now(self) -> float:
@@ -207,7 +209,9 @@ class Gateway:
         self.backends = [
             build_backend(i, b, self._session, timeout) for i, b in enumerate(self.config.backends)
         ]
-        await self._check_health()
+        for backend in self.backends:
+            backend.sweep()  # files an earlier run left (llama.cpp slot saves)
+        await self._check_health(first=True)
         self._spawn(self._health_loop())
         self._spawn(self._sweep_loop())
         if self.graph_sync.enabled:
@@ -231,10 +235,15 @@ class Gateway:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _check_health(self) -> None:
+    async def _check_health(self, first: bool = False) -> None:
+        """A passed check marks a backend up; it is marked down after two failed checks
+        in a row (one slow answer on a loaded machine is not an outage; at start, one),
+        or at once by a call it failed (:func:`~saga.gateway.relay.forward`)."""
         results = await asyncio.gather(*(b.healthy() for b in self.backends))
-        for view, ok in zip(self.views, results, strict=True):
-            view.up = ok
+        for i, (view, ok) in enumerate(zip(self.views, results, strict=True)):
+            self._failed_checks[i] = 0 if ok else self._failed_checks[i] + 1
+            if ok or first or self._failed_checks[i] >= 2:
+                view.up = ok
 
     async def _health_loop(self) -> None:
         while True:
@@ -248,10 +257,14 @@ class Gateway:
             now = self.now()
             for key, wf in list(self.workflows.items()):
                 if wf.in_flight == 0 and now - wf.last_seen > idle:
-                    del self.workflows[key]
-                    self.policy.on_workflow_finished(wf.info, now)
+                    self._end_workflow(key, wf, now)
             if isinstance(self.store, MemoryStore):
                 self.store.expire()
+
+    @property
+    def store_down(self) -> bool:
+        """Whether the last store operation on the call path failed."""
+        return self._store_down
 
     @property
     def graphs(self) -> GraphStore | None:
@@ -323,14 +336,17 @@ class Gateway:
                               "agents": graphs.snapshot() if graphs is not None else {}})
 
     def _admin_only(self, http: HttpRequest) -> Response | None:
-        """The refusal when admin keys are set and the request has none of them."""
-        if not len(self.admin_keys):
+        """The refusal unless the request has an admin key or ``public_metrics`` is set
+        (closed by default: with no admin key configured nobody gets in)."""
+        if self.config.public_metrics:
             return None
         key = bearer(http)
         if key and self.admin_keys.lookup(key) is not None:
             return None
         status = 403 if key and self.keys.lookup(key) is not None else 401
-        return error(status, f"{http.path} needs an admin key", "authentication_error",
+        hint = "" if len(self.admin_keys) else \
+            " (none is configured: set admin_keys, or public_metrics = true)"
+        return error(status, f"{http.path} needs an admin key{hint}", "authentication_error",
                      "admin_key_required")
 
     async def _openapi(self, http: HttpRequest) -> Response:
@@ -386,11 +402,9 @@ class Gateway:
             raise BadRequest(404, f"model {body.model!r} not found; served: "
                              f"{', '.join(cfg.served_models)}", code="model_not_found")
         arrived = self.now()
-        headers = http.headers
-        workflow_id = f"{tenant}/{self._workflow_id(_name(headers, 'x-saga-workflow'), body)}"
-        agent = _name(headers, "x-saga-agent") or "default"
-        tool = _name(headers, "x-saga-tool") or None
-        ends = _flag(headers.get("x-saga-end"), "x-saga-end")
+        who = identify(http.headers, data)
+        workflow_id = f"{tenant}/{who.workflow}"
+        agent, tool, ends = who.agent, who.tool, who.ends
         max_tokens = body.output_limit(cfg.default_max_tokens)
         if max_tokens > cfg.max_output_tokens:
             raise BadRequest(400, f"max_tokens {max_tokens} exceeds this gateway's limit "
@@ -424,15 +438,19 @@ class Gateway:
         wire_id = urllib.parse.quote(workflow_id, safe="/:@-_.~+=")
         extra_headers: dict[str, str] = {"x-saga-workflow": wire_id}
         try:
-            session = await self.store.session(workflow_id)
+            session = await self.stored_op("session", self.store.session(workflow_id))
+            if session is None:  # the store is down: serve on this gateway's own state
+                session = Session(None, False)
             if not (wf.admitted or session.admitted):
                 note = await self._admit(wf)
                 if note:
                     extra_headers["x-saga-admission"] = note
-                await self.store.mark_admitted(workflow_id, cfg.session_ttl)
+                await self.stored_op("admitted",
+                                   self.store.mark_admitted(workflow_id, cfg.session_ttl))
             wf.admitted = True
             now = self.now()
             self._seq += 1
+            seq = self._seq  # this call's: other calls move the counter while this one waits
             info = CallInfo(
                 workflow=workflow_id, tenant=tenant, agent=agent, call_id=f"{wf.calls}",
                 index=wf.calls, tool=tool, prompt_tokens=prompt_tokens, runs=runs,
@@ -443,8 +461,9 @@ class Gateway:
             self.retry_budget.deposit()
             index = await self._place(info, session.home, now, wf)
             attempt = 0
+            failed: set[int] = set()  # backends that failed this call: a retry goes elsewhere
             while True:
-                request = GatewayCall(info, max_tokens, cfg.block_tokens, self._seq, now)
+                request = GatewayCall(info, max_tokens, cfg.block_tokens, seq, now)
                 view = self.views[index]
                 backend = self.backends[index]
                 await self._acquire(index, request, tenant)
@@ -471,6 +490,7 @@ class Gateway:
                     )
                     break
                 except Retryable as failure:
+                    failed.add(index)
                     if attempt >= cfg.retries or not self.retry_budget.take():
                         raise failure.error from None
                 except asyncio.CancelledError:
@@ -487,26 +507,51 @@ class Gateway:
                 await asyncio.sleep(cfg.retry_backoff * 2 ** (attempt - 1)
                                     * (0.5 + self._rng.random()))
                 now = self.now()
-                index = await self._place(info, None, now, wf, retry=True)
+                index = await self._place(info, None, now, wf, retry=True, exclude=failed)
                 extra_headers["x-saga-retries"] = str(attempt)
             self._finished(wf, info, request, index, arrived, sent_at, tokens)
             return response
         finally:
             wf.in_flight -= 1
             if ends and workflow_id in self.workflows and wf.in_flight == 0:
-                del self.workflows[workflow_id]
-                self.policy.on_workflow_finished(wf.info, self.now())
+                self._end_workflow(workflow_id, wf, self.now())
 
-    def _workflow_id(self, header: str | None, body: ChatRequest | CompletionRequest) -> str:
-        if header:
-            return header
-        if body.user:
-            return "user:" + body.user
-        if isinstance(body, ChatRequest):
-            seed = chat_text({"role": m.role, "content": m.content} for m in body.messages[:2])
-        else:
-            seed = body.text()[:1024]
-        return "auto:" + hashlib.blake2b(seed.encode(), digest_size=8).hexdigest()
+    def _end_workflow(self, key: str, wf: _Workflow, now: float) -> None:
+        """A workflow is over (its last call, or idle): the policy and the backends
+        forget it (llama.cpp: its slot and saved slot file go)."""
+        del self.workflows[key]
+        self.policy.on_workflow_finished(wf.info, now)
+        for backend in self.backends:
+            backend.forget(key)
+
+    async def stored_op(self, op: str, coro: Coroutine[Any, Any, _T]) -> _T | None:
+        """A store operation on the call path; if the store fails (down, hung: its
+        commands time out), None, counted and logged (once per 30 s at most), so that calls go
+        on without shared state rather than fail. After a failure the operations of the
+        next second are skipped (counted), then one is tried again: a hung store costs
+        one timeout a second, not one per call."""
+        now = self.now()
+        if self._store_down and now < self._store_retry_at:
+            coro.close()
+            self.metrics.store_skipped[op] += 1
+            return None
+        try:
+            result = await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            self.metrics.store_errors[op] += 1
+            self._store_retry_at = self.now() + _STORE_RETRY
+            if not self._store_down:
+                self._store_down = True
+                if self.now() - self._store_logged_at >= 30.0:  # a flapping store: rarely
+                    self._store_logged_at = self.now()
+                    log.warning("store unavailable (%s: %s); serving without shared state",
+                                op, type(error).__name__)
+            return None
+        if self._store_down:
+            self._store_down = False
+        return result
 
     async def _admit(self, wf: _Workflow) -> str:
         """Ask the policy until it admits; return a note if the workflow was deferred."""
@@ -545,19 +590,31 @@ class Gateway:
                 self.metrics.admission_waiting -= 1
 
     async def _place(
-        self, info: CallInfo, home: int | None, now: float, wf: _Workflow, retry: bool = False
+        self, info: CallInfo, home: int | None, now: float, wf: _Workflow, retry: bool = False,
+        exclude: set[int] | None = None,
     ) -> int:
         """The replica for a call. The policy observes every call (its graphs learn) and
         places it, stealing included, when this gateway placed the workflow's last call
         (so the policy's own state is current). With ``sticky_sessions``, a workflow
         whose home another gateway chose (in the shared store) stays there."""
         t0 = time.perf_counter()
+        # a retry excludes the backends that failed the call: the policy sees them down
+        # for this decision (unless none other is up)
+        hidden = [i for i in exclude or () if self.views[i].up]
+        if hidden and any(v.up for i, v in enumerate(self.views) if i not in hidden):
+            for i in hidden:
+                self.views[i].up = False
+        else:
+            hidden = []
         try:
             index = self._choose_replica(info, home, now, wf, retry)
         finally:
+            for i in hidden:
+                self.views[i].up = True
             self.metrics.decision_latency.observe(time.perf_counter() - t0)
         if index != home:
-            await self.store.set_home(info.workflow, index, self.config.session_ttl)
+            await self.stored_op("home", self.store.set_home(info.workflow, index,
+                                                           self.config.session_ttl))
         return index
 
     def _choose_replica(
@@ -617,6 +674,8 @@ class Gateway:
         m = self.metrics
         m.tenant_latency[info.tenant].observe(latency)
         m.tenant_slowdown[info.tenant].observe(latency / backend_time)
+        if info.slo is not None:  # the gateway's share of the SLO: its queueing inflation
+            m.tenant_slo[(info.tenant, latency / backend_time <= info.slo)] += 1
         self.policy.on_call_finished(info, index, now)
         t0 = time.perf_counter()
         view = self.views[index]
@@ -631,7 +690,7 @@ class Gateway:
         if isinstance(self.store, MemoryStore):
             _run_now(record)  # never suspends: no task needed
         else:
-            self._spawn(record)
+            self._spawn(self.stored_op("record", record))
 
     async def _retain(
         self, backend: Backend, workflow: str, decision: Retention, now: float
@@ -667,30 +726,8 @@ def _error_response(failure: BadRequest) -> Response:
     return error(failure.status, failure.message, failure.kind, failure.code, failure.headers)
 
 
-def _name(headers: Any, name: str) -> str | None:
-    """A name header (workflow, agent, tool): at most 256 printable characters."""
-    raw: str | None = headers.get(name)
-    if raw is None:
-        return None
-    if len(raw) > _MAX_HEADER or not raw.isprintable():
-        raise BadRequest(400, f"header {name}: expected at most {_MAX_HEADER} printable "
-                         f"characters, got {len(raw)}", code="bad_header")
-    return raw.strip()
-
-
 def _too_large(limit: int) -> BadRequest:
     return BadRequest(413, f"request body larger than {limit} bytes", code="body_too_large")
-
-
-def _flag(raw: str | None, name: str) -> bool:
-    if raw is None:
-        return False
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise BadRequest(400, f"header {name}: expected true or false, got {raw!r}")
 
 
 async def serve(config: GatewayConfig, ready: asyncio.Event | None = None) -> None:

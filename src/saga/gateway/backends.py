@@ -21,12 +21,14 @@ is sent, once it has its replica) and :meth:`Backend.retain` (after it finished)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 import aiohttp
@@ -131,6 +133,12 @@ class Backend:
     def finished(self, workflow: str) -> None:
         """The call :meth:`prepare` adapted is over (answered, failed or abandoned)."""
 
+    def forget(self, workflow: str) -> None:
+        """``workflow`` is over: drop what is kept for it here."""
+
+    def sweep(self) -> None:
+        """At start: remove what an earlier run left behind."""
+
     async def retain(self, workflow: str, decision: Retention, now: float) -> None:
         """Carry out a retention decision (a generic server has no way: nothing)."""
 
@@ -188,10 +196,12 @@ class EmulatorBackend(Backend):
         elif decision.kind == "offload" and decision.prefetch_at is not None:
             payload["prefetch_after"] = max(0.0, decision.prefetch_at - now)
         verb = decision.kind
+        headers = {"Content-Type": "application/json"}
+        if self.config.admin_key:
+            headers["Authorization"] = "Bearer " + self.config.admin_key
         try:
             response = await self.pool.request(
-                "POST", f"/saga/kv/{verb}", json.dumps(payload).encode(),
-                {"Content-Type": "application/json"}, timeout=2.0,
+                "POST", f"/saga/kv/{verb}", json.dumps(payload).encode(), headers, timeout=2.0,
             )
             try:
                 await response.read()
@@ -298,6 +308,14 @@ class LlamaCppBackend(Backend):
     the server's ``--slot-save-path`` and, if the slot went to another workflow by the
     workflow's next call, restores it first (the host tier); ``drop`` erases the slot.
     Counts of saves, restores and erases are in :attr:`actions`.
+
+    llama.cpp never deletes a saved slot file (its API has save, restore and erase, and
+    erase only clears the slot). With ``slot_save_path`` (the directory as this gateway
+    sees it) the gateway deletes them: a workflow's file when it is dropped and when the
+    workflow ends, every ``saga-*.bin`` left there when the gateway starts (:meth:`sweep`;
+    gateways sharing one llama.cpp server lose each other's saves then: their next calls
+    recompute), and the oldest saves beyond ``slot_save_budget`` bytes after each save.
+    Deletions by reason are in :attr:`deleted`.
     """
 
     kind = "llamacpp"
@@ -314,9 +332,11 @@ class LlamaCppBackend(Backend):
         self.busy = [0] * self.slots
         self._lru: OrderedDict[str, int] = OrderedDict()  # workflow -> slot, oldest first
         self._pinned: dict[str, float] = {}  # workflow -> expiry (time.monotonic)
-        self._saved: set[str] = set()
+        self._saved: OrderedDict[str, None] = OrderedDict()  # saved workflows, oldest first
         self._lock = asyncio.Lock()
         self.actions: dict[str, int] = {"save": 0, "restore": 0, "erase": 0}
+        self.slot_dir = Path(config.slot_save_path) if config.slot_save_path else None
+        self.deleted: dict[str, int] = {"drop": 0, "end": 0, "sweep": 0, "budget": 0}
 
     def slot_of(self, workflow: str) -> int | None:
         return self._lru.get(workflow)
@@ -371,14 +391,69 @@ class LlamaCppBackend(Backend):
                 self._pinned[workflow] = time.monotonic() + decision.ttl
             elif decision.kind == "offload" and slot is not None and not self.busy[slot]:
                 await self._action(slot, "save", slot_file(workflow))
-                self._saved.add(workflow)
+                self._saved[workflow] = None
+                self._saved.move_to_end(workflow)
+                self._keep_budget()
             elif decision.kind == "drop":
-                self._saved.discard(workflow)
+                self._delete(workflow, "drop")
                 if slot is not None and not self.busy[slot]:
                     del self._lru[workflow]
                     self.owner[slot] = None
                     self._pinned.pop(workflow, None)
                     await self._action(slot, "erase", None)
+
+    def forget(self, workflow: str) -> None:
+        self._delete(workflow, "end")
+        self._pinned.pop(workflow, None)
+        slot = self._lru.get(workflow)
+        if slot is not None and not self.busy[slot]:  # the slot is free for another
+            del self._lru[workflow]
+            self.owner[slot] = None
+
+    def sweep(self) -> None:
+        for path in self._files():
+            if _unlink(path):
+                self.deleted["sweep"] += 1
+
+    def slot_files(self) -> tuple[int, int]:
+        """Saved slot files in ``slot_save_path`` and their bytes ((0, 0) without it)."""
+        count = size = 0
+        for path in self._files():
+            with contextlib.suppress(OSError):
+                size += path.stat().st_size
+                count += 1
+        return count, size
+
+    def _files(self) -> list[Path]:
+        if self.slot_dir is None:
+            return []
+        try:
+            return list(self.slot_dir.glob("saga-*.bin"))
+        except OSError:
+            return []
+
+    def _delete(self, workflow: str, reason: str) -> None:
+        if workflow not in self._saved:
+            return
+        del self._saved[workflow]
+        if self.slot_dir is not None and _unlink(self.slot_dir / slot_file(workflow)):
+            self.deleted[reason] += 1
+
+    def _keep_budget(self) -> None:
+        """Delete the oldest saves while the files exceed ``slot_save_budget``."""
+        if self.slot_dir is None:
+            return
+        _, size = self.slot_files()
+        budget = self.config.slot_save_budget
+        while size > budget and self._saved:
+            oldest = next(iter(self._saved))
+            path = self.slot_dir / slot_file(oldest)
+            try:
+                freed = path.stat().st_size
+            except OSError:
+                freed = 0
+            self._delete(oldest, "budget")
+            size -= freed
 
     async def _action(self, slot: int, action: str, filename: str | None,
                       quiet: bool = False) -> None:
@@ -400,6 +475,17 @@ class LlamaCppBackend(Backend):
         cached = _metric(metrics, "llamacpp:prompt_tokens_cached_total")
         evaluated = _metric(metrics, "llamacpp:prompt_tokens_total")
         return PrefixCacheStats(queries=cached + evaluated, hits=cached)
+
+
+def _unlink(path: Path) -> bool:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    except OSError as error:
+        log.warning("cannot delete slot file %s: %s", path.name, error)
+        return False
+    return True
 
 
 BACKENDS: dict[str, type[Backend]] = {

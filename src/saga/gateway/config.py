@@ -18,6 +18,11 @@ class BackendConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     url: str = Field(description="Base URL, e.g. http://127.0.0.1:9000 (no /v1).")
+    admin_key: str | None = Field(
+        None, repr=False,
+        description="kind = emulator: the emulator's --admin-key, sent as a Bearer token "
+        "on KV control calls (/saga/kv/*).",
+    )
     kind: Literal["emulator", "openai", "vllm", "llamacpp"] = Field(
         "emulator",
         description="emulator: SAGA's emulator (takes priorities and the KV control API); "
@@ -40,6 +45,18 @@ class BackendConfig(BaseModel):
     name: str | None = Field(None, description="Name in metrics (default: the URL).")
     max_concurrency: int = Field(
         256, ge=1, description="Most calls in flight at this backend; more wait at the gateway."
+    )
+    slot_save_path: str | None = Field(
+        None,
+        description="kind = llamacpp: the server's --slot-save-path as this gateway sees it "
+        "(same machine or a shared mount). With it the gateway deletes a workflow's slot "
+        "file when the slot is erased and when the workflow ends, sweeps saga-*.bin files "
+        "left there at start, and keeps the files within slot_save_budget.",
+    )
+    slot_save_budget: int = Field(
+        8 * 1024**3, ge=0,
+        description="kind = llamacpp with slot_save_path: most bytes of saved slots; beyond, "
+        "the oldest saves are deleted (their workflows' next calls recompute).",
     )
 
     @field_validator("url")
@@ -82,8 +99,22 @@ class StoreConfig(BaseModel):
     prefix: str = Field("saga:", description="Key prefix in Redis.")
     max_sessions: int = Field(
         1_000_000, ge=1,
-        description="kind = memory: most workflow sessions kept; the oldest go first "
-        "(Redis bounds them by TTL).",
+        description="Most workflow sessions kept (beside their TTL); beyond, the least "
+        "recently placed go first, counted in saga_store_sessions_evicted_total.",
+    )
+    socket_timeout: float = Field(
+        2.0, gt=0,
+        description="kind = redis: seconds a command may take before it fails (a hung "
+        "Redis must not stall the calls or graph sync; the gateway serves without the "
+        "store meanwhile).",
+    )
+    connect_timeout: float = Field(
+        1.0, gt=0, description="kind = redis: seconds to (re)connect.",
+    )
+    max_connections: int = Field(
+        64, ge=1,
+        description="kind = redis: most connections to Redis; a command waits for a free "
+        "one (at most socket_timeout) rather than opening more.",
     )
     graph_log_length: int = Field(
         1000, ge=1,
@@ -157,8 +188,15 @@ class GatewayConfig(BaseModel):
 
     admin_keys: list[str] = Field(
         default_factory=list, repr=False,
-        description="Keys that may read /metrics. Empty: /metrics is open (keep the gateway "
-        "on a private network then); set: tenants' keys get 403 there.",
+        description="Keys that may read /metrics and /saga/* (the learned graphs); tenants' "
+        "keys get 403 there, no key 401. Closed by default: with no admin key and "
+        "public_metrics false, nobody may read them.",
+    )
+    public_metrics: bool = Field(
+        False,
+        description="Serve /metrics and /saga/* to anyone, no key needed (a gateway on a "
+        "private network whose scraper sends no key). They show every tenant's traffic "
+        "and learned agent graphs.",
     )
     max_body_bytes: int = Field(
         8 * 1024 * 1024, ge=1024, description="Largest request body; larger is a 413."

@@ -37,6 +37,8 @@ class Metrics:
         self.decision_latency = LatencySummary()
         self.tenant_latency: defaultdict[str, LatencySummary] = defaultdict(LatencySummary)
         self.tenant_slowdown: defaultdict[str, LatencySummary] = defaultdict(LatencySummary)
+        # calls of tenants with an SLO: (tenant, whether the call's slowdown met it)
+        self.tenant_slo: defaultdict[tuple[str, bool], int] = defaultdict(int)
         self.admission_waiting = 0
         self.retries = 0
         self.client_disconnects = 0
@@ -44,6 +46,9 @@ class Metrics:
         # learned-graph sync: published / applied / dropped observations; errors per op
         self.graph_observations: defaultdict[str, int] = defaultdict(int)
         self.graph_sync_errors: defaultdict[str, int] = defaultdict(int)
+        # store operations on the call path that failed (the call went on without them)
+        self.store_errors: defaultdict[str, int] = defaultdict(int)
+        self.store_skipped: defaultdict[str, int] = defaultdict(int)  # while it was down
 
 
 def _esc(value: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from saga.gateway.backends import LlamaCppBackend
 from saga.gateway.metrics import PromText
 
 if TYPE_CHECKING:
@@ -46,13 +47,20 @@ async def render_metrics(gateway: Gateway) -> str:
              "Per call: gateway latency over backend latency (queueing inflation).")
     for tenant, s in sorted(m.tenant_slowdown.items()):
         p.summary("saga_tenant_slowdown", s, (("tenant", tenant),))
+    p.family("saga_tenant_slo_calls_total", "counter",
+             "Calls of tenants with an SLO, by whether the call's slowdown at the gateway "
+             "(its queueing inflation) met the tenant's SLO.")
+    for (tenant, met), n in sorted(m.tenant_slo.items()):
+        p.sample("saga_tenant_slo_calls_total", n,
+                 (("tenant", tenant), ("met", "true" if met else "false")))
     p.family("saga_tenant_latency_seconds", "summary", "Per call latency at the gateway.")
     for tenant, s in sorted(m.tenant_latency.items()):
         p.summary("saga_tenant_latency_seconds", s, (("tenant", tenant),))
     p.family("saga_tenant_tokens_total", "counter",
              "Tokens served per tenant (shared store: all gateways).")
-    for tenant, tokens in sorted((await gateway.store.tenant_tokens()).items()):
-        p.sample("saga_tenant_tokens_total", tokens, (("tenant", tenant),))
+    tokens = await gateway.stored_op("metrics", gateway.store.tenant_tokens())
+    for tenant, served in sorted((tokens or {}).items()):
+        p.sample("saga_tenant_tokens_total", served, (("tenant", tenant),))
     p.family("saga_admission_decisions_total", "counter", "Admission verdicts.")
     for verdict, n in sorted(m.admissions.items()):
         p.sample("saga_admission_decisions_total", n, (("verdict", verdict),))
@@ -73,6 +81,38 @@ async def render_metrics(gateway: Gateway) -> str:
         p.sample("saga_shed_total", n, (("bound", bound),))
     p.family("saga_workflows_active", "gauge", "Workflows this gateway is tracking.")
     p.sample("saga_workflows_active", len(gateway.workflows))
+    store = gateway.store
+    sessions = await gateway.stored_op("metrics", store.session_count())
+    p.family("saga_store_sessions", "gauge", "Workflow sessions in the store.")
+    if sessions is not None:
+        p.sample("saga_store_sessions", sessions)
+    p.family("saga_store_sessions_evicted_total", "counter",
+             "Sessions this gateway evicted to keep the store within max_sessions.")
+    p.sample("saga_store_sessions_evicted_total", store.evicted)
+    p.family("saga_store_errors_total", "counter",
+             "Store operations that failed; calls went on without shared state.")
+    for op, n in sorted(m.store_errors.items()):
+        p.sample("saga_store_errors_total", n, (("op", op),))
+    p.family("saga_store_skipped_total", "counter",
+             "Store operations skipped in the second after a failure (the store is down).")
+    for op, n in sorted(m.store_skipped.items()):
+        p.sample("saga_store_skipped_total", n, (("op", op),))
+    p.family("saga_store_up", "gauge", "0 while the store is failing, else 1.")
+    p.sample("saga_store_up", 0 if gateway.store_down else 1)
+    slotted = [b for b in gateway.backends
+               if isinstance(b, LlamaCppBackend) and b.slot_dir is not None]
+    if slotted:
+        p.family("saga_slot_files", "gauge", "Saved llama.cpp slot files on disk.")
+        p.family("saga_slot_file_bytes", "gauge", "Bytes of saved llama.cpp slot files.")
+        p.family("saga_slot_files_deleted_total", "counter",
+                 "Slot files deleted, by reason (drop, end, sweep, budget).")
+        for b in slotted:
+            count, size = b.slot_files()
+            p.sample("saga_slot_files", count, (("backend", b.label),))
+            p.sample("saga_slot_file_bytes", size, (("backend", b.label),))
+            for reason, n in sorted(b.deleted.items()):
+                p.sample("saga_slot_files_deleted_total", n,
+                         (("backend", b.label), ("reason", reason)))
     if gateway.graph_sync.enabled:
         gateway.graph_sync.render(p)
     return p.text()

@@ -7,7 +7,7 @@ What is shared, and why:
   admitted once;
 * **tenant accounts**: tokens each tenant was served (attained service, for fair
   share and metrics);
-* **call statistics**: per (agent, tool) counts, latency and token sums (raw
+* **call statistics**: per (tenant, agent, tool) counts, latency and token sums (raw
   counters for operators; no policy reads them);
 * **learned graph observations**: a log of what each gateway's Agent Execution
   Graphs observed (:class:`~saga.sched.saga.graph.Observation`), so that every
@@ -16,7 +16,14 @@ What is shared, and why:
   the last ``graph_log_length`` entries (a gateway that falls further behind, or
   starts later, misses the older ones).
 
-Every method is one round trip (Redis pipelines where several keys change).
+Every method is one round trip (Redis pipelines where several keys change), but a
+session write that finds the store over ``max_sessions``, which evicts the least
+recently placed sessions in a second one.
+
+Redis commands time out (``socket_timeout``) and a lost connection is opened again on
+the next command (one retry, after a short backoff), so a restarted Redis is used
+again at once and a hung one fails fast instead of stalling the gateway (whose call
+path then serves without shared state; :mod:`saga.gateway.app`).
 """
 
 from __future__ import annotations
@@ -71,8 +78,9 @@ class Store(ABC):
     async def tenant_tokens(self) -> dict[str, float]: ...
 
     @abstractmethod
-    async def graph_stats(self, agent: str) -> dict[str, dict[str, float]]:
-        """Per tool (``-`` for none): ``calls``, ``tokens``, ``latency`` sums."""
+    async def graph_stats(self, tenant: str, agent: str) -> dict[str, dict[str, float]]:
+        """Per tool (``-`` for none) of ``tenant``'s agent: ``calls``, ``tokens``,
+        ``latency`` sums."""
 
     @abstractmethod
     async def publish_observations(
@@ -88,6 +96,13 @@ class Store(ABC):
         :data:`FIRST_CURSOR`, or a cursor this store returned) that gateways other than
         ``source`` published, in log order, and the cursor after those entries
         (``cursor`` itself when there is nothing new)."""
+
+    #: Sessions this process evicted to stay within ``max_sessions``.
+    evicted = 0
+
+    @abstractmethod
+    async def session_count(self) -> int:
+        """Workflow sessions held."""
 
     async def ping(self) -> None:  # noqa: B027 (optional hook)
         """Raise if the store cannot be reached."""
@@ -108,7 +123,7 @@ class MemoryStore(Store):
         self._homes: dict[str, tuple[int, float]] = {}
         self._admitted: dict[str, float] = {}
         self._tokens: dict[str, float] = {}
-        self._graph: dict[str, dict[str, dict[str, float]]] = {}
+        self._graph: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
         # (sequence number, source, observations): gateways in one process sharing this
         # store read it as gateways in several read Redis's stream
         self._log: deque[tuple[int, str, tuple[Observation, ...]]] = deque(
@@ -133,16 +148,23 @@ class MemoryStore(Store):
         self._bound()
 
     def _bound(self) -> None:
-        """At most ``max_sessions`` of each kind: the oldest go (same TTL: first to expire)."""
+        """At most ``max_sessions`` of each kind: the oldest session goes whole (same TTL:
+        the first to expire), counted in :attr:`evicted`."""
         for table in (self._homes, self._admitted):
             while len(table) > self.max_sessions:
-                del table[next(iter(table))]
+                oldest = next(iter(table))
+                self._homes.pop(oldest, None)
+                self._admitted.pop(oldest, None)
+                self.evicted += 1
+
+    async def session_count(self) -> int:
+        return len(self._homes.keys() | self._admitted.keys())
 
     async def record_call(
         self, tenant: str, agent: str, tool: str | None, tokens: int, latency: float
     ) -> None:
         self._tokens[tenant] = self._tokens.get(tenant, 0.0) + tokens
-        stats = self._graph.setdefault(agent, {}).setdefault(
+        stats = self._graph.setdefault((tenant, agent), {}).setdefault(
             tool or "-", {"calls": 0.0, "tokens": 0.0, "latency": 0.0}
         )
         stats["calls"] += 1
@@ -152,8 +174,8 @@ class MemoryStore(Store):
     async def tenant_tokens(self) -> dict[str, float]:
         return dict(self._tokens)
 
-    async def graph_stats(self, agent: str) -> dict[str, dict[str, float]]:
-        return {tool: dict(v) for tool, v in self._graph.get(agent, {}).items()}
+    async def graph_stats(self, tenant: str, agent: str) -> dict[str, dict[str, float]]:
+        return {tool: dict(v) for tool, v in self._graph.get((tenant, agent), {}).items()}
 
     async def publish_observations(
         self, source: str, observations: Sequence[Observation]
@@ -190,18 +212,38 @@ class RedisStore(Store):
     """The same state in Redis, so that several gateway processes agree on it.
 
     Keys (under ``prefix``): ``home:{workflow}`` and ``admitted:{workflow}`` with a
-    TTL; hash ``tenant_tokens``; hash ``graph:{agent}`` with fields ``{tool}:calls``,
-    ``{tool}:tokens``, ``{tool}:latency``; stream ``graph_log`` of observation batches,
+    TTL, and sorted set ``sessions`` (workflow by time of its last session write; the
+    entries older than the TTL are trimmed at each write, and beyond ``max_sessions``
+    the oldest sessions are deleted); hash ``tenant_tokens``; hash
+    ``graph:{tenant}/{agent}`` with fields ``{tool}:calls``, ``{tool}:tokens``,
+    ``{tool}:latency``; stream ``graph_log`` of observation batches,
     entries ``{source, rows}`` (``rows``: JSON list of :meth:`Observation.to_row`),
     trimmed to about ``graph_log_length`` entries at each XADD.
     """
 
-    def __init__(self, url: str, prefix: str = "saga:", graph_log_length: int = 1000) -> None:
+    def __init__(self, url: str, prefix: str = "saga:", graph_log_length: int = 1000,
+                 max_sessions: int = 1_000_000, socket_timeout: float = 2.0,
+                 connect_timeout: float = 1.0, max_connections: int = 64) -> None:
         import redis.asyncio as redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import ExponentialBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
 
-        self._redis: Any = redis.Redis.from_url(url, decode_responses=True)
+        # a dropped connection (a restart) is reopened and the command sent once more; a
+        # timeout is not retried (a hung Redis would only hang longer). At most
+        # max_connections connections: a command waits for a free one (up to the socket
+        # timeout) rather than failing when many calls use the store at once.
+        pool = redis.BlockingConnectionPool.from_url(
+            url, decode_responses=True, socket_timeout=socket_timeout,
+            socket_connect_timeout=connect_timeout, health_check_interval=30,
+            max_connections=max_connections, timeout=socket_timeout,
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1,
+                        supported_errors=(RedisConnectionError,)),
+        )
+        self._redis: Any = redis.Redis(connection_pool=pool)
         self._p = prefix
         self._log_length = graph_log_length
+        self.max_sessions = max_sessions
 
     async def ping(self) -> None:
         await self._redis.ping()
@@ -213,16 +255,40 @@ class RedisStore(Store):
         return Session(int(home) if home is not None else None, admitted is not None)
 
     async def set_home(self, workflow: str, replica: int, ttl: float) -> None:
-        await self._redis.set(self._p + "home:" + workflow, replica, px=max(1, int(ttl * 1000)))
+        await self._write_session(workflow, "home:", replica, ttl)
 
     async def mark_admitted(self, workflow: str, ttl: float) -> None:
-        await self._redis.set(self._p + "admitted:" + workflow, 1, px=max(1, int(ttl * 1000)))
+        await self._write_session(workflow, "admitted:", 1, ttl)
+
+    async def _write_session(self, workflow: str, kind: str, value: int, ttl: float) -> None:
+        now = time.time()  # wall clock: gateways on several hosts share the index
+        index = self._p + "sessions"
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(self._p + kind + workflow, value, px=max(1, int(ttl * 1000)))
+            pipe.zadd(index, {workflow: now})
+            pipe.zremrangebyscore(index, "-inf", now - ttl)  # expired: their keys are gone
+            pipe.zcard(index)
+            *_, count = await pipe.execute()
+        if count > self.max_sessions:
+            await self._evict(count - self.max_sessions)
+
+    async def _evict(self, excess: int) -> None:
+        """Delete the ``excess`` least recently written sessions (both their keys)."""
+        oldest = await self._redis.zpopmin(self._p + "sessions", excess)
+        if not oldest:
+            return
+        keys = [self._p + kind + w for w, _ in oldest for kind in ("home:", "admitted:")]
+        await self._redis.delete(*keys)
+        self.evicted += len(oldest)
+
+    async def session_count(self) -> int:
+        return int(await self._redis.zcard(self._p + "sessions"))
 
     async def record_call(
         self, tenant: str, agent: str, tool: str | None, tokens: int, latency: float
     ) -> None:
         t = tool or "-"
-        graph = self._p + "graph:" + agent
+        graph = self._p + "graph:" + tenant + "/" + agent
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.hincrbyfloat(self._p + "tenant_tokens", tenant, tokens)
             pipe.hincrby(graph, t + ":calls", 1)
@@ -234,8 +300,8 @@ class RedisStore(Store):
         raw: dict[str, str] = await self._redis.hgetall(self._p + "tenant_tokens")
         return {k: float(v) for k, v in raw.items()}
 
-    async def graph_stats(self, agent: str) -> dict[str, dict[str, float]]:
-        raw: dict[str, str] = await self._redis.hgetall(self._p + "graph:" + agent)
+    async def graph_stats(self, tenant: str, agent: str) -> dict[str, dict[str, float]]:
+        raw: dict[str, str] = await self._redis.hgetall(self._p + "graph:" + tenant + "/" + agent)
         out: dict[str, dict[str, float]] = {}
         for field, value in raw.items():
             tool, _, name = field.rpartition(":")
@@ -298,6 +364,8 @@ def _decode_rows(raw: str) -> list[Observation]:
 
 def build_store(config: StoreConfig) -> Store:
     if config.kind == "redis":
-        return RedisStore(config.url, config.prefix, config.graph_log_length)
+        return RedisStore(config.url, config.prefix, config.graph_log_length,
+                          config.max_sessions, config.socket_timeout, config.connect_timeout,
+                          config.max_connections)
     return MemoryStore(max_sessions=config.max_sessions,
                        graph_log_length=config.graph_log_length)

@@ -27,7 +27,7 @@ from saga.engine.kvcache import EvictionOrder
 from saga.sched.decisions import Admission, Retention
 from saga.sched.policy import CallInfo, Policy, PolicyContext, WorkflowInfo
 from saga.sched.saga.config import SagaConfig
-from saga.sched.saga.gate import MemoryGate
+from saga.sched.saga.gate import AgentKey, MemoryGate, agent_key
 
 if TYPE_CHECKING:
     from saga.sched.saga.graph import GraphStore
@@ -40,7 +40,7 @@ SUFFIX = "+gate"
 class _Held:
     """An admitted workflow's share of the working set (as SAGA's ``Flow`` counts it)."""
 
-    agent: str
+    agent: AgentKey  # (tenant, agent type)
     home: int | None = None
     context: int = 0  # tokens: the current call's prompt, then prompt + output
     output: int = 0
@@ -57,7 +57,7 @@ class GatedPolicy(Policy):
         self.inner = inner
         self.config = config or SagaConfig()
         self.held: dict[str, _Held] = {}
-        self.unhomed: dict[str, int] = {}  # admitted workflows with no home yet, per agent
+        self.unhomed: dict[AgentKey, int] = {}  # admitted, no home yet, per (tenant, agent)
         self.homed_total = 0.0
         self._passed: set[str] = set()  # let in by the gate, held by the inner admission
 
@@ -78,11 +78,11 @@ class GatedPolicy(Policy):
                 behind = self.gate.behind(wid)
                 if behind:
                     return behind
-            unplaced = self.unhomed.get(workflow.agent, 0)
+            unplaced = self.unhomed.get(agent_key(workflow), 0)
             verdict = self.gate.decide(workflow, self._working_set(), unplaced)
             if verdict.verdict != "admit":
                 return verdict
-            self._hold(wid, workflow.agent)
+            self._hold(wid, agent_key(workflow))
             self._passed.add(wid)
         inner = self.inner.admit(workflow, now)
         if inner.verdict != "defer":
@@ -95,7 +95,7 @@ class GatedPolicy(Policy):
         expected = self.gate.expected_context
         return self.homed_total + sum(n * expected(a) for a, n in self.unhomed.items() if n)
 
-    def _hold(self, workflow: str, agent: str) -> _Held:
+    def _hold(self, workflow: str, agent: AgentKey) -> _Held:
         held = self.held.get(workflow)
         if held is None:
             held = self.held[workflow] = _Held(agent)
@@ -122,9 +122,9 @@ class GatedPolicy(Policy):
 
     # ---- observations (the gate's bookkeeping, then the inner policy's) ------------------
     def on_call_ready(self, call: CallInfo, now: float) -> None:
-        held = self._hold(call.workflow, call.agent)
+        held = self._hold(call.workflow, agent_key(call))
         if not held.called and held.home is None:
-            self.gate.observe_first_context(call.agent, call.prompt_tokens)
+            self.gate.observe_first_context(agent_key(call), call.prompt_tokens)
         self.inner.on_call_ready(call, now)
 
     def place(self, call: CallInfo, now: float) -> int:

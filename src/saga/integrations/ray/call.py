@@ -1,9 +1,9 @@
 """A call as it crosses Ray: what the ingress read of an OpenAI request.
 
 The ingress (a Serve deployment in front of the replicas) reads the workflow identity
-the way SAGA's gateway does -- the same header parsing (``x-saga-workflow``,
-``x-saga-agent``, ``x-saga-tool``, ``x-saga-end``) and the same fallbacks (the body's
-``user``, else a hash of the conversation's start) -- and hands a :class:`RayCall` to
+with the gateway's own rule (:func:`saga.gateway.identity.identify`: ``x-saga-*``
+headers first, then what standard clients send, then the conversation's start) and
+hands a :class:`RayCall` to
 the replicas' deployment handle. The request routers read it from the pending
 request's arguments: SAGA's router its identity and KV runs, Ray's
 ``PrefixCacheAffinityRouter`` its ``messages``, ``ConsistentHashRouter`` the session
@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from saga.engine.kvcache import Run
-from saga.gateway.app import Gateway, _flag, _name
-from saga.wire.openai_api import ChatRequest, CompletionRequest, Kind, parse_body
+from saga.gateway.identity import identify
+from saga.wire.openai_api import ChatRequest, Kind, parse_body
 from saga.wire.prefix import estimate_tokens, text_runs
 
 #: What a call asks at most when its body names no limit (the gateway's default).
@@ -52,7 +52,8 @@ def read_call(
 ) -> RayCall:
     """The call an OpenAI request makes (raises ``BadRequest`` as the gateway does)."""
     body, data = parse_body(raw, kind)
-    workflow = f"{tenant}/{workflow_id(_name(headers, 'x-saga-workflow'), body)}"
+    who = identify(headers, data)
+    workflow = f"{tenant}/{who.workflow}"
     text = body.text()
     if isinstance(body, ChatRequest):
         messages = [{"role": m.role, "content": m.content} for m in body.messages]
@@ -61,16 +62,9 @@ def read_call(
     data.pop("stream", None)
     data.pop("stream_options", None)
     return RayCall(
-        workflow=workflow, tenant=tenant, agent=_name(headers, "x-saga-agent") or "default",
-        tool=_name(headers, "x-saga-tool") or None,
-        ends=_flag(headers.get("x-saga-end"), "x-saga-end"), kind=kind, model=body.model,
+        workflow=workflow, tenant=tenant, agent=who.agent, tool=who.tool,
+        ends=who.ends, kind=kind, model=body.model,
         messages=messages, prompt_tokens=estimate_tokens(text),
         runs=text_runs(text, block_tokens), max_tokens=body.output_limit(default_max_tokens),
         body=data,
     )
-
-
-def workflow_id(header: str | None, body: ChatRequest | CompletionRequest) -> str:
-    """The gateway's rule (:meth:`saga.gateway.app.Gateway._workflow_id`), reused as is:
-    the header, else ``user:`` + the body's user, else ``auto:`` + a hash of the start."""
-    return Gateway._workflow_id(None, header, body)  # type: ignore[arg-type]

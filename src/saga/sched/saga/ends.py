@@ -90,15 +90,16 @@ class EndWatch:
 
 @dataclass
 class EndMarkers:
-    """Per agent type: how many of its ends came with the client's marker, and without."""
+    """Per (tenant, agent type): how many of its ends came with the client's marker, and
+    without (one tenant's clients never decide whether another's ends are predicted)."""
 
-    marked: dict[str, int] = field(default_factory=dict)
-    unmarked: dict[str, int] = field(default_factory=dict)
+    marked: dict[tuple[str, str], int] = field(default_factory=dict)
+    unmarked: dict[tuple[str, str], int] = field(default_factory=dict)
 
-    def observe(self, agent: str, marked: bool) -> None:
+    def observe(self, key: tuple[str, str], marked: bool) -> None:
         counts = self.marked if marked else self.unmarked
-        counts[agent] = counts.get(agent, 0) + 1
+        counts[key] = counts.get(key, 0) + 1
 
-    def said(self, agent: str) -> bool:
-        """Whether ``agent``'s ends are said by its client (seen marked, never not)."""
-        return self.marked.get(agent, 0) > 0 and self.unmarked.get(agent, 0) == 0
+    def said(self, key: tuple[str, str]) -> bool:
+        """Whether ``key``'s ends are said by its client (seen marked, never not)."""
+        return self.marked.get(key, 0) > 0 and self.unmarked.get(key, 0) == 0

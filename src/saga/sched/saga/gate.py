@@ -12,7 +12,7 @@ scheduling the workflow rather than the call.
 
 A workflow's working set is its current context (prompt plus output of its last
 call); a workflow that has not yet called counts as the running mean context of
-its agent type at first call (a prior until one is seen).
+its agent type at first call (a prior until one is seen), learned per tenant.
 """
 
 from __future__ import annotations
@@ -21,7 +21,15 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from saga.sched.decisions import ADMIT, Admission
-from saga.sched.policy import WorkflowInfo
+from saga.sched.policy import CallInfo, WorkflowInfo
+
+#: What per-agent learning is keyed by: (tenant, agent type). Agent names are the
+#: clients' to choose, so learning is never shared across tenants.
+AgentKey = tuple[str, str]
+
+
+def agent_key(item: WorkflowInfo | CallInfo) -> AgentKey:
+    return (item.tenant, item.agent)
 
 
 @dataclass
@@ -34,7 +42,8 @@ class MemoryGate:
     prior_context: float
     cold_start: int = 4
     waiting: deque[str] = field(default_factory=deque)
-    _first_context: dict[str, tuple[float, int]] = field(default_factory=dict)
+    # per (tenant, agent type): one tenant's first calls never set another's expectation
+    _first_context: dict[AgentKey, tuple[float, int]] = field(default_factory=dict)
     # behind()'s answers by (queue length, retry_after): under overload every queued
     # workflow asks again every retry_after seconds, and the answer is the same data
     _behind: dict[tuple[int, float], Admission] = field(default_factory=dict)
@@ -43,17 +52,17 @@ class MemoryGate:
     def limit(self) -> float:
         return self.budget * self.capacity_tokens
 
-    def expected_context(self, agent: str) -> float:
-        total, count = self._first_context.get(agent, (0.0, 0))
+    def expected_context(self, key: AgentKey) -> float:
+        total, count = self._first_context.get(key, (0.0, 0))
         return total / count if count else self.prior_context
 
-    def observe_first_context(self, agent: str, tokens: int) -> None:
-        total, count = self._first_context.get(agent, (0.0, 0))
-        self._first_context[agent] = (total + tokens, count + 1)
+    def observe_first_context(self, key: AgentKey, tokens: int) -> None:
+        total, count = self._first_context.get(key, (0.0, 0))
+        self._first_context[key] = (total + tokens, count + 1)
 
-    def seen(self, agent: str) -> bool:
-        """Whether a first call of ``agent`` has been observed (its context is known)."""
-        return agent in self._first_context
+    def seen(self, key: AgentKey) -> bool:
+        """Whether a first call of ``key``'s agent type (of its tenant) has been observed."""
+        return key in self._first_context
 
     def decide(
         self, workflow: WorkflowInfo, working_set: float, unplaced: int = 0,
@@ -61,7 +70,7 @@ class MemoryGate:
     ) -> Admission:
         """Admit ``workflow`` if it is first in line and fits beside ``working_set``.
 
-        ``unplaced``: admitted workflows of its agent type not yet placed. Until a first
+        ``unplaced``: admitted workflows of its tenant's agent type not yet placed. Until a first
         call of the type has been seen its context is only the prior, so at most
         ``cold_start`` of them are let in (a burst of an unknown agent could otherwise be
         admitted whole at the prior and then outgrow the memory).
@@ -76,8 +85,9 @@ class MemoryGate:
             else:  # interactive work goes ahead of best effort, in arrival order
                 self._insert_interactive(workflow.workflow)
         head = self.waiting[0]
-        need = self.expected_context(workflow.agent)
-        known = self.seen(workflow.agent) or unplaced < self.cold_start
+        key = agent_key(workflow)
+        need = self.expected_context(key)
+        known = self.seen(key) or unplaced < self.cold_start
         # An empty cluster always admits, so a workflow larger than memory still runs.
         fits = working_set <= 0 or (known and (room or working_set + need <= self.limit))
         if head == workflow.workflow and fits:

@@ -82,15 +82,18 @@ class Observation:
     duration: float = 0.0  # transition: seconds from the call's end to the next call
     growth: float = 0.0  # transition: tokens the next prompt appended
     tokens: int = 0  # output: tokens the call produced
+    tenant: str = ""  # whose graph learned it (graphs are per tenant and agent)
 
     def to_row(self) -> list[str | float | int]:
-        """A compact JSON-able row (only the fields of its kind)."""
+        """A compact JSON-able row (only the fields of its kind, then the tenant if any)."""
         head: list[str | float | int] = [_KIND_TAG[self.kind], self.agent, self.node]
         if self.kind == "transition":
-            return [*head, self.dst, self.duration, self.growth]
-        if self.kind == "output":
-            return [*head, self.tokens]
-        return head
+            row = [*head, self.dst, self.duration, self.growth]
+        elif self.kind == "output":
+            row = [*head, self.tokens]
+        else:
+            row = head
+        return [*row, self.tenant] if self.tenant else row
 
     @classmethod
     def from_row(cls, row: object) -> Observation:
@@ -101,14 +104,23 @@ class Observation:
         ):
             raise ValueError(f"not an observation row: {row!r}")
         tag, agent, node, *rest = row
+        size = _ROW_FIELDS.get(tag)
+        tenant = ""
+        if size is not None and len(rest) == size + 1 and isinstance(rest[-1], str):
+            tenant = rest.pop()
+            if not tenant:
+                raise ValueError(f"not an observation row: {row!r}")
         if tag == "t" and len(rest) == 3 and isinstance(rest[0], str):
             duration, growth = _finite(rest[1]), _finite(rest[2])
-            return cls(agent, "transition", node, rest[0], duration, growth)
+            return cls(agent, "transition", node, rest[0], duration, growth, tenant=tenant)
         if tag == "e" and not rest:
-            return cls(agent, "end", node)
+            return cls(agent, "end", node, tenant=tenant)
         if tag == "o" and len(rest) == 1 and type(rest[0]) is int:
-            return cls(agent, "output", node, tokens=rest[0])
+            return cls(agent, "output", node, tokens=rest[0], tenant=tenant)
         raise ValueError(f"not an observation row: {row!r}")
+
+
+_ROW_FIELDS = {"t": 3, "e": 0, "o": 1}  # fields after (tag, agent, node), tenant aside
 
 
 def _finite(x: object) -> float:
@@ -298,10 +310,12 @@ class AgentGraph:
     unless made with ``record=False`` (an observation learned from elsewhere)."""
 
     def __init__(
-        self, config: SagaConfig, agent: str = "", sink: ObservationSink | None = None
+        self, config: SagaConfig, agent: str = "", sink: ObservationSink | None = None,
+        tenant: str = "",
     ) -> None:
         self.config = config
         self.agent = agent
+        self.tenant = tenant
         self.sink = sink
         self._nodes: dict[str, _Node] = defaultdict(_Node)
         self._tools: dict[str, LogNormalFit] = defaultdict(LogNormalFit)
@@ -328,7 +342,8 @@ class AgentGraph:
         """A call at ``src`` was followed, ``duration`` s after it finished, by a call at
         ``dst`` whose prompt appended ``growth`` tokens."""
         if record and self.sink is not None:
-            self.sink(Observation(self.agent, "transition", src, dst, duration, growth))
+            self.sink(Observation(self.agent, "transition", src, dst, duration, growth,
+                                  tenant=self.tenant))
         node = self._nodes[src]
         node.continues += 1
         node.successors[dst] += 1
@@ -342,14 +357,15 @@ class AgentGraph:
     def observe_end(self, src: str, *, record: bool = True) -> None:
         """The workflow ended after a call at ``src``."""
         if record and self.sink is not None:
-            self.sink(Observation(self.agent, "end", src))
+            self.sink(Observation(self.agent, "end", src, tenant=self.tenant))
         self._nodes[src].ends += 1
         self.ends += 1
         self._touch()
 
     def observe_output(self, node: str, tokens: int, *, record: bool = True) -> None:
         if record and self.sink is not None:
-            self.sink(Observation(self.agent, "output", node, tokens=tokens))
+            self.sink(Observation(self.agent, "output", node, tokens=tokens,
+                                  tenant=self.tenant))
         self._nodes[node].output.add(float(tokens))
         self._pooled["output"].add(float(tokens))
         self._touch()
@@ -563,24 +579,29 @@ class AgentGraph:
 
 
 class GraphStore:
-    """One graph per agent type, created on first sight.
+    """One graph per (tenant, agent type), created on first sight.
+
+    Graphs are per tenant: agent names are the clients' to choose, so one tenant's
+    calls under another's agent name learn a graph of their own and never change
+    the other's estimates (tenants meet only in the capacity fair share divides).
 
     ``sink`` (see :meth:`set_sink`) receives every observation the graphs learn;
     :meth:`apply` learns observations that came from elsewhere."""
 
     def __init__(self, config: SagaConfig, sink: ObservationSink | None = None) -> None:
         self.config = config
-        self._graphs: dict[str, AgentGraph] = {}
+        self._graphs: dict[tuple[str, str], AgentGraph] = {}
         self._sink = sink
         # with the graph switched off every agent shares one graph that never learns
         self._frozen = AgentGraph(config)
 
-    def get(self, agent: str) -> AgentGraph:
+    def get(self, agent: str, tenant: str = "") -> AgentGraph:
         if not self.config.graph:
             return self._frozen
-        graph = self._graphs.get(agent)
+        key = (tenant, agent)
+        graph = self._graphs.get(key)
         if graph is None:
-            graph = self._graphs[agent] = AgentGraph(self.config, agent, self._sink)
+            graph = self._graphs[key] = AgentGraph(self.config, agent, self._sink, tenant)
         return graph
 
     def set_sink(self, sink: ObservationSink | None) -> None:
@@ -598,7 +619,7 @@ class GraphStore:
             return 0
         count = 0
         for obs in observations:
-            graph = self.get(obs.agent)
+            graph = self.get(obs.agent, obs.tenant)
             if obs.kind == "transition":
                 graph.observe_transition(obs.node, obs.dst, obs.duration, obs.growth,
                                          record=False)
@@ -614,5 +635,12 @@ class GraphStore:
         return self.config.graph
 
     def snapshot(self) -> dict[str, object]:
-        """Every agent type's learned graph (see :meth:`AgentGraph.snapshot`)."""
-        return {agent: g.snapshot() for agent, g in sorted(self._graphs.items())}
+        """Every learned graph (see :meth:`AgentGraph.snapshot`), under ``TENANT/AGENT``
+        (the agent alone for tenant "")."""
+        return {graph_label(tenant, agent): g.snapshot()
+                for (tenant, agent), g in sorted(self._graphs.items())}
+
+
+def graph_label(tenant: str, agent: str) -> str:
+    """How a (tenant, agent) graph is named in snapshots."""
+    return f"{tenant}/{agent}" if tenant else agent

@@ -29,7 +29,7 @@ from saga.sched.saga import retention as keep
 from saga.sched.saga.config import SagaConfig
 from saga.sched.saga.ends import EndMarkers, EndWatch, time_to_end
 from saga.sched.saga.fairshare import FairShare
-from saga.sched.saga.gate import MemoryGate
+from saga.sched.saga.gate import AgentKey, MemoryGate, agent_key
 from saga.sched.saga.graph import AgentGraph, GraphStore, node_key
 
 if TYPE_CHECKING:
@@ -107,7 +107,7 @@ class SagaPolicy(Policy):
         self.homed_total = 0.0
         self._placements = 0
         self._lightest: list[int] = []
-        self.unhomed: dict[str, int] = {}  # flows with no home yet, per agent type
+        self.unhomed: dict[AgentKey, int] = {}  # flows with no home yet, per (tenant, agent)
         gpu = sum(r.kv.capacity for r in ctx.replicas) * ctx.block_tokens
         host = sum(r.host.capacity for r in ctx.replicas if r.host is not None)
         capacity = gpu + self.config.gate_host_share * host * ctx.block_tokens
@@ -121,14 +121,14 @@ class SagaPolicy(Policy):
         flow = self.flows.get(workflow.workflow)
         if flow is None:
             flow = self.flows[workflow.workflow] = Flow(workflow)
-            self._count_unhomed(workflow.agent, +1)
+            self._count_unhomed(agent_key(workflow), +1)
             if workflow.slo is not None:
                 self.active_slos[workflow.slo] = self.active_slos.get(workflow.slo, 0) + 1
             self.fair.activate(workflow.tenant)
         return flow
 
     def _graph(self, flow: Flow) -> AgentGraph:
-        return self.graphs.get(flow.info.agent)
+        return self.graphs.get(flow.info.agent, flow.info.tenant)
 
     def _rehome(self, flow: Flow, home: int | None, context: int) -> None:
         """Move ``flow``'s working set to ``home`` with ``context`` tokens."""
@@ -136,16 +136,16 @@ class SagaPolicy(Policy):
             self.homed[flow.home] -= flow.context
             self.homed_total -= flow.context
         else:
-            self._count_unhomed(flow.info.agent, -1)
+            self._count_unhomed(agent_key(flow.info), -1)
         flow.home, flow.context = home, context
         if home is not None:
             self.homed[home] += context
             self.homed_total += context
         else:
-            self._count_unhomed(flow.info.agent, +1)
+            self._count_unhomed(agent_key(flow.info), +1)
 
-    def _count_unhomed(self, agent: str, delta: int) -> None:
-        self.unhomed[agent] = self.unhomed.get(agent, 0) + delta
+    def _count_unhomed(self, key: AgentKey, delta: int) -> None:
+        self.unhomed[key] = self.unhomed.get(key, 0) + delta
 
     def graph_snapshot(self) -> dict[str, object]:
         """The learned Agent Execution Graphs, as plain data (see `saga graph show`)."""
@@ -177,8 +177,8 @@ class SagaPolicy(Policy):
                 return verdict
         if self.config.memory_gate:
             verdict = self.gate.decide(
-                workflow, self._working_set(), self.unhomed.get(workflow.agent, 0),
-                self.config.gate_work_conserving and self._room_for(workflow.agent),
+                workflow, self._working_set(), self.unhomed.get(agent_key(workflow), 0),
+                self.config.gate_work_conserving and self._room_for(agent_key(workflow)),
             )
             if verdict.verdict != "admit":
                 return verdict
@@ -202,10 +202,10 @@ class SagaPolicy(Policy):
         expected = self.gate.expected_context
         return self.homed_total + sum(n * expected(a) for a, n in self.unhomed.items() if n)
 
-    def _room_for(self, agent: str) -> bool:
+    def _room_for(self, key: AgentKey) -> bool:
         """Whether some replica has no call waiting and free KV for a new workflow of
-        ``agent`` (its expected first context): memory does not bind there now."""
-        need = self.gate.expected_context(agent) / self.ctx.block_tokens
+        ``key``'s agent type (its expected first context): memory does not bind there now."""
+        need = self.gate.expected_context(key) / self.ctx.block_tokens
         for r in self.ctx.replicas:
             if not r.up or r.waiting:
                 continue
@@ -243,7 +243,7 @@ class SagaPolicy(Policy):
         graph = self._graph(flow)
         node = node_key(call.tool, call.index, self.config.depth_buckets)
         if flow.last_finish is None and flow.home is None:
-            self.gate.observe_first_context(call.agent, call.prompt_tokens)
+            self.gate.observe_first_context(agent_key(call), call.prompt_tokens)
         if flow.last_finish is not None:
             flow.gap_before = now - flow.last_finish
             if self.graphs.learning:
@@ -288,7 +288,7 @@ class SagaPolicy(Policy):
     # ---- predicted ends (ends.py) ---------------------------------------------------------
     def _time_to_end(self, flow: Flow, call: CallInfo) -> float:
         """Seconds after ``call`` finishes until its workflow is taken as ended."""
-        if not self.config.predict_end or self.end_markers.said(call.agent):
+        if not self.config.predict_end or self.end_markers.said(agent_key(call)):
             return float("inf")
         return time_to_end(self._graph(flow), flow.node, call.turn_ended,
                            self.config.end_confidence, self.config.min_samples)
@@ -311,12 +311,12 @@ class SagaPolicy(Policy):
             flow.context = 0
             self.ctx.replicas[flow.home].unpin(flow.info.workflow, now)
         else:
-            self._count_unhomed(flow.info.agent, -1)
+            self._count_unhomed(agent_key(flow.info), -1)
 
     def _unrelease(self, flow: Flow) -> None:
         flow.predicted_end = False
         if flow.home is None:
-            self._count_unhomed(flow.info.agent, +1)
+            self._count_unhomed(agent_key(flow.info), +1)
 
     def _observe_slowdown(self, flow: Flow, call: CallInfo, now: float) -> None:
         latency = now - call.issued_at
@@ -332,13 +332,13 @@ class SagaPolicy(Policy):
         flow = self.flows.pop(workflow.workflow, None)
         if flow is None:
             return
-        self.end_markers.observe(flow.info.agent, flow.marked)
+        self.end_markers.observe(agent_key(flow.info), flow.marked)
         if flow.predicted_end:
             self._unrelease(flow)  # then forgotten as any finished workflow
         if self.graphs.learning and flow.node:
             self._graph(flow).observe_end(flow.node)
         self._rehome(flow, None, 0)
-        self._count_unhomed(flow.info.agent, -1)
+        self._count_unhomed(agent_key(flow.info), -1)
         if flow.info.slo is not None:
             self.active_slos[flow.info.slo] -= 1
         tct = now - flow.info.arrival
