@@ -860,8 +860,18 @@ class Replica(QueueTokens):
         """Steps of pure decode that can run as one event (0 or 1 means single step)."""
         if len(batch) != len(self.running):
             return 0  # someone is loading or did not fit: step by step
+        bt = self.block_tokens
         for request, q in batch:
             if q != 1 or request.total_tokens - request.computed != 1:
+                return 0
+            # A run applies only what every step of it does (one token each): the step
+            # that ends a prompt also times the first token, caches the prompt's last
+            # block and ends a recomputation, so that step is taken on its own.
+            if (
+                request.generated == 0
+                or request.recompute_base >= 0
+                or request.locked_blocks < min(request.total_tokens // bt, request.keyed_blocks)
+            ):
                 return 0
         if (
             self.waiting
