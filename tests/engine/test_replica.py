@@ -126,6 +126,37 @@ def test_the_step_that_ends_a_prompt_is_not_folded_into_a_decode_run() -> None:
     assert abs(ran[1] - stepped[1]) < 1e-9 * stepped[1]
 
 
+def test_a_decode_run_does_not_evict_what_a_call_admitted_at_its_cut_would_hit() -> None:
+    """A run takes only free blocks: had it evicted at its start for steps it did not
+    take, a call admitted where it is cut would miss the evicted prefix."""
+
+    def cut_and_admit(decode_runs: bool) -> tuple[int, int]:
+        replica = make_replica(capacity=12)
+        replica.decode_runs = decode_runs
+        replica.enqueue(request("b", 4, 1, seq=1, extra_tokens=10), 0.0)
+        now, _ = drive(replica)  # b's 4 prompt blocks stay cached, evictable
+        a = request("a", 6, 200, seq=2)  # 6 blocks, then 3 more over 200 tokens
+        replica.enqueue(a, now)
+        end = replica.plan(now)
+        assert end is not None
+        replica.complete(end)  # prefill: a holds 7 blocks, 1 is free
+        now = end
+        four, five = (replica.cost.decode_steps_time(1, a.computed, k) for k in (4, 5))
+        cut = now + (four + five) / 2  # within the fifth decode step
+        while now < cut:
+            end = replica.plan(now)
+            assert end is not None
+            end = replica.interrupt(cut) or end
+            replica.complete(end)
+            now = end
+        again = request("b", 4, 1, seq=3, extra_tokens=10)
+        replica.enqueue(again, now)
+        replica.plan(now)
+        return again.cached_tokens, a.generated
+
+    assert cut_and_admit(True) == cut_and_admit(False) == (4 * BT, 6)
+
+
 def test_interrupting_a_run_ends_it_at_the_next_step_boundary() -> None:
     replica = make_replica()
     replica.enqueue(request("a", 8, 500, seq=1), 0.0)
