@@ -98,6 +98,65 @@ def test_decode_runs_are_one_event_and_match_single_steps() -> None:
         assert abs(x - y) < 1e-9 * max(1.0, y)
 
 
+def test_the_step_that_ends_a_prompt_is_not_folded_into_a_decode_run() -> None:
+    """A chunk that stops one token short of the prompt leaves a batch that looks like
+    a decode (one token to compute), but that step also emits the first token and
+    completes the prompt's last block: a run would time the first token at its end and
+    never cache the block (the next call of the workflow then hits one block less)."""
+
+    def serve(decode_runs: bool) -> tuple[float, float, int]:
+        replica = make_replica(budget=10 * BT - 1)
+        replica.decode_runs = decode_runs
+        first = request("a", 10, 5, seq=1)  # 640 prompt tokens, a chunk of 639
+        replica.enqueue(first, 0.0)
+        end = replica.plan(0.0)
+        assert end is not None
+        replica.complete(end)
+        assert (first.computed, first.generated) == (10 * BT - 1, 0)
+        step_end = end + replica._step_time([(first, 1)])
+        end, _ = drive(replica, end)
+        again = Request("a", "c1", (("w:a", 0, 12),), 12 * BT, 2, BT, seq=2)
+        replica.enqueue(again, end)
+        replica.plan(end)
+        return first.first_token_at - step_end, first.finished_at, again.cached_tokens
+
+    ran, stepped = serve(True), serve(False)
+    assert ran[2] == stepped[2] == 10 * BT
+    assert ran[0] == stepped[0] == 0.0
+    assert abs(ran[1] - stepped[1]) < 1e-9 * stepped[1]
+
+
+def test_a_decode_run_does_not_evict_what_a_call_admitted_at_its_cut_would_hit() -> None:
+    """A run takes only free blocks: had it evicted at its start for steps it did not
+    take, a call admitted where it is cut would miss the evicted prefix."""
+
+    def cut_and_admit(decode_runs: bool) -> tuple[int, int]:
+        replica = make_replica(capacity=12)
+        replica.decode_runs = decode_runs
+        replica.enqueue(request("b", 4, 1, seq=1, extra_tokens=10), 0.0)
+        now, _ = drive(replica)  # b's 4 prompt blocks stay cached, evictable
+        a = request("a", 6, 200, seq=2)  # 6 blocks, then 3 more over 200 tokens
+        replica.enqueue(a, now)
+        end = replica.plan(now)
+        assert end is not None
+        replica.complete(end)  # prefill: a holds 7 blocks, 1 is free
+        now = end
+        four, five = (replica.cost.decode_steps_time(1, a.computed, k) for k in (4, 5))
+        cut = now + (four + five) / 2  # within the fifth decode step
+        while now < cut:
+            end = replica.plan(now)
+            assert end is not None
+            end = replica.interrupt(cut) or end
+            replica.complete(end)
+            now = end
+        again = request("b", 4, 1, seq=3, extra_tokens=10)
+        replica.enqueue(again, now)
+        replica.plan(now)
+        return again.cached_tokens, a.generated
+
+    assert cut_and_admit(True) == cut_and_admit(False) == (4 * BT, 6)
+
+
 def test_interrupting_a_run_ends_it_at_the_next_step_boundary() -> None:
     replica = make_replica()
     replica.enqueue(request("a", 8, 500, seq=1), 0.0)

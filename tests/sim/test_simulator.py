@@ -90,12 +90,15 @@ def test_every_workflow_completes_and_nothing_leaks(wfs: list[Workflow], policy:
 def test_decode_runs_give_the_same_result_as_single_steps(wfs: list[Workflow]) -> None:
     runs = simulate("vllm-affinity", wfs, decode_runs=True).result  # type: ignore[attr-defined]
     steps = simulate("vllm-affinity", wfs, decode_runs=False).result  # type: ignore[attr-defined]
-    a = sorted((c.workflow, c.call_id, c.finished_at, c.cached_tokens) for c in runs.calls)
-    b = sorted((c.workflow, c.call_id, c.finished_at, c.cached_tokens) for c in steps.calls)
+    a = sorted((c.workflow, c.call_id, c.cached_tokens, c.finished_at, c.first_token_at)
+               for c in runs.calls)
+    b = sorted((c.workflow, c.call_id, c.cached_tokens, c.finished_at, c.first_token_at)
+               for c in steps.calls)
     assert len(a) == len(b)
     for x, y in zip(a, b, strict=True):
-        assert x[:2] == y[:2] and x[3] == y[3]
-        assert abs(x[2] - y[2]) <= 1e-6 * max(1.0, y[2])
+        assert x[:3] == y[:3]
+        for ran, stepped in zip(x[3:], y[3:], strict=True):
+            assert abs(ran - stepped) <= 1e-6 * max(1.0, stepped)
 
 
 class CheckedReplica(Replica):

@@ -860,8 +860,18 @@ class Replica(QueueTokens):
         """Steps of pure decode that can run as one event (0 or 1 means single step)."""
         if len(batch) != len(self.running):
             return 0  # someone is loading or did not fit: step by step
+        bt = self.block_tokens
         for request, q in batch:
             if q != 1 or request.total_tokens - request.computed != 1:
+                return 0
+            # A run applies only what every step of it does (one token each): the step
+            # that ends a prompt also times the first token, caches the prompt's last
+            # block and ends a recomputation, so that step is taken on its own.
+            if (
+                request.generated == 0
+                or request.recompute_base >= 0
+                or request.locked_blocks < min(request.total_tokens // bt, request.keyed_blocks)
+            ):
                 return 0
         if (
             self.waiting
@@ -872,27 +882,48 @@ class Replica(QueueTokens):
         steps = min(r.output_tokens - r.generated for r, _ in batch)
         if steps <= 1:
             return 0
-        # Reserve blocks for the whole run; shorten it to what memory allows.
-        while steps > 1 and not self._reserve(batch, steps, now):
-            steps //= 2
-        return steps if steps > 1 else 0
+        # Reserve blocks for the whole run, from free blocks only: shorten it to the
+        # steps whose new blocks are free. A step that must evict (or give up a pin) is
+        # taken on its own, at its own time, as stepping would: a run that evicted at
+        # its start would lose cached blocks that a call admitted at a cut, or a
+        # router's prefix match during the run, would still have found.
+        free = self.kv.free_blocks
+        if self._run_need(batch, steps) > free:
+            low, high = 1, steps  # need(low) <= free < need(high)
+            while high - low > 1:
+                mid = (low + high) // 2
+                if self._run_need(batch, mid) <= free:
+                    low = mid
+                else:
+                    high = mid
+            steps = low
+        if steps <= 1:
+            return 0
+        self._reserve(batch, steps, now)
+        return steps
 
-    def _reserve(self, batch: list[tuple[Request, int]], steps: int, now: float) -> bool:
+    def _run_need(self, batch: list[tuple[Request, int]], steps: int) -> int:
+        """New blocks a run of ``steps`` decode steps needs."""
+        bt = self.block_tokens
+        return sum(
+            max(0, -(-(r.computed + steps) // bt) - r.locked_blocks - r.anon) for r, _ in batch
+        )
+
+    def _reserve(self, batch: list[tuple[Request, int]], steps: int, now: float) -> None:
+        """Take the free blocks a run of ``steps`` steps needs (no eviction)."""
         bt = self.block_tokens
         needs = [
             max(0, -(-(r.computed + steps) // bt) - r.locked_blocks - r.anon) for r, _ in batch
         ]
         total = sum(needs)
         if total == 0:
-            return True
-        if total > self.kv.available_blocks:
-            return False
-        if not self.kv.allocate(total, now):
-            return False
+            return
+        assert total <= self.kv.free_blocks
+        allocated = self.kv.allocate(total, now)
+        assert allocated
         for (request, _), need in zip(batch, needs, strict=True):
             request.anon += need
             self._anon_added(request, need, now)
-        return True
 
     # ---- lifecycle ---------------------------------------------------------------------
     def fail(self, now: float) -> list[Request]:
