@@ -618,11 +618,12 @@ class Gateway:
         m.tenant_latency[info.tenant].observe(latency)
         m.tenant_slowdown[info.tenant].observe(latency / backend_time)
         self.policy.on_call_finished(info, index, now)
+        request.served(tokens)  # the blocks the finished call left: retention's input
         t0 = time.perf_counter()
         view = self.views[index]
         decision = self.policy.retention(view, request, now)
         m.decision_latency.observe(time.perf_counter() - t0)
-        view.note_retention(info.workflow, decision, now)
+        view.note_retention(info.workflow, decision, now, request)
         m.retentions[decision.kind] += 1
         backend = self.backends[index]
         if decision.kind != "release" and backend.retains:

@@ -58,6 +58,7 @@ __all__ = [
     "TraceSession",
     "chat_prompt",
     "compare",
+    "kv_cluster",
     "load_sessions",
     "plan",
     "replay",
@@ -214,6 +215,23 @@ def sim_workflows(
         out.append(Workflow(f"default/{wf.id}", "default", agent, wf.arrival, tuple(calls),
                             None, block_tokens))
     return out
+
+
+def kv_cluster(kv_blocks: int, base: str = "cpu-tiny") -> str:
+    """The ``base`` cluster preset with ``kv_blocks`` of KV per replica (what
+    ``--num-gpu-blocks-override`` gives the engines, less vLLM's null block), registered
+    under ``NAME-kvN`` so that the gateway and the simulator know the engines' real
+    memory; returns the name."""
+    from saga.engine.cluster import CLUSTERS
+
+    spec = get_cluster(base)
+    name = f"{base}-kv{kv_blocks}"
+    if name not in CLUSTERS:
+        engine = spec.engine.model_copy(update={"kv_capacity_blocks": kv_blocks})
+        CLUSTERS[name] = spec.model_copy(update={
+            "name": name, "engine": engine,
+            "description": f"{spec.description} ({kv_blocks} KV blocks per replica)"})
+    return name
 
 
 def simulate(workflows: Sequence[Workflow], cluster: str, policy: str) -> dict[str, float]:
