@@ -132,6 +132,13 @@ class ApproxPrefixIndex:
         self.capacity = capacity_blocks
         #: Blocks held (not evictable), as the owner of the index counts them.
         self.held = 0
+        #: The engine's KV events, when subscribed (saga.gateway.kv_events.KVIndex): a
+        #: match is cut to what the engine still holds of the workflow that sent it.
+        self.events: KVIndex | None = None
+        #: Gateway-estimated tokens per engine token, from finished calls (EWMA).
+        self.token_ratio = 1.0
+        #: Matches cut by events: [lookups, blocks the estimate said, blocks kept].
+        self.lookups = [0, 0, 0]
         self._blocks: OrderedDict[tuple[str, int], str | None] = OrderedDict()
 
     @property
@@ -163,7 +170,23 @@ class ApproxPrefixIndex:
         return 0
 
     def match_blocks(self, runs: Sequence[Run]) -> int:
-        """Blocks of ``runs``' prefix that were sent to this replica and not aged out."""
+        """Blocks of ``runs``' prefix that were sent to this replica and not aged out (and,
+        with events, that the engine still holds)."""
+        estimate = self._estimate(runs)
+        if self.events is None or estimate == 0:
+            return estimate
+        owner = self.owner(runs, estimate - 1)
+        if owner is None:
+            return estimate
+        held = int(self.events.session_prefix_blocks(owner) * self.token_ratio)
+        matched = min(estimate, held)
+        stats = self.lookups
+        stats[0] += 1
+        stats[1] += estimate
+        stats[2] += matched
+        return matched
+
+    def _estimate(self, runs: Sequence[Run]) -> int:
         blocks = self._blocks
         matched = 0
         for namespace, first, count in runs:
@@ -224,12 +247,6 @@ class RemoteReplicaView:
         self._tenant_tag: dict[str, float] = {}  # tenant -> finish tag of its last call
         self.context_tokens = self.demand_tokens = self.backlog_tokens = 0
         self.pins: dict[str, RemotePin] = {}  # workflow -> the pin asked of the backend
-        #: The engine's KV events, when subscribed (saga.gateway.kv_events.KVIndex).
-        self.events: KVIndex | None = None
-        #: Gateway-estimated tokens per engine token, from finished calls (EWMA).
-        self.token_ratio = 1.0
-        #: Prefix lookups with events: [lookups, blocks the estimate said, blocks kept].
-        self.prefix_lookups = [0, 0, 0]
 
     # ---- what a policy reads ----------------------------------------------------------
     @property
@@ -245,19 +262,21 @@ class RemoteReplicaView:
         return sum(c.prompt_tokens + c.output_tokens for c in calls)
 
     def cached_blocks_for(self, runs: Sequence[Run]) -> int:
-        estimate = self.kv.match_blocks(runs)
-        if self.events is None or estimate == 0:
-            return estimate
-        owner = self.kv.owner(runs, estimate - 1)
-        if owner is None:
-            return estimate
-        held = int(self.events.session_prefix_blocks(owner) * self.token_ratio)
-        matched = min(estimate, held)
-        stats = self.prefix_lookups
-        stats[0] += 1
-        stats[1] += estimate
-        stats[2] += matched
-        return matched
+        return self.kv.match_blocks(runs)
+
+    @property
+    def events(self) -> KVIndex | None:
+        """The engine's KV events (saga.gateway.kv_events.KVIndex), when subscribed."""
+        return self.kv.events
+
+    @events.setter
+    def events(self, index: KVIndex | None) -> None:
+        self.kv.events = index
+
+    @property
+    def prefix_lookups(self) -> list[int]:
+        """Prefix matches cut by events: [lookups, blocks the estimate said, kept]."""
+        return self.kv.lookups
 
     def unpin(self, workflow: str, now: float) -> bool:
         """Forget a pin the policy asked for (the backend lets it lapse)."""
@@ -319,7 +338,7 @@ class RemoteReplicaView:
             blocks = call.locked_blocks
             if call.served_tokens > 0:  # learn the gateway's estimate against the engine
                 ratio = (call.prompt_tokens + call.output_tokens) / call.served_tokens
-                self.token_ratio += 0.2 * (ratio - self.token_ratio)
+                self.kv.token_ratio += 0.2 * (ratio - self.kv.token_ratio)
         for expired in [w for w, pin in self.pins.items() if pin.expires <= now]:
             self._unpin(expired)
         self._unpin(workflow)

@@ -16,8 +16,10 @@ ids; a live replay needs the text itself, so this module reads the files again:
   it gets exactly that many);
 * :func:`replay`: one run through a gateway, a client per session, ``x-saga-workflow``,
   ``x-saga-tool`` and ``x-saga-end`` set; returns each workflow's task completion time
-  (TCT: its arrival to its last answer). A ``salt`` line starts every prompt, so that runs
-  one after another on the same engines find nothing of each other in the prefix cache;
+  (TCT: its arrival to its last answer); a refused or failed call ends its session, which
+  counts as failed (``failed``), never as a skipped call. A ``salt`` line starts every
+  prompt, so that runs one after another on the same engines find nothing of each other
+  in the prefix cache;
 * :func:`sim_workflows`: the same plan as the simulator's workflows, prompts tokenized with
   the tiny model's own tokenizer and chat template, cut into ``block_tokens`` blocks named
   by their chain (as :mod:`saga.workloads.readers.lmcache` does), for
@@ -34,7 +36,7 @@ import math
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -142,10 +144,13 @@ def chat_prompt(text: str) -> str:
 
 @dataclass
 class ReplayResult:
-    tct: dict[str, float]  # workflow -> seconds
+    tct: dict[str, float]  # workflow -> seconds (finished workflows)
     calls: int
     errors: int
     backends: dict[str, int]  # workflow -> the replica its calls went to last
+    #: Workflows a call of which was refused or failed (not 200): the session stops
+    #: there and is a failed session, never a skipped call.
+    failed: set[str] = field(default_factory=set)
 
     @property
     def mean_tct(self) -> float:
@@ -180,9 +185,11 @@ async def replay(
                                         headers=headers) as response:
                     await response.read()
                     result.calls += 1
+                    result.backends[wf.id] = int(response.headers.get("x-saga-backend", -1))
                     if response.status != 200:
                         result.errors += 1
-                    result.backends[wf.id] = int(response.headers.get("x-saga-backend", -1))
+                        result.failed.add(wf.id)
+                        return
             result.tct[wf.id] = time.monotonic() - arrived
 
         await asyncio.gather(*(run(w) for w in workflows))
