@@ -23,7 +23,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install --quiet -e '.[dev,engines]'
+.venv/bin/python -m pip install --quiet -e '.[dev,engines,gateway-events]'
 # Ray Serve (the `ray` extra: SAGA's request router for Ray, tests/ray_serve). Its own line:
 # when it cannot be installed (no wheel for this platform) the rest still works and those
 # tests skip, saying why.

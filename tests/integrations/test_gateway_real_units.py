@@ -39,7 +39,7 @@ def test_vllm_backend_sends_workflow_and_priority() -> None:
         return out
 
     with_priority, without = asyncio.run(run())
-    sent = {"mine": 1, "saga_workflow": "t/w1", "saga_tenant": "t"}
+    sent = {"mine": 1, "saga_workflow": "t/w1", "saga_tenant": "t", "session_id": "t/w1"}
     assert with_priority == {"vllm_xargs": sent, "priority": vllm_priority((0.0, 1.0))}
     assert without == {"vllm_xargs": sent}
 
@@ -63,7 +63,8 @@ def test_vllm_backend_passes_the_call_to_saga_inside_vllm() -> None:
         return out
 
     middle, last = asyncio.run(run())
-    base = {"saga_workflow": "t/w1", "saga_tenant": "t", "saga_agent": "coder"}
+    base = {"saga_workflow": "t/w1", "saga_tenant": "t", "saga_agent": "coder",
+            "session_id": "t/w1"}
     assert middle == {**base, "saga_tool": "bash"}
     assert last == {**base, "saga_end": True}
 

@@ -423,11 +423,12 @@ def test_gateway_backend_sends_tenant_and_the_last_pin_as_a_ttl_hint() -> None:
         return sent
 
     first, after_pin, after_drop, bare = asyncio.run(run())
-    base = {"saga_workflow": "acme/w1", "saga_tenant": "acme", "saga_tool": "bash"}
+    base = {"saga_workflow": "acme/w1", "saga_tenant": "acme", "saga_tool": "bash",
+            "session_id": "acme/w1"}
     assert first == base  # the client's saga_ttl is not passed on
     assert after_pin == {**base, "saga_ttl": 7.5}
     assert after_drop == base
-    assert bare == {"saga_workflow": "bare", "saga_tenant": "default"}
+    assert bare == {"saga_workflow": "bare", "saga_tenant": "default", "session_id": "bare"}
 
 
 # ---- real vLLM: SAGA's scheduler against vLLM's own ----------------------------------------------

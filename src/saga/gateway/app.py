@@ -677,11 +677,12 @@ class Gateway:
         if info.slo is not None:  # the gateway's share of the SLO: its queueing inflation
             m.tenant_slo[(info.tenant, latency / backend_time <= info.slo)] += 1
         self.policy.on_call_finished(info, index, now)
+        request.served(tokens)  # the blocks the finished call left: retention's input
         t0 = time.perf_counter()
         view = self.views[index]
         decision = self.policy.retention(view, request, now)
         m.decision_latency.observe(time.perf_counter() - t0)
-        view.note_retention(info.workflow, decision, now)
+        view.note_retention(info.workflow, decision, now, request)
         m.retentions[decision.kind] += 1
         backend = self.backends[index]
         if decision.kind != "release" and backend.retains:

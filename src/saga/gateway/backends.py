@@ -258,6 +258,9 @@ class VLLMBackend(Backend):
         tenant, scoped, _ = workflow.partition("/")
         xargs["saga_workflow"] = workflow
         xargs["saga_tenant"] = tenant if scoped else "default"
+        # vLLM tags the KV events of the blocks a request stores with its session id:
+        # the workflow, so the gateway's KV-event index knows whose prefix a block is.
+        xargs["session_id"] = workflow
         if call is not None:  # what SAGA inside vLLM learns its graph from
             xargs["saga_agent"] = call.agent
             if call.tool is not None:

@@ -20,17 +20,27 @@ approximate:
 * ``load()``, ``outstanding_tokens()``: from those two lists, with each call's
   ``max_tokens`` as its output (outstanding work is not decremented as tokens stream);
 * ``cached_blocks_for(runs)`` and ``kv``: an LRU index of the block hashes this
-  gateway routed to the replica, bounded by the replica's KV capacity. It does not
+  gateway routed to the replica, bounded by the replica's KV capacity. Alone it does not
   see evictions made by the engine for other traffic, nor pins, so it overestimates
-  hits under memory pressure; it never invents a prefix that was not sent there;
+  hits under memory pressure; it never invents a prefix that was not sent there. With
+  the engine's KV events (``events``, :mod:`saga.gateway.kv_events`) a match is cut to
+  what the engine still holds of the workflow that sent those blocks (its cached chain
+  from the start, converted from engine tokens to the gateway's estimate by the ratio
+  seen on finished calls); ``prefix_lookups`` counts how far the estimate strayed;
 * ``pins``: the pins the policy asked for (:meth:`~RemoteReplicaView.note_retention`),
   with their expiry on the gateway's clock; a pin goes when the workflow's next call
   starts here, when it is unpinned, or (swept at the next retention decision) when it
   has expired -- what the backend was asked to do, not what it did;
 * ``up``: the last health check (or a failed call) said so;
+* ``kv.locked_blocks``: what this gateway has the replica hold -- the prompt blocks of
+  the calls it has running there plus the blocks of the pins it asked for (blind to
+  other gateways and to the engine's own choices); ``anonymous_blocks`` is 0;
 * ``host``: a host tier of the preset's host capacity for backends that offload
-  (llama.cpp: slot save and restore), else None; ``locked_blocks`` and
-  ``anonymous_blocks`` are 0 (the gateway does not see the engine's allocations);
+  (llama.cpp: slot save and restore), else None;
+* a call's ``locked_blocks``: 0 while it runs; once it has finished, the full blocks of
+  its prompt and output as the engine counted them (``usage.total_tokens`` over the
+  block size: vLLM caches the full blocks of both), so that the retention decision
+  weighs the KV the finished call really left (:meth:`GatewayCall.served`);
 * ``max_num_batched_tokens``: the cluster preset's engine setting (the gateway's model
   of the backend).
 """
@@ -44,6 +54,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from saga.engine.kvcache import Run
+from saga.gateway.kv_events import KVIndex
 from saga.sched.decisions import Retention
 from saga.sched.view import CallInfo
 
@@ -53,15 +64,15 @@ class GatewayCall:
     :class:`~saga.sched.view.CallView`)."""
 
     __slots__ = (
-        "call_id", "enqueued_at", "info", "output_tokens", "prompt_tokens", "runs",
-        "scheduled_at", "seq", "slot", "tenant", "workflow",
+        "block_tokens", "call_id", "enqueued_at", "info", "locked_blocks", "output_tokens",
+        "prompt_tokens", "runs", "scheduled_at", "seq", "served_tokens", "slot", "tenant",
+        "workflow",
     )
 
     #: What the gateway cannot see of the engine's progress: the members a policy reads
     #: of an engine call, fixed here (the engine's business).
     computed = 0
     generated = 0
-    locked_blocks = 0
     preemptions = 0
     lock = None
 
@@ -76,6 +87,11 @@ class GatewayCall:
         # A prompt is at least as long as its keyed blocks (as the engine model counts).
         self.prompt_tokens = max(info.prompt_tokens, sum(r[2] for r in info.runs) * block_tokens)
         self.output_tokens = output_tokens  # the call's max_tokens
+        self.block_tokens = block_tokens
+        #: The engine's prompt plus output tokens once the call has finished (0 before).
+        self.served_tokens = 0
+        #: The call's KV blocks left in the engine's prefix cache, known once it finished.
+        self.locked_blocks = 0
         self.seq = seq
         self.enqueued_at = now
         self.scheduled_at = -1.0  # when it got a slot on the backend
@@ -84,7 +100,16 @@ class GatewayCall:
 
     @property
     def total_tokens(self) -> int:
-        return self.prompt_tokens + self.generated
+        return max(self.prompt_tokens + self.generated, self.served_tokens)
+
+    def served(self, total_tokens: int) -> None:
+        """The call finished; the engine counted ``total_tokens`` (prompt plus output,
+        ``usage.total_tokens``; 0 when the answer had no usage). Its full blocks are what
+        the engine keeps cached of this call (the gateway's prompt estimate without a
+        count), and what a retention decision weighs."""
+        self.served_tokens = total_tokens
+        tokens = total_tokens if total_tokens > 0 else self.prompt_tokens
+        self.locked_blocks = tokens // self.block_tokens
 
     def __repr__(self) -> str:
         return f"GatewayCall({self.workflow}/{self.call_id})"
@@ -92,17 +117,29 @@ class GatewayCall:
 
 @dataclass(slots=True)
 class RemotePin:
-    """A pin the policy asked of a backend, with its expiry on the gateway's clock."""
+    """A pin the policy asked of a backend, with its expiry on the gateway's clock and
+    the blocks it holds."""
 
     expires: float
+    blocks: int = 0
 
 
 class ApproxPrefixIndex:
-    """An LRU set of block names (run keys, one block each) with a block capacity."""
+    """An LRU set of block names (run keys, one block each) with a block capacity, each
+    with the workflow that sent it last (when known)."""
 
     def __init__(self, capacity_blocks: int) -> None:
         self.capacity = capacity_blocks
-        self._blocks: OrderedDict[tuple[str, int], None] = OrderedDict()
+        #: Blocks held (not evictable), as the owner of the index counts them.
+        self.held = 0
+        #: The engine's KV events, when subscribed (saga.gateway.kv_events.KVIndex): a
+        #: match is cut to what the engine still holds of the workflow that sent it.
+        self.events: KVIndex | None = None
+        #: Gateway-estimated tokens per engine token, from finished calls (EWMA).
+        self.token_ratio = 1.0
+        #: Matches cut by events: [lookups, blocks the estimate said, blocks kept].
+        self.lookups = [0, 0, 0]
+        self._blocks: OrderedDict[tuple[str, int], str | None] = OrderedDict()
 
     @property
     def used_blocks(self) -> int:
@@ -124,15 +161,32 @@ class ApproxPrefixIndex:
 
     @property
     def locked_blocks(self) -> int:
-        """Blocks held by running calls: not known here (the engine's own business)."""
-        return 0
+        """Blocks held by running calls and pins, as the owner counts them (at most the
+        capacity)."""
+        return min(self.held, self.capacity)
 
     @property
     def anonymous_blocks(self) -> int:
         return 0
 
     def match_blocks(self, runs: Sequence[Run]) -> int:
-        """Blocks of ``runs``' prefix that were sent to this replica and not aged out."""
+        """Blocks of ``runs``' prefix that were sent to this replica and not aged out (and,
+        with events, that the engine still holds)."""
+        estimate = self._estimate(runs)
+        if self.events is None or estimate == 0:
+            return estimate
+        owner = self.owner(runs, estimate - 1)
+        if owner is None:
+            return estimate
+        held = int(self.events.session_prefix_blocks(owner) * self.token_ratio)
+        matched = min(estimate, held)
+        stats = self.lookups
+        stats[0] += 1
+        stats[1] += estimate
+        stats[2] += matched
+        return matched
+
+    def _estimate(self, runs: Sequence[Run]) -> int:
         blocks = self._blocks
         matched = 0
         for namespace, first, count in runs:
@@ -142,18 +196,29 @@ class ApproxPrefixIndex:
                 matched += 1
         return matched
 
-    def add(self, runs: Sequence[Run]) -> None:
-        """Record ``runs`` as cached, most recently used; age out the oldest."""
+    def add(self, runs: Sequence[Run], owner: str | None = None) -> None:
+        """Record ``runs`` as cached, most recently used (sent by ``owner`` if given);
+        age out the oldest."""
         blocks = self._blocks
         for namespace, first, count in runs:
             for i in range(first, first + count):
                 key = (namespace, i)
                 if key in blocks:
                     blocks.move_to_end(key)
+                    if owner is not None:
+                        blocks[key] = owner
                 else:
-                    blocks[key] = None
+                    blocks[key] = owner
         while len(blocks) > self.capacity:
             blocks.popitem(last=False)
+
+    def owner(self, runs: Sequence[Run], block: int) -> str | None:
+        """The workflow that last sent block number ``block`` (0-based) of ``runs``."""
+        for namespace, first, count in runs:
+            if block < count:
+                return self._blocks.get((namespace, first + block))
+            block -= count
+        return None
 
 
 class RemoteReplicaView:
@@ -199,9 +264,23 @@ class RemoteReplicaView:
     def cached_blocks_for(self, runs: Sequence[Run]) -> int:
         return self.kv.match_blocks(runs)
 
+    @property
+    def events(self) -> KVIndex | None:
+        """The engine's KV events (saga.gateway.kv_events.KVIndex), when subscribed."""
+        return self.kv.events
+
+    @events.setter
+    def events(self, index: KVIndex | None) -> None:
+        self.kv.events = index
+
+    @property
+    def prefix_lookups(self) -> list[int]:
+        """Prefix matches cut by events: [lookups, blocks the estimate said, kept]."""
+        return self.kv.lookups
+
     def unpin(self, workflow: str, now: float) -> bool:
         """Forget a pin the policy asked for (the backend lets it lapse)."""
-        return self.pins.pop(workflow, None) is not None
+        return self._unpin(workflow)
 
     # ---- the gateway's verbs: a call moves only through these -------------------------
     def try_start(self, call: GatewayCall, now: float) -> bool:
@@ -249,24 +328,42 @@ class RemoteReplicaView:
             started.append(waiter)
         return started
 
-    def note_retention(self, workflow: str, decision: Retention, now: float) -> None:
-        """Record the policy's retention decision for ``workflow``'s KV here."""
+    def note_retention(
+        self, workflow: str, decision: Retention, now: float, call: GatewayCall | None = None,
+    ) -> None:
+        """Record the policy's retention decision for ``workflow``'s KV (``call``: the
+        finished call it is about, whose blocks a pin holds) here."""
+        blocks = 0
+        if call is not None:
+            blocks = call.locked_blocks
+            if call.served_tokens > 0:  # learn the gateway's estimate against the engine
+                ratio = (call.prompt_tokens + call.output_tokens) / call.served_tokens
+                self.kv.token_ratio += 0.2 * (ratio - self.kv.token_ratio)
         for expired in [w for w, pin in self.pins.items() if pin.expires <= now]:
-            del self.pins[expired]
+            self._unpin(expired)
+        self._unpin(workflow)
         if decision.kind == "pin":
-            self.pins[workflow] = RemotePin(now + decision.ttl)
-        else:
-            self.pins.pop(workflow, None)
+            self.pins[workflow] = RemotePin(now + decision.ttl, blocks)
+            self.kv.held += blocks
+
+    def _unpin(self, workflow: str) -> bool:
+        pin = self.pins.pop(workflow, None)
+        if pin is None:
+            return False
+        self.kv.held -= pin.blocks
+        return True
 
     def _start(self, call: GatewayCall, now: float) -> None:
         call.scheduled_at = now
+        self.kv.add(call.runs, call.workflow)  # sent there now, by this workflow
         self.running.append(call)
         self._count_running(call, 1)
-        self.pins.pop(call.workflow, None)  # the next call uses the pinned KV
+        self._unpin(call.workflow)  # the next call uses the pinned KV (its blocks now)
 
     # ---- the queue token sums (computed and generated stay 0 at the gateway) ----------
     def _count_running(self, call: GatewayCall, sign: int) -> None:
         self.backlog_tokens += sign * max(0, call.prompt_tokens - 1)
+        self.kv.held += sign * -(-call.prompt_tokens // self.block_tokens)
 
     def _count_waiting(self, call: GatewayCall, sign: int) -> None:
         self.demand_tokens += sign * call.prompt_tokens
@@ -279,3 +376,6 @@ class RemoteReplicaView:
         backlog = sum(max(0, c.prompt_tokens - 1) for c in self.running) + demand
         kept = (self.context_tokens, self.demand_tokens, self.backlog_tokens)
         assert kept == (0, demand, backlog), (kept, (0, demand, backlog))
+        held = sum(-(-c.prompt_tokens // self.block_tokens) for c in self.running) + sum(
+            p.blocks for p in self.pins.values())
+        assert self.kv.held == held, (self.kv.held, held)

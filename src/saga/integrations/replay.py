@@ -16,8 +16,10 @@ ids; a live replay needs the text itself, so this module reads the files again:
   it gets exactly that many);
 * :func:`replay`: one run through a gateway, a client per session, ``x-saga-workflow``,
   ``x-saga-tool`` and ``x-saga-end`` set; returns each workflow's task completion time
-  (TCT: its arrival to its last answer). A ``salt`` line starts every prompt, so that runs
-  one after another on the same engines find nothing of each other in the prefix cache;
+  (TCT: its arrival to its last answer); a refused or failed call ends its session, which
+  counts as failed (``failed``), never as a skipped call. A ``salt`` line starts every
+  prompt, so that runs one after another on the same engines find nothing of each other
+  in the prefix cache;
 * :func:`sim_workflows`: the same plan as the simulator's workflows, prompts tokenized with
   the tiny model's own tokenizer and chat template, cut into ``block_tokens`` blocks named
   by their chain (as :mod:`saga.workloads.readers.lmcache` does), for
@@ -34,7 +36,7 @@ import math
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,7 @@ __all__ = [
     "TraceSession",
     "chat_prompt",
     "compare",
+    "kv_cluster",
     "load_sessions",
     "plan",
     "replay",
@@ -141,10 +144,13 @@ def chat_prompt(text: str) -> str:
 
 @dataclass
 class ReplayResult:
-    tct: dict[str, float]  # workflow -> seconds
+    tct: dict[str, float]  # workflow -> seconds (finished workflows)
     calls: int
     errors: int
     backends: dict[str, int]  # workflow -> the replica its calls went to last
+    #: Workflows a call of which was refused or failed (not 200): the session stops
+    #: there and is a failed session, never a skipped call.
+    failed: set[str] = field(default_factory=set)
 
     @property
     def mean_tct(self) -> float:
@@ -179,9 +185,11 @@ async def replay(
                                         headers=headers) as response:
                     await response.read()
                     result.calls += 1
+                    result.backends[wf.id] = int(response.headers.get("x-saga-backend", -1))
                     if response.status != 200:
                         result.errors += 1
-                    result.backends[wf.id] = int(response.headers.get("x-saga-backend", -1))
+                        result.failed.add(wf.id)
+                        return
             result.tct[wf.id] = time.monotonic() - arrived
 
         await asyncio.gather(*(run(w) for w in workflows))
@@ -214,6 +222,23 @@ def sim_workflows(
         out.append(Workflow(f"default/{wf.id}", "default", agent, wf.arrival, tuple(calls),
                             None, block_tokens))
     return out
+
+
+def kv_cluster(kv_blocks: int, base: str = "cpu-tiny") -> str:
+    """The ``base`` cluster preset with ``kv_blocks`` of KV per replica (what
+    ``--num-gpu-blocks-override`` gives the engines, less vLLM's null block), registered
+    under ``NAME-kvN`` so that the gateway and the simulator know the engines' real
+    memory; returns the name."""
+    from saga.engine.cluster import CLUSTERS
+
+    spec = get_cluster(base)
+    name = f"{base}-kv{kv_blocks}"
+    if name not in CLUSTERS:
+        engine = spec.engine.model_copy(update={"kv_capacity_blocks": kv_blocks})
+        CLUSTERS[name] = spec.model_copy(update={
+            "name": name, "engine": engine,
+            "description": f"{spec.description} ({kv_blocks} KV blocks per replica)"})
+    return name
 
 
 def simulate(workflows: Sequence[Workflow], cluster: str, policy: str) -> dict[str, float]:

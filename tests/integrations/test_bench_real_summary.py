@@ -1,0 +1,69 @@
+"""`saga bench real`'s summary and its RESULTS.md section, from made-up runs (no engines)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from saga.bench.real import RealBench, render_markdown, summarize
+
+
+def _run(case: str, policy: str, rep: int, tcts: list[float], failed: int = 0) -> dict:
+    return {
+        "case": case, "policy": policy, "repetition": rep,
+        "tct": {f"s{i:03d}": t for i, t in enumerate(tcts)},
+        "failed": [f"s{i:03d}" for i in range(failed)], "calls": 10, "errors": failed,
+        "wall": 30.0, "load": [1.0, 3.0], "prefix_queries": 1000.0, "prefix_hits": 250.0,
+        "retentions": {"pin": 2, "release": 1}, "prefix_lookups": [[4, 40, 30], [0, 0, 0]],
+        "backends": [0, 1],
+    }
+
+
+def test_summary_has_the_speedups_and_the_simulators_error() -> None:
+    spec = RealBench(policies=("saga", "vllm-affinity"), repetitions=2)
+    runs = [
+        _run("memory", "saga", 0, [10.0, 20.0]), _run("memory", "vllm-affinity", 0, [20.0, 40.0]),
+        _run("memory", "saga", 1, [10.0, 30.0]),
+        _run("memory", "vllm-affinity", 1, [20.0, 30.0], failed=1),
+        _run("light", "saga", 0, [5.0, 5.0]), _run("light", "vllm-affinity", 0, [5.0, 5.0]),
+    ]
+    sim = {"memory": {"saga": 18.0, "vllm-affinity": 18.75}, "light": {"saga": 5.0,
+                                                                        "vllm-affinity": 5.0}}
+    s = summarize(spec, runs, sim, quick=False, wall=120.0)
+    memory = s["cases"]["memory"]
+    assert memory["saga"]["mean_tct"] == pytest.approx((15.0 + 20.0) / 2)
+    assert memory["vllm-affinity"]["mean_tct"] == pytest.approx((30.0 + 25.0) / 2)
+    assert memory["vllm-affinity"]["failed"] == 1
+    assert memory["saga"]["hit_rate"] == pytest.approx(0.25)
+    assert memory["saga"]["retentions"] == {"pin": 4, "release": 2}
+    assert (memory["saga"]["lookups"], memory["saga"]["estimate_blocks"],
+            memory["saga"]["event_blocks"]) == (8, 80, 60)
+    sp = s["speedup"]["saga/vllm-affinity"]
+    assert sp["n"] == 4 and sp["mean_tct_ratio"] == pytest.approx(27.5 / 17.5)
+    # paired per repetition and workflow: 20/10, 40/20, 20/10, 30/30
+    assert sp["geomean"] == pytest.approx(math.exp((3 * math.log(2.0)) / 4))
+    assert s["speedup_light"]["saga/vllm-affinity"]["mean_tct_ratio"] == pytest.approx(1.0)
+    assert s["sim_error"] == {"saga": pytest.approx(18.0 / 17.5 - 1),
+                              "vllm-affinity": pytest.approx(18.75 / 27.5 - 1)}
+    assert s["load_average"] == {"min": 1.0, "mean": 2.0, "max": 3.0}
+    text = render_markdown(s)
+    assert text.startswith("## Real engines\n")
+    assert "| vllm-affinity | 27.50 | 30.0 25.0 | 1.57 |" in text
+    assert "load average (1 min) during the runs 1.0-3.0" in text
+
+
+def test_quick_is_one_repetition_of_smaller_cases() -> None:
+    quick = RealBench().quick()
+    assert quick.repetitions == 1
+    assert [c.name for c in quick.cases] == ["memory", "light"]
+    full = RealBench()
+    assert full.repetitions >= 3 and full.kv_blocks == 81
+    memory = full.cases[0]
+    assert (memory.sessions, memory.arrival_interval) == (16, 0.25)
+
+
+def test_a_request_of_max_model_len_must_fit_the_kv() -> None:
+    with pytest.raises(ValueError, match="exceeds the KV of 40 usable blocks"):
+        RealBench(kv_blocks=41, max_model_len=8192)
+    assert RealBench(kv_blocks=41, max_model_len=4096).max_model_len == 4096
