@@ -72,12 +72,13 @@ def test_graph_show_prints_and_draws_what_saga_learned(tmp_path: Path) -> None:
     proc = run("simulate", "--policy", "saga", "--out", str(tmp_path), "--no-progress")
     assert proc.returncode == 0, proc.stderr
     graphs = json.loads((tmp_path / "graph.json").read_text())
-    assert set(graphs) == {"swe-agent", "web-agent"}
-    nodes = graphs["swe-agent"]["nodes"]
+    # tenants learn apart: each graph is named TENANT/AGENT
+    assert set(graphs) == {"coding/swe-agent", "browser/web-agent"}
+    nodes = graphs["coding/swe-agent"]["nodes"]
     assert nodes["^#0"]["calls"] > 0 and 0 < nodes["^#0"]["p_continue"] <= 1
     proc = run("graph", "show", str(tmp_path), "--agent", "swe-agent")
     assert proc.returncode == 0, proc.stderr
-    assert "learned execution graph of 'swe-agent'" in proc.stdout
-    assert (tmp_path / "graph-swe-agent.png").stat().st_size > 10_000
+    assert "learned execution graph of 'coding/swe-agent'" in proc.stdout
+    assert (tmp_path / "graph-coding--swe-agent.png").stat().st_size > 10_000
     missing = run("graph", "show", str(tmp_path / "nothing"))
     assert missing.returncode == 2 and "no learned graph here" in missing.stderr

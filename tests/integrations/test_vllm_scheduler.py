@@ -338,7 +338,7 @@ def test_graph_learns_tool_gaps_and_idle_workflows_end() -> None:
         core.finish(last, True, now=5.0)  # 3 s of bash between the calls
     policy = core.policy
     assert isinstance(policy, SagaPolicy)
-    graph = policy.graphs.get("coder")
+    graph = policy.graphs.get("coder", "t")
     assert graph.duration("bash").quantile(0.5) == pytest.approx(3.0)
     assert policy.fair.account("t").active == 0 and not core.workflows and not policy.flows
     idle = FakeRequest("r9", 10, num_output_tokens=1)

@@ -171,9 +171,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def _cmd_show(args: argparse.Namespace) -> int:
     graphs = load_graphs(args.run)
     if args.agent is not None:
-        if args.agent not in graphs:
+        # graphs are named TENANT/AGENT: --agent takes either, the agent alone meaning
+        # that agent of every tenant
+        chosen = {label: g for label, g in graphs.items()
+                  if args.agent in (label, label.rsplit("/", 1)[-1])}
+        if not chosen:
             raise UserError(f"no graph for agent {args.agent!r}; learned: {', '.join(graphs)}")
-        graphs = {args.agent: graphs[args.agent]}
+        graphs = chosen
     console = Console()
     if not console.is_terminal:
         console = Console(width=140)
@@ -181,6 +185,6 @@ def _cmd_show(args: argparse.Namespace) -> int:
     check_output_dir(folder, "--png" if args.png else "the run folder")
     for agent, graph in graphs.items():
         console.print(graph_table(agent, graph))
-        drawn = draw_graph(agent, graph, folder / f"graph-{agent}.png")
+        drawn = draw_graph(agent, graph, folder / f"graph-{agent.replace('/', '--')}.png")
         console.print(f"drew {drawn}")
     return 0
