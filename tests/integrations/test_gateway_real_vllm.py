@@ -23,10 +23,14 @@ LONG = "".join(f"step {i}: the agent read file src/module_{i}.py and ran the tes
                for i in range(120))
 
 
+#: /metrics is closed by default: an operator reads it with an admin key
+ADMIN_KEY = "sk-test-admin"
+
+
 def _gateway(urls: list[str], policy: str) -> GatewayThread:
     return GatewayThread(GatewayConfig.model_validate({
         "policy": policy, "cluster": "cpu-tiny", "block_tokens": 128,
-        "served_models": ["tiny-llama"],
+        "served_models": ["tiny-llama"], "admin_keys": [ADMIN_KEY],
         "backends": [{"url": u, "kind": "vllm", "priority_scheduling": True} for u in urls],
     }))
 
@@ -42,7 +46,9 @@ def _client(gw: GatewayThread) -> openai.OpenAI:
 
 
 def _hits(gw: GatewayThread) -> tuple[float, float]:
-    with urllib.request.urlopen(gw.url + "/metrics", timeout=30) as r:
+    request = urllib.request.Request(gw.url + "/metrics",
+                                     headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    with urllib.request.urlopen(request, timeout=30) as r:
         m = parse_prometheus(r.read().decode())
     return (sum(v for _, v in m["saga_backend_prefix_cache_queries_total"]),
             sum(v for _, v in m["saga_backend_prefix_cache_hits_total"]))

@@ -336,6 +336,9 @@ class LlamaCppBackend(Backend):
         self._lru: OrderedDict[str, int] = OrderedDict()  # workflow -> slot, oldest first
         self._pinned: dict[str, float] = {}  # workflow -> expiry (time.monotonic)
         self._saved: OrderedDict[str, None] = OrderedDict()  # saved workflows, oldest first
+        # slot -> the ended workflow whose KV it still holds: the workflow's last call may
+        # end it (forget) before that call's drop decision arrives to erase the slot
+        self._ended_in: dict[int, str] = {}
         self._lock = asyncio.Lock()
         self.actions: dict[str, int] = {"save": 0, "restore": 0, "erase": 0}
         self.slot_dir = Path(config.slot_save_path) if config.slot_save_path else None
@@ -363,6 +366,7 @@ class LlamaCppBackend(Backend):
                 self._pinned.pop(loser, None)
         self.owner[slot] = workflow
         self._lru[workflow] = slot
+        self._ended_in.pop(slot, None)
         return slot
 
     async def prepare(
@@ -404,6 +408,12 @@ class LlamaCppBackend(Backend):
                     self.owner[slot] = None
                     self._pinned.pop(workflow, None)
                     await self._action(slot, "erase", None)
+                elif slot is None:  # ended already: erase the slot if no one took it since
+                    ended = [s for s, w in self._ended_in.items() if w == workflow]
+                    for s in ended:
+                        del self._ended_in[s]
+                        if self.owner[s] is None and not self.busy[s]:
+                            await self._action(s, "erase", None)
 
     def forget(self, workflow: str) -> None:
         self._delete(workflow, "end")
@@ -412,6 +422,7 @@ class LlamaCppBackend(Backend):
         if slot is not None and not self.busy[slot]:  # the slot is free for another
             del self._lru[workflow]
             self.owner[slot] = None
+            self._ended_in[slot] = workflow
 
     def sweep(self) -> None:
         for path in self._files():
