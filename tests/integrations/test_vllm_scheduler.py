@@ -610,8 +610,9 @@ def _backlog(proc: eng.EngineProc) -> list[str]:
 
     ta's queued calls are sent once vLLM's gauges show a1 running, and b1 once they show
     them waiting (or after 2 s, when the gauges lag), so b1 reaches the engine after them.
-    The long call (3,000 output tokens: 1,900 took 4-9 s here on one core, and a run beside
-    other heavy work once finished it before the others were queued) holds the only sequence
+    The long call (4,000 output tokens: 1,900 took 4-9 s here on one core, and runs of 1,900
+    and of 3,000 beside other heavy work finished it before the others were queued; the
+    gauges lag most then) holds the only sequence
     slot meanwhile, so b1 arrives while a1 still runs: its tenant joins at ta's service
     then, and ta's keeps growing until a1 ends.
     """
@@ -647,7 +648,7 @@ def _backlog(proc: eng.EngineProc) -> list[str]:
         threads.append(thread)
 
     threads: list[threading.Thread] = []
-    send("a1", "ta", 3000)
+    send("a1", "ta", 4000)  # 64 + 4,000 tokens: the most max_model_len (4,096) allows
     _until_queued(url, running=1, waiting=0, done=done)
     for i in range(2, 7):  # their order among themselves does not matter
         send(f"a{i}", "ta", 24)
