@@ -185,6 +185,16 @@ def test_a_gateway_pin_reaches_vllm_survives_traffic_and_is_released(
             return inp
 
         monkeypatch.setattr(policy, "_retention_input", recording)
+        decided: list[str] = []  # wf-pin's retention decisions, in call order
+        decide = policy.retention
+
+        def deciding(replica: Any, request: Any, now: float) -> Any:
+            decision = decide(replica, request, now)
+            if request.workflow.endswith("wf-pin"):
+                decided.append(decision.kind)
+            return decision
+
+        monkeypatch.setattr(policy, "retention", deciding)
         client = openai.OpenAI(base_url=gw.url + "/v1", api_key="unused", timeout=300,
                                max_retries=0)
         for k in range(3):  # the graph learns this agent's tool gaps
@@ -214,8 +224,11 @@ def test_a_gateway_pin_reaches_vllm_survives_traffic_and_is_released(
     # the retention input: the blocks the engine counted (was 0 before the fix)
     assert len(inputs) == 6
     assert all(blocks == served // BLOCK and blocks >= 10 for served, blocks in inputs)
-    # every pin the gateway decided went to vLLM as the next call's saga_ttl
-    assert after["hinted"] - before["hinted"] == pins
+    # every pin the gateway decided for wf-pin went to vLLM as its next call's saga_ttl (the
+    # other tenant's last pins may have no next call to carry them: at most all of them)
+    wf_pins = decided[:-1].count("pin")  # the last call's decision has no next call
+    hinted = after["hinted"] - before["hinted"]
+    assert len(decided) == 6 and wf_pins <= hinted <= pins
     # each call after the first found its previous prompt despite the other traffic
     assert min(hits[1:]) >= 10 * BLOCK
     assert after["released_return"] - before["released_return"] >= 1  # used, let go
