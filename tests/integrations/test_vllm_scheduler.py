@@ -28,12 +28,12 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from tests.contract.fake_vllm import FakeEngine, FakeRequest
 
 from saga.gateway.backends import VLLMBackend
 from saga.gateway.config import BackendConfig
@@ -185,45 +185,15 @@ def test_pressure_releases_the_least_valuable_pin_first() -> None:
 
 
 # ---- SAGA's policy over the vLLM view (fake vLLM requests and block pool) --------------------
-@dataclass
-class FakeRequest:
-    """The members of vLLM's ``Request`` the view reads."""
-
-    request_id: str
-    num_prompt_tokens: int
-    num_output_tokens: int = 0
-    num_computed_tokens: int = 0
-    arrival_time: float = 0.0
-
-    @property
-    def num_tokens(self) -> int:
-        return self.num_prompt_tokens + self.num_output_tokens
-
-
-@dataclass
-class FakeEngine:
-    """vLLM's queues and block pool as the view reads them (VLLMState)."""
-
-    capacity: int = 1000
-    free: int = 1000
-    waiting: list[FakeRequest] = field(default_factory=list)
-    running: list[FakeRequest] = field(default_factory=list)
-
-    def saga_waiting_requests(self) -> list[FakeRequest]:
-        return self.waiting
-
-    def saga_running_requests(self) -> list[FakeRequest]:
-        return self.running
-
-    def saga_free_blocks(self) -> int:
-        return self.free
+#: the engines of these tests: 1,000 blocks (the contract's fake defaults to 4,096)
+BLOCKS = 1000
 
 
 BLOCK_SIZE = 2048
 
 
 def _saga(engine: FakeEngine | None = None, **saga: Any) -> SagaInVLLM:
-    engine = engine or FakeEngine()
+    engine = engine or FakeEngine(capacity=BLOCKS, free=BLOCKS)
     return SagaInVLLM(VLLMSchedulerConfig(saga=SagaConfig(**saga)), engine, FakePool().free,
                       block_size=BLOCK_SIZE, capacity_blocks=engine.capacity,
                       max_num_batched_tokens=8192)
@@ -238,7 +208,7 @@ def test_the_scheduler_drives_the_saga_policy_itself() -> None:
 
 
 def test_fair_share_key_serves_the_tenant_furthest_below_its_share() -> None:
-    engine = FakeEngine()
+    engine = FakeEngine(capacity=BLOCKS, free=BLOCKS)
     core = _saga(engine, tenant_weights={"heavy": 2.0})
     a1 = FakeRequest("a1", 1000, num_output_tokens=100)
     core.arrive(a1, Hints("a/1", "a"), now=0.0)
@@ -259,8 +229,9 @@ def test_fair_share_key_serves_the_tenant_furthest_below_its_share() -> None:
     assert core.key(FakeRequest("stranger", 1), 3.0)[0] == float("inf")
 
 
-IDLE = FakeEngine()
-BUSY = FakeEngine(free=400, waiting=[FakeRequest(f"q{i}", 125 * BLOCK_SIZE) for i in range(4)])
+IDLE = FakeEngine(capacity=BLOCKS, free=BLOCKS)
+BUSY = FakeEngine(capacity=BLOCKS, free=400,
+                  waiting=[FakeRequest(f"q{i}", 125 * BLOCK_SIZE) for i in range(4)])
 DONE = FakeRequest("r1", 20_000, num_output_tokens=200)
 
 
