@@ -9,7 +9,7 @@ import bisect
 from collections import deque
 from collections.abc import Sequence
 
-from saga.engine.kvcache import KVNode, Run
+from saga.engine.kvcache import KVNode, RadixKV, Run, skip_runs
 from saga.sched.policy import CallInfo, Router
 
 INF = float("inf")
@@ -147,3 +147,28 @@ class LeastOutstandingRouter(Router):
 
 def run_blocks(runs: Sequence[Run]) -> int:
     return sum(count for _, _, count in runs)
+
+
+class RoutedPrefixIndex:
+    """A router's approximate prefix index: one LRU tree per replica of the prompts it
+    routed there, never told about engine evictions (SGLang's cache-aware router, llm-d's
+    prefix scorer). A full tree drops its least recently used leaves."""
+
+    def __init__(self, capacity_blocks: list[int]) -> None:
+        self.trees = [RadixKV(max(1, c)) for c in capacity_blocks]
+
+    def matched(self, replica: int, runs: tuple[Run, ...]) -> int:
+        return self.trees[replica].match_blocks(runs)
+
+    def add(self, replica: int, runs: tuple[Run, ...], now: float) -> None:
+        tree = self.trees[replica]
+        node, hit = tree.lock(runs, now, user=False)
+        rest = skip_runs(runs, hit)
+        need = run_blocks(rest)
+        if need and tree.allocate(need, now):
+            new_node, _ = tree.insert(node, rest, now, user=False)
+            tree.unlock(node, now, user=False)
+            # the inserted blocks (new or found meanwhile) are all accounted in the tree
+            tree.release_anonymous(need, now)
+            node = new_node
+        tree.unlock(node, now, user=False)

@@ -49,8 +49,8 @@ from collections import deque
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from saga.engine.kvcache import RadixKV, Run, skip_runs
-from saga.sched.baselines._shared import run_blocks
+from saga.engine.kvcache import Run
+from saga.sched.baselines._shared import RoutedPrefixIndex, run_blocks
 from saga.sched.decisions import ADMIT, Admission
 from saga.sched.policy import CallInfo, Policy, PolicyContext, Router, WorkflowInfo
 
@@ -90,29 +90,6 @@ class LLMDConfig(BaseModel):
     retry_after: float = Field(
         1.0, gt=0.0, description="Seconds before a held workflow asks again (simulator only)."
     )
-
-
-class RoutedPrefixIndex:
-    """The router's approximate prefix index: one LRU tree per replica of the prompts
-    it routed there (never told about engine evictions)."""
-
-    def __init__(self, capacity_blocks: list[int]) -> None:
-        self.trees = [RadixKV(max(1, c)) for c in capacity_blocks]
-
-    def matched(self, replica: int, runs: tuple[Run, ...]) -> int:
-        return self.trees[replica].match_blocks(runs)
-
-    def add(self, replica: int, runs: tuple[Run, ...], now: float) -> None:
-        tree = self.trees[replica]
-        node, hit = tree.lock(runs, now, user=False)
-        rest = skip_runs(runs, hit)
-        need = run_blocks(rest)
-        if need and tree.allocate(need, now):
-            new_node, _ = tree.insert(node, rest, now, user=False)
-            tree.unlock(node, now, user=False)
-            tree.release_anonymous(need, now)
-            node = new_node
-        tree.unlock(node, now, user=False)
 
 
 def take_runs(runs: tuple[Run, ...], blocks: int) -> tuple[Run, ...]:

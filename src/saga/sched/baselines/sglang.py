@@ -42,8 +42,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from saga.engine.kvcache import RadixKV, Run, skip_runs
-from saga.sched.baselines._shared import run_blocks
+from saga.engine.kvcache import Run
+from saga.sched.baselines._shared import RoutedPrefixIndex, run_blocks
 from saga.sched.policy import CallInfo, Policy, PolicyContext, Router
 from saga.sched.view import CallView, ReplicaView
 
@@ -101,7 +101,7 @@ class CacheAwareRouter(Router):
         super().bind(ctx)
         tree_tokens = self.config.max_tree_chars // CHARS_PER_TOKEN
         blocks = max(1, tree_tokens // ctx.block_tokens)
-        self.trees = [RadixKV(blocks) for _ in ctx.replicas]
+        self.index = RoutedPrefixIndex([blocks] * len(ctx.replicas))
 
     def place(self, call: CallInfo, now: float) -> int:
         ups = self.up_replicas()
@@ -113,11 +113,11 @@ class CacheAwareRouter(Router):
             choice = best if self._match_rate(best, call) > self.config.cache_threshold else (
                 least_loaded
             )
-        self._remember(choice, call.runs, now)
+        self.index.add(choice, call.runs, now)
         return choice
 
     def matched_blocks(self, replica: int, runs: tuple[Run, ...]) -> int:
-        return self.trees[replica].match_blocks(runs)
+        return self.index.matched(replica, runs)
 
     def _load(self, replica: int) -> int:
         return self.ctx.replicas[replica].load()
@@ -131,20 +131,6 @@ class CacheAwareRouter(Router):
     def _match_rate(self, replica: int, call: CallInfo) -> float:
         prompt = max(call.prompt_tokens, run_blocks(call.runs) * self.ctx.block_tokens, 1)
         return self.matched_blocks(replica, call.runs) * self.ctx.block_tokens / prompt
-
-    def _remember(self, replica: int, runs: tuple[Run, ...], now: float) -> None:
-        """Insert the prompt into the replica's tree; a full tree drops LRU leaves."""
-        tree = self.trees[replica]
-        node, hit = tree.lock(runs, now, user=False)
-        rest = skip_runs(runs, hit)
-        need = run_blocks(rest)
-        if need and tree.allocate(need, now):
-            new_node, _ = tree.insert(node, rest, now, user=False)
-            tree.unlock(node, now, user=False)
-            # the inserted blocks (new or found meanwhile) are all accounted in the tree
-            tree.release_anonymous(need, now)
-            node = new_node
-        tree.unlock(node, now, user=False)
 
 
 class SGLang(Policy):
