@@ -163,7 +163,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     sub.required = True
     show = sub.add_parser("show", help="print and draw the learned graphs of a finished run")
     show.add_argument("run", type=Path, help="the run's --out directory (or its graph.json)")
-    show.add_argument("--agent", help="only this agent type")
+    show.add_argument("--agent", help="only this graph: TENANT/AGENT, or AGENT for every "
+                      "tenant's graph of that agent type")
     show.add_argument("--png", type=Path, help="folder for drawings (default: the run folder)")
     show.set_defaults(handler=_cmd_show)
 
