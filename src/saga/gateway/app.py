@@ -59,6 +59,7 @@ from saga.gateway.metrics import Metrics
 from saga.gateway.openapi import openapi_document
 from saga.gateway.prometheus import render_metrics
 from saga.gateway.relay import Retryable, forward
+from saga.gateway.retain_step import RetainStep
 from saga.gateway.server import (
     BodyTooLarge,
     HttpRequest,
@@ -121,6 +122,7 @@ class _Workflow:
     last_seen: float = 0.0
     admitted: bool = False
     placed_here: int | None = None  # replica this gateway's policy last chose for it
+    retaining: RetainStep | None = None  # the last answered call's retention step
 
 
 class Gateway:
@@ -437,6 +439,13 @@ class Gateway:
         # header-safe (a ``user`` may hold any character); the client sees its scoped id
         wire_id = urllib.parse.quote(workflow_id, safe="/:@-_.~+=")
         extra_headers: dict[str, str] = {"x-saga-workflow": wire_id}
+        step = RetainStep()  # this call's retention step, which the next call waits for
+        step_handed = False
+
+        def answered() -> None:
+            step.begin()
+            wf.retaining = step
+
         try:
             session = await self.stored_op("session", self.store.session(workflow_id))
             if session is None:  # the store is down: serve on this gateway's own state
@@ -448,6 +457,8 @@ class Gateway:
                 await self.stored_op("admitted",
                                    self.store.mark_admitted(workflow_id, cfg.session_ttl))
             wf.admitted = True
+            if wf.retaining is not None and not await wf.retaining.wait(cfg.retain_wait):
+                self.metrics.retain_wait_timeouts += 1
             now = self.now()
             self._seq += 1
             seq = self._seq  # this call's: other calls move the counter while this one waits
@@ -486,7 +497,7 @@ class Gateway:
                     extra_headers["x-saga-backend"] = str(index)
                     response, tokens = await forward(
                         self.metrics, http, backend, view, path, body, payload, out_headers,
-                        extra_headers,
+                        extra_headers, answered,
                     )
                     break
                 except Retryable as failure:
@@ -509,9 +520,12 @@ class Gateway:
                 now = self.now()
                 index = await self._place(info, None, now, wf, retry=True, exclude=failed)
                 extra_headers["x-saga-retries"] = str(attempt)
-            self._finished(wf, info, request, index, arrived, sent_at, tokens)
+            step_handed = True  # the finish ends it (once the backend has carried it out)
+            self._finished(wf, info, request, index, arrived, sent_at, tokens, step)
             return response
         finally:
+            if not step_handed:  # failed or abandoned: nothing to wait for
+                step.end()
             wf.in_flight -= 1
             if ends and workflow_id in self.workflows and wf.in_flight == 0:
                 self._end_workflow(workflow_id, wf, self.now())
@@ -666,7 +680,7 @@ class Gateway:
 
     def _finished(
         self, wf: _Workflow, info: CallInfo, request: GatewayCall, index: int, arrived: float,
-        sent_at: float, tokens: int,
+        sent_at: float, tokens: int, step: RetainStep,
     ) -> None:
         now = self.now()
         latency = now - arrived
@@ -686,7 +700,9 @@ class Gateway:
         m.retentions[decision.kind] += 1
         backend = self.backends[index]
         if decision.kind != "release" and backend.retains:
-            self._spawn(self._retain(backend, info.workflow, decision, now))
+            self._spawn(self._retain(backend, info.workflow, decision, now, step))
+        else:
+            step.end()
         record = self.store.record_call(info.tenant, info.agent, info.tool, tokens, latency)
         if isinstance(self.store, MemoryStore):
             _run_now(record)  # never suspends: no task needed
@@ -694,12 +710,15 @@ class Gateway:
             self._spawn(self.stored_op("record", record))
 
     async def _retain(
-        self, backend: Backend, workflow: str, decision: Retention, now: float
+        self, backend: Backend, workflow: str, decision: Retention, now: float,
+        step: RetainStep,
     ) -> None:
         try:
             await backend.retain(workflow, decision, now)
         except BackendError:
             self.metrics.retention_errors += 1
+        finally:
+            step.end()
 
 
 def _run_now(coro: Coroutine[Any, Any, None]) -> None:
