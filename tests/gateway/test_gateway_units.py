@@ -184,20 +184,20 @@ def test_gateway_moves_calls_through_the_view_verbs() -> None:
     a, b, c = _calls(3)
 
     async def traffic() -> None:
-        await gateway._acquire(0, a, "t")
-        waiter_b = asyncio.create_task(gateway._acquire(0, b, "t"))
-        waiter_c = asyncio.create_task(gateway._acquire(0, c, "t"))
+        await gateway.pipeline.acquire(0, a, "t")
+        waiter_b = asyncio.create_task(gateway.pipeline.acquire(0, b, "t"))
+        waiter_c = asyncio.create_task(gateway.pipeline.acquire(0, c, "t"))
         await asyncio.sleep(0)
         assert view.running == [a] and view.waiting == [b, c]
         view.check_queue_tokens()
         waiter_c.cancel()
-        gateway._release(0, a)
+        gateway.pipeline.release(0, a)
         await waiter_b
         with pytest.raises(asyncio.CancelledError):
             await waiter_c
         assert view.running == [b] and not view.waiting
         view.check_queue_tokens()
-        gateway._release(0, b)
+        gateway.pipeline.release(0, b)
 
     asyncio.run(traffic())
     view.check_queue_tokens()
@@ -205,7 +205,7 @@ def test_gateway_moves_calls_through_the_view_verbs() -> None:
 
 
 def test_policy_observes_every_call_and_may_move_a_workflow_it_placed() -> None:
-    from saga.gateway.app import Gateway, _Workflow
+    from saga.gateway.app import Gateway, WorkflowState
     from saga.sched.policy import CallInfo, WorkflowInfo
 
     config = GatewayConfig.model_validate({
@@ -221,16 +221,16 @@ def test_policy_observes_every_call_and_may_move_a_workflow_it_placed() -> None:
                         workflow_arrival=0.0, slo=None, ends_workflow=False)
 
     async def places() -> list[int]:
-        mine = _Workflow(WorkflowInfo("mine", "t", "a", 0.0, None))
-        theirs = _Workflow(WorkflowInfo("theirs", "t", "a", 0.0, None))
+        mine = WorkflowState(WorkflowInfo("mine", "t", "a", 0.0, None))
+        theirs = WorkflowState(WorkflowInfo("theirs", "t", "a", 0.0, None))
         home = None
         chosen = []
         for k in range(3):  # this gateway placed every call: the policy moves it
-            home = await gateway._place(call("mine", k), home, 0.0, mine)
+            home = await gateway.pipeline.place(call("mine", k), home, 0.0, mine)
             chosen.append(home)
         # another gateway homed "theirs" on replica 1 (the shared store says so)
         for k in range(2):
-            chosen.append(await gateway._place(call("theirs", 2 * k), 1, 0.0, theirs))
+            chosen.append(await gateway.pipeline.place(call("theirs", 2 * k), 1, 0.0, theirs))
         return chosen
 
     assert asyncio.run(places()) == [0, 1, 0, 1, 1]

@@ -1,7 +1,7 @@
 """The emulator's runtime: engine-model replicas driven in real time.
 
-This is the simulator's replica driver (``_kick``, ``_plan``, ``_step_end``, pin
-expiry) with two additions for a live server:
+The replicas step as in the simulator (:class:`saga.engine.driver.ReplicaDriver`, the one
+stepping loop both use), on a real-time event loop, with two additions for a live server:
 
 * calls arrive from HTTP handlers (:meth:`Emulator.submit`) and report progress
   through an :class:`asyncio.Event` per call, so a handler can stream tokens;
@@ -20,9 +20,9 @@ import asyncio
 from dataclasses import dataclass, field
 
 from saga.engine.cluster import ClusterSpec
+from saga.engine.driver import ReplicaDriver
 from saga.engine.kvcache import Run
 from saga.engine.replica import Replica, Request, output_run
-from saga.engine.timers import ReplicaTimers
 from saga.sched.decisions import RELEASE, Retention
 
 from .realtime import RealtimeEventLoop
@@ -42,8 +42,10 @@ class CallState:
     arrived_at: float = 0.0
 
 
-class Emulator(ReplicaTimers):
+class Emulator(ReplicaDriver):
     """``replicas`` engine-model replicas of ``cluster`` advancing in real time."""
+
+    loop: RealtimeEventLoop
 
     @property
     def static_order(self) -> bool:
@@ -62,11 +64,11 @@ class Emulator(ReplicaTimers):
     ) -> None:
         self.cluster = cluster
         self.max_waiting = max_waiting
-        self.loop: RealtimeEventLoop = RealtimeEventLoop(time_scale)
         self.block_tokens = block_tokens
         self.stream_interval = stream_interval
         self.cost = cluster.cost_model()
         count = replicas if replicas is not None else cluster.replicas
+        super().__init__(RealtimeEventLoop(time_scale), count)
         capacity = cluster.kv_capacity_blocks(block_tokens)
         host = cluster.host_capacity_blocks(block_tokens)
         self.replicas = [
@@ -79,7 +81,6 @@ class Emulator(ReplicaTimers):
         self.calls: dict[int, CallState] = {}
         # what the last finished call of each workflow left, per replica (for retain)
         self.last_kv: list[dict[str, tuple[Run, ...]]] = [{} for _ in self.replicas]
-        self._kick_pending = [False] * count
         self._cut_pending = [False] * count
         self._streaming = [0] * count
         self._seq = 0
@@ -152,9 +153,7 @@ class Emulator(ReplicaTimers):
             return
         request.output_tokens = min(request.output_tokens, request.generated + 1)
         if target.busy:
-            end = target.interrupt(now)
-            if end is not None:
-                self.loop.at(end, self._step_end, (target, target.version))
+            self._interrupt(target, now)
 
     def model_now(self) -> float:
         return self.loop.sync()
@@ -188,27 +187,8 @@ class Emulator(ReplicaTimers):
             self._kick(target)
         return released
 
-    # ---- driving the replicas (as saga.sim.simulator.Simulation) -------------------------
-    def _kick(self, replica: Replica) -> None:
-        now = self.loop.now
-        if replica.busy:
-            end = replica.interrupt(now)
-            if end is not None:
-                self.loop.at(end, self._step_end, (replica, replica.version))
-            return
-        if not self._kick_pending[replica.index]:
-            self._kick_pending[replica.index] = True
-            self.loop.at(now, self._plan, replica)
-
-    def _plan(self, replica: Replica) -> None:
-        self._kick_pending[replica.index] = False
-        if replica.busy:
-            return
-        now = self.loop.now
-        end = replica.plan(now)
-        if end is None:
-            return
-        self.loop.at(end, self._step_end, (replica, replica.version))
+    # ---- the stepping loop's hooks (saga.engine.driver.ReplicaDriver) ----------------------
+    def _planned(self, replica: Replica, now: float, end: float) -> None:
         index = replica.index
         if (
             self._streaming[index]
@@ -222,27 +202,16 @@ class Emulator(ReplicaTimers):
         """Cut a long decode run so that streaming calls see their tokens."""
         self._cut_pending[replica.index] = False
         if replica.busy:
-            end = replica.interrupt(self.loop.now)
-            if end is not None:
-                self.loop.at(end, self._step_end, (replica, replica.version))
+            self._interrupt(replica, self.loop.now)
 
-    def _step_end(self, item: tuple[Replica, int]) -> None:
-        replica, version = item
-        if version != replica.version or not replica.busy:
-            return
-        now = self.loop.now
-        finished = replica.complete(now)
+    def _stepped(self, replica: Replica) -> None:
         calls = self.calls
         for request in replica.running:
             state = calls.get(request.seq)
             if state is not None and state.stream and request.generated:
                 state.progress.set()
-        for request in finished:
-            self._finished(replica, request)
-        self._schedule_replica_timers(replica)
-        self._plan(replica)
 
-    def _finished(self, replica: Replica, request: Request) -> None:
+    def _call_done(self, replica: Replica, request: Request) -> None:
         state = self.calls.pop(request.seq, None)
         out = output_run(request, self.block_tokens)
         self.last_kv[replica.index][request.workflow] = request.runs + (

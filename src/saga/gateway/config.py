@@ -160,6 +160,10 @@ class GatewayConfig(BaseModel):
     max_defer: float = Field(
         30.0, ge=0, description="Longest a deferred workflow waits at the gateway before a 429."
     )
+    retain_wait: float = Field(
+        1.0, ge=0, description="Longest a workflow's call waits for the retention step of "
+        "its previous call (the pin hint it carries, a KV control call) before it goes on.",
+    )
     sticky_sessions: bool = Field(
         True,
         description="Keep a workflow whose home another gateway chose (shared through the "

@@ -34,6 +34,8 @@ class Metrics:
         self.admissions: defaultdict[str, int] = defaultdict(int)  # verdict
         self.retentions: defaultdict[str, int] = defaultdict(int)  # kind
         self.retention_errors = 0
+        # next calls that stopped waiting for their workflow's retention step (retain_wait)
+        self.retain_wait_timeouts = 0
         self.decision_latency = LatencySummary()
         self.tenant_latency: defaultdict[str, LatencySummary] = defaultdict(LatencySummary)
         self.tenant_slowdown: defaultdict[str, LatencySummary] = defaultdict(LatencySummary)

@@ -69,6 +69,9 @@ async def render_metrics(gateway: Gateway) -> str:
         p.sample("saga_retention_decisions_total", n, (("kind", kind),))
     p.family("saga_retention_errors_total", "counter", "KV control calls that failed.")
     p.sample("saga_retention_errors_total", m.retention_errors)
+    p.family("saga_retain_wait_timeouts_total", "counter",
+             "Calls sent before their workflow's last retention step ended (retain_wait).")
+    p.sample("saga_retain_wait_timeouts_total", m.retain_wait_timeouts)
     p.family("saga_decision_latency_seconds", "summary", "Time in the scheduler core.")
     p.summary("saga_decision_latency_seconds", m.decision_latency)
     p.family("saga_retries_total", "counter", "Backend calls made again after a failure.")

@@ -1,11 +1,14 @@
 """Relaying a call to a backend and its answer to the client (whole or streamed), counting
 the tokens served from the answer's ``usage``; what failed before any byte reached the
-client is :class:`Retryable` (the call pipeline may send it again)."""
+client is :class:`Retryable` (the call pipeline may send it again). ``answered`` is told
+when the answer is complete at the gateway, before its end goes to the client (the call's
+retention step begins: :mod:`.retain_step`)."""
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 
 from saga.gateway.backends import Backend, BackendError
 from saga.gateway.metrics import Metrics
@@ -31,6 +34,7 @@ async def forward(
     metrics: Metrics, http: HttpRequest, backend: Backend, view: RemoteReplicaView, path: str,
     body: ChatRequest | CompletionRequest, payload: bytes,
     out_headers: dict[str, str], extra_headers: dict[str, str],
+    answered: Callable[[], None],
 ) -> tuple[Response | ResponseStream, int]:
     """Send the call and relay the answer; return it and the tokens served.
 
@@ -55,6 +59,7 @@ async def forward(
                 "backend_error", "backend_failed"))
         if upstream.status != 200 or not body.stream:
             answer = await read_answer(upstream, backend, view, extra_headers)
+            answered()  # the client gets it once the pipeline returns it
             done = True
             tokens = usage_tokens(answer.body) if upstream.status == 200 else 0
             return answer, tokens
@@ -62,7 +67,7 @@ async def forward(
             "Content-Type": "text/event-stream", "Cache-Control": "no-cache", **extra_headers
         })
         tokens, done = await relay(metrics, upstream, stream, backend, view,
-                                         client_usage=body.include_usage())
+                                   client_usage=body.include_usage(), answered=answered)
         return stream, tokens
     finally:
         if done:
@@ -93,22 +98,30 @@ async def read_answer(
 
 async def relay(
     metrics: Metrics, upstream: UpstreamResponse, stream: ResponseStream, backend: Backend,
-    view: RemoteReplicaView, client_usage: bool,
+    view: RemoteReplicaView, client_usage: bool, answered: Callable[[], None],
 ) -> tuple[int, bool]:
     """Relay an event stream; return the tokens served and whether it ended well.
 
     The gateway asked for the usage chunk (``include_usage``) to count tokens; it is
     kept from a client that did not ask for it. A backend failing mid-stream ends the
-    stream with an ``error`` event, as OpenAI does (the status is sent already)."""
+    stream with an ``error`` event, as OpenAI does (the status is sent already).
+    The answer is complete (``answered``) at its usage chunk or ``[DONE]``, which end
+    an OpenAI stream, or when the backend closes it, whichever comes first: before
+    the client can see the end."""
     tokens = 0
     try:
         while (piece := await upstream.read_lines()) is not None:
             if b'"usage"' in piece:
                 piece, found = take_usage(piece, keep=client_usage)
                 tokens = found or tokens
+                if found:
+                    answered()
+            if b"data: [DONE]" in piece:
+                answered()
             if piece and not await stream.write(piece):
                 metrics.client_disconnects += 1
                 return tokens, False  # the client left: close the backend call
+        answered()
         await stream.finish()
         return tokens, True
     except (TimeoutError, UpstreamError) as failure:

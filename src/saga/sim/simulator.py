@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from saga.core.context import describe_over, over_context
 from saga.core.workflow import HUMAN_TOOL, Call, Workflow
 from saga.engine.cluster import ClusterSpec
+from saga.engine.driver import ReplicaDriver
 from saga.engine.events import EventLoop
 from saga.engine.kvcache import Run
 from saga.engine.replica import Replica, Request, output_run
-from saga.engine.timers import ReplicaTimers
 from saga.sched.policy import CallInfo, Policy, PolicyContext, WorkflowInfo
 from saga.sim.faults import Fault, check_faults
 
@@ -156,7 +156,7 @@ def _common_blocks(a: Sequence[Run], b: Sequence[Run]) -> int:
     return shared
 
 
-class Simulation(ReplicaTimers):
+class Simulation(ReplicaDriver):
     """One run of one policy on one cluster and one set of workflows."""
 
     def __init__(
@@ -185,7 +185,7 @@ class Simulation(ReplicaTimers):
         )
         self.policy = policy
         self.seed = seed
-        self.loop = EventLoop()
+        super().__init__(EventLoop(), cluster.replicas)
         self.rng = random.Random(seed)
         self.cost = cluster.cost_model()
         #: the model's window (0: none known); longer calls are rejected, never served
@@ -222,7 +222,6 @@ class Simulation(ReplicaTimers):
             replica.busy_window = self._window
         self._records: list[WorkflowRecord] = []
         self._calls: list[CallRecord] = []
-        self._kick_pending = [False] * cluster.replicas
         self._seq = 0
         self._kv_interval = kv_sample_interval
         self._kv_timeline: list[tuple[float, float]] = []
@@ -424,7 +423,7 @@ class Simulation(ReplicaTimers):
         gaps = [c.gap for c in workflow.calls[i + 1 :] if call_id in c.after]
         return min(gaps) if gaps else None
 
-    def _call_finished(self, replica: Replica, request: Request) -> None:
+    def _call_done(self, replica: Replica, request: Request) -> None:
         now = self.loop.now
         run, i = self._owners.pop(request.seq)
         info = request.info
@@ -468,37 +467,6 @@ class Simulation(ReplicaTimers):
         """The idle timeout of a workflow without an end marker has passed: every policy
         learns now that it ended."""
         self.policy.on_workflow_finished(run.info, self.loop.now)
-
-    # ---- replicas -------------------------------------------------------------------------
-    def _kick(self, replica: Replica) -> None:
-        """Let the replica plan soon: after every event at this instant has run."""
-        if replica.busy:
-            end = replica.interrupt(self.loop.now)
-            if end is not None:
-                self.loop.at(end, self._step_end, (replica, replica.version))
-            return
-        if not self._kick_pending[replica.index]:
-            self._kick_pending[replica.index] = True
-            self.loop.at(self.loop.now, self._plan, replica)
-
-    def _plan(self, replica: Replica) -> None:
-        self._kick_pending[replica.index] = False
-        if replica.busy:
-            return
-        end = replica.plan(self.loop.now)
-        if end is not None:
-            self.loop.at(end, self._step_end, (replica, replica.version))
-
-    def _step_end(self, item: tuple[Replica, int]) -> None:
-        replica, version = item
-        if version != replica.version or not replica.busy:
-            return  # superseded by an interrupt
-        now = self.loop.now
-        finished = replica.complete(now)
-        for request in finished:
-            self._call_finished(replica, request)
-        self._schedule_replica_timers(replica)
-        self._plan(replica)
 
     def _sample_kv(self, _: object) -> None:
         used = sum(r.kv.used_blocks / max(r.kv.capacity, 1) for r in self.replicas)
