@@ -50,7 +50,9 @@ def build_app(config: RayAppConfig) -> Any:
     vllm, emulator, ingress = cast(Any, VLLMReplica), cast(Any, EmulatorReplica), \
         cast(Any, SagaIngress)
     if config.engine == "vllm":
-        engine = vllm.options(**options).bind(config.vllm_urls)
+        engine = vllm.options(**options).bind(
+            config.vllm_urls, block_tokens=config.block_tokens,
+            kv_events=config.vllm_kv_events or None)
     else:
         engine = emulator.options(**options).bind(
             config.cluster, config.time_scale, config.block_tokens)

@@ -39,6 +39,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--engine", choices=["emulator", "vllm"], help="replica kind")
     p.add_argument("--vllm-url", action="append", dest="vllm_urls",
                    help="a vLLM server (repeat: one per replica)")
+    p.add_argument("--vllm-kv-events", action="append", dest="vllm_kv_events",
+                   help="where replica i reads vLLM i's KV cache events, tcp://HOST:PORT "
+                   "(repeat: one per replica; vLLM's --kv-events-config names it)")
     p.add_argument("--cluster", help="the emulator's preset (default: small)")
     p.add_argument("--time-scale", type=float, help="emulated model seconds per second")
     p.add_argument("--address", default=None,
@@ -59,8 +62,8 @@ def config_from(args: argparse.Namespace) -> RayAppConfig:
         import tomllib
 
         fields.update(tomllib.loads(args.config.read_text()))
-    for name in ("router", "policy", "routers", "replicas", "engine", "vllm_urls", "cluster",
-                 "time_scale"):
+    for name in ("router", "policy", "routers", "replicas", "engine", "vllm_urls",
+                 "vllm_kv_events", "cluster", "time_scale"):
         value = getattr(args, name)
         if value is not None:
             fields[name] = value
