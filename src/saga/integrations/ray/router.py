@@ -93,6 +93,7 @@ class SagaRequestRouter(RequestRouter):
         self.router_id = uuid.uuid4().hex[:12]
         self._origin = time.monotonic()
         self._ids: dict[str, ReplicaID] = {}
+        self._stats_read: dict[str, Any] = {}  # replica id -> the stats dict last read
         self._state: Any = None
         self._sync_task: asyncio.Task[None] | None = None
         self._charges: dict[str, float] = {}
@@ -119,7 +120,12 @@ class SagaRequestRouter(RequestRouter):
 
     def _read_stats(self, replicas: list[RunningReplica]) -> None:
         for r in replicas:
-            self.routing.report(r.replica_id.unique_id, ReplicaStats.read(r.routing_stats))
+            raw = r.routing_stats
+            rid = r.replica_id.unique_id
+            if self._stats_read.get(rid) is raw:  # Ray replaces the dict at each update
+                continue
+            self._stats_read[rid] = raw
+            self.routing.report(rid, ReplicaStats.read(raw))
 
     # ---- the decision ----------------------------------------------------------------
     async def choose_replicas(

@@ -120,13 +120,18 @@ class PrefixReport:
     ``report`` gives, for the ``limit`` workflows served last, the tokens of their last
     stored prompt cached from the start (vLLM's blocks times its block size, times the
     ratio). A workflow not in the report is one the replica has not served lately: the
-    router keeps its own estimate for it."""
+    router keeps its own estimate for it. Each workflow's chain is walked per report
+    (a few hundred blocks for an agent's long context), so the report is bounded
+    (``limit``) and made again only after new events."""
 
-    def __init__(self, index: SessionIndex, limit: int = 1024) -> None:
+    def __init__(self, index: SessionIndex, limit: int = 256) -> None:
         self.index = index
         self.limit = limit
         self.token_ratio = 1.0
         self._workflows: OrderedDict[str, None] = OrderedDict()
+        #: The last report and what it was made of (the index's batches, the workflows,
+        #: the ratio): made again only when one of them changed.
+        self._last: tuple[tuple[object, ...], dict[str, int]] | None = None
 
     def served(self, workflow: str, estimated_tokens: int, engine_tokens: int) -> None:
         """A call of ``workflow`` was answered: the router estimated its prompt at
@@ -143,8 +148,15 @@ class PrefixReport:
 
     def report(self, engine_block_tokens: int) -> dict[str, int]:
         """Workflow -> cached prefix tokens (the router's estimate), newest last."""
+        counters = getattr(self.index, "counters", None)
+        made_of = (getattr(counters, "batches", None), tuple(self._workflows),
+                   self.token_ratio, engine_block_tokens)
+        if counters is not None and self._last is not None and self._last[0] == made_of:
+            return dict(self._last[1])  # no event since: the same report
         scale = engine_block_tokens * self.token_ratio
-        return {w: int(self.index.session_prefix_blocks(w) * scale) for w in self._workflows}
+        report = {w: int(self.index.session_prefix_blocks(w) * scale) for w in self._workflows}
+        self._last = (made_of, report)
+        return dict(report)
 
 
 class VLLMForwarder:
