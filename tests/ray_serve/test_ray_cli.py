@@ -29,3 +29,13 @@ def test_an_unknown_router_is_refused() -> None:
     args = build_parser().parse_args(["ray", "--router", "nope"])
     with pytest.raises(UserError, match="saga-ray"):
         config_from(args)
+
+
+def test_kv_event_endpoints_are_one_per_replica() -> None:
+    args = build_parser().parse_args([
+        "ray", "--engine", "vllm", "--replicas", "2", "--vllm-url", "http://a:1",
+        "--vllm-url", "http://b:1", "--vllm-kv-events", "tcp://127.0.0.1:5601"])
+    with pytest.raises(UserError, match="one endpoint per replica"):
+        config_from(args)
+    args.vllm_kv_events.append("tcp://127.0.0.1:5602")
+    assert config_from(args).vllm_kv_events == ["tcp://127.0.0.1:5601", "tcp://127.0.0.1:5602"]

@@ -32,7 +32,7 @@ def _route(routing: SagaRouting, rid: str, call: RayCall, now: float,
 def _pinned_on_home() -> tuple[SagaRouting, str, float]:
     """w1's first call ends on its home while another workflow's long prompt runs there
     (memory pressure: releasing w1's KV risks its eviction), so the policy pins it."""
-    routing = SagaRouting("saga", slots=2, cluster="test-2")  # 512 blocks of 64 tokens
+    routing = SagaRouting("saga", slots=2, cluster="test-2", retains=True)  # 512 x 64 tokens
     routing.update_replicas(["r-a", "r-b"])
     home = _route(routing, "q1", _call("w1", "ctx " * 4000), 0.0)
     _route(routing, "o1", _call("other", "busy " * 24_000), 0.0, replica=home)
@@ -88,6 +88,21 @@ def test_hints_are_bounded() -> None:
     _route(routing, "q2", _call("w2", "two " * 4000), 3.0, replica=home)
     routing.completed("q2", 4.0)  # "other" still runs there: w2 is pinned too
     assert list(routing.ttl_hints) == ["w2"]
+
+
+def test_replicas_that_keep_no_kv_get_no_hint_and_the_view_holds_no_pinned_blocks() -> None:
+    routing = SagaRouting("saga", slots=2, cluster="test-2")  # emulator replicas: no retains
+    routing.update_replicas(["r-a", "r-b"])
+    home = _route(routing, "q1", _call("w1", "ctx " * 4000), 0.0)
+    _route(routing, "o1", _call("other", "busy " * 24_000), 0.0, replica=home)
+    held = routing.views[routing.slot_of[home]].kv.held
+    routing.completed("q1", 1.0)
+    assert routing.ttl_hints == {} and routing.stats.pins == 0
+    view = routing.views[routing.slot_of[home]]
+    assert view.kv.held == held - -(-estimate_tokens("ctx " * 4000) // 64)  # w1's call left
+    nxt = _call("w1", "ctx " * 4200, tool="bash")
+    _route(routing, "q2", nxt, 3.0)
+    assert nxt.ttl_hints == {}
 
 
 def test_vllm_gets_the_hint_meant_for_its_replica_and_saga_s_extras() -> None:

@@ -17,7 +17,11 @@ examples:
       the same application on a Ray cluster started with `ray start --head` (and
       `ray start --address HEAD:6379` on the other nodes); replicas spread over its nodes
   saga ray --engine vllm --vllm-url http://127.0.0.1:8101 --vllm-url http://127.0.0.1:8102
-      two replicas fronting running vLLM servers
+      two replicas fronting running vLLM servers (SAGA's retention decision goes to
+      them as saga_ttl, which SAGA's scheduler inside vLLM carries out)
+  ... --vllm-kv-events tcp://127.0.0.1:5601 --vllm-kv-events tcp://127.0.0.1:5602
+      replica i also reads vLLM i's KV cache events there (start vLLM i with
+      --kv-events-config naming that endpoint): the routers see the exact prefixes
 
 --config FILE: a TOML file of RayAppConfig's fields (flags given override it).
 routers: saga-ray (SAGA's policy), ray-pow2, ray-consistent-hash, ray-prefix-affinity.

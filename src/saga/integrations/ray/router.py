@@ -4,7 +4,8 @@ Configure a deployment with::
 
     RequestRouterConfig(
         request_router_class="saga.integrations.ray.router.SagaRequestRouter",
-        request_router_kwargs={"policy": "saga", "slots": 4, "cluster": "small"},
+        request_router_kwargs={"policy": "saga", "slots": 4, "cluster": "small",
+                               "retains": True},  # True: the replicas take saga_ttl (vLLM)
         request_routing_stats_period_s=0.5, max_backoff_s=0.1,
     )
 
@@ -85,6 +86,7 @@ class SagaRequestRouter(RequestRouter):
             cluster=kwargs.get("cluster", "small"),
             block_tokens=int(kwargs.get("block_tokens", 64)),
             hold_retry=float(kwargs.get("hold_retry", 0.02)),
+            retains=bool(kwargs.get("retains", False)),
         )
         self.state_name = kwargs.get("state_actor", STATE_ACTOR)
         self.state_namespace = kwargs.get("state_namespace", STATE_NAMESPACE)

@@ -19,10 +19,10 @@ wait behind it.
 
 Retention: when a call ends, the policy decides what becomes of its KV on that replica
 (:meth:`SagaRouting.completed`, weighing the blocks of the prompt as estimated: the
-router does not see the answer's usage). A ``pin`` is remembered and rides the
-workflow's next call as a TTL hint for that replica (:attr:`RayCall.ttl_hints`), which
-the replica hands to its engine (``saga_ttl`` to vLLM, :mod:`.vllm`); other decisions
-forget it.
+router does not see the answer's usage). With replicas that carry it out (``retains``:
+vLLM), a ``pin`` is remembered and rides the workflow's next call as a TTL hint for that
+replica (:attr:`RayCall.ttl_hints`), which the replica hands to its engine (``saga_ttl``
+to vLLM, :mod:`.vllm`); other decisions forget it.
 
 Shared state comes in as a :class:`SharedSession` (from :mod:`.state`): a workflow
 admitted by another router replica is not gated again, and a workflow whose last call
@@ -117,7 +117,7 @@ class SagaRouting:
     def __init__(
         self, policy: str = "saga", *, slots: int = 2, cluster: str = "small",
         block_tokens: int = 64, held_ttl: float = 5.0, workflow_idle_timeout: float = 300.0,
-        hold_retry: float = 0.02, max_hints: int = 65536,
+        hold_retry: float = 0.02, max_hints: int = 65536, retains: bool = False,
     ) -> None:
         self.policy: Policy = build_policy(policy)
         if self.policy.offline:
@@ -147,6 +147,10 @@ class SagaRouting:
         #: the oldest forgotten first beyond ``max_hints``.
         self.ttl_hints: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self.max_hints = max_hints
+        #: Whether the replicas carry out a pin (vLLM: ``saga_ttl``); if not (emulator
+        #: replicas), the decision is made -- the policy learns from it -- and recorded
+        #: on no blocks, never sent.
+        self.retains = retains
         #: What the other router replicas admitted (from the shared state): SAGA's memory
         #: gate counts it beside this router's own working set.
         self.remote_working_set = 0.0
@@ -372,10 +376,14 @@ class SagaRouting:
         charged = self._service(info.tenant) - before
         if charged > 0 and self.on_charge is not None:
             self.on_charge(info.tenant, charged)
-        routed.record.served(0)  # the KV it left: its prompt, as estimated (no usage here)
-        decision = self.policy.retention(view, routed.record, now)
-        view.note_retention(info.workflow, decision, now, routed.record)
-        self._hint(info.workflow, view.replica_id, decision)
+        if self.retains:
+            routed.record.served(0)  # the KV it left: its prompt as estimated (no usage)
+            decision = self.policy.retention(view, routed.record, now)
+            view.note_retention(info.workflow, decision, now, routed.record)
+            self._hint(info.workflow, view.replica_id, decision)
+        else:  # nothing will hold the KV: the view counts no pinned blocks
+            view.note_retention(info.workflow, self.policy.retention(view, routed.record, now),
+                                now)
         if info.ends_workflow and wf is not None and wf.in_flight == 0:
             del self.workflows[info.workflow]
             self.policy.on_workflow_finished(wf.info, now)
