@@ -39,3 +39,13 @@ def test_kv_event_endpoints_are_one_per_replica() -> None:
         config_from(args)
     args.vllm_kv_events.append("tcp://127.0.0.1:5602")
     assert config_from(args).vllm_kv_events == ["tcp://127.0.0.1:5601", "tcp://127.0.0.1:5602"]
+
+
+def test_only_vllm_replicas_are_sent_the_retention_decision() -> None:
+    pytest.importorskip("ray.serve", reason="Ray Serve is not installed")
+    from saga.integrations.ray.app import router_config
+    from saga.integrations.ray.config import RayAppConfig
+
+    vllm = RayAppConfig(engine="vllm", vllm_urls=["http://a:1", "http://b:1"])
+    assert router_config(vllm).request_router_kwargs["retains"] is True
+    assert router_config(RayAppConfig()).request_router_kwargs["retains"] is False
