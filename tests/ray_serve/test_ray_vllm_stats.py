@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
-
-pytest.importorskip("ray.serve", reason="Ray Serve is not installed (pip install -e '.[ray]')")
-
-from saga.integrations.ray.deployments import parse_vllm_metrics
+from saga.integrations.ray.vllm import parse_vllm_metrics
 
 METRICS = """\
 # HELP vllm:num_requests_running Number of requests in model execution batches.
@@ -16,6 +12,7 @@ vllm:num_requests_waiting{engine="0",model_name="tiny"} 5.0
 vllm:kv_cache_usage_perc{engine="0",model_name="tiny"} 0.25
 vllm:prompt_tokens_total{engine="0",model_name="tiny"} 1234.0
 """
+LAYOUT = 'vllm:cache_config_info{block_size="16",engine="0",num_gpu_blocks="800"} 1.0\n'
 
 
 def test_queue_and_kv_usage_are_read_from_vllm_gauges() -> None:
@@ -27,3 +24,9 @@ def test_queue_and_kv_usage_are_read_from_vllm_gauges() -> None:
 def test_a_page_without_the_gauges_reports_nothing() -> None:
     stats = parse_vllm_metrics("# nothing here\nother_metric 1\n", capacity_blocks=10)
     assert (stats.running, stats.waiting, stats.kv_used_blocks) == (0, 0, 0)
+
+
+def test_the_kv_size_is_vllms_own_when_it_publishes_its_cache_layout() -> None:
+    # 800 blocks of 16 tokens = 200 blocks of the router's 64
+    stats = parse_vllm_metrics(METRICS + LAYOUT, capacity_blocks=400, block_tokens=64)
+    assert (stats.kv_capacity_blocks, stats.kv_used_blocks) == (200, 50)

@@ -28,7 +28,9 @@ def router_config(config: RayAppConfig) -> RequestRouterConfig:
     if config.router == "saga-ray":
         kwargs = {"policy": config.policy, "slots": config.replicas,
                   "cluster": config.cluster, "block_tokens": config.block_tokens,
-                  "state_actor": config.state_actor, "state_namespace": STATE_NAMESPACE}
+                  "state_actor": config.state_actor, "state_namespace": STATE_NAMESPACE,
+                  # vLLM replicas pass a pin on as saga_ttl; emulator replicas take none
+                  "retains": config.engine == "vllm"}
     fields: dict[str, Any] = {
         "request_router_class": ROUTERS[config.router], "request_router_kwargs": kwargs,
         "request_routing_stats_period_s": config.stats_period,
@@ -50,7 +52,9 @@ def build_app(config: RayAppConfig) -> Any:
     vllm, emulator, ingress = cast(Any, VLLMReplica), cast(Any, EmulatorReplica), \
         cast(Any, SagaIngress)
     if config.engine == "vllm":
-        engine = vllm.options(**options).bind(config.vllm_urls)
+        engine = vllm.options(**options).bind(
+            config.vllm_urls, block_tokens=config.block_tokens,
+            kv_events=config.vllm_kv_events or None)
     else:
         engine = emulator.options(**options).bind(
             config.cluster, config.time_scale, config.block_tokens)

@@ -44,6 +44,12 @@ class RayCall:
     max_tokens: int
     #: The OpenAI body, for a replica that forwards it (vLLM); the emulator ignores it.
     body: dict[str, Any] = field(default_factory=dict)
+    #: SAGA's retention decision, carried to the replica: Ray replica id -> seconds to
+    #: keep this call's KV once it ends (``saga_ttl``). Set by the router when it routes
+    #: the call: the pin its policy decided for the workflow's last call on that replica
+    #: (the decision comes after a call ends, so it rides the next one, as the gateway
+    #: sends it to vLLM); a replica applies only its own entry.
+    ttl_hints: dict[str, float] = field(default_factory=dict)
 
 
 def read_call(

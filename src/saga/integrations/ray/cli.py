@@ -17,7 +17,11 @@ examples:
       the same application on a Ray cluster started with `ray start --head` (and
       `ray start --address HEAD:6379` on the other nodes); replicas spread over its nodes
   saga ray --engine vllm --vllm-url http://127.0.0.1:8101 --vllm-url http://127.0.0.1:8102
-      two replicas fronting running vLLM servers
+      two replicas fronting running vLLM servers (SAGA's retention decision goes to
+      them as saga_ttl, which SAGA's scheduler inside vLLM carries out)
+  ... --vllm-kv-events tcp://127.0.0.1:5601 --vllm-kv-events tcp://127.0.0.1:5602
+      replica i also reads vLLM i's KV cache events there (start vLLM i with
+      --kv-events-config naming that endpoint): the routers see the exact prefixes
 
 --config FILE: a TOML file of RayAppConfig's fields (flags given override it).
 routers: saga-ray (SAGA's policy), ray-pow2, ray-consistent-hash, ray-prefix-affinity.
@@ -39,6 +43,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--engine", choices=["emulator", "vllm"], help="replica kind")
     p.add_argument("--vllm-url", action="append", dest="vllm_urls",
                    help="a vLLM server (repeat: one per replica)")
+    p.add_argument("--vllm-kv-events", action="append", dest="vllm_kv_events",
+                   help="where replica i reads vLLM i's KV cache events, tcp://HOST:PORT "
+                   "(repeat: one per replica; vLLM's --kv-events-config names it)")
     p.add_argument("--cluster", help="the emulator's preset (default: small)")
     p.add_argument("--time-scale", type=float, help="emulated model seconds per second")
     p.add_argument("--address", default=None,
@@ -59,8 +66,8 @@ def config_from(args: argparse.Namespace) -> RayAppConfig:
         import tomllib
 
         fields.update(tomllib.loads(args.config.read_text()))
-    for name in ("router", "policy", "routers", "replicas", "engine", "vllm_urls", "cluster",
-                 "time_scale"):
+    for name in ("router", "policy", "routers", "replicas", "engine", "vllm_urls",
+                 "vllm_kv_events", "cluster", "time_scale"):
         value = getattr(args, name)
         if value is not None:
             fields[name] = value

@@ -34,6 +34,11 @@ class RayAppConfig(BaseModel):
     block_tokens: int = Field(64, ge=1)
     vllm_urls: list[str] = Field(default_factory=list,
                                  description="vLLM servers, one per replica (engine vllm).")
+    vllm_kv_events: list[str] = Field(
+        default_factory=list,
+        description="Per replica, the endpoint (tcp://HOST:PORT on the replica's node) its "
+        "subscriber to vLLM's KV cache events binds; start vLLM i with --kv-events-config "
+        "naming endpoint i. Empty: no events, the routers keep their prefix estimate.")
     max_ongoing_requests: int = Field(64, ge=1, description="Calls a replica takes at once.")
     stats_period: float = Field(0.5, gt=0, description="record_routing_stats period, s.")
     state_actor: str = Field("saga-ray-state", description="The shared state actor's name.")
@@ -52,6 +57,9 @@ class RayAppConfig(BaseModel):
             raise ValueError(f"router {self.router!r}: choose one of {', '.join(ROUTERS)}")
         if self.engine == "vllm" and not self.vllm_urls:
             raise ValueError("engine vllm needs vllm_urls (one per replica)")
+        if self.vllm_kv_events and len(self.vllm_kv_events) != self.replicas:
+            raise ValueError("vllm_kv_events: one endpoint per replica "
+                             f"({len(self.vllm_kv_events)} for {self.replicas} replicas)")
         return self
 
     @classmethod

@@ -9,19 +9,20 @@
 * :class:`EmulatorReplica` -- one engine-model replica (:mod:`saga.emulator`) served in
   real time, no GPU: the model's queue and KV cache, reported by
   ``record_routing_stats()``.
-* :class:`VLLMReplica` -- a replica fronting a running vLLM OpenAI server: calls go to
-  it over HTTP; its queue and KV usage are read from its Prometheus ``/metrics``.
+* :class:`VLLMReplica` -- a replica fronting a running vLLM OpenAI server
+  (:class:`~.vllm.VLLMForwarder`): calls go to it over HTTP with SAGA's extras (the
+  router's retention decision as ``saga_ttl``); its queue and KV usage are read from
+  its Prometheus ``/metrics``, the workflows' cached prefixes from its KV cache events
+  when subscribed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from typing import Any
 
-import aiohttp
 from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError
@@ -32,6 +33,7 @@ from saga.emulator.engine import Emulator
 from saga.engine.cluster import get_cluster
 from saga.integrations.ray.call import RayCall, read_call
 from saga.integrations.ray.view import ReplicaStats
+from saga.integrations.ray.vllm import VLLMForwarder
 from saga.wire.openai_api import BadRequest, Kind
 
 #: Failures that mean the replica is gone, not that the call is bad: sent again once.
@@ -91,11 +93,14 @@ class SagaIngress:
             except PermissionError as refused:  # the policy rejected the workflow
                 return _error(429, str(refused), "workflow_rejected")
         saga = answer.pop("saga", {})
+        status = int(saga.get("status", 200))
         headers = {"x-saga-workflow": call.workflow, "x-saga-router": self.router_id,
                    "x-saga-replica": str(saga.get("replica", "")),
                    "x-saga-cached-tokens": str(saga.get("cached_tokens", 0)),
                    "x-saga-retries": str(attempt)}
-        return JSONResponse(answer, headers=headers)
+        if saga.get("ttl_hint") is not None:  # the retention decision the replica passed on
+            headers["x-saga-ttl-hint"] = str(saga["ttl_hint"])
+        return JSONResponse(answer, headers=headers, status_code=status)
 
     def _tenant(self, request: Request) -> str:
         if not self.keys:
@@ -173,71 +178,28 @@ class EmulatorReplica:
                 "calls": self.emulator.finished_calls}
 
 
-#: vLLM's Prometheus gauges the replica reports (``vllm:`` prefix, any labels).
-_VLLM_GAUGES = {
-    "vllm:num_requests_waiting": "waiting",
-    "vllm:num_requests_running": "running",
-    "vllm:kv_cache_usage_perc": "kv_usage",
-    "vllm:gpu_cache_usage_perc": "kv_usage",
-}
-
-
-def parse_vllm_metrics(text: str, capacity_blocks: int) -> ReplicaStats:
-    """What a vLLM server's ``/metrics`` says of its queue and KV cache."""
-    seen: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name, _, rest = line.partition(" ")
-        key = _VLLM_GAUGES.get(name.split("{", 1)[0])
-        if key is None:
-            continue
-        try:
-            seen[key] = seen.get(key, 0.0) + float(rest.split()[0])
-        except (ValueError, IndexError):
-            continue
-    return ReplicaStats(
-        waiting=int(seen.get("waiting", 0)), running=int(seen.get("running", 0)),
-        kv_capacity_blocks=capacity_blocks,
-        kv_used_blocks=int(seen.get("kv_usage", 0.0) * capacity_blocks),
-    )
-
-
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64)
 class VLLMReplica:
-    """A replica fronting one vLLM OpenAI server (replica of rank i takes ``urls[i]``)."""
+    """A replica fronting one vLLM OpenAI server (replica of rank i takes ``urls[i]``
+    and, when given, binds ``kv_events[i]`` to read that server's KV cache events):
+    a :class:`~.vllm.VLLMForwarder` as a Serve deployment."""
 
     def __init__(self, urls: list[str], capacity_blocks: int = 2048,
-                 timeout: float = 600.0) -> None:
+                 timeout: float = 600.0, block_tokens: int = 64,
+                 kv_events: list[str] | None = None) -> None:
         context = serve.get_replica_context()
-        rank = getattr(getattr(context, "rank", None), "rank", 0) or 0
-        self.url = urls[int(rank) % len(urls)].rstrip("/")
-        self.capacity_blocks = capacity_blocks
-        self.timeout = aiohttp.ClientTimeout(total=timeout)
-        self.replica_id = context.replica_id.unique_id if context is not None else "local"
-        self._session: aiohttp.ClientSession | None = None
+        rank = int(getattr(getattr(context, "rank", None), "rank", 0) or 0)
+        self.forwarder = VLLMForwarder(
+            urls[rank % len(urls)], context.replica_id.unique_id,
+            capacity_blocks=capacity_blocks, block_tokens=block_tokens, timeout=timeout,
+            kv_events=kv_events[rank % len(kv_events)] if kv_events else None,
+        )
 
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self.timeout)
-        return self._session
+    def __del__(self) -> None:
+        self.forwarder.close()
 
     async def __call__(self, call: RayCall) -> dict[str, Any]:
-        path = "/v1/chat/completions" if call.kind == "chat" else "/v1/completions"
-        body = {**call.body, "stream": False}
-        async with self._http().post(self.url + path, data=json.dumps(body),
-                                     headers={"Content-Type": "application/json",
-                                              "x-saga-workflow": call.workflow}) as resp:
-            answer: dict[str, Any] = await resp.json(content_type=None)
-        cached = ((answer.get("usage") or {}).get("prompt_tokens_details") or {}).get(
-            "cached_tokens", 0) or 0
-        answer["saga"] = {"replica": self.replica_id, "cached_tokens": cached}
-        return answer
+        return await self.forwarder.forward(call)
 
-    async def record_routing_stats(self) -> dict[str, int]:
-        try:
-            async with self._http().get(self.url + "/metrics") as resp:
-                text = await resp.text()
-        except aiohttp.ClientError:
-            return ReplicaStats().to_dict()
-        return parse_vllm_metrics(text, self.capacity_blocks).to_dict()
+    async def record_routing_stats(self) -> dict[str, Any]:
+        return await self.forwarder.routing_stats()

@@ -4,7 +4,8 @@ Configure a deployment with::
 
     RequestRouterConfig(
         request_router_class="saga.integrations.ray.router.SagaRequestRouter",
-        request_router_kwargs={"policy": "saga", "slots": 4, "cluster": "small"},
+        request_router_kwargs={"policy": "saga", "slots": 4, "cluster": "small",
+                               "retains": True},  # True: the replicas take saga_ttl (vLLM)
         request_routing_stats_period_s=0.5, max_backoff_s=0.1,
     )
 
@@ -85,6 +86,7 @@ class SagaRequestRouter(RequestRouter):
             cluster=kwargs.get("cluster", "small"),
             block_tokens=int(kwargs.get("block_tokens", 64)),
             hold_retry=float(kwargs.get("hold_retry", 0.02)),
+            retains=bool(kwargs.get("retains", False)),
         )
         self.state_name = kwargs.get("state_actor", STATE_ACTOR)
         self.state_namespace = kwargs.get("state_namespace", STATE_NAMESPACE)
@@ -93,6 +95,7 @@ class SagaRequestRouter(RequestRouter):
         self.router_id = uuid.uuid4().hex[:12]
         self._origin = time.monotonic()
         self._ids: dict[str, ReplicaID] = {}
+        self._stats_read: dict[str, Any] = {}  # replica id -> the stats dict last read
         self._state: Any = None
         self._sync_task: asyncio.Task[None] | None = None
         self._charges: dict[str, float] = {}
@@ -119,7 +122,12 @@ class SagaRequestRouter(RequestRouter):
 
     def _read_stats(self, replicas: list[RunningReplica]) -> None:
         for r in replicas:
-            self.routing.report(r.replica_id.unique_id, ReplicaStats.read(r.routing_stats))
+            raw = r.routing_stats
+            rid = r.replica_id.unique_id
+            if self._stats_read.get(rid) is raw:  # Ray replaces the dict at each update
+                continue
+            self._stats_read[rid] = raw
+            self.routing.report(rid, ReplicaStats.read(raw))
 
     # ---- the decision ----------------------------------------------------------------
     async def choose_replicas(

@@ -17,6 +17,13 @@ replica. Among held workflows, the one first in Agent Fair Share order (its tena
 normalized service, then how long it has waited) asks the policy first; the others
 wait behind it.
 
+Retention: when a call ends, the policy decides what becomes of its KV on that replica
+(:meth:`SagaRouting.completed`, weighing the blocks of the prompt as estimated: the
+router does not see the answer's usage). With replicas that carry it out (``retains``:
+vLLM), a ``pin`` is remembered and rides the workflow's next call as a TTL hint for that
+replica (:attr:`RayCall.ttl_hints`), which the replica hands to its engine (``saga_ttl``
+to vLLM, :mod:`.vllm`); other decisions forget it.
+
 Shared state comes in as a :class:`SharedSession` (from :mod:`.state`): a workflow
 admitted by another router replica is not gated again, and a workflow whose last call
 another router placed has that home adopted before placement, so that two router
@@ -26,6 +33,7 @@ replicas keep one home per workflow.
 from __future__ import annotations
 
 import random
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -33,6 +41,7 @@ from saga.engine.cluster import get_cluster
 from saga.gateway.view import GatewayCall
 from saga.integrations.ray.call import RayCall
 from saga.integrations.ray.view import RayReplicaView, ReplicaStats
+from saga.sched.decisions import Retention
 from saga.sched.policy import CallInfo, Policy, PolicyContext, WorkflowInfo
 from saga.sched.registry import build_policy
 from saga.sched.saga.policy import SagaPolicy
@@ -97,6 +106,8 @@ class RoutingStats:
     held: int = 0
     steals: int = 0
     adopted: int = 0  # homes taken from the shared state
+    pins: int = 0  # retention decisions that pinned a workflow's KV
+    hinted: int = 0  # calls sent with a TTL hint
     tenant_service: dict[str, float] = field(default_factory=dict)
 
 
@@ -106,7 +117,7 @@ class SagaRouting:
     def __init__(
         self, policy: str = "saga", *, slots: int = 2, cluster: str = "small",
         block_tokens: int = 64, held_ttl: float = 5.0, workflow_idle_timeout: float = 300.0,
-        hold_retry: float = 0.02,
+        hold_retry: float = 0.02, max_hints: int = 65536, retains: bool = False,
     ) -> None:
         self.policy: Policy = build_policy(policy)
         if self.policy.offline:
@@ -132,6 +143,14 @@ class SagaRouting:
         self.idle_timeout = workflow_idle_timeout
         self.stats = RoutingStats()
         self._seq = 0
+        #: Pins the policy decided, not yet sent: workflow -> (Ray replica id, TTL s);
+        #: the oldest forgotten first beyond ``max_hints``.
+        self.ttl_hints: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self.max_hints = max_hints
+        #: Whether the replicas carry out a pin (vLLM: ``saga_ttl``); if not (emulator
+        #: replicas), the decision is made -- the policy learns from it -- and recorded
+        #: on no blocks, never sent.
+        self.retains = retains
         #: What the other router replicas admitted (from the shared state): SAGA's memory
         #: gate counts it beside this router's own working set.
         self.remote_working_set = 0.0
@@ -234,6 +253,10 @@ class SagaRouting:
             return Held(str(error), self.hold_retry)
         tiers = Tiers(self._ranks(slot), slot)
         self.routed[request_id] = _Routed(info, call, tiers)
+        hint = self.ttl_hints.pop(call.workflow, None)
+        if hint is not None:  # the replica holding the pin applies it (if it takes the call)
+            call.ttl_hints = {hint[0]: hint[1]}
+            self.stats.hinted += 1
         wf.in_flight += 1
         wf.placed_here = slot
         self.stats.routed += 1
@@ -353,12 +376,30 @@ class SagaRouting:
         charged = self._service(info.tenant) - before
         if charged > 0 and self.on_charge is not None:
             self.on_charge(info.tenant, charged)
-        view.note_retention(info.workflow, self.policy.retention(view, routed.record, now), now)
+        if self.retains:
+            routed.record.served(0)  # the KV it left: its prompt as estimated (no usage)
+            decision = self.policy.retention(view, routed.record, now)
+            view.note_retention(info.workflow, decision, now, routed.record)
+            self._hint(info.workflow, view.replica_id, decision)
+        else:  # nothing will hold the KV: the view counts no pinned blocks
+            view.note_retention(info.workflow, self.policy.retention(view, routed.record, now),
+                                now)
         if info.ends_workflow and wf is not None and wf.in_flight == 0:
             del self.workflows[info.workflow]
             self.policy.on_workflow_finished(wf.info, now)
             return info.workflow
         return None
+
+    def _hint(self, workflow: str, replica_id: str | None, decision: Retention) -> None:
+        """Remember a pin for the workflow's next call; any other decision forgets one."""
+        if decision.kind == "pin" and decision.ttl > 0 and replica_id is not None:
+            self.stats.pins += 1
+            self.ttl_hints[workflow] = (replica_id, decision.ttl)
+            self.ttl_hints.move_to_end(workflow)
+            while len(self.ttl_hints) > self.max_hints:
+                self.ttl_hints.popitem(last=False)
+        else:
+            self.ttl_hints.pop(workflow, None)
 
     def hand_over(self, workflow: str, now: float) -> None:
         """Another router replica placed (or ended) ``workflow``: its state is that
@@ -369,6 +410,7 @@ class SagaRouting:
         if wf is None or wf.in_flight:
             return
         del self.workflows[workflow]
+        self.ttl_hints.pop(workflow, None)  # its next call goes through the other router
         policy = self.policy
         if isinstance(policy, SagaPolicy):
             flow = policy.flows.get(workflow)
@@ -392,5 +434,6 @@ class SagaRouting:
         for name, wf in list(self.workflows.items()):
             if wf.in_flight == 0 and now - wf.last_seen > self.idle_timeout:
                 del self.workflows[name]
+                self.ttl_hints.pop(name, None)
                 self.policy.on_workflow_finished(wf.info, now)
         self._forget_gone_held(now)

@@ -12,16 +12,21 @@ the pins the policy asked for) plus what the replica itself reports through Ray 
 * ``load()``, ``outstanding_tokens()`` and the queue token sums: the larger of this
   router's count and the replica's last report (a report is at most
   ``request_routing_stats_period_s`` old, so it lags; this router's count does not);
-* ``kv``: this router's prefix index, bounded by the capacity the replica reports;
+* ``kv``: this router's prefix index, bounded by the capacity the replica reports; when
+  the replica reads its engine's KV events (a vLLM replica subscribed to them), a match
+  is cut to what the engine still holds of the workflow that sent those blocks, as the
+  replica last reported it (:mod:`.prefixes`; at most one stats period old);
 * ``up``: Ray Serve lists the replica as running (a dead replica leaves the list).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from saga.gateway.view import RemoteReplicaView
+from saga.integrations.ray.prefixes import ReportedPrefixes
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +40,10 @@ class ReplicaStats:
     backlog_tokens: int = 0
     kv_capacity_blocks: int = 0
     kv_used_blocks: int = 0
+    #: From the engine's KV events (None: the replica reads none): for each workflow it
+    #: served lately, the tokens of its last prompt the engine still holds from the
+    #: start, in the router's token estimate (:class:`~.vllm.PrefixReport`).
+    prefix_tokens: Mapping[str, int] | None = None
 
     @classmethod
     def read(cls, raw: dict[str, Any] | None) -> ReplicaStats:
@@ -42,10 +51,20 @@ class ReplicaStats:
         if not raw:
             return cls()
         fields = cls.__dataclass_fields__
-        return cls(**{k: int(v) for k, v in raw.items() if k in fields})
+        counts: dict[str, Any] = {k: int(v) for k, v in raw.items()
+                                  if k in fields and k != "prefix_tokens"}
+        prefixes = raw.get("prefix_tokens")
+        if isinstance(prefixes, Mapping):
+            counts["prefix_tokens"] = {str(w): int(t) for w, t in prefixes.items()}
+        return cls(**counts)
 
-    def to_dict(self) -> dict[str, int]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        if self.prefix_tokens is None:
+            del out["prefix_tokens"]
+        else:
+            out["prefix_tokens"] = dict(self.prefix_tokens)
+        return out
 
 
 class RayReplicaView(RemoteReplicaView):
@@ -76,6 +95,10 @@ class RayReplicaView(RemoteReplicaView):
         self.stats = stats
         if stats.kv_capacity_blocks and stats.kv_capacity_blocks != self.kv.capacity:
             self.kv.capacity = stats.kv_capacity_blocks
+        if stats.prefix_tokens is None:
+            self.kv.events = None  # no events (or no longer): the estimate alone
+        else:
+            self.kv.events = ReportedPrefixes(stats.prefix_tokens, self.block_tokens)
 
     # ---- what a policy reads: this router's count or the replica's report -------------
     def load(self) -> int:
