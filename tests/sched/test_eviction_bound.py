@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from saga.core.workflow import Call, Prompt, Workflow
 from saga.engine.cluster import ClusterSpec, get_cluster
-from saga.metrics.summary import gpu_missed_tokens
+from saga.metrics.summary import gpu_missed_tokens, placement_missed_tokens
 from saga.sched.registry import build_policy
 from saga.sim.simulator import SimResult, Simulation
 
@@ -66,3 +66,20 @@ def test_belady_bounds_only_its_own_scheduling_saga_is_compared_with_saga_belady
         assert starts["c/c0"] > starts["a/c1"]
         assert gpu_missed_tokens(result) == 0
     assert build_policy("saga-belady").offline
+
+
+def test_misses_of_a_call_placed_away_from_its_prefix_are_the_placements() -> None:
+    # round robin sends a's second call to the other replica, while the first still holds
+    # all 101 blocks a left there: every missed token is the placement's
+    result = Simulation(get_cluster("test-2"), build_policy("vllm-rr"),
+                        [_workflow("a", 0.0, 10.0)]).run()
+    (first, second) = sorted(result.calls, key=lambda c: c.ready_at)
+    assert (first.replica, second.replica) == (0, 1)
+    assert second.gpu_missed_tokens == second.placement_missed_tokens == 101 * BT
+    assert placement_missed_tokens(result) == 6464
+
+
+def test_misses_where_the_prefix_was_left_are_evictions() -> None:
+    for policy in ("vllm-affinity", "belady"):
+        result = _run(policy)
+        assert gpu_missed_tokens(result) > 0 and placement_missed_tokens(result) == 0
