@@ -84,7 +84,7 @@ def test_the_check_catches_a_policy_that_reads_an_oracle_field(
         "next_gap", "oracle_last_call", "output_tokens"]
 
 
-def test_the_offline_bound_is_the_only_policy_reading_them() -> None:
+def test_the_offline_bounds_are_the_only_policies_reading_them() -> None:
     # computed here, not from ONLINE: other tests may register policies after collection
     assert [name for name in list_policies() if build_policy(name).offline] == [
         "belady", "saga-belady"]
