@@ -22,7 +22,7 @@ from saga.sched.vllm import VLLMRoundRobin
 from saga.sim import simulator
 
 SCHED = pathlib.Path(__file__).parents[2] / "src" / "saga" / "sched"
-OFFLINE_SOURCES = {"belady.py"}  # the offline bound, allowed to read the future
+OFFLINE_SOURCES = {"belady.py"}  # the offline bounds' next uses, allowed to read the future
 BT = 64
 
 reads: list[str] = []
@@ -84,9 +84,10 @@ def test_the_check_catches_a_policy_that_reads_an_oracle_field(
         "next_gap", "oracle_last_call", "output_tokens"]
 
 
-def test_the_offline_bound_is_the_only_policy_reading_them() -> None:
+def test_the_offline_bounds_are_the_only_policies_reading_them() -> None:
     # computed here, not from ONLINE: other tests may register policies after collection
-    assert [name for name in list_policies() if build_policy(name).offline] == ["belady"]
+    assert [name for name in list_policies() if build_policy(name).offline] == [
+        "belady", "saga-belady"]
 
 
 def test_no_online_policy_source_names_an_oracle_field() -> None:

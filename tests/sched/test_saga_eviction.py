@@ -1,4 +1,5 @@
-"""SAGA's eviction key: next use, and (optionally) the cost of rebuilding a block."""
+"""SAGA's eviction key: next use, and (optionally) the chance of a return and the cost of
+rebuilding a block."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from saga.sched.saga.policy import Flow, SagaPolicy
 BT = 64
 
 
-def _policy(by_cost: bool) -> SagaPolicy:
-    policy = SagaPolicy(SagaConfig(eviction_by_rebuild_cost=by_cost))
+def _policy(by_cost: bool, by_chance: bool = False) -> SagaPolicy:
+    policy = SagaPolicy(SagaConfig(eviction_by_rebuild_cost=by_cost,
+                                   eviction_by_return_chance=by_chance))
     policy.bind(PolicyContext([], cost_model_for("llama-3.1-8b", "h100-sxm", 1), BT))
     return policy
 
@@ -36,7 +38,29 @@ def test_next_use_alone_evicts_the_later_reuse_first() -> None:
     _in_tool(policy, "long", next_use=20.0)
     short, long = _leaves()
     assert policy._eviction_key(long, 0.0) < policy._eviction_key(short, 0.0)
-    assert policy._eviction_key(short, 0.0) == 0.9 / (10.0 + 1.0)
+    assert policy._eviction_key(short, 0.0) == 1.0 / (10.0 + 1.0)
+
+
+def test_the_chance_of_return_is_not_weighed_unless_asked() -> None:
+    # short comes back sooner but less surely: by time alone it is kept, weighted by its
+    # chance of return it goes first
+    for by_chance, first in ((False, "w:long"), (True, "w:short")):
+        policy = _policy(by_cost=False, by_chance=by_chance)
+        _in_tool(policy, "short", next_use=10.0, p_return=0.3)
+        _in_tool(policy, "long", next_use=20.0, p_return=0.9)
+        short, long = _leaves()
+        keys = {n.namespace: policy._eviction_key(n, 0.0) for n in (short, long)}
+        assert min(keys, key=keys.__getitem__) == first
+        assert keys["w:short"] == (0.3 if by_chance else 1.0) / 11.0
+
+
+def test_a_queued_workflow_is_kept_before_any_in_a_tool() -> None:
+    policy = _policy(by_cost=False)
+    _in_tool(policy, "short", next_use=0.0)  # due now
+    _in_tool(policy, "long", next_use=20.0)
+    policy.flows["long"].in_tool = False  # its call is queued
+    short, long = _leaves()
+    assert policy._eviction_key(long, 0.0) == 2.0 > policy._eviction_key(short, 0.0) == 1.0
 
 
 def test_rebuild_cost_keeps_the_deep_block_that_is_dearer_to_recompute() -> None:
@@ -48,7 +72,7 @@ def test_rebuild_cost_keeps_the_deep_block_that_is_dearer_to_recompute() -> None
     chunk = 2048
     weight = (cost.prefill_time(1520 * BT + chunk, 1520 * BT) / cost.prefill_time(chunk, 0))
     assert weight > 2.0  # ~97k tokens deep: attention dominates
-    assert policy._eviction_key(long, 0.0) == 0.9 / 21.0 * weight
+    assert policy._eviction_key(long, 0.0) == 1.0 / 21.0 * weight
     assert policy._eviction_key(short, 0.0) < policy._eviction_key(long, 0.0)
 
 

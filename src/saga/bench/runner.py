@@ -6,7 +6,7 @@ import math
 import multiprocessing
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 
@@ -48,6 +48,7 @@ class CaseResult:
     isolated: dict[str, float] = field(default_factory=dict)  # workflow -> TCT alone
     speedup: dict[str, dict[str, float]] = field(default_factory=dict)
     eviction_vs_belady: dict[str, float] = field(default_factory=dict)
+    eviction_bound: dict[str, str] = field(default_factory=dict)  # policy -> its bound
     cluster: str = ""
     params: dict[str, str] = field(default_factory=dict)  # the workload's own, as given
 
@@ -345,13 +346,29 @@ def _run_case(
                 **speedup(run.tcts, reference.tcts, seed=case.seed),
                 "ceiling": speedup_ceiling(run.tcts, reference.tcts, isolated),
             }
-    if "belady" in case.runs:
-        bound = float(case.runs["belady"].summary["gpu_missed_tokens"])  # type: ignore[arg-type]
-        for name, run in case.runs.items():
-            mine = float(run.summary["gpu_missed_tokens"])  # type: ignore[arg-type]
-            case.eviction_vs_belady[name] = (
-                mine / bound if bound > 0 else (1.0 if mine == 0 else math.inf)
-            )
+    missed = {
+        name: float(run.summary["gpu_missed_tokens"])  # type: ignore[arg-type]
+        for name, run in case.runs.items()
+    }
+    case.eviction_bound, case.eviction_vs_belady = eviction_ratios(missed, spec.eviction_bounds)
+
+
+def eviction_ratios(
+    missed: Mapping[str, float], bounds: Mapping[str, str]
+) -> tuple[dict[str, str], dict[str, float]]:
+    """(each policy's offline bound, its GPU prefix misses over the bound's). A policy's
+    bound is ``bounds[policy]``, else ``belady``; a policy whose bound was not run gets
+    neither. No miss over no miss is 1x; some over none is infinite."""
+    names: dict[str, str] = {}
+    ratios: dict[str, float] = {}
+    for name, mine in missed.items():
+        bound_name = bounds.get(name, "belady")
+        bound = missed.get(bound_name)
+        if bound is None:
+            continue
+        names[name] = bound_name
+        ratios[name] = mine / bound if bound > 0 else (1.0 if mine == 0 else math.inf)
+    return names, ratios
 
 
 def planned_runs(scenario: Scenario) -> int | None:

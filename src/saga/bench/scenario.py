@@ -87,6 +87,13 @@ class Scenario(BaseModel):
         default_factory=lambda: [0], min_length=1, description="Seeds (non-negative)."
     )
     workloads: list[WorkloadSpec] = Field(min_length=1, description="Workloads to serve.")
+    eviction_bounds: dict[str, str] = Field(
+        default_factory=dict,
+        description="The offline bound whose GPU prefix misses each policy's are divided by "
+        "(policy -> bound, both among `policies`); any other policy is divided by `belady`'s "
+        "(vllm-affinity's routing with MIN eviction). A bound must schedule as its policy "
+        "does: `saga-belady` is SAGA's scheduling with MIN eviction.",
+    )
     loads: list[float] | None = Field(
         None,
         description="Offered loads as fractions of the peak throughput of `peak_policy` "
@@ -146,6 +153,10 @@ class Scenario(BaseModel):
     def _reference_is_run(self) -> Scenario:
         if self.reference not in self.policies:
             raise ValueError(f"reference {self.reference!r} is not among policies")
+        for policy, bound in self.eviction_bounds.items():
+            if policy not in self.policies or bound not in self.policies:
+                raise ValueError(
+                    f"eviction_bounds: {policy!r} and {bound!r} must both be among policies")
         if self.capacity_warmup >= self.capacity_window:
             raise ValueError("capacity_warmup must be shorter than capacity_window")
         return self

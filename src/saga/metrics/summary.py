@@ -68,6 +68,14 @@ def gpu_missed_tokens(result: SimResult) -> int:
     return sum(c.gpu_missed_tokens for c in result.calls)
 
 
+def placement_missed_tokens(result: SimResult) -> int:
+    """Of :func:`gpu_missed_tokens`, those a placement gave up: the call ran on another
+    replica than the one its predecessor left its prefix on, which still held them when
+    the call was placed (a steal, a rebalance). The rest were evicted (or never cached)
+    where the call ran: what an eviction order answers for."""
+    return sum(c.placement_missed_tokens for c in result.calls)
+
+
 def calls_over_context(result: SimResult) -> int:
     """Calls longer than the model's context (prompt plus output over its window): a real
     vLLM answers them 400, so they are never simulated and their workflows are rejected
@@ -147,6 +155,7 @@ def summarize(result: SimResult, isolated: Mapping[str, float]) -> dict[str, obj
         "prefix_hit_rate": prefix_hit_rate(result),
         "recomputed_tokens": recomputed_tokens(result),
         "gpu_missed_tokens": gpu_missed_tokens(result),
+        "placement_missed_tokens": placement_missed_tokens(result),
         "kv_utilization": kv_utilization(result),
         "kv_useful_utilization": kv_useful_utilization(result),
         "busy_share": busy_share(result),

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from saga.errors import UserError
 from saga.sched.baselines import BASELINES
+from saga.sched.baselines.saga_belady import SagaBelady
 from saga.sched.gated import SUFFIX as GATE_SUFFIX
 from saga.sched.gated import gated
 from saga.sched.policy import Policy
@@ -39,6 +40,7 @@ for _cls in (*_VLLM, *BASELINES):
 # a separate loop: mypy joins a homogeneous tuple with the classes above to ``object``
 for _saga in SAGA_POLICIES:
     register(_saga.name, _saga)
+register(SagaBelady.name, SagaBelady)  # offline: SAGA's scheduling with MIN eviction
 
 
 def _gated_factory(base: str) -> Callable[[], Policy]:

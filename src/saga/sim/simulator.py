@@ -42,6 +42,9 @@ class CallRecord:
     output_tokens: int
     preemptions: int
     gpu_missed_tokens: int = 0
+    #: of those, the tokens the placement gave up: the call ran on another replica than the
+    #: one its predecessor left them on, which still held them when the call was placed
+    placement_missed_tokens: int = 0
 
 
 @dataclass(slots=True)
@@ -107,8 +110,8 @@ class _WorkflowRun:
     """The process of one workflow: which calls wait on what."""
 
     __slots__ = (
-        "done", "index", "info", "kv_runs", "last_issued", "pending", "record", "waiting_on",
-        "workflow",
+        "done", "index", "info", "kv_runs", "last_issued", "pending", "record", "replicas",
+        "waiting_on", "workflow",
     )
 
     def __init__(self, workflow: Workflow, record: WorkflowRecord) -> None:
@@ -120,6 +123,7 @@ class _WorkflowRun:
         self.done: list[bool] = [False] * len(workflow.calls)
         # the KV each finished call left: its prompt runs and its output's blocks
         self.kv_runs: list[tuple[Run, ...]] = [()] * len(workflow.calls)
+        self.replicas: list[int] = [-1] * len(workflow.calls)  # where each finished call ran
         self.last_issued = 0.0  # when its latest call was issued (the gateway's last_seen)
         self.info = WorkflowInfo(
             workflow.id, workflow.tenant, workflow.agent, workflow.arrival, workflow.slo
@@ -227,6 +231,9 @@ class Simulation(ReplicaDriver):
         self._kv_timeline: list[tuple[float, float]] = []
         self._next_closed = 0
         self._owners: dict[int, tuple[_WorkflowRun, int]] = {}  # request seq -> its call
+        # request seq -> (the replica its predecessor's KV is on, blocks of its reusable
+        # prefix that replica still held when the call was placed elsewhere)
+        self._left_behind: dict[int, tuple[int, int]] = {}
         self.faults = check_faults(faults, cluster.replicas)
         self._parked: list[Request] = []  # ready while no replica was up
 
@@ -349,6 +356,9 @@ class Simulation(ReplicaDriver):
         )
         request.reusable_blocks = self._reusable_blocks(run, i, request)
         self._owners[self._seq] = (run, i)
+        home = self._home(run, i, request)
+        if home >= 0:
+            self._left_behind[self._seq] = (home, 0)
         self._dispatch(request)
 
     def _dispatch(self, request: Request) -> None:
@@ -360,6 +370,10 @@ class Simulation(ReplicaDriver):
             self._parked.append(request)
             return
         replica = self.replicas[self.policy.place(info, now)]
+        left = self._left_behind.get(request.seq)
+        if left is not None and left[0] != replica.index:
+            kept = self.replicas[left[0]].kv.match_blocks(request.runs)
+            self._left_behind[request.seq] = (left[0], min(kept, request.reusable_blocks))
         replica.enqueue(request, now)
         self._kick(replica)
 
@@ -384,6 +398,24 @@ class Simulation(ReplicaDriver):
         return max(
             [shared] + [_common_blocks(request.runs, run.kv_runs[run.index[a]]) for a in call.after]
         )
+
+    def _home(self, run: _WorkflowRun, i: int, request: Request) -> int:
+        """The replica that ran the predecessor whose KV the call shares most of (-1 for
+        a first call, or one that shares nothing with its predecessors)."""
+        best, home = 0, -1
+        for a in run.workflow.calls[i].after:
+            j = run.index[a]
+            common = _common_blocks(request.runs, run.kv_runs[j])
+            if common > best:
+                best, home = common, run.replicas[j]
+        return home
+
+    def _placement_missed(self, request: Request, missed: int) -> int:
+        """Of the call's ``missed`` tokens, those its placement gave up: still on its
+        predecessor's replica when the call was placed on another one."""
+        _, kept = self._left_behind.pop(request.seq, (-1, 0))
+        kept_tokens = min(kept * self.block_tokens, request.prompt_tokens - 1)
+        return min(missed, max(0, kept_tokens - request.cached_tokens))
 
     def _reusable_missed(self, run: _WorkflowRun, i: int, request: Request) -> int:
         """Tokens of the call's reusable prefix (what it shares with the KV its
@@ -429,15 +461,17 @@ class Simulation(ReplicaDriver):
         info = request.info
         assert info is not None
         missed = self._reusable_missed(run, i, request)
+        moved = self._placement_missed(request, missed)
         out = output_run(request, self.block_tokens)
         run.kv_runs[i] = request.runs + ((out,) if out is not None else ())
+        run.replicas[i] = replica.index
         self._calls.append(
             CallRecord(
                 request.workflow, request.call_id, replica.index, info.issued_at,
                 request.scheduled_at, request.first_token_at, now, request.prompt_tokens,
                 request.cached_tokens, request.host_tokens,
                 max(0, missed - request.host_tokens) + request.recomputed_tokens,
-                request.generated, request.preemptions, missed,
+                request.generated, request.preemptions, missed, moved,
             )
         )
         self.policy.on_call_finished(info, replica.index, now)

@@ -22,8 +22,11 @@ docs' "deepest, then most recently freed" is not expressible by a key).
 
 This is one pass with the next uses the run itself produces (the issue time of
 the next call, not its admission); the docs' multi-pass fixpoint is left to the
-benchmark driver. Everything else is ``vllm-affinity``: first come first served,
-release, session-hash routing, so the comparison isolates eviction.
+benchmark driver. :class:`NextUse` holds that knowledge, so that a bound can pair
+MIN with any scheduling: ``belady`` is ``vllm-affinity`` (first come first served,
+release, session-hash routing) with MIN eviction, so the comparison with it isolates
+eviction for policies that route and queue as vLLM does; ``saga-belady``
+(:mod:`saga.sched.baselines.saga_belady`) is SAGA's scheduling with MIN.
 """
 
 from __future__ import annotations
@@ -36,23 +39,18 @@ from saga.sched.view import CallView, ReplicaView
 from saga.sched.vllm import ConsistentHashRouter
 
 
-class Belady(Policy):
-    """Evict the KV whose workflow is next used furthest in the future (offline)."""
-
-    name = "belady"
-    offline = True
+class NextUse:
+    """Each cached leaf's next use, read from the trace (offline): Bélády's MIN key."""
 
     def __init__(self) -> None:
-        super().__init__(ConsistentHashRouter())
         self.activity = WorkflowActivity()
         # workflow -> times of its calls announced by finished calls and not yet issued
         self.future_uses: dict[str, list[float]] = {}
         # workflow -> the blocks the next call's prompt holds (what the next use touches)
         self.next_blocks: dict[str, tuple[tuple[str, int, int], ...]] = {}
 
-    # ---- eviction ----------------------------------------------------------------------
-    def eviction_order(self, replica_index: int) -> EvictionOrder:
-        return KeyedEviction("belady", self.eviction_key)
+    def eviction_order(self, name: str) -> EvictionOrder:
+        return KeyedEviction(name, self.eviction_key)
 
     def eviction_key(self, node: KVNode, now: float) -> float:
         """Smaller is evicted first: minus the time of the node's next use."""
@@ -86,27 +84,56 @@ class Belady(Policy):
         uses = self.future_uses.get(workflow)
         return min(uses) if uses else INF
 
-    # ---- retention: learn the next use from the trace ---------------------------------------
-    def retention(self, replica: ReplicaView, request: CallView, now: float) -> Retention:
+    # ---- what the trace announces, and what the run does --------------------------------
+    def call_done(self, request: CallView, now: float) -> None:
+        """A call finished (its retention is asked): it announces its workflow's next use."""
         info = request.info
         if info is not None and info.next_gap is not None:
             self.future_uses.setdefault(info.workflow, []).append(now + info.next_gap)
             if info.next_runs is not None:
                 self.next_blocks[info.workflow] = info.next_runs
-        return RELEASE
 
-    # ---- observations ----------------------------------------------------------------
-    def on_call_ready(self, call: CallInfo, now: float) -> None:
+    def call_ready(self, call: CallInfo) -> None:
         self.activity.call_ready(call)
         uses = self.future_uses.get(call.workflow)
         if uses:
             # the announced use this call fulfils (the earliest; they coincide for chains)
             uses.remove(min(uses))
 
-    def on_call_finished(self, call: CallInfo, replica: int, now: float) -> None:
+    def call_finished(self, call: CallInfo) -> None:
         self.activity.call_finished(call)
 
+    def workflow_finished(self, workflow: str) -> None:
+        self.activity.workflow_finished(workflow)
+        self.future_uses.pop(workflow, None)
+        self.next_blocks.pop(workflow, None)
+
+
+class Belady(Policy):
+    """Evict the KV whose workflow is next used furthest in the future (offline)."""
+
+    name = "belady"
+    offline = True
+
+    def __init__(self) -> None:
+        super().__init__(ConsistentHashRouter())
+        self.next_use = NextUse()
+
+    # ---- eviction ----------------------------------------------------------------------
+    def eviction_order(self, replica_index: int) -> EvictionOrder:
+        return self.next_use.eviction_order(self.name)
+
+    # ---- retention: learn the next use from the trace ---------------------------------------
+    def retention(self, replica: ReplicaView, request: CallView, now: float) -> Retention:
+        self.next_use.call_done(request, now)
+        return RELEASE
+
+    # ---- observations ----------------------------------------------------------------
+    def on_call_ready(self, call: CallInfo, now: float) -> None:
+        self.next_use.call_ready(call)
+
+    def on_call_finished(self, call: CallInfo, replica: int, now: float) -> None:
+        self.next_use.call_finished(call)
+
     def on_workflow_finished(self, workflow: WorkflowInfo, now: float) -> None:
-        self.activity.workflow_finished(workflow.workflow)
-        self.future_uses.pop(workflow.workflow, None)
-        self.next_blocks.pop(workflow.workflow, None)
+        self.next_use.workflow_finished(workflow.workflow)

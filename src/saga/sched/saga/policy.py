@@ -490,9 +490,10 @@ class SagaPolicy(Policy):
     def _eviction_key(self, node: KVNode, now: float) -> float:
         """Expected reuse value of a cached leaf: smaller is evicted first.
 
-        P(the owner calls again) over the time until its predicted next call (an
-        online approximation of Belady: furthest next use first); blocks of finished
-        workflows are worth nothing; shared prefixes are worth their live users.
+        One over the time until the owner's predicted next call (an online approximation
+        of Belady: furthest next use first), times P(the owner calls again) if
+        ``eviction_by_return_chance``; blocks of finished workflows, or of workflows taken
+        as ended, are worth nothing; shared prefixes are worth their live users.
         Weighted by what losing the leaf's last block costs: its recompute seconds,
         relative to a block at the start of a context (``eviction_by_rebuild_cost``).
         """
@@ -508,9 +509,10 @@ class SagaPolicy(Policy):
             flow = self.flows.get(ns[2:])
             if flow is None or flow.predicted_end:
                 return -1.0
+            weight = flow.p_return if self.config.eviction_by_return_chance else 1.0
             if not flow.in_tool:
-                return flow.p_return / t0 + 1.0  # its call is queued or running: soon
-            return flow.p_return / (max(flow.next_use - now, 0.0) + t0)
+                return weight / t0 + 1.0  # its call is queued or running: soon
+            return weight / (max(flow.next_use - now, 0.0) + t0)
         if ns.startswith("s:"):
             return (1 + self.prefix_users.get(ns, 0)) / t0
         return 0.0
