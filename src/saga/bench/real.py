@@ -40,11 +40,14 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from saga.errors import UserError
+
+if TYPE_CHECKING:
+    from saga.gateway.config import GatewayConfig
 
 #: What a gateway subscribes to KV events for (see the module doc). llm-d's baseline keeps
 #: its own routed prefix index (saga.sched.baselines.llmd: its approximate scorer), so
@@ -87,6 +90,11 @@ class RealBench(BaseModel):
                  arrival_interval=2.0),
     )
     request_timeout: float = 300.0
+    # An agent client waits for its call up to its own timeout; a gateway that answers 429
+    # sooner (its default max_defer, 30 s, is for interactive chat) turns a workflow the
+    # memory gate holds at the door into lost work. Deployed in front of agents, the gate's
+    # wait is bounded by the client's timeout, so the bench sets max_defer to it.
+    max_defer: float = Field(300.0, ge=0, description="the gateway's max_defer, seconds")
 
     @model_validator(mode="after")
     def _one_request_fits(self) -> RealBench:
@@ -182,12 +190,28 @@ def reset_prefix_cache(url: str) -> None:
         response.read()
 
 
+def gateway_config(
+    bench: RealBench, urls: Sequence[str], policy: str, cluster: str,
+) -> GatewayConfig:
+    """The gateway of one run: ``policy`` in front of vLLM replicas at ``urls``; every call
+    placed by the policy (``sticky_sessions`` off, as in the simulator); a workflow the
+    policy defers waits up to ``max_defer`` (:class:`RealBench`)."""
+    from saga.gateway.config import GatewayConfig
+
+    return GatewayConfig.model_validate({
+        "policy": policy, "cluster": cluster, "block_tokens": bench.block_tokens,
+        "backends": [{"url": u, "kind": "vllm", "name": f"vllm-{i}"}
+                     for i, u in enumerate(urls)],
+        "request_timeout": bench.request_timeout, "sticky_sessions": False,
+        "max_defer": bench.max_defer,
+    })
+
+
 def _run_once(
     bench: RealBench, replicas: Sequence[tuple[str, Any]], policy: str,
     workflows: Sequence[Any], salt: str, cluster: str,
 ) -> dict[str, Any]:
     """One policy, one case, one repetition: the replay's figures."""
-    from saga.gateway.config import GatewayConfig
     from saga.integrations import engines as eng
     from saga.integrations.replay import GatewayThread, replay
 
@@ -195,12 +219,7 @@ def _run_once(
     for url in urls:
         reset_prefix_cache(url)
     time.sleep(0.3)  # the reset's AllBlocksCleared reaches the indexes
-    config = GatewayConfig.model_validate({
-        "policy": policy, "cluster": cluster, "block_tokens": bench.block_tokens,
-        "backends": [{"url": u, "kind": "vllm", "name": f"vllm-{i}"}
-                     for i, u in enumerate(urls)],
-        "request_timeout": bench.request_timeout, "sticky_sessions": False,
-    })
+    config = gateway_config(bench, urls, policy, cluster)
     before = [eng.vllm_prefix_cache(u) for u in urls]
     load = [os.getloadavg()[0]]
     started = time.monotonic()

@@ -181,15 +181,20 @@ async def replay(
                     "ignore_eos": True,
                     "messages": [{"role": "user", "content": salt + call.text}],
                 }
-                async with session.post(url + "/v1/chat/completions", json=body,
-                                        headers=headers) as response:
-                    await response.read()
-                    result.calls += 1
-                    result.backends[wf.id] = int(response.headers.get("x-saga-backend", -1))
-                    if response.status != 200:
-                        result.errors += 1
-                        result.failed.add(wf.id)
-                        return
+                try:
+                    async with session.post(url + "/v1/chat/completions", json=body,
+                                            headers=headers) as response:
+                        await response.read()
+                        status = response.status
+                        result.backends[wf.id] = int(
+                            response.headers.get("x-saga-backend", -1))
+                except (aiohttp.ClientError, TimeoutError):
+                    status = 0  # the client gave up (its timeout) or lost the connection
+                result.calls += 1
+                if status != 200:
+                    result.errors += 1
+                    result.failed.add(wf.id)
+                    return
             result.tct[wf.id] = time.monotonic() - arrived
 
         await asyncio.gather(*(run(w) for w in workflows))
@@ -219,8 +224,9 @@ def sim_workflows(
             calls.append(Call(f"c{i}", Prompt(max(1, len(ids)), (), runs_from_ids(blocks)),
                               call.max_tokens, (f"c{i - 1}",) if i else (), call.gap,
                               "tool" if i else None))
+        # the replay marks each session's last call (x-saga-end): its end is said
         out.append(Workflow(f"default/{wf.id}", "default", agent, wf.arrival, tuple(calls),
-                            None, block_tokens))
+                            None, block_tokens, end_signal="explicit"))
     return out
 
 
