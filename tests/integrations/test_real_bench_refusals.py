@@ -45,7 +45,11 @@ def test_a_refused_or_abandoned_call_fails_its_session_which_ends_there() -> Non
             return web.json_response({"error": "workflow deferred"}, status=429)
         if workflow == "hung":
             await never.wait()  # the client's timeout ends it
-        return web.json_response({"choices": []}, headers={"x-saga-backend": "1"})
+        headers = {"x-saga-backend": "1"}
+        body = await request.json()
+        if body["messages"][0]["content"] == "ok 0":  # held at the gateway's door
+            headers["x-saga-admission"] = "deferred 2.500s: memory gate: working set ..."
+        return web.json_response({"choices": []}, headers=headers)
 
     async def run() -> ReplayResult:
         app = web.Application()
@@ -69,6 +73,7 @@ def test_a_refused_or_abandoned_call_fails_its_session_which_ends_there() -> Non
     # each failed session stopped at its first call: 3 + 1 + 1 calls, 2 of them errors
     assert (result.calls, result.errors) == (5, 2)
     assert sorted(asked) == ["hung", "ok", "ok", "ok", "refused"]
+    assert result.deferred == {"ok": 2.5}
 
 
 def test_the_simulated_sessions_say_their_end_as_the_replay_does(tmp_path: Path) -> None:

@@ -151,6 +151,9 @@ class ReplayResult:
     #: Workflows a call of which was refused or failed (not 200): the session stops
     #: there and is a failed session, never a skipped call.
     failed: set[str] = field(default_factory=set)
+    #: Seconds each workflow held at the gateway's door waited before admission (the
+    #: gateway's ``x-saga-admission: deferred S s: ...`` header), for those deferred.
+    deferred: dict[str, float] = field(default_factory=dict)
 
     @property
     def mean_tct(self) -> float:
@@ -186,6 +189,9 @@ async def replay(
                                             headers=headers) as response:
                         await response.read()
                         status = response.status
+                        held = _deferred_seconds(response.headers.get("x-saga-admission"))
+                        if held is not None:
+                            result.deferred[wf.id] = result.deferred.get(wf.id, 0.0) + held
                         result.backends[wf.id] = int(
                             response.headers.get("x-saga-backend", -1))
                 except (aiohttp.ClientError, TimeoutError):
@@ -199,6 +205,16 @@ async def replay(
 
         await asyncio.gather(*(run(w) for w in workflows))
     return result
+
+
+def _deferred_seconds(note: str | None) -> float | None:
+    """The wait of a gateway's admission note ``deferred 1.234s: reason``, else None."""
+    if not note or not note.startswith("deferred "):
+        return None
+    try:
+        return float(note.split()[1].rstrip(":").removesuffix("s"))
+    except (IndexError, ValueError):
+        return None
 
 
 def sim_workflows(
