@@ -20,8 +20,10 @@ engines' KV events (``saga.gateway.kv_events``) for the policies that deploy wit
 view of the caches (``saga``); the others route on their own estimate (llm-d's baseline
 models its approximate prefix scorer).
 
-A call that is refused or fails ends its session, counted as failed; a failed session's
-TCT is the whole run's duration (a bound that never flatters the policy).
+A workflow a gateway's gate defers waits up to ``max_defer``, set to the client's timeout
+(an agent waits for its call). A call that is refused, fails or is given up on by the client
+ends its session, counted as failed; a failed session's TCT is the whole run's duration (a
+bound that never flatters the policy).
 
 The simulator runs the same sessions (the tiny model's tokenizer, the same salt scheme) on
 ``cpu-tiny`` with the same KV size; ``sim_error[policy]`` is its relative error of each
