@@ -16,7 +16,7 @@ def _run(case: str, policy: str, rep: int, tcts: list[float], failed: int = 0) -
         "failed": [f"s{i:03d}" for i in range(failed)], "calls": 10, "errors": failed,
         "wall": 30.0, "load": [1.0, 3.0], "prefix_queries": 1000.0, "prefix_hits": 250.0,
         "retentions": {"pin": 2, "release": 1}, "prefix_lookups": [[4, 40, 30], [0, 0, 0]],
-        "backends": [0, 1],
+        "backends": [0, 1], "deferred": {"s000": 4.0, "s001": 2.0} if policy == "saga" else {},
     }
 
 
@@ -35,6 +35,8 @@ def test_summary_has_the_speedups_and_the_simulators_error() -> None:
     assert memory["saga"]["mean_tct"] == pytest.approx((15.0 + 20.0) / 2)
     assert memory["vllm-affinity"]["mean_tct"] == pytest.approx((30.0 + 25.0) / 2)
     assert memory["vllm-affinity"]["failed"] == 1
+    assert (memory["saga"]["deferred"], memory["saga"]["deferred_seconds"]) == (4, 12.0)
+    assert memory["vllm-affinity"]["deferred"] == 0
     assert memory["saga"]["hit_rate"] == pytest.approx(0.25)
     assert memory["saga"]["retentions"] == {"pin": 4, "release": 2}
     assert (memory["saga"]["lookups"], memory["saga"]["estimate_blocks"],
@@ -49,7 +51,8 @@ def test_summary_has_the_speedups_and_the_simulators_error() -> None:
     assert s["load_average"] == {"min": 1.0, "mean": 2.0, "max": 3.0}
     text = render_markdown(s)
     assert text.startswith("## Real engines\n")
-    assert "| vllm-affinity | 27.50 | 30.0 25.0 | 1.57 |" in text
+    assert "| vllm-affinity | 27.50 | 30.0 25.0 | 1.57 | 25.0% | 1 | 0 |" in text
+    assert "| saga | 17.50 | 15.0 20.0 | 1.00 | 25.0% | 0 | 4, 3.0 |" in text
     assert "load average (1 min) during the runs 1.0-3.0" in text
 
 

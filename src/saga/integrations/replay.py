@@ -151,6 +151,9 @@ class ReplayResult:
     #: Workflows a call of which was refused or failed (not 200): the session stops
     #: there and is a failed session, never a skipped call.
     failed: set[str] = field(default_factory=set)
+    #: Seconds each workflow held at the gateway's door waited before admission (the
+    #: gateway's ``x-saga-admission: deferred S s: ...`` header), for those deferred.
+    deferred: dict[str, float] = field(default_factory=dict)
 
     @property
     def mean_tct(self) -> float:
@@ -181,19 +184,37 @@ async def replay(
                     "ignore_eos": True,
                     "messages": [{"role": "user", "content": salt + call.text}],
                 }
-                async with session.post(url + "/v1/chat/completions", json=body,
-                                        headers=headers) as response:
-                    await response.read()
-                    result.calls += 1
-                    result.backends[wf.id] = int(response.headers.get("x-saga-backend", -1))
-                    if response.status != 200:
-                        result.errors += 1
-                        result.failed.add(wf.id)
-                        return
+                try:
+                    async with session.post(url + "/v1/chat/completions", json=body,
+                                            headers=headers) as response:
+                        await response.read()
+                        status = response.status
+                        held = _deferred_seconds(response.headers.get("x-saga-admission"))
+                        if held is not None:
+                            result.deferred[wf.id] = result.deferred.get(wf.id, 0.0) + held
+                        result.backends[wf.id] = int(
+                            response.headers.get("x-saga-backend", -1))
+                except (aiohttp.ClientError, TimeoutError):
+                    status = 0  # the client gave up (its timeout) or lost the connection
+                result.calls += 1
+                if status != 200:
+                    result.errors += 1
+                    result.failed.add(wf.id)
+                    return
             result.tct[wf.id] = time.monotonic() - arrived
 
         await asyncio.gather(*(run(w) for w in workflows))
     return result
+
+
+def _deferred_seconds(note: str | None) -> float | None:
+    """The wait of a gateway's admission note ``deferred 1.234s: reason``, else None."""
+    if not note or not note.startswith("deferred "):
+        return None
+    try:
+        return float(note.split()[1].rstrip(":").removesuffix("s"))
+    except (IndexError, ValueError):
+        return None
 
 
 def sim_workflows(
@@ -219,8 +240,9 @@ def sim_workflows(
             calls.append(Call(f"c{i}", Prompt(max(1, len(ids)), (), runs_from_ids(blocks)),
                               call.max_tokens, (f"c{i - 1}",) if i else (), call.gap,
                               "tool" if i else None))
+        # the replay marks each session's last call (x-saga-end): its end is said
         out.append(Workflow(f"default/{wf.id}", "default", agent, wf.arrival, tuple(calls),
-                            None, block_tokens))
+                            None, block_tokens, end_signal="explicit"))
     return out
 
 
