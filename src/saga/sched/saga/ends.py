@@ -46,8 +46,14 @@ def time_to_end(graph: AgentGraph, node: str, turn_ended: bool | None,
     if turn_ended is False or graph.ends < min_ends:
         return math.inf  # the response invoked a tool: the client calls again
     gap = graph.gap(node)
-    c = gap.p_continue
-    if turn_ended:
+    # fresh, not the gap's (kept between refreshes): each end seen moves it most early on
+    c = graph.p_continue(node)
+    # A response that ends the turn leaves only a human's return, but which share of the
+    # returns are a human's is known only once some call after the node has been seen:
+    # before that, the whole gap prior (else the first silence of an agent nobody has yet
+    # seen come back would read as a certain end).
+    human_only = bool(turn_ended) and graph.knows_successors(node)
+    if human_only:
         human = sum(p for dst, p in graph.successors(node).items()
                     if node_tool(dst) == HUMAN_TOOL)
         back = c * human
@@ -60,7 +66,7 @@ def time_to_end(graph: AgentGraph, node: str, turn_ended: bool | None,
         return math.inf
     # S(t) <= end (1 - q) / (q back), so t is the (1 - that) quantile of the return time
     survive = end * (1.0 - confidence) / (confidence * back)
-    if turn_ended:
+    if human_only:
         return graph.duration(HUMAN_TOOL).quantile(1.0 - survive)
     return gap.quantile(1.0 - survive)
 

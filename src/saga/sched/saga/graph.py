@@ -412,6 +412,11 @@ class AgentGraph:
             cached = self._nexts[node] = self._successors(node)
         return cached
 
+    def knows_successors(self, node: str) -> bool:
+        """Whether a call after a call at ``node``'s depth has been seen (else
+        :meth:`successors` is only the memoryless placeholder)."""
+        return bool(self._pooled_successors(node_bucket(node)))
+
     def _successors(self, node: str) -> dict[str, float]:
         own = self._nodes.get(node)
         pooled = self._pooled_successors(node_bucket(node))
