@@ -138,6 +138,15 @@ class SagaConfig(BaseModel):
         description="P(the workflow has ended) at which a predicted end is acted on "
         "(0.5: when an end is likelier than a return; docs/saga.md has the sweep).",
     )
+    gate_interactive_reserve: float = Field(
+        0.1,
+        ge=0.0,
+        lt=1.0,
+        description="Share of the memory gate's limit that best-effort workflows leave free "
+        "while workflows with an SLO are in flight, so an interactive arrival under a "
+        "best-effort flood finds room at once instead of waiting for the flood's working sets "
+        "to leave (docs/saga.md, Memory gate).",
+    )
     gate_end_min_ends: int = Field(
         0,
         ge=0,

@@ -116,6 +116,7 @@ class SagaPolicy(Policy):
         self.gate = MemoryGate(
             capacity, self.config.memory_budget, self.config.retry_after,
             self.config.prior_context_tokens, self.config.gate_cold_start,
+            self.config.gate_interactive_reserve,
         )
 
     # ---- workflow state ------------------------------------------------------------------
@@ -168,7 +169,9 @@ class SagaPolicy(Policy):
                 return behind
         if self.config.admission:
             active = [slo for slo, n in self.active_slos.items() if n > 0]
-            if active or workflow.slo is not None:
+            if workflow.slo is not None and self.config.afs:
+                predicted = self._queue_slowdown(interactive=True)
+            elif active or workflow.slo is not None:
                 predicted = max(self.slowdowns.value(now), self._queue_slowdown(interactive=True))
             else:
                 predicted = 1.0  # no SLO in play: admission admits without a prediction
@@ -181,6 +184,7 @@ class SagaPolicy(Policy):
             verdict = self.gate.decide(
                 workflow, self._working_set(), self.unhomed.get(agent_key(workflow), 0),
                 self.config.gate_work_conserving and self._room_for(agent_key(workflow)),
+                any(n > 0 for n in self.active_slos.values()),
             )
             if verdict.verdict != "admit":
                 return verdict
