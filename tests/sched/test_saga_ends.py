@@ -206,3 +206,18 @@ def test_the_gate_stops_counting_a_silent_workflow_at_its_predicted_end_on_prior
     assert policy.seen == [(t, held if t < finish + wait else 0.0) for t, _ in policy.seen]
     assert [t for t, _ in policy.seen] == [float(i) for i in range(1, 41)]
     assert policy.predicted_ends == 0  # unpinned only after min_samples ends are seen
+
+
+def test_once_a_user_was_seen_to_come_back_the_gate_waits_for_seen_ends() -> None:
+    """The first returns after a turn ends are the short ones (the long ones have not come
+    back yet): once one was seen, the gate waits for ``min_samples`` seen ends, as pins do,
+    instead of acting on the prior."""
+    calls = (Call("c0", Prompt(20 * BT, (), ((0, 20),)), 50),
+             Call("c1", Prompt(22 * BT, (), ((0, 22),)), 50, ("c0",), 2.0, "human"))
+    workflows = [Workflow("w0", "t", "chat", 0.0, calls, end_signal="idle")]
+    workflows += [Workflow(f"p{i}", "probe", "probe", float(i),
+                           (Call("c0", Prompt(BT, (), ((0, 1),)), 1),), end_signal="explicit")
+                  for i in range(4, 41)]
+    policy = _GateProbe(SagaConfig())
+    Simulation(get_cluster("test-2"), policy, workflows, end_idle_timeout=60.0).run()
+    assert policy.seen == [(float(i), 22 * BT + 50) for i in range(4, 41)]

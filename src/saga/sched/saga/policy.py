@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from saga.core.workflow import HUMAN_TOOL
 from saga.engine.kvcache import EvictionOrder, KeyedEviction, KVNode, LRUEviction
 from saga.sched.decisions import ADMIT, RELEASE, Admission, Retention
 from saga.sched.policy import CallInfo, Policy, PolicyContext, Router, WorkflowInfo
@@ -286,7 +287,7 @@ class SagaPolicy(Policy):
         if flow.in_tool:
             self._expire_ends(now)
             wait = self._time_to_end(flow, call)
-            gate_wait = min(wait, self._time_to_end(flow, call, self.config.gate_end_min_ends))
+            gate_wait = min(wait, self._time_to_end(flow, call, self._gate_min_ends(flow)))
             if wait <= 0.0:
                 self._release(flow, now)
             else:
@@ -305,6 +306,15 @@ class SagaPolicy(Policy):
         seen = self.config.min_samples if min_ends is None else min_ends
         return time_to_end(self._graph(flow), flow.node, call.turn_ended,
                            self.config.end_confidence, seen)
+
+    def _gate_min_ends(self, flow: Flow) -> int:
+        """Seen ends the gate needs before acting on a predicted end of ``flow``:
+        ``gate_end_min_ends`` while no user of its agent type was seen to come back after a
+        turn ended, else ``min_samples`` as pins (the returns seen first are the short ones,
+        the long ones have not come back yet: the prior would uncount sessions that do)."""
+        if self._graph(flow).returns_after(HUMAN_TOOL):
+            return self.config.min_samples
+        return self.config.gate_end_min_ends
 
     def _expire_ends(self, now: float) -> None:
         for workflow, epoch in self.end_watch.due(now):
