@@ -23,8 +23,12 @@ retention drops its KV, and eviction takes it first. A call that comes after all
 it back, as a new workflow's would be.
 
 An agent type whose workflows have been seen to end with the marker (and never
-without) needs no prediction: its ends will be said; nor is one predicted before
-``min_samples`` ends of the agent type have been observed (cold start).
+without) needs no prediction: its ends will be said. Pins and eviction act on no
+prediction before ``min_samples`` ends of the agent type have been observed (cold start:
+a wrong guess loses KV). The memory gate acts from the first call, on the graph's priors
+(``gate_end_min_ends``), while no user of the agent type has been seen to come back after
+a turn ended: ends without a marker are seen only after the idle timeout, and waiting for
+them let finished single-shot work fill the gate for ten minutes (docs/saga.md).
 """
 
 from __future__ import annotations
