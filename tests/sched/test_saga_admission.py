@@ -121,3 +121,20 @@ def test_withdrawing_a_deferred_workflow_takes_it_out_of_the_gate() -> None:
     assert policy.admit(third, 0.0).verdict == "defer"
     policy.on_admission_withdrawn(second, 1.0)
     assert list(policy.gate.waiting) == ["c"]
+
+
+def test_under_afs_slow_interactive_calls_defer_best_effort_not_new_interactive_work() -> None:
+    """Interactive calls slowed by a flood: queueing a new interactive workflow would not
+    speed them (AFS serves it ahead of the flood), deferring the flood does. Without AFS the
+    observed slowdown queues interactive work too."""
+    for afs, interactive in ((True, "admit"), (False, "defer")):
+        policy, _ = _saga_on_small_cluster(afs=afs)
+        assert policy.admit(WorkflowInfo("web-0", "web", "agent", 0.0, 3.0), 0.0).verdict == "admit"
+        policy.slowdowns.add(5.0, 0.0)
+        verdict = policy.admit(WorkflowInfo("web-1", "web", "agent", 0.0, 3.0), 0.0)
+        assert verdict.verdict == interactive
+        best_effort = policy.admit(WorkflowInfo("batch-0", "batch", "agent", 0.0, None), 0.0)
+        assert best_effort.verdict == "defer"
+        assert best_effort.reason == (
+            "best effort deferred: predicted slowdown 5.00 >= 1.50 (0.5 x interactive SLO 3)"
+        )

@@ -9,7 +9,8 @@ import pytest
 
 from saga.core.workflow import Call, EndSignal, Prompt, Workflow
 from saga.engine.cluster import get_cluster
-from saga.sched.policy import Policy
+from saga.sched.decisions import Admission
+from saga.sched.policy import Policy, WorkflowInfo
 from saga.sched.registry import build_policy
 from saga.sched.saga.config import SagaConfig
 from saga.sched.saga.ends import EndMarkers, EndWatch, time_to_end
@@ -147,3 +148,76 @@ def test_a_workflow_that_returns_after_a_predicted_end_is_counted_again() -> Non
     assert policy.flows == {}
     assert policy.homed_total == 0 and all(h == 0 for h in policy.homed)
     assert all(n == 0 for n in policy.unhomed.values())
+
+
+def test_before_any_call_after_a_node_is_seen_a_turn_end_says_nothing_of_the_return() -> None:
+    """No successor learned: the whole gap prior, not a certain end (no human seen back
+    only because nothing was seen back yet)."""
+    g = AgentGraph(SagaConfig(prior_weight=2.0, prior_continue=0.9, prior_tool_median=5.0,
+                              prior_tool_sigma=1.0))
+    survive = 0.1 * 0.5 / (0.5 * 0.9)
+    expected = LogNormal(math.log(5.0), 1.0).quantile(1 - survive)
+    assert time_to_end(g, "^#0", True, 0.5, min_ends=0) == pytest.approx(expected)
+    assert time_to_end(g, "^#0", True, 0.5, min_ends=1) == math.inf  # no end seen yet
+
+
+class _GateProbe(SagaPolicy):
+    """Records the gate's working set as each probe workflow asks for admission."""
+
+    def __init__(self, config: SagaConfig) -> None:
+        super().__init__(config)
+        self.seen: list[tuple[float, float]] = []
+
+    def admit(self, workflow: WorkflowInfo, now: float) -> Admission:
+        if workflow.tenant == "probe":  # before it is counted itself
+            self._expire_ends(now)
+            self.seen.append((now, self._working_set()))
+        return super().admit(workflow, now)
+
+
+def silent_then_probes() -> list[Workflow]:
+    """One idle-ended single call of a never-seen agent, then a tiny explicit probe a second."""
+    out = [Workflow("w0", "t", "chat", 0.0, (Call("c0", Prompt(20 * BT, (), ((0, 20),)), 50),),
+                    end_signal="idle")]
+    out += [Workflow(f"p{i}", "probe", "probe", float(i),
+                     (Call("c0", Prompt(BT, (), ((0, 1),)), 1),), end_signal="explicit")
+            for i in range(1, 41)]
+    return out
+
+
+@pytest.mark.parametrize("gate_ends", [0, 5])
+def test_the_gate_stops_counting_a_silent_workflow_at_its_predicted_end_on_priors(
+    gate_ends: int,
+) -> None:
+    """With no end of its agent seen, a silent workflow's working set leaves the gate's
+    count once P(ended | silent t) reaches end_confidence on the graph's priors (P(continue)
+    0.9, return time log-normal median 5 s, sigma 1: t = 17 s); waiting for seen ends
+    (``gate_end_min_ends`` 5) holds it until the idle timeout. Pins wait either way."""
+    config = SagaConfig(gate_end_min_ends=gate_ends)
+    policy = _GateProbe(config)
+    result = Simulation(get_cluster("test-2"), policy, silent_then_probes(),
+                        end_idle_timeout=60.0).run()
+    finish = next(w.finished_at for w in result.workflows if w.workflow == "w0")
+    survive = 0.1 * 0.5 / (0.5 * 0.9)
+    wait = LogNormal(math.log(5.0), 1.0).quantile(1 - survive) if gate_ends == 0 else math.inf
+    held = 20 * BT + 50
+    if gate_ends == 0:
+        assert 17.0 < finish + wait < 18.0  # the probes straddle the release
+    assert policy.seen == [(t, held if t < finish + wait else 0.0) for t, _ in policy.seen]
+    assert [t for t, _ in policy.seen] == [float(i) for i in range(1, 41)]
+    assert policy.predicted_ends == 0  # unpinned only after min_samples ends are seen
+
+
+def test_once_a_user_was_seen_to_come_back_the_gate_waits_for_seen_ends() -> None:
+    """The first returns after a turn ends are the short ones (the long ones have not come
+    back yet): once one was seen, the gate waits for ``min_samples`` seen ends, as pins do,
+    instead of acting on the prior."""
+    calls = (Call("c0", Prompt(20 * BT, (), ((0, 20),)), 50),
+             Call("c1", Prompt(22 * BT, (), ((0, 22),)), 50, ("c0",), 2.0, "human"))
+    workflows = [Workflow("w0", "t", "chat", 0.0, calls, end_signal="idle")]
+    workflows += [Workflow(f"p{i}", "probe", "probe", float(i),
+                           (Call("c0", Prompt(BT, (), ((0, 1),)), 1),), end_signal="explicit")
+                  for i in range(4, 41)]
+    policy = _GateProbe(SagaConfig())
+    Simulation(get_cluster("test-2"), policy, workflows, end_idle_timeout=60.0).run()
+    assert policy.seen == [(float(i), 22 * BT + 50) for i in range(4, 41)]

@@ -156,3 +156,18 @@ def test_the_work_conserving_gate_admits_past_the_limit_only_with_room() -> None
         assert policy.admit(first, 0.0).verdict == "admit"  # an empty cluster admits
         policy.homed_total = 1_000.0  # the first one's working set, past the tiny limit
         assert policy.admit(second, 0.0).verdict == ("admit" if conserving else "defer")
+
+
+def test_best_effort_leaves_the_interactive_reserve_free_while_interactive_work_runs() -> None:
+    g = MemoryGate(100_000, 1.0, retry_after=2.0, prior_context=20_000, interactive_reserve=0.2)
+    assert g.limit_for(wf("be"), interactive_active=True) == 80_000
+    assert g.limit_for(wf("be"), interactive_active=False) == 100_000
+    assert g.limit_for(wf("i", slo=3.0), interactive_active=True) == 100_000
+    # 65k + 20k: past 80k for best effort; an interactive arrival is admitted ahead of it
+    flood = g.decide(wf("be"), 65_000, interactive_active=True)
+    assert flood.verdict == "defer"
+    assert "exceeds 80,000 (1 x KV capacity less the interactive reserve)" in flood.reason
+    assert g.decide(wf("i", slo=3.0), 65_000, interactive_active=True).verdict == "admit"
+    assert list(g.waiting) == ["be"]
+    # no interactive work in flight: the whole limit is best effort's
+    assert g.decide(wf("be"), 65_000, interactive_active=False).verdict == "admit"

@@ -138,6 +138,25 @@ class SagaConfig(BaseModel):
         description="P(the workflow has ended) at which a predicted end is acted on "
         "(0.5: when an end is likelier than a return; docs/saga.md has the sweep).",
     )
+    gate_interactive_reserve: float = Field(
+        0.1,
+        ge=0.0,
+        lt=1.0,
+        description="Share of the memory gate's limit that best-effort workflows leave free "
+        "while workflows with an SLO are in flight, so an interactive arrival under a "
+        "best-effort flood finds room at once instead of waiting for the flood's working sets "
+        "to leave (docs/saga.md, Memory gate).",
+    )
+    gate_end_min_ends: int = Field(
+        0,
+        ge=0,
+        description="Ends of an agent type (of its tenant) to have been seen before the "
+        "memory gate stops counting a silent workflow's working set at its predicted end "
+        "(0: from its first call, on the graph's priors). Pins and eviction wait for "
+        "min_samples seen ends: a wrong early guess there loses KV, in the gate only a "
+        "place at the door. Seen ends come late (idle timeout), so waiting for them let "
+        "finished best-effort work fill the gate for the timeout (docs/saga.md).",
+    )
     prefetch_quantile: float = Field(
         0.2,
         gt=0.0,

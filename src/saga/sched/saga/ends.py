@@ -23,8 +23,12 @@ retention drops its KV, and eviction takes it first. A call that comes after all
 it back, as a new workflow's would be.
 
 An agent type whose workflows have been seen to end with the marker (and never
-without) needs no prediction: its ends will be said; nor is one predicted before
-``min_samples`` ends of the agent type have been observed (cold start).
+without) needs no prediction: its ends will be said. Pins and eviction act on no
+prediction before ``min_samples`` ends of the agent type have been observed (cold start:
+a wrong guess loses KV). The memory gate acts from the first call, on the graph's priors
+(``gate_end_min_ends``), while no user of the agent type has been seen to come back after
+a turn ended: ends without a marker are seen only after the idle timeout, and waiting for
+them let finished single-shot work fill the gate for ten minutes (docs/saga.md).
 """
 
 from __future__ import annotations
@@ -46,8 +50,14 @@ def time_to_end(graph: AgentGraph, node: str, turn_ended: bool | None,
     if turn_ended is False or graph.ends < min_ends:
         return math.inf  # the response invoked a tool: the client calls again
     gap = graph.gap(node)
-    c = gap.p_continue
-    if turn_ended:
+    # fresh, not the gap's (kept between refreshes): each end seen moves it most early on
+    c = graph.p_continue(node)
+    # A response that ends the turn leaves only a human's return, but which share of the
+    # returns are a human's is known only once some call after the node has been seen:
+    # before that, the whole gap prior (else the first silence of an agent nobody has yet
+    # seen come back would read as a certain end).
+    human_only = bool(turn_ended) and graph.knows_successors(node)
+    if human_only:
         human = sum(p for dst, p in graph.successors(node).items()
                     if node_tool(dst) == HUMAN_TOOL)
         back = c * human
@@ -60,7 +70,7 @@ def time_to_end(graph: AgentGraph, node: str, turn_ended: bool | None,
         return math.inf
     # S(t) <= end (1 - q) / (q back), so t is the (1 - that) quantile of the return time
     survive = end * (1.0 - confidence) / (confidence * back)
-    if turn_ended:
+    if human_only:
         return graph.duration(HUMAN_TOOL).quantile(1.0 - survive)
     return gap.quantile(1.0 - survive)
 

@@ -6,7 +6,9 @@ thrashes: each call finds its prefix evicted, recomputes it, and evicts someone
 else's. Completed throughput falls off a cliff (in the simulator, to a quarter of
 the peak on ``paper-a100-64``). The gate keeps the active set's working set within
 ``memory_budget`` x the cluster's KV capacity and queues new workflows, first come
-first served (interactive tenants ahead of best-effort ones), until it fits again.
+first served (interactive tenants ahead of best-effort ones), until it fits again;
+while interactive work is in flight best effort leaves ``interactive_reserve`` of the
+limit free, so a flood at the limit never holds an interactive arrival at the door.
 Work then waits at the door instead of thrashing inside, which is the point of
 scheduling the workflow rather than the call.
 
@@ -41,6 +43,7 @@ class MemoryGate:
     retry_after: float
     prior_context: float
     cold_start: int = 4
+    interactive_reserve: float = 0.0
     waiting: deque[str] = field(default_factory=deque)
     # per (tenant, agent type): one tenant's first calls never set another's expectation
     _first_context: dict[AgentKey, tuple[float, int]] = field(default_factory=dict)
@@ -64,9 +67,16 @@ class MemoryGate:
         """Whether a first call of ``key``'s agent type (of its tenant) has been observed."""
         return key in self._first_context
 
+    def limit_for(self, workflow: WorkflowInfo, interactive_active: bool) -> float:
+        """The limit ``workflow`` is admitted under: best effort leaves
+        ``interactive_reserve`` of it free while interactive workflows are in flight."""
+        if workflow.slo is None and interactive_active:
+            return self.limit * (1.0 - self.interactive_reserve)
+        return self.limit
+
     def decide(
         self, workflow: WorkflowInfo, working_set: float, unplaced: int = 0,
-        room: bool = False,
+        room: bool = False, interactive_active: bool = False,
     ) -> Admission:
         """Admit ``workflow`` if it is first in line and fits beside ``working_set``.
 
@@ -77,6 +87,9 @@ class MemoryGate:
 
         ``room``: a replica has no call waiting and free KV for the workflow's expected
         context now, so it is admitted even past the limit (the work-conserving gate).
+
+        ``interactive_active``: workflows with an SLO are in flight, so a best-effort one
+        must fit beside the interactive reserve (:meth:`limit_for`).
         """
         if workflow.workflow not in self._queued:
             self._queued.add(workflow.workflow)
@@ -89,7 +102,8 @@ class MemoryGate:
         need = self.expected_context(key)
         known = self.seen(key) or unplaced < self.cold_start
         # An empty cluster always admits, so a workflow larger than memory still runs.
-        fits = working_set <= 0 or (known and (room or working_set + need <= self.limit))
+        limit = self.limit_for(workflow, interactive_active)
+        fits = working_set <= 0 or (known and (room or working_set + need <= limit))
         if head == workflow.workflow and fits:
             self.waiting.popleft()
             self._queued.discard(workflow.workflow)
@@ -102,10 +116,11 @@ class MemoryGate:
                 "of its workflows admitted; waiting to learn its context",
                 self.retry_after,
             )
+        reserve = " less the interactive reserve" if limit < self.limit else ""
         return Admission(
             "defer",
             f"memory gate: working set {working_set:,.0f} + {need:,.0f} tokens exceeds "
-            f"{self.limit:,.0f} ({self.budget:g} x KV capacity); {len(self.waiting)} "
+            f"{limit:,.0f} ({self.budget:g} x KV capacity{reserve}); {len(self.waiting)} "
             "workflows in the admission queue",
             self.retry_after,
         )

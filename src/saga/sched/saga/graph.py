@@ -412,6 +412,16 @@ class AgentGraph:
             cached = self._nexts[node] = self._successors(node)
         return cached
 
+    def returns_after(self, tool: str) -> int:
+        """Calls seen to follow a ``tool`` step (for ``human``: users seen to come back)."""
+        fit = self._tools.get(tool)
+        return fit.n if fit is not None else 0
+
+    def knows_successors(self, node: str) -> bool:
+        """Whether a call after a call at ``node``'s depth has been seen (else
+        :meth:`successors` is only the memoryless placeholder)."""
+        return bool(self._pooled_successors(node_bucket(node)))
+
     def _successors(self, node: str) -> dict[str, float]:
         own = self._nodes.get(node)
         pooled = self._pooled_successors(node_bucket(node))

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from saga.core.workflow import HUMAN_TOOL
 from saga.engine.kvcache import EvictionOrder, KeyedEviction, KVNode, LRUEviction
 from saga.sched.decisions import ADMIT, RELEASE, Admission, Retention
 from saga.sched.policy import CallInfo, Policy, PolicyContext, Router, WorkflowInfo
@@ -58,7 +59,8 @@ class Flow:
     ideal: float = 0.0  # predicted seconds of its calls alone plus its tool gaps, so far
     prefixes: set[str] = field(default_factory=set)
     epoch: int = 0  # calls issued so far: a predicted end is for one epoch only
-    predicted_end: bool = False  # taken as ended (ends.py); its working set is released
+    predicted_end: bool = False  # taken as ended (ends.py): unpinned, evicted first
+    uncounted: bool = False  # its working set has left the gate's count (implied by the above)
     marked: bool = False  # its client sent the end marker
 
 
@@ -96,7 +98,8 @@ class SagaPolicy(Policy):
         self.active_slos: dict[float, int] = {}  # SLOs of the workflows in flight
         self.steals = 0
         self._rebuild_weights: dict[int, float] = {}  # leaf depth in blocks -> weight
-        self.end_watch = EndWatch()
+        self.end_watch = EndWatch()  # predicted ends: pins and eviction
+        self.gate_watch = EndWatch()  # predicted ends the gate acts on (sooner: priors)
         self.end_markers = EndMarkers()
         self.predicted_ends = 0  # workflows taken as ended before any runtime said so
 
@@ -114,6 +117,7 @@ class SagaPolicy(Policy):
         self.gate = MemoryGate(
             capacity, self.config.memory_budget, self.config.retry_after,
             self.config.prior_context_tokens, self.config.gate_cold_start,
+            self.config.gate_interactive_reserve,
         )
 
     # ---- workflow state ------------------------------------------------------------------
@@ -166,7 +170,9 @@ class SagaPolicy(Policy):
                 return behind
         if self.config.admission:
             active = [slo for slo, n in self.active_slos.items() if n > 0]
-            if active or workflow.slo is not None:
+            if workflow.slo is not None and self.config.afs:
+                predicted = self._queue_slowdown(interactive=True)
+            elif active or workflow.slo is not None:
                 predicted = max(self.slowdowns.value(now), self._queue_slowdown(interactive=True))
             else:
                 predicted = 1.0  # no SLO in play: admission admits without a prediction
@@ -179,6 +185,7 @@ class SagaPolicy(Policy):
             verdict = self.gate.decide(
                 workflow, self._working_set(), self.unhomed.get(agent_key(workflow), 0),
                 self.config.gate_work_conserving and self._room_for(agent_key(workflow)),
+                any(n > 0 for n in self.active_slos.values()),
             )
             if verdict.verdict != "admit":
                 return verdict
@@ -238,7 +245,7 @@ class SagaPolicy(Policy):
             )
         self._expire_ends(now)
         flow.epoch += 1
-        if flow.predicted_end:  # it came back after all: count it again
+        if flow.uncounted:  # it came back after all: count it again
             self._unrelease(flow)
         graph = self._graph(flow)
         node = node_key(call.tool, call.index, self.config.depth_buckets)
@@ -280,24 +287,44 @@ class SagaPolicy(Policy):
         if flow.in_tool:
             self._expire_ends(now)
             wait = self._time_to_end(flow, call)
+            gate_wait = min(wait, self._time_to_end(flow, call, self._gate_min_ends(flow)))
             if wait <= 0.0:
                 self._release(flow, now)
             else:
                 self.end_watch.watch(now + wait, call.workflow, flow.epoch)
+                if gate_wait <= 0.0:
+                    self._uncount(flow)
+                elif gate_wait < wait:
+                    self.gate_watch.watch(now + gate_wait, call.workflow, flow.epoch)
 
     # ---- predicted ends (ends.py) ---------------------------------------------------------
-    def _time_to_end(self, flow: Flow, call: CallInfo) -> float:
-        """Seconds after ``call`` finishes until its workflow is taken as ended."""
+    def _time_to_end(self, flow: Flow, call: CallInfo, min_ends: int | None = None) -> float:
+        """Seconds after ``call`` finishes until its workflow is taken as ended, once
+        ``min_ends`` ends of its agent were seen (default ``min_samples``)."""
         if not self.config.predict_end or self.end_markers.said(agent_key(call)):
             return float("inf")
+        seen = self.config.min_samples if min_ends is None else min_ends
         return time_to_end(self._graph(flow), flow.node, call.turn_ended,
-                           self.config.end_confidence, self.config.min_samples)
+                           self.config.end_confidence, seen)
+
+    def _gate_min_ends(self, flow: Flow) -> int:
+        """Seen ends the gate needs before acting on a predicted end of ``flow``:
+        ``gate_end_min_ends`` while no user of its agent type was seen to come back after a
+        turn ended, else ``min_samples`` as pins (the returns seen first are the short ones,
+        the long ones have not come back yet: the prior would uncount sessions that do)."""
+        if self._graph(flow).returns_after(HUMAN_TOOL):
+            return self.config.min_samples
+        return self.config.gate_end_min_ends
 
     def _expire_ends(self, now: float) -> None:
         for workflow, epoch in self.end_watch.due(now):
             flow = self.flows.get(workflow)
             if flow is not None and flow.epoch == epoch and flow.in_tool:
                 self._release(flow, now)
+        for workflow, epoch in self.gate_watch.due(now):
+            flow = self.flows.get(workflow)
+            if flow is not None and flow.epoch == epoch and flow.in_tool:
+                self._uncount(flow)
 
     def _release(self, flow: Flow, now: float) -> None:
         """Take ``flow`` as ended: its working set leaves the gate's count, its pin goes."""
@@ -305,16 +332,26 @@ class SagaPolicy(Policy):
             return
         flow.predicted_end = True
         self.predicted_ends += 1
+        home = flow.home
+        self._uncount(flow)
+        if home is not None:
+            self.ctx.replicas[home].unpin(flow.info.workflow, now)
+
+    def _uncount(self, flow: Flow) -> None:
+        """``flow``'s working set leaves the gate's count (and its home's homed work)."""
+        if flow.uncounted:
+            return
+        flow.uncounted = True
         if flow.home is not None:
             self.homed[flow.home] -= flow.context
             self.homed_total -= flow.context
             flow.context = 0
-            self.ctx.replicas[flow.home].unpin(flow.info.workflow, now)
         else:
             self._count_unhomed(agent_key(flow.info), -1)
 
     def _unrelease(self, flow: Flow) -> None:
         flow.predicted_end = False
+        flow.uncounted = False
         if flow.home is None:
             self._count_unhomed(agent_key(flow.info), +1)
 
@@ -333,7 +370,7 @@ class SagaPolicy(Policy):
         if flow is None:
             return
         self.end_markers.observe(agent_key(flow.info), flow.marked)
-        if flow.predicted_end:
+        if flow.uncounted:
             self._unrelease(flow)  # then forgotten as any finished workflow
         if self.graphs.learning and flow.node:
             self._graph(flow).observe_end(flow.node)
