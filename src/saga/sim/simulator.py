@@ -228,6 +228,8 @@ class Simulation(ReplicaTimers):
                 )
             )
         policy.bind(ctx)
+        #: blocks of the largest replica (fixed): an arrival larger than that is refused
+        self._largest_kv = max(r.kv.capacity for r in self.replicas)
         self.workflows = list(workflows)
         self.closed_loop = closed_loop
         self._progress = progress
@@ -304,7 +306,7 @@ class Simulation(ReplicaTimers):
 
     def _too_large(self, workflow: Workflow) -> str:
         """Why no replica could ever serve one of ``workflow``'s calls ("" if all fit)."""
-        capacity = max(r.kv.capacity for r in self.replicas)
+        capacity = self._largest_kv
         for call in workflow.calls:
             need = -(-(call.prompt.tokens + call.output_tokens) // self.block_tokens)
             if need > capacity:
