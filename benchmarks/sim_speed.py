@@ -9,15 +9,19 @@ under 60 s, on 2 cores. CPU time (user + sys of this process) is the figure to c
 on a shared machine; wall time moves with the load of the other processes.
 
 Run: python benchmarks/sim_speed.py [--gpus N] [--rate R] [--policy P] [--profile FILE]
-(``--profile`` writes cProfile stats of the simulation only; read them with pstats).
+[--summary FILE] (``--profile`` writes cProfile stats of the simulation only; read them
+with pstats; ``--summary`` writes the run's summary.json, to check that an optimization
+changed no decision: the same seed must give the same bytes).
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import json
 import resource
 import time
+from pathlib import Path
 
 from saga.engine.cluster import get_cluster
 from saga.sim.run import run_policy
@@ -44,6 +48,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=3600.0, help="seconds of arrivals")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", default=None, help="write cProfile stats here")
+    parser.add_argument("--summary", default=None, help="write the run's summary.json here")
     args = parser.parse_args()
 
     cluster = get_cluster(args.cluster)
@@ -84,6 +89,8 @@ def main() -> None:
     print(f"simulation wall time: {wall:.1f} s, CPU time {cpu:.1f} s  ({events:,} events, "
           f"{events / wall:,.0f} events/s, {events / max(simulated, 1e-9):,.1f} events per "
           "simulated second)")
+    if args.summary:
+        Path(args.summary).write_text(json.dumps(out.summary, indent=2, sort_keys=True) + "\n")
     print(f"completed {out.summary['workflows_completed']} workflows, "
           f"prefix hit rate {out.summary['prefix_hit_rate']:.3f}, "
           f"TCT mean {out.summary['tct_mean']:.1f} s")

@@ -174,3 +174,26 @@ def test_median_alone_pools_the_seeds() -> None:
 
     isolated = {0: {"a": 10.0, "b": 30.0}, 1: {"c": 20.0, "d": 20.0, "e": 50.0, "f": 40.0}}
     assert median_alone(isolated) == 30.0  # of 10, 20, 20, 30, 40, 50: the upper middle
+
+
+def test_searches_run_apart_but_report_in_rounds() -> None:
+    """Each policy's search moves on as its own probe comes in (two workers here); the
+    points still read as lockstep rounds: every policy's first probe, then its second..."""
+    cluster = serial_replica()
+    per_seed = {0: pair(0), 1: pair(1)}
+    policies = ["vllm-rr", "vllm-least-loaded"]
+    kwargs = dict(start=1.0, slowdown=SLOWDOWN, target=0.9, tolerance=0.05, window_tcts=None,
+                  warmup_tcts=0.0, say=lambda _: None)
+    with ThreadPoolExecutor(2) as pool:
+        both = capacity_on(cluster, per_seed, policies, pool=pool, **kwargs)  # type: ignore[arg-type]
+        alone = {
+            p: capacity_on(cluster, per_seed, [p], pool=pool, **kwargs)  # type: ignore[arg-type]
+            for p in policies
+        }
+    for p in policies:
+        assert [q.rate for q in both.points if q.policy == p] == [q.rate for q in alone[p].points]
+        assert both.capacity[p] == alone[p].capacity[p]
+    rounds = [(sum(1 for q in both.points[:i] if q.policy == point.policy),
+               policies.index(point.policy)) for i, point in enumerate(both.points)]
+    assert rounds == sorted(rounds)  # round by round, in the policies' order
+    assert len(both.points) > len(policies)

@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from dataclasses import dataclass, field
 
 from saga.bench.scenario import Scenario, WorkloadSpec
@@ -268,16 +268,18 @@ def capacity_on(
     say: Progress,
     title: str = "",
 ) -> CapacityCase:
-    """The searches of every policy, run in lockstep: each round probes every unfinished
-    policy on every seed at once, so the pool's workers stay busy. ``window_tcts`` and
-    ``warmup_tcts`` are in median TCTs alone (None: offer every workflow of the pool)."""
+    """The searches of every policy, each probe on every seed at once and each policy's
+    next probe submitted as soon as its last one is in, so the pool's workers stay busy.
+    ``window_tcts`` and ``warmup_tcts`` are in median TCTs alone (None: offer every
+    workflow of the pool)."""
     started = time.perf_counter()
     say(f"{title}: isolated TCTs of {sum(len(w) for w in per_seed.values())} workflows")
-    isolated: dict[int, dict[str, float]] = {}
-    for seed, workflows in per_seed.items():
+    halves: list[tuple[ClusterSpec, list[Workflow]]] = []
+    for workflows in per_seed.values():  # every seed's two halves in one map: no wait between
         half = (len(workflows) + 1) // 2
-        parts = pool.map(_isolated_job, [(cluster, workflows[:half]), (cluster, workflows[half:])])
-        isolated[seed] = {k: v for part in parts for k, v in part.items()}
+        halves += [(cluster, workflows[:half]), (cluster, workflows[half:])]
+    parts = iter(pool.map(_isolated_job, halves))
+    isolated = {seed: {**next(parts), **next(parts)} for seed in per_seed}
     median = median_alone(isolated)
     case = CapacityCase(
         title, cluster.name, cluster.replicas, list(per_seed),
@@ -286,42 +288,62 @@ def capacity_on(
         warmup=warmup_tcts * median,
     )
     searches = {p: CapacitySearch(start, target=target, tolerance=tolerance) for p in policies}
-    while True:
-        todo = [(p, rate) for p, s in searches.items() if (rate := s.next_rate()) is not None]
-        if not todo:
-            break
-        jobs: list[AttainmentJob] = []
-        limited: dict[tuple[str, float], bool] = {}
-        sizes: dict[tuple[str, float], int] = {}
-        for policy, rate in todo:
-            for seed in per_seed:
-                kept, ran_out = offered(per_seed[seed], rate, seed, case.window)
-                limited[policy, rate] = limited.get((policy, rate), False) or ran_out
-                sizes[policy, rate] = sizes.get((policy, rate), 0) + len(kept)
-                jobs.append(
-                    (cluster, policy, kept, seed, isolated[seed], slowdown, case.warmup)
-                )
-        say(f"{title}: probing {len(todo)} policies x {len(per_seed)} seeds")
-        outcomes = iter(pool.map(met_service_level, jobs))
-        for policy, rate in todo:
+    # Each policy's search moves on as soon as its own probe is in, not once every policy's
+    # probe of the round is: no core waits for the round's slowest simulation. The searches
+    # are independent, so each probes the same rates as in lockstep rounds.
+    running: dict[Future[tuple[int, int, float]], tuple[str, float, int]] = {}
+    probe = dict.fromkeys(searches, 0)  # probes started per policy
+    results: dict[tuple[str, float], dict[int, tuple[int, int, float]]] = {}
+    offers: dict[tuple[str, float], tuple[bool, int]] = {}  # (limited, workflows offered)
+    found: list[tuple[int, int, CapacityPoint]] = []  # (probe, policy order, point)
+
+    def submit(policy: str) -> None:
+        rate = searches[policy].next_rate()
+        if rate is None:
+            return
+        limited = False
+        size = 0
+        for seed in per_seed:
+            kept, ran_out = offered(per_seed[seed], rate, seed, case.window)
+            limited, size = limited or ran_out, size + len(kept)
+            job = (cluster, policy, kept, seed, isolated[seed], slowdown, case.warmup)
+            running[pool.submit(met_service_level, job)] = (policy, rate, seed)
+        offers[policy, rate] = (limited, size)
+        results[policy, rate] = {}
+        probe[policy] += 1
+        say(f"{title}: probing {policy} at {rate:.4g} wf/s on {len(per_seed)} seeds")
+
+    order = {p: i for i, p in enumerate(searches)}
+    for policy in searches:
+        submit(policy)
+    while running:
+        done, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in sorted(done, key=lambda f: order[running[f][0]]):
+            policy, rate, seed = running.pop(future)
+            outcomes = results[policy, rate]
+            outcomes[seed] = future.result()
+            if len(outcomes) < len(per_seed):
+                continue
             met = total = 0
             shares: dict[int, float] = {}
             wall = 0.0
-            for seed in per_seed:
-                seed_met, seed_total, seconds = next(outcomes)
+            for seed in per_seed:  # pooled in the seeds' order, as the summary shows them
+                seed_met, seed_total, seconds = outcomes[seed]
                 met, total, wall = met + seed_met, total + seed_total, wall + seconds
                 shares[seed] = seed_met / seed_total if seed_total else 1.0
             # no workflow arrived after the warm-up (a very low rate): nothing missed
             share = met / total if total else 1.0
-            served = searches[policy].record(rate, share, limited[policy, rate])
-            case.points.append(CapacityPoint(
-                policy, rate, share, served, shares, total, sizes[policy, rate],
-                limited[policy, rate],
-            ))
+            limited, size = offers[policy, rate]
+            served = searches[policy].record(rate, share, limited)
+            point = CapacityPoint(policy, rate, share, served, shares, total, size, limited)
+            found.append((probe[policy], order[policy], point))
             say(
                 f"{title}: {policy} at {rate:.4g} wf/s: {100 * share:.0f} % of {total} within "
                 f"{slowdown:g}x ({'served' if served else 'not served'}) done in {wall:.1f} s"
             )
+            submit(policy)
+    # the points in the order of lockstep rounds: every policy's first probe, then seconds...
+    case.points = [point for _, _, point in sorted(found, key=lambda f: f[:2])]
     for policy, state in searches.items():
         case.capacity[policy] = state.capacity
         case.bracketed[policy] = state.bracketed

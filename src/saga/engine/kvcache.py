@@ -478,6 +478,16 @@ class RadixKV:
         key = self.eviction.key_function()
         # (the ranking is total, id() last, so the set's order does not matter)
         heap = [(key(n, now), n.stamp, id(n), n) for n in self._leaves]
+        if not heap or blocks <= 0:
+            return 0
+        first = min(heap)[3]
+        if first.count >= blocks:
+            # The first-ranked leaf alone suffices (most evictions take a block or two):
+            # what the heap below would do, without building it.
+            done = self._evict_from(first, blocks)
+            if first.count == 0:
+                self._detach(first)
+            return done
         heapq.heapify(heap)
         done = 0
         while done < blocks and heap:

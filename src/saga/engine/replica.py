@@ -888,11 +888,13 @@ class Replica(QueueTokens):
         # its start would lose cached blocks that a call admitted at a cut, or a
         # router's prefix match during the run, would still have found.
         free = self.kv.free_blocks
-        if self._run_need(batch, steps) > free:
+        # (tokens in KV, blocks held) per call, read once for the bisection below
+        held = [(r.computed, r.locked_blocks + r.anon) for r, _ in batch]
+        if _run_need(held, steps, bt) > free:
             low, high = 1, steps  # need(low) <= free < need(high)
             while high - low > 1:
                 mid = (low + high) // 2
-                if self._run_need(batch, mid) <= free:
+                if _run_need(held, mid, bt) <= free:
                     low = mid
                 else:
                     high = mid
@@ -901,13 +903,6 @@ class Replica(QueueTokens):
             return 0
         self._reserve(batch, steps, now)
         return steps
-
-    def _run_need(self, batch: list[tuple[Request, int]], steps: int) -> int:
-        """New blocks a run of ``steps`` decode steps needs."""
-        bt = self.block_tokens
-        return sum(
-            max(0, -(-(r.computed + steps) // bt) - r.locked_blocks - r.anon) for r, _ in batch
-        )
 
     def _reserve(self, batch: list[tuple[Request, int]], steps: int, now: float) -> None:
         """Take the free blocks a run of ``steps`` steps needs (no eviction)."""
@@ -981,6 +976,17 @@ def output_run(request: Request, block_tokens: int) -> Run | None:
 
 DECODE_ALLOWANCE = 256
 """Output tokens a router assumes for a call still running or queued."""
+
+
+def _run_need(held: list[tuple[int, int]], steps: int, block_tokens: int) -> int:
+    """New blocks a run of ``steps`` decode steps needs, given each call's (tokens in
+    KV, blocks held)."""
+    need = 0
+    for computed, blocks in held:
+        more = -(-(computed + steps) // block_tokens) - blocks
+        if more > 0:
+            need += more
+    return need
 
 
 def _remaining(request: Request) -> int:

@@ -111,7 +111,7 @@ class _WorkflowRun:
 
     __slots__ = (
         "done", "index", "info", "kv_runs", "last_issued", "pending", "record", "replicas",
-        "waiting_on", "workflow",
+        "successors", "waiting_on", "workflow",
     )
 
     def __init__(self, workflow: Workflow, record: WorkflowRecord) -> None:
@@ -119,6 +119,7 @@ class _WorkflowRun:
         self.record = record
         self.index = workflow.call_index()
         self.waiting_on = [len(c.after) for c in workflow.calls]
+        self.successors = successors(workflow)
         self.pending = len(workflow.calls)
         self.done: list[bool] = [False] * len(workflow.calls)
         # the KV each finished call left: its prompt runs and its output's blocks
@@ -137,6 +138,23 @@ def prompt_runs(workflow: Workflow, call: Call) -> tuple[Run, ...]:
     namespace = "w:" + workflow.id
     runs.extend((namespace, first, count) for first, count in call.prompt.blocks)
     return tuple(runs)
+
+
+def successors(workflow: Workflow) -> list[list[int]]:
+    """Per call, the later calls whose ``after`` names its id, in order (what each call
+    releases when it finishes, and what its response leads to), built once per workflow
+    rather than by scanning the later calls at every call."""
+    calls = workflow.calls
+    where: dict[str, list[int]] = {}
+    for i, call in enumerate(calls):
+        where.setdefault(call.id, []).append(i)
+    out: list[list[int]] = [[] for _ in calls]
+    for j, call in enumerate(calls):
+        for name in dict.fromkeys(call.after):
+            for i in where.get(name, ()):
+                if i < j:
+                    out[i].append(j)
+    return out
 
 
 def _common_blocks(a: Sequence[Run], b: Sequence[Run]) -> int:
@@ -214,6 +232,8 @@ class Simulation(ReplicaDriver):
                 )
             )
         policy.bind(ctx)
+        #: blocks of the largest replica (fixed): an arrival larger than that is refused
+        self._largest_kv = max(r.kv.capacity for r in self.replicas)
         self.workflows = list(workflows)
         self.closed_loop = closed_loop
         self._progress = progress
@@ -292,7 +312,7 @@ class Simulation(ReplicaDriver):
 
     def _too_large(self, workflow: Workflow) -> str:
         """Why no replica could ever serve one of ``workflow``'s calls ("" if all fit)."""
-        capacity = max(r.kv.capacity for r in self.replicas)
+        capacity = self._largest_kv
         for call in workflow.calls:
             need = -(-(call.prompt.tokens + call.output_tokens) // self.block_tokens)
             if need > capacity:
@@ -326,6 +346,12 @@ class Simulation(ReplicaDriver):
         call = workflow.calls[i]
         run.last_issued = now
         last = run.pending == 1
+        later = run.successors[i]
+        gaps = [workflow.calls[j].gap for j in later]
+        # the tool the call's response invokes, as the response shows it: none if the turn
+        # ended, whether a human's message follows or nothing does
+        following = workflow.calls[later[0]] if later else None
+        next_tool = None if following is None or following.tool == HUMAN_TOOL else following.tool
         info = CallInfo(
             workflow=workflow.id,
             tenant=workflow.tenant,
@@ -341,12 +367,15 @@ class Simulation(ReplicaDriver):
             # the client's end marker: only a client that sends one gives it
             ends_workflow=last and workflow.end_signal == "explicit",
             output_tokens=call.output_tokens,
-            next_gap=self._next_gap(workflow, i),
+            next_gap=min(gaps) if gaps else None,
             after=call.after,
-            next_tool=self._next_tool(workflow, i),
-            next_runs=self._next_runs(workflow, i),
+            next_tool=next_tool,
+            next_runs=prompt_runs(workflow, workflow.calls[later[0]]) if later else None,
             oracle_last_call=last,
-            turn_ended=self._turn_ended(workflow, i),
+            # what the response shows: it invoked a tool (the next call follows a tool)
+            # or ended the turn (a human's message or nothing follows; a real response
+            # does not tell which)
+            turn_ended=next_tool is None,
         )
         self.policy.on_call_ready(info, now)
         self._seq += 1
@@ -424,37 +453,6 @@ class Simulation(ReplicaDriver):
         reusable_tokens = min(reusable * self.block_tokens, request.prompt_tokens - 1)
         return max(0, reusable_tokens - request.cached_tokens)
 
-    @staticmethod
-    def _next_tool(workflow: Workflow, i: int) -> str | None:
-        """The tool the call's response invokes, as the response shows it: none if the
-        turn ended, whether a human's message follows or nothing does."""
-        call_id = workflow.calls[i].id
-        for nxt in workflow.calls[i + 1 :]:
-            if call_id in nxt.after:
-                return None if nxt.tool == HUMAN_TOOL else nxt.tool
-        return None
-
-    @staticmethod
-    def _turn_ended(workflow: Workflow, i: int) -> bool:
-        """What the call's response shows: it invoked a tool (the next call follows a
-        tool) or ended the turn (a human's message or nothing follows; a real response
-        does not tell which)."""
-        return Simulation._next_tool(workflow, i) is None
-
-    @staticmethod
-    def _next_runs(workflow: Workflow, i: int) -> tuple[Run, ...] | None:
-        call_id = workflow.calls[i].id
-        for nxt in workflow.calls[i + 1 :]:
-            if call_id in nxt.after:
-                return prompt_runs(workflow, nxt)
-        return None
-
-    @staticmethod
-    def _next_gap(workflow: Workflow, i: int) -> float | None:
-        call_id = workflow.calls[i].id
-        gaps = [c.gap for c in workflow.calls[i + 1 :] if call_id in c.after]
-        return min(gaps) if gaps else None
-
     def _call_done(self, replica: Replica, request: Request) -> None:
         now = self.loop.now
         run, i = self._owners.pop(request.seq)
@@ -478,13 +476,10 @@ class Simulation(ReplicaDriver):
         run.done[i] = True
         run.pending -= 1
         workflow = run.workflow
-        call_id = workflow.calls[i].id
-        for j in range(i + 1, len(workflow.calls)):
-            nxt = workflow.calls[j]
-            if call_id in nxt.after:
-                run.waiting_on[j] -= 1
-                if run.waiting_on[j] == 0:
-                    self.loop.after(nxt.gap, self._call_ready, (run, j))
+        for j in run.successors[i]:
+            run.waiting_on[j] -= 1
+            if run.waiting_on[j] == 0:
+                self.loop.after(workflow.calls[j].gap, self._call_ready, (run, j))
         if run.pending == 0:
             run.record.finished_at = now  # the metrics' truth: TCT ends here
             if workflow.end_signal == "explicit":
