@@ -88,3 +88,40 @@ def test_work_is_stolen_when_home_is_overloaded() -> None:
         replicas[0].enqueue(r, 15.0)
     assert policy.place(nxt, 15.0) == 1
     assert policy.steals == 1
+
+
+def test_a_steal_is_weighed_by_the_delay_its_prefill_imposes() -> None:
+    # home: 10 s of backlog; the other replica is free now but runs 4 calls that would
+    # each wait out the stolen call's 6 s of recompute (imposed 24 s)
+    crowded = [Estimate(0, 10.0, 2.0, imposed=0.5), Estimate(1, 0.0, 6.0, imposed=24.0)]
+    assert pick(crowded, home=0, homed=[0.0, 0.0], config=CFG).replica == 0  # 30 s vs 12.5 s
+    selfish = CFG.model_copy(update={"steal_imposed": False})
+    assert pick(crowded, home=0, homed=[0.0, 0.0], config=selfish).replica == 1  # 6 s vs 12 s
+    # nothing runs there: the steal imposes nothing and still pays
+    idle = [Estimate(0, 10.0, 2.0, imposed=0.5), Estimate(1, 0.0, 6.0, imposed=0.0)]
+    assert pick(idle, home=0, homed=[0.0, 0.0], config=CFG).replica == 1
+
+
+def test_new_workflows_are_placed_by_their_own_completion_only() -> None:
+    # the imposed delay weighs steals, not first placements (every replica must prefill)
+    est = [Estimate(0, 0.0, 1.0, imposed=50.0), Estimate(1, 0.0, 2.0, imposed=0.0)]
+    assert pick(est, home=None, homed=[0.0, 0.0], config=CFG).replica == 0
+
+
+def test_imposed_delay_is_the_calls_prefill_times_the_calls_running_there() -> None:
+    policy, replicas = _cluster()
+    predictor = policy.predictor
+    prompt = sum(r[2] for r in RUNS) * BT
+    _cache(replicas[0].kv, RUNS)  # replica 0 holds the whole prompt, replica 1 none of it
+
+    class Busy:  # replica 1 as a placement reads it, with 3 calls running
+        def __init__(self, replica: Replica) -> None:
+            self._replica = replica
+            self.running = [object()] * 3
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._replica, name)
+
+    home, busy = predictor.estimate_all([replicas[0], Busy(replicas[1])], RUNS, prompt, 10.0)
+    assert home.imposed == 0.0  # nothing runs at home
+    assert busy.imposed == 3 * predictor.prefill(prompt, 0)

@@ -200,6 +200,13 @@ class SagaConfig(BaseModel):
         ge=0.0,
         description="... and by at least this many seconds.",
     )
+    steal_imposed: bool = Field(
+        True,
+        description="Weigh a steal by the delay it imposes: each candidate's predicted "
+        "completion plus its reload and prefill seconds times the calls running there "
+        "(every step of theirs carries the call's prefill chunks). Off: the call's own "
+        "completion only.",
+    )
     colocate_slack: float = Field(
         0.25,
         ge=0.0,

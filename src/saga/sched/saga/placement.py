@@ -10,7 +10,10 @@ to drain. Session
 affinity falls out: on the replica holding a workflow's KV the prefill is short.
 A workflow leaves its home (work stealing at a tool boundary) only when another
 replica beats home by ``steal_margin`` and ``steal_min_gain`` (hysteresis, so
-workflows do not flap). A new workflow goes to the best replica among those whose
+workflows do not flap), each side counting, beside the call's own completion, the delay its
+reload and prefill impose on the calls running there (``steal_imposed``): a steal recomputes
+the context on a replica whose every running call then waits out that prefill, a cost the
+call's own completion does not see. A new workflow goes to the best replica among those whose
 working set (context tokens of the workflows homed there) is within
 ``colocate_slack`` of the least, so workflows sharing a prefix (an agent's system
 prompt) co-locate, within load bounds, and working sets stay balanced.
@@ -35,6 +38,8 @@ class Estimate(NamedTuple):
     replica: int
     backlog: float
     service: float  # reload + prefill + decode
+    #: seconds of delay the call's reload and prefill impose on the calls running there
+    imposed: float = 0.0
 
     @property
     def completion(self) -> float:
@@ -99,12 +104,13 @@ class Predictor:
             context, demand = replica.context_tokens, replica.demand_tokens
             drain = output * decode_step(len(running) + 1, prompt + context, 1)
             hit = cached * bt  # tokens, clamped to the prompt as prefill() does
-            service = reload + prefill(prompt, hit if hit < prompt else prompt) + drain
+            load = reload + prefill(prompt, hit if hit < prompt else prompt)
+            service = load + drain
             need = blocks - cached
             free = kv.capacity - kv.locked_blocks - kv.anonymous_blocks - demand // bt
             wait = 0.0 if need <= free else _short(need, free, drain)
             wait += replica.backlog_tokens * t_token  # 0 on an idle replica
-            estimates.append(_estimate((replica.index, wait, service)))
+            estimates.append(_estimate((replica.index, wait, service, load * len(running))))
         return estimates
 
     def _host_hit(
@@ -152,7 +158,10 @@ def pick(
         at_home = estimates[replicas.index(home)]
         if not config.steal:
             return at_home
-        stay = at_home.backlog + at_home.service
+        if config.steal_imposed:
+            # a steal's recompute stalls the calls running where it goes: weigh it in
+            completions = [c + e.imposed for c, e in zip(completions, estimates, strict=True)]
+        stay = completions[replicas.index(home)]
         completion, _, best = min(zip(completions, replicas, range(len(estimates)), strict=True))
         gain = stay - completion
         if gain > config.steal_margin * stay and gain > config.steal_min_gain:

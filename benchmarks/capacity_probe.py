@@ -1,0 +1,154 @@
+"""Where a policy loses near its goodput capacity: one probe of the capacity search, read closely.
+
+Runs policies at one Poisson rate on a workload of the quick `capacity` scenario, exactly as
+the search probes it (the same pool, re-timing, window of 8 median TCTs alone and warm-up;
+:func:`saga.bench.capacity.offered`), seeds pooled, and prints per policy: the share of
+judged workflows within 2x their TCT alone, slowdown p50 / p90, the mean wait at the door
+(memory gate), per call the mean queueing, prefill and decode seconds, the prefix hit rate,
+recomputed tokens, preemptions and the coefficient of variation of the replicas' busy time.
+
+A policy is a registry name, or `saga:FIELD=JSON;FIELD=JSON` for SAGA with those
+`SagaConfig` fields (e.g. `saga:steal_imposed=false`). `--kv-scale 8` runs a copy of the
+cluster with 8x its GPU KV blocks, where memory never binds: the offline no-recompute
+ceiling of docs/saga.md ("Goodput capacity"), not a deployable configuration.
+
+Run: PYTHONPATH=src python benchmarks/capacity_probe.py coding 0.02 \
+    saga,saga-no-steal,sglang,vllm-affinity [--seeds 0,1] [--kv-scale 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+from saga.bench.capacity import median_alone, offered
+from saga.bench.scenario import WorkloadSpec, load_scenario
+from saga.bench.workloads import build_spec
+from saga.core.workflow import Workflow
+from saga.engine.cluster import ClusterSpec
+from saga.sched.policy import Policy
+from saga.sched.registry import build_policy
+from saga.sched.saga.config import SagaConfig
+from saga.sched.saga.policy import SagaPolicy
+from saga.sim.run import isolated_tcts
+from saga.sim.simulator import Simulation
+
+
+def policy_named(name: str) -> Policy:
+    """A registry policy, or `saga:FIELD=JSON;...` for SAGA with those config fields."""
+    if not name.startswith("saga:"):
+        return build_policy(name)
+    fields = dict(part.split("=", 1) for part in name[len("saga:"):].split(";"))
+    return SagaPolicy(SagaConfig(**{k: json.loads(v) for k, v in fields.items()}))
+
+
+@dataclass
+class Probe:
+    slowdowns: list[float]  # judged workflows (inf: unfinished)
+    gate_waits: list[float]
+    calls: int
+    queue: float
+    prefill: float
+    decode: float
+    prompt: int
+    cached: int
+    recomputed: int
+    preemptions: int
+    busy: list[float]
+
+
+def workload(label: str) -> tuple[ClusterSpec, WorkloadSpec, float, float]:
+    """The quick capacity scenario's workload ``label``: cluster, spec, window, warm-up (in
+    median TCTs alone)."""
+    spec = load_scenario("capacity").quick_version()
+    chosen = next(w for w in spec.workloads if label in (w.label, w.name))
+    return spec.cluster_for(chosen), chosen, spec.capacity_window, spec.capacity_warmup
+
+
+def pool_of(label: str, seed: int) -> list[Workflow]:
+    cluster, spec, _, _ = workload(label)
+    return build_spec(spec, seed, {}, cluster.cost_model().model.max_context)[0]
+
+
+def alone_of(job: tuple[str, int]) -> dict[str, float]:
+    """Each workflow's TCT alone on an idle replica (the real cluster's, also for a ceiling)."""
+    label, seed = job
+    return isolated_tcts(workload(label)[0], pool_of(label, seed))
+
+
+def run(job: tuple[str, str, int, float, float, float, dict[str, float]]) -> Probe:
+    label, policy, seed, rate, kv_scale, median, alone = job
+    cluster, _, window, warmup = workload(label)
+    pool = pool_of(label, seed)
+    if kv_scale != 1.0:
+        blocks = int(cluster.kv_capacity_blocks(pool[0].block_tokens) * kv_scale)
+        engine = cluster.engine.model_copy(update={"kv_capacity_blocks": blocks})
+        cluster = cluster.model_copy(update={"engine": engine})
+    kept, _ = offered(pool, rate, seed, window * median)
+    result = Simulation(cluster, policy_named(policy), kept, seed=seed).run()
+    judged = [w for w in result.workflows if w.arrival >= warmup * median]
+    calls = result.calls
+    return Probe(
+        [
+            (w.finished_at - w.arrival) / alone[w.workflow]
+            if w.finished_at >= 0 and not w.rejected else math.inf
+            for w in judged
+        ],
+        [w.started_at - w.arrival for w in judged],
+        len(calls),
+        sum(c.scheduled_at - c.ready_at for c in calls),
+        sum(c.first_token_at - c.scheduled_at for c in calls),
+        sum(c.finished_at - c.first_token_at for c in calls),
+        sum(c.prompt_tokens for c in calls),
+        sum(c.cached_tokens for c in calls),
+        sum(c.recomputed_tokens for c in calls),
+        sum(c.preemptions for c in calls),
+        [r.busy_seconds for r in result.replicas],
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("workload", help="a quick capacity workload: coding or claude-code")
+    parser.add_argument("rate", type=float, help="Poisson arrival rate (workflows/s)")
+    parser.add_argument("policies", help="comma-separated policy names")
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--kv-scale", type=float, default=1.0,
+                        help="GPU KV blocks times this (offline ceiling when large)")
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    policies = args.policies.split(",")
+    with ProcessPoolExecutor(args.workers) as pool:
+        alone = dict(zip(seeds, pool.map(alone_of, [(args.workload, s) for s in seeds]),
+                         strict=True))
+        median = median_alone(alone)
+        jobs = [(args.workload, p, s, args.rate, args.kv_scale, median, alone[s])
+                for p in policies for s in seeds]
+        probes = list(pool.map(run, jobs))
+    print(f"{args.workload} at {args.rate:g} wf/s, seeds {seeds}, KV x{args.kv_scale:g}")
+    print("policy | within 2x | slowdown p50 / p90 | gate wait (s) | queue / prefill / decode "
+          "per call (s) | hit | recomputed (M) | preemptions | busy CV")
+    for i, name in enumerate(policies):
+        mine = probes[i * len(seeds):(i + 1) * len(seeds)]
+        slow = sorted(x for p in mine for x in p.slowdowns)
+        n, calls = len(slow), sum(p.calls for p in mine)
+        busy = [b for p in mine for b in p.busy]
+        print(
+            f"{name} | {sum(1 for x in slow if x <= 2.0) / n:.3f} | "
+            f"{slow[n // 2]:.2f} / {slow[int(n * 0.9)]:.2f} | "
+            f"{statistics.mean(g for p in mine for g in p.gate_waits):.1f} | "
+            f"{sum(p.queue for p in mine) / calls:.2f} / {sum(p.prefill for p in mine) / calls:.2f}"
+            f" / {sum(p.decode for p in mine) / calls:.2f} | "
+            f"{sum(p.cached for p in mine) / max(sum(p.prompt for p in mine), 1):.3f} | "
+            f"{sum(p.recomputed for p in mine) / 1e6:.2f} | {sum(p.preemptions for p in mine)} | "
+            f"{statistics.pstdev(busy) / statistics.mean(busy):.3f} ({n} judged)"
+        )
+
+
+if __name__ == "__main__":
+    main()
