@@ -50,6 +50,7 @@ import aiohttp
 
 from saga.engine.cluster import get_cluster
 from saga.errors import UserError
+from saga.gateway.agent_names import AgentNames
 from saga.gateway.auth import KeyRing, bearer
 from saga.gateway.backends import BACKENDS, Backend, BackendError, build_backend
 from saga.gateway.config import GatewayConfig
@@ -173,6 +174,7 @@ class Gateway:
         self.store: Store = store if store is not None else build_store(config.store)
         self._rng = random.Random(0)  # retry jitter
         self.metrics = Metrics()
+        self.agent_names = AgentNames(config.max_agents_per_tenant)  # bounded per tenant
         self.backends: list[Backend] = []
         self.workflows: dict[str, _Workflow] = {}
         self._seq = 0
@@ -404,7 +406,8 @@ class Gateway:
         arrived = self.now()
         who = identify(http.headers, data)
         workflow_id = f"{tenant}/{who.workflow}"
-        agent, tool, ends = who.agent, who.tool, who.ends
+        agent = self.agent_names.resolve(tenant, who.agent)
+        tool, ends = who.tool, who.ends
         max_tokens = body.output_limit(cfg.default_max_tokens)
         if max_tokens > cfg.max_output_tokens:
             raise BadRequest(400, f"max_tokens {max_tokens} exceeds this gateway's limit "
