@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from scenarios import (
     Outcome,
+    agent_names_bound,
     agents_without_headers,
     backend_errors,
-    agent_names_bound,
     bad_inputs,
     bad_traces,
     client_disconnects,
