@@ -274,7 +274,9 @@ def markdown(cells: Mapping[tuple[str, str], Cell], cases: Sequence[Case], comma
         "What else moved (saga / vllm-affinity): workflows completed of those offered, "
         "the workload's calls longer than the model's window (simulated as they were "
         "only in the uncapped rows; 0 once compacted), preemptions, and tokens computed "
-        "again (prefix misses and preemption losses):",
+        "again (prefix misses and preemption losses). In the uncapped rows a workflow "
+        "with a call longer than a replica's whole KV cache is rejected at arrival, as "
+        "vLLM refuses such a request, and is not paired:",
         "",
     ]
     head = ["step"] + [f"{case.label}: {what}" for case in cases
