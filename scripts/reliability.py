@@ -85,6 +85,7 @@ def main() -> int:
             lambda: [sc.retry_elsewhere(tmp, calls=5 if q else 20)],
             lambda: sc.redis_faults(tmp, calls=10 if q else 40),
             lambda: [sc.store_bound(tmp, workflows=30 if q else 100, limit=10 if q else 25)],
+            lambda: [sc.agent_names_bound(tmp, names=20 if q else 40, limit=8)],
             lambda: [sc.slot_files(tmp, workflows=15 if q else 40, budget_files=4)],
             simulator_rows,
         ]
@@ -153,7 +154,10 @@ def render(rows: list[sc.Outcome], quick: bool) -> str:
               "boundaries from the messages (`saga.gateway.identity`).",
               "* **leaks**: Redis commands time out and reconnect, and the call path serves "
               "without the store while it is away; sessions are bounded by "
-              "`store.max_sessions` as well as TTL (oldest evicted, counted); llama.cpp "
+              "`store.max_sessions` as well as TTL (oldest evicted, counted); each "
+              "tenant's agent names by `max_agents_per_tenant` (later new names share "
+              "its catch-all agent `(other)`, counted in "
+              "`saga_agent_names_folded_total`); llama.cpp "
               "slot files are deleted on drop, at the workflow's end, by a start-up sweep "
               "and beyond `slot_save_budget`.",
               "* **soak**: `scripts/soak.py` (agent sessions with no SAGA header, open loop, "

@@ -734,6 +734,27 @@ def redis_faults(tmp: Path, calls: int = 20) -> list[Outcome]:
     return rows
 
 
+def agent_names_bound(tmp: Path, names: int = 40, limit: int = 8) -> Outcome:
+    """A client sends a new agent name on every workflow: the tenant keeps ``limit``
+    names, the rest are learned under its catch-all agent and counted."""
+    with emulator(replicas=1) as urls, gateway(gateway_config(
+            urls, policy="saga", graph_sync_interval=0, max_agents_per_tenant=limit),
+            tmp) as gw:
+        statuses = [chat(gw, ALPHA, f"n{i}", extra={"x-saga-agent": f"agent-{i}",
+                                                     "x-saga-end": "1"})[0]
+                    for i in range(names)]
+        text = admin_metrics(gw)
+        graphs = [g for g in _graph(gw) if g.startswith("alpha/")]
+    folded = metric_value(text, "saga_agent_names_folded_total", tenant="alpha") or 0
+    kept = metric_value(text, "saga_agent_names", tenant="alpha") or 0
+    return Outcome(
+        "leaks", f"a new agent name per workflow (max_agents_per_tenant {limit})", names,
+        f"statuses {sorted(Counter(statuses).items())}; alpha's graphs {len(graphs)} "
+        f"({limit} names + '(other)'); names kept {kept:g}, calls folded {folded:g}",
+        set(statuses) == {200} and len(graphs) == limit + 1 and kept == limit
+        and folded == names - limit)
+
+
 def store_bound(tmp: Path, workflows: int = 60, limit: int = 20) -> Outcome:
     """More workflows than store.max_sessions: the oldest sessions go, counted."""
     port = free_ports(1)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from scenarios import (
     Outcome,
+    agent_names_bound,
     agents_without_headers,
     backend_errors,
     bad_inputs,
@@ -82,6 +83,11 @@ def test_real_agent_request_shapes_need_no_saga_header(tmp_path: Path) -> None:
 
 def test_a_look_alike_agent_flood_leaves_another_tenants_graph(tmp_path: Path) -> None:
     _check([tenant_graphs(tmp_path, flood=4)])
+
+
+def test_a_new_agent_name_per_workflow_is_folded_past_the_tenants_limit(
+        tmp_path: Path) -> None:
+    _check([agent_names_bound(tmp_path, names=6, limit=2)])
 
 
 def test_admin_pages_are_closed_without_an_admin_key(tmp_path: Path) -> None:

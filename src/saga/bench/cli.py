@@ -85,6 +85,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from saga.bench.report import print_tables, results_markdown, write_all
     from saga.bench.runner import planned_runs, run_scenario
     from saga.bench.scenario import builtin_scenarios, load_scenario
+    from saga.bench.sections import keep_sections
 
     names = builtin_scenarios() if args.scenario == "all" else [args.scenario]
     scenarios = [load_scenario(n) for n in names]
@@ -134,7 +135,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             f"--results {args.results}"
         )
         args.results.parent.mkdir(parents=True, exist_ok=True)
-        args.results.write_text(results_markdown(summaries, command))
+        text = results_markdown(summaries, command)
+        if args.results.exists():  # sections other commands made (saga.bench.sections)
+            text = keep_sections(args.results.read_text(), text)
+        args.results.write_text(text)
         console.print(f"wrote {args.results}")
     console.print(f"total wall time {time.perf_counter() - started:.0f} s")
     if not scenarios:

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from saga.engine.cluster import get_cluster
 from saga.errors import UserError
+from saga.gateway.agent_names import AgentNames
 from saga.gateway.auth import KeyRing
 from saga.gateway.backends import BACKENDS, Backend
 from saga.gateway.config import GatewayConfig
@@ -92,6 +93,7 @@ class Gateway:
         self.admin_keys = KeyRing({k: "admin" for k in config.admin_keys})
         self.store: Store = store if store is not None else build_store(config.store)
         self.metrics = Metrics()
+        self.agent_names = AgentNames(config.max_agents_per_tenant)  # bounded per tenant
         self.backends: list[Backend] = []  # built at start()
         self.graph_sync = GraphSync(self.policy.learned_graphs(), config, self.store, self.metrics)
         self.soft_store = SoftStore(self.metrics, self.now)

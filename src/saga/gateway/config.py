@@ -220,6 +220,12 @@ class GatewayConfig(BaseModel):
     max_workflows: int = Field(
         100_000, ge=1, description="Most workflows tracked at once; a new one beyond is a 429."
     )
+    max_agents_per_tenant: int = Field(
+        256, ge=1,
+        description="Most distinct agent names each tenant's calls are learned under (graphs, "
+        "call statistics, gate accounting); a tenant's later new names share its catch-all "
+        "agent '(other)', counted in saga_agent_names_folded_total (saga.gateway.agent_names).",
+    )
     retries: int = Field(
         2, ge=0, le=10,
         description="Extra attempts, on another replica when one is up, for a call whose "

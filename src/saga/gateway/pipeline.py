@@ -104,7 +104,8 @@ class CallPipeline:
         arrived = self._gw.now()
         who = identify(http.headers, data)
         workflow_id = f"{tenant}/{who.workflow}"
-        agent, tool, ends = who.agent, who.tool, who.ends
+        agent = self._gw.agent_names.resolve(tenant, who.agent)
+        tool, ends = who.tool, who.ends
         max_tokens = body.output_limit(cfg.default_max_tokens)
         if max_tokens > cfg.max_output_tokens:
             raise BadRequest(400, f"max_tokens {max_tokens} exceeds this gateway's limit "

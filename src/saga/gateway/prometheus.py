@@ -82,6 +82,17 @@ async def render_metrics(gateway: Gateway) -> str:
     p.family("saga_shed_total", "counter", "Calls refused with a 429 at a bound.")
     for bound, n in sorted(m.shed.items()):
         p.sample("saga_shed_total", n, (("bound", bound),))
+    names = gateway.agent_names
+    p.family("saga_agent_names", "gauge",
+             "Distinct agent names a tenant's calls are learned under on this gateway "
+             "(at most max_agents_per_tenant; the catch-all not counted).")
+    for tenant in names.tenants():
+        p.sample("saga_agent_names", names.count(tenant), (("tenant", tenant),))
+    p.family("saga_agent_names_folded_total", "counter",
+             "Calls whose new agent name was past the tenant's max_agents_per_tenant and "
+             "was learned under the tenant's catch-all agent '(other)'.")
+    for tenant, n in sorted(names.folded.items()):
+        p.sample("saga_agent_names_folded_total", n, (("tenant", tenant),))
     p.family("saga_workflows_active", "gauge", "Workflows this gateway is tracking.")
     p.sample("saga_workflows_active", len(gateway.workflows))
     store = gateway.store
