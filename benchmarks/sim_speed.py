@@ -60,8 +60,12 @@ def main() -> None:
 
     started = time.perf_counter()
     half = {"duration": str(args.duration), "rate": str(rate / 2)}
-    coding = build_workload("coding-agent", seed=args.seed, params=half).workflows
-    browser = build_workload("browser-agent", seed=args.seed + 1, params=half).workflows
+    # as `saga simulate` builds them: each client keeps its prompts within the model's window
+    window = cluster.cost_model().model.max_context
+    coding = build_workload("coding-agent", seed=args.seed, params=half,
+                            context_window=window).workflows
+    browser = build_workload("browser-agent", seed=args.seed + 1, params=half,
+                             context_window=window).workflows
     workflows = sorted(coding + browser, key=lambda w: (w.arrival, w.id))
     built = time.perf_counter() - started
     calls = sum(len(w.calls) for w in workflows)
@@ -91,7 +95,9 @@ def main() -> None:
           "simulated second)")
     if args.summary:
         Path(args.summary).write_text(json.dumps(out.summary, indent=2, sort_keys=True) + "\n")
-    print(f"completed {out.summary['workflows_completed']} workflows, "
+    print(f"completed {out.summary['workflows_completed']} workflows "
+          f"(rejected {out.summary.get('workflows_rejected', 0)}, calls over the model's "
+          f"context {out.summary.get('calls_over_context', 0)}), "
           f"prefix hit rate {out.summary['prefix_hit_rate']:.3f}, "
           f"TCT mean {out.summary['tct_mean']:.1f} s")
 
