@@ -1,20 +1,35 @@
-"""``NAME+gate``: any policy behind SAGA's memory gate, configured as SAGA's defaults.
+"""``NAME+gate``: any policy behind SAGA's whole memory gate, configured as SAGA's defaults.
 
 The audit of docs/RESULTS.md found that much of SAGA's lead on real agent
 sessions is its memory gate (admit new workflows only while the working set of
 those in flight fits the KV memory). To compare scheduling rather than the gate,
 every baseline can run behind the very same gate: :class:`GatedPolicy` wraps a
-policy and answers ``admit`` with :class:`~saga.sched.saga.gate.MemoryGate`, with
-the bookkeeping of :class:`~saga.sched.saga.policy.SagaPolicy` (the working set
-is the context of each admitted workflow: its last prompt plus output once it
-has called, the running mean first context of its agent type until then), so
-that on the same arrivals and calls its admit/defer sequence is SAGA's. Every
-other decision (routing, queue order, retention, eviction) is the wrapped
-policy's; a deferral of the wrapped policy's own admission (flow control) holds
-a workflow the gate has already let in, without asking the gate again.
+policy and answers ``admit`` with the gate of :class:`~saga.sched.saga.policy.SagaPolicy`:
+
+* the same :class:`~saga.sched.saga.gate.MemoryGate` (:func:`~saga.sched.saga.gate.memory_gate`:
+  GPU KV plus ``gate_host_share`` of the host tier), interactive workflows queued
+  ahead, and best effort leaving ``gate_interactive_reserve`` of the limit free
+  while workflows with an SLO are in flight;
+* the same working set: the context of each admitted workflow (its last prompt plus
+  output once it has called, the running mean first context of its agent type until
+  then);
+* the same predicted ends: the gate learns its own Agent Execution Graph
+  (:class:`~saga.sched.saga.graph.GraphStore`) from what SAGA's learns from, and a silent
+  workflow leaves the count when :func:`~saga.sched.saga.ends.gate_wait` says, by SAGA's
+  rule; a call that comes after all counts it again.
+
+So on the same arrivals and calls its admit/defer sequence is that of SAGA's gate
+(``saga`` itself whenever SAGA's SLO admission admits, as it does with no SLO in play).
+Not given: SAGA's SLO admission (a baseline's service levels are its own, e.g.
+``+priority``) and the work-conserving gate (``gate_work_conserving``, off by default).
+Every other decision (routing, queue order, retention, eviction) is the wrapped
+policy's: a predicted end only changes the gate's count, never a pin; a deferral of
+the wrapped policy's own admission (flow control) holds a workflow the gate has
+already let in, without asking the gate again.
 
 Only what a gateway sees is read: arrivals, call readiness, the prompt length of
-a call, its output length when it finishes, and where it ran.
+a call, its output length when it finishes, where it ran, its end marker, and
+whether its response ended the turn.
 """
 
 from __future__ import annotations
@@ -27,10 +42,11 @@ from saga.engine.kvcache import EvictionOrder
 from saga.sched.decisions import Admission, Retention
 from saga.sched.policy import CallInfo, Policy, PolicyContext, WorkflowInfo
 from saga.sched.saga.config import SagaConfig
-from saga.sched.saga.gate import AgentKey, MemoryGate, agent_key
+from saga.sched.saga.ends import EndMarkers, EndWatch, gate_wait
+from saga.sched.saga.gate import AgentKey, agent_key, memory_gate
+from saga.sched.saga.graph import AgentGraph, GraphStore, node_key
 
 if TYPE_CHECKING:
-    from saga.sched.saga.graph import GraphStore
     from saga.sched.view import CallView, ReplicaView
 
 SUFFIX = "+gate"
@@ -41,10 +57,18 @@ class _Held:
     """An admitted workflow's share of the working set (as SAGA's ``Flow`` counts it)."""
 
     agent: AgentKey  # (tenant, agent type)
+    slo: float | None = None
     home: int | None = None
     context: int = 0  # tokens: the current call's prompt, then prompt + output
     output: int = 0
     called: bool = False  # a call of it has finished
+    node: str = ""  # its call site in the gate's graph
+    last_finish: float | None = None
+    last_prompt: int = 0
+    epoch: int = 0  # calls issued so far: a predicted end is for one epoch only
+    in_tool: bool = False
+    uncounted: bool = False  # taken as ended by the gate: out of the working set
+    marked: bool = False  # its client sent the end marker
 
 
 class GatedPolicy(Policy):
@@ -59,30 +83,33 @@ class GatedPolicy(Policy):
         self.held: dict[str, _Held] = {}
         self.unhomed: dict[AgentKey, int] = {}  # admitted, no home yet, per (tenant, agent)
         self.homed_total = 0.0
+        self.interactive = 0  # held workflows with an SLO
         self._passed: set[str] = set()  # let in by the gate, held by the inner admission
+        # the gate's own graph: the inner policy's (if any) is the inner policy's
+        self.graphs = GraphStore(self.config)
+        self.end_markers = EndMarkers()
+        self.gate_watch = EndWatch()
 
     def bind(self, ctx: PolicyContext) -> None:
         self.ctx = ctx
         self.inner.bind(ctx)
-        capacity = sum(r.kv.capacity for r in ctx.replicas) * ctx.block_tokens
-        c = self.config
-        self.gate = MemoryGate(
-            capacity, c.memory_budget, c.retry_after, c.prior_context_tokens, c.gate_cold_start
-        )
+        self.gate = memory_gate(ctx, self.config)
 
     # ---- the gate --------------------------------------------------------------------
     def admit(self, workflow: WorkflowInfo, now: float) -> Admission:
         wid = workflow.workflow
         if wid not in self._passed:
+            self._expire_ends(now)
             if workflow.slo is None:
                 behind = self.gate.behind(wid)
                 if behind:
                     return behind
             unplaced = self.unhomed.get(agent_key(workflow), 0)
-            verdict = self.gate.decide(workflow, self._working_set(), unplaced)
+            verdict = self.gate.decide(workflow, self._working_set(), unplaced,
+                                       interactive_active=self.interactive > 0)
             if verdict.verdict != "admit":
                 return verdict
-            self._hold(wid, agent_key(workflow))
+            self._hold(wid, agent_key(workflow), workflow.slo)
             self._passed.add(wid)
         inner = self.inner.admit(workflow, now)
         if inner.verdict != "defer":
@@ -95,11 +122,12 @@ class GatedPolicy(Policy):
         expected = self.gate.expected_context
         return self.homed_total + sum(n * expected(a) for a, n in self.unhomed.items() if n)
 
-    def _hold(self, workflow: str, agent: AgentKey) -> _Held:
+    def _hold(self, workflow: str, agent: AgentKey, slo: float | None) -> _Held:
         held = self.held.get(workflow)
         if held is None:
-            held = self.held[workflow] = _Held(agent)
+            held = self.held[workflow] = _Held(agent, slo)
             self.unhomed[agent] = self.unhomed.get(agent, 0) + 1
+            self.interactive += slo is not None
         return held
 
     def _rehome(self, held: _Held, home: int | None, context: int) -> None:
@@ -117,14 +145,58 @@ class GatedPolicy(Policy):
         held = self.held.pop(workflow, None)
         if held is None:
             return
+        self._recount(held)
         self._rehome(held, None, 0)
         self.unhomed[held.agent] -= 1
+        self.interactive -= held.slo is not None
+
+    # ---- predicted ends (SAGA's rule: saga/ends.py) --------------------------------------
+    def _graph(self, agent: AgentKey) -> AgentGraph:
+        tenant, name = agent
+        return self.graphs.get(name, tenant)
+
+    def _expire_ends(self, now: float) -> None:
+        for workflow, epoch in self.gate_watch.due(now):
+            held = self.held.get(workflow)
+            if held is not None and held.epoch == epoch and held.in_tool:
+                self._uncount(held)
+
+    def _uncount(self, held: _Held) -> None:
+        """``held``'s working set leaves the gate's count (as SAGA's ``_uncount``)."""
+        if held.uncounted:
+            return
+        held.uncounted = True
+        if held.home is not None:
+            self.homed_total -= held.context
+            held.context = 0
+        else:
+            self.unhomed[held.agent] -= 1
+
+    def _recount(self, held: _Held) -> None:
+        """It called after all (or ended): back in the count, as before it was taken."""
+        if held.uncounted:
+            held.uncounted = False
+            if held.home is None:
+                self.unhomed[held.agent] += 1
 
     # ---- observations (the gate's bookkeeping, then the inner policy's) ------------------
     def on_call_ready(self, call: CallInfo, now: float) -> None:
-        held = self._hold(call.workflow, agent_key(call))
+        held = self._hold(call.workflow, agent_key(call), call.slo)
+        self._expire_ends(now)
+        held.epoch += 1
+        self._recount(held)
         if not held.called and held.home is None:
             self.gate.observe_first_context(agent_key(call), call.prompt_tokens)
+        graph = self._graph(held.agent)
+        node = node_key(call.tool, call.index, self.config.depth_buckets)
+        if held.last_finish is not None and self.graphs.learning:
+            graph.observe_transition(held.node, node, now - held.last_finish,
+                                     call.prompt_tokens - held.last_prompt)
+        held.in_tool = False
+        held.node = node
+        # The graph refreshes its estimates when read; it is read where SAGA reads its
+        # own, so that both learn the same estimates from the same calls.
+        graph.remaining(node)
         self.inner.on_call_ready(call, now)
 
     def place(self, call: CallInfo, now: float) -> int:
@@ -138,16 +210,37 @@ class GatedPolicy(Policy):
         held = self.held.get(request.workflow)
         if held is not None and request.info is not None:
             held.output = request.generated
+            graph = self._graph(held.agent)
+            if self.graphs.learning:
+                graph.observe_output(held.node, request.generated)
+            graph.gap(held.node)  # read where SAGA reads it (see on_call_ready)
         return self.inner.retention(replica, request, now)
 
     def on_call_finished(self, call: CallInfo, replica: int, now: float) -> None:
         held = self.held.get(call.workflow)
         if held is not None:
             held.called = True
+            held.last_finish = now
+            held.last_prompt = call.prompt_tokens
             self._rehome(held, replica, call.prompt_tokens + held.output)
+            held.in_tool = not call.ends_workflow
+            held.marked = call.ends_workflow
+            if held.in_tool:
+                self._expire_ends(now)
+                wait = gate_wait(self._graph(held.agent), held.node, call.turn_ended,
+                                 self.config, self.end_markers.said(held.agent))
+                if wait <= 0.0:
+                    self._uncount(held)
+                else:
+                    self.gate_watch.watch(now + wait, call.workflow, held.epoch)
         self.inner.on_call_finished(call, replica, now)
 
     def on_workflow_finished(self, workflow: WorkflowInfo, now: float) -> None:
+        held = self.held.get(workflow.workflow)
+        if held is not None:
+            self.end_markers.observe(held.agent, held.marked)
+            if self.graphs.learning and held.node:
+                self._graph(held.agent).observe_end(held.node)
         self._release(workflow.workflow)
         self.inner.on_workflow_finished(workflow, now)
 

@@ -38,6 +38,7 @@ import math
 from dataclasses import dataclass, field
 
 from saga.core.workflow import HUMAN_TOOL
+from saga.sched.saga.config import SagaConfig
 from saga.sched.saga.graph import AgentGraph, node_tool
 
 
@@ -73,6 +74,37 @@ def time_to_end(graph: AgentGraph, node: str, turn_ended: bool | None,
     if human_only:
         return graph.duration(HUMAN_TOOL).quantile(1.0 - survive)
     return gap.quantile(1.0 - survive)
+
+
+def end_wait(graph: AgentGraph, node: str, turn_ended: bool | None, config: SagaConfig,
+             said: bool, min_ends: int | None = None) -> float:
+    """:func:`time_to_end` under ``config``: never when end prediction is off or the
+    agent type's ends are ``said`` by its client (:class:`EndMarkers`); ``min_ends``
+    seen ends first (default ``min_samples``, what pins and eviction wait for)."""
+    if not config.predict_end or said:
+        return math.inf
+    seen = config.min_samples if min_ends is None else min_ends
+    return time_to_end(graph, node, turn_ended, config.end_confidence, seen)
+
+
+def gate_min_ends(graph: AgentGraph, config: SagaConfig) -> int:
+    """Seen ends the memory gate needs before acting on a predicted end in ``graph``:
+    ``gate_end_min_ends`` while no user of its agent type was seen to come back after a
+    turn ended, else ``min_samples`` as pins (the returns seen first are the short ones,
+    the long ones have not come back yet: the prior would uncount sessions that do)."""
+    if graph.returns_after(HUMAN_TOOL):
+        return config.min_samples
+    return config.gate_end_min_ends
+
+
+def gate_wait(graph: AgentGraph, node: str, turn_ended: bool | None, config: SagaConfig,
+              said: bool) -> float:
+    """Seconds after a call at ``node`` finishes until the memory gate stops counting
+    its workflow, silent since: the sooner of the predicted end pins act on and the one
+    the gate acts on (:func:`gate_min_ends`)."""
+    wait = end_wait(graph, node, turn_ended, config, said)
+    return min(wait, end_wait(graph, node, turn_ended, config, said,
+                              gate_min_ends(graph, config)))
 
 
 @dataclass

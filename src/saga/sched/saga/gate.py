@@ -23,7 +23,8 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from saga.sched.decisions import ADMIT, Admission
-from saga.sched.policy import CallInfo, WorkflowInfo
+from saga.sched.policy import CallInfo, PolicyContext, WorkflowInfo
+from saga.sched.saga.config import SagaConfig
 
 #: What per-agent learning is keyed by: (tenant, agent type). Agent names are the
 #: clients' to choose, so learning is never shared across tenants.
@@ -32,6 +33,18 @@ AgentKey = tuple[str, str]
 
 def agent_key(item: WorkflowInfo | CallInfo) -> AgentKey:
     return (item.tenant, item.agent)
+
+
+def memory_gate(ctx: PolicyContext, config: SagaConfig) -> MemoryGate:
+    """The gate ``config`` asks for on ``ctx``'s cluster: its limit counts the GPU KV and
+    ``gate_host_share`` of the host tier, in tokens."""
+    gpu = sum(r.kv.capacity for r in ctx.replicas)
+    host = sum(r.host.capacity for r in ctx.replicas if r.host is not None)
+    capacity = gpu * ctx.block_tokens + config.gate_host_share * host * ctx.block_tokens
+    return MemoryGate(
+        capacity, config.memory_budget, config.retry_after, config.prior_context_tokens,
+        config.gate_cold_start, config.gate_interactive_reserve,
+    )
 
 
 @dataclass

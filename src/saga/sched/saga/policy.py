@@ -21,16 +21,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from saga.core.workflow import HUMAN_TOOL
 from saga.engine.kvcache import EvictionOrder, KeyedEviction, KVNode, LRUEviction
 from saga.sched.decisions import ADMIT, RELEASE, Admission, Retention
 from saga.sched.policy import CallInfo, Policy, PolicyContext, Router, WorkflowInfo
 from saga.sched.saga import admission, placement
 from saga.sched.saga import retention as keep
 from saga.sched.saga.config import SagaConfig
-from saga.sched.saga.ends import EndMarkers, EndWatch, time_to_end
+from saga.sched.saga.ends import EndMarkers, EndWatch, end_wait, gate_min_ends
 from saga.sched.saga.fairshare import FairShare
-from saga.sched.saga.gate import AgentKey, MemoryGate, agent_key
+from saga.sched.saga.gate import AgentKey, agent_key, memory_gate
 from saga.sched.saga.graph import AgentGraph, GraphStore, node_key
 
 if TYPE_CHECKING:
@@ -111,14 +110,7 @@ class SagaPolicy(Policy):
         self._placements = 0
         self._lightest: list[int] = []
         self.unhomed: dict[AgentKey, int] = {}  # flows with no home yet, per (tenant, agent)
-        gpu = sum(r.kv.capacity for r in ctx.replicas) * ctx.block_tokens
-        host = sum(r.host.capacity for r in ctx.replicas if r.host is not None)
-        capacity = gpu + self.config.gate_host_share * host * ctx.block_tokens
-        self.gate = MemoryGate(
-            capacity, self.config.memory_budget, self.config.retry_after,
-            self.config.prior_context_tokens, self.config.gate_cold_start,
-            self.config.gate_interactive_reserve,
-        )
+        self.gate = memory_gate(ctx, self.config)
 
     # ---- workflow state ------------------------------------------------------------------
     def _flow(self, workflow: WorkflowInfo) -> Flow:
@@ -301,20 +293,13 @@ class SagaPolicy(Policy):
     def _time_to_end(self, flow: Flow, call: CallInfo, min_ends: int | None = None) -> float:
         """Seconds after ``call`` finishes until its workflow is taken as ended, once
         ``min_ends`` ends of its agent were seen (default ``min_samples``)."""
-        if not self.config.predict_end or self.end_markers.said(agent_key(call)):
-            return float("inf")
-        seen = self.config.min_samples if min_ends is None else min_ends
-        return time_to_end(self._graph(flow), flow.node, call.turn_ended,
-                           self.config.end_confidence, seen)
+        said = self.end_markers.said(agent_key(call))
+        return end_wait(self._graph(flow), flow.node, call.turn_ended, self.config, said,
+                        min_ends)
 
     def _gate_min_ends(self, flow: Flow) -> int:
-        """Seen ends the gate needs before acting on a predicted end of ``flow``:
-        ``gate_end_min_ends`` while no user of its agent type was seen to come back after a
-        turn ended, else ``min_samples`` as pins (the returns seen first are the short ones,
-        the long ones have not come back yet: the prior would uncount sessions that do)."""
-        if self._graph(flow).returns_after(HUMAN_TOOL):
-            return self.config.min_samples
-        return self.config.gate_end_min_ends
+        """Seen ends the gate needs before acting on a predicted end of ``flow``."""
+        return gate_min_ends(self._graph(flow), self.config)
 
     def _expire_ends(self, now: float) -> None:
         for workflow, epoch in self.end_watch.due(now):
