@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
-from saga.bench.real import RealBench, render_markdown, summarize
+from saga.bench.real import RealBench, put_real_section, render_markdown, summarize
+from saga.bench.sections import keep_sections
 
 
 def _run(case: str, policy: str, rep: int, tcts: list[float], failed: int = 0) -> dict:
@@ -70,3 +72,22 @@ def test_a_request_of_max_model_len_must_fit_the_kv() -> None:
     with pytest.raises(ValueError, match="exceeds the KV of 40 usable blocks"):
         RealBench(kv_blocks=41, max_model_len=8192)
     assert RealBench(kv_blocks=41, max_model_len=4096).max_model_len == 4096
+
+
+def test_the_real_section_goes_into_results_in_place_and_survives_a_regeneration(
+    tmp_path: Path,
+) -> None:
+    spec = RealBench(policies=("saga", "vllm-affinity"), repetitions=1)
+    runs = [_run("memory", "saga", 0, [10.0]), _run("memory", "vllm-affinity", 0, [20.0])]
+    s = summarize(spec, runs, {"memory": {"saga": 10.0, "vllm-affinity": 20.0}}, quick=True,
+                  wall=60.0)
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Results\n\n## paper (quick)\n\ntable\n")
+    put_real_section(results, s)
+    put_real_section(results, s)  # a second run replaces the section, never appends one
+    text = results.read_text()
+    assert text.count("## Real engines") == 1
+    assert text.startswith("# Results\n\n## paper (quick)\n\ntable\n\n<!-- kept: real -->\n")
+    assert text.endswith("<!-- /kept: real -->\n")
+    regenerated = keep_sections(text, "# Results\n\n## paper (quick)\n\nnew table\n")
+    assert "new table" in regenerated and regenerated.count("## Real engines") == 1

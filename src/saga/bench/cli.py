@@ -81,7 +81,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from saga.bench.real import main as real_main
 
         check_output_dir(args.out)
-        return real_main(args.out, args.quick)
+        if args.results is not None:
+            check_output_file(args.results, "--results", parent_must_exist=True)
+        return real_main(args.out, args.quick, args.results)
     from saga.bench.report import print_tables, results_markdown, write_all
     from saga.bench.runner import planned_runs, run_scenario
     from saga.bench.scenario import builtin_scenarios, load_scenario

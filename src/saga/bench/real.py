@@ -465,8 +465,21 @@ def _held(entry: dict[str, Any]) -> str:
     return f"{n}, {entry['deferred_seconds'] / n:.1f}" if n else "0"
 
 
-def main(out: Path, quick: bool) -> int:
+def main(out: Path, quick: bool, results: Path | None = None) -> int:
     summary = run_real(out, quick=quick)
     print(render_markdown(summary))
     print(f"wrote {out / 'summary.json'} and {out / 'real.md'}")
+    if results is not None:
+        put_real_section(results, summary)
+        print(f"wrote the 'Real engines' section of {results}")
     return 0
+
+
+def put_real_section(results: Path, summary: dict[str, Any]) -> None:
+    """Put the "Real engines" section into ``results`` (RESULTS.md) as a kept section, in
+    place if it is there: `saga bench all --results` carries it over when it regenerates
+    the simulator's sections (saga.bench.sections)."""
+    from saga.bench.sections import put_section
+
+    text = results.read_text() if results.exists() else "# Results\n"
+    results.write_text(put_section(text, "real", render_markdown(summary)))
