@@ -13,6 +13,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from saga.core.blocks import common_blocks
 from saga.core.context import describe_over, over_context
 from saga.core.workflow import HUMAN_TOOL, Call, Workflow
 from saga.engine.cluster import ClusterSpec
@@ -155,27 +156,6 @@ def successors(workflow: Workflow) -> list[list[int]]:
                 if i < j:
                     out[i].append(j)
     return out
-
-
-def _common_blocks(a: Sequence[Run], b: Sequence[Run]) -> int:
-    """Blocks two run lists share from their start (prefix identity)."""
-    shared = 0
-    ia = ib = 0
-    na = nb = 0  # blocks consumed inside the current runs
-    while ia < len(a) and ib < len(b):
-        ns_a, first_a, count_a = a[ia]
-        ns_b, first_b, count_b = b[ib]
-        if ns_a != ns_b or first_a + na != first_b + nb:
-            break
-        step = min(count_a - na, count_b - nb)
-        shared += step
-        na += step
-        nb += step
-        if na == count_a:
-            ia, na = ia + 1, 0
-        if nb == count_b:
-            ib, nb = ib + 1, 0
-    return shared
 
 
 class Simulation(ReplicaDriver):
@@ -425,7 +405,7 @@ class Simulation(ReplicaDriver):
         call = run.workflow.calls[i]
         shared = sum(r[2] for r in request.runs if r[0].startswith("s:"))
         return max(
-            [shared] + [_common_blocks(request.runs, run.kv_runs[run.index[a]]) for a in call.after]
+            [shared] + [common_blocks(request.runs, run.kv_runs[run.index[a]]) for a in call.after]
         )
 
     def _home(self, run: _WorkflowRun, i: int, request: Request) -> int:
@@ -434,7 +414,7 @@ class Simulation(ReplicaDriver):
         best, home = 0, -1
         for a in run.workflow.calls[i].after:
             j = run.index[a]
-            common = _common_blocks(request.runs, run.kv_runs[j])
+            common = common_blocks(request.runs, run.kv_runs[j])
             if common > best:
                 best, home = common, run.replicas[j]
         return home

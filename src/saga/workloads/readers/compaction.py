@@ -32,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from saga.core.blocks import common_blocks
 from saga.core.workflow import Call, Prompt
 from saga.workloads._blocks import Runs, ceil_div, drop_leading
 
@@ -46,24 +47,10 @@ def compact_threshold(window: int) -> int:
     return max(window - SUMMARY_RESERVE - AUTOCOMPACT_BUFFER, window // 2)
 
 
-def common_blocks(a: Sequence[tuple[int, int]], b: Sequence[tuple[int, int]]) -> int:
-    """Leading block positions two run lists share (same ids in the same order)."""
-    shared = 0
-    ia = ib = na = nb = 0
-    while ia < len(a) and ib < len(b):
-        first_a, count_a = a[ia]
-        first_b, count_b = b[ib]
-        if first_a + na != first_b + nb:
-            break
-        step = min(count_a - na, count_b - nb)
-        shared += step
-        na += step
-        nb += step
-        if na == count_a:
-            ia, na = ia + 1, 0
-        if nb == count_b:
-            ib, nb = ib + 1, 0
-    return shared
+def shared_blocks(a: Sequence[tuple[int, int]], b: Sequence[tuple[int, int]]) -> int:
+    """Leading block positions two run lists of one session share (same ids in the same
+    order): :func:`saga.core.blocks.common_blocks` within one namespace."""
+    return common_blocks([("", f, c) for f, c in a], [("", f, c) for f, c in b])
 
 
 def take_leading(runs: Sequence[tuple[int, int]], k: int) -> Runs:
@@ -108,7 +95,7 @@ def compact_session(
     for call, agent in zip(calls, agents, strict=True):
         stream = streams.setdefault(agent, _Stream())
         recorded = call
-        if stream.replaced and common_blocks(call.prompt.blocks, stream.replaced) < len_blocks(
+        if stream.replaced and shared_blocks(call.prompt.blocks, stream.replaced) < len_blocks(
             stream.replaced
         ):
             stream.replaced, stream.summary = (), ()  # the session rewrote its context itself
@@ -135,7 +122,7 @@ def _summarized(call: Call, previous: Call | None, threshold: int, summary: int,
     shares with the stream's previous call (the conversation so far), or more if the
     rest would still reach the threshold (a resumed session whose first prompt is already
     past it, or one huge tool result), at most all its blocks."""
-    shared = common_blocks(call.prompt.blocks, previous.prompt.blocks) if previous else 0
+    shared = shared_blocks(call.prompt.blocks, previous.prompt.blocks) if previous else 0
     needed = ceil_div(call.prompt.tokens + summary - threshold, block)
     return min(len_blocks(call.prompt.blocks), max(shared, needed))
 
