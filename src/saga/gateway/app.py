@@ -54,11 +54,12 @@ from saga.gateway.graph_sync import GraphSync
 from saga.gateway.handlers import HttpHandlers
 from saga.gateway.lifecycle import Lifecycle
 from saga.gateway.metrics import Metrics
-from saga.gateway.pipeline import CallPipeline, RetryBudget, WorkflowState
+from saga.gateway.pipeline import CallPipeline, RetryBudget
 from saga.gateway.server import HttpRequest, HttpServer, Response, ResponseStream, RouteTable
 from saga.gateway.soft_store import SoftStore
 from saga.gateway.store import Store, build_store
 from saga.gateway.view import RemoteReplicaView
+from saga.gateway.workflow_state import WorkflowState
 from saga.sched.policy import Policy, PolicyContext
 from saga.sched.registry import build_policy
 from saga.sched.saga.graph import GraphStore

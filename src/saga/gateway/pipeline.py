@@ -19,7 +19,6 @@ import random
 import time
 import urllib.parse
 from collections.abc import Coroutine
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from saga.gateway.backends import Backend, BackendError
@@ -29,6 +28,7 @@ from saga.gateway.retain_step import RetainStep
 from saga.gateway.server import HttpRequest, Response, ResponseStream
 from saga.gateway.store import MemoryStore, Session
 from saga.gateway.view import GatewayCall
+from saga.gateway.workflow_state import WorkflowState
 from saga.sched.decisions import Retention
 from saga.sched.policy import CallInfo, Policy, WorkflowInfo
 from saga.wire.openai_api import BadRequest, ChatRequest, CompletionRequest
@@ -58,19 +58,6 @@ class RetryBudget:
             return False
         self.balance -= 1.0
         return True
-
-
-@dataclass(slots=True)
-class WorkflowState:
-    """What this gateway keeps of an active workflow."""
-
-    info: WorkflowInfo
-    calls: int = 0
-    in_flight: int = 0
-    last_seen: float = 0.0
-    admitted: bool = False
-    placed_here: int | None = None  # replica this gateway's policy last chose for it
-    retaining: RetainStep | None = None  # the last answered call's retention step
 
 
 class CallPipeline:

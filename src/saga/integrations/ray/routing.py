@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 
 from saga.engine.cluster import get_cluster
 from saga.gateway.view import GatewayCall
+from saga.gateway.workflow_state import WorkflowState
 from saga.integrations.ray.call import RayCall
 from saga.integrations.ray.view import RayReplicaView, ReplicaStats
 from saga.sched.decisions import Retention
@@ -69,16 +70,6 @@ class SharedSession:
 
     home: str | None = None  # the Ray replica id of its home
     admitted: bool = False
-
-
-@dataclass(slots=True)
-class _Workflow:
-    info: WorkflowInfo
-    calls: int = 0
-    in_flight: int = 0
-    last_seen: float = 0.0
-    admitted: bool = False
-    placed_here: int | None = None  # the slot this router last placed it on
 
 
 @dataclass(slots=True)
@@ -135,7 +126,7 @@ class SagaRouting:
         self.policy.bind(PolicyContext(replicas=self.views, cost=cost,
                                        block_tokens=block_tokens, rng=random.Random(0)))
         self.slot_of: dict[str, int] = {}
-        self.workflows: dict[str, _Workflow] = {}
+        self.workflows: dict[str, WorkflowState] = {}
         self.held: dict[str, _HeldWorkflow] = {}
         self.routed: dict[str, _Routed] = {}
         self.held_ttl = held_ttl
@@ -225,7 +216,7 @@ class SagaRouting:
         shared = shared or SharedSession()
         wf = self.workflows.get(call.workflow)
         if wf is None:
-            wf = _Workflow(WorkflowInfo(call.workflow, call.tenant, call.agent, now, None))
+            wf = WorkflowState(WorkflowInfo(call.workflow, call.tenant, call.agent, now, None))
             self.workflows[call.workflow] = wf
         wf.last_seen = now
         if not (wf.admitted or shared.admitted):
@@ -273,7 +264,7 @@ class SagaRouting:
             wf.placed_here = slot
         return routed.tiers
 
-    def _admit(self, wf: _Workflow, now: float) -> Held | None:
+    def _admit(self, wf: WorkflowState, now: float) -> Held | None:
         name = wf.info.workflow
         entry = self.held.get(name)
         if entry is None:
