@@ -17,15 +17,15 @@ follow one through). Through Serve's HTTP proxy with the real ``openai`` client:
 
 from __future__ import annotations
 
-import socket
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.ray_serve.waiting import free_port, until
 
 from saga.integrations import engines as eng
 from saga.integrations.vllm_scheduler import parse_stats
@@ -36,22 +36,6 @@ BLOCK = 128
 KV_BLOCKS = 64
 LONG = "".join(f"step {i}: the agent read file src/module_{i}.py and ran the tests. "
                for i in range(60))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _until(condition: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @dataclass
@@ -83,12 +67,12 @@ def stack(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     from saga.integrations.ray.config import RayAppConfig
 
     logs = tmp_path_factory.mktemp("ray-vllm-logs")
-    endpoints = [f"tcp://127.0.0.1:{_free_port()}" for _ in range(2)]
+    endpoints = [f"tcp://127.0.0.1:{free_port()}" for _ in range(2)]
     procs: list[eng.EngineProc] = []
     try:
         for i, endpoint in enumerate(endpoints):
             procs.append(eng.start_vllm(
-                tiny_model, _free_port(), max_model_len=4096, cpu_threads=str(i),
+                tiny_model, free_port(), max_model_len=4096, cpu_threads=str(i),
                 extra_args=["--num-gpu-blocks-override", str(KV_BLOCKS), "--block-size",
                             str(BLOCK), "--enable-prompt-tokens-details",
                             "--kv-events-config", kv_events_config(endpoint)],
@@ -99,7 +83,7 @@ def stack(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         for proc in procs:
             eng.wait_ready(proc, 600)
         urls = [p.base_url for p in procs]
-        port = _free_port()
+        port = free_port()
         common: dict[str, Any] = {"engine": "vllm", "vllm_urls": urls, "replicas": 2,
                                   "routers": 1, "cluster": "cpu-tiny", "block_tokens": BLOCK,
                                   "stats_period": 0.2}
@@ -163,7 +147,7 @@ def test_the_replica_reports_vllms_kv_events_to_the_router(stack: Stack) -> None
     raw = _chat(client, [{"role": "user", "content": "events " + LONG}],
                 {"x-saga-workflow": "wf-events"})
     home = raw.headers["x-saga-replica"]
-    cached = _until(lambda: _replica_stats(home).get("prefix_tokens", {}).get(
+    cached = until(lambda: _replica_stats(home).get("prefix_tokens", {}).get(
         "default/wf-events"), "the replica reporting wf-events' cached prefix")
     assert cached > 0
     for proc in stack.engines:
@@ -174,7 +158,7 @@ def test_the_replica_reports_vllms_kv_events_to_the_router(stack: Stack) -> None
         # vLLM publishes a step's events at its end: an idle engine keeps the reset's
         # AllBlocksCleared until it steps again (a call of no workflow, straight to it)
         eng.vllm_completion(proc.base_url, [5, 6, 7], 1)
-    _until(lambda: _replica_stats(home)["prefix_tokens"]["default/wf-events"] == 0,
+    until(lambda: _replica_stats(home)["prefix_tokens"]["default/wf-events"] == 0,
            "vLLM's reset reaching the report")
 
 
@@ -189,4 +173,4 @@ def test_a_pin_decided_by_the_router_reaches_vllm_with_the_next_call(stack: Stac
                    {**headers, "x-saga-tool": "bash"})
     assert second.headers["x-saga-replica"] == first.headers["x-saga-replica"]
     assert float(second.headers["x-saga-ttl-hint"]) == 2.0  # continuum's cold-start TTL
-    _until(lambda: stack.hinted() == before + 1, "vLLM's scheduler applying the hint", 30)
+    until(lambda: stack.hinted() == before + 1, "vLLM's scheduler applying the hint", 30)

@@ -9,9 +9,8 @@ polling on a condition.
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,6 +21,8 @@ requests = pytest.importorskip("requests")
 aiohttp = pytest.importorskip("aiohttp")
 openai = pytest.importorskip("openai")
 
+from tests.ray_serve.waiting import free_port, until  # noqa: E402
+
 from saga.integrations.ray.app import start  # noqa: E402
 from saga.integrations.ray.config import RayAppConfig  # noqa: E402
 from saga.integrations.ray.router import STATE_ACTOR, STATE_NAMESPACE  # noqa: E402
@@ -29,25 +30,9 @@ from saga.integrations.ray.router import STATE_ACTOR, STATE_NAMESPACE  # noqa: E
 pytestmark = pytest.mark.timeout(300)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _until(condition: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     config = RayAppConfig(routers=2, replicas=2, cluster="test-2", time_scale=10.0,
                           stats_period=0.2, state_actor=STATE_ACTOR,
                           # calls spread over both routers: they agree through the state
@@ -104,7 +89,7 @@ def test_two_router_replicas_keep_a_workflow_on_one_home(base_url: str) -> None:
         replicas.add(response.headers["x-saga-replica"])
         return len(routers) == 2
 
-    _until(both_routers_seen, "calls through both router replicas")
+    until(both_routers_seen, "calls through both router replicas")
     assert len(replicas) == 1, replicas
 
 
@@ -115,7 +100,7 @@ def test_the_memory_gate_holds_a_workflow_and_releases_it(base_url: str) -> None
     agent = {"x-saga-agent": "gate-agent"}
     _post(base_url, "gate-a", big + " a", **agent)
     _post(base_url, "gate-a2", big + " a2", **agent)
-    _until(lambda: _gates_see(60_000), "both routers' gates counting both workflows")
+    until(lambda: _gates_see(60_000), "both routers' gates counting both workflows")
 
     async def scenario() -> tuple[float, float]:
         body = {"model": "m", "messages": [{"role": "user", "content": big + " b"}],
@@ -152,13 +137,13 @@ def test_the_memory_gate_holds_a_workflow_and_releases_it(base_url: str) -> None
 def test_a_state_actor_restart_loses_only_warmth(base_url: str) -> None:
     before = ray.get(_state().ping.remote(), timeout=30)
     ray.kill(_state(), no_restart=False)
-    after = _until(lambda: _ping_changed(before), "the state actor restarted")
+    after = until(lambda: _ping_changed(before), "the state actor restarted")
     assert after != before
     assert _summary()["homes"] == 0  # what it knew is gone
     first = _post(base_url, "after-restart", "warm again " * 30)
     second = _post(base_url, "after-restart", "warm again " * 31)
     assert first.headers["x-saga-replica"] and second.status_code == 200
-    _until(lambda: _summary()["homes"] >= 1, "homes written to the new actor")
+    until(lambda: _summary()["homes"] >= 1, "homes written to the new actor")
 
 
 def _ping_changed(before: str) -> str | None:
