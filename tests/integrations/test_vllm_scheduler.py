@@ -626,18 +626,20 @@ def _backlog(proc: eng.EngineProc) -> list[str]:
         threads.append(thread)
 
     threads: list[threading.Thread] = []
-    send("a1", "ta", 3000)
-    _until_queued(url, running=1, waiting=0, done=done)
-    for i in range(2, 7):  # their order among themselves does not matter
-        send(f"a{i}", "ta", 24)
-    _until_queued(url, running=1, waiting=5, done=done)
-    send("b1", "tb", 24)
-    # b1 must reach the engine while a1 still runs (its tenant then joins below ta's
-    # service): six waiting behind one running can only be a1 running. A b1 that came
-    # after a1 ended finds it done here, and the test skips as a staging failure.
-    _until_queued(url, running=1, waiting=6, done=done)
-    for thread in threads:
-        thread.join(300)
+    try:
+        send("a1", "ta", 3000)
+        _until_queued(url, running=1, waiting=0, done=done)
+        for i in range(2, 7):  # their order among themselves does not matter
+            send(f"a{i}", "ta", 24)
+        _until_queued(url, running=1, waiting=5, done=done)
+        send("b1", "tb", 24)
+        # b1 must reach the engine while a1 still runs (its tenant then joins below ta's
+        # service): six waiting behind one running can only be a1 running. A b1 that came
+        # after a1 ended finds it done here, and the test skips as a staging failure.
+        _until_queued(url, running=1, waiting=6, done=done)
+    finally:  # a skip too waits for its calls: they must not land in the next test's counts
+        for thread in threads:
+            thread.join(300)
     assert len(done) == 7, done
     return _served_order(proc, log_from, names)
 
