@@ -624,8 +624,8 @@ _HF_E2E = (
 #   256 to 125k tokens; the post publishes its linear fit of the median ITL against the input
 #   length, "slope ... 4.37e-05 ... ms/token", "intercept ... 6.44 ... ms". The raw points are
 #   only drawn in a chart, so the published figure at length L is that line at L.
-# * Under load (Table 4): 150 requests at concurrency 8, ~20k input and ~2k output tokens
-#   (+-15 %): BF16 median TTFT 763.6 ms, median ITL 15.18 ms.
+# * Under load (Table 4; the vLLM version is not stated): 150 requests at concurrency 8,
+#   ~20k input and ~2k output tokens (+-15 %): BF16 median TTFT 763.6 ms, median ITL 15.18 ms.
 VLLM_FP8_KV_BLOG = (
     "github.com/vllm-project/vllm-project.github.io _posts/2026-04-22-fp8-kvcache.md @ 5ffe2dd "
     "(blog.vllm.ai 'The State of FP8 KV-Cache and Attention Quantization in vLLM'), "
@@ -943,7 +943,7 @@ CALIBRATION: list[Calibration] = [
         _single_prefill(100_000),
         fitted=False,
     ),
-    # --- H100, long contexts (vLLM 0.19.1, FlashAttention-3): not fitted, out of sample ---
+    # --- H100, long contexts (vLLM v1 with FlashAttention-3): not fitted, out of sample ---
     # The median ITL of one request is one decode step half-way through its 128 tokens.
     Calibration(
         "h100-8b-vllm-decode-32k-1seq",
