@@ -616,6 +616,61 @@ _HF_E2E = (
     "FlashAttention-2 (no paged KV), pre-filling latency"
 )
 
+# Source D: the vLLM team's post "The State of FP8 KV-Cache and Attention Quantization in
+# vLLM" (blog.vllm.ai, 2026-04-22), file _posts/2026-04-22-fp8-kvcache.md of
+# github.com/vllm-project/vllm-project.github.io @ 5ffe2dd. One H100, FlashAttention-3
+# (vLLM's fork), Llama-3.1-8B with a bf16 KV cache (the "BF16" rows), `vllm bench serve`.
+# * Single request (vLLM 0.19.1): concurrency 1, 128 output tokens, input lengths swept from
+#   256 to 125k tokens; the post publishes its linear fit of the median ITL against the input
+#   length, "slope ... 4.37e-05 ... ms/token", "intercept ... 6.44 ... ms". The raw points are
+#   only drawn in a chart, so the published figure at length L is that line at L.
+# * Under load (Table 4; the vLLM version is not stated): 150 requests at concurrency 8,
+#   ~20k input and ~2k output tokens (+-15 %): BF16 median TTFT 763.6 ms, median ITL 15.18 ms.
+VLLM_FP8_KV_BLOG = (
+    "github.com/vllm-project/vllm-project.github.io _posts/2026-04-22-fp8-kvcache.md @ 5ffe2dd "
+    "(blog.vllm.ai 'The State of FP8 KV-Cache and Attention Quantization in vLLM'), "
+    "1x H100, FlashAttention-3, Llama-3.1-8B, bf16 KV cache"
+)
+_ITL_SLOPE_MS_PER_TOKEN = 4.37e-05  # the post's fitted bf16 ITL slope
+_ITL_INTERCEPT_MS = 6.44  # and intercept
+_FP8_BLOG_OUTPUT = 128  # output tokens per request in the single-request sweep
+
+
+def _fitted_itl(input_len: int) -> float:
+    """The post's published bf16 ITL line at ``input_len``, in seconds."""
+    return (_ITL_INTERCEPT_MS + _ITL_SLOPE_MS_PER_TOKEN * input_len) / 1e3
+
+
+def _median_decode_step(n_seqs: int, ctx_per_seq: int) -> Callable[[CostModel], float]:
+    """One pure decode step of ``n_seqs`` sequences, each holding ``ctx_per_seq`` tokens."""
+
+    def predict(cost: CostModel) -> float:
+        return cost.decode_steps_time(n_seqs, n_seqs * ctx_per_seq, 1)
+
+    return predict
+
+
+def _prefill_beside_decodes(
+    prompt: int, budget: int, decodes: int, decode_ctx: int
+) -> Callable[[CostModel], float]:
+    """A prompt prefilled while ``decodes`` other sequences keep decoding.
+
+    vLLM v1 schedules the running decodes first (one token each) and gives the rest of the
+    step's token budget (``max_num_batched_tokens``) to the new prompt's next chunk.
+    """
+
+    def predict(cost: CostModel) -> float:
+        done, total = 0, 0.0
+        while done < prompt:
+            q = min(budget - decodes, prompt - done)
+            attn = q * (done + (q + 1) / 2) + decodes * (decode_ctx + 1)
+            kv_read = done + q + decodes * (decode_ctx + 1)
+            total += cost.step_time(q + decodes, attn, kv_read, 1 + decodes)
+            done += q
+        return total
+
+    return predict
+
 
 @dataclass(frozen=True)
 class Calibration:
@@ -888,6 +943,64 @@ CALIBRATION: list[Calibration] = [
         _single_prefill(100_000),
         fitted=False,
     ),
+    # --- H100, long contexts (vLLM v1 with FlashAttention-3): not fitted, out of sample ---
+    # The median ITL of one request is one decode step half-way through its 128 tokens.
+    Calibration(
+        "h100-8b-vllm-decode-32k-1seq",
+        f"{VLLM_FP8_KV_BLOG}; single-request sweep, fitted median-ITL line",
+        "h100-sxm",
+        "llama-3.1-8b",
+        1,
+        "concurrency 1, input 32,768 tokens, 128 output tokens",
+        "median ITL: 6.44 ms + 4.37e-05 ms x 32,768 (the post's bf16 fit, within its range)",
+        _fitted_itl(32_768),
+        _median_decode_step(1, 32_768 + _FP8_BLOG_OUTPUT // 2),
+        fitted=False,
+    ),
+    Calibration(
+        "h100-8b-vllm-decode-125k-1seq",
+        f"{VLLM_FP8_KV_BLOG}; single-request sweep, fitted median-ITL line",
+        "h100-sxm",
+        "llama-3.1-8b",
+        1,
+        "concurrency 1, input 125,000 tokens (the top of the sweep), 128 output tokens",
+        "median ITL: 6.44 ms + 4.37e-05 ms x 125,000 (the post's bf16 fit)",
+        _fitted_itl(125_000),
+        _median_decode_step(1, 125_000 + _FP8_BLOG_OUTPUT // 2),
+        fitted=False,
+    ),
+    # Under load, eight requests decode together. Inputs are uniform in 20k +-15 % and each
+    # is on average half-way through ~2k outputs, so a step reads ~21,000 tokens of KV per
+    # sequence; prefill steps (3 per request, of ~2,000) are too rare to move the median.
+    Calibration(
+        "h100-8b-vllm-decode-21k-8seq",
+        f"{VLLM_FP8_KV_BLOG}; Table 4, BF16 row",
+        "h100-sxm",
+        "llama-3.1-8b",
+        1,
+        "150 requests at concurrency 8, ~20k input / ~2k output tokens (+-15 %)",
+        "median ITL 15.18 ms",
+        0.01518,
+        _median_decode_step(8, 21_000),
+        fitted=False,
+    ),
+    # A new ~20k-token prompt is prefilled in steps of vLLM's default budget for
+    # `vllm serve` on an H100 (max_num_batched_tokens 8192, EngineArgs in
+    # vllm/engine/arg_utils.py), beside the seven other requests' decodes. 2048 or 16384
+    # moves the prediction by under 3 %. The published TTFT also holds the HTTP round trip
+    # and tokenisation of 20k tokens, which the engine model leaves out.
+    Calibration(
+        "h100-8b-vllm-ttft-20k-8conc",
+        f"{VLLM_FP8_KV_BLOG}; Table 4, BF16 row",
+        "h100-sxm",
+        "llama-3.1-8b",
+        1,
+        "150 requests at concurrency 8, ~20k input / ~2k output tokens (+-15 %)",
+        "median TTFT 763.6 ms",
+        0.7636,
+        _prefill_beside_decodes(20_000, 8192, 7, 21_000),
+        fitted=False,
+    ),
     # --- H200: not fitted; it inherits the H100's factors, so these are out-of-sample ---
     Calibration(
         "h200-8b-latency-bs8",
@@ -958,6 +1071,32 @@ def test_long_prompts_are_calibrated_on_a100() -> None:
         attention = 4 * model.layers * model.heads * model.head_dim * tokens * tokens / 2
         linear = 2 * model.body_params() * tokens
         assert attention / (attention + linear) > 0.45
+
+
+def test_long_context_decode_slope_matches_vllm_on_h100() -> None:
+    # What each extra token of context adds to a one-sequence decode step is the KV read
+    # term alone; vLLM 0.19.1 with FlashAttention-3 on an H100 measured 4.37e-05 ms per
+    # token of input over 256-125k tokens (Source D). The model's slope is
+    # kv_bytes_per_token / (hbm_bandwidth * mbu): no factor was fitted to this figure.
+    cost = cost_model_for("llama-3.1-8b", "h100-sxm", 1)
+    short, long = 10_000, 120_000
+    added = cost.decode_steps_time(1, long, 1) - cost.decode_steps_time(1, short, 1)
+    slope = added / (long - short)
+    assert slope * 1e3 == pytest.approx(_ITL_SLOPE_MS_PER_TOKEN, rel=0.05)
+
+
+def test_long_contexts_are_checked_on_h100() -> None:
+    # decode with 32k-125k tokens of KV per sequence, and a ~20k-token prefill, on vLLM v1
+    long_h100 = {
+        p.id for p in CALIBRATION if p.gpu == "h100-sxm" and p.source.startswith(VLLM_FP8_KV_BLOG)
+    }
+    assert long_h100 == {
+        "h100-8b-vllm-decode-32k-1seq",
+        "h100-8b-vllm-decode-125k-1seq",
+        "h100-8b-vllm-decode-21k-8seq",
+        "h100-8b-vllm-ttft-20k-8conc",
+    }
+    assert all(not p.fitted for p in CALIBRATION if p.id in long_h100)
 
 
 def test_at_least_four_points_per_calibrated_gpu() -> None:
