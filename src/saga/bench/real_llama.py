@@ -254,7 +254,8 @@ def intro(summary: dict[str, Any]) -> list[str]:
     return [
         "### llama.cpp",
         "",
-        f"`saga bench real{' --quick' if summary.get('quick') else ''} --engine llama`: 2 "
+        f"`saga bench real{' --quick' if summary.get('quick') else ''} --engine llama` (or "
+        "`both`): 2 "
         f"llama-server replicas (one thread on one core each, tiny-llama, {llama['slots']} "
         f"slots sharing one unified KV buffer of {s['llama_ctx_size']:,} tokens, at most "
         f"{llama['concurrency']} calls running per replica, `--cache-ram "
