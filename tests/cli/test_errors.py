@@ -49,6 +49,8 @@ def a_file(tmp_path: Path) -> Path:
          "--results {file}/r.md: {file} is a file, not a directory"),
         (["bench", "scale", "--quick", "--out", "{tmp}/b", "--results", "{tmp}"],
          "--results {tmp}: is a directory, expected a file"),
+        (["bench", "scale", "--quick", "--engine", "llama", "--out", "{tmp}/b"],
+         "--engine is for `saga bench real` only"),
         (["workload", "generate", "chat", "--seed", "-3", "--out", "{tmp}/w.jsonl"],
          "--seed -3: a seed must be a non-negative integer"),
         (["workload", "generate", "chat", "--out", "{file}/w.jsonl"],

