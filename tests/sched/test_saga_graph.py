@@ -258,3 +258,17 @@ def test_refresh_points_are_fixed_by_the_count_of_observations() -> None:
     assert late.p_continue(node) == learned(8).p_continue(node)  # the others are current
     assert learned(4).remaining(node) == learned(1).remaining(node)
     assert learned(9).remaining(node) != learned(8).remaining(node)
+
+
+def test_a_young_graph_answers_from_every_observation_by_default() -> None:
+    """refresh_every = 1: up to the 128th observation every one is a refresh point, so
+    remaining() is the solve of the graph as it is."""
+    observations = [o for o in _observations(8) if o.agent == "coder"]
+    assert 20 < len(observations) < 128
+    store = GraphStore(SagaConfig(depth_buckets=4))
+    graph = store.get("coder")
+    for count, obs in enumerate(observations, 1):
+        store.apply([obs])
+        if count % 7 == 0:
+            assert {n: graph.remaining(n) for n in graph.expected_remaining()} == \
+                graph.expected_remaining()
