@@ -197,3 +197,33 @@ def test_searches_run_apart_but_report_in_rounds() -> None:
                policies.index(point.policy)) for i, point in enumerate(both.points)]
     assert rounds == sorted(rounds)  # round by round, in the policies' order
     assert len(both.points) > len(policies)
+
+
+def _online_baselines() -> set[str]:
+    """Every registered online baseline with no service levels of its own (the capacity
+    workloads have none: a ``+priority`` variant orders as its base there)."""
+    from saga.sched.registry import build_policy, list_policies
+
+    return {name for name in list_policies()
+            if not name.startswith("saga") and "+" not in name
+            and not type(build_policy(name)).offline}
+
+
+def test_the_full_capacity_search_takes_every_baseline_alone_and_gated() -> None:
+    """The headline's best other baseline is taken over every online baseline, alone
+    and behind SAGA's memory gate (issue 15)."""
+    from saga.bench.scenario import load_scenario
+
+    scenario = load_scenario("capacity")
+    bases = _online_baselines()
+    assert {"llm-d", "dynamo", "sglang", "vllm-affinity"} <= bases
+    assert set(scenario.policies) == {"saga"} | bases | {b + "+gate" for b in bases}
+
+
+def test_the_quick_capacity_search_takes_llmd_dynamo_and_the_gated_routers() -> None:
+    from saga.bench.scenario import load_scenario
+
+    quick = set(load_scenario("capacity").quick_version().policies)
+    assert {"saga", "vllm-affinity", "sglang", "llm-d", "dynamo", "sglang+gate",
+            "vllm-affinity+gate", "vllm-least-loaded+gate", "throughput+gate", "llm-d+gate",
+            "dynamo+gate"} == quick

@@ -1,4 +1,5 @@
-"""Agent Execution Graph: learned statistics and value iteration, with exact expectations."""
+"""Agent Execution Graph: learned statistics and expected remaining work, with exact
+expectations."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from saga.sched.saga.graph import (
     node_key,
 )
 
-EXACT = SagaConfig(prior_weight=0.0, depth_buckets=1, min_samples=2)
+# refresh_every=1: remaining() and gap() are of every observation so far
+EXACT = SagaConfig(prior_weight=0.0, depth_buckets=1, min_samples=2, refresh_every=1)
 
 
 def test_node_keys_and_depth_buckets() -> None:
@@ -79,13 +81,13 @@ def test_learned_probabilities_and_durations() -> None:
     assert g.growth_tokens("bash#0") == pytest.approx(1000.0)
 
 
-def test_value_iteration_on_a_tiny_graph() -> None:
+def test_expected_remaining_work_on_a_tiny_graph() -> None:
     # By hand: calls V(bash) = 0.5 (1 + V(bash)) = 1; V(^) = 0.75 (1 + 1) = 1.5.
     # tokens (r = growth 1000 + output 200): V(bash) = 0.5 (1200 + V) = 1200;
     # V(^) = 0.75 (1200 + 1200) = 1800.
     g = AgentGraph(EXACT)
     _feed_chain(g)
-    values = g.value_iteration(tol=1e-12)
+    values = g.expected_remaining()
     assert values["bash#0"] == pytest.approx((1.0, 1200.0))
     assert values["^#0"] == pytest.approx((1.5, 1800.0))
     assert g.remaining("^#0") == pytest.approx((1.5, 1800.0))
@@ -188,3 +190,85 @@ def test_only_learning_saga_policies_offer_their_graphs() -> None:
     assert build_policy("saga").learned_graphs() is not None
     assert build_policy("saga-no-graph").learned_graphs() is None
     assert build_policy("vllm-rr").learned_graphs() is None
+
+
+def _observations(seed: int) -> list[Observation]:
+    sent: list[Observation] = []
+    _feed_random(GraphStore(SagaConfig(depth_buckets=4), sink=sent.append), seed)
+    return sent
+
+
+def _read_some(store: GraphStore, rng: random.Random) -> None:
+    """Reads a policy might make between observations: any estimate of any node."""
+    for _ in range(rng.randint(0, 3)):
+        graph = store.get(rng.choice(("coder", "browser")))
+        node = node_key(rng.choice(("bash", "grep", None)), rng.randint(0, 9), 4)
+        read = rng.randrange(4)
+        if read == 0:
+            graph.remaining(node)
+        elif read == 1:
+            graph.gap(node).quantile(rng.random())
+        elif read == 2:
+            graph.gap(node).ttl_table(600.0, (0.5, 0.9))
+        else:
+            graph.p_continue(node)
+
+
+@pytest.mark.parametrize("seed", [3, 4, 5, 6])
+def test_estimates_do_not_depend_on_which_reads_came_before(seed: int) -> None:
+    """The same observations with reads interleaved differently (none, after every
+    observation, at random) give exactly the same estimates at every checkpoint."""
+    observations = _observations(seed)
+    cfg = SagaConfig(depth_buckets=4, refresh_every=4)
+    stores = [GraphStore(cfg) for _ in range(3)]
+    rngs = [random.Random(seed * 10 + i) for i in range(3)]
+    checkpoints = sorted(random.Random(seed).sample(range(1, len(observations)), 6))
+    checkpoints.append(len(observations))
+    done = 0
+    for checkpoint in checkpoints:
+        for obs in observations[done:checkpoint]:
+            for i, store in enumerate(stores):
+                store.apply([obs])
+                if i == 1:
+                    _read_some(store, rngs[i])  # after every observation
+                elif i == 2 and rngs[i].random() < 0.3:
+                    _read_some(store, rngs[i])  # now and then
+        done = checkpoint
+        for agent in ("coder", "browser"):
+            first = _estimates(stores[0].get(agent))
+            assert all(_estimates(s.get(agent)) == first for s in stores[1:])  # exact
+
+
+def test_refresh_points_are_fixed_by_the_count_of_observations() -> None:
+    """remaining() and gap() answer as of the last refresh point (the 1st observation,
+    then every refresh_every), whether or not they were read in between."""
+    observations = [o for o in _observations(7) if o.agent == "coder"]
+    cfg = SagaConfig(depth_buckets=4, refresh_every=4)
+    node = observations[0].node
+
+    def learned(count: int) -> AgentGraph:
+        store = GraphStore(cfg)
+        store.apply(observations[:count])
+        return store.get("coder")
+
+    # points at 1, 5, 9: after 8 observations the estimates are those of the first 5
+    late = learned(8)
+    assert late.remaining(node) == learned(5).remaining(node)
+    assert late.gap(node) == learned(5).gap(node)
+    assert late.p_continue(node) == learned(8).p_continue(node)  # the others are current
+    assert learned(4).remaining(node) == learned(1).remaining(node)
+    assert learned(9).remaining(node) != learned(8).remaining(node)
+
+
+def test_a_young_graph_answers_from_every_observation_by_default() -> None:
+    """refresh_every = 1: up to the 128th observation every one is a refresh point, so
+    remaining() is the solve of the graph as it is."""
+    observations = [o for o in _observations(8) if o.agent == "coder"]
+    assert 20 < len(observations) < 128
+    store = GraphStore(SagaConfig(depth_buckets=4))
+    graph = store.get("coder")
+    for count, obs in enumerate(observations, 1):
+        store.apply([obs])
+        if count % 7 == 0:
+            assert {n: graph.remaining(n) for n in graph.expected_remaining()} == \
+                graph.expected_remaining()

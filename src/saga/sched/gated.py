@@ -14,7 +14,9 @@ policy and answers ``admit`` with the gate of :class:`~saga.sched.saga.policy.Sa
   output once it has called, the running mean first context of its agent type until
   then);
 * the same predicted ends: the gate learns its own Agent Execution Graph
-  (:class:`~saga.sched.saga.graph.GraphStore`) from what SAGA's learns from, and a silent
+  (:class:`~saga.sched.saga.graph.GraphStore`) from what SAGA's learns from (its
+  estimates are a function of the observations alone, so they are SAGA's whatever
+  either reads), and a silent
   workflow leaves the count when :func:`~saga.sched.saga.ends.gate_wait` says, by SAGA's
   rule; a call that comes after all counts it again.
 
@@ -194,9 +196,6 @@ class GatedPolicy(Policy):
                                      call.prompt_tokens - held.last_prompt)
         held.in_tool = False
         held.node = node
-        # The graph refreshes its estimates when read; it is read where SAGA reads its
-        # own, so that both learn the same estimates from the same calls.
-        graph.remaining(node)
         self.inner.on_call_ready(call, now)
 
     def place(self, call: CallInfo, now: float) -> int:
@@ -210,10 +209,8 @@ class GatedPolicy(Policy):
         held = self.held.get(request.workflow)
         if held is not None and request.info is not None:
             held.output = request.generated
-            graph = self._graph(held.agent)
             if self.graphs.learning:
-                graph.observe_output(held.node, request.generated)
-            graph.gap(held.node)  # read where SAGA reads it (see on_call_ready)
+                self._graph(held.agent).observe_output(held.node, request.generated)
         return self.inner.retention(replica, request, now)
 
     def on_call_finished(self, call: CallInfo, replica: int, now: float) -> None:

@@ -17,7 +17,12 @@ pseudo-observations (node -> all nodes of its depth bucket -> configured prior),
 and a tool's duration fit is used only after ``min_samples`` samples.
 
 Answers: P(the workflow calls again within t), the expected gap, quantiles of the
-gap, and the expected remaining calls and tokens from a node, by value iteration.
+gap, and the expected remaining calls and tokens from a node (a linear system).
+
+Read order: the expected remaining work and the gap after a node are answered from a
+copy of the graph taken at refresh points that the count of observations fixes; every
+other estimate is of the graph as it is. Either way an estimate is a function of the
+observations made so far alone, never of which estimates were read before, or when.
 
 Sharing: a :class:`GraphStore` given a sink passes every observation its graphs learn
 to it as an :class:`Observation` (plain data); :meth:`GraphStore.apply` learns
@@ -320,7 +325,12 @@ class AgentGraph:
         self._nodes: dict[str, _Node] = defaultdict(_Node)
         self._tools: dict[str, LogNormalFit] = defaultdict(LogNormalFit)
         self._all_tools = LogNormalFit()
-        self._values: dict[str, tuple[float, float]] = {}
+        # remaining() and gap() answer from the graph as it stood at its last refresh
+        # point (see _touch): a copy taken at an observation count the schedule fixes, so
+        # that what they answer never depends on when, or in which order, they were read.
+        # A graph that has observed nothing is its own copy (it has nothing to change).
+        self._settled: AgentGraph = self
+        self._values: dict[str, tuple[float, float]] | None = None  # solved on first read
         self._gaps: dict[str, Gap] = {}
         # every node's output and growth observations pooled, kept as they arrive: a
         # placement reads them three times, and summing every node each time cost more
@@ -330,7 +340,7 @@ class AgentGraph:
         self.observations = 0
         self.ends = 0  # workflow ends observed (what end prediction learns from)
         # pooled estimates per depth bucket, from every node of the graph: kept until the
-        # next observation (value iteration asks them of every node, each a scan of all)
+        # next observation (the remaining-work solve asks them of every node, each a scan of all)
         self._pooled_continues: dict[int, float] = {}
         self._pooled_nexts: dict[int, dict[str, float]] = {}
         self._nexts: dict[str, dict[str, float]] = {}  # successors(), likewise
@@ -376,6 +386,33 @@ class AgentGraph:
         self._pooled_continues.clear()
         self._pooled_nexts.clear()
         self._nexts.clear()
+        # After n observations one more moves an estimate by O(1/n): a refresh point at
+        # the first observation, then every `refresh_every` while the graph is young, then
+        # every n/64, so the cost per decision falls as the graph settles. The points
+        # depend on the observations only (never on reads): the estimates are a function
+        # of what was observed, whoever read what in between.
+        due = max(self.config.refresh_every, self.observations // 64)
+        if self._stale >= due or self._settled is self:
+            self._settled = self._copy()
+            self._stale = 0
+
+    def _copy(self) -> AgentGraph:
+        """What this graph has learned, as a graph of its own that observes nothing more
+        (no sink; its estimates, solved and cached lazily, are then final)."""
+        twin = AgentGraph(self.config, self.agent, None, self.tenant)
+        for key, node in self._nodes.items():
+            twin._nodes[key] = _Node(
+                node.ends, node.continues, defaultdict(int, node.successors),
+                Mean(node.output.n, node.output.total), Mean(node.growth.n, node.growth.total),
+            )
+        for tool, fit in self._tools.items():
+            twin._tools[tool] = LogNormalFit(fit.n, fit.mean, fit.m2)
+        fit = self._all_tools
+        twin._all_tools = LogNormalFit(fit.n, fit.mean, fit.m2)
+        twin._pooled = {k: Mean(m.n, m.total) for k, m in self._pooled.items()}
+        twin.observations, twin.ends = self.observations, self.ends
+        twin._stale = 0
+        return twin
 
     # ---- estimates -------------------------------------------------------------------
     def p_continue(self, node: str) -> float:
@@ -481,37 +518,32 @@ class AgentGraph:
         own = self._nodes.get(node)
         return getattr(own, attr).smoothed(base, w) if own is not None else base
 
-    # ---- value iteration ------------------------------------------------------------------
+    # ---- remaining work and gaps, as of the last refresh point ----------------------------
     def remaining(self, node: str) -> tuple[float, float]:
-        """Expected (calls, tokens) still to come after a call at ``node`` finishes.
+        """Expected (calls, tokens) still to come after a call at ``node`` finishes, as
+        the graph stood at its last refresh point.
 
         Tokens count what the engine must process: appended prompt tokens and output.
         """
-        self._refresh()
-        value = self._values.get(node)
+        settled = self._settled
+        values = settled._values
+        if values is None:
+            values = settled._values = settled.expected_remaining()
+        value = values.get(node)
         if value is None:  # unseen node: the memoryless closed form of its estimates
-            c = self.p_continue(node)
-            per_call = self.growth_tokens(node) + self.output_tokens(node)
+            c = settled.p_continue(node)
+            per_call = settled.growth_tokens(node) + settled.output_tokens(node)
             return c / (1 - c), c / (1 - c) * per_call
         return value
 
     def gap(self, node: str) -> Gap:
-        """What follows a call at ``node`` (cached between refreshes)."""
-        self._refresh()
-        cached = self._gaps.get(node)
+        """What follows a call at ``node``, as the graph stood at its last refresh point
+        (kept until the next: retention asks it of every call that finishes)."""
+        settled = self._settled
+        cached = settled._gaps.get(node)
         if cached is None:
-            cached = self._gaps[node] = self._gap(node)
+            cached = settled._gaps[node] = settled._gap(node)
         return cached
-
-    def _refresh(self) -> None:
-        # After n observations one more moves an estimate by O(1/n): recompute every
-        # `refresh_every` observations while the graph is young, then every n/64, so
-        # the cost per decision falls as the graph settles (and rarely lands in a tail).
-        due = max(self.config.refresh_every, self.observations // 64)
-        if self._stale >= due or not self._values:
-            self._values = self.value_iteration(start=self._values)
-            self._gaps = {}
-            self._stale = 0
 
     def snapshot(self) -> dict[str, object]:
         """What the graph has learned, as plain data (for `saga graph show` and reports):
@@ -540,17 +572,14 @@ class AgentGraph:
         }
         return {"nodes": nodes, "edges": edges, "tools": tools}
 
-    def value_iteration(
-        self,
-        tol: float = 1e-6,
-        max_iter: int = 100_000,
-        start: dict[str, tuple[float, float]] | None = None,
-    ) -> dict[str, tuple[float, float]]:
-        """Solve V(X) = p(X) * sum_Y q(Y|X) * (r(Y) + V(Y)) for calls (r = 1) and
-        tokens (r = appended prompt + output tokens), by value iteration.
+    def expected_remaining(self) -> dict[str, tuple[float, float]]:
+        """Solve V(X) = p(X) * sum_Y q(Y|X) * (r(Y) + V(Y)) for calls (r = 1) and tokens
+        (r = appended prompt + output tokens), for every node seen, on the estimates as
+        they are now.
 
-        Iterates from ``start`` (the last solution: a warm start, as the graph changes
-        little between refreshes) or 0; it contracts because every p(X) <= max_continue.
+        A linear system, (I - A) V = A r with A[X, Y] = p(X) q(Y|X), solved exactly (not
+        iterated from the last solution: the answer is that of the estimates alone); it is
+        regular because every p(X) <= max_continue < 1.
         """
         nodes = set(self._nodes)
         for x in list(nodes):
@@ -567,24 +596,7 @@ class AgentGraph:
         reward = np.array(
             [[1.0, self.growth_tokens(x) + self.output_tokens(x)] for x in order]
         )
-        b = a @ reward
-        start = start or {}
-        v = np.array([start.get(x, (0.0, 0.0)) for x in order], dtype=float)
-        scale = np.maximum(reward, 1.0)
-        # the same array operations as ``np.max(np.abs(nxt - v) / scale)``, through the
-        # ufuncs into one scratch array: a graph has tens of nodes, so the wrappers and
-        # temporaries, not the arithmetic, were the cost of an iteration
-        diff = np.empty_like(v)
-        subtract, absolute, divide = np.subtract, np.absolute, np.divide
-        for _ in range(max_iter):
-            nxt = b + a @ v
-            subtract(nxt, v, out=diff)
-            absolute(diff, out=diff)
-            divide(diff, scale, out=diff)
-            done = float(diff.max()) < tol
-            v = nxt
-            if done:
-                break
+        v = np.linalg.solve(np.eye(len(order)) - a, a @ reward)
         return {x: (float(v[i, 0]), float(v[i, 1])) for i, x in enumerate(order)}
 
 
