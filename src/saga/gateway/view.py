@@ -15,8 +15,11 @@ approximate:
   replica may still be queueing some of them internally;
 * the queue token sums (see :class:`saga.engine.replica.QueueTokens` for their
   definitions): over those two lists; a call's ``computed`` and ``generated`` stay 0
-  (the gateway does not see the engine's progress), so the context is 0 and each call
-  counts its whole prompt;
+  (the gateway does not see the engine's progress), so the context is 0; a waiting call
+  counts its whole prompt, a running one its prompt less the prefix the view matched
+  when it was sent (``GatewayCall.cached_tokens``: the engine takes that prefix from its
+  cache at admission, as the engine model's ``computed`` starts at the hit), so a call
+  that hit its workflow's KV is not counted as the prefill of its whole context;
 * ``load()``, ``outstanding_tokens()``: from those two lists, with each call's
   ``max_tokens`` as its output (outstanding work is not decremented as tokens stream);
 * ``cached_blocks_for(runs)`` and ``kv``: an LRU index of the block hashes this
@@ -64,9 +67,9 @@ class GatewayCall:
     :class:`~saga.sched.view.CallView`)."""
 
     __slots__ = (
-        "block_tokens", "call_id", "enqueued_at", "info", "locked_blocks", "output_tokens",
-        "prompt_tokens", "runs", "scheduled_at", "seq", "served_tokens", "slot", "tenant",
-        "workflow",
+        "block_tokens", "cached_tokens", "call_id", "enqueued_at", "info", "locked_blocks",
+        "output_tokens", "prompt_tokens", "runs", "scheduled_at", "seq", "served_tokens",
+        "slot", "tenant", "workflow",
     )
 
     #: What the gateway cannot see of the engine's progress: the members a policy reads
@@ -95,6 +98,9 @@ class GatewayCall:
         self.seq = seq
         self.enqueued_at = now
         self.scheduled_at = -1.0  # when it got a slot on the backend
+        #: Prompt tokens the view expected cached when the call got its slot (the prefix
+        #: the engine takes from its cache instead of prefilling).
+        self.cached_tokens = 0
         #: Resolved when a waiting call gets its slot (set by the gateway when it waits).
         self.slot: asyncio.Future[None] | None = None
 
@@ -169,9 +175,10 @@ class ApproxPrefixIndex:
     def anonymous_blocks(self) -> int:
         return 0
 
-    def match_blocks(self, runs: Sequence[Run]) -> int:
+    def match_blocks(self, runs: Sequence[Run], *, record: bool = True) -> int:
         """Blocks of ``runs``' prefix that were sent to this replica and not aged out (and,
-        with events, that the engine still holds)."""
+        with events, that the engine still holds). ``record``: count the lookup in
+        :attr:`lookups` (the placement's lookups are; the view's own are not)."""
         estimate = self._estimate(runs)
         if self.events is None or estimate == 0:
             return estimate
@@ -180,10 +187,11 @@ class ApproxPrefixIndex:
             return estimate
         held = int(self.events.session_prefix_blocks(owner) * self.token_ratio)
         matched = min(estimate, held)
-        stats = self.lookups
-        stats[0] += 1
-        stats[1] += estimate
-        stats[2] += matched
+        if record:
+            stats = self.lookups
+            stats[0] += 1
+            stats[1] += estimate
+            stats[2] += matched
         return matched
 
     def _estimate(self, runs: Sequence[Run]) -> int:
@@ -355,6 +363,8 @@ class RemoteReplicaView:
 
     def _start(self, call: GatewayCall, now: float) -> None:
         call.scheduled_at = now
+        cached = self.kv.match_blocks(call.runs, record=False) * self.block_tokens
+        call.cached_tokens = min(cached, call.prompt_tokens)
         self.kv.add(call.runs, call.workflow)  # sent there now, by this workflow
         self.running.append(call)
         self._count_running(call, 1)
@@ -362,7 +372,8 @@ class RemoteReplicaView:
 
     # ---- the queue token sums (computed and generated stay 0 at the gateway) ----------
     def _count_running(self, call: GatewayCall, sign: int) -> None:
-        self.backlog_tokens += sign * max(0, call.prompt_tokens - 1)
+        # the prefill still ahead of it: its prompt less the prefix it found cached
+        self.backlog_tokens += sign * max(0, call.prompt_tokens - call.cached_tokens - 1)
         self.kv.held += sign * -(-call.prompt_tokens // self.block_tokens)
 
     def _count_waiting(self, call: GatewayCall, sign: int) -> None:
@@ -373,7 +384,8 @@ class RemoteReplicaView:
         """Assert that the sums equal a count from scratch (for tests)."""
         waiting = [c for _, _, c in self._queue]
         demand = sum(c.prompt_tokens for c in waiting)
-        backlog = sum(max(0, c.prompt_tokens - 1) for c in self.running) + demand
+        backlog = sum(max(0, c.prompt_tokens - c.cached_tokens - 1)
+                      for c in self.running) + demand
         kept = (self.context_tokens, self.demand_tokens, self.backlog_tokens)
         assert kept == (0, demand, backlog), (kept, (0, demand, backlog))
         held = sum(-(-c.prompt_tokens // self.block_tokens) for c in self.running) + sum(
