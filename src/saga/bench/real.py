@@ -111,6 +111,21 @@ class RealBench(BaseModel):
                              f"{self.kv_blocks - 1} usable blocks ({usable} tokens)")
         return self
 
+    def only(self, cases: Sequence[str] = (), repetitions: int | None = None) -> RealBench:
+        """These cases only (all when empty), ``repetitions`` times (as set when None): to
+        iterate on one case, e.g. ``saga bench real --case light --repetitions 1``."""
+        known = [c.name for c in self.cases]
+        unknown = [c for c in cases if c not in known]
+        if unknown:
+            raise UserError(f"no case {', '.join(unknown)} in the real benchmark "
+                            f"(cases: {', '.join(known)})")
+        update: dict[str, Any] = {}
+        if cases:
+            update["cases"] = tuple(c for c in self.cases if c.name in cases)
+        if repetitions is not None:
+            update["repetitions"] = repetitions
+        return self.model_validate({**self.model_dump(), **update})
+
     def quick(self) -> RealBench:
         return self.model_copy(update={
             "repetitions": 1,
@@ -263,9 +278,10 @@ def _mean(xs: Sequence[float]) -> float:
 def run_real(
     out: Path, *, quick: bool = False, bench: RealBench | None = None,
     progress: Callable[[str], None] | None = None, events: bool = True,
-    simulate: bool = True,
+    simulate: bool = True, cases: Sequence[str] = (), repetitions: int | None = None,
 ) -> dict[str, Any]:
-    """Run the real benchmark; write ``out/summary.json`` and ``out/real.md``."""
+    """Run the real benchmark; write ``out/summary.json`` and ``out/real.md``. ``cases``
+    and ``repetitions``: :meth:`RealBench.only` (after ``quick``)."""
     from saga.integrations import engines as eng
     from saga.integrations.replay import kv_cluster, load_sessions, plan
 
@@ -275,6 +291,7 @@ def run_real(
     spec = bench or RealBench()
     if quick:
         spec = spec.quick()
+    spec = spec.only(cases, repetitions)
     out.mkdir(parents=True, exist_ok=True)
     (out / "runs.jsonl").unlink(missing_ok=True)
     cluster = kv_cluster(spec.kv_blocks - 1)
@@ -465,8 +482,16 @@ def _held(entry: dict[str, Any]) -> str:
     return f"{n}, {entry['deferred_seconds'] / n:.1f}" if n else "0"
 
 
-def main(out: Path, quick: bool, results: Path | None = None) -> int:
-    summary = run_real(out, quick=quick)
+def main(
+    out: Path, quick: bool, results: Path | None = None, cases: Sequence[str] = (),
+    repetitions: int | None = None,
+) -> int:
+    if results is not None and cases:
+        raise UserError("--results takes the whole real benchmark (every case), not --case")
+    if repetitions is not None and repetitions < 1:
+        raise UserError(f"--repetitions must be at least 1, not {repetitions}")
+    RealBench().only(cases)  # an unknown case is an error before any engine starts
+    summary = run_real(out, quick=quick, cases=cases, repetitions=repetitions)
     print(render_markdown(summary))
     print(f"wrote {out / 'summary.json'} and {out / 'real.md'}")
     if results is not None:
