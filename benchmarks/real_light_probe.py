@@ -9,7 +9,9 @@ round, the variants' order rotated each round:
 * ``gw-stock``: SAGA's gateway over stock engines (the gateway policy alone);
 * ``aff-saga``: vllm-affinity over SAGA's engines (SagaScheduler alone);
 * ``aff-stock``: vllm-affinity over stock engines (the bench's baseline);
-* ``no-events``: as ``deployed`` without the KV events (the view's own estimate).
+* ``no-events``: as ``deployed`` without the KV events (the view's own estimate);
+* ``old-view``: as ``deployed`` with the gateway view counting a running call's whole
+  prompt as backlog, cached prefix included (the view before it subtracted that prefix).
 
 Printed per variant: mean TCT over the rounds and its ratio to ``aff-stock`` (a ratio within
 each round first, then their geometric mean: rounds differ by the machine's load), calls per
@@ -26,12 +28,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +50,30 @@ VARIANTS: dict[str, tuple[str, str, bool]] = {
     "aff-saga": ("vllm-affinity", "saga", False),
     "aff-stock": ("vllm-affinity", "stock", False),
     "no-events": ("saga", "saga", False),
+    "old-view": ("saga", "saga", True),
 }
 HISTOGRAMS = ("vllm:request_queue_time_seconds", "vllm:request_prefill_time_seconds",
               "vllm:request_decode_time_seconds", "vllm:e2e_request_latency_seconds")
+
+
+@contextlib.contextmanager
+def whole_prompt_backlog(on: bool) -> Iterator[None]:
+    """With ``on``, the gateway view counts a running call's whole prompt as backlog."""
+    from saga.gateway.view import GatewayCall, RemoteReplicaView
+
+    original = RemoteReplicaView._count_running
+
+    def count(view: RemoteReplicaView, call: GatewayCall, sign: int) -> None:
+        cached, call.cached_tokens = call.cached_tokens, 0
+        original(view, call, sign)
+        call.cached_tokens = cached
+
+    if on:
+        RemoteReplicaView._count_running = count  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        RemoteReplicaView._count_running = original  # type: ignore[method-assign]
 
 
 def _free_port() -> int:
@@ -183,7 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 own_cpu = time.process_time()
                 load = os.getloadavg()[0]
                 placements = PlacementLog()
-                with GatewayThread(gateway_config(bench, urls, policy, cluster)) as gw:
+                with whole_prompt_backlog(variant == "old-view"), \
+                        GatewayThread(gateway_config(bench, urls, policy, cluster)) as gw:
                     if events:
                         for view, index in zip(gw.gateway.views, indexes[kind], strict=True):
                             view.events = index

@@ -13,11 +13,13 @@ from saga.gateway.view import GatewayCall, RemoteReplicaView
 from saga.sched.view import CallInfo
 
 
-def _info(workflow: str, index: int, prompt: int, blocks: int) -> CallInfo:
-    """A call of ``prompt`` tokens whose first ``blocks`` blocks are its workflow's."""
+def _info(workflow: str, index: int, prompt: int, blocks: int, shared: int = 0) -> CallInfo:
+    """A call of ``prompt`` tokens: ``shared`` blocks of a system prompt every workflow
+    has, then ``blocks`` blocks of its workflow's own."""
+    runs = ((("h:system", 0, shared),) if shared else ()) + ((f"h:{workflow}", 0, blocks),)
     return CallInfo(workflow=workflow, tenant="t", agent="a", call_id=str(index), index=index,
-                    tool=None, prompt_tokens=prompt, runs=((f"h:{workflow}", 0, blocks),),
-                    issued_at=0.0, workflow_arrival=0.0, slo=None, ends_workflow=False)
+                    tool=None, prompt_tokens=prompt, runs=runs, issued_at=0.0,
+                    workflow_arrival=0.0, slo=None, ends_workflow=False)
 
 
 def test_a_running_call_counts_only_the_prompt_it_found_uncached() -> None:
@@ -64,10 +66,11 @@ def test_the_lookups_the_view_makes_for_itself_are_not_counted_as_placement_look
 
 
 def test_saga_keeps_a_workflow_home_while_another_cache_hit_runs_there() -> None:
-    """Replica 0 holds both workflows' KV and runs ``other``'s next call, which found its
-    5,888-token prefix cached; replica 1 is idle. ``mine``'s next call stays home (its
-    prefix is cached there): the running call's remaining prefill is 112 tokens, not 6,000,
-    so an idle replica that would recompute ``mine``'s 1,024-token context is no gain."""
+    """Replica 0 holds both workflows' KV (they share a system prompt, so ``other`` joined
+    ``mine`` there) and runs ``other``'s next call, which found its 5,888-token prefix
+    cached; replica 1 is idle. ``mine``'s next call stays home (its prefix is cached
+    there): the running call's remaining prefill is 112 tokens, not 6,000, so an idle
+    replica that would recompute ``mine``'s 1,024-token context is no gain."""
     from saga.gateway.app import Gateway
 
     config = GatewayConfig.model_validate({
@@ -96,14 +99,14 @@ def test_saga_keeps_a_workflow_home_while_another_cache_hit_runs_there() -> None
         views[index].note_retention(call.workflow, policy.retention(views[index], call, now),
                                     now, call)
 
-    home, mine = place(_info("mine", 0, 1024, 8), 0.0)
+    home, mine = place(_info("mine", 0, 1024, 4, shared=4), 0.0)
     finish(home, mine, 1.0)
-    at, other = place(_info("other", 0, 5888, 46), 2.0)
+    at, other = place(_info("other", 0, 5888, 42, shared=4), 2.0)
     finish(at, other, 3.0)
-    assert (home, at) == (0, 0)  # an idle cluster: ties go to the first replica
-    _, running = place(_info("other", 1, 6000, 46), 4.0)
+    assert (home, at) == (0, 0)  # the shared system prompt is cached on replica 0
+    _, running = place(_info("other", 1, 6000, 42, shared=4), 4.0)
     assert views[0].running == [running] and not views[1].running
     assert views[0].backlog_tokens == 6000 - 5888 - 1
     steals = policy.steals
-    again, _ = place(_info("mine", 1, 1100, 8), 4.5)
+    again, _ = place(_info("mine", 1, 1100, 4, shared=4), 4.5)
     assert again == 0 and policy.steals == steals
