@@ -11,7 +11,8 @@ round, the variants' order rotated each round:
 * ``aff-stock``: vllm-affinity over stock engines (the bench's baseline);
 * ``no-events``: as ``deployed`` without the KV events (the view's own estimate);
 * ``old-view``: as ``deployed`` with the gateway view counting a running call's whole
-  prompt as backlog, cached prefix included (the view before it subtracted that prefix).
+  prompt as backlog until it ends, cached prefix included (the view before it subtracted
+  that prefix and aged running calls by their predicted prefill).
 
 Printed per variant: mean TCT over the rounds and its ratio to ``aff-stock`` (a ratio within
 each round first, then their geometric mean: rounds differ by the machine's load), calls per
@@ -58,22 +59,25 @@ HISTOGRAMS = ("vllm:request_queue_time_seconds", "vllm:request_prefill_time_seco
 
 @contextlib.contextmanager
 def whole_prompt_backlog(on: bool) -> Iterator[None]:
-    """With ``on``, the gateway view counts a running call's whole prompt as backlog."""
+    """With ``on``, the gateway view counts a running call's whole prompt as backlog until
+    it ends (as before it subtracted the cached prefix and aged running calls)."""
     from saga.gateway.view import GatewayCall, RemoteReplicaView
 
-    original = RemoteReplicaView._count_running
+    start, age = RemoteReplicaView._start, RemoteReplicaView.age
 
-    def count(view: RemoteReplicaView, call: GatewayCall, sign: int) -> None:
-        cached, call.cached_tokens = call.cached_tokens, 0
-        original(view, call, sign)
-        call.cached_tokens = cached
+    def whole(view: RemoteReplicaView, call: GatewayCall, now: float) -> None:
+        start(view, call, now)
+        extra = max(0, call.prompt_tokens - 1) - call.backlog
+        call.backlog += extra
+        view.backlog_tokens += extra
 
     if on:
-        RemoteReplicaView._count_running = count  # type: ignore[method-assign]
+        RemoteReplicaView._start = whole  # type: ignore[method-assign]
+        RemoteReplicaView.age = lambda view, now: None  # type: ignore[method-assign]
     try:
         yield
     finally:
-        RemoteReplicaView._count_running = original  # type: ignore[method-assign]
+        RemoteReplicaView._start, RemoteReplicaView.age = start, age  # type: ignore[method-assign]
 
 
 def _free_port() -> int:

@@ -8,6 +8,8 @@ real`'s light case, docs/engines.md)."""
 
 from __future__ import annotations
 
+import asyncio
+
 from saga.gateway.config import GatewayConfig
 from saga.gateway.view import GatewayCall, RemoteReplicaView
 from saga.sched.view import CallInfo
@@ -110,3 +112,81 @@ def test_saga_keeps_a_workflow_home_while_another_cache_hit_runs_there() -> None
     steals = policy.steals
     again, _ = place(_info("mine", 1, 1100, 4, shared=4), 4.5)
     assert again == 0 and policy.steals == steals
+
+
+def test_age_takes_off_the_prefill_a_running_call_has_had_time_for_in_sending_order() -> None:
+    """1 ms per uncached token: A (999 tokens of backlog, sent at 0) is prefilled over
+    [0, 1], B (499, sent at 0.2) after it, over [1, 1.5]."""
+    view = RemoteReplicaView(0, capacity_blocks=64, block_tokens=16, max_concurrency=4,
+                             prefill_time=lambda prompt, cached: (prompt - cached) * 1e-3)
+    a = GatewayCall(_info("a", 0, 1000, 4), 8, 16, 1, 0.0)
+    b = GatewayCall(_info("b", 0, 500, 4), 8, 16, 2, 0.2)
+    assert view.try_start(a, 0.0) and view.try_start(b, 0.2)
+    assert (a.prefill_seconds, b.prefill_seconds) == (1.0, 0.5)
+    assert view.backlog_tokens == 999 + 499
+    view.age(0.5)
+    assert (a.backlog, b.backlog, view.backlog_tokens) == (500, 499, 999)  # B not begun
+    view.check_queue_tokens()
+    view.age(1.25)
+    assert (a.backlog, b.backlog, view.backlog_tokens) == (0, 250, 250)
+    view.age(0.6)  # a clock that went back never adds backlog again
+    assert view.backlog_tokens == 250
+    view.finish(a, 1.3, lambda call: True)
+    assert view.backlog_tokens == 250
+    view.age(2.0)
+    assert (b.backlog, view.backlog_tokens) == (0, 0)
+    view.check_queue_tokens()
+    view.finish(b, 2.1, lambda call: True)
+    assert view.backlog_tokens == 0
+
+    plain = RemoteReplicaView(0, capacity_blocks=64, block_tokens=16)  # no cost model
+    c = GatewayCall(_info("c", 0, 1000, 4), 8, 16, 1, 0.0)
+    assert plain.try_start(c, 0.0)
+    plain.age(100.0)
+    assert plain.backlog_tokens == 999 and c.prefill_seconds == float("inf")
+
+
+def _busy_home(after: float) -> tuple[int, int]:
+    """``mine`` (homed on replica 0) calls again ``after`` seconds past the predicted end
+    of the prefill of ``other``'s first call, running on replica 0 with nothing of its own
+    cached (they share a 512-token system prompt); replica 1 is idle. The replica
+    ``mine``'s call goes to, and SAGA's steals."""
+    from saga.gateway.app import Gateway, WorkflowState
+    from saga.sched.view import WorkflowInfo
+
+    config = GatewayConfig.model_validate({
+        "policy": "saga", "cluster": "cpu-tiny", "block_tokens": 128,
+        "sticky_sessions": False,
+        "backends": [{"url": "http://127.0.0.1:1", "kind": "vllm"},
+                     {"url": "http://127.0.0.1:2", "kind": "vllm"}],
+    })
+    gateway = Gateway(config)
+    views = gateway.views
+    flows = {w: WorkflowState(WorkflowInfo(w, "t", "a", 0.0, None)) for w in ("mine", "other")}
+
+    def start(info: CallInfo, now: float) -> tuple[int, GatewayCall]:
+        index = asyncio.run(gateway.pipeline.place(info, None, now, flows[info.workflow]))
+        call = GatewayCall(info, 32, 128, info.index + 1, now)
+        assert views[index].try_start(call, now)
+        return index, call
+
+    home, first = start(_info("mine", 0, 1024, 4, shared=4), 0.0)
+    views[home].finish(first, 1.0, lambda c: True)
+    gateway.policy.on_call_finished(first.info, home, 1.0)
+    at, running = start(_info("other", 0, 5888, 42, shared=4), 2.0)
+    assert (home, at) == (0, 0) and running.cached_tokens == 512
+    predicted = running.prefill_seconds
+    assert 0.0 < predicted < 60.0
+    chosen, _ = start(_info("mine", 1, 1100, 4, shared=4), 2.0 + predicted + after)
+    return chosen, gateway.policy.steals  # type: ignore[attr-defined]
+
+
+def test_saga_steals_from_a_replica_only_while_its_running_prefill_is_ahead() -> None:
+    assert _busy_home(after=-0.95 * _busy_prefill()) == (1, 1)  # 95 % of it ahead: steal
+    assert _busy_home(after=0.1) == (0, 0)  # over by now: the call is decoding, stay
+
+
+def _busy_prefill() -> float:
+    from saga.engine.cluster import get_cluster
+
+    return get_cluster("cpu-tiny").cost_model().prefill_time(5888, 512)
