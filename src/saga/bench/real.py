@@ -33,6 +33,7 @@ policy's mean TCT in the memory case.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 import os
@@ -175,9 +176,11 @@ def start_engines(bench: RealBench, log_dir: Path, events: bool) -> Iterator[Eng
         pending: list[tuple[str, Any, Any]] = []
         for kind in ("saga", "stock"):
             for i in range(2):
+                # prompt-tokens details: each answer says how many of its prompt tokens
+                # hit the prefix cache (the runs' per-call log)
                 args = ["--num-gpu-blocks-override", str(bench.kv_blocks), "--block-size",
                         str(bench.block_tokens), "--max-num-batched-tokens",
-                        str(bench.max_num_batched_tokens)]
+                        str(bench.max_num_batched_tokens), "--enable-prompt-tokens-details"]
                 index = None
                 if events:
                     from saga.gateway.kv_events import KVEventSubscriber, KVIndex, kv_events_config
@@ -268,6 +271,9 @@ def _run_once(
         "prefix_hits": sum(a.hits - b.hits for a, b in zip(after, before, strict=True)),
         "retentions": retentions, "prefix_lookups": lookups,
         "backends": sorted(result.backends.values()),
+        # per call: workflow, index, sent (s), latency (s), replica, status, prompt and
+        # cached tokens (saga.integrations.replay.CallRecord)
+        "call_log": [list(dataclasses.astuple(c)) for c in result.call_log],
     }
 
 
