@@ -4,6 +4,7 @@ of it the engines' starts; under a minute for llama.cpp."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,14 @@ def test_the_real_bench_runs_end_to_end(tmp_path: Path) -> None:
     assert set(summary["speedup"]) == {"saga/vllm-affinity"}
     assert set(summary["speedup_light"]) == {"saga/vllm-affinity"}
     assert set(summary["sim_error"]) == set(bench.policies)
+    # runs.jsonl logs every call: answered (200), by a replica, its cached prompt tokens
+    # reported by the engine (--enable-prompt-tokens-details), within its prompt
+    runs = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    for run in runs:
+        log = run["call_log"]
+        assert len(log) == run["calls"]
+        for _wf, _index, _sent, _latency, replica, status, prompt, cached in log:
+            assert status == 200 and replica in (0, 1) and 0 <= cached <= prompt
     assert (tmp_path / "summary.json").is_file()
     assert (tmp_path / "real.md").read_text().startswith("## Real engines")
 

@@ -31,6 +31,19 @@ def test_new_workflows_colocate_within_the_working_set_bound() -> None:
     assert pick(est, home=None, homed=[130.0, 100.0, 120.0], config=CFG).replica == 2
 
 
+def test_a_new_workflow_breaks_a_tie_toward_the_least_working_set_homed() -> None:
+    """Equal completions (no prefix anywhere, nothing running: the workflows homed on
+    replica 0 are in their tools) go where fewer workflows will come back, then to the
+    lowest index."""
+    est = [Estimate(0, 0.0, 2.0), Estimate(1, 0.0, 2.0), Estimate(2, 0.0, 2.0)]
+    loose = CFG.model_copy(update={"colocate_abs": 10_000.0})
+    assert pick(est, home=None, homed=[1500.0, 900.0, 900.0], config=loose).replica == 1
+    assert pick(est, home=None, homed=[0.0, 0.0, 0.0], config=loose).replica == 0
+    # a strictly shorter completion still wins over a lighter working set
+    faster = [Estimate(0, 0.0, 1.9), *est[1:]]
+    assert pick(faster, home=None, homed=[1500.0, 0.0, 0.0], config=loose).replica == 0
+
+
 BT = 64
 RUNS: tuple[Run, ...] = (("s:sys", 0, 16), ("w:a", 0, 200))
 

@@ -37,6 +37,7 @@ same shape, so the top-level keys stay vLLM's.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 import os
@@ -119,6 +120,21 @@ class RealBench(BaseModel):
                              f"{self.kv_blocks - 1} usable blocks ({usable} tokens)")
         return self
 
+    def only(self, cases: Sequence[str] = (), repetitions: int | None = None) -> RealBench:
+        """These cases only (all when empty), ``repetitions`` times (as set when None): to
+        iterate on one case, e.g. ``saga bench real --case light --repetitions 1``."""
+        known = [c.name for c in self.cases]
+        unknown = [c for c in cases if c not in known]
+        if unknown:
+            raise UserError(f"no case {', '.join(unknown)} in the real benchmark "
+                            f"(cases: {', '.join(known)})")
+        update: dict[str, Any] = {}
+        if cases:
+            update["cases"] = tuple(c for c in self.cases if c.name in cases)
+        if repetitions is not None:
+            update["repetitions"] = repetitions
+        return self.model_validate({**self.model_dump(), **update})
+
     def quick(self) -> RealBench:
         return self.model_copy(update={
             "repetitions": 1,
@@ -168,9 +184,11 @@ def start_engines(bench: RealBench, log_dir: Path, events: bool) -> Iterator[Eng
         pending: list[tuple[str, Any, Any]] = []
         for kind in ("saga", "stock"):
             for i in range(2):
+                # prompt-tokens details: each answer says how many of its prompt tokens
+                # hit the prefix cache (the runs' per-call log)
                 args = ["--num-gpu-blocks-override", str(bench.kv_blocks), "--block-size",
                         str(bench.block_tokens), "--max-num-batched-tokens",
-                        str(bench.max_num_batched_tokens)]
+                        str(bench.max_num_batched_tokens), "--enable-prompt-tokens-details"]
                 index = None
                 if events:
                     from saga.gateway.kv_events import KVEventSubscriber, KVIndex, kv_events_config
@@ -261,6 +279,9 @@ def _run_once(
         "prefix_hits": sum(a.hits - b.hits for a, b in zip(after, before, strict=True)),
         "retentions": retentions, "prefix_lookups": lookups,
         "backends": sorted(result.backends.values()),
+        # per call: workflow, index, sent (s), latency (s), replica, status, prompt and
+        # cached tokens (saga.integrations.replay.CallRecord)
+        "call_log": [list(dataclasses.astuple(c)) for c in result.call_log],
     }
 
 
@@ -286,10 +307,12 @@ def interleaved(spec: RealBench) -> Iterator[tuple[int, RealCase, str]]:
 def run_real(
     out: Path, *, quick: bool = False, bench: RealBench | None = None,
     progress: Callable[[str], None] | None = None, events: bool = True,
-    simulate: bool = True, engine: str = "vllm",
+    simulate: bool = True, engine: str = "vllm", cases: Sequence[str] = (),
+    repetitions: int | None = None,
 ) -> dict[str, Any]:
     """Run the real benchmark on ``engine`` (one of :data:`ENGINES`); write
-    ``out/summary.json`` and ``out/real.md``."""
+    ``out/summary.json`` and ``out/real.md``. ``cases`` and ``repetitions``:
+    :meth:`RealBench.only` (after ``quick``)."""
     if engine not in ENGINES:
         raise UserError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     from saga.integrations import engines as eng
@@ -301,6 +324,7 @@ def run_real(
     spec = bench or RealBench()
     if quick:
         spec = spec.quick()
+    spec = spec.only(cases, repetitions)
     out.mkdir(parents=True, exist_ok=True)
     (out / "runs.jsonl").unlink(missing_ok=True)
     cluster = kv_cluster(spec.kv_blocks - 1)
@@ -532,8 +556,17 @@ def _held(entry: dict[str, Any]) -> str:
     return f"{n}, {entry['deferred_seconds'] / n:.1f}" if n else "0"
 
 
-def main(out: Path, quick: bool, results: Path | None = None, engine: str = "vllm") -> int:
-    summary = run_real(out, quick=quick, engine=engine)
+def main(
+    out: Path, quick: bool, results: Path | None = None, engine: str = "vllm",
+    cases: Sequence[str] = (), repetitions: int | None = None,
+) -> int:
+    if results is not None and cases:
+        raise UserError("--results takes the whole real benchmark (every case), not --case")
+    if repetitions is not None and repetitions < 1:
+        raise UserError(f"--repetitions must be at least 1, not {repetitions}")
+    RealBench().only(cases)  # an unknown case is an error before any engine starts
+    summary = run_real(out, quick=quick, engine=engine, cases=cases,
+                       repetitions=repetitions)
     print(render_markdown(summary))
     print(f"wrote {out / 'summary.json'} and {out / 'real.md'}")
     if results is not None:

@@ -170,17 +170,17 @@ def _bind_policy(config: GatewayConfig) -> tuple[Policy, list[RemoteReplicaView]
     # an offloading backend's host tier (llama.cpp: slot files on disk) holds at least
     # what its KV holds, whatever the preset's host tier
     host = max(capacity, cluster.host_capacity_blocks(bt))
+    cost = cluster.cost_model()
     views = [
         RemoteReplicaView(i, capacity, bt, block_bytes,
                           host if BACKENDS[b.kind].offloads else None,
                           max_concurrency=b.max_concurrency,
-                          max_num_batched_tokens=cluster.engine.max_num_batched_tokens)
+                          max_num_batched_tokens=cluster.engine.max_num_batched_tokens,
+                          prefill_time=cost.prefill_time)
         for i, b in enumerate(config.backends)
     ]
     # The views are the policy's replicas (saga.sched.view.ReplicaView).
-    ctx = PolicyContext(
-        replicas=views, cost=cluster.cost_model(), block_tokens=bt, rng=random.Random(0),
-    )
+    ctx = PolicyContext(replicas=views, cost=cost, block_tokens=bt, rng=random.Random(0))
     policy.bind(ctx)
     policy.set_tenant_weights({name: t.weight for name, t in config.tenants.items()})
     return policy, views, model_name

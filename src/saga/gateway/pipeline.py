@@ -269,6 +269,8 @@ class CallPipeline:
         (so the policy's own state is current). With ``sticky_sessions``, a workflow
         whose home another gateway chose (in the shared store) stays there."""
         t0 = time.perf_counter()
+        for view in self._gw.views:  # running calls' prefill the time since has covered
+            view.age(now)
         # a retry excludes the backends that failed the call: the policy sees them down
         # for this decision (unless none other is up)
         hidden = [i for i in exclude or () if self._gw.views[i].up]

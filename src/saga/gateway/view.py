@@ -15,8 +15,15 @@ approximate:
   replica may still be queueing some of them internally;
 * the queue token sums (see :class:`saga.engine.replica.QueueTokens` for their
   definitions): over those two lists; a call's ``computed`` and ``generated`` stay 0
-  (the gateway does not see the engine's progress), so the context is 0 and each call
-  counts its whole prompt;
+  (the gateway does not see the engine's progress), so the context is 0; a waiting call
+  counts its whole prompt, a running one its prompt less the prefix the view matched
+  when it was sent (``GatewayCall.cached_tokens``: the engine takes that prefix from its
+  cache at admission, as the engine model's ``computed`` starts at the hit), so a call
+  that hit its workflow's KV is not counted as the prefill of its whole context; and,
+  given the cost model's prefill time (``prefill_time``), :meth:`~RemoteReplicaView.age`
+  takes off the share of that prefill the call has had time for since it was sent (the
+  gateway sees no progress, but a call sent longer ago than its predicted prefill is
+  decoding: it delays a newcomer by its decode steps, not by its prompt);
 * ``load()``, ``outstanding_tokens()``: from those two lists, with each call's
   ``max_tokens`` as its output (outstanding work is not decremented as tokens stream);
 * ``cached_blocks_for(runs)`` and ``kv``: an LRU index of the block hashes this
@@ -49,6 +56,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -64,9 +72,9 @@ class GatewayCall:
     :class:`~saga.sched.view.CallView`)."""
 
     __slots__ = (
-        "block_tokens", "call_id", "enqueued_at", "info", "locked_blocks", "output_tokens",
-        "prompt_tokens", "runs", "scheduled_at", "seq", "served_tokens", "slot", "tenant",
-        "workflow",
+        "backlog", "block_tokens", "cached_tokens", "call_id", "enqueued_at", "info",
+        "locked_blocks", "output_tokens", "prefill_seconds", "prompt_tokens", "runs",
+        "scheduled_at", "seq", "served_tokens", "slot", "tenant", "workflow",
     )
 
     #: What the gateway cannot see of the engine's progress: the members a policy reads
@@ -95,6 +103,14 @@ class GatewayCall:
         self.seq = seq
         self.enqueued_at = now
         self.scheduled_at = -1.0  # when it got a slot on the backend
+        #: Prompt tokens the view expected cached when the call got its slot (the prefix
+        #: the engine takes from its cache instead of prefilling).
+        self.cached_tokens = 0
+        #: While it runs: the prefill tokens the view counts it for (its uncached prompt,
+        #: less what it has had time to prefill), and the predicted seconds of that
+        #: prefill when it was sent (inf: not predicted, never aged).
+        self.backlog = 0
+        self.prefill_seconds = math.inf
         #: Resolved when a waiting call gets its slot (set by the gateway when it waits).
         self.slot: asyncio.Future[None] | None = None
 
@@ -169,9 +185,10 @@ class ApproxPrefixIndex:
     def anonymous_blocks(self) -> int:
         return 0
 
-    def match_blocks(self, runs: Sequence[Run]) -> int:
+    def match_blocks(self, runs: Sequence[Run], *, record: bool = True) -> int:
         """Blocks of ``runs``' prefix that were sent to this replica and not aged out (and,
-        with events, that the engine still holds)."""
+        with events, that the engine still holds). ``record``: count the lookup in
+        :attr:`lookups` (the placement's lookups are; the view's own are not)."""
         estimate = self._estimate(runs)
         if self.events is None or estimate == 0:
             return estimate
@@ -180,10 +197,11 @@ class ApproxPrefixIndex:
             return estimate
         held = int(self.events.session_prefix_blocks(owner) * self.token_ratio)
         matched = min(estimate, held)
-        stats = self.lookups
-        stats[0] += 1
-        stats[1] += estimate
-        stats[2] += matched
+        if record:
+            stats = self.lookups
+            stats[0] += 1
+            stats[1] += estimate
+            stats[2] += matched
         return matched
 
     def _estimate(self, runs: Sequence[Run]) -> int:
@@ -228,8 +246,12 @@ class RemoteReplicaView:
         self, index: int, capacity_blocks: int, block_tokens: int, block_bytes: int = 0,
         host_blocks: int | None = None, *, max_concurrency: int = 64,
         max_num_batched_tokens: int = 8192,
+        prefill_time: Callable[[int, int], float] | None = None,
     ) -> None:
         self.index = index
+        #: Predicted seconds to prefill a prompt of N tokens with M cached (the cluster
+        #: preset's cost model), for :meth:`age`; None: running calls are not aged.
+        self.prefill_time = prefill_time
         self.up = True
         self.block_tokens = block_tokens
         self.block_bytes = block_bytes
@@ -353,8 +375,33 @@ class RemoteReplicaView:
         self.kv.held -= pin.blocks
         return True
 
+    def age(self, now: float) -> None:
+        """Take off each running call's backlog the share of its predicted prefill that
+        the time since it was sent covers, the replica prefilling its calls one after
+        another in the order they were sent (a placement calls this first)."""
+        if self.prefill_time is None:
+            return
+        free_at = -math.inf  # when the replica is done with the prefills sent before
+        for call in self.running:  # in the order they got their slots
+            if not math.isfinite(call.prefill_seconds):
+                continue
+            start = max(free_at, call.scheduled_at)
+            free_at = start + call.prefill_seconds
+            if call.backlog <= 0:
+                continue
+            uncached = max(0, call.prompt_tokens - call.cached_tokens - 1)
+            done = (now - start) / max(call.prefill_seconds, 1e-9)
+            left = min(call.backlog, math.ceil(uncached * max(0.0, 1.0 - done)))
+            self.backlog_tokens -= call.backlog - left
+            call.backlog = left
+
     def _start(self, call: GatewayCall, now: float) -> None:
         call.scheduled_at = now
+        cached = self.kv.match_blocks(call.runs, record=False) * self.block_tokens
+        call.cached_tokens = min(cached, call.prompt_tokens)
+        call.backlog = max(0, call.prompt_tokens - call.cached_tokens - 1)
+        if self.prefill_time is not None:
+            call.prefill_seconds = self.prefill_time(call.prompt_tokens, call.cached_tokens)
         self.kv.add(call.runs, call.workflow)  # sent there now, by this workflow
         self.running.append(call)
         self._count_running(call, 1)
@@ -362,7 +409,9 @@ class RemoteReplicaView:
 
     # ---- the queue token sums (computed and generated stay 0 at the gateway) ----------
     def _count_running(self, call: GatewayCall, sign: int) -> None:
-        self.backlog_tokens += sign * max(0, call.prompt_tokens - 1)
+        # the prefill still ahead of it: its prompt less the prefix it found cached (and
+        # less what it has had time for: age)
+        self.backlog_tokens += sign * call.backlog
         self.kv.held += sign * -(-call.prompt_tokens // self.block_tokens)
 
     def _count_waiting(self, call: GatewayCall, sign: int) -> None:
@@ -373,7 +422,9 @@ class RemoteReplicaView:
         """Assert that the sums equal a count from scratch (for tests)."""
         waiting = [c for _, _, c in self._queue]
         demand = sum(c.prompt_tokens for c in waiting)
-        backlog = sum(max(0, c.prompt_tokens - 1) for c in self.running) + demand
+        assert all(0 <= c.backlog <= max(0, c.prompt_tokens - c.cached_tokens - 1)
+                   for c in self.running)
+        backlog = sum(c.backlog for c in self.running) + demand
         kept = (self.context_tokens, self.demand_tokens, self.backlog_tokens)
         assert kept == (0, demand, backlog), (kept, (0, demand, backlog))
         held = sum(-(-c.prompt_tokens // self.block_tokens) for c in self.running) + sum(

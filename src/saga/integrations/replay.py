@@ -52,6 +52,7 @@ from saga.sim.simulator import Simulation
 from saga.workloads._blocks import runs_from_ids
 
 __all__ = [
+    "CallRecord",
     "GatewayThread",
     "PolicyRun",
     "ReplayCall",
@@ -142,6 +143,24 @@ def chat_prompt(text: str) -> str:
     return f"<|user|>\n{text}<|end|>\n<|assistant|>\n"
 
 
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One call as the client saw it: when it was sent (seconds after the replay's start),
+    how long its answer took, the replica that served it (the gateway's
+    ``x-saga-backend``, -1 if none said) and its prompt and cached prompt tokens from the
+    answer's ``usage`` (-1 when the engine does not report them: vLLM reports cached
+    tokens with ``--enable-prompt-tokens-details``)."""
+
+    workflow: str
+    index: int
+    sent: float
+    latency: float
+    backend: int
+    status: int
+    prompt_tokens: int
+    cached_tokens: int
+
+
 @dataclass
 class ReplayResult:
     tct: dict[str, float]  # workflow -> seconds (finished workflows)
@@ -154,10 +173,23 @@ class ReplayResult:
     #: Seconds each workflow held at the gateway's door waited before admission (the
     #: gateway's ``x-saga-admission: deferred S s: ...`` header), for those deferred.
     deferred: dict[str, float] = field(default_factory=dict)
+    #: Every call, in the order the answers came.
+    call_log: list[CallRecord] = field(default_factory=list)
 
     @property
     def mean_tct(self) -> float:
         return sum(self.tct.values()) / len(self.tct) if self.tct else math.nan
+
+
+def _usage(payload: bytes) -> tuple[int, int]:
+    """(prompt tokens, cached prompt tokens) of an answer's ``usage``; -1 for unknown."""
+    try:
+        usage = json.loads(payload).get("usage") or {}
+    except (ValueError, AttributeError):
+        return -1, -1
+    details = usage.get("prompt_tokens_details") or {}
+    cached = details.get("cached_tokens")
+    return int(usage.get("prompt_tokens", -1)), -1 if cached is None else int(cached)
 
 
 async def replay(
@@ -184,18 +216,24 @@ async def replay(
                     "ignore_eos": True,
                     "messages": [{"role": "user", "content": salt + call.text}],
                 }
+                sent = time.monotonic()
+                backend, usage = -1, (-1, -1)
                 try:
                     async with session.post(url + "/v1/chat/completions", json=body,
                                             headers=headers) as response:
-                        await response.read()
+                        payload = await response.read()
                         status = response.status
                         held = _deferred_seconds(response.headers.get("x-saga-admission"))
                         if held is not None:
                             result.deferred[wf.id] = result.deferred.get(wf.id, 0.0) + held
-                        result.backends[wf.id] = int(
-                            response.headers.get("x-saga-backend", -1))
+                        backend = int(response.headers.get("x-saga-backend", -1))
+                        result.backends[wf.id] = backend
+                        if status == 200:
+                            usage = _usage(payload)
                 except (aiohttp.ClientError, TimeoutError):
                     status = 0  # the client gave up (its timeout) or lost the connection
+                result.call_log.append(CallRecord(
+                    wf.id, i, sent - start, time.monotonic() - sent, backend, status, *usage))
                 result.calls += 1
                 if status != 200:
                     result.errors += 1

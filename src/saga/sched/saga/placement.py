@@ -149,8 +149,11 @@ def pick(
     ``homed`` the context tokens of the workflows homed on each replica (their
     working set: they will come back to it).
 
-    Candidates are ranked by (completion, replica): ties go to the lowest index. The
-    index into ``estimates`` rides along in the ranked tuples, never compared (the
+    Candidates are ranked by (completion, replica): ties go to the lowest index; a new
+    workflow's, first to the least working set homed there (a replica whose workflows are
+    all in their tools looks as idle as an empty one, but they come back to it: the new
+    workflow's prefill would then run beside their calls while the other replica idles).
+    The index into ``estimates`` rides along in the ranked tuples, never compared (the
     replicas of a placement are distinct)."""
     completions = [e.backlog + e.service for e in estimates]
     replicas = [e.replica for e in estimates]
@@ -169,6 +172,6 @@ def pick(
         return at_home
     load = [homed[r] for r in replicas]
     bound = min(load) * (1.0 + config.colocate_slack) + config.colocate_abs
-    ranked = zip(completions, replicas, range(len(estimates)), strict=True)
-    _, _, best = min(rank for rank, x in zip(ranked, load, strict=True) if x <= bound)
+    ranked = zip(completions, load, replicas, range(len(estimates)), strict=True)
+    *_, best = min(rank for rank in ranked if rank[1] <= bound)
     return estimates[best]

@@ -1,0 +1,59 @@
+"""`saga bench real --case NAME --repetitions N`: one case of the real benchmark, to iterate
+on it (no engines: the runs are stubbed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from saga.bench import real
+from saga.bench.real import RealBench
+from saga.errors import UserError
+
+
+def test_only_keeps_the_named_cases_and_sets_the_repetitions() -> None:
+    bench = RealBench()
+    light = bench.only(["light"], 1)
+    assert [c.name for c in light.cases] == ["light"] and light.repetitions == 1
+    assert light.cases[0] == bench.cases[1]  # the case itself is unchanged
+    assert bench.only() == bench
+    assert bench.quick().only(["light"]).cases[0].sessions == 4  # the quick light case
+    with pytest.raises(UserError, match="no case heavy in the real benchmark"):
+        bench.only(["heavy"])
+
+
+def test_main_runs_the_case_asked_for_and_refuses_a_partial_results_section(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: dict[str, Any] = {}
+
+    def run_real(out: Path, **kwargs: Any) -> dict[str, Any]:
+        seen.update(kwargs)
+        raise SystemExit(0)  # what the stub checks ends here, before any engine
+
+    monkeypatch.setattr(real, "run_real", run_real)
+    with pytest.raises(SystemExit):
+        real.main(tmp_path, False, None, cases=["light"], repetitions=2)
+    assert seen == {"quick": False, "engine": "vllm", "cases": ["light"], "repetitions": 2}
+    seen.clear()
+    with pytest.raises(UserError, match="--results takes the whole real benchmark"):
+        real.main(tmp_path, False, tmp_path / "RESULTS.md", cases=["light"])
+    with pytest.raises(UserError, match="no case heavy"):
+        real.main(tmp_path, False, None, cases=["heavy"])
+    with pytest.raises(UserError, match="--repetitions must be at least 1, not 0"):
+        real.main(tmp_path, False, None, cases=["light"], repetitions=0)
+    assert seen == {}
+
+
+def test_the_case_options_belong_to_the_real_benchmark_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from saga.cli import main
+
+    out = tmp_path / "x"
+    assert main(["bench", "paper", "--repetitions", "2", "--out", str(out)]) == 2
+    assert "--case and --repetitions are options of `saga bench real` only" in (
+        capsys.readouterr().err)
+    assert not out.exists()
