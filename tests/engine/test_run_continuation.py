@@ -12,16 +12,17 @@ from tests.engine.test_replica import BT, Hooks, make_replica, request
 from saga.engine.replica import Replica, Request, _run_need
 
 
-def snapshot(replica: Replica) -> tuple[object, ...]:
-    """Everything a step can change: each call's progress and holdings, the cache's
-    counts and integrals, the replica's counters and the step in flight."""
+def snapshot(replica: Replica, made: list[Request]) -> tuple[object, ...]:
+    """Everything a step can change: each call's progress and holdings (``made``: every
+    call enqueued so far, finished ones too), the cache's counts and integrals, the
+    replica's counters and the step in flight."""
     calls = tuple(
         (
             r.workflow, r.computed, r.generated, r.locked_blocks, r.anon, r.first_token_at,
             r.finished_at, r.scheduled_at, r.cached_tokens, r.recomputed_tokens,
             r.preemptions, tuple(tuple(x) for x in r.anon_since),
         )
-        for r in replica.running + replica.waiting
+        for r in made
     )
     kv = replica.kv
     return (
@@ -54,9 +55,11 @@ def serve(
             return batch
 
         replica._continue_run = counting  # type: ignore[method-assign]
+    made: list[Request] = []
     # warm-up: prompts that finish and stay cached, evictable
     for i in range(3):
-        replica.enqueue(request(f"warm{i}", 6, 1, seq=i, extra_tokens=5), 0.0)
+        made.append(request(f"warm{i}", 6, 1, seq=i, extra_tokens=5))
+        replica.enqueue(made[-1], 0.0)
     now = 0.0
     states: list[tuple[object, ...]] = []
     arrivals = sorted(calls, key=lambda c: c[2])
@@ -65,10 +68,11 @@ def serve(
     for _ in range(20_000):
         while arrivals and arrivals[0][2] <= step:
             blocks, output, _ = arrivals.pop(0)
-            replica.enqueue(request(f"c{seq}", blocks, output, seq=seq), now)
+            made.append(request(f"c{seq}", blocks, output, seq=seq))
+            replica.enqueue(made[-1], now)
             seq += 1
         end = replica.plan(now)
-        states.append(snapshot(replica))
+        states.append(snapshot(replica, made))
         if end is None:
             if not arrivals:
                 return states, continued

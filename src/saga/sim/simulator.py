@@ -377,9 +377,8 @@ class Simulation(ReplicaDriver):
             workflow.id, call.id, info.runs, call.prompt.tokens, call.output_tokens,
             self.block_tokens, self._seq, info=info,
         )
-        request.reusable_blocks = self._reusable_blocks(run, i, request)
+        request.reusable_blocks, home = self._reuse(run, i, request)
         self._owners[self._seq] = (run, i)
-        home = self._home(run, i, request)
         if home >= 0:
             self._left_behind[self._seq] = (home, 0)
         self._dispatch(request)
@@ -413,25 +412,22 @@ class Simulation(ReplicaDriver):
         for request in parked:
             self._dispatch(request)
 
-    def _reusable_blocks(self, run: _WorkflowRun, i: int, request: Request) -> int:
-        """Blocks of the call's reusable prefix: what it shares with the KV its
-        predecessors left, or a named shared prefix."""
-        call = run.workflow.calls[i]
-        shared = sum(r[2] for r in request.runs if r[0].startswith("s:"))
-        return max(
-            [shared] + [common_blocks(request.runs, run.kv_runs[run.index[a]]) for a in call.after]
-        )
-
-    def _home(self, run: _WorkflowRun, i: int, request: Request) -> int:
-        """The replica that ran the predecessor whose KV the call shares most of (-1 for
-        a first call, or one that shares nothing with its predecessors)."""
+    def _reuse(self, run: _WorkflowRun, i: int, request: Request) -> tuple[int, int]:
+        """(blocks of the call's reusable prefix: what it shares with the KV its
+        predecessors left, or a named shared prefix; the replica that ran the predecessor
+        whose KV it shares most of, -1 for a first call or one that shares nothing with
+        its predecessors), with one prefix walk per predecessor."""
+        runs = request.runs
+        reusable = sum(r[2] for r in runs if r[0].startswith("s:"))
         best, home = 0, -1
         for a in run.workflow.calls[i].after:
             j = run.index[a]
-            common = common_blocks(request.runs, run.kv_runs[j])
+            common = common_blocks(runs, run.kv_runs[j])
+            if common > reusable:
+                reusable = common
             if common > best:
                 best, home = common, run.replicas[j]
-        return home
+        return reusable, home
 
     def _placement_missed(self, request: Request, missed: int) -> int:
         """Of the call's ``missed`` tokens, those its placement gave up: still on its
