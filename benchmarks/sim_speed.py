@@ -109,7 +109,8 @@ def main() -> None:
     if args.rate is not None:
         rate = args.rate
     elif args.load is not None:
-        rate = args.load * CAPACITY_PER_64_GPUS * scale
+        # rounded so that the rate (and so the workload) is the one --rate would give
+        rate = round(args.load * CAPACITY_PER_64_GPUS * scale, 9)
     else:
         rate = BASE_RATE * scale
     if args.capacity:
