@@ -40,7 +40,9 @@ BASE_RATE = 0.25
 CAPACITY_PER_64_GPUS = 0.24
 """Goodput capacity of vllm-affinity on this mix on 64 GPUs (16 replicas), workflows/s:
 ``python benchmarks/sim_speed.py --capacity --rate 0.12`` (seed 0; served at 0.24, 92 % within 2x
-their TCT alone; not at 0.255, 87 %). ``--load`` scales it with the GPUs."""
+their TCT alone; not at 0.255, 87 %). ``--load`` scales it with the GPUs, unmeasured at
+other sizes; and a rate served over a probe (8 median TCTs alone) is not sustained over the
+hour: the hour at 70 % drifts toward overload (docs/engine.md, third pass)."""
 
 
 def mix(cluster: ClusterSpec, rate: float, duration: float, seed: int) -> list[Workflow]:
