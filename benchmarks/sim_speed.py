@@ -4,14 +4,18 @@ Prints wall and CPU time, events per wall second, events per simulated second an
 what was simulated. The default is paper-a100-64 (16 replicas of Llama-3.1-70B, TP 4:
 64 GPUs) at 0.25 workflows/s; ``--gpus N`` scales the preset to N GPUs (N / TP
 replicas) and the arrival rate with it, so every replica sees the same load
-(``--gpus 1024``: 256 replicas). Targets (issue 21): 64 GPUs under 10 s, 1,024 GPUs
-under 60 s, on 2 cores. CPU time (user + sys of this process) is the figure to compare
-on a shared machine; wall time moves with the load of the other processes.
+(``--gpus 1024``: 256 replicas). ``--load F`` sets the rate to F times the goodput
+capacity of vllm-affinity on this mix (``CAPACITY_PER_64_GPUS``, scaled with the GPUs),
+``--capacity`` measures that capacity (saga.bench.capacity's search) instead of timing a
+run. Targets (issue 21): 64 GPUs under 10 s, 1,024 GPUs at 70 % of capacity under 60 s,
+on 2 cores. CPU time (user + sys of this process) is the figure to compare on a shared
+machine; wall time moves with the load of the other processes.
 
-Run: python benchmarks/sim_speed.py [--gpus N] [--rate R] [--policy P] [--profile FILE]
-[--summary FILE] (``--profile`` writes cProfile stats of the simulation only; read them
-with pstats; ``--summary`` writes the run's summary.json, to check that an optimization
-changed no decision: the same seed must give the same bytes).
+Run: python benchmarks/sim_speed.py [--gpus N] [--rate R | --load F] [--policy P]
+[--profile FILE] [--summary FILE] [--capacity] (``--profile`` writes cProfile stats of
+the simulation only; read them with pstats; ``--summary`` writes the run's summary.json,
+to check that an optimization changed no decision: the same seed must give the same
+bytes).
 """
 
 from __future__ import annotations
@@ -21,14 +25,56 @@ import cProfile
 import json
 import resource
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from saga.engine.cluster import get_cluster
+from saga.bench.capacity import capacity_on
+from saga.core.workflow import Workflow
+from saga.engine.cluster import ClusterSpec, get_cluster
 from saga.sim.run import run_policy
 from saga.workloads import build_workload
 
 BASE_RATE = 0.25
 """Workflow arrivals per second on the default 64 GPUs."""
+
+CAPACITY_PER_64_GPUS = 0.24
+"""Goodput capacity of vllm-affinity on this mix on 64 GPUs (16 replicas), workflows/s:
+``python benchmarks/sim_speed.py --capacity --rate 0.12`` (seed 0; served at 0.24, 92 % within 2x
+their TCT alone; not at 0.255, 87 %). ``--load`` scales it with the GPUs, unmeasured at
+other sizes; and a rate served over a probe (8 median TCTs alone) is not sustained over the
+hour: the hour at 70 % drifts toward overload (docs/engine.md, third pass)."""
+
+
+def mix(cluster: ClusterSpec, rate: float, duration: float, seed: int) -> list[Workflow]:
+    """Coding and browser agents, half the rate each, arriving for ``duration`` seconds,
+    built as `saga simulate` builds them: each client keeps its prompts within the
+    model's window."""
+    half = {"duration": str(duration), "rate": str(rate / 2)}
+    window = cluster.cost_model().model.max_context
+    coding = build_workload("coding-agent", seed=seed, params=half,
+                            context_window=window).workflows
+    browser = build_workload("browser-agent", seed=seed + 1, params=half,
+                             context_window=window).workflows
+    return sorted(coding + browser, key=lambda w: (w.arrival, w.id))
+
+
+def measure_capacity(
+    cluster: ClusterSpec, policy: str, seed: int, start: float, pool_rate: float
+) -> None:
+    """Print the policy's goodput capacity on the mix (the `capacity` scenario's rules:
+    90 % of workflows within 2x their TCT alone, windows of 8 median TCTs alone, bisected
+    to 5 %), probing ``start`` first; the pool is the hour of arrivals at ``pool_rate``."""
+    pool = {seed: mix(cluster, pool_rate, 3600.0, seed)}
+    cpu = _cpu_seconds()
+    with ProcessPoolExecutor(1) as executor:
+        case = capacity_on(cluster, pool, [policy], start=start, slowdown=2.0, target=0.9,
+                           tolerance=0.05, window_tcts=8.0, warmup_tcts=1.0, pool=executor,
+                           say=print)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = _cpu_seconds() - cpu + children.ru_utime + children.ru_stime
+    print(f"capacity of {policy} on {cluster.gpus} GPUs: {case.capacity[policy]:g} wf/s "
+          f"(bracketed: {case.bracketed[policy]}, limited by the pool: "
+          f"{case.limited.get(policy, False)}; {cpu:.0f} CPU s)")
 
 
 def _cpu_seconds() -> float:
@@ -43,12 +89,17 @@ def main() -> None:
     parser.add_argument("--gpus", type=int, default=None,
                         help="scale the cluster to this many GPUs (and the rate with it)")
     parser.add_argument("--policy", default="vllm-affinity")
-    parser.add_argument("--rate", type=float, default=None,
-                        help="workflow arrivals per second (default 0.25 per 64 GPUs)")
+    rates = parser.add_mutually_exclusive_group()
+    rates.add_argument("--rate", type=float, default=None,
+                       help="workflow arrivals per second (default 0.25 per 64 GPUs)")
+    rates.add_argument("--load", type=float, default=None,
+                       help="arrivals as a fraction of vllm-affinity's goodput capacity")
     parser.add_argument("--duration", type=float, default=3600.0, help="seconds of arrivals")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", default=None, help="write cProfile stats here")
     parser.add_argument("--summary", default=None, help="write the run's summary.json here")
+    parser.add_argument("--capacity", action="store_true",
+                        help="measure the policy's goodput capacity on the mix instead")
     args = parser.parse_args()
 
     cluster = get_cluster(args.cluster)
@@ -56,17 +107,20 @@ def main() -> None:
         if args.gpus % cluster.tp:
             parser.error(f"--gpus must be a multiple of the preset's TP ({cluster.tp})")
         cluster = cluster.model_copy(update={"replicas": args.gpus // cluster.tp})
-    rate = args.rate if args.rate is not None else BASE_RATE * cluster.gpus / 64
+    scale = cluster.gpus / 64
+    if args.rate is not None:
+        rate = args.rate
+    elif args.load is not None:
+        # rounded so that the rate (and so the workload) is the one --rate would give
+        rate = round(args.load * CAPACITY_PER_64_GPUS * scale, 9)
+    else:
+        rate = BASE_RATE * scale
+    if args.capacity:
+        measure_capacity(cluster, args.policy, args.seed, rate, BASE_RATE * scale)
+        return
 
     started = time.perf_counter()
-    half = {"duration": str(args.duration), "rate": str(rate / 2)}
-    # as `saga simulate` builds them: each client keeps its prompts within the model's window
-    window = cluster.cost_model().model.max_context
-    coding = build_workload("coding-agent", seed=args.seed, params=half,
-                            context_window=window).workflows
-    browser = build_workload("browser-agent", seed=args.seed + 1, params=half,
-                             context_window=window).workflows
-    workflows = sorted(coding + browser, key=lambda w: (w.arrival, w.id))
+    workflows = mix(cluster, rate, args.duration, args.seed)
     built = time.perf_counter() - started
     calls = sum(len(w.calls) for w in workflows)
 

@@ -79,6 +79,8 @@ class ReplicaDriver:
     # ---- timers: pin expiry and host-tier prefetch --------------------------------------------
     def _schedule_replica_timers(self, replica: Replica) -> None:
         """Turn the replica's new pins and prefetches into events."""
+        if not replica.new_pins and not replica.new_prefetches:
+            return  # (most steps)
         for workflow, pin in replica.new_pins:
             self.loop.at(pin.expires, self._pin_expired, (replica, workflow, pin))
         replica.new_pins.clear()

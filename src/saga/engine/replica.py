@@ -261,6 +261,10 @@ class Replica(QueueTokens):
         self.version = 0
         self._batch: list[tuple[Request, int]] = []
         self._run_steps = 0  # > 0: a decode run of this many steps
+        # A run that just ended with every call still decoding: its batch and when it
+        # ended, so that planning at that instant can reuse the batch (_continue_run).
+        self._ended_run: list[tuple[Request, int]] = []
+        self._ended_at = -1.0
         self._run_ctx = 0
         self._link_free_at = 0.0
         self.blocked_on_memory = False  # the last admission stopped for want of blocks
@@ -321,7 +325,11 @@ class Replica(QueueTokens):
         """
         if self.busy or not self.up:
             return None
-        batch, preempted = self._form_batch(now)
+        batch = self._continue_run(now)
+        if batch:
+            preempted = False
+        else:
+            batch, preempted = self._form_batch(now)
         if not batch:
             pending = [r.ready_at for r in self.running if r.ready_at > now]
             if pending:
@@ -337,7 +345,8 @@ class Replica(QueueTokens):
         steps = 0 if preempted or not self.decode_runs else self._decode_run_length(now, batch)
         if steps > 1:
             self._run_steps = steps
-            self._run_ctx = sum(r.computed for r, _ in batch)
+            # a run's batch is every running call, so its context is the kept sum
+            self._run_ctx = self.context_tokens
             duration = self.cost.decode_steps_time(len(batch), self._run_ctx, steps)
         else:
             duration = self._step_time(batch)
@@ -379,35 +388,48 @@ class Replica(QueueTokens):
         low, high = self.busy_window
         self.window_busy_seconds += max(0.0, min(now, high) - max(self.step_start, low))
         finished: list[Request] = []
-        steps = self._run_steps or 1
-        run = self._run_steps > 0
-        computed = emitted = 0  # tokens, for the queue sums (_step_tokens)
-        for request, q in self._batch:
-            if run:
+        steps = self._run_steps
+        if steps > 0:
+            # a run: every call took `steps` decode steps (its first token came before)
+            bt = self.block_tokens
+            for request, _ in self._batch:
                 request.computed += steps
                 request.generated += steps
-            else:
+                if request.generated >= request.output_tokens:
+                    finished.append(request)
+                elif request.anon > -(-request.computed // bt) - request.locked_blocks:
+                    self._trim(request, now)  # a cut run reserved blocks for steps not taken
+            computed = emitted = steps * len(self._batch)
+            if not finished:
+                self._ended_run = self._batch
+                self._ended_at = now
+        else:
+            computed = emitted = 0  # tokens, for the queue sums (_step_tokens)
+            for request, q in self._batch:
                 # A step emits a token when it completes the KV of everything so far;
                 # a decode is the case of one missing token.
-                request.computed += q
+                done = request.computed + q
+                request.computed = done
                 computed += q
                 if request.locked_blocks < request.keyed_blocks:
                     self._cache_computed(request, now)
-                if request.recompute_base >= 0 and request.computed >= min(
-                    request.recompute_until * self.block_tokens, request.total_tokens
+                total = request.prompt_tokens + request.generated
+                if request.recompute_base >= 0 and done >= min(
+                    request.recompute_until * self.block_tokens, total
                 ):
                     self._end_recompute(request, now)
-                if request.computed >= request.total_tokens:
-                    request.generated += 1
+                if done >= total:
+                    generated = request.generated = request.generated + 1
                     emitted += 1
-            if request.first_token_at < 0 and request.generated > 0:
-                request.first_token_at = now
-            if request.generated >= request.output_tokens:
-                finished.append(request)
-            elif run:
-                self._trim(request, now)  # a cut run reserved blocks for steps not taken
-        if run:
-            computed = emitted = steps * len(self._batch)
+                    if request.first_token_at < 0:
+                        request.first_token_at = now
+                    if generated >= request.output_tokens:
+                        finished.append(request)
+                else:  # a prefill chunk: no token (unless a preemption left some output)
+                    if request.first_token_at < 0 and request.generated > 0:
+                        request.first_token_at = now
+                    if request.generated >= request.output_tokens:
+                        finished.append(request)
         self._step_tokens(computed, emitted)
         self._batch = []
         self._run_steps = 0
@@ -426,19 +448,58 @@ class Replica(QueueTokens):
         self.backlog_tokens -= computed - emitted
 
     # ---- batch formation ---------------------------------------------------------------
+    def _continue_run(self, now: float) -> list[tuple[Request, int]]:
+        """The batch :meth:`_form_batch` would form at ``now``, cheaply, when a decode run
+        ended at ``now`` with every call still decoding (most runs end where a call needs
+        a block that is not free); empty, having changed nothing, when it does not apply.
+
+        What _form_batch does then, step by step: no sort (a static order, nothing
+        moved), no fairness preemption and no admission (nothing waits), every running
+        call in order with one decode token (the budget covers them all), each call whose
+        next token starts a block growing by one; the blocks all fit (else the general
+        path, which preempts), so no pin is given up."""
+        batch = self._ended_run
+        if not batch:
+            return batch
+        self._ended_run = []
+        running = self.running
+        if (
+            self._ended_at != now
+            or self.waiting
+            or len(batch) != len(running)
+            or len(batch) > self.config.max_num_batched_tokens
+            or (len(running) > 1 and (self._running_unsorted or not self.hooks.static_order))
+        ):
+            return []
+        bt = self.block_tokens
+        need = 0
+        for request, _ in batch:
+            if -(-(request.computed + 1) // bt) > request.locked_blocks + request.anon:
+                need += -(-(request.computed + 1) // bt) - request.locked_blocks - request.anon
+        if need:
+            if need > self.kv.available_blocks:
+                return []
+            for request, _ in batch:
+                self._grow(request, request.computed + 1, now)
+        return batch
+
     def _form_batch(self, now: float) -> tuple[list[tuple[Request, int]], bool]:
         hooks = self.hooks
         if len(self.running) > 1 and (self._running_unsorted or not hooks.static_order):
             self.running.sort(key=lambda r: hooks.queue_key(self, r, now))
             self._running_unsorted = False
-        self._preempt_for_fairness(now)
+        if self.waiting:
+            self._preempt_for_fairness(now)
         budget = self.config.max_num_batched_tokens
         bt = self.block_tokens
         batch: list[tuple[Request, int]] = []
+        append = batch.append
         preempted = False
+        running = self.running
+        count = len(running)  # (changes only when a call is preempted)
         index = 0
-        while index < len(self.running) and budget > 0:
-            request = self.running[index]
+        while index < count and budget > 0:
+            request = running[index]
             if request.ready_at > now:
                 index += 1
                 continue
@@ -447,23 +508,24 @@ class Replica(QueueTokens):
             q = left if left < budget else budget
             if -(-(computed + q) // bt) <= request.locked_blocks + request.anon:
                 # holds the blocks already (most decode steps): _grow would do nothing
-                batch.append((request, q))
+                append((request, q))
                 budget -= q
                 index += 1
                 continue
             while not self._grow(request, request.computed + q, now):
-                victim = self.running[-1]
+                victim = running[-1]
                 preempted = True
                 self._preempt(victim, now)
+                count = len(running)
                 if victim is request:
                     break
             else:
-                batch.append((request, q))
+                append((request, q))
                 budget -= q
                 index += 1
                 continue
             # the request preempted itself: it left self.running, so do not advance
-        if not preempted:
+        if not preempted and self.waiting:
             self._admit_waiting(now, batch, budget)
         return batch, preempted
 
@@ -659,7 +721,10 @@ class Replica(QueueTokens):
         return True
 
     def _allocate(self, blocks: int, now: float) -> bool:
-        return self._make_room(lambda: blocks, now) and self.kv.allocate(blocks, now)
+        kv = self.kv
+        if blocks <= kv.available_blocks:  # (most calls) _make_room would return True
+            return kv.allocate(blocks, now)
+        return self._make_room(lambda: blocks, now) and kv.allocate(blocks, now)
 
     def _make_room(
         self, need: Callable[[], int], now: float, keep: str = "", unpin: bool = True
@@ -858,28 +923,42 @@ class Replica(QueueTokens):
 
     def _decode_run_length(self, now: float, batch: list[tuple[Request, int]]) -> int:
         """Steps of pure decode that can run as one event (0 or 1 means single step)."""
-        if len(batch) != len(self.running):
+        running = self.running
+        if len(batch) != len(running):
             return 0  # someone is loading or did not fit: step by step
+        if (
+            self.waiting
+            and not self.blocked_on_memory
+            and len(running) < self.config.max_num_seqs
+        ):
+            return 0  # a waiting call might join next step
         bt = self.block_tokens
+        steps = -1  # the fewest output tokens any call has left
+        room = -1  # the fewest steps any call can take in the blocks it holds
+        held: list[tuple[int, int]] = []  # (tokens in KV, blocks held) per call
         for request, q in batch:
-            if q != 1 or request.total_tokens - request.computed != 1:
+            computed = request.computed
+            total = request.prompt_tokens + request.generated
+            if q != 1 or total - computed != 1:
                 return 0
             # A run applies only what every step of it does (one token each): the step
             # that ends a prompt also times the first token, caches the prompt's last
             # block and ends a recomputation, so that step is taken on its own.
+            keyed = request.keyed_blocks
             if (
                 request.generated == 0
                 or request.recompute_base >= 0
-                or request.locked_blocks < min(request.total_tokens // bt, request.keyed_blocks)
+                or request.locked_blocks < (total // bt if total // bt < keyed else keyed)
             ):
                 return 0
-        if (
-            self.waiting
-            and not self.blocked_on_memory
-            and len(self.running) < self.config.max_num_seqs
-        ):
-            return 0  # a waiting call might join next step
-        steps = min(r.output_tokens - r.generated for r, _ in batch)
+            left = request.output_tokens - request.generated
+            if steps < 0 or left < steps:
+                steps = left
+            blocks = request.locked_blocks + request.anon
+            fits = blocks * bt - computed
+            if room < 0 or fits < room:
+                room = fits
+            held.append((computed, blocks))
         if steps <= 1:
             return 0
         # Reserve blocks for the whole run, from free blocks only: shorten it to the
@@ -887,21 +966,24 @@ class Replica(QueueTokens):
         # taken on its own, at its own time, as stepping would: a run that evicted at
         # its start would lose cached blocks that a call admitted at a cut, or a
         # router's prefix match during the run, would still have found.
-        free = self.kv.free_blocks
-        # (tokens in KV, blocks held) per call, read once for the bisection below
-        held = [(r.computed, r.locked_blocks + r.anon) for r, _ in batch]
-        if _run_need(held, steps, bt) > free:
-            low, high = 1, steps  # need(low) <= free < need(high)
-            while high - low > 1:
-                mid = (low + high) // 2
-                if _run_need(held, mid, bt) <= free:
-                    low = mid
-                else:
-                    high = mid
-            steps = low
-        if steps <= 1:
-            return 0
-        self._reserve(batch, steps, now)
+        if steps > room:  # some call needs a new block within the run
+            free = self.kv.free_blocks
+            if free == 0:
+                # No step past the first call's last held token: the largest k with
+                # _run_need(k) == 0 is `room` (the bisection below finds the same).
+                steps = room if room > 1 else 1
+            elif _run_need(held, steps, bt) > free:
+                low, high = 1, steps  # need(low) <= free < need(high)
+                while high - low > 1:
+                    mid = (low + high) // 2
+                    if _run_need(held, mid, bt) <= free:
+                        low = mid
+                    else:
+                        high = mid
+                steps = low
+            if steps <= 1:
+                return 0
+            self._reserve(batch, steps, now)
         return steps
 
     def _reserve(self, batch: list[tuple[Request, int]], steps: int, now: float) -> None:
@@ -931,6 +1013,7 @@ class Replica(QueueTokens):
         self.busy = False
         self.version += 1  # the step in flight never ends
         self._batch = []
+        self._ended_run = []
         self._run_steps = 0
         held = sorted(self.running + self.waiting, key=lambda r: r.seq)
         self.running.clear()

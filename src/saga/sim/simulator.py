@@ -9,6 +9,7 @@ with a seeded random generator, so a seed gives the same result every time.
 
 from __future__ import annotations
 
+import gc
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,10 @@ from saga.engine.kvcache import Run
 from saga.engine.replica import Replica, Request, output_run
 from saga.sched.policy import CallInfo, Policy, PolicyContext, WorkflowInfo
 from saga.sim.faults import Fault, check_faults
+
+GC_THRESHOLDS = (100_000, 50, 100)
+"""The cyclic collector's thresholds while a simulation runs (``gc.set_threshold``):
+measured on ``benchmarks/sim_speed.py --gpus 1024 --duration 300`` (docs/engine.md)."""
 
 
 @dataclass(slots=True)
@@ -251,7 +256,16 @@ class Simulation(ReplicaDriver):
         for fault in self.faults:
             self.loop.at(fault.at, self._fail, fault.replica)
             self.loop.at(fault.until, self._recover, fault.replica)
-        self.loop.run(on_event=self._report_progress if self._progress else None)
+        # A run allocates millions of short-lived objects and keeps every call's records:
+        # at the default threshold the cyclic collector runs every 700 allocations and
+        # its full passes walk all that is kept. Rarer young collections change no
+        # decision (nothing ranks by allocation: the cache's ids break no real tie).
+        thresholds = gc.get_threshold()
+        gc.set_threshold(*GC_THRESHOLDS)
+        try:
+            self.loop.run(on_event=self._report_progress if self._progress else None)
+        finally:
+            gc.set_threshold(*thresholds)
         return self._result()
 
     def _report_progress(self) -> None:
@@ -363,9 +377,8 @@ class Simulation(ReplicaDriver):
             workflow.id, call.id, info.runs, call.prompt.tokens, call.output_tokens,
             self.block_tokens, self._seq, info=info,
         )
-        request.reusable_blocks = self._reusable_blocks(run, i, request)
+        request.reusable_blocks, home = self._reuse(run, i, request)
         self._owners[self._seq] = (run, i)
-        home = self._home(run, i, request)
         if home >= 0:
             self._left_behind[self._seq] = (home, 0)
         self._dispatch(request)
@@ -399,25 +412,22 @@ class Simulation(ReplicaDriver):
         for request in parked:
             self._dispatch(request)
 
-    def _reusable_blocks(self, run: _WorkflowRun, i: int, request: Request) -> int:
-        """Blocks of the call's reusable prefix: what it shares with the KV its
-        predecessors left, or a named shared prefix."""
-        call = run.workflow.calls[i]
-        shared = sum(r[2] for r in request.runs if r[0].startswith("s:"))
-        return max(
-            [shared] + [common_blocks(request.runs, run.kv_runs[run.index[a]]) for a in call.after]
-        )
-
-    def _home(self, run: _WorkflowRun, i: int, request: Request) -> int:
-        """The replica that ran the predecessor whose KV the call shares most of (-1 for
-        a first call, or one that shares nothing with its predecessors)."""
+    def _reuse(self, run: _WorkflowRun, i: int, request: Request) -> tuple[int, int]:
+        """(blocks of the call's reusable prefix: what it shares with the KV its
+        predecessors left, or a named shared prefix; the replica that ran the predecessor
+        whose KV it shares most of, -1 for a first call or one that shares nothing with
+        its predecessors), with one prefix walk per predecessor."""
+        runs = request.runs
+        reusable = sum(r[2] for r in runs if r[0].startswith("s:"))
         best, home = 0, -1
         for a in run.workflow.calls[i].after:
             j = run.index[a]
-            common = common_blocks(request.runs, run.kv_runs[j])
+            common = common_blocks(runs, run.kv_runs[j])
+            if common > reusable:
+                reusable = common
             if common > best:
                 best, home = common, run.replicas[j]
-        return home
+        return reusable, home
 
     def _placement_missed(self, request: Request, missed: int) -> int:
         """Of the call's ``missed`` tokens, those its placement gave up: still on its
@@ -426,10 +436,11 @@ class Simulation(ReplicaDriver):
         kept_tokens = min(kept * self.block_tokens, request.prompt_tokens - 1)
         return min(missed, max(0, kept_tokens - request.cached_tokens))
 
-    def _reusable_missed(self, run: _WorkflowRun, i: int, request: Request) -> int:
+    def _reusable_missed(self, request: Request) -> int:
         """Tokens of the call's reusable prefix (what it shares with the KV its
         predecessors left) that were not on the GPU when it was scheduled."""
-        reusable = self._reusable_blocks(run, i, request)
+        # as _call_ready counted it: the predecessors' KV runs are set before it is ready
+        reusable = request.reusable_blocks
         reusable_tokens = min(reusable * self.block_tokens, request.prompt_tokens - 1)
         return max(0, reusable_tokens - request.cached_tokens)
 
@@ -438,7 +449,7 @@ class Simulation(ReplicaDriver):
         run, i = self._owners.pop(request.seq)
         info = request.info
         assert info is not None
-        missed = self._reusable_missed(run, i, request)
+        missed = self._reusable_missed(request)
         moved = self._placement_missed(request, missed)
         out = output_run(request, self.block_tokens)
         run.kv_runs[i] = request.runs + ((out,) if out is not None else ())
