@@ -431,14 +431,13 @@ class SagaPolicy(Policy):
 
     # ---- queue order -------------------------------------------------------------------------
     def queue_key(self, replica: ReplicaView, request: CallView, now: float) -> tuple[float, ...]:
-        if not self.config.afs or request.info is None:
-            return (request.enqueued_at, request.seq)
+        info, enqueued = request.info, request.enqueued_at
+        if info is None or not self.config.afs:
+            return (enqueued, request.seq)
         flow = self.flows.get(request.workflow)
         priority = flow.priority if flow is not None else 0.0
-        tenant, remaining = self.fair.key(
-            request.info.tenant, priority, now - request.enqueued_at
-        )
-        return (tenant, remaining, request.enqueued_at, request.seq)
+        tenant, remaining = self.fair.key(info.tenant, priority, now - enqueued)
+        return (tenant, remaining, enqueued, request.seq)
 
     def preempt_for(
         self, replica: ReplicaView, waiting: CallView, running: CallView, now: float
