@@ -569,18 +569,23 @@ class AgentGraph:
         start = start or {}
         v = np.array([start.get(x, (0.0, 0.0)) for x in order], dtype=float)
         scale = np.maximum(reward, 1.0)
-        # the same array operations as ``np.max(np.abs(nxt - v) / scale)``, through the
-        # ufuncs into one scratch array: a graph has tens of nodes, so the wrappers and
-        # temporaries, not the arithmetic, were the cost of an iteration
-        diff = np.empty_like(v)
-        subtract, absolute, divide = np.subtract, np.absolute, np.divide
+        # the same array operations as ``nxt = b + a @ v`` and
+        # ``np.max(np.abs(nxt - v) / scale)``, through the ufuncs into scratch arrays (two
+        # for the iterates, swapped each round): a graph has tens of nodes, so the
+        # wrappers and temporaries, not the arithmetic, were the cost of an iteration
+        diff, product, nxt = np.empty_like(v), np.empty_like(v), np.empty_like(v)
+        matmul, add, subtract, absolute, divide = (
+            np.matmul, np.add, np.subtract, np.absolute, np.divide
+        )
+        largest = np.maximum.reduce  # what ndarray.max() calls, less its Python wrapper
         for _ in range(max_iter):
-            nxt = b + a @ v
+            matmul(a, v, out=product)
+            add(b, product, out=nxt)
             subtract(nxt, v, out=diff)
             absolute(diff, out=diff)
             divide(diff, scale, out=diff)
-            done = float(diff.max()) < tol
-            v = nxt
+            done = float(largest(diff, axis=None)) < tol
+            v, nxt = nxt, v
             if done:
                 break
         return {x: (float(v[i, 0]), float(v[i, 1])) for i, x in enumerate(order)}
