@@ -231,6 +231,7 @@ class Gap:
     _bisected: dict[float, float] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+    _mean: float | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._parts = tuple((w, d.mu, d.sigma) for w, d in self.mixture)
@@ -257,7 +258,11 @@ class Gap:
         return self.p_continue * self.cdf(t)
 
     def mean(self) -> float:
-        return sum(w * d.mean() for w, d in self.mixture)
+        """The mean gap given the workflow continues (kept: retention asks it of every
+        call that finishes at the node, and a Gap lives until the graph's next refresh)."""
+        if self._mean is None:
+            self._mean = sum(w * d.mean() for w, d in self.mixture)
+        return self._mean
 
     def mean_min(self, t: float) -> float:
         """E[min(gap, t)], counting a workflow that never returns as holding t."""
