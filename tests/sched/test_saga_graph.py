@@ -13,6 +13,7 @@ import pytest
 from saga.sched.saga.config import SagaConfig
 from saga.sched.saga.graph import (
     AgentGraph,
+    Gap,
     GraphStore,
     LogNormal,
     LogNormalFit,
@@ -272,3 +273,29 @@ def test_a_young_graph_answers_from_every_observation_by_default() -> None:
         if count % 7 == 0:
             assert {n: graph.remaining(n) for n in graph.expected_remaining()} == \
                 graph.expected_remaining()
+
+
+def test_a_gap_keeps_its_answers_until_the_graph_refreshes_then_a_new_gap_answers() -> None:
+    # a Gap keeps its mean, quantiles and TTL tables; the graph hands out the same Gap
+    # until its next refresh, then a new one built from what it has learned since
+    g = AgentGraph(SagaConfig(prior_weight=0.0, depth_buckets=1, min_samples=2,
+                              refresh_every=4))
+    for duration in (1.0, 2.0, 4.0):
+        g.observe_transition("^#0", "bash#0", duration, 100)
+        g.observe_transition("^#0", "read#0", 10 * duration, 100)
+    gap = g.gap("^#0")
+    answers = (gap.mean(), gap.quantile(0.9), gap.ttl_table(120.0, (0.5, 0.9)))
+    fresh = Gap(gap.p_continue, gap.mixture)  # nothing kept yet
+    assert answers == (fresh.mean(), fresh.quantile(0.9), fresh.ttl_table(120.0, (0.5, 0.9)))
+    assert (gap.mean(), gap.quantile(0.9)) == answers[:2]  # asked again: kept
+    # six observations so far: the refresh points are the 1st, 5th and 9th (refresh_every)
+    for _ in range(2):  # longer bash runs: the 7th and 8th observations refresh nothing
+        g.observe_transition("^#0", "bash#0", 60.0, 100)
+    assert g.gap("^#0") is gap
+    g.observe_transition("^#0", "bash#0", 60.0, 100)  # the 9th: a refresh point
+    refreshed = g.gap("^#0")
+    assert refreshed is not gap
+    assert refreshed.mixture != gap.mixture
+    rebuilt = Gap(refreshed.p_continue, refreshed.mixture)
+    assert refreshed.mean() == rebuilt.mean() > answers[0]
+    assert refreshed.quantile(0.9) == rebuilt.quantile(0.9) != answers[1]

@@ -102,8 +102,14 @@ class FairShare:
         return min(values) if values else None
 
     def key(self, tenant: str, remaining: float, waited: float) -> tuple[float, float]:
-        """Queue key: the tenant's normalized service, then aged remaining work."""
-        return (self.account(tenant).normalized, remaining - self.config.aging * waited)
+        """Queue key: the tenant's normalized service, then aged remaining work.
+
+        (The engine asks it of every queued call at every step: the account's
+        ``normalized`` is computed here rather than through two more calls.)"""
+        acct = self.tenants.get(tenant)
+        if acct is None:
+            acct = self.account(tenant)
+        return (acct.service / acct.weight, remaining - self.config.aging * waited)
 
     def spread(self, tenants: list[str]) -> float:
         """max - min normalized service over ``tenants`` (for tests and reports)."""

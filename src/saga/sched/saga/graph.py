@@ -43,6 +43,7 @@ from typing import Literal
 import numpy as np
 
 from saga.sched.saga.config import SagaConfig
+from saga.sched.saga.quantile import bisect, bracket
 
 START = "^"
 NO_TOOL = "-"
@@ -235,6 +236,7 @@ class Gap:
     _bisected: dict[float, float] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+    _mean: float | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._parts = tuple((w, d.mu, d.sigma) for w, d in self.mixture)
@@ -244,7 +246,7 @@ class Gap:
 
         :meth:`LogNormal.cdf` of each component inlined, with log(t) taken once: the
         same arithmetic in the same order, so bit for bit the same sum (the bisection
-        of :meth:`_quantile` asks this 40 times per quantile)."""
+        of :meth:`_quantile` asks this at up to 40 midpoints per quantile)."""
         if t <= 0:
             return 0.0
         lt = math.log(t)
@@ -261,7 +263,11 @@ class Gap:
         return self.p_continue * self.cdf(t)
 
     def mean(self) -> float:
-        return sum(w * d.mean() for w, d in self.mixture)
+        """The mean gap given the workflow continues (kept: retention asks it of every
+        call that finishes at the node, and a Gap lives until the graph's next refresh)."""
+        if self._mean is None:
+            self._mean = sum(w * d.mean() for w, d in self.mixture)
+        return self._mean
 
     def mean_min(self, t: float) -> float:
         """E[min(gap, t)], counting a workflow that never returns as holding t."""
@@ -292,20 +298,17 @@ class Gap:
     def _quantile(self, q: float) -> float:
         if len(self.mixture) == 1:
             return self.mixture[0][1].quantile(q)
-        lo, hi = math.log(1e-3), math.log(1e6)
-        # the bisections of a gap's quantiles start down the same path: the CDF at each
-        # midpoint is kept for the next quantile asked of this gap
-        seen, cdf, exp = self._bisected, self.cdf, math.exp
-        for _ in range(40):
-            mid = (lo + hi) / 2
-            p = seen.get(mid)
-            if p is None:
-                p = seen[mid] = cdf(exp(mid))
-            if p < q:
-                lo = mid
-            else:
-                hi = mid
-        return math.exp(hi)
+        # the bisection of quantile.py, skipping the midpoints a proved bracket decides
+        below, above = bracket(self._parts, q, self._cdf_at)
+        return bisect(q, self._cdf_at, below, above)
+
+    def _cdf_at(self, x: float) -> float:
+        """:meth:`cdf` at t = exp(x), kept: the bisections of a gap's quantiles start down
+        the same path, so the CDF at each midpoint serves the next quantile asked."""
+        p = self._bisected.get(x)
+        if p is None:
+            p = self._bisected[x] = self.cdf(math.exp(x))
+        return p
 
 
 class AgentGraph:

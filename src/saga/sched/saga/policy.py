@@ -431,14 +431,13 @@ class SagaPolicy(Policy):
 
     # ---- queue order -------------------------------------------------------------------------
     def queue_key(self, replica: ReplicaView, request: CallView, now: float) -> tuple[float, ...]:
-        if not self.config.afs or request.info is None:
-            return (request.enqueued_at, request.seq)
+        info, enqueued = request.info, request.enqueued_at
+        if info is None or not self.config.afs:
+            return (enqueued, request.seq)
         flow = self.flows.get(request.workflow)
         priority = flow.priority if flow is not None else 0.0
-        tenant, remaining = self.fair.key(
-            request.info.tenant, priority, now - request.enqueued_at
-        )
-        return (tenant, remaining, request.enqueued_at, request.seq)
+        tenant, remaining = self.fair.key(info.tenant, priority, now - enqueued)
+        return (tenant, remaining, enqueued, request.seq)
 
     def preempt_for(
         self, replica: ReplicaView, waiting: CallView, running: CallView, now: float
@@ -518,26 +517,31 @@ class SagaPolicy(Policy):
         as ended, are worth nothing; shared prefixes are worth their live users.
         Weighted by what losing the leaf's last block costs: its recompute seconds,
         relative to a block at the start of a context (``eviction_by_rebuild_cost``).
-        """
-        value = self._reuse_value(node, now)
-        if value <= 0.0 or not self.config.eviction_by_rebuild_cost:
-            return value
-        return value * self._rebuild_weight(node)
 
-    def _reuse_value(self, node: KVNode, now: float) -> float:
-        t0 = self.config.eviction_t0
+        (One function with no calls of its own on the common paths: a keyed eviction asks
+        it of every evictable leaf of the replica, the policy's largest cost per eviction.)
+        """
+        config = self.config
+        t0 = config.eviction_t0
         ns = node.namespace
         if ns.startswith("w:"):
             flow = self.flows.get(ns[2:])
             if flow is None or flow.predicted_end:
                 return -1.0
-            weight = flow.p_return if self.config.eviction_by_return_chance else 1.0
+            weight = flow.p_return if config.eviction_by_return_chance else 1.0
             if not flow.in_tool:
-                return weight / t0 + 1.0  # its call is queued or running: soon
-            return weight / (max(flow.next_use - now, 0.0) + t0)
-        if ns.startswith("s:"):
-            return (1 + self.prefix_users.get(ns, 0)) / t0
-        return 0.0
+                value = weight / t0 + 1.0  # its call is queued or running: soon
+            else:
+                until = flow.next_use - now
+                # max(until, 0.0), without the call; the same sum (0.0 + t0 == -0.0 + t0)
+                value = weight / ((until if until > 0.0 else 0.0) + t0)
+        elif ns.startswith("s:"):
+            value = (1 + self.prefix_users.get(ns, 0)) / t0
+        else:
+            return 0.0
+        if value <= 0.0 or not config.eviction_by_rebuild_cost:
+            return value
+        return value * self._rebuild_weight(node)
 
     def _rebuild_weight(self, node: KVNode) -> float:
         """Recompute cost of a token at the leaf's depth over that of a context's first

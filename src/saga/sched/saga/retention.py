@@ -88,16 +88,17 @@ def decide(inp: RetentionInput, config: SagaConfig) -> Retention:
     share = inp.blocks / max(inp.memory.capacity, 1)
     if inp.reload is not None:
         fallback_cost = inp.reload
-        fallback = _offload(inp, config)
     else:
         fallback_cost = inp.recompute * eviction_risk(inp.memory)
-        fallback = RELEASE
-    best_gain, best = 0.0, fallback
+    best_gain, best = 0.0, None
     for tau, p_return, held in inp.gap.ttl_table(config.ttl_max, TTL_QUANTILES):
         gain = p_return * fallback_cost - price * share * held
         if gain > best_gain:
             best_gain, best = gain, Retention("pin", ttl=tau)
-    return best
+    if best is not None:
+        return best
+    # the fallback, built only when no pin beats it (an offload asks a quantile more)
+    return _offload(inp, config) if inp.reload is not None else RELEASE
 
 
 def ttl_candidates(gap: Gap, config: SagaConfig) -> list[float]:
