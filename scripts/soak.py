@@ -94,7 +94,8 @@ class Cluster:
     def __init__(self, replicas: int, time_scale: float, workdir: Path,
                  trace_frames: int = 0) -> None:
         self.workdir = workdir
-        self.trace_frames = trace_frames  # > 0: the gateway runs under tracemalloc
+        # > 0: the gateway runs under tracemalloc; -1: the same wrapper, tracing off
+        self.trace_frames = trace_frames
         self.time_scale = time_scale
         self.redis_port = free_port()
         self.emulator_ports = [free_port() for _ in range(replicas)]
@@ -167,7 +168,7 @@ class Cluster:
         if self.trace_frames:
             command = [sys.executable, str(ROOT / "scripts" / "soak_traced_gateway.py"),
                        "--config", str(path), "--out", str(self.workdir),
-                       "--frames", str(self.trace_frames)]
+                       "--frames", str(max(0, self.trace_frames))]
         self.gateway = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                         env=_env())
         # imports under tracemalloc are several times slower
@@ -206,7 +207,14 @@ def probe(cluster: Cluster) -> dict[str, Any]:
             socket.create_connection((HOST, cluster.redis_port), timeout=2) as s:
         s.sendall(b"DBSIZE\r\n")
         keys = int(s.recv(64).decode().strip().lstrip(":"))
-    metrics = _metrics(cluster.url)
+    for attempt in range(3):  # a gateway on a loaded machine may answer late
+        try:
+            metrics = _metrics(cluster.url)
+            break
+        except OSError:
+            if attempt == 2:
+                raise
+            time.sleep(5)
     return {
         "rss_mb": round(rss_kb / 1024, 1),
         "open_files": len(os.listdir(f"/proc/{pid}/fd")),
@@ -225,6 +233,15 @@ def malloc_growth(workdir: Path, start: dict[str, Any], end: dict[str, Any],
     grew, and the memory figures of both ends."""
     import tracemalloc
 
+    a, b = start.pop("objects_by_type"), end.pop("objects_by_type")
+    grown = sorted(((b.get(t, 0) - a.get(t, 0), t) for t in set(a) | set(b)), reverse=True)
+    out = {"start": start, "end": end,
+           "traced_growth_kib": round((end["traced_bytes"] - start["traced_bytes"]) / 1024, 1),
+           "rss_growth_kib": end["rss_kb"] - start["rss_kb"],
+           "objects_grown": [{"type": t, "delta": d, "end": b.get(t, 0)}
+                             for d, t in grown[:top] if d > 0]}
+    if not (workdir / "snapshot-0.tracemalloc").exists():  # --heap: figures only
+        return out
     old = tracemalloc.Snapshot.load(str(workdir / "snapshot-0.tracemalloc"))
     new = tracemalloc.Snapshot.load(str(workdir / "snapshot-1.tracemalloc"))
 
@@ -242,20 +259,13 @@ def malloc_growth(workdir: Path, start: dict[str, Any], end: dict[str, Any],
     by_trace = [{"kib": round(d.size_diff / 1024, 1), "blocks": d.count_diff,
                  "traceback": [where(f) for f in reversed(d.traceback)][:8]}
                 for d in new.compare_to(old, "traceback")[:top]]
-    a, b = start.pop("objects_by_type"), end.pop("objects_by_type")
-    grown = sorted(((b.get(t, 0) - a.get(t, 0), t) for t in set(a) | set(b)), reverse=True)
-    return {"start": start, "end": end,
-            "traced_growth_kib": round((end["traced_bytes"] - start["traced_bytes"]) / 1024, 1),
-            "rss_growth_kib": end["rss_kb"] - start["rss_kb"],
-            "top_by_line": by_line, "top_by_traceback": by_trace,
-            "objects_grown": [{"type": t, "delta": d, "end": b.get(t, 0)}
-                              for d, t in grown[:top] if d > 0]}
+    return {**out, "top_by_line": by_line, "top_by_traceback": by_trace}
 
 
 def _metrics(url: str) -> dict[str, float]:
     request = urllib.request.Request(url + "/metrics",
                                      headers={"Authorization": f"Bearer {ADMIN}"})
-    with urllib.request.urlopen(request, timeout=10) as response:
+    with urllib.request.urlopen(request, timeout=30) as response:
         text = response.read().decode()
     out: dict[str, float] = {}
     for line in text.splitlines():
@@ -438,7 +448,13 @@ def main() -> int:
                         metavar="FRAMES", help="run the gateway under tracemalloc (traceback "
                         "depth FRAMES, 12 if not given) and report what grew between the "
                         "start and the end figures (the gateway is slower so)")
+    parser.add_argument("--heap", action="store_true",
+                        help="without tracemalloc (full speed), still report the gateway's "
+                        "glibc heap, RSS after malloc_trim and live objects by type, start "
+                        "and end")
     args = parser.parse_args()
+    if args.heap and not args.trace_malloc:
+        args.trace_malloc = -1  # the wrapper without tracing
     seconds = args.minutes * 60
     workdir = Path(tempfile.mkdtemp(prefix="saga-soak-"))
     cluster = Cluster(args.replicas, args.time_scale, workdir, args.trace_malloc)
