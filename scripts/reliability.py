@@ -162,7 +162,10 @@ def render(rows: list[sc.Outcome], quick: bool) -> str:
               "and beyond `slot_save_budget`.",
               "* **soak**: `scripts/soak.py` (agent sessions with no SAGA header, open loop, "
               "client disconnects, an emulator and Redis restarted) and the gateway's RSS, "
-              "open files, Redis keys and slot files at start and end.",
+              "open files, Redis keys and slot files at start and end; with `--heap` "
+              "(or `--trace-malloc`, which adds tracemalloc's growth by traceback) where "
+              "the gateway's memory went: live bytes (pymalloc blocks and glibc's in "
+              "use) against the allocators' arenas and free bytes.",
               "* **simulator**: `saga.sim.faults.Fault` outages; a dead replica's calls "
               "go back to the policy's `place` and are recomputed; no KV block or call "
               "is left behind.",

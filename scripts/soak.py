@@ -11,6 +11,10 @@ send them (no SAGA header: a Claude Code session header, tool calls in the messa
 8 calls each, one at a time, ``max_tokens`` 1 so that each served call is one output token
 at the emulator), of which ``--disconnect`` leave before the answer. At a third of the run
 emulator 0 is killed and started again 2 s later; at two thirds Redis is (its data lost).
+With ``--trace-malloc`` the gateway runs under tracemalloc (``scripts/soak_traced_gateway.py``)
+and the report gains ``trace_malloc``: what grew from the start to the end by source line
+and by traceback, the live objects by type that grew, and the Python-level traced memory
+and glibc heap beside the RSS (to tell a leak from the allocator's warm-up).
 
 Reported at start (after a warm-up) and at the end: the gateway's RSS and open files, the
 Redis keys, the slot files (llama.cpp backends only: none here), the gateway's sessions in
@@ -87,8 +91,11 @@ def _stop(proc: subprocess.Popen[bytes] | None) -> None:
 class Cluster:
     """The processes under test, each restartable."""
 
-    def __init__(self, replicas: int, time_scale: float, workdir: Path) -> None:
+    def __init__(self, replicas: int, time_scale: float, workdir: Path,
+                 trace_frames: int = 0) -> None:
         self.workdir = workdir
+        # > 0: the gateway runs under tracemalloc; -1: the same wrapper, tracing off
+        self.trace_frames = trace_frames
         self.time_scale = time_scale
         self.redis_port = free_port()
         self.emulator_ports = [free_port() for _ in range(replicas)]
@@ -157,10 +164,28 @@ class Cluster:
         path = self.workdir / "gateway.json"
         path.write_text(json.dumps(config))
         log = (self.workdir / "gateway.log").open("wb")
-        self.gateway = subprocess.Popen(
-            [sys.executable, "-m", "saga.gateway", "--config", str(path)],
-            stdout=log, stderr=subprocess.STDOUT, env=_env())
-        _wait(self.url + "/health", self.gateway)
+        command = [sys.executable, "-m", "saga.gateway", "--config", str(path)]
+        if self.trace_frames:
+            command = [sys.executable, str(ROOT / "scripts" / "soak_traced_gateway.py"),
+                       "--config", str(path), "--out", str(self.workdir),
+                       "--frames", str(max(0, self.trace_frames))]
+        self.gateway = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                        env=_env())
+        # imports under tracemalloc are several times slower
+        _wait(self.url + "/health", self.gateway, 180.0 if self.trace_frames else 30.0)
+
+    def snapshot(self, n: int, timeout: float = 300.0) -> dict[str, Any]:
+        """Have the traced gateway write its snapshot ``n``; its facts once written."""
+        assert self.gateway is not None and self.trace_frames
+        self.gateway.send_signal(signal.SIGUSR1)
+        path = self.workdir / f"snapshot-{n}.json"
+        deadline = time.monotonic() + timeout
+        while not path.exists():
+            if time.monotonic() > deadline or self.gateway.poll() is not None:
+                raise RuntimeError(f"the gateway wrote no {path.name}")
+            time.sleep(0.2)
+        facts: dict[str, Any] = json.loads(path.read_text())
+        return facts
 
     def stop(self) -> None:
         _stop(self.gateway)
@@ -182,7 +207,14 @@ def probe(cluster: Cluster) -> dict[str, Any]:
             socket.create_connection((HOST, cluster.redis_port), timeout=2) as s:
         s.sendall(b"DBSIZE\r\n")
         keys = int(s.recv(64).decode().strip().lstrip(":"))
-    metrics = _metrics(cluster.url)
+    for attempt in range(3):  # a gateway on a loaded machine may answer late
+        try:
+            metrics = _metrics(cluster.url)
+            break
+        except OSError:
+            if attempt == 2:
+                raise
+            time.sleep(5)
     return {
         "rss_mb": round(rss_kb / 1024, 1),
         "open_files": len(os.listdir(f"/proc/{pid}/fd")),
@@ -194,10 +226,46 @@ def probe(cluster: Cluster) -> dict[str, Any]:
     }
 
 
+def malloc_growth(workdir: Path, start: dict[str, Any], end: dict[str, Any],
+                  top: int = 15) -> dict[str, Any]:
+    """What the traced gateway allocated and kept between its snapshots 0 and 1: the
+    biggest growth by source line and by traceback, the object types whose live count
+    grew, and the memory figures of both ends."""
+    import tracemalloc
+
+    a, b = start.pop("objects_by_type"), end.pop("objects_by_type")
+    grown = sorted(((b.get(t, 0) - a.get(t, 0), t) for t in set(a) | set(b)), reverse=True)
+    out = {"start": start, "end": end,
+           "traced_growth_kib": round((end["traced_bytes"] - start["traced_bytes"]) / 1024, 1),
+           "rss_growth_kib": end["rss_kb"] - start["rss_kb"],
+           "objects_grown": [{"type": t, "delta": d, "end": b.get(t, 0)}
+                             for d, t in grown[:top] if d > 0]}
+    if not (workdir / "snapshot-0.tracemalloc").exists():  # --heap: figures only
+        return out
+    old = tracemalloc.Snapshot.load(str(workdir / "snapshot-0.tracemalloc"))
+    new = tracemalloc.Snapshot.load(str(workdir / "snapshot-1.tracemalloc"))
+
+    def where(frame: tracemalloc.Frame) -> str:
+        name = frame.filename
+        for marker in ("/site-packages/", "/src/", "/lib/python3"):
+            if marker in name:
+                name = name.split(marker, 1)[1]
+                break
+        return f"{name}:{frame.lineno}"
+
+    by_line = [{"at": where(d.traceback[-1]), "kib": round(d.size_diff / 1024, 1),
+                "blocks": d.count_diff}
+               for d in new.compare_to(old, "lineno")[:top]]
+    by_trace = [{"kib": round(d.size_diff / 1024, 1), "blocks": d.count_diff,
+                 "traceback": [where(f) for f in reversed(d.traceback)][:8]}
+                for d in new.compare_to(old, "traceback")[:top]]
+    return {**out, "top_by_line": by_line, "top_by_traceback": by_trace}
+
+
 def _metrics(url: str) -> dict[str, float]:
     request = urllib.request.Request(url + "/metrics",
                                      headers={"Authorization": f"Bearer {ADMIN}"})
-    with urllib.request.urlopen(request, timeout=10) as response:
+    with urllib.request.urlopen(request, timeout=30) as response:
         text = response.read().decode()
     out: dict[str, float] = {}
     for line in text.splitlines():
@@ -345,7 +413,8 @@ async def _sample(cluster: Cluster, now: float, samples: list[dict[str, Any]]) -
     with contextlib.suppress(OSError, ValueError):
         got = await asyncio.to_thread(probe, cluster)
         samples.append({"t": round(now), "rss_mb": got["rss_mb"],
-                        "open_files": got["open_files"], "redis_keys": got["redis_keys"]})
+                        "open_files": got["open_files"], "redis_keys": got["redis_keys"],
+                        "load_1m": os.getloadavg()[0]})
 
 
 def _fault(cluster: Cluster, what: str) -> None:
@@ -375,13 +444,24 @@ def main() -> int:
                         help="seconds between samples of RSS, open files, Redis keys (30)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write the report here")
+    parser.add_argument("--trace-malloc", type=int, nargs="?", const=12, default=0,
+                        metavar="FRAMES", help="run the gateway under tracemalloc (traceback "
+                        "depth FRAMES, 12 if not given) and report what grew between the "
+                        "start and the end figures (the gateway is slower so)")
+    parser.add_argument("--heap", action="store_true",
+                        help="without tracemalloc (full speed), still report the gateway's "
+                        "glibc heap, RSS after malloc_trim and live objects by type, start "
+                        "and end")
     args = parser.parse_args()
+    if args.heap and not args.trace_malloc:
+        args.trace_malloc = -1  # the wrapper without tracing
     seconds = args.minutes * 60
     workdir = Path(tempfile.mkdtemp(prefix="saga-soak-"))
-    cluster = Cluster(args.replicas, args.time_scale, workdir)
+    cluster = Cluster(args.replicas, args.time_scale, workdir, args.trace_malloc)
     tally = Tally()
     report: dict[str, Any] = {"minutes": args.minutes, "rate": args.rate,
-                              "replicas": args.replicas, "disconnect": args.disconnect}
+                              "replicas": args.replicas, "disconnect": args.disconnect,
+                              "load_average": {"start": os.getloadavg()}}
     try:
         cluster.start_redis()
         for i in range(args.replicas):
@@ -393,6 +473,7 @@ def main() -> int:
         ok_0 = tally.statuses["200"]
         disconnects_0 = tally.disconnects
         report["start"] = probe(cluster)
+        traced_0 = cluster.snapshot(0) if args.trace_malloc else None
         faults = [(seconds / 3, "restart emulator 0"), (2 * seconds / 3, "restart redis")]
         tally = Tally(sessions=tally.sessions)
         t0 = time.monotonic()
@@ -402,7 +483,10 @@ def main() -> int:
         report["samples"] = samples
         elapsed = time.monotonic() - t0
         time.sleep(1.0)
+        report["load_average"]["end"] = os.getloadavg()
         report["end"] = probe(cluster)
+        if traced_0 is not None:
+            report["trace_malloc"] = malloc_growth(workdir, traced_0, cluster.snapshot(1))
         served = cluster.served() - served_0
         del ok_0, disconnects_0
         answered = tally.statuses["200"]

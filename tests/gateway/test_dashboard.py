@@ -72,7 +72,7 @@ def test_the_dashboard_covers_what_operators_watch(tmp_path: Path) -> None:
                    "saga_tenant_tokens_total", "saga_tenant_slo_calls_total",
                    'queue=\\"dispatch\\"', "saga_backend_prefix_cache_hits_total",
                    "saga_retries_total", "saga_graph_sync_backlog", "saga_store_errors_total",
-                   "saga_slot_files"):
+                   "saga_slot_files", "saga_agent_names{", "saga_agent_names_folded_total"):
         assert metric in text, metric
     dashboard = json.loads(text)
     assert dashboard["uid"] == "saga-gateway"

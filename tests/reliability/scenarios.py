@@ -869,7 +869,34 @@ def soak_rows(report: dict[str, Any]) -> list[Outcome]:
                 f"{s['store_sessions']} -> {e['store_sessions']} (max 2000; "
                 f"{e['sessions_evicted']:g} evicted); slot files {s['slot_files']} -> "
                 f"{e['slot_files']} (emulators save none)", bounded_keys),
+        *_soak_memory_rows(report),
     ]
+
+
+def _soak_memory_rows(report: dict[str, Any]) -> list[Outcome]:
+    """With ``scripts/soak.py --heap`` or ``--trace-malloc``: where the gateway's memory
+    went, start to end. Live memory (pymalloc's live blocks plus glibc's bytes in use) is
+    what a leak grows; free bytes the allocators keep and their arenas are not a leak."""
+    traced = report.get("trace_malloc")
+    if not traced or not traced["start"].get("pymalloc"):
+        return []
+    s, e = traced["start"], traced["end"]
+
+    def mb(n: float) -> str:
+        return f"{n / 2**20:.1f}"
+
+    live = [x["pymalloc"]["live_bytes"] + x["heap"]["in_use_bytes"] for x in (s, e)]
+    growth = 100 * (live[1] / live[0] - 1)
+    trimmed = e.get("rss_after_trim_kb")
+    text = (f"live (pymalloc blocks + glibc in use) {mb(live[0])} -> {mb(live[1])} MB "
+            f"({growth:+.1f} %); pymalloc arenas {mb(s['pymalloc']['total_bytes'])} -> "
+            f"{mb(e['pymalloc']['total_bytes'])} MB; glibc heap {mb(s['heap']['arena_bytes'])}"
+            f" -> {mb(e['heap']['arena_bytes'])} MB, of it free {mb(s['heap']['free_bytes'])} "
+            f"-> {mb(e['heap']['free_bytes'])} MB; gc objects {s['gc_objects']} -> "
+            f"{e['gc_objects']}; RSS at the end {e['rss_kb'] / 1024:.1f} MB"
+            + (f", {trimmed / 1024:.1f} MB after malloc_trim" if trimmed else ""))
+    return [Outcome("soak", "gateway memory by allocator, start to end (--heap)",
+                    report["sent"], text, growth < 10)]
 
 
 @contextmanager

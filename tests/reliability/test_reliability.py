@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from scenarios import (
@@ -110,3 +111,39 @@ def test_slot_files_are_deleted_and_bounded(tmp_path: Path) -> None:
 
 def test_a_retry_goes_to_another_backend(tmp_path: Path) -> None:
     _check([retry_elsewhere(tmp_path, calls=4)])
+
+
+def _soak_report(live_end: int) -> dict[str, Any]:
+    """A scripts/soak.py --heap report whose live bytes go from 100 MiB to ``live_end``."""
+    mib = 2**20
+
+    def facts(live: int, rss_kb: int, trimmed: int | None) -> dict[str, Any]:
+        return {"rss_kb": rss_kb, "gc_objects": 80000, "rss_after_trim_kb": trimmed,
+                "pymalloc": {"live_bytes": live - 20 * mib, "total_bytes": 32 * mib},
+                "heap": {"in_use_bytes": 20 * mib, "arena_bytes": 24 * mib,
+                         "free_bytes": 4 * mib}}
+
+    ends = {"rss_mb": 1.0, "open_files": 1, "redis_keys": 1, "slot_files": 0,
+            "store_sessions": 1, "sessions_evicted": 0}
+    return {"minutes": 1, "rate": 1, "achieved_rate": 1, "replicas": 2, "disconnect": 0.0,
+            "events": [], "sent": 10, "statuses": {"200": 10}, "lost": 0,
+            "answered_twice_bound": 0, "rss_growth_pct": 0.0, "start": ends, "end": ends,
+            "trace_malloc": {"start": facts(100 * mib, 90 * 1024, None),
+                             "end": facts(live_end, 99 * 1024, 97 * 1024)}}
+
+
+def test_soak_memory_row_holds_while_live_bytes_grow_under_ten_percent() -> None:
+    from scenarios import soak_rows
+
+    mib = 2**20
+    held = soak_rows(_soak_report(109 * mib))[-1]
+    assert held.what == "gateway memory by allocator, start to end (--heap)"
+    assert held.result == (
+        "live (pymalloc blocks + glibc in use) 100.0 -> 109.0 MB (+9.0 %); pymalloc arenas "
+        "32.0 -> 32.0 MB; glibc heap 24.0 -> 24.0 MB, of it free 4.0 -> 4.0 MB; gc objects "
+        "80000 -> 80000; RSS at the end 99.0 MB, 97.0 MB after malloc_trim")
+    assert held.ok
+    assert not soak_rows(_soak_report(111 * mib))[-1].ok
+    report = _soak_report(109 * mib)
+    del report["trace_malloc"]  # a soak without --heap: the three rows of before
+    assert len(soak_rows(report)) == 3
