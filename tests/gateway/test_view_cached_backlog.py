@@ -9,10 +9,14 @@ real`'s light case, docs/engines.md)."""
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from saga.gateway.config import GatewayConfig
 from saga.gateway.view import GatewayCall, RemoteReplicaView
 from saga.sched.view import CallInfo
+
+if TYPE_CHECKING:
+    from saga.gateway.app import Gateway
 
 
 def _info(workflow: str, index: int, prompt: int, blocks: int, shared: int = 0) -> CallInfo:
@@ -67,21 +71,25 @@ def test_the_lookups_the_view_makes_for_itself_are_not_counted_as_placement_look
     assert view.prefix_lookups == [1, 6, 2]  # the call sent all 6 blocks here
 
 
+def _two_replica_gateway() -> Gateway:
+    """SAGA's gateway over two (unreached) vLLM backends, sessions not pinned."""
+    from saga.gateway.app import Gateway
+
+    return Gateway(GatewayConfig.model_validate({
+        "policy": "saga", "cluster": "cpu-tiny", "block_tokens": 128,
+        "sticky_sessions": False,
+        "backends": [{"url": "http://127.0.0.1:1", "kind": "vllm"},
+                     {"url": "http://127.0.0.1:2", "kind": "vllm"}],
+    }))
+
+
 def test_saga_keeps_a_workflow_home_while_another_cache_hit_runs_there() -> None:
     """Replica 0 holds both workflows' KV (they share a system prompt, so ``other`` joined
     ``mine`` there) and runs ``other``'s next call, which found its 5,888-token prefix
     cached; replica 1 is idle. ``mine``'s next call stays home (its prefix is cached
     there): the running call's remaining prefill is 112 tokens, not 6,000, so an idle
     replica that would recompute ``mine``'s 1,024-token context is no gain."""
-    from saga.gateway.app import Gateway
-
-    config = GatewayConfig.model_validate({
-        "policy": "saga", "cluster": "cpu-tiny", "block_tokens": 128,
-        "sticky_sessions": False,
-        "backends": [{"url": "http://127.0.0.1:1", "kind": "vllm"},
-                     {"url": "http://127.0.0.1:2", "kind": "vllm"}],
-    })
-    gateway = Gateway(config)
+    gateway = _two_replica_gateway()
     policy, views = gateway.policy, gateway.views
     seq = 0
 
@@ -151,16 +159,10 @@ def _busy_home(after: float) -> tuple[int, int]:
     of the prefill of ``other``'s first call, running on replica 0 with nothing of its own
     cached (they share a 512-token system prompt); replica 1 is idle. The replica
     ``mine``'s call goes to, and SAGA's steals."""
-    from saga.gateway.app import Gateway, WorkflowState
+    from saga.gateway.app import WorkflowState
     from saga.sched.view import WorkflowInfo
 
-    config = GatewayConfig.model_validate({
-        "policy": "saga", "cluster": "cpu-tiny", "block_tokens": 128,
-        "sticky_sessions": False,
-        "backends": [{"url": "http://127.0.0.1:1", "kind": "vllm"},
-                     {"url": "http://127.0.0.1:2", "kind": "vllm"}],
-    })
-    gateway = Gateway(config)
+    gateway = _two_replica_gateway()
     views = gateway.views
     flows = {w: WorkflowState(WorkflowInfo(w, "t", "a", 0.0, None)) for w in ("mine", "other")}
 

@@ -268,13 +268,21 @@ def _run_once(
     wall = time.monotonic() - started
     load.append(os.getloadavg()[0])
     after = [eng.vllm_prefix_cache(u) for u in urls]
+    return run_record(result, wall, load, before, after, retentions, lookups)
+
+
+def run_record(
+    result: Any, wall: float, load: list[float], before: Sequence[Any], after: Sequence[Any],
+    retentions: dict[str, int], lookups: list[Any], **extra: Any,
+) -> dict[str, Any]:
+    """One run's record (a line of runs.jsonl) from its replay ``result``
+    (saga.integrations.replay) and the engines' prefix-cache counters before and after."""
     tct = dict(result.tct)
     for wf in result.failed:  # a failed session: the run's duration, never flattering
         tct[wf] = wall
     return {
         "tct": tct, "failed": sorted(result.failed), "deferred": dict(result.deferred),
-        "calls": result.calls,
-        "errors": result.errors, "wall": wall, "load": load,
+        "calls": result.calls, "errors": result.errors, "wall": wall, "load": load,
         "prefix_queries": sum(a.queries - b.queries for a, b in zip(after, before, strict=True)),
         "prefix_hits": sum(a.hits - b.hits for a, b in zip(after, before, strict=True)),
         "retentions": retentions, "prefix_lookups": lookups,
@@ -282,6 +290,7 @@ def _run_once(
         # per call: workflow, index, sent (s), latency (s), replica, status, prompt and
         # cached tokens (saga.integrations.replay.CallRecord)
         "call_log": [list(dataclasses.astuple(c)) for c in result.call_log],
+        **extra,
     }
 
 

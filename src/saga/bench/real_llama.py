@@ -166,6 +166,7 @@ def run_once(
 ) -> dict[str, Any]:
     """One policy, one case, one repetition on llama.cpp: the replay's figures, in the
     shape of the vLLM runs (saga.bench.real.summarize) plus the slot actions."""
+    from saga.bench.real import run_record
     from saga.integrations import engines as eng
     from saga.integrations.replay import GatewayThread, replay
 
@@ -187,17 +188,8 @@ def run_once(
     wall = time.monotonic() - started
     load.append(os.getloadavg()[0])
     after = [eng.llama_prefix_cache(u) for u in urls]
-    tct = dict(result.tct)
-    for wf in result.failed:  # a failed session: the run's duration, never flattering
-        tct[wf] = wall
-    return {
-        "tct": tct, "failed": sorted(result.failed), "deferred": dict(result.deferred),
-        "calls": result.calls, "errors": result.errors, "wall": wall, "load": load,
-        "prefix_queries": sum(a.queries - b.queries for a, b in zip(after, before, strict=True)),
-        "prefix_hits": sum(a.hits - b.hits for a, b in zip(after, before, strict=True)),
-        "retentions": retentions, "prefix_lookups": [], "slot_actions": actions,
-        "backends": sorted(result.backends.values()),
-    }
+    return run_record(result, wall, load, before, after, retentions, [],
+                      slot_actions=actions)
 
 
 def run_llama(
