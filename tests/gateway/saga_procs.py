@@ -11,6 +11,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -121,15 +122,15 @@ def gateway(config: dict[str, Any], tmp: Path) -> Iterator[str]:
 
 
 @contextmanager
-def redis_server() -> Iterator[str]:
-    """A throwaway redis-server on loopback with no persistence; yields its URL."""
+def redis_on(port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """A throwaway redis-server on loopback ``port`` with no persistence, answering PING;
+    stopped at the end (woken first if a test paused it with SIGSTOP)."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise FileNotFoundError("redis-server")
-    port = free_ports(1)
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 10
@@ -144,9 +145,19 @@ def redis_server() -> Iterator[str]:
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise RuntimeError("redis-server did not start")
             time.sleep(0.05)
-        yield f"redis://{HOST}:{port}/0"
+        yield proc
     finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGCONT)
         _stop(proc)
+
+
+@contextmanager
+def redis_server() -> Iterator[str]:
+    """A throwaway redis-server on a free loopback port; yields its URL."""
+    port = free_ports(1)
+    with redis_on(port):
+        yield f"redis://{HOST}:{port}/0"
 
 
 def metrics(url: str) -> str:

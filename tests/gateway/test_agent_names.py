@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from inproc import Get, Post, chat
+from inproc import Get, Post, chat, fake_openai
 from pydantic import ValidationError
 from saga_procs import HOST
 
@@ -50,32 +50,14 @@ def _metric(text: str, line_start: str) -> str | None:
 
 @pytest.mark.timeout(60)
 def test_a_client_sending_a_new_agent_name_per_call_grows_no_table() -> None:
-    from aiohttp import web
-
     from saga.gateway.app import Gateway
 
     async def main() -> tuple[list[str], list[int], str]:
-        async def answer(request: web.Request) -> web.Response:
-            await request.read()
-            return web.json_response({
-                "id": "x", "object": "chat.completion", "created": 0, "model": "m",
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": "ok"}}],
-                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
-
-        async def health(request: web.Request) -> web.Response:
-            return web.json_response({})
-
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", answer)
-        app.router.add_get("/health", health)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, HOST, 0).start()
+        runner, url = await fake_openai(HOST)
         config: dict[str, Any] = {
             "policy": "saga", "cluster": "test-2", "max_agents_per_tenant": 3,
             "graph_sync_interval": 0, "admin_keys": ["adm"],
-            "backends": [{"url": f"http://{HOST}:{runner.addresses[0][1]}", "kind": "openai"}],
+            "backends": [{"url": url, "kind": "openai"}],
             "tenants": {"alpha": {"keys": ["ka"]}, "beta": {"keys": ["kb"]}},
         }
         gateway = Gateway(GatewayConfig.model_validate(config))

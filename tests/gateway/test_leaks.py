@@ -7,18 +7,14 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
-import subprocess
-import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from inproc import Get, Post, chat
-from saga_procs import HOST, free_ports
+from inproc import Get, Post, chat, fake_openai
+from saga_procs import HOST, free_ports, redis_on
 
 from saga.gateway.backends import LlamaCppBackend, slot_file
 from saga.gateway.config import BackendConfig, GatewayConfig
@@ -28,34 +24,6 @@ from saga.sched.decisions import Retention
 
 needs_redis = pytest.mark.skipif(shutil.which("redis-server") is None,
                                  reason="redis-server not installed")
-
-
-@contextmanager
-def redis_on(port: int) -> Iterator[subprocess.Popen[bytes]]:
-    """A throwaway redis-server on ``port`` (started here, stopped at the end)."""
-    binary = shutil.which("redis-server")
-    assert binary is not None
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection((HOST, port), timeout=0.5) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline and proc.poll() is None, "redis did not start"
-            time.sleep(0.05)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGCONT)
-            proc.terminate()
-            proc.wait(timeout=10)
 
 
 # ---- Redis: timeouts and reconnects ---------------------------------------------------------
@@ -239,40 +207,22 @@ def test_slot_files_stay_within_the_disk_budget(tmp_path: Path) -> None:
 @pytest.mark.timeout(60)
 def test_a_retry_is_not_placed_on_the_backend_that_failed() -> None:
     import saga_test_policies  # noqa: F401 (registers test-first-up)
-    from aiohttp import web
 
     from saga.gateway.app import Gateway
 
     async def main() -> list[tuple[int, str, str]]:
         hits = [0, 0]
 
-        def app(index: int, status: int) -> web.Application:
-            async def chat(request: web.Request) -> web.Response:
+        def counter(index: int) -> Callable[[], None]:
+            def count() -> None:
                 hits[index] += 1
-                await request.read()
-                if status != 200:
-                    return web.json_response({"error": {"message": "boom"}}, status=status)
-                return web.json_response({
-                    "id": "x", "object": "chat.completion", "created": 0, "model": "m",
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": "ok"}}],
-                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
-
-            async def health(request: web.Request) -> web.Response:
-                return web.json_response({})
-
-            a = web.Application()
-            a.router.add_post("/v1/chat/completions", chat)
-            a.router.add_get("/health", health)
-            return a
+            return count
 
         runners, urls = [], []
         for i, status in enumerate((500, 200)):
-            runner = web.AppRunner(app(i, status), access_log=None)
-            await runner.setup()
-            await web.TCPSite(runner, HOST, 0).start()
+            runner, url = await fake_openai(HOST, status, counter(i))
             runners.append(runner)
-            urls.append(f"http://{HOST}:{runner.addresses[0][1]}")
+            urls.append(url)
         config = GatewayConfig.model_validate({
             "policy": "test-first-up", "cluster": "test-2", "retries": 1,
             "retry_backoff": 0.0, "backends": [{"url": u, "kind": "openai"} for u in urls]})
