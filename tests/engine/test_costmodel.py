@@ -650,6 +650,24 @@ def _median_decode_step(n_seqs: int, ctx_per_seq: int) -> Callable[[CostModel], 
     return predict
 
 
+def _single_request_itl(label: str, input_len: int, inputs: str, note: str) -> Calibration:
+    """One request of the single-request sweep: the post's fitted median-ITL line at
+    ``input_len`` against one decode step half-way through the request's outputs."""
+    fit = f"the post's bf16 fit, {note}" if note else "the post's bf16 fit"
+    return Calibration(
+        f"h100-8b-vllm-decode-{label}-1seq",
+        f"{VLLM_FP8_KV_BLOG}; single-request sweep, fitted median-ITL line",
+        "h100-sxm",
+        "llama-3.1-8b",
+        1,
+        f"concurrency 1, {inputs}, {_FP8_BLOG_OUTPUT} output tokens",
+        f"median ITL: 6.44 ms + 4.37e-05 ms x {input_len:,} ({fit})",
+        _fitted_itl(input_len),
+        _median_decode_step(1, input_len + _FP8_BLOG_OUTPUT // 2),
+        fitted=False,
+    )
+
+
 def _prefill_beside_decodes(
     prompt: int, budget: int, decodes: int, decode_ctx: int
 ) -> Callable[[CostModel], float]:
@@ -945,30 +963,8 @@ CALIBRATION: list[Calibration] = [
     ),
     # --- H100, long contexts (vLLM v1 with FlashAttention-3): not fitted, out of sample ---
     # The median ITL of one request is one decode step half-way through its 128 tokens.
-    Calibration(
-        "h100-8b-vllm-decode-32k-1seq",
-        f"{VLLM_FP8_KV_BLOG}; single-request sweep, fitted median-ITL line",
-        "h100-sxm",
-        "llama-3.1-8b",
-        1,
-        "concurrency 1, input 32,768 tokens, 128 output tokens",
-        "median ITL: 6.44 ms + 4.37e-05 ms x 32,768 (the post's bf16 fit, within its range)",
-        _fitted_itl(32_768),
-        _median_decode_step(1, 32_768 + _FP8_BLOG_OUTPUT // 2),
-        fitted=False,
-    ),
-    Calibration(
-        "h100-8b-vllm-decode-125k-1seq",
-        f"{VLLM_FP8_KV_BLOG}; single-request sweep, fitted median-ITL line",
-        "h100-sxm",
-        "llama-3.1-8b",
-        1,
-        "concurrency 1, input 125,000 tokens (the top of the sweep), 128 output tokens",
-        "median ITL: 6.44 ms + 4.37e-05 ms x 125,000 (the post's bf16 fit)",
-        _fitted_itl(125_000),
-        _median_decode_step(1, 125_000 + _FP8_BLOG_OUTPUT // 2),
-        fitted=False,
-    ),
+    _single_request_itl("32k", 32_768, "input 32,768 tokens", "within its range"),
+    _single_request_itl("125k", 125_000, "input 125,000 tokens (the top of the sweep)", ""),
     # Under load, eight requests decode together. Inputs are uniform in 20k +-15 % and each
     # is on average half-way through ~2k outputs, so a step reads ~21,000 tokens of KV per
     # sequence; prefill steps (3 per request, of ~2,000) are too rare to move the median.
