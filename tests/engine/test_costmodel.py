@@ -690,6 +690,33 @@ def _prefill_beside_decodes(
     return predict
 
 
+# Source E: ShadowKV (Sun et al., ICML 2025, arXiv 2410.21465), its project page `index.html`
+# in github.com/bytedance/ShadowKV @ a21f5a9, table "Generation throughput (tokens/s) on an
+# A100", column "Full Attention" (the baseline, not ShadowKV). One A100 80GB,
+# meta-llama/Meta-Llama-3.1-8B-Instruct in bf16, the repository's own PyTorch engine
+# (`test/e2e.py`, `models/base.py`): FlashAttention-2's `flash_attn_with_kvcache` over a
+# contiguous KV cache, eager mode. Every request of the batch holds the same prompt,
+# 1024 x 60 or 1024 x 122 tokens (`min_prompt_len` in test/e2e.py), then the batch decodes
+# 100 tokens; throughput = batch x 100 / the decode time alone (`batch_generate`), so one
+# decode step takes batch / throughput seconds. A different engine than vLLM, so these rows
+# are out-of-sample checks of the A100's long-context decode, not fitted.
+SHADOWKV = (
+    "github.com/bytedance/ShadowKV index.html @ a21f5a9 (arXiv 2410.21465), 'Generation "
+    "throughput (tokens/s) on an A100' table, Full Attention column, Llama-3.1-8B row; "
+    "prompts of 1024 x 60 / 1024 x 122 tokens (test/e2e.py), 100 decode steps timed"
+)
+_SHADOWKV_STEPS = 100  # gen_len of the timed decode loop in test/e2e.py
+
+
+def _decode_run_mean_step(n_seqs: int, prompt: int, steps: int) -> Callable[[CostModel], float]:
+    """Mean step of ``steps`` pure decode steps of ``n_seqs`` sequences of ``prompt`` tokens."""
+
+    def predict(cost: CostModel) -> float:
+        return cost.decode_steps_time(n_seqs, n_seqs * prompt, steps) / steps
+
+    return predict
+
+
 @dataclass(frozen=True)
 class Calibration:
     """One published measurement and how to predict it."""
@@ -997,6 +1024,33 @@ CALIBRATION: list[Calibration] = [
         _prefill_beside_decodes(20_000, 8192, 7, 21_000),
         fitted=False,
     ),
+    # --- A100, long contexts: a different engine's decode at 60k-122k tokens, not fitted ---
+    # Batch and prompt length are the table's: the baseline ran the largest batch whose KV
+    # fits on the GPU, so each step reads ~63 GB of KV, four times the weights.
+    Calibration(
+        "a100-8b-fa2-decode-60k-8seq",
+        SHADOWKV,
+        "a100-80gb",
+        "llama-3.1-8b",
+        1,
+        "batch 8, each prompt 61,440 tokens, 100 decode steps",
+        "throughput 160.93 tokens/s: 8 / 160.93 s a step",
+        8 / 160.93,
+        _decode_run_mean_step(8, 1024 * 60, _SHADOWKV_STEPS),
+        fitted=False,
+    ),
+    Calibration(
+        "a100-8b-fa2-decode-122k-4seq",
+        SHADOWKV,
+        "a100-80gb",
+        "llama-3.1-8b",
+        1,
+        "batch 4, each prompt 124,928 tokens, 100 decode steps",
+        "throughput 80.78 tokens/s: 4 / 80.78 s a step",
+        4 / 80.78,
+        _decode_run_mean_step(4, 1024 * 122, _SHADOWKV_STEPS),
+        fitted=False,
+    ),
     # --- H200: not fitted; it inherits the H100's factors, so these are out-of-sample ---
     Calibration(
         "h200-8b-latency-bs8",
@@ -1093,6 +1147,18 @@ def test_long_contexts_are_checked_on_h100() -> None:
         "h100-8b-vllm-ttft-20k-8conc",
     }
     assert all(not p.fitted for p in CALIBRATION if p.id in long_h100)
+
+
+def test_long_context_decode_is_checked_on_a100() -> None:
+    # The A100's KV-read term (mbu x datasheet bandwidth) was fitted on contexts under
+    # ~2,500 tokens; ShadowKV's full-attention baseline (Source E) reads 61k-125k tokens of
+    # KV per sequence, where the KV is 80 % of a step's bytes.
+    long_a100 = {p.id for p in CALIBRATION if p.source == SHADOWKV}
+    assert long_a100 == {"a100-8b-fa2-decode-60k-8seq", "a100-8b-fa2-decode-122k-4seq"}
+    cost = cost_model_for("llama-3.1-8b", "a100-80gb", 1)
+    kv = cost.model.kv_bytes_per_token() * 8 * 1024 * 60
+    assert kv / (kv + cost.model.streamed_weight_bytes()) > 0.75
+    assert all(not p.fitted and p.gpu == "a100-80gb" for p in CALIBRATION if p.id in long_a100)
 
 
 def test_at_least_four_points_per_calibrated_gpu() -> None:
