@@ -616,6 +616,22 @@ _HF_E2E = (
     "FlashAttention-2 (no paged KV), pre-filling latency"
 )
 
+# Source B2: TriangleMix, added to the same repository in July 2025 (TriangleMix/README.md,
+# "TTFT in seconds on A100 80GB", row "Dense"; script TriangleMix/speed_test.py). One A100
+# 80GB, meta-llama/Llama-3.1-8B-Instruct in bf16 through transformers with
+# attn_implementation="flash_attention_2" and MInference's "dense" attention: one forward
+# pass of 32,000-128,000 tokens (the script's seq_len_list counts in thousands), no KV
+# cache, timed with CUDA events, mean of 3 prompts after a warm-up at every length. A
+# different experiment, checkpoint and engine than the vLLM rows the attention factor was
+# fitted to, and it reaches down to 32k, below their range: out of sample. transformers
+# also computes the output head at every position (the model charges it once), about 0.15 s
+# of the 4.1 s at 32k, so the model should come out a little fast there.
+TRIANGLEMIX = (
+    "github.com/microsoft/MInference TriangleMix/README.md @ fb56c91, 'TTFT in seconds on A100 "
+    "80GB' table, row Dense: TriangleMix/speed_test.py, transformers + FlashAttention-2, "
+    "meta-llama/Llama-3.1-8B-Instruct, one forward pass, mean of 3 after a warm-up"
+)
+
 # Source D: the vLLM team's post "The State of FP8 KV-Cache and Attention Quantization in
 # vLLM" (blog.vllm.ai, 2026-04-22), file _posts/2026-04-22-fp8-kvcache.md of
 # github.com/vllm-project/vllm-project.github.io @ 5ffe2dd. One H100, FlashAttention-3
@@ -988,6 +1004,23 @@ CALIBRATION: list[Calibration] = [
         _single_prefill(100_000),
         fitted=False,
     ),
+    # Same GPU, a 2025 checkpoint and script (Source B2): transformers' forward pass, out of
+    # sample, from 32k (below the fitted range) to the 128k the vLLM rows end at.
+    *(
+        Calibration(
+            f"a100-8b-hf-fa2-ttft-{tokens // 1000}k",
+            TRIANGLEMIX,
+            "a100-80gb",
+            "llama-3.1-8b",
+            1,
+            f"one prompt of {tokens:,} tokens, one forward pass",
+            f"mean TTFT {seconds} s",
+            seconds,
+            _single_prefill(tokens),
+            fitted=False,
+        )
+        for tokens, seconds in ((32_000, 4.1), (64_000, 11.2), (128_000, 34.5))
+    ),
     # --- H100, long contexts (vLLM v1 with FlashAttention-3): not fitted, out of sample ---
     # The median ITL of one request is one decode step half-way through its 128 tokens.
     _single_request_itl("32k", 32_768, "input 32,768 tokens", "within its range"),
@@ -1110,9 +1143,11 @@ def test_calibration_point(point: Calibration) -> None:
 
 def test_long_prompts_are_calibrated_on_a100() -> None:
     # the regime agent workloads live in: attention is 48-70 % of a 50k-128k prefill's FLOPs
-    long = [p for p in CALIBRATION if "prefill" in p.id and p.id.endswith(("k",))]
+    long = [p for p in CALIBRATION if p.source.startswith(MINFERENCE)]
     assert {p.id for p in long if p.fitted} == {
-        "a100-8b-vllm-prefill-50k", "a100-8b-vllm-prefill-100k", "a100-8b-vllm-prefill-128k"
+        "a100-8b-vllm-prefill-50k",
+        "a100-8b-vllm-prefill-100k",
+        "a100-8b-vllm-prefill-128k",
     }
     cost = cost_model_for("llama-3.1-8b", "a100-80gb", 1)
     model = cost.model
@@ -1121,6 +1156,25 @@ def test_long_prompts_are_calibrated_on_a100() -> None:
         attention = 4 * model.layers * model.heads * model.head_dim * tokens * tokens / 2
         linear = 2 * model.body_params() * tokens
         assert attention / (attention + linear) > 0.45
+
+
+def test_a100_prefill_is_checked_from_32k_to_128k_out_of_sample() -> None:
+    # Source B2 reaches below the 50k-128k the attention factor was fitted on: at 32k the
+    # linear layers are most of the FLOPs, at 128k attention is.
+    rows = {p.id: p for p in CALIBRATION if p.source == TRIANGLEMIX}
+    assert set(rows) == {
+        "a100-8b-hf-fa2-ttft-32k",
+        "a100-8b-hf-fa2-ttft-64k",
+        "a100-8b-hf-fa2-ttft-128k",
+    }
+    assert not any(p.fitted for p in rows.values())
+    model = get_model("llama-3.1-8b")
+
+    def attention_share(tokens: int) -> float:
+        attention = 4 * model.layers * model.heads * model.head_dim * tokens * tokens / 2
+        return attention / (attention + 2 * model.body_params() * tokens)
+
+    assert attention_share(32_000) < 0.4 < 0.6 < attention_share(128_000)
 
 
 def test_long_context_decode_slope_matches_vllm_on_h100() -> None:
