@@ -616,6 +616,22 @@ _HF_E2E = (
     "FlashAttention-2 (no paged KV), pre-filling latency"
 )
 
+# Source B2: TriangleMix, added to the same repository in July 2025 (TriangleMix/README.md,
+# "TTFT in seconds on A100 80GB", row "Dense"; script TriangleMix/speed_test.py). One A100
+# 80GB, meta-llama/Llama-3.1-8B-Instruct in bf16 through transformers with
+# attn_implementation="flash_attention_2" and MInference's "dense" attention: one forward
+# pass of 32,000-128,000 tokens (the script's seq_len_list counts in thousands), no KV
+# cache, timed with CUDA events, mean of 3 prompts after a warm-up at every length. A
+# different experiment, checkpoint and engine than the vLLM rows the attention factor was
+# fitted to, and it reaches down to 32k, below their range: out of sample. transformers
+# also computes the output head at every position (the model charges it once), about 0.15 s
+# of the 4.1 s at 32k, so the model should come out a little fast there.
+TRIANGLEMIX = (
+    "github.com/microsoft/MInference TriangleMix/README.md @ fb56c91, 'TTFT in seconds on A100 "
+    "80GB' table, row Dense: TriangleMix/speed_test.py, transformers + FlashAttention-2, "
+    "meta-llama/Llama-3.1-8B-Instruct, one forward pass, mean of 3 after a warm-up"
+)
+
 # Source D: the vLLM team's post "The State of FP8 KV-Cache and Attention Quantization in
 # vLLM" (blog.vllm.ai, 2026-04-22), file _posts/2026-04-22-fp8-kvcache.md of
 # github.com/vllm-project/vllm-project.github.io @ 5ffe2dd. One H100, FlashAttention-3
@@ -686,6 +702,33 @@ def _prefill_beside_decodes(
             total += cost.step_time(q + decodes, attn, kv_read, 1 + decodes)
             done += q
         return total
+
+    return predict
+
+
+# Source E: ShadowKV (Sun et al., ICML 2025, arXiv 2410.21465), its project page `index.html`
+# in github.com/bytedance/ShadowKV @ a21f5a9, table "Generation throughput (tokens/s) on an
+# A100", column "Full Attention" (the baseline, not ShadowKV). One A100 80GB,
+# meta-llama/Meta-Llama-3.1-8B-Instruct in bf16, the repository's own PyTorch engine
+# (`test/e2e.py`, `models/base.py`): FlashAttention-2's `flash_attn_with_kvcache` over a
+# contiguous KV cache, eager mode. Every request of the batch holds the same prompt,
+# 1024 x 60 or 1024 x 122 tokens (`min_prompt_len` in test/e2e.py), then the batch decodes
+# 100 tokens; throughput = batch x 100 / the decode time alone (`batch_generate`), so one
+# decode step takes batch / throughput seconds. A different engine than vLLM, so these rows
+# are out-of-sample checks of the A100's long-context decode, not fitted.
+SHADOWKV = (
+    "github.com/bytedance/ShadowKV index.html @ a21f5a9 (arXiv 2410.21465), 'Generation "
+    "throughput (tokens/s) on an A100' table, Full Attention column, Llama-3.1-8B row; "
+    "prompts of 1024 x 60 / 1024 x 122 tokens (test/e2e.py), 100 decode steps timed"
+)
+_SHADOWKV_STEPS = 100  # gen_len of the timed decode loop in test/e2e.py
+
+
+def _decode_run_mean_step(n_seqs: int, prompt: int, steps: int) -> Callable[[CostModel], float]:
+    """Mean step of ``steps`` pure decode steps of ``n_seqs`` sequences of ``prompt`` tokens."""
+
+    def predict(cost: CostModel) -> float:
+        return cost.decode_steps_time(n_seqs, n_seqs * prompt, steps) / steps
 
     return predict
 
@@ -961,6 +1004,23 @@ CALIBRATION: list[Calibration] = [
         _single_prefill(100_000),
         fitted=False,
     ),
+    # Same GPU, a 2025 checkpoint and script (Source B2): transformers' forward pass, out of
+    # sample, from 32k (below the fitted range) to the 128k the vLLM rows end at.
+    *(
+        Calibration(
+            f"a100-8b-hf-fa2-ttft-{tokens // 1000}k",
+            TRIANGLEMIX,
+            "a100-80gb",
+            "llama-3.1-8b",
+            1,
+            f"one prompt of {tokens:,} tokens, one forward pass",
+            f"mean TTFT {seconds} s",
+            seconds,
+            _single_prefill(tokens),
+            fitted=False,
+        )
+        for tokens, seconds in ((32_000, 4.1), (64_000, 11.2), (128_000, 34.5))
+    ),
     # --- H100, long contexts (vLLM v1 with FlashAttention-3): not fitted, out of sample ---
     # The median ITL of one request is one decode step half-way through its 128 tokens.
     _single_request_itl("32k", 32_768, "input 32,768 tokens", "within its range"),
@@ -995,6 +1055,33 @@ CALIBRATION: list[Calibration] = [
         "median TTFT 763.6 ms",
         0.7636,
         _prefill_beside_decodes(20_000, 8192, 7, 21_000),
+        fitted=False,
+    ),
+    # --- A100, long contexts: a different engine's decode at 60k-122k tokens, not fitted ---
+    # Batch and prompt length are the table's: the baseline ran the largest batch whose KV
+    # fits on the GPU, so each step reads ~63 GB of KV, four times the weights.
+    Calibration(
+        "a100-8b-fa2-decode-60k-8seq",
+        SHADOWKV,
+        "a100-80gb",
+        "llama-3.1-8b",
+        1,
+        "batch 8, each prompt 61,440 tokens, 100 decode steps",
+        "throughput 160.93 tokens/s: 8 / 160.93 s a step",
+        8 / 160.93,
+        _decode_run_mean_step(8, 1024 * 60, _SHADOWKV_STEPS),
+        fitted=False,
+    ),
+    Calibration(
+        "a100-8b-fa2-decode-122k-4seq",
+        SHADOWKV,
+        "a100-80gb",
+        "llama-3.1-8b",
+        1,
+        "batch 4, each prompt 124,928 tokens, 100 decode steps",
+        "throughput 80.78 tokens/s: 4 / 80.78 s a step",
+        4 / 80.78,
+        _decode_run_mean_step(4, 1024 * 122, _SHADOWKV_STEPS),
         fitted=False,
     ),
     # --- H200: not fitted; it inherits the H100's factors, so these are out-of-sample ---
@@ -1056,9 +1143,11 @@ def test_calibration_point(point: Calibration) -> None:
 
 def test_long_prompts_are_calibrated_on_a100() -> None:
     # the regime agent workloads live in: attention is 48-70 % of a 50k-128k prefill's FLOPs
-    long = [p for p in CALIBRATION if "prefill" in p.id and p.id.endswith(("k",))]
+    long = [p for p in CALIBRATION if p.source.startswith(MINFERENCE)]
     assert {p.id for p in long if p.fitted} == {
-        "a100-8b-vllm-prefill-50k", "a100-8b-vllm-prefill-100k", "a100-8b-vllm-prefill-128k"
+        "a100-8b-vllm-prefill-50k",
+        "a100-8b-vllm-prefill-100k",
+        "a100-8b-vllm-prefill-128k",
     }
     cost = cost_model_for("llama-3.1-8b", "a100-80gb", 1)
     model = cost.model
@@ -1067,6 +1156,25 @@ def test_long_prompts_are_calibrated_on_a100() -> None:
         attention = 4 * model.layers * model.heads * model.head_dim * tokens * tokens / 2
         linear = 2 * model.body_params() * tokens
         assert attention / (attention + linear) > 0.45
+
+
+def test_a100_prefill_is_checked_from_32k_to_128k_out_of_sample() -> None:
+    # Source B2 reaches below the 50k-128k the attention factor was fitted on: at 32k the
+    # linear layers are most of the FLOPs, at 128k attention is.
+    rows = {p.id: p for p in CALIBRATION if p.source == TRIANGLEMIX}
+    assert set(rows) == {
+        "a100-8b-hf-fa2-ttft-32k",
+        "a100-8b-hf-fa2-ttft-64k",
+        "a100-8b-hf-fa2-ttft-128k",
+    }
+    assert not any(p.fitted for p in rows.values())
+    model = get_model("llama-3.1-8b")
+
+    def attention_share(tokens: int) -> float:
+        attention = 4 * model.layers * model.heads * model.head_dim * tokens * tokens / 2
+        return attention / (attention + 2 * model.body_params() * tokens)
+
+    assert attention_share(32_000) < 0.4 < 0.6 < attention_share(128_000)
 
 
 def test_long_context_decode_slope_matches_vllm_on_h100() -> None:
@@ -1093,6 +1201,18 @@ def test_long_contexts_are_checked_on_h100() -> None:
         "h100-8b-vllm-ttft-20k-8conc",
     }
     assert all(not p.fitted for p in CALIBRATION if p.id in long_h100)
+
+
+def test_long_context_decode_is_checked_on_a100() -> None:
+    # The A100's KV-read term (mbu x datasheet bandwidth) was fitted on contexts under
+    # ~2,500 tokens; ShadowKV's full-attention baseline (Source E) reads 61k-125k tokens of
+    # KV per sequence, where the KV is 80 % of a step's bytes.
+    long_a100 = {p.id for p in CALIBRATION if p.source == SHADOWKV}
+    assert long_a100 == {"a100-8b-fa2-decode-60k-8seq", "a100-8b-fa2-decode-122k-4seq"}
+    cost = cost_model_for("llama-3.1-8b", "a100-80gb", 1)
+    kv = cost.model.kv_bytes_per_token() * 8 * 1024 * 60
+    assert kv / (kv + cost.model.streamed_weight_bytes()) > 0.75
+    assert all(not p.fitted and p.gpu == "a100-80gb" for p in CALIBRATION if p.id in long_a100)
 
 
 def test_at_least_four_points_per_calibrated_gpu() -> None:
