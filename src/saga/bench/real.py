@@ -387,8 +387,9 @@ def run_real(
         for case in spec.cases:
             wfs = sim_workflows(plans[case.name], tokenizer, salt=f"[real sim {case.name}]\n",
                                 block_tokens=spec.block_tokens)
-            sim[case.name] = {p: _mean(list(sim_run(wfs, cluster, p).values()))
-                              for p in spec.policies}
+            sim[case.name] = {
+                p: _mean(list(sim_run(wfs, cluster, p, stock_engine=p != "saga").values()))
+                for p in spec.policies}
     summary = summarize(spec, runs, sim, quick=quick, wall=wall)
     if engine == "both":
         from saga.bench.real_llama import run_llama

@@ -48,6 +48,7 @@ from saga.engine.cluster import get_cluster
 from saga.gateway.app import Gateway
 from saga.gateway.config import GatewayConfig
 from saga.sched.registry import build_policy
+from saga.sched.stock import on_stock_vllm
 from saga.sim.simulator import Simulation
 from saga.workloads._blocks import runs_from_ids
 
@@ -301,9 +302,16 @@ def kv_cluster(kv_blocks: int, base: str = "cpu-tiny") -> str:
     return name
 
 
-def simulate(workflows: Sequence[Workflow], cluster: str, policy: str) -> dict[str, float]:
-    """Each workflow's TCT in the simulator (ids without the tenant)."""
-    result = Simulation(get_cluster(cluster), build_policy(policy), workflows).run()
+def simulate(
+    workflows: Sequence[Workflow], cluster: str, policy: str, *, stock_engine: bool = False,
+) -> dict[str, float]:
+    """Each workflow's TCT in the simulator (ids without the tenant). ``stock_engine``:
+    the policy's gateway in front of stock vLLM (saga.sched.stock), as ``saga bench
+    real`` deploys every policy but ``saga``."""
+    built = build_policy(policy)
+    if stock_engine:
+        built = on_stock_vllm(built)
+    result = Simulation(get_cluster(cluster), built, workflows).run()
     return {w.workflow.split("/", 1)[-1]: w.tct for w in result.workflows}
 
 
