@@ -381,14 +381,19 @@ def run_real(
     sim: dict[str, dict[str, float]] = {}
     tokenizer = eng.tiny_model_dir() / "tokenizer.json"
     if simulate and tokenizer.exists():
-        from saga.integrations.replay import sim_workflows
+        from saga.integrations.replay import gateway_estimates, sim_workflows
         from saga.integrations.replay import simulate as sim_run
 
         for case in spec.cases:
-            wfs = sim_workflows(plans[case.name], tokenizer, salt=f"[real sim {case.name}]\n",
+            salt = f"[real sim {case.name}]\n"
+            wfs = sim_workflows(plans[case.name], tokenizer, salt=salt,
                                 block_tokens=spec.block_tokens)
+            # each policy as deployed: the gateway's prompt estimates, stock vLLM under
+            # every policy but saga (docs/engines.md, "Simulator agreement")
+            seen = gateway_estimates(plans[case.name], salt=salt)
             sim[case.name] = {
-                p: _mean(list(sim_run(wfs, cluster, p, stock_engine=p != "saga").values()))
+                p: _mean(list(sim_run(wfs, cluster, p, stock_engine=p != "saga",
+                                      estimates=seen).values()))
                 for p in spec.policies}
     summary = summarize(spec, runs, sim, quick=quick, wall=wall)
     if engine == "both":
