@@ -23,7 +23,8 @@ ids; a live replay needs the text itself, so this module reads the files again:
 * :func:`sim_workflows`: the same plan as the simulator's workflows, prompts tokenized with
   the tiny model's own tokenizer and chat template, cut into ``block_tokens`` blocks named
   by their chain (as :mod:`saga.workloads.readers.lmcache` does), for
-  :func:`simulate` on a cluster preset (``cpu-tiny``: the calibrated vLLM-CPU replicas);
+  :func:`simulate` on a cluster preset (``cpu-tiny``: the calibrated vLLM-CPU replicas),
+  with :func:`gateway_estimates` the prompt lengths the gateway gives the policy;
 * :class:`GatewayThread`: a gateway in this process, on its own event loop and thread.
 """
 
