@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from saga.engine.config import EngineConfig
 from saga.engine.costmodel import CostModel
+from saga.engine.fold import fold_boundaries
 from saga.engine.kvcache import EvictionOrder, KVNode, RadixKV, Run, skip_runs, take_runs
 from saga.sched.decisions import Retention
 
@@ -253,6 +254,14 @@ class Replica(QueueTokens):
         self.new_prefetches: list[tuple[float, tuple[Run, ...]]] = []
         #: Plan pure-decode runs as one event (off only to test that runs change nothing).
         self.decode_runs = True
+        #: Fold a memory-bound decode run's block boundaries into its event (see
+        #: :meth:`sync`). Off by default: the runtime turns it on only if it brings the
+        #: replica up to date (:meth:`sync`) before anything reads it, as the simulator does.
+        self.fold_boundaries = False
+        # The ends of the runs still folded after the current one (the last is the event's
+        # time): each is the run that planning at the previous end would start.
+        self._folded: list[float] = []
+        self._applying = False  # sync() is applying a boundary: plan() folds nothing
         self.up = True
         # the step or run in flight
         self.busy = False
@@ -304,6 +313,8 @@ class Replica(QueueTokens):
 
     # ---- the runtime's verbs -----------------------------------------------------------
     def enqueue(self, request: Request, now: float) -> None:
+        if self._folded:
+            self.sync(now)
         request.enqueued_at = now
         self.waiting.append(request)
         self._count_waiting(request, 1)
@@ -311,6 +322,7 @@ class Replica(QueueTokens):
 
     def withdraw(self, request: Request) -> bool:
         """Take a waiting call off the queue (its client left); False if not waiting."""
+        # (a waiting call: a folded run has none, and taking one off changes no step)
         if request not in self.waiting:
             return False
         self.waiting.remove(request)
@@ -353,19 +365,61 @@ class Replica(QueueTokens):
         self.busy = True
         self.step_start = now
         self.step_end = now + duration
+        if steps > 1 and self.fold_boundaries and not self._applying:
+            self._folded = fold_boundaries(self, now, batch, steps)
+            if self._folded:
+                return self._folded[-1]
         return self.step_end
+
+    def sync(self, now: float) -> None:
+        """Bring a folded run up to ``now``: apply each of its block boundaries that has
+        passed, exactly as its own event would have (the run's end, then planning at that
+        instant, which continues the run). Whoever reads or changes the replica while it
+        runs calls this first; the runtime's event at the fold's last end applies the rest.
+
+        Why it is exact: planning at a boundary of a folded run calls no policy hook (a
+        static queue order or one call, nothing waiting) and evicts, if at all, in the
+        cache's static order, which depends on this replica's cache alone; so the same
+        work done later, at the boundary's own instant, gives the same state, provided
+        nothing read or changed the replica in between, which is what calling this first
+        ensures."""
+        folded = self._folded
+        while folded and self.step_end <= now:
+            end = self.step_end
+            finished = self._complete(end)
+            assert not finished, "a folded boundary ends no call"
+            self._applying = True
+            planned = self.plan(end)
+            self._applying = False
+            assert planned == folded[0], (planned, folded[0])
+            del folded[0]
 
     def interrupt(self, now: float) -> float | None:
         """Cut a decode run at the first step boundary at or after ``now``.
 
         Returns the new end time if it changed (the runtime reschedules), else None.
         """
+        if self._folded:
+            self.sync(now)
+            if self._folded:
+                # the boundaries after the current run are no longer folded: the runtime's
+                # event moves to the current run's end, or to its cut (below)
+                self._folded = []
+                if now >= self.step_end or self._cut(now) is None:
+                    self.version += 1
+                    return self.step_end
+                return self.step_end
         if not self.busy or now >= self.step_end:
             return None
         if not self._batch:  # only waiting for a host load: plan again now
             self.step_end = now
             self.version += 1
             return now
+        return self._cut(now)
+
+    def _cut(self, now: float) -> float | None:
+        """Cut the run in flight at the first step boundary at or after ``now`` (before
+        its end); the new end, or None if the run ends there anyway."""
         if self._run_steps <= 1:
             return None
         n = len(self._batch)
@@ -380,6 +434,11 @@ class Replica(QueueTokens):
 
     def complete(self, now: float) -> list[Request]:
         """Apply the step (or run) that ends at ``now``; return the calls that finished."""
+        if self._folded:
+            self.sync(now)
+        return self._complete(now)
+
+    def _complete(self, now: float) -> list[Request]:
         self.busy = False
         if not self._batch:
             return []
@@ -859,6 +918,8 @@ class Replica(QueueTokens):
     def prefetch(self, runs: Sequence[Run], now: float) -> int:
         """Load from the host tier the part of ``runs`` not on the GPU, leaving it
         cached and evictable, so that the next call hits. Returns blocks loaded."""
+        if self._folded:
+            self.sync(now)
         if self.host is None:
             return 0
         have = self.kv.match_blocks(runs)
@@ -878,6 +939,8 @@ class Replica(QueueTokens):
 
     def unpin(self, workflow: str, now: float) -> bool:
         """Release a workflow's pin (TTL expired, pressure, or the policy said so)."""
+        if self._folded:
+            self.sync(now)
         pin = self.pins.pop(workflow, None)
         if pin is None:
             return False
@@ -1009,6 +1072,9 @@ class Replica(QueueTokens):
         ``seq``, reset to start again elsewhere (their output so far is lost; the
         replica that takes one counts its prompt as recomputed). The runtime sets
         ``up`` again when the replica returns, with an empty cache."""
+        if self._folded:
+            self.sync(now)
+            self._folded = []
         self.up = False
         self.busy = False
         self.version += 1  # the step in flight never ends
