@@ -19,19 +19,25 @@ policy (more than one call under a dynamic queue order) or evict by a policy's k
 
 from __future__ import annotations
 
+import heapq
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from saga.engine.replica import Replica, Request
 
 
+Fold = tuple[float, int, tuple[int, ...]]
+"""One run of a fold after the current one: (its end, its steps, the positions in the
+batch of the calls that take a block at its start, ascending)."""
+
+
 def fold_boundaries(
     replica: Replica, now: float, batch: list[tuple[Request, int]], steps: int
-) -> list[float]:
-    """The ends of the runs that would follow the run of ``steps`` decode steps just
-    planned at ``now`` on ``replica`` (ending at ``replica.step_end``), each continuing
-    the one before at a block boundary; empty when the run does not end at one that
-    can be folded."""
+) -> list[Fold]:
+    """The runs that would follow the run of ``steps`` decode steps just planned at
+    ``now`` on ``replica`` (ending at ``replica.step_end``), each continuing the one
+    before at a block boundary; empty when the run does not end at one that can be
+    folded."""
     kv = replica.kv
     if (
         not kv.eviction.static
@@ -45,13 +51,17 @@ def fold_boundaries(
     if left <= 0:
         return []  # the run ends a call: its end is the general path's
     bt = replica.block_tokens
-    computed = [r.computed + steps for r, _ in batch]
-    blocks = [r.locked_blocks + r.anon for r, _ in batch]
+    # Each call's next block boundary, in steps from the run's start: where the tokens
+    # in KV reach the blocks it holds (then every bt steps, one block at a time).
+    crossings = [
+        ((r.locked_blocks + r.anon) * bt - r.computed, i) for i, (r, _) in enumerate(batch)
+    ]
+    heapq.heapify(crossings)
     # calls whose prompt's keyed blocks are not all cached: a run requires
     # locked_blocks >= min(tokens // bt, keyed_blocks), which their growth may break
     partial = [
-        (i, r.locked_blocks, r.keyed_blocks)
-        for i, (r, _) in enumerate(batch)
+        (r.computed, r.locked_blocks, r.keyed_blocks)
+        for r, _ in batch
         if r.locked_blocks < r.keyed_blocks
     ]
     n = len(batch)
@@ -59,35 +69,35 @@ def fold_boundaries(
     context = replica._run_ctx + n * steps
     available = kv.available_blocks
     end = replica.step_end
-    ends: list[float] = []
+    done = steps  # steps taken since the run's start
+    folds: list[Fold] = []
     while True:
         # _continue_run at the boundary: every call at a block's end takes one more
-        need = 0
-        for i in range(n):
-            more = -(-(computed[i] + 1) // bt) - blocks[i]
-            if more > 0:
-                need += more
-                blocks[i] += more
-        if need > available:
+        grow: list[int] = []
+        while crossings[0][0] == done:
+            _, i = crossings[0]
+            heapq.heapreplace(crossings, (done + bt, i))
+            grow.append(i)
+        if len(grow) > available:
             break
-        available -= need  # no block is free: each is evicted, in the cache's order
+        available -= len(grow)  # no block is free: each is evicted, in the cache's order
         # _decode_run_length of the continued batch
-        if any(locked < min((computed[i] + 1) // bt, keyed) for i, locked, keyed in partial):
+        if any(locked < min((c + done + 1) // bt, keyed) for c, locked, keyed in partial):
             break
         if left <= 1:
             break
-        room = min(b * bt - c for b, c in zip(blocks, computed, strict=True))
+        room = crossings[0][0] - done
         run = left
         if run > room:  # still no free block: up to the next boundary
             if room <= 1:
                 break
             run = room
         end = end + cost.decode_steps_time(n, context, run)
-        ends.append(end)
+        grow.sort()
+        folds.append((end, run, tuple(grow)))
         context += n * run
+        done += run
         left -= run
         if left <= 0:
             break  # this run ends a call
-        for i in range(n):
-            computed[i] += run
-    return ends
+    return folds

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from saga.engine.config import EngineConfig
 from saga.engine.costmodel import CostModel
-from saga.engine.fold import fold_boundaries
+from saga.engine.fold import Fold, fold_boundaries
 from saga.engine.kvcache import EvictionOrder, KVNode, RadixKV, Run, skip_runs, take_runs
 from saga.sched.decisions import Retention
 
@@ -258,10 +258,9 @@ class Replica(QueueTokens):
         #: :meth:`sync`). Off by default: the runtime turns it on only if it brings the
         #: replica up to date (:meth:`sync`) before anything reads it, as the simulator does.
         self.fold_boundaries = False
-        # The ends of the runs still folded after the current one (the last is the event's
-        # time): each is the run that planning at the previous end would start.
-        self._folded: list[float] = []
-        self._applying = False  # sync() is applying a boundary: plan() folds nothing
+        # The runs still folded after the current one, in order (the last one's end is
+        # the event's time): each is the run that planning at the previous end would start.
+        self._folded: list[Fold] = []
         self.up = True
         # the step or run in flight
         self.busy = False
@@ -365,34 +364,64 @@ class Replica(QueueTokens):
         self.busy = True
         self.step_start = now
         self.step_end = now + duration
-        if steps > 1 and self.fold_boundaries and not self._applying:
+        if steps > 1 and self.fold_boundaries:
             self._folded = fold_boundaries(self, now, batch, steps)
             if self._folded:
-                return self._folded[-1]
+                return self._folded[-1][0]
         return self.step_end
 
     def sync(self, now: float) -> None:
         """Bring a folded run up to ``now``: apply each of its block boundaries that has
-        passed, exactly as its own event would have (the run's end, then planning at that
-        instant, which continues the run). Whoever reads or changes the replica while it
-        runs calls this first; the runtime's event at the fold's last end applies the rest.
+        passed, at its own instant, as its event would have (the run's end, then planning
+        at that instant, which continues the run: ``_complete``, ``_continue_run`` and
+        ``_decode_run_length`` do the same to the state). Whoever reads or changes the
+        replica while it runs calls this first; the runtime's event at the fold's last
+        end applies the rest.
 
         Why it is exact: planning at a boundary of a folded run calls no policy hook (a
-        static queue order or one call, nothing waiting) and evicts, if at all, in the
-        cache's static order, which depends on this replica's cache alone; so the same
-        work done later, at the boundary's own instant, gives the same state, provided
-        nothing read or changed the replica in between, which is what calling this first
-        ensures."""
+        static queue order or one call, nothing waiting) and evicts in the cache's
+        static order, which depends on this replica's cache alone; so the same work done
+        later, at the boundary's own instant, gives the same state, provided nothing
+        read or changed the replica in between, which is what calling this first
+        ensures. Calls' progress is added once for all the runs applied: nothing in
+        between reads it."""
         folded = self._folded
-        while folded and self.step_end <= now:
+        if not folded or self.step_end > now:
+            return
+        batch = self._batch
+        n = len(batch)
+        kv = self.kv
+        low, high = self.busy_window
+        taken = 0  # decode steps applied, for each call of the batch
+        applied = 0
+        for next_end, next_steps, grow in folded:
             end = self.step_end
-            finished = self._complete(end)
-            assert not finished, "a folded boundary ends no call"
-            self._applying = True
-            planned = self.plan(end)
-            self._applying = False
-            assert planned == folded[0], (planned, folded[0])
-            del folded[0]
+            if end > now:
+                break
+            # the run that ends here (_complete's run branch: no call ends, none trimmed)
+            start, steps = self.step_start, self._run_steps
+            self.steps += steps
+            self.busy_seconds += end - start
+            self.window_busy_seconds += max(0.0, min(end, high) - max(start, low))
+            taken += steps
+            self.context_tokens += n * steps  # _step_tokens: each computed what it emitted
+            # _continue_run at ``end``: each call at a block's end takes one more
+            for i in grow:
+                request = batch[i][0]
+                if not kv.allocate(1, end):
+                    raise AssertionError("a folded boundary found no block to take")
+                request.anon += 1
+                request.anon_since.append([1, end])
+            # the run that planning at ``end`` starts
+            self._run_steps = next_steps
+            self._run_ctx = self.context_tokens
+            self.step_start = end
+            self.step_end = next_end
+            applied += 1
+        del folded[:applied]
+        for request, _ in batch:
+            request.computed += taken
+            request.generated += taken
 
     def interrupt(self, now: float) -> float | None:
         """Cut a decode run at the first step boundary at or after ``now``.
