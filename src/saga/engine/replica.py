@@ -17,7 +17,9 @@ Speed: when a batch holds only decodes and nothing could join it, the replica
 plans a *run* of ``k`` identical decode steps (up to the first call that ends or
 the KV that is free) as one event, timed in closed form by the cost model. An
 event that reaches the replica during a run cuts it at the step boundary that
-follows, so the result equals stepping one step at a time.
+follows, so the result equals stepping one step at a time. A runtime that syncs the
+replica before every read (the simulator) may also fold the block boundaries of a run on a
+full cache into that event (``fold_boundaries``, :meth:`Replica.sync`, ``engine/fold.py``).
 """
 
 from __future__ import annotations
@@ -434,9 +436,8 @@ class Replica(QueueTokens):
                 # the boundaries after the current run are no longer folded: the runtime's
                 # event moves to the current run's end, or to its cut (below)
                 self._folded = []
-                if now >= self.step_end or self._cut(now) is None:
+                if self._cut(now) is None:
                     self.version += 1
-                    return self.step_end
                 return self.step_end
         if not self.busy or now >= self.step_end:
             return None
