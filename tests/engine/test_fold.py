@@ -105,32 +105,3 @@ def test_a_keyed_eviction_order_folds_nothing(seed: int) -> None:
     lazy_reads, _, lazy_events, applied = serve(True, seed, keyed=True)
     assert (lazy_reads, lazy_events, applied) == (eager_reads, eager_events, 0)
 
-
-def test_the_simulators_view_syncs_a_folded_replica_before_a_read() -> None:
-    """SyncedReplica (what the simulator's policy reads) applies the boundaries passed."""
-    from saga.sim.synced import SyncedReplica
-
-    replica = make_replica(capacity=30, budget=4096, hooks=Hooks())
-    replica.fold_boundaries = True
-    loop = EventLoop()
-    driver = Driver(loop, replica)
-    for i in range(3):  # cached, evictable prompts: the decodes below evict them
-        replica.enqueue(request(f"warm{i}", 6, 1, seq=i, extra_tokens=5), 0.0)
-    driver._kick(replica)
-    loop.run()
-    replica.enqueue(request("a", 5, 300, seq=10), loop.now)
-    replica.enqueue(request("b", 4, 260, seq=11), loop.now)
-    driver._kick(replica)
-    view = SyncedReplica(replica, loop)
-    synced: list[int] = []
-
-    def read(_: object) -> None:
-        if replica._folded and replica.step_end < loop.now:
-            before = len(replica._folded)
-            assert view.context_tokens == replica.context_tokens
-            synced.append(before - len(replica._folded))
-
-    for k in range(1, 400):
-        loop.at(loop.now + k * 0.01, read)
-    loop.run()
-    assert synced and all(n > 0 for n in synced)

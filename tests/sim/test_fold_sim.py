@@ -7,9 +7,13 @@ from __future__ import annotations
 from unittest.mock import patch
 
 import pytest
+from tests.engine.test_fold import Driver
+from tests.engine.test_replica import Hooks, make_replica, request
 
 from saga.engine.cluster import get_cluster
+from saga.engine.events import EventLoop
 from saga.sim.run import run_policy
+from saga.sim.synced import SyncedReplica
 from saga.workloads import build_workload
 
 
@@ -28,3 +32,31 @@ def test_folding_changes_no_figure_but_the_events(policy: str) -> None:
     assert {k: v for k, v in folded.summary.items() if k != events} == {
         k: v for k, v in stepped.summary.items() if k != events
     }
+
+
+def test_the_simulators_view_syncs_a_folded_replica_before_a_read() -> None:
+    """SyncedReplica (what the simulator's policy reads) applies the boundaries passed."""
+    replica = make_replica(capacity=30, budget=4096, hooks=Hooks())
+    replica.fold_boundaries = True
+    loop = EventLoop()
+    driver = Driver(loop, replica)
+    for i in range(3):  # cached, evictable prompts: the decodes below evict them
+        replica.enqueue(request(f"warm{i}", 6, 1, seq=i, extra_tokens=5), 0.0)
+    driver._kick(replica)
+    loop.run()
+    replica.enqueue(request("a", 5, 300, seq=10), loop.now)
+    replica.enqueue(request("b", 4, 260, seq=11), loop.now)
+    driver._kick(replica)
+    view = SyncedReplica(replica, loop)
+    synced: list[int] = []
+
+    def read(_: object) -> None:
+        if replica._folded and replica.step_end < loop.now:
+            before = len(replica._folded)
+            assert view.context_tokens == replica.context_tokens
+            synced.append(before - len(replica._folded))
+
+    for k in range(1, 400):
+        loop.at(loop.now + k * 0.01, read)
+    loop.run()
+    assert synced and all(n > 0 for n in synced)
