@@ -94,6 +94,7 @@ class ReplicaDriver:
 
     def _pin_expired(self, item: tuple[Replica, str, Pin]) -> None:
         replica, workflow, pin = item
+        replica.sync(self.loop.now)  # (a folded run's boundaries before this instant)
         if replica.pins.get(workflow) is pin:  # not consumed or replaced meanwhile
             replica.unpin(workflow, self.loop.now)
             if replica.waiting:

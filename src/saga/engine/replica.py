@@ -17,7 +17,9 @@ Speed: when a batch holds only decodes and nothing could join it, the replica
 plans a *run* of ``k`` identical decode steps (up to the first call that ends or
 the KV that is free) as one event, timed in closed form by the cost model. An
 event that reaches the replica during a run cuts it at the step boundary that
-follows, so the result equals stepping one step at a time.
+follows, so the result equals stepping one step at a time. A runtime that syncs the
+replica before every read (the simulator) may also fold the block boundaries of a run on a
+full cache into that event (``fold_boundaries``, :meth:`Replica.sync`, ``engine/fold.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from saga.engine.config import EngineConfig
 from saga.engine.costmodel import CostModel
+from saga.engine.fold import Fold, fold_boundaries
 from saga.engine.kvcache import EvictionOrder, KVNode, RadixKV, Run, skip_runs, take_runs
 from saga.sched.decisions import Retention
 
@@ -253,6 +256,13 @@ class Replica(QueueTokens):
         self.new_prefetches: list[tuple[float, tuple[Run, ...]]] = []
         #: Plan pure-decode runs as one event (off only to test that runs change nothing).
         self.decode_runs = True
+        #: Fold a memory-bound decode run's block boundaries into its event (see
+        #: :meth:`sync`). Off by default: the runtime turns it on only if it brings the
+        #: replica up to date (:meth:`sync`) before anything reads it, as the simulator does.
+        self.fold_boundaries = False
+        # The runs still folded after the current one, in order (the last one's end is
+        # the event's time): each is the run that planning at the previous end would start.
+        self._folded: list[Fold] = []
         self.up = True
         # the step or run in flight
         self.busy = False
@@ -304,6 +314,8 @@ class Replica(QueueTokens):
 
     # ---- the runtime's verbs -----------------------------------------------------------
     def enqueue(self, request: Request, now: float) -> None:
+        if self._folded:
+            self.sync(now)
         request.enqueued_at = now
         self.waiting.append(request)
         self._count_waiting(request, 1)
@@ -311,6 +323,7 @@ class Replica(QueueTokens):
 
     def withdraw(self, request: Request) -> bool:
         """Take a waiting call off the queue (its client left); False if not waiting."""
+        # (a waiting call: a folded run has none, and taking one off changes no step)
         if request not in self.waiting:
             return False
         self.waiting.remove(request)
@@ -353,19 +366,90 @@ class Replica(QueueTokens):
         self.busy = True
         self.step_start = now
         self.step_end = now + duration
+        if steps > 1 and self.fold_boundaries:
+            self._folded = fold_boundaries(self, now, batch, steps)
+            if self._folded:
+                return self._folded[-1][0]
         return self.step_end
+
+    def sync(self, now: float) -> None:
+        """Bring a folded run up to ``now``: apply each of its block boundaries that has
+        passed, at its own instant, as its event would have (the run's end, then planning
+        at that instant, which continues the run: ``_complete``, ``_continue_run`` and
+        ``_decode_run_length`` do the same to the state). Whoever reads or changes the
+        replica while it runs calls this first; the runtime's event at the fold's last
+        end applies the rest.
+
+        Why it is exact: planning at a boundary of a folded run calls no policy hook (a
+        static queue order or one call, nothing waiting) and evicts in the cache's
+        static order, which depends on this replica's cache alone; so the same work done
+        later, at the boundary's own instant, gives the same state, provided nothing
+        read or changed the replica in between, which is what calling this first
+        ensures. Calls' progress is added once for all the runs applied: nothing in
+        between reads it."""
+        folded = self._folded
+        if not folded or self.step_end > now:
+            return
+        batch = self._batch
+        n = len(batch)
+        kv = self.kv
+        low, high = self.busy_window
+        taken = 0  # decode steps applied, for each call of the batch
+        applied = 0
+        for next_end, next_steps, grow in folded:
+            end = self.step_end
+            if end > now:
+                break
+            # the run that ends here (_complete's run branch: no call ends, none trimmed)
+            start, steps = self.step_start, self._run_steps
+            self.steps += steps
+            self.busy_seconds += end - start
+            self.window_busy_seconds += max(0.0, min(end, high) - max(start, low))
+            taken += steps
+            self.context_tokens += n * steps  # _step_tokens: each computed what it emitted
+            # _continue_run at ``end``: each call at a block's end takes one more
+            for i in grow:
+                request = batch[i][0]
+                if not kv.allocate(1, end):
+                    raise AssertionError("a folded boundary found no block to take")
+                request.anon += 1
+                request.anon_since.append([1, end])
+            # the run that planning at ``end`` starts
+            self._run_steps = next_steps
+            self._run_ctx = self.context_tokens
+            self.step_start = end
+            self.step_end = next_end
+            applied += 1
+        del folded[:applied]
+        for request, _ in batch:
+            request.computed += taken
+            request.generated += taken
 
     def interrupt(self, now: float) -> float | None:
         """Cut a decode run at the first step boundary at or after ``now``.
 
         Returns the new end time if it changed (the runtime reschedules), else None.
         """
+        if self._folded:
+            self.sync(now)
+            if self._folded:
+                # the boundaries after the current run are no longer folded: the runtime's
+                # event moves to the current run's end, or to its cut (below)
+                self._folded = []
+                if self._cut(now) is None:
+                    self.version += 1
+                return self.step_end
         if not self.busy or now >= self.step_end:
             return None
         if not self._batch:  # only waiting for a host load: plan again now
             self.step_end = now
             self.version += 1
             return now
+        return self._cut(now)
+
+    def _cut(self, now: float) -> float | None:
+        """Cut the run in flight at the first step boundary at or after ``now`` (before
+        its end); the new end, or None if the run ends there anyway."""
         if self._run_steps <= 1:
             return None
         n = len(self._batch)
@@ -380,6 +464,11 @@ class Replica(QueueTokens):
 
     def complete(self, now: float) -> list[Request]:
         """Apply the step (or run) that ends at ``now``; return the calls that finished."""
+        if self._folded:
+            self.sync(now)
+        return self._complete(now)
+
+    def _complete(self, now: float) -> list[Request]:
         self.busy = False
         if not self._batch:
             return []
@@ -861,6 +950,8 @@ class Replica(QueueTokens):
     def prefetch(self, runs: Sequence[Run], now: float) -> int:
         """Load from the host tier the part of ``runs`` not on the GPU, leaving it
         cached and evictable, so that the next call hits. Returns blocks loaded."""
+        if self._folded:
+            self.sync(now)
         if self.host is None:
             return 0
         have = self.kv.match_blocks(runs)
@@ -880,6 +971,8 @@ class Replica(QueueTokens):
 
     def unpin(self, workflow: str, now: float) -> bool:
         """Release a workflow's pin (TTL expired, pressure, or the policy said so)."""
+        if self._folded:
+            self.sync(now)
         pin = self.pins.pop(workflow, None)
         if pin is None:
             return False
@@ -1011,6 +1104,9 @@ class Replica(QueueTokens):
         ``seq``, reset to start again elsewhere (their output so far is lost; the
         replica that takes one counts its prompt as recomputed). The runtime sets
         ``up`` again when the replica returns, with an empty cache."""
+        if self._folded:
+            self.sync(now)
+            self._folded = []
         self.up = False
         self.busy = False
         self.version += 1  # the step in flight never ends

@@ -23,7 +23,9 @@ from saga.engine.events import EventLoop
 from saga.engine.kvcache import Run
 from saga.engine.replica import Replica, Request, output_run
 from saga.sched.policy import CallInfo, Policy, PolicyContext, WorkflowInfo
+from saga.sched.view import ReplicaView
 from saga.sim.faults import Fault, check_faults
+from saga.sim.synced import SyncedReplica
 
 GC_THRESHOLDS = (100_000, 50, 100)
 """The cyclic collector's thresholds while a simulation runs (``gc.set_threshold``):
@@ -200,23 +202,28 @@ class Simulation(ReplicaDriver):
         capacity = cluster.kv_capacity_blocks(self.block_tokens)
         host_capacity = cluster.host_capacity_blocks(self.block_tokens)
         self.replicas: list[Replica] = []
-        ctx = PolicyContext(
-            replicas=self.replicas, cost=self.cost, block_tokens=self.block_tokens, rng=self.rng
-        )
         for i in range(cluster.replicas):
-            self.replicas.append(
-                Replica(
-                    i,
-                    cluster.engine,
-                    self.cost,
-                    policy,
-                    block_tokens=self.block_tokens,
-                    capacity_blocks=capacity,
-                    host_capacity_blocks=host_capacity,
-                    eviction=policy.eviction_order(i),
-                )
+            replica = Replica(
+                i,
+                cluster.engine,
+                self.cost,
+                policy,
+                block_tokens=self.block_tokens,
+                capacity_blocks=capacity,
+                host_capacity_blocks=host_capacity,
+                eviction=policy.eviction_order(i),
             )
-        policy.bind(ctx)
+            # Folded block boundaries need every reader to sync the replica first: the
+            # policy reads it through SyncedReplica, the simulator calls sync itself.
+            replica.fold_boundaries = replica.kv.eviction.static
+            self.replicas.append(replica)
+        views: Sequence[ReplicaView] = (
+            [SyncedReplica(r, self.loop) for r in self.replicas]
+            if any(r.fold_boundaries for r in self.replicas) else self.replicas
+        )
+        policy.bind(PolicyContext(
+            replicas=views, cost=self.cost, block_tokens=self.block_tokens, rng=self.rng
+        ))
         #: blocks of the largest replica (fixed): an arrival larger than that is refused
         self._largest_kv = max(r.kv.capacity for r in self.replicas)
         self.workflows = list(workflows)
@@ -394,7 +401,9 @@ class Simulation(ReplicaDriver):
         replica = self.replicas[self.policy.place(info, now)]
         left = self._left_behind.get(request.seq)
         if left is not None and left[0] != replica.index:
-            kept = self.replicas[left[0]].kv.match_blocks(request.runs)
+            home = self.replicas[left[0]]
+            home.sync(now)
+            kept = home.kv.match_blocks(request.runs)
             self._left_behind[request.seq] = (left[0], min(kept, request.reusable_blocks))
         replica.enqueue(request, now)
         self._kick(replica)
@@ -489,6 +498,9 @@ class Simulation(ReplicaDriver):
         self.policy.on_workflow_finished(run.info, self.loop.now)
 
     def _sample_kv(self, _: object) -> None:
+        now = self.loop.now
+        for replica in self.replicas:
+            replica.sync(now)
         used = sum(r.kv.used_blocks / max(r.kv.capacity, 1) for r in self.replicas)
         self._kv_timeline.append((self.loop.now, used / len(self.replicas)))
         if self.loop.pending() > 0:
@@ -498,6 +510,7 @@ class Simulation(ReplicaDriver):
     def _result(self) -> SimResult:
         now = self.loop.now
         for replica in self.replicas:
+            replica.sync(now)
             replica.drain_pins(now)
             replica.kv.tick(now)
         records = []
