@@ -8,9 +8,11 @@ judged workflows within 2x their TCT alone, slowdown p50 / p90, the mean wait at
 recomputed tokens, preemptions and the coefficient of variation of the replicas' busy time.
 
 A policy is a registry name, or `saga:FIELD=JSON;FIELD=JSON` for SAGA with those
-`SagaConfig` fields (e.g. `saga:steal_imposed=false`). `--kv-scale 8` runs a copy of the
-cluster with 8x its GPU KV blocks, where memory never binds: the offline no-recompute
-ceiling of docs/saga.md ("Goodput capacity"), not a deployable configuration.
+`SagaConfig` fields (e.g. `saga:steal_imposed=false`), or `NAME+gate:FIELD=JSON` for a
+baseline behind SAGA's gate with those fields (e.g. `sglang+gate:gate_shared_once=false`).
+`--kv-scale 8` runs a copy of the cluster with 8x its GPU KV blocks, where memory never
+binds: the offline no-recompute ceiling of docs/saga.md ("Goodput capacity"), not a
+deployable configuration.
 
 Run: PYTHONPATH=src python benchmarks/capacity_probe.py coding 0.02 \
     saga,saga-no-steal,sglang,vllm-affinity [--seeds 0,1] [--kv-scale 1]
@@ -30,20 +32,32 @@ from saga.bench.scenario import WorkloadSpec, load_scenario
 from saga.bench.workloads import build_spec
 from saga.core.workflow import Workflow
 from saga.engine.cluster import ClusterSpec
+from saga.sched.gated import GatedPolicy
 from saga.sched.policy import Policy
 from saga.sched.registry import build_policy
 from saga.sched.saga.config import SagaConfig
+from saga.sched.saga.graph import GraphStore
 from saga.sched.saga.policy import SagaPolicy
 from saga.sim.run import isolated_tcts
 from saga.sim.simulator import Simulation
 
 
 def policy_named(name: str) -> Policy:
-    """A registry policy, or `saga:FIELD=JSON;...` for SAGA with those config fields."""
-    if not name.startswith("saga:"):
+    """A registry policy, `saga:FIELD=JSON;...` for SAGA with those config fields, or
+    `BASE+gate:FIELD=JSON;...` for a baseline behind a gate of that SAGA configuration."""
+    if ":" not in name:
         return build_policy(name)
-    fields = dict(part.split("=", 1) for part in name[len("saga:"):].split(";"))
-    return SagaPolicy(SagaConfig(**{k: json.loads(v) for k, v in fields.items()}))
+    base, _, spec = name.partition(":")
+    fields = dict(part.split("=", 1) for part in spec.split(";"))
+    config = SagaConfig(**{k: json.loads(v) for k, v in fields.items()})
+    if base == "saga":
+        return SagaPolicy(config)
+    wrapped = build_policy(base)
+    if not isinstance(wrapped, GatedPolicy):
+        raise ValueError(f"{base}: only saga and NAME+gate take a configuration")
+    wrapped.config = config  # before bind: the gate and its graph are built from it
+    wrapped.graphs = GraphStore(config)
+    return wrapped
 
 
 @dataclass

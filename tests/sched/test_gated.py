@@ -140,8 +140,10 @@ def test_the_gate_stops_counting_a_silent_workflow_at_its_predicted_end() -> Non
 
 def test_the_gate_keeps_the_interactive_reserve_while_slo_work_is_in_flight() -> None:
     """The reserve binds on the SLO script: without it SAGA's gate admits otherwise."""
-    no_reserve = SagaConfig(admission=False, gate_interactive_reserve=0.0)
-    with_reserve = SagaConfig(admission=False)
+    # the script's shared prefix counted per workflow, so that its working set reaches the
+    # reserve (counted once, it stays below the reserve's share of this limit)
+    no_reserve = SagaConfig(admission=False, gate_interactive_reserve=0.0, gate_shared_once=False)
+    with_reserve = SagaConfig(admission=False, gate_shared_once=False)
     differs = [drive(SagaPolicy(no_reserve), s, "slo") != drive(SagaPolicy(with_reserve), s, "slo")
                for s in (1, 2, 3)]
     assert any(differs)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from saga.core.workflow import Call, Prompt, Workflow
 from saga.engine.cluster import get_cluster
-from saga.sched.policy import WorkflowInfo
+from saga.sched.policy import CallInfo, WorkflowInfo
 from saga.sched.saga.config import SagaConfig
-from saga.sched.saga.gate import MemoryGate
+from saga.sched.saga.gate import MemoryGate, SharedPrefixes
 from saga.sched.saga.policy import SagaPolicy
 from saga.sim.simulator import Simulation
 
@@ -171,3 +171,50 @@ def test_best_effort_leaves_the_interactive_reserve_free_while_interactive_work_
     assert list(g.waiting) == ["be"]
     # no interactive work in flight: the whole limit is best effort's
     assert g.decide(wf("be"), 65_000, interactive_active=False).verdict == "admit"
+
+
+def test_shared_prefixes_count_each_prefix_once_over_its_users() -> None:
+    shared = SharedPrefixes(block_tokens=16)
+    shared.hold("w1", (("s:sys", 0, 10), ("w:w1", 0, 5)))
+    assert shared.overcount == 0  # one user: its copy is the cache's
+    shared.hold("w2", (("s:sys", 0, 10), ("w:w2", 0, 7)))
+    assert shared.overcount == 160  # w2's 10 blocks are the one copy's again
+    shared.hold("w2", (("s:sys", 0, 10), ("w:w2", 0, 9)))  # its next call: same prefix
+    assert shared.overcount == 160
+    # a user of part of the prefix: the cache holds the longest copy, the rest is over
+    shared.hold("w3", (("s:sys", 0, 4), ("s:tools", 0, 2)))
+    assert shared.overcount == 160 + 64
+    shared.drop("w1")
+    assert shared.overcount == 64
+    shared.drop("w1")  # twice: nothing more
+    shared.drop("w2")
+    assert shared.overcount == 0
+    shared.hold("w4", (("w:w4", 0, 50),))  # no shared run: nothing to count once
+    shared.drop("w3")
+    assert shared.overcount == 0
+
+
+def test_the_gate_admits_a_workflow_that_fits_once_the_shared_prefix_counts_once() -> None:
+    """Two placed workflows of 100 shared + 10 private blocks each: counted per workflow
+    their working set is 220 blocks and a third (110 expected) passes a 300-block limit;
+    counted once, 120 blocks, and it fits."""
+    dummy = Workflow("d", "t", "a", 0.0, (Call("c0", Prompt(64), 1),))
+    verdicts = {}
+    for once in (False, True):
+        policy = SagaPolicy(SagaConfig(gate_shared_once=once, predict_end=False))
+        Simulation(get_cluster("test-2"), policy, [dummy])
+        bt = policy.ctx.block_tokens
+        policy.gate.capacity_tokens = 300 * bt / policy.config.memory_budget
+        for name in ("w1", "w2"):
+            assert policy.admit(WorkflowInfo(name, "t", "agent", 0.0, None), 0.0).verdict == "admit"
+            call = CallInfo(
+                workflow=name, tenant="t", agent="agent", call_id=name + "c0", index=0,
+                tool=None, prompt_tokens=110 * bt, runs=(("s:sys", 0, 100), ("w:" + name, 0, 10)),
+                issued_at=0.0, workflow_arrival=0.0, slo=None, ends_workflow=False,
+            )
+            policy.on_call_ready(call, 0.0)
+            policy.place(call, 0.0)
+        assert policy._working_set() == (120 if once else 220) * bt
+        third = policy.admit(WorkflowInfo("w3", "t", "agent", 0.0, None), 0.0)
+        verdicts[once] = third.verdict
+    assert verdicts == {False: "defer", True: "admit"}

@@ -12,7 +12,7 @@ policy and answers ``admit`` with the gate of :class:`~saga.sched.saga.policy.Sa
   while workflows with an SLO are in flight;
 * the same working set: the context of each admitted workflow (its last prompt plus
   output once it has called, the running mean first context of its agent type until
-  then);
+  then), each shared prompt prefix counted once (``gate_shared_once``);
 * the same predicted ends: the gate learns its own Agent Execution Graph
   (:class:`~saga.sched.saga.graph.GraphStore`) from what SAGA's learns from (its
   estimates are a function of the observations alone, so they are SAGA's whatever
@@ -45,7 +45,7 @@ from saga.sched.decisions import Admission, Retention
 from saga.sched.policy import CallInfo, Policy, PolicyContext, WorkflowInfo
 from saga.sched.saga.config import SagaConfig
 from saga.sched.saga.ends import EndMarkers, EndWatch, gate_wait
-from saga.sched.saga.gate import AgentKey, agent_key, memory_gate
+from saga.sched.saga.gate import AgentKey, SharedPrefixes, agent_key, memory_gate
 from saga.sched.saga.graph import AgentGraph, GraphStore, node_key
 
 if TYPE_CHECKING:
@@ -96,6 +96,7 @@ class GatedPolicy(Policy):
         self.ctx = ctx
         self.inner.bind(ctx)
         self.gate = memory_gate(ctx, self.config)
+        self.shared = SharedPrefixes(ctx.block_tokens)
 
     # ---- the gate --------------------------------------------------------------------
     def admit(self, workflow: WorkflowInfo, now: float) -> Admission:
@@ -122,7 +123,9 @@ class GatedPolicy(Policy):
 
     def _working_set(self) -> float:
         expected = self.gate.expected_context
-        return self.homed_total + sum(n * expected(a) for a, n in self.unhomed.items() if n)
+        unplaced = sum(n * expected(a) for a, n in self.unhomed.items() if n)
+        once = self.shared.overcount if self.config.gate_shared_once else 0
+        return self.homed_total - once + unplaced
 
     def _hold(self, workflow: str, agent: AgentKey, slo: float | None) -> _Held:
         held = self.held.get(workflow)
@@ -149,6 +152,7 @@ class GatedPolicy(Policy):
             return
         self._recount(held)
         self._rehome(held, None, 0)
+        self.shared.drop(workflow)
         self.unhomed[held.agent] -= 1
         self.interactive -= held.slo is not None
 
@@ -161,13 +165,14 @@ class GatedPolicy(Policy):
         for workflow, epoch in self.gate_watch.due(now):
             held = self.held.get(workflow)
             if held is not None and held.epoch == epoch and held.in_tool:
-                self._uncount(held)
+                self._uncount(workflow, held)
 
-    def _uncount(self, held: _Held) -> None:
+    def _uncount(self, workflow: str, held: _Held) -> None:
         """``held``'s working set leaves the gate's count (as SAGA's ``_uncount``)."""
         if held.uncounted:
             return
         held.uncounted = True
+        self.shared.drop(workflow)
         if held.home is not None:
             self.homed_total -= held.context
             held.context = 0
@@ -203,6 +208,7 @@ class GatedPolicy(Policy):
             self.on_call_ready(call, now)
         chosen = self.inner.place(call, now)
         self._rehome(self.held[call.workflow], chosen, call.prompt_tokens)
+        self.shared.hold(call.workflow, call.runs)
         return chosen
 
     def retention(self, replica: ReplicaView, request: CallView, now: float) -> Retention:
@@ -227,7 +233,7 @@ class GatedPolicy(Policy):
                 wait = gate_wait(self._graph(held.agent), held.node, call.turn_ended,
                                  self.config, self.end_markers.said(held.agent))
                 if wait <= 0.0:
-                    self._uncount(held)
+                    self._uncount(call.workflow, held)
                 else:
                     self.gate_watch.watch(now + wait, call.workflow, held.epoch)
         self.inner.on_call_finished(call, replica, now)

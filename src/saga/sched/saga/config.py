@@ -298,6 +298,16 @@ class SagaConfig(BaseModel):
         "gate's limit: a workflow in its tool gap may wait in the host tier and come back by "
         "a reload instead of a recompute. 0: the GPU KV only (the gate before 2026-12-05).",
     )
+    # True (docs/saga.md, "Shared prefixes counted once"): on the quick capacity case's coding
+    # agents, whose 15k-token system prompt was about a third of each workflow's count, the
+    # gate held back work that memory had room for.
+    gate_shared_once: bool = Field(
+        True,
+        description="Count a shared prompt prefix (runs in an `s:` namespace: an agent's "
+        "system prompt and tool schemas) once in the memory gate's working set, as the prefix "
+        "cache holds it, instead of once per workflow that uses it. False: once per workflow "
+        "(the gate before 2026-12-06).",
+    )
     gate_work_conserving: bool = Field(
         False,
         description="Admit the head of the memory gate's queue past the limit while some "

@@ -14,7 +14,10 @@ scheduling the workflow rather than the call.
 
 A workflow's working set is its current context (prompt plus output of its last
 call); a workflow that has not yet called counts as the running mean context of
-its agent type at first call (a prior until one is seen), learned per tenant.
+its agent type at first call (a prior until one is seen), learned per tenant. A
+shared prompt prefix (an agent's system prompt and tool schemas, runs in an ``s:``
+namespace) is held once by the prefix cache however many workflows use it, so the
+working set counts it once (:class:`SharedPrefixes`), not once per workflow.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from saga.core.blocks import NamespacedRun
 from saga.sched.decisions import ADMIT, Admission
 from saga.sched.policy import CallInfo, PolicyContext, WorkflowInfo
 from saga.sched.saga.config import SagaConfig
@@ -45,6 +49,59 @@ def memory_gate(ctx: PolicyContext, config: SagaConfig) -> MemoryGate:
         capacity, config.memory_budget, config.retry_after, config.prior_context_tokens,
         config.gate_cold_start, config.gate_interactive_reserve,
     )
+
+
+@dataclass
+class SharedPrefixes:
+    """The shared prompt prefixes of the workflows the gate counts, to count each once.
+
+    Each counted workflow's context includes its shared prefixes (runs whose namespace starts
+    with ``s:``); the prefix cache holds one copy of each, whatever the number of users.
+    :attr:`overcount` is what the per-workflow contexts count beyond one copy of each live
+    prefix: the gate subtracts it from the working set. Known to a gateway: the shared runs
+    are the prompt's prefix hashes that the client or the agent type names as shared.
+    """
+
+    block_tokens: int
+    overcount: int = 0
+    _held: dict[str, tuple[tuple[str, int], ...]] = field(default_factory=dict)
+    # per prefix: its users' lengths in tokens (a prefix may be shared in part) -> users
+    _users: dict[str, dict[int, int]] = field(default_factory=dict)
+
+    def hold(self, workflow: str, runs: tuple[NamespacedRun, ...]) -> None:
+        """``workflow`` is counted with a prompt of these ``runs``: its shared prefixes now."""
+        shared = tuple((ns, count * self.block_tokens) for ns, _, count in runs
+                       if ns.startswith("s:"))
+        if self._held.get(workflow) == shared:
+            return
+        self.drop(workflow)
+        if shared:
+            self._held[workflow] = shared
+            for ns, tokens in shared:
+                self._change(ns, tokens, +1)
+
+    def drop(self, workflow: str) -> None:
+        """``workflow`` left the count (ended, taken as ended, or finished)."""
+        for ns, tokens in self._held.pop(workflow, ()):
+            self._change(ns, tokens, -1)
+
+    def _change(self, ns: str, tokens: int, delta: int) -> None:
+        # the cache holds the longest user's copy: the rest of the users' tokens are over
+        lengths = self._users.setdefault(ns, {})
+        self.overcount -= self._over(lengths)
+        lengths[tokens] = lengths.get(tokens, 0) + delta
+        if not lengths[tokens]:
+            del lengths[tokens]
+        if lengths:
+            self.overcount += self._over(lengths)
+        else:
+            del self._users[ns]
+
+    @staticmethod
+    def _over(lengths: dict[int, int]) -> int:
+        if not lengths:
+            return 0
+        return sum(t * n for t, n in lengths.items()) - max(lengths)
 
 
 @dataclass

@@ -29,7 +29,7 @@ from saga.sched.saga import retention as keep
 from saga.sched.saga.config import SagaConfig
 from saga.sched.saga.ends import EndMarkers, EndWatch, end_wait, gate_min_ends
 from saga.sched.saga.fairshare import FairShare
-from saga.sched.saga.gate import AgentKey, agent_key, memory_gate
+from saga.sched.saga.gate import AgentKey, SharedPrefixes, agent_key, memory_gate
 from saga.sched.saga.graph import AgentGraph, GraphStore, node_key
 
 if TYPE_CHECKING:
@@ -111,6 +111,7 @@ class SagaPolicy(Policy):
         self._lightest: list[int] = []
         self.unhomed: dict[AgentKey, int] = {}  # flows with no home yet, per (tenant, agent)
         self.gate = memory_gate(ctx, self.config)
+        self.shared = SharedPrefixes(ctx.block_tokens)  # counted once in the working set
 
     # ---- workflow state ------------------------------------------------------------------
     def _flow(self, workflow: WorkflowInfo) -> Flow:
@@ -199,7 +200,9 @@ class SagaPolicy(Policy):
     def _working_set(self) -> float:
         """Context tokens the admitted workflows hold or are expected to bring."""
         expected = self.gate.expected_context
-        return self.homed_total + sum(n * expected(a) for a, n in self.unhomed.items() if n)
+        unplaced = sum(n * expected(a) for a, n in self.unhomed.items() if n)
+        once = self.shared.overcount if self.config.gate_shared_once else 0
+        return self.homed_total - once + unplaced
 
     def _room_for(self, key: AgentKey) -> bool:
         """Whether some replica has no call waiting and free KV for a new workflow of
@@ -327,6 +330,7 @@ class SagaPolicy(Policy):
         if flow.uncounted:
             return
         flow.uncounted = True
+        self.shared.drop(flow.info.workflow)
         if flow.home is not None:
             self.homed[flow.home] -= flow.context
             self.homed_total -= flow.context
@@ -360,6 +364,7 @@ class SagaPolicy(Policy):
         if self.graphs.learning and flow.node:
             self._graph(flow).observe_end(flow.node)
         self._rehome(flow, None, 0)
+        self.shared.drop(workflow.workflow)
         self._count_unhomed(agent_key(flow.info), -1)
         if flow.info.slo is not None:
             self.active_slos[flow.info.slo] -= 1
@@ -392,6 +397,7 @@ class SagaPolicy(Policy):
             # the KV left behind is of no more use to this workflow: let it go
             self.ctx.replicas[home].unpin(call.workflow, now)
         self._rehome(flow, chosen, call.prompt_tokens)
+        self.shared.hold(call.workflow, call.runs)
         flow.call_prefill = estimate.service - output * self.predictor.t_decode
         flow.priority = flow.rest + estimate.service
         return chosen

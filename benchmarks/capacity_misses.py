@@ -1,0 +1,120 @@
+"""Where the workflows that miss 2x near a policy's goodput capacity lose their time.
+
+One probe of the quick `capacity` scenario (as benchmarks/capacity_probe.py: the same pool,
+re-timing, window and warm-up), one seed. The workflows judged that the FIRST policy runs
+past 2x their TCT alone are followed under every policy named, and each one's time over
+its TCT alone is split, summed over its calls, into: the wait at the door (memory gate),
+the wait in an engine queue, prefill over its prefill alone (prefix misses: recompute of
+evicted or stolen context, and prefill chunks slowed by a busy batch), decode over its
+decode alone (larger batches), and the rest (tool gaps, which no policy changes, and
+rounding). Also per workflow: recomputed tokens, the part of them the placement gave up
+(the replica of the previous call still held them: steals), steals (a call placed on
+another replica than its predecessor's), preemptions.
+
+Run: PYTHONPATH=src python benchmarks/capacity_misses.py coding 0.025 \
+    saga:gate_shared_once=false,saga,sglang+gate:gate_shared_once=false [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+
+from capacity_probe import policy_named, pool_of, workload
+from saga.bench.capacity import median_alone, offered
+from saga.sched.vllm import VLLMRoundRobin
+from saga.sim.simulator import SimResult, Simulation
+
+#: the parts of a workflow's time over its TCT alone, in the order printed
+PARTS = ("gate wait", "queue", "prefill over alone", "decode over alone", "rest")
+COUNTS = ("recomputed tok", "of which placement", "steals", "preemptions")
+
+
+def alone_parts(job: tuple[str, int]) -> dict[str, tuple[float, float, float]]:
+    """Each workflow alone on an idle replica: TCT, prefill seconds, decode seconds."""
+    label, seed = job
+    cluster = workload(label)[0].model_copy(update={"replicas": 1})
+    out = {}
+    for w in pool_of(label, seed):
+        result = Simulation(cluster, VLLMRoundRobin(), [w.with_arrival(0.0)]).run()
+        record = result.workflows[0]
+        out[w.id] = (
+            record.finished_at - record.arrival,
+            sum(c.first_token_at - c.scheduled_at for c in result.calls),
+            sum(c.finished_at - c.first_token_at for c in result.calls),
+        )
+    return out
+
+
+def run(job: tuple[str, str, int, float, float]) -> SimResult:
+    label, policy, seed, rate, median = job
+    cluster, _, window, _ = workload(label)
+    kept, _ = offered(pool_of(label, seed), rate, seed, window * median)
+    return Simulation(cluster, policy_named(policy), kept, seed=seed).run()
+
+
+def breakdown(result: SimResult, alone: dict[str, tuple[float, float, float]]
+              ) -> dict[str, dict[str, float]]:
+    """Per workflow: slowdown, the parts of its time over alone, and the counts."""
+    calls = defaultdict(list)
+    for c in result.calls:
+        calls[c.workflow].append(c)
+    out = {}
+    for w in result.workflows:
+        tct_alone, prefill_alone, decode_alone = alone[w.workflow]
+        mine = sorted(calls[w.workflow], key=lambda c: c.ready_at)
+        finished = w.finished_at >= 0 and not w.rejected
+        tct = (w.finished_at if finished else result.end) - w.arrival
+        parts = {
+            "gate wait": w.started_at - w.arrival,
+            "queue": sum(c.scheduled_at - c.ready_at for c in mine),
+            "prefill over alone": sum(c.first_token_at - c.scheduled_at for c in mine)
+            - prefill_alone,
+            "decode over alone": sum(c.finished_at - c.first_token_at for c in mine)
+            - decode_alone,
+        }
+        parts["rest"] = tct - tct_alone - sum(parts.values())
+        parts["slowdown"] = tct / tct_alone if finished else float("inf")
+        parts["recomputed tok"] = sum(c.recomputed_tokens for c in mine)
+        parts["of which placement"] = sum(c.placement_missed_tokens for c in mine)
+        parts["steals"] = sum(1 for a, b in itertools.pairwise(mine)
+                              if a.replica != b.replica)
+        parts["preemptions"] = sum(c.preemptions for c in mine)
+        parts["arrival"] = w.arrival
+        out[w.workflow] = parts
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("workload", help="a quick capacity workload: coding or claude-code")
+    parser.add_argument("rate", type=float, help="Poisson arrival rate (workflows/s)")
+    parser.add_argument("policies", help="comma-separated; the first picks the workflows")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    policies = args.policies.split(",")
+    with ProcessPoolExecutor(2) as pool:
+        alone = alone_parts((args.workload, args.seed))
+        median = median_alone({args.seed: {k: v[0] for k, v in alone.items()}})
+        jobs = [(args.workload, p, args.seed, args.rate, median) for p in policies]
+        results = list(pool.map(run, jobs))
+    warmup = workload(args.workload)[3] * median
+    tables = [breakdown(r, alone) for r in results]
+    judged = [w for w, row in tables[0].items() if row["arrival"] >= warmup]
+    missed = [w for w in judged if tables[0][w]["slowdown"] > 2.0]
+    print(f"{args.workload} at {args.rate:g} wf/s, seed {args.seed}: {len(missed)} of "
+          f"{len(judged)} judged workflows past 2x under {policies[0]}; their mean per "
+          "workflow (seconds over their TCT alone, then counts):")
+    print("policy | within 2x (these) | " + " | ".join(PARTS + COUNTS))
+    for name, table in zip(policies, tables, strict=True):
+        rows = [table[w] for w in missed if w in table]
+        n = max(len(rows), 1)
+        within = sum(1 for r in rows if r["slowdown"] <= 2.0)
+        print(f"{name} | {within}/{len(rows)} | " + " | ".join(
+            f"{sum(r[k] for r in rows) / n:,.0f}" for k in PARTS + COUNTS))
+
+
+if __name__ == "__main__":
+    main()
