@@ -6,9 +6,10 @@ from saga.core.workflow import Call, Prompt, Workflow
 from saga.engine.cluster import get_cluster
 from saga.sched.policy import CallInfo, WorkflowInfo
 from saga.sched.saga.config import SagaConfig
-from saga.sched.saga.gate import MemoryGate, SharedPrefixes
+from saga.sched.saga.gate import MAX_PREFIX_RUNS, MemoryGate, SharedPrefixes
 from saga.sched.saga.policy import SagaPolicy
 from saga.sim.simulator import Simulation
+from saga.wire.prefix import text_runs
 
 
 def wf(name: str, slo: float | None = None, agent: str = "a") -> WorkflowInfo:
@@ -192,6 +193,32 @@ def test_shared_prefixes_count_each_prefix_once_over_its_users() -> None:
     shared.hold("w4", (("w:w4", 0, 50),))  # no shared run: nothing to count once
     shared.drop("w3")
     assert shared.overcount == 0
+
+
+def test_shared_prefixes_are_found_in_the_gateways_hashed_blocks() -> None:
+    """The gateway names each block by a hash chained over its prefix (saga.wire.prefix):
+    two prompts with the same system prompt send the same leading block names, and those
+    count once, with no ``s:`` namespace."""
+    block_tokens = 64
+    system = "You are a coding agent. " * 200  # 4,800 characters: 18 full 256-char blocks
+    one = text_runs(system + "Fix the failing test in parser.py please. " * 40, block_tokens)
+    two = text_runs(system + "Add a --verbose flag to the CLI tool now. " * 40, block_tokens)
+    common = next(i for i, (a, b) in enumerate(zip(one, two, strict=False)) if a != b)
+    assert common == 18
+    shared = SharedPrefixes(block_tokens)
+    shared.hold("w1", one)
+    shared.hold("w2", two)
+    assert shared.overcount == common * block_tokens
+    shared.drop("w1")
+    assert shared.overcount == 0
+
+
+def test_shared_prefixes_track_at_most_the_leading_runs_of_a_prompt() -> None:
+    shared = SharedPrefixes(block_tokens=1)
+    long = tuple((f"h:{i}", 0, 1) for i in range(MAX_PREFIX_RUNS + 100))
+    shared.hold("w1", long)
+    shared.hold("w2", long)
+    assert shared.overcount == MAX_PREFIX_RUNS  # the runs past the bound are not tracked
 
 
 def test_the_gate_admits_a_workflow_that_fits_once_the_shared_prefix_counts_once() -> None:

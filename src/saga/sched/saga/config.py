@@ -303,10 +303,11 @@ class SagaConfig(BaseModel):
     # gate held back work that memory had room for.
     gate_shared_once: bool = Field(
         True,
-        description="Count a shared prompt prefix (runs in an `s:` namespace: an agent's "
-        "system prompt and tool schemas) once in the memory gate's working set, as the prefix "
-        "cache holds it, instead of once per workflow that uses it. False: once per workflow "
-        "(the gate before 2026-12-06).",
+        description="Count a shared prompt prefix (an agent's system prompt and tool "
+        "schemas: the simulator's `s:` runs, the gateway's block hashes sent by several "
+        "workflows) once in the memory gate's working set, as the prefix cache holds it, "
+        "instead of once per workflow that uses it. False: once per workflow (the gate "
+        "before 2026-12-06).",
     )
     gate_work_conserving: bool = Field(
         False,

@@ -15,9 +15,12 @@ scheduling the workflow rather than the call.
 A workflow's working set is its current context (prompt plus output of its last
 call); a workflow that has not yet called counts as the running mean context of
 its agent type at first call (a prior until one is seen), learned per tenant. A
-shared prompt prefix (an agent's system prompt and tool schemas, runs in an ``s:``
-namespace) is held once by the prefix cache however many workflows use it, so the
-working set counts it once (:class:`SharedPrefixes`), not once per workflow.
+shared prompt prefix (an agent's system prompt and tool schemas) is held once by the
+prefix cache however many workflows use it, so the working set counts it once
+(:class:`SharedPrefixes`), not once per workflow. The simulator names such prefixes
+(runs in an ``s:`` namespace); the gateway does not need to: its runs are blocks named by
+a hash chained over the whole prefix (``saga.wire.prefix``), so two prompts share exactly
+the blocks of their common prefix, and a block sent by several workflows is shared.
 """
 
 from __future__ import annotations
@@ -51,15 +54,21 @@ def memory_gate(ctx: PolicyContext, config: SagaConfig) -> MemoryGate:
     )
 
 
+MAX_PREFIX_RUNS = 512
+"""Leading runs of a prompt :class:`SharedPrefixes` tracks: 512 hashed blocks are 32,768
+tokens at the gateway's default 64-token blocks (a coding agent's system prompt and tool
+schemas are about 15,000)."""
+
+
 @dataclass
 class SharedPrefixes:
     """The shared prompt prefixes of the workflows the gate counts, to count each once.
 
-    Each counted workflow's context includes its shared prefixes (runs whose namespace starts
-    with ``s:``); the prefix cache holds one copy of each, whatever the number of users.
+    Each counted workflow's context includes its prompt's leading runs (see :meth:`hold`);
+    the prefix cache holds one copy of each, whatever the number of users.
     :attr:`overcount` is what the per-workflow contexts count beyond one copy of each live
-    prefix: the gate subtracts it from the working set. Known to a gateway: the shared runs
-    are the prompt's prefix hashes that the client or the agent type names as shared.
+    run: the gate subtracts it from the working set. Known to a gateway: the runs are the
+    prompt's chained block hashes, which are equal exactly where two prompts share a prefix.
     """
 
     block_tokens: int
@@ -69,9 +78,23 @@ class SharedPrefixes:
     _users: dict[str, dict[int, int]] = field(default_factory=dict)
 
     def hold(self, workflow: str, runs: tuple[NamespacedRun, ...]) -> None:
-        """``workflow`` is counted with a prompt of these ``runs``: its shared prefixes now."""
-        shared = tuple((ns, count * self.block_tokens) for ns, _, count in runs
-                       if ns.startswith("s:"))
+        """``workflow`` is counted with a prompt of these ``runs``: its shared prefixes now.
+
+        The candidates are the prompt's leading runs up to its first workflow-private one
+        (``w:``, the simulator's per-workflow namespace), at most :data:`MAX_PREFIX_RUNS` of
+        them: in the simulator one ``s:`` run per shared prefix, in the gateway one run per
+        hashed block (a block whose chained hash another workflow also sent is shared,
+        whatever its name). The bound keeps the bookkeeping of a gateway's long contexts
+        small; shared prefixes sit at the front of a prompt.
+        """
+        shared: list[tuple[str, int]] = []
+        for ns, _, count in runs:
+            if ns.startswith("w:") or len(shared) == MAX_PREFIX_RUNS:
+                break
+            shared.append((ns, count * self.block_tokens))
+        self._hold(workflow, tuple(shared))
+
+    def _hold(self, workflow: str, shared: tuple[tuple[str, int], ...]) -> None:
         if self._held.get(workflow) == shared:
             return
         self.drop(workflow)
