@@ -49,13 +49,14 @@ START = "^"
 NO_TOOL = "-"
 _STD_NORMAL = NormalDist()
 _SQRT2 = math.sqrt(2.0)
-# Entries a Gap keeps of the quantiles asked of it and of the CDFs its bisections took.
-# A Gap lives until its graph's next refresh point, n/64 observations apart once the
-# graph has seen n, and predicted ends ask it a new quantile at nearly every call (their
-# q moves with each observation): kept without bound, the caches grew with the refresh
-# interval, and the allocators kept each new peak (the soak's RSS steps, issue 19). The
-# first CDFs kept are the top of the bisection, which every quantile shares. Bounds
-# change no answer: an entry is the same computed or kept.
+# Entries a Gap keeps of the quantiles asked of it and of the CDFs its bisections took;
+# when full, it forgets them all and starts again. A Gap lives until its graph's next
+# refresh point, n/64 observations apart once the graph has seen n, and predicted ends
+# ask it a new quantile at nearly every call (their q moves with each observation): kept
+# without bound, the caches grew with the refresh interval and the allocators kept each
+# new peak (issue 19). Starting again keeps the recent bisection paths, which the next
+# quantile (a q near the last) mostly follows: as fast as unbounded in the soak's pattern
+# (scripts/graph_heap.py). No answer changes: an entry is the same computed or kept.
 KEPT_QUANTILES = 16
 KEPT_CDFS = 256
 
@@ -301,9 +302,9 @@ class Gap:
         """The q-quantile of the gap given the workflow continues (bisection in log t)."""
         cached = self._quantiles.get(q)
         if cached is None:
-            cached = self._quantile(q)
-            if len(self._quantiles) < KEPT_QUANTILES:
-                self._quantiles[q] = cached
+            if len(self._quantiles) >= KEPT_QUANTILES:
+                self._quantiles.clear()
+            cached = self._quantiles[q] = self._quantile(q)
         return cached
 
     def _quantile(self, q: float) -> float:
@@ -318,9 +319,9 @@ class Gap:
         the same path, so the CDF at each midpoint serves the next quantile asked."""
         p = self._bisected.get(x)
         if p is None:
-            p = self.cdf(math.exp(x))
-            if len(self._bisected) < KEPT_CDFS:
-                self._bisected[x] = p
+            if len(self._bisected) >= KEPT_CDFS:
+                self._bisected.clear()
+            p = self._bisected[x] = self.cdf(math.exp(x))
         return p
 
 
