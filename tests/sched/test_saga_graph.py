@@ -3,15 +3,19 @@ expectations."""
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import random
+import weakref
 from typing import cast
 
 import pytest
 
 from saga.sched.saga.config import SagaConfig
 from saga.sched.saga.graph import (
+    KEPT_CDFS,
+    KEPT_QUANTILES,
     AgentGraph,
     Gap,
     GraphStore,
@@ -299,3 +303,46 @@ def test_a_gap_keeps_its_answers_until_the_graph_refreshes_then_a_new_gap_answer
     rebuilt = Gap(refreshed.p_continue, refreshed.mixture)
     assert refreshed.mean() == rebuilt.mean() > answers[0]
     assert refreshed.quantile(0.9) == rebuilt.quantile(0.9) != answers[1]
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_a_gap_asked_ever_new_quantiles_keeps_a_bounded_few_and_answers_the_same(
+    seed: int,
+) -> None:
+    """Predicted ends ask a gap a new quantile at nearly every call: it keeps at most
+    KEPT_QUANTILES answers and KEPT_CDFS bisection CDFs at any time, forgetting them
+    when full (issue 19), and every answer, asked before or after a cache was full, again
+    or anew, is bit for bit that of a gap that kept nothing."""
+    store = GraphStore(SagaConfig(depth_buckets=4, refresh_every=4))
+    _feed_random(store, seed)
+    graph = store.get("coder")
+    rng = random.Random(seed)
+    gaps = [graph.gap(n) for n in sorted(graph.expected_remaining())]
+    assert any(len(g.mixture) > 1 for g in gaps)  # some bisect
+    asked = [rng.uniform(0.01, 0.999) for _ in range(4 * KEPT_QUANTILES)]
+    for q in [*asked, *asked[:5], *rng.sample(asked, 10)]:
+        for gap in gaps:
+            assert gap.quantile(q) == Gap(gap.p_continue, gap.mixture).quantile(q)
+        for gap in gaps:
+            assert 0 < len(gap._quantiles) <= KEPT_QUANTILES
+            assert len(gap._bisected) <= KEPT_CDFS
+
+
+def test_a_refresh_frees_the_copy_it_replaces_without_the_cyclic_collector() -> None:
+    """A graph's copy at a refresh point holds no reference to itself: the next refresh
+    frees it, and the gaps it kept, at once, not at the cyclic collector's next full
+    pass (issue 19: those waited, and the allocators kept their peaks)."""
+    graph = AgentGraph(SagaConfig(depth_buckets=4, refresh_every=1))
+    graph.observe_transition("^#0", "bash#1", 2.0, 100)
+    graph.gap("^#0").quantile(0.5)
+    graph.remaining("^#0")
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        copy = weakref.ref(graph._settled)  # type: ignore[arg-type]
+        assert copy() is not None
+        graph.observe_end("bash#1")  # a refresh point: a new copy replaces the old
+        assert copy() is None
+    finally:
+        if enabled:
+            gc.enable()

@@ -49,6 +49,16 @@ START = "^"
 NO_TOOL = "-"
 _STD_NORMAL = NormalDist()
 _SQRT2 = math.sqrt(2.0)
+# Entries a Gap keeps of the quantiles asked of it and of the CDFs its bisections took;
+# when full, it forgets them all and starts again. A Gap lives until its graph's next
+# refresh point, n/64 observations apart once the graph has seen n, and predicted ends
+# ask it a new quantile at nearly every call (their q moves with each observation): kept
+# without bound, the caches grew with the refresh interval and the allocators kept each
+# new peak (issue 19). Starting again keeps the recent bisection paths, which the next
+# quantile (a q near the last) mostly follows: as fast as unbounded in the soak's pattern
+# (scripts/graph_heap.py). No answer changes: an entry is the same computed or kept.
+KEPT_QUANTILES = 16
+KEPT_CDFS = 256
 
 
 def node_key(tool: str | None, index: int, buckets: int) -> str:
@@ -292,6 +302,8 @@ class Gap:
         """The q-quantile of the gap given the workflow continues (bisection in log t)."""
         cached = self._quantiles.get(q)
         if cached is None:
+            if len(self._quantiles) >= KEPT_QUANTILES:
+                self._quantiles.clear()
             cached = self._quantiles[q] = self._quantile(q)
         return cached
 
@@ -307,6 +319,8 @@ class Gap:
         the same path, so the CDF at each midpoint serves the next quantile asked."""
         p = self._bisected.get(x)
         if p is None:
+            if len(self._bisected) >= KEPT_CDFS:
+                self._bisected.clear()
             p = self._bisected[x] = self.cdf(math.exp(x))
         return p
 
@@ -331,8 +345,10 @@ class AgentGraph:
         # remaining() and gap() answer from the graph as it stood at its last refresh
         # point (see _touch): a copy taken at an observation count the schedule fixes, so
         # that what they answer never depends on when, or in which order, they were read.
-        # A graph that has observed nothing is its own copy (it has nothing to change).
-        self._settled: AgentGraph = self
+        # None: the graph is its own copy (it has observed nothing, or it is a copy). Never
+        # a reference to itself: a copy that held one would be a cycle, freed only by the
+        # cyclic collector's rare full passes, its caches with it (issue 19).
+        self._settled: AgentGraph | None = None
         self._values: dict[str, tuple[float, float]] | None = None  # solved on first read
         self._gaps: dict[str, Gap] = {}
         # every node's output and growth observations pooled, kept as they arrive: a
@@ -395,7 +411,7 @@ class AgentGraph:
         # depend on the observations only (never on reads): the estimates are a function
         # of what was observed, whoever read what in between.
         due = max(self.config.refresh_every, self.observations // 64)
-        if self._stale >= due or self._settled is self:
+        if self._stale >= due or self._settled is None:
             self._settled = self._copy()
             self._stale = 0
 
@@ -528,7 +544,7 @@ class AgentGraph:
 
         Tokens count what the engine must process: appended prompt tokens and output.
         """
-        settled = self._settled
+        settled = self._settled or self
         values = settled._values
         if values is None:
             values = settled._values = settled.expected_remaining()
@@ -542,7 +558,7 @@ class AgentGraph:
     def gap(self, node: str) -> Gap:
         """What follows a call at ``node``, as the graph stood at its last refresh point
         (kept until the next: retention asks it of every call that finishes)."""
-        settled = self._settled
+        settled = self._settled or self
         cached = settled._gaps.get(node)
         if cached is None:
             cached = settled._gaps[node] = settled._gap(node)
