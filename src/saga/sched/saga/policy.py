@@ -17,6 +17,7 @@ is what its client marks, the runtime reports, or :mod:`~saga.sched.saga.ends` p
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -279,7 +280,8 @@ class SagaPolicy(Policy):
         if flow.in_tool:
             self._expire_ends(now)
             wait = self._time_to_end(flow, call)
-            gate_wait = min(wait, self._time_to_end(flow, call, self._gate_min_ends(flow)))
+            gate_wait = min(wait, self._time_to_end(flow, call, self._gate_min_ends(flow)),
+                            self._pause_wait(flow, call))
             if wait <= 0.0:
                 self._release(flow, now)
             else:
@@ -296,6 +298,16 @@ class SagaPolicy(Policy):
         said = self.end_markers.said(agent_key(call))
         return end_wait(self._graph(flow), flow.node, call.turn_ended, self.config, said,
                         min_ends)
+
+    def _pause_wait(self, flow: Flow, call: CallInfo) -> float:
+        """Seconds of silence after ``call`` (whose response invoked a tool, so no end is
+        predicted) after which the gate stops counting ``flow``: ``gate_pause_quantile`` of
+        the gaps learned after its call site. A silence after a turn ended is left to the
+        end prediction and its guard against early-learned short returns (ends.py)."""
+        q = self.config.gate_pause_quantile
+        if q is None or call.turn_ended is not False or not self.config.memory_gate:
+            return math.inf
+        return self._graph(flow).gap(flow.node).quantile(q)
 
     def _gate_min_ends(self, flow: Flow) -> int:
         """Seen ends the gate needs before acting on a predicted end of ``flow``."""
