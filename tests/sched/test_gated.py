@@ -36,7 +36,9 @@ def bind(policy: Policy, replicas: int = 2, capacity: int = 64) -> list[Replica]
 #: "marked": the client sends the end marker on the last call;
 #: "idle": no marker, the runtime sees the end after an idle timeout (the gate predicts it);
 #: "slo": idle ends, and a third of the workflows are an interactive tenant's.
-ENDS = ("marked", "idle", "slo")
+# paused: idle ends, and every third workflow's first tool runs PAUSE seconds
+ENDS = ("marked", "idle", "slo", "paused")
+PAUSE = 60.0
 IDLE_TIMEOUT = 30.0
 
 Script = list[tuple[str, float, str, list[int], float | None]]
@@ -102,7 +104,9 @@ def drive(policy: Policy, seed: int, ends: str = "marked") -> list[tuple[float, 
             policy.retention(replicas[index], request, now)
             policy.on_call_finished(call, index, now)
             if not last:
-                heapq.heappush(events, (now + 0.5, next(order), "ready", wid, k + 1))
+                paused = ends == "paused" and k == 0 and int(wid[1:]) % 3 == 0
+                tool = PAUSE if paused else 0.5
+                heapq.heappush(events, (now + tool, next(order), "ready", wid, k + 1))
             elif ends == "marked":
                 policy.on_workflow_finished(info, now)
             else:
@@ -189,3 +193,15 @@ def test_vllm_priority_serves_interactive_first_then_arrival_preempting_best_eff
     fcfs = build_policy("vllm-affinity")
     by_arrival = sorted(calls, key=lambda r: fcfs.queue_key(replica, r, 5.0))
     assert [r.workflow for r in by_arrival] == ["be-early", "be-late", "chat-early", "chat-late"]
+
+
+def test_the_gate_stops_counting_a_workflow_paused_in_a_tool_as_sagas_gate_does() -> None:
+    """A tool that runs past ``gate_pause_quantile`` of the learned gaps takes its workflow
+    out of the count (saga/ends.py ``pause_wait``): SAGA's gate admits sooner than without
+    the rule, and the +gate variant does the same."""
+    for seed in (1, 2, 3):
+        paused = drive(SagaPolicy(SagaConfig(admission=False)), seed, "paused")
+        counted = drive(SagaPolicy(SagaConfig(admission=False, gate_pause_quantile=None)),
+                        seed, "paused")
+        assert paused != counted
+        assert drive(build_policy("llm-d+gate"), seed, "paused") == paused

@@ -17,7 +17,6 @@ is what its client marks, the runtime reports, or :mod:`~saga.sched.saga.ends` p
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -28,7 +27,7 @@ from saga.sched.policy import CallInfo, Policy, PolicyContext, Router, WorkflowI
 from saga.sched.saga import admission, placement
 from saga.sched.saga import retention as keep
 from saga.sched.saga.config import SagaConfig
-from saga.sched.saga.ends import EndMarkers, EndWatch, end_wait, gate_min_ends
+from saga.sched.saga.ends import EndMarkers, EndWatch, end_wait, gate_min_ends, pause_wait
 from saga.sched.saga.fairshare import FairShare
 from saga.sched.saga.gate import AgentKey, agent_key, memory_gate
 from saga.sched.saga.graph import AgentGraph, GraphStore, node_key
@@ -281,7 +280,8 @@ class SagaPolicy(Policy):
             self._expire_ends(now)
             wait = self._time_to_end(flow, call)
             gate_wait = min(wait, self._time_to_end(flow, call, self._gate_min_ends(flow)),
-                            self._pause_wait(flow, call))
+                            pause_wait(self._graph(flow), flow.node, call.turn_ended,
+                                       self.config))
             if wait <= 0.0:
                 self._release(flow, now)
             else:
@@ -298,16 +298,6 @@ class SagaPolicy(Policy):
         said = self.end_markers.said(agent_key(call))
         return end_wait(self._graph(flow), flow.node, call.turn_ended, self.config, said,
                         min_ends)
-
-    def _pause_wait(self, flow: Flow, call: CallInfo) -> float:
-        """Seconds of silence after ``call`` (whose response invoked a tool, so no end is
-        predicted) after which the gate stops counting ``flow``: ``gate_pause_quantile`` of
-        the gaps learned after its call site. A silence after a turn ended is left to the
-        end prediction and its guard against early-learned short returns (ends.py)."""
-        q = self.config.gate_pause_quantile
-        if q is None or call.turn_ended is not False or not self.config.memory_gate:
-            return math.inf
-        return self._graph(flow).gap(flow.node).quantile(q)
 
     def _gate_min_ends(self, flow: Flow) -> int:
         """Seen ends the gate needs before acting on a predicted end of ``flow``."""
