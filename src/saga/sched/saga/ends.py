@@ -114,13 +114,15 @@ def pause_wait(graph: AgentGraph, node: str, turn_ended: bool | None,
 
 def gate_wait(graph: AgentGraph, node: str, turn_ended: bool | None, config: SagaConfig,
               said: bool) -> float:
-    """Seconds after a call at ``node`` finishes until the memory gate stops counting
-    its workflow, silent since: the soonest of the predicted end pins act on, the one
-    the gate acts on (:func:`gate_min_ends`) and the pause (:func:`pause_wait`)."""
+    """Seconds after a call at ``node`` finishes until the memory gate of a ``+gate``
+    baseline stops counting its workflow, silent since: the sooner of the predicted end
+    pins act on and the one the gate acts on (:func:`gate_min_ends`). Not the pause
+    (:func:`pause_wait`), which SAGA's gate adds: a baseline without SAGA's retention and
+    prefetch finds a paused session's KV gone when it comes back, and the pause made
+    ``sglang+gate`` and ``llm-d+gate`` slower (docs/claude-code-load.md)."""
     wait = end_wait(graph, node, turn_ended, config, said)
     return min(wait, end_wait(graph, node, turn_ended, config, said,
-                              gate_min_ends(graph, config)),
-               pause_wait(graph, node, turn_ended, config))
+                              gate_min_ends(graph, config)))
 
 
 @dataclass
