@@ -9,11 +9,13 @@ session at its TCT alone, saga.bench.loads) and the ratio of the delays added to
 sessions' own time. The same sessions and arrival order at every load (one seed).
 
     python benchmarks/claude_code_load.py --quick             # a100-8-70b, 30 and 120 sessions
-    python benchmarks/claude_code_load.py --sessions 200      # h100-64-70b (the full scenario)
+    python benchmarks/claude_code_load.py --sessions 200 --loads 1/2,1,2,4,8   # h100-64-70b
+
+The tables and what they say: docs/claude-code-load.md.
 
 ``--capacity`` is vllm-affinity's goodput capacity in wf/s on the cluster (the `capacity`
 scenario's figure; defaults: 0.003 on a100-8-70b, its quick run; on h100-64-70b the
-figure measured for docs/saga.md). Prints the CPU time of the simulations.
+lower bound measured in docs/claude-code-load.md). Prints the CPU time of the simulations.
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ POLICIES = ("saga", BASELINE, "sglang+gate", "llm-d+gate")
 LOADS = ("1/2", "1", "2", "10/3", "5", "8")
 # vllm-affinity's goodput capacity (wf/s) per cluster on the `capacity` scenario's claude-code
 # workload: a100-8-70b from its quick run (docs/RESULTS.md); h100-64-70b only a lower bound
-# (served at 0.04 wf/s when its pool of 600 sessions ran out, docs/saga.md), so loads stated
-# over it are upper bounds
+# (served at 0.04 wf/s when its pool of 600 sessions ran out, docs/claude-code-load.md), so
+# loads stated over it are upper bounds
 CAPACITY = {"a100-8-70b": 0.003, "h100-64-70b": 0.04}
 
 
