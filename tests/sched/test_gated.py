@@ -36,7 +36,9 @@ def bind(policy: Policy, replicas: int = 2, capacity: int = 64) -> list[Replica]
 #: "marked": the client sends the end marker on the last call;
 #: "idle": no marker, the runtime sees the end after an idle timeout (the gate predicts it);
 #: "slo": idle ends, and a third of the workflows are an interactive tenant's.
-ENDS = ("marked", "idle", "slo")
+# paused: idle ends, and every third workflow's first tool runs PAUSE seconds
+ENDS = ("marked", "idle", "slo", "paused")
+PAUSE = 60.0
 IDLE_TIMEOUT = 30.0
 
 Script = list[tuple[str, float, str, list[int], float | None]]
@@ -102,7 +104,9 @@ def drive(policy: Policy, seed: int, ends: str = "marked") -> list[tuple[float, 
             policy.retention(replicas[index], request, now)
             policy.on_call_finished(call, index, now)
             if not last:
-                heapq.heappush(events, (now + 0.5, next(order), "ready", wid, k + 1))
+                paused = ends == "paused" and k == 0 and int(wid[1:]) % 3 == 0
+                tool = PAUSE if paused else 0.5
+                heapq.heappush(events, (now + tool, next(order), "ready", wid, k + 1))
             elif ends == "marked":
                 policy.on_workflow_finished(info, now)
             else:
@@ -120,8 +124,10 @@ def test_a_gated_baseline_admits_exactly_as_sagas_gate(base: str, seed: int, end
     assert isinstance(gated, GatedPolicy)
     theirs = drive(gated, seed, ends)
     # SAGA's gate alone: its SLO admission is SAGA's, not the gate's (with no SLO in play
-    # it admits everything, so there SAGA as deployed is compared)
-    ours = drive(SagaPolicy(SagaConfig(admission=False) if ends == "slo" else None), seed, ends)
+    # it admits everything, so there SAGA as deployed is compared), without the pause in a
+    # tool, which the +gate variants do not take
+    config = SagaConfig(admission=ends != "slo", gate_pause_quantile=None)
+    ours = drive(SagaPolicy(config), seed, ends)
     assert theirs == ours
     assert any(v == "defer" for _, _, v in ours)  # the gate did bind
 
@@ -191,3 +197,16 @@ def test_vllm_priority_serves_interactive_first_then_arrival_preempting_best_eff
     fcfs = build_policy("vllm-affinity")
     by_arrival = sorted(calls, key=lambda r: fcfs.queue_key(replica, r, 5.0))
     assert [r.workflow for r in by_arrival] == ["be-early", "be-late", "chat-early", "chat-late"]
+
+
+def test_a_gated_baseline_keeps_counting_a_workflow_paused_in_a_tool() -> None:
+    """SAGA's gate stops counting a workflow whose tool runs past ``gate_pause_quantile`` of
+    the learned gaps (saga/ends.py ``pause_wait``) and so admits sooner; the +gate variants
+    keep SAGA's gate without that rule (it made them slower: their KV is not kept for the
+    return), admitting exactly as SAGA's gate with ``gate_pause_quantile`` None."""
+    for seed in (1, 2, 3):
+        paused = drive(SagaPolicy(SagaConfig(admission=False)), seed, "paused")
+        counted = drive(SagaPolicy(SagaConfig(admission=False, gate_pause_quantile=None)),
+                        seed, "paused")
+        assert paused != counted
+        assert drive(build_policy("llm-d+gate"), seed, "paused") == counted

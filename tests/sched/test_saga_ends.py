@@ -221,3 +221,52 @@ def test_once_a_user_was_seen_to_come_back_the_gate_waits_for_seen_ends() -> Non
     policy = _GateProbe(SagaConfig())
     Simulation(get_cluster("test-2"), policy, workflows, end_idle_timeout=60.0).run()
     assert policy.seen == [(float(i), 22 * BT + 50) for i in range(4, 41)]
+
+
+def paused_in_a_tool_then_probes() -> list[Workflow]:
+    """One workflow whose first response invokes a tool that runs 100 s (no end can be
+    predicted: its client will call again), then a tiny explicit probe every second."""
+    calls = (Call("c0", Prompt(20 * BT, (), ((0, 20),)), 50),
+             Call("c1", Prompt(22 * BT, (), ((0, 22),)), 50, ("c0",), 100.0, "bash"))
+    out = [Workflow("w0", "t", "chat", 0.0, calls, end_signal="idle")]
+    out += [Workflow(f"p{i}", "probe", "probe", float(i),
+                     (Call("c0", Prompt(BT, (), ((0, 1),)), 1),), end_signal="explicit")
+            for i in range(1, 61)]
+    return out
+
+
+@pytest.mark.parametrize("quantile", [0.95, 0.5, None])
+def test_the_gate_stops_counting_a_workflow_paused_in_a_tool_past_the_gap_quantile(
+    quantile: float | None,
+) -> None:
+    """A silence after a response that invoked a tool predicts no end, but past
+    ``gate_pause_quantile`` of the gaps after its call site (on priors: log-normal median
+    5 s, sigma 1; q 0.95: 25.9 s) the gate stops counting the workflow; None holds it until
+    it calls again (100 s after its first call finished)."""
+    policy = _GateProbe(SagaConfig(gate_pause_quantile=quantile))
+    result = Simulation(get_cluster("test-2"), policy, paused_in_a_tool_then_probes(),
+                        end_idle_timeout=600.0).run()
+    finish = next(c.finished_at for c in result.calls if c.call_id == "c0"
+                  and c.workflow == "w0")
+    pause = math.inf if quantile is None else LogNormal(math.log(5.0), 1.0).quantile(quantile)
+    held = 20 * BT + 50
+    assert [t for t, _ in policy.seen] == [float(i) for i in range(1, 61)]
+    assert policy.seen == [(t, held if t < finish + pause else 0.0) for t, _ in policy.seen]
+    if quantile == 0.95:
+        assert 25.0 < finish + pause < 28.0  # the probes straddle it
+    assert policy.predicted_ends == 0  # only the gate's count: no end taken, no pin dropped
+    assert all(w.finished_at > 0 for w in result.workflows)
+
+
+def test_a_pause_after_a_turn_ended_is_left_to_the_end_prediction() -> None:
+    """The pause rule acts only after a response that invoked a tool: the same silence after
+    a turn ended (a human's gap) is what the end prediction and its guards decide."""
+    calls = (Call("c0", Prompt(20 * BT, (), ((0, 20),)), 50),
+             Call("c1", Prompt(22 * BT, (), ((0, 22),)), 50, ("c0",), 100.0, "human"))
+    workflows = [Workflow("w0", "t", "chat", 0.0, calls, end_signal="idle")]
+    workflows += paused_in_a_tool_then_probes()[1:]
+    # gate_end_min_ends 1: no end seen, so the gate takes no predicted end either
+    config = SagaConfig(gate_pause_quantile=0.05, gate_end_min_ends=1)
+    policy = _GateProbe(config)
+    Simulation(get_cluster("test-2"), policy, workflows, end_idle_timeout=600.0).run()
+    assert policy.seen == [(float(i), 20 * BT + 50) for i in range(1, 61)]

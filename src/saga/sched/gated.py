@@ -20,10 +20,13 @@ policy and answers ``admit`` with the gate of :class:`~saga.sched.saga.policy.Sa
   workflow leaves the count when :func:`~saga.sched.saga.ends.gate_wait` says, by SAGA's
   rule; a call that comes after all counts it again.
 
-So on the same arrivals and calls its admit/defer sequence is that of SAGA's gate
-(``saga`` itself whenever SAGA's SLO admission admits, as it does with no SLO in play).
+So on the same arrivals and calls its admit/defer sequence is that of SAGA's gate without
+the pause in a tool (``saga`` with ``gate_pause_quantile`` None whenever SAGA's SLO admission
+admits, as it does with no SLO in play).
 Not given: SAGA's SLO admission (a baseline's service levels are its own, e.g.
-``+priority``) and the work-conserving gate (``gate_work_conserving``, off by default).
+``+priority``), the work-conserving gate (``gate_work_conserving``, off by default) and
+the pause in a tool (``gate_pause_quantile``: without SAGA's retention a paused session comes
+back to KV that is gone, and it made the gated baselines slower, docs/baselines.md).
 Every other decision (routing, queue order, retention, eviction) is the wrapped
 policy's: a predicted end only changes the gate's count, never a pin; a deferral of
 the wrapped policy's own admission (flow control) holds a workflow the gate has

@@ -161,6 +161,16 @@ class SagaConfig(BaseModel):
         "place at the door. Seen ends come late (idle timeout), so waiting for them let "
         "finished best-effort work fill the gate for the timeout (docs/saga.md).",
     )
+    gate_pause_quantile: float | None = Field(
+        0.95,
+        gt=0.0,
+        lt=1.0,
+        description="The memory gate stops counting a workflow silent in a gap (a tool "
+        "running, no end predicted) once the silence outlasts this quantile of the gaps "
+        "learned after its call site, and counts it again when it calls: a session paused "
+        "for hours (a tool waiting on a human) no longer keeps new ones at the door. Only "
+        "the count: its KV follows retention. None: counted until it calls or ends.",
+    )
     prefetch_quantile: float = Field(
         0.2,
         gt=0.0,

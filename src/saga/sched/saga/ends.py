@@ -97,11 +97,29 @@ def gate_min_ends(graph: AgentGraph, config: SagaConfig) -> int:
     return config.gate_end_min_ends
 
 
+def pause_wait(graph: AgentGraph, node: str, turn_ended: bool | None,
+               config: SagaConfig) -> float:
+    """Seconds of silence after a call at ``node`` whose response invoked a tool (no end is
+    predicted: the client calls again) after which the memory gate stops counting its
+    workflow anyway: ``gate_pause_quantile`` of the gaps learned after ``node``. A session
+    whose tool waits hours on a human holds no KV worth its place in the count by then
+    (retention has offloaded or dropped it); it is counted again when it calls. A silence
+    after a turn ended is left to the end prediction and its guard against the short
+    returns learned first (:func:`gate_min_ends`)."""
+    q = config.gate_pause_quantile
+    if q is None or turn_ended is not False or not config.memory_gate:
+        return math.inf
+    return graph.gap(node).quantile(q)
+
+
 def gate_wait(graph: AgentGraph, node: str, turn_ended: bool | None, config: SagaConfig,
               said: bool) -> float:
-    """Seconds after a call at ``node`` finishes until the memory gate stops counting
-    its workflow, silent since: the sooner of the predicted end pins act on and the one
-    the gate acts on (:func:`gate_min_ends`)."""
+    """Seconds after a call at ``node`` finishes until the memory gate of a ``+gate``
+    baseline stops counting its workflow, silent since: the sooner of the predicted end
+    pins act on and the one the gate acts on (:func:`gate_min_ends`). Not the pause
+    (:func:`pause_wait`), which SAGA's gate adds: a baseline without SAGA's retention and
+    prefetch finds a paused session's KV gone when it comes back, and the pause made
+    ``sglang+gate`` and ``llm-d+gate`` slower (docs/claude-code-load.md)."""
     wait = end_wait(graph, node, turn_ended, config, said)
     return min(wait, end_wait(graph, node, turn_ended, config, said,
                               gate_min_ends(graph, config)))

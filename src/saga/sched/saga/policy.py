@@ -27,7 +27,7 @@ from saga.sched.policy import CallInfo, Policy, PolicyContext, Router, WorkflowI
 from saga.sched.saga import admission, placement
 from saga.sched.saga import retention as keep
 from saga.sched.saga.config import SagaConfig
-from saga.sched.saga.ends import EndMarkers, EndWatch, end_wait, gate_min_ends
+from saga.sched.saga.ends import EndMarkers, EndWatch, end_wait, gate_min_ends, pause_wait
 from saga.sched.saga.fairshare import FairShare
 from saga.sched.saga.gate import AgentKey, SharedPrefixes, agent_key, memory_gate
 from saga.sched.saga.graph import AgentGraph, GraphStore, node_key
@@ -282,7 +282,9 @@ class SagaPolicy(Policy):
         if flow.in_tool:
             self._expire_ends(now)
             wait = self._time_to_end(flow, call)
-            gate_wait = min(wait, self._time_to_end(flow, call, self._gate_min_ends(flow)))
+            gate_wait = min(wait, self._time_to_end(flow, call, self._gate_min_ends(flow)),
+                            pause_wait(self._graph(flow), flow.node, call.turn_ended,
+                                       self.config))
             if wait <= 0.0:
                 self._release(flow, now)
             else:

@@ -1,0 +1,48 @@
+"""saga.bench.loads: the ratio of means, the geomean and their ceilings on hand-made TCTs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from saga.bench.loads import load_row, markdown
+
+# two workflows: a long one the schedulers barely touch and a short one they slow down
+ALONE = {"long": 1000.0, "short": 10.0}
+BASE = {"long": 1010.0, "short": 40.0}
+MINE = {"long": 1005.0, "short": 20.0}
+
+
+def test_a_row_compares_means_and_paired_ratios_against_their_ceilings() -> None:
+    row = load_row(2.0, 0.006, "saga", BASE, MINE, ALONE)
+    assert row.paired == 2
+    assert row.mean_alone == 505.0
+    assert row.mean_baseline == 525.0
+    assert row.mean_policy == 512.5
+    assert row.mean_ratio == pytest.approx(525.0 / 512.5)
+    assert row.mean_ceiling == pytest.approx(525.0 / 505.0)
+    assert row.geomean == pytest.approx(math.sqrt(1010.0 / 1005.0 * 40.0 / 20.0))
+    assert row.geomean_ceiling == pytest.approx(math.sqrt(1010.0 / 1000.0 * 40.0 / 10.0))
+    assert row.delay_ratio == pytest.approx(20.0 / 7.5)
+
+
+def test_only_workflows_finished_under_both_and_known_alone_are_compared() -> None:
+    row = load_row(1.0, 0.003, "saga", {**BASE, "lost": 5.0}, MINE, {**ALONE, "x": 1.0})
+    assert row.paired == 2
+    with pytest.raises(ValueError, match="saga: no workflow"):
+        load_row(1.0, 0.003, "saga", {"a": 1.0}, {"b": 1.0}, {"a": 1.0, "b": 1.0})
+
+
+def test_a_policy_at_the_ideal_has_an_infinite_delay_ratio() -> None:
+    assert load_row(1.0, 0.003, "ideal", BASE, ALONE, ALONE).delay_ratio == math.inf
+
+
+def test_the_table_has_a_line_per_row_under_a_header_naming_the_baseline() -> None:
+    rows = [load_row(2.0, 0.006, "saga", BASE, MINE, ALONE),
+            load_row(10 / 3, 0.01, "saga", BASE, MINE, ALONE)]
+    lines = markdown(rows, "vllm-affinity").splitlines()
+    assert lines[0].startswith("| load (x vllm-affinity's capacity) |")
+    assert len(lines) == 4
+    assert lines[2].startswith("| 2x | 0.006 | 2 | 505 | 525 | saga | 512 | 1.02x | 1.04x |")
+    assert lines[3].startswith("| 3.33x | 0.01 |")
