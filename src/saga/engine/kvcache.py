@@ -35,6 +35,7 @@ import heapq
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 
 Run = tuple[str, int, int]
 """A run of consecutive blocks: ``(namespace, first_id, count)``."""
@@ -91,6 +92,11 @@ class EvictionOrder(ABC):
     name = "base"
     #: True when the key only changes at release (then a heap of stamps is exact).
     static = False
+    #: The least key the order ever gives, if it has one. A leaf with that key released
+    #: before every other such leaf ranks first whatever the others' keys, so a keyed
+    #: eviction asks the key of the leaves in release order only until it meets one
+    #: (most of saga's evictions take the KV of an ended workflow, keyed at the floor).
+    floor: float | None = None
 
     @abstractmethod
     def key(self, node: KVNode, now: float) -> float:
@@ -119,9 +125,12 @@ class KeyedEviction(EvictionOrder):
 
     static = False
 
-    def __init__(self, name: str, key_fn: Callable[[KVNode, float], float]) -> None:
+    def __init__(
+        self, name: str, key_fn: Callable[[KVNode, float], float], floor: float | None = None
+    ) -> None:
         self.name = name
         self._key_fn = key_fn
+        self.floor = floor
 
     def key(self, node: KVNode, now: float) -> float:
         return self._key_fn(node, now)
@@ -475,12 +484,10 @@ class RadixKV:
         return done
 
     def _evict_keyed(self, blocks: int, now: float) -> int:
-        key = self.eviction.key_function()
-        # (the ranking is total, id() last, so the set's order does not matter)
-        heap = [(key(n, now), n.stamp, id(n), n) for n in self._leaves]
-        if not heap or blocks <= 0:
+        if not self._leaves or blocks <= 0:
             return 0
-        first = min(heap)[3]
+        key = self.eviction.key_function()
+        first = self._first_ranked(key, now)
         if first.count >= blocks:
             # The first-ranked leaf alone suffices (most evictions take a block or two):
             # what the heap below would do, without building it.
@@ -488,6 +495,8 @@ class RadixKV:
             if first.count == 0:
                 self._detach(first)
             return done
+        # (the ranking is total, id() last, so the set's order does not matter)
+        heap = [(key(n, now), n.stamp, id(n), n) for n in self._leaves]
         heapq.heapify(heap)
         done = 0
         while done < blocks and heap:
@@ -499,6 +508,32 @@ class RadixKV:
                 if parent is not None:
                     heapq.heappush(heap, (key(parent, now), parent.stamp, id(parent), parent))
         return done
+
+    def _first_ranked(self, key: Callable[[KVNode, float], float], now: float) -> KVNode:
+        """The evictable leaf least by (key, stamp, id): the leaves are not empty.
+
+        Without a floor every leaf's key is asked. With one the leaves are taken in
+        release order (stamp, then id among equal stamps) and the first keyed at the
+        floor ends the search: a leaf after it has a later stamp and no smaller key."""
+        floor = self.eviction.floor
+        if floor is None:
+            return min([(key(n, now), n.stamp, id(n), n) for n in self._leaves])[3]
+        ordered = iter(sorted(self._leaves, key=_by_stamp))
+        best = next(ordered)
+        best_key = key(best, now)
+        for node in ordered:
+            if best_key <= floor and node.stamp != best.stamp:
+                break
+            k = key(node, now)
+            # in release order: an equal key ranks before only with an equal stamp
+            if k < best_key or (k == best_key and node.stamp == best.stamp
+                                and id(node) < id(best)):
+                best, best_key = node, k
+        if best_key < floor:
+            raise AssertionError(
+                f"eviction order {self.eviction.name!r} keyed {best!r} {best_key} "
+                f"below its floor {floor}")
+        return best
 
     def _evict_from(self, node: KVNode, want: int) -> int:
         take = min(want, node.count)
@@ -572,6 +607,9 @@ class RadixKV:
         assert locked == self.locked_blocks, (locked, self.locked_blocks)
         assert inuse == self.inuse_blocks, (inuse, self.inuse_blocks)
         assert self.used_blocks <= self.capacity, (self.used_blocks, self.capacity)
+
+
+_by_stamp = attrgetter("stamp")
 
 
 def skip_runs(runs: Sequence[Run], blocks: int) -> tuple[Run, ...]:
