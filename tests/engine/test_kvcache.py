@@ -277,6 +277,8 @@ def test_a_floored_order_evicts_the_leaf_the_full_ranking_would(
         if release_one and held:
             kv.unlock(held.pop(0), now)
         else:
+            # match_blocks walks as match does (its own loop, for placement's speed)
+            assert kv.match_blocks(runs) == kv.match(runs).blocks
             node, hit = kv.lock(runs, now)
             need = sum(r[2] for r in runs) - hit
             if not kv.allocate(need, now):

@@ -233,9 +233,24 @@ class RadixKV:
         return Match(*self._walk(runs))
 
     def match_blocks(self, runs: Sequence[Run]) -> int:
-        """Blocks of the longest cached prefix of ``runs`` (placement asks this of every
-        candidate: a plain tuple, not a frozen Match, is a quarter of the cost)."""
-        return self._walk(runs)[0]
+        """Blocks of the longest cached prefix of ``runs``: :meth:`_walk`'s count.
+
+        (Placement asks this of every candidate's GPU and host tiers: the walk without
+        the node it ends in, so without the tuple and the call :meth:`_walk` costs.)"""
+        node = self.root
+        matched = 0
+        for namespace, first, count in runs:
+            while count > 0:
+                child = node.children.get((namespace, first))
+                if child is None:
+                    return matched
+                if count < child.count:
+                    return matched + count
+                matched += child.count
+                node = child
+                first += child.count
+                count -= child.count
+        return matched
 
     def match_idle(self, runs: Sequence[Run]) -> tuple[int, int]:
         """(blocks of the longest cached prefix of ``runs``, how many of them are in
