@@ -292,15 +292,25 @@ def test_a_floored_order_evicts_the_leaf_the_full_ranking_would(
         kv.check()
 
 
-def test_leaves_of_one_release_stamp_rank_by_id_at_the_floor() -> None:
-    """Equal stamps (never two leaves of one tree, but the ranking is total) fall to id()."""
+def test_a_split_shares_its_stamp_but_never_between_two_evictable_leaves() -> None:
+    """The floor probe takes the earliest released leaf as the only one of its stamp: a
+    split's upper part copies the stamp, but stays above the lower part until it goes."""
     kv = RadixKV(40, KeyedEviction("floor", lambda n, now: -1.0, floor=-1.0))
-    for name in "abcd":
-        kv.unlock(cache_path(kv, [(f"w:{name}", 0, 2)]))
-    for leaf in kv._leaves:
-        leaf.stamp = 7
-    expected = min(kv._leaves, key=id)
-    assert kv._first_ranked(kv.eviction.key_function(), 0.0) is expected
+    kv.unlock(cache_path(kv, [("w:a", 0, 6)]))
+    (lower,) = kv._leaves
+    upper, _ = kv.lock([("w:a", 0, 2)])  # splits w:a after 2 blocks; stamps stay
+    kv.unlock(upper)
+    assert upper.stamp != lower.stamp  # the release re-stamps the part it held
+    kv.check()
+    node, _ = kv.lock([("w:a", 0, 6)])
+    kv.unlock(node)
+    again, _ = kv.lock([("w:a", 0, 4)])  # a split of the released lower part: one stamp
+    assert again.stamp == node.stamp and node.parent is again and kv._leaves == {node}
+    kv.unlock(again)
+    kv.check()
+    assert kv.evict(2) == 2 and node.parent is None  # the lower part went first
+    assert kv._leaves == {again} and kv._first_ranked(lambda n, now: -1.0, 0.0) is again
+    kv.check()
 
 
 def test_a_key_below_the_floor_is_an_error_not_a_silent_victim() -> None:
@@ -308,3 +318,13 @@ def test_a_key_below_the_floor_is_an_error_not_a_silent_victim() -> None:
     kv.unlock(cache_path(kv, [("w:a", 0, 2)]))
     with pytest.raises(AssertionError, match="below its floor"):
         kv.evict(1)
+
+
+def test_the_earliest_leaf_above_the_floor_does_not_end_the_ranking() -> None:
+    keys = {"w:old": 0.0, "w:ended": -1.0}
+    kv = RadixKV(40, KeyedEviction("floor", lambda n, now: keys[n.namespace], floor=-1.0))
+    kv.unlock(cache_path(kv, [("w:old", 0, 2)]))  # released first, but keyed above -1
+    kv.unlock(cache_path(kv, [("w:ended", 0, 2)]))
+    assert kv.evict(2) == 2
+    assert kv.match_blocks([("w:ended", 0, 2)]) == 0
+    assert kv.match_blocks([("w:old", 0, 2)]) == 2

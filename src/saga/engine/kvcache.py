@@ -92,10 +92,10 @@ class EvictionOrder(ABC):
     name = "base"
     #: True when the key only changes at release (then a heap of stamps is exact).
     static = False
-    #: The least key the order ever gives, if it has one. A leaf with that key released
-    #: before every other such leaf ranks first whatever the others' keys, so a keyed
-    #: eviction asks the key of the leaves in release order only until it meets one
-    #: (most of saga's evictions take the KV of an ended workflow, keyed at the floor).
+    #: The least key the order ever gives, if it has one. The earliest released leaf, if
+    #: keyed at the floor, ranks first whatever the others' keys, so a keyed eviction asks
+    #: its key alone (most of saga's evictions take the KV of an ended workflow, keyed at
+    #: the floor, and the oldest leaf is usually one).
     floor: float | None = None
 
     @abstractmethod
@@ -527,27 +527,31 @@ class RadixKV:
     def _first_ranked(self, key: Callable[[KVNode, float], float], now: float) -> KVNode:
         """The evictable leaf least by (key, stamp, id): the leaves are not empty.
 
-        Without a floor every leaf's key is asked. With one the leaves are taken in
-        release order (stamp, then id among equal stamps) and the first keyed at the
-        floor ends the search: a leaf after it has a later stamp and no smaller key."""
+        With a floor the leaves are asked in release order, the earliest first, until one
+        is at the floor: it ranks first, since no key is smaller and every leaf after it
+        was released later (no two evictable leaves share a stamp: nodes of one stamp lie
+        on one root path, a split's upper part above the lower, so at most one of them is a
+        leaf; ``check`` asserts it). Without a floor, or none at it, every key is asked."""
+        leaves = self._leaves
         floor = self.eviction.floor
         if floor is None:
-            return min([(key(n, now), n.stamp, id(n), n) for n in self._leaves])[3]
-        ordered = iter(sorted(self._leaves, key=_by_stamp))
-        best = next(ordered)
-        best_key = key(best, now)
-        for node in ordered:
-            if best_key <= floor and node.stamp != best.stamp:
-                break
-            k = key(node, now)
-            # in release order: an equal key ranks before only with an equal stamp
-            if k < best_key or (k == best_key and node.stamp == best.stamp
-                                and id(node) < id(best)):
-                best, best_key = node, k
+            return min([(key(n, now), n.stamp, id(n), n) for n in leaves])[3]
+        earliest = min(leaves, key=_by_stamp)
+        best_key = key(earliest, now)
+        best = earliest
+        if best_key != floor:
+            for node in sorted(leaves, key=_by_stamp):
+                if node is earliest:
+                    continue
+                k = key(node, now)
+                if k < best_key:  # (stamps ascend and differ: an equal key ranks after)
+                    best, best_key = node, k
+                    if k <= floor:
+                        break
         if best_key < floor:
             raise AssertionError(
-                f"eviction order {self.eviction.name!r} keyed {best!r} {best_key} "
-                f"below its floor {floor}")
+                f"eviction order {self.eviction.name!r} keyed {best!r} {best_key} below "
+                f"its floor {floor}")
         return best
 
     def _evict_from(self, node: KVNode, want: int) -> int:
@@ -619,6 +623,8 @@ class RadixKV:
         assert cached == self.cached_blocks, (cached, self.cached_blocks)
         if self._keyed:
             assert self._leaves == set(self.evictable_leaves()), "evictable-leaf set"
+            # (_first_ranked's floor probe relies on it)
+            assert len({n.stamp for n in self._leaves}) == len(self._leaves), "shared stamp"
         assert locked == self.locked_blocks, (locked, self.locked_blocks)
         assert inuse == self.inuse_blocks, (inuse, self.inuse_blocks)
         assert self.used_blocks <= self.capacity, (self.used_blocks, self.capacity)
