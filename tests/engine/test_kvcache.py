@@ -234,3 +234,97 @@ def test_a_leaf_another_call_holds_is_not_extended_under_its_lock() -> None:
     kv.unlock(b)
     assert kv.locked_blocks == 0
     kv.check()
+
+
+# ---- keyed eviction with a floor: the victim is the full ranking's -----------------------
+def _floored_key(values: dict[str, float]) -> KeyedEviction:
+    """Keys by namespace, and by how many blocks the leaf holds and the time (so that a
+    partial eviction and the clock move them), never below -1: many ties at the floor."""
+    def key(node: KVNode, now: float) -> float:
+        value = values.get(node.namespace, 0.0)
+        return value if value <= 0.0 else value + (node.count % 3) + (now % 2.0)
+    return KeyedEviction("floored", key, floor=-1.0)
+
+
+def _full_ranking(kv: RadixKV, now: float) -> KVNode:
+    """The victim as the keyed eviction chose it before it had a floor: every leaf ranked."""
+    key = kv.eviction.key_function()
+    return min([(key(n, now), n.stamp, id(n), n) for n in kv._leaves])[3]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(st.sampled_from(["w:a", "w:b", "s:x"]),
+                    st.sampled_from([-1.0, 0.0, 0.5, 2.0]), min_size=3),
+    st.lists(st.tuples(st.booleans(), runs_strategy, st.integers(1, 12),
+                       st.sampled_from([0.0, 0.5, 1.5, 3.0])), min_size=1, max_size=30),
+)
+def test_a_floored_order_evicts_the_leaf_the_full_ranking_would(
+    values: dict[str, float], ops: list[tuple[bool, list[Run], int, float]],
+) -> None:
+    kv = RadixKV(40, _floored_key(values))
+    evicted: list[KVNode] = []
+    kv.on_evict = lambda node, blocks: evicted.append(node)
+    held: list[KVNode] = []
+    for release_one, runs, blocks, now in ops:
+        if kv._leaves:
+            expected = _full_ranking(kv, now)
+            assert kv._first_ranked(kv.eviction.key_function(), now) is expected
+            if blocks <= expected.count:
+                evicted.clear()
+                assert kv.evict(blocks, now) == blocks
+                assert evicted == [expected]
+        if release_one and held:
+            kv.unlock(held.pop(0), now)
+        else:
+            # match_blocks walks as match does (its own loop, for placement's speed)
+            assert kv.match_blocks(runs) == kv.match(runs).blocks
+            node, hit = kv.lock(runs, now)
+            need = sum(r[2] for r in runs) - hit
+            if not kv.allocate(need, now):
+                kv.unlock(node, now)
+                continue
+            new, added = kv.insert(node, _skip(runs, hit), now)
+            kv.unlock(node, now)
+            kv.adopt(added, now)
+            kv.release_anonymous(need - added, now)
+            held.append(new)
+        kv.check()
+
+
+def test_a_split_shares_its_stamp_but_never_between_two_evictable_leaves() -> None:
+    """The floor probe takes the earliest released leaf as the only one of its stamp: a
+    split's upper part copies the stamp, but stays above the lower part until it goes."""
+    kv = RadixKV(40, KeyedEviction("floor", lambda n, now: -1.0, floor=-1.0))
+    kv.unlock(cache_path(kv, [("w:a", 0, 6)]))
+    (lower,) = kv._leaves
+    upper, _ = kv.lock([("w:a", 0, 2)])  # splits w:a after 2 blocks; stamps stay
+    kv.unlock(upper)
+    assert upper.stamp != lower.stamp  # the release re-stamps the part it held
+    kv.check()
+    node, _ = kv.lock([("w:a", 0, 6)])
+    kv.unlock(node)
+    again, _ = kv.lock([("w:a", 0, 4)])  # a split of the released lower part: one stamp
+    assert again.stamp == node.stamp and node.parent is again and kv._leaves == {node}
+    kv.unlock(again)
+    kv.check()
+    assert kv.evict(2) == 2 and node.parent is None  # the lower part went first
+    assert kv._leaves == {again} and kv._first_ranked(lambda n, now: -1.0, 0.0) is again
+    kv.check()
+
+
+def test_a_key_below_the_floor_is_an_error_not_a_silent_victim() -> None:
+    kv = RadixKV(40, KeyedEviction("broken", lambda n, now: -2.0, floor=-1.0))
+    kv.unlock(cache_path(kv, [("w:a", 0, 2)]))
+    with pytest.raises(AssertionError, match="below its floor"):
+        kv.evict(1)
+
+
+def test_the_earliest_leaf_above_the_floor_does_not_end_the_ranking() -> None:
+    keys = {"w:old": 0.0, "w:ended": -1.0}
+    kv = RadixKV(40, KeyedEviction("floor", lambda n, now: keys[n.namespace], floor=-1.0))
+    kv.unlock(cache_path(kv, [("w:old", 0, 2)]))  # released first, but keyed above -1
+    kv.unlock(cache_path(kv, [("w:ended", 0, 2)]))
+    assert kv.evict(2) == 2
+    assert kv.match_blocks([("w:ended", 0, 2)]) == 0
+    assert kv.match_blocks([("w:old", 0, 2)]) == 2

@@ -80,3 +80,27 @@ def test_finished_workflows_go_first_whatever_their_depth() -> None:
     policy = _policy(by_cost=True)
     short, long = _leaves()  # neither workflow is in flight any more
     assert policy._eviction_key(long, 0.0) == policy._eviction_key(short, 0.0) == -1.0
+
+
+def test_no_key_is_below_the_floor_the_order_declares() -> None:
+    """The engine's tree stops ranking at the earliest leaf keyed at the order's floor
+    (kvcache.RadixKV._first_ranked): every kind of leaf must key at or above it."""
+    for by_cost in (False, True):
+        for by_chance in (False, True):
+            policy = _policy(by_cost=by_cost, by_chance=by_chance)
+            floor = policy.eviction_order(0).floor
+            assert floor == -1.0
+            root = KVNode("", 0, 0, None)
+            shared = KVNode("s:sys", 0, 20, root)
+            leaves = [KVNode(f"w:{n}", 0, 10, shared)
+                      for n in ("due", "later", "zero", "queued", "ended", "gone")]
+            leaves += [shared, KVNode("other", 0, 3, root)]
+            _in_tool(policy, "due", next_use=0.0)
+            _in_tool(policy, "later", next_use=30.0)
+            _in_tool(policy, "zero", next_use=5.0, p_return=0.0)
+            _in_tool(policy, "queued", next_use=5.0)
+            policy.flows["queued"].in_tool = False
+            _in_tool(policy, "ended", next_use=5.0)
+            policy.flows["ended"].predicted_end = True
+            keys = [policy._eviction_key(n, now) for n in leaves for now in (0.0, 10.0, 99.0)]
+            assert min(keys) == floor  # the ended and the gone workflows: at it, not below

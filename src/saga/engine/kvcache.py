@@ -35,6 +35,7 @@ import heapq
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 
 Run = tuple[str, int, int]
 """A run of consecutive blocks: ``(namespace, first_id, count)``."""
@@ -91,6 +92,11 @@ class EvictionOrder(ABC):
     name = "base"
     #: True when the key only changes at release (then a heap of stamps is exact).
     static = False
+    #: The least key the order ever gives, if it has one. The earliest released leaf, if
+    #: keyed at the floor, ranks first whatever the others' keys, so a keyed eviction asks
+    #: its key alone (most of saga's evictions take the KV of an ended workflow, keyed at
+    #: the floor, and the oldest leaf is usually one).
+    floor: float | None = None
 
     @abstractmethod
     def key(self, node: KVNode, now: float) -> float:
@@ -119,9 +125,12 @@ class KeyedEviction(EvictionOrder):
 
     static = False
 
-    def __init__(self, name: str, key_fn: Callable[[KVNode, float], float]) -> None:
+    def __init__(
+        self, name: str, key_fn: Callable[[KVNode, float], float], floor: float | None = None
+    ) -> None:
         self.name = name
         self._key_fn = key_fn
+        self.floor = floor
 
     def key(self, node: KVNode, now: float) -> float:
         return self._key_fn(node, now)
@@ -224,9 +233,24 @@ class RadixKV:
         return Match(*self._walk(runs))
 
     def match_blocks(self, runs: Sequence[Run]) -> int:
-        """Blocks of the longest cached prefix of ``runs`` (placement asks this of every
-        candidate: a plain tuple, not a frozen Match, is a quarter of the cost)."""
-        return self._walk(runs)[0]
+        """Blocks of the longest cached prefix of ``runs``: :meth:`_walk`'s count.
+
+        (Placement asks this of every candidate's GPU and host tiers: the walk without
+        the node it ends in, so without the tuple and the call :meth:`_walk` costs.)"""
+        node = self.root
+        matched = 0
+        for namespace, first, count in runs:
+            while count > 0:
+                child = node.children.get((namespace, first))
+                if child is None:
+                    return matched
+                if count < child.count:
+                    return matched + count
+                matched += child.count
+                node = child
+                first += child.count
+                count -= child.count
+        return matched
 
     def match_idle(self, runs: Sequence[Run]) -> tuple[int, int]:
         """(blocks of the longest cached prefix of ``runs``, how many of them are in
@@ -475,12 +499,10 @@ class RadixKV:
         return done
 
     def _evict_keyed(self, blocks: int, now: float) -> int:
-        key = self.eviction.key_function()
-        # (the ranking is total, id() last, so the set's order does not matter)
-        heap = [(key(n, now), n.stamp, id(n), n) for n in self._leaves]
-        if not heap or blocks <= 0:
+        if not self._leaves or blocks <= 0:
             return 0
-        first = min(heap)[3]
+        key = self.eviction.key_function()
+        first = self._first_ranked(key, now)
         if first.count >= blocks:
             # The first-ranked leaf alone suffices (most evictions take a block or two):
             # what the heap below would do, without building it.
@@ -488,6 +510,8 @@ class RadixKV:
             if first.count == 0:
                 self._detach(first)
             return done
+        # (the ranking is total, id() last, so the set's order does not matter)
+        heap = [(key(n, now), n.stamp, id(n), n) for n in self._leaves]
         heapq.heapify(heap)
         done = 0
         while done < blocks and heap:
@@ -499,6 +523,36 @@ class RadixKV:
                 if parent is not None:
                     heapq.heappush(heap, (key(parent, now), parent.stamp, id(parent), parent))
         return done
+
+    def _first_ranked(self, key: Callable[[KVNode, float], float], now: float) -> KVNode:
+        """The evictable leaf least by (key, stamp, id): the leaves are not empty.
+
+        With a floor the leaves are asked in release order, the earliest first, until one
+        is at the floor: it ranks first, since no key is smaller and every leaf after it
+        was released later (no two evictable leaves share a stamp: nodes of one stamp lie
+        on one root path, a split's upper part above the lower, so at most one of them is a
+        leaf; ``check`` asserts it). Without a floor, or none at it, every key is asked."""
+        leaves = self._leaves
+        floor = self.eviction.floor
+        if floor is None:
+            return min([(key(n, now), n.stamp, id(n), n) for n in leaves])[3]
+        earliest = min(leaves, key=_by_stamp)
+        best_key = key(earliest, now)
+        best = earliest
+        if best_key != floor:
+            for node in sorted(leaves, key=_by_stamp):
+                if node is earliest:
+                    continue
+                k = key(node, now)
+                if k < best_key:  # (stamps ascend and differ: an equal key ranks after)
+                    best, best_key = node, k
+                    if k <= floor:
+                        break
+        if best_key < floor:
+            raise AssertionError(
+                f"eviction order {self.eviction.name!r} keyed {best!r} {best_key} below "
+                f"its floor {floor}")
+        return best
 
     def _evict_from(self, node: KVNode, want: int) -> int:
         take = min(want, node.count)
@@ -569,9 +623,14 @@ class RadixKV:
         assert cached == self.cached_blocks, (cached, self.cached_blocks)
         if self._keyed:
             assert self._leaves == set(self.evictable_leaves()), "evictable-leaf set"
+            # (_first_ranked's floor probe relies on it)
+            assert len({n.stamp for n in self._leaves}) == len(self._leaves), "shared stamp"
         assert locked == self.locked_blocks, (locked, self.locked_blocks)
         assert inuse == self.inuse_blocks, (inuse, self.inuse_blocks)
         assert self.used_blocks <= self.capacity, (self.used_blocks, self.capacity)
+
+
+_by_stamp = attrgetter("stamp")
 
 
 def skip_runs(runs: Sequence[Run], blocks: int) -> tuple[Run, ...]:

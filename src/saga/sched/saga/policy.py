@@ -514,7 +514,9 @@ class SagaPolicy(Policy):
     def eviction_order(self, replica_index: int) -> EvictionOrder:
         if not self.config.retention:
             return LRUEviction()
-        return KeyedEviction("saga-next-use", self._eviction_key)
+        # -1, the key of an ended workflow's KV, is the least _eviction_key gives: the
+        # engine's tree stops ranking at the earliest released leaf keyed so
+        return KeyedEviction("saga-next-use", self._eviction_key, floor=-1.0)
 
     def _eviction_key(self, node: KVNode, now: float) -> float:
         """Expected reuse value of a cached leaf: smaller is evicted first.
