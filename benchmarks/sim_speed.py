@@ -31,7 +31,8 @@ from pathlib import Path
 from saga.bench.capacity import capacity_on
 from saga.core.workflow import Workflow
 from saga.engine.cluster import ClusterSpec, get_cluster
-from saga.sim.run import run_policy
+from saga.metrics.stationarity import arrival_slices, drifting, met_level
+from saga.sim.run import RunOutput, isolated_tcts, run_policy
 from saga.workloads import build_workload
 
 BASE_RATE = 0.25
@@ -77,6 +78,26 @@ def measure_capacity(
           f"{case.limited.get(policy, False)}; {cpu:.0f} CPU s)")
 
 
+def judge_sustained(cluster: ClusterSpec, workflows: list[Workflow], out: RunOutput) -> None:
+    """Print whether the run's rate was sustained over all its arrivals: the goodput rule
+    (90 % of all the workflows within 2x their TCT alone, computed here, after the timed
+    run) and stationarity (by arrival quarter, the slowdown and the hit rate must not keep
+    degrading: saga.metrics.stationarity)."""
+    isolated = isolated_tcts(cluster, workflows)
+    met = sum(1 for w in out.result.workflows if met_level(w, isolated[w.workflow], 2.0))
+    share = met / len(out.result.workflows)
+    print(f"goodput: {met} of {len(out.result.workflows)} workflows within 2x their TCT "
+          f"alone ({100 * share:.1f} %: {'served' if share >= 0.9 else 'not served'})")
+    parts = arrival_slices(out.result, isolated, slices=4, slowdown=2.0)
+    for part in parts:
+        print(f"  arrivals {part.start:7.0f}-{part.end:7.0f} s: {part.workflows:5d} workflows, "
+              f"{100 * part.attainment:5.1f} % within 2x, mean slowdown "
+              f"{part.slowdown_mean:6.2f}, hit rate {part.hit_rate:.3f}")
+    reasons = drifting(parts)
+    print("stationary" if not reasons else "drifting: " + "; ".join(reasons))
+    print(f"sustained: {'yes' if share >= 0.9 and not reasons else 'no'}")
+
+
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -100,6 +121,8 @@ def main() -> None:
     parser.add_argument("--summary", default=None, help="write the run's summary.json here")
     parser.add_argument("--capacity", action="store_true",
                         help="measure the policy's goodput capacity on the mix instead")
+    parser.add_argument("--sustained", action="store_true",
+                        help="after the timed run, judge whether its rate was sustained")
     args = parser.parse_args()
 
     cluster = get_cluster(args.cluster)
@@ -154,6 +177,8 @@ def main() -> None:
           f"context {out.summary.get('calls_over_context', 0)}), "
           f"prefix hit rate {out.summary['prefix_hit_rate']:.3f}, "
           f"TCT mean {out.summary['tct_mean']:.1f} s")
+    if args.sustained:
+        judge_sustained(cluster, workflows, out)
 
 
 if __name__ == "__main__":
