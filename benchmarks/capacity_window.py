@@ -11,9 +11,9 @@ A capacity that falls as the window grows is that bias (docs/engine.md, "Load de
 The scenario itself is not changed.
 
 Run: PYTHONPATH=src python benchmarks/capacity_window.py coding vllm-affinity --window 24
-[--quick] [--count N] [--workers 2]
-(``--count`` overrides the pool's workflow count, so that a longer window does not run out
-of workflows: the search then says "limited".)
+[--quick] [--param count=600] [--workers 2]
+(``--param`` overrides a workload param, e.g. the pool's ``count`` or ``limit``, so that a
+longer window does not run out of workflows: the search then says "limited".)
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def main() -> None:
     parser.add_argument("policy")
     parser.add_argument("--window", type=float, default=8.0, help="median TCTs alone")
     parser.add_argument("--quick", action="store_true", help="the quick scenario's workload")
-    parser.add_argument("--count", default=None, help="the pool's workflow count")
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a workload param (the pool's count or limit)")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
 
@@ -42,7 +43,7 @@ def main() -> None:
         spec = spec.quick_version()
     chosen = next(w for w in spec.workloads if args.workload in (w.label, w.name))
     cluster = spec.cluster_for(chosen)
-    overrides = {} if args.count is None else {"count": args.count}
+    overrides = dict(item.split("=", 1) for item in args.param)
     context = cluster.cost_model().model.max_context
     per_seed = {seed: build_spec(chosen, seed, overrides, context)[0] for seed in spec.seeds}
     with ProcessPoolExecutor(args.workers) as pool:
