@@ -48,8 +48,8 @@ workflows/s: ``python benchmarks/sim_speed.py --rate R --sustained --seed S`` fo
 1, bisected to 5 %: at 0.105 both seeds serve 90 % of the hour's workflows within 2x their TCT
 alone and 90 % of the last quarter's arrivals too (91.8 %, 90.5 %); at 0.11 the last quarter
 gets 90.8 % and 87.7 % (89.3 % pooled), at 0.12 87.8 % and 84.2 %. ``--load`` scales it with the
-GPUs, which over-estimates at 1,024: there 16x this (1.68/s) leaves the last quarter's
-arrivals 86.7 % within 2x, 1.5/s is sustained (docs/engine.md, "Load definition")."""
+GPUs, which over-estimates at 1,024: there 1.5/s is sustained, 1.59/s (last quarter 89.7 %)
+and 16x this (1.68/s, 86.7 %) are not (docs/engine.md, "Load definition")."""
 
 PROBE_CAPACITY_PER_64_GPUS = 0.24
 """For reference: what the capacity search's probes give for the same policy and mix
