@@ -1056,7 +1056,11 @@ def _capacity_section(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
             f"{goodput.get('window', 8.0):g} median TCTs alone and judges those arriving after a "
             f"warm-up of {goodput.get('warmup', 1.0):g} median TCT. \"≥\": still served when "
             "the pool of workflows ran "
-            "out before the window ended (a lower bound).",
+            "out before the window ended (a lower bound). A probe is finite and drains, so "
+            "a backlog that an endless stream would keep growing has not built up within "
+            "its window: the figures over-estimate a sustained rate, more for the policies "
+            "that fall behind (docs/engine.md, \"Load definition\", measures the bias with "
+            "longer windows).",
             "",
             "| goal | ours | where |",
             "|---|---|---|",
