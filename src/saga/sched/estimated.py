@@ -17,26 +17,19 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
-from saga.sched.decisions import Admission, Retention
-from saga.sched.policy import CallInfo, Policy, PolicyContext, WorkflowInfo
-
-if TYPE_CHECKING:
-    from saga.engine.kvcache import EvictionOrder
-    from saga.sched.saga.graph import GraphStore
-    from saga.sched.view import CallView, ReplicaView
+from saga.sched.policy import CallInfo, Policy
+from saga.sched.wrapped import WrappedPolicy
 
 #: (workflow id, call id) -> the prompt tokens the gateway estimates for that call
 Estimates = Mapping[tuple[str, str], int]
 
 
-class PromptEstimates(Policy):
+class PromptEstimates(WrappedPolicy):
     """``inner`` with the gateway's prompt estimates in its gateway-side hooks."""
 
     def __init__(self, inner: Policy, estimates: Estimates) -> None:
-        super().__init__(inner.router)
-        self.inner = inner
+        super().__init__(inner)
         self.estimates = estimates
 
     def _seen(self, call: CallInfo) -> CallInfo:
@@ -45,10 +38,6 @@ class PromptEstimates(Policy):
         if estimate is None or estimate == call.prompt_tokens:
             return call
         return dataclasses.replace(call, prompt_tokens=estimate)
-
-    def bind(self, ctx: PolicyContext) -> None:
-        self.ctx = ctx
-        self.inner.bind(ctx)
 
     # ---- the gateway's hooks: the estimate -------------------------------------------------
     def on_call_ready(self, call: CallInfo, now: float) -> None:
@@ -60,38 +49,7 @@ class PromptEstimates(Policy):
     def on_call_finished(self, call: CallInfo, replica: int, now: float) -> None:
         self.inner.on_call_finished(self._seen(call), replica, now)
 
-    # ---- everything else: the wrapped policy's, unchanged -----------------------------------
-    def admit(self, workflow: WorkflowInfo, now: float) -> Admission:
-        return self.inner.admit(workflow, now)
-
-    def queue_key(self, replica: ReplicaView, request: CallView, now: float) -> tuple[float, ...]:
-        return self.inner.queue_key(replica, request, now)
-
-    def retention(self, replica: ReplicaView, request: CallView, now: float) -> Retention:
-        return self.inner.retention(replica, request, now)
-
-    def preempt_for(
-        self, replica: ReplicaView, waiting: CallView, running: CallView, now: float
-    ) -> bool:
-        return self.inner.preempt_for(replica, waiting, running, now)
-
-    def eviction_order(self, replica_index: int) -> EvictionOrder:
-        return self.inner.eviction_order(replica_index)
-
-    def unpin_order(self, replica: ReplicaView, now: float) -> list[str]:
-        return self.inner.unpin_order(replica, now)
-
-    def set_tenant_weights(self, weights: Mapping[str, float]) -> None:
-        self.inner.set_tenant_weights(weights)
-
-    def learned_graphs(self) -> GraphStore | None:
-        return self.inner.learned_graphs()
-
-    def on_workflow_finished(self, workflow: WorkflowInfo, now: float) -> None:
-        self.inner.on_workflow_finished(workflow, now)
-
-    def on_admission_withdrawn(self, workflow: WorkflowInfo, now: float) -> None:
-        self.inner.on_admission_withdrawn(workflow, now)
+    # everything else: the wrapped policy's, unchanged (WrappedPolicy)
 
 
 def with_prompt_estimates(inner: Policy, estimates: Estimates) -> Policy:

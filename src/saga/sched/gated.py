@@ -39,17 +39,16 @@ whether its response ended the turn.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from saga.engine.kvcache import EvictionOrder
 from saga.sched.decisions import Admission, Retention
 from saga.sched.policy import CallInfo, Policy, PolicyContext, WorkflowInfo
 from saga.sched.saga.config import SagaConfig
 from saga.sched.saga.ends import EndMarkers, EndWatch, gate_wait
 from saga.sched.saga.gate import AgentKey, SharedPrefixes, agent_key, memory_gate
 from saga.sched.saga.graph import AgentGraph, GraphStore, node_key
+from saga.sched.wrapped import WrappedPolicy
 
 if TYPE_CHECKING:
     from saga.sched.view import CallView, ReplicaView
@@ -76,14 +75,13 @@ class _Held:
     marked: bool = False  # its client sent the end marker
 
 
-class GatedPolicy(Policy):
+class GatedPolicy(WrappedPolicy):
     """``inner``'s decisions, with admission through SAGA's memory gate."""
 
     name = "gated"
 
     def __init__(self, inner: Policy, config: SagaConfig | None = None) -> None:
-        super().__init__(inner.router)
-        self.inner = inner
+        super().__init__(inner)
         self.config = config or SagaConfig()
         self.held: dict[str, _Held] = {}
         self.unhomed: dict[AgentKey, int] = {}  # admitted, no home yet, per (tenant, agent)
@@ -257,26 +255,8 @@ class GatedPolicy(Policy):
             self._release(workflow.workflow)
         self.inner.on_admission_withdrawn(workflow, now)
 
-    # ---- everything else is the inner policy's ----------------------------------------------
-    def queue_key(self, replica: ReplicaView, request: CallView, now: float) -> tuple[float, ...]:
-        return self.inner.queue_key(replica, request, now)
-
-    def preempt_for(
-        self, replica: ReplicaView, waiting: CallView, running: CallView, now: float
-    ) -> bool:
-        return self.inner.preempt_for(replica, waiting, running, now)
-
-    def eviction_order(self, replica_index: int) -> EvictionOrder:
-        return self.inner.eviction_order(replica_index)
-
-    def unpin_order(self, replica: ReplicaView, now: float) -> list[str]:
-        return self.inner.unpin_order(replica, now)
-
-    def set_tenant_weights(self, weights: Mapping[str, float]) -> None:
-        self.inner.set_tenant_weights(weights)
-
-    def learned_graphs(self) -> GraphStore | None:
-        return self.inner.learned_graphs()
+    # queue order, preemption, eviction, unpinning, tenant weights, graphs: the inner
+    # policy's (WrappedPolicy)
 
 
 def gated(inner: Policy, name: str) -> Policy:

@@ -19,58 +19,38 @@ runs that deployment:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from saga.sched.decisions import RELEASE, Admission, Retention
-from saga.sched.policy import CallInfo, Policy, PolicyContext, WorkflowInfo
+from saga.sched.decisions import RELEASE, Retention
+from saga.sched.policy import Policy
+from saga.sched.wrapped import WrappedPolicy
 
 if TYPE_CHECKING:
-    from saga.sched.saga.graph import GraphStore
+    from saga.engine.kvcache import EvictionOrder
     from saga.sched.view import CallView, ReplicaView
 
 
-class StockEngine(Policy):
+class StockEngine(WrappedPolicy):
     """``inner``'s gateway decisions over vLLM's stock engine rules (see the module doc)."""
-
-    def __init__(self, inner: Policy) -> None:
-        super().__init__(inner.router)
-        self.inner = inner
-
-    def bind(self, ctx: PolicyContext) -> None:
-        self.ctx = ctx
-        self.inner.bind(ctx)
-
-    # ---- the gateway's decisions and observations: the wrapped policy's -------------------
-    def admit(self, workflow: WorkflowInfo, now: float) -> Admission:
-        return self.inner.admit(workflow, now)
-
-    def place(self, call: CallInfo, now: float) -> int:
-        return self.inner.place(call, now)
 
     def retention(self, replica: ReplicaView, request: CallView, now: float) -> Retention:
         self.inner.retention(replica, request, now)  # the hint stock vLLM ignores
         return RELEASE
 
-    def set_tenant_weights(self, weights: Mapping[str, float]) -> None:
-        self.inner.set_tenant_weights(weights)
+    # ---- the engine's decisions: vLLM's defaults (Policy's), not the wrapped policy's -----
+    def queue_key(self, replica: ReplicaView, request: CallView, now: float) -> tuple[float, ...]:
+        return Policy.queue_key(self, replica, request, now)
 
-    def learned_graphs(self) -> GraphStore | None:
-        return self.inner.learned_graphs()
+    def preempt_for(
+        self, replica: ReplicaView, waiting: CallView, running: CallView, now: float
+    ) -> bool:
+        return Policy.preempt_for(self, replica, waiting, running, now)
 
-    def on_call_ready(self, call: CallInfo, now: float) -> None:
-        self.inner.on_call_ready(call, now)
+    def eviction_order(self, replica_index: int) -> EvictionOrder:
+        return Policy.eviction_order(self, replica_index)
 
-    def on_call_finished(self, call: CallInfo, replica: int, now: float) -> None:
-        self.inner.on_call_finished(call, replica, now)
-
-    def on_workflow_finished(self, workflow: WorkflowInfo, now: float) -> None:
-        self.inner.on_workflow_finished(workflow, now)
-
-    def on_admission_withdrawn(self, workflow: WorkflowInfo, now: float) -> None:
-        self.inner.on_admission_withdrawn(workflow, now)
-
-    # queue_key, preempt_for, eviction_order, unpin_order: Policy's (vLLM's) defaults
+    def unpin_order(self, replica: ReplicaView, now: float) -> list[str]:
+        return Policy.unpin_order(self, replica, now)
 
 
 def on_stock_vllm(inner: Policy) -> Policy:
