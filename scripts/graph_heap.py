@@ -20,14 +20,13 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
-import os
 import random
-import re
 import sys
-import tempfile
 import tracemalloc
 from dataclasses import dataclass
 from pathlib import Path
+
+from soak_traced_gateway import _pymalloc  # a sibling script: scripts/ is on sys.path
 
 from saga.sched.saga.config import SagaConfig
 from saga.sched.saga.ends import end_wait, gate_min_ends
@@ -56,20 +55,8 @@ def rss_mb() -> float:
 
 
 def pymalloc_arenas() -> int:
-    """Arenas pymalloc holds now (``sys._debugmallocstats`` writes to the C stderr)."""
-    with tempfile.TemporaryFile() as out:
-        saved = os.dup(2)
-        try:
-            sys.stderr.flush()
-            os.dup2(out.fileno(), 2)
-            sys._debugmallocstats()
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-        out.seek(0)
-        text = out.read().decode(errors="replace")
-    found = re.search(r"# arenas allocated current\s*=\s*([\d,]+)", text)
-    return int(found.group(1).replace(",", "")) if found else -1
+    """Arenas pymalloc holds now (read as the soak's traced gateway reads them)."""
+    return _pymalloc().get("arenas", -1)
 
 
 def glibc_free_mb() -> float | None:
