@@ -42,6 +42,7 @@ from saga.bench.scenario import Scenario, WorkloadSpec
 from saga.bench.workloads import build_spec, retime
 from saga.core.workflow import Workflow
 from saga.engine.cluster import ClusterSpec
+from saga.metrics.stationarity import met_level
 from saga.sched.registry import build_policy
 from saga.sim.run import isolated_tcts
 from saga.sim.simulator import Simulation
@@ -188,12 +189,7 @@ def met_service_level(job: AttainmentJob) -> tuple[int, int, float]:
     started = time.perf_counter()
     result = Simulation(cluster, build_policy(policy), workflows, seed=seed).run()
     judged = [w for w in result.workflows if w.arrival >= warmup]
-    met = sum(
-        1
-        for w in judged
-        if w.finished_at >= 0 and not w.rejected
-        and w.finished_at - w.arrival <= slowdown * isolated[w.workflow]
-    )
+    met = sum(1 for w in judged if met_level(w, isolated[w.workflow], slowdown))
     return met, len(judged), time.perf_counter() - started
 
 
