@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from saga.bench.real import RealBench, RealCase, trace_path
-from saga.engine.cluster import get_cluster
 from saga.integrations import engines as eng
 from saga.integrations.replay import (
     gateway_estimates,
@@ -35,11 +34,8 @@ from saga.integrations.replay import (
     load_sessions,
     plan,
     sim_workflows,
+    simulate_deployed,
 )
-from saga.sched.estimated import with_prompt_estimates
-from saga.sched.registry import build_policy
-from saga.sched.stock import on_stock_vllm
-from saga.sim.simulator import Simulation
 
 LOG_LINE = re.compile(
     r"Avg prompt throughput: ([\d.]+) tokens/s, Avg generation throughput: ([\d.]+) "
@@ -95,16 +91,14 @@ def saturated_throughput(out: Path) -> list[dict[str, Any]]:
 
 
 def simulate(case: RealCase, spec: RealBench, policy: str) -> Any:
+    """``policy`` on ``case``'s sessions, simulated as ``saga bench real`` simulates it."""
     salt = f"[real sim {case.name}]\n"
     plans = _plan(case)
     workflows = sim_workflows(plans, eng.tiny_model_dir() / "tokenizer.json", salt=salt,
                               block_tokens=spec.block_tokens)
-    built = build_policy(policy)
-    if policy != "saga":
-        built = on_stock_vllm(built)
-    built = with_prompt_estimates(built, gateway_estimates(plans, salt=salt))
-    cluster = get_cluster(kv_cluster(spec.kv_blocks - 1))
-    return Simulation(cluster, built, workflows).run()
+    return simulate_deployed(workflows, kv_cluster(spec.kv_blocks - 1), policy,
+                             stock_engine=policy != "saga",
+                             estimates=gateway_estimates(plans, salt=salt))
 
 
 def agreement(out: Path) -> None:

@@ -51,7 +51,7 @@ from saga.gateway.config import GatewayConfig
 from saga.sched.estimated import with_prompt_estimates
 from saga.sched.registry import build_policy
 from saga.sched.stock import on_stock_vllm
-from saga.sim.simulator import Simulation
+from saga.sim.simulator import SimResult, Simulation
 from saga.wire.prefix import chat_text, estimate_tokens
 from saga.workloads._blocks import runs_from_ids
 
@@ -72,6 +72,7 @@ __all__ = [
     "replay",
     "sim_workflows",
     "simulate",
+    "simulate_deployed",
 ]
 
 
@@ -326,17 +327,27 @@ def simulate(
     workflows: Sequence[Workflow], cluster: str, policy: str, *, stock_engine: bool = False,
     estimates: Mapping[tuple[str, str], int] | None = None,
 ) -> dict[str, float]:
-    """Each workflow's TCT in the simulator (ids without the tenant). ``stock_engine``:
-    the policy's gateway in front of stock vLLM (saga.sched.stock), as ``saga bench
-    real`` deploys every policy but ``saga``; ``estimates``: the prompt lengths the
-    gateway gives the policy (:func:`gateway_estimates`, saga.sched.estimated)."""
+    """Each workflow's TCT in the simulator (ids without the tenant), as
+    :func:`simulate_deployed` runs it."""
+    result = simulate_deployed(workflows, cluster, policy, stock_engine=stock_engine,
+                               estimates=estimates)
+    return {w.workflow.split("/", 1)[-1]: w.tct for w in result.workflows}
+
+
+def simulate_deployed(
+    workflows: Sequence[Workflow], cluster: str, policy: str, *, stock_engine: bool = False,
+    estimates: Mapping[tuple[str, str], int] | None = None,
+) -> SimResult:
+    """The simulation of ``policy`` as deployed. ``stock_engine``: the policy's gateway in
+    front of stock vLLM (saga.sched.stock), as ``saga bench real`` deploys every policy but
+    ``saga``; ``estimates``: the prompt lengths the gateway gives the policy
+    (:func:`gateway_estimates`, saga.sched.estimated)."""
     built = build_policy(policy)
     if stock_engine:
         built = on_stock_vllm(built)
     if estimates is not None:
         built = with_prompt_estimates(built, estimates)
-    result = Simulation(get_cluster(cluster), built, workflows).run()
-    return {w.workflow.split("/", 1)[-1]: w.tct for w in result.workflows}
+    return Simulation(get_cluster(cluster), built, workflows).run()
 
 
 class GatewayThread:
