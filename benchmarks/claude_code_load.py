@@ -35,6 +35,8 @@ from pathlib import Path
 from saga.bench.loads import LoadRow, load_row, markdown
 from saga.core.workflow import Workflow
 from saga.engine.cluster import get_cluster
+from saga.errors import UserError
+from saga.sched.registry import build_policy
 from saga.sim.run import isolated_tcts, run_policy
 from saga.workloads import build_workload
 
@@ -88,9 +90,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args(argv)
     cluster = args.cluster or ("a100-8-70b" if args.quick else "h100-64-70b")
-    counts = [int(x) for x in (args.sessions or ("30,120" if args.quick else "200")).split(",")]
-    loads = [float(Fraction(x)) for x in args.loads.split(",")]
+    try:
+        counts = [int(x) for x in (args.sessions or ("30,120" if args.quick else "200")).split(",")]
+        loads = [float(Fraction(x)) for x in args.loads.split(",")]
+    except (ValueError, ZeroDivisionError) as exc:
+        parser.error(f"--sessions takes whole numbers and --loads numbers or fractions: {exc}")
+    if min(counts) < 1 or min(loads) <= 0:
+        parser.error("--sessions must be at least 1 and every --loads value above 0")
     policies = args.policies.split(",")
+    for name in policies:
+        try:
+            build_policy(name)  # an unknown name fails here, before any simulation
+        except UserError as exc:
+            parser.error(str(exc))
     capacity = args.capacity if args.capacity is not None else CAPACITY.get(cluster)
     if capacity is None:
         print(f"claude_code_load: give --capacity for {cluster}", file=sys.stderr)

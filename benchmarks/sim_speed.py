@@ -138,6 +138,9 @@ def main() -> None:
     parser.add_argument("--sustained", action="store_true",
                         help="after the timed run, judge whether its rate was sustained")
     args = parser.parse_args()
+    for flag, value in (("--rate", args.rate), ("--load", args.load)):
+        if value is not None and value <= 0:
+            parser.error(f"{flag} must be above 0, got {value:g}")
 
     cluster = get_cluster(args.cluster)
     if args.gpus is not None:

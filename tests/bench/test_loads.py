@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -46,3 +49,20 @@ def test_the_table_has_a_line_per_row_under_a_header_naming_the_baseline() -> No
     assert len(lines) == 4
     assert lines[2].startswith("| 2x | 0.006 | 2 | 505 | 525 | saga | 512 | 1.02x | 1.04x |")
     assert lines[3].startswith("| 3.33x | 0.01 |")
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--loads", "abc"], "--loads numbers or fractions"),
+    (["--loads", "1/0"], "--loads numbers or fractions"),
+    (["--sessions", "0", "--loads", "1"], "--sessions must be at least 1"),
+    (["--loads", "1", "--policies", "nope"], "unknown policy 'nope'"),
+])
+def test_the_load_benchmark_refuses_bad_input_before_any_simulation(
+    argv: list[str], says: str
+) -> None:
+    script = Path(__file__).parents[2] / "benchmarks" / "claude_code_load.py"
+    proc = subprocess.run([sys.executable, str(script), *argv], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 2
+    assert says in proc.stderr
+    assert "Traceback" not in proc.stderr
