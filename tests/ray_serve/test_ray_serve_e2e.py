@@ -95,15 +95,16 @@ def test_two_router_replicas_keep_a_workflow_on_one_home(base_url: str) -> None:
 
 def test_the_memory_gate_holds_a_workflow_and_releases_it(base_url: str) -> None:
     # 30k tokens each (a replica of test-2 holds 32k): two fit the gate (1.1 x 64k
-    # tokens of KV), a third waits until one of them ends
+    # tokens of KV), a third waits until one of them ends. Each prompt differs from its
+    # first block: a prefix several workflows share is counted once (gate_shared_once)
     big = "z " * 60_000
     agent = {"x-saga-agent": "gate-agent"}
-    _post(base_url, "gate-a", big + " a", **agent)
-    _post(base_url, "gate-a2", big + " a2", **agent)
+    _post(base_url, "gate-a", "a " + big, **agent)
+    _post(base_url, "gate-a2", "a2 " + big, **agent)
     until(lambda: _gates_see(60_000), "both routers' gates counting both workflows")
 
     async def scenario() -> tuple[float, float]:
-        body = {"model": "m", "messages": [{"role": "user", "content": big + " b"}],
+        body = {"model": "m", "messages": [{"role": "user", "content": "b " + big}],
                 "max_tokens": 4}
         url = base_url + "/v1/chat/completions"
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
@@ -123,7 +124,7 @@ def test_the_memory_gate_holds_a_workflow_and_releases_it(base_url: str) -> None
             else:
                 raise AssertionError("gate-b was never held")
             assert not held.done()
-            end = {**body, "messages": [{"role": "user", "content": big + " a end"}]}
+            end = {**body, "messages": [{"role": "user", "content": "a " + big + " end"}]}
             assert await post(end, {"x-saga-workflow": "gate-a", "x-saga-end": "true",
                                     **agent}) == 200
             ended = time.monotonic()
