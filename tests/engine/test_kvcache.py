@@ -313,6 +313,50 @@ def test_a_split_shares_its_stamp_but_never_between_two_evictable_leaves() -> No
     kv.check()
 
 
+def test_a_floored_eviction_asks_the_leaves_in_release_order_until_one_at_the_floor() -> None:
+    """The leaves are kept by release stamp: the eviction asks them earliest first, and
+    stops at the first keyed at the floor, whatever order they became leaves in."""
+    asked: list[str] = []
+    floor_at = {"w:b"}
+
+    def key(node: KVNode, now: float) -> float:
+        asked.append(node.namespace)
+        return -1.0 if node.namespace in floor_at else 1.0
+
+    kv = RadixKV(40, KeyedEviction("floored", key, floor=-1.0))
+    nodes = {ns: cache_path(kv, [(ns, 0, 2)]) for ns in ("w:a", "w:b", "w:c", "w:d")}
+    for ns in ("w:c", "w:a", "w:d", "w:b"):  # released in this order: stamps ascend
+        kv.unlock(nodes[ns])
+    kv.check()
+    assert kv._first_ranked(key, 0.0) is nodes["w:b"]
+    assert asked == ["w:c", "w:a", "w:d", "w:b"]
+    # a leaf that joins later with an older stamp (its last child evicted) is asked in
+    # its stamp's place
+    asked.clear()
+    parent = cache_path(kv, [("w:e", 0, 2)])
+    child = cache_path(kv, [("w:e", 0, 2), ("w:f", 0, 2)])
+    kv.unlock(parent)
+    kv.unlock(child)  # both stamped; the parent is no leaf: it has a child
+    kv.unlock(cache_path(kv, [("w:g", 0, 2)]))  # a leaf released after them
+    kv.drop(child)  # the parent becomes a leaf, with its older stamp
+    kv.check()
+    floor_at.clear()
+    kv._first_ranked(key, 0.0)
+    assert asked == ["w:c", "w:a", "w:d", "w:b", "w:e", "w:g"]
+
+
+def test_two_evictable_leaves_with_one_stamp_are_refused() -> None:
+    """The floor probe relies on distinct stamps among the leaves: a leaf whose stamp is
+    already indexed raises instead of hiding the other."""
+    kv = RadixKV(40, KeyedEviction("floor", lambda n, now: -1.0, floor=-1.0))
+    kv.unlock(cache_path(kv, [("w:a", 0, 2)]))
+    (leaf,) = kv._leaves
+    twin = KVNode("w:b", 0, 1, kv.root)
+    twin.stamp = leaf.stamp
+    with pytest.raises(AssertionError, match="shares stamp"):
+        kv._push_leaf(twin)
+
+
 def test_a_key_below_the_floor_is_an_error_not_a_silent_victim() -> None:
     kv = RadixKV(40, KeyedEviction("broken", lambda n, now: -2.0, floor=-1.0))
     kv.unlock(cache_path(kv, [("w:a", 0, 2)]))

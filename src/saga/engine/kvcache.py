@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import heapq
 from abc import ABC, abstractmethod
+from bisect import bisect_left, insort
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from operator import attrgetter
+from itertools import islice
 
 Run = tuple[str, int, int]
 """A run of consecutive blocks: ``(namespace, first_id, count)``."""
@@ -183,6 +184,11 @@ class RadixKV:
         # change, so that an eviction ranks them without walking the whole tree.
         self._keyed = not self.eviction.static
         self._leaves: set[KVNode] = set()
+        # The same leaves by release stamp, ascending (no two share one: see
+        # _first_ranked), so that a floored eviction asks them in release order without
+        # sorting the set at every eviction: a leaf's stamp cannot change while it is one.
+        self._leaf_stamps: list[int] = []
+        self._leaf_at: dict[int, KVNode] = {}
         #: Called with (node, blocks) for every block run evicted (e.g. to offload it).
         self.on_evict: Callable[[KVNode, int], None] | None = None
 
@@ -318,8 +324,8 @@ class RadixKV:
         while n is not None:
             if n.ref == 0:
                 self.locked_blocks += n.count
-                if self._keyed:
-                    self._leaves.discard(n)
+                if self._keyed and n in self._leaves:
+                    self._drop_leaf(n)
             n.ref += 1
             if user:
                 if n.users == 0 and n is not self.root:
@@ -438,8 +444,8 @@ class RadixKV:
             return node
         child = KVNode(namespace, first, count, node)
         child.idle_since = now
-        if self._keyed and not node.children:
-            self._leaves.discard(node)  # (an unreferenced node reached below ``under``)
+        if self._keyed and not node.children and node in self._leaves:
+            self._drop_leaf(node)  # (an unreferenced node reached below ``under``)
         node.children[child.key] = child
         self.cached_blocks += count
         # the caller's acquire() below takes the reference and counts it locked
@@ -480,9 +486,23 @@ class RadixKV:
 
     def _push_leaf(self, node: KVNode) -> None:
         if self._keyed:
+            if node in self._leaves:
+                return
+            stamp = node.stamp
+            if stamp in self._leaf_at:
+                raise AssertionError(f"{node!r} shares stamp {stamp} with another leaf")
             self._leaves.add(node)
+            insort(self._leaf_stamps, stamp)
+            self._leaf_at[stamp] = node
         else:
             heapq.heappush(self._heap, (node.stamp, -node.depth, id(node), node))
+
+    def _drop_leaf(self, node: KVNode) -> None:
+        """Take ``node``, an evictable leaf, out of the keyed orders' leaf index."""
+        self._leaves.remove(node)
+        stamps = self._leaf_stamps
+        del stamps[bisect_left(stamps, node.stamp)]
+        del self._leaf_at[node.stamp]
 
     def _evict_static(self, blocks: int) -> int:
         done = 0
@@ -532,17 +552,15 @@ class RadixKV:
         was released later (no two evictable leaves share a stamp: nodes of one stamp lie
         on one root path, a split's upper part above the lower, so at most one of them is a
         leaf; ``check`` asserts it). Without a floor, or none at it, every key is asked."""
-        leaves = self._leaves
         floor = self.eviction.floor
         if floor is None:
-            return min([(key(n, now), n.stamp, id(n), n) for n in leaves])[3]
-        earliest = min(leaves, key=_by_stamp)
-        best_key = key(earliest, now)
-        best = earliest
+            return min([(key(n, now), n.stamp, id(n), n) for n in self._leaves])[3]
+        stamps, at = self._leaf_stamps, self._leaf_at  # the leaves in release order
+        best = at[stamps[0]]
+        best_key = key(best, now)
         if best_key != floor:
-            for node in sorted(leaves, key=_by_stamp):
-                if node is earliest:
-                    continue
+            for stamp in islice(stamps, 1, None):
+                node = at[stamp]
                 k = key(node, now)
                 if k < best_key:  # (stamps ascend and differ: an equal key ranks after)
                     best, best_key = node, k
@@ -569,8 +587,8 @@ class RadixKV:
         assert parent is not None
         del parent.children[node.key]
         node.parent = None
-        if self._keyed:
-            self._leaves.discard(node)
+        if self._keyed and node in self._leaves:
+            self._drop_leaf(node)
         if parent is not self.root and parent.ref == 0 and not parent.children:
             self._push_leaf(parent)
             return parent
@@ -625,12 +643,11 @@ class RadixKV:
             assert self._leaves == set(self.evictable_leaves()), "evictable-leaf set"
             # (_first_ranked's floor probe relies on it)
             assert len({n.stamp for n in self._leaves}) == len(self._leaves), "shared stamp"
+            assert self._leaf_at == {n.stamp: n for n in self._leaves}, "leaf index"
+            assert self._leaf_stamps == sorted(self._leaf_at), "leaf stamps"
         assert locked == self.locked_blocks, (locked, self.locked_blocks)
         assert inuse == self.inuse_blocks, (inuse, self.inuse_blocks)
         assert self.used_blocks <= self.capacity, (self.used_blocks, self.capacity)
-
-
-_by_stamp = attrgetter("stamp")
 
 
 def skip_runs(runs: Sequence[Run], blocks: int) -> tuple[Run, ...]:
