@@ -120,3 +120,31 @@ def test_no_fair_preemption_when_switched_off(config: SagaConfig) -> None:
     flood, owed = _call("flood", "f1", 1), _call("owed", "o1", 2)
     policy.fair.charge("flood", 1000.0)
     assert not policy.preempt_for(None, owed, flood, 0.0)  # type: ignore[arg-type]
+
+
+def test_fit_first_queues_calls_that_fit_ahead_until_the_wait_limit() -> None:
+    from saga.core.workflow import Call, Prompt, Workflow
+    from saga.engine.cluster import get_cluster
+    from saga.sim.simulator import Simulation
+
+    def waiting(name: str, prompt: int, enqueued: float) -> Request:
+        info = CallInfo(
+            workflow=name, tenant="t", agent="a", call_id="c0", index=0, tool=None,
+            prompt_tokens=prompt, runs=((f"w:{name}", 0, -(-prompt // 64)),), issued_at=0.0,
+            workflow_arrival=0.0, slo=None, ends_workflow=False,
+        )
+        req = Request(name, "c0", info.runs, prompt, 10, 64, int(enqueued))
+        req.info, req.enqueued_at = info, enqueued
+        return req
+
+    dummy = Workflow("d", "t", "a", 0.0, (Call("c0", Prompt(64), 1),))
+    # test-2: 512 blocks of 64 tokens a replica, all free; `big` needs 600 of them
+    big, small = waiting("big", 38_400, 0.0), waiting("small", 640, 5.0)
+    for limit, now, first in ((None, 10.0, "big"), (60.0, 10.0, "small"),
+                              (60.0, 59.0, "small"), (60.0, 60.0, "big")):
+        policy = SagaPolicy(SagaConfig(fit_first_wait=limit))
+        sim = Simulation(get_cluster("test-2"), policy, [dummy])
+        replica = sim.replicas[0]
+        order = sorted((big, small), key=lambda r: policy.queue_key(replica, r, now))
+        assert order[0].workflow == first, (limit, now)
+    # (at 60 s big has waited the limit: by remaining work, then arrival, as without it)

@@ -245,3 +245,33 @@ def test_the_gate_admits_a_workflow_that_fits_once_the_shared_prefix_counts_once
         third = policy.admit(WorkflowInfo("w3", "t", "agent", 0.0, None), 0.0)
         verdicts[once] = third.verdict
     assert verdicts == {False: "defer", True: "admit"}
+
+
+def test_a_saturated_cluster_holds_the_head_even_under_the_limit() -> None:
+    g = gate()
+    held = g.decide(wf("a"), 10_000, saturated=True)  # 10k + 20k fits the 100k limit
+    assert held.verdict == "defer"
+    assert "calls wait in the engines' queues (saturated); 1 workflows" in held.reason
+    assert g.decide(wf("b"), 10_000).verdict == "defer"  # b is behind a
+    assert g.decide(wf("a"), 10_000).verdict == "admit"  # no longer saturated
+    assert g.decide(wf("b"), 10_000).verdict == "admit"
+    # an empty cluster admits whatever the queues say
+    assert g.decide(wf("c"), 0.0, saturated=True).verdict == "admit"
+
+
+def test_the_gate_is_saturated_when_waiting_calls_average_the_threshold() -> None:
+    from saga.engine.replica import Request
+
+    dummy = Workflow("d", "t", "a", 0.0, (Call("c0", Prompt(64), 1),))
+    for threshold, expected in ((None, "admit"), (1.5, "defer"), (2.0, "admit")):
+        policy = SagaPolicy(SagaConfig(gate_saturation_waiting=threshold))
+        sim = Simulation(get_cluster("test-2"), policy, [dummy])
+        policy.gate.observe_first_context(("t", "agent"), 64)
+        first, second = (WorkflowInfo(n, "t", "agent", 0.0, None) for n in "ab")
+        assert policy.admit(first, 0.0).verdict == "admit"  # an empty cluster admits
+        policy.homed_total = 1_000.0  # the first one's working set: far under the limit
+        # three calls wait over the two replicas: 1.5 a replica
+        waiting = [sim.replicas[0].waiting, sim.replicas[0].waiting, sim.replicas[1].waiting]
+        for seq, queue in enumerate(waiting):
+            queue.append(Request(f"w{seq}", "c0", (), 64, 1, 16, seq))
+        assert policy.admit(second, 0.0).verdict == expected, threshold

@@ -46,7 +46,7 @@ from saga.sched.decisions import Admission, Retention
 from saga.sched.policy import CallInfo, Policy, PolicyContext, WorkflowInfo
 from saga.sched.saga.config import SagaConfig
 from saga.sched.saga.ends import EndMarkers, EndWatch, gate_wait
-from saga.sched.saga.gate import AgentKey, SharedPrefixes, agent_key, memory_gate
+from saga.sched.saga.gate import AgentKey, SharedPrefixes, agent_key, memory_gate, saturated
 from saga.sched.saga.graph import AgentGraph, GraphStore, node_key
 from saga.sched.wrapped import WrappedPolicy
 
@@ -109,8 +109,10 @@ class GatedPolicy(WrappedPolicy):
                 if behind:
                     return behind
             unplaced = self.unhomed.get(agent_key(workflow), 0)
-            verdict = self.gate.decide(workflow, self._working_set(), unplaced,
-                                       interactive_active=self.interactive > 0)
+            verdict = self.gate.decide(
+                workflow, self._working_set(), unplaced, interactive_active=self.interactive > 0,
+                saturated=saturated(self.ctx.replicas, self.config.gate_saturation_waiting),
+            )
             if verdict.verdict != "admit":
                 return verdict
             self._hold(wid, agent_key(workflow), workflow.slo)

@@ -26,12 +26,17 @@ the blocks of their common prefix, and a block sent by several workflows is shar
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from saga.core.blocks import NamespacedRun
 from saga.sched.decisions import ADMIT, Admission
 from saga.sched.policy import CallInfo, PolicyContext, WorkflowInfo
 from saga.sched.saga.config import SagaConfig
+
+if TYPE_CHECKING:
+    from saga.sched.view import ReplicaView
 
 #: What per-agent learning is keyed by: (tenant, agent type). Agent names are the
 #: clients' to choose, so learning is never shared across tenants.
@@ -58,6 +63,16 @@ MAX_PREFIX_RUNS = 512
 """Leading runs of a prompt :class:`SharedPrefixes` tracks: 512 hashed blocks are 32,768
 tokens at the gateway's default 64-token blocks (a coding agent's system prompt and tool
 schemas are about 15,000)."""
+
+
+def saturated(replicas: Sequence[ReplicaView], threshold: float | None) -> bool:
+    """Whether the engines' queues say the cluster is saturated: the calls waiting in the
+    up replicas' queues (what vLLM exports as ``num_requests_waiting``) average
+    ``threshold`` or more a replica. None: never."""
+    if threshold is None:
+        return False
+    up = [r for r in replicas if r.up]
+    return bool(up) and sum(len(r.waiting) for r in up) >= threshold * len(up)
 
 
 @dataclass
@@ -169,7 +184,7 @@ class MemoryGate:
 
     def decide(
         self, workflow: WorkflowInfo, working_set: float, unplaced: int = 0,
-        room: bool = False, interactive_active: bool = False,
+        room: bool = False, interactive_active: bool = False, saturated: bool = False,
     ) -> Admission:
         """Admit ``workflow`` if it is first in line and fits beside ``working_set``.
 
@@ -183,6 +198,9 @@ class MemoryGate:
 
         ``interactive_active``: workflows with an SLO are in flight, so a best-effort one
         must fit beside the interactive reserve (:meth:`limit_for`).
+
+        ``saturated``: the engines' queues say the cluster is saturated (calls wait there
+        for memory), so nothing new is admitted but into an empty cluster.
         """
         if workflow.workflow not in self._queued:
             self._queued.add(workflow.workflow)
@@ -196,7 +214,9 @@ class MemoryGate:
         known = self.seen(key) or unplaced < self.cold_start
         # An empty cluster always admits, so a workflow larger than memory still runs.
         limit = self.limit_for(workflow, interactive_active)
-        fits = working_set <= 0 or (known and (room or working_set + need <= limit))
+        fits = working_set <= 0 or (
+            known and not saturated and (room or working_set + need <= limit)
+        )
         if head == workflow.workflow and fits:
             self.waiting.popleft()
             self._queued.discard(workflow.workflow)
@@ -207,6 +227,13 @@ class MemoryGate:
                 "defer",
                 f"memory gate: no call of agent {workflow.agent!r} seen yet and {unplaced} "
                 "of its workflows admitted; waiting to learn its context",
+                self.retry_after,
+            )
+        if saturated and working_set > 0:
+            return Admission(
+                "defer",
+                f"memory gate: calls wait in the engines' queues (saturated); "
+                f"{len(self.waiting)} workflows in the admission queue",
                 self.retry_after,
             )
         reserve = " less the interactive reserve" if limit < self.limit else ""

@@ -29,7 +29,7 @@ from saga.sched.saga import retention as keep
 from saga.sched.saga.config import SagaConfig
 from saga.sched.saga.ends import EndMarkers, EndWatch, end_wait, gate_min_ends, pause_wait
 from saga.sched.saga.fairshare import FairShare
-from saga.sched.saga.gate import AgentKey, SharedPrefixes, agent_key, memory_gate
+from saga.sched.saga.gate import AgentKey, SharedPrefixes, agent_key, memory_gate, saturated
 from saga.sched.saga.graph import AgentGraph, GraphStore, node_key
 
 if TYPE_CHECKING:
@@ -179,6 +179,7 @@ class SagaPolicy(Policy):
                 workflow, self._working_set(), self.unhomed.get(agent_key(workflow), 0),
                 self.config.gate_work_conserving and self._room_for(agent_key(workflow)),
                 any(n > 0 for n in self.active_slos.values()),
+                saturated(self.ctx.replicas, self.config.gate_saturation_waiting),
             )
             if verdict.verdict != "admit":
                 return verdict
@@ -445,7 +446,22 @@ class SagaPolicy(Policy):
         flow = self.flows.get(request.workflow)
         priority = flow.priority if flow is not None else 0.0
         tenant, remaining = self.fair.key(info.tenant, priority, now - enqueued)
+        wait = self.config.fit_first_wait
+        if wait is not None:
+            return (tenant, self._blocked(replica, request, now - enqueued, wait), remaining,
+                    enqueued, request.seq)
         return (tenant, remaining, enqueued, request.seq)
+
+    def _blocked(self, replica: ReplicaView, request: CallView, waited: float,
+                 limit: float) -> int:
+        """1 when ``request``'s prompt does not fit the replica's free and evictable KV
+        now and it has waited less than ``limit`` seconds, else 0."""
+        if waited >= limit:
+            return 0
+        kv = replica.kv
+        free = kv.capacity - kv.locked_blocks - kv.anonymous_blocks
+        need = -(-request.prompt_tokens // replica.block_tokens) - kv.match_blocks(request.runs)
+        return 1 if need > free else 0
 
     def preempt_for(
         self, replica: ReplicaView, waiting: CallView, running: CallView, now: float
