@@ -1,0 +1,184 @@
+"""`saga bench real`'s calibration probe (saga.bench.probe) against a made-up engine: the
+fit it gives, where its traffic goes (never into a policy's run), the summary's keys."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from saga.bench.probe import ProbeSettings, fit_record, probe
+from saga.bench.real import RealBench, ranking, run_real, summarize
+from saga.engine.costmodel import DEFAULT_EFFICIENCY, CostModel
+from saga.engine.hardware import get_gpu, get_model
+from saga.engine.speedfit import scaled
+
+BASE = DEFAULT_EFFICIENCY["cpu-tiny"]
+CHUNK = 4096
+#: the made-up engines' speed over cpu-tiny: (prefill, decode) alone and all busy
+SOLO, TOGETHER = (0.8, 0.7), (1.25, 1.12)
+
+
+class FakeEngines:
+    """Replicas that answer at once and advance a clock by the cost model's time at SOLO
+    scales (calls from the probe's own thread) or TOGETHER scales (from the threads of
+    its all-at-once rounds); every call and reset is logged in order."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[Any, ...]] = []
+        self.main = threading.get_ident()
+        self.local = threading.local()
+        self.lock = threading.Lock()
+
+    def clock(self) -> float:
+        return getattr(self.local, "now", 0.0)
+
+    def call(self, url: str, prompt: list[int], max_tokens: int) -> object:
+        p, d = SOLO if threading.get_ident() == self.main else TOGETHER
+        cost = CostModel(get_model("tiny-llama"), get_gpu("cpu-tiny"), 1, scaled(BASE, p, d))
+        n = len(prompt)
+        seconds = cost.prefill_time(n, 0, chunk=CHUNK) + cost.decode_steps_time(
+            1, n + 1, max_tokens - 1)
+        self.local.now = self.clock() + seconds
+        with self.lock:
+            self.log.append(("call", url, n, max_tokens))
+        return {}
+
+    def reset(self, url: str) -> None:
+        with self.lock:
+            self.log.append(("reset", url))
+
+
+def test_the_probe_fits_each_set_of_points_and_resets_around_its_traffic() -> None:
+    fake = FakeEngines()
+    settings = ProbeSettings(repeats=2)
+    probed = probe(["a", "b"], fake.call, fake.reset, settings, clock=fake.clock)
+    assert fake.log[:2] == [("reset", "a"), ("reset", "b")]
+    assert fake.log[-2:] == [("reset", "a"), ("reset", "b")]
+    calls = [e for e in fake.log if e[0] == "call"]
+    # per replica: a warm-up, then per repeat alone and together: 3 prefills + 2 decode calls
+    assert len(calls) == 2 * (1 + 2 * 2 * 5)
+    assert len(probed["solo"]["prefill"]) == len(probed["together"]["prefill"]) == 2 * 2 * 3
+    record = fit_record(probed, BASE, CHUNK)
+    for key, (p, d) in (("solo", SOLO), ("together", TOGETHER)):
+        assert record[key]["prefill_scale"] == pytest.approx(p, rel=1e-9)
+        assert record[key]["decode_scale"] == pytest.approx(d, rel=1e-9)
+    assert record["preset"]["prefill_scale"] == pytest.approx(math.sqrt(0.8 * 1.25))
+    assert record["preset"]["decode_scale"] == pytest.approx(math.sqrt(0.7 * 1.12))
+    assert record["preset"]["efficiency"]["mfu"] == pytest.approx(
+        BASE.mfu / math.sqrt(0.8 * 1.25))
+    assert record["probe_seconds"] == pytest.approx(probed["seconds"])
+    assert probed["seconds"] > 0
+
+
+def _run(case: str, policy: str, tct: float) -> dict[str, Any]:
+    return {"tct": {"s000": tct}, "failed": [], "calls": 4, "errors": 0, "wall": 5.0,
+            "load": [1.0, 1.0], "prefix_queries": 100.0, "prefix_hits": 20.0,
+            "retentions": {}, "prefix_lookups": [], "backends": [0], "deferred": {}}
+
+
+def test_run_real_probes_before_and_after_the_runs_and_keeps_it_out_of_their_figures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import saga.bench.real as real
+
+    if not real.trace_path("miniswe").exists():
+        pytest.skip("needs the LMCache agent traces (../shared/traces)")
+    fake = FakeEngines()
+    clusters: list[str] = []
+
+    @contextlib.contextmanager
+    def engines(*_: object) -> Any:
+        out = real.Engines()
+        out.sets = {"saga": [("saga0", None), ("saga1", None)],
+                    "stock": [("stock0", None), ("stock1", None)]}
+        yield out
+
+    def run_once(_spec: object, replicas: Any, policy: str, _wfs: object, _salt: str,
+                 cluster: str) -> dict[str, Any]:
+        fake.log.append(("run", policy))
+        clusters.append(cluster)
+        return _run("memory", policy, 10.0 if policy == "saga" else 20.0)
+
+    original = real.calibrate_engines
+
+    def calibrate(spec: RealBench, urls: Any, *, seed: int) -> Any:
+        return original(spec, urls, seed=seed, clock=fake.clock)
+
+    monkeypatch.setattr(real, "start_engines", engines)
+    monkeypatch.setattr(real, "_run_once", run_once)
+    monkeypatch.setattr(real, "_vllm_call", fake.call)
+    monkeypatch.setattr(real, "reset_prefix_cache", fake.reset)
+    monkeypatch.setattr(real, "calibrate_engines", calibrate)
+    spec = RealBench(policies=("saga", "vllm-affinity"), repetitions=2).quick()
+    spec = spec.model_copy(update={"cases": spec.cases[:1], "repetitions": 2})
+    summary = run_real(tmp_path, bench=spec, simulate=False, progress=lambda _: None)
+
+    # the probe: the stock replicas, before the first run and after the last, its caches
+    # reset after it; nothing of it between runs
+    kinds = [e[0] for e in fake.log]
+    first, last = kinds.index("run"), len(kinds) - 1 - kinds[::-1].index("run")
+    assert kinds[first:last + 1] == ["run"] * 4
+    assert fake.log[first - 2:first] == [("reset", "stock0"), ("reset", "stock1")]
+    assert {e[1] for e in fake.log if e[0] == "call"} == {"stock0", "stock1"}
+    assert any(e[0] == "call" for e in fake.log[last:])  # the end probe
+    # the runs' figures are the runs' own: as summarized without any probe
+    bare = summarize(spec, [
+        {**_run("memory", p, 10.0 if p == "saga" else 20.0), "case": "memory", "policy": p,
+         "repetition": r} for r, p in ((0, "saga"), (0, "vllm-affinity"),
+                                       (1, "vllm-affinity"), (1, "saga"))],
+        {}, quick=True, wall=1.0)
+    assert summary["cases"] == bare["cases"]
+    assert summary["speedup"] == bare["speedup"]
+    # the run's preset: cpu-tiny with the engines' KV and the probe's speed, gateways and
+    # simulator alike
+    assert set(clusters) == {summary["sim_cluster"]}
+    assert summary["sim_cluster"].startswith(f"cpu-tiny-kv{spec.kv_blocks - 1}-fit")
+    from saga.engine.cluster import get_cluster
+
+    c = summary["calibration"]
+    assert get_cluster(summary["sim_cluster"]).efficiency.model_dump() == c["preset"][
+        "efficiency"]
+    assert set(c) >= {"solo", "together", "preset", "probe_seconds", "points", "end", "drift"}
+    assert c["solo"]["prefill_scale"] == pytest.approx(SOLO[0], rel=1e-9)
+    assert c["together"]["decode_scale"] == pytest.approx(TOGETHER[1], rel=1e-9)
+    assert c["probe_seconds"] > 0
+    # the same engines at the end: no drift
+    assert c["drift"] == pytest.approx({f"{w}_{s}": 1.0 for w in ("solo", "together", "preset")
+                                        for s in ("prefill", "decode")})
+    assert "Calibration probe" in (tmp_path / "real.md").read_text()
+
+
+def test_without_calibration_the_fixed_preset_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from saga.bench.real import calibrate_engines, calibrated_cluster
+
+    spec = RealBench(calibrate=False)
+    assert calibrate_engines(spec, ["nowhere"], seed=0) is None
+    assert calibrated_cluster(spec, None) == f"cpu-tiny-kv{spec.kv_blocks - 1}"
+
+
+def test_summary_gives_the_simulators_error_and_ranking_per_case() -> None:
+    spec = RealBench(policies=("saga", "vllm-affinity", "llm-d"), repetitions=1)
+    runs = [{**_run(case, p, t), "case": case, "policy": p, "repetition": 0}
+            for case, tcts in (("memory", {"saga": 10.0, "vllm-affinity": 20.0, "llm-d": 12.0}),
+                               ("light", {"saga": 2.0, "vllm-affinity": 1.6, "llm-d": 1.5}))
+            for p, t in tcts.items()]
+    sim = {"memory": {"saga": 9.0, "vllm-affinity": 25.0, "llm-d": 12.6},
+           "light": {"saga": 2.2, "vllm-affinity": 2.0, "llm-d": 2.1}}
+    s = summarize(spec, runs, sim, quick=False, wall=1.0, cluster="cpu-tiny-kv80")
+    assert s["sim_error"] == pytest.approx({"saga": -0.1, "vllm-affinity": 0.25, "llm-d": 0.05})
+    assert s["sim_error_light"] == pytest.approx({"saga": 0.1, "vllm-affinity": 0.25,
+                                                  "llm-d": 0.4})
+    assert s["sim_ranking"]["memory"] == {"real": ["saga", "llm-d", "vllm-affinity"],
+                                          "sim": ["saga", "llm-d", "vllm-affinity"],
+                                          "same": True}
+    assert s["sim_ranking"]["light"]["same"] is False
+    assert s["sim_cluster"] == "cpu-tiny-kv80" and "calibration" not in s
+    assert ranking({"a": 1.0, "b": 2.0}, {"a": 3.0, "b": 1.0}) == {
+        "real": ["a", "b"], "sim": ["b", "a"], "same": False}
