@@ -37,16 +37,15 @@ class FakeEngines:
     def clock(self) -> float:
         return getattr(self.local, "now", 0.0)
 
-    def call(self, url: str, prompt: list[int], max_tokens: int) -> object:
+    def call(self, url: str, prompt: list[int], max_tokens: int) -> float:
         p, d = SOLO if threading.get_ident() == self.main else TOGETHER
         cost = CostModel(get_model("tiny-llama"), get_gpu("cpu-tiny"), 1, scaled(BASE, p, d))
         n = len(prompt)
-        seconds = cost.prefill_time(n, 0, chunk=CHUNK) + cost.decode_steps_time(
-            1, n + 1, max_tokens - 1)
-        self.local.now = self.clock() + seconds
+        decode = cost.decode_steps_time(1, n + 1, max_tokens - 1)
+        self.local.now = self.clock() + cost.prefill_time(n, 0, chunk=CHUNK) + decode
         with self.lock:
             self.log.append(("call", url, n, max_tokens))
-        return {}
+        return decode
 
     def reset(self, url: str) -> None:
         with self.lock:
@@ -60,8 +59,10 @@ def test_the_probe_fits_each_set_of_points_and_resets_around_its_traffic() -> No
     assert fake.log[:2] == [("reset", "a"), ("reset", "b")]
     assert fake.log[-2:] == [("reset", "a"), ("reset", "b")]
     calls = [e for e in fake.log if e[0] == "call"]
-    # per replica: a warm-up, then per repeat alone and together: 3 prefills + 2 decode calls
-    assert len(calls) == 2 * (1 + 2 * 2 * 5)
+    # per replica: a warm-up, then per repeat alone and together: 3 prefills + a decode run
+    assert len(calls) == 2 * (1 + 2 * 2 * 4)
+    assert sorted({c[2:] for c in calls}) == [(256, 2), (512, 1), (1024, 64), (2048, 1),
+                                              (4096, 1)]
     assert len(probed["solo"]["prefill"]) == len(probed["together"]["prefill"]) == 2 * 2 * 3
     record = fit_record(probed, BASE, CHUNK)
     for key, (p, d) in (("solo", SOLO), ("together", TOGETHER)):

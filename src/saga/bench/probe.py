@@ -9,8 +9,10 @@ calibration"):
 * prefills: fresh prompts (random token ids: nothing cached) of each of
   ``prefill_tokens``, one output token each;
 * decode runs: a fresh prompt of ``decode_context`` tokens with ``decode_tokens`` output
-  tokens, less a one-token call of another fresh prompt of that length: ``decode_tokens -
-  1`` decode steps of one sequence.
+  tokens, streamed: the time from its first output token to its last, as the client
+  receives them, is ``decode_tokens - 1`` decode steps of one sequence. (Not a call's
+  latency less a one-token call's: on a loaded machine that difference of two noisy
+  latencies came out negative.)
 
 It runs them on each replica alone, one after the other (``solo``), then on all replicas at
 once (``together``: every engine busy, as in the memory-bound case), ``repeats`` times
@@ -40,8 +42,9 @@ from saga.engine.speedfit import DecodePoint, PrefillPoint, SpeedFit, fit_speed,
 
 __all__ = ["Call", "ProbeSettings", "calibrate", "fit_record", "probe"]
 
-#: ``call(url, token_ids, max_tokens)``: one completion on the replica at ``url``.
-Call = Callable[[str, list[int], int], object]
+#: ``call(url, token_ids, max_tokens)``: one completion on the replica at ``url``, streamed;
+#: returns the seconds from its first output token to its last as the client got them.
+Call = Callable[[str, list[int], int], float]
 
 # Token ids >= 8 are ordinary tokens of the tiny model (0..7 are control tokens).
 _FIRST_ID = 8
@@ -77,9 +80,7 @@ def _one_replica(
 
     prefill = [[n, timed(fresh(n), 1)] for n in settings.prefill_tokens]
     n, k = settings.decode_context, settings.decode_tokens
-    one = timed(fresh(n), 1)
-    many = timed(fresh(n), k)
-    return {"prefill": prefill, "decode": [[n + 1, k - 1, many - one]]}
+    return {"prefill": prefill, "decode": [[n + 1, k - 1, call(url, fresh(n), k)]]}
 
 
 def _all_at_once(

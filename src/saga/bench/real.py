@@ -230,10 +230,23 @@ def reset_prefix_cache(url: str) -> None:
         response.read()
 
 
-def _vllm_call(url: str, prompt: list[int], max_tokens: int) -> object:
-    from saga.integrations import engines as eng
+def _vllm_call(url: str, prompt: list[int], max_tokens: int) -> float:
+    """One completion of ``max_tokens`` streamed from the vLLM replica at ``url``; the
+    seconds from its first output token to its last as they arrive (saga.bench.probe)."""
+    from saga.integrations.engines import SERVED_NAME
 
-    return eng.vllm_completion(url, prompt, max_tokens)
+    body = {"model": SERVED_NAME, "prompt": prompt, "max_tokens": max_tokens,
+            "temperature": 0.0, "ignore_eos": True, "stream": True}
+    request = urllib.request.Request(url + "/v1/completions", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    first = last = math.nan
+    with urllib.request.urlopen(request, timeout=300) as response:
+        for line in response:
+            if line.startswith(b"data:") and line.strip() != b"data: [DONE]":
+                last = time.perf_counter()
+                if math.isnan(first):
+                    first = last
+    return last - first
 
 
 def calibrate_engines(
