@@ -61,8 +61,8 @@ def test_the_probe_fits_each_set_of_points_and_resets_around_its_traffic() -> No
     calls = [e for e in fake.log if e[0] == "call"]
     # per replica: a warm-up, then per repeat alone and together: 3 prefills + a decode run
     assert len(calls) == 2 * (1 + 2 * 2 * 4)
-    assert sorted({c[2:] for c in calls}) == [(256, 2), (512, 1), (1024, 64), (2048, 1),
-                                              (4096, 1)]
+    assert sorted({c[2:] for c in calls}) == [(256, 2), (512, 1), (1024, 48), (1536, 1),
+                                              (3072, 1)]
     assert len(probed["solo"]["prefill"]) == len(probed["together"]["prefill"]) == 2 * 2 * 3
     record = fit_record(probed, BASE, CHUNK)
     for key, (p, d) in (("solo", SOLO), ("together", TOGETHER)):

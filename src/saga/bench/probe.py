@@ -55,9 +55,9 @@ class ProbeSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    prefill_tokens: tuple[int, ...] = (512, 2048, 4096)
+    prefill_tokens: tuple[int, ...] = (512, 1536, 3072)
     decode_context: int = Field(1024, ge=1)
-    decode_tokens: int = Field(64, ge=2)
+    decode_tokens: int = Field(48, ge=2)
     repeats: int = Field(2, ge=1)
     vocab: int = Field(2048, gt=_FIRST_ID)
     model: str = "tiny-llama"
