@@ -8,7 +8,15 @@ import pytest
 from saga.engine.cluster import get_cluster
 from saga.engine.costmodel import DEFAULT_EFFICIENCY, CostModel
 from saga.engine.hardware import get_gpu, get_model
-from saga.engine.speedfit import DecodePoint, PrefillPoint, fit_speed, midway, scaled
+from saga.engine.speedfit import (
+    DecodePoint,
+    PrefillPoint,
+    SoloCall,
+    fit_speed,
+    fit_time_scale,
+    midway,
+    scaled,
+)
 
 BASE = DEFAULT_EFFICIENCY["cpu-tiny"]
 MODEL, GPU = get_model("tiny-llama"), get_gpu("cpu-tiny")
@@ -71,3 +79,13 @@ def test_a_cluster_with_a_fitted_efficiency_uses_it() -> None:
     assert fitted.cost_model().efficiency == fit.efficiency
     assert fitted.cost_model().prefill_time(2048) == pytest.approx(
         CostModel(MODEL, GPU, 1, fit.efficiency).prefill_time(2048))
+
+
+def test_one_time_scale_from_recorded_calls() -> None:
+    cost = CostModel(MODEL, GPU, 1, scaled(BASE, 0.75, 0.75))
+    calls = [SoloCall(p, c, 32, cost.prefill_time(p, c, chunk=CHUNK)
+                      + cost.decode_steps_time(1, p + 1, 31))
+             for p, c in ((2200, 0), (2225, 2176), (5008, 3840), (600, 0))]
+    assert fit_time_scale(MODEL, GPU, BASE, calls, chunk=CHUNK) == pytest.approx(0.75, rel=1e-9)
+    with pytest.raises(ValueError, match="at least one"):
+        fit_time_scale(MODEL, GPU, BASE, [], chunk=CHUNK)

@@ -30,7 +30,10 @@ from dataclasses import dataclass
 from saga.engine.costmodel import CostModel, Efficiency
 from saga.engine.hardware import GPU, ModelSpec
 
-__all__ = ["DecodePoint", "PrefillPoint", "SpeedFit", "fit_speed", "midway", "scaled"]
+__all__ = [
+    "DecodePoint", "PrefillPoint", "SoloCall", "SpeedFit", "fit_speed", "fit_time_scale",
+    "midway", "scaled",
+]
 
 #: the scales searched: a machine 1000x faster or slower than its preset is an error
 _LOW, _HIGH = 1e-3, 1e3
@@ -52,6 +55,17 @@ class DecodePoint:
 
     context: int
     steps: int
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class SoloCall:
+    """A call that had its replica to itself: ``prompt`` tokens of which ``cached`` hit the
+    prefix cache, ``output`` tokens, answered in ``seconds`` (a recorded run's call log)."""
+
+    prompt: int
+    cached: int
+    output: int
     seconds: float
 
 
@@ -135,3 +149,24 @@ def midway(base: Efficiency, a: SpeedFit, b: SpeedFit) -> SpeedFit:
     p = math.sqrt(a.prefill_scale * b.prefill_scale)
     d = math.sqrt(a.decode_scale * b.decode_scale)
     return SpeedFit(p, d, _checked(scaled(base, p, d)))
+
+
+def fit_time_scale(
+    model: ModelSpec, gpu: GPU, base: Efficiency, calls: Sequence[SoloCall], *, chunk: int,
+) -> float:
+    """One time scale of ``base`` (prefill and decode alike) that the recorded ``calls``
+    say, each call solved exactly (its prefill past the cached prefix, then one decode
+    step per further output token), the median: what a recorded run that holds no probe
+    tells of its engines' speed."""
+    if not calls:
+        raise ValueError("the fit needs at least one call")
+
+    def scale(x: SoloCall) -> float:
+        def modelled(s: float) -> float:
+            cost = CostModel(model, gpu, 1, scaled(base, s, s))
+            return cost.prefill_time(x.prompt, x.cached, chunk=chunk) + cost.decode_steps_time(
+                1, x.prompt + 1, x.output - 1)
+
+        return _solve(modelled, x.seconds)
+
+    return statistics.median(scale(x) for x in calls)
