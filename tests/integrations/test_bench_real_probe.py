@@ -24,9 +24,10 @@ SOLO, TOGETHER = (0.8, 0.7), (1.25, 1.12)
 
 
 class FakeEngines:
-    """Replicas that answer at once and advance a clock by the cost model's time at SOLO
+    """Replicas that answer at once with the cost model's prefill and decode times at SOLO
     scales (calls from the probe's own thread) or TOGETHER scales (from the threads of
-    its all-at-once rounds); every call and reset is logged in order."""
+    its all-at-once rounds), advancing a clock by them (the probe's cost); every call and
+    reset is logged in order."""
 
     def __init__(self) -> None:
         self.log: list[tuple[Any, ...]] = []
@@ -37,15 +38,16 @@ class FakeEngines:
     def clock(self) -> float:
         return getattr(self.local, "now", 0.0)
 
-    def call(self, url: str, prompt: list[int], max_tokens: int) -> float:
+    def call(self, url: str, prompt: list[int], max_tokens: int) -> tuple[float, float]:
         p, d = SOLO if threading.get_ident() == self.main else TOGETHER
         cost = CostModel(get_model("tiny-llama"), get_gpu("cpu-tiny"), 1, scaled(BASE, p, d))
         n = len(prompt)
+        prefill = cost.prefill_time(n, 0, chunk=CHUNK)
         decode = cost.decode_steps_time(1, n + 1, max_tokens - 1)
-        self.local.now = self.clock() + cost.prefill_time(n, 0, chunk=CHUNK) + decode
+        self.local.now = self.clock() + prefill + decode
         with self.lock:
             self.log.append(("call", url, n, max_tokens))
-        return decode
+        return prefill, decode
 
     def reset(self, url: str) -> None:
         with self.lock:
@@ -63,7 +65,9 @@ def test_the_probe_fits_each_set_of_points_and_resets_around_its_traffic() -> No
     assert len(calls) == 2 * (1 + 2 * 2 * 4)
     assert sorted({c[2:] for c in calls}) == [(256, 2), (512, 1), (1024, 48), (1536, 1),
                                               (3072, 1)]
-    assert len(probed["solo"]["prefill"]) == len(probed["together"]["prefill"]) == 2 * 2 * 3
+    # 3 prefills and the decode run's prefill, per replica and repeat
+    assert len(probed["solo"]["prefill"]) == len(probed["together"]["prefill"]) == 2 * 2 * 4
+    assert len(probed["solo"]["decode"]) == 2 * 2
     record = fit_record(probed, BASE, CHUNK)
     for key, (p, d) in (("solo", SOLO), ("together", TOGETHER)):
         assert record[key]["prefill_scale"] == pytest.approx(p, rel=1e-9)

@@ -2,17 +2,19 @@
 
 The engines' speed moves with the machine (the same code ran 0.1-0.3 s per session faster
 in one quiet run than in the one before it), so a preset fitted once cannot follow it. At
-the start of a run, on the idle replicas, the probe times a few calls (the client's
-latency, as the ``cpu-tiny`` preset's points were timed: docs/engines.md, "cpu-tiny
-calibration"):
+the start of a run, on the idle replicas, the probe times a few calls, as the engine
+itself timed them (vLLM's per-request prefill and decode times; the client's latency, as the
+``cpu-tiny`` preset's points were timed, is as much the loaded machine's wake-ups as the
+engine's speed: on a machine at load 20 the same 512-token prefill took 1-6x the preset's
+time):
 
 * prefills: fresh prompts (random token ids: nothing cached) of each of
   ``prefill_tokens``, one output token each;
 * decode runs: a fresh prompt of ``decode_context`` tokens with ``decode_tokens`` output
-  tokens, streamed: the time from its first output token to its last, as the client
-  receives them, is ``decode_tokens - 1`` decode steps of one sequence. (Not a call's
-  latency less a one-token call's: on a loaded machine that difference of two noisy
-  latencies came out negative.)
+  tokens: its decode time (first token to last) is ``decode_tokens - 1`` decode steps of
+  one sequence, its prefill time one more prefill point. (Not a call's latency less a
+  one-token call's, nor a stream's first-to-last chunk at the client: under load the one
+  came out negative, the other bunched 47 tokens into 0.02 s.)
 
 It runs them on each replica alone, one after the other (``solo``), then on all replicas at
 once (``together``: every engine busy, as in the memory-bound case), ``repeats`` times
@@ -42,9 +44,9 @@ from saga.engine.speedfit import DecodePoint, PrefillPoint, SpeedFit, fit_speed,
 
 __all__ = ["Call", "ProbeSettings", "calibrate", "fit_record", "probe"]
 
-#: ``call(url, token_ids, max_tokens)``: one completion on the replica at ``url``, streamed;
-#: returns the seconds from its first output token to its last as the client got them.
-Call = Callable[[str, list[int], int], float]
+#: ``call(url, token_ids, max_tokens)``: one completion on the replica at ``url``; returns
+#: its prefill and decode seconds (first token to last) as the engine timed them.
+Call = Callable[[str, list[int], int], tuple[float, float]]
 
 # Token ids >= 8 are ordinary tokens of the tiny model (0..7 are control tokens).
 _FIRST_ID = 8
@@ -73,14 +75,10 @@ def _one_replica(
     def fresh(n: int) -> list[int]:
         return [int(t) for t in rng.integers(_FIRST_ID, settings.vocab, size=n)]
 
-    def timed(prompt: list[int], max_tokens: int) -> float:
-        started = clock()
-        call(url, prompt, max_tokens)
-        return clock() - started
-
-    prefill = [[n, timed(fresh(n), 1)] for n in settings.prefill_tokens]
+    prefill = [[n, call(url, fresh(n), 1)[0]] for n in settings.prefill_tokens]
     n, k = settings.decode_context, settings.decode_tokens
-    return {"prefill": prefill, "decode": [[n + 1, k - 1, call(url, fresh(n), k)]]}
+    first, decode = call(url, fresh(n), k)
+    return {"prefill": [*prefill, [n, first]], "decode": [[n + 1, k - 1, decode]]}
 
 
 def _all_at_once(

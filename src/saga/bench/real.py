@@ -230,23 +230,29 @@ def reset_prefix_cache(url: str) -> None:
         response.read()
 
 
-def _vllm_call(url: str, prompt: list[int], max_tokens: int) -> float:
-    """One completion of ``max_tokens`` streamed from the vLLM replica at ``url``; the
-    seconds from its first output token to its last as they arrive (saga.bench.probe)."""
-    from saga.integrations.engines import SERVED_NAME
+def _vllm_call(url: str, prompt: list[int], max_tokens: int) -> tuple[float, float]:
+    """One completion on the vLLM replica at ``url`` (nothing else running there); its
+    prefill and decode seconds from the replica's own histograms
+    (``vllm:request_prefill_time_seconds``, ``vllm:request_decode_time_seconds``:
+    saga.bench.probe)."""
+    from saga.integrations import engines as eng
 
-    body = {"model": SERVED_NAME, "prompt": prompt, "max_tokens": max_tokens,
-            "temperature": 0.0, "ignore_eos": True, "stream": True}
-    request = urllib.request.Request(url + "/v1/completions", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-    first = last = math.nan
-    with urllib.request.urlopen(request, timeout=300) as response:
-        for line in response:
-            if line.startswith(b"data:") and line.strip() != b"data: [DONE]":
-                last = time.perf_counter()
-                if math.isnan(first):
-                    first = last
-    return last - first
+    names = ("vllm:request_prefill_time_seconds", "vllm:request_decode_time_seconds")
+
+    def read() -> tuple[float, float, float]:
+        metrics = eng.parse_prometheus(eng._http_text(url + "/metrics"))
+        total = [sum(v for _, v in metrics.get(n + "_sum", [])) for n in names]
+        return total[0], total[1], sum(v for _, v in metrics.get(names[0] + "_count", []))
+
+    before = read()
+    eng.vllm_completion(url, prompt, max_tokens)
+    after = read()
+    for _ in range(50):  # the API server records a finished request's times as it answers
+        if after[2] > before[2]:
+            break
+        time.sleep(0.02)
+        after = read()
+    return after[0] - before[0], after[1] - before[1]
 
 
 def calibrate_engines(
