@@ -26,10 +26,12 @@ ends its session, counted as failed; a failed session's TCT is the whole run's d
 bound that never flatters the policy).
 
 The simulator runs the same sessions (the tiny model's tokenizer, the same salt scheme) on
-``cpu-tiny`` with the same KV size, each policy as deployed: every policy but ``saga`` over
-stock vLLM's rules (saga.sched.stock), the gateway's prompt estimates in the policy's
-gateway-side hooks (saga.sched.estimated); ``sim_error[policy]`` is its relative error of
-each policy's mean TCT in the memory case (docs/engines.md, "Simulator agreement").
+``cpu-tiny`` with the same KV size, at the engines' speed that a calibration probe measured
+before the first run (saga.bench.probe; the gateways run the same preset), each policy as
+deployed: every policy but ``saga`` over stock vLLM's rules (saga.sched.stock), the
+gateway's prompt estimates in the policy's gateway-side hooks (saga.sched.estimated);
+``sim_error[policy]`` is its relative error of each policy's mean TCT in the memory case,
+``sim_error_light`` in the light case (docs/engines.md, "Simulator agreement").
 
 ``engine="llama"`` (or ``"both"``, vLLM first) runs the same cases on two llama.cpp
 replicas (saga.bench.real_llama); their figures go under ``summary["llamacpp"]``, in the
