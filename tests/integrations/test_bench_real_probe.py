@@ -86,7 +86,7 @@ def _run(case: str, policy: str, tct: float) -> dict[str, Any]:
             "retentions": {}, "prefix_lookups": [], "backends": [0], "deferred": {}}
 
 
-def test_run_real_probes_before_and_after_the_runs_and_keeps_it_out_of_their_figures(
+def test_run_real_probes_before_each_repetition_and_keeps_it_out_of_their_figures(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import saga.bench.real as real
@@ -123,14 +123,18 @@ def test_run_real_probes_before_and_after_the_runs_and_keeps_it_out_of_their_fig
     spec = spec.model_copy(update={"cases": spec.cases[:1], "repetitions": 2})
     summary = run_real(tmp_path, bench=spec, simulate=False, progress=lambda _: None)
 
-    # the probe: the stock replicas, before the first run and after the last, its caches
-    # reset after it; nothing of it between runs
+    # the probes: the stock replicas, before each repetition and after the last run, the
+    # caches reset after each; none between two runs of one repetition
     kinds = [e[0] for e in fake.log]
-    first, last = kinds.index("run"), len(kinds) - 1 - kinds[::-1].index("run")
-    assert kinds[first:last + 1] == ["run"] * 4
-    assert fake.log[first - 2:first] == [("reset", "stock0"), ("reset", "stock1")]
+    runs = [i for i, k in enumerate(kinds) if k == "run"]
+    assert len(runs) == 4
+    assert kinds[runs[0]:runs[1] + 1] == ["run", "run"]
+    assert kinds[runs[2]:runs[3] + 1] == ["run", "run"]
+    assert "call" in kinds[:runs[0]] and "call" in kinds[runs[1]:runs[2]]
+    assert "call" in kinds[runs[3]:]  # the end probe
+    for i in (runs[0], runs[2]):
+        assert fake.log[i - 2:i] == [("reset", "stock0"), ("reset", "stock1")]
     assert {e[1] for e in fake.log if e[0] == "call"} == {"stock0", "stock1"}
-    assert any(e[0] == "call" for e in fake.log[last:])  # the end probe
     # the runs' figures are the runs' own: as summarized without any probe
     bare = summarize(spec, [
         {**_run("memory", p, 10.0 if p == "saga" else 20.0), "case": "memory", "policy": p,
@@ -139,23 +143,28 @@ def test_run_real_probes_before_and_after_the_runs_and_keeps_it_out_of_their_fig
         {}, quick=True, wall=1.0)
     assert summary["cases"] == bare["cases"]
     assert summary["speedup"] == bare["speedup"]
-    # the run's preset: cpu-tiny with the engines' KV and the probe's speed, gateways and
-    # simulator alike
-    assert set(clusters) == {summary["sim_cluster"]}
-    assert summary["sim_cluster"].startswith(f"cpu-tiny-kv{spec.kv_blocks - 1}-fit")
+    # each repetition's preset: cpu-tiny with the engines' KV and its probe's speed,
+    # gateways and simulator alike (the same made-up engines: the same preset)
+    assert set(clusters) == set(summary["sim_clusters"])
+    assert len(summary["sim_clusters"]) == 2
+    assert summary["sim_clusters"][0].startswith(f"cpu-tiny-kv{spec.kv_blocks - 1}-fit")
     from saga.engine.cluster import get_cluster
 
     c = summary["calibration"]
-    assert get_cluster(summary["sim_cluster"]).efficiency.model_dump() == c["preset"][
-        "efficiency"]
-    assert set(c) >= {"solo", "together", "preset", "probe_seconds", "points", "end", "drift"}
-    assert c["solo"]["prefill_scale"] == pytest.approx(SOLO[0], rel=1e-9)
-    assert c["together"]["decode_scale"] == pytest.approx(TOGETHER[1], rel=1e-9)
+    assert set(c) == {"repetitions", "end", "drift", "probe_seconds"}
+    assert len(c["repetitions"]) == 2
+    first = c["repetitions"][0]
+    assert set(first) == {"solo", "together", "preset", "probe_seconds", "points"}
+    efficiency = get_cluster(summary["sim_clusters"][0]).efficiency
+    assert efficiency is not None and efficiency.model_dump() == first["preset"]["efficiency"]
+    assert first["solo"]["prefill_scale"] == pytest.approx(SOLO[0], rel=1e-9)
+    assert first["together"]["decode_scale"] == pytest.approx(TOGETHER[1], rel=1e-9)
+    assert c["probe_seconds"] == pytest.approx(sum(r["probe_seconds"] for r in c["repetitions"]))
     assert c["probe_seconds"] > 0
     # the same engines at the end: no drift
     assert c["drift"] == pytest.approx({f"{w}_{s}": 1.0 for w in ("solo", "together", "preset")
                                         for s in ("prefill", "decode")})
-    assert "Calibration probe" in (tmp_path / "real.md").read_text()
+    assert "Calibration probes" in (tmp_path / "real.md").read_text()
 
 
 def test_without_calibration_the_fixed_preset_runs(
@@ -176,7 +185,7 @@ def test_summary_gives_the_simulators_error_and_ranking_per_case() -> None:
             for p, t in tcts.items()]
     sim = {"memory": {"saga": 9.0, "vllm-affinity": 25.0, "llm-d": 12.6},
            "light": {"saga": 2.2, "vllm-affinity": 2.0, "llm-d": 2.1}}
-    s = summarize(spec, runs, sim, quick=False, wall=1.0, cluster="cpu-tiny-kv80")
+    s = summarize(spec, runs, sim, quick=False, wall=1.0, clusters=["cpu-tiny-kv80"])
     assert s["sim_error"] == pytest.approx({"saga": -0.1, "vllm-affinity": 0.25, "llm-d": 0.05})
     assert s["sim_error_light"] == pytest.approx({"saga": 0.1, "vllm-affinity": 0.25,
                                                   "llm-d": 0.4})
@@ -184,6 +193,6 @@ def test_summary_gives_the_simulators_error_and_ranking_per_case() -> None:
                                           "sim": ["saga", "llm-d", "vllm-affinity"],
                                           "same": True}
     assert s["sim_ranking"]["light"]["same"] is False
-    assert s["sim_cluster"] == "cpu-tiny-kv80" and "calibration" not in s
+    assert s["sim_clusters"] == ["cpu-tiny-kv80"] and "calibration" not in s
     assert ranking({"a": 1.0, "b": 2.0}, {"a": 3.0, "b": 1.0}) == {
         "real": ["a", "b"], "sim": ["b", "a"], "same": False}

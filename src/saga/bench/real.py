@@ -441,14 +441,20 @@ def run_real(
         progress(f"engines ready in {time.monotonic() - started:.0f} s")
         # the stock set: the engines of every policy but saga (the same vLLM build)
         probed = [u for u, _ in engines.sets["stock"]]
-        calibration = calibrate_engines(spec, probed, seed=0)
-        cluster = calibrated_cluster(spec, calibration)
-        if calibration is not None:
-            progress(_calibration_line("start", calibration))
+        calibration: dict[str, Any] | None = None
+        clusters: dict[int, str] = {}  # repetition -> the preset its runs are simulated on
         for rep, case, policy in interleaved(spec):
+            if rep not in clusters:
+                # a probe before each repetition: the engines' speed moves with the machine
+                probe = calibrate_engines(spec, probed, seed=rep)
+                if probe is not None:
+                    calibration = calibration or {"repetitions": []}
+                    calibration["repetitions"].append(probe)
+                    progress(_calibration_line(f"repetition {rep}", probe))
+                clusters[rep] = calibrated_cluster(spec, probe)
             salt = f"[real {nonce} {case.name} {rep} {policy}]\n"
             replicas = engines.sets["saga" if policy == "saga" else "stock"]
-            run = _run_once(spec, replicas, policy, plans[case.name], salt, cluster)
+            run = _run_once(spec, replicas, policy, plans[case.name], salt, clusters[rep])
             run.update(case=case.name, policy=policy, repetition=rep)
             runs.append(run)
             record(run)
@@ -456,13 +462,16 @@ def run_real(
                      f"{_mean(list(run['tct'].values())):.2f} s, failed "
                      f"{len(run['failed'])}, hits {run['prefix_hits']:.0f}/"
                      f"{run['prefix_queries']:.0f} ({run['wall']:.0f} s)")
-        if calibration is not None and "preset" in calibration:
-            end = calibrate_engines(spec, probed, seed=1)
-            if end is not None:
+        if calibration is not None:
+            end = calibrate_engines(spec, probed, seed=spec.repetitions)
+            if end is not None:  # how far the engines drifted: reported, not used
                 progress(_calibration_line("end", end))
                 calibration["end"] = end
-                if "preset" in end:
-                    calibration["drift"] = drift(calibration, end)
+                first = calibration["repetitions"][0]
+                if "preset" in first and "preset" in end:
+                    calibration["drift"] = drift(first, end)
+            calibration["probe_seconds"] = sum(
+                r["probe_seconds"] for r in calibration["repetitions"])
     wall = time.monotonic() - started
     sim: dict[str, dict[str, float]] = {}
     tokenizer = eng.tiny_model_dir() / "tokenizer.json"
@@ -475,14 +484,17 @@ def run_real(
             wfs = sim_workflows(plans[case.name], tokenizer, salt=salt,
                                 block_tokens=spec.block_tokens)
             # each policy as deployed: the gateway's prompt estimates, stock vLLM under
-            # every policy but saga (docs/engines.md, "Simulator agreement")
+            # every policy but saga (docs/engines.md, "Simulator agreement"); each
+            # repetition at the speed its probe measured, the mean over repetitions
             seen = gateway_estimates(plans[case.name], salt=salt)
-            sim[case.name] = {
-                p: _mean(list(sim_run(wfs, cluster, p, stock_engine=p != "saga",
-                                      estimates=seen).values()))
-                for p in spec.policies}
+            at = {c: {p: _mean(list(sim_run(wfs, c, p, stock_engine=p != "saga",
+                                            estimates=seen).values()))
+                      for p in spec.policies}
+                  for c in set(clusters.values())}
+            sim[case.name] = {p: _mean([at[clusters[r]][p] for r in sorted(clusters)])
+                              for p in spec.policies}
     summary = summarize(spec, runs, sim, quick=quick, wall=wall, calibration=calibration,
-                        cluster=cluster)
+                        clusters=[clusters[r] for r in sorted(clusters)])
     if engine == "both":
         from saga.bench.real_llama import run_llama
 
@@ -506,12 +518,12 @@ def _calibration_line(when: str, calibration: dict[str, Any]) -> str:
 def summarize(
     spec: RealBench, runs: Sequence[dict[str, Any]], sim: dict[str, dict[str, float]], *,
     quick: bool, wall: float, engine: str = "vllm-cpu",
-    calibration: dict[str, Any] | None = None, cluster: str | None = None,
+    calibration: dict[str, Any] | None = None, clusters: Sequence[str] = (),
 ) -> dict[str, Any]:
     """summary.json (of one engine): per case and policy, the pooled TCTs; the speedups
     of ``saga``; the simulator's error per case and its ranking against the real one;
-    ``calibration``: the probe's record (saga.bench.probe), apart from every figure of
-    the runs; ``cluster``: the preset the simulator ran."""
+    ``calibration``: the probes' record (saga.bench.probe), apart from every figure of
+    the runs; ``clusters``: the preset the simulator ran each repetition on."""
     from saga.metrics.summary import speedup
 
     cases: dict[str, dict[str, Any]] = {}
@@ -575,8 +587,8 @@ def summarize(
         summary["sim_ranking"] = {
             case: ranking({p: e["mean_tct"] for p, e in rows.items()}, sim[case])
             for case, rows in cases.items() if case in sim}
-    if cluster is not None:
-        summary["sim_cluster"] = cluster
+    if clusters:
+        summary["sim_clusters"] = list(clusters)
     if calibration is not None:
         summary["calibration"] = calibration
     return summary
@@ -668,8 +680,9 @@ def _tables(summary: dict[str, Any]) -> list[str]:
             lines.append(f"SAGA's speedup, {label}: " + "; ".join(parts) + ".")
     if "sim_error" in summary:
         lines.append("")
-        speed = ("the engines' speed from the calibration probe" if "-fit" in
-                 summary.get("sim_cluster", "") else "the fixed preset")
+        speed = ("each repetition at the engines' speed its calibration probe measured"
+                 if any("-fit" in c for c in summary.get("sim_clusters", ()))
+                 else "the fixed preset")
         errors = [f"{label} case: " + ", ".join(f"{p} {e:+.0%}" for p, e in
                                                 summary[key].items())
                   for key, label in (("sim_error", "memory-bound"), ("sim_error_light", "light"))
@@ -680,20 +693,22 @@ def _tables(summary: dict[str, Any]) -> list[str]:
             lines.append(f"Ranking, {case}: real {' < '.join(r['real'])}; simulated "
                          f"{' < '.join(r['sim'])} ({'same' if r['same'] else 'differs'}).")
     calibration = summary.get("calibration", {})
-    if "preset" in calibration:
-        c, d = calibration, calibration.get("drift", {})
-        moved = (f"; at the end the engines took x{d['solo_prefill']:.2f} (prefill) and "
-                 f"x{d['solo_decode']:.2f} (decode) of the start's time alone, "
+    probes = [p for p in calibration.get("repetitions", []) if "preset" in p]
+    if probes:
+        d = calibration.get("drift", {})
+        moved = (f"; by the end the engines took x{d['solo_prefill']:.2f} (prefill) and "
+                 f"x{d['solo_decode']:.2f} (decode) of the first probe's time alone, "
                  f"x{d['together_prefill']:.2f} and x{d['together_decode']:.2f} together"
                  if d else "")
+        scales = ", ".join(
+            f"x{p['solo']['prefill_scale']:.2f}/{p['solo']['decode_scale']:.2f} alone and "
+            f"x{p['together']['prefill_scale']:.2f}/{p['together']['decode_scale']:.2f} "
+            f"together (ran x{p['preset']['prefill_scale']:.2f}/"
+            f"{p['preset']['decode_scale']:.2f})" for p in probes)
         lines.append("")
         lines.append(
-            f"Calibration probe ({c['probe_seconds']:.0f} s, before the runs): the engines "
-            f"took x{c['solo']['prefill_scale']:.2f} (prefill) and "
-            f"x{c['solo']['decode_scale']:.2f} (decode) of cpu-tiny's time alone, "
-            f"x{c['together']['prefill_scale']:.2f} and x{c['together']['decode_scale']:.2f} "
-            f"all busy; the simulator ran x{c['preset']['prefill_scale']:.2f} and "
-            f"x{c['preset']['decode_scale']:.2f}{moved}.")
+            f"Calibration probes ({calibration['probe_seconds']:.0f} s, one before each "
+            f"repetition): the engines' prefill/decode time over cpu-tiny's {scales}{moved}.")
     saga = summary["cases"].get("memory", {}).get("saga", {})
     if saga.get("lookups"):
         lines.append("")
