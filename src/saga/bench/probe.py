@@ -60,7 +60,7 @@ class ProbeSettings(BaseModel):
     prefill_tokens: tuple[int, ...] = (512, 1536, 3072)
     decode_context: int = Field(1024, ge=1)
     decode_tokens: int = Field(48, ge=2)
-    repeats: int = Field(2, ge=1)
+    repeats: int = Field(1, ge=1)
     vocab: int = Field(2048, gt=_FIRST_ID)
     model: str = "tiny-llama"
     gpu: str = "cpu-tiny"
