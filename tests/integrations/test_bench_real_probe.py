@@ -29,7 +29,8 @@ class FakeEngines:
     its all-at-once rounds), advancing a clock by them (the probe's cost); every call and
     reset is logged in order."""
 
-    def __init__(self) -> None:
+    def __init__(self, chunk: int = CHUNK) -> None:
+        self.chunk = chunk
         self.log: list[tuple[Any, ...]] = []
         self.main = threading.get_ident()
         self.local = threading.local()
@@ -42,7 +43,7 @@ class FakeEngines:
         p, d = SOLO if threading.get_ident() == self.main else TOGETHER
         cost = CostModel(get_model("tiny-llama"), get_gpu("cpu-tiny"), 1, scaled(BASE, p, d))
         n = len(prompt)
-        prefill = cost.prefill_time(n, 0, chunk=CHUNK)
+        prefill = cost.prefill_time(n, 0, chunk=self.chunk)
         decode = cost.decode_steps_time(1, n + 1, max_tokens - 1)
         self.local.now = self.clock() + prefill + decode
         with self.lock:
@@ -196,3 +197,30 @@ def test_summary_gives_the_simulators_error_and_ranking_per_case() -> None:
     assert s["sim_clusters"] == ["cpu-tiny-kv80"] and "calibration" not in s
     assert ranking({"a": 1.0, "b": 2.0}, {"a": 3.0, "b": 1.0}) == {
         "real": ["a", "b"], "sim": ["b", "a"], "same": False}
+
+
+def test_the_llama_cpp_probe_reads_the_servers_timings_on_fresh_slots(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import saga.bench.real_llama as real_llama
+    from saga.integrations import engines as eng
+
+    fake = FakeEngines(chunk=512)  # llama.cpp's micro-batch
+
+    def completion(url: str, prompt: list[int], n_predict: int, *, cache_prompt: bool,
+                   ) -> dict[str, Any]:
+        assert cache_prompt is False
+        prefill, decode = fake.call(url, prompt, n_predict)
+        return {"timings": {"prompt_ms": prefill * 1e3, "predicted_ms": decode * 1e3}}
+
+    monkeypatch.setattr(eng, "llama_completion", completion)
+    monkeypatch.setattr(real_llama, "erase_slots",
+                        lambda url, slots: fake.log.append(("reset", url, slots)))
+    spec = RealBench()
+    record = real_llama.calibrate_llama(spec, ["l0", "l1"], seed=0)
+    assert record is not None
+    assert fake.log[:2] == [("reset", "l0", spec.llama.slots), ("reset", "l1", spec.llama.slots)]
+    assert fake.log[-1] == ("reset", "l1", spec.llama.slots)
+    assert record["solo"]["prefill_scale"] == pytest.approx(SOLO[0], rel=1e-9)
+    assert record["together"]["decode_scale"] == pytest.approx(TOGETHER[1], rel=1e-9)
+    assert real_llama.calibrate_llama(RealBench(calibrate=False), ["l0"], seed=0) is None

@@ -707,8 +707,8 @@ def _tables(summary: dict[str, Any]) -> list[str]:
             f"{p['preset']['decode_scale']:.2f})" for p in probes)
         lines.append("")
         lines.append(
-            f"Calibration probes ({calibration['probe_seconds']:.0f} s, one before each "
-            f"repetition): the engines' prefill/decode time over cpu-tiny's {scales}{moved}.")
+            f"Calibration probes ({calibration['probe_seconds']:.0f} s, {len(probes)} before "
+            f"the runs): the engines' prefill/decode time over cpu-tiny's {scales}{moved}.")
     saga = summary["cases"].get("memory", {}).get("saga", {})
     if saga.get("lookups"):
         lines.append("")
