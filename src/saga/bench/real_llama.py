@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from saga.bench.probe import ProbeSettings
 from saga.errors import UserError
 
 if TYPE_CHECKING:
@@ -70,6 +71,11 @@ class LlamaSettings(BaseModel):
         description="tokens of KV reserved per running call (the longest prompt and output)")
     cache_ram: int = Field(0, description="--cache-ram MiB (0: no host prompt cache)")
     threads: int = Field(1, ge=1)
+    probe: ProbeSettings = Field(
+        default_factory=lambda: ProbeSettings(prefill_tokens=(256, 768, 1536),
+                                              decode_context=512, decode_tokens=24),
+        description="the calibration probe here: half the vLLM probe's sizes, as one "
+        "llama.cpp thread prefills ~9x slower than vLLM-CPU (the same probe took 31 s)")
 
     @property
     def ctx_size(self) -> int:
@@ -216,7 +222,7 @@ def calibrate_llama(
         erase_slots(url, spec.llama.slots)
 
     base = get_cluster("cpu-tiny").cost_model().efficiency
-    probed = probe(urls, _llama_call, reset, spec.probe, seed=seed)
+    probed = probe(urls, _llama_call, reset, spec.llama.probe, seed=seed)
     try:
         # llama.cpp computes a prompt in micro-batches of --ubatch-size (512 by default)
         return fit_record(probed, base, 512)
