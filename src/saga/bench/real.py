@@ -700,11 +700,13 @@ def _tables(summary: dict[str, Any]) -> list[str]:
                  f"x{d['solo_decode']:.2f} (decode) of the first probe's time alone, "
                  f"x{d['together_prefill']:.2f} and x{d['together_decode']:.2f} together"
                  if d else "")
+        simulated = any("-fit" in c for c in summary.get("sim_clusters", ()))
         scales = ", ".join(
             f"x{p['solo']['prefill_scale']:.2f}/{p['solo']['decode_scale']:.2f} alone and "
             f"x{p['together']['prefill_scale']:.2f}/{p['together']['decode_scale']:.2f} "
-            f"together (ran x{p['preset']['prefill_scale']:.2f}/"
-            f"{p['preset']['decode_scale']:.2f})" for p in probes)
+            "together" + (f" (simulated at x{p['preset']['prefill_scale']:.2f}/"
+                          f"{p['preset']['decode_scale']:.2f})" if simulated else "")
+            for p in probes)
         lines.append("")
         lines.append(
             f"Calibration probes ({calibration['probe_seconds']:.0f} s, {len(probes)} before "
