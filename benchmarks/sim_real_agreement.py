@@ -2,6 +2,7 @@
 
     PYTHONPATH=src python benchmarks/sim_real_agreement.py DIR [DIR ...]
     PYTHONPATH=src python benchmarks/sim_real_agreement.py --points DIR [DIR ...] > points.json
+    PYTHONPATH=src python benchmarks/sim_real_agreement.py --refit DIR [DIR ...]
 
 Each DIR is a ``saga bench real --out DIR`` (summary.json, runs.jsonl, logs/). No engine
 runs: the script simulates each recorded case as ``saga bench real`` does (same sessions,
@@ -27,6 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from saga.bench.real import RealBench, RealCase, trace_path
+from saga.engine.costmodel import DEFAULT_EFFICIENCY, Efficiency
+from saga.engine.hardware import get_gpu, get_model
+from saga.engine.speedfit import SoloCall, fit_time_scale, scaled
 from saga.integrations import engines as eng
 from saga.integrations.replay import (
     gateway_estimates,
@@ -90,26 +94,46 @@ def saturated_throughput(out: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def simulate(case: RealCase, spec: RealBench, policy: str) -> Any:
-    """``policy`` on ``case``'s sessions, simulated as ``saga bench real`` simulates it."""
+def simulate(case: RealCase, spec: RealBench, policy: str,
+             efficiency: Efficiency | None = None) -> Any:
+    """``policy`` on ``case``'s sessions, simulated as ``saga bench real`` simulates it
+    (``efficiency``: the engines' speed, else the fixed preset)."""
     salt = f"[real sim {case.name}]\n"
     plans = _plan(case)
     workflows = sim_workflows(plans, eng.tiny_model_dir() / "tokenizer.json", salt=salt,
                               block_tokens=spec.block_tokens)
-    return simulate_deployed(workflows, kv_cluster(spec.kv_blocks - 1), policy,
-                             stock_engine=policy != "saga",
+    return simulate_deployed(workflows, kv_cluster(spec.kv_blocks - 1, efficiency=efficiency),
+                             policy, stock_engine=policy != "saga",
                              estimates=gateway_estimates(plans, salt=salt))
 
 
-def agreement(out: Path) -> None:
+def refitted(out: Path, summary: dict[str, Any], spec: RealBench) -> Efficiency:
+    """``cpu-tiny`` at the one time scale the record's lone calls say (see the module doc)."""
+    base = DEFAULT_EFFICIENCY["cpu-tiny"]
+    calls = [SoloCall(c["prompt"], c["cached"], c["output"], c["latency"])
+             for case in _cases(summary) for c in solo_calls(out, case)]
+    scale = fit_time_scale(get_model("tiny-llama"), get_gpu("cpu-tiny"), base, calls,
+                           chunk=spec.max_num_batched_tokens)
+    print(f"{out}: {len(calls)} lone calls say x{scale:.3f} of cpu-tiny's time")
+    return scaled(base, scale, scale)
+
+
+def agreement(out: Path, refit: bool = False) -> None:
     summary = json.loads((out / "summary.json").read_text())
     spec = RealBench.model_validate(summary["settings"])
+    efficiency = None
+    if refit:
+        efficiency = refitted(out, summary, spec)
+    else:  # the record's first probe, if any (the bench averages over each repetition's)
+        probes = summary.get("calibration", {}).get("repetitions", [{}])
+        if "preset" in probes[0]:
+            efficiency = Efficiency.model_validate(probes[0]["preset"]["efficiency"])
     for case in _cases(summary):
         real = summary["cases"][case.name]
         print(f"{out} {case.name}: policy real/sim mean TCT s (error), hit rate real/sim")
         rates = []
         for policy in spec.policies:
-            result = simulate(case, spec, policy)
+            result = simulate(case, spec, policy, efficiency)
             tct = statistics.mean(w.tct for w in result.workflows)
             prompt = sum(c.prompt_tokens for c in result.calls)
             hit = sum(c.cached_tokens for c in result.calls) / prompt
@@ -141,8 +165,9 @@ def main(argv: list[str]) -> None:
                      for x in saturated_throughput(out)]
         json.dump({"solo_calls": points, "saturated_logs": logs}, sys.stdout, indent=1)
         return
-    for out in map(Path, argv):
-        agreement(out)
+    refit = bool(argv) and argv[0] == "--refit"
+    for out in map(Path, argv[1:] if refit else argv):
+        agreement(out, refit)
 
 
 if __name__ == "__main__":

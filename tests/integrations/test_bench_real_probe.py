@@ -1,0 +1,226 @@
+"""`saga bench real`'s calibration probe (saga.bench.probe) against a made-up engine: the
+fit it gives, where its traffic goes (never into a policy's run), the summary's keys."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from saga.bench.probe import ProbeSettings, fit_record, probe
+from saga.bench.real import RealBench, ranking, run_real, summarize
+from saga.engine.costmodel import DEFAULT_EFFICIENCY, CostModel
+from saga.engine.hardware import get_gpu, get_model
+from saga.engine.speedfit import scaled
+
+BASE = DEFAULT_EFFICIENCY["cpu-tiny"]
+CHUNK = 4096
+#: the made-up engines' speed over cpu-tiny: (prefill, decode) alone and all busy
+SOLO, TOGETHER = (0.8, 0.7), (1.25, 1.12)
+
+
+class FakeEngines:
+    """Replicas that answer at once with the cost model's prefill and decode times at SOLO
+    scales (calls from the probe's own thread) or TOGETHER scales (from the threads of
+    its all-at-once rounds), advancing a clock by them (the probe's cost); every call and
+    reset is logged in order."""
+
+    def __init__(self, chunk: int = CHUNK) -> None:
+        self.chunk = chunk
+        self.log: list[tuple[Any, ...]] = []
+        self.main = threading.get_ident()
+        self.local = threading.local()
+        self.lock = threading.Lock()
+
+    def clock(self) -> float:
+        return getattr(self.local, "now", 0.0)
+
+    def call(self, url: str, prompt: list[int], max_tokens: int) -> tuple[float, float]:
+        p, d = SOLO if threading.get_ident() == self.main else TOGETHER
+        cost = CostModel(get_model("tiny-llama"), get_gpu("cpu-tiny"), 1, scaled(BASE, p, d))
+        n = len(prompt)
+        prefill = cost.prefill_time(n, 0, chunk=self.chunk)
+        decode = cost.decode_steps_time(1, n + 1, max_tokens - 1)
+        self.local.now = self.clock() + prefill + decode
+        with self.lock:
+            self.log.append(("call", url, n, max_tokens))
+        return prefill, decode
+
+    def reset(self, url: str) -> None:
+        with self.lock:
+            self.log.append(("reset", url))
+
+
+def test_the_probe_fits_each_set_of_points_and_resets_around_its_traffic() -> None:
+    fake = FakeEngines()
+    settings = ProbeSettings(repeats=2)
+    probed = probe(["a", "b"], fake.call, fake.reset, settings, clock=fake.clock)
+    assert fake.log[:2] == [("reset", "a"), ("reset", "b")]
+    assert fake.log[-2:] == [("reset", "a"), ("reset", "b")]
+    calls = [e for e in fake.log if e[0] == "call"]
+    # per replica: a warm-up, then per repeat alone and together: 3 prefills + a decode run
+    assert len(calls) == 2 * (1 + 2 * 2 * 4)
+    assert sorted({c[2:] for c in calls}) == [(256, 2), (512, 1), (1024, 48), (1536, 1),
+                                              (3072, 1)]
+    # 3 prefills and the decode run's prefill, per replica and repeat
+    assert len(probed["solo"]["prefill"]) == len(probed["together"]["prefill"]) == 2 * 2 * 4
+    assert len(probed["solo"]["decode"]) == 2 * 2
+    record = fit_record(probed, BASE, CHUNK)
+    for key, (p, d) in (("solo", SOLO), ("together", TOGETHER)):
+        assert record[key]["prefill_scale"] == pytest.approx(p, rel=1e-9)
+        assert record[key]["decode_scale"] == pytest.approx(d, rel=1e-9)
+    assert record["preset"]["prefill_scale"] == pytest.approx(math.sqrt(0.8 * 1.25))
+    assert record["preset"]["decode_scale"] == pytest.approx(math.sqrt(0.7 * 1.12))
+    assert record["preset"]["efficiency"]["mfu"] == pytest.approx(
+        BASE.mfu / math.sqrt(0.8 * 1.25))
+    assert record["probe_seconds"] == pytest.approx(probed["seconds"])
+    assert probed["seconds"] > 0
+
+
+def _run(case: str, policy: str, tct: float) -> dict[str, Any]:
+    return {"tct": {"s000": tct}, "failed": [], "calls": 4, "errors": 0, "wall": 5.0,
+            "load": [1.0, 1.0], "prefix_queries": 100.0, "prefix_hits": 20.0,
+            "retentions": {}, "prefix_lookups": [], "backends": [0], "deferred": {}}
+
+
+def test_run_real_probes_before_each_repetition_and_keeps_it_out_of_their_figures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import saga.bench.real as real
+
+    if not real.trace_path("miniswe").exists():
+        pytest.skip("needs the LMCache agent traces (../shared/traces)")
+    fake = FakeEngines()
+    clusters: list[str] = []
+
+    @contextlib.contextmanager
+    def engines(*_: object) -> Any:
+        out = real.Engines()
+        out.sets = {"saga": [("saga0", None), ("saga1", None)],
+                    "stock": [("stock0", None), ("stock1", None)]}
+        yield out
+
+    def run_once(_spec: object, replicas: Any, policy: str, _wfs: object, _salt: str,
+                 cluster: str) -> dict[str, Any]:
+        fake.log.append(("run", policy))
+        clusters.append(cluster)
+        return _run("memory", policy, 10.0 if policy == "saga" else 20.0)
+
+    original = real.calibrate_engines
+
+    def calibrate(spec: RealBench, urls: Any, *, seed: int) -> Any:
+        return original(spec, urls, seed=seed, clock=fake.clock)
+
+    monkeypatch.setattr(real, "start_engines", engines)
+    monkeypatch.setattr(real, "_run_once", run_once)
+    monkeypatch.setattr(real, "_vllm_call", fake.call)
+    monkeypatch.setattr(real, "reset_prefix_cache", fake.reset)
+    monkeypatch.setattr(real, "calibrate_engines", calibrate)
+    spec = RealBench(policies=("saga", "vllm-affinity"), repetitions=2).quick()
+    spec = spec.model_copy(update={"cases": spec.cases[:1], "repetitions": 2})
+    summary = run_real(tmp_path, bench=spec, simulate=False, progress=lambda _: None)
+
+    # the probes: the stock replicas, before each repetition and after the last run, the
+    # caches reset after each; none between two runs of one repetition
+    kinds = [e[0] for e in fake.log]
+    runs = [i for i, k in enumerate(kinds) if k == "run"]
+    assert len(runs) == 4
+    assert kinds[runs[0]:runs[1] + 1] == ["run", "run"]
+    assert kinds[runs[2]:runs[3] + 1] == ["run", "run"]
+    assert "call" in kinds[:runs[0]] and "call" in kinds[runs[1]:runs[2]]
+    assert "call" in kinds[runs[3]:]  # the end probe
+    for i in (runs[0], runs[2]):
+        assert fake.log[i - 2:i] == [("reset", "stock0"), ("reset", "stock1")]
+    assert {e[1] for e in fake.log if e[0] == "call"} == {"stock0", "stock1"}
+    # the runs' figures are the runs' own: as summarized without any probe
+    bare = summarize(spec, [
+        {**_run("memory", p, 10.0 if p == "saga" else 20.0), "case": "memory", "policy": p,
+         "repetition": r} for r, p in ((0, "saga"), (0, "vllm-affinity"),
+                                       (1, "vllm-affinity"), (1, "saga"))],
+        {}, quick=True, wall=1.0)
+    assert summary["cases"] == bare["cases"]
+    assert summary["speedup"] == bare["speedup"]
+    # each repetition's preset: cpu-tiny with the engines' KV and its probe's speed,
+    # gateways and simulator alike (the same made-up engines: the same preset)
+    assert set(clusters) == set(summary["sim_clusters"])
+    assert len(summary["sim_clusters"]) == 2
+    assert summary["sim_clusters"][0].startswith(f"cpu-tiny-kv{spec.kv_blocks - 1}-fit")
+    from saga.engine.cluster import get_cluster
+
+    c = summary["calibration"]
+    assert set(c) == {"repetitions", "end", "drift", "probe_seconds"}
+    assert len(c["repetitions"]) == 2
+    first = c["repetitions"][0]
+    assert set(first) == {"solo", "together", "preset", "probe_seconds", "points"}
+    efficiency = get_cluster(summary["sim_clusters"][0]).efficiency
+    assert efficiency is not None and efficiency.model_dump() == first["preset"]["efficiency"]
+    assert first["solo"]["prefill_scale"] == pytest.approx(SOLO[0], rel=1e-9)
+    assert first["together"]["decode_scale"] == pytest.approx(TOGETHER[1], rel=1e-9)
+    assert c["probe_seconds"] == pytest.approx(sum(r["probe_seconds"] for r in c["repetitions"]))
+    assert c["probe_seconds"] > 0
+    # the same engines at the end: no drift
+    assert c["drift"] == pytest.approx({f"{w}_{s}": 1.0 for w in ("solo", "together", "preset")
+                                        for s in ("prefill", "decode")})
+    assert "Calibration probes" in (tmp_path / "real.md").read_text()
+
+
+def test_without_calibration_the_fixed_preset_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from saga.bench.real import calibrate_engines, calibrated_cluster
+
+    spec = RealBench(calibrate=False)
+    assert calibrate_engines(spec, ["nowhere"], seed=0) is None
+    assert calibrated_cluster(spec, None) == f"cpu-tiny-kv{spec.kv_blocks - 1}"
+
+
+def test_summary_gives_the_simulators_error_and_ranking_per_case() -> None:
+    spec = RealBench(policies=("saga", "vllm-affinity", "llm-d"), repetitions=1)
+    runs = [{**_run(case, p, t), "case": case, "policy": p, "repetition": 0}
+            for case, tcts in (("memory", {"saga": 10.0, "vllm-affinity": 20.0, "llm-d": 12.0}),
+                               ("light", {"saga": 2.0, "vllm-affinity": 1.6, "llm-d": 1.5}))
+            for p, t in tcts.items()]
+    sim = {"memory": {"saga": 9.0, "vllm-affinity": 25.0, "llm-d": 12.6},
+           "light": {"saga": 2.2, "vllm-affinity": 2.0, "llm-d": 2.1}}
+    s = summarize(spec, runs, sim, quick=False, wall=1.0, clusters=["cpu-tiny-kv80"])
+    assert s["sim_error"] == pytest.approx({"saga": -0.1, "vllm-affinity": 0.25, "llm-d": 0.05})
+    assert s["sim_error_light"] == pytest.approx({"saga": 0.1, "vllm-affinity": 0.25,
+                                                  "llm-d": 0.4})
+    assert s["sim_ranking"]["memory"] == {"real": ["saga", "llm-d", "vllm-affinity"],
+                                          "sim": ["saga", "llm-d", "vllm-affinity"],
+                                          "same": True}
+    assert s["sim_ranking"]["light"]["same"] is False
+    assert s["sim_clusters"] == ["cpu-tiny-kv80"] and "calibration" not in s
+    assert ranking({"a": 1.0, "b": 2.0}, {"a": 3.0, "b": 1.0}) == {
+        "real": ["a", "b"], "sim": ["b", "a"], "same": False}
+
+
+def test_the_llama_cpp_probe_reads_the_servers_timings_on_fresh_slots(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import saga.bench.real_llama as real_llama
+    from saga.integrations import engines as eng
+
+    fake = FakeEngines(chunk=512)  # llama.cpp's micro-batch
+
+    def completion(url: str, prompt: list[int], n_predict: int, *, cache_prompt: bool,
+                   ) -> dict[str, Any]:
+        assert cache_prompt is False
+        prefill, decode = fake.call(url, prompt, n_predict)
+        return {"timings": {"prompt_ms": prefill * 1e3, "predicted_ms": decode * 1e3}}
+
+    monkeypatch.setattr(eng, "llama_completion", completion)
+    monkeypatch.setattr(real_llama, "erase_slots",
+                        lambda url, slots: fake.log.append(("reset", url, slots)))
+    spec = RealBench()
+    record = real_llama.calibrate_llama(spec, ["l0", "l1"], seed=0)
+    assert record is not None
+    assert fake.log[:2] == [("reset", "l0", spec.llama.slots), ("reset", "l1", spec.llama.slots)]
+    assert fake.log[-1] == ("reset", "l1", spec.llama.slots)
+    assert record["solo"]["prefill_scale"] == pytest.approx(SOLO[0], rel=1e-9)
+    assert record["together"]["decode_scale"] == pytest.approx(TOGETHER[1], rel=1e-9)
+    assert real_llama.calibrate_llama(RealBench(calibrate=False), ["l0"], seed=0) is None
