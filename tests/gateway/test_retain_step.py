@@ -189,7 +189,7 @@ def test_a_streamed_answer_begins_its_step_before_the_client_sees_its_end() -> N
     from saga.gateway.relay import relay
 
     text = b'data: {"choices": [{"text": "hi"}]}\n\n'
-    usage = b'data: {"choices": [], "usage": {"total_tokens": 9}}\n\n'
+    usage = b'data: {"choices": [], "usage": {"prompt_tokens": 7, "total_tokens": 9}}\n\n'
     done = b"data: [DONE]\n\n"
     cases = {"usage then [DONE]": [text, usage, done], "in one piece": [text, usage + done],
              "no usage": [text, done], "neither": [text]}
@@ -200,9 +200,9 @@ def test_a_streamed_answer_begins_its_step_before_the_client_sees_its_end() -> N
         def answered(client: _Client = client, seen: list[tuple[int, bool]] = seen) -> None:
             seen.append((len(client.got), client.finished))
 
-        tokens, ok = asyncio.run(relay(Metrics(), _Lines(list(pieces)), client,  # type: ignore[arg-type]
-                                       None, None, client_usage=True,  # type: ignore[arg-type]
-                                       answered=answered))
+        found, ok = asyncio.run(relay(Metrics(), _Lines(list(pieces)), client,  # type: ignore[arg-type]
+                                      None, None, client_usage=True,  # type: ignore[arg-type]
+                                      answered=answered))
         assert ok and client.finished, name
         assert seen[0] == (1, False), name  # only the text had reached the client
-        assert tokens == (9 if usage in b"".join(pieces) else 0), name
+        assert tuple(found) == ((9, 7) if usage in b"".join(pieces) else (0, 0)), name

@@ -160,7 +160,9 @@ def test_a_workflow_placed_by_another_router_is_handed_over() -> None:
     routing = _router(cluster="test-2")
     _send(routing, "q1", _call("w1", "z " * 60_000), 0.0)
     routing.completed("q1", 1.0)
-    assert routing.local_working_set() == 30_000  # its context (prompt) is homed
+    # its context (prompt) is homed, and the growth its next call is expected to append
+    # (the graph's prior, 1000 tokens: SagaConfig.gate_growth)
+    assert routing.local_working_set() == 30_000 + 1_000
     routing.hand_over("w1", 2.0)  # another router placed its next call
     assert routing.local_working_set() == 0
     assert not routing.knows_home("w1")

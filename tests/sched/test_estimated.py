@@ -62,3 +62,20 @@ def test_gateway_hooks_see_the_estimate_and_the_rest_is_the_wrapped_policys() ->
     request = cast(CallView, SimpleNamespace(prompt_tokens=2196))
     assert policy.queue_key(replica, request, 0.0) == (-3.0,)
     assert policy.retention(replica, request, 0.0) == Retention("pin", ttl=2.0)
+
+
+def test_learned_scale_applies_the_ratio_of_the_calls_finished_before_a_call_was_ready() -> None:
+    inner = _Recorder()
+    estimates = {("default/s000", "c0"): 1000, ("default/s001", "c0"): 1000,
+                 ("default/s000", "c1"): 2000}
+    policy = with_prompt_estimates(inner, estimates, learn_scale=True)
+    first, second = _call("default/s000", "c0", 1600), _call("default/s001", "c0", 1500)
+    policy.on_call_ready(first, 0.0)
+    policy.on_call_ready(second, 0.1)  # ready before any answer: the plain estimate
+    policy.on_call_finished(first, 1, 1.0)  # its answer: 1600 engine tokens for 1000
+    assert policy.place(second, 1.0) == 1  # its count was fixed when it was ready
+    policy.on_call_finished(second, 1, 2.0)  # 1500 for 1000: 3100 for 2000 so far
+    nxt = _call("default/s000", "c1", 3000)
+    policy.on_call_ready(nxt, 2.0)
+    assert inner.seen == [("ready", 1000), ("ready", 1000), ("finished", 1000),
+                          ("place", 1000), ("finished", 1000), ("ready", 3100)]

@@ -162,10 +162,12 @@ def test_before_any_call_after_a_node_is_seen_a_turn_end_says_nothing_of_the_ret
 
 
 class _GateProbe(SagaPolicy):
-    """Records the gate's working set as each probe workflow asks for admission."""
+    """Records the gate's working set as each probe workflow asks for admission: the
+    current contexts alone (no expected growth, ``gate_growth`` none), since these tests
+    are about when a workflow leaves the count."""
 
     def __init__(self, config: SagaConfig) -> None:
-        super().__init__(config)
+        super().__init__(config.model_copy(update={"gate_growth": "none"}))
         self.seen: list[tuple[float, float]] = []
 
     def admit(self, workflow: WorkflowInfo, now: float) -> Admission:

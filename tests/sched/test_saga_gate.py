@@ -228,7 +228,8 @@ def test_the_gate_admits_a_workflow_that_fits_once_the_shared_prefix_counts_once
     dummy = Workflow("d", "t", "a", 0.0, (Call("c0", Prompt(64), 1),))
     verdicts = {}
     for once in (False, True):
-        policy = SagaPolicy(SagaConfig(gate_shared_once=once, predict_end=False))
+        policy = SagaPolicy(SagaConfig(gate_shared_once=once, predict_end=False,
+                                       gate_growth="none"))
         Simulation(get_cluster("test-2"), policy, [dummy])
         bt = policy.ctx.block_tokens
         policy.gate.capacity_tokens = 300 * bt / policy.config.memory_budget
@@ -275,3 +276,31 @@ def test_the_gate_is_saturated_when_waiting_calls_average_the_threshold() -> Non
         for seq, queue in enumerate(waiting):
             queue.append(Request(f"w{seq}", "c0", (), 64, 1, 16, seq))
         assert policy.admit(second, 0.0).verdict == expected, threshold
+
+
+def test_the_gate_counts_the_growth_the_config_asks_for_until_the_workflow_leaves() -> None:
+    """One placed workflow of 110 blocks, on the graph's priors (continue 0.5: one more call
+    expected, of 1000 appended and 300 output tokens): the gate counts its context alone,
+    plus its next call's growth, or plus its expected remaining tokens; the growth leaves
+    the count with the workflow."""
+    dummy = Workflow("d", "t", "a", 0.0, (Call("c0", Prompt(64), 1),))
+    counted = {}
+    for growth in ("none", "next", "rest"):
+        policy = SagaPolicy(SagaConfig(gate_growth=growth, predict_end=False,  # type: ignore[arg-type]
+                                       prior_continue=0.5, prior_growth_tokens=1000,
+                                       prior_output_tokens=300))
+        Simulation(get_cluster("test-2"), policy, [dummy])
+        bt = policy.ctx.block_tokens
+        info = WorkflowInfo("w1", "t", "agent", 0.0, None)
+        assert policy.admit(info, 0.0).verdict == "admit"
+        call = CallInfo(
+            workflow="w1", tenant="t", agent="agent", call_id="c0", index=0, tool=None,
+            prompt_tokens=110 * bt, runs=(("w:w1", 0, 110),), issued_at=0.0,
+            workflow_arrival=0.0, slo=None, ends_workflow=False,
+        )
+        policy.on_call_ready(call, 0.0)
+        policy.place(call, 0.0)
+        counted[growth] = policy._working_set() - 110 * bt
+        policy.on_workflow_finished(info, 1.0)
+        assert policy._working_set() == 0 and policy.growth_total == 0
+    assert counted == {"none": 0, "next": 1000, "rest": 1300}

@@ -63,6 +63,7 @@ from saga.gateway.workflow_state import WorkflowState
 from saga.sched.policy import Policy, PolicyContext
 from saga.sched.registry import build_policy
 from saga.sched.saga.graph import GraphStore
+from saga.wire.token_scale import TokenScale
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -90,6 +91,12 @@ class Gateway:
             except ImportError as error:
                 raise UserError(f"plugin {module!r} cannot be imported: {error}") from None
         self.policy, self.views, self.model_name = _bind_policy(config)
+        #: Engine prompt tokens per estimated token, learned from the answers (one per
+        #: gateway: its backends serve one model, whose tokenizer it learns).
+        self.token_scale = TokenScale()
+        if config.learn_token_scale:
+            for view in self.views:
+                view.use_token_scale(self.token_scale)
         self.keys = KeyRing({k: name for name, t in config.tenants.items() for k in t.keys})
         self.admin_keys = KeyRing({k: "admin" for k in config.admin_keys})
         self.store: Store = store if store is not None else build_store(config.store)

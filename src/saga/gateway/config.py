@@ -164,6 +164,18 @@ class GatewayConfig(BaseModel):
         1.0, ge=0, description="Longest a workflow's call waits for the retention step of "
         "its previous call (the pin hint it carries, a KV control call) before it goes on.",
     )
+    # True: a gateway estimates prompts as characters / 4; on the real benchmark's agent
+    # text the tiny model makes 2.5 characters a token, so SAGA's memory gate counted
+    # working sets 0.6x what the engines held and admitted into thrashing (docs/gateway.md,
+    # "Token scale").
+    learn_token_scale: bool = Field(
+        True,
+        description="Scale the gateway's prompt-token estimates (characters / 4) by the "
+        "ratio of the engines' prompt tokens (each answer's usage.prompt_tokens) to the "
+        "estimates, over the calls answered so far (saga.wire.token_scale), so that the "
+        "policy counts prompts, cached prefixes and KV in the engine's tokens. False: the "
+        "plain estimate.",
+    )
     sticky_sessions: bool = Field(
         True,
         description="Keep a workflow whose home another gateway chose (shared through the "

@@ -107,7 +107,11 @@ class CallPipeline:
             data["stream_options"] = {**(body.stream_options or {}), "include_usage": True}
             edited = True
         text = body.text()
-        prompt_tokens = estimate_tokens(text)
+        estimated = estimate_tokens(text)
+        # in the engine's tokens, as learned from the answers so far (saga.wire.token_scale)
+        scale = self._gw.token_scale if cfg.learn_token_scale else None
+        prompt_tokens = scale.tokens(estimated) if scale is not None else estimated
+        factor = scale.factor if scale is not None else 1.0
         runs = text_runs(text, cfg.block_tokens)
 
         wf = self.workflows.get(workflow_id)
@@ -160,7 +164,7 @@ class CallPipeline:
             attempt = 0
             failed: set[int] = set()  # backends that failed this call: a retry goes elsewhere
             while True:
-                request = GatewayCall(info, max_tokens, cfg.block_tokens, seq, now)
+                request = GatewayCall(info, max_tokens, cfg.block_tokens, seq, now, factor)
                 view = self._gw.views[index]
                 backend = self._gw.backends[index]
                 await self.acquire(index, request, tenant)
@@ -181,7 +185,7 @@ class CallPipeline:
                     unchanged = not edited and _same(sent, data)
                     payload = raw if unchanged else json.dumps(sent).encode()
                     extra_headers["x-saga-backend"] = str(index)
-                    response, tokens = await forward(
+                    response, usage = await forward(
                         self._gw.metrics, http, backend, view, path, body, payload, out_headers,
                         extra_headers, answered,
                     )
@@ -207,7 +211,9 @@ class CallPipeline:
                 index = await self.place(info, None, now, wf, retry=True, exclude=failed)
                 extra_headers["x-saga-retries"] = str(attempt)
             step_handed = True  # the finish ends it (once the backend has carried it out)
-            self._finish(wf, info, request, index, arrived, sent_at, tokens, step)
+            if scale is not None:  # what the engine counted of this prompt
+                scale.observe(estimated, usage.prompt)
+            self._finish(wf, info, request, index, arrived, sent_at, usage.total, step)
             return response
         finally:
             if not step_handed:  # failed or abandoned: nothing to wait for

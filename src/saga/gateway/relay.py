@@ -1,5 +1,6 @@
 """Relaying a call to a backend and its answer to the client (whole or streamed), counting
-the tokens served from the answer's ``usage``; what failed before any byte reached the
+the tokens served and the prompt tokens the engine counted from the answer's ``usage``
+(:class:`Usage`); what failed before any byte reached the
 client is :class:`Retryable` (the call pipeline may send it again). ``answered`` is told
 when the answer is complete at the gateway, before its end goes to the client (the call's
 retention step begins: :mod:`.retain_step`)."""
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from typing import NamedTuple
 
 from saga.gateway.backends import Backend, BackendError
 from saga.gateway.metrics import Metrics
@@ -20,6 +22,18 @@ from saga.wire.openai_api import BadRequest, ChatRequest, CompletionRequest
 #: ``"usage": {...  "total_tokens": N`` with no nested object before it (OpenAI, vLLM,
 #: the emulator); JSON strings escape quotes, so ``"usage"`` is always a key.
 _USAGE_TOTAL = re.compile(rb'"usage"\s*:\s*\{[^{}]*?"total_tokens"\s*:\s*(\d+)')
+_USAGE_PROMPT = re.compile(rb'"usage"\s*:\s*\{[^{}]*?"prompt_tokens"\s*:\s*(\d+)')
+
+
+class Usage(NamedTuple):
+    """An answer's ``usage``: the tokens served (prompt plus output) and the prompt tokens
+    the engine counted (0 each when the answer had none)."""
+
+    total: int = 0
+    prompt: int = 0
+
+
+NO_USAGE = Usage()
 
 
 class Retryable(Exception):
@@ -35,8 +49,8 @@ async def forward(
     body: ChatRequest | CompletionRequest, payload: bytes,
     out_headers: dict[str, str], extra_headers: dict[str, str],
     answered: Callable[[], None],
-) -> tuple[Response | ResponseStream, int]:
-    """Send the call and relay the answer; return it and the tokens served.
+) -> tuple[Response | ResponseStream, Usage]:
+    """Send the call and relay the answer; return it and its usage.
 
     Raises :class:`Retryable` when the backend failed before anything was sent
     to the client. When the client leaves (a failed write, or the handler is
@@ -61,14 +75,14 @@ async def forward(
             answer = await read_answer(upstream, backend, view, extra_headers)
             answered()  # the client gets it once the pipeline returns it
             done = True
-            tokens = usage_tokens(answer.body) if upstream.status == 200 else 0
-            return answer, tokens
+            usage = usage_counts(answer.body) if upstream.status == 200 else NO_USAGE
+            return answer, usage
         stream = await http.stream(200, {
             "Content-Type": "text/event-stream", "Cache-Control": "no-cache", **extra_headers
         })
-        tokens, done = await relay(metrics, upstream, stream, backend, view,
-                                   client_usage=body.include_usage(), answered=answered)
-        return stream, tokens
+        usage, done = await relay(metrics, upstream, stream, backend, view,
+                                  client_usage=body.include_usage(), answered=answered)
+        return stream, usage
     finally:
         if done:
             upstream.release()
@@ -99,8 +113,8 @@ async def read_answer(
 async def relay(
     metrics: Metrics, upstream: UpstreamResponse, stream: ResponseStream, backend: Backend,
     view: RemoteReplicaView, client_usage: bool, answered: Callable[[], None],
-) -> tuple[int, bool]:
-    """Relay an event stream; return the tokens served and whether it ended well.
+) -> tuple[Usage, bool]:
+    """Relay an event stream; return its usage and whether it ended well.
 
     The gateway asked for the usage chunk (``include_usage``) to count tokens; it is
     kept from a client that did not ask for it. A backend failing mid-stream ends the
@@ -108,28 +122,28 @@ async def relay(
     The answer is complete (``answered``) at its usage chunk or ``[DONE]``, which end
     an OpenAI stream, or when the backend closes it, whichever comes first: before
     the client can see the end."""
-    tokens = 0
+    usage = NO_USAGE
     try:
         while (piece := await upstream.read_lines()) is not None:
             if b'"usage"' in piece:
                 piece, found = take_usage(piece, keep=client_usage)
-                tokens = found or tokens
-                if found:
+                usage = found if found.total else usage
+                if found.total:
                     answered()
             if b"data: [DONE]" in piece:
                 answered()
             if piece and not await stream.write(piece):
                 metrics.client_disconnects += 1
-                return tokens, False  # the client left: close the backend call
+                return usage, False  # the client left: close the backend call
         answered()
         await stream.finish()
-        return tokens, True
+        return usage, True
     except (TimeoutError, UpstreamError) as failure:
         view.up = isinstance(failure, TimeoutError)
         message = json.dumps({"error": {"message": f"backend {backend.label} failed "
                                         f"mid-stream: {failure!r}", "type": "backend_error"}})
         await stream.write(b"data: " + message.encode() + b"\n\n")
-        return tokens, False
+        return usage, False
 
 
 async def read_quietly(upstream: UpstreamResponse) -> bytes:
@@ -140,21 +154,21 @@ async def read_quietly(upstream: UpstreamResponse) -> bytes:
         return b""
 
 
-def take_usage(piece: bytes, keep: bool) -> tuple[bytes, int]:
+def take_usage(piece: bytes, keep: bool) -> tuple[bytes, Usage]:
     """Find the usage chunk (``"choices": []``) among the lines of an event stream;
-    return the lines (without it unless ``keep``) and its total tokens (0: none)."""
-    tokens = 0
+    return the lines (without it unless ``keep``) and its usage (zeros: none)."""
+    usage = NO_USAGE
     lines = piece.splitlines(keepends=True)
     kept = []
     for line in lines:
         if line.startswith(b"data: {") and b'"usage"' in line and (
             b'"choices": []' in line or b'"choices":[]' in line
         ):
-            tokens = usage_tokens(line[6:])
+            usage = usage_counts(line[6:])
             if not keep:
                 continue
         kept.append(line)
-    return (piece if len(kept) == len(lines) else b"".join(kept)), tokens
+    return (piece if len(kept) == len(lines) else b"".join(kept)), usage
 
 
 def usage_tokens(payload: bytes) -> int:
@@ -173,3 +187,19 @@ def usage_tokens(payload: bytes) -> int:
         return int(usage.get("total_tokens", 0))
     except (ValueError, AttributeError, TypeError):
         return 0
+
+
+def usage_counts(payload: bytes) -> Usage:
+    """The :class:`Usage` of a response body or stream chunk (zeros without one), read
+    as :func:`usage_tokens` reads the total."""
+    at = payload.rfind(b'"usage"')
+    if at >= 0:
+        total = _USAGE_TOTAL.match(payload, at)
+        prompt = _USAGE_PROMPT.match(payload, at)
+        if total is not None and prompt is not None:
+            return Usage(int(total.group(1)), int(prompt.group(1)))
+    try:
+        usage = json.loads(payload).get("usage") or {}
+        return Usage(int(usage.get("total_tokens", 0)), int(usage.get("prompt_tokens", 0)))
+    except (ValueError, AttributeError, TypeError):
+        return NO_USAGE

@@ -33,7 +33,12 @@ approximate:
   the engine's KV events (``events``, :mod:`saga.gateway.kv_events`) a match is cut to
   what the engine still holds of the workflow that sent those blocks (its cached chain
   from the start, converted from engine tokens to the gateway's estimate by the ratio
-  seen on finished calls); ``prefix_lookups`` counts how far the estimate strayed;
+  seen on finished calls); ``prefix_lookups`` counts how far the estimate strayed. With
+  the gateway's learned token scale (``scale``, :class:`saga.wire.token_scale.TokenScale`:
+  ``GatewayConfig.learn_token_scale``) the index reports blocks in the engine's count
+  (its text blocks times the scale, so that they compare with the calls' scaled prompt
+  tokens and the engine's KV capacity), bounds itself to the text the engine's capacity
+  holds, and compares a match with the engine's events as they are;
 * ``pins``: the pins the policy asked for (:meth:`~RemoteReplicaView.note_retention`),
   with their expiry on the gateway's clock; a pin goes when the workflow's next call
   starts here, when it is unpinned, or (swept at the next retention decision) when it
@@ -65,6 +70,7 @@ from saga.engine.kvcache import Run
 from saga.gateway.kv_events import KVIndex
 from saga.sched.decisions import Retention
 from saga.sched.view import CallInfo
+from saga.wire.token_scale import TokenScale
 
 
 class GatewayCall:
@@ -86,14 +92,17 @@ class GatewayCall:
 
     def __init__(
         self, info: CallInfo, output_tokens: int, block_tokens: int, seq: int, now: float,
+        scale: float = 1.0,
     ) -> None:
         self.info = info
         self.workflow = info.workflow
         self.call_id = info.call_id
         self.tenant = info.tenant
         self.runs = info.runs
-        # A prompt is at least as long as its keyed blocks (as the engine model counts).
-        self.prompt_tokens = max(info.prompt_tokens, sum(r[2] for r in info.runs) * block_tokens)
+        # A prompt is at least as long as its keyed blocks (as the engine model counts; in
+        # the engine's tokens: the text blocks times the gateway's learned ``scale``).
+        keyed = int(sum(r[2] for r in info.runs) * block_tokens * scale)
+        self.prompt_tokens = max(info.prompt_tokens, keyed)
         self.output_tokens = output_tokens  # the call's max_tokens
         self.block_tokens = block_tokens
         #: The engine's prompt plus output tokens once the call has finished (0 before).
@@ -153,23 +162,38 @@ class ApproxPrefixIndex:
         self.events: KVIndex | None = None
         #: Gateway-estimated tokens per engine token, from finished calls (EWMA).
         self.token_ratio = 1.0
+        #: The gateway's learned engine tokens per estimated token (None: off): the index
+        #: then counts in engine blocks (see the module doc).
+        self.scale: TokenScale | None = None
         #: Matches cut by events: [lookups, blocks the estimate said, blocks kept].
         self.lookups = [0, 0, 0]
         self._blocks: OrderedDict[tuple[str, int], str | None] = OrderedDict()
 
+    def _engine_blocks(self, text_blocks: int) -> int:
+        """``text_blocks`` of the gateway's text blocks in engine blocks."""
+        if self.scale is None:
+            return text_blocks
+        return int(text_blocks * self.scale.factor)
+
+    def _bound(self) -> int:
+        """Text blocks the index keeps: those the engine's capacity holds."""
+        if self.scale is None:
+            return self.capacity
+        return max(1, int(self.capacity / self.scale.factor))
+
     @property
     def used_blocks(self) -> int:
-        return len(self._blocks)
+        return min(self.capacity, self._engine_blocks(len(self._blocks)))
 
     @property
     def cached_blocks(self) -> int:
         """Blocks indexed, as the engine's ``KVCache.cached_blocks`` (placement reads it of
         a host tier to skip matching an empty one)."""
-        return len(self._blocks)
+        return self.used_blocks
 
     @property
     def free_blocks(self) -> int:
-        return self.capacity - len(self._blocks)
+        return self.capacity - self.used_blocks
 
     @property
     def available_blocks(self) -> int:
@@ -189,13 +213,15 @@ class ApproxPrefixIndex:
         """Blocks of ``runs``' prefix that were sent to this replica and not aged out (and,
         with events, that the engine still holds). ``record``: count the lookup in
         :attr:`lookups` (the placement's lookups are; the view's own are not)."""
-        estimate = self._estimate(runs)
+        text_blocks = self._estimate(runs)
+        estimate = self._engine_blocks(text_blocks)
         if self.events is None or estimate == 0:
             return estimate
-        owner = self.owner(runs, estimate - 1)
+        owner = self.owner(runs, text_blocks - 1)
         if owner is None:
             return estimate
-        held = int(self.events.session_prefix_blocks(owner) * self.token_ratio)
+        engine = self.events.session_prefix_blocks(owner)
+        held = engine if self.scale is not None else int(engine * self.token_ratio)
         matched = min(estimate, held)
         if record:
             stats = self.lookups
@@ -227,7 +253,8 @@ class ApproxPrefixIndex:
                         blocks[key] = owner
                 else:
                     blocks[key] = owner
-        while len(blocks) > self.capacity:
+        bound = self._bound()
+        while len(blocks) > bound:
             blocks.popitem(last=False)
 
     def owner(self, runs: Sequence[Run], block: int) -> str | None:
@@ -285,6 +312,13 @@ class RemoteReplicaView:
 
     def cached_blocks_for(self, runs: Sequence[Run]) -> int:
         return self.kv.match_blocks(runs)
+
+    def use_token_scale(self, scale: TokenScale) -> None:
+        """Count blocks in the engine's tokens by the gateway's learned ``scale`` (both
+        tiers; see the module doc)."""
+        self.kv.scale = scale
+        if self.host is not None:
+            self.host.scale = scale
 
     @property
     def events(self) -> KVIndex | None:

@@ -346,17 +346,19 @@ def simulate(
 
 def simulate_deployed(
     workflows: Sequence[Workflow], cluster: str, policy: str, *, stock_engine: bool = False,
-    estimates: Mapping[tuple[str, str], int] | None = None,
+    estimates: Mapping[tuple[str, str], int] | None = None, learn_token_scale: bool = True,
 ) -> SimResult:
     """The simulation of ``policy`` as deployed. ``stock_engine``: the policy's gateway in
     front of stock vLLM (saga.sched.stock), as ``saga bench real`` deploys every policy but
     ``saga``; ``estimates``: the prompt lengths the gateway gives the policy
-    (:func:`gateway_estimates`, saga.sched.estimated)."""
+    (:func:`gateway_estimates`, saga.sched.estimated), scaled by the ratio the gateway
+    learns from the answers when ``learn_token_scale`` (the gateway's setting of that
+    name, on by default)."""
     built = build_policy(policy)
     if stock_engine:
         built = on_stock_vllm(built)
     if estimates is not None:
-        built = with_prompt_estimates(built, estimates)
+        built = with_prompt_estimates(built, estimates, learn_token_scale)
     return Simulation(get_cluster(cluster), built, workflows).run()
 
 

@@ -11,6 +11,12 @@ its gateway-side hooks (``on_call_ready``, ``place``, ``on_call_finished``) get 
 estimate; the engine-side hooks (queue order, retention, eviction, read through the
 engine's own view of a request) keep the engine's counts, as a scheduler inside the engine
 has them.
+
+The gateway learns the ratio of the engine's prompt tokens to its estimates from the answers
+(``usage.prompt_tokens``: :class:`saga.wire.token_scale.TokenScale`, the gateway's
+``learn_token_scale``, on by default) and scales its next estimates by it; ``learn_scale``
+models that here: each call's estimate is scaled by the ratio of the calls finished before
+it was ready (the engine's count of a finished call is what its answer said).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from collections.abc import Mapping
 
 from saga.sched.policy import CallInfo, Policy
 from saga.sched.wrapped import WrappedPolicy
+from saga.wire.token_scale import TokenScale
 
 #: (workflow id, call id) -> the prompt tokens the gateway estimates for that call
 Estimates = Mapping[tuple[str, str], int]
@@ -28,16 +35,27 @@ Estimates = Mapping[tuple[str, str], int]
 class PromptEstimates(WrappedPolicy):
     """``inner`` with the gateway's prompt estimates in its gateway-side hooks."""
 
-    def __init__(self, inner: Policy, estimates: Estimates) -> None:
+    def __init__(self, inner: Policy, estimates: Estimates, learn_scale: bool = False) -> None:
         super().__init__(inner)
         self.estimates = estimates
+        self.scale = TokenScale() if learn_scale else None
+        # the prompt tokens each call in flight was given when it was ready: the gateway
+        # makes a call's CallInfo once, so its later hooks see the same count
+        self._given: dict[tuple[str, str], int] = {}
 
     def _seen(self, call: CallInfo) -> CallInfo:
         """``call`` as the gateway saw it (unchanged if no estimate is known for it)."""
-        estimate = self.estimates.get((call.workflow, call.call_id))
-        if estimate is None or estimate == call.prompt_tokens:
+        key = (call.workflow, call.call_id)
+        given = self._given.get(key)
+        if given is None:
+            estimate = self.estimates.get(key)
+            if estimate is None:
+                return call
+            given = self.scale.tokens(estimate) if self.scale is not None else estimate
+            self._given[key] = given
+        if given == call.prompt_tokens:
             return call
-        return dataclasses.replace(call, prompt_tokens=estimate)
+        return dataclasses.replace(call, prompt_tokens=given)
 
     # ---- the gateway's hooks: the estimate -------------------------------------------------
     def on_call_ready(self, call: CallInfo, now: float) -> None:
@@ -47,17 +65,25 @@ class PromptEstimates(WrappedPolicy):
         return self.inner.place(self._seen(call), now)
 
     def on_call_finished(self, call: CallInfo, replica: int, now: float) -> None:
-        self.inner.on_call_finished(self._seen(call), replica, now)
+        seen = self._seen(call)
+        key = (call.workflow, call.call_id)
+        self._given.pop(key, None)
+        estimate = self.estimates.get(key)
+        if self.scale is not None and estimate is not None:  # the answer's usage count
+            self.scale.observe(estimate, call.prompt_tokens)
+        self.inner.on_call_finished(seen, replica, now)
 
     # everything else: the wrapped policy's, unchanged (WrappedPolicy)
 
 
-def with_prompt_estimates(inner: Policy, estimates: Estimates) -> Policy:
-    """``inner`` seeing the gateway's ``estimates``, named as ``inner`` (a class per
-    wrapped policy: the engine reads ``static_order`` and the simulator ``name`` from
-    the class)."""
+def with_prompt_estimates(
+    inner: Policy, estimates: Estimates, learn_scale: bool = False,
+) -> Policy:
+    """``inner`` seeing the gateway's ``estimates`` (scaled as the gateway learns to when
+    ``learn_scale``), named as ``inner`` (a class per wrapped policy: the engine reads
+    ``static_order`` and the simulator ``name`` from the class)."""
     cls = type(f"Estimated_{type(inner).__name__}", (PromptEstimates,),
                {"name": inner.name, "static_order": inner.static_order,
                 "offline": inner.offline})
-    policy: Policy = cls(inner, estimates)
+    policy: Policy = cls(inner, estimates, learn_scale)
     return policy

@@ -6,6 +6,8 @@ configurations, not forks of the code.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
@@ -328,6 +330,19 @@ class SagaConfig(BaseModel):
         "workflows) once in the memory gate's working set, as the prefix cache holds it, "
         "instead of once per workflow that uses it. False: once per workflow (the gate "
         "before 2026-12-06).",
+    )
+    # "next" (docs/saga.md, "Growth in the working set"): on the real memory-bound vLLM case
+    # the gate admitted on current contexts a set that outgrew the KV a call later; "rest"
+    # helped there more but held long Claude Code sessions at the door (their remaining
+    # growth is most of a window), "next" left those unchanged.
+    gate_growth: Literal["none", "next", "rest"] = Field(
+        "next",
+        description="Expected context growth the memory gate counts beside each admitted "
+        "workflow's current context (its call's prompt and output): none; next, the growth "
+        "to its next call (the Agent Execution Graph's mean prompt growth at its node, at "
+        "most its expected remaining tokens); rest, its expected remaining tokens over the "
+        "rest of its run. An agent's context grows call by call, so a gate counting current "
+        "contexts alone admits a set that outgrows the KV a call later.",
     )
     gate_work_conserving: bool = Field(
         False,

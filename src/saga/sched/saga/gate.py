@@ -13,10 +13,13 @@ Work then waits at the door instead of thrashing inside, which is the point of
 scheduling the workflow rather than the call.
 
 A workflow's working set is its current context (prompt plus output of its last
-call); a workflow that has not yet called counts as the running mean context of
-its agent type at first call (a prior until one is seen), learned per tenant. A
-shared prompt prefix (an agent's system prompt and tool schemas) is held once by the
-prefix cache however many workflows use it, so the working set counts it once
+call) and, by default, the growth its next call is expected to append (``gate_growth``:
+:func:`counted_growth`; an agent's context grows call by call, so a set admitted on
+current contexts alone outgrows the KV a call later); a workflow that has not yet called
+counts as the running mean context of its agent type at first call (a prior until one is
+seen), learned per tenant. A shared prompt prefix (an agent's system prompt and tool
+schemas) is held once by the prefix cache however many workflows use it, so the working
+set counts it once
 (:class:`SharedPrefixes`), not once per workflow. The simulator names such prefixes
 (runs in an ``s:`` namespace); the gateway does not need to: its runs are blocks named by
 a hash chained over the whole prefix (``saga.wire.prefix``), so two prompts share exactly
@@ -34,6 +37,7 @@ from saga.core.blocks import NamespacedRun
 from saga.sched.decisions import ADMIT, Admission
 from saga.sched.policy import CallInfo, PolicyContext, WorkflowInfo
 from saga.sched.saga.config import SagaConfig
+from saga.sched.saga.graph import AgentGraph
 
 if TYPE_CHECKING:
     from saga.sched.view import ReplicaView
@@ -45,6 +49,19 @@ AgentKey = tuple[str, str]
 
 def agent_key(item: WorkflowInfo | CallInfo) -> AgentKey:
     return (item.tenant, item.agent)
+
+
+def counted_growth(graph: AgentGraph, node: str, mode: str) -> float:
+    """The context growth the gate counts beside a workflow's current context once its
+    call at ``node`` is ready (``SagaConfig.gate_growth``): none; ``next``, the graph's
+    mean prompt growth at ``node`` (what its next call appends), at most its expected
+    remaining tokens (an ending workflow grows no more); ``rest``, those remaining tokens."""
+    if mode == "none":
+        return 0.0
+    _, tokens_left = graph.remaining(node)
+    if mode == "rest":
+        return tokens_left
+    return min(tokens_left, graph.growth_tokens(node))
 
 
 def memory_gate(ctx: PolicyContext, config: SagaConfig) -> MemoryGate:
