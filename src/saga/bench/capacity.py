@@ -25,6 +25,13 @@ the window ends, the probe offered fewer workflows than the rate calls for: a fa
 is still a failure, but a success is only a lower bound, so the search stops growing and
 reports the capacity as "at least" (``limited``).
 
+A failing probe stops early, with the verdict the full run would give: its seeds run one
+after the other, and each run halts at the instant enough judged workflows have certainly
+missed (not finished by their arrival plus 2x their TCT alone, or rejected) that the pooled
+share can no longer reach the target (:mod:`saga.bench.early_verdict`); the seeds after it
+need not run. A stopped probe's attainment is then an upper bound (``stopped``); a served
+probe always runs to its end, and its attainment is exact.
+
 Every rate re-times the same pool (:func:`saga.bench.workloads.retime`): a higher rate
 offers a longer prefix of the same workflows in the same order, their isolated TCTs computed
 once.
@@ -38,6 +45,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from dataclasses import dataclass, field
 
+from saga.bench.early_verdict import MissWatch, decisive_misses
 from saga.bench.scenario import Scenario, WorkloadSpec
 from saga.bench.workloads import build_spec, retime
 from saga.core.workflow import Workflow
@@ -66,6 +74,9 @@ class CapacityPoint:
     judged: int = 0  # workflows judged, over all seeds (arrived after the warm-up)
     offered: int = 0  # workflows offered, over all seeds (arrived within the window)
     limited: bool = False  # a seed's pool ran out before the window ended
+    #: the probe stopped once its failure was certain (early_verdict): ``attainment`` and
+    #: ``per_seed`` are then upper bounds, and ``per_seed`` lacks the seeds it needed not run
+    stopped: bool = False
 
 
 class CapacitySearch:
@@ -178,19 +189,68 @@ class CapacityCase:
 
 
 # ---- jobs run in worker processes ----------------------------------------------------------
-AttainmentJob = tuple[ClusterSpec, str, list[Workflow], int, dict[str, float], float, float]
+@dataclass(frozen=True)
+class ProbeJob:
+    """One policy at one rate on every seed's re-timed workflows (in the seeds' order)."""
+
+    cluster: ClusterSpec
+    policy: str
+    seeds: list[tuple[int, list[Workflow]]]
+    isolated: dict[int, dict[str, float]]  # per seed: workflow -> TCT alone
+    slowdown: float
+    warmup: float  # workflows arriving earlier are not judged
+    target: float
 
 
-def met_service_level(job: AttainmentJob) -> tuple[int, int, float]:
-    """(workflows meeting the level, workflows judged, wall seconds) for one policy on one
-    seed's re-timed workflows; only those arriving at or after the warm-up are judged. An
-    unfinished or rejected workflow misses."""
-    cluster, policy, workflows, seed, isolated, slowdown, warmup = job
-    started = time.perf_counter()
-    result = Simulation(cluster, build_policy(policy), workflows, seed=seed).run()
-    judged = [w for w in result.workflows if w.arrival >= warmup]
-    met = sum(1 for w in judged if met_level(w, isolated[w.workflow], slowdown))
-    return met, len(judged), time.perf_counter() - started
+@dataclass(frozen=True)
+class SeedOutcome:
+    """A seed's part of a probe: ``met`` is exact when the run went to its end, an upper
+    bound (judged minus the certain misses) when it stopped early, and ``judged`` when the
+    seed never ran because the earlier seeds had decided the verdict."""
+
+    met: int
+    judged: int
+    state: str  # "ran" | "stopped" | "skipped"
+    seconds: float = 0.0  # wall
+
+
+def judged_of(workflows: Sequence[Workflow], warmup: float) -> list[Workflow]:
+    """The workflows a probe judges: those arriving at or after the warm-up."""
+    return [w for w in workflows if w.arrival >= warmup]
+
+
+def probe(job: ProbeJob) -> dict[int, SeedOutcome]:
+    """Run the probe's seeds one after the other, each stopped at the instant the pooled
+    verdict becomes certain (early_verdict); the seeds after that one are not run. A
+    workflow that did not finish, or was rejected, misses. The verdict (met over judged,
+    pooled, against the target) is the one the full runs would give."""
+    judged = {seed: judged_of(workflows, job.warmup) for seed, workflows in job.seeds}
+    decisive = decisive_misses(sum(len(j) for j in judged.values()), job.target)
+    missed = 0
+    out: dict[int, SeedOutcome] = {}
+    for seed, workflows in job.seeds:
+        count = len(judged[seed])
+        limit = None if decisive is None else decisive - missed
+        if limit is not None and limit < 1:
+            out[seed] = SeedOutcome(count, count, "skipped")
+            continue
+        started = time.perf_counter()
+        alone = job.isolated[seed]
+        watch = None if limit is None else MissWatch(
+            {w.id: alone[w.id] for w in judged[seed]}, job.slowdown, limit
+        )
+        result = Simulation(
+            job.cluster, build_policy(job.policy), workflows, seed=seed, watch=watch
+        ).run()
+        seconds = time.perf_counter() - started
+        if watch is not None and watch.halted_at is not None:
+            out[seed] = SeedOutcome(count - watch.missed, count, "stopped", seconds)
+        else:
+            met = sum(1 for w in result.workflows
+                      if w.arrival >= job.warmup and met_level(w, alone[w.workflow], job.slowdown))
+            out[seed] = SeedOutcome(met, count, "ran", seconds)
+        missed += count - out[seed].met
+    return out
 
 
 def offered(pool: Sequence[Workflow], rate: float, seed: int, window: float
@@ -287,10 +347,8 @@ def capacity_on(
     # Each policy's search moves on as soon as its own probe is in, not once every policy's
     # probe of the round is: no core waits for the round's slowest simulation. The searches
     # are independent, so each probes the same rates as in lockstep rounds.
-    running: dict[Future[tuple[int, int, float]], tuple[str, float, int]] = {}
-    probe = dict.fromkeys(searches, 0)  # probes started per policy
-    results: dict[tuple[str, float], dict[int, tuple[int, int, float]]] = {}
-    offers: dict[tuple[str, float], tuple[bool, int]] = {}  # (limited, workflows offered)
+    running: dict[Future[dict[int, SeedOutcome]], tuple[str, float, bool, int]] = {}
+    probe_count = dict.fromkeys(searches, 0)  # probes started per policy
     found: list[tuple[int, int, CapacityPoint]] = []  # (probe, policy order, point)
 
     def submit(policy: str) -> None:
@@ -299,14 +357,14 @@ def capacity_on(
             return
         limited = False
         size = 0
+        seeds: list[tuple[int, list[Workflow]]] = []
         for seed in per_seed:
             kept, ran_out = offered(per_seed[seed], rate, seed, case.window)
             limited, size = limited or ran_out, size + len(kept)
-            job = (cluster, policy, kept, seed, isolated[seed], slowdown, case.warmup)
-            running[pool.submit(met_service_level, job)] = (policy, rate, seed)
-        offers[policy, rate] = (limited, size)
-        results[policy, rate] = {}
-        probe[policy] += 1
+            seeds.append((seed, kept))
+        job = ProbeJob(cluster, policy, seeds, isolated, slowdown, case.warmup, target)
+        running[pool.submit(probe, job)] = (policy, rate, limited, size)
+        probe_count[policy] += 1
         say(f"{title}: probing {policy} at {rate:.4g} wf/s on {len(per_seed)} seeds")
 
     order = {p: i for i, p in enumerate(searches)}
@@ -315,27 +373,25 @@ def capacity_on(
     while running:
         done, _ = wait(running, return_when=FIRST_COMPLETED)
         for future in sorted(done, key=lambda f: order[running[f][0]]):
-            policy, rate, seed = running.pop(future)
-            outcomes = results[policy, rate]
-            outcomes[seed] = future.result()
-            if len(outcomes) < len(per_seed):
-                continue
-            met = total = 0
-            shares: dict[int, float] = {}
-            wall = 0.0
-            for seed in per_seed:  # pooled in the seeds' order, as the summary shows them
-                seed_met, seed_total, seconds = outcomes[seed]
-                met, total, wall = met + seed_met, total + seed_total, wall + seconds
-                shares[seed] = seed_met / seed_total if seed_total else 1.0
+            policy, rate, limited, size = running.pop(future)
+            outcomes = future.result()
+            # pooled in the seeds' order, as the summary shows them
+            met = sum(o.met for o in outcomes.values())
+            total = sum(o.judged for o in outcomes.values())
+            wall = sum(o.seconds for o in outcomes.values())
+            shares = {seed: o.met / o.judged if o.judged else 1.0
+                      for seed, o in outcomes.items() if o.state != "skipped"}
             # no workflow arrived after the warm-up (a very low rate): nothing missed
             share = met / total if total else 1.0
-            limited, size = offers[policy, rate]
+            stopped = any(o.state != "ran" for o in outcomes.values())
             served = searches[policy].record(rate, share, limited)
-            point = CapacityPoint(policy, rate, share, served, shares, total, size, limited)
-            found.append((probe[policy], order[policy], point))
+            point = CapacityPoint(policy, rate, share, served, shares, total, size, limited,
+                                  stopped)
+            found.append((probe_count[policy], order[policy], point))
             say(
-                f"{title}: {policy} at {rate:.4g} wf/s: {100 * share:.0f} % of {total} within "
-                f"{slowdown:g}x ({'served' if served else 'not served'}) done in {wall:.1f} s"
+                f"{title}: {policy} at {rate:.4g} wf/s: {'at most ' if stopped else ''}"
+                f"{100 * share:.0f} % of {total} within {slowdown:g}x "
+                f"({'served' if served else 'not served'}) done in {wall:.1f} s"
             )
             submit(policy)
     # the points in the order of lockstep rounds: every policy's first probe, then seconds...

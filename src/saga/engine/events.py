@@ -4,7 +4,8 @@ The counter breaks ties in scheduling order, so a run is deterministic. Time onl
 moves forward; scheduling into the past is a bug and raises. *Background* events
 (:meth:`EventLoop.at_background`) run in order like the others but do not keep the loop
 alive: once only background events remain, the run is over (a gateway's idle-timeout
-sweep, say, happens only while something else still does).
+sweep, say, happens only while something else still does). :meth:`EventLoop.halt` ends a
+run early: what was pending never runs.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class EventLoop:
         self._seq = 0
         self.events_run = 0
         self._background: set[int] = set()  # seqs of the background events pending
+        self.halted = False  # halt() ended the run before its events ran out
 
     def at(self, time: float, callback: Callback, arg: Any = None) -> None:
         """Run ``callback(arg)`` at ``time`` (not before ``now``)."""
@@ -58,6 +60,13 @@ class EventLoop:
             self.events_run += 1
             if on_event is not None and not self.events_run & 1023:
                 on_event()
+
+    def halt(self) -> None:
+        """End the run after the current event: every pending event is dropped. It costs
+        the loop nothing per event (the heap simply runs dry)."""
+        self._heap.clear()
+        self._background.clear()
+        self.halted = True
 
     def pending(self) -> int:
         """Events still to run that keep the loop alive (background ones are not counted)."""
