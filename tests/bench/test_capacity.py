@@ -240,3 +240,26 @@ def test_the_quick_capacity_search_takes_llmd_dynamo_and_the_gated_routers() -> 
     assert {"saga", "vllm-affinity", "sglang", "llm-d", "dynamo", "sglang+gate",
             "vllm-affinity+gate", "vllm-least-loaded+gate", "throughput+gate", "llm-d+gate",
             "dynamo+gate"} == quick
+
+
+def test_workloads_searched_together_find_what_each_finds_alone() -> None:
+    """run_searches shares the pool between workloads: every case's points and capacities
+    are those of its search alone."""
+    from saga.bench.capacity import CaseSearches, run_searches
+
+    cluster = serial_replica()
+    kwargs = dict(start=1.0, slowdown=SLOWDOWN, target=0.9, tolerance=0.05, window_tcts=None,
+                  warmup_tcts=0.0, say=lambda _: None)
+    seeds = [{0: pair(0), 1: pair(1)}, {2: pair(2)}]
+    policies = ["vllm-rr", "vllm-least-loaded"]
+    with ThreadPoolExecutor(2) as pool:
+        together = run_searches(
+            [CaseSearches(cluster, s, policies, **kwargs) for s in seeds], pool  # type: ignore[arg-type]
+        )
+        alone = [run_searches([CaseSearches(cluster, s, policies, **kwargs)], pool)[0]  # type: ignore[arg-type]
+                 for s in seeds]
+    assert len(together) == 2
+    for both, single in zip(together, alone, strict=True):
+        assert both.points == single.points and both.capacity == single.capacity
+        assert both.seeds == single.seeds
+    assert together[0].capacity != together[1].capacity  # two different answers

@@ -287,26 +287,37 @@ def measure_capacity(
     spec: Scenario, workload: WorkloadSpec, pool: Executor, say: Progress
 ) -> CapacityCase:
     """Every policy's goodput capacity on ``workload`` (see the module doc)."""
-    cluster = spec.cluster_for(workload)
-    window = cluster.cost_model().model.max_context
-    per_seed = {seed: build_spec(workload, seed, {}, window)[0] for seed in spec.seeds}
-    case = capacity_on(
-        cluster,
-        per_seed,
-        spec.policies,
-        start=start_rate(spec, workload),
-        slowdown=spec.goodput_slowdown,
-        target=spec.goodput_target,
-        tolerance=spec.capacity_tolerance,
-        window_tcts=spec.capacity_window,
-        warmup_tcts=spec.capacity_warmup,
-        pool=pool,
-        say=say,
-        title=workload.title,
-    )
-    case.source = workload.name or workload.trace or ""
-    case.params = workload.string_params()
-    return case
+    return measure_capacities(spec, [workload], pool, say)[0]
+
+
+def measure_capacities(
+    spec: Scenario, workloads: Sequence[WorkloadSpec], pool: Executor, say: Progress
+) -> list[CapacityCase]:
+    """Every policy's goodput capacity on each of ``workloads``, all their searches sharing
+    the pool at once (one workload's last probes overlap the next one's first)."""
+    searches = []
+    for workload in workloads:
+        cluster = spec.cluster_for(workload)
+        window = cluster.cost_model().model.max_context
+        per_seed = {seed: build_spec(workload, seed, {}, window)[0] for seed in spec.seeds}
+        searches.append(CaseSearches(
+            cluster,
+            per_seed,
+            spec.policies,
+            start=start_rate(spec, workload),
+            slowdown=spec.goodput_slowdown,
+            target=spec.goodput_target,
+            tolerance=spec.capacity_tolerance,
+            window_tcts=spec.capacity_window,
+            warmup_tcts=spec.capacity_warmup,
+            say=say,
+            title=workload.title,
+        ))
+    cases = run_searches(searches, pool)
+    for case, workload in zip(cases, workloads, strict=True):
+        case.source = workload.name or workload.trace or ""
+        case.params = workload.string_params()
+    return cases
 
 
 def capacity_on(
@@ -324,81 +335,153 @@ def capacity_on(
     say: Progress,
     title: str = "",
 ) -> CapacityCase:
-    """The searches of every policy, each probe on every seed at once and each policy's
-    next probe submitted as soon as its last one is in, so the pool's workers stay busy.
-    ``window_tcts`` and ``warmup_tcts`` are in median TCTs alone (None: offer every
-    workflow of the pool)."""
-    started = time.perf_counter()
-    say(f"{title}: isolated TCTs of {sum(len(w) for w in per_seed.values())} workflows")
-    halves: list[tuple[ClusterSpec, list[Workflow]]] = []
-    for workflows in per_seed.values():  # every seed's two halves in one map: no wait between
-        half = (len(workflows) + 1) // 2
-        halves += [(cluster, workflows[:half]), (cluster, workflows[half:])]
-    parts = iter(pool.map(_isolated_job, halves))
-    isolated = {seed: {**next(parts), **next(parts)} for seed in per_seed}
-    median = median_alone(isolated)
-    case = CapacityCase(
-        title, cluster.name, cluster.replicas, list(per_seed),
-        min(len(w) for w in per_seed.values()),
-        window=math.inf if window_tcts is None else window_tcts * median,
-        warmup=warmup_tcts * median,
+    """The searches of every policy on one set of workflows per seed (:class:`CaseSearches`).
+    ``window_tcts`` and ``warmup_tcts`` are in median TCTs alone (None: offer every workflow
+    of the pool)."""
+    searches = CaseSearches(
+        cluster, per_seed, policies, start=start, slowdown=slowdown, target=target,
+        tolerance=tolerance, window_tcts=window_tcts, warmup_tcts=warmup_tcts, say=say,
+        title=title,
     )
-    searches = {p: CapacitySearch(start, target=target, tolerance=tolerance) for p in policies}
-    # Each policy's search moves on as soon as its own probe is in, not once every policy's
-    # probe of the round is: no core waits for the round's slowest simulation. The searches
-    # are independent, so each probes the same rates as in lockstep rounds.
-    running: dict[Future[dict[int, SeedOutcome]], tuple[str, float, bool, int]] = {}
-    probe_count = dict.fromkeys(searches, 0)  # probes started per policy
-    found: list[tuple[int, int, CapacityPoint]] = []  # (probe, policy order, point)
+    return run_searches([searches], pool)[0]
 
-    def submit(policy: str) -> None:
-        rate = searches[policy].next_rate()
+
+ProbeFuture = Future[dict[int, SeedOutcome]]
+
+
+class CaseSearches:
+    """The searches of every policy on one workload: its TCTs alone first, then each
+    policy's probes, its next one submitted as soon as its last one is in, so that no core
+    waits for a round's slowest simulation. The searches are independent: each probes the
+    same rates as in lockstep rounds, whatever order the probes finish in."""
+
+    def __init__(
+        self,
+        cluster: ClusterSpec,
+        per_seed: dict[int, list[Workflow]],
+        policies: Sequence[str],
+        *,
+        start: float,
+        slowdown: float,
+        target: float,
+        tolerance: float,
+        window_tcts: float | None,
+        warmup_tcts: float,
+        say: Progress,
+        title: str = "",
+    ) -> None:
+        self.cluster = cluster
+        self.per_seed = per_seed
+        self.slowdown = slowdown
+        self.target = target
+        self.window_tcts = window_tcts
+        self.warmup_tcts = warmup_tcts
+        self.say = say
+        self.title = title
+        self.searches = {
+            p: CapacitySearch(start, target=target, tolerance=tolerance) for p in policies
+        }
+        self.order = {p: i for i, p in enumerate(self.searches)}
+        self.probes = dict.fromkeys(self.searches, 0)  # probes started per policy
+        self.found: list[tuple[int, int, CapacityPoint]] = []  # (probe, policy order, point)
+        self.isolated: dict[int, dict[str, float]] = {}
+        self.case: CapacityCase | None = None
+        self.started = 0.0
+
+    def isolated_jobs(self, pool: Executor) -> list[Future[dict[str, float]]]:
+        """Submit the TCTs alone: every seed's two halves, none waiting for another."""
+        self.started = time.perf_counter()
+        count = sum(len(w) for w in self.per_seed.values())
+        self.say(f"{self.title}: isolated TCTs of {count} workflows")
+        jobs: list[Future[dict[str, float]]] = []
+        for workflows in self.per_seed.values():
+            half = (len(workflows) + 1) // 2
+            for part in (workflows[:half], workflows[half:]):
+                jobs.append(pool.submit(_isolated_job, (self.cluster, part)))
+        return jobs
+
+    def begin(self, isolated: list[dict[str, float]], pool: Executor,
+              running: dict[ProbeFuture, tuple[CaseSearches, str, float, bool, int]]) -> None:
+        """With the TCTs alone in (two halves per seed, in order), submit the first probes."""
+        parts = iter(isolated)
+        self.isolated = {seed: {**next(parts), **next(parts)} for seed in self.per_seed}
+        median = median_alone(self.isolated)
+        self.case = CapacityCase(
+            self.title, self.cluster.name, self.cluster.replicas, list(self.per_seed),
+            min(len(w) for w in self.per_seed.values()),
+            window=math.inf if self.window_tcts is None else self.window_tcts * median,
+            warmup=self.warmup_tcts * median,
+        )
+        for policy in self.searches:
+            self.submit(policy, pool, running)
+
+    def submit(self, policy: str, pool: Executor,
+               running: dict[ProbeFuture, tuple[CaseSearches, str, float, bool, int]]) -> None:
+        """Submit the policy's next probe, if its search is not done."""
+        assert self.case is not None
+        rate = self.searches[policy].next_rate()
         if rate is None:
             return
         limited = False
         size = 0
         seeds: list[tuple[int, list[Workflow]]] = []
-        for seed in per_seed:
-            kept, ran_out = offered(per_seed[seed], rate, seed, case.window)
+        for seed, workflows in self.per_seed.items():
+            kept, ran_out = offered(workflows, rate, seed, self.case.window)
             limited, size = limited or ran_out, size + len(kept)
             seeds.append((seed, kept))
-        job = ProbeJob(cluster, policy, seeds, isolated, slowdown, case.warmup, target)
-        running[pool.submit(probe, job)] = (policy, rate, limited, size)
-        probe_count[policy] += 1
-        say(f"{title}: probing {policy} at {rate:.4g} wf/s on {len(per_seed)} seeds")
+        job = ProbeJob(self.cluster, policy, seeds, self.isolated, self.slowdown,
+                       self.case.warmup, self.target)
+        running[pool.submit(probe, job)] = (self, policy, rate, limited, size)
+        self.probes[policy] += 1
+        self.say(f"{self.title}: probing {policy} at {rate:.4g} wf/s on "
+                 f"{len(self.per_seed)} seeds")
 
-    order = {p: i for i, p in enumerate(searches)}
-    for policy in searches:
-        submit(policy)
+    def record(self, policy: str, rate: float, limited: bool, size: int,
+               outcomes: dict[int, SeedOutcome]) -> None:
+        """A probe is in: pool its seeds' outcomes (in the seeds' order) into a point."""
+        met = sum(o.met for o in outcomes.values())
+        total = sum(o.judged for o in outcomes.values())
+        wall = sum(o.seconds for o in outcomes.values())
+        shares = {seed: o.met / o.judged if o.judged else 1.0
+                  for seed, o in outcomes.items() if o.state != "skipped"}
+        # no workflow arrived after the warm-up (a very low rate): nothing missed
+        share = met / total if total else 1.0
+        stopped = any(o.state != "ran" for o in outcomes.values())
+        served = self.searches[policy].record(rate, share, limited)
+        point = CapacityPoint(policy, rate, share, served, shares, total, size, limited, stopped)
+        self.found.append((self.probes[policy], self.order[policy], point))
+        self.say(
+            f"{self.title}: {policy} at {rate:.4g} wf/s: {'at most ' if stopped else ''}"
+            f"{100 * share:.0f} % of {total} within {self.slowdown:g}x "
+            f"({'served' if served else 'not served'}) done in {wall:.1f} s"
+        )
+
+    def finish(self) -> CapacityCase:
+        assert self.case is not None
+        case = self.case
+        # the points in the order of lockstep rounds: every policy's first probe, then seconds
+        case.points = [point for _, _, point in sorted(self.found, key=lambda f: f[:2])]
+        for policy, state in self.searches.items():
+            case.capacity[policy] = state.capacity
+            case.bracketed[policy] = state.bracketed
+            case.limited[policy] = state.limited
+        case.wall_seconds = time.perf_counter() - self.started
+        return case
+
+
+def run_searches(searches: Sequence[CaseSearches], pool: Executor) -> list[CapacityCase]:
+    """Run the searches of several workloads on one pool at once; their cases in order."""
+    isolated = [s.isolated_jobs(pool) for s in searches]  # every workload's, queued at once
+    running: dict[ProbeFuture, tuple[CaseSearches, str, float, bool, int]] = {}
+    for case_searches, jobs in zip(searches, isolated, strict=True):
+        case_searches.begin([job.result() for job in jobs], pool, running)
+    index = {id(s): i for i, s in enumerate(searches)}
     while running:
         done, _ = wait(running, return_when=FIRST_COMPLETED)
-        for future in sorted(done, key=lambda f: order[running[f][0]]):
-            policy, rate, limited, size = running.pop(future)
-            outcomes = future.result()
-            # pooled in the seeds' order, as the summary shows them
-            met = sum(o.met for o in outcomes.values())
-            total = sum(o.judged for o in outcomes.values())
-            wall = sum(o.seconds for o in outcomes.values())
-            shares = {seed: o.met / o.judged if o.judged else 1.0
-                      for seed, o in outcomes.items() if o.state != "skipped"}
-            # no workflow arrived after the warm-up (a very low rate): nothing missed
-            share = met / total if total else 1.0
-            stopped = any(o.state != "ran" for o in outcomes.values())
-            served = searches[policy].record(rate, share, limited)
-            point = CapacityPoint(policy, rate, share, served, shares, total, size, limited,
-                                  stopped)
-            found.append((probe_count[policy], order[policy], point))
-            say(
-                f"{title}: {policy} at {rate:.4g} wf/s: {'at most ' if stopped else ''}"
-                f"{100 * share:.0f} % of {total} within {slowdown:g}x "
-                f"({'served' if served else 'not served'}) done in {wall:.1f} s"
-            )
-            submit(policy)
-    # the points in the order of lockstep rounds: every policy's first probe, then seconds...
-    case.points = [point for _, _, point in sorted(found, key=lambda f: f[:2])]
-    for policy, state in searches.items():
-        case.capacity[policy] = state.capacity
-        case.bracketed[policy] = state.bracketed
-        case.limited[policy] = state.limited
-    case.wall_seconds = time.perf_counter() - started
-    return case
+        # those done together, in a fixed order (workload, then policy)
+        for future in sorted(done, key=lambda f: (index[id(running[f][0])],
+                                                  running[f][0].order[running[f][1]])):
+            case_searches, policy, rate, limited, size = running.pop(future)
+            case_searches.record(policy, rate, limited, size, future.result())
+            case_searches.submit(policy, pool, running)
+    return [s.finish() for s in searches]

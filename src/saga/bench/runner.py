@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 
-from saga.bench.capacity import CapacityCase, measure_capacity
+from saga.bench.capacity import CapacityCase, measure_capacities
 from saga.bench.scenario import Scenario, WorkloadSpec
 from saga.bench.workloads import build_spec
 from saga.core.workflow import Workflow
@@ -122,8 +122,7 @@ def run_scenario(
         elif spec.kind == "scale":
             _run_scale(spec, pool, result, say)
         elif spec.kind == "capacity":
-            for workload in spec.workloads:
-                result.capacity.append(measure_capacity(spec, workload, pool, say))
+            result.capacity.extend(measure_capacities(spec, spec.workloads, pool, say))
         else:
             _run_compare(spec, pool, result, say)
     result.wall_seconds = time.perf_counter() - started
