@@ -175,6 +175,7 @@ class CapacityCase:
     source: str = ""  # the registry workload (or trace file) the workflows came from
     params: dict[str, str] = field(default_factory=dict)  # its params, as given
     wall_seconds: float = 0.0
+    cpu_seconds: dict[str, float] = field(default_factory=dict)  # per policy, its probes'
 
     def ratios(self, reference: str) -> dict[str, float]:
         """capacity of ``reference`` over each other policy's (inf when theirs is 0)."""
@@ -212,6 +213,7 @@ class SeedOutcome:
     judged: int
     state: str  # "ran" | "stopped" | "skipped"
     seconds: float = 0.0  # wall
+    cpu_seconds: float = 0.0  # the worker's CPU time (what the run costs, whatever the load)
 
 
 def judged_of(workflows: Sequence[Workflow], warmup: float) -> list[Workflow]:
@@ -234,7 +236,7 @@ def probe(job: ProbeJob) -> dict[int, SeedOutcome]:
         if limit is not None and limit < 1:
             out[seed] = SeedOutcome(count, count, "skipped")
             continue
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         alone = job.isolated[seed]
         watch = None if limit is None else MissWatch(
             {w.id: alone[w.id] for w in judged[seed]}, job.slowdown, limit
@@ -242,13 +244,13 @@ def probe(job: ProbeJob) -> dict[int, SeedOutcome]:
         result = Simulation(
             job.cluster, build_policy(job.policy), workflows, seed=seed, watch=watch
         ).run()
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
         if watch is not None and watch.halted_at is not None:
-            out[seed] = SeedOutcome(count - watch.missed, count, "stopped", seconds)
+            out[seed] = SeedOutcome(count - watch.missed, count, "stopped", seconds, cpu)
         else:
             met = sum(1 for w in result.workflows
                       if w.arrival >= job.warmup and met_level(w, alone[w.workflow], job.slowdown))
-            out[seed] = SeedOutcome(met, count, "ran", seconds)
+            out[seed] = SeedOutcome(met, count, "ran", seconds, cpu)
         missed += count - out[seed].met
     return out
 
@@ -442,18 +444,22 @@ class CaseSearches:
         met = sum(o.met for o in outcomes.values())
         total = sum(o.judged for o in outcomes.values())
         wall = sum(o.seconds for o in outcomes.values())
+        cpu = sum(o.cpu_seconds for o in outcomes.values())
         shares = {seed: o.met / o.judged if o.judged else 1.0
                   for seed, o in outcomes.items() if o.state != "skipped"}
         # no workflow arrived after the warm-up (a very low rate): nothing missed
         share = met / total if total else 1.0
         stopped = any(o.state != "ran" for o in outcomes.values())
         served = self.searches[policy].record(rate, share, limited)
+        assert self.case is not None
+        self.case.cpu_seconds[policy] = self.case.cpu_seconds.get(policy, 0.0) + cpu
         point = CapacityPoint(policy, rate, share, served, shares, total, size, limited, stopped)
         self.found.append((self.probes[policy], self.order[policy], point))
         self.say(
             f"{self.title}: {policy} at {rate:.4g} wf/s: {'at most ' if stopped else ''}"
             f"{100 * share:.0f} % of {total} within {self.slowdown:g}x "
-            f"({'served' if served else 'not served'}) done in {wall:.1f} s"
+            f"({'served' if served else 'not served'}) done in {wall:.1f} s "
+            f"({cpu:.1f} CPU s)"
         )
 
     def finish(self) -> CapacityCase:

@@ -151,6 +151,7 @@ def capacity_dict(result: BenchResult) -> dict[str, Any]:
             "warmup_seconds": c.warmup,
             "points": [vars(p) for p in c.points],
             "wall_seconds": c.wall_seconds,
+            "cpu_seconds": c.cpu_seconds,  # per policy, its probes' (varies a little per run)
         }
         for c in result.capacity
     ]
