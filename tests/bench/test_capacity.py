@@ -109,12 +109,14 @@ def test_capacity_of_a_tiny_simulation_is_the_derived_threshold(
     decisive = 1 if target == 0.9 else 2  # misses of the 4 workflows that fail the target
     for p in case.points:
         # a failed probe stops at its decisive miss: its share is then an upper bound
-        assert p.stopped == (not p.served)
-        if p.served:  # ran to the end: the pooled share is the mean of the two seeds' shares
+        assert p.stopped or p.served
+        if not p.served:
+            assert p.attainment == (4 - decisive) / 4
+        elif not p.stopped:  # ran to the end: the pooled share is the mean of the seeds'
             assert p.attainment == pytest.approx(sum(p.per_seed.values()) / 2)
             assert set(p.per_seed.values()) <= {0.5, 1.0}
-        else:
-            assert p.attainment == (4 - decisive) / 4
+        else:  # served once enough met the level: at least the target
+            assert p.attainment >= target
 
 
 def test_capacity_ratios_name_the_reference_first() -> None:
@@ -169,9 +171,8 @@ def test_workflows_arriving_in_the_warmup_are_not_judged() -> None:
 
     def met_judged(warmup: float) -> tuple[int, int]:
         timed = retime(workflows, rate, 0)
-        # a target of 0: no number of misses decides, so the run goes to its end
         out = probe(ProbeJob(cluster, "vllm-rr", [(0, timed)], {0: alone}, SLOWDOWN, warmup,
-                             0.0))[0]
+                             0.9, early=False))[0]
         assert out.state == "ran"
         return out.met, out.judged
 

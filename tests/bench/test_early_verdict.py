@@ -8,7 +8,7 @@ import math
 import pytest
 
 from saga.bench.capacity import ProbeJob, judged_of, probe
-from saga.bench.early_verdict import MissWatch, decisive_misses, first_miss_instant
+from saga.bench.early_verdict import VerdictWatch, decisive_misses, first_miss_instant
 from saga.core.workflow import Call, Prompt, Workflow
 from saga.engine.cluster import ClusterSpec, get_cluster
 from saga.engine.events import EventLoop
@@ -78,15 +78,36 @@ def test_a_probe_stops_at_the_first_instant_its_failure_is_certain() -> None:
     assert [met_level(r, alone[r.workflow], SLOWDOWN) for r in full.workflows] == [
         True, False, False, False, False, False]
     for limit in range(1, 6):
-        watch = MissWatch(alone, SLOWDOWN, limit)
+        watch = VerdictWatch(alone, SLOWDOWN, misses=limit, meets=None)
         stopped = Simulation(cluster, build_policy("vllm-rr"), workflows, watch=watch).run()
         # the limit-th miss of the full run, at the instant it became certain
         assert watch.halted_at == miss_instants(full, alone)[limit - 1]
-        assert watch.missed == limit
+        assert watch.missed == limit and watch.verdict == "failed"
         # what ran before the halt is what the full run did: the policy saw nothing new
         assert stopped.calls == full.calls[: len(stopped.calls)]
         assert all(c in stopped.calls for c in full.calls if c.finished_at < watch.halted_at)
         assert stopped.end == watch.halted_at < full.end
+
+
+def test_a_probe_stops_at_the_finish_that_makes_it_served() -> None:
+    cluster = serial_replica()
+    workflows, alone = queue(5, 0.9)  # TCTs 1, 1.1, ..., 1.4 alone: every one meets 1.5x
+    full = Simulation(cluster, build_policy("vllm-rr"), workflows).run()
+    assert all(met_level(r, alone[r.workflow], SLOWDOWN) for r in full.workflows)
+    for meets in range(1, 6):
+        watch = VerdictWatch(alone, SLOWDOWN, misses=1, meets=meets)
+        stopped = Simulation(cluster, build_policy("vllm-rr"), workflows, watch=watch).run()
+        assert watch.verdict == "served" and watch.met == meets and watch.missed == 0
+        assert watch.halted_at == full.workflows[meets - 1].finished_at
+        assert stopped.calls == full.calls[:meets]
+
+
+def test_a_late_finish_is_a_miss_never_a_meet() -> None:
+    cluster = serial_replica()
+    workflows, alone = queue(6, 0.25)  # only w0 meets 1.5x
+    watch = VerdictWatch(alone, SLOWDOWN, misses=None, meets=2)
+    Simulation(cluster, build_policy("vllm-rr"), workflows, watch=watch).run()
+    assert watch.verdict == "" and watch.met == 1 and watch.halted_at is None
 
 
 def test_a_workflow_finishing_at_its_bound_is_not_a_miss() -> None:
@@ -100,7 +121,7 @@ def test_a_workflow_finishing_at_its_bound_is_not_a_miss() -> None:
     bound = tct / alone["w1"]
     while bound * alone["w1"] < tct:  # the smallest slowdown the finish meets
         bound = math.nextafter(bound, math.inf)
-    watch = MissWatch(alone, bound, 1)
+    watch = VerdictWatch(alone, bound, misses=1, meets=None)
     Simulation(cluster, build_policy("vllm-rr"), workflows, watch=watch).run()
     assert met_level(second, alone["w1"], bound)
     assert watch.halted_at is None and watch.missed == 0
@@ -110,7 +131,7 @@ def test_a_rejected_workflow_misses_when_it_is_rejected() -> None:
     cluster = serial_replica()
     workflows, alone = queue(3, 0.25)
     huge = workflow("huge", 0.01, blocks=10 * cluster.kv_capacity_blocks(BT))  # never fits
-    watch = MissWatch({**alone, "huge": 1.0}, SLOWDOWN, 1)
+    watch = VerdictWatch({**alone, "huge": 1.0}, SLOWDOWN, misses=1, meets=None)
     Simulation(cluster, build_policy("vllm-rr"), [*workflows, huge], watch=watch).run()
     assert watch.halted_at == 0.01
 
@@ -118,26 +139,32 @@ def test_a_rejected_workflow_misses_when_it_is_rejected() -> None:
 def test_an_unwatched_workflow_never_counts() -> None:
     cluster = serial_replica()
     workflows, alone = queue(6, 0.25)
-    watch = MissWatch({"w0": alone["w0"]}, SLOWDOWN, 1)  # only the one that meets
+    watch = VerdictWatch({"w0": alone["w0"]}, SLOWDOWN, misses=1, meets=None)  # it meets
     Simulation(cluster, build_policy("vllm-rr"), workflows, watch=watch).run()
     assert watch.halted_at is None and watch.missed == 0
 
 
 def test_the_watch_refuses_a_limit_below_one() -> None:
-    with pytest.raises(ValueError, match="limit"):
-        MissWatch({}, SLOWDOWN, 0)
+    with pytest.raises(ValueError, match="misses"):
+        VerdictWatch({}, SLOWDOWN, misses=0, meets=None)
+    with pytest.raises(ValueError, match="meets"):
+        VerdictWatch({}, SLOWDOWN, misses=None, meets=0)
 
 
 def test_the_event_loop_halt_drops_what_is_pending() -> None:
     loop = EventLoop()
     ran: list[float] = []
     loop.at(1.0, lambda _: ran.append(loop.now))
-    loop.at(2.0, lambda _: (ran.append(loop.now), loop.halt()))
+    # what the halting event still schedules is dropped too
+    loop.at(2.0, lambda _: (ran.append(loop.now), loop.halt(),
+                            loop.at(2.0, lambda _: ran.append(-4.0))))
     loop.at(2.0, lambda _: ran.append(-1.0))
     loop.at_background(2.5, lambda _: ran.append(-2.0))
     loop.at(3.0, lambda _: ran.append(-3.0))
     loop.run()
-    assert ran == [1.0, 2.0] and loop.halted and loop.pending() == 0 and loop.now == 2.0
+    assert ran == [1.0, 2.0] and loop.halted and loop.now == 2.0
+    loop.run()  # a halted loop never runs again
+    assert ran == [1.0, 2.0]
 
 
 # ---- the probe: seeds in order, the verdict of the full runs -----------------------------
@@ -152,7 +179,7 @@ def full_share(cluster: ClusterSpec, seeds: list[tuple[int, list[Workflow]]],
     return met / total
 
 
-@pytest.mark.parametrize("target", [0.2, 0.3, 0.5, 0.6, 0.9])
+@pytest.mark.parametrize("target", [0.2, 0.3, 0.375, 0.5, 0.6, 0.9])
 def test_a_probe_gives_the_verdict_of_the_full_runs(target: float) -> None:
     cluster = serial_replica()
     first, alone = queue(4, 0.25)  # 1 of 4 meets
@@ -167,16 +194,21 @@ def test_a_probe_gives_the_verdict_of_the_full_runs(target: float) -> None:
     met = sum(o.met for o in out.values())
     assert sum(o.judged for o in out.values()) == 8
     assert (met / 8 >= target) == (share >= target)
-    if share >= target:  # served: every seed ran to its end, the share is exact
-        assert [o.state for o in out.values()] == ["ran", "ran"] and met == 3
-    else:  # failed: stopped where the pooled verdict became certain
-        decisive = decisive_misses(8, target)
-        assert decisive is not None and 8 - met == decisive
-        # seed 0 misses 3: at 0.5 and 0.6 (decisive 5 and 4) seed 1 stops; at 0.9
-        # (decisive 1) seed 0 stops at its first miss and seed 1 never runs
-        expected = {0.5: ["ran", "stopped"], 0.6: ["ran", "stopped"],
-                    0.9: ["stopped", "skipped"]}[target]
-        assert [o.state for o in out.values()] == expected
+    decisive = decisive_misses(8, target)
+    assert decisive is not None
+    # seed 0 (1 meets, 3 miss) cannot decide alone but at 0.9; seed 1 stops at the meet
+    # (served) or miss (failed) that decides, unless it is the last of the four anyway
+    expected = {0.2: (["ran", "stopped"], 8 - decisive + 1),  # served at 2 meets
+                0.3: (["ran", "stopped"], 8 - decisive + 1),  # served at 3 meets
+                0.375: (["ran", "stopped"], 3),  # served at 3 meets: v1 finishes before v3
+                0.5: (["ran", "stopped"], 8 - decisive),  # failed at 5 misses
+                0.6: (["ran", "stopped"], 8 - decisive),  # failed at 4 misses
+                0.9: (["stopped", "skipped"], 8 - decisive)}[target]  # failed at 1 miss
+    assert ([o.state for o in out.values()], met) == expected
+    exact = probe(ProbeJob(cluster, "vllm-rr", seeds, isolated, SLOWDOWN, warmup, target,
+                           early=False))
+    assert [o.state for o in exact.values()] == ["ran", "ran"]
+    assert [o.met for o in exact.values()] == [1, 2]
 
 
 def test_a_probe_judges_only_arrivals_after_the_warmup() -> None:

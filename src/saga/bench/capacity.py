@@ -25,12 +25,13 @@ the window ends, the probe offered fewer workflows than the rate calls for: a fa
 is still a failure, but a success is only a lower bound, so the search stops growing and
 reports the capacity as "at least" (``limited``).
 
-A failing probe stops early, with the verdict the full run would give: its seeds run one
-after the other, and each run halts at the instant enough judged workflows have certainly
-missed (not finished by their arrival plus 2x their TCT alone, or rejected) that the pooled
-share can no longer reach the target (:mod:`saga.bench.early_verdict`); the seeds after it
-need not run. A stopped probe's attainment is then an upper bound (``stopped``); a served
-probe always runs to its end, and its attainment is exact.
+A probe stops as soon as its verdict is certain, with the verdict the full run would give:
+its seeds run one after the other, and each run halts at the instant enough judged workflows
+have certainly missed (not finished by their arrival plus 2x their TCT alone, or rejected)
+that the pooled share can no longer reach the target, or enough have met the level that it
+reaches it whatever the others do (:mod:`saga.bench.early_verdict`); the seeds after it need
+not run. A stopped probe's attainment is then a bound (``stopped``): at most the value on a
+failure, at least on a success. The capacities, brackets and verdicts are exact.
 
 Every rate re-times the same pool (:func:`saga.bench.workloads.retime`): a higher rate
 offers a longer prefix of the same workflows in the same order, their isolated TCTs computed
@@ -45,7 +46,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from dataclasses import dataclass, field
 
-from saga.bench.early_verdict import MissWatch, decisive_misses
+from saga.bench.early_verdict import VerdictWatch, decisive_misses
 from saga.bench.scenario import Scenario, WorkloadSpec
 from saga.bench.workloads import build_spec, retime
 from saga.core.workflow import Workflow
@@ -74,8 +75,9 @@ class CapacityPoint:
     judged: int = 0  # workflows judged, over all seeds (arrived after the warm-up)
     offered: int = 0  # workflows offered, over all seeds (arrived within the window)
     limited: bool = False  # a seed's pool ran out before the window ended
-    #: the probe stopped once its failure was certain (early_verdict): ``attainment`` and
-    #: ``per_seed`` are then upper bounds, and ``per_seed`` lacks the seeds it needed not run
+    #: the probe stopped once its verdict was certain (early_verdict): ``attainment`` and
+    #: ``per_seed`` are then bounds, at most if not served and at least if served, and
+    #: ``per_seed`` lacks the seeds it needed not run
     stopped: bool = False
 
 
@@ -201,13 +203,16 @@ class ProbeJob:
     slowdown: float
     warmup: float  # workflows arriving earlier are not judged
     target: float
+    early: bool = True  # stop once the verdict is certain (False: exact shares, for studies)
 
 
 @dataclass(frozen=True)
 class SeedOutcome:
-    """A seed's part of a probe: ``met`` is exact when the run went to its end, an upper
-    bound (judged minus the certain misses) when it stopped early, and ``judged`` when the
-    seed never ran because the earlier seeds had decided the verdict."""
+    """A seed's part of a probe. ``met`` is exact when the run went to its end ("ran");
+    when it stopped once the verdict was certain ("stopped"), or never ran because the
+    earlier seeds had decided it ("skipped"), ``met`` is a bound in the verdict's direction:
+    at most (judged less the certain misses, or all judged) on a failure, at least (those
+    that met the level so far, or none) on a success."""
 
     met: int
     judged: int
@@ -227,31 +232,41 @@ def probe(job: ProbeJob) -> dict[int, SeedOutcome]:
     workflow that did not finish, or was rejected, misses. The verdict (met over judged,
     pooled, against the target) is the one the full runs would give."""
     judged = {seed: judged_of(workflows, job.warmup) for seed, workflows in job.seeds}
-    decisive = decisive_misses(sum(len(j) for j in judged.values()), job.target)
-    missed = 0
+    total = sum(len(j) for j in judged.values())
+    decisive = decisive_misses(total, job.target)  # misses that fail the rate
+    needed = 0 if decisive is None else total - decisive + 1  # meets that serve it
+    missed = met = 0  # over the seeds run so far
     out: dict[int, SeedOutcome] = {}
     for seed, workflows in job.seeds:
         count = len(judged[seed])
-        limit = None if decisive is None else decisive - missed
-        if limit is not None and limit < 1:
-            out[seed] = SeedOutcome(count, count, "skipped")
+        if job.early and decisive is not None and missed >= decisive:
+            out[seed] = SeedOutcome(count, count, "skipped")  # failed: at most all meet
+            continue
+        if job.early and met >= needed:
+            out[seed] = SeedOutcome(0, count, "skipped")  # served: at least none meets
             continue
         started, cpu = time.perf_counter(), time.process_time()
         alone = job.isolated[seed]
-        watch = None if limit is None else MissWatch(
-            {w.id: alone[w.id] for w in judged[seed]}, job.slowdown, limit
+        watch = None if not job.early else VerdictWatch(
+            {w.id: alone[w.id] for w in judged[seed]}, job.slowdown,
+            misses=None if decisive is None else decisive - missed, meets=needed - met,
         )
         result = Simulation(
             job.cluster, build_policy(job.policy), workflows, seed=seed, watch=watch
         ).run()
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-        if watch is not None and watch.halted_at is not None:
-            out[seed] = SeedOutcome(count - watch.missed, count, "stopped", seconds, cpu)
+        if watch is not None and watch.verdict == "failed":
+            outcome = SeedOutcome(count - watch.missed, count, "stopped", seconds, cpu)
+            missed, met = missed + watch.missed, met + count - watch.missed
+        elif watch is not None and watch.verdict == "served":
+            outcome = SeedOutcome(watch.met, count, "stopped", seconds, cpu)
+            missed, met = missed + watch.missed, met + watch.met
         else:
-            met = sum(1 for w in result.workflows
-                      if w.arrival >= job.warmup and met_level(w, alone[w.workflow], job.slowdown))
-            out[seed] = SeedOutcome(met, count, "ran", seconds, cpu)
-        missed += count - out[seed].met
+            seed_met = sum(1 for w in result.workflows if w.arrival >= job.warmup
+                           and met_level(w, alone[w.workflow], job.slowdown))
+            outcome = SeedOutcome(seed_met, count, "ran", seconds, cpu)
+            missed, met = missed + count - seed_met, met + seed_met
+        out[seed] = outcome
     return out
 
 
@@ -456,7 +471,8 @@ class CaseSearches:
         point = CapacityPoint(policy, rate, share, served, shares, total, size, limited, stopped)
         self.found.append((self.probes[policy], self.order[policy], point))
         self.say(
-            f"{self.title}: {policy} at {rate:.4g} wf/s: {'at most ' if stopped else ''}"
+            f"{self.title}: {policy} at {rate:.4g} wf/s: "
+            f"{('at least ' if served else 'at most ') if stopped else ''}"
             f"{100 * share:.0f} % of {total} within {self.slowdown:g}x "
             f"({'served' if served else 'not served'}) done in {wall:.1f} s "
             f"({cpu:.1f} CPU s)"

@@ -581,18 +581,20 @@ def _capacity_plot(result: BenchResult, case: CapacityCase) -> tuple[str, str]:
                           markersize=3, linewidth=1, label=f"{name} ({capacity:.3g}/s)")
         if capacity > 0:
             ax.axvline(capacity, color=line.get_color(), linestyle=":", linewidth=1)
-        stopped = [(p.rate, 100 * p.attainment) for p in case.points
-                   if p.policy == name and p.stopped]
-        if stopped:  # stopped once failed: the share is at most this (a downward marker)
-            ax.plot(*zip(*stopped, strict=True), linestyle="none", marker="v",
-                    color=line.get_color(), markersize=5)
+        for served, marker in ((False, "v"), (True, "^")):
+            # a probe stopped once decided: its share is at most (failed) or at least (served)
+            bounds = [(p.rate, 100 * p.attainment) for p in case.points
+                      if p.policy == name and p.stopped and p.served == served]
+            if bounds:
+                ax.plot(*zip(*bounds, strict=True), linestyle="none", marker=marker,
+                        color=line.get_color(), markersize=5)
     ax.axhline(100 * target, color="grey", linestyle="--", linewidth=1)
     ax.set_xscale("log")
     ax.set_xlabel("Poisson arrival rate (workflows/s)")
     ax.set_ylabel(f"workflows within {result.scenario.goodput_slowdown:g}x alone (%)")
     ax.legend(fontsize=7)
-    title = (f"goodput attainment against rate, capacity dotted, triangles: at most (probe "
-             f"stopped once failed) ({case.workload}, {case.cluster})")
+    title = (f"goodput attainment against rate, capacity dotted; triangles: probes stopped "
+             f"once decided, down at most, up at least ({case.workload}, {case.cluster})")
     return title, _png(fig)
 
 

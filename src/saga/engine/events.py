@@ -45,6 +45,8 @@ class EventLoop:
 
     def run(self, until: float | None = None, on_event: Callable[[], None] | None = None) -> None:
         """Run events in time order until the heap is empty (or past ``until``)."""
+        if self.halted:
+            return
         heap = self._heap
         pop = heapq.heappop
         background = self._background
@@ -62,10 +64,12 @@ class EventLoop:
                 on_event()
 
     def halt(self) -> None:
-        """End the run after the current event: every pending event is dropped. It costs
-        the loop nothing per event (the heap simply runs dry)."""
+        """End the run after the current event: every pending event is dropped, and so is
+        what the current event still schedules (it goes to a heap no run reads: a halted
+        loop never runs again). It costs the loop nothing per event."""
         self._heap.clear()
         self._background.clear()
+        self._heap, self._background = [], set()
         self.halted = True
 
     def pending(self) -> int:

@@ -116,13 +116,15 @@ class SimResult:
 
 
 class RunWatch(Protocol):
-    """Sees each workflow's record when it arrives and when it is rejected, while the run
+    """Sees each workflow's record when it arrives, is rejected or finishes, while the run
     goes on; it may schedule events of its own and halt the loop (a capacity probe stops
     once its verdict is certain: saga.bench.early_verdict). It reads, never decides."""
 
     def arrived(self, record: WorkflowRecord, loop: EventLoop) -> None: ...
 
     def rejected(self, record: WorkflowRecord, loop: EventLoop) -> None: ...
+
+    def finished(self, record: WorkflowRecord, loop: EventLoop) -> None: ...
 
 
 class _WorkflowRun:
@@ -501,6 +503,8 @@ class Simulation(ReplicaDriver):
                 self.loop.after(workflow.calls[j].gap, self._call_ready, (run, j))
         if run.pending == 0:
             run.record.finished_at = now  # the metrics' truth: TCT ends here
+            if self.watch is not None:
+                self.watch.finished(run.record, self.loop)
             if workflow.end_signal == "explicit":
                 self.policy.on_workflow_finished(run.info, now)  # the marked call is done
             else:
