@@ -195,3 +195,24 @@ def test_results_markdown_tabulates_the_sweep_and_kv_utilization_where_memory_bi
     assert "| 80 | - | 0.0120 / 45.0 % |" in text
     assert ("| useful KV memory utilization vs vllm-affinity | 1.22x | n/a at 70 % load; "
             "1.50x at 64 in flight, closed loop | paper, saturation |") in text
+
+
+def test_sweeps_of_several_policies_at_once_are_each_ones_alone() -> None:
+    """The saturation sweeps share the pool (a policy's next batch goes in as soon as its
+    last is done): each policy's points are those of its sweep run alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from saga.bench.runner import _sweeps
+
+    spec = parse_scenario(TINY.replace("sweep = [1, 2]", "sweep = [1, 2, 4]"), "tiny.toml")
+    cluster = spec.cluster_for()
+    workload = spec.workloads[0]
+    policies = ["vllm-rr", "vllm-affinity"]
+    with ThreadPoolExecutor(2) as pool:
+        together = _sweeps(spec, cluster, workload, 0, policies, pool, lambda _: None)
+        alone = {p: _sweeps(spec, cluster, workload, 0, [p], pool, lambda _: None)[p]
+                 for p in policies}
+    assert together == alone
+    for points in together.values():
+        concurrencies = [p.concurrency for p in points]
+        assert concurrencies == sorted(concurrencies) and concurrencies[0] == 2  # 1 x 2 replicas

@@ -25,6 +25,14 @@ the window ends, the probe offered fewer workflows than the rate calls for: a fa
 is still a failure, but a success is only a lower bound, so the search stops growing and
 reports the capacity as "at least" (``limited``).
 
+A probe stops as soon as its verdict is certain, with the verdict the full run would give:
+its seeds run one after the other, and each run halts at the instant enough judged workflows
+have certainly missed (not finished by their arrival plus 2x their TCT alone, or rejected)
+that the pooled share can no longer reach the target, or enough have met the level that it
+reaches it whatever the others do (:mod:`saga.bench.early_verdict`); the seeds after it need
+not run. A stopped probe's attainment is then a bound (``stopped``): at most the value on a
+failure, at least on a success. The capacities, brackets and verdicts are exact.
+
 Every rate re-times the same pool (:func:`saga.bench.workloads.retime`): a higher rate
 offers a longer prefix of the same workflows in the same order, their isolated TCTs computed
 once.
@@ -38,6 +46,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from dataclasses import dataclass, field
 
+from saga.bench.early_verdict import VerdictWatch, decisive_misses
 from saga.bench.scenario import Scenario, WorkloadSpec
 from saga.bench.workloads import build_spec, retime
 from saga.core.workflow import Workflow
@@ -66,6 +75,10 @@ class CapacityPoint:
     judged: int = 0  # workflows judged, over all seeds (arrived after the warm-up)
     offered: int = 0  # workflows offered, over all seeds (arrived within the window)
     limited: bool = False  # a seed's pool ran out before the window ended
+    #: the probe stopped once its verdict was certain (early_verdict): ``attainment`` and
+    #: ``per_seed`` are then bounds, at most if not served and at least if served, and
+    #: ``per_seed`` lacks the seeds it needed not run
+    stopped: bool = False
 
 
 class CapacitySearch:
@@ -164,6 +177,7 @@ class CapacityCase:
     source: str = ""  # the registry workload (or trace file) the workflows came from
     params: dict[str, str] = field(default_factory=dict)  # its params, as given
     wall_seconds: float = 0.0
+    cpu_seconds: dict[str, float] = field(default_factory=dict)  # per policy, its probes'
 
     def ratios(self, reference: str) -> dict[str, float]:
         """capacity of ``reference`` over each other policy's (inf when theirs is 0)."""
@@ -178,19 +192,82 @@ class CapacityCase:
 
 
 # ---- jobs run in worker processes ----------------------------------------------------------
-AttainmentJob = tuple[ClusterSpec, str, list[Workflow], int, dict[str, float], float, float]
+@dataclass(frozen=True)
+class ProbeJob:
+    """One policy at one rate on every seed's re-timed workflows (in the seeds' order)."""
+
+    cluster: ClusterSpec
+    policy: str
+    seeds: list[tuple[int, list[Workflow]]]
+    isolated: dict[int, dict[str, float]]  # per seed: workflow -> TCT alone
+    slowdown: float
+    warmup: float  # workflows arriving earlier are not judged
+    target: float
+    early: bool = True  # stop once the verdict is certain (False: exact shares, for studies)
 
 
-def met_service_level(job: AttainmentJob) -> tuple[int, int, float]:
-    """(workflows meeting the level, workflows judged, wall seconds) for one policy on one
-    seed's re-timed workflows; only those arriving at or after the warm-up are judged. An
-    unfinished or rejected workflow misses."""
-    cluster, policy, workflows, seed, isolated, slowdown, warmup = job
-    started = time.perf_counter()
-    result = Simulation(cluster, build_policy(policy), workflows, seed=seed).run()
-    judged = [w for w in result.workflows if w.arrival >= warmup]
-    met = sum(1 for w in judged if met_level(w, isolated[w.workflow], slowdown))
-    return met, len(judged), time.perf_counter() - started
+@dataclass(frozen=True)
+class SeedOutcome:
+    """A seed's part of a probe. ``met`` is exact when the run went to its end ("ran");
+    when it stopped once the verdict was certain ("stopped"), or never ran because the
+    earlier seeds had decided it ("skipped"), ``met`` is a bound in the verdict's direction:
+    at most (judged less the certain misses, or all judged) on a failure, at least (those
+    that met the level so far, or none) on a success."""
+
+    met: int
+    judged: int
+    state: str  # "ran" | "stopped" | "skipped"
+    seconds: float = 0.0  # wall
+    cpu_seconds: float = 0.0  # the worker's CPU time (what the run costs, whatever the load)
+
+
+def judged_of(workflows: Sequence[Workflow], warmup: float) -> list[Workflow]:
+    """The workflows a probe judges: those arriving at or after the warm-up."""
+    return [w for w in workflows if w.arrival >= warmup]
+
+
+def probe(job: ProbeJob) -> dict[int, SeedOutcome]:
+    """Run the probe's seeds one after the other, each stopped at the instant the pooled
+    verdict becomes certain (early_verdict); the seeds after that one are not run. A
+    workflow that did not finish, or was rejected, misses. The verdict (met over judged,
+    pooled, against the target) is the one the full runs would give."""
+    judged = {seed: judged_of(workflows, job.warmup) for seed, workflows in job.seeds}
+    total = sum(len(j) for j in judged.values())
+    decisive = decisive_misses(total, job.target)  # misses that fail the rate
+    needed = 0 if decisive is None else total - decisive + 1  # meets that serve it
+    missed = met = 0  # over the seeds run so far
+    out: dict[int, SeedOutcome] = {}
+    for seed, workflows in job.seeds:
+        count = len(judged[seed])
+        if job.early and decisive is not None and missed >= decisive:
+            out[seed] = SeedOutcome(count, count, "skipped")  # failed: at most all meet
+            continue
+        if job.early and met >= needed:
+            out[seed] = SeedOutcome(0, count, "skipped")  # served: at least none meets
+            continue
+        started, cpu = time.perf_counter(), time.process_time()
+        alone = job.isolated[seed]
+        watch = None if not job.early else VerdictWatch(
+            {w.id: alone[w.id] for w in judged[seed]}, job.slowdown,
+            misses=None if decisive is None else decisive - missed, meets=needed - met,
+        )
+        result = Simulation(
+            job.cluster, build_policy(job.policy), workflows, seed=seed, watch=watch
+        ).run()
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+        if watch is not None and watch.verdict == "failed":
+            outcome = SeedOutcome(count - watch.missed, count, "stopped", seconds, cpu)
+            missed, met = missed + watch.missed, met + count - watch.missed
+        elif watch is not None and watch.verdict == "served":
+            outcome = SeedOutcome(watch.met, count, "stopped", seconds, cpu)
+            missed, met = missed + watch.missed, met + watch.met
+        else:
+            seed_met = sum(1 for w in result.workflows if w.arrival >= job.warmup
+                           and met_level(w, alone[w.workflow], job.slowdown))
+            outcome = SeedOutcome(seed_met, count, "ran", seconds, cpu)
+            missed, met = missed + count - seed_met, met + seed_met
+        out[seed] = outcome
+    return out
 
 
 def offered(pool: Sequence[Workflow], rate: float, seed: int, window: float
@@ -227,26 +304,37 @@ def measure_capacity(
     spec: Scenario, workload: WorkloadSpec, pool: Executor, say: Progress
 ) -> CapacityCase:
     """Every policy's goodput capacity on ``workload`` (see the module doc)."""
-    cluster = spec.cluster_for(workload)
-    window = cluster.cost_model().model.max_context
-    per_seed = {seed: build_spec(workload, seed, {}, window)[0] for seed in spec.seeds}
-    case = capacity_on(
-        cluster,
-        per_seed,
-        spec.policies,
-        start=start_rate(spec, workload),
-        slowdown=spec.goodput_slowdown,
-        target=spec.goodput_target,
-        tolerance=spec.capacity_tolerance,
-        window_tcts=spec.capacity_window,
-        warmup_tcts=spec.capacity_warmup,
-        pool=pool,
-        say=say,
-        title=workload.title,
-    )
-    case.source = workload.name or workload.trace or ""
-    case.params = workload.string_params()
-    return case
+    return measure_capacities(spec, [workload], pool, say)[0]
+
+
+def measure_capacities(
+    spec: Scenario, workloads: Sequence[WorkloadSpec], pool: Executor, say: Progress
+) -> list[CapacityCase]:
+    """Every policy's goodput capacity on each of ``workloads``, all their searches sharing
+    the pool at once (one workload's last probes overlap the next one's first)."""
+    searches = []
+    for workload in workloads:
+        cluster = spec.cluster_for(workload)
+        window = cluster.cost_model().model.max_context
+        per_seed = {seed: build_spec(workload, seed, {}, window)[0] for seed in spec.seeds}
+        searches.append(CaseSearches(
+            cluster,
+            per_seed,
+            spec.policies,
+            start=start_rate(spec, workload),
+            slowdown=spec.goodput_slowdown,
+            target=spec.goodput_target,
+            tolerance=spec.capacity_tolerance,
+            window_tcts=spec.capacity_window,
+            warmup_tcts=spec.capacity_warmup,
+            say=say,
+            title=workload.title,
+        ))
+    cases = run_searches(searches, pool)
+    for case, workload in zip(cases, workloads, strict=True):
+        case.source = workload.name or workload.trace or ""
+        case.params = workload.string_params()
+    return cases
 
 
 def capacity_on(
@@ -264,85 +352,158 @@ def capacity_on(
     say: Progress,
     title: str = "",
 ) -> CapacityCase:
-    """The searches of every policy, each probe on every seed at once and each policy's
-    next probe submitted as soon as its last one is in, so the pool's workers stay busy.
-    ``window_tcts`` and ``warmup_tcts`` are in median TCTs alone (None: offer every
-    workflow of the pool)."""
-    started = time.perf_counter()
-    say(f"{title}: isolated TCTs of {sum(len(w) for w in per_seed.values())} workflows")
-    halves: list[tuple[ClusterSpec, list[Workflow]]] = []
-    for workflows in per_seed.values():  # every seed's two halves in one map: no wait between
-        half = (len(workflows) + 1) // 2
-        halves += [(cluster, workflows[:half]), (cluster, workflows[half:])]
-    parts = iter(pool.map(_isolated_job, halves))
-    isolated = {seed: {**next(parts), **next(parts)} for seed in per_seed}
-    median = median_alone(isolated)
-    case = CapacityCase(
-        title, cluster.name, cluster.replicas, list(per_seed),
-        min(len(w) for w in per_seed.values()),
-        window=math.inf if window_tcts is None else window_tcts * median,
-        warmup=warmup_tcts * median,
+    """The searches of every policy on one set of workflows per seed (:class:`CaseSearches`).
+    ``window_tcts`` and ``warmup_tcts`` are in median TCTs alone (None: offer every workflow
+    of the pool)."""
+    searches = CaseSearches(
+        cluster, per_seed, policies, start=start, slowdown=slowdown, target=target,
+        tolerance=tolerance, window_tcts=window_tcts, warmup_tcts=warmup_tcts, say=say,
+        title=title,
     )
-    searches = {p: CapacitySearch(start, target=target, tolerance=tolerance) for p in policies}
-    # Each policy's search moves on as soon as its own probe is in, not once every policy's
-    # probe of the round is: no core waits for the round's slowest simulation. The searches
-    # are independent, so each probes the same rates as in lockstep rounds.
-    running: dict[Future[tuple[int, int, float]], tuple[str, float, int]] = {}
-    probe = dict.fromkeys(searches, 0)  # probes started per policy
-    results: dict[tuple[str, float], dict[int, tuple[int, int, float]]] = {}
-    offers: dict[tuple[str, float], tuple[bool, int]] = {}  # (limited, workflows offered)
-    found: list[tuple[int, int, CapacityPoint]] = []  # (probe, policy order, point)
+    return run_searches([searches], pool)[0]
 
-    def submit(policy: str) -> None:
-        rate = searches[policy].next_rate()
+
+ProbeFuture = Future[dict[int, SeedOutcome]]
+
+
+class CaseSearches:
+    """The searches of every policy on one workload: its TCTs alone first, then each
+    policy's probes, its next one submitted as soon as its last one is in, so that no core
+    waits for a round's slowest simulation. The searches are independent: each probes the
+    same rates as in lockstep rounds, whatever order the probes finish in."""
+
+    def __init__(
+        self,
+        cluster: ClusterSpec,
+        per_seed: dict[int, list[Workflow]],
+        policies: Sequence[str],
+        *,
+        start: float,
+        slowdown: float,
+        target: float,
+        tolerance: float,
+        window_tcts: float | None,
+        warmup_tcts: float,
+        say: Progress,
+        title: str = "",
+    ) -> None:
+        self.cluster = cluster
+        self.per_seed = per_seed
+        self.slowdown = slowdown
+        self.target = target
+        self.window_tcts = window_tcts
+        self.warmup_tcts = warmup_tcts
+        self.say = say
+        self.title = title
+        self.searches = {
+            p: CapacitySearch(start, target=target, tolerance=tolerance) for p in policies
+        }
+        self.order = {p: i for i, p in enumerate(self.searches)}
+        self.probes = dict.fromkeys(self.searches, 0)  # probes started per policy
+        self.found: list[tuple[int, int, CapacityPoint]] = []  # (probe, policy order, point)
+        self.isolated: dict[int, dict[str, float]] = {}
+        self.case: CapacityCase | None = None
+        self.started = 0.0
+
+    def isolated_jobs(self, pool: Executor) -> list[Future[dict[str, float]]]:
+        """Submit the TCTs alone: every seed's two halves, none waiting for another."""
+        self.started = time.perf_counter()
+        count = sum(len(w) for w in self.per_seed.values())
+        self.say(f"{self.title}: isolated TCTs of {count} workflows")
+        jobs: list[Future[dict[str, float]]] = []
+        for workflows in self.per_seed.values():
+            half = (len(workflows) + 1) // 2
+            for part in (workflows[:half], workflows[half:]):
+                jobs.append(pool.submit(_isolated_job, (self.cluster, part)))
+        return jobs
+
+    def begin(self, isolated: list[dict[str, float]], pool: Executor,
+              running: dict[ProbeFuture, tuple[CaseSearches, str, float, bool, int]]) -> None:
+        """With the TCTs alone in (two halves per seed, in order), submit the first probes."""
+        parts = iter(isolated)
+        self.isolated = {seed: {**next(parts), **next(parts)} for seed in self.per_seed}
+        median = median_alone(self.isolated)
+        self.case = CapacityCase(
+            self.title, self.cluster.name, self.cluster.replicas, list(self.per_seed),
+            min(len(w) for w in self.per_seed.values()),
+            window=math.inf if self.window_tcts is None else self.window_tcts * median,
+            warmup=self.warmup_tcts * median,
+        )
+        for policy in self.searches:
+            self.submit(policy, pool, running)
+
+    def submit(self, policy: str, pool: Executor,
+               running: dict[ProbeFuture, tuple[CaseSearches, str, float, bool, int]]) -> None:
+        """Submit the policy's next probe, if its search is not done."""
+        assert self.case is not None
+        rate = self.searches[policy].next_rate()
         if rate is None:
             return
         limited = False
         size = 0
-        for seed in per_seed:
-            kept, ran_out = offered(per_seed[seed], rate, seed, case.window)
+        seeds: list[tuple[int, list[Workflow]]] = []
+        for seed, workflows in self.per_seed.items():
+            kept, ran_out = offered(workflows, rate, seed, self.case.window)
             limited, size = limited or ran_out, size + len(kept)
-            job = (cluster, policy, kept, seed, isolated[seed], slowdown, case.warmup)
-            running[pool.submit(met_service_level, job)] = (policy, rate, seed)
-        offers[policy, rate] = (limited, size)
-        results[policy, rate] = {}
-        probe[policy] += 1
-        say(f"{title}: probing {policy} at {rate:.4g} wf/s on {len(per_seed)} seeds")
+            seeds.append((seed, kept))
+        job = ProbeJob(self.cluster, policy, seeds, self.isolated, self.slowdown,
+                       self.case.warmup, self.target)
+        running[pool.submit(probe, job)] = (self, policy, rate, limited, size)
+        self.probes[policy] += 1
+        self.say(f"{self.title}: probing {policy} at {rate:.4g} wf/s on "
+                 f"{len(self.per_seed)} seeds")
 
-    order = {p: i for i, p in enumerate(searches)}
-    for policy in searches:
-        submit(policy)
+    def record(self, policy: str, rate: float, limited: bool, size: int,
+               outcomes: dict[int, SeedOutcome]) -> None:
+        """A probe is in: pool its seeds' outcomes (in the seeds' order) into a point."""
+        met = sum(o.met for o in outcomes.values())
+        total = sum(o.judged for o in outcomes.values())
+        wall = sum(o.seconds for o in outcomes.values())
+        cpu = sum(o.cpu_seconds for o in outcomes.values())
+        shares = {seed: o.met / o.judged if o.judged else 1.0
+                  for seed, o in outcomes.items() if o.state != "skipped"}
+        # no workflow arrived after the warm-up (a very low rate): nothing missed
+        share = met / total if total else 1.0
+        stopped = any(o.state != "ran" for o in outcomes.values())
+        served = self.searches[policy].record(rate, share, limited)
+        assert self.case is not None
+        self.case.cpu_seconds[policy] = self.case.cpu_seconds.get(policy, 0.0) + cpu
+        point = CapacityPoint(policy, rate, share, served, shares, total, size, limited, stopped)
+        self.found.append((self.probes[policy], self.order[policy], point))
+        self.say(
+            f"{self.title}: {policy} at {rate:.4g} wf/s: "
+            f"{('at least ' if served else 'at most ') if stopped else ''}"
+            f"{100 * share:.0f} % of {total} within {self.slowdown:g}x "
+            f"({'served' if served else 'not served'}) done in {wall:.1f} s "
+            f"({cpu:.1f} CPU s)"
+        )
+
+    def finish(self) -> CapacityCase:
+        assert self.case is not None
+        case = self.case
+        # the points in the order of lockstep rounds: every policy's first probe, then seconds
+        case.points = [point for _, _, point in sorted(self.found, key=lambda f: f[:2])]
+        for policy, state in self.searches.items():
+            case.capacity[policy] = state.capacity
+            case.bracketed[policy] = state.bracketed
+            case.limited[policy] = state.limited
+        case.wall_seconds = time.perf_counter() - self.started
+        return case
+
+
+def run_searches(searches: Sequence[CaseSearches], pool: Executor) -> list[CapacityCase]:
+    """Run the searches of several workloads on one pool at once; their cases in order."""
+    isolated = [s.isolated_jobs(pool) for s in searches]  # every workload's, queued at once
+    running: dict[ProbeFuture, tuple[CaseSearches, str, float, bool, int]] = {}
+    for case_searches, jobs in zip(searches, isolated, strict=True):
+        case_searches.begin([job.result() for job in jobs], pool, running)
+    index = {id(s): i for i, s in enumerate(searches)}
     while running:
         done, _ = wait(running, return_when=FIRST_COMPLETED)
-        for future in sorted(done, key=lambda f: order[running[f][0]]):
-            policy, rate, seed = running.pop(future)
-            outcomes = results[policy, rate]
-            outcomes[seed] = future.result()
-            if len(outcomes) < len(per_seed):
-                continue
-            met = total = 0
-            shares: dict[int, float] = {}
-            wall = 0.0
-            for seed in per_seed:  # pooled in the seeds' order, as the summary shows them
-                seed_met, seed_total, seconds = outcomes[seed]
-                met, total, wall = met + seed_met, total + seed_total, wall + seconds
-                shares[seed] = seed_met / seed_total if seed_total else 1.0
-            # no workflow arrived after the warm-up (a very low rate): nothing missed
-            share = met / total if total else 1.0
-            limited, size = offers[policy, rate]
-            served = searches[policy].record(rate, share, limited)
-            point = CapacityPoint(policy, rate, share, served, shares, total, size, limited)
-            found.append((probe[policy], order[policy], point))
-            say(
-                f"{title}: {policy} at {rate:.4g} wf/s: {100 * share:.0f} % of {total} within "
-                f"{slowdown:g}x ({'served' if served else 'not served'}) done in {wall:.1f} s"
-            )
-            submit(policy)
-    # the points in the order of lockstep rounds: every policy's first probe, then seconds...
-    case.points = [point for _, _, point in sorted(found, key=lambda f: f[:2])]
-    for policy, state in searches.items():
-        case.capacity[policy] = state.capacity
-        case.bracketed[policy] = state.bracketed
-        case.limited[policy] = state.limited
-    case.wall_seconds = time.perf_counter() - started
-    return case
+        # those done together, in a fixed order (workload, then policy)
+        for future in sorted(done, key=lambda f: (index[id(running[f][0])],
+                                                  running[f][0].order[running[f][1]])):
+            case_searches, policy, rate, limited, size = running.pop(future)
+            case_searches.record(policy, rate, limited, size, future.result())
+            case_searches.submit(policy, pool, running)
+    return [s.finish() for s in searches]

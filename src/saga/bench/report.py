@@ -151,6 +151,7 @@ def capacity_dict(result: BenchResult) -> dict[str, Any]:
             "warmup_seconds": c.warmup,
             "points": [vars(p) for p in c.points],
             "wall_seconds": c.wall_seconds,
+            "cpu_seconds": c.cpu_seconds,  # per policy, its probes' (varies a little per run)
         }
         for c in result.capacity
     ]
@@ -580,12 +581,20 @@ def _capacity_plot(result: BenchResult, case: CapacityCase) -> tuple[str, str]:
                           markersize=3, linewidth=1, label=f"{name} ({capacity:.3g}/s)")
         if capacity > 0:
             ax.axvline(capacity, color=line.get_color(), linestyle=":", linewidth=1)
+        for served, marker in ((False, "v"), (True, "^")):
+            # a probe stopped once decided: its share is at most (failed) or at least (served)
+            bounds = [(p.rate, 100 * p.attainment) for p in case.points
+                      if p.policy == name and p.stopped and p.served == served]
+            if bounds:
+                ax.plot(*zip(*bounds, strict=True), linestyle="none", marker=marker,
+                        color=line.get_color(), markersize=5)
     ax.axhline(100 * target, color="grey", linestyle="--", linewidth=1)
     ax.set_xscale("log")
     ax.set_xlabel("Poisson arrival rate (workflows/s)")
     ax.set_ylabel(f"workflows within {result.scenario.goodput_slowdown:g}x alone (%)")
     ax.legend(fontsize=7)
-    title = f"goodput attainment against rate, capacity dotted ({case.workload}, {case.cluster})"
+    title = (f"goodput attainment against rate, capacity dotted; triangles: probes stopped "
+             f"once decided, down at most, up at least ({case.workload}, {case.cluster})")
     return title, _png(fig)
 
 

@@ -6,11 +6,11 @@ import math
 import multiprocessing
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+from collections.abc import Callable, Generator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 
-from saga.bench.capacity import CapacityCase, measure_capacity
+from saga.bench.capacity import CapacityCase, measure_capacities
 from saga.bench.scenario import Scenario, WorkloadSpec
 from saga.bench.workloads import build_spec
 from saga.core.workflow import Workflow
@@ -122,8 +122,7 @@ def run_scenario(
         elif spec.kind == "scale":
             _run_scale(spec, pool, result, say)
         elif spec.kind == "capacity":
-            for workload in spec.workloads:
-                result.capacity.append(measure_capacity(spec, workload, pool, say))
+            result.capacity.extend(measure_capacities(spec, spec.workloads, pool, say))
         else:
             _run_compare(spec, pool, result, say)
     result.wall_seconds = time.perf_counter() - started
@@ -185,10 +184,10 @@ def _run_saturation(spec: Scenario, pool: Executor, result: BenchResult, say: Pr
     cluster = spec.cluster_for()
     workload = spec.workloads[0]
     seed = spec.seeds[0]
-    for policy in spec.policies:
-        points = _sweep(spec, cluster, workload, seed, policy, pool, say)
-        result.sweep.extend(points)
-        result.peaks[policy] = max(p.throughput for p in points)
+    sweeps = _sweeps(spec, cluster, workload, seed, spec.policies, pool, say)
+    for policy in spec.policies:  # in the scenario's order, whatever order they finished in
+        result.sweep.extend(sweeps[policy])
+        result.peaks[policy] = max(p.throughput for p in sweeps[policy])
 
 
 def _peak_rate(
@@ -203,30 +202,27 @@ def _peak_rate(
     """Peak completed workflows/s of the peak policy: the rate that load 1.0 means."""
     key = f"{workload.title}/{seed}"
     if key not in result.peaks:
-        points = _sweep(spec, cluster, workload, seed, spec.peak_policy, pool, say)
+        points = _sweeps(spec, cluster, workload, seed, [spec.peak_policy], pool, say)[
+            spec.peak_policy]
         result.sweep.extend(points)
         result.peaks[key] = max(p.throughput for p in points)
     return result.peaks[key]
 
 
-def _sweep(
-    spec: Scenario,
-    cluster: ClusterSpec,
-    workload: WorkloadSpec,
-    seed: int,
-    policy: str,
-    pool: Executor,
-    say: Progress,
-) -> list[SweepPoint]:
-    """Closed-loop runs with more and more workflows in flight, two at a time (one per
-    core), until throughput stops rising by 2 % or the sweep list ends; then one round
-    of refinement between the best point and the next, where the peak lies."""
+#: A policy's sweep as a plan: it yields the concurrencies to run next, is sent their
+#: points, and returns every point once it is done.
+SweepPlan = Generator[list[int], list[SweepPoint], list[SweepPoint]]
+
+
+def _sweep_plan(levels: list[int]) -> SweepPlan:
+    """Closed-loop runs with more and more workflows in flight (``levels``), two at a time,
+    until throughput stops rising by 2 % or the levels end; then one round of refinement
+    between the best point and the next, where the peak lies."""
     points: list[SweepPoint] = []
-    levels = [per_replica * cluster.replicas for per_replica in spec.sweep]
     best = 0.0
     while levels:
         batch, levels = levels[:2], levels[2:]
-        points += _sweep_points(spec, cluster, workload, seed, policy, batch, pool, say)
+        points += yield batch
         top = max((p.throughput for p in points if math.isfinite(p.throughput)), default=0.0)
         last = points[-1].throughput
         # stop once throughput no longer rises, or is already falling past the peak
@@ -243,41 +239,75 @@ def _sweep(
             ratio = hi / lo
             middle = sorted({round(lo * ratio ** (1 / 3)), round(lo * ratio ** (2 / 3))} - {lo, hi})
             if middle:
-                points += _sweep_points(spec, cluster, workload, seed, policy, middle, pool, say)
+                points += yield middle
                 points.sort(key=lambda p: p.concurrency)
     return points
 
 
-def _sweep_points(
+def _sweeps(
     spec: Scenario,
     cluster: ClusterSpec,
     workload: WorkloadSpec,
     seed: int,
-    policy: str,
-    concurrencies: list[int],
+    policies: Sequence[str],
     pool: Executor,
     say: Progress,
-) -> list[SweepPoint]:
-    jobs = []
-    for concurrency in concurrencies:
-        workflows, _ = _build(cluster, workload, seed, _closed_params(workload, concurrency, spec))
-        # slowdowns are not needed for a sweep: skip the isolated runs
-        skip = {w.id: 1.0 for w in workflows}
-        jobs.append((cluster, policy, workflows, seed, concurrency, skip, 0.0))
-    say(f"saturation sweep of {policy} on {workload.title}: {concurrencies} in flight")
-    return [
-        SweepPoint(
-            policy,
-            concurrency,
-            steady_throughput(concurrency, list(run.tcts.values())),
-            float(run.summary["tct_mean"]),  # type: ignore[arg-type]
-            float(run.summary["tct_p99"]),  # type: ignore[arg-type]
-            float(run.summary["kv_utilization"]),  # type: ignore[arg-type]
-            int(run.summary["calls_over_context"]),  # type: ignore[call-overload]
-            float(run.summary["kv_useful_utilization"]),  # type: ignore[arg-type]
-        )
-        for concurrency, run in zip(concurrencies, pool.map(_run_job, jobs), strict=True)
-    ]
+) -> dict[str, list[SweepPoint]]:
+    """Every policy's sweep (:func:`_sweep_plan`), all of them sharing the pool at once: a
+    policy's next batch is submitted as soon as its last one is in, so no core waits for
+    one policy's lone run. Each plan sees only its own points: the same as run alone."""
+    levels = [per_replica * cluster.replicas for per_replica in spec.sweep]
+    plans = {policy: _sweep_plan(list(levels)) for policy in policies}
+    running: dict[Future[PolicyRun], tuple[str, int]] = {}
+    batches: dict[str, dict[int, PolicyRun | None]] = {}
+    out: dict[str, list[SweepPoint]] = {}
+
+    def submit(policy: str, concurrencies: list[int]) -> None:
+        say(f"saturation sweep of {policy} on {workload.title}: {concurrencies} in flight")
+        batches[policy] = dict.fromkeys(concurrencies)
+        for concurrency in concurrencies:
+            job = _sweep_job(spec, cluster, workload, seed, policy, concurrency)
+            running[pool.submit(_run_job, job)] = (policy, concurrency)
+
+    for policy, plan in plans.items():
+        submit(policy, next(plan))
+    while running:
+        done, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in done:
+            policy, concurrency = running.pop(future)
+            batch = batches[policy]
+            batch[concurrency] = future.result()
+            if any(run is None for run in batch.values()):
+                continue
+            points = [_sweep_point(policy, c, run) for c, run in batch.items() if run is not None]
+            try:
+                submit(policy, plans[policy].send(points))
+            except StopIteration as finished:
+                out[policy] = finished.value
+    return out
+
+
+def _sweep_job(
+    spec: Scenario, cluster: ClusterSpec, workload: WorkloadSpec, seed: int, policy: str,
+    concurrency: int,
+) -> tuple[ClusterSpec, str, list[Workflow], int, int | None, dict[str, float], float]:
+    workflows, _ = _build(cluster, workload, seed, _closed_params(workload, concurrency, spec))
+    # slowdowns are not needed for a sweep: skip the isolated runs
+    skip = {w.id: 1.0 for w in workflows}
+    return (cluster, policy, workflows, seed, concurrency, skip, 0.0)
+
+
+def _sweep_point(policy: str, concurrency: int, run: PolicyRun) -> SweepPoint:
+    return SweepPoint(
+        policy,
+        concurrency,
+        steady_throughput(concurrency, list(run.tcts.values())),
+        float(run.summary["tct_mean"]),  # type: ignore[arg-type]
+        float(run.summary["tct_p99"]),  # type: ignore[arg-type]
+        float(run.summary["kv_utilization"]),  # type: ignore[arg-type]
+        int(run.summary["calls_over_context"]),  # type: ignore[call-overload]
+        float(run.summary["kv_useful_utilization"]),  # type: ignore[arg-type]
+    )
 
 
 def steady_throughput(concurrency: int, tcts: Sequence[float]) -> float:

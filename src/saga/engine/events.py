@@ -4,7 +4,8 @@ The counter breaks ties in scheduling order, so a run is deterministic. Time onl
 moves forward; scheduling into the past is a bug and raises. *Background* events
 (:meth:`EventLoop.at_background`) run in order like the others but do not keep the loop
 alive: once only background events remain, the run is over (a gateway's idle-timeout
-sweep, say, happens only while something else still does).
+sweep, say, happens only while something else still does). :meth:`EventLoop.halt` ends a
+run early: what was pending never runs.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class EventLoop:
         self._seq = 0
         self.events_run = 0
         self._background: set[int] = set()  # seqs of the background events pending
+        self.halted = False  # halt() ended the run before its events ran out
 
     def at(self, time: float, callback: Callback, arg: Any = None) -> None:
         """Run ``callback(arg)`` at ``time`` (not before ``now``)."""
@@ -43,6 +45,8 @@ class EventLoop:
 
     def run(self, until: float | None = None, on_event: Callable[[], None] | None = None) -> None:
         """Run events in time order until the heap is empty (or past ``until``)."""
+        if self.halted:
+            return
         heap = self._heap
         pop = heapq.heappop
         background = self._background
@@ -58,6 +62,15 @@ class EventLoop:
             self.events_run += 1
             if on_event is not None and not self.events_run & 1023:
                 on_event()
+
+    def halt(self) -> None:
+        """End the run after the current event: every pending event is dropped, and so is
+        what the current event still schedules (it goes to a heap no run reads: a halted
+        loop never runs again). It costs the loop nothing per event."""
+        self._heap.clear()
+        self._background.clear()
+        self._heap, self._background = [], set()
+        self.halted = True
 
     def pending(self) -> int:
         """Events still to run that keep the loop alive (background ones are not counted)."""

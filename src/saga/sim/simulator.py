@@ -13,6 +13,7 @@ import gc
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from saga.core.blocks import common_blocks
 from saga.core.context import describe_over, over_context
@@ -114,6 +115,18 @@ class SimResult:
     arrival_window: tuple[float, float] = (0.0, 0.0)
 
 
+class RunWatch(Protocol):
+    """Sees each workflow's record when it arrives, is rejected or finishes, while the run
+    goes on; it may schedule events of its own and halt the loop (a capacity probe stops
+    once its verdict is certain: saga.bench.early_verdict). It reads, never decides."""
+
+    def arrived(self, record: WorkflowRecord, loop: EventLoop) -> None: ...
+
+    def rejected(self, record: WorkflowRecord, loop: EventLoop) -> None: ...
+
+    def finished(self, record: WorkflowRecord, loop: EventLoop) -> None: ...
+
+
 class _WorkflowRun:
     """The process of one workflow: which calls wait on what."""
 
@@ -180,6 +193,7 @@ class Simulation(ReplicaDriver):
         kv_sample_interval: float = 0.0,
         faults: Sequence[Fault] = (),
         end_idle_timeout: float | None = None,
+        watch: RunWatch | None = None,
     ) -> None:
         if not workflows:
             raise ValueError("no workflows to simulate")
@@ -248,6 +262,7 @@ class Simulation(ReplicaDriver):
         self._left_behind: dict[int, tuple[int, int]] = {}
         self.faults = check_faults(faults, cluster.replicas)
         self._parked: list[Request] = []  # ready while no replica was up
+        self.watch = watch
 
     # ---- running ------------------------------------------------------------------------
     def run(self) -> SimResult:
@@ -293,6 +308,8 @@ class Simulation(ReplicaDriver):
             len(workflow.calls), workflow.slo,
         )
         run = _WorkflowRun(workflow, record)
+        if self.watch is not None:
+            self.watch.arrived(record, self.loop)
         over = over_context(workflow, self.max_context)
         if over:
             # vLLM answers such a call 400: the workflow cannot complete as recorded.
@@ -306,6 +323,8 @@ class Simulation(ReplicaDriver):
             # could never finish, so it is rejected at once, with the reason on record.
             self._records.append(record)
             record.rejected = too_large
+            if self.watch is not None:
+                self.watch.rejected(record, self.loop)
             if self.closed_loop:
                 self._start_next_closed(self.loop.now)
             return
@@ -332,6 +351,8 @@ class Simulation(ReplicaDriver):
         self._records.append(run.record)
         if decision.verdict == "reject":
             run.record.rejected = decision.reason or "rejected"
+            if self.watch is not None:
+                self.watch.rejected(run.record, self.loop)
             if self.closed_loop:
                 self._start_next_closed(now)
             return
@@ -482,6 +503,8 @@ class Simulation(ReplicaDriver):
                 self.loop.after(workflow.calls[j].gap, self._call_ready, (run, j))
         if run.pending == 0:
             run.record.finished_at = now  # the metrics' truth: TCT ends here
+            if self.watch is not None:
+                self.watch.finished(run.record, self.loop)
             if workflow.end_signal == "explicit":
                 self.policy.on_workflow_finished(run.info, now)  # the marked call is done
             else:
