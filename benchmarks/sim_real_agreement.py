@@ -20,6 +20,7 @@ measured it (the gateway and HTTP included), and the engine-log throughput above
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import statistics
@@ -153,11 +154,33 @@ def agreement(out: Path, refit: bool = False) -> None:
                   f", sim (per busy second) {statistics.mean(rates):.0f}")
 
 
+def _records(parser: argparse.ArgumentParser, dirs: list[str]) -> list[Path]:
+    """The recorded runs named, each checked before any simulation."""
+    outs = [Path(d) for d in dirs]
+    for out in outs:
+        if not (out / "summary.json").is_file():
+            parser.error(f"{out} holds no summary.json: name a `saga bench real --out` directory")
+    return outs
+
+
 def main(argv: list[str]) -> None:
-    if argv and argv[0] == "--points":
+    parser = argparse.ArgumentParser(
+        description="Simulate recorded `saga bench real` runs as the bench does and print "
+                    "each policy's real against simulated mean TCT and hit rate.")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--points", action="store_true",
+                      help="print the lone-call calibration points as JSON instead")
+    mode.add_argument("--refit", action="store_true",
+                      help="simulate at the time scale the record's own lone calls say "
+                           "(a circular check)")
+    parser.add_argument("dirs", nargs="+", metavar="DIR",
+                        help="a `saga bench real --out` directory")
+    args = parser.parse_args(argv)
+    outs = _records(parser, args.dirs)
+    if args.points:
         points: list[dict[str, Any]] = []
         logs: list[dict[str, Any]] = []
-        for out in map(Path, argv[1:]):
+        for out in outs:
             summary = json.loads((out / "summary.json").read_text())
             for case in _cases(summary):
                 points += solo_calls(out, case)
@@ -165,9 +188,8 @@ def main(argv: list[str]) -> None:
                      for x in saturated_throughput(out)]
         json.dump({"solo_calls": points, "saturated_logs": logs}, sys.stdout, indent=1)
         return
-    refit = bool(argv) and argv[0] == "--refit"
-    for out in map(Path, argv[1:] if refit else argv):
-        agreement(out, refit)
+    for out in outs:
+        agreement(out, args.refit)
 
 
 if __name__ == "__main__":

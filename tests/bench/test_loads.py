@@ -66,3 +66,25 @@ def test_the_load_benchmark_refuses_bad_input_before_any_simulation(
     assert proc.returncode == 2
     assert says in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    ([], "the following arguments are required: DIR"),
+    (["--points", "--refit", "x"], "not allowed with argument"),
+    (["/nonexistent-run"], "/nonexistent-run holds no summary.json"),
+])
+def test_the_agreement_script_refuses_bad_input_in_one_line(argv: list[str], says: str) -> None:
+    script = Path(__file__).parents[2] / "benchmarks" / "sim_real_agreement.py"
+    proc = subprocess.run([sys.executable, str(script), *argv], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 2
+    assert says in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_the_agreement_script_explains_itself() -> None:
+    script = Path(__file__).parents[2] / "benchmarks" / "sim_real_agreement.py"
+    proc = subprocess.run([sys.executable, str(script), "--help"], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 0
+    assert "--refit" in proc.stdout and "DIR" in proc.stdout
