@@ -302,5 +302,5 @@ def test_the_gate_counts_the_growth_the_config_asks_for_until_the_workflow_leave
         policy.place(call, 0.0)
         counted[growth] = policy._working_set() - 110 * bt
         policy.on_workflow_finished(info, 1.0)
-        assert policy._working_set() == 0 and policy.growth_total == 0
+        assert policy._working_set() == 0 and policy.growth.total == 0
     assert counted == {"none": 0, "next": 1000, "rest": 1300}

@@ -48,6 +48,7 @@ from saga.sched.saga.config import SagaConfig
 from saga.sched.saga.ends import EndMarkers, EndWatch, gate_wait
 from saga.sched.saga.gate import (
     AgentKey,
+    GrowthTally,
     SharedPrefixes,
     agent_key,
     counted_growth,
@@ -80,7 +81,6 @@ class _Held:
     in_tool: bool = False
     uncounted: bool = False  # taken as ended by the gate: out of the working set
     marked: bool = False  # its client sent the end marker
-    growth: int = 0  # expected growth counted beside its context (gate_growth), tokens
 
 
 class GatedPolicy(WrappedPolicy):
@@ -94,9 +94,7 @@ class GatedPolicy(WrappedPolicy):
         self.held: dict[str, _Held] = {}
         self.unhomed: dict[AgentKey, int] = {}  # admitted, no home yet, per (tenant, agent)
         self.homed_total = 0.0
-        # the counted workflows' expected growth (gate_growth): whole tokens, so that it
-        # is exactly 0 again when they have all left (an empty cluster always admits)
-        self.growth_total = 0
+        self.growth = GrowthTally()  # the counted workflows' expected growth (gate_growth)
         self.interactive = 0  # held workflows with an SLO
         self._passed: set[str] = set()  # let in by the gate, held by the inner admission
         # the gate's own graph: the inner policy's (if any) is the inner policy's
@@ -139,12 +137,7 @@ class GatedPolicy(WrappedPolicy):
         expected = self.gate.expected_context
         unplaced = sum(n * expected(a) for a, n in self.unhomed.items() if n)
         once = self.shared.overcount if self.config.gate_shared_once else 0
-        return self.homed_total - once + unplaced + self.growth_total
-
-    def _count_growth(self, held: _Held, growth: float) -> None:
-        tokens = round(growth)
-        self.growth_total += tokens - held.growth
-        held.growth = tokens
+        return self.homed_total - once + unplaced + self.growth.total
 
     def _hold(self, workflow: str, agent: AgentKey, slo: float | None) -> _Held:
         held = self.held.get(workflow)
@@ -171,7 +164,7 @@ class GatedPolicy(WrappedPolicy):
             return
         self._recount(held)
         self._rehome(held, None, 0)
-        self._count_growth(held, 0.0)
+        self.growth.count(workflow, 0.0)
         self.shared.drop(workflow)
         self.unhomed[held.agent] -= 1
         self.interactive -= held.slo is not None
@@ -193,7 +186,7 @@ class GatedPolicy(WrappedPolicy):
             return
         held.uncounted = True
         self.shared.drop(workflow)
-        self._count_growth(held, 0.0)
+        self.growth.count(workflow, 0.0)
         if held.home is not None:
             self.homed_total -= held.context
             held.context = 0
@@ -222,7 +215,7 @@ class GatedPolicy(WrappedPolicy):
                                      call.prompt_tokens - held.last_prompt)
         held.in_tool = False
         held.node = node
-        self._count_growth(held, counted_growth(graph, node, self.config.gate_growth))
+        self.growth.count(call.workflow, counted_growth(graph, node, self.config.gate_growth))
         self.inner.on_call_ready(call, now)
 
     def place(self, call: CallInfo, now: float) -> int:

@@ -64,6 +64,23 @@ def counted_growth(graph: AgentGraph, node: str, mode: str) -> float:
     return min(tokens_left, graph.growth_tokens(node))
 
 
+class GrowthTally:
+    """The expected growth (:func:`counted_growth`) the gate counts beside each admitted
+    workflow's context, per workflow, in whole tokens: the total is exactly 0 again once
+    every workflow has left (an empty cluster always admits)."""
+
+    def __init__(self) -> None:
+        self._tokens: dict[str, int] = {}
+        self.total = 0
+
+    def count(self, workflow: str, growth: float) -> None:
+        """``workflow``'s counted growth is now ``growth`` tokens (0: it leaves the count)."""
+        tokens = round(growth)
+        self.total += tokens - self._tokens.pop(workflow, 0)
+        if tokens:
+            self._tokens[workflow] = tokens
+
+
 def memory_gate(ctx: PolicyContext, config: SagaConfig) -> MemoryGate:
     """The gate ``config`` asks for on ``ctx``'s cluster: its limit counts the GPU KV and
     ``gate_host_share`` of the host tier, in tokens."""

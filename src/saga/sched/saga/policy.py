@@ -31,6 +31,7 @@ from saga.sched.saga.ends import EndMarkers, EndWatch, end_wait, gate_min_ends, 
 from saga.sched.saga.fairshare import FairShare
 from saga.sched.saga.gate import (
     AgentKey,
+    GrowthTally,
     SharedPrefixes,
     agent_key,
     counted_growth,
@@ -60,7 +61,6 @@ class Flow:
     priority: float = 0.0  # expected seconds of work left, including the current call
     call_prefill: float = 0.0  # predicted prefill seconds of the current call
     context: int = 0  # tokens of KV it has built (prompt + output of its last call)
-    growth: int = 0  # expected context growth after its current call, as the gate counts it
     next_use: float = 0.0  # predicted time of the next call (in a tool)
     p_return: float = 0.0
     ideal: float = 0.0  # predicted seconds of its calls alone plus its tool gaps, so far
@@ -115,9 +115,7 @@ class SagaPolicy(Policy):
         self.predictor = placement.Predictor(ctx.cost, ctx.block_tokens)
         self.homed = [0.0] * len(ctx.replicas)  # context tokens of the flows homed there
         self.homed_total = 0.0
-        # the counted flows' expected growth (gate_growth): whole tokens, so that it is
-        # exactly 0 again when they have all left (an empty cluster always admits)
-        self.growth_total = 0
+        self.growth = GrowthTally()  # the counted flows' expected growth (gate_growth)
         self._placements = 0
         self._lightest: list[int] = []
         self.unhomed: dict[AgentKey, int] = {}  # flows with no home yet, per (tenant, agent)
@@ -214,13 +212,7 @@ class SagaPolicy(Policy):
         expected = self.gate.expected_context
         unplaced = sum(n * expected(a) for a, n in self.unhomed.items() if n)
         once = self.shared.overcount if self.config.gate_shared_once else 0
-        return self.homed_total - once + unplaced + self.growth_total
-
-    def _count_growth(self, flow: Flow, growth: float) -> None:
-        """``flow``'s expected growth in the gate's count is now ``growth`` tokens."""
-        tokens = round(growth)
-        self.growth_total += tokens - flow.growth
-        flow.growth = tokens
+        return self.homed_total - once + unplaced + self.growth.total
 
     def _room_for(self, key: AgentKey) -> bool:
         """Whether some replica has no call waiting and free KV for a new workflow of
@@ -274,7 +266,8 @@ class SagaPolicy(Policy):
         flow.node = node
         calls_left, _ = graph.remaining(node)
         flow.rest = calls_left * self._call_seconds(graph, node)
-        self._count_growth(flow, counted_growth(graph, node, self.config.gate_growth))
+        self.growth.count(flow.info.workflow,
+                          counted_growth(graph, node, self.config.gate_growth))
         for ns, _, _ in call.runs:
             if ns.startswith("s:") and ns not in flow.prefixes:
                 flow.prefixes.add(ns)
@@ -352,7 +345,7 @@ class SagaPolicy(Policy):
             return
         flow.uncounted = True
         self.shared.drop(flow.info.workflow)
-        self._count_growth(flow, 0.0)
+        self.growth.count(flow.info.workflow, 0.0)
         if flow.home is not None:
             self.homed[flow.home] -= flow.context
             self.homed_total -= flow.context
@@ -386,7 +379,7 @@ class SagaPolicy(Policy):
         if self.graphs.learning and flow.node:
             self._graph(flow).observe_end(flow.node)
         self._rehome(flow, None, 0)
-        self._count_growth(flow, 0.0)
+        self.growth.count(flow.info.workflow, 0.0)
         self.shared.drop(workflow.workflow)
         self._count_unhomed(agent_key(flow.info), -1)
         if flow.info.slo is not None:
