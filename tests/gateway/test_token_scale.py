@@ -28,6 +28,10 @@ def test_scale_is_the_ratio_of_engine_to_estimated_tokens_over_the_answers() -> 
     scale.observe(500, 0)  # an answer without usage teaches nothing
     scale.observe(0, 70)
     assert (scale.estimated, scale.engine) == (400, 580)
+    scale.assign(1000, 2500)  # totals counted elsewhere replace these
+    assert scale.factor == 2.5
+    scale.assign(1000, 0)  # half a total is no total: back to the plain estimate
+    assert (scale.estimated, scale.engine, scale.factor) == (0, 0, 1.0)
 
 
 def test_usage_counts_reads_the_prompt_and_total_tokens() -> None:

@@ -150,6 +150,11 @@ def test_the_replica_reports_vllms_kv_events_to_the_router(stack: Stack) -> None
     cached = until(lambda: _replica_stats(home).get("prefix_tokens", {}).get(
         "default/wf-events"), "the replica reporting wf-events' cached prefix")
     assert cached > 0
+    # the answered prompts as the router estimated them and as vLLM counted them (the
+    # routers' token scale): this call's count at least, since the sums run on
+    stats = _replica_stats(home)
+    assert stats["engine_tokens"] >= raw.parse().usage.prompt_tokens > 0
+    assert stats["estimated_tokens"] > 0
     for proc in stack.engines:
         request = urllib.request.Request(proc.base_url + "/reset_prefix_cache", data=b"",
                                          method="POST")

@@ -44,27 +44,54 @@ def _call(workflow: str, text: str) -> RayCall:
 
 
 # ---- the replica's report ---------------------------------------------------------------
-def test_the_report_gives_each_served_workflows_cached_prefix_in_router_tokens() -> None:
+def test_the_report_gives_each_served_workflows_cached_prefix_in_vllm_tokens() -> None:
     index = KVIndex()
     report = PrefixReport(index, limit=2)
     index.apply_batch(0, [_stored([1, 2, 3, 4], None, "w1"), _stored([7], None, "w2")])
-    report.served("w1", estimated_tokens=64, engine_tokens=64)  # the estimate is exact
-    report.served("w2", estimated_tokens=16, engine_tokens=16)
+    report.served("w1")
+    report.served("w2")
     assert report.report(ENGINE_BLOCK) == {"w1": 64, "w2": 16}
     index.apply_batch(1, [_removed([3])])  # vLLM evicted w1's third block: 2 remain
     assert report.report(ENGINE_BLOCK)["w1"] == 32
-    report.served("w3", estimated_tokens=10, engine_tokens=10)  # limit 2: w1 is forgotten
+    report.served("w3")  # limit 2: w1 is forgotten
     assert report.report(ENGINE_BLOCK) == {"w2": 16, "w3": 0}
 
 
-def test_the_report_converts_vllm_tokens_to_the_routers_estimate() -> None:
-    index = KVIndex()
-    index.apply_batch(0, [_stored([1, 2], None, "w1")])
-    report = PrefixReport(index)
-    for _ in range(60):  # the router's estimate is half vLLM's count, call after call
-        report.served("w1", estimated_tokens=500, engine_tokens=1000)
-    assert report.token_ratio == pytest.approx(0.5, abs=1e-4)
-    assert report.report(ENGINE_BLOCK) == {"w1": 16}  # 2 blocks x 16 tokens x 0.5
+def test_the_router_learns_the_engines_token_scale_from_the_replicas_reports() -> None:
+    routing = SagaRouting("saga", slots=2, cluster="small")
+    routing.update_replicas(["r-a", "r-b"])
+    text = "x" * 4000  # 1,000 tokens as estimated
+    first = routing.route("q1", _call("w1", text), 0.0)
+    assert isinstance(first, Tiers)
+    assert routing.routed["q1"].info.prompt_tokens == 1000  # nothing answered yet
+    # r-a's engine counted 3,000 tokens of 2,000 estimated, r-b's 1,000 of 1,000
+    _reported(routing, "r-a", ReplicaStats(estimated_tokens=2000, engine_tokens=3000))
+    _reported(routing, "r-b", ReplicaStats(estimated_tokens=1000, engine_tokens=1000))
+    assert routing.token_scale is not None
+    assert routing.token_scale.factor == pytest.approx(4000 / 3000)
+    routing.route("q2", _call("w2", text), 1.0)
+    assert routing.routed["q2"].info.prompt_tokens == 1333
+    # a later report replaces that replica's totals (they are running sums): not added
+    _reported(routing, "r-b", ReplicaStats(estimated_tokens=2000, engine_tokens=2000))
+    assert routing.token_scale.factor == pytest.approx(5000 / 4000)
+    # the views count the prefix index in the engine's blocks by the same scale
+    view = routing.views[0]
+    assert view.kv.scale is routing.token_scale
+
+
+def test_without_learning_the_router_keeps_its_estimate_and_converts_the_report() -> None:
+    routing = SagaRouting("saga", slots=2, cluster="small", learn_token_scale=False)
+    routing.update_replicas(["r-a", "r-b"])
+    assert routing.token_scale is None
+    decision = routing.route("q1", _call("w1", "x" * 4000), 0.0)
+    assert isinstance(decision, Tiers)
+    assert routing.routed["q1"].info.prompt_tokens == 1000
+    # vLLM counts twice the estimate: its 20 blocks x 64 tokens are 640 estimated tokens
+    _reported(routing, "r-a", ReplicaStats(estimated_tokens=500, engine_tokens=1000,
+                                           prefix_tokens={"w1": 20 * 64}))
+    events = routing.views[routing.slot_of["r-a"]].kv.events
+    assert events is not None
+    assert events.session_prefix_blocks("w1") == 10
 
 
 # ---- the router reads it ----------------------------------------------------------------
@@ -235,9 +262,11 @@ def test_the_forwarder_passes_the_hint_on_and_reports_vllms_events() -> None:
     assert sent["saga_ttl"] == 7.5 and sent["session_id"] == "default/w1"
     assert answer["saga"] == {"replica": "r-a", "cached_tokens": 32, "status": 200,
                               "ttl_hint": 7.5}
-    # vLLM counted twice the router's estimate: 3 blocks x 16 tokens x 0.9 (the ratio's
-    # average after one answer: 1 + 0.2 x (0.5 - 1))
-    assert stats["prefix_tokens"] == {"default/w1": int(3 * 16 * 0.9)}
+    # the prefix in vLLM's tokens (3 blocks of 16); the answered call's prompt as the
+    # router estimated it and as vLLM counted it (the fake counts twice the estimate)
+    assert stats["prefix_tokens"] == {"default/w1": 3 * 16}
+    estimated = estimate_tokens("agent context " * 100)
+    assert (stats["estimated_tokens"], stats["engine_tokens"]) == (estimated, 2 * estimated)
     assert stats["kv_capacity_blocks"] == 400 * 16 // 64
-    assert later["prefix_tokens"] == {"default/w1": int(1 * 16 * 0.9)}
+    assert later["prefix_tokens"] == {"default/w1": 1 * 16}
     assert json.dumps(stats)  # plain data, as Ray ships it

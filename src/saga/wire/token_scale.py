@@ -35,6 +35,11 @@ class TokenScale:
             self.estimated += estimated
             self.engine += engine
 
+    def assign(self, estimated: int, engine: int) -> None:
+        """Take totals counted elsewhere (a Ray router sums its replicas' reports)."""
+        self.estimated, self.engine = (estimated, engine) if estimated > 0 and engine > 0 \
+            else (0, 0)
+
     @property
     def factor(self) -> float:
         """Engine tokens per estimated token (1.0 before any answer)."""

@@ -30,7 +30,8 @@ def router_config(config: RayAppConfig) -> RequestRouterConfig:
                   "cluster": config.cluster, "block_tokens": config.block_tokens,
                   "state_actor": config.state_actor, "state_namespace": STATE_NAMESPACE,
                   # vLLM replicas pass a pin on as saga_ttl; emulator replicas take none
-                  "retains": config.engine == "vllm"}
+                  "retains": config.engine == "vllm",
+                  "learn_token_scale": config.learn_token_scale}
     fields: dict[str, Any] = {
         "request_router_class": ROUTERS[config.router], "request_router_kwargs": kwargs,
         "request_routing_stats_period_s": config.stats_period,

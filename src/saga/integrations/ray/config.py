@@ -39,6 +39,11 @@ class RayAppConfig(BaseModel):
         description="Per replica, the endpoint (tcp://HOST:PORT on the replica's node) its "
         "subscriber to vLLM's KV cache events binds; start vLLM i with --kv-events-config "
         "naming endpoint i. Empty: no events, the routers keep their prefix estimate.")
+    learn_token_scale: bool = Field(
+        True, description="The routers count prompts in the engines' tokens: their text "
+        "estimate (characters / 4) scaled by the ratio the replicas report of the calls "
+        "they answered (usage.prompt_tokens over the estimates), as the gateway's "
+        "learn_token_scale. Off: the plain estimate.")
     max_ongoing_requests: int = Field(64, ge=1, description="Calls a replica takes at once.")
     stats_period: float = Field(0.5, gt=0, description="record_routing_stats period, s.")
     state_actor: str = Field("saga-ray-state", description="The shared state actor's name.")

@@ -87,6 +87,7 @@ class SagaRequestRouter(RequestRouter):
             block_tokens=int(kwargs.get("block_tokens", 64)),
             hold_retry=float(kwargs.get("hold_retry", 0.02)),
             retains=bool(kwargs.get("retains", False)),
+            learn_token_scale=bool(kwargs.get("learn_token_scale", True)),
         )
         self.state_name = kwargs.get("state_actor", STATE_ACTOR)
         self.state_namespace = kwargs.get("state_namespace", STATE_NAMESPACE)

@@ -46,6 +46,7 @@ from saga.sched.decisions import Retention
 from saga.sched.policy import CallInfo, Policy, PolicyContext, WorkflowInfo
 from saga.sched.registry import build_policy
 from saga.sched.saga.policy import SagaPolicy
+from saga.wire.token_scale import TokenScale
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +110,7 @@ class SagaRouting:
         self, policy: str = "saga", *, slots: int = 2, cluster: str = "small",
         block_tokens: int = 64, held_ttl: float = 5.0, workflow_idle_timeout: float = 300.0,
         hold_retry: float = 0.02, max_hints: int = 65536, retains: bool = False,
+        learn_token_scale: bool = True,
     ) -> None:
         self.policy: Policy = build_policy(policy)
         if self.policy.offline:
@@ -123,6 +125,13 @@ class SagaRouting:
                            max_num_batched_tokens=spec.engine.max_num_batched_tokens)
             for i in range(slots)
         ]
+        #: The engines' tokens per estimated token, from the replicas' reports of the calls
+        #: they answered (None: off, the plain estimate), as the gateway learns it.
+        self.token_scale = TokenScale() if learn_token_scale else None
+        self._answered: dict[str, tuple[int, int]] = {}  # replica id -> its report's totals
+        if self.token_scale is not None:
+            for view in self.views:
+                view.use_token_scale(self.token_scale)
         self.policy.bind(PolicyContext(replicas=self.views, cost=cost,
                                        block_tokens=block_tokens, rng=random.Random(0)))
         self.slot_of: dict[str, int] = {}
@@ -189,6 +198,11 @@ class SagaRouting:
         slot = self.slot_of.get(replica_id)
         if slot is not None:
             self.views[slot].report(stats)
+        if self.token_scale is not None and stats.engine_tokens > 0:
+            # each replica reports its own running totals: the scale is their sum
+            self._answered[replica_id] = (stats.estimated_tokens, stats.engine_tokens)
+            self.token_scale.assign(sum(e for e, _ in self._answered.values()),
+                                    sum(n for _, n in self._answered.values()))
 
     def home_id(self, workflow: str) -> str | None:
         """The Ray replica id of the slot this router last placed ``workflow`` on."""
@@ -225,10 +239,12 @@ class SagaRouting:
                 self.stats.held += 1
                 return held
         wf.admitted = True
+        scale = self.token_scale
         info = CallInfo(
             workflow=call.workflow, tenant=call.tenant, agent=call.agent,
             call_id=str(wf.calls), index=wf.calls, tool=call.tool,
-            prompt_tokens=call.prompt_tokens, runs=call.runs, issued_at=now,
+            prompt_tokens=scale.tokens(call.prompt_tokens) if scale is not None
+            else call.prompt_tokens, runs=call.runs, issued_at=now,
             workflow_arrival=wf.info.arrival, slo=None, ends_workflow=call.ends,
         )
         wf.calls += 1
@@ -341,8 +357,9 @@ class SagaRouting:
             if wf is not None:
                 wf.placed_here = slot
         self._seq += 1
+        factor = self.token_scale.factor if self.token_scale is not None else 1.0
         record = GatewayCall(routed.info, routed.call.max_tokens, self.block_tokens,
-                             self._seq, now)
+                             self._seq, now, factor)
         view = self.views[slot]
         view.try_start(record, now)
         view.kv.add(routed.info.runs)

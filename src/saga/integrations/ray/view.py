@@ -12,6 +12,10 @@ the pins the policy asked for) plus what the replica itself reports through Ray 
 * ``load()``, ``outstanding_tokens()`` and the queue token sums: the larger of this
   router's count and the replica's last report (a report is at most
   ``request_routing_stats_period_s`` old, so it lags; this router's count does not);
+* token counts: the router estimates a prompt from its text (characters / 4) and scales
+  it by the engines' token scale learned from the replicas' reports (the prompt tokens
+  they answered, as estimated and as counted: ``SagaRouting(learn_token_scale=True)``,
+  as the gateway's ``learn_token_scale``), so the policy counts in the engine's tokens;
 * ``kv``: this router's prefix index, bounded by the capacity the replica reports; when
   the replica reads its engine's KV events (a vLLM replica subscribed to them), a match
   is cut to what the engine still holds of the workflow that sent those blocks, as the
@@ -40,9 +44,14 @@ class ReplicaStats:
     backlog_tokens: int = 0
     kv_capacity_blocks: int = 0
     kv_used_blocks: int = 0
+    #: The prompt tokens of the calls this replica answered, as the routers estimated
+    #: them and as its engine counted them (``usage.prompt_tokens``): the routers learn
+    #: the engines' token scale from them (0 and 0: no answer with a count yet).
+    estimated_tokens: int = 0
+    engine_tokens: int = 0
     #: From the engine's KV events (None: the replica reads none): for each workflow it
     #: served lately, the tokens of its last prompt the engine still holds from the
-    #: start, in the router's token estimate (:class:`~.vllm.PrefixReport`).
+    #: start, in the engine's tokens (:class:`~.vllm.PrefixReport`).
     prefix_tokens: Mapping[str, int] | None = None
 
     @classmethod
@@ -87,7 +96,9 @@ class RayReplicaView(RemoteReplicaView):
         if self.replica_id != replica_id:
             self.replica_id = replica_id
             self.stats = ReplicaStats()
+            scale = self.kv.scale
             self.kv = type(self.kv)(self.kv.capacity)
+            self.kv.scale = scale  # the router's learned token scale outlives a replica
             self.pins.clear()
         self.up = True
 
@@ -97,8 +108,13 @@ class RayReplicaView(RemoteReplicaView):
             self.kv.capacity = stats.kv_capacity_blocks
         if stats.prefix_tokens is None:
             self.kv.events = None  # no events (or no longer): the estimate alone
-        else:
-            self.kv.events = ReportedPrefixes(stats.prefix_tokens, self.block_tokens)
+            return
+        # The view counts in the engine's tokens when the router learns the token scale
+        # (the engine's report as is); else in its own estimate, by this replica's ratio.
+        ratio = 1.0
+        if self.kv.scale is None and stats.estimated_tokens > 0 and stats.engine_tokens > 0:
+            ratio = stats.estimated_tokens / stats.engine_tokens
+        self.kv.events = ReportedPrefixes(stats.prefix_tokens, self.block_tokens, ratio)
 
     # ---- what a policy reads: this router's count or the replica's report -------------
     def load(self) -> int:

@@ -17,13 +17,16 @@ stream. Its parts:
 * :class:`PrefixReport` -- the replica's view of vLLM's KV cache events (a
   :class:`saga.gateway.kv_events.KVIndex` fed by a subscriber in the replica): for each
   workflow the replica served lately, the tokens of its last prompt still cached from
-  the start, converted to the router's token estimate. The replica returns it from
-  ``record_routing_stats()``; the router cuts its prefix estimate to it
-  (:mod:`.prefixes`).
+  the start, in vLLM's tokens. The replica returns it from ``record_routing_stats()``;
+  the router cuts its prefix estimate to it (:mod:`.prefixes`).
+* the prompt tokens of the calls answered, as the router estimated them and as vLLM
+  counted them (``usage.prompt_tokens``), also in the stats: the routers learn the
+  engines' token scale from them (:class:`saga.wire.token_scale.TokenScale`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import OrderedDict
 from typing import Any, Protocol
@@ -33,6 +36,7 @@ import aiohttp
 from saga.integrations.engines import parse_prometheus
 from saga.integrations.ray.call import RayCall
 from saga.integrations.ray.view import ReplicaStats
+from saga.wire.token_scale import TokenScale
 
 #: vLLM's Prometheus gauges the replica reports (``vllm:`` prefix, any labels).
 _VLLM_GAUGES = {
@@ -115,46 +119,41 @@ class PrefixReport:
     """The workflows a replica served lately and, from vLLM's KV events, how much of each
     one's prompt vLLM still holds.
 
-    ``served`` learns the ratio of the router's token estimate to vLLM's token count from
-    each answer (an exponential average), so that the report speaks the router's units;
     ``report`` gives, for the ``limit`` workflows served last, the tokens of their last
-    stored prompt cached from the start (vLLM's blocks times its block size, times the
-    ratio). A workflow not in the report is one the replica has not served lately: the
-    router keeps its own estimate for it. Each workflow's chain is walked per report
-    (a few hundred blocks for an agent's long context), so the report is bounded
-    (``limit``) and made again only after new events."""
+    stored prompt cached from the start (vLLM's blocks times its block size: vLLM's
+    tokens; the router converts them if it counts otherwise). A workflow not in the
+    report is one the replica has not served lately: the router keeps its own estimate
+    for it. Each workflow's chain is walked per report (a few hundred blocks for an
+    agent's long context), so the report is bounded (``limit``) and made again only
+    after new events."""
 
     def __init__(self, index: SessionIndex, limit: int = 256) -> None:
         self.index = index
         self.limit = limit
-        self.token_ratio = 1.0
         self._workflows: OrderedDict[str, None] = OrderedDict()
         #: The last report and what it was made of (the index's batches, the workflows,
-        #: the ratio): made again only when one of them changed.
+        #: the block size): made again only when one of them changed.
         self._last: tuple[tuple[object, ...], dict[str, int]] | None = None
 
-    def served(self, workflow: str, estimated_tokens: int, engine_tokens: int) -> None:
-        """A call of ``workflow`` was answered: the router estimated its prompt at
-        ``estimated_tokens``, vLLM counted ``engine_tokens`` (0: no usage in the answer)."""
+    def served(self, workflow: str) -> None:
+        """A call of ``workflow`` was answered: it is reported, newest last."""
         self._workflows[workflow] = None
         self._workflows.move_to_end(workflow)
         while len(self._workflows) > self.limit:
             self._workflows.popitem(last=False)
-        if engine_tokens > 0 and estimated_tokens > 0:
-            self.token_ratio += 0.2 * (estimated_tokens / engine_tokens - self.token_ratio)
 
     def forget(self, workflow: str) -> None:
         self._workflows.pop(workflow, None)
 
     def report(self, engine_block_tokens: int) -> dict[str, int]:
-        """Workflow -> cached prefix tokens (the router's estimate), newest last."""
+        """Workflow -> cached prefix tokens (vLLM's), newest last."""
         counters = getattr(self.index, "counters", None)
         made_of = (getattr(counters, "batches", None), tuple(self._workflows),
-                   self.token_ratio, engine_block_tokens)
+                   engine_block_tokens)
         if counters is not None and self._last is not None and self._last[0] == made_of:
             return dict(self._last[1])  # no event since: the same report
-        scale = engine_block_tokens * self.token_ratio
-        report = {w: int(self.index.session_prefix_blocks(w) * scale) for w in self._workflows}
+        report = {w: self.index.session_prefix_blocks(w) * engine_block_tokens
+                  for w in self._workflows}
         self._last = (made_of, report)
         return dict(report)
 
@@ -178,6 +177,8 @@ class VLLMForwarder:
         #: vLLM's tokens per block, read once from its ``/metrics``.
         self.engine_block_tokens: int | None = None
         self.prefixes: PrefixReport | None = None
+        #: The answered calls' prompt tokens, as the router estimated and vLLM counted.
+        self.answered = TokenScale()
         self._subscriber: Any = None
         if kv_events is not None:
             from saga.gateway.kv_events import KVEventSubscriber, KVIndex
@@ -203,9 +204,10 @@ class VLLMForwarder:
             status = resp.status
         usage = answer.get("usage") or {}
         cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0) or 0
-        if self.prefixes is not None and status == 200:
-            self.prefixes.served(call.workflow, call.prompt_tokens,
-                                 int(usage.get("prompt_tokens") or 0))
+        if status == 200:
+            self.answered.observe(call.prompt_tokens, int(usage.get("prompt_tokens") or 0))
+            if self.prefixes is not None:
+                self.prefixes.served(call.workflow)
         answer["saga"] = {"replica": self.replica_id, "cached_tokens": cached,
                           "status": status, "ttl_hint": call.ttl_hints.get(self.replica_id)}
         return answer
@@ -217,8 +219,11 @@ class VLLMForwarder:
             async with self._http().get(self.url + "/metrics") as resp:
                 text = await resp.text()
         except aiohttp.ClientError:
-            return ReplicaStats().to_dict()
-        stats = parse_vllm_metrics(text, self.capacity_blocks, self.block_tokens)
+            return ReplicaStats(estimated_tokens=self.answered.estimated,
+                                engine_tokens=self.answered.engine).to_dict()
+        stats = dataclasses.replace(
+            parse_vllm_metrics(text, self.capacity_blocks, self.block_tokens),
+            estimated_tokens=self.answered.estimated, engine_tokens=self.answered.engine)
         if self.prefixes is None:
             return stats.to_dict()
         if self.engine_block_tokens is None:
