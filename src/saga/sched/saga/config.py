@@ -252,6 +252,14 @@ class SagaConfig(BaseModel):
         description="Seconds of remaining-work priority a call gains per second it waits, "
         "so that no call starves behind shorter work.",
     )
+    queue_order: Literal["remaining", "attained"] = Field(
+        "remaining",
+        description="Within a tenant, order an engine's queued calls by their workflow's "
+        "expected remaining work (remaining: the Agent Execution Graph's calls left, "
+        "shortest first) or by the work it has received so far (attained: least first, "
+        "as Autellix's PLAS; a gateway counts it), each plus the call's own predicted "
+        "service and less the aging.",
+    )
     # Off (docs/saga.md, "Decode, memory and the queues"): 60 s with gate_saturation_waiting
     # 2 lifted the share within 2x near the capacity on both seeds, but not the capacity.
     fit_first_wait: float | None = Field(
