@@ -260,10 +260,11 @@ class SagaConfig(BaseModel):
         "as Autellix's PLAS; a gateway counts it), each plus the call's own predicted "
         "service and less the aging.",
     )
-    # 60 s since 2026-12-06 (docs/saga.md, "Fit first on Claude Code"): on the quick
-    # capacity case's Claude Code sessions at 0.0055 wf/s it took the share within 2x from
-    # 0.858 to 0.915 (seeds 0 and 1), on coding at 0.025 wf/s from 0.786 to 0.800, and left
-    # the claude-code scenario's mean TCT as it was.
+    # 60 s since 2026-12-06 (docs/saga.md, "The quick pool, fit first on Claude Code"): on
+    # the quick capacity case's Claude Code sessions at 0.0055 wf/s it took the share within
+    # 2x from 0.858 to 0.915 (seeds 0 and 1) and the capacity on seed 0 from 0.005 to 0.0055;
+    # coding at 0.025 wf/s 0.786 -> 0.800, its capacities unchanged; the claude-code
+    # scenario's mean TCT as it was.
     fit_first_wait: float | None = Field(
         60.0, ge=0.0,
         description="Within a tenant, queue the calls whose prompt fits the replica's free "
