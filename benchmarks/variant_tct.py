@@ -5,7 +5,9 @@ and the speedup: the geometric mean over paired workflows of `vllm-affinity`'s T
 policy's), for policies the registry does not name: `saga:FIELD=JSON;FIELD=JSON` runs SAGA
 with those `SagaConfig` fields (as benchmarks/capacity_probe.py), so that a rule can be
 checked against the headline before it becomes a default. One run per policy and seed, on
-the scenario's first workload and cluster, seeds not pooled.
+the scenario's first workload and cluster, seeds not pooled. The workload runs with its own
+params as the scenario file gives them: the bench's figures for scenarios that fix their
+rate (`claude-code`), not for those whose bench sets the rate from a measured peak (`paper`).
 
 Run: PYTHONPATH=src python benchmarks/variant_tct.py claude-code \
     'saga,saga:fit_first_wait=null' --seeds 0,1 [--full]
