@@ -264,3 +264,28 @@ def test_workloads_searched_together_find_what_each_finds_alone() -> None:
         assert both.points == single.points and both.capacity == single.capacity
         assert both.seeds == single.seeds
     assert together[0].capacity != together[1].capacity  # two different answers
+
+
+def test_the_quick_coding_pool_outlasts_the_window_of_every_probe() -> None:
+    """No probe of the quick coding search runs out of workflows on seeds 0 and 1: every
+    policy's quick capacity lies between the start's first and second doubling (0.02-0.04
+    wf/s, docs/RESULTS.md), so no search probes above the second; the pool covers it, with
+    the window (8 median TCTs alone) taken over either seed alone and over both."""
+    from saga.bench.capacity import BRACKET_FACTOR, median_alone, offered, start_rate
+    from saga.bench.scenario import load_scenario
+    from saga.bench.workloads import build_spec
+
+    quick = load_scenario("capacity").quick_version()
+    coding = next(w for w in quick.workloads if w.label == "coding")
+    cluster = quick.cluster_for(coding)
+    assert quick.capacity_window is not None
+    highest = start_rate(quick, coding) * BRACKET_FACTOR**2
+    assert highest == pytest.approx(0.04)
+    context = cluster.cost_model().model.max_context
+    pools = {seed: build_spec(coding, seed, {}, context)[0] for seed in (0, 1)}
+    alone = {seed: isolated_tcts(cluster, pools[seed]) for seed in pools}
+    for seeds in ((0,), (1,), (0, 1)):
+        window = quick.capacity_window * median_alone({s: alone[s] for s in seeds})
+        for seed in seeds:
+            kept, ran_out = offered(pools[seed], highest, seed, window)
+            assert not ran_out, (seeds, seed, len(kept))

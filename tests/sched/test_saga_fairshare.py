@@ -148,3 +148,53 @@ def test_fit_first_queues_calls_that_fit_ahead_until_the_wait_limit() -> None:
         order = sorted((big, small), key=lambda r: policy.queue_key(replica, r, now))
         assert order[0].workflow == first, (limit, now)
     # (at 60 s big has waited the limit: by remaining work, then arrival, as without it)
+
+
+def test_queue_order_by_attained_service_puts_the_least_served_workflow_first() -> None:
+    from saga.core.workflow import Call, Prompt, Workflow
+    from saga.engine.cluster import get_cluster
+    from saga.sched.policy import WorkflowInfo
+    from saga.sim.simulator import Simulation
+
+    dummy = Workflow("d", "t", "a", 0.0, (Call("c0", Prompt(64), 1),))
+
+    def flows(policy: SagaPolicy) -> tuple[Request, Request]:
+        Simulation(get_cluster("test-2"), policy, [dummy])  # binds the policy
+        old = policy._flow(WorkflowInfo("old", "t", "a", 0.0, None))
+        new = policy._flow(WorkflowInfo("new", "t", "a", 0.0, None))
+        old.attained, old.rest = 120.0, 3.0  # served much, little expected left
+        new.attained, new.rest = 2.0, 90.0  # served little, much expected left
+        for flow in (old, new):
+            flow.priority = policy._queue_priority(flow, 5.0)
+        return _call("t", "old", 1), _call("t", "new", 2)
+
+    for order, expected in (("remaining", ["old", "new"]), ("attained", ["new", "old"])):
+        policy = SagaPolicy(SagaConfig(queue_order=order, fit_first_wait=None))  # type: ignore[arg-type]
+        old, new = flows(policy)
+        assert (policy.flows["old"].priority, policy.flows["new"].priority) == (
+            (8.0, 95.0) if order == "remaining" else (125.0, 7.0))
+        queued = sorted((old, new), key=lambda r: policy.queue_key(None, r, 0.0))  # type: ignore[arg-type]
+        assert [r.workflow for r in queued] == expected
+
+
+def test_attained_service_is_what_fair_share_charged_the_workflow() -> None:
+    from saga.core.workflow import Call, Prompt, Workflow
+    from saga.engine.cluster import get_cluster
+    from saga.sim.simulator import Simulation
+
+    seen: list[tuple[float, float]] = []
+
+    class Watched(SagaPolicy):
+        def on_call_finished(self, call: CallInfo, replica: int, now: float) -> None:
+            super().on_call_finished(call, replica, now)
+            seen.append((self.flows["w"].attained, self.fair.account("t").service))
+
+    calls = tuple(Call(f"c{i}", Prompt(640 * (i + 1)), 20,
+                       after=(f"c{i - 1}",) if i else (), gap=1.0 if i else 0.0)
+                  for i in range(3))
+    Simulation(get_cluster("test-2"), Watched(SagaConfig(queue_order="attained")),
+               [Workflow("w", "t", "a", 0.0, calls)]).run()
+    assert len(seen) == 3
+    # (the first call is charged 0 here: its estimated prefill is within its output's decode)
+    assert all(attained == charged for attained, charged in seen)
+    assert seen[0][0] <= seen[1][0] < seen[2][0]

@@ -252,10 +252,21 @@ class SagaConfig(BaseModel):
         description="Seconds of remaining-work priority a call gains per second it waits, "
         "so that no call starves behind shorter work.",
     )
-    # Off (docs/saga.md, "Decode, memory and the queues"): 60 s with gate_saturation_waiting
-    # 2 lifted the share within 2x near the capacity on both seeds, but not the capacity.
+    queue_order: Literal["remaining", "attained"] = Field(
+        "remaining",
+        description="Within a tenant, order an engine's queued calls by their workflow's "
+        "expected remaining work (remaining: the Agent Execution Graph's calls left, "
+        "shortest first) or by the work it has received so far (attained: least first, "
+        "as Autellix's PLAS; a gateway counts it), each plus the call's own predicted "
+        "service and less the aging.",
+    )
+    # 60 s since 2026-12-06 (docs/saga.md, "The quick pool, fit first on Claude Code"): on
+    # the quick capacity case's Claude Code sessions at 0.0055 wf/s it took the share within
+    # 2x from 0.858 to 0.915 (seeds 0 and 1) and the capacity on seed 0 from 0.005 to 0.0055;
+    # coding at 0.025 wf/s 0.786 -> 0.800, its capacities unchanged; the claude-code
+    # scenario's mean TCT as it was.
     fit_first_wait: float | None = Field(
-        None, ge=0.0,
+        60.0, ge=0.0,
         description="Within a tenant, queue the calls whose prompt fits the replica's free "
         "and evictable KV now ahead of those that do not (vLLM admits in queue order and "
         "stops at the first call that does not fit), for calls that waited less than this "
@@ -351,7 +362,8 @@ class SagaConfig(BaseModel):
         "own admission (vLLM's whole-prompt check) then waits instead of thrashing, so "
         "holding work at the door would only leave memory idle.",
     )
-    # Off: as fit_first_wait above.
+    # Off (docs/saga.md, "Decode, memory and the queues"): 2.0 with fit_first_wait 60 lifted
+    # the share within 2x near the coding capacity on both seeds, but not the capacity.
     gate_saturation_waiting: float | None = Field(
         None, gt=0.0,
         description="The memory gate also holds new workflows while the calls waiting in "

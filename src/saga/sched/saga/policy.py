@@ -64,6 +64,7 @@ class Flow:
     next_use: float = 0.0  # predicted time of the next call (in a tool)
     p_return: float = 0.0
     ideal: float = 0.0  # predicted seconds of its calls alone plus its tool gaps, so far
+    attained: float = 0.0  # predicted GPU seconds of its finished calls (what AFS charged)
     prefixes: set[str] = field(default_factory=set)
     epoch: int = 0  # calls issued so far: a predicted end is for one epoch only
     predicted_end: bool = False  # taken as ended (ends.py): unpinned, evicted first
@@ -284,6 +285,7 @@ class SagaPolicy(Policy):
             return
         work = flow.call_prefill + flow.output * self.predictor.t_decode
         self.fair.charge(call.tenant, work)
+        flow.attained += max(work, 0.0)
         self._observe_slowdown(flow, call, now)
         flow.last_finish = now
         flow.last_prompt = call.prompt_tokens
@@ -415,8 +417,16 @@ class SagaPolicy(Policy):
         self._rehome(flow, chosen, call.prompt_tokens)
         self.shared.hold(call.workflow, call.runs)
         flow.call_prefill = estimate.service - output * self.predictor.t_decode
-        flow.priority = flow.rest + estimate.service
+        flow.priority = self._queue_priority(flow, estimate.service)
         return chosen
+
+    def _queue_priority(self, flow: Flow, service: float) -> float:
+        """Seconds of work that order ``flow``'s call within its tenant (``queue_order``):
+        the work expected after it, or the work its workflow has received so far, plus
+        the call's own predicted service."""
+        if self.config.queue_order == "attained":
+            return flow.attained + service
+        return flow.rest + service
 
     def _candidates(self, home: int | None) -> list[ReplicaView]:
         """The up replicas a placement evaluates (all of them on small clusters)."""
