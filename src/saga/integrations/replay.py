@@ -51,6 +51,7 @@ from saga.engine.costmodel import Efficiency
 from saga.gateway.app import Gateway
 from saga.gateway.config import GatewayConfig
 from saga.sched.estimated import with_prompt_estimates
+from saga.sched.gateway_view import with_gateway_views
 from saga.sched.registry import build_policy
 from saga.sched.stock import on_stock_vllm
 from saga.sim.simulator import SimResult, Simulation
@@ -353,12 +354,21 @@ def simulate_deployed(
     ``saga``; ``estimates``: the prompt lengths the gateway gives the policy
     (:func:`gateway_estimates`, saga.sched.estimated), scaled by the ratio the gateway
     learns from the answers when ``learn_token_scale`` (the gateway's setting of that
-    name, on by default)."""
+    name, on by default). A policy in front of stock vLLM reads the replicas as the gateway
+    sees them (saga.sched.gateway_view: its own queue, the prompts it has in flight as the
+    KV in use, in its prompt count); ``saga``'s one policy object is also the scheduler
+    inside vLLM, which reads vLLM's own queues, so it keeps the engine's view."""
     built = build_policy(policy)
     if stock_engine:
         built = on_stock_vllm(built)
+    tokens = None
     if estimates is not None:
-        built = with_prompt_estimates(built, estimates, learn_token_scale)
+        estimated = with_prompt_estimates(built, estimates, learn_token_scale)
+        tokens = estimated.gateway_tokens
+        built = estimated
+    if stock_engine:
+        built = with_gateway_views(built) if tokens is None else with_gateway_views(
+            built, tokens)
     return Simulation(get_cluster(cluster), built, workflows).run()
 
 
