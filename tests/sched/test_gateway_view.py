@@ -53,8 +53,8 @@ def test_llmd_signal_equals_the_gateway_view() -> None:
     replicas = engines()
     gateway = [RemoteReplicaView(i, CAPACITY, BT) for i in range(2)]
     given: dict[str, int] = {}
-    for seq, (i, workflow, tokens, counted) in enumerate(IN_FLIGHT):
-        send(replicas[i], info(workflow, tokens), seq)
+    for seq, (i, workflow, engine_tokens, counted) in enumerate(IN_FLIGHT):
+        send(replicas[i], info(workflow, engine_tokens), seq)
         given[workflow] = counted
         call = GatewayCall(info(workflow, counted), 8, BT, seq, 0.0)
         assert gateway[i].try_start(call, 0.0)

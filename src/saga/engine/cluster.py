@@ -40,6 +40,12 @@ class ClusterSpec(BaseModel):
         "cluster (a calibration probe's fit, saga.engine.speedfit); None: the GPU's "
         "calibrated preset (saga.engine.costmodel.DEFAULT_EFFICIENCY).",
     )
+    host_contention: float = Field(
+        0.0, ge=0.0,
+        description="Replicas that share one host's cores (the CPU presets): a step started "
+        "while other replicas are busy takes 1 + host_contention x (the share of the other "
+        "replicas busy) times as long (saga.engine.contention); 0: independent replicas.",
+    )
     description: str = ""
 
     @property
