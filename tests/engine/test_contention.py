@@ -123,14 +123,15 @@ def test_the_simulator_shares_the_host_only_when_the_cluster_says_so() -> None:
     flows = [Workflow(f"t/w{i}", "t", "a", 0.0,
                       (Call("c0", Prompt(640, (), ((0, 10),)), 8, (), 0.0, None),),
                       None, BT) for i in range(2)]
-    base = get_cluster("cpu-tiny")
-    shared = base.model_copy(update={"name": "cpu-tiny-shared", "host_contention": 0.3})
+    shared = get_cluster("cpu-tiny")
+    assert shared.host_contention == 0.29  # its engines share the machine's 2 cores
+    base = shared.model_copy(update={"name": "cpu-tiny-apart", "host_contention": 0.0})
     plain = Simulation(base, build_policy("vllm-affinity"), flows)
     assert all(r.host_share is None and r.decode_runs for r in plain.replicas)
     sim = Simulation(shared, build_policy("vllm-affinity"), flows)
     assert all(r.host_share is not None and not r.decode_runs for r in sim.replicas)
     assert sim.replicas[0].host_share is sim.replicas[1].host_share
     assert sim.replicas[0].host_share is not None
-    assert sim.replicas[0].host_share.contention == 0.3
+    assert sim.replicas[0].host_share.contention == 0.29
     # two calls at once on two replicas take longer than with no contention
     assert max(w.tct for w in sim.run().workflows) > max(w.tct for w in plain.run().workflows)

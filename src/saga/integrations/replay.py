@@ -294,7 +294,7 @@ def sim_workflows(
 
 
 def kv_cluster(kv_blocks: int, base: str = "cpu-tiny", efficiency: Efficiency | None = None,
-               host_contention: float = 0.0) -> str:
+               host_contention: float | None = None) -> str:
     """The ``base`` cluster preset with ``kv_blocks`` of KV per replica (what
     ``--num-gpu-blocks-override`` gives the engines, less vLLM's null block), registered
     under ``NAME-kvN`` so that the gateway and the simulator know the engines' real
@@ -303,8 +303,8 @@ def kv_cluster(kv_blocks: int, base: str = "cpu-tiny", efficiency: Efficiency | 
     these vLLM engines does (saga.integrations.vllm_scheduler). ``efficiency``: the
     engines' measured speed (a calibration probe's fit, saga.bench.probe), registered
     under ``NAME-kvN-fit`` and a digest of its figures; ``host_contention``: how much a
-    replica's steps slow while the other is busy (``ClusterSpec.host_contention``), with
-    ``-hcX`` (X to 4 decimals) in the name."""
+    replica's steps slow while the other is busy (``ClusterSpec.host_contention``; None:
+    ``base``'s), measured: ``-hcX`` (X to 4 decimals) in the name."""
     from saga.engine.cluster import CLUSTERS
 
     spec = get_cluster(base)
@@ -312,14 +312,16 @@ def kv_cluster(kv_blocks: int, base: str = "cpu-tiny", efficiency: Efficiency | 
     if efficiency is not None:
         digest = hashlib.sha1(efficiency.model_dump_json().encode()).hexdigest()[:8]
         name += f"-fit{digest}"
-    if host_contention > 0:
+    if host_contention is None:
+        host_contention = spec.host_contention
+    else:
         host_contention = round(host_contention, 4)
         name += f"-hc{host_contention:g}"
     if name not in CLUSTERS:
         engine = spec.engine.model_copy(update={"kv_capacity_blocks": kv_blocks,
                                                 "pins_yield_to_waiting": True})
         measured = "" if efficiency is None else ", speed from a calibration probe"
-        if host_contention > 0:
+        if host_contention != spec.host_contention:
             measured += f", host contention {host_contention:g}"
         CLUSTERS[name] = spec.model_copy(update={
             "name": name, "engine": engine, "efficiency": efficiency,
