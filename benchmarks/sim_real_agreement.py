@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from saga.bench.real import RealBench, RealCase, trace_path
+from saga.bench.real import RealBench, RealCase, calibrated_cluster, ranking, trace_path
 from saga.engine.costmodel import DEFAULT_EFFICIENCY, Efficiency
 from saga.engine.hardware import get_gpu, get_model
 from saga.engine.speedfit import SoloCall, fit_time_scale, scaled
@@ -95,16 +95,14 @@ def saturated_throughput(out: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def simulate(case: RealCase, spec: RealBench, policy: str,
-             efficiency: Efficiency | None = None) -> Any:
-    """``policy`` on ``case``'s sessions, simulated as ``saga bench real`` simulates it
-    (``efficiency``: the engines' speed, else the fixed preset)."""
+def simulate(case: RealCase, spec: RealBench, policy: str, cluster: str) -> Any:
+    """``policy`` on ``case``'s sessions, simulated on ``cluster`` as ``saga bench real``
+    simulates it."""
     salt = f"[real sim {case.name}]\n"
     plans = _plan(case)
     workflows = sim_workflows(plans, eng.tiny_model_dir() / "tokenizer.json", salt=salt,
                               block_tokens=spec.block_tokens)
-    return simulate_deployed(workflows, kv_cluster(spec.kv_blocks - 1, efficiency=efficiency),
-                             policy, stock_engine=policy != "saga",
+    return simulate_deployed(workflows, cluster, policy, stock_engine=policy != "saga",
                              estimates=gateway_estimates(plans, salt=salt))
 
 
@@ -119,39 +117,70 @@ def refitted(out: Path, summary: dict[str, Any], spec: RealBench) -> Efficiency:
     return scaled(base, scale, scale)
 
 
-def agreement(out: Path, refit: bool = False) -> None:
+def clusters(out: Path, summary: dict[str, Any], spec: RealBench, refit: bool) -> list[str]:
+    """The clusters the record's repetitions are simulated on, as the bench does: each
+    repetition's probe (its engines alone and the host contention it measured:
+    saga.bench.real.calibrated_cluster), else the fixed preset; with ``refit``, one time
+    scale from the record's own lone calls."""
+    if refit:
+        return [kv_cluster(spec.kv_blocks - 1, efficiency=refitted(out, summary, spec))]
+    probes = summary.get("calibration", {}).get("repetitions", [])
+    return [calibrated_cluster(spec, p) for p in probes] or [calibrated_cluster(spec, None)]
+
+
+def _door(workflows: Any) -> tuple[int, float]:
+    """Workflows held at the door and their summed wait (simulated)."""
+    held = [w.started_at - w.arrival for w in workflows if w.started_at - w.arrival > 1e-9]
+    return len(held), sum(held)
+
+
+def agreement(out: Path, refit: bool = False) -> dict[str, dict[str, float]]:
+    """Print the record's real figures against the simulator's; return the simulated mean
+    TCT per case and policy (the mean over the repetitions' clusters)."""
     summary = json.loads((out / "summary.json").read_text())
     spec = RealBench.model_validate(summary["settings"])
-    efficiency = None
-    if refit:
-        efficiency = refitted(out, summary, spec)
-    else:  # the record's first probe, if any (the bench averages over each repetition's)
-        probes = summary.get("calibration", {}).get("repetitions", [{}])
-        if "preset" in probes[0]:
-            efficiency = Efficiency.model_validate(probes[0]["preset"]["efficiency"])
+    runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    on = clusters(out, summary, spec, refit)
+    print(f"{out}: simulated on {', '.join(on)}")
+    predicted: dict[str, dict[str, float]] = {}
     for case in _cases(summary):
         real = summary["cases"][case.name]
-        print(f"{out} {case.name}: policy real/sim mean TCT s (error), hit rate real/sim")
+        print(f"{out} {case.name}: policy  mean TCT s real / sim (error)  hit rate real / sim"
+              "  held at the door per run real / sim (mean wait s)")
         rates = []
+        predicted[case.name] = {}
         for policy in spec.policies:
-            result = simulate(case, spec, policy, efficiency)
-            tct = statistics.mean(w.tct for w in result.workflows)
-            prompt = sum(c.prompt_tokens for c in result.calls)
-            hit = sum(c.cached_tokens for c in result.calls) / prompt
+            results = [simulate(case, spec, policy, c) for c in on]
+            tct = statistics.mean(statistics.mean(w.tct for w in r.workflows) for r in results)
+            predicted[case.name][policy] = tct
+            prompt = sum(c.prompt_tokens for r in results for c in r.calls)
+            hit = sum(c.cached_tokens for r in results for c in r.calls) / prompt
+            doors = [_door(r.workflows) for r in results]
+            held = statistics.mean(n for n, _ in doors)
+            wait = sum(s for _, s in doors) / max(1, sum(n for n, _ in doors))
+            mine = [r for r in runs if r["case"] == case.name and r["policy"] == policy]
+            real_held = statistics.mean(len(r["deferred"]) for r in mine) if mine else 0.0
+            real_wait = (sum(sum(r["deferred"].values()) for r in mine)
+                         / max(1, sum(len(r["deferred"]) for r in mine)))
             r = real[policy]
             print(f"  {policy:14s} {r['mean_tct']:6.2f} / {tct:6.2f} "
                   f"({(tct - r['mean_tct']) / r['mean_tct']:+.0%})  "
-                  f"{r['hit_rate']:.1%} / {hit:.1%}")
+                  f"{r['hit_rate']:.1%} / {hit:.1%}  "
+                  f"{real_held:.1f} ({real_wait:.1f}) / {held:.1f} ({wait:.1f})")
             if policy != "saga":
-                busy = sum(x.busy_seconds for x in result.replicas)
+                busy = sum(x.busy_seconds for r in results for x in r.replicas)
                 computed = sum(x.prompt_tokens - x.cached_tokens + x.recomputed_tokens
-                               for x in result.replicas)
+                               for r in results for x in r.replicas)
                 rates.append(computed / busy)
+        ranked = ranking({p: real[p]["mean_tct"] for p in spec.policies}, predicted[case.name])
+        print(f"  ranking real: {', '.join(ranked['real'])}; sim: {', '.join(ranked['sim'])}"
+              f" ({'same' if ranked['same'] else 'differs'})")
         logs = [x for x in saturated_throughput(out) if not x["saga_scheduler"]]
         if logs and rates:
             print(f"  stock engines, computed prompt tokens/s: real (saturated log "
                   f"intervals) {statistics.mean(x['prompt_tokens_per_s'] for x in logs):.0f}"
                   f", sim (per busy second) {statistics.mean(rates):.0f}")
+    return predicted
 
 
 def _records(parser: argparse.ArgumentParser, dirs: list[str]) -> list[Path]:

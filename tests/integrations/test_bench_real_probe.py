@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from saga.bench.probe import ProbeSettings, fit_record, probe
+from saga.bench.probe import ProbeSettings, fit_record, host_contention, probe
 from saga.bench.real import RealBench, ranking, run_real, summarize
 from saga.engine.costmodel import DEFAULT_EFFICIENCY, CostModel
 from saga.engine.hardware import get_gpu, get_model
@@ -79,6 +79,35 @@ def test_the_probe_fits_each_set_of_points_and_resets_around_its_traffic() -> No
         BASE.mfu / math.sqrt(0.8 * 1.25))
     assert record["probe_seconds"] == pytest.approx(probed["seconds"])
     assert probed["seconds"] > 0
+    # together over alone: x1.5625 prefill, x1.6 decode: the host contention between them
+    assert record["contention"] == pytest.approx(math.sqrt(1.25 / 0.8 * 1.12 / 0.7) - 1)
+
+
+def test_host_contention_is_the_together_over_alone_slowdown_never_below_zero() -> None:
+    def record(solo: tuple[float, float], together: tuple[float, float]) -> dict[str, Any]:
+        return {k: {"prefill_scale": p, "decode_scale": d}
+                for k, (p, d) in (("solo", solo), ("together", together))}
+
+    assert host_contention(record((0.8, 0.8), (1.0, 1.0))) == pytest.approx(0.25)
+    assert host_contention(record((1.0, 1.0), (1.44, 1.0))) == pytest.approx(0.2)
+    assert host_contention(record((1.0, 1.0), (0.9, 1.0))) == 0.0  # faster together: noise
+
+
+def test_the_simulator_runs_the_engines_alone_slowed_by_the_contention() -> None:
+    from saga.bench.real import calibrated_cluster
+    from saga.engine.cluster import get_cluster
+
+    fake = FakeEngines()
+    record = fit_record(probe(["a", "b"], fake.call, fake.reset, clock=fake.clock), BASE, CHUNK)
+    spec = RealBench()
+    cluster = get_cluster(calibrated_cluster(spec, record))
+    assert cluster.efficiency is not None
+    assert cluster.efficiency.model_dump() == record["solo"]["efficiency"]
+    assert cluster.host_contention == round(record["contention"], 4)
+    assert cluster.engine.kv_capacity_blocks == spec.kv_blocks - 1
+    # a record from before the contention was recorded: the same, from its two fits
+    old = {k: v for k, v in record.items() if k != "contention"}
+    assert calibrated_cluster(spec, old) == cluster.name
 
 
 def _run(case: str, policy: str, tct: float) -> dict[str, Any]:
@@ -155,9 +184,12 @@ def test_run_real_probes_before_each_repetition_and_keeps_it_out_of_their_figure
     assert set(c) == {"repetitions", "end", "drift", "probe_seconds"}
     assert len(c["repetitions"]) == 2
     first = c["repetitions"][0]
-    assert set(first) == {"solo", "together", "preset", "probe_seconds", "points"}
-    efficiency = get_cluster(summary["sim_clusters"][0]).efficiency
-    assert efficiency is not None and efficiency.model_dump() == first["preset"]["efficiency"]
+    assert set(first) == {"solo", "together", "preset", "probe_seconds", "points",
+                          "contention"}
+    simulated = get_cluster(summary["sim_clusters"][0])
+    efficiency = simulated.efficiency
+    assert efficiency is not None and efficiency.model_dump() == first["solo"]["efficiency"]
+    assert simulated.host_contention == round(first["contention"], 4) > 0
     assert first["solo"]["prefill_scale"] == pytest.approx(SOLO[0], rel=1e-9)
     assert first["together"]["decode_scale"] == pytest.approx(TOGETHER[1], rel=1e-9)
     assert c["probe_seconds"] == pytest.approx(sum(r["probe_seconds"] for r in c["repetitions"]))

@@ -4,10 +4,11 @@ The points in data/cpu_tiny_bench.json were measured by the real benchmark itsel
 project's 2-core machines (how and when: in the file; extracted with
 ``benchmarks/sim_real_agreement.py --points``): every call that had its replica to itself,
 with its latency as the client saw it. They are data, so this test runs everywhere and
-needs no engine. The preset is fitted to them and to the memory-bound case's engine-log
-throughput (one time scale between the two, docs/engines.md "cpu-tiny calibration"), so
-the calls' latencies are checked by groups of computed prompt tokens: each group's median
-ratio of measured to predicted within 25 %. Re-measure and re-fit when vLLM, the machine
+needs no engine. The preset is fitted to them; the memory-bound case's engine-log
+throughput, 1.29x slower with both engines busy, is the ``cpu-tiny`` cluster's host
+contention (docs/engines.md "cpu-tiny calibration"). The calls' latencies are checked by
+groups of computed prompt tokens: each group's median ratio of measured to predicted
+within 25 %. Re-measure and re-fit when vLLM, the machine
 kind or the bench's engine layout changes. (data/cpu_tiny_vllm.json is the previous
 calibration: one engine alone, AMD EPYC machines under load ~4; kept for the record.)
 """

@@ -21,15 +21,20 @@ once (``together``: every engine busy, as in the memory-bound case), ``repeats``
 each, after a warm-up call per replica; the replicas' caches are reset before and after,
 so none of the probe's traffic is in any policy's run (each run resets the caches again
 and counts its prefix hits from there). Each set of points is fitted
-(saga.engine.speedfit.fit_speed: a prefill and a decode scale over the preset), and the
-run's preset is one time scale between the two (speedfit.midway), as ``cpu-tiny`` was
-fitted between its lone calls and its busy engines' throughput. Nothing of the policies'
-runs is used. A second probe at the end of the bench says how far the engines drifted
-meanwhile (reported, not used).
+(saga.engine.speedfit.fit_speed: a prefill and a decode scale over the preset). The
+simulator runs the engines at the ``solo`` fit and slows a replica's steps while the other
+one is busy by the ``contention`` the two fits say (:func:`host_contention`,
+saga.engine.contention): the engines share the machine's cores, so one speed cannot serve
+both the light case (calls mostly alone) and the memory-bound one (both engines busy).
+The ``preset`` of the record, one time scale between the two fits (speedfit.midway), is
+what the bench simulated with before it modelled the contention (kept for the record).
+Nothing of the policies' runs is used. A second probe at the end of the bench says how far
+the engines drifted meanwhile (reported, not used).
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -42,7 +47,7 @@ from saga.engine.costmodel import Efficiency
 from saga.engine.hardware import get_gpu, get_model
 from saga.engine.speedfit import DecodePoint, PrefillPoint, SpeedFit, fit_speed, midway
 
-__all__ = ["Call", "ProbeSettings", "calibrate", "fit_record", "probe"]
+__all__ = ["Call", "ProbeSettings", "calibrate", "fit_record", "host_contention", "probe"]
 
 #: ``call(url, token_ids, max_tokens)``: one completion on the replica at ``url``; returns
 #: its prefill and decode seconds (first token to last) as the engine timed them.
@@ -144,9 +149,22 @@ def _fit(points: dict[str, list[list[float]]], base: Efficiency, settings: Probe
         [DecodePoint(int(c), int(k), s) for c, k, s in points["decode"]], chunk=chunk)
 
 
+def host_contention(record: dict[str, Any]) -> float:
+    """How much slower the engines ran together than alone, as the simulator's
+    ``ClusterSpec.host_contention`` (saga.engine.contention): the geometric mean of the
+    ``together`` over ``solo`` prefill and decode scales of a fitted ``record``, less 1, at
+    least 0 (each set is timed once: engines that came out faster together did not speed
+    each other up)."""
+    solo, together = record["solo"], record["together"]
+    ratio = math.sqrt(together["prefill_scale"] / solo["prefill_scale"]
+                      * together["decode_scale"] / solo["decode_scale"])
+    return max(0.0, ratio - 1.0)
+
+
 def fit_record(probed: dict[str, Any], base: Efficiency, chunk: int) -> dict[str, Any]:
     """The probe's points fitted: ``solo``, ``together`` and the run's ``preset`` (one time
-    scale between them), each as its scales over ``base`` and its efficiency."""
+    scale between them), each as its scales over ``base`` and its efficiency, and the
+    ``contention`` the two say (:func:`host_contention`)."""
     settings = ProbeSettings.model_validate(probed["settings"])
     solo = _fit(probed["solo"], base, settings, chunk)
     together = _fit(probed["together"], base, settings, chunk)
@@ -156,8 +174,10 @@ def fit_record(probed: dict[str, Any], base: Efficiency, chunk: int) -> dict[str
         return {"prefill_scale": f.prefill_scale, "decode_scale": f.decode_scale,
                 "efficiency": f.efficiency.model_dump()}
 
-    return {"solo": row(solo), "together": row(together), "preset": row(preset),
-            "probe_seconds": probed["seconds"], "points": probed}
+    record = {"solo": row(solo), "together": row(together), "preset": row(preset),
+              "probe_seconds": probed["seconds"], "points": probed}
+    record["contention"] = host_contention(record)
+    return record
 
 
 def calibrate(

@@ -26,10 +26,13 @@ ends its session, counted as failed; a failed session's TCT is the whole run's d
 bound that never flatters the policy).
 
 The simulator runs the same sessions (the tiny model's tokenizer, the same salt scheme) on
-``cpu-tiny`` with the same KV size, at the engines' speed that a calibration probe measured
-before the first run (saga.bench.probe; the gateways run the same preset), each policy as
-deployed: every policy but ``saga`` over stock vLLM's rules (saga.sched.stock), the
-gateway's prompt estimates in the policy's gateway-side hooks (saga.sched.estimated);
+``cpu-tiny`` with the same KV size, at the engines' speed alone that a calibration probe
+measured before each repetition, each step slowed while the other replica is busy by the
+host contention the probe measured (saga.bench.probe, saga.engine.contention; the gateways
+run the same preset), each policy as deployed: every policy but ``saga`` over stock vLLM's
+rules (saga.sched.stock) reading the replicas as the gateway sees them
+(saga.sched.gateway_view), the gateway's prompt estimates in the policy's gateway-side
+hooks (saga.sched.estimated);
 ``sim_error[policy]`` is its relative error of each policy's mean TCT in the memory case,
 ``sim_error_light`` in the light case (docs/engines.md, "Simulator agreement").
 
@@ -279,13 +282,18 @@ def calibrate_engines(
 
 def calibrated_cluster(spec: RealBench, calibration: dict[str, Any] | None) -> str:
     """The simulator's (and the gateways') cluster for this run: ``cpu-tiny`` with the
-    engines' KV and, when the probe fitted one, their measured speed."""
+    engines' KV and, when the probe fitted them, the engines' speed alone and the host
+    contention between them (saga.bench.probe.host_contention: a step slows while the
+    other replica is busy, saga.engine.contention)."""
+    from saga.bench.probe import host_contention
     from saga.engine.costmodel import Efficiency
     from saga.integrations.replay import kv_cluster
 
-    preset = (calibration or {}).get("preset")
-    efficiency = None if preset is None else Efficiency.model_validate(preset["efficiency"])
-    return kv_cluster(spec.kv_blocks - 1, efficiency=efficiency)
+    if calibration is None or "solo" not in calibration:
+        return kv_cluster(spec.kv_blocks - 1)
+    solo = Efficiency.model_validate(calibration["solo"]["efficiency"])
+    return kv_cluster(spec.kv_blocks - 1, efficiency=solo,
+                      host_contention=host_contention(calibration))
 
 
 def drift(start: dict[str, Any], end: dict[str, Any]) -> dict[str, float]:
@@ -512,7 +520,8 @@ def _calibration_line(when: str, calibration: dict[str, Any]) -> str:
     solo, together = calibration["solo"], calibration["together"]
     return (f"calibration probe ({when}, {calibration['probe_seconds']:.1f} s): prefill/decode "
             f"x{solo['prefill_scale']:.2f}/{solo['decode_scale']:.2f} of cpu-tiny alone, "
-            f"x{together['prefill_scale']:.2f}/{together['decode_scale']:.2f} together")
+            f"x{together['prefill_scale']:.2f}/{together['decode_scale']:.2f} together "
+            f"(host contention {calibration.get('contention', 0.0):.2f})")
 
 
 def summarize(
@@ -680,9 +689,12 @@ def _tables(summary: dict[str, Any]) -> list[str]:
             lines.append(f"SAGA's speedup, {label}: " + "; ".join(parts) + ".")
     if "sim_error" in summary:
         lines.append("")
-        speed = ("each repetition at the engines' speed its calibration probe measured"
-                 if any("-fit" in c for c in summary.get("sim_clusters", ()))
-                 else "the fixed preset")
+        clusters = summary.get("sim_clusters", ())
+        speed = ("each repetition at the engines' speed alone its calibration probe "
+                 "measured" + (", each step slowed while the other replica is busy by the "
+                               "contention it measured" if any("-hc" in c for c in clusters)
+                               else "")
+                 if any("-fit" in c for c in clusters) else "the fixed preset")
         errors = [f"{label} case: " + ", ".join(f"{p} {e:+.0%}" for p, e in
                                                 summary[key].items())
                   for key, label in (("sim_error", "memory-bound"), ("sim_error_light", "light"))
@@ -704,8 +716,8 @@ def _tables(summary: dict[str, Any]) -> list[str]:
         scales = ", ".join(
             f"x{p['solo']['prefill_scale']:.2f}/{p['solo']['decode_scale']:.2f} alone and "
             f"x{p['together']['prefill_scale']:.2f}/{p['together']['decode_scale']:.2f} "
-            "together" + (f" (simulated at x{p['preset']['prefill_scale']:.2f}/"
-                          f"{p['preset']['decode_scale']:.2f})" if simulated else "")
+            "together" + (f" (host contention {p['contention']:.2f})"
+                          if simulated and "contention" in p else "")
             for p in probes)
         lines.append("")
         lines.append(

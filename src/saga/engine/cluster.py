@@ -40,6 +40,12 @@ class ClusterSpec(BaseModel):
         "cluster (a calibration probe's fit, saga.engine.speedfit); None: the GPU's "
         "calibrated preset (saga.engine.costmodel.DEFAULT_EFFICIENCY).",
     )
+    host_contention: float = Field(
+        0.0, ge=0.0,
+        description="Replicas that share one host's cores (the CPU presets): a step started "
+        "while other replicas are busy takes 1 + host_contention x (the share of the other "
+        "replicas busy) times as long (saga.engine.contention); 0: independent replicas.",
+    )
     description: str = ""
 
     @property
@@ -134,9 +140,11 @@ CLUSTERS: dict[str, ClusterSpec] = {
             engine=EngineConfig(
                 max_num_batched_tokens=4096, max_num_seqs=256, kv_capacity_blocks=2048
             ),
+            host_contention=0.29,
             description="2 vLLM-CPU replicas of the tiny-llama model, one core each, as the "
             "real-engine tests run them (docs/engines.md): 1 GiB of KV, 262,144 tokens, "
-            "2048 blocks of 128 tokens (vLLM-CPU's block); 4096 batched tokens per step.",
+            "2048 blocks of 128 tokens (vLLM-CPU's block); 4096 batched tokens per step; "
+            "the 2 cores shared, so a step is 1.29x as long while the other replica is busy.",
         ),
         ClusterSpec(
             name="test-2",

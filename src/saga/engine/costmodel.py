@@ -137,20 +137,19 @@ DEFAULT_EFFICIENCY: dict[str, Efficiency] = {
     # ones, the gateway and the client on the 2 cores. Fitted to the bench's own
     # measurements of 2026-12-06, kept in tests/integrations/data/cpu_tiny_bench.json and
     # checked by tests/integrations/test_cpu_tiny_calibration.py: the calls that had their
-    # replica to themselves (light and memory cases; latency 0.70x the previous preset's) and
-    # the stock engines' computed prompt tokens per second while requests waited (memory
-    # case, vLLM's log: 3,767/s, 1.29x slower than those calls imply: both engines busy,
-    # load average ~12). One time scale splits the two (minimax, 14 % each way) over the
-    # shape fitted to the calls (mfu 0.56, mbu 0.21, 150 us). Prefill runs at ~82 GFLOP/s;
-    # decode is bound by reading weights and paged KV (~3.7 GB/s effective) plus ~0.17 ms
-    # per sequence. A lone engine on a quiet machine is faster (prefill 1.3x, decode ~1.5x:
-    # docs/engines.md, "cpu-tiny calibration").
+    # replica to themselves (light and memory cases). Prefill runs at ~94 GFLOP/s; decode is
+    # bound by reading weights and paged KV (~4.2 GB/s effective) plus 0.15 ms per sequence.
+    # The stock engines' computed prompt tokens per second while requests waited (memory
+    # case, vLLM's log: 3,767/s) are 1.29x slower than those calls imply: both engines
+    # busy on shared cores, which the cpu-tiny cluster's host contention (0.29) models
+    # (saga.engine.contention). A lone engine on a quiet machine is faster still (prefill
+    # 1.3x, decode ~1.5x: docs/engines.md, "cpu-tiny calibration").
     "cpu-tiny": Efficiency(
-        mfu=0.49,
-        mbu=0.185,
+        mfu=0.56,
+        mbu=0.21,
         t_fixed=0.0,
         comm_efficiency=1.0,
-        t_per_seq=171e-6,
+        t_per_seq=150e-6,
     ),
 }
 

@@ -29,6 +29,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
 from saga.engine.config import EngineConfig
+from saga.engine.contention import HostShare
 from saga.engine.costmodel import CostModel
 from saga.engine.fold import Fold, fold_boundaries
 from saga.engine.kvcache import EvictionOrder, KVNode, RadixKV, Run, skip_runs, take_runs
@@ -264,6 +265,9 @@ class Replica(QueueTokens):
         # the event's time): each is the run that planning at the previous end would start.
         self._folded: list[Fold] = []
         self.up = True
+        #: The replicas sharing this one's host cores (saga.engine.contention); None: its
+        #: steps take the cost model's time whatever the others do.
+        self.host_share: HostShare | None = None
         # the step or run in flight
         self.busy = False
         self.step_start = 0.0
@@ -311,6 +315,18 @@ class Replica(QueueTokens):
 
     def cached_blocks_for(self, runs: Sequence[Run]) -> int:
         return self.kv.match_blocks(runs)
+
+    @property
+    def stepping(self) -> bool:
+        """Running a step or a decode run now (not only waiting for a host load): what
+        slows the replicas that share its host (saga.engine.contention)."""
+        return self.busy and bool(self._batch)
+
+    def share_host(self, share: HostShare) -> None:
+        """Step on cores shared with ``share``'s other replicas: each step is timed by
+        their state at its start, so decode steps are planned one per event."""
+        self.host_share = share
+        self.decode_runs = False
 
     # ---- the runtime's verbs -----------------------------------------------------------
     def enqueue(self, request: Request, now: float) -> None:
@@ -363,6 +379,8 @@ class Replica(QueueTokens):
             duration = self.cost.decode_steps_time(len(batch), self._run_ctx, steps)
         else:
             duration = self._step_time(batch)
+        if self.host_share is not None:
+            duration *= self.host_share.slowdown(self)
         self.busy = True
         self.step_start = now
         self.step_end = now + duration

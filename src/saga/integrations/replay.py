@@ -51,6 +51,7 @@ from saga.engine.costmodel import Efficiency
 from saga.gateway.app import Gateway
 from saga.gateway.config import GatewayConfig
 from saga.sched.estimated import with_prompt_estimates
+from saga.sched.gateway_view import with_gateway_views
 from saga.sched.registry import build_policy
 from saga.sched.stock import on_stock_vllm
 from saga.sim.simulator import SimResult, Simulation
@@ -293,7 +294,7 @@ def sim_workflows(
 
 
 def kv_cluster(kv_blocks: int, base: str = "cpu-tiny", efficiency: Efficiency | None = None,
-               ) -> str:
+               host_contention: float | None = None) -> str:
     """The ``base`` cluster preset with ``kv_blocks`` of KV per replica (what
     ``--num-gpu-blocks-override`` gives the engines, less vLLM's null block), registered
     under ``NAME-kvN`` so that the gateway and the simulator know the engines' real
@@ -301,7 +302,9 @@ def kv_cluster(kv_blocks: int, base: str = "cpu-tiny", efficiency: Efficiency | 
     even beside running ones (``pins_yield_to_waiting``), as SAGA's scheduler inside
     these vLLM engines does (saga.integrations.vllm_scheduler). ``efficiency``: the
     engines' measured speed (a calibration probe's fit, saga.bench.probe), registered
-    under ``NAME-kvN-fit`` and a digest of its figures."""
+    under ``NAME-kvN-fit`` and a digest of its figures; ``host_contention``: how much a
+    replica's steps slow while the other is busy (``ClusterSpec.host_contention``; None:
+    ``base``'s), measured: ``-hcX`` (X to 4 decimals) in the name."""
     from saga.engine.cluster import CLUSTERS
 
     spec = get_cluster(base)
@@ -309,12 +312,20 @@ def kv_cluster(kv_blocks: int, base: str = "cpu-tiny", efficiency: Efficiency | 
     if efficiency is not None:
         digest = hashlib.sha1(efficiency.model_dump_json().encode()).hexdigest()[:8]
         name += f"-fit{digest}"
+    if host_contention is None:
+        host_contention = spec.host_contention
+    else:
+        host_contention = round(host_contention, 4)
+        name += f"-hc{host_contention:g}"
     if name not in CLUSTERS:
         engine = spec.engine.model_copy(update={"kv_capacity_blocks": kv_blocks,
                                                 "pins_yield_to_waiting": True})
         measured = "" if efficiency is None else ", speed from a calibration probe"
+        if host_contention != spec.host_contention:
+            measured += f", host contention {host_contention:g}"
         CLUSTERS[name] = spec.model_copy(update={
             "name": name, "engine": engine, "efficiency": efficiency,
+            "host_contention": host_contention,
             "description": f"{spec.description} ({kv_blocks} KV blocks per replica"
                            f"{measured})"})
     return name
@@ -353,12 +364,21 @@ def simulate_deployed(
     ``saga``; ``estimates``: the prompt lengths the gateway gives the policy
     (:func:`gateway_estimates`, saga.sched.estimated), scaled by the ratio the gateway
     learns from the answers when ``learn_token_scale`` (the gateway's setting of that
-    name, on by default)."""
+    name, on by default). A policy in front of stock vLLM reads the replicas as the gateway
+    sees them (saga.sched.gateway_view: its own queue, the prompts it has in flight as the
+    KV in use, in its prompt count); ``saga``'s one policy object is also the scheduler
+    inside vLLM, which reads vLLM's own queues, so it keeps the engine's view."""
     built = build_policy(policy)
     if stock_engine:
         built = on_stock_vllm(built)
+    tokens = None
     if estimates is not None:
-        built = with_prompt_estimates(built, estimates, learn_token_scale)
+        estimated = with_prompt_estimates(built, estimates, learn_token_scale)
+        tokens = estimated.gateway_tokens
+        built = estimated
+    if stock_engine:
+        built = with_gateway_views(built) if tokens is None else with_gateway_views(
+            built, tokens)
     return Simulation(get_cluster(cluster), built, workflows).run()
 
 

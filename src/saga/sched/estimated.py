@@ -23,10 +23,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from saga.sched.policy import CallInfo, Policy
 from saga.sched.wrapped import WrappedPolicy
 from saga.wire.token_scale import TokenScale
+
+if TYPE_CHECKING:
+    from saga.sched.view import CallView
 
 #: (workflow id, call id) -> the prompt tokens the gateway estimates for that call
 Estimates = Mapping[tuple[str, str], int]
@@ -57,6 +61,13 @@ class PromptEstimates(WrappedPolicy):
             return call
         return dataclasses.replace(call, prompt_tokens=given)
 
+    def gateway_tokens(self, call: CallView) -> int | None:
+        """The prompt tokens the gateway gave the policy for ``call`` while it is in flight
+        (what its view of the backend counts the call for: saga.sched.gateway_view), None
+        if it gave none."""
+        info = call.info
+        return None if info is None else self._given.get((info.workflow, info.call_id))
+
     # ---- the gateway's hooks: the estimate -------------------------------------------------
     def on_call_ready(self, call: CallInfo, now: float) -> None:
         self.inner.on_call_ready(self._seen(call), now)
@@ -78,12 +89,12 @@ class PromptEstimates(WrappedPolicy):
 
 def with_prompt_estimates(
     inner: Policy, estimates: Estimates, learn_scale: bool = False,
-) -> Policy:
+) -> PromptEstimates:
     """``inner`` seeing the gateway's ``estimates`` (scaled as the gateway learns to when
     ``learn_scale``), named as ``inner`` (a class per wrapped policy: the engine reads
     ``static_order`` and the simulator ``name`` from the class)."""
     cls = type(f"Estimated_{type(inner).__name__}", (PromptEstimates,),
                {"name": inner.name, "static_order": inner.static_order,
                 "offline": inner.offline})
-    policy: Policy = cls(inner, estimates, learn_scale)
+    policy: PromptEstimates = cls(inner, estimates, learn_scale)
     return policy

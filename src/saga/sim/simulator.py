@@ -19,6 +19,7 @@ from saga.core.blocks import common_blocks
 from saga.core.context import describe_over, over_context
 from saga.core.workflow import HUMAN_TOOL, Call, Workflow
 from saga.engine.cluster import ClusterSpec
+from saga.engine.contention import HostShare
 from saga.engine.driver import ReplicaDriver
 from saga.engine.events import EventLoop
 from saga.engine.kvcache import Run
@@ -231,6 +232,10 @@ class Simulation(ReplicaDriver):
             # policy reads it through SyncedReplica, the simulator calls sync itself.
             replica.fold_boundaries = replica.kv.eviction.static
             self.replicas.append(replica)
+        if cluster.host_contention > 0:
+            share = HostShare(self.replicas, cluster.host_contention)
+            for replica in self.replicas:
+                replica.share_host(share)
         views: Sequence[ReplicaView] = (
             [SyncedReplica(r, self.loop) for r in self.replicas]
             if any(r.fold_boundaries for r in self.replicas) else self.replicas
