@@ -4,9 +4,9 @@ A call's predicted completion on replica r is
 
     backlog(r) + reload/prefill of the part of its prompt not cached on r + decode,
 
-where ``backlog`` is the prefill work queued or running there plus, when the call's
-blocks do not fit beside the memory held and awaited there, the time for running calls
-to drain. Session
+where ``backlog`` is the prefill work queued or running there (its tokens priced as the
+call's own prefill tokens, ``backlog_price``) plus, when the call's blocks do not fit beside
+the memory held and awaited there, the time for running calls to drain. Session
 affinity falls out: on the replica holding a workflow's KV the prefill is short.
 A workflow leaves its home (work stealing at a tool boundary) only when another
 replica beats home by ``steal_margin`` and ``steal_min_gain`` (hysteresis, so
@@ -23,13 +23,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from functools import lru_cache, partial
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from saga.sched.saga.config import SagaConfig
 
 if TYPE_CHECKING:
     from saga.engine.kvcache import Run
     from saga.sched.view import CostView, KVView, ReplicaView
+
+
+#: how placement prices a token of a replica's backlog (SagaConfig.backlog_price)
+BacklogPrice = Literal["call", "fixed"]
 
 
 class Estimate(NamedTuple):
@@ -49,11 +53,14 @@ class Estimate(NamedTuple):
 class Predictor:
     """Turns replica state into seconds with the cost model."""
 
-    def __init__(self, cost: CostView, block_tokens: int) -> None:
+    def __init__(
+        self, cost: CostView, block_tokens: int, backlog_price: BacklogPrice = "fixed",
+    ) -> None:
         self.cost = cost
         self.block_tokens = block_tokens
+        self.backlog_price = backlog_price
         # Seconds per prefill token at a typical context, and per decode step of a
-        # lone sequence: the units of backlog and of expected work.
+        # lone sequence: the units of expected work (and of backlog when it is "fixed").
         chunk, ctx = 8192, 16384
         self.t_token = cost.prefill_time(ctx + chunk, ctx) / chunk
         self.t_decode = cost.decode_steps_time(1, ctx, 1)
@@ -65,6 +72,14 @@ class Predictor:
 
     def prefill(self, prompt: int, cached: int) -> float:
         return float(self._prefill(prompt, min(cached, prompt)))
+
+    def backlog_token(self, prompt: int) -> float:
+        """Seconds per token of backlog for placing a call of ``prompt`` tokens
+        (:attr:`SagaConfig.backlog_price`): per token of its own prefill from an empty
+        context ("call"), or :attr:`t_token` ("fixed")."""
+        if self.backlog_price == "fixed" or prompt <= 0:
+            return self.t_token
+        return self.prefill(prompt, 0) / prompt
 
     def backlog(self, replica: ReplicaView, only_slo: bool = False) -> float:
         """Seconds of prefill work queued or running on ``replica`` (``only_slo``: of
@@ -90,9 +105,10 @@ class Predictor:
         """The call's estimate on each of ``replicas``: the hot loop of a placement, so
         what does not depend on the replica is computed once and the queues are read as
         the sums each replica keeps (:class:`~saga.engine.replica.QueueTokens`), not call
-        by call. Its prefill is :meth:`prefill`'s and its backlog :meth:`backlog`'s; a call
-        whose blocks do not fit beside what is held and awaited waits :func:`_short`."""
-        bt, t_token = self.block_tokens, self.t_token
+        by call. Its prefill is :meth:`prefill`'s and its backlog the replica's
+        ``backlog_tokens`` at :meth:`backlog_token`'s price; a call whose blocks do not fit
+        beside what is held and awaited waits :func:`_short`."""
+        bt, t_token = self.block_tokens, self.backlog_token(prompt)
         blocks = -(-(prompt + int(output)) // bt)  # the call's blocks, prompt and output
         decode_step, prefill = self._decode_step, self._prefill
         estimates = []
