@@ -140,14 +140,21 @@ def test_imposed_delay_is_the_calls_prefill_times_the_calls_running_there() -> N
     assert busy.imposed == 3 * predictor.prefill(prompt, 0)
 
 
-def test_backlog_is_priced_per_token_of_the_calls_own_prefill() -> None:
+def test_backlog_is_priced_as_prefills_of_the_queued_calls_mean_size() -> None:
     cost = cost_model_for("tiny-llama", "cpu-tiny", 1)
-    call, fixed = Predictor(cost, 128, "call"), Predictor(cost, 128, "fixed")
-    assert call.backlog_token(2000) == cost.prefill_time(2000, 0) / 2000
-    assert fixed.backlog_token(2000) == fixed.t_token
-    assert call.backlog_token(0) == call.t_token  # no prompt: no depth to price at
-    # a 2k-token prefill costs a tenth of a token at a 16k context, per token
-    assert call.backlog_token(2000) < fixed.t_token / 8
+    engine = EngineConfig(max_num_batched_tokens=4096, max_num_seqs=64)
+    queue, fixed = Predictor(cost, 128, "queue"), Predictor(cost, 128, "fixed")
+    replica = Replica(0, engine, cost, SagaPolicy(), block_tokens=128, capacity_blocks=80)
+    assert queue.backlog_seconds(replica) == fixed.backlog_seconds(replica) == 0.0
+    for k, blocks in enumerate((16, 23)):  # 2,048 and 2,944 tokens: 2,496 on average
+        r = Request("other", f"o{k}", (("w:o", k * 100, blocks),), blocks * 128, 32, 128, k)
+        replica.enqueue(r, 0.0)
+    assert replica.backlog_tokens == 4992
+    # the mean, 2,496 tokens, is taken up to whole blocks: 2,560
+    assert queue.backlog_seconds(replica) == 4992 * cost.prefill_time(2560, 0) / 2560
+    assert fixed.backlog_seconds(replica) == 4992 * fixed.t_token
+    # a 2.5k-token prefill costs under a tenth of a token at a 16k context, per token
+    assert queue.backlog_seconds(replica) < fixed.backlog_seconds(replica) / 8
 
 
 def _tiny_cluster(price: str) -> tuple[SagaPolicy, list[Replica]]:
@@ -167,11 +174,11 @@ def test_a_short_queue_of_short_calls_keeps_a_workflow_home() -> None:
     """The workflow's 2,048-token context is cached on replica 0, where one other call's
     4,096-token prefill is queued (0.5 s of cpu-tiny's prefill): priced per token at a
     16k-token context that queue looks like 4.5 s, and the call left its KV for a full
-    re-prefill on the idle replica; priced as the call's own prefill tokens, it stays."""
+    re-prefill on the idle replica; priced as a 4,096-token prefill, it stays."""
     runs: tuple[Run, ...] = (("w:a", 0, 16),)
     grown: tuple[Run, ...] = (("w:a", 0, 18),)
     chosen, backlogs = {}, {}
-    for price in ("fixed", "call"):
+    for price in ("fixed", "queue"):
         policy, replicas = _tiny_cluster(price)
         first = CallInfo("a", "acme", "swe", "c0", 0, None, 2048, runs, 0.0, 0.0, None, False)
         policy.on_call_ready(first, 0.0)
@@ -187,6 +194,6 @@ def test_a_short_queue_of_short_calls_keeps_a_workflow_home() -> None:
         chosen[price] = policy.place(nxt, 1.5)
         assert policy.steals == (chosen[price] != 0)
     cost = cost_model_for("tiny-llama", "cpu-tiny", 1)
-    assert backlogs["call"] == 4096 * cost.prefill_time(2304, 0) / 2304
+    assert backlogs["queue"] == cost.prefill_time(4096, 0)
     assert backlogs["fixed"] == 4096 * Predictor(cost, 128).t_token
-    assert chosen == {"fixed": 1, "call": 0}
+    assert chosen == {"fixed": 1, "queue": 0}

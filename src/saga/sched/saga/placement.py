@@ -4,10 +4,10 @@ A call's predicted completion on replica r is
 
     backlog(r) + reload/prefill of the part of its prompt not cached on r + decode,
 
-where ``backlog`` is the prefill work queued or running there (its tokens priced as the
-call's own prefill tokens, ``backlog_price``) plus, when the call's blocks do not fit beside
-the memory held and awaited there, the time for running calls to drain. Session
-affinity falls out: on the replica holding a workflow's KV the prefill is short.
+where ``backlog`` is the prefill work queued or running there (its tokens priced as
+prefills of the queued calls' mean size, ``backlog_price``) plus, when the call's blocks
+do not fit beside the memory held and awaited there, the time for running calls to drain.
+Session affinity falls out: on the replica holding a workflow's KV the prefill is short.
 A workflow leaves its home (work stealing at a tool boundary) only when another
 replica beats home by ``steal_margin`` and ``steal_min_gain`` (hysteresis, so
 workflows do not flap), each side counting, beside the call's own completion, the delay its
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 
 #: how placement prices a token of a replica's backlog (SagaConfig.backlog_price)
-BacklogPrice = Literal["call", "fixed"]
+BacklogPrice = Literal["queue", "fixed"]
 
 
 class Estimate(NamedTuple):
@@ -73,13 +73,21 @@ class Predictor:
     def prefill(self, prompt: int, cached: int) -> float:
         return float(self._prefill(prompt, min(cached, prompt)))
 
-    def backlog_token(self, prompt: int) -> float:
-        """Seconds per token of backlog for placing a call of ``prompt`` tokens
-        (:attr:`SagaConfig.backlog_price`): per token of its own prefill from an empty
-        context ("call"), or :attr:`t_token` ("fixed")."""
-        if self.backlog_price == "fixed" or prompt <= 0:
-            return self.t_token
-        return self.prefill(prompt, 0) / prompt
+    def backlog_seconds(self, replica: ReplicaView) -> float:
+        """Seconds of the prefill queued or running on ``replica`` (its ``backlog_tokens``),
+        priced as :attr:`SagaConfig.backlog_price` says: "queue", per token of a prefill
+        as long as the mean prefill ahead per queued call (waiting and running; whole
+        blocks) from an empty context; "fixed", at :attr:`t_token`."""
+        tokens = replica.backlog_tokens
+        if tokens <= 0:
+            return 0.0
+        if self.backlog_price == "fixed":
+            return tokens * self.t_token
+        bt = self.block_tokens
+        queued = max(len(replica.waiting) + len(replica.running), 1)
+        size = -(-tokens // queued)
+        size = -(-size // bt) * bt  # whole blocks: fewer distinct questions to the cost model
+        return tokens * self.prefill(size, 0) / size
 
     def backlog(self, replica: ReplicaView, only_slo: bool = False) -> float:
         """Seconds of prefill work queued or running on ``replica`` (``only_slo``: of
@@ -105,10 +113,10 @@ class Predictor:
         """The call's estimate on each of ``replicas``: the hot loop of a placement, so
         what does not depend on the replica is computed once and the queues are read as
         the sums each replica keeps (:class:`~saga.engine.replica.QueueTokens`), not call
-        by call. Its prefill is :meth:`prefill`'s and its backlog the replica's
-        ``backlog_tokens`` at :meth:`backlog_token`'s price; a call whose blocks do not fit
-        beside what is held and awaited waits :func:`_short`."""
-        bt, t_token = self.block_tokens, self.backlog_token(prompt)
+        by call. Its prefill is :meth:`prefill`'s and its backlog :meth:`backlog_seconds`;
+        a call whose blocks do not fit beside what is held and awaited waits
+        :func:`_short`."""
+        bt = self.block_tokens
         blocks = -(-(prompt + int(output)) // bt)  # the call's blocks, prompt and output
         decode_step, prefill = self._decode_step, self._prefill
         estimates = []
@@ -125,7 +133,7 @@ class Predictor:
             need = blocks - cached
             free = kv.capacity - kv.locked_blocks - kv.anonymous_blocks - demand // bt
             wait = 0.0 if need <= free else _short(need, free, drain)
-            wait += replica.backlog_tokens * t_token  # 0 on an idle replica
+            wait += self.backlog_seconds(replica)  # 0 on an idle replica
             estimates.append(_estimate((replica.index, wait, service, load * len(running))))
         return estimates
 
