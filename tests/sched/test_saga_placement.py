@@ -8,7 +8,7 @@ from saga.engine.kvcache import RadixKV, Run
 from saga.engine.replica import Replica, Request
 from saga.sched.policy import CallInfo, PolicyContext
 from saga.sched.saga import SagaConfig, SagaPolicy
-from saga.sched.saga.placement import Estimate, pick
+from saga.sched.saga.placement import Estimate, Predictor, pick
 
 CFG = SagaConfig(steal_margin=0.15, steal_min_gain=0.5, colocate_slack=0.25, colocate_abs=0.0)
 
@@ -138,3 +138,62 @@ def test_imposed_delay_is_the_calls_prefill_times_the_calls_running_there() -> N
     home, busy = predictor.estimate_all([replicas[0], Busy(replicas[1])], RUNS, prompt, 10.0)
     assert home.imposed == 0.0  # nothing runs at home
     assert busy.imposed == 3 * predictor.prefill(prompt, 0)
+
+
+def test_backlog_is_priced_as_prefills_of_the_queued_calls_mean_size() -> None:
+    cost = cost_model_for("tiny-llama", "cpu-tiny", 1)
+    engine = EngineConfig(max_num_batched_tokens=4096, max_num_seqs=64)
+    queue, fixed = Predictor(cost, 128, "queue"), Predictor(cost, 128, "fixed")
+    replica = Replica(0, engine, cost, SagaPolicy(), block_tokens=128, capacity_blocks=80)
+    assert queue.backlog_seconds(replica) == fixed.backlog_seconds(replica) == 0.0
+    for k, blocks in enumerate((16, 23)):  # 2,048 and 2,944 tokens: 2,496 on average
+        r = Request("other", f"o{k}", (("w:o", k * 100, blocks),), blocks * 128, 32, 128, k)
+        replica.enqueue(r, 0.0)
+    assert replica.backlog_tokens == 4992
+    # the mean, 2,496 tokens, is taken up to whole blocks: 2,560
+    assert queue.backlog_seconds(replica) == 4992 * cost.prefill_time(2560, 0) / 2560
+    assert fixed.backlog_seconds(replica) == 4992 * fixed.t_token
+    # a 2.5k-token prefill costs under a tenth of a token at a 16k context, per token
+    assert queue.backlog_seconds(replica) < fixed.backlog_seconds(replica) / 8
+
+
+def _tiny_cluster(price: str) -> tuple[SagaPolicy, list[Replica]]:
+    """Two cpu-tiny replicas of the real benchmark's size (80 blocks of 128 tokens)."""
+    cost = cost_model_for("tiny-llama", "cpu-tiny", 1)
+    policy = SagaPolicy(CFG.model_copy(update={"backlog_price": price}))
+    engine = EngineConfig(max_num_batched_tokens=4096, max_num_seqs=64)
+    replicas = [
+        Replica(i, engine, cost, policy, block_tokens=128, capacity_blocks=80)
+        for i in range(2)
+    ]
+    policy.bind(PolicyContext(replicas=replicas, cost=cost, block_tokens=128))
+    return policy, replicas
+
+
+def test_a_short_queue_of_short_calls_keeps_a_workflow_home() -> None:
+    """The workflow's 2,048-token context is cached on replica 0, where one other call's
+    4,096-token prefill is queued (0.5 s of cpu-tiny's prefill): priced per token at a
+    16k-token context that queue looks like 4.5 s, and the call left its KV for a full
+    re-prefill on the idle replica; priced as a 4,096-token prefill, it stays."""
+    runs: tuple[Run, ...] = (("w:a", 0, 16),)
+    grown: tuple[Run, ...] = (("w:a", 0, 18),)
+    chosen, backlogs = {}, {}
+    for price in ("fixed", "queue"):
+        policy, replicas = _tiny_cluster(price)
+        first = CallInfo("a", "acme", "swe", "c0", 0, None, 2048, runs, 0.0, 0.0, None, False)
+        policy.on_call_ready(first, 0.0)
+        policy.on_call_finished(first, 0, 1.0)  # home: replica 0
+        _cache(replicas[0].kv, runs)
+        other = Request("other", "o", (("w:o", 0, 32),), 4096, 32, 128, 0)
+        replicas[0].enqueue(other, 1.0)
+        nxt = CallInfo("a", "acme", "swe", "c1", 1, "bash", 2304, grown, 1.5, 0.0, None,
+                       False)
+        policy.on_call_ready(nxt, 1.5)
+        home, _ = policy.predictor.estimate_all(replicas, grown, 2304, 32.0)
+        backlogs[price] = home.backlog
+        chosen[price] = policy.place(nxt, 1.5)
+        assert policy.steals == (chosen[price] != 0)
+    cost = cost_model_for("tiny-llama", "cpu-tiny", 1)
+    assert backlogs["queue"] == cost.prefill_time(4096, 0)
+    assert backlogs["fixed"] == 4096 * Predictor(cost, 128).t_token
+    assert chosen == {"fixed": 1, "queue": 0}

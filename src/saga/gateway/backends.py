@@ -380,11 +380,32 @@ class LlamaCppBackend(Backend):
             else:
                 slot = self._take_slot(workflow)
                 if workflow in self._saved and not self.busy[slot]:
-                    await self._action(slot, "restore", slot_file(workflow), quiet=True)
+                    await self._restore(slot, workflow)
             self._pinned.pop(workflow, None)  # a pin lasts until the next call
             self.busy[slot] += 1
         data["id_slot"] = slot
         data["cache_prompt"] = True
+
+    async def _restore(self, slot: int, workflow: str) -> None:
+        """Restore ``workflow``'s saved KV into ``slot``. llama.cpp frees no room for a
+        restore (a prompt's batch makes room by purging idle slots; a restore fails, "No
+        available space in KV cache"), so when it fails this erases idle slots whose owner
+        is saved too, least recently used first, one at a time, until it succeeds: their
+        owners lose the slot and restore on their next call (milliseconds) where this
+        workflow would recompute its whole prompt. Slots whose KV is nowhere else are kept:
+        the call then recomputes (a cache miss)."""
+        if await self._action(slot, "restore", slot_file(workflow), quiet=True):
+            return
+        for other, held in list(self._lru.items()):
+            if held == slot or self.busy[held] or other not in self._saved:
+                continue
+            del self._lru[other]
+            self.owner[held] = None
+            self._pinned.pop(other, None)
+            if not await self._action(held, "erase", None, quiet=True):
+                return
+            if await self._action(slot, "restore", slot_file(workflow), quiet=True):
+                return
 
     def finished(self, workflow: str) -> None:
         slot = self._lru.get(workflow)
@@ -470,7 +491,9 @@ class LlamaCppBackend(Backend):
             size -= freed
 
     async def _action(self, slot: int, action: str, filename: str | None,
-                      quiet: bool = False) -> None:
+                      quiet: bool = False) -> bool:
+        """Ask the server for a slot action; whether it was done (``quiet``: a failure
+        is logged, not raised)."""
         payload = {"filename": filename} if filename is not None else {}
         try:
             await self._post_json(f"/slots/{slot}?action={action}", payload, f"slot {action}")
@@ -479,8 +502,9 @@ class LlamaCppBackend(Backend):
                 raise
             # A failed restore is a cache miss: the call recomputes its prompt.
             log.warning("backend %s: slot %s of slot %d failed", self.label, action, slot)
-            return
+            return False
         self.actions[action] += 1
+        return True
 
     async def prefix_cache(self) -> PrefixCacheStats | None:
         metrics = await self._metrics()

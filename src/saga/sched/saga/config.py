@@ -223,6 +223,17 @@ class SagaConfig(BaseModel):
         "(every step of theirs carries the call's prefill chunks). Off: the call's own "
         "completion only.",
     )
+    backlog_price: Literal["queue", "fixed"] = Field(
+        "queue",
+        description="Seconds per token of the prefill queued ahead on a replica (its "
+        "backlog), the unit placement weighs a replica's queue in. 'queue': a token of a "
+        "prefill as long as the mean prefill ahead per queued call (waiting and running), "
+        "from an empty context: a queue of short calls costs what short prefills cost. "
+        "'fixed': a token of an 8,192-token chunk at a 16,384-token context (Predictor."
+        "t_token) whatever the calls' size, which priced the queue of 2-7k-token calls on the "
+        "real vLLM-CPU engines at 4-9x their prefill and made 8-14 of 64 later calls a run "
+        "leave the replica holding their KV (docs/engines.md).",
+    )
     colocate_slack: float = Field(
         0.25,
         ge=0.0,

@@ -4,10 +4,10 @@ A call's predicted completion on replica r is
 
     backlog(r) + reload/prefill of the part of its prompt not cached on r + decode,
 
-where ``backlog`` is the prefill work queued or running there plus, when the call's
-blocks do not fit beside the memory held and awaited there, the time for running calls
-to drain. Session
-affinity falls out: on the replica holding a workflow's KV the prefill is short.
+where ``backlog`` is the prefill work queued or running there (its tokens priced as
+prefills of the queued calls' mean size, ``backlog_price``) plus, when the call's blocks
+do not fit beside the memory held and awaited there, the time for running calls to drain.
+Session affinity falls out: on the replica holding a workflow's KV the prefill is short.
 A workflow leaves its home (work stealing at a tool boundary) only when another
 replica beats home by ``steal_margin`` and ``steal_min_gain`` (hysteresis, so
 workflows do not flap), each side counting, beside the call's own completion, the delay its
@@ -23,13 +23,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from functools import lru_cache, partial
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from saga.sched.saga.config import SagaConfig
 
 if TYPE_CHECKING:
     from saga.engine.kvcache import Run
     from saga.sched.view import CostView, KVView, ReplicaView
+
+
+#: how placement prices a token of a replica's backlog (SagaConfig.backlog_price)
+BacklogPrice = Literal["queue", "fixed"]
 
 
 class Estimate(NamedTuple):
@@ -49,11 +53,14 @@ class Estimate(NamedTuple):
 class Predictor:
     """Turns replica state into seconds with the cost model."""
 
-    def __init__(self, cost: CostView, block_tokens: int) -> None:
+    def __init__(
+        self, cost: CostView, block_tokens: int, backlog_price: BacklogPrice = "fixed",
+    ) -> None:
         self.cost = cost
         self.block_tokens = block_tokens
+        self.backlog_price = backlog_price
         # Seconds per prefill token at a typical context, and per decode step of a
-        # lone sequence: the units of backlog and of expected work.
+        # lone sequence: the units of expected work (and of backlog when it is "fixed").
         chunk, ctx = 8192, 16384
         self.t_token = cost.prefill_time(ctx + chunk, ctx) / chunk
         self.t_decode = cost.decode_steps_time(1, ctx, 1)
@@ -65,6 +72,22 @@ class Predictor:
 
     def prefill(self, prompt: int, cached: int) -> float:
         return float(self._prefill(prompt, min(cached, prompt)))
+
+    def backlog_seconds(self, replica: ReplicaView) -> float:
+        """Seconds of the prefill queued or running on ``replica`` (its ``backlog_tokens``),
+        priced as :attr:`SagaConfig.backlog_price` says: "queue", per token of a prefill
+        as long as the mean prefill ahead per queued call (waiting and running; whole
+        blocks) from an empty context; "fixed", at :attr:`t_token`."""
+        tokens = replica.backlog_tokens
+        if tokens <= 0:
+            return 0.0
+        if self.backlog_price == "fixed":
+            return tokens * self.t_token
+        bt = self.block_tokens
+        queued = max(len(replica.waiting) + len(replica.running), 1)
+        size = -(-tokens // queued)
+        size = -(-size // bt) * bt  # whole blocks: fewer distinct questions to the cost model
+        return tokens * self.prefill(size, 0) / size
 
     def backlog(self, replica: ReplicaView, only_slo: bool = False) -> float:
         """Seconds of prefill work queued or running on ``replica`` (``only_slo``: of
@@ -90,9 +113,10 @@ class Predictor:
         """The call's estimate on each of ``replicas``: the hot loop of a placement, so
         what does not depend on the replica is computed once and the queues are read as
         the sums each replica keeps (:class:`~saga.engine.replica.QueueTokens`), not call
-        by call. Its prefill is :meth:`prefill`'s and its backlog :meth:`backlog`'s; a call
-        whose blocks do not fit beside what is held and awaited waits :func:`_short`."""
-        bt, t_token = self.block_tokens, self.t_token
+        by call. Its prefill is :meth:`prefill`'s and its backlog :meth:`backlog_seconds`;
+        a call whose blocks do not fit beside what is held and awaited waits
+        :func:`_short`."""
+        bt = self.block_tokens
         blocks = -(-(prompt + int(output)) // bt)  # the call's blocks, prompt and output
         decode_step, prefill = self._decode_step, self._prefill
         estimates = []
@@ -109,7 +133,7 @@ class Predictor:
             need = blocks - cached
             free = kv.capacity - kv.locked_blocks - kv.anonymous_blocks - demand // bt
             wait = 0.0 if need <= free else _short(need, free, drain)
-            wait += replica.backlog_tokens * t_token  # 0 on an idle replica
+            wait += self.backlog_seconds(replica)  # 0 on an idle replica
             estimates.append(_estimate((replica.index, wait, service, load * len(running))))
         return estimates
 

@@ -113,7 +113,8 @@ class SagaPolicy(Policy):
 
     def bind(self, ctx: PolicyContext) -> None:
         super().bind(ctx)
-        self.predictor = placement.Predictor(ctx.cost, ctx.block_tokens)
+        self.predictor = placement.Predictor(ctx.cost, ctx.block_tokens,
+                                              self.config.backlog_price)
         self.homed = [0.0] * len(ctx.replicas)  # context tokens of the flows homed there
         self.homed_total = 0.0
         self.growth = GrowthTally()  # the counted flows' expected growth (gate_growth)
