@@ -97,7 +97,7 @@ def test_choose_gives_the_estimate_pick_gives_over_every_candidate(cluster: str)
     cost = (cost_model_for("llama-3.1-70b", "a100-80gb", 4) if cluster == "a100-70b"
             else cost_model_for("llama-3.1-8b", "h100-sxm", 1))
     rng = random.Random(21)
-    paths = {"home only": 0, "every candidate": 0}
+    paths = {"home only": 0, "rivals": 0, "steals": 0, "rivals but home": 0}
     for _ in range(1500):
         runs = (SYSTEM, ("w:a", 0, rng.randint(1, 3000)))
         replicas = _replicas(rng, cost, runs)
@@ -116,9 +116,15 @@ def test_choose_gives_the_estimate_pick_gives_over_every_candidate(cluster: str)
                     homed, config)
         got = choose(predictor, replicas, home, runs, prompt, output, homed, config)
         assert got == want  # the same four floats and replica, not approximately
-        paths["home only" if predictor.sizes == [1] else "every candidate"] += 1
-    # both ways through are exercised (the bound proves most cases, not all)
-    assert paths["home only"] > 300 and paths["every candidate"] > 300, paths
+        paths["home only" if predictor.sizes == [1] else "rivals"] += 1
+        if home is not None and got.replica != home:
+            paths["steals"] += 1
+        elif home is not None and len(predictor.sizes) == 2:
+            paths["rivals but home"] += 1
+    # every way through is exercised: the bounds prove most cases, not all; some rivals
+    # win the call, others are estimated and lose to home
+    assert paths["home only"] > 300 and paths["rivals"] > 150, paths
+    assert paths["steals"] > 50 and paths["rivals but home"] > 10, paths
 
 
 def test_a_steal_the_bounds_cannot_rule_out_is_found() -> None:
