@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -1236,3 +1237,25 @@ def calibration_table() -> str:
 
 if __name__ == "__main__":  # pragma: no cover - `python tests/engine/test_costmodel.py`
     print(calibration_table())
+
+
+@pytest.mark.parametrize(
+    ("model", "gpu", "tp"),
+    [("llama-3.1-8b", "h100-sxm", 1), ("llama-3.1-70b", "a100-80gb", 4)],
+)
+def test_prefill_time_is_the_sum_of_its_chunks_steps_bit_for_bit(
+    model: str, gpu: str, tp: int
+) -> None:
+    """prefill_time inlines step_time: the same floats as stepping each chunk."""
+    cost = cost_model_for(model, gpu, tp)
+    rng = random.Random(7)
+    for _ in range(3000):
+        prompt = rng.choice([1, rng.randint(1, 5000), rng.randint(1, 200_000)])
+        cached = rng.choice([0, -3, rng.randint(0, prompt), prompt, prompt + 5])
+        chunk = rng.choice([8192, 2048, 512, rng.randint(1, 10_000)])
+        total, done = 0.0, min(max(cached, 0), prompt)
+        while done < prompt:
+            q = min(chunk, prompt - done)
+            total += cost.step_time(q, q * (done + (q + 1) / 2), done + q, 1)
+            done += q
+        assert cost.prefill_time(prompt, cached, chunk) == total

@@ -332,9 +332,19 @@ class CostModel:
             raise ValueError(f"chunk must be > 0, got {chunk}")
         done = min(max(cached_tokens, 0), prompt_tokens)
         total = 0.0
+        # Each chunk is step_time(q, q * (done + (q + 1) / 2), done + q, 1), inlined (a
+        # placement, a retention decision and the cache's rebuild weights ask this): the
+        # same operations in the same order, so the same floats (tests/engine/
+        # test_costmodel.py compares them).
+        tile, c_tok, c_attn = self._tile, self._c_tok, self._c_attn
+        c_seq, m_weights, m_kv = self._c_seq * 1, self._m_weights, self._m_kv
+        fixed, comm_tok = self._t0 + self._s_seq * 1, self._comm_tok
         while done < prompt_tokens:
-            q = min(chunk, prompt_tokens - done)
-            total += self.step_time(q, q * (done + (q + 1) / 2), done + q, 1)
+            left = prompt_tokens - done
+            q = chunk if chunk < left else left
+            compute = c_tok * (-(-q // tile) * tile) + c_seq + c_attn * (q * (done + (q + 1) / 2))
+            memory = m_weights + m_kv * (done + q + q)
+            total += fixed + comm_tok * q + (compute if compute > memory else memory)
             done += q
         return total
 

@@ -33,10 +33,11 @@ from __future__ import annotations
 
 import heapq
 from abc import ABC, abstractmethod
-from bisect import bisect_left, insort
+from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
+from operator import attrgetter
 
 Run = tuple[str, int, int]
 """A run of consecutive blocks: ``(namespace, first_id, count)``."""
@@ -187,8 +188,8 @@ class RadixKV:
         # The same leaves by release stamp, ascending (no two share one: see
         # _first_ranked), so that a floored eviction asks them in release order without
         # sorting the set at every eviction: a leaf's stamp cannot change while it is one.
-        self._leaf_stamps: list[int] = []
-        self._leaf_at: dict[int, KVNode] = {}
+        # (The nodes themselves, bisected by stamp: the probe reads them with no lookup.)
+        self._leaf_order: list[KVNode] = []
         #: Called with (node, blocks) for every block run evicted (e.g. to offload it).
         self.on_evict: Callable[[KVNode, int], None] | None = None
 
@@ -488,21 +489,20 @@ class RadixKV:
         if self._keyed:
             if node in self._leaves:
                 return
-            stamp = node.stamp
-            if stamp in self._leaf_at:
+            stamp, order = node.stamp, self._leaf_order
+            at = bisect_left(order, stamp, key=_stamp)
+            if at < len(order) and order[at].stamp == stamp:
                 raise AssertionError(f"{node!r} shares stamp {stamp} with another leaf")
             self._leaves.add(node)
-            insort(self._leaf_stamps, stamp)
-            self._leaf_at[stamp] = node
+            order.insert(at, node)
         else:
             heapq.heappush(self._heap, (node.stamp, -node.depth, id(node), node))
 
     def _drop_leaf(self, node: KVNode) -> None:
         """Take ``node``, an evictable leaf, out of the keyed orders' leaf index."""
         self._leaves.remove(node)
-        stamps = self._leaf_stamps
-        del stamps[bisect_left(stamps, node.stamp)]
-        del self._leaf_at[node.stamp]
+        order = self._leaf_order
+        del order[bisect_left(order, node.stamp, key=_stamp)]
 
     def _evict_static(self, blocks: int) -> int:
         done = 0
@@ -555,12 +555,11 @@ class RadixKV:
         floor = self.eviction.floor
         if floor is None:
             return min([(key(n, now), n.stamp, id(n), n) for n in self._leaves])[3]
-        stamps, at = self._leaf_stamps, self._leaf_at  # the leaves in release order
-        best = at[stamps[0]]
+        order = self._leaf_order  # the leaves in release order
+        best = order[0]
         best_key = key(best, now)
         if best_key != floor:
-            for stamp in islice(stamps, 1, None):
-                node = at[stamp]
+            for node in islice(order, 1, None):
                 k = key(node, now)
                 if k < best_key:  # (stamps ascend and differ: an equal key ranks after)
                     best, best_key = node, k
@@ -643,11 +642,15 @@ class RadixKV:
             assert self._leaves == set(self.evictable_leaves()), "evictable-leaf set"
             # (_first_ranked's floor probe relies on it)
             assert len({n.stamp for n in self._leaves}) == len(self._leaves), "shared stamp"
-            assert self._leaf_at == {n.stamp: n for n in self._leaves}, "leaf index"
-            assert self._leaf_stamps == sorted(self._leaf_at), "leaf stamps"
+            order = self._leaf_order
+            assert len(order) == len(self._leaves) and set(order) == self._leaves, "leaf index"
+            assert [n.stamp for n in order] == sorted(n.stamp for n in order), "leaf stamps"
         assert locked == self.locked_blocks, (locked, self.locked_blocks)
         assert inuse == self.inuse_blocks, (inuse, self.inuse_blocks)
         assert self.used_blocks <= self.capacity, (self.used_blocks, self.capacity)
+
+
+_stamp = attrgetter("stamp")
 
 
 def skip_runs(runs: Sequence[Run], blocks: int) -> tuple[Run, ...]:

@@ -160,6 +160,100 @@ def _short(need: int, free: int, drain: float) -> float:
     return drain * min(1.0, (need - max(free, 0)) / max(need, 1))
 
 
+def choose(
+    predictor: Predictor,
+    candidates: Sequence[ReplicaView],
+    home: int | None,
+    runs: Sequence[Run],
+    prompt: int,
+    output: float,
+    homed: Sequence[float],
+    config: SagaConfig,
+) -> Estimate:
+    """``pick(predictor.estimate_all(candidates, ...), home, homed, config)``, with fewer
+    estimates: a call whose workflow has a home among the candidates (almost every call)
+    stays there unless another candidate's completion beats home's by the steal
+    thresholds, and a lower bound of each candidate's completion, cheaper than its
+    estimate, proves for most candidates that it cannot (:func:`_rivals`). Only the
+    others are estimated, and picked from with home. The choice is the same estimate,
+    bit for bit (tests/sched/test_saga_choose.py compares them): the candidate ``pick``
+    ranks first among all either is among those estimated, and ranks first there too, or
+    was proven unable to beat home by the thresholds, and then neither can any candidate
+    estimated (each completes no sooner), so both ways the call stays home."""
+    if home is not None:
+        at = next((r for r in candidates if r.index == home), None)
+        if at is not None:
+            at_home = predictor.estimate_all((at,), runs, prompt, output)[0]
+            if not config.steal:
+                return at_home
+            rivals = _rivals(predictor, candidates, at_home, runs, prompt, output, config)
+            if not rivals:
+                return at_home
+            estimates = [at_home, *predictor.estimate_all(rivals, runs, prompt, output)]
+            return pick(estimates, home, homed, config)
+    return pick(predictor.estimate_all(candidates, runs, prompt, output), home, homed, config)
+
+
+def _rivals(
+    predictor: Predictor,
+    candidates: Sequence[ReplicaView],
+    at_home: Estimate,
+    runs: Sequence[Run],
+    prompt: int,
+    output: float,
+    config: SagaConfig,
+) -> list[ReplicaView]:
+    """The candidates other than home whose completion a lower bound cannot prove unable
+    to beat home's by what :func:`pick` needs to steal (more than ``steal_margin`` of
+    home's and more than ``steal_min_gain``).
+
+    A candidate's estimated completion is ``wait + (load + drain)`` (plus ``imposed =
+    load x running`` when steals weigh it), each term at least 0, with ``wait >=
+    backlog_tokens * t_token`` and ``drain = output * decode_step(running + 1, prompt +
+    context, 1) >= output * decode_step(1, prompt, 1)`` (a step's time never falls with
+    more sequences or more context). Float rounding is monotone, so the same sums of
+    the smaller terms are at most the estimate's float, and home's gain over them at
+    least its gain over the estimate: a bound that cannot steal proves the estimate
+    cannot. The first bound drops ``load`` and takes the lone decode; the second, asked
+    only when the first fails, adds the prefill of the part of the prompt the
+    candidate's GPU does not hold (``load`` itself when it has no host tier to load
+    from; with one, the candidate is a rival), the candidate's own drain and the delay
+    it imposes."""
+    stay = at_home.backlog + at_home.service  # as pick computes home's completion
+    imposed = config.steal_imposed
+    if imposed:
+        stay = stay + at_home.imposed
+    margin, least = config.steal_margin * stay, config.steal_min_gain
+    t_token, bt = predictor.t_token, predictor.block_tokens
+    prefill, decode_step = predictor._prefill, predictor._decode_step
+    decode = output * decode_step(1, prompt, 1)
+    home = at_home.replica
+    rivals = []
+    for replica in candidates:
+        if replica.index == home:
+            continue
+        wait = replica.backlog_tokens * t_token
+        gain = stay - (wait + decode)
+        if gain <= margin or gain <= least:
+            continue
+        host = replica.host
+        if host is not None and host.cached_blocks:
+            rivals.append(replica)
+            continue
+        running = len(replica.running)
+        hit = replica.kv.match_blocks(runs) * bt
+        load = prefill(prompt, hit if hit < prompt else prompt)
+        drain = output * decode_step(running + 1, prompt + replica.context_tokens, 1)
+        bound = wait + (load + drain)
+        if imposed:
+            bound = bound + load * running
+        gain = stay - bound
+        if gain <= margin or gain <= least:
+            continue
+        rivals.append(replica)
+    return rivals
+
+
 def pick(
     estimates: Sequence[Estimate],
     home: int | None,

@@ -406,10 +406,8 @@ class SagaPolicy(Policy):
             candidates = [r for r in self.ctx.replicas if r.up]
             if not candidates:  # what the runtimes catch (the gateway answers 503)
                 raise RuntimeError("no replica is up")
-        estimates = self.predictor.estimate_all(
-            candidates, call.runs, call.prompt_tokens, output
-        )
-        estimate = placement.pick(estimates, home, self.homed, self.config)
+        estimate = placement.choose(self.predictor, candidates, home, call.runs,
+                                    call.prompt_tokens, output, self.homed, self.config)
         chosen = estimate.replica
         if home is not None and chosen != home:
             self.steals += 1
