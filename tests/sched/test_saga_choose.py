@@ -13,7 +13,7 @@ from saga.engine.costmodel import CostModel, cost_model_for
 from saga.engine.kvcache import RadixKV, Run
 from saga.engine.replica import Replica
 from saga.sched.saga import SagaConfig, SagaPolicy
-from saga.sched.saga.placement import Estimate, Predictor, choose, pick
+from saga.sched.saga.placement import BacklogPrice, Estimate, Predictor, choose, pick
 from saga.sched.view import ReplicaView
 
 BT = 16
@@ -59,7 +59,9 @@ def _replicas(rng: random.Random, cost: CostModel, runs: tuple[Run, ...]) -> lis
             _cache(replica.kv, _take(runs, gpu))
         if replica.host is not None and rng.random() < 0.7:
             _cache(replica.host, _take(runs, rng.randint(gpu, total)))
-        replica.backlog_tokens = rng.choice([0, 0, rng.randint(0, 300_000)])
+        # small backlogs too: there "queue" prices a token below t_token
+        replica.backlog_tokens = rng.choice([0, 0, rng.randint(0, 20_000),
+                                             rng.randint(0, 300_000)])
         replica.context_tokens = rng.choice([0, rng.randint(0, 400_000)])
         replica.demand_tokens = rng.choice([0, rng.randint(0, 5_000 * BT)])
         replica.running = [None] * rng.choice([0, 1, rng.randint(0, 40)])  # type: ignore[list-item]
@@ -80,8 +82,8 @@ def _take(runs: tuple[Run, ...], blocks: int) -> tuple[Run, ...]:
 class _Counting(Predictor):
     """A predictor that records how many candidates each estimate_all was asked for."""
 
-    def __init__(self, cost: CostModel, block_tokens: int) -> None:
-        super().__init__(cost, block_tokens)
+    def __init__(self, cost: CostModel, block_tokens: int, price: BacklogPrice) -> None:
+        super().__init__(cost, block_tokens, price)
         self.sizes: list[int] = []
 
     def estimate_all(
@@ -92,8 +94,11 @@ class _Counting(Predictor):
         return estimates
 
 
+@pytest.mark.parametrize("price", ["queue", "fixed"])
 @pytest.mark.parametrize("cluster", ["a100-70b", "h100-8b"])
-def test_choose_gives_the_estimate_pick_gives_over_every_candidate(cluster: str) -> None:
+def test_choose_gives_the_estimate_pick_gives_over_every_candidate(
+    cluster: str, price: BacklogPrice,
+) -> None:
     cost = (cost_model_for("llama-3.1-70b", "a100-80gb", 4) if cluster == "a100-70b"
             else cost_model_for("llama-3.1-8b", "h100-sxm", 1))
     rng = random.Random(21)
@@ -101,7 +106,7 @@ def test_choose_gives_the_estimate_pick_gives_over_every_candidate(cluster: str)
     for _ in range(1500):
         runs = (SYSTEM, ("w:a", 0, rng.randint(1, 3000)))
         replicas = _replicas(rng, cost, runs)
-        predictor = _Counting(cost, BT)
+        predictor = _Counting(cost, BT, price)
         config = SagaConfig(
             steal=rng.random() < 0.9,
             steal_margin=rng.choice([0.0, 0.15, 0.5]),
@@ -112,7 +117,7 @@ def test_choose_gives_the_estimate_pick_gives_over_every_candidate(cluster: str)
         prompt = sum(r[2] for r in runs) * BT - rng.randint(0, BT - 1)
         output = rng.choice([0.0, 1.0, rng.uniform(1, 2000)])
         homed = [rng.uniform(0, 1e5) for _ in replicas]
-        want = pick(Predictor(cost, BT).estimate_all(replicas, runs, prompt, output), home,
+        want = pick(Predictor(cost, BT, price).estimate_all(replicas, runs, prompt, output), home,
                     homed, config)
         got = choose(predictor, replicas, home, runs, prompt, output, homed, config)
         assert got == want  # the same four floats and replica, not approximately

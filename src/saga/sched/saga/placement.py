@@ -209,8 +209,9 @@ def _rivals(
 
     A candidate's estimated completion is ``wait + (load + drain)`` (plus ``imposed =
     load x running`` when steals weigh it), each term at least 0, with ``wait >=
-    backlog_tokens * t_token`` and ``drain = output * decode_step(running + 1, prompt +
-    context, 1) >= output * decode_step(1, prompt, 1)`` (a step's time never falls with
+    predictor.backlog_seconds(candidate)`` (whichever ``backlog_price``) and ``drain =
+    output * decode_step(running + 1, prompt + context, 1) >= output * decode_step(1,
+    prompt, 1)`` (a step's time never falls with
     more sequences or more context). Float rounding is monotone, so the same sums of
     the smaller terms are at most the estimate's float, and home's gain over them at
     least its gain over the estimate: a bound that cannot steal proves the estimate
@@ -224,7 +225,7 @@ def _rivals(
     if imposed:
         stay = stay + at_home.imposed
     margin, least = config.steal_margin * stay, config.steal_min_gain
-    t_token, bt = predictor.t_token, predictor.block_tokens
+    bt, backlog = predictor.block_tokens, predictor.backlog_seconds
     prefill, decode_step = predictor._prefill, predictor._decode_step
     decode = output * decode_step(1, prompt, 1)
     home = at_home.replica
@@ -232,7 +233,7 @@ def _rivals(
     for replica in candidates:
         if replica.index == home:
             continue
-        wait = replica.backlog_tokens * t_token
+        wait = backlog(replica)  # the estimate's own backlog term, the same float
         gain = stay - (wait + decode)
         if gain <= margin or gain <= least:
             continue
