@@ -10,7 +10,7 @@ import pytest
 
 from saga.engine.config import EngineConfig
 from saga.engine.costmodel import CostModel, cost_model_for
-from saga.engine.kvcache import RadixKV, Run
+from saga.engine.kvcache import RadixKV, Run, skip_runs
 from saga.engine.replica import Replica
 from saga.sched.saga import SagaConfig, SagaPolicy
 from saga.sched.saga.placement import BacklogPrice, Estimate, Predictor, choose, pick
@@ -25,22 +25,11 @@ def _cache(kv: RadixKV, runs: tuple[Run, ...]) -> None:
     node, hit = kv.lock(runs)
     total = sum(r[2] for r in runs)
     assert kv.allocate(total - hit)
-    new, added = kv.insert(node, _skip(runs, hit))
+    new, added = kv.insert(node, skip_runs(runs, hit))
     kv.unlock(node)
     kv.adopt(added)
     kv.release_anonymous(total - hit - added)
     kv.unlock(new)
-
-
-def _skip(runs: tuple[Run, ...], blocks: int) -> tuple[Run, ...]:
-    out: list[Run] = []
-    for ns, first, count in runs:
-        if blocks >= count:
-            blocks -= count
-            continue
-        out.append((ns, first + blocks, count - blocks))
-        blocks = 0
-    return tuple(out)
 
 
 def _replicas(rng: random.Random, cost: CostModel, runs: tuple[Run, ...]) -> list[Replica]:
