@@ -9,10 +9,12 @@ recomputed tokens, preemptions and the coefficient of variation of the replicas'
 
 A policy is a registry name, or `saga:FIELD=JSON;FIELD=JSON` for SAGA with those
 `SagaConfig` fields (e.g. `saga:steal_imposed=false`), or `NAME+gate:FIELD=JSON` for a
-baseline behind SAGA's gate with those fields (e.g. `sglang+gate:gate_shared_once=false`).
-`--kv-scale 8` runs a copy of the cluster with 8x its GPU KV blocks, where memory never
-binds: the offline no-recompute ceiling of docs/saga.md ("Goodput capacity"), not a
-deployable configuration.
+baseline behind SAGA's gate with those fields (e.g. `sglang+gate:gate_shared_once=false`),
+or `llm-d:FIELD=JSON` for llm-d with those `LLMDConfig` fields (e.g.
+`llm-d:max_prefix_blocks=8192`). A workload `full:coding` or `full:claude-code` is the full
+scenario's instead of the quick one's. `--kv-scale 8` runs a copy of the cluster with 8x
+its GPU KV blocks, where memory never binds: the offline no-recompute ceiling of
+docs/saga.md ("Goodput capacity"), not a deployable configuration.
 
 Run: PYTHONPATH=src python benchmarks/capacity_probe.py coding 0.02 \
     saga,saga-no-steal,sglang,vllm-affinity [--seeds 0,1] [--kv-scale 1]
@@ -32,6 +34,7 @@ from saga.bench.scenario import WorkloadSpec, load_scenario
 from saga.bench.workloads import build_spec
 from saga.core.workflow import Workflow
 from saga.engine.cluster import ClusterSpec
+from saga.sched.baselines.llmd import LLMD, LLMDConfig
 from saga.sched.gated import GatedPolicy
 from saga.sched.policy import Policy
 from saga.sched.registry import build_policy
@@ -49,6 +52,8 @@ def policy_named(name: str) -> Policy:
         return build_policy(name)
     base, _, spec = name.partition(":")
     fields = dict(part.split("=", 1) for part in spec.split(";"))
+    if base == "llm-d":  # llm-d's own knobs (e.g. max_prefix_blocks, flow_control)
+        return LLMD(LLMDConfig(**{k: json.loads(v) for k, v in fields.items()}))
     config = SagaConfig(**{k: json.loads(v) for k, v in fields.items()})
     if base == "saga":
         return SagaPolicy(config)
@@ -76,10 +81,13 @@ class Probe:
 
 
 def workload(label: str) -> tuple[ClusterSpec, WorkloadSpec, float, float]:
-    """The quick capacity scenario's workload ``label``: cluster, spec, window, warm-up (in
-    median TCTs alone)."""
-    spec = load_scenario("capacity").quick_version()
-    chosen = next(w for w in spec.workloads if label in (w.label, w.name))
+    """The quick capacity scenario's workload ``label`` (``full:LABEL``: the full
+    scenario's): cluster, spec, window, warm-up (in median TCTs alone)."""
+    full, _, name = label.rpartition(":")
+    spec = load_scenario("capacity")
+    if full != "full":
+        spec = spec.quick_version()
+    chosen = next(w for w in spec.workloads if name in (w.label, w.name))
     return spec.cluster_for(chosen), chosen, spec.capacity_window, spec.capacity_warmup
 
 
@@ -127,7 +135,8 @@ def run(job: tuple[str, str, int, float, float, float, dict[str, float]]) -> Pro
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("workload", help="a quick capacity workload: coding or claude-code")
+    parser.add_argument("workload", help="a quick capacity workload: coding or claude-code "
+                        "(full:coding, full:claude-code: the full scenario's)")
     parser.add_argument("rate", type=float, help="Poisson arrival rate (workflows/s)")
     parser.add_argument("policies", help="comma-separated policy names")
     parser.add_argument("--seeds", default="0,1")
