@@ -68,7 +68,7 @@ class GatewayKV:
         """Whole prompt blocks of the calls in flight, in the gateway's count."""
         view = self._view
         bt = view.engine.block_tokens
-        held = sum(-(-view.prompt_tokens(c) // bt) for c in view.in_flight())
+        held = sum(-(-view.prompt_tokens(c) // bt) for c in view.unordered())
         return min(held, self.capacity)
 
     @property
@@ -90,10 +90,13 @@ class GatewayReplicaView:
         self.max_concurrency = max_concurrency
         self._kv = GatewayKV(self)
 
+    def unordered(self) -> list[CallView]:
+        """The calls sent to the engine and not answered, in no particular order."""
+        return [*self.engine.running, *self.engine.waiting]
+
     def in_flight(self) -> list[CallView]:
         """The calls sent to the engine and not answered, in the order they came."""
-        calls = list(self.engine.running) + list(self.engine.waiting)
-        return sorted(calls, key=lambda c: c.seq)
+        return sorted(self.unordered(), key=lambda c: c.seq)
 
     def prompt_tokens(self, call: CallView) -> int:
         counted = self._tokens(call)
@@ -103,6 +106,9 @@ class GatewayReplicaView:
     @property
     def waiting(self) -> Sequence[CallView]:
         """The calls the gateway would hold back: those past its concurrency limit."""
+        engine = self.engine
+        if len(engine.running) + len(engine.waiting) <= self.max_concurrency:
+            return ()  # the common case: nothing held, no need to order the calls
         return self.in_flight()[self.max_concurrency:]
 
     @property
