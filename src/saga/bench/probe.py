@@ -35,9 +35,9 @@ the engines drifted meanwhile (reported, not used).
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -46,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from saga.engine.costmodel import Efficiency
 from saga.engine.hardware import get_gpu, get_model
 from saga.engine.speedfit import DecodePoint, PrefillPoint, SpeedFit, fit_speed, midway
+from saga.integrations.threads import at_once
 
 __all__ = ["Call", "ProbeSettings", "calibrate", "fit_record", "host_contention", "probe"]
 
@@ -91,23 +92,8 @@ def _all_at_once(
     rngs: Sequence[np.random.Generator], clock: Callable[[], float],
 ) -> list[dict[str, list[list[float]]]]:
     """One round of the probe on every replica at once, a thread each."""
-    rounds: list[dict[str, list[list[float]]]] = [{} for _ in urls]
-    errors: list[BaseException] = []
-
-    def run(i: int, url: str) -> None:
-        try:
-            rounds[i] = _one_replica(call, url, settings, rngs[i], clock)
-        except BaseException as exc:  # raised below, in the caller's thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(i, u)) for i, u in enumerate(urls)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return rounds
+    return at_once([partial(_one_replica, call, url, settings, rngs[i], clock)
+                    for i, url in enumerate(urls)])
 
 
 def probe(

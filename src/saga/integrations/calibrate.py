@@ -21,9 +21,9 @@ import argparse
 import json
 import platform
 import statistics
-import threading
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from saga.integrations.engines import (
     parse_prometheus,
     vllm_completion,
 )
+from saga.integrations.threads import at_once
 
 __all__ = ["main", "profile"]
 
@@ -64,22 +65,8 @@ def _decode(
     base_url: str, rng: np.random.Generator, batch: int, prompt: int, tokens: int, vocab: int
 ) -> float:
     prompts = [_prompt(rng, prompt, vocab) for _ in range(batch)]
-    errors: list[BaseException] = []
-
-    def one(p: list[int]) -> None:
-        try:
-            vllm_completion(base_url, p, max_tokens=tokens)
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-
     s0, c0 = _hist(base_url, "vllm:inter_token_latency_seconds")
-    threads = [threading.Thread(target=one, args=(p,)) for p in prompts]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
+    at_once([partial(vllm_completion, base_url, p, max_tokens=tokens) for p in prompts])
     s1, c1 = _hist(base_url, "vllm:inter_token_latency_seconds")
     return (s1 - s0) / (c1 - c0)
 
