@@ -533,6 +533,7 @@ def summarize(
     of ``saga``; the simulator's error per case and its ranking against the real one;
     ``calibration``: the probes' record (saga.bench.probe), apart from every figure of
     the runs; ``clusters``: the preset the simulator ran each repetition on."""
+    from saga.bench.real_ranking import separated_pairs
     from saga.metrics.summary import speedup
 
     cases: dict[str, dict[str, Any]] = {}
@@ -595,6 +596,7 @@ def summarize(
                 for p in real if p in sim.get(case, {})}
         summary["sim_ranking"] = {
             case: ranking({p: e["mean_tct"] for p, e in rows.items()}, sim[case])
+            | separated_pairs(paired[case], sim[case])
             for case, rows in cases.items() if case in sim}
     if clusters:
         summary["sim_clusters"] = list(clusters)
@@ -703,7 +705,8 @@ def _tables(summary: dict[str, Any]) -> list[str]:
                      + "; ".join(errors) + ".")
         for case, r in summary.get("sim_ranking", {}).items():
             lines.append(f"Ranking, {case}: real {' < '.join(r['real'])}; simulated "
-                         f"{' < '.join(r['sim'])} ({'same' if r['same'] else 'differs'}).")
+                         f"{' < '.join(r['sim'])} ({'same' if r['same'] else 'differs'})"
+                         + _separated_line(r) + ".")
     calibration = summary.get("calibration", {})
     probes = [p for p in calibration.get("repetitions", []) if "preset" in p]
     if probes:
@@ -732,6 +735,23 @@ def _tables(summary: dict[str, Any]) -> list[str]:
             f"blocks cached, the engines' events {saga['event_blocks']} "
             f"({1 - saga['event_blocks'] / max(saga['estimate_blocks'], 1):.0%} fewer).")
     return lines
+
+
+def _separated_line(r: dict[str, Any]) -> str:
+    """The pairs the real runs separate (paired 95 % CI excluding 1) and the simulator's
+    agreement on them; the ties (saga.bench.real_ranking)."""
+    if "separated" not in r:
+        return ""
+    sep = r["separated"]
+    pairs = ", ".join(
+        f"{s['faster']} < {s['slower']} ({s['geomean']:.2f}, {s['ci_low']:.2f}-"
+        f"{s['ci_high']:.2f}{'' if s['sim_agrees'] else ', simulator ' + s['sim_order']})"
+        for s in sep)
+    agree = sum(s["sim_agrees"] for s in sep)
+    ties = "; ".join(" = ".join(t) for t in r["ties"])
+    return (f"; over the {len(sep)} pair(s) the real runs separate the simulator agrees on "
+            f"{agree}" + (f": {pairs}" if sep else "")
+            + (f"; ties in the real runs: {ties}" if ties else ""))
 
 
 def _held(entry: dict[str, Any]) -> str:
