@@ -344,13 +344,16 @@ def _run_once(
         result = asyncio.run(replay(gw.url, workflows, salt=salt,
                                     timeout=bench.request_timeout))
         retentions = dict(gw.gateway.metrics.retentions)
+        gateway_stalls = [[round(t - result.started, 3), late, cpu]
+                          for t, late, cpu in gw.stalls]
         lookups = [list(v.prefix_lookups) for v in gw.gateway.views]
         for view in gw.gateway.views:
             view.events = None
     wall = time.monotonic() - started
     load.append(os.getloadavg()[0])
     after = [eng.vllm_prefix_cache(u) for u in urls]
-    return run_record(result, wall, load, before, after, retentions, lookups)
+    return run_record(result, wall, load, before, after, retentions, lookups,
+                      gateway_stalls=gateway_stalls)
 
 
 def run_record(
@@ -369,6 +372,9 @@ def run_record(
         "prefix_hits": sum(a.hits - b.hits for a, b in zip(after, before, strict=True)),
         "retentions": retentions, "prefix_lookups": lookups,
         "backends": sorted(result.backends.values()),
+        # per stall of the client's event loop: when (s after the start), how late (s) and
+        # the CPU seconds this process used meanwhile (saga.integrations.replay._watch)
+        "stalls": [list(x) for x in result.stalls],
         # per call: workflow, index, sent (s), latency (s), replica, status, prompt and
         # cached tokens (saga.integrations.replay.CallRecord)
         "call_log": [list(dataclasses.astuple(c)) for c in result.call_log],
@@ -548,7 +554,12 @@ def summarize(
         mean = _mean(list(run["tct"].values()))
         entry["runs"].append({"repetition": run["repetition"], "mean_tct": mean,
                               "failed": len(run["failed"]), "wall": run["wall"],
-                              "load": run["load"], "calls": run["calls"]})
+                              "load": run["load"], "calls": run["calls"],
+                              "stall": max((x[1] for x in run.get("stalls", ())),
+                                           default=0.0),
+                              "gateway_stall": max(
+                                  (x[1] for x in run.get("gateway_stalls", ())),
+                                  default=0.0)})
         entry["failed"] += len(run["failed"])
         held = run.get("deferred", {})  # sessions the gate held at the door, and how long
         entry["deferred"] += len(held)
@@ -683,6 +694,14 @@ def _tables(summary: dict[str, Any]) -> list[str]:
                  for p, e in rows.items() if "slot_actions" in e]
         if slots:  # llama.cpp
             lines += ["Slot actions (save/restore/erase): " + ", ".join(slots) + ".", ""]
+    stalled = [f"{case} {p} rep {r['repetition']} {r.get('stall', 0.0):.2f} s / "
+               f"{r.get('gateway_stall', 0.0):.2f} s"
+               for case, rows in summary["cases"].items() for p, e in rows.items()
+               for r in e["runs"] if r.get("stall", 0.0) > 0 or r.get("gateway_stall", 0.0) > 0]
+    if stalled:
+        lines += ["Stalls (the client's / the gateway's event loop woke late by this much at "
+                  "worst; that run's sends and answers are late by as much): "
+                  + ", ".join(stalled) + ".", ""]
     for key, label in (("speedup", "memory-bound"), ("speedup_light", "light")):
         if key in summary:
             parts = [f"{name.split('/', 1)[1]} {f['mean_tct_ratio']:.2f}x mean TCT "
