@@ -116,6 +116,10 @@ class RealBench(BaseModel):
     # memory gate holds at the door into lost work. Deployed in front of agents, the gate's
     # wait is bounded by the client's timeout, so the bench sets max_defer to it.
     max_defer: float = Field(300.0, ge=0, description="the gateway's max_defer, seconds")
+    learn_engine_speed: bool = Field(
+        True, description="the gateway's learn_engine_speed: its views age the running "
+        "prefills at the speed the answers show (docs/engines.md, \"Real saga against "
+        "simulated saga, call by call\")")
     llama: LlamaSettings = Field(default_factory=LlamaSettings,
                                  description="the llama.cpp replicas (saga.bench.real_llama)")
     calibrate: bool = Field(
@@ -317,7 +321,7 @@ def gateway_config(
         "backends": [{"url": u, "kind": "vllm", "name": f"vllm-{i}"}
                      for i, u in enumerate(urls)],
         "request_timeout": bench.request_timeout, "sticky_sessions": False,
-        "max_defer": bench.max_defer,
+        "max_defer": bench.max_defer, "learn_engine_speed": bench.learn_engine_speed,
     })
 
 

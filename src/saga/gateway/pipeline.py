@@ -213,6 +213,8 @@ class CallPipeline:
             step_handed = True  # the finish ends it (once the backend has carried it out)
             if scale is not None:  # what the engine counted of this prompt
                 scale.observe(estimated, usage.prompt)
+            self._gw.views[index].learn_speed(request, self._gw.now(), usage.prompt,
+                                              usage.total - usage.prompt)
             self._finish(wf, info, request, index, arrived, sent_at, usage.total, step)
             return response
         finally:
