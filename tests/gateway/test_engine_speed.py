@@ -82,3 +82,18 @@ def test_the_gateway_learns_one_speed_for_its_engines_only_when_asked() -> None:
     on = gateway(True).views
     assert on[0].speed is not None and on[0].speed is on[1].speed
     assert all(v.speed is None for v in gateway(False).views)
+
+
+def test_a_move_off_its_home_is_kept_with_what_the_views_said() -> None:
+    from saga.gateway.app import Gateway
+    from saga.gateway.metrics import Move
+
+    gateway = Gateway(GatewayConfig.model_validate({
+        "policy": "saga", "cluster": "cpu-tiny", "block_tokens": 16, "learn_engine_speed": True,
+        "backends": [{"url": "http://127.0.0.1:9", "kind": "vllm"},
+                     {"url": "http://127.0.0.1:10", "kind": "vllm"}]}))
+    views = gateway.views
+    assert views[0].try_start(GatewayCall(_info("w", 2001, 125), 8, 16, 1, 0.0), 0.0)
+    gateway.pipeline._note_move(_info("w", 2100, 131), 0, 1, 0.5)
+    assert list(gateway.metrics.moves) == [
+        Move(0.5, "w", 0, 1, [2000, 0], [1, 0], [125, 0], 1.0)]

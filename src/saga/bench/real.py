@@ -34,7 +34,9 @@ rules (saga.sched.stock) reading the replicas as the gateway sees them
 (saga.sched.gateway_view), the gateway's prompt estimates in the policy's gateway-side
 hooks (saga.sched.estimated);
 ``sim_error[policy]`` is its relative error of each policy's mean TCT in the memory case,
-``sim_error_light`` in the light case (docs/engines.md, "Simulator agreement").
+``sim_error_light`` in the light case (docs/engines.md, "Simulator agreement");
+``sim_ranking[case]`` the raw orders and the pairs the real runs separate
+(saga.bench.real_ranking).
 
 ``engine="llama"`` (or ``"both"``, vLLM first) runs the same cases on two llama.cpp
 replicas (saga.bench.real_llama); their figures go under ``summary["llamacpp"]``, in the
@@ -350,14 +352,19 @@ def _run_once(
         retentions = dict(gw.gateway.metrics.retentions)
         gateway_stalls = [[round(t - result.started, 3), late, cpu]
                           for t, late, cpu in gw.stalls]
+        speed = gw.gateway.views[0].speed if gw.gateway.views else None
+        # on the replay's clock (the gateway's counts from when it was built)
+        shift = time.monotonic() - gw.gateway.now() - result.started
+        moves = [[round(m.at + shift, 3), *m[1:]] for m in gw.gateway.metrics.moves]
         lookups = [list(v.prefix_lookups) for v in gw.gateway.views]
         for view in gw.gateway.views:
             view.events = None
     wall = time.monotonic() - started
     load.append(os.getloadavg()[0])
     after = [eng.vllm_prefix_cache(u) for u in urls]
+    learned = {} if speed is None else {"engine_speed": [speed.factor, speed.samples]}
     return run_record(result, wall, load, before, after, retentions, lookups,
-                      gateway_stalls=gateway_stalls)
+                      gateway_stalls=gateway_stalls, moves=moves, **learned)
 
 
 def run_record(
