@@ -119,9 +119,10 @@ class RealBench(BaseModel):
     # wait is bounded by the client's timeout, so the bench sets max_defer to it.
     max_defer: float = Field(300.0, ge=0, description="the gateway's max_defer, seconds")
     learn_engine_speed: bool = Field(
-        True, description="the gateway's learn_engine_speed: its views age the running "
-        "prefills at the speed the answers show (docs/engines.md, \"Real saga against "
-        "simulated saga, call by call\")")
+        False, description="the gateway's learn_engine_speed: its views age the running "
+        "prefills at the speed the answers show; off: measured on, it did not change "
+        "where the calls went (docs/engines.md, \"Real saga against simulated saga, call "
+        "by call\")")
     llama: LlamaSettings = Field(default_factory=LlamaSettings,
                                  description="the llama.cpp replicas (saga.bench.real_llama)")
     calibrate: bool = Field(
