@@ -15,8 +15,9 @@ next to the simulator's computed tokens per busy second.
 ``--calls`` prints instead, per repetition and policy of the memory-bound case, the real
 run beside the simulator's replay of that repetition (at its own probe's speed), call by
 call (saga.bench.real_vs_sim): held at the door, served, uncached prompt tokens, hit rate,
-later calls that missed, later calls moved and those kept home that missed, and how late
-the real client sent its sessions' first calls.
+later calls that missed, later calls moved, those of the moves that left KV the home still
+held (real: the gateway's record of its moves, ``moves``; sim: its placement misses), the
+calls kept home that missed, and how late the real client sent its sessions' first calls.
 
 ``--points`` prints instead the calibration points the ``cpu-tiny`` preset is fitted to
 (tests/integrations/data/cpu_tiny_bench.json): every call of the recorded runs that had its
@@ -211,14 +212,20 @@ def calls(out: Path, policies: list[str]) -> None:
     runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
     on = clusters(out, summary, spec, False)
     print(f"{out}: rep policy source | TCT s | held s | served s | uncached tokens | hit rate"
-          " | later calls missed | moved (tokens) | kept home, missed | first sends late "
-          "(max s, over 0.25 s)")
+          " | later calls missed | moved (tokens) | moved off KV home held | kept home, missed"
+          " | first sends late (max s, over 0.25 s)")
     for rep in range(spec.repetitions):
         cluster = on[min(rep, len(on) - 1)]
         for policy in policies or list(spec.policies):
             real = [r for r in runs if r["case"] == "memory" and r["policy"] == policy
                     and r["repetition"] == rep]
-            sim = [sim_record(simulate(case, spec, policy, cluster), policy, rep)]
+            result = simulate(case, spec, policy, cluster)
+            sim = [sim_record(result, policy, rep)]
+            # moves that left KV at home: the gateway's record (the views' matched prefix
+            # at home, with KV events the engine's) and the simulator's placement misses
+            left = {"real": ("?" if not real or "moves" not in real[0] else
+                             str(sum(m[6][m[2]] > 0 for m in real[0]["moves"]))),
+                    "sim": str(sum(c.placement_missed_tokens > 0 for c in result.calls))}
             for source, records in (("real", real), ("sim", sim)):
                 if not records:
                     continue
@@ -228,7 +235,7 @@ def calls(out: Path, policies: list[str]) -> None:
                 print(f"  {rep} {policy:14s} {source:4s} | {d.tct:6.2f} | {d.held:5.2f} | "
                       f"{d.served:5.2f} | {d.uncached_tokens:6,.0f} | {d.hit_rate:5.1%} | "
                       f"{d.later_misses:4.0%} | {p.moved} ({p.moved_uncached:,}) | "
-                      f"{p.home_missed} | {lag:.2f}, {late}")
+                      f"{left[source]} | {p.home_missed} | {lag:.2f}, {late}")
 
 
 def _records(parser: argparse.ArgumentParser, dirs: list[str]) -> list[Path]:
