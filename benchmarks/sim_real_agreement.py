@@ -3,6 +3,7 @@
     PYTHONPATH=src python benchmarks/sim_real_agreement.py DIR [DIR ...]
     PYTHONPATH=src python benchmarks/sim_real_agreement.py --points DIR [DIR ...] > points.json
     PYTHONPATH=src python benchmarks/sim_real_agreement.py --refit DIR [DIR ...]
+    PYTHONPATH=src python benchmarks/sim_real_agreement.py --calls DIR [POLICY ...]
 
 Each DIR is a ``saga bench real --out DIR`` (summary.json, runs.jsonl, logs/). No engine
 runs: the script simulates each recorded case as ``saga bench real`` does (same sessions,
@@ -10,6 +11,13 @@ tokenizer, KV size; each policy as deployed) and prints, per policy, the recorde
 TCT and prefix hit rate next to the simulator's, and, for the memory-bound case, the stock
 engines' computed prompt tokens per second while requests waited (vLLM's own log lines)
 next to the simulator's computed tokens per busy second.
+
+``--calls`` prints instead, per repetition and policy of the memory-bound case, the real
+run beside the simulator's replay of that repetition (at its own probe's speed), call by
+call (saga.bench.real_vs_sim): held at the door, served, uncached prompt tokens, hit rate,
+later calls that missed, later calls moved, those of the moves that left KV the home still
+held (real: the gateway's record of its moves, ``moves``; sim: its placement misses), the
+calls kept home that missed, and how late the real client sent its sessions' first calls.
 
 ``--points`` prints instead the calibration points the ``cpu-tiny`` preset is fitted to
 (tests/integrations/data/cpu_tiny_bench.json): every call of the recorded runs that had its
@@ -29,6 +37,9 @@ from pathlib import Path
 from typing import Any
 
 from saga.bench.real import RealBench, RealCase, calibrated_cluster, ranking, trace_path
+from saga.bench.real_decompose import decompose
+from saga.bench.real_ranking import separated_pairs
+from saga.bench.real_vs_sim import placements, send_lag, sim_record
 from saga.engine.costmodel import DEFAULT_EFFICIENCY, Efficiency
 from saga.engine.hardware import get_gpu, get_model
 from saga.engine.speedfit import SoloCall, fit_time_scale, scaled
@@ -175,12 +186,56 @@ def agreement(out: Path, refit: bool = False) -> dict[str, dict[str, float]]:
         ranked = ranking({p: real[p]["mean_tct"] for p in spec.policies}, predicted[case.name])
         print(f"  ranking real: {', '.join(ranked['real'])}; sim: {', '.join(ranked['sim'])}"
               f" ({'same' if ranked['same'] else 'differs'})")
+        paired = {p: {f"{r['repetition']}:{wf}": t for r in runs
+                      if r["case"] == case.name and r["policy"] == p
+                      for wf, t in r["tct"].items()} for p in spec.policies}
+        sep = separated_pairs(paired, predicted[case.name])
+        print("  pairs the real runs separate (paired 95 % CI excluding 1): "
+              + (", ".join(f"{x['faster']} < {x['slower']} ({x['geomean']:.2f}, "
+                           f"{x['ci_low']:.2f}-{x['ci_high']:.2f}): sim {x['sim_order']}"
+                           for x in sep["separated"]) or "none")
+              + "; ties: " + (", ".join(" = ".join(t) for t in sep["ties"]) or "none"))
         logs = [x for x in saturated_throughput(out) if not x["saga_scheduler"]]
         if logs and rates:
             print(f"  stock engines, computed prompt tokens/s: real (saturated log "
                   f"intervals) {statistics.mean(x['prompt_tokens_per_s'] for x in logs):.0f}"
                   f", sim (per busy second) {statistics.mean(rates):.0f}")
     return predicted
+
+
+def calls(out: Path, policies: list[str]) -> None:
+    """Per repetition and policy of the memory-bound case: the real run beside the
+    simulator's replay of it (see the module doc)."""
+    summary = json.loads((out / "summary.json").read_text())
+    spec = RealBench.model_validate(summary["settings"])
+    case = next(c for c in _cases(summary) if c.name == "memory")
+    runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    on = clusters(out, summary, spec, False)
+    print(f"{out}: rep policy source | TCT s | held s | served s | uncached tokens | hit rate"
+          " | later calls missed | moved (tokens) | moved off KV home held | kept home, missed"
+          " | first sends late (max s, over 0.25 s)")
+    for rep in range(spec.repetitions):
+        cluster = on[min(rep, len(on) - 1)]
+        for policy in policies or list(spec.policies):
+            real = [r for r in runs if r["case"] == "memory" and r["policy"] == policy
+                    and r["repetition"] == rep]
+            result = simulate(case, spec, policy, cluster)
+            sim = [sim_record(result, policy, rep)]
+            # moves that left KV at home: the gateway's record (the views' matched prefix
+            # at home, with KV events the engine's) and the simulator's placement misses
+            left = {"real": ("?" if not real or "moves" not in real[0] else
+                             str(sum(m[6][m[2]] > 0 for m in real[0]["moves"]))),
+                    "sim": str(sum(c.placement_missed_tokens > 0 for c in result.calls))}
+            for source, records in (("real", real), ("sim", sim)):
+                if not records:
+                    continue
+                (d,) = decompose(records)
+                p = placements(records[0])
+                lag, late = send_lag(records[0], case.arrival_interval)
+                print(f"  {rep} {policy:14s} {source:4s} | {d.tct:6.2f} | {d.held:5.2f} | "
+                      f"{d.served:5.2f} | {d.uncached_tokens:6,.0f} | {d.hit_rate:5.1%} | "
+                      f"{d.later_misses:4.0%} | {p.moved} ({p.moved_uncached:,}) | "
+                      f"{left[source]} | {p.home_missed} | {lag:.2f}, {late}")
 
 
 def _records(parser: argparse.ArgumentParser, dirs: list[str]) -> list[Path]:
@@ -199,12 +254,19 @@ def main(argv: list[str]) -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--points", action="store_true",
                       help="print the lone-call calibration points as JSON instead")
+    mode.add_argument("--calls", action="store_true",
+                      help="per repetition, the real runs of the memory case beside the "
+                           "simulator's replay of each, call by call (one DIR, then "
+                           "optionally the policies)")
     mode.add_argument("--refit", action="store_true",
                       help="simulate at the time scale the record's own lone calls say "
                            "(a circular check)")
     parser.add_argument("dirs", nargs="+", metavar="DIR",
                         help="a `saga bench real --out` directory")
     args = parser.parse_args(argv)
+    if args.calls:
+        calls(_records(parser, args.dirs[:1])[0], args.dirs[1:])
+        return
     outs = _records(parser, args.dirs)
     if args.points:
         points: list[dict[str, Any]] = []

@@ -222,9 +222,14 @@ def test_summary_gives_the_simulators_error_and_ranking_per_case() -> None:
     assert s["sim_error"] == pytest.approx({"saga": -0.1, "vllm-affinity": 0.25, "llm-d": 0.05})
     assert s["sim_error_light"] == pytest.approx({"saga": 0.1, "vllm-affinity": 0.25,
                                                   "llm-d": 0.4})
-    assert s["sim_ranking"]["memory"] == {"real": ["saga", "llm-d", "vllm-affinity"],
-                                          "sim": ["saga", "llm-d", "vllm-affinity"],
-                                          "same": True}
+    memory = s["sim_ranking"]["memory"]
+    assert {k: memory[k] for k in ("real", "sim", "same")} == {
+        "real": ["saga", "llm-d", "vllm-affinity"], "sim": ["saga", "llm-d", "vllm-affinity"],
+        "same": True}
+    # one workflow a run: every interval is the one ratio, so every pair is separated
+    assert [(x["faster"], x["slower"]) for x in memory["separated"]] == [
+        ("saga", "vllm-affinity"), ("saga", "llm-d"), ("llm-d", "vllm-affinity")]
+    assert memory["ties"] == [] and memory["separated_same"] is True
     assert s["sim_ranking"]["light"]["same"] is False
     assert s["sim_clusters"] == ["cpu-tiny-kv80"] and "calibration" not in s
     assert ranking({"a": 1.0, "b": 2.0}, {"a": 3.0, "b": 1.0}) == {

@@ -34,7 +34,9 @@ rules (saga.sched.stock) reading the replicas as the gateway sees them
 (saga.sched.gateway_view), the gateway's prompt estimates in the policy's gateway-side
 hooks (saga.sched.estimated);
 ``sim_error[policy]`` is its relative error of each policy's mean TCT in the memory case,
-``sim_error_light`` in the light case (docs/engines.md, "Simulator agreement").
+``sim_error_light`` in the light case (docs/engines.md, "Simulator agreement");
+``sim_ranking[case]`` the raw orders and the pairs the real runs separate
+(saga.bench.real_ranking).
 
 ``engine="llama"`` (or ``"both"``, vLLM first) runs the same cases on two llama.cpp
 replicas (saga.bench.real_llama); their figures go under ``summary["llamacpp"]``, in the
@@ -116,6 +118,11 @@ class RealBench(BaseModel):
     # memory gate holds at the door into lost work. Deployed in front of agents, the gate's
     # wait is bounded by the client's timeout, so the bench sets max_defer to it.
     max_defer: float = Field(300.0, ge=0, description="the gateway's max_defer, seconds")
+    learn_engine_speed: bool = Field(
+        False, description="the gateway's learn_engine_speed: its views age the running "
+        "prefills at the speed the answers show; off: measured on, it did not change "
+        "where the calls went (docs/engines.md, \"Real saga against simulated saga, call "
+        "by call\")")
     llama: LlamaSettings = Field(default_factory=LlamaSettings,
                                  description="the llama.cpp replicas (saga.bench.real_llama)")
     calibrate: bool = Field(
@@ -317,7 +324,7 @@ def gateway_config(
         "backends": [{"url": u, "kind": "vllm", "name": f"vllm-{i}"}
                      for i, u in enumerate(urls)],
         "request_timeout": bench.request_timeout, "sticky_sessions": False,
-        "max_defer": bench.max_defer,
+        "max_defer": bench.max_defer, "learn_engine_speed": bench.learn_engine_speed,
     })
 
 
@@ -344,13 +351,21 @@ def _run_once(
         result = asyncio.run(replay(gw.url, workflows, salt=salt,
                                     timeout=bench.request_timeout))
         retentions = dict(gw.gateway.metrics.retentions)
+        gateway_stalls = [[round(t - result.started, 3), late, cpu]
+                          for t, late, cpu in gw.stalls]
+        speed = gw.gateway.views[0].speed if gw.gateway.views else None
+        # on the replay's clock (the gateway's counts from when it was built)
+        shift = time.monotonic() - gw.gateway.now() - result.started
+        moves = [[round(m.at + shift, 3), *m[1:]] for m in gw.gateway.metrics.moves]
         lookups = [list(v.prefix_lookups) for v in gw.gateway.views]
         for view in gw.gateway.views:
             view.events = None
     wall = time.monotonic() - started
     load.append(os.getloadavg()[0])
     after = [eng.vllm_prefix_cache(u) for u in urls]
-    return run_record(result, wall, load, before, after, retentions, lookups)
+    learned = {} if speed is None else {"engine_speed": [speed.factor, speed.samples]}
+    return run_record(result, wall, load, before, after, retentions, lookups,
+                      gateway_stalls=gateway_stalls, moves=moves, **learned)
 
 
 def run_record(
@@ -369,6 +384,9 @@ def run_record(
         "prefix_hits": sum(a.hits - b.hits for a, b in zip(after, before, strict=True)),
         "retentions": retentions, "prefix_lookups": lookups,
         "backends": sorted(result.backends.values()),
+        # per stall of the client's event loop: when (s after the start), how late (s) and
+        # the CPU seconds this process used meanwhile (saga.integrations.replay._watch)
+        "stalls": [list(x) for x in result.stalls],
         # per call: workflow, index, sent (s), latency (s), replica, status, prompt and
         # cached tokens (saga.integrations.replay.CallRecord)
         "call_log": [list(dataclasses.astuple(c)) for c in result.call_log],
@@ -533,6 +551,7 @@ def summarize(
     of ``saga``; the simulator's error per case and its ranking against the real one;
     ``calibration``: the probes' record (saga.bench.probe), apart from every figure of
     the runs; ``clusters``: the preset the simulator ran each repetition on."""
+    from saga.bench.real_ranking import separated_pairs
     from saga.metrics.summary import speedup
 
     cases: dict[str, dict[str, Any]] = {}
@@ -547,7 +566,12 @@ def summarize(
         mean = _mean(list(run["tct"].values()))
         entry["runs"].append({"repetition": run["repetition"], "mean_tct": mean,
                               "failed": len(run["failed"]), "wall": run["wall"],
-                              "load": run["load"], "calls": run["calls"]})
+                              "load": run["load"], "calls": run["calls"],
+                              "stall": max((x[1] for x in run.get("stalls", ())),
+                                           default=0.0),
+                              "gateway_stall": max(
+                                  (x[1] for x in run.get("gateway_stalls", ())),
+                                  default=0.0)})
         entry["failed"] += len(run["failed"])
         held = run.get("deferred", {})  # sessions the gate held at the door, and how long
         entry["deferred"] += len(held)
@@ -595,6 +619,7 @@ def summarize(
                 for p in real if p in sim.get(case, {})}
         summary["sim_ranking"] = {
             case: ranking({p: e["mean_tct"] for p, e in rows.items()}, sim[case])
+            | separated_pairs(paired[case], sim[case])
             for case, rows in cases.items() if case in sim}
     if clusters:
         summary["sim_clusters"] = list(clusters)
@@ -681,6 +706,14 @@ def _tables(summary: dict[str, Any]) -> list[str]:
                  for p, e in rows.items() if "slot_actions" in e]
         if slots:  # llama.cpp
             lines += ["Slot actions (save/restore/erase): " + ", ".join(slots) + ".", ""]
+    stalled = [f"{case} {p} rep {r['repetition']} {r.get('stall', 0.0):.2f} s / "
+               f"{r.get('gateway_stall', 0.0):.2f} s"
+               for case, rows in summary["cases"].items() for p, e in rows.items()
+               for r in e["runs"] if r.get("stall", 0.0) > 0 or r.get("gateway_stall", 0.0) > 0]
+    if stalled:
+        lines += ["Stalls (the client's / the gateway's event loop woke late by this much at "
+                  "worst; that run's sends and answers are late by as much): "
+                  + ", ".join(stalled) + ".", ""]
     for key, label in (("speedup", "memory-bound"), ("speedup_light", "light")):
         if key in summary:
             parts = [f"{name.split('/', 1)[1]} {f['mean_tct_ratio']:.2f}x mean TCT "
@@ -703,7 +736,8 @@ def _tables(summary: dict[str, Any]) -> list[str]:
                      + "; ".join(errors) + ".")
         for case, r in summary.get("sim_ranking", {}).items():
             lines.append(f"Ranking, {case}: real {' < '.join(r['real'])}; simulated "
-                         f"{' < '.join(r['sim'])} ({'same' if r['same'] else 'differs'}).")
+                         f"{' < '.join(r['sim'])} ({'same' if r['same'] else 'differs'})"
+                         + _separated_line(r) + ".")
     calibration = summary.get("calibration", {})
     probes = [p for p in calibration.get("repetitions", []) if "preset" in p]
     if probes:
@@ -732,6 +766,23 @@ def _tables(summary: dict[str, Any]) -> list[str]:
             f"blocks cached, the engines' events {saga['event_blocks']} "
             f"({1 - saga['event_blocks'] / max(saga['estimate_blocks'], 1):.0%} fewer).")
     return lines
+
+
+def _separated_line(r: dict[str, Any]) -> str:
+    """The pairs the real runs separate (paired 95 % CI excluding 1) and the simulator's
+    agreement on them; the ties (saga.bench.real_ranking)."""
+    if "separated" not in r:
+        return ""
+    sep = r["separated"]
+    pairs = ", ".join(
+        f"{s['faster']} < {s['slower']} ({s['geomean']:.2f}, {s['ci_low']:.2f}-"
+        f"{s['ci_high']:.2f}{'' if s['sim_agrees'] else ', simulator ' + s['sim_order']})"
+        for s in sep)
+    agree = sum(s["sim_agrees"] for s in sep)
+    ties = "; ".join(" = ".join(t) for t in r["ties"])
+    return (f"; over the {len(sep)} pair(s) the real runs separate the simulator agrees on "
+            f"{agree}" + (f": {pairs}" if sep else "")
+            + (f"; ties in the real runs: {ties}" if ties else ""))
 
 
 def _held(entry: dict[str, Any]) -> str:

@@ -50,6 +50,7 @@ from saga.gateway.agent_names import AgentNames
 from saga.gateway.auth import KeyRing
 from saga.gateway.backends import BACKENDS, Backend
 from saga.gateway.config import GatewayConfig
+from saga.gateway.engine_speed import EngineSpeed
 from saga.gateway.graph_sync import GraphSync
 from saga.gateway.handlers import HttpHandlers
 from saga.gateway.lifecycle import Lifecycle
@@ -178,12 +179,20 @@ def _bind_policy(config: GatewayConfig) -> tuple[Policy, list[RemoteReplicaView]
     # what its KV holds, whatever the preset's host tier
     host = max(capacity, cluster.host_capacity_blocks(bt))
     cost = cluster.cost_model()
+    # one learned speed for the gateway's engines (saga.gateway.engine_speed)
+    speed = EngineSpeed() if config.learn_engine_speed else None
+
+    def decode_time(prompt: int, output: int) -> float:
+        # the prefill's last step samples the first token
+        return cost.decode_steps_time(1, prompt, max(output - 1, 0))
+
     views = [
         RemoteReplicaView(i, capacity, bt, block_bytes,
                           host if BACKENDS[b.kind].offloads else None,
                           max_concurrency=b.max_concurrency,
                           max_num_batched_tokens=cluster.engine.max_num_batched_tokens,
-                          prefill_time=cost.prefill_time)
+                          prefill_time=cost.prefill_time, decode_time=decode_time,
+                          speed=speed)
         for i, b in enumerate(config.backends)
     ]
     # The views are the policy's replicas (saga.sched.view.ReplicaView).

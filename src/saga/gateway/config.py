@@ -176,6 +176,14 @@ class GatewayConfig(BaseModel):
         "policy counts prompts, cached prefixes and KV in the engine's tokens. False: the "
         "plain estimate.",
     )
+    learn_engine_speed: bool = Field(
+        False,
+        description="Learn how much slower than the cluster preset's cost model the "
+        "engines serve, from each answered call's time against the view's prediction of "
+        "it, and age the running calls' prefill backlog by that factor (saga.gateway."
+        "engine_speed): a placement then does not take a busy replica for a free one when "
+        "the engines run slower than the preset. False: the preset's speed as it is.",
+    )
     sticky_sessions: bool = Field(
         True,
         description="Keep a workflow whose home another gateway chose (shared through the "

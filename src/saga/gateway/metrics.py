@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict, deque
 from collections.abc import Iterable
+from typing import NamedTuple
 
 
 class LatencySummary:
@@ -24,6 +25,23 @@ class LatencySummary:
             return float("nan")
         data = sorted(self._recent)
         return data[min(len(data) - 1, int(q * len(data)))]
+
+
+#: Moves kept by :attr:`Metrics.moves`.
+MOVES_KEPT = 1024
+
+
+class Move(NamedTuple):
+    """A workflow's call placed off its home, and what the views said then."""
+
+    at: float  # the gateway's clock
+    workflow: str
+    home: int
+    to: int
+    backlog: list[int]  # per replica: the view's prefill backlog, tokens
+    load: list[int]  # per replica: calls in flight
+    cached: list[int]  # per replica: the workflow's prefix the view matched, blocks
+    speed: float  # the engines' learned speed (1.0: not learned)
 
 
 class Metrics:
@@ -51,6 +69,11 @@ class Metrics:
         # store operations on the call path that failed (the call went on without them)
         self.store_errors: defaultdict[str, int] = defaultdict(int)
         self.store_skipped: defaultdict[str, int] = defaultdict(int)  # while it was down
+        # the last MOVES_KEPT placements that moved a workflow off its home (pipeline.place):
+        # when, the workflow, from, to, and per replica the view's prefill backlog
+        # (tokens), calls in flight and the workflow's prefix it held (blocks), with the
+        # engines' learned speed (for `saga bench real`'s record, not /metrics)
+        self.moves: deque[Move] = deque(maxlen=MOVES_KEPT)
 
 
 def _esc(value: str) -> str:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from saga.gateway.backends import Backend, BackendError
 from saga.gateway.identity import identify
+from saga.gateway.metrics import Move
 from saga.gateway.relay import Retryable, forward
 from saga.gateway.retain_step import RetainStep
 from saga.gateway.server import HttpRequest, Response, ResponseStream
@@ -213,6 +214,8 @@ class CallPipeline:
             step_handed = True  # the finish ends it (once the backend has carried it out)
             if scale is not None:  # what the engine counted of this prompt
                 scale.observe(estimated, usage.prompt)
+            self._gw.views[index].learn_speed(request, self._gw.now(), usage.prompt,
+                                              usage.total - usage.prompt)
             self._finish(wf, info, request, index, arrived, sent_at, usage.total, step)
             return response
         finally:
@@ -291,10 +294,21 @@ class CallPipeline:
             for i in hidden:
                 self._gw.views[i].up = True
             self._gw.metrics.decision_latency.observe(time.perf_counter() - t0)
+        if home is not None and index != home and not retry:
+            self._note_move(info, home, index, now)
         if index != home:
             await self._gw.stored_op("home", self._gw.store.set_home(info.workflow, index,
                                                            self._gw.config.session_ttl))
         return index
+
+    def _note_move(self, info: CallInfo, home: int, index: int, now: float) -> None:
+        """Keep what the views said when a workflow was moved off its home (Metrics.moves)."""
+        views = self._gw.views
+        speed = views[0].speed.factor if views and views[0].speed is not None else 1.0
+        self._gw.metrics.moves.append(Move(
+            round(now, 3), info.workflow, home, index,
+            [v.backlog_tokens for v in views], [v.load() for v in views],
+            [v.kv.match_blocks(info.runs, record=False) for v in views], round(speed, 3)))
 
     def _choose_replica(
         self, info: CallInfo, home: int | None, now: float, wf: WorkflowState, retry: bool

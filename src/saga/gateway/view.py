@@ -67,6 +67,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from saga.engine.kvcache import Run
+from saga.gateway.engine_speed import EngineSpeed
 from saga.gateway.kv_events import KVIndex
 from saga.sched.decisions import Retention
 from saga.sched.view import CallInfo
@@ -79,8 +80,8 @@ class GatewayCall:
 
     __slots__ = (
         "backlog", "block_tokens", "cached_tokens", "call_id", "enqueued_at", "info",
-        "locked_blocks", "output_tokens", "prefill_seconds", "prompt_tokens", "runs",
-        "scheduled_at", "seq", "served_tokens", "slot", "tenant", "workflow",
+        "locked_blocks", "output_tokens", "prefill_end", "prefill_seconds", "prompt_tokens",
+        "runs", "scheduled_at", "seq", "served_tokens", "slot", "tenant", "workflow",
     )
 
     #: What the gateway cannot see of the engine's progress: the members a policy reads
@@ -120,6 +121,9 @@ class GatewayCall:
         #: prefill when it was sent (inf: not predicted, never aged).
         self.backlog = 0
         self.prefill_seconds = math.inf
+        #: When the view predicted (at the cost model's speed) its prefill would end, the
+        #: replica prefilling its calls in sending order; set when it gives its slot back.
+        self.prefill_end = math.inf
         #: Resolved when a waiting call gets its slot (set by the gateway when it waits).
         self.slot: asyncio.Future[None] | None = None
 
@@ -274,11 +278,19 @@ class RemoteReplicaView:
         host_blocks: int | None = None, *, max_concurrency: int = 64,
         max_num_batched_tokens: int = 8192,
         prefill_time: Callable[[int, int], float] | None = None,
+        decode_time: Callable[[int, int], float] | None = None,
+        speed: EngineSpeed | None = None,
     ) -> None:
         self.index = index
         #: Predicted seconds to prefill a prompt of N tokens with M cached (the cluster
         #: preset's cost model), for :meth:`age`; None: running calls are not aged.
         self.prefill_time = prefill_time
+        #: Predicted seconds to decode M tokens after a prompt of N, alone (the cost
+        #: model), and the engines' learned speed over the cost model's
+        #: (saga.gateway.engine_speed), which :meth:`age` stretches the prefills by and
+        #: :meth:`learn_speed` feeds; None: the cost model's speed as it is.
+        self.decode_time = decode_time
+        self.speed = speed
         self.up = True
         self.block_tokens = block_tokens
         self.block_bytes = block_bytes
@@ -371,6 +383,7 @@ class RemoteReplicaView:
         """``call`` gave its slot back: start waiting calls, fair order, while slots are
         free; return them. A waiting call for which ``startable`` is false (its client is
         leaving) is dropped from the queue instead."""
+        call.prefill_end = self._prefills().get(id(call), (0.0, math.inf))[1]
         self.running.remove(call)
         self._count_running(call, -1)
         started = []
@@ -409,22 +422,45 @@ class RemoteReplicaView:
         self.kv.held -= pin.blocks
         return True
 
+    def _prefills(self, stretch: float = 1.0) -> dict[int, tuple[float, float]]:
+        """Per running call (by id) when its prefill starts and ends, the replica
+        prefilling its calls one after another in the order they were sent, each
+        ``stretch`` times its predicted time."""
+        spans: dict[int, tuple[float, float]] = {}
+        free_at = -math.inf  # when the replica is done with the prefills sent before
+        for call in self.running:  # in the order they got their slots
+            if math.isfinite(call.prefill_seconds):
+                start = max(free_at, call.scheduled_at)
+                free_at = start + call.prefill_seconds * stretch
+                spans[id(call)] = (start, free_at)
+        return spans
+
+    def learn_speed(self, call: GatewayCall, now: float, prompt: int, output: int) -> None:
+        """``call`` was answered at ``now``; the engine counted ``prompt`` and ``output``
+        tokens (0: no usage, no sample): its time from its slot against the view's
+        prediction (its prefill in the sending order, at the cost model's speed, then its
+        decode alone) is a sample of the engines' speed."""
+        if (self.speed is None or self.decode_time is None or output <= 0
+                or not math.isfinite(call.prefill_end)):
+            return
+        predicted = call.prefill_end - call.scheduled_at + self.decode_time(prompt, output)
+        self.speed.observe(predicted, now - call.scheduled_at)
+
     def age(self, now: float) -> None:
         """Take off each running call's backlog the share of its predicted prefill that
         the time since it was sent covers, the replica prefilling its calls one after
-        another in the order they were sent (a placement calls this first)."""
+        another in the order they were sent, each at the engines' learned speed (a
+        placement calls this first)."""
         if self.prefill_time is None:
             return
-        free_at = -math.inf  # when the replica is done with the prefills sent before
-        for call in self.running:  # in the order they got their slots
-            if not math.isfinite(call.prefill_seconds):
+        stretch = self.speed.factor if self.speed is not None else 1.0
+        spans = self._prefills(stretch)
+        for call in self.running:
+            if call.backlog <= 0 or id(call) not in spans:
                 continue
-            start = max(free_at, call.scheduled_at)
-            free_at = start + call.prefill_seconds
-            if call.backlog <= 0:
-                continue
+            start = spans[id(call)][0]
             uncached = max(0, call.prompt_tokens - call.cached_tokens - 1)
-            done = (now - start) / max(call.prefill_seconds, 1e-9)
+            done = (now - start) / max(call.prefill_seconds * stretch, 1e-9)
             left = min(call.backlog, math.ceil(uncached * max(0.0, 1.0 - done)))
             self.backlog_tokens -= call.backlog - left
             call.backlog = left

@@ -184,6 +184,16 @@ class ReplayResult:
     deferred: dict[str, float] = field(default_factory=dict)
     #: Every call, in the order the answers came.
     call_log: list[CallRecord] = field(default_factory=list)
+    #: When the client's own event loop ran late: (seconds after the replay's start,
+    #: seconds late, CPU seconds this process used meanwhile) of each tick of :data:`TICK`
+    #: that woke more than :data:`STALL` late. A stalled client sends late and times its
+    #: answers late, so the run's figures then measure the client's host, not the policy;
+    #: the CPU says which: about the stall's length when a thread of this process (the
+    #: gateway's, in the bench) held the interpreter, near 0 when the host did not run it
+    #: (docs/engines.md, "Client stalls").
+    stalls: list[tuple[float, float, float]] = field(default_factory=list)
+    #: time.monotonic() at the replay's start (the zero of ``sent`` and ``stalls``)
+    started: float = 0.0
 
     @property
     def mean_tct(self) -> float:
@@ -201,13 +211,29 @@ def _usage(payload: bytes) -> tuple[int, int]:
     return int(usage.get("prompt_tokens", -1)), -1 if cached is None else int(cached)
 
 
+#: The client's heartbeat: how often it checks its own event loop, and how late a tick
+#: must wake to count as a stall (ReplayResult.stalls).
+TICK, STALL = 0.05, 0.25
+
+
+async def _watch(start: float, stalls: list[tuple[float, float, float]]) -> None:
+    """Until cancelled, record each tick that wakes more than STALL late."""
+    while True:
+        due, cpu = time.monotonic() + TICK, time.process_time()
+        await asyncio.sleep(TICK)
+        late = time.monotonic() - due
+        if late > STALL:
+            stalls.append((round(due - start, 3), round(late, 3),
+                           round(time.process_time() - cpu, 3)))
+
+
 async def replay(
     url: str, workflows: Sequence[ReplayWorkflow], *, salt: str = "",
     model: str = "tiny-llama", agent: str = "agent", timeout: float = 600.0,
 ) -> ReplayResult:
     """Run ``workflows`` through the gateway at ``url``; return their TCTs."""
     start = time.monotonic() + 0.2
-    result = ReplayResult({}, 0, 0, {})
+    result = ReplayResult({}, 0, 0, {}, started=start)
     limit = aiohttp.ClientTimeout(total=timeout)
     async with aiohttp.ClientSession(timeout=limit) as session:
 
@@ -250,7 +276,11 @@ async def replay(
                     return
             result.tct[wf.id] = time.monotonic() - arrived
 
-        await asyncio.gather(*(run(w) for w in workflows))
+        watch = asyncio.create_task(_watch(start, result.stalls))
+        try:
+            await asyncio.gather(*(run(w) for w in workflows))
+        finally:
+            watch.cancel()
     return result
 
 
@@ -387,6 +417,9 @@ class GatewayThread:
 
     ``with GatewayThread(config) as gw:`` -- ``gw.url`` is its base URL and ``gw.gateway``
     the :class:`Gateway` (its backends and views can be inspected; do it from tests only).
+    ``gw.stalls``: the stalls of the gateway's own event loop while it served, as
+    :attr:`ReplayResult.stalls` with time.monotonic() instants (its policy's work runs on
+    that loop, so a long decision shows here and not in the client's).
     """
 
     def __init__(self, config: GatewayConfig, ready_timeout: float = 30.0) -> None:
@@ -396,8 +429,11 @@ class GatewayThread:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
+        self.stalls: list[tuple[float, float, float]] = []
+        self._watch: asyncio.Task[None] | None = None
 
     async def _start(self) -> str:
+        self._watch = asyncio.create_task(_watch(0.0, self.stalls))
         runner = web.AppRunner(self.gateway.app(), access_log=None, handler_cancellation=True)
         await runner.setup()
         self._runner = runner
@@ -420,6 +456,9 @@ class GatewayThread:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._watch is not None:
+            self._loop.call_soon_threadsafe(self._watch.cancel)
+            self._watch = None
         if self._runner is not None:
             self.call(self._runner.cleanup())
             self._runner = None
