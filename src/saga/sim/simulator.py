@@ -232,17 +232,18 @@ class Simulation(ReplicaDriver):
                 host_capacity_blocks=host_capacity,
                 eviction=policy.eviction_order(i),
             )
-            # Folded block boundaries need every reader to sync the replica first: under
-            # a static eviction order the policy reads it through SyncedReplica and the
-            # simulator calls sync itself. Under a keyed one (the policy's state ranks
-            # the blocks) every folded boundary is also applied before any hook that may
-            # change that state (sim/fold_barrier.py); then a hook sees every replica
-            # up to date and reads them directly.
             replica.fold_boundaries = True
-            if not replica.kv.eviction.static:
+            self.replicas.append(replica)
+        # Folded block boundaries need every reader to sync the replica first: under
+        # static eviction orders the policy reads it through SyncedReplica and the
+        # simulator calls sync itself. Under a keyed one (the policy's state ranks the
+        # blocks) every folded boundary is also applied before any hook that may change
+        # that state (sim/fold_barrier.py); then a hook sees every replica up to date and
+        # reads them directly, so every replica is under the barrier.
+        if any(not r.kv.eviction.static for r in self.replicas):
+            for replica in self.replicas:
                 replica.fold_under_hooks = True
                 replica.hooks = barrier_hooks
-            self.replicas.append(replica)
         if cluster.host_contention > 0:
             share = HostShare(self.replicas, cluster.host_contention)
             for replica in self.replicas:
