@@ -4,6 +4,7 @@ memory-bound decode run's boundaries become one event, and a read at any instant
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -28,18 +29,35 @@ class Driver(ReplicaDriver):
         self.done.append((request.workflow, self.loop.now))
 
 
+class WobblingHooks(Hooks):
+    """A dynamic queue order whose keys change with the instant they are asked at."""
+
+    static_order = False
+
+    def queue_key(self, replica: Replica, request: Request, now: float) -> tuple[float, ...]:
+        return (math.sin(request.seq * 2.3 + now * 5.0), request.seq)
+
+
 def serve(
-    fold: bool, seed: int, keyed: bool = False
+    fold: bool, seed: int, keyed: bool = False, under_hooks: bool = False
 ) -> tuple[list[tuple[float, tuple[object, ...]]], list[tuple[str, float]], int, int]:
     """Serve a seeded random load on a small full cache, reading the replica at seeded
     random instants; the states read (with their instants), the finished calls, the
-    events run and the boundaries sync applied mid-fold."""
+    events run and the boundaries sync applied mid-fold. ``under_hooks``: the runtime
+    also syncs before every hook (``Replica.fold_under_hooks``); here the keys of the
+    eviction and queue orders change with the instant alone, so a key asked at any
+    instant but its boundary's would show."""
     rng = random.Random(seed)
     replica = make_replica(capacity=rng.randint(28, 60), budget=4096,
-                           seqs=rng.randint(2, 6), hooks=Hooks())
-    if keyed:  # LRU again, but as a policy's key function
+                           seqs=rng.randint(2, 6),
+                           hooks=WobblingHooks() if under_hooks else Hooks())
+    if under_hooks:
+        replica.kv = RadixKV(replica.kv.capacity, KeyedEviction(
+            "wobble", lambda n, now: math.sin(n.stamp * 1.7 + now * 3.0)))
+    elif keyed:  # LRU again, but as a policy's key function
         replica.kv = RadixKV(replica.kv.capacity, KeyedEviction("stamp", lambda n, now: n.stamp))
     replica.fold_boundaries = fold
+    replica.fold_under_hooks = under_hooks
     loop = EventLoop()
     driver = Driver(loop, replica)
     made: list[Request] = []
@@ -105,3 +123,20 @@ def test_a_keyed_eviction_order_folds_nothing(seed: int) -> None:
     lazy_reads, _, lazy_events, applied = serve(True, seed, keyed=True)
     assert (lazy_reads, lazy_events, applied) == (eager_reads, eager_events, 0)
 
+
+
+def test_keyed_and_dynamic_orders_fold_under_hooks_and_ask_keys_at_each_boundary() -> None:
+    """Under ``fold_under_hooks`` a keyed eviction order and a dynamic queue order fold,
+    and a read at any instant sees what stepping leaves (each call's progress, the
+    cache, the batch in the order its keys give at the last boundary); folds of several
+    calls happen and reads land inside them."""
+    saved = applied = 0
+    for seed in range(12):
+        eager_reads, eager_done, eager_events, _ = serve(False, seed, under_hooks=True)
+        lazy_reads, lazy_done, lazy_events, synced = serve(True, seed, under_hooks=True)
+        assert lazy_reads == eager_reads
+        assert lazy_done == eager_done
+        saved += eager_events - lazy_events
+        applied += synced
+    assert saved > 0
+    assert applied > 0

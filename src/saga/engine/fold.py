@@ -15,6 +15,9 @@ general path preempts), a call whose next run would be a single step, a call end
 (the run that ends it is the chain's last), or a run whose planning would ask the
 policy (more than one call under a dynamic queue order) or evict by a policy's key
 (a keyed eviction order reads the policy's state, which other events change meanwhile).
+The last two fold when the runtime brings every folded replica up to the clock before
+any hook that may change the policy's state (``Replica.fold_under_hooks``): then the
+keys asked at a boundary's instant, later, read the state of that instant.
 """
 
 from __future__ import annotations
@@ -39,12 +42,16 @@ def fold_boundaries(
     before at a block boundary; empty when the run does not end at one that can be
     folded."""
     kv = replica.kv
+    under_hooks = replica.fold_under_hooks
     if (
-        not kv.eviction.static
+        not (kv.eviction.static or under_hooks)
         or replica.waiting
         or kv.free_blocks
         or len(batch) > replica.config.max_num_batched_tokens
-        or (len(batch) > 1 and (replica._running_unsorted or not replica.hooks.static_order))
+        or (
+            len(batch) > 1
+            and (replica._running_unsorted or not (replica.hooks.static_order or under_hooks))
+        )
     ):
         return []
     left = min(r.output_tokens - r.generated for r, _ in batch) - steps

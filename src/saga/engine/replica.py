@@ -261,9 +261,17 @@ class Replica(QueueTokens):
         #: :meth:`sync`). Off by default: the runtime turns it on only if it brings the
         #: replica up to date (:meth:`sync`) before anything reads it, as the simulator does.
         self.fold_boundaries = False
+        #: The runtime also brings every replica with a folded run up to the clock before
+        #: any policy hook that may change the policy's state (``sim/fold_barrier.py``):
+        #: then a run folds under a keyed eviction order and a dynamic queue order too,
+        #: whose keys read that state (:meth:`sync` asks them at each boundary's instant).
+        self.fold_under_hooks = False
         # The runs still folded after the current one, in order (the last one's end is
         # the event's time): each is the run that planning at the previous end would start.
         self._folded: list[Fold] = []
+        # the calls of the folded run, in the batch's order when it was planned (the
+        # folds' positions index this; the batch's own order may change at a boundary)
+        self._fold_calls: list[Request] = []
         self.up = True
         #: The replicas sharing this one's host cores (saga.engine.contention); None: its
         #: steps take the cost model's time whatever the others do.
@@ -387,29 +395,42 @@ class Replica(QueueTokens):
         if steps > 1 and self.fold_boundaries:
             self._folded = fold_boundaries(self, now, batch, steps)
             if self._folded:
+                self._fold_calls = [r for r, _ in batch]
                 return self._folded[-1][0]
         return self.step_end
+
+    @property
+    def folded(self) -> bool:
+        """A folded run has boundaries still to apply (:meth:`sync`)."""
+        return bool(self._folded)
 
     def sync(self, now: float) -> None:
         """Bring a folded run up to ``now``: apply each of its block boundaries that has
         passed, at its own instant, as its event would have (the run's end, then planning
-        at that instant, which continues the run: ``_complete``, ``_continue_run`` and
-        ``_decode_run_length`` do the same to the state). Whoever reads or changes the
-        replica while it runs calls this first; the runtime's event at the fold's last
-        end applies the rest.
+        at that instant, which continues the run: ``_complete``, ``_continue_run`` or
+        ``_form_batch``, and ``_decode_run_length`` do the same to the state). Whoever
+        reads or changes the replica while it runs calls this first; the runtime's event
+        at the fold's last end applies the rest.
 
-        Why it is exact: planning at a boundary of a folded run calls no policy hook (a
-        static queue order or one call, nothing waiting) and evicts in the cache's
-        static order, which depends on this replica's cache alone; so the same work done
-        later, at the boundary's own instant, gives the same state, provided nothing
-        read or changed the replica in between, which is what calling this first
-        ensures. Calls' progress is added once for all the runs applied: nothing in
-        between reads it."""
+        Why it is exact: planning at a boundary of a folded run asks the policy at most
+        its queue keys (nothing waits) and evicts in the cache's order. A static order
+        depends on this replica's cache alone. A keyed order, or a dynamic queue order,
+        reads the policy's state: those fold only under a runtime that brings this
+        replica up to date before any hook that may change that state
+        (``fold_under_hooks``), so the state read here, later, is the state of the
+        boundary's instant, and the keys are asked at that instant. So the same work done
+        later gives the same state, provided nothing read or changed the replica in
+        between, which is what calling this first ensures. Under a static order the
+        calls' progress is added once for all the runs applied (nothing in between reads
+        it); under a dynamic one at each boundary, before its queue keys are asked."""
         folded = self._folded
         if not folded or self.step_end > now:
             return
-        batch = self._batch
-        n = len(batch)
+        calls = self._fold_calls
+        n = len(calls)
+        # stepping sorts the running calls by their keys at each boundary (_form_batch)
+        resort = n > 1 and not self.hooks.static_order
+        running = self.running
         kv = self.kv
         low, high = self.busy_window
         taken = 0  # decode steps applied, for each call of the batch
@@ -423,11 +444,18 @@ class Replica(QueueTokens):
             self.steps += steps
             self.busy_seconds += end - start
             self.window_busy_seconds += max(0.0, min(end, high) - max(start, low))
-            taken += steps
             self.context_tokens += n * steps  # _step_tokens: each computed what it emitted
-            # _continue_run at ``end``: each call at a block's end takes one more
+            if resort:
+                for request in calls:
+                    request.computed += steps
+                    request.generated += steps
+                hooks = self.hooks
+                running.sort(key=lambda r: hooks.queue_key(self, r, end))
+            else:
+                taken += steps
+            # planning at ``end``: each call at a block's end takes one more
             for i in grow:
-                request = batch[i][0]
+                request = calls[i]
                 if not kv.allocate(1, end):
                     raise AssertionError("a folded boundary found no block to take")
                 request.anon += 1
@@ -439,9 +467,12 @@ class Replica(QueueTokens):
             self.step_end = next_end
             applied += 1
         del folded[:applied]
-        for request, _ in batch:
-            request.computed += taken
-            request.generated += taken
+        if resort:
+            self._batch = [(request, 1) for request in running]  # a run's q is 1
+        elif taken:
+            for request in calls:
+                request.computed += taken
+                request.generated += taken
 
     def interrupt(self, now: float) -> float | None:
         """Cut a decode run at the first step boundary at or after ``now``.

@@ -27,6 +27,7 @@ from saga.engine.replica import Replica, Request, output_run
 from saga.sched.policy import CallInfo, Policy, PolicyContext, WorkflowInfo
 from saga.sched.view import ReplicaView
 from saga.sim.faults import Fault, check_faults
+from saga.sim.fold_barrier import BarrierHooks, PendingFolds
 from saga.sim.synced import SyncedReplica
 
 GC_THRESHOLDS = (100_000, 50, 100)
@@ -217,6 +218,9 @@ class Simulation(ReplicaDriver):
         capacity = cluster.kv_capacity_blocks(self.block_tokens)
         host_capacity = cluster.host_capacity_blocks(self.block_tokens)
         self.replicas: list[Replica] = []
+        #: folded runs whose boundaries the policy's hooks must not overtake (keyed orders)
+        self._pending = PendingFolds(cluster.replicas)
+        barrier_hooks = BarrierHooks(policy, self._pending)
         for i in range(cluster.replicas):
             replica = Replica(
                 i,
@@ -228,17 +232,25 @@ class Simulation(ReplicaDriver):
                 host_capacity_blocks=host_capacity,
                 eviction=policy.eviction_order(i),
             )
-            # Folded block boundaries need every reader to sync the replica first: the
-            # policy reads it through SyncedReplica, the simulator calls sync itself.
-            replica.fold_boundaries = replica.kv.eviction.static
+            replica.fold_boundaries = True
             self.replicas.append(replica)
+        # Folded block boundaries need every reader to sync the replica first: under
+        # static eviction orders the policy reads it through SyncedReplica and the
+        # simulator calls sync itself. Under a keyed one (the policy's state ranks the
+        # blocks) every folded boundary is also applied before any hook that may change
+        # that state (sim/fold_barrier.py); then a hook sees every replica up to date and
+        # reads them directly, so every replica is under the barrier.
+        if any(not r.kv.eviction.static for r in self.replicas):
+            for replica in self.replicas:
+                replica.fold_under_hooks = True
+                replica.hooks = barrier_hooks
         if cluster.host_contention > 0:
             share = HostShare(self.replicas, cluster.host_contention)
             for replica in self.replicas:
                 replica.share_host(share)
         views: Sequence[ReplicaView] = (
-            [SyncedReplica(r, self.loop) for r in self.replicas]
-            if any(r.fold_boundaries for r in self.replicas) else self.replicas
+            self.replicas if any(r.fold_under_hooks for r in self.replicas)
+            else [SyncedReplica(r, self.loop) for r in self.replicas]
         )
         policy.bind(PolicyContext(
             replicas=views, cost=self.cost, block_tokens=self.block_tokens, rng=self.rng
@@ -349,6 +361,7 @@ class Simulation(ReplicaDriver):
 
     def _admit(self, run: _WorkflowRun) -> None:
         now = self.loop.now
+        self._pending.sync_due(now)
         decision = self.policy.admit(run.info, now)
         if decision.verdict == "defer":
             self.loop.after(max(decision.retry_after, 1e-3), self._admit, run)
@@ -404,6 +417,7 @@ class Simulation(ReplicaDriver):
             # does not tell which)
             turn_ended=next_tool is None,
         )
+        self._pending.sync_due(now)
         self.policy.on_call_ready(info, now)
         self._seq += 1
         request = Request(
@@ -424,6 +438,7 @@ class Simulation(ReplicaDriver):
         if self.faults and not any(r.up for r in self.replicas):
             self._parked.append(request)
             return
+        self._pending.sync_due(now)
         replica = self.replicas[self.policy.place(info, now)]
         left = self._left_behind.get(request.seq)
         if left is not None and left[0] != replica.index:
@@ -433,6 +448,10 @@ class Simulation(ReplicaDriver):
             self._left_behind[request.seq] = (left[0], min(kept, request.reusable_blocks))
         replica.enqueue(request, now)
         self._kick(replica)
+
+    def _planned(self, replica: Replica, now: float, end: float) -> None:
+        if replica.fold_under_hooks and replica.folded:
+            self._pending.add(replica)
 
     # ---- faults (saga.sim.faults) ---------------------------------------------------------
     def _fail(self, index: int) -> None:
@@ -498,6 +517,7 @@ class Simulation(ReplicaDriver):
                 request.generated, request.preemptions, missed, moved,
             )
         )
+        self._pending.sync_due(now)
         self.policy.on_call_finished(info, replica.index, now)
         run.done[i] = True
         run.pending -= 1
@@ -511,6 +531,7 @@ class Simulation(ReplicaDriver):
             if self.watch is not None:
                 self.watch.finished(run.record, self.loop)
             if workflow.end_signal == "explicit":
+                self._pending.sync_due(now)
                 self.policy.on_workflow_finished(run.info, now)  # the marked call is done
             else:
                 # As the gateway's sweep sees it: no call in flight and none issued for
@@ -523,6 +544,7 @@ class Simulation(ReplicaDriver):
     def _idle_end(self, run: _WorkflowRun) -> None:
         """The idle timeout of a workflow without an end marker has passed: every policy
         learns now that it ended."""
+        self._pending.sync_due(self.loop.now)
         self.policy.on_workflow_finished(run.info, self.loop.now)
 
     def _sample_kv(self, _: object) -> None:
