@@ -284,6 +284,14 @@ class SagaConfig(BaseModel):
         "many seconds: past it a call keeps its place by remaining work and the calls behind "
         "it wait for the memory it needs. None: by remaining work only.",
     )
+    decode_guard_tokens: int | None = Field(
+        None,
+        ge=16,
+        description="Most prompt tokens (prefill chunks) a replica's step computes while "
+        "some call there is decoding (saga/chunking.py): each decode in a batch waits for "
+        "the step's prefill chunks, so fewer prompt tokens a step keep decodes fast beside "
+        "long prefills. None: the engine's step budget alone.",
+    )
     preempt_gap: float | None = Field(
         30.0,
         gt=0.0,
