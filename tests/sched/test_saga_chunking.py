@@ -34,17 +34,19 @@ def test_only_a_call_with_its_sequence_computed_and_a_token_out_decodes() -> Non
         False, True, False, False]
 
 
-def test_the_guard_limits_prompt_tokens_only_while_some_call_decodes() -> None:
-    assert decode_guard([PREFILLING, DECODING], 512) == 512
-    assert decode_guard([PREFILLING, RECOMPUTING], 512) is None
-    assert decode_guard([], 512) is None
-    assert decode_guard([PREFILLING, DECODING], None) is None
+def test_the_guard_limits_prompt_tokens_only_while_enough_calls_decode() -> None:
+    assert decode_guard([PREFILLING, DECODING], 512, 1) == 512
+    assert decode_guard([PREFILLING, DECODING], 512, 2) is None
+    assert decode_guard([DECODING, RECOMPUTING, DECODING], 512, 2) == 512
+    assert decode_guard([PREFILLING, RECOMPUTING, LAST_PROMPT_TOKEN], 512, 1) is None
+    assert decode_guard([], 512, 1) is None
+    assert decode_guard([PREFILLING, DECODING], None, 1) is None
 
 
 def test_saga_answers_the_engine_with_its_configured_guard() -> None:
     config = EngineConfig(max_num_batched_tokens=2048, max_num_seqs=8)
     cost = cost_model_for("llama-3.1-8b", "h100-sxm", 1)
-    policy = SagaPolicy(SagaConfig(decode_guard_tokens=256))
+    policy = SagaPolicy(SagaConfig(decode_guard_tokens=256, decode_guard_decodes=1))
     replica = Replica(0, config, cost, policy, block_tokens=64, capacity_blocks=256)
     short = Request("a", "c0", (("w:a", 0, 1),), 64, 20, 64, 1)
     replica.enqueue(short, 0.0)
@@ -56,4 +58,5 @@ def test_saga_answers_the_engine_with_its_configured_guard() -> None:
     assert policy.prefill_limit(replica, replica.step_end) == 256
     replica.plan(replica.step_end)
     assert [(r.workflow, q) for r, q in replica._batch] == [("a", 1), ("b", 256)]
-    assert SagaPolicy().prefill_limit(replica, replica.step_end) is None  # off by default
+    # by default the guard waits for 3 decoding calls: here one decodes
+    assert SagaPolicy().prefill_limit(replica, replica.step_end) is None

@@ -284,13 +284,21 @@ class SagaConfig(BaseModel):
         "many seconds: past it a call keeps its place by remaining work and the calls behind "
         "it wait for the memory it needs. None: by remaining work only.",
     )
+    # 512 since 2026-12-06 (docs/saga.md, "The decode guard"): on the quick capacity case's
+    # Claude Code sessions at 0.0055 wf/s it took the share within 2x from 0.872 to 0.929
+    # (seeds 0 and 1; seed 1 0.841 -> 0.913), coding at 0.025 wf/s 0.825 -> 0.855.
     decode_guard_tokens: int | None = Field(
-        None,
+        512,
         ge=16,
         description="Most prompt tokens (prefill chunks) a replica's step computes while "
-        "some call there is decoding (saga/chunking.py): each decode in a batch waits for "
-        "the step's prefill chunks, so fewer prompt tokens a step keep decodes fast beside "
-        "long prefills. None: the engine's step budget alone.",
+        "decode_guard_decodes or more calls there are decoding (saga/chunking.py): each "
+        "decode in a batch waits for the step's prefill chunks, so fewer prompt tokens a "
+        "step keep decodes fast beside long prefills. None: the engine's step budget alone.",
+    )
+    decode_guard_decodes: int = Field(
+        3,
+        ge=1,
+        description="Decoding calls on a replica from which the decode guard applies.",
     )
     preempt_gap: float | None = Field(
         30.0,

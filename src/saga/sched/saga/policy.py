@@ -505,7 +505,9 @@ class SagaPolicy(Policy):
 
     def prefill_limit(self, replica: ReplicaView, now: float) -> int | None:
         """The decode guard (:mod:`.chunking`)."""
-        return decode_guard(replica.running, self.config.decode_guard_tokens)
+        config = self.config
+        return decode_guard(replica.running, config.decode_guard_tokens,
+                            config.decode_guard_decodes)
 
     # ---- retention and eviction --------------------------------------------------------------
     def retention(self, replica: ReplicaView, request: CallView, now: float) -> Retention:
