@@ -722,7 +722,7 @@ def test_the_gateway_tells_vllm_the_tenant_and_its_pins(
 
 def test_the_decode_guard_sets_vllms_step_budget_and_chunk() -> None:
     engine = FakeEngine(capacity=BLOCKS, free=BLOCKS)
-    core = _saga(engine, decode_guard_tokens=512, decode_guard_decodes=2)
+    core = _saga(engine, decode_guard_share=0.0625, decode_guard_decodes=2)  # 512 of 8,192
     requests = [FakeRequest(f"r{i}", 4000) for i in range(4)]
     for i, request in enumerate(requests):
         core.arrive(request, Hints(f"t/w{i}", "t", "coder"), now=0.0)
@@ -735,4 +735,4 @@ def test_the_decode_guard_sets_vllms_step_budget_and_chunk() -> None:
     assert core.step_limits(1.0, 8192, 0) == (512 + 2, 512)
     assert core.step_limits(1.0, 8192, 256) == (512 + 2, 256)  # the engine's smaller chunk
     assert core.step_limits(1.0, 300, 0) == (300, 512)  # never above the engine's budget
-    assert _saga(engine, decode_guard_tokens=None).step_limits(1.0, 8192, 0) == (8192, 0)
+    assert _saga(engine, decode_guard_share=None).step_limits(1.0, 8192, 0) == (8192, 0)

@@ -23,9 +23,10 @@ gateway drive, bound to this engine through the vLLM adapter
   expires, or under memory pressure (an allocation fails: least valuable pin first, by
   the policy's eviction key, SAGA's next-use order).
 * **step size** (the decode guard, :mod:`~saga.sched.saga.chunking`): while several
-  requests decode, each step computes at most ``decode_guard_tokens`` prompt tokens, set
-  per step through vLLM's own ``long_prefill_token_threshold`` and token budget
-  (:meth:`SagaInVLLM.step_limits`), so decodes do not wait out long prefill chunks.
+  requests decode, each step computes at most ``decode_guard_share`` of the step's token
+  budget in prompt tokens, set per step through vLLM's own ``long_prefill_token_threshold``
+  and token budget (:meth:`SagaInVLLM.step_limits`), so decodes do not wait out long
+  prefill chunks.
 * **observations**: per workflow the call sites, tool gaps, prompt growth and output
   lengths feed the graph, as in the gateway (the policy's ``on_call_ready`` and
   ``on_call_finished``).
