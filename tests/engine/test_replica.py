@@ -315,3 +315,57 @@ def test_without_fair_preemption_a_full_replica_makes_the_newcomer_wait() -> Non
     _, done = drive(replica, now)
     assert replica.fair_preemptions == 0 and a2.preemptions == 0
     assert [r.workflow for r in done] == ["a1", "a2", "b1"]
+
+
+class PrefillLimit(Hooks):
+    """FCFS with a fixed limit on the prompt tokens of a step."""
+
+    def __init__(self, limit: int | None) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def prefill_limit(self, replica: Replica, now: float) -> int | None:
+        return self.limit
+
+
+def test_a_prefill_limit_caps_the_prompt_tokens_of_a_step_not_its_decodes() -> None:
+    replica = make_replica(budget=512, hooks=PrefillLimit(128))
+    a = request("a", 1, 20, seq=1)  # 64 prompt tokens, then decodes
+    replica.enqueue(a, 0.0)
+    replica.plan(0.0)
+    assert [(r.workflow, q) for r, q in replica._batch] == [("a", 64)]
+    replica.complete(replica.step_end)
+    b = request("b", 4, 3, seq=2)  # 256 prompt tokens
+    c = request("c", 2, 3, seq=3)  # 128 prompt tokens
+    replica.enqueue(b, replica.step_end)
+    replica.enqueue(c, replica.step_end)
+    replica.plan(replica.step_end)
+    # a decodes (1 token, not counted); b takes the 128 prompt tokens; c is not admitted
+    assert [(r.workflow, q) for r, q in replica._batch] == [("a", 1), ("b", 128)]
+    assert [r.workflow for r in replica.waiting] == ["c"]
+    replica.complete(replica.step_end)
+    replica.plan(replica.step_end)
+    assert [(r.workflow, q) for r, q in replica._batch] == [("a", 1), ("b", 128)]
+    replica.complete(replica.step_end)
+    replica.plan(replica.step_end)
+    # b's prompt is done (it decodes), so c is admitted with the step's 128 prompt tokens
+    assert [(r.workflow, q) for r, q in replica._batch] == [("a", 1), ("b", 1), ("c", 128)]
+
+
+def test_no_prefill_limit_batches_as_the_budget_alone() -> None:
+    def batches(hooks: Hooks) -> list[list[tuple[str, int]]]:
+        replica = make_replica(budget=512, hooks=hooks)
+        for i, blocks in enumerate([10, 4, 7]):
+            replica.enqueue(request(f"w{i}", blocks, 5, seq=i), 0.0)
+        seen = []
+        now = 0.0
+        while (end := replica.plan(now)) is not None:
+            seen.append([(r.workflow, q) for r, q in replica._batch])
+            now = end
+            replica.complete(now)
+        return seen
+
+    plain = batches(Hooks())
+    assert plain == batches(PrefillLimit(None))
+    assert plain[0] == [("w0", 512)]
+    assert batches(PrefillLimit(512)) == plain  # a limit at the budget changes nothing

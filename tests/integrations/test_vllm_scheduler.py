@@ -718,3 +718,21 @@ def test_the_gateway_tells_vllm_the_tenant_and_its_pins(
     assert drops == 1
     # the second call's pin was released when the third arrived
     assert after["released_return"] - before["released_return"] >= 1
+
+
+def test_the_decode_guard_sets_vllms_step_budget_and_chunk() -> None:
+    engine = FakeEngine(capacity=BLOCKS, free=BLOCKS)
+    core = _saga(engine, decode_guard_share=0.0625, decode_guard_decodes=2)  # 512 of 8,192
+    requests = [FakeRequest(f"r{i}", 4000) for i in range(4)]
+    for i, request in enumerate(requests):
+        core.arrive(request, Hints(f"t/w{i}", "t", "coder"), now=0.0)
+    engine.running = requests
+    requests[0].num_computed_tokens = 1000  # in prefill
+    requests[1].num_output_tokens, requests[1].num_computed_tokens = 5, 4004  # decoding
+    # one decoding request: below the guard's 2, vLLM's own limits
+    assert core.step_limits(1.0, 8192, 0) == (8192, 0)
+    requests[2].num_output_tokens, requests[2].num_computed_tokens = 1, 4000  # decoding
+    assert core.step_limits(1.0, 8192, 0) == (512 + 2, 512)
+    assert core.step_limits(1.0, 8192, 256) == (512 + 2, 256)  # the engine's smaller chunk
+    assert core.step_limits(1.0, 300, 0) == (300, 512)  # never above the engine's budget
+    assert _saga(engine, decode_guard_share=None).step_limits(1.0, 8192, 0) == (8192, 0)

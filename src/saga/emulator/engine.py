@@ -106,6 +106,10 @@ class Emulator(ReplicaDriver):
         """The emulator preempts only for memory, as the engines it stands for."""
         return False
 
+    def prefill_limit(self, replica: Replica, now: float) -> int | None:
+        """The step's token budget alone, as the engines it stands for by default."""
+        return None
+
     # ---- calls ----------------------------------------------------------------------------
     def submit(
         self,

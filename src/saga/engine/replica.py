@@ -164,6 +164,12 @@ class EngineHooks(Protocol):
         that ``waiting`` (the first waiting call) can start (fair-share preemption)."""
         ...
 
+    def prefill_limit(self, replica: Replica, now: float) -> int | None:
+        """Most prompt tokens (prefill chunks, over all calls) the coming step computes,
+        below its token budget; decodes still take one token each. None: the budget
+        alone, as vLLM by default."""
+        ...
+
 
 class Pin:
     """KV kept on the GPU for a workflow between its calls."""
@@ -629,6 +635,8 @@ class Replica(QueueTokens):
         if self.waiting:
             self._preempt_for_fairness(now)
         budget = self.config.max_num_batched_tokens
+        limit = hooks.prefill_limit(self, now)
+        prefill = budget if limit is None else limit  # prompt tokens left to this step
         bt = self.block_tokens
         batch: list[tuple[Request, int]] = []
         append = batch.append
@@ -644,6 +652,13 @@ class Replica(QueueTokens):
             computed = request.computed
             left = request.prompt_tokens + request.generated - computed
             q = left if left < budget else budget
+            if left > 1:  # a prefill chunk (a decode computes its one new token)
+                if q > prefill:
+                    q = prefill
+                    if q <= 0:  # the step's prompt tokens are spent: decodes only
+                        index += 1
+                        continue
+                prefill -= q
             if -(-(computed + q) // bt) <= request.locked_blocks + request.anon:
                 # holds the blocks already (most decode steps): _grow would do nothing
                 append((request, q))
@@ -664,7 +679,7 @@ class Replica(QueueTokens):
                 continue
             # the request preempted itself: it left self.running, so do not advance
         if not preempted and self.waiting:
-            self._admit_waiting(now, batch, budget)
+            self._admit_waiting(now, batch, min(budget, prefill))
         return batch, preempted
 
     def _sort_waiting(self, now: float) -> None:

@@ -3,7 +3,7 @@
 Load it with ``--scheduler-cls saga.integrations.vllm_scheduler.SagaScheduler`` (and the
 checkout on vLLM's ``PYTHONPATH``: :func:`saga.integrations.engines.start_vllm` with
 ``saga_scheduler=True`` does both; docs/engines.md, "SAGA inside vLLM"). It is vLLM's own
-scheduler with three things changed, each decided by the scheduler core's
+scheduler with four things changed, each decided by the scheduler core's
 :class:`~saga.sched.saga.policy.SagaPolicy` itself, the very object the simulator and the
 gateway drive, bound to this engine through the vLLM adapter
 (:mod:`saga.integrations.vllm_view`; docs/architecture.md):
@@ -22,6 +22,11 @@ gateway drive, bound to this engine through the vLLM adapter
   the workflow's next request is admitted (after it took its prefix hit), when its TTL
   expires, or under memory pressure (an allocation fails: least valuable pin first, by
   the policy's eviction key, SAGA's next-use order).
+* **step size** (the decode guard, :mod:`~saga.sched.saga.chunking`): while several
+  requests decode, each step computes at most ``decode_guard_share`` of the step's token
+  budget in prompt tokens, set per step through vLLM's own ``long_prefill_token_threshold``
+  and token budget (:meth:`SagaInVLLM.step_limits`), so decodes do not wait out long
+  prefill chunks.
 * **observations**: per workflow the call sites, tool gaps, prompt growth and output
   lengths feed the graph, as in the gateway (the policy's ``on_call_ready`` and
   ``on_call_finished``).
@@ -60,6 +65,7 @@ from saga.engine.kvcache import KVNode
 from saga.integrations.vllm_view import StepCost, VLLMCall, VLLMReplicaView, VLLMState
 from saga.sched.decisions import RELEASE, Retention
 from saga.sched.policy import Policy, PolicyContext
+from saga.sched.saga.chunking import decoding
 from saga.sched.saga.config import SagaConfig
 from saga.sched.saga.policy import SagaPolicy
 from saga.sched.view import CallInfo, PinView, WorkflowInfo
@@ -438,6 +444,22 @@ class SagaInVLLM:
     def waiting_workflows(self) -> set[str]:
         return {call.workflow for call in self.view.waiting}
 
+    def step_limits(self, now: float, budget: int, threshold: int) -> tuple[int, int]:
+        """vLLM's token budget of the coming step (``max_num_scheduled_tokens``) and its
+        per-request prefill chunk (``long_prefill_token_threshold``, 0: none), from the
+        engine's own ``budget`` and ``threshold`` and the policy's prefill limit (SAGA's
+        decode guard, :mod:`saga.sched.saga.chunking`): a chunk of at most the limit,
+        and a budget of the limit plus one token per decoding request. With one call in
+        prefill that is the simulator's rule exactly; with several, vLLM gives the
+        second chunk what the budget has left, which the decodes after it in vLLM's
+        running order then wait a step for."""
+        limit = self.policy.prefill_limit(self.view, now)
+        if limit is None:
+            return budget, threshold
+        decodes = sum(1 for call in self.view.running if decoding(call))
+        chunk = limit if threshold <= 0 else min(threshold, limit)
+        return min(budget, limit + decodes), chunk
+
     # ---- finishes and pins ------------------------------------------------------------
     def finish(self, request: Any, completed: bool, now: float) -> Retention:
         """A request finished (``completed``: stopped or hit its length, not aborted):
@@ -548,8 +570,9 @@ def _build_scheduler_class() -> type[Any]:
 
         It is the :class:`~saga.integrations.vllm_view.VLLMState` its SAGA reads. Overrides:
         ``add_request`` (hints, the policy sees the call, pin expiry), ``schedule`` (expiry,
-        idle ends, queue refresh, first-scheduled times), ``_free_request`` (the retention
-        decision), ``_free_request_blocks`` (pin instead of free), ``reset_prefix_cache``
+        idle ends, queue refresh, the step's token limits, first-scheduled times),
+        ``_free_request`` (the retention decision), ``_free_request_blocks`` (pin instead of
+        free), ``reset_prefix_cache``
         (pins go first); the KV manager's ``allocate_slots`` is wrapped to release pins on
         pressure and on a workflow's return.
         """
@@ -566,6 +589,10 @@ def _build_scheduler_class() -> type[Any]:
                 max_num_batched_tokens=int(budget),
             )
             self.saga_pins = self.saga.pins
+            # the engine's own step limits, which the decode guard lowers step by step
+            self._saga_budget = int(budget)
+            self._saga_threshold = int(
+                getattr(self.scheduler_config, "long_prefill_token_threshold", 0) or 0)
             self._saga_pending: dict[str, tuple[str, Retention]] = {}
             self._saga_now = time.monotonic()
             self._saga_logged: tuple[Any, ...] = ()
@@ -629,6 +656,7 @@ def _build_scheduler_class() -> type[Any]:
             self._saga_now = now
             if isinstance(self.waiting, KeyedQueue):
                 self.waiting.refresh()
+            self._saga_step_limits(now)
             t1 = time.thread_time()
             output = super().schedule(*args, **kwargs)
             t2 = time.thread_time()
@@ -639,6 +667,16 @@ def _build_scheduler_class() -> type[Any]:
             cpu["schedule_vllm"] += t2 - t1
             cpu["schedule"] += time.thread_time() - t0
             return output
+
+        def _saga_step_limits(self, now: float) -> None:
+            """Set vLLM's token budget and prefill chunk of this step (the decode guard;
+            both are read by vLLM's ``Scheduler.schedule`` each step,
+            vllm/v1/core/sched/scheduler.py)."""
+            budget, threshold = self.saga.step_limits(
+                now, self._saga_budget, self._saga_threshold)
+            if hasattr(self, "max_num_scheduled_tokens"):
+                self.max_num_scheduled_tokens = budget
+            self.scheduler_config.long_prefill_token_threshold = threshold
 
         # ---- finishes and pins ------------------------------------------------------------
         def _free_request(self, request: Any, *args: Any, **kwargs: Any) -> Any:

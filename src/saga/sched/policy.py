@@ -110,6 +110,11 @@ class Policy:
         unless a policy preempts for fairness (vLLM preempts only for memory)."""
         return False
 
+    def prefill_limit(self, replica: ReplicaView, now: float) -> int | None:
+        """Most prompt tokens (prefill chunks of all calls) the replica's next step may
+        compute; None: the step's token budget alone, as vLLM by default."""
+        return None
+
     def eviction_order(self, replica_index: int) -> EvictionOrder:
         return LRUEviction()
 

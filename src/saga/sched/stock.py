@@ -46,6 +46,9 @@ class StockEngine(WrappedPolicy):
     ) -> bool:
         return Policy.preempt_for(self, replica, waiting, running, now)
 
+    def prefill_limit(self, replica: ReplicaView, now: float) -> int | None:
+        return Policy.prefill_limit(self, replica, now)
+
     def eviction_order(self, replica_index: int) -> EvictionOrder:
         return Policy.eviction_order(self, replica_index)
 

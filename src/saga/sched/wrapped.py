@@ -48,6 +48,9 @@ class WrappedPolicy(Policy):
     ) -> bool:
         return self.inner.preempt_for(replica, waiting, running, now)
 
+    def prefill_limit(self, replica: ReplicaView, now: float) -> int | None:
+        return self.inner.prefill_limit(replica, now)
+
     def eviction_order(self, replica_index: int) -> EvictionOrder:
         return self.inner.eviction_order(replica_index)
 

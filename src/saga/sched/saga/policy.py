@@ -26,6 +26,7 @@ from saga.sched.decisions import ADMIT, RELEASE, Admission, Retention
 from saga.sched.policy import CallInfo, Policy, PolicyContext, Router, WorkflowInfo
 from saga.sched.saga import admission, placement
 from saga.sched.saga import retention as keep
+from saga.sched.saga.chunking import decode_guard, guard_tokens
 from saga.sched.saga.config import SagaConfig
 from saga.sched.saga.ends import EndMarkers, EndWatch, end_wait, gate_min_ends, pause_wait
 from saga.sched.saga.fairshare import FairShare
@@ -501,6 +502,12 @@ class SagaPolicy(Policy):
         if ahead == behind:
             return False
         return self.fair.account(ahead).normalized - self.fair.account(behind).normalized > gap
+
+    def prefill_limit(self, replica: ReplicaView, now: float) -> int | None:
+        """The decode guard (:mod:`.chunking`)."""
+        config = self.config
+        tokens = guard_tokens(replica.max_num_batched_tokens, config.decode_guard_share)
+        return decode_guard(replica.running, tokens, config.decode_guard_decodes)
 
     # ---- retention and eviction --------------------------------------------------------------
     def retention(self, replica: ReplicaView, request: CallView, now: float) -> Retention:
