@@ -64,7 +64,7 @@ class BarrierHooks:
     """``hooks`` as the engine asks them, each hook that may change the policy's state
     preceded by :meth:`PendingFolds.sync_due` at the hook's instant."""
 
-    __slots__ = ("_hooks", "_pending", "queue_key", "static_order")
+    __slots__ = ("_hooks", "_pending", "prefill_limit", "queue_key", "static_order")
 
     def __init__(self, hooks: EngineHooks, pending: PendingFolds) -> None:
         self._hooks = hooks
@@ -72,6 +72,8 @@ class BarrierHooks:
         self.static_order = hooks.static_order
         # read-only (the module's assumption): no barrier, and asked inside a sync
         self.queue_key = hooks.queue_key
+        # reads only the stepping replica (up to its own instant) and changes no state
+        self.prefill_limit = hooks.prefill_limit
 
     def retention(self, replica: Replica, request: Request, now: float) -> Retention:
         self._pending.sync_due(now)
