@@ -1,7 +1,9 @@
 """Every named policy, built one way: ``build_policy(name)``.
 
 Any policy but SAGA's own runs behind SAGA's memory gate as ``NAME+gate``
-(:mod:`saga.sched.gated`); the online baselines are listed under that name too.
+(:mod:`saga.sched.gated`); the online baselines are listed under that name too. Any policy
+but SAGA's own, gated or not, runs with SAGA's decode guard as ``NAME+guard``
+(:mod:`saga.sched.guarded`; built by name, not listed).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from saga.sched.baselines import BASELINES
 from saga.sched.baselines.saga_belady import SagaBelady
 from saga.sched.gated import SUFFIX as GATE_SUFFIX
 from saga.sched.gated import gated
+from saga.sched.guarded import SUFFIX as GUARD_SUFFIX
+from saga.sched.guarded import guarded
 from saga.sched.policy import Policy
 from saga.sched.saga import ALL as SAGA_POLICIES
 from saga.sched.vllm import (
@@ -60,6 +64,11 @@ def list_policies() -> list[str]:
 def build_policy(name: str) -> Policy:
     """A fresh policy object (policies hold state: build one per run)."""
     factory = _FACTORIES.get(name)
+    if factory is None and name.endswith(GUARD_SUFFIX):
+        base = name.removesuffix(GUARD_SUFFIX)
+        if not base.startswith("saga") and not base.endswith(GUARD_SUFFIX):
+            inner = build_policy(base)  # an unknown base raises its own UserError
+            return guarded(inner, name)
     if factory is None and name.endswith(GATE_SUFFIX):
         base = name.removesuffix(GATE_SUFFIX)
         if base in _FACTORIES and not base.startswith("saga"):

@@ -1,0 +1,66 @@
+"""``NAME+guard``: a baseline with SAGA's decode guard, every other decision its own."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from saga.errors import UserError
+from saga.sched.gated import GatedPolicy
+from saga.sched.guarded import GuardedPolicy
+from saga.sched.registry import build_policy
+from saga.sched.saga.policy import SagaPolicy
+
+
+@dataclass
+class Call:
+    prompt_tokens: int
+    generated: int
+    computed: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.generated
+
+
+@dataclass
+class Replica:
+    max_num_batched_tokens: int
+    running: list[Call] = field(default_factory=list)
+
+
+DECODING = Call(1000, 3, 1002)
+PREFILLING = Call(4000, 0, 2048)
+
+
+@pytest.mark.parametrize("name", ["sglang+guard", "throughput+gate+guard", "vllm-affinity+guard"])
+def test_a_guarded_baseline_answers_the_engine_as_saga_does(name: str) -> None:
+    policy = build_policy(name)
+    saga = SagaPolicy()
+    assert isinstance(policy, GuardedPolicy) and policy.name == name
+    for budget in (2048, 8192):
+        for running in ([], [DECODING, PREFILLING], [DECODING] * 2 + [PREFILLING],
+                        [DECODING] * 3, [PREFILLING] * 3, [DECODING] * 3 + [PREFILLING]):
+            replica = Replica(budget, running)
+            assert policy.prefill_limit(replica, 0.0) == saga.prefill_limit(  # type: ignore[arg-type]
+                replica, 0.0)  # type: ignore[arg-type]
+    assert policy.prefill_limit(Replica(2048, [DECODING] * 3), 0.0) == 128  # type: ignore[arg-type]
+    # the wrapped policy answers None: without the suffix there is no guard
+    assert build_policy(name.removesuffix("+guard")).prefill_limit(
+        Replica(2048, [DECODING] * 3), 0.0) is None  # type: ignore[arg-type]
+
+
+def test_the_guard_wraps_the_named_policy_and_keeps_its_class_flags() -> None:
+    policy = build_policy("throughput+gate+guard")
+    assert isinstance(policy, GuardedPolicy)
+    assert isinstance(policy.inner, GatedPolicy) and policy.inner.name == "throughput+gate"
+    sglang = build_policy("sglang")
+    guarded = build_policy("sglang+guard")
+    assert (guarded.static_order, guarded.offline) == (sglang.static_order, sglang.offline)
+
+
+@pytest.mark.parametrize("name", ["saga+guard", "sglang+guard+guard", "nonesuch+guard"])
+def test_saga_itself_a_double_guard_or_an_unknown_base_is_refused(name: str) -> None:
+    with pytest.raises(UserError, match="unknown policy"):
+        build_policy(name)
