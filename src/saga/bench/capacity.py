@@ -42,9 +42,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from saga.bench.early_verdict import VerdictWatch, decisive_misses
 from saga.bench.scenario import Scenario, WorkloadSpec
@@ -52,6 +52,8 @@ from saga.bench.workloads import build_spec, retime
 from saga.core.workflow import Workflow
 from saga.engine.cluster import ClusterSpec
 from saga.metrics.stationarity import met_level
+from saga.sched.gated import SUFFIX as GATED
+from saga.sched.gated import GatedPolicy
 from saga.sched.registry import build_policy
 from saga.sim.run import isolated_tcts
 from saga.sim.simulator import Simulation
@@ -79,6 +81,9 @@ class CapacityPoint:
     #: ``per_seed`` are then bounds, at most if not served and at least if served, and
     #: ``per_seed`` lacks the seeds it needed not run
     stopped: bool = False
+    #: not run: the run of the policy's gated twin at this rate, whose gate held nobody, so
+    #: the same run (:func:`twin_of`); its CPU counts for the twin only
+    twin: str = ""
 
 
 class CapacitySearch:
@@ -219,6 +224,9 @@ class SeedOutcome:
     state: str  # "ran" | "stopped" | "skipped"
     seconds: float = 0.0  # wall
     cpu_seconds: float = 0.0  # the worker's CPU time (what the run costs, whatever the load)
+    #: a NAME+gate run: the admissions its gate deferred up to the run's end or halt (0: the
+    #: run was NAME's own, :func:`twin_of`); None for a policy with no gate, or not run
+    gate_holds: int | None = None
 
 
 def judged_of(workflows: Sequence[Workflow], warmup: float) -> list[Workflow]:
@@ -251,23 +259,45 @@ def probe(job: ProbeJob) -> dict[int, SeedOutcome]:
             {w.id: alone[w.id] for w in judged[seed]}, job.slowdown,
             misses=None if decisive is None else decisive - missed, meets=needed - met,
         )
-        result = Simulation(
-            job.cluster, build_policy(job.policy), workflows, seed=seed, watch=watch
-        ).run()
+        policy = build_policy(job.policy)
+        result = Simulation(job.cluster, policy, workflows, seed=seed, watch=watch).run()
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+        holds = policy.gate_holds if isinstance(policy, GatedPolicy) else None
         if watch is not None and watch.verdict == "failed":
-            outcome = SeedOutcome(count - watch.missed, count, "stopped", seconds, cpu)
+            outcome = SeedOutcome(count - watch.missed, count, "stopped", seconds, cpu, holds)
             missed, met = missed + watch.missed, met + count - watch.missed
         elif watch is not None and watch.verdict == "served":
-            outcome = SeedOutcome(watch.met, count, "stopped", seconds, cpu)
+            outcome = SeedOutcome(watch.met, count, "stopped", seconds, cpu, holds)
             missed, met = missed + watch.missed, met + watch.met
         else:
             seed_met = sum(1 for w in result.workflows if w.arrival >= job.warmup
                            and met_level(w, alone[w.workflow], job.slowdown))
-            outcome = SeedOutcome(seed_met, count, "ran", seconds, cpu)
+            outcome = SeedOutcome(seed_met, count, "ran", seconds, cpu, holds)
             missed, met = missed + count - seed_met, met + seed_met
         out[seed] = outcome
     return out
+
+
+def twin_of(policy: str, policies: Collection[str]) -> str | None:
+    """The gated twin whose probes stand for ``policy``'s wherever its gate held nobody:
+    ``NAME+gate`` for ``NAME`` when both are searched, else None.
+
+    Exact: a ``NAME+gate`` run in which the gate deferred no admission (``gate_holds`` 0, up
+    to the run's end or its early verdict's halt) is ``NAME``'s run, event for event. The
+    gate's ``admit`` then returns ``NAME``'s own verdict at every call; every other hook
+    forwards to ``NAME`` after bookkeeping on the gate's own state (its queue, counts and
+    graph; it reads the replicas only through views that sync them exactly, and draws no
+    random numbers), so the simulator calls ``NAME``'s hooks with the same arguments at the
+    same instants, and the watch halts at the same event. So the probe's outcome, seed by
+    seed, is ``NAME``'s (tests/bench/test_capacity.py compares both runs' records)."""
+    if policy.endswith(GATED) or policy + GATED not in policies:
+        return None
+    return policy + GATED
+
+
+def held_nobody(outcomes: dict[int, SeedOutcome]) -> bool:
+    """Whether a gated probe's gate deferred no admission in any seed it ran."""
+    return all(o.gate_holds == 0 for o in outcomes.values() if o.state != "skipped")
 
 
 def offered(pool: Sequence[Workflow], rate: float, seed: int, window: float
@@ -400,6 +430,13 @@ class CaseSearches:
         }
         self.order = {p: i for i, p in enumerate(self.searches)}
         self.probes = dict.fromkeys(self.searches, 0)  # probes started per policy
+        # NAME -> NAME+gate: NAME takes its twin's probe at a rate where the gate held nobody
+        self.twins = {p: t for p in self.searches if (t := twin_of(p, self.searches))}
+        # per twin: the rates its gate held nobody at, with (limited, offered, outcomes)
+        self.shared: dict[str, dict[float, tuple[bool, int, dict[int, SeedOutcome]]]] = {
+            t: {} for t in self.twins.values()}
+        self.flying: dict[str, float] = {}  # policy -> the rate of its probe in flight
+        self.awaiting: dict[str, str] = {}  # twin -> NAME, waiting for the twin's probe
         self.found: list[tuple[int, int, CapacityPoint]] = []  # (probe, policy order, point)
         self.isolated: dict[int, dict[str, float]] = {}
         self.case: CapacityCase | None = None
@@ -429,14 +466,28 @@ class CaseSearches:
             window=math.inf if self.window_tcts is None else self.window_tcts * median,
             warmup=self.warmup_tcts * median,
         )
-        for policy in self.searches:
+        # a gated twin first, so that NAME waits for its probe at the same rate
+        for policy in sorted(self.searches, key=lambda p: p in self.twins):
             self.submit(policy, pool, running)
 
     def submit(self, policy: str, pool: Executor,
                running: dict[ProbeFuture, tuple[CaseSearches, str, float, bool, int]]) -> None:
-        """Submit the policy's next probe, if its search is not done."""
+        """Submit the policy's next probe, if its search is not done; for NAME, take its
+        gated twin's probe at that rate instead where the gate held nobody (:func:`twin_of`),
+        or wait for the twin's probe in flight at that rate."""
         assert self.case is not None
-        rate = self.searches[policy].next_rate()
+        twin = self.twins.get(policy)
+        while (rate := self.searches[policy].next_rate()) is not None and twin is not None:
+            if self.flying.get(twin) == rate:
+                self.awaiting[twin] = policy
+                return
+            shared = self.shared[twin].get(rate)
+            if shared is None:
+                break
+            limited, size, outcomes = shared
+            self.probes[policy] += 1
+            free = {seed: replace(o, seconds=0.0, cpu_seconds=0.0) for seed, o in outcomes.items()}
+            self.record(policy, rate, limited, size, free, twin=twin)
         if rate is None:
             return
         limited = False
@@ -449,12 +500,26 @@ class CaseSearches:
         job = ProbeJob(self.cluster, policy, seeds, self.isolated, self.slowdown,
                        self.case.warmup, self.target)
         running[pool.submit(probe, job)] = (self, policy, rate, limited, size)
+        self.flying[policy] = rate
         self.probes[policy] += 1
         self.say(f"{self.title}: probing {policy} at {rate:.4g} wf/s on "
                  f"{len(self.per_seed)} seeds")
 
+    def done(self, policy: str, rate: float, limited: bool, size: int,
+             outcomes: dict[int, SeedOutcome], pool: Executor,
+             running: dict[ProbeFuture, tuple[CaseSearches, str, float, bool, int]]) -> None:
+        """A probe is in: record it, submit the policy's next one, and let the NAME that
+        waits for it (if it is a twin's) take it or run its own."""
+        del self.flying[policy]
+        self.record(policy, rate, limited, size, outcomes)
+        if policy in self.shared and held_nobody(outcomes):
+            self.shared[policy][rate] = (limited, size, outcomes)
+        self.submit(policy, pool, running)
+        if (waiting := self.awaiting.pop(policy, None)) is not None:
+            self.submit(waiting, pool, running)
+
     def record(self, policy: str, rate: float, limited: bool, size: int,
-               outcomes: dict[int, SeedOutcome]) -> None:
+               outcomes: dict[int, SeedOutcome], twin: str = "") -> None:
         """A probe is in: pool its seeds' outcomes (in the seeds' order) into a point."""
         met = sum(o.met for o in outcomes.values())
         total = sum(o.judged for o in outcomes.values())
@@ -468,14 +533,16 @@ class CaseSearches:
         served = self.searches[policy].record(rate, share, limited)
         assert self.case is not None
         self.case.cpu_seconds[policy] = self.case.cpu_seconds.get(policy, 0.0) + cpu
-        point = CapacityPoint(policy, rate, share, served, shares, total, size, limited, stopped)
+        point = CapacityPoint(policy, rate, share, served, shares, total, size, limited, stopped,
+                              twin)
         self.found.append((self.probes[policy], self.order[policy], point))
         self.say(
             f"{self.title}: {policy} at {rate:.4g} wf/s: "
             f"{('at least ' if served else 'at most ') if stopped else ''}"
             f"{100 * share:.0f} % of {total} within {self.slowdown:g}x "
-            f"({'served' if served else 'not served'}) done in {wall:.1f} s "
-            f"({cpu:.1f} CPU s)"
+            f"({'served' if served else 'not served'}) "
+            + (f"as {twin}, whose gate held nobody" if twin else
+               f"done in {wall:.1f} s ({cpu:.1f} CPU s)")
         )
 
     def finish(self) -> CapacityCase:
@@ -504,6 +571,5 @@ def run_searches(searches: Sequence[CaseSearches], pool: Executor) -> list[Capac
         for future in sorted(done, key=lambda f: (index[id(running[f][0])],
                                                   running[f][0].order[running[f][1]])):
             case_searches, policy, rate, limited, size = running.pop(future)
-            case_searches.record(policy, rate, limited, size, future.result())
-            case_searches.submit(policy, pool, running)
+            case_searches.done(policy, rate, limited, size, future.result(), pool, running)
     return [s.finish() for s in searches]
