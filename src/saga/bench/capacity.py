@@ -40,6 +40,7 @@ once.
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -437,6 +438,7 @@ class CaseSearches:
             t: {} for t in self.twins.values()}
         self.flying: dict[str, float] = {}  # policy -> the rate of its probe in flight
         self.awaiting: dict[str, str] = {}  # twin -> NAME, waiting for the twin's probe
+        self.last_cpu: dict[str, float] = {}  # policy -> its last probe's CPU seconds
         self.found: list[tuple[int, int, CapacityPoint]] = []  # (probe, policy order, point)
         self.isolated: dict[int, dict[str, float]] = {}
         self.case: CapacityCase | None = None
@@ -454,8 +456,7 @@ class CaseSearches:
                 jobs.append(pool.submit(_isolated_job, (self.cluster, part)))
         return jobs
 
-    def begin(self, isolated: list[dict[str, float]], pool: Executor,
-              running: dict[ProbeFuture, tuple[CaseSearches, str, float, bool, int]]) -> None:
+    def begin(self, isolated: list[dict[str, float]], queue: ProbeQueue) -> None:
         """With the TCTs alone in (two halves per seed, in order), submit the first probes."""
         parts = iter(isolated)
         self.isolated = {seed: {**next(parts), **next(parts)} for seed in self.per_seed}
@@ -468,10 +469,9 @@ class CaseSearches:
         )
         # a gated twin first, so that NAME waits for its probe at the same rate
         for policy in sorted(self.searches, key=lambda p: p in self.twins):
-            self.submit(policy, pool, running)
+            self.submit(policy, queue)
 
-    def submit(self, policy: str, pool: Executor,
-               running: dict[ProbeFuture, tuple[CaseSearches, str, float, bool, int]]) -> None:
+    def submit(self, policy: str, queue: ProbeQueue) -> None:
         """Submit the policy's next probe, if its search is not done; for NAME, take its
         gated twin's probe at that rate instead where the gate held nobody (:func:`twin_of`),
         or wait for the twin's probe in flight at that rate."""
@@ -499,24 +499,26 @@ class CaseSearches:
             seeds.append((seed, kept))
         job = ProbeJob(self.cluster, policy, seeds, self.isolated, self.slowdown,
                        self.case.warmup, self.target)
-        running[pool.submit(probe, job)] = (self, policy, rate, limited, size)
+        # its last probe's CPU: the probes that cost most go first (ProbeQueue)
+        cost = self.last_cpu.get(policy, math.inf)
+        queue.add(cost, job, (self, policy, rate, limited, size))
         self.flying[policy] = rate
         self.probes[policy] += 1
         self.say(f"{self.title}: probing {policy} at {rate:.4g} wf/s on "
                  f"{len(self.per_seed)} seeds")
 
     def done(self, policy: str, rate: float, limited: bool, size: int,
-             outcomes: dict[int, SeedOutcome], pool: Executor,
-             running: dict[ProbeFuture, tuple[CaseSearches, str, float, bool, int]]) -> None:
+             outcomes: dict[int, SeedOutcome], queue: ProbeQueue) -> None:
         """A probe is in: record it, submit the policy's next one, and let the NAME that
         waits for it (if it is a twin's) take it or run its own."""
         del self.flying[policy]
+        self.last_cpu[policy] = sum(o.cpu_seconds for o in outcomes.values())
         self.record(policy, rate, limited, size, outcomes)
         if policy in self.shared and held_nobody(outcomes):
             self.shared[policy][rate] = (limited, size, outcomes)
-        self.submit(policy, pool, running)
+        self.submit(policy, queue)
         if (waiting := self.awaiting.pop(policy, None)) is not None:
-            self.submit(waiting, pool, running)
+            self.submit(waiting, queue)
 
     def record(self, policy: str, rate: float, limited: bool, size: int,
                outcomes: dict[int, SeedOutcome], twin: str = "") -> None:
@@ -558,18 +560,54 @@ class CaseSearches:
         return case
 
 
+Meta = tuple["CaseSearches", str, float, bool, int]  # search, policy, rate, limited, offered
+
+
+class ProbeQueue:
+    """The probes ready to run, handed to the pool at most ``width`` at a time (its
+    workers), the costliest first: a probe's cost is taken as its policy's last probe's CPU
+    (unknown, first: in submission order). The searches whose probes cost most are the
+    longest chains; run first, they do not finish alone on one core while the other idles.
+    Only the order of the work changes: each search sees only its own probes' outcomes."""
+
+    def __init__(self, pool: Executor, width: int) -> None:
+        self.pool = pool
+        self.width = max(1, width)
+        self.ready: list[tuple[float, int, ProbeJob, Meta]] = []  # a heap
+        self.running: dict[ProbeFuture, Meta] = {}
+        self._seq = 0  # ties: first added, first run
+
+    def add(self, cost: float, job: ProbeJob, meta: Meta) -> None:
+        heapq.heappush(self.ready, (-cost, self._seq, job, meta))
+        self._seq += 1
+
+    def fill(self) -> None:
+        while self.ready and len(self.running) < self.width:
+            _, _, job, meta = heapq.heappop(self.ready)
+            self.running[self.pool.submit(probe, job)] = meta
+
+
+def pool_width(pool: Executor) -> int:
+    """The pool's workers (ThreadPoolExecutor and ProcessPoolExecutor keep them in
+    ``_max_workers``; another executor is taken as having two)."""
+    return int(getattr(pool, "_max_workers", 2))
+
+
 def run_searches(searches: Sequence[CaseSearches], pool: Executor) -> list[CapacityCase]:
     """Run the searches of several workloads on one pool at once; their cases in order."""
     isolated = [s.isolated_jobs(pool) for s in searches]  # every workload's, queued at once
-    running: dict[ProbeFuture, tuple[CaseSearches, str, float, bool, int]] = {}
+    queue = ProbeQueue(pool, pool_width(pool))
     for case_searches, jobs in zip(searches, isolated, strict=True):
-        case_searches.begin([job.result() for job in jobs], pool, running)
+        case_searches.begin([job.result() for job in jobs], queue)
+        queue.fill()
     index = {id(s): i for i, s in enumerate(searches)}
+    running = queue.running
     while running:
         done, _ = wait(running, return_when=FIRST_COMPLETED)
         # those done together, in a fixed order (workload, then policy)
         for future in sorted(done, key=lambda f: (index[id(running[f][0])],
                                                   running[f][0].order[running[f][1]])):
             case_searches, policy, rate, limited, size = running.pop(future)
-            case_searches.done(policy, rate, limited, size, future.result(), pool, running)
+            case_searches.done(policy, rate, limited, size, future.result(), queue)
+        queue.fill()
     return [s.finish() for s in searches]
