@@ -8,7 +8,9 @@ the failed ones that stopped early, the probes' CPU seconds (each worker's own C
 so the figure holds on a loaded machine) and the capacity found; then the CPU seconds of
 the TCTs alone (the pool's CPU over the run, less the probes'), and the projection to the
 scenario's whole policy list: TCTs alone plus (mean CPU per policy searched) x policies,
-with the wall time on two cores (CPU / 2, when both are kept busy).
+with the wall time on two cores (CPU / 2, when both are kept busy). "twin": the probes a
+policy took from its gated twin (searched too), whose gate held nobody: they cost nothing,
+so a subset projects the whole list's reuse only if it holds pairs in the same proportion.
 
 Run: PYTHONPATH=src python benchmarks/capacity_cost.py [--quick] \
     [--policies saga,vllm-affinity] [--workloads coding,claude-code]
@@ -61,11 +63,14 @@ def main() -> None:
     for case in cases:
         print(f"\n{case.workload} on {case.cluster} x{case.replicas} "
               f"({case.workflows} workflows per seed), wall {case.wall_seconds:.0f} s")
-        print(f"{'policy':<24}{'probes':>7}{'stopped':>8}{'CPU s':>9}{'capacity':>11}")
+        print(f"{'policy':<24}{'probes':>7}{'stopped':>8}{'twin':>6}{'CPU s':>9}"
+              f"{'capacity':>11}")
         for policy in policies:
             points = [p for p in case.points if p.policy == policy]
+            bound = "" if case.bracketed[policy] else " (>=)" if case.limited[policy] else " (?)"
             print(f"{policy:<24}{len(points):>7}{sum(p.stopped for p in points):>8}"
-                  f"{case.cpu_seconds.get(policy, 0.0):>9.1f}{case.capacity[policy]:>11.4g}")
+                  f"{sum(bool(p.twin) for p in points):>6}"
+                  f"{case.cpu_seconds.get(policy, 0.0):>9.1f}{case.capacity[policy]:>11.4g}{bound}")
     per_policy = probes_cpu / len(policies)
     projected = alone_cpu + per_policy * full
     print(f"\nCPU s: probes {probes_cpu:.0f}, TCTs alone {alone_cpu:.0f}, pool {pool_cpu:.0f}; "

@@ -289,3 +289,38 @@ def test_the_quick_coding_pool_outlasts_the_window_of_every_probe() -> None:
         for seed in seeds:
             kept, ran_out = offered(pools[seed], highest, seed, window)
             assert not ran_out, (seeds, seed, len(kept))
+
+
+def test_the_probe_queue_runs_the_costliest_first_and_keeps_the_workers_busy() -> None:
+    """At most ``width`` probes in flight; the ready ones go costliest first (unknown cost,
+    infinite, first), ties in the order added."""
+    from concurrent.futures import Executor, Future
+
+    from saga.bench.capacity import ProbeJob, ProbeQueue, pool_width
+
+    class Recording(Executor):
+        def __init__(self) -> None:
+            self.jobs: list[str] = []
+
+        def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+            self.jobs.append(args[0].policy)
+            return Future()
+
+    pool = Recording()
+    queue = ProbeQueue(pool, 2)
+    cluster = serial_replica()
+    for policy, cost in (("a", 1.0), ("b", 5.0), ("c", math.inf), ("d", 5.0), ("e", 0.5)):
+        job = ProbeJob(cluster, policy, [], {}, SLOWDOWN, 0.0, 0.9)
+        queue.add(cost, job, (None, policy, 0.1, False, 0))  # type: ignore[arg-type]
+    queue.fill()
+    assert pool.jobs == ["c", "b"]
+    queue.fill()  # still two in flight: nothing more
+    assert pool.jobs == ["c", "b"]
+    queue.running.pop(next(iter(queue.running)))
+    queue.fill()
+    assert pool.jobs == ["c", "b", "d"]
+    queue.running.clear()
+    queue.fill()
+    assert pool.jobs == ["c", "b", "d", "a", "e"]
+    with ThreadPoolExecutor(3) as threads:
+        assert pool_width(threads) == 3

@@ -40,11 +40,12 @@ once.
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from saga.bench.early_verdict import VerdictWatch, decisive_misses
 from saga.bench.scenario import Scenario, WorkloadSpec
@@ -52,6 +53,8 @@ from saga.bench.workloads import build_spec, retime
 from saga.core.workflow import Workflow
 from saga.engine.cluster import ClusterSpec
 from saga.metrics.stationarity import met_level
+from saga.sched.gated import SUFFIX as GATED
+from saga.sched.gated import GatedPolicy
 from saga.sched.registry import build_policy
 from saga.sim.run import isolated_tcts
 from saga.sim.simulator import Simulation
@@ -79,6 +82,9 @@ class CapacityPoint:
     #: ``per_seed`` are then bounds, at most if not served and at least if served, and
     #: ``per_seed`` lacks the seeds it needed not run
     stopped: bool = False
+    #: not run: the run of the policy's gated twin at this rate, whose gate held nobody, so
+    #: the same run (:func:`twin_of`); its CPU counts for the twin only
+    twin: str = ""
 
 
 class CapacitySearch:
@@ -219,6 +225,9 @@ class SeedOutcome:
     state: str  # "ran" | "stopped" | "skipped"
     seconds: float = 0.0  # wall
     cpu_seconds: float = 0.0  # the worker's CPU time (what the run costs, whatever the load)
+    #: a NAME+gate run: the admissions its gate deferred up to the run's end or halt (0: the
+    #: run was NAME's own, :func:`twin_of`); None for a policy with no gate, or not run
+    gate_holds: int | None = None
 
 
 def judged_of(workflows: Sequence[Workflow], warmup: float) -> list[Workflow]:
@@ -251,23 +260,45 @@ def probe(job: ProbeJob) -> dict[int, SeedOutcome]:
             {w.id: alone[w.id] for w in judged[seed]}, job.slowdown,
             misses=None if decisive is None else decisive - missed, meets=needed - met,
         )
-        result = Simulation(
-            job.cluster, build_policy(job.policy), workflows, seed=seed, watch=watch
-        ).run()
+        policy = build_policy(job.policy)
+        result = Simulation(job.cluster, policy, workflows, seed=seed, watch=watch).run()
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+        holds = policy.gate_holds if isinstance(policy, GatedPolicy) else None
         if watch is not None and watch.verdict == "failed":
-            outcome = SeedOutcome(count - watch.missed, count, "stopped", seconds, cpu)
+            outcome = SeedOutcome(count - watch.missed, count, "stopped", seconds, cpu, holds)
             missed, met = missed + watch.missed, met + count - watch.missed
         elif watch is not None and watch.verdict == "served":
-            outcome = SeedOutcome(watch.met, count, "stopped", seconds, cpu)
+            outcome = SeedOutcome(watch.met, count, "stopped", seconds, cpu, holds)
             missed, met = missed + watch.missed, met + watch.met
         else:
             seed_met = sum(1 for w in result.workflows if w.arrival >= job.warmup
                            and met_level(w, alone[w.workflow], job.slowdown))
-            outcome = SeedOutcome(seed_met, count, "ran", seconds, cpu)
+            outcome = SeedOutcome(seed_met, count, "ran", seconds, cpu, holds)
             missed, met = missed + count - seed_met, met + seed_met
         out[seed] = outcome
     return out
+
+
+def twin_of(policy: str, policies: Collection[str]) -> str | None:
+    """The gated twin whose probes stand for ``policy``'s wherever its gate held nobody:
+    ``NAME+gate`` for ``NAME`` when both are searched, else None.
+
+    Exact: a ``NAME+gate`` run in which the gate deferred no admission (``gate_holds`` 0, up
+    to the run's end or its early verdict's halt) is ``NAME``'s run, event for event. The
+    gate's ``admit`` then returns ``NAME``'s own verdict at every call; every other hook
+    forwards to ``NAME`` after bookkeeping on the gate's own state (its queue, counts and
+    graph; it reads the replicas only through views that sync them exactly, and draws no
+    random numbers), so the simulator calls ``NAME``'s hooks with the same arguments at the
+    same instants, and the watch halts at the same event. So the probe's outcome, seed by
+    seed, is ``NAME``'s (tests/bench/test_capacity.py compares both runs' records)."""
+    if policy.endswith(GATED) or policy + GATED not in policies:
+        return None
+    return policy + GATED
+
+
+def held_nobody(outcomes: dict[int, SeedOutcome]) -> bool:
+    """Whether a gated probe's gate deferred no admission in any seed it ran."""
+    return all(o.gate_holds == 0 for o in outcomes.values() if o.state != "skipped")
 
 
 def offered(pool: Sequence[Workflow], rate: float, seed: int, window: float
@@ -400,6 +431,14 @@ class CaseSearches:
         }
         self.order = {p: i for i, p in enumerate(self.searches)}
         self.probes = dict.fromkeys(self.searches, 0)  # probes started per policy
+        # NAME -> NAME+gate: NAME takes its twin's probe at a rate where the gate held nobody
+        self.twins = {p: t for p in self.searches if (t := twin_of(p, self.searches))}
+        # per twin: the rates its gate held nobody at, with (limited, offered, outcomes)
+        self.shared: dict[str, dict[float, tuple[bool, int, dict[int, SeedOutcome]]]] = {
+            t: {} for t in self.twins.values()}
+        self.flying: dict[str, float] = {}  # policy -> the rate of its probe in flight
+        self.awaiting: dict[str, str] = {}  # twin -> NAME, waiting for the twin's probe
+        self.last_cpu: dict[str, float] = {}  # policy -> its last probe's CPU seconds
         self.found: list[tuple[int, int, CapacityPoint]] = []  # (probe, policy order, point)
         self.isolated: dict[int, dict[str, float]] = {}
         self.case: CapacityCase | None = None
@@ -417,8 +456,7 @@ class CaseSearches:
                 jobs.append(pool.submit(_isolated_job, (self.cluster, part)))
         return jobs
 
-    def begin(self, isolated: list[dict[str, float]], pool: Executor,
-              running: dict[ProbeFuture, tuple[CaseSearches, str, float, bool, int]]) -> None:
+    def begin(self, isolated: list[dict[str, float]], queue: ProbeQueue) -> None:
         """With the TCTs alone in (two halves per seed, in order), submit the first probes."""
         parts = iter(isolated)
         self.isolated = {seed: {**next(parts), **next(parts)} for seed in self.per_seed}
@@ -429,14 +467,27 @@ class CaseSearches:
             window=math.inf if self.window_tcts is None else self.window_tcts * median,
             warmup=self.warmup_tcts * median,
         )
-        for policy in self.searches:
-            self.submit(policy, pool, running)
+        # a gated twin first, so that NAME waits for its probe at the same rate
+        for policy in sorted(self.searches, key=lambda p: p in self.twins):
+            self.submit(policy, queue)
 
-    def submit(self, policy: str, pool: Executor,
-               running: dict[ProbeFuture, tuple[CaseSearches, str, float, bool, int]]) -> None:
-        """Submit the policy's next probe, if its search is not done."""
+    def submit(self, policy: str, queue: ProbeQueue) -> None:
+        """Submit the policy's next probe, if its search is not done; for NAME, take its
+        gated twin's probe at that rate instead where the gate held nobody (:func:`twin_of`),
+        or wait for the twin's probe in flight at that rate."""
         assert self.case is not None
-        rate = self.searches[policy].next_rate()
+        twin = self.twins.get(policy)
+        while (rate := self.searches[policy].next_rate()) is not None and twin is not None:
+            if self.flying.get(twin) == rate:
+                self.awaiting[twin] = policy
+                return
+            shared = self.shared[twin].get(rate)
+            if shared is None:
+                break
+            limited, size, outcomes = shared
+            self.probes[policy] += 1
+            free = {seed: replace(o, seconds=0.0, cpu_seconds=0.0) for seed, o in outcomes.items()}
+            self.record(policy, rate, limited, size, free, twin=twin)
         if rate is None:
             return
         limited = False
@@ -448,13 +499,29 @@ class CaseSearches:
             seeds.append((seed, kept))
         job = ProbeJob(self.cluster, policy, seeds, self.isolated, self.slowdown,
                        self.case.warmup, self.target)
-        running[pool.submit(probe, job)] = (self, policy, rate, limited, size)
+        # its last probe's CPU: the probes that cost most go first (ProbeQueue)
+        cost = self.last_cpu.get(policy, math.inf)
+        queue.add(cost, job, (self, policy, rate, limited, size))
+        self.flying[policy] = rate
         self.probes[policy] += 1
         self.say(f"{self.title}: probing {policy} at {rate:.4g} wf/s on "
                  f"{len(self.per_seed)} seeds")
 
+    def done(self, policy: str, rate: float, limited: bool, size: int,
+             outcomes: dict[int, SeedOutcome], queue: ProbeQueue) -> None:
+        """A probe is in: record it, submit the policy's next one, and let the NAME that
+        waits for it (if it is a twin's) take it or run its own."""
+        del self.flying[policy]
+        self.last_cpu[policy] = sum(o.cpu_seconds for o in outcomes.values())
+        self.record(policy, rate, limited, size, outcomes)
+        if policy in self.shared and held_nobody(outcomes):
+            self.shared[policy][rate] = (limited, size, outcomes)
+        self.submit(policy, queue)
+        if (waiting := self.awaiting.pop(policy, None)) is not None:
+            self.submit(waiting, queue)
+
     def record(self, policy: str, rate: float, limited: bool, size: int,
-               outcomes: dict[int, SeedOutcome]) -> None:
+               outcomes: dict[int, SeedOutcome], twin: str = "") -> None:
         """A probe is in: pool its seeds' outcomes (in the seeds' order) into a point."""
         met = sum(o.met for o in outcomes.values())
         total = sum(o.judged for o in outcomes.values())
@@ -468,14 +535,16 @@ class CaseSearches:
         served = self.searches[policy].record(rate, share, limited)
         assert self.case is not None
         self.case.cpu_seconds[policy] = self.case.cpu_seconds.get(policy, 0.0) + cpu
-        point = CapacityPoint(policy, rate, share, served, shares, total, size, limited, stopped)
+        point = CapacityPoint(policy, rate, share, served, shares, total, size, limited, stopped,
+                              twin)
         self.found.append((self.probes[policy], self.order[policy], point))
         self.say(
             f"{self.title}: {policy} at {rate:.4g} wf/s: "
             f"{('at least ' if served else 'at most ') if stopped else ''}"
             f"{100 * share:.0f} % of {total} within {self.slowdown:g}x "
-            f"({'served' if served else 'not served'}) done in {wall:.1f} s "
-            f"({cpu:.1f} CPU s)"
+            f"({'served' if served else 'not served'}) "
+            + (f"as {twin}, whose gate held nobody" if twin else
+               f"done in {wall:.1f} s ({cpu:.1f} CPU s)")
         )
 
     def finish(self) -> CapacityCase:
@@ -491,19 +560,54 @@ class CaseSearches:
         return case
 
 
+Meta = tuple["CaseSearches", str, float, bool, int]  # search, policy, rate, limited, offered
+
+
+class ProbeQueue:
+    """The probes ready to run, handed to the pool at most ``width`` at a time (its
+    workers), the costliest first: a probe's cost is taken as its policy's last probe's CPU
+    (unknown, first: in submission order). The searches whose probes cost most are the
+    longest chains; run first, they do not finish alone on one core while the other idles.
+    Only the order of the work changes: each search sees only its own probes' outcomes."""
+
+    def __init__(self, pool: Executor, width: int) -> None:
+        self.pool = pool
+        self.width = max(1, width)
+        self.ready: list[tuple[float, int, ProbeJob, Meta]] = []  # a heap
+        self.running: dict[ProbeFuture, Meta] = {}
+        self._seq = 0  # ties: first added, first run
+
+    def add(self, cost: float, job: ProbeJob, meta: Meta) -> None:
+        heapq.heappush(self.ready, (-cost, self._seq, job, meta))
+        self._seq += 1
+
+    def fill(self) -> None:
+        while self.ready and len(self.running) < self.width:
+            _, _, job, meta = heapq.heappop(self.ready)
+            self.running[self.pool.submit(probe, job)] = meta
+
+
+def pool_width(pool: Executor) -> int:
+    """The pool's workers (ThreadPoolExecutor and ProcessPoolExecutor keep them in
+    ``_max_workers``; another executor is taken as having two)."""
+    return int(getattr(pool, "_max_workers", 2))
+
+
 def run_searches(searches: Sequence[CaseSearches], pool: Executor) -> list[CapacityCase]:
     """Run the searches of several workloads on one pool at once; their cases in order."""
     isolated = [s.isolated_jobs(pool) for s in searches]  # every workload's, queued at once
-    running: dict[ProbeFuture, tuple[CaseSearches, str, float, bool, int]] = {}
+    queue = ProbeQueue(pool, pool_width(pool))
     for case_searches, jobs in zip(searches, isolated, strict=True):
-        case_searches.begin([job.result() for job in jobs], pool, running)
+        case_searches.begin([job.result() for job in jobs], queue)
+        queue.fill()
     index = {id(s): i for i, s in enumerate(searches)}
+    running = queue.running
     while running:
         done, _ = wait(running, return_when=FIRST_COMPLETED)
         # those done together, in a fixed order (workload, then policy)
         for future in sorted(done, key=lambda f: (index[id(running[f][0])],
                                                   running[f][0].order[running[f][1]])):
             case_searches, policy, rate, limited, size = running.pop(future)
-            case_searches.record(policy, rate, limited, size, future.result())
-            case_searches.submit(policy, pool, running)
+            case_searches.done(policy, rate, limited, size, future.result(), queue)
+        queue.fill()
     return [s.finish() for s in searches]

@@ -97,6 +97,9 @@ class GatedPolicy(WrappedPolicy):
         self.growth = GrowthTally()  # the counted workflows' expected growth (gate_growth)
         self.interactive = 0  # held workflows with an SLO
         self._passed: set[str] = set()  # let in by the gate, held by the inner admission
+        #: admissions the gate deferred: while it is 0 every admit was the inner policy's,
+        #: so the run so far is the inner policy's run (the capacity search reuses it)
+        self.gate_holds = 0
         # the gate's own graph: the inner policy's (if any) is the inner policy's
         self.graphs = GraphStore(self.config)
         self.end_markers = EndMarkers()
@@ -116,6 +119,7 @@ class GatedPolicy(WrappedPolicy):
             if workflow.slo is None:
                 behind = self.gate.behind(wid)
                 if behind:
+                    self.gate_holds += 1
                     return behind
             unplaced = self.unhomed.get(agent_key(workflow), 0)
             verdict = self.gate.decide(
@@ -123,6 +127,7 @@ class GatedPolicy(WrappedPolicy):
                 saturated=saturated(self.ctx.replicas, self.config.gate_saturation_waiting),
             )
             if verdict.verdict != "admit":
+                self.gate_holds += 1
                 return verdict
             self._hold(wid, agent_key(workflow), workflow.slo)
             self._passed.add(wid)
