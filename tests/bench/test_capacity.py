@@ -225,22 +225,23 @@ def _online_baselines() -> set[str]:
 
 def test_the_full_capacity_search_takes_every_baseline_alone_and_gated() -> None:
     """The headline's best other baseline is taken over every online baseline, alone
-    and behind SAGA's memory gate (issue 15)."""
+    and behind SAGA's memory gate (issue 15), and the strongest with SAGA's decode guard."""
     from saga.bench.scenario import load_scenario
 
     scenario = load_scenario("capacity")
     bases = _online_baselines()
     assert {"llm-d", "dynamo", "sglang", "vllm-affinity"} <= bases
-    assert set(scenario.policies) == {"saga"} | bases | {b + "+gate" for b in bases}
+    guarded = {"sglang+guard", "infercept+guard", "kvflow+guard"}
+    assert set(scenario.policies) == {"saga"} | bases | {b + "+gate" for b in bases} | guarded
 
 
 def test_the_quick_capacity_search_takes_llmd_dynamo_and_the_gated_routers() -> None:
     from saga.bench.scenario import load_scenario
 
     quick = set(load_scenario("capacity").quick_version().policies)
-    assert {"saga", "vllm-affinity", "sglang", "llm-d", "dynamo", "sglang+gate",
-            "vllm-affinity+gate", "vllm-least-loaded+gate", "throughput+gate", "llm-d+gate",
-            "dynamo+gate"} == quick
+    assert {"saga", "vllm-affinity", "sglang", "llm-d", "dynamo", "infercept", "kvflow",
+            "sglang+gate", "vllm-affinity+gate", "vllm-least-loaded+gate", "throughput+gate",
+            "llm-d+gate", "dynamo+gate", "sglang+guard", "sglang+gate+guard"} == quick
 
 
 def test_workloads_searched_together_find_what_each_finds_alone() -> None:
