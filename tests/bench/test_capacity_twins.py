@@ -10,6 +10,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from tests.bench.test_capacity import pair
 
 from saga.bench.capacity import (
     SeedOutcome,
@@ -19,7 +20,7 @@ from saga.bench.capacity import (
 )
 from saga.bench.scenario import WorkloadSpec
 from saga.bench.workloads import build_spec
-from saga.core.workflow import Call, Prompt, Workflow
+from saga.core.workflow import Workflow
 from saga.engine.cluster import ClusterSpec, get_cluster
 from saga.sched.gated import GatedPolicy
 from saga.sched.registry import build_policy, list_policies
@@ -97,12 +98,6 @@ def tight_serial_replica() -> ClusterSpec:
     return base.model_copy(update={"replicas": 1, "engine": engine})
 
 
-def pair(seed: int) -> list[Workflow]:
-    return [
-        Workflow(f"s{seed}w{i}", "t", "a", float(i),
-                 (Call("c0", Prompt(40 * BT, (), ((0, 40),)), 50),), block_tokens=BT)
-        for i in range(2)
-    ]
 
 
 def test_the_search_of_a_policy_and_its_twin_finds_what_each_finds_alone() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pytest
+from tests.sched.test_saga_chunking import DECODING, PREFILLING, Call
 
 from saga.errors import UserError
 from saga.sched.gated import GatedPolicy
@@ -14,24 +15,11 @@ from saga.sched.saga.policy import SagaPolicy
 
 
 @dataclass
-class Call:
-    prompt_tokens: int
-    generated: int
-    computed: int
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.generated
-
-
-@dataclass
 class Replica:
     max_num_batched_tokens: int
     running: list[Call] = field(default_factory=list)
 
 
-DECODING = Call(1000, 3, 1002)
-PREFILLING = Call(4000, 0, 2048)
 
 
 @pytest.mark.parametrize("name", ["sglang+guard", "throughput+gate+guard", "vllm-affinity+guard"])

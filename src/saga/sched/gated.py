@@ -56,7 +56,7 @@ from saga.sched.saga.gate import (
     saturated,
 )
 from saga.sched.saga.graph import AgentGraph, GraphStore, node_key
-from saga.sched.wrapped import WrappedPolicy
+from saga.sched.wrapped import WrappedPolicy, variant
 
 if TYPE_CHECKING:
     from saga.sched.view import CallView, ReplicaView
@@ -279,15 +279,5 @@ class GatedPolicy(WrappedPolicy):
 
 
 def gated(inner: Policy, name: str) -> Policy:
-    """``inner`` behind SAGA's memory gate, registered as ``name``.
-
-    A class per wrapped policy, because the engine reads ``static_order`` and the
-    gateway ``offline`` from the class.
-    """
-    cls = type(
-        f"Gated_{type(inner).__name__}",
-        (GatedPolicy,),
-        {"name": name, "static_order": inner.static_order, "offline": inner.offline},
-    )
-    policy: Policy = cls(inner)
-    return policy
+    """``inner`` behind SAGA's memory gate, registered as ``name``."""
+    return variant(GatedPolicy, inner, name)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from saga.sched.policy import Policy
 from saga.sched.saga.chunking import decode_guard, guard_tokens
 from saga.sched.saga.config import SagaConfig
-from saga.sched.wrapped import WrappedPolicy
+from saga.sched.wrapped import WrappedPolicy, variant
 
 if TYPE_CHECKING:
     from saga.sched.view import ReplicaView
@@ -42,12 +42,5 @@ class GuardedPolicy(WrappedPolicy):
 
 
 def guarded(inner: Policy, name: str) -> Policy:
-    """``inner`` with the decode guard, registered as ``name`` (a class per wrapped policy:
-    the engine reads ``static_order`` and the gateway ``offline`` from the class)."""
-    cls = type(
-        f"Guarded_{type(inner).__name__}",
-        (GuardedPolicy,),
-        {"name": name, "static_order": inner.static_order, "offline": inner.offline},
-    )
-    policy: Policy = cls(inner)
-    return policy
+    """``inner`` with the decode guard, registered as ``name``."""
+    return variant(GuardedPolicy, inner, name)

@@ -74,3 +74,15 @@ class WrappedPolicy(Policy):
 
     def on_admission_withdrawn(self, workflow: WorkflowInfo, now: float) -> None:
         self.inner.on_admission_withdrawn(workflow, now)
+
+
+def variant(cls: type[WrappedPolicy], inner: Policy, name: str) -> Policy:
+    """``inner`` wrapped in ``cls``, registered as ``name``: a class per wrapped policy,
+    because the engine reads ``static_order`` and the gateway ``offline`` from the class."""
+    named = type(
+        f"{cls.__name__.removesuffix('Policy')}_{type(inner).__name__}",
+        (cls,),
+        {"name": name, "static_order": inner.static_order, "offline": inner.offline},
+    )
+    policy: Policy = named(inner)
+    return policy
