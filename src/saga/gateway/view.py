@@ -383,7 +383,8 @@ class RemoteReplicaView:
         """``call`` gave its slot back: start waiting calls, fair order, while slots are
         free; return them. A waiting call for which ``startable`` is false (its client is
         leaving) is dropped from the queue instead."""
-        call.prefill_end = self._prefills().get(id(call), (0.0, math.inf))[1]
+        if self.speed is not None:  # only learn_speed reads it
+            call.prefill_end = self._prefills().get(id(call), (0.0, math.inf))[1]
         self.running.remove(call)
         self._count_running(call, -1)
         started = []
