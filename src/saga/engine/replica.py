@@ -33,6 +33,7 @@ from saga.engine.contention import HostShare
 from saga.engine.costmodel import CostModel
 from saga.engine.fold import Fold, fold_boundaries
 from saga.engine.kvcache import EvictionOrder, KVNode, RadixKV, Run, skip_runs, take_runs
+from saga.engine.mixed_fold import MixedFold, fold_mixed_steps
 from saga.sched.decisions import Retention
 
 if TYPE_CHECKING:
@@ -278,6 +279,11 @@ class Replica(QueueTokens):
         # the calls of the folded run, in the batch's order when it was planned (the
         # folds' positions index this; the batch's own order may change at a boundary)
         self._fold_calls: list[Request] = []
+        # The mixed steps (a prefill chunk beside decodes) folded after the current one,
+        # in order (engine/mixed_fold.py); :meth:`sync` replays each at its own instant.
+        self._mixed: list[MixedFold] = []
+        # the prefill limit the policy gave the step last formed (_form_batch)
+        self._step_limit: int | None = None
         self.up = True
         #: The replicas sharing this one's host cores (saga.engine.contention); None: its
         #: steps take the cost model's time whatever the others do.
@@ -344,7 +350,7 @@ class Replica(QueueTokens):
 
     # ---- the runtime's verbs -----------------------------------------------------------
     def enqueue(self, request: Request, now: float) -> None:
-        if self._folded:
+        if self._folded or self._mixed:
             self.sync(now)
         request.enqueued_at = now
         self.waiting.append(request)
@@ -398,17 +404,22 @@ class Replica(QueueTokens):
         self.busy = True
         self.step_start = now
         self.step_end = now + duration
-        if steps > 1 and self.fold_boundaries:
-            self._folded = fold_boundaries(self, now, batch, steps)
-            if self._folded:
-                self._fold_calls = [r for r, _ in batch]
-                return self._folded[-1][0]
+        if self.fold_boundaries:
+            if steps > 1:
+                self._folded = fold_boundaries(self, now, batch, steps)
+                if self._folded:
+                    self._fold_calls = [r for r, _ in batch]
+                    return self._folded[-1][0]
+            elif not preempted:
+                self._mixed = fold_mixed_steps(self, batch, self._step_limit)
+                if self._mixed:
+                    return self._mixed[-1][0]
         return self.step_end
 
     @property
     def folded(self) -> bool:
-        """A folded run has boundaries still to apply (:meth:`sync`)."""
-        return bool(self._folded)
+        """A folded run has boundaries (or folded mixed steps) still to apply (:meth:`sync`)."""
+        return bool(self._folded or self._mixed)
 
     def sync(self, now: float) -> None:
         """Bring a folded run up to ``now``: apply each of its block boundaries that has
@@ -429,6 +440,9 @@ class Replica(QueueTokens):
         between, which is what calling this first ensures. Under a static order the
         calls' progress is added once for all the runs applied (nothing in between reads
         it); under a dynamic one at each boundary, before its queue keys are asked."""
+        if self._mixed:
+            self._sync_mixed(now)
+            return
         folded = self._folded
         if not folded or self.step_end > now:
             return
@@ -480,17 +494,42 @@ class Replica(QueueTokens):
                 request.computed += taken
                 request.generated += taken
 
+    def _sync_mixed(self, now: float) -> None:
+        """Bring folded mixed steps up to ``now``: at each passed step's end, that step's
+        end and the planning that follows it, with stepping's own code at that instant
+        (nothing waits and no call finishes, so planning is :meth:`_form_batch` alone),
+        checked against the prediction (``engine/mixed_fold.py``): the replayed step
+        must end at the predicted instant, bit for bit."""
+        mixed = self._mixed
+        applied = 0
+        for next_end, _ in mixed:
+            end = self.step_end
+            if end > now:
+                break
+            if self._complete(end):
+                raise AssertionError("a folded mixed step ended a call")
+            batch, preempted = self._form_batch(end)
+            if preempted or end + self._step_time(batch) != next_end:
+                raise AssertionError("a folded mixed step is not the step planned")
+            self._batch = batch
+            self.busy = True
+            self.step_start = end
+            self.step_end = next_end
+            applied += 1
+        del mixed[:applied]
+
     def interrupt(self, now: float) -> float | None:
         """Cut a decode run at the first step boundary at or after ``now``.
 
         Returns the new end time if it changed (the runtime reschedules), else None.
         """
-        if self._folded:
+        if self._folded or self._mixed:
             self.sync(now)
-            if self._folded:
-                # the boundaries after the current run are no longer folded: the runtime's
-                # event moves to the current run's end, or to its cut (below)
+            if self._folded or self._mixed:
+                # the boundaries (or steps) after the current run are no longer folded: the
+                # runtime's event moves to the current run's end, or to its cut (below)
                 self._folded = []
+                self._mixed = []
                 if self._cut(now) is None:
                     self.version += 1
                 return self.step_end
@@ -519,7 +558,7 @@ class Replica(QueueTokens):
 
     def complete(self, now: float) -> list[Request]:
         """Apply the step (or run) that ends at ``now``; return the calls that finished."""
-        if self._folded:
+        if self._folded or self._mixed:
             self.sync(now)
         return self._complete(now)
 
@@ -635,7 +674,7 @@ class Replica(QueueTokens):
         if self.waiting:
             self._preempt_for_fairness(now)
         budget = self.config.max_num_batched_tokens
-        limit = hooks.prefill_limit(self, now)
+        limit = self._step_limit = hooks.prefill_limit(self, now)
         prefill = budget if limit is None else limit  # prompt tokens left to this step
         bt = self.block_tokens
         batch: list[tuple[Request, int]] = []
@@ -1014,7 +1053,7 @@ class Replica(QueueTokens):
     def prefetch(self, runs: Sequence[Run], now: float) -> int:
         """Load from the host tier the part of ``runs`` not on the GPU, leaving it
         cached and evictable, so that the next call hits. Returns blocks loaded."""
-        if self._folded:
+        if self._folded or self._mixed:
             self.sync(now)
         if self.host is None:
             return 0
@@ -1035,7 +1074,7 @@ class Replica(QueueTokens):
 
     def unpin(self, workflow: str, now: float) -> bool:
         """Release a workflow's pin (TTL expired, pressure, or the policy said so)."""
-        if self._folded:
+        if self._folded or self._mixed:
             self.sync(now)
         pin = self.pins.pop(workflow, None)
         if pin is None:
@@ -1168,9 +1207,10 @@ class Replica(QueueTokens):
         ``seq``, reset to start again elsewhere (their output so far is lost; the
         replica that takes one counts its prompt as recomputed). The runtime sets
         ``up`` again when the replica returns, with an empty cache."""
-        if self._folded:
+        if self._folded or self._mixed:
             self.sync(now)
             self._folded = []
+            self._mixed = []
         self.up = False
         self.busy = False
         self.version += 1  # the step in flight never ends
