@@ -49,8 +49,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from saga.engine.replica import Replica, Request
 
-MixedFold = tuple[float, int]
-"""One step of a mixed fold after the current one: (its end, the prefill chunk it computes)."""
+MixedFold = tuple[float, int, tuple[int, ...]]
+"""One step of a mixed fold after the current one: (its end, the prefill chunk it computes,
+the positions in the batch of the decodes that take a block at its start, ascending)."""
 
 _EXACT = 2**52
 """Attention sums below this are whole numbers that floats hold exactly, in any order."""
@@ -131,9 +132,11 @@ def fold_mixed_steps(
         # planning at the previous end: the chunk's blocks and each decode at a block's end
         grown = -(-(prompt_computed + q) // bt)
         need = grown - held if grown > held else 0
+        grow: list[int] = []
         while crossings[0][0] == step:
+            grow.append(crossings[0][1])
             heapq.heapreplace(crossings, (step + bt, crossings[0][1]))
-            need += 1
+        need += len(grow)
         if need > available:
             break  # the general path gives up pins or preempts
         available -= need
@@ -144,7 +147,8 @@ def fold_mixed_steps(
         if attention >= _EXACT:
             break
         end = end + cost.step_time(decodes + q, float(attention), kv_read, n)
-        folds.append((end, q))
+        grow.sort()
+        folds.append((end, q, tuple(grow)))
         prompt_computed += q
         prompt_left -= q
         decode_context += decodes

@@ -284,6 +284,10 @@ class Replica(QueueTokens):
         self._mixed: list[MixedFold] = []
         # the prefill limit the policy gave the step last formed (_form_batch)
         self._step_limit: int | None = None
+        # the folded mixed steps' prefilling call (its position in _fold_calls) and the
+        # chunk of the step in flight
+        self._mixed_prompt = 0
+        self._mixed_chunk = 0
         self.up = True
         #: The replicas sharing this one's host cores (saga.engine.contention); None: its
         #: steps take the cost model's time whatever the others do.
@@ -413,6 +417,10 @@ class Replica(QueueTokens):
             elif not preempted:
                 self._mixed = fold_mixed_steps(self, batch, self._step_limit)
                 if self._mixed:
+                    self._fold_calls = [r for r, _ in batch]
+                    # the one call with a chunk of more than a token (mixed_fold.py)
+                    self._mixed_prompt = next(i for i, (_, q) in enumerate(batch) if q > 1)
+                    self._mixed_chunk = batch[self._mixed_prompt][1]
                     return self._mixed[-1][0]
         return self.step_end
 
@@ -495,28 +503,78 @@ class Replica(QueueTokens):
                 request.generated += taken
 
     def _sync_mixed(self, now: float) -> None:
-        """Bring folded mixed steps up to ``now``: at each passed step's end, that step's
-        end and the planning that follows it, with stepping's own code at that instant
-        (nothing waits and no call finishes, so planning is :meth:`_form_batch` alone),
-        checked against the prediction (``engine/mixed_fold.py``): the replayed step
-        must end at the predicted instant, bit for bit."""
+        """Bring folded mixed steps up to ``now``: at each passed step's end, what that
+        step's end and the planning that follows it do (``_complete``, ``_form_batch``),
+        at that instant, for the one call that prefills (its chunk, its cached blocks, its
+        recomputation's end, its blocks for the next chunk) and for the decodes that take
+        a block (``engine/mixed_fold.py`` predicted which). The decodes' progress, the same
+        token each step, is added once at the last step applied: nothing in between reads
+        it (no hook runs, no call finishes, the growth above is predicted). Under a
+        dynamic queue order the running calls are sorted once, by their keys at the last
+        step's instant, after its end and before its growth, as planning there does: the
+        keys have no sorted order of their own to keep (the sequence number breaks ties),
+        and the order in between decides nothing (one call prefills, every call fits the
+        budget, and which call takes a block first does not change what is evicted)."""
         mixed = self._mixed
-        applied = 0
-        for next_end, _ in mixed:
+        if self.step_end > now:
+            return
+        due = 0  # the steps' ends passed: the current step's, then each folded one's
+        boundary = self.step_end
+        while due < len(mixed) and boundary <= now:
+            boundary = mixed[due][0]
+            due += 1
+        calls = self._fold_calls
+        prompt = calls[self._mixed_prompt]
+        kv = self.kv
+        bt = self.block_tokens
+        decodes = len(calls) - 1
+        low, high = self.busy_window
+        resort = decodes > 0 and not self.hooks.static_order
+        chunk = self._mixed_chunk
+        for step in range(due):
+            next_end, next_chunk, grow = mixed[step]
             end = self.step_end
-            if end > now:
-                break
-            if self._complete(end):
-                raise AssertionError("a folded mixed step ended a call")
-            batch, preempted = self._form_batch(end)
-            if preempted or end + self._step_time(batch) != next_end:
-                raise AssertionError("a folded mixed step is not the step planned")
-            self._batch = batch
-            self.busy = True
+            # the step that ends here (_complete's step branch: the decodes emit a token,
+            # the prompt computes its chunk; no call finishes)
+            start = self.step_start
+            self.steps += 1
+            self.busy_seconds += end - start
+            self.window_busy_seconds += max(0.0, min(end, high) - max(start, low))
+            prompt.computed += chunk
+            self._step_tokens(decodes + chunk, decodes)
+            if prompt.locked_blocks < prompt.keyed_blocks:
+                self._cache_computed(prompt, end)
+            total = prompt.prompt_tokens + prompt.generated
+            if prompt.recompute_base >= 0 and prompt.computed >= min(
+                prompt.recompute_until * bt, total
+            ):
+                self._end_recompute(prompt, end)
+            if prompt.first_token_at < 0 and prompt.generated > 0:
+                prompt.first_token_at = end
+            if step == due - 1:
+                for request in calls:
+                    if request is not prompt:
+                        request.computed += due
+                        request.generated += due
+                if resort:
+                    hooks = self.hooks
+                    self.running.sort(key=lambda r: hooks.queue_key(self, r, end))
+            # planning at ``end``: each decode at a block's end takes one more, the prompt
+            # the blocks of its next chunk
+            for i in grow:
+                request = calls[i]
+                if not kv.allocate(1, end):
+                    raise AssertionError("a folded mixed step found no block to take")
+                request.anon += 1
+                request.anon_since.append([1, end])
+            if not self._grow(prompt, prompt.computed + next_chunk, end):
+                raise AssertionError("a folded mixed step found no block for its chunk")
+            chunk = next_chunk
             self.step_start = end
             self.step_end = next_end
-            applied += 1
-        del mixed[:applied]
+        del mixed[:due]
+        self._mixed_chunk = chunk
+        self._batch = [(r, chunk if r is prompt else 1) for r in self.running]
 
     def interrupt(self, now: float) -> float | None:
         """Cut a decode run at the first step boundary at or after ``now``.
