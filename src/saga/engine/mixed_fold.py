@@ -6,11 +6,11 @@ decoding calls advances 128 tokens a step on ``a100-8-70b``: a 40k-token prefill
 the replica, each of those steps is the same batch as the one before: every running call,
 the decodes one token each and the one prefilling call the next chunk. The chunk and the
 step's time follow from the state alone, so :func:`fold_mixed_steps` predicts the ends of
-the steps that follow the one just planned and the replica's event moves to the last one;
-``Replica.sync`` then replays each step's end and the planning that follows it, at its own
-instant, with the engine's own code (``_complete``, ``_form_batch``), whenever someone
-reads the replica, a policy hook runs (``sim/fold_barrier.py``) or the fold's event ends,
-and checks that the replayed step is the predicted one.
+the steps that follow the one just planned (and which decodes take a block at each) and
+the replica's event moves to the last one; ``Replica.sync`` then applies at each step's
+end, at its own instant, what that end and the planning after it change (the prompt's
+chunk and cached blocks, the blocks taken, the counters), whenever someone reads the
+replica, a policy hook runs (``sim/fold_barrier.py``) or the fold's event ends.
 
 The prediction stops, leaving the general path to the event at that step's end, at:
 
@@ -37,8 +37,8 @@ exact in any order and equals the integer computed here. Each end is the previou
 the step's time, the same float addition as stepping's ``now + duration``.
 
 One assumption, of the policy: ``prefill_limit`` depends on the running calls alone (which
-decode), as the decode guard does; the replay checks it (a changed chunk changes the step's
-time, which the replay compares bit for bit).
+of them decode), as the decode guard does (``sched/saga/chunking.py``), and every policy's
+limit is the guard's or None; within a fold that count does not change.
 """
 
 from __future__ import annotations

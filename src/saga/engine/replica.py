@@ -19,7 +19,9 @@ the KV that is free) as one event, timed in closed form by the cost model. An
 event that reaches the replica during a run cuts it at the step boundary that
 follows, so the result equals stepping one step at a time. A runtime that syncs the
 replica before every read (the simulator) may also fold the block boundaries of a run on a
-full cache into that event (``fold_boundaries``, :meth:`Replica.sync`, ``engine/fold.py``).
+full cache into that event (``fold_boundaries``, :meth:`Replica.sync`, ``engine/fold.py``),
+and a run of mixed steps, one prefill chunk beside the same decodes, as the decode guard
+makes them (``engine/mixed_fold.py``).
 """
 
 from __future__ import annotations
@@ -264,9 +266,10 @@ class Replica(QueueTokens):
         self.new_prefetches: list[tuple[float, tuple[Run, ...]]] = []
         #: Plan pure-decode runs as one event (off only to test that runs change nothing).
         self.decode_runs = True
-        #: Fold a memory-bound decode run's block boundaries into its event (see
-        #: :meth:`sync`). Off by default: the runtime turns it on only if it brings the
-        #: replica up to date (:meth:`sync`) before anything reads it, as the simulator does.
+        #: Fold a memory-bound decode run's block boundaries into its event, and a run of
+        #: mixed steps into one event (see :meth:`sync`). Off by default: the runtime turns
+        #: it on only if it brings the replica up to date (:meth:`sync`) before anything
+        #: reads it, as the simulator does.
         self.fold_boundaries = False
         #: The runtime also brings every replica with a folded run up to the clock before
         #: any policy hook that may change the policy's state (``sim/fold_barrier.py``):
