@@ -2,7 +2,7 @@
 which one prompt advances a capped chunk beside the same decodes become one event, and a
 read at any instant, after ``Replica.sync``, sees exactly the state stepping one step at a
 time leaves there (each call's progress, holdings and block ages, the cache, the counters,
-the batch in its order)."""
+the batch and both queues in their order), with calls waiting too."""
 
 from __future__ import annotations
 
@@ -38,13 +38,13 @@ class WobblingGuardHooks(GuardHooks):
 
 def serve(
     fold: bool, seed: int, under_hooks: bool = False
-) -> tuple[list[tuple[float, tuple[object, ...]]], list[tuple[str, float]], int, int, int]:
+) -> tuple[list[tuple[float, object]], list[tuple[str, float]], int, int, int, int]:
     """Serve a seeded random load of long prompts and long outputs on a small cache,
     reading the replica at seeded random instants; the states read (with their instants),
-    the finished calls, the events run, the folded steps planned and those a read
-    applied mid-fold. ``under_hooks``: a keyed eviction order and a dynamic queue order
-    whose keys change with the instant alone (the runtime's barrier is the reads here:
-    nothing else asks the policy)."""
+    the finished calls, the events run, the folded steps planned (and planned while
+    calls waited) and those a read applied mid-fold. ``under_hooks``: a keyed eviction
+    order and a dynamic queue order whose keys change with the instant alone (the
+    runtime's barrier is the reads here: nothing else asks the policy)."""
     rng = random.Random(seed)
     hooks = WobblingGuardHooks() if under_hooks else GuardHooks()
     replica = make_replica(capacity=rng.randint(60, 140), budget=rng.choice([128, 256]),
@@ -68,14 +68,16 @@ def serve(
         replica.enqueue(made[-1], loop.now)
         driver._kick(replica)
 
-    reads: list[tuple[float, tuple[object, ...]]] = []
-    planned = applied = 0
+    reads: list[tuple[float, object]] = []
+    planned = planned_waiting = applied = 0
     plan = replica.plan
 
     def counting_plan(now: float) -> float | None:
-        nonlocal planned
+        nonlocal planned, planned_waiting
         end = plan(now)
         planned += len(replica._mixed)
+        if replica.waiting:
+            planned_waiting += len(replica._mixed)
         return end
 
     replica.plan = counting_plan  # type: ignore[method-assign]
@@ -85,7 +87,8 @@ def serve(
         pending = len(replica._mixed)
         replica.sync(loop.now)
         applied += pending - len(replica._mixed)
-        reads.append((loop.now, snapshot(replica, made)))
+        queues = ([r.workflow for r in replica.running], [r.workflow for r in replica.waiting])
+        reads.append((loop.now, (snapshot(replica, made), queues)))
 
     for seq in range(10, 20):
         arrival = rng.uniform(0.0, 4.0)
@@ -94,14 +97,14 @@ def serve(
         loop.at(rng.uniform(0.0, 15.0), read)
     loop.run()
     assert replica.is_idle()
-    return reads, driver.done, loop.events_run, planned, applied
+    return reads, driver.done, loop.events_run, planned, planned_waiting, applied
 
 
 @pytest.mark.parametrize("under_hooks", [False, True])
 @pytest.mark.parametrize("seed", range(10))
 def test_a_read_at_any_instant_sees_the_state_stepping_leaves(seed: int, under_hooks: bool) -> None:
-    stepped_reads, stepped_done, stepped_events, planned, _ = serve(False, seed, under_hooks)
-    folded_reads, folded_done, folded_events, _, _ = serve(True, seed, under_hooks)
+    stepped_reads, stepped_done, stepped_events, planned, _, _ = serve(False, seed, under_hooks)
+    folded_reads, folded_done, folded_events, _, _, _ = serve(True, seed, under_hooks)
     assert planned == 0
     assert folded_reads == stepped_reads
     assert folded_done == stepped_done
@@ -110,15 +113,16 @@ def test_a_read_at_any_instant_sees_the_state_stepping_leaves(seed: int, under_h
 
 @pytest.mark.parametrize("under_hooks", [False, True])
 def test_mixed_steps_fold_and_reads_apply_them_mid_fold(under_hooks: bool) -> None:
-    """Over the seeds above, mixed steps fold (fewer events) and reads land inside folds
-    (the comparison is not vacuous)."""
-    saved = planned = applied = 0
+    """Over the seeds above, mixed steps fold (fewer events), also while calls wait, and
+    reads land inside folds (the comparison is not vacuous)."""
+    saved = planned = planned_waiting = applied = 0
     for seed in range(10):
-        _, _, stepped_events, _, _ = serve(False, seed, under_hooks)
-        _, _, folded_events, folds, synced = serve(True, seed, under_hooks)
+        _, _, stepped_events, _, _, _ = serve(False, seed, under_hooks)
+        _, _, folded_events, folds, folds_waiting, synced = serve(True, seed, under_hooks)
         saved += stepped_events - folded_events
         planned += folds
+        planned_waiting += folds_waiting
         applied += synced
     assert saved > 0
-    assert planned > 0
+    assert planned > planned_waiting > 0
     assert applied > 0

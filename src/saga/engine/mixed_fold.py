@@ -20,8 +20,13 @@ The prediction stops, leaving the general path to the event at that step's end, 
   and evictable blocks left after the fold's own allocations (the general path would give
   up pins or preempt).
 
-It folds nothing when anything else could change the batch: a waiting call (admission and
-fairness preemption), a call not in the batch (a host load), a second prefilling call
+Waiting calls do not change these steps when the chunk takes all the step's prompt tokens
+(``_admit_waiting`` then has no budget to admit with; it only sorts the queue) and the batch
+has room for more calls (else planning asks the policy whether to preempt for the first
+waiting call): with calls waiting, the fold stops before a step whose chunk is smaller.
+
+It folds nothing when anything else could change the batch: the batch at ``max_num_seqs``
+with calls waiting, a call not in the batch (a host load), a second prefilling call
 (the chunks' split would depend on the queue order), a decode that is not a plain one
 (its prompt's keyed blocks not all cached, or recomputing), a prefill limit that leaves no
 room for every decode in the token budget (the chunk would depend on its place in the
@@ -67,8 +72,11 @@ def fold_mixed_steps(
     ``replica.step_end``) with the same batch, each planned at the previous one's end;
     empty when the step cannot be followed by a folded one. ``limit`` is the prefill limit
     the policy gave the step."""
-    if replica.waiting or len(batch) != len(replica.running) or not replica.decode_runs:
+    if len(batch) != len(replica.running) or not replica.decode_runs:
         return []  # (decode_runs is off when the host's other replicas time the steps)
+    waiting = bool(replica.waiting)
+    if waiting and len(batch) >= replica.config.max_num_seqs:
+        return []  # planning would ask the policy whether to preempt for the first waiting
     kv = replica.kv
     under_hooks = replica.fold_under_hooks
     if not (kv.eviction.static or under_hooks) or not (replica.hooks.static_order or under_hooks):
@@ -129,6 +137,8 @@ def fold_mixed_steps(
     while True:
         step += 1
         q = prompt_left if prompt_left < prefill else prefill
+        if waiting and q < prefill:
+            break  # the chunk leaves prompt tokens to admit a waiting call with
         # planning at the previous end: the chunk's blocks and each decode at a block's end
         grown = -(-(prompt_computed + q) // bt)
         need = grown - held if grown > held else 0

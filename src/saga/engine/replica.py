@@ -366,7 +366,8 @@ class Replica(QueueTokens):
 
     def withdraw(self, request: Request) -> bool:
         """Take a waiting call off the queue (its client left); False if not waiting."""
-        # (a waiting call: a folded run has none, and taking one off changes no step)
+        # (no sync: a folded run has no waiting call, and folded mixed steps admit none,
+        # so taking one off changes no step of theirs)
         if request not in self.waiting:
             return False
         self.waiting.remove(request)
@@ -517,7 +518,9 @@ class Replica(QueueTokens):
         step's instant, after its end and before its growth, as planning there does: the
         keys have no sorted order of their own to keep (the sequence number breaks ties),
         and the order in between decides nothing (one call prefills, every call fits the
-        budget, and which call takes a block first does not change what is evicted)."""
+        budget, and which call takes a block first does not change what is evicted). The
+        waiting calls likewise, after the growth, as ``_admit_waiting`` sorts them (with
+        no prompt tokens left it admits none)."""
         mixed = self._mixed
         if self.step_end > now:
             return
@@ -572,6 +575,9 @@ class Replica(QueueTokens):
                 request.anon_since.append([1, end])
             if not self._grow(prompt, prompt.computed + next_chunk, end):
                 raise AssertionError("a folded mixed step found no block for its chunk")
+            if step == due - 1 and self.waiting:
+                # _admit_waiting: no prompt tokens left to admit with; it sorts the queue
+                self._sort_waiting(end)
             chunk = next_chunk
             self.step_start = end
             self.step_end = next_end
