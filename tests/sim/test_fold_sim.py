@@ -26,7 +26,10 @@ def test_folding_changes_no_figure_but_the_events(policy: str) -> None:
     cluster = get_cluster("small")
     workflows = build_workload("agents", seed=3, params={}).workflows
     folded = run_policy(cluster, policy, workflows, seed=4, kv_sample_interval=5.0)
-    with patch("saga.engine.replica.fold_boundaries", lambda *args: []):
+    with (
+        patch("saga.engine.replica.fold_boundaries", lambda *args: []),
+        patch("saga.engine.replica.fold_mixed_steps", lambda *args: []),
+    ):
         stepped = run_policy(cluster, policy, workflows, seed=4, kv_sample_interval=5.0)
     assert folded.result.events < stepped.result.events  # it folded something
     assert folded.result.calls == stepped.result.calls
