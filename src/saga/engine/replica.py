@@ -19,7 +19,9 @@ the KV that is free) as one event, timed in closed form by the cost model. An
 event that reaches the replica during a run cuts it at the step boundary that
 follows, so the result equals stepping one step at a time. A runtime that syncs the
 replica before every read (the simulator) may also fold the block boundaries of a run on a
-full cache into that event (``fold_boundaries``, :meth:`Replica.sync`, ``engine/fold.py``).
+full cache into that event (``fold_boundaries``, :meth:`Replica.sync`, ``engine/fold.py``),
+and a run of mixed steps, one prefill chunk beside the same decodes, as the decode guard
+makes them (``engine/mixed_fold.py``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from saga.engine.contention import HostShare
 from saga.engine.costmodel import CostModel
 from saga.engine.fold import Fold, fold_boundaries
 from saga.engine.kvcache import EvictionOrder, KVNode, RadixKV, Run, skip_runs, take_runs
+from saga.engine.mixed_fold import MixedFold, fold_mixed_steps
 from saga.sched.decisions import Retention
 
 if TYPE_CHECKING:
@@ -263,9 +266,10 @@ class Replica(QueueTokens):
         self.new_prefetches: list[tuple[float, tuple[Run, ...]]] = []
         #: Plan pure-decode runs as one event (off only to test that runs change nothing).
         self.decode_runs = True
-        #: Fold a memory-bound decode run's block boundaries into its event (see
-        #: :meth:`sync`). Off by default: the runtime turns it on only if it brings the
-        #: replica up to date (:meth:`sync`) before anything reads it, as the simulator does.
+        #: Fold a memory-bound decode run's block boundaries into its event, and a run of
+        #: mixed steps into one event (see :meth:`sync`). Off by default: the runtime turns
+        #: it on only if it brings the replica up to date (:meth:`sync`) before anything
+        #: reads it, as the simulator does.
         self.fold_boundaries = False
         #: The runtime also brings every replica with a folded run up to the clock before
         #: any policy hook that may change the policy's state (``sim/fold_barrier.py``):
@@ -278,6 +282,15 @@ class Replica(QueueTokens):
         # the calls of the folded run, in the batch's order when it was planned (the
         # folds' positions index this; the batch's own order may change at a boundary)
         self._fold_calls: list[Request] = []
+        # The mixed steps (a prefill chunk beside decodes) folded after the current one,
+        # in order (engine/mixed_fold.py); :meth:`sync` replays each at its own instant.
+        self._mixed: list[MixedFold] = []
+        # the prefill limit the policy gave the step last formed (_form_batch)
+        self._step_limit: int | None = None
+        # the folded mixed steps' prefilling call (its position in _fold_calls) and the
+        # chunk of the step in flight
+        self._mixed_prompt = 0
+        self._mixed_chunk = 0
         self.up = True
         #: The replicas sharing this one's host cores (saga.engine.contention); None: its
         #: steps take the cost model's time whatever the others do.
@@ -344,7 +357,7 @@ class Replica(QueueTokens):
 
     # ---- the runtime's verbs -----------------------------------------------------------
     def enqueue(self, request: Request, now: float) -> None:
-        if self._folded:
+        if self._folded or self._mixed:
             self.sync(now)
         request.enqueued_at = now
         self.waiting.append(request)
@@ -353,7 +366,8 @@ class Replica(QueueTokens):
 
     def withdraw(self, request: Request) -> bool:
         """Take a waiting call off the queue (its client left); False if not waiting."""
-        # (a waiting call: a folded run has none, and taking one off changes no step)
+        # (no sync: a folded run has no waiting call, and folded mixed steps admit none,
+        # so taking one off changes no step of theirs)
         if request not in self.waiting:
             return False
         self.waiting.remove(request)
@@ -398,17 +412,26 @@ class Replica(QueueTokens):
         self.busy = True
         self.step_start = now
         self.step_end = now + duration
-        if steps > 1 and self.fold_boundaries:
-            self._folded = fold_boundaries(self, now, batch, steps)
-            if self._folded:
-                self._fold_calls = [r for r, _ in batch]
-                return self._folded[-1][0]
+        if self.fold_boundaries:
+            if steps > 1:
+                self._folded = fold_boundaries(self, now, batch, steps)
+                if self._folded:
+                    self._fold_calls = [r for r, _ in batch]
+                    return self._folded[-1][0]
+            elif not preempted:
+                self._mixed = fold_mixed_steps(self, batch, self._step_limit)
+                if self._mixed:
+                    self._fold_calls = [r for r, _ in batch]
+                    # the one call with a chunk of more than a token (mixed_fold.py)
+                    self._mixed_prompt = next(i for i, (_, q) in enumerate(batch) if q > 1)
+                    self._mixed_chunk = batch[self._mixed_prompt][1]
+                    return self._mixed[-1][0]
         return self.step_end
 
     @property
     def folded(self) -> bool:
-        """A folded run has boundaries still to apply (:meth:`sync`)."""
-        return bool(self._folded)
+        """A folded run has boundaries (or folded mixed steps) still to apply (:meth:`sync`)."""
+        return bool(self._folded or self._mixed)
 
     def sync(self, now: float) -> None:
         """Bring a folded run up to ``now``: apply each of its block boundaries that has
@@ -429,6 +452,9 @@ class Replica(QueueTokens):
         between, which is what calling this first ensures. Under a static order the
         calls' progress is added once for all the runs applied (nothing in between reads
         it); under a dynamic one at each boundary, before its queue keys are asked."""
+        if self._mixed:
+            self._sync_mixed(now)
+            return
         folded = self._folded
         if not folded or self.step_end > now:
             return
@@ -480,17 +506,97 @@ class Replica(QueueTokens):
                 request.computed += taken
                 request.generated += taken
 
+    def _sync_mixed(self, now: float) -> None:
+        """Bring folded mixed steps up to ``now``: at each passed step's end, what that
+        step's end and the planning that follows it do (``_complete``, ``_form_batch``),
+        at that instant, for the one call that prefills (its chunk, its cached blocks, its
+        recomputation's end, its blocks for the next chunk) and for the decodes that take
+        a block (``engine/mixed_fold.py`` predicted which). The decodes' progress, the same
+        token each step, is added once at the last step applied: nothing in between reads
+        it (no hook runs, no call finishes, the growth above is predicted). Under a
+        dynamic queue order the running calls are sorted once, by their keys at the last
+        step's instant, after its end and before its growth, as planning there does: the
+        keys have no sorted order of their own to keep (the sequence number breaks ties),
+        and the order in between decides nothing (one call prefills, every call fits the
+        budget, and which call takes a block first does not change what is evicted). The
+        waiting calls likewise, after the growth, as ``_admit_waiting`` sorts them (with
+        no prompt tokens left it admits none)."""
+        mixed = self._mixed
+        if self.step_end > now:
+            return
+        due = 0  # the steps' ends passed: the current step's, then each folded one's
+        boundary = self.step_end
+        while due < len(mixed) and boundary <= now:
+            boundary = mixed[due][0]
+            due += 1
+        calls = self._fold_calls
+        prompt = calls[self._mixed_prompt]
+        kv = self.kv
+        bt = self.block_tokens
+        decodes = len(calls) - 1
+        low, high = self.busy_window
+        resort = decodes > 0 and not self.hooks.static_order
+        chunk = self._mixed_chunk
+        for step in range(due):
+            next_end, next_chunk, grow = mixed[step]
+            end = self.step_end
+            # the step that ends here (_complete's step branch: the decodes emit a token,
+            # the prompt computes its chunk; no call finishes)
+            start = self.step_start
+            self.steps += 1
+            self.busy_seconds += end - start
+            self.window_busy_seconds += max(0.0, min(end, high) - max(start, low))
+            prompt.computed += chunk
+            self._step_tokens(decodes + chunk, decodes)
+            if prompt.locked_blocks < prompt.keyed_blocks:
+                self._cache_computed(prompt, end)
+            total = prompt.prompt_tokens + prompt.generated
+            if prompt.recompute_base >= 0 and prompt.computed >= min(
+                prompt.recompute_until * bt, total
+            ):
+                self._end_recompute(prompt, end)
+            if prompt.first_token_at < 0 and prompt.generated > 0:
+                prompt.first_token_at = end
+            if step == due - 1:
+                for request in calls:
+                    if request is not prompt:
+                        request.computed += due
+                        request.generated += due
+                if resort:
+                    hooks = self.hooks
+                    self.running.sort(key=lambda r: hooks.queue_key(self, r, end))
+            # planning at ``end``: each decode at a block's end takes one more, the prompt
+            # the blocks of its next chunk
+            for i in grow:
+                request = calls[i]
+                if not kv.allocate(1, end):
+                    raise AssertionError("a folded mixed step found no block to take")
+                request.anon += 1
+                request.anon_since.append([1, end])
+            if not self._grow(prompt, prompt.computed + next_chunk, end):
+                raise AssertionError("a folded mixed step found no block for its chunk")
+            if step == due - 1 and self.waiting:
+                # _admit_waiting: no prompt tokens left to admit with; it sorts the queue
+                self._sort_waiting(end)
+            chunk = next_chunk
+            self.step_start = end
+            self.step_end = next_end
+        del mixed[:due]
+        self._mixed_chunk = chunk
+        self._batch = [(r, chunk if r is prompt else 1) for r in self.running]
+
     def interrupt(self, now: float) -> float | None:
         """Cut a decode run at the first step boundary at or after ``now``.
 
         Returns the new end time if it changed (the runtime reschedules), else None.
         """
-        if self._folded:
+        if self._folded or self._mixed:
             self.sync(now)
-            if self._folded:
-                # the boundaries after the current run are no longer folded: the runtime's
-                # event moves to the current run's end, or to its cut (below)
+            if self._folded or self._mixed:
+                # the boundaries (or steps) after the current run are no longer folded: the
+                # runtime's event moves to the current run's end, or to its cut (below)
                 self._folded = []
+                self._mixed = []
                 if self._cut(now) is None:
                     self.version += 1
                 return self.step_end
@@ -519,7 +625,7 @@ class Replica(QueueTokens):
 
     def complete(self, now: float) -> list[Request]:
         """Apply the step (or run) that ends at ``now``; return the calls that finished."""
-        if self._folded:
+        if self._folded or self._mixed:
             self.sync(now)
         return self._complete(now)
 
@@ -635,7 +741,7 @@ class Replica(QueueTokens):
         if self.waiting:
             self._preempt_for_fairness(now)
         budget = self.config.max_num_batched_tokens
-        limit = hooks.prefill_limit(self, now)
+        limit = self._step_limit = hooks.prefill_limit(self, now)
         prefill = budget if limit is None else limit  # prompt tokens left to this step
         bt = self.block_tokens
         batch: list[tuple[Request, int]] = []
@@ -1014,7 +1120,7 @@ class Replica(QueueTokens):
     def prefetch(self, runs: Sequence[Run], now: float) -> int:
         """Load from the host tier the part of ``runs`` not on the GPU, leaving it
         cached and evictable, so that the next call hits. Returns blocks loaded."""
-        if self._folded:
+        if self._folded or self._mixed:
             self.sync(now)
         if self.host is None:
             return 0
@@ -1035,7 +1141,7 @@ class Replica(QueueTokens):
 
     def unpin(self, workflow: str, now: float) -> bool:
         """Release a workflow's pin (TTL expired, pressure, or the policy said so)."""
-        if self._folded:
+        if self._folded or self._mixed:
             self.sync(now)
         pin = self.pins.pop(workflow, None)
         if pin is None:
@@ -1168,9 +1274,10 @@ class Replica(QueueTokens):
         ``seq``, reset to start again elsewhere (their output so far is lost; the
         replica that takes one counts its prompt as recomputed). The runtime sets
         ``up`` again when the replica returns, with an empty cache."""
-        if self._folded:
+        if self._folded or self._mixed:
             self.sync(now)
             self._folded = []
+            self._mixed = []
         self.up = False
         self.busy = False
         self.version += 1  # the step in flight never ends

@@ -1,7 +1,8 @@
 """Folded replicas brought up to the clock before the policy acts.
 
 A replica folds a memory-bound decode run's block boundaries into one event
-(:mod:`saga.engine.fold`) and applies each later, when it is read (``Replica.sync``).
+(:mod:`saga.engine.fold`), or a run of mixed steps (:mod:`saga.engine.mixed_fold`), and
+applies each later, when it is read (``Replica.sync``).
 Under a static eviction and queue order that is exact with syncs before reads alone
 (:mod:`saga.sim.synced`). A keyed eviction order (saga, Bélády, KVFlow) or a dynamic
 queue order (saga's AFS) asks the policy at each boundary, and the policy's state changes

@@ -1,7 +1,8 @@
 """A replica as the simulator's policy sees it: brought up to the clock before each read.
 
 A replica may fold a memory-bound decode run's block boundaries into one event
-(``Replica.fold_boundaries``, :mod:`saga.engine.fold`); its state is then behind the
+(``Replica.fold_boundaries``, :mod:`saga.engine.fold`), or a run of mixed steps
+(:mod:`saga.engine.mixed_fold`); its state is then behind the
 clock until someone brings it up to date (``Replica.sync``). The policy reads replicas
 through these views, which do that first, so that it reads exactly what stepping one run
 at a time would show it at that instant.
