@@ -172,7 +172,7 @@ def run_once(
 ) -> dict[str, Any]:
     """One policy, one case, one repetition on llama.cpp: the replay's figures, in the
     shape of the vLLM runs (saga.bench.real.summarize) plus the slot actions."""
-    from saga.bench.real import run_record
+    from saga.bench.real import gateway_timings, run_record
     from saga.integrations import engines as eng
     from saga.integrations.replay import GatewayThread, replay
 
@@ -184,18 +184,24 @@ def run_once(
     load = [os.getloadavg()[0]]
     started = time.monotonic()
     actions: dict[str, int] = {}
+    action_seconds: dict[str, float] = {}
     with GatewayThread(config) as gw:  # the gateway sweeps the save folders as it starts
         result = asyncio.run(replay(gw.url, workflows, salt=salt,
                                     timeout=bench.request_timeout))
         retentions = dict(gw.gateway.metrics.retentions)
+        shift = time.monotonic() - gw.gateway.now() - result.started
+        timed = gateway_timings(gw.gateway.metrics, shift)
         for backend in gw.gateway.backends:
             for name, n in getattr(backend, "actions", {}).items():
                 actions[name] = actions.get(name, 0) + n
+            for name, seconds in getattr(backend, "action_seconds", {}).items():
+                action_seconds[name] = round(action_seconds.get(name, 0.0) + seconds, 4)
     wall = time.monotonic() - started
     load.append(os.getloadavg()[0])
     after = [eng.llama_prefix_cache(u) for u in urls]
     return run_record(result, wall, load, before, after, retentions, [],
-                      slot_actions=actions)
+                      slot_actions=actions,
+                      slot_action_seconds=action_seconds, **timed)
 
 
 def _llama_call(url: str, prompt: list[int], max_tokens: int) -> tuple[float, float]:

@@ -341,6 +341,9 @@ class LlamaCppBackend(Backend):
         self._ended_in: dict[int, str] = {}
         self._lock = asyncio.Lock()
         self.actions: dict[str, int] = {"save": 0, "restore": 0, "erase": 0}
+        # seconds each kind of slot action took, from the request to the server's answer
+        # (it waits for the server's batch in progress), failed ones included
+        self.action_seconds: dict[str, float] = {"save": 0.0, "restore": 0.0, "erase": 0.0}
         self.slot_dir = Path(config.slot_save_path) if config.slot_save_path else None
         self.deleted: dict[str, int] = {"drop": 0, "end": 0, "sweep": 0, "budget": 0}
 
@@ -495,14 +498,17 @@ class LlamaCppBackend(Backend):
         """Ask the server for a slot action; whether it was done (``quiet``: a failure
         is logged, not raised)."""
         payload = {"filename": filename} if filename is not None else {}
+        began = time.monotonic()
         try:
             await self._post_json(f"/slots/{slot}?action={action}", payload, f"slot {action}")
         except BackendError:
+            self.action_seconds[action] += time.monotonic() - began
             if not quiet:
                 raise
             # A failed restore is a cache miss: the call recomputes its prompt.
             log.warning("backend %s: slot %s of slot %d failed", self.label, action, slot)
             return False
+        self.action_seconds[action] += time.monotonic() - began
         self.actions[action] += 1
         return True
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from saga.gateway.backends import Backend, BackendError
 from saga.gateway.identity import identify
-from saga.gateway.metrics import Move
+from saga.gateway.metrics import CallPhases, Move, RetainTiming
 from saga.gateway.relay import Retryable, forward
 from saga.gateway.retain_step import RetainStep
 from saga.gateway.server import HttpRequest, Response, ResponseStream
@@ -132,8 +132,12 @@ class CallPipeline:
         extra_headers: dict[str, str] = {"x-saga-workflow": wire_id}
         step = RetainStep()  # this call's retention step, which the next call waits for
         step_handed = False
+        # when each phase of the call ended (CallPhases): admitted, the retention wait,
+        # queued, prepared, answered
+        marks = [arrived] * 5
 
         def answered() -> None:
+            marks[4] = self._gw.now()
             step.begin()
             wf.retaining = step
 
@@ -148,9 +152,10 @@ class CallPipeline:
                 await self._gw.stored_op("admitted",
                                    self._gw.store.mark_admitted(workflow_id, cfg.session_ttl))
             wf.admitted = True
+            marks[0] = self._gw.now()
             if wf.retaining is not None and not await wf.retaining.wait(cfg.retain_wait):
                 self._gw.metrics.retain_wait_timeouts += 1
-            now = self._gw.now()
+            now = marks[1] = self._gw.now()
             self._seq += 1
             seq = self._seq  # this call's: other calls move the counter while this one waits
             info = CallInfo(
@@ -169,7 +174,7 @@ class CallPipeline:
                 view = self._gw.views[index]
                 backend = self._gw.backends[index]
                 await self.acquire(index, request, tenant)
-                sent_at = self._gw.now()
+                sent_at = marks[2] = self._gw.now()
                 prepared = False
                 try:
                     view.kv.add(runs)
@@ -181,6 +186,7 @@ class CallPipeline:
                     sent = dict(data)  # the backend adapts its own copy
                     await backend.prepare(workflow_id, sent, out_headers, key, info)
                     prepared = True
+                    marks[3] = self._gw.now()
                     # what was validated goes on: the client's bytes when nothing changed
                     # (JSON readers of the engines keep the last of repeated keys, as here)
                     unchanged = not edited and _same(sent, data)
@@ -217,6 +223,9 @@ class CallPipeline:
             self._gw.views[index].learn_speed(request, self._gw.now(), usage.prompt,
                                               usage.total - usage.prompt)
             self._finish(wf, info, request, index, arrived, sent_at, usage.total, step)
+            self._gw.metrics.phases.append(CallPhases(
+                round(arrived, 3), workflow_id, info.index, index,
+                *(round(b - a, 4) for a, b in zip([arrived, *marks[:4]], marks, strict=True))))
             return response
         finally:
             if not step_handed:  # failed or abandoned: nothing to wait for
@@ -393,12 +402,15 @@ class CallPipeline:
         self, backend: Backend, workflow: str, decision: Retention, now: float,
         step: RetainStep,
     ) -> None:
+        began = self._gw.now()
         try:
             await backend.retain(workflow, decision, now)
         except BackendError:
             self._gw.metrics.retention_errors += 1
         finally:
             step.end()
+            self._gw.metrics.retain_steps.append(RetainTiming(
+                round(began, 3), workflow, decision.kind, round(self._gw.now() - began, 4)))
 
 
 def _run_now(coro: Coroutine[Any, Any, None]) -> None:
