@@ -20,7 +20,6 @@ is sent, once it has its replica) and :meth:`Backend.retain` (after it finished)
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import json
@@ -79,6 +78,11 @@ class Backend:
     retains: ClassVar[bool] = False
     #: Whether it has a host tier for ``offload`` (the policy's view then shows one).
     offloads: ClassVar[bool] = False
+    #: Whether a workflow's next call may go before :meth:`retain` is over: the backend
+    #: records a decision as soon as :meth:`retain` starts (before it first waits) and
+    #: its engine carries out what was asked in the order it was asked. Else the next
+    #: call waits for the retention step (``retain_wait``, saga.gateway.retain_step).
+    retains_in_order: ClassVar[bool] = False
 
     def __init__(
         self, index: int, config: BackendConfig, session: aiohttp.ClientSession,
@@ -310,7 +314,17 @@ class LlamaCppBackend(Backend):
     until the pin expires (while another slot can be taken); ``offload`` saves the slot to
     the server's ``--slot-save-path`` and, if the slot went to another workflow by the
     workflow's next call, restores it first (the host tier); ``drop`` erases the slot.
-    Counts of saves, restores and erases are in :attr:`actions`.
+    Counts of saves, restores and erases are in :attr:`actions`, their seconds in
+    :attr:`action_seconds`.
+
+    The slots' bookkeeping changes at once, never across a wait, and no lock is held
+    while the server carries out a slot action: llama.cpp runs a slot action between two
+    batches, so one waits for the batch in progress (up to a second on one CPU thread),
+    and holding the replica's calls for it cost each a batch. The server takes its tasks
+    in the order they arrive, so a save asked before the workflow's next call (or another
+    workflow's call in that slot, or a restore of the save) is done before it: the next
+    call need not wait for the save (:attr:`retains_in_order`). A slot being saved is
+    taken last.
 
     llama.cpp never deletes a saved slot file (its API has save, restore and erase, and
     erase only clears the slot). With ``slot_save_path`` (the directory as this gateway
@@ -324,6 +338,7 @@ class LlamaCppBackend(Backend):
     kind = "llamacpp"
     retains = True
     offloads = True
+    retains_in_order = True
 
     def __init__(
         self, index: int, config: BackendConfig, session: aiohttp.ClientSession,
@@ -339,7 +354,7 @@ class LlamaCppBackend(Backend):
         # slot -> the ended workflow whose KV it still holds: the workflow's last call may
         # end it (forget) before that call's drop decision arrives to erase the slot
         self._ended_in: dict[int, str] = {}
-        self._lock = asyncio.Lock()
+        self._saving = [0] * self.slots  # saves asked and not yet answered, per slot
         self.actions: dict[str, int] = {"save": 0, "restore": 0, "erase": 0}
         # seconds each kind of slot action took, from the request to the server's answer
         # (it waits for the server's batch in progress), failed ones included
@@ -358,7 +373,9 @@ class LlamaCppBackend(Backend):
             now = time.monotonic()
             order = list(self._lru.items())
             candidates = (
-                [s for w, s in order if not self.busy[s] and self._pinned.get(w, 0.0) <= now]
+                [s for w, s in order if not self.busy[s] and not self._saving[s]
+                 and self._pinned.get(w, 0.0) <= now]
+                or [s for w, s in order if not self.busy[s] and self._pinned.get(w, 0.0) <= now]
                 or [s for _, s in order if not self.busy[s]]
                 or [s for _, s in order]
             )
@@ -376,16 +393,21 @@ class LlamaCppBackend(Backend):
         self, workflow: str, data: dict[str, Any], headers: dict[str, str],
         key: tuple[float, ...] | None, call: CallInfo | None = None,
     ) -> None:
-        async with self._lock:
-            slot = self._lru.get(workflow)
-            if slot is not None:
-                self._lru.move_to_end(workflow)
-            else:
-                slot = self._take_slot(workflow)
-                if workflow in self._saved and not self.busy[slot]:
-                    await self._restore(slot, workflow)
-            self._pinned.pop(workflow, None)  # a pin lasts until the next call
-            self.busy[slot] += 1
+        slot = self._lru.get(workflow)
+        restore = False
+        if slot is not None:
+            self._lru.move_to_end(workflow)
+        else:
+            slot = self._take_slot(workflow)
+            restore = workflow in self._saved and not self.busy[slot]
+        self._pinned.pop(workflow, None)  # a pin lasts until the next call
+        self.busy[slot] += 1  # before the restore's wait: no other call takes the slot
+        if restore:
+            try:
+                await self._restore(slot, workflow)
+            except BaseException:  # cancelled: the call is not sent (no finished())
+                self.busy[slot] -= 1
+                raise
         data["id_slot"] = slot
         data["cache_prompt"] = True
 
@@ -400,7 +422,9 @@ class LlamaCppBackend(Backend):
         if await self._action(slot, "restore", slot_file(workflow), quiet=True):
             return
         for other, held in list(self._lru.items()):
-            if held == slot or self.busy[held] or other not in self._saved:
+            # (the slots' state as it is now: other calls went on during the waits)
+            if held == slot or self._lru.get(other) != held or self.busy[held] \
+                    or other not in self._saved:
                 continue
             del self._lru[other]
             self.owner[held] = None
@@ -416,28 +440,38 @@ class LlamaCppBackend(Backend):
             self.busy[slot] -= 1
 
     async def retain(self, workflow: str, decision: Retention, now: float) -> None:
-        async with self._lock:
-            slot = self._lru.get(workflow)
-            if decision.kind == "pin" and slot is not None:
-                self._pinned[workflow] = time.monotonic() + decision.ttl
-            elif decision.kind == "offload" and slot is not None and not self.busy[slot]:
+        """Record the decision, then ask the server for its slot action (the workflow's
+        next call need not wait for that: the class doc)."""
+        slot = self._lru.get(workflow)
+        if decision.kind == "pin" and slot is not None:
+            self._pinned[workflow] = time.monotonic() + decision.ttl
+        elif decision.kind == "offload" and slot is not None and not self.busy[slot]:
+            # a restore asked from now on comes after this save at the server
+            self._saved[workflow] = None
+            self._saved.move_to_end(workflow)
+            self._saving[slot] += 1
+            try:
                 await self._action(slot, "save", slot_file(workflow))
-                self._saved[workflow] = None
-                self._saved.move_to_end(workflow)
-                self._keep_budget()
-            elif decision.kind == "drop":
-                self._delete(workflow, "drop")
-                if slot is not None and not self.busy[slot]:
-                    del self._lru[workflow]
-                    self.owner[slot] = None
-                    self._pinned.pop(workflow, None)
-                    await self._action(slot, "erase", None)
-                elif slot is None:  # ended already: erase the slot if no one took it since
-                    ended = [s for s, w in self._ended_in.items() if w == workflow]
-                    for s in ended:
-                        del self._ended_in[s]
-                        if self.owner[s] is None and not self.busy[s]:
-                            await self._action(s, "erase", None)
+            except BackendError:
+                self._saved.pop(workflow, None)  # nothing to restore
+                raise
+            finally:
+                self._saving[slot] -= 1
+            self._keep_budget()
+        elif decision.kind == "drop":
+            self._delete(workflow, "drop")
+            if slot is not None and not self.busy[slot]:
+                del self._lru[workflow]
+                self.owner[slot] = None
+                self._pinned.pop(workflow, None)
+                await self._action(slot, "erase", None)
+            elif slot is None:  # ended already: erase the slot if no one took it since
+                ended = [s for s, w in self._ended_in.items() if w == workflow]
+                for s in ended:
+                    del self._ended_in[s]
+                for s in ended:
+                    if self.owner[s] is None and not self.busy[s]:
+                        await self._action(s, "erase", None)
 
     def forget(self, workflow: str) -> None:
         self._delete(workflow, "end")

@@ -389,6 +389,11 @@ class CallPipeline:
         m.retentions[decision.kind] += 1
         backend = self._gw.backends[index]
         if decision.kind != "release" and backend.retains:
+            if backend.retains_in_order:
+                # the retention task records the decision when it starts, which is before
+                # the gateway reads the workflow's next call (asyncio runs ready tasks in
+                # order), and the engine keeps the order: nothing for that call to wait for
+                step.end()
             self._gw.lifecycle.spawn(self._retain(backend, info.workflow, decision, now, step))
         else:
             step.end()
