@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 import aiohttp
 
 from saga.gateway.config import BackendConfig
+from saga.gateway.llama_purge import SlotPurges
 from saga.gateway.upstream import UpstreamError, UpstreamPool, UpstreamResponse
 from saga.integrations.engines import PrefixCacheStats, parse_prometheus
 from saga.sched.decisions import Retention
@@ -326,6 +327,11 @@ class LlamaCppBackend(Backend):
     call need not wait for the save (:attr:`retains_in_order`). A slot being saved is
     taken last.
 
+    With ``kv_tokens`` (the server's unified KV) the backend follows the server's purges
+    of idle slots (:mod:`saga.gateway.llama_purge`, counted in :attr:`purges`): a saved
+    workflow whose own slot was purged restores it on its next call
+    (:attr:`purge_restores`) instead of recomputing its prompt.
+
     llama.cpp never deletes a saved slot file (its API has save, restore and erase, and
     erase only clears the slot). With ``slot_save_path`` (the directory as this gateway
     sees it) the gateway deletes them: a workflow's file when it is dropped and when the
@@ -355,6 +361,9 @@ class LlamaCppBackend(Backend):
         # end it (forget) before that call's drop decision arrives to erase the slot
         self._ended_in: dict[int, str] = {}
         self._saving = [0] * self.slots  # saves asked and not yet answered, per slot
+        # the server's purges of idle slots, followed by its rule (config.kv_tokens)
+        self.purges = SlotPurges(self.slots, config.kv_tokens)
+        self.purge_restores = 0  # restores of a saved workflow whose own slot was purged
         self.actions: dict[str, int] = {"save": 0, "restore": 0, "erase": 0}
         # seconds each kind of slot action took, from the request to the server's answer
         # (it waits for the server's batch in progress), failed ones included
@@ -394,9 +403,12 @@ class LlamaCppBackend(Backend):
         key: tuple[float, ...] | None, call: CallInfo | None = None,
     ) -> None:
         slot = self._lru.get(workflow)
-        restore = False
         if slot is not None:
             self._lru.move_to_end(workflow)
+            # its slot is its own, but the server may have purged it (llama_purge)
+            restore = self.purges.purged[slot] and workflow in self._saved \
+                and not self.busy[slot]
+            self.purge_restores += restore
         else:
             slot = self._take_slot(workflow)
             restore = workflow in self._saved and not self.busy[slot]
@@ -408,6 +420,11 @@ class LlamaCppBackend(Backend):
             except BaseException:  # cancelled: the call is not sent (no finished())
                 self.busy[slot] -= 1
                 raise
+        # what the call may fill: its prompt (the gateway's estimate) and its output limit
+        limit = data.get("max_completion_tokens") or data.get("max_tokens") or 0
+        fill = (call.prompt_tokens if call is not None else 0) + \
+            (limit if isinstance(limit, int) else 0)
+        self.purges.charge(slot, fill, self.busy)
         data["id_slot"] = slot
         data["cache_prompt"] = True
 
@@ -429,6 +446,7 @@ class LlamaCppBackend(Backend):
             del self._lru[other]
             self.owner[held] = None
             self._pinned.pop(other, None)
+            self.purges.emptied(held)
             if not await self._action(held, "erase", None, quiet=True):
                 return
             if await self._action(slot, "restore", slot_file(workflow), quiet=True):
@@ -464,6 +482,7 @@ class LlamaCppBackend(Backend):
                 del self._lru[workflow]
                 self.owner[slot] = None
                 self._pinned.pop(workflow, None)
+                self.purges.emptied(slot)
                 await self._action(slot, "erase", None)
             elif slot is None:  # ended already: erase the slot if no one took it since
                 ended = [s for s, w in self._ended_in.items() if w == workflow]
@@ -471,6 +490,7 @@ class LlamaCppBackend(Backend):
                     del self._ended_in[s]
                 for s in ended:
                     if self.owner[s] is None and not self.busy[s]:
+                        self.purges.emptied(s)
                         await self._action(s, "erase", None)
 
     def forget(self, workflow: str) -> None:
