@@ -5,7 +5,8 @@ whether it ends) → admission (the policy may defer the workflow: the call wait
 gets a 429 after ``max_defer``) → the wait for the workflow's previous retention step
 (:mod:`.retain_step`) → placement (the policy, or the workflow's home replica from the
 store) → the backend's queue (a concurrency slot, weighted fair across tenants: the view's
-queue, :mod:`.view`) → relay (:mod:`.relay`; a backend that fails before any byte reached
+queue, :mod:`.view`; within a tenant in the policy's order when the engine takes no
+priority) → relay (:mod:`.relay`; a backend that fails before any byte reached
 the client is retried elsewhere, within ``retries`` and the retry budget) → finish (the
 policy learns the call ended and decides retention, which the backend carries out in the
 background).
@@ -363,7 +364,14 @@ class CallPipeline:
             call.slot = None
 
     def release(self, index: int, call: GatewayCall) -> None:
-        for started in self._gw.views[index].finish(call, self._gw.now(), _still_waiting):
+        view, now = self._gw.views[index], self._gw.now()
+        order = None
+        if self._custom_priority and not self._gw.backends[index].takes_priority:
+            # the engine takes no priority (llama.cpp): the policy's order applies here,
+            # at the gateway's queue in front of it
+            def order(waiting: GatewayCall) -> tuple[float, ...]:
+                return self._gw.policy.queue_key(view, waiting, now)
+        for started in view.finish(call, now, _still_waiting, order):
             assert started.slot is not None
             started.slot.set_result(None)
 
