@@ -147,6 +147,34 @@ def test_view_queue_is_fair_across_tenants_by_weight() -> None:
     view.check_queue_tokens()
 
 
+def test_view_queue_starts_a_tenants_lowest_keyed_call_in_its_turn() -> None:
+    """For an engine that takes no priority, the policy's queue key orders each tenant's
+    waiting calls; the tenants' turns (fair tags) stay as they were."""
+    from saga.gateway.view import RemoteReplicaView
+
+    view = RemoteReplicaView(0, capacity_blocks=64, block_tokens=16, max_concurrency=1)
+    first, *heavy = _calls(4)
+    light = GatewayCall(
+        CallInfo("x", "light", "a", "c0", 0, None, 100, (), 0.0, 0.0, None, False), 32, 16, 9, 0.0
+    )
+    assert view.try_start(first, 0.0)
+    for call in heavy:
+        view.enqueue(call, 1.0)
+    view.enqueue(light, 1.0)
+    keys = {"w2": 3.0, "w3": 2.0, "w4": 1.0, "x": 9.0}  # the heavy tenant's last call first
+
+    def order(call: GatewayCall) -> tuple[float, ...]:
+        return (keys[call.workflow],)
+
+    # without an order: heavy[0] (w2), light, heavy[1], heavy[2] (the fair test above)
+    assert view.finish(first, 1.0, lambda call: True, order) == [heavy[2]]
+    assert view.finish(heavy[2], 2.0, lambda call: True, order) == [light]  # light's turn
+    assert view.finish(light, 3.0, lambda call: True, order) == [heavy[1]]
+    assert view.finish(heavy[1], 4.0, lambda call: True, order) == [heavy[0]]
+    assert view.waiting == []
+    view.check_queue_tokens()
+
+
 def test_view_keeps_the_pins_the_policy_asked_for() -> None:
     """Pins are stored as the protocol says (``.expires``), so ``Policy.unpin_order`` reads
     them; the next call of the workflow, an unpin or expiry lets them go."""

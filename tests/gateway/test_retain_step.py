@@ -52,6 +52,7 @@ class HintingBackend:
     takes_priority = False
     retains = True
     offloads = False
+    retains_in_order = False
 
     def __init__(self) -> None:
         self.hints: dict[str, float] = {}
@@ -80,13 +81,14 @@ class HintingBackend:
             self.hints[workflow] = decision.ttl
 
 
-def _gateway(retain_wait: float = 1.0) -> tuple[Gateway, HintingBackend]:
+def _gateway(retain_wait: float = 1.0, in_order: bool = False) -> tuple[Gateway, HintingBackend]:
     config = GatewayConfig.model_validate({
         "cluster": "small", "backends": [{"url": "http://127.0.0.1:1"}],
         "retain_wait": retain_wait,
     })
     gateway = Gateway(config)
     backend = HintingBackend()
+    backend.retains_in_order = in_order
     gateway.backends = [backend]  # type: ignore[list-item]
 
     def pin(replica: ReplicaView, request: CallView, now: float) -> Retention:
@@ -140,6 +142,28 @@ def test_a_hung_retention_step_holds_the_next_call_only_for_retain_wait() -> Non
     asyncio.run(run())
     assert backend.sent == [None, None]  # no hint to carry: the step never stored it
     assert gateway.metrics.retain_wait_timeouts == 1
+
+
+def test_a_backend_that_retains_in_order_does_not_hold_the_next_call() -> None:
+    # llama.cpp's backend: it records the decision as its step starts and the server runs
+    # the slot actions in order, so the next call goes while the step is still running
+    gateway, backend = _gateway(in_order=True)
+
+    async def run() -> None:
+        assert (await gateway.handle(_call(0))).status == 200
+        await _settle()
+        assert len(backend.held) == 1  # the step runs, held
+        assert (await gateway.handle(_call(1))).status == 200  # sent without waiting
+        assert len(backend.sent) == 2
+        for gate in backend.held:
+            gate.set()
+        await _settle()
+
+    asyncio.run(run())
+    assert gateway.metrics.retain_wait_timeouts == 0
+    # the steps ran to their end, and were timed (Metrics.retain_steps)
+    assert [(r.workflow, r.kind) for r in gateway.metrics.retain_steps] == [
+        ("default/w", "pin"), ("default/w", "pin")]
 
 
 def test_a_call_sent_while_another_is_answered_does_not_wait_for_it() -> None:

@@ -95,11 +95,12 @@ def test_a_slot_per_workflow_and_its_kv_reused(gateway: GatewayThread) -> None:
 
 
 def test_offload_saves_and_the_next_call_restores(gateway: GatewayThread) -> None:
+    saved = [_backend(gateway, i).actions["save"] for i in range(2)]
     home, _ = _call(gateway, "o-main", f"o-main {TEXT}")
     backend = _backend(gateway, home)
-    _wait(lambda: "default/o-main" in backend._saved)
-    saves, restores = backend.actions["save"], backend.actions["restore"]
-    assert saves >= 1
+    # the save is recorded as its step starts; wait for the server to have done it
+    _wait(lambda: "default/o-main" in backend._saved and backend.actions["save"] > saved[home])
+    restores = backend.actions["restore"]
     # other workflows take both of that replica's slots
     taken = 0
     for k in range(20):

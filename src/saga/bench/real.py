@@ -357,6 +357,7 @@ def _run_once(
         # on the replay's clock (the gateway's counts from when it was built)
         shift = time.monotonic() - gw.gateway.now() - result.started
         moves = [[round(m.at + shift, 3), *m[1:]] for m in gw.gateway.metrics.moves]
+        timed = gateway_timings(gw.gateway.metrics, shift)
         lookups = [list(v.prefix_lookups) for v in gw.gateway.views]
         for view in gw.gateway.views:
             view.events = None
@@ -365,7 +366,17 @@ def _run_once(
     after = [eng.vllm_prefix_cache(u) for u in urls]
     learned = {} if speed is None else {"engine_speed": [speed.factor, speed.samples]}
     return run_record(result, wall, load, before, after, retentions, lookups,
-                      gateway_stalls=gateway_stalls, moves=moves, **learned)
+                      gateway_stalls=gateway_stalls, moves=moves, **timed, **learned)
+
+
+def gateway_timings(metrics: Any, shift: float) -> dict[str, list[list[Any]]]:
+    """The gateway's per-call phases and retention steps (saga.gateway.metrics.CallPhases,
+    RetainTiming) as run-record fields, their instants moved by ``shift`` seconds onto the
+    replay's clock."""
+    return {
+        "phases": [[round(p.at + shift, 3), *p[1:]] for p in metrics.phases],
+        "retain_steps": [[round(r.at + shift, 3), *r[1:]] for r in metrics.retain_steps],
+    }
 
 
 def run_record(
@@ -390,6 +401,8 @@ def run_record(
         # per call: workflow, index, sent (s), latency (s), replica, status, prompt and
         # cached tokens (saga.integrations.replay.CallRecord)
         "call_log": [list(dataclasses.astuple(c)) for c in result.call_log],
+        # per call the engine timed (llama.cpp): workflow, index, prefill and decode seconds
+        "engine_timings": [list(t) for t in result.engine_timings],
         **extra,
     }
 

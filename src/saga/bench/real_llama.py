@@ -159,7 +159,10 @@ def gateway_config(
         "policy": policy, "cluster": cluster, "block_tokens": bench.block_tokens,
         "backends": [{"url": u, "kind": "llamacpp", "name": f"llamacpp-{i}",
                       "slots": settings.slots, "max_concurrency": settings.concurrency,
-                      "slot_save_path": str(save)}
+                      "slot_save_path": str(save),
+                      # the unified KV the servers run with: the gateway follows their
+                      # purges of idle slots (saga.gateway.llama_purge)
+                      "kv_tokens": settings.ctx_size}
                      for i, (u, save) in enumerate(replicas)],
         "request_timeout": bench.request_timeout, "sticky_sessions": False,
         "max_defer": bench.max_defer,
@@ -172,7 +175,7 @@ def run_once(
 ) -> dict[str, Any]:
     """One policy, one case, one repetition on llama.cpp: the replay's figures, in the
     shape of the vLLM runs (saga.bench.real.summarize) plus the slot actions."""
-    from saga.bench.real import run_record
+    from saga.bench.real import gateway_timings, run_record
     from saga.integrations import engines as eng
     from saga.integrations.replay import GatewayThread, replay
 
@@ -181,21 +184,61 @@ def run_once(
         erase_slots(url, settings.slots)
     config = gateway_config(bench, settings, replicas, policy, cluster)
     before = [eng.llama_prefix_cache(u) for u in urls]
+    logs = [server_log(u, save) for u, save in replicas]
+    offsets = [_size(path) for path in logs]
     load = [os.getloadavg()[0]]
     started = time.monotonic()
     actions: dict[str, int] = {}
+    action_seconds: dict[str, float] = {}
+    followed = {"purges_followed": 0, "purge_restores": 0}
     with GatewayThread(config) as gw:  # the gateway sweeps the save folders as it starts
         result = asyncio.run(replay(gw.url, workflows, salt=salt,
                                     timeout=bench.request_timeout))
         retentions = dict(gw.gateway.metrics.retentions)
+        shift = time.monotonic() - gw.gateway.now() - result.started
+        timed = gateway_timings(gw.gateway.metrics, shift)
         for backend in gw.gateway.backends:
             for name, n in getattr(backend, "actions", {}).items():
                 actions[name] = actions.get(name, 0) + n
+            for name, seconds in getattr(backend, "action_seconds", {}).items():
+                action_seconds[name] = round(action_seconds.get(name, 0.0) + seconds, 4)
+            purges = getattr(backend, "purges", None)
+            if purges is not None:
+                followed["purges_followed"] += purges.count
+                followed["purge_restores"] += getattr(backend, "purge_restores", 0)
     wall = time.monotonic() - started
     load.append(os.getloadavg()[0])
     after = [eng.llama_prefix_cache(u) for u in urls]
+    # the idle slots the servers purged (their log's "purging slot" lines), beside the
+    # purges the gateway followed (saga.gateway.llama_purge)
+    purged = sum(_count_after(path, offset, b"purging slot")
+                 for path, offset in zip(logs, offsets, strict=True))
     return run_record(result, wall, load, before, after, retentions, [],
-                      slot_actions=actions)
+                      slot_actions=actions, slot_action_seconds=action_seconds,
+                      purges_logged=purged, **followed, **timed)
+
+
+def server_log(url: str, save: Path) -> Path:
+    """The log of the replica at ``url`` (saga.integrations.engines.start_llamacpp writes
+    it beside the slot-save folder, in the log folder :func:`start_llama` gave it)."""
+    return save.parent / f"llamacpp-{url.rsplit(':', 1)[1]}.log"
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _count_after(path: Path, offset: int, needle: bytes) -> int:
+    """Occurrences of ``needle`` in ``path`` past ``offset`` bytes (0 without the file)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            return f.read().count(needle)
+    except OSError:
+        return 0
 
 
 def _llama_call(url: str, prompt: list[int], max_tokens: int) -> tuple[float, float]:

@@ -20,7 +20,6 @@ is sent, once it has its replica) and :meth:`Backend.retain` (after it finished)
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import json
@@ -34,6 +33,7 @@ from typing import Any, ClassVar
 import aiohttp
 
 from saga.gateway.config import BackendConfig
+from saga.gateway.llama_purge import SlotPurges
 from saga.gateway.upstream import UpstreamError, UpstreamPool, UpstreamResponse
 from saga.integrations.engines import PrefixCacheStats, parse_prometheus
 from saga.sched.decisions import Retention
@@ -79,6 +79,11 @@ class Backend:
     retains: ClassVar[bool] = False
     #: Whether it has a host tier for ``offload`` (the policy's view then shows one).
     offloads: ClassVar[bool] = False
+    #: Whether a workflow's next call may go before :meth:`retain` is over: the backend
+    #: records a decision as soon as :meth:`retain` starts (before it first waits) and
+    #: its engine carries out what was asked in the order it was asked. Else the next
+    #: call waits for the retention step (``retain_wait``, saga.gateway.retain_step).
+    retains_in_order: ClassVar[bool] = False
 
     def __init__(
         self, index: int, config: BackendConfig, session: aiohttp.ClientSession,
@@ -310,7 +315,22 @@ class LlamaCppBackend(Backend):
     until the pin expires (while another slot can be taken); ``offload`` saves the slot to
     the server's ``--slot-save-path`` and, if the slot went to another workflow by the
     workflow's next call, restores it first (the host tier); ``drop`` erases the slot.
-    Counts of saves, restores and erases are in :attr:`actions`.
+    Counts of saves, restores and erases are in :attr:`actions`, their seconds in
+    :attr:`action_seconds`.
+
+    The slots' bookkeeping changes at once, never across a wait, and no lock is held
+    while the server carries out a slot action: llama.cpp runs a slot action between two
+    batches, so one waits for the batch in progress (up to a second on one CPU thread),
+    and holding the replica's calls for it cost each a batch. The server takes its tasks
+    in the order they arrive, so a save asked before the workflow's next call (or another
+    workflow's call in that slot, or a restore of the save) is done before it: the next
+    call need not wait for the save (:attr:`retains_in_order`). A slot being saved is
+    taken last.
+
+    With ``kv_tokens`` (the server's unified KV) the backend follows the server's purges
+    of idle slots (:mod:`saga.gateway.llama_purge`, counted in :attr:`purges`): a saved
+    workflow whose own slot was purged restores it on its next call
+    (:attr:`purge_restores`) instead of recomputing its prompt.
 
     llama.cpp never deletes a saved slot file (its API has save, restore and erase, and
     erase only clears the slot). With ``slot_save_path`` (the directory as this gateway
@@ -324,6 +344,7 @@ class LlamaCppBackend(Backend):
     kind = "llamacpp"
     retains = True
     offloads = True
+    retains_in_order = True
 
     def __init__(
         self, index: int, config: BackendConfig, session: aiohttp.ClientSession,
@@ -339,8 +360,14 @@ class LlamaCppBackend(Backend):
         # slot -> the ended workflow whose KV it still holds: the workflow's last call may
         # end it (forget) before that call's drop decision arrives to erase the slot
         self._ended_in: dict[int, str] = {}
-        self._lock = asyncio.Lock()
+        self._saving = [0] * self.slots  # saves asked and not yet answered, per slot
+        # the server's purges of idle slots, followed by its rule (config.kv_tokens)
+        self.purges = SlotPurges(self.slots, config.kv_tokens)
+        self.purge_restores = 0  # restores of a saved workflow whose own slot was purged
         self.actions: dict[str, int] = {"save": 0, "restore": 0, "erase": 0}
+        # seconds each kind of slot action took, from the request to the server's answer
+        # (it waits for the server's batch in progress), failed ones included
+        self.action_seconds: dict[str, float] = {"save": 0.0, "restore": 0.0, "erase": 0.0}
         self.slot_dir = Path(config.slot_save_path) if config.slot_save_path else None
         self.deleted: dict[str, int] = {"drop": 0, "end": 0, "sweep": 0, "budget": 0}
 
@@ -355,7 +382,9 @@ class LlamaCppBackend(Backend):
             now = time.monotonic()
             order = list(self._lru.items())
             candidates = (
-                [s for w, s in order if not self.busy[s] and self._pinned.get(w, 0.0) <= now]
+                [s for w, s in order if not self.busy[s] and not self._saving[s]
+                 and self._pinned.get(w, 0.0) <= now]
+                or [s for w, s in order if not self.busy[s] and self._pinned.get(w, 0.0) <= now]
                 or [s for _, s in order if not self.busy[s]]
                 or [s for _, s in order]
             )
@@ -373,16 +402,29 @@ class LlamaCppBackend(Backend):
         self, workflow: str, data: dict[str, Any], headers: dict[str, str],
         key: tuple[float, ...] | None, call: CallInfo | None = None,
     ) -> None:
-        async with self._lock:
-            slot = self._lru.get(workflow)
-            if slot is not None:
-                self._lru.move_to_end(workflow)
-            else:
-                slot = self._take_slot(workflow)
-                if workflow in self._saved and not self.busy[slot]:
-                    await self._restore(slot, workflow)
-            self._pinned.pop(workflow, None)  # a pin lasts until the next call
-            self.busy[slot] += 1
+        slot = self._lru.get(workflow)
+        if slot is not None:
+            self._lru.move_to_end(workflow)
+            # its slot is its own, but the server may have purged it (llama_purge)
+            restore = self.purges.purged[slot] and workflow in self._saved \
+                and not self.busy[slot]
+            self.purge_restores += restore
+        else:
+            slot = self._take_slot(workflow)
+            restore = workflow in self._saved and not self.busy[slot]
+        self._pinned.pop(workflow, None)  # a pin lasts until the next call
+        self.busy[slot] += 1  # before the restore's wait: no other call takes the slot
+        if restore:
+            try:
+                await self._restore(slot, workflow)
+            except BaseException:  # cancelled: the call is not sent (no finished())
+                self.busy[slot] -= 1
+                raise
+        # what the call may fill: its prompt (the gateway's estimate) and its output limit
+        limit = data.get("max_completion_tokens") or data.get("max_tokens") or 0
+        fill = (call.prompt_tokens if call is not None else 0) + \
+            (limit if isinstance(limit, int) else 0)
+        self.purges.charge(slot, fill, self.busy)
         data["id_slot"] = slot
         data["cache_prompt"] = True
 
@@ -397,11 +439,14 @@ class LlamaCppBackend(Backend):
         if await self._action(slot, "restore", slot_file(workflow), quiet=True):
             return
         for other, held in list(self._lru.items()):
-            if held == slot or self.busy[held] or other not in self._saved:
+            # (the slots' state as it is now: other calls went on during the waits)
+            if held == slot or self._lru.get(other) != held or self.busy[held] \
+                    or other not in self._saved:
                 continue
             del self._lru[other]
             self.owner[held] = None
             self._pinned.pop(other, None)
+            self.purges.emptied(held)
             if not await self._action(held, "erase", None, quiet=True):
                 return
             if await self._action(slot, "restore", slot_file(workflow), quiet=True):
@@ -413,28 +458,40 @@ class LlamaCppBackend(Backend):
             self.busy[slot] -= 1
 
     async def retain(self, workflow: str, decision: Retention, now: float) -> None:
-        async with self._lock:
-            slot = self._lru.get(workflow)
-            if decision.kind == "pin" and slot is not None:
-                self._pinned[workflow] = time.monotonic() + decision.ttl
-            elif decision.kind == "offload" and slot is not None and not self.busy[slot]:
+        """Record the decision, then ask the server for its slot action (the workflow's
+        next call need not wait for that: the class doc)."""
+        slot = self._lru.get(workflow)
+        if decision.kind == "pin" and slot is not None:
+            self._pinned[workflow] = time.monotonic() + decision.ttl
+        elif decision.kind == "offload" and slot is not None and not self.busy[slot]:
+            # a restore asked from now on comes after this save at the server
+            self._saved[workflow] = None
+            self._saved.move_to_end(workflow)
+            self._saving[slot] += 1
+            try:
                 await self._action(slot, "save", slot_file(workflow))
-                self._saved[workflow] = None
-                self._saved.move_to_end(workflow)
-                self._keep_budget()
-            elif decision.kind == "drop":
-                self._delete(workflow, "drop")
-                if slot is not None and not self.busy[slot]:
-                    del self._lru[workflow]
-                    self.owner[slot] = None
-                    self._pinned.pop(workflow, None)
-                    await self._action(slot, "erase", None)
-                elif slot is None:  # ended already: erase the slot if no one took it since
-                    ended = [s for s, w in self._ended_in.items() if w == workflow]
-                    for s in ended:
-                        del self._ended_in[s]
-                        if self.owner[s] is None and not self.busy[s]:
-                            await self._action(s, "erase", None)
+            except BackendError:
+                self._saved.pop(workflow, None)  # nothing to restore
+                raise
+            finally:
+                self._saving[slot] -= 1
+            self._keep_budget()
+        elif decision.kind == "drop":
+            self._delete(workflow, "drop")
+            if slot is not None and not self.busy[slot]:
+                del self._lru[workflow]
+                self.owner[slot] = None
+                self._pinned.pop(workflow, None)
+                self.purges.emptied(slot)
+                await self._action(slot, "erase", None)
+            elif slot is None:  # ended already: erase the slot if no one took it since
+                ended = [s for s, w in self._ended_in.items() if w == workflow]
+                for s in ended:
+                    del self._ended_in[s]
+                for s in ended:
+                    if self.owner[s] is None and not self.busy[s]:
+                        self.purges.emptied(s)
+                        await self._action(s, "erase", None)
 
     def forget(self, workflow: str) -> None:
         self._delete(workflow, "end")
@@ -495,14 +552,17 @@ class LlamaCppBackend(Backend):
         """Ask the server for a slot action; whether it was done (``quiet``: a failure
         is logged, not raised)."""
         payload = {"filename": filename} if filename is not None else {}
+        began = time.monotonic()
         try:
             await self._post_json(f"/slots/{slot}?action={action}", payload, f"slot {action}")
         except BackendError:
+            self.action_seconds[action] += time.monotonic() - began
             if not quiet:
                 raise
             # A failed restore is a cache miss: the call recomputes its prompt.
             log.warning("backend %s: slot %s of slot %d failed", self.label, action, slot)
             return False
+        self.action_seconds[action] += time.monotonic() - began
         self.actions[action] += 1
         return True
 

@@ -42,6 +42,13 @@ class BackendConfig(BaseModel):
         description="kind = llamacpp: the server's slots (its --parallel); one per active "
         "workflow, least recently used first to go.",
     )
+    kv_tokens: int = Field(
+        0, ge=0,
+        description="kind = llamacpp: the server's KV in tokens when its slots share one "
+        "buffer (--kv-unified: its --ctx-size). The gateway then follows the server's "
+        "purge of idle slots (lowest slot first, when a prompt finds no room) and restores "
+        "a saved workflow whose own slot was purged. 0: not followed.",
+    )
     name: str | None = Field(None, description="Name in metrics (default: the URL).")
     max_concurrency: int = Field(
         256, ge=1, description="Most calls in flight at this backend; more wait at the gateway."

@@ -44,6 +44,33 @@ class Move(NamedTuple):
     speed: float  # the engines' learned speed (1.0: not learned)
 
 
+#: Call records kept by :attr:`Metrics.phases`, retention steps by :attr:`Metrics.retain_steps`.
+PHASES_KEPT = 4096
+
+
+class CallPhases(NamedTuple):
+    """Where one answered call's time went at the gateway, in seconds (its gateway clock)."""
+
+    at: float  # when it arrived
+    workflow: str
+    call: int  # the call's index in its workflow
+    replica: int
+    door: float  # held by admission (the policy's deferral)
+    retain_wait: float  # waiting for the workflow's previous retention step
+    queue: float  # waiting for a concurrency slot of its replica (the view's queue)
+    prepare: float  # the backend's adaptation (llama.cpp: its slot; a restore included)
+    upstream: float  # sent to the engine until its answer was complete at the gateway
+
+
+class RetainTiming(NamedTuple):
+    """One retention decision carried out by a backend, and how long that took."""
+
+    at: float  # when it began (the gateway's clock)
+    workflow: str
+    kind: str
+    seconds: float
+
+
 class Metrics:
     """Everything ``/metrics`` reports that the gateway counts itself."""
 
@@ -74,6 +101,10 @@ class Metrics:
         # (tokens), calls in flight and the workflow's prefix it held (blocks), with the
         # engines' learned speed (for `saga bench real`'s record, not /metrics)
         self.moves: deque[Move] = deque(maxlen=MOVES_KEPT)
+        # the last PHASES_KEPT answered calls' time at the gateway, and the last retention
+        # steps carried out (for `saga bench real`'s per-call record, not /metrics)
+        self.phases: deque[CallPhases] = deque(maxlen=PHASES_KEPT)
+        self.retain_steps: deque[RetainTiming] = deque(maxlen=PHASES_KEPT)
 
 
 def _esc(value: str) -> str:

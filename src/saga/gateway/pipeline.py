@@ -5,7 +5,8 @@ whether it ends) → admission (the policy may defer the workflow: the call wait
 gets a 429 after ``max_defer``) → the wait for the workflow's previous retention step
 (:mod:`.retain_step`) → placement (the policy, or the workflow's home replica from the
 store) → the backend's queue (a concurrency slot, weighted fair across tenants: the view's
-queue, :mod:`.view`) → relay (:mod:`.relay`; a backend that fails before any byte reached
+queue, :mod:`.view`; within a tenant in the policy's order when the engine takes no
+priority) → relay (:mod:`.relay`; a backend that fails before any byte reached
 the client is retried elsewhere, within ``retries`` and the retry budget) → finish (the
 policy learns the call ended and decides retention, which the backend carries out in the
 background).
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from saga.gateway.backends import Backend, BackendError
 from saga.gateway.identity import identify
-from saga.gateway.metrics import Move
+from saga.gateway.metrics import CallPhases, Move, RetainTiming
 from saga.gateway.relay import Retryable, forward
 from saga.gateway.retain_step import RetainStep
 from saga.gateway.server import HttpRequest, Response, ResponseStream
@@ -132,8 +133,12 @@ class CallPipeline:
         extra_headers: dict[str, str] = {"x-saga-workflow": wire_id}
         step = RetainStep()  # this call's retention step, which the next call waits for
         step_handed = False
+        # when each phase of the call ended (CallPhases): admitted, the retention wait,
+        # queued, prepared, answered
+        marks = [arrived] * 5
 
         def answered() -> None:
+            marks[4] = self._gw.now()
             step.begin()
             wf.retaining = step
 
@@ -148,9 +153,10 @@ class CallPipeline:
                 await self._gw.stored_op("admitted",
                                    self._gw.store.mark_admitted(workflow_id, cfg.session_ttl))
             wf.admitted = True
+            marks[0] = self._gw.now()
             if wf.retaining is not None and not await wf.retaining.wait(cfg.retain_wait):
                 self._gw.metrics.retain_wait_timeouts += 1
-            now = self._gw.now()
+            now = marks[1] = self._gw.now()
             self._seq += 1
             seq = self._seq  # this call's: other calls move the counter while this one waits
             info = CallInfo(
@@ -169,7 +175,7 @@ class CallPipeline:
                 view = self._gw.views[index]
                 backend = self._gw.backends[index]
                 await self.acquire(index, request, tenant)
-                sent_at = self._gw.now()
+                sent_at = marks[2] = self._gw.now()
                 prepared = False
                 try:
                     view.kv.add(runs)
@@ -181,6 +187,7 @@ class CallPipeline:
                     sent = dict(data)  # the backend adapts its own copy
                     await backend.prepare(workflow_id, sent, out_headers, key, info)
                     prepared = True
+                    marks[3] = self._gw.now()
                     # what was validated goes on: the client's bytes when nothing changed
                     # (JSON readers of the engines keep the last of repeated keys, as here)
                     unchanged = not edited and _same(sent, data)
@@ -217,6 +224,9 @@ class CallPipeline:
             self._gw.views[index].learn_speed(request, self._gw.now(), usage.prompt,
                                               usage.total - usage.prompt)
             self._finish(wf, info, request, index, arrived, sent_at, usage.total, step)
+            self._gw.metrics.phases.append(CallPhases(
+                round(arrived, 3), workflow_id, info.index, index,
+                *(round(b - a, 4) for a, b in zip([arrived, *marks[:4]], marks, strict=True))))
             return response
         finally:
             if not step_handed:  # failed or abandoned: nothing to wait for
@@ -354,7 +364,14 @@ class CallPipeline:
             call.slot = None
 
     def release(self, index: int, call: GatewayCall) -> None:
-        for started in self._gw.views[index].finish(call, self._gw.now(), _still_waiting):
+        view, now = self._gw.views[index], self._gw.now()
+        order = None
+        if self._custom_priority and not self._gw.backends[index].takes_priority:
+            # the engine takes no priority (llama.cpp): the policy's order applies here,
+            # at the gateway's queue in front of it
+            def order(waiting: GatewayCall) -> tuple[float, ...]:
+                return self._gw.policy.queue_key(view, waiting, now)
+        for started in view.finish(call, now, _still_waiting, order):
             assert started.slot is not None
             started.slot.set_result(None)
 
@@ -380,6 +397,11 @@ class CallPipeline:
         m.retentions[decision.kind] += 1
         backend = self._gw.backends[index]
         if decision.kind != "release" and backend.retains:
+            if backend.retains_in_order:
+                # the retention task records the decision when it starts, which is before
+                # the gateway reads the workflow's next call (asyncio runs ready tasks in
+                # order), and the engine keeps the order: nothing for that call to wait for
+                step.end()
             self._gw.lifecycle.spawn(self._retain(backend, info.workflow, decision, now, step))
         else:
             step.end()
@@ -393,12 +415,15 @@ class CallPipeline:
         self, backend: Backend, workflow: str, decision: Retention, now: float,
         step: RetainStep,
     ) -> None:
+        began = self._gw.now()
         try:
             await backend.retain(workflow, decision, now)
         except BackendError:
             self._gw.metrics.retention_errors += 1
         finally:
             step.end()
+            self._gw.metrics.retain_steps.append(RetainTiming(
+                round(began, 3), workflow, decision.kind, round(self._gw.now() - began, 4)))
 
 
 def _run_now(coro: Coroutine[Any, Any, None]) -> None:

@@ -379,16 +379,22 @@ class RemoteReplicaView:
 
     def finish(
         self, call: GatewayCall, now: float, startable: Callable[[GatewayCall], bool],
+        order: Callable[[GatewayCall], tuple[float, ...]] | None = None,
     ) -> list[GatewayCall]:
         """``call`` gave its slot back: start waiting calls, fair order, while slots are
         free; return them. A waiting call for which ``startable`` is false (its client is
-        leaving) is dropped from the queue instead."""
+        leaving) is dropped from the queue instead. With ``order`` (a policy's queue key,
+        lower first: for an engine that takes no priority, the gateway's queue is where
+        the policy's order applies), the tenant whose turn it is starts its waiting call
+        of the lowest key rather than its oldest (:meth:`_lowest_first`)."""
         if self.speed is not None:  # only learn_speed reads it
             call.prefill_end = self._prefills().get(id(call), (0.0, math.inf))[1]
         self.running.remove(call)
         self._count_running(call, -1)
         started = []
         while self._queue and len(self.running) < self.max_concurrency:
+            if order is not None:
+                self._lowest_first(order)
             tag, _, waiter = heapq.heappop(self._queue)
             self._count_waiting(waiter, -1)
             if not startable(waiter):
@@ -397,6 +403,24 @@ class RemoteReplicaView:
             self._start(waiter, now)
             started.append(waiter)
         return started
+
+    def _lowest_first(self, order: Callable[[GatewayCall], tuple[float, ...]]) -> None:
+        """Put the lowest-keyed waiting call of the head's tenant at the head. The fair
+        queue's tags stay where they are (each tenant keeps its turns, so fairness across
+        tenants is unchanged); within a tenant the calls trade places, the one moved
+        forward handing its later turn to the head's call. Keys are read now, as the
+        policy's estimates stand when the slot frees."""
+        head_tag, head_seq, head = self._queue[0]
+        best, best_key = 0, order(head)
+        for i, (_, _, queued) in enumerate(self._queue):
+            if i and queued.tenant == head.tenant:
+                key = order(queued)
+                if key < best_key:
+                    best, best_key = i, key
+        if best:
+            tag, seq, chosen = self._queue[best]
+            self._queue[0] = (head_tag, head_seq, chosen)
+            self._queue[best] = (tag, seq, head)
 
     def note_retention(
         self, workflow: str, decision: Retention, now: float, call: GatewayCall | None = None,

@@ -184,6 +184,9 @@ class ReplayResult:
     deferred: dict[str, float] = field(default_factory=dict)
     #: Every call, in the order the answers came.
     call_log: list[CallRecord] = field(default_factory=list)
+    #: Per call whose answer carried the engine's own ``timings`` (llama.cpp's server):
+    #: (workflow, index, prefill seconds, decode seconds) as the engine timed them.
+    engine_timings: list[tuple[str, int, float, float]] = field(default_factory=list)
     #: When the client's own event loop ran late: (seconds after the replay's start,
     #: seconds late, CPU seconds this process used meanwhile) of each tick of :data:`TICK`
     #: that woke more than :data:`STALL` late. A stalled client sends late and times its
@@ -209,6 +212,16 @@ def _usage(payload: bytes) -> tuple[int, int]:
     details = usage.get("prompt_tokens_details") or {}
     cached = details.get("cached_tokens")
     return int(usage.get("prompt_tokens", -1)), -1 if cached is None else int(cached)
+
+
+def _engine_timings(payload: bytes) -> tuple[float, float] | None:
+    """(prefill, decode) seconds of an answer's ``timings`` (llama.cpp's ``prompt_ms`` and
+    ``predicted_ms``), None when it has none."""
+    try:
+        timings = json.loads(payload).get("timings")
+        return float(timings["prompt_ms"]) / 1e3, float(timings["predicted_ms"]) / 1e3
+    except (ValueError, AttributeError, TypeError, KeyError):
+        return None
 
 
 #: The client's heartbeat: how often it checks its own event loop, and how late a tick
@@ -265,6 +278,9 @@ async def replay(
                         result.backends[wf.id] = backend
                         if status == 200:
                             usage = _usage(payload)
+                            timed = _engine_timings(payload)
+                            if timed is not None:
+                                result.engine_timings.append((wf.id, i, *timed))
                 except (aiohttp.ClientError, TimeoutError):
                     status = 0  # the client gave up (its timeout) or lost the connection
                 result.call_log.append(CallRecord(
