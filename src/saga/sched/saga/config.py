@@ -403,6 +403,13 @@ class SagaConfig(BaseModel):
         "replica: the working set may fit the budget while running contexts fill the KV. "
         "An empty cluster still admits. None: the working set alone decides.",
     )
+    gate_lifo_after: float | None = Field(
+        None, ge=0.0,
+        description="Adaptive LIFO at the memory gate: once the first best-effort workflow "
+        "in the gate's queue has waited this many seconds, admit the newest queued one "
+        "first, so an overload burst costs a few workflows the whole wait instead of every "
+        "workflow a share of it. None: first come first served.",
+    )
     gate_cold_start: int = Field(
         4,
         ge=1,
