@@ -6,7 +6,8 @@ thrashes: each call finds its prefix evicted, recomputes it, and evicts someone
 else's. Completed throughput falls off a cliff (in the simulator, to a quarter of
 the peak on ``paper-a100-64``). The gate keeps the active set's working set within
 ``memory_budget`` x the cluster's KV capacity and queues new workflows, first come
-first served (interactive tenants ahead of best-effort ones), until it fits again;
+first served (interactive tenants ahead of best-effort ones; newest first once the first
+in line has waited ``lifo_after``: :meth:`MemoryGate.head`), until it fits again;
 while interactive work is in flight best effort leaves ``interactive_reserve`` of the
 limit free, so a flood at the limit never holds an interactive arrival at the door.
 Work then waits at the door instead of thrashing inside, which is the point of
