@@ -348,3 +348,11 @@ def test_without_a_time_or_a_threshold_the_gate_is_first_in_first_out() -> None:
     fifo.decide(wf("a"), 95_000, now=0.0)
     fifo.decide(wf("b"), 95_000, now=1.0)
     assert fifo.head(1_000.0) == "a"
+
+
+def test_sagas_gate_takes_the_lifo_threshold_from_its_config() -> None:
+    dummy = Workflow("d", "t", "a", 0.0, (Call("c0", Prompt(64), 1),))
+    for after in (300.0, None, 60.0):
+        policy = SagaPolicy(SagaConfig() if after == 300.0 else SagaConfig(gate_lifo_after=after))
+        Simulation(get_cluster("a100-8-70b"), policy, [dummy])
+        assert policy.gate.lifo_after == after
