@@ -304,3 +304,55 @@ def test_the_gate_counts_the_growth_the_config_asks_for_until_the_workflow_leave
         policy.on_workflow_finished(info, 1.0)
         assert policy._working_set() == 0 and policy.growth.total == 0
     assert counted == {"none": 0, "next": 1000, "rest": 1300}
+
+
+def test_adaptive_lifo_admits_the_newest_once_the_first_in_line_has_waited_the_threshold() -> None:
+    g = MemoryGate(100_000, 1.0, retry_after=2.0, prior_context=20_000, lifo_after=60.0)
+    assert g.decide(wf("a"), 90_000, now=0.0).verdict == "defer"
+    assert g.decide(wf("b"), 90_000, now=10.0).verdict == "defer"
+    assert g.decide(wf("c"), 90_000, now=20.0).verdict == "defer"
+    # before 60 s: first in line, as FIFO
+    assert g.head(59.9) == "a"
+    assert g.behind("a", 59.9) is None and g.behind("c", 59.9) is not None
+    assert g.decide(wf("c"), 10_000, now=59.9).verdict == "defer"
+    # a has waited 60 s: the newest goes first, and only it
+    assert g.head(60.0) == "c"
+    assert g.behind("a", 60.0) is not None and g.behind("c", 60.0) is None
+    assert g.decide(wf("a"), 10_000, now=60.0).verdict == "defer"
+    assert g.decide(wf("c"), 10_000, now=60.0).verdict == "admit"
+    assert list(g.waiting) == ["a", "b"]
+    # a newcomer is the newest: it goes ahead of b while a still waits past 60 s
+    assert g.decide(wf("d"), 10_000, now=61.0).verdict == "admit"
+    assert g.decide(wf("b"), 10_000, now=62.0).verdict == "admit"
+    assert g.decide(wf("a"), 10_000, now=63.0).verdict == "admit"
+    assert not g.waiting
+
+
+def test_adaptive_lifo_keeps_interactive_work_first_in_arrival_order() -> None:
+    g = MemoryGate(100_000, 1.0, retry_after=2.0, prior_context=20_000, lifo_after=0.0)
+    assert g.decide(wf("be"), 95_000, now=0.0).verdict == "defer"
+    assert g.decide(wf("i1", slo=3.0), 95_000, now=1.0).verdict == "defer"
+    assert g.decide(wf("i2", slo=3.0), 95_000, now=2.0).verdict == "defer"
+    assert g.head(100.0) == "i1"
+    assert g.decide(wf("i1", slo=3.0), 0.0, now=100.0).verdict == "admit"
+    assert g.decide(wf("i2", slo=3.0), 0.0, now=100.0).verdict == "admit"
+    assert g.head(100.0) == "be"
+
+
+def test_without_a_time_or_a_threshold_the_gate_is_first_in_first_out() -> None:
+    g = MemoryGate(100_000, 1.0, retry_after=2.0, prior_context=20_000, lifo_after=60.0)
+    g.decide(wf("a"), 95_000, now=0.0)
+    g.decide(wf("b"), 95_000, now=1.0)
+    assert g.head() == "a" and g.head(1_000.0) == "b"
+    fifo = gate()
+    fifo.decide(wf("a"), 95_000, now=0.0)
+    fifo.decide(wf("b"), 95_000, now=1.0)
+    assert fifo.head(1_000.0) == "a"
+
+
+def test_sagas_gate_takes_the_lifo_threshold_from_its_config() -> None:
+    dummy = Workflow("d", "t", "a", 0.0, (Call("c0", Prompt(64), 1),))
+    for after in (300.0, None, 60.0):
+        policy = SagaPolicy(SagaConfig() if after == 300.0 else SagaConfig(gate_lifo_after=after))
+        Simulation(get_cluster("a100-8-70b"), policy, [dummy])
+        assert policy.gate.lifo_after == after

@@ -117,7 +117,7 @@ class GatedPolicy(WrappedPolicy):
         if wid not in self._passed:
             self._expire_ends(now)
             if workflow.slo is None:
-                behind = self.gate.behind(wid)
+                behind = self.gate.behind(wid, now)
                 if behind:
                     self.gate_holds += 1
                     return behind
@@ -125,6 +125,7 @@ class GatedPolicy(WrappedPolicy):
             verdict = self.gate.decide(
                 workflow, self._working_set(), unplaced, interactive_active=self.interactive > 0,
                 saturated=saturated(self.ctx.replicas, self.config.gate_saturation_waiting),
+                now=now,
             )
             if verdict.verdict != "admit":
                 self.gate_holds += 1

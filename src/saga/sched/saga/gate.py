@@ -6,7 +6,8 @@ thrashes: each call finds its prefix evicted, recomputes it, and evicts someone
 else's. Completed throughput falls off a cliff (in the simulator, to a quarter of
 the peak on ``paper-a100-64``). The gate keeps the active set's working set within
 ``memory_budget`` x the cluster's KV capacity and queues new workflows, first come
-first served (interactive tenants ahead of best-effort ones), until it fits again;
+first served (interactive tenants ahead of best-effort ones; newest first once the first
+in line has waited ``lifo_after``: :meth:`MemoryGate.head`), until it fits again;
 while interactive work is in flight best effort leaves ``interactive_reserve`` of the
 limit free, so a flood at the limit never holds an interactive arrival at the door.
 Work then waits at the door instead of thrashing inside, which is the point of
@@ -89,7 +90,7 @@ def memory_gate(ctx: PolicyContext, config: SagaConfig) -> MemoryGate:
     capacity = gpu * ctx.block_tokens + config.gate_host_share * host * ctx.block_tokens
     return MemoryGate(
         capacity, config.memory_budget, config.retry_after, config.prior_context_tokens,
-        config.gate_cold_start, config.gate_interactive_reserve,
+        config.gate_cold_start, config.gate_interactive_reserve, config.gate_lifo_after,
     )
 
 
@@ -186,6 +187,8 @@ class MemoryGate:
     prior_context: float
     cold_start: int = 4
     interactive_reserve: float = 0.0
+    #: adaptive LIFO (SagaConfig.gate_lifo_after): None, first in first out always
+    lifo_after: float | None = None
     waiting: deque[str] = field(default_factory=deque)
     # per (tenant, agent type): one tenant's first calls never set another's expectation
     _first_context: dict[AgentKey, tuple[float, int]] = field(default_factory=dict)
@@ -219,6 +222,7 @@ class MemoryGate:
     def decide(
         self, workflow: WorkflowInfo, working_set: float, unplaced: int = 0,
         room: bool = False, interactive_active: bool = False, saturated: bool = False,
+        now: float | None = None,
     ) -> Admission:
         """Admit ``workflow`` if it is first in line and fits beside ``working_set``.
 
@@ -235,14 +239,18 @@ class MemoryGate:
 
         ``saturated``: the engines' queues say the cluster is saturated (calls wait there
         for memory), so nothing new is admitted but into an empty cluster.
+
+        ``now``: the time, for the adaptive LIFO order (:meth:`head`); None: first in line.
         """
         if workflow.workflow not in self._queued:
             self._queued.add(workflow.workflow)
+            if now is not None:
+                self._since[workflow.workflow] = now
             if workflow.slo is None:
                 self.waiting.append(workflow.workflow)
             else:  # interactive work goes ahead of best effort, in arrival order
                 self._insert_interactive(workflow.workflow)
-        head = self.waiting[0]
+        head = self.head(now)
         key = agent_key(workflow)
         need = self.expected_context(key)
         known = self.seen(key) or unplaced < self.cold_start
@@ -252,9 +260,7 @@ class MemoryGate:
             known and not saturated and (room or working_set + need <= limit)
         )
         if head == workflow.workflow and fits:
-            self.waiting.popleft()
-            self._queued.discard(workflow.workflow)
-            self._interactive.discard(workflow.workflow)
+            self._leave(workflow.workflow)
             return ADMIT
         if not known:
             return Admission(
@@ -279,9 +285,32 @@ class MemoryGate:
             self.retry_after,
         )
 
-    def behind(self, workflow: str) -> Admission | None:
-        """A deferral if ``workflow`` is queued and not first in line, else None."""
-        if workflow not in self._queued or self.waiting[0] == workflow:
+    def head(self, now: float | None = None) -> str:
+        """The queued workflow the gate admits next (the queue must not be empty): the
+        first in line; with ``lifo_after`` set, once the first best-effort workflow in line
+        has waited that long, the newest best-effort one instead (adaptive LIFO). Under an
+        overload burst first in first out makes every workflow wait the whole backlog, so
+        each loses the same slack and many miss; newest first lets the latest in while
+        their slack is whole and leaves the wait on those that have lost most of theirs,
+        until the queue drains back under the threshold."""
+        first = self.waiting[0]
+        after = self.lifo_after
+        if after is None or now is None or first in self._interactive:
+            return first
+        return self.waiting[-1] if now - self._since.get(first, now) >= after else first
+
+    def _leave(self, workflow: str) -> None:
+        if self.waiting[0] == workflow:
+            self.waiting.popleft()
+        else:
+            self.waiting.remove(workflow)
+        self._queued.discard(workflow)
+        self._interactive.discard(workflow)
+        self._since.pop(workflow, None)
+
+    def behind(self, workflow: str, now: float | None = None) -> Admission | None:
+        """A deferral if ``workflow`` is queued and not the next to admit, else None."""
+        if workflow not in self._queued or self.head(now) == workflow:
             return None
         key = (len(self.waiting), self.retry_after)
         answer = self._behind.get(key)
@@ -302,7 +331,9 @@ class MemoryGate:
             self.waiting.remove(workflow)
             self._queued.discard(workflow)
         self._interactive.discard(workflow)
+        self._since.pop(workflow, None)
 
     def __post_init__(self) -> None:
         self._interactive: set[str] = set()
         self._queued: set[str] = set()  # members of `waiting`, for O(1) lookups
+        self._since: dict[str, float] = {}  # when each queued workflow first asked

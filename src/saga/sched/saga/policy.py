@@ -170,7 +170,7 @@ class SagaPolicy(Policy):
         if self.config.memory_gate and workflow.slo is None:
             # Best effort behind others in the gate's queue waits whatever admission would
             # say: answer at once (under overload thousands of deferred workflows ask).
-            behind = self.gate.behind(workflow.workflow)
+            behind = self.gate.behind(workflow.workflow, now)
             if behind:
                 return behind
         if self.config.admission:
@@ -191,7 +191,7 @@ class SagaPolicy(Policy):
                 workflow, self._working_set(), self.unhomed.get(agent_key(workflow), 0),
                 self.config.gate_work_conserving and self._room_for(agent_key(workflow)),
                 any(n > 0 for n in self.active_slos.values()),
-                saturated(self.ctx.replicas, self.config.gate_saturation_waiting),
+                saturated(self.ctx.replicas, self.config.gate_saturation_waiting), now,
             )
             if verdict.verdict != "admit":
                 return verdict
