@@ -1,7 +1,8 @@
 """Where the workflows that miss 2x near a policy's goodput capacity lose their time.
 
 One probe of the quick `capacity` scenario (as benchmarks/capacity_probe.py: the same pool,
-re-timing, window and warm-up), one seed. The workflows judged that the FIRST policy runs
+re-timing, window and warm-up; `full:coding` for the full scenario's), one seed or several
+pooled. The workflows judged that the FIRST policy runs
 past 2x their TCT alone are followed under every policy named, and each one's time over
 its TCT alone is split, summed over its calls, into: the wait at the door (memory gate),
 the wait in an engine queue, prefill over its prefill alone (prefix misses: recompute of
@@ -12,7 +13,7 @@ rounding). Also per workflow: recomputed tokens, the part of them the placement 
 another replica than its predecessor's), preemptions.
 
 Run: PYTHONPATH=src python benchmarks/capacity_misses.py coding 0.025 \
-    saga:gate_shared_once=false,saga,sglang+gate:gate_shared_once=false [--seed 0]
+    saga:gate_shared_once=false,saga,sglang+gate:gate_shared_once=false [--seeds 0,1]
 """
 
 from __future__ import annotations
@@ -89,32 +90,44 @@ def breakdown(result: SimResult, alone: dict[str, tuple[float, float, float]]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("workload", help="a quick capacity workload: coding or claude-code")
+    parser.add_argument("workload", help="a quick capacity workload: coding or claude-code "
+                        "(full:coding, full:claude-code: the full scenario's)")
     parser.add_argument("rate", type=float, help="Poisson arrival rate (workflows/s)")
     parser.add_argument("policies", help="comma-separated; the first picks the workflows")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0",
+                        help="comma-separated; several pool their workflows (window: the "
+                        "median TCT alone over all of them, as the search's)")
     args = parser.parse_args()
     policies = args.policies.split(",")
+    seeds = [int(s) for s in args.seeds.split(",")]
     with ProcessPoolExecutor(2) as pool:
-        alone = alone_parts((args.workload, args.seed))
-        median = median_alone({args.seed: {k: v[0] for k, v in alone.items()}})
-        jobs = [(args.workload, p, args.seed, args.rate, median) for p in policies]
+        alone = dict(zip(seeds, pool.map(alone_parts, [(args.workload, s) for s in seeds]),
+                         strict=True))
+        median = median_alone({s: {k: v[0] for k, v in a.items()} for s, a in alone.items()})
+        jobs = [(args.workload, p, s, args.rate, median) for p in policies for s in seeds]
         results = list(pool.map(run, jobs))
     warmup = workload(args.workload)[3] * median
-    tables = [breakdown(r, alone) for r in results]
+    # one table per policy over every seed's workflows (ids are per seed: keyed by both)
+    tables = [
+        {(s, w): row for s, r in zip(seeds, results[i * len(seeds):(i + 1) * len(seeds)],
+                                     strict=True)
+         for w, row in breakdown(r, alone[s]).items()}
+        for i in range(len(policies))
+    ]
     judged = [w for w, row in tables[0].items() if row["arrival"] >= warmup]
     missed = [w for w in judged if tables[0][w]["slowdown"] > 2.0]
-    print(f"{args.workload} at {args.rate:g} wf/s, seed {args.seed}: {len(missed)} of "
+    print(f"{args.workload} at {args.rate:g} wf/s, seeds {seeds}: {len(missed)} of "
           f"{len(judged)} judged workflows past 2x under {policies[0]}; their mean per "
           "workflow (seconds over their TCT alone, then counts):")
-    print("policy | within 2x (these) | " + " | ".join(PARTS + COUNTS))
+    print("policy | within 2x (all judged) | within 2x (these) | "
+          + " | ".join(PARTS + COUNTS))
     for name, table in zip(policies, tables, strict=True):
         rows = [table[w] for w in missed if w in table]
         n = max(len(rows), 1)
         within = sum(1 for r in rows if r["slowdown"] <= 2.0)
-        print(f"{name} | {within}/{len(rows)} | " + " | ".join(
-            f"{sum(r[k] for r in rows) / n:,.0f}" for k in PARTS + COUNTS))
-
+        everyone = sum(1 for w in judged if w in table and table[w]["slowdown"] <= 2.0)
+        print(f"{name} | {everyone / max(len(judged), 1):.3f} | {within}/{len(rows)} | "
+              + " | ".join(f"{sum(r[k] for r in rows) / n:,.0f}" for k in PARTS + COUNTS))
 
 if __name__ == "__main__":
     main()

@@ -5,7 +5,9 @@ the search probes it (the same pool, re-timing, window of 8 median TCTs alone an
 :func:`saga.bench.capacity.offered`), seeds pooled, and prints per policy: the share of
 judged workflows within 2x their TCT alone, slowdown p50 / p90, the mean wait at the door
 (memory gate), per call the mean queueing, prefill and decode seconds, the prefix hit rate,
-recomputed tokens, preemptions and the coefficient of variation of the replicas' busy time.
+recomputed tokens, preemptions and the coefficient of variation of the replicas' busy time;
+then the busy share (replica-time stepping a batch within the arrival window), the output
+tokens per engine step (the decode batch) and the mean step time, and the share per seed.
 
 A policy is a registry name, or `saga:FIELD=JSON;FIELD=JSON` for SAGA with those
 `SagaConfig` fields (e.g. `saga:steal_imposed=false`), or `NAME+gate:FIELD=JSON` for a
@@ -34,6 +36,7 @@ from saga.bench.scenario import WorkloadSpec, load_scenario
 from saga.bench.workloads import build_spec
 from saga.core.workflow import Workflow
 from saga.engine.cluster import ClusterSpec
+from saga.metrics.summary import busy_share
 from saga.sched.baselines.llmd import LLMD, LLMDConfig
 from saga.sched.gated import GatedPolicy
 from saga.sched.policy import Policy
@@ -78,6 +81,9 @@ class Probe:
     recomputed: int
     preemptions: int
     busy: list[float]
+    busy_share: float  # replica-time stepping a batch within the arrival window
+    steps: int
+    output_tokens: int
 
 
 def workload(label: str) -> tuple[ClusterSpec, WorkloadSpec, float, float]:
@@ -130,6 +136,9 @@ def run(job: tuple[str, str, int, float, float, float, dict[str, float]]) -> Pro
         sum(c.recomputed_tokens for c in calls),
         sum(c.preemptions for c in calls),
         [r.busy_seconds for r in result.replicas],
+        busy_share(result),
+        sum(r.steps for r in result.replicas),
+        sum(r.output_tokens for r in result.replicas),
     )
 
 
@@ -171,6 +180,12 @@ def main() -> None:
             f"{sum(p.recomputed for p in mine) / 1e6:.2f} | {sum(p.preemptions for p in mine)} | "
             f"{statistics.pstdev(busy) / statistics.mean(busy):.3f} ({n} judged)"
         )
+        steps = sum(p.steps for p in mine)
+        print(f"  {name}: busy share {statistics.mean(p.busy_share for p in mine):.3f}, "
+              f"{sum(p.output_tokens for p in mine) / steps:.2f} output tokens per step, "
+              f"{sum(busy) / steps * 1e3:.1f} ms per step; within 2x per seed "
+              + ", ".join(f"{sum(1 for x in p.slowdowns if x <= 2.0) / len(p.slowdowns):.3f}"
+                          for p in mine))
 
 
 if __name__ == "__main__":
