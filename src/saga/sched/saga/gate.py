@@ -300,11 +300,16 @@ class MemoryGate:
         return self.waiting[-1] if now - self._since.get(first, now) >= after else first
 
     def _leave(self, workflow: str) -> None:
-        if self.waiting[0] == workflow:
-            self.waiting.popleft()
-        else:
-            self.waiting.remove(workflow)
-        self._queued.discard(workflow)
+        """``workflow`` leaves the queue (admitted, or :meth:`forget`). The admitted one is
+        at an end of the queue (the first, or the newest under adaptive LIFO): no scan."""
+        if workflow in self._queued:
+            if self.waiting[0] == workflow:
+                self.waiting.popleft()
+            elif self.waiting[-1] == workflow:
+                self.waiting.pop()
+            else:
+                self.waiting.remove(workflow)
+            self._queued.discard(workflow)
         self._interactive.discard(workflow)
         self._since.pop(workflow, None)
 
@@ -327,11 +332,7 @@ class MemoryGate:
 
     def forget(self, workflow: str) -> None:
         """A workflow left the queue some other way (rejected)."""
-        if workflow in self._queued:
-            self.waiting.remove(workflow)
-            self._queued.discard(workflow)
-        self._interactive.discard(workflow)
-        self._since.pop(workflow, None)
+        self._leave(workflow)
 
     def __post_init__(self) -> None:
         self._interactive: set[str] = set()
