@@ -23,7 +23,7 @@ import itertools
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 
-from capacity_probe import policy_named, pool_of, workload
+from capacity_probe import policy_named, pool_of, seed_list, workload, workload_label
 from saga.bench.capacity import median_alone, offered
 from saga.sched.vllm import VLLMRoundRobin
 from saga.sim.simulator import SimResult, Simulation
@@ -90,16 +90,17 @@ def breakdown(result: SimResult, alone: dict[str, tuple[float, float, float]]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("workload", help="a quick capacity workload: coding or claude-code "
+    parser.add_argument("workload", type=workload_label,
+                        help="a quick capacity workload: coding or claude-code "
                         "(full:coding, full:claude-code: the full scenario's)")
     parser.add_argument("rate", type=float, help="Poisson arrival rate (workflows/s)")
     parser.add_argument("policies", help="comma-separated; the first picks the workflows")
-    parser.add_argument("--seeds", default="0",
+    parser.add_argument("--seeds", type=seed_list, default=[0],
                         help="comma-separated; several pool their workflows (window: the "
                         "median TCT alone over all of them, as the search's)")
     args = parser.parse_args()
     policies = args.policies.split(",")
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds: list[int] = args.seeds
     with ProcessPoolExecutor(2) as pool:
         alone = dict(zip(seeds, pool.map(alone_parts, [(args.workload, s) for s in seeds]),
                          strict=True))

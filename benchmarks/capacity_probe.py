@@ -93,8 +93,30 @@ def workload(label: str) -> tuple[ClusterSpec, WorkloadSpec, float, float]:
     spec = load_scenario("capacity")
     if full != "full":
         spec = spec.quick_version()
-    chosen = next(w for w in spec.workloads if name in (w.label, w.name))
+    chosen = next((w for w in spec.workloads if name in (w.label, w.name)), None)
+    if chosen is None or full not in ("", "full"):
+        names = ", ".join(w.label or w.name for w in spec.workloads)
+        raise argparse.ArgumentTypeError(
+            f"unknown workload {label!r}: one of {names}, or full:NAME")
     return spec.cluster_for(chosen), chosen, spec.capacity_window, spec.capacity_warmup
+
+
+def workload_label(text: str) -> str:
+    """An argparse type: ``text`` if it names a capacity workload (checked before any
+    simulation starts), else a usage error."""
+    workload(text)
+    return text
+
+
+def seed_list(text: str) -> list[int]:
+    """An argparse type: comma-separated non-negative seeds."""
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"seeds must be integers >= 0 like 0,1, not {text!r}")
+    return seeds
 
 
 def pool_of(label: str, seed: int) -> list[Workflow]:
@@ -144,16 +166,18 @@ def run(job: tuple[str, str, int, float, float, float, dict[str, float]]) -> Pro
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("workload", help="a quick capacity workload: coding or claude-code "
+    parser.add_argument("workload", type=workload_label,
+                        help="a quick capacity workload: coding or claude-code "
                         "(full:coding, full:claude-code: the full scenario's)")
     parser.add_argument("rate", type=float, help="Poisson arrival rate (workflows/s)")
     parser.add_argument("policies", help="comma-separated policy names")
-    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--seeds", type=seed_list, default=[0, 1],
+                        help="comma-separated seeds, pooled (default 0,1)")
     parser.add_argument("--kv-scale", type=float, default=1.0,
                         help="GPU KV blocks times this (offline ceiling when large)")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds: list[int] = args.seeds
     policies = args.policies.split(",")
     with ProcessPoolExecutor(args.workers) as pool:
         alone = dict(zip(seeds, pool.map(alone_of, [(args.workload, s) for s in seeds]),
