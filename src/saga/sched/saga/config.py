@@ -217,6 +217,20 @@ class SagaConfig(BaseModel):
         ge=0.0,
         description="... and by at least this many seconds.",
     )
+    steal_curse: bool = Field(
+        False,
+        description="Correct the steal margin for the winner's curse (saga/steal_noise.py): "
+        "the best of k rivals' noisy predictions is biased low, so a steal needs the best "
+        "to beat home by 1 - (1 - steal_margin) x exp(-sigma x E[max of k standard "
+        "normals]), sigma the measured spread of log(actual / predicted) completion of the "
+        "calls placed (re-priced with their real output). One rival: steal_margin exactly.",
+    )
+    steal_noise_window: int = Field(
+        256,
+        ge=1,
+        description="Calls over which the prediction spread that steal_curse uses is "
+        "averaged (an exponential moving variance).",
+    )
     steal_imposed: bool = Field(
         True,
         description="Weigh a steal by the delay it imposes: each candidate's predicted "
