@@ -13,8 +13,10 @@ replica beats home by ``steal_margin`` and ``steal_min_gain`` (hysteresis, so
 workflows do not flap), each side counting, beside the call's own completion, the delay its
 reload and prefill impose on the calls running there (``steal_imposed``): a steal recomputes
 the context on a replica whose every running call then waits out that prefill, a cost the
-call's own completion does not see. A new workflow goes to the best replica among those whose
-working set (context tokens of the workflows homed there) is within
+call's own completion does not see. With ``steal_curse`` the margin grows with the
+rivals compared and the measured noise of the predictions (steal_noise.py): the best of
+many noisy estimates looks better than it is. A new workflow goes to the best replica
+among those whose working set (context tokens of the workflows homed there) is within
 ``colocate_slack`` of the least, so workflows sharing a prefix (an agent's system
 prompt) co-locate, within load bounds, and working sets stay balanced.
 """
