@@ -84,6 +84,10 @@ class Probe:
     busy_share: float  # replica-time stepping a batch within the arrival window
     steps: int
     output_tokens: int
+    #: SAGA only: calls placed away from their workflow's home, and the spread of its
+    #: completion predictions (steal_noise.py; None for other policies)
+    steals: int | None = None
+    sigma: float | None = None
 
 
 def workload(label: str) -> tuple[ClusterSpec, WorkloadSpec, float, float]:
@@ -139,7 +143,10 @@ def run(job: tuple[str, str, int, float, float, float, dict[str, float]]) -> Pro
         engine = cluster.engine.model_copy(update={"kv_capacity_blocks": blocks})
         cluster = cluster.model_copy(update={"engine": engine})
     kept, _ = offered(pool, rate, seed, window * median)
-    result = Simulation(cluster, policy_named(policy), kept, seed=seed).run()
+    chosen = policy_named(policy)
+    result = Simulation(cluster, chosen, kept, seed=seed).run()
+    # getattr: the script also runs against older trees (a BASE), whose SagaPolicy has none
+    noise = getattr(chosen, "noise", None)
     judged = [w for w in result.workflows if w.arrival >= warmup * median]
     calls = result.calls
     return Probe(
@@ -161,6 +168,8 @@ def run(job: tuple[str, str, int, float, float, float, dict[str, float]]) -> Pro
         busy_share(result),
         sum(r.steps for r in result.replicas),
         sum(r.output_tokens for r in result.replicas),
+        chosen.steals if isinstance(chosen, SagaPolicy) else None,
+        math.sqrt(noise.var) if noise is not None and noise.count > 1 else None,
     )
 
 
@@ -210,6 +219,10 @@ def main() -> None:
               f"{sum(busy) / steps * 1e3:.1f} ms per step; within 2x per seed "
               + ", ".join(f"{sum(1 for x in p.slowdowns if x <= 2.0) / len(p.slowdowns):.3f}"
                           for p in mine))
+        if all(p.steals is not None and p.sigma is not None for p in mine):
+            print(f"  {name}: steals per seed " + ", ".join(str(p.steals) for p in mine)
+                  + "; prediction spread (sd of log actual / predicted) per seed "
+                  + ", ".join(f"{p.sigma:.3f}" for p in mine))
 
 
 if __name__ == "__main__":

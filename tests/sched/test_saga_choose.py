@@ -14,6 +14,7 @@ from saga.engine.kvcache import RadixKV, Run, skip_runs
 from saga.engine.replica import Replica
 from saga.sched.saga import SagaConfig, SagaPolicy
 from saga.sched.saga.placement import BacklogPrice, Estimate, Predictor, choose, pick
+from saga.sched.saga.steal_noise import steal_share
 from saga.sched.view import ReplicaView
 
 BT = 16
@@ -101,15 +102,19 @@ def test_choose_gives_the_estimate_pick_gives_over_every_candidate(
             steal_margin=rng.choice([0.0, 0.15, 0.5]),
             steal_min_gain=rng.choice([0.0, 0.5, 5.0]),
             steal_imposed=rng.random() < 0.5,
+            steal_curse=rng.random() < 0.5,
         )
+        sigma = rng.choice([0.0, 0.2, 1.0])
+        share = (steal_share(config.steal_margin, sigma, len(replicas) - 1)
+                 if config.steal_curse else None)
         home = rng.choice([None, *range(len(replicas))])
         prompt = sum(r[2] for r in runs) * BT - rng.randint(0, BT - 1)
         output = rng.choice([0.0, 1.0, rng.uniform(1, 2000)])
         homed = [rng.uniform(0, 1e5) for _ in replicas]
         want = pick(Predictor(cost, BT, price).estimate_all(replicas, runs, prompt, output), home,
-                    homed, config)
-        got = choose(predictor, replicas, home, runs, prompt, output, homed, config)
-        assert got == want  # the same four floats and replica, not approximately
+                    homed, config, share)
+        got = choose(predictor, replicas, home, runs, prompt, output, homed, config, sigma)
+        assert got == want  # the same five floats and replica, not approximately
         paths["home only" if predictor.sizes == [1] else "rivals"] += 1
         if home is not None and got.replica != home:
             paths["steals"] += 1

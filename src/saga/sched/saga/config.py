@@ -217,6 +217,25 @@ class SagaConfig(BaseModel):
         ge=0.0,
         description="... and by at least this many seconds.",
     )
+    # True since 2026-12-06 (docs/saga.md, "Steals on a large fleet"): on the full capacity
+    # case's coding agents (16 replicas, spread measured 0.07-0.12) it took the share within
+    # 2x from 0.884 to 0.950 at 0.085 wf/s and from 0.764 to 0.842 at 0.09 (seeds 0 and 1),
+    # steals 8.7-9.7k -> 0.44-0.47k a seed at 0.09; on two replicas (the quick cases, full
+    # Claude Code) decisions are the same; the interference scenario keeps 100 % of SLOs.
+    steal_curse: bool = Field(
+        True,
+        description="Correct the steal margin for the winner's curse (saga/steal_noise.py): "
+        "the best of k rivals' noisy predictions is biased low, so a steal needs the best "
+        "to beat home by 1 - (1 - steal_margin) x exp(-sigma x E[max of k standard "
+        "normals]), sigma the measured spread of log(actual / predicted) completion of the "
+        "calls placed (re-priced with their real output). One rival: steal_margin exactly.",
+    )
+    steal_noise_window: int = Field(
+        256,
+        ge=1,
+        description="Calls over which the prediction spread that steal_curse uses is "
+        "averaged (an exponential moving variance).",
+    )
     steal_imposed: bool = Field(
         True,
         description="Weigh a steal by the delay it imposes: each candidate's predicted "

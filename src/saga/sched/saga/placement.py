@@ -13,8 +13,10 @@ replica beats home by ``steal_margin`` and ``steal_min_gain`` (hysteresis, so
 workflows do not flap), each side counting, beside the call's own completion, the delay its
 reload and prefill impose on the calls running there (``steal_imposed``): a steal recomputes
 the context on a replica whose every running call then waits out that prefill, a cost the
-call's own completion does not see. A new workflow goes to the best replica among those whose
-working set (context tokens of the workflows homed there) is within
+call's own completion does not see. With ``steal_curse`` the margin grows with the
+rivals compared and the measured noise of the predictions (steal_noise.py): the best of
+many noisy estimates looks better than it is. A new workflow goes to the best replica
+among those whose working set (context tokens of the workflows homed there) is within
 ``colocate_slack`` of the least, so workflows sharing a prefix (an agent's system
 prompt) co-locate, within load bounds, and working sets stay balanced.
 """
@@ -26,6 +28,7 @@ from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from saga.sched.saga.config import SagaConfig
+from saga.sched.saga.steal_noise import steal_share
 
 if TYPE_CHECKING:
     from saga.engine.kvcache import Run
@@ -44,6 +47,9 @@ class Estimate(NamedTuple):
     service: float  # reload + prefill + decode
     #: seconds of delay the call's reload and prefill impose on the calls running there
     imposed: float = 0.0
+    #: the decode part of ``service`` (its expected output at the replica's step time):
+    #: what re-prices the prediction with the output the call produced (steal_noise.py)
+    drain: float = 0.0
 
     @property
     def completion(self) -> float:
@@ -134,7 +140,7 @@ class Predictor:
             free = kv.capacity - kv.locked_blocks - kv.anonymous_blocks - demand // bt
             wait = 0.0 if need <= free else _short(need, free, drain)
             wait += self.backlog_seconds(replica)  # 0 on an idle replica
-            estimates.append(_estimate((replica.index, wait, service, load * len(running))))
+            estimates.append(_estimate((replica.index, wait, service, load * len(running), drain)))
         return estimates
 
     def _host_hit(
@@ -169,8 +175,9 @@ def choose(
     output: float,
     homed: Sequence[float],
     config: SagaConfig,
+    sigma: float = 0.0,
 ) -> Estimate:
-    """``pick(predictor.estimate_all(candidates, ...), home, homed, config)``, with fewer
+    """``pick(predictor.estimate_all(candidates, ...), home, homed, config, share)``, with fewer
     estimates: a call whose workflow has a home among the candidates (almost every call)
     stays there unless another candidate's completion beats home's by the steal
     thresholds, and a lower bound of each candidate's completion, cheaper than its
@@ -179,18 +186,26 @@ def choose(
     bit for bit (tests/sched/test_saga_choose.py compares them): the candidate ``pick``
     ranks first among all either is among those estimated, and ranks first there too, or
     was proven unable to beat home by the thresholds, and then neither can any candidate
-    estimated (each completes no sooner), so both ways the call stays home."""
+    estimated (each completes no sooner), so both ways the call stays home.
+
+    The steal's share is ``steal_margin``, or with ``steal_curse`` :func:`steal_share` of
+    it for ``sigma`` (the measured spread of the predictions) and the candidates other
+    than home, all of them compared whether estimated or bounded."""
     if home is not None:
         at = next((r for r in candidates if r.index == home), None)
         if at is not None:
             at_home = predictor.estimate_all((at,), runs, prompt, output)[0]
             if not config.steal:
                 return at_home
-            rivals = _rivals(predictor, candidates, at_home, runs, prompt, output, config)
+            share = config.steal_margin
+            if config.steal_curse:
+                share = steal_share(share, sigma, len(candidates) - 1)
+            rivals = _rivals(predictor, candidates, at_home, runs, prompt, output, config,
+                             share)
             if not rivals:
                 return at_home
             estimates = [at_home, *predictor.estimate_all(rivals, runs, prompt, output)]
-            return pick(estimates, home, homed, config)
+            return pick(estimates, home, homed, config, share)
     return pick(predictor.estimate_all(candidates, runs, prompt, output), home, homed, config)
 
 
@@ -202,9 +217,10 @@ def _rivals(
     prompt: int,
     output: float,
     config: SagaConfig,
+    share: float,
 ) -> list[ReplicaView]:
     """The candidates other than home whose completion a lower bound cannot prove unable
-    to beat home's by what :func:`pick` needs to steal (more than ``steal_margin`` of
+    to beat home's by what :func:`pick` needs to steal (more than ``share`` of
     home's and more than ``steal_min_gain``).
 
     A candidate's estimated completion is ``wait + (load + drain)`` (plus ``imposed =
@@ -224,7 +240,7 @@ def _rivals(
     imposed = config.steal_imposed
     if imposed:
         stay = stay + at_home.imposed
-    margin, least = config.steal_margin * stay, config.steal_min_gain
+    margin, least = share * stay, config.steal_min_gain
     bt, backlog = predictor.block_tokens, predictor.backlog_seconds
     prefill, decode_step = predictor._prefill, predictor._decode_step
     decode = output * decode_step(1, prompt, 1)
@@ -260,9 +276,15 @@ def pick(
     home: int | None,
     homed: Sequence[float],
     config: SagaConfig,
+    share: float | None = None,
 ) -> Estimate:
     """The estimate of the replica for a call, given its estimate on every up replica
     (the caller wants the choice's service time too).
+
+    A workflow with a home leaves it for the best candidate only when that one's
+    completion beats home's by more than ``share`` of home's (``steal_margin`` when
+    None; :func:`choose` passes the winner's-curse share, steal_noise.py) and by more
+    than ``steal_min_gain`` seconds.
 
     ``home`` is the replica holding the workflow's KV (None for a new workflow);
     ``homed`` the context tokens of the workflows homed on each replica (their
@@ -286,7 +308,9 @@ def pick(
         stay = completions[replicas.index(home)]
         completion, _, best = min(zip(completions, replicas, range(len(estimates)), strict=True))
         gain = stay - completion
-        if gain > config.steal_margin * stay and gain > config.steal_min_gain:
+        if share is None:
+            share = config.steal_margin
+        if gain > share * stay and gain > config.steal_min_gain:
             return estimates[best]
         return at_home
     load = [homed[r] for r in replicas]

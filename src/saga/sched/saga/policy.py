@@ -40,6 +40,7 @@ from saga.sched.saga.gate import (
     saturated,
 )
 from saga.sched.saga.graph import AgentGraph, GraphStore, node_key
+from saga.sched.saga.steal_noise import PredictionNoise
 
 if TYPE_CHECKING:
     from saga.sched.view import CallView, ReplicaView
@@ -71,6 +72,12 @@ class Flow:
     predicted_end: bool = False  # taken as ended (ends.py): unpinned, evicted first
     uncounted: bool = False  # its working set has left the gate's count (implied by the above)
     marked: bool = False  # its client sent the end marker
+    #: when its current call was placed, and the completion predicted there less its
+    #: decode, with that decode per expected output token (steal_noise.py: re-priced
+    #: with the output the call produced once it ends)
+    placed_at: float | None = None
+    predicted_fixed: float = 0.0
+    predicted_per_token: float = 0.0
 
 
 #: Tokens of the prefill chunk that rebuild weights are measured on (a typical chunk).
@@ -106,6 +113,7 @@ class SagaPolicy(Policy):
         self.prefix_users: dict[str, int] = {}
         self.active_slos: dict[float, int] = {}  # SLOs of the workflows in flight
         self.steals = 0
+        self.noise = PredictionNoise(self.config.steal_noise_window)  # steal_curse
         self._rebuild_weights: dict[int, float] = {}  # leaf depth in blocks -> weight
         self.end_watch = EndWatch()  # predicted ends: pins and eviction
         self.gate_watch = EndWatch()  # predicted ends the gate acts on (sooner: priors)
@@ -289,6 +297,10 @@ class SagaPolicy(Policy):
         self.fair.charge(call.tenant, work)
         flow.attained += max(work, 0.0)
         self._observe_slowdown(flow, call, now)
+        if flow.placed_at is not None:  # the spread of placement's predictions
+            predicted = flow.predicted_fixed + flow.predicted_per_token * flow.output
+            self.noise.observe(now - flow.placed_at, predicted)
+            flow.placed_at = None
         flow.last_finish = now
         flow.last_prompt = call.prompt_tokens
         flow.last_output = flow.output
@@ -408,8 +420,12 @@ class SagaPolicy(Policy):
             if not candidates:  # what the runtimes catch (the gateway answers 503)
                 raise RuntimeError("no replica is up")
         estimate = placement.choose(self.predictor, candidates, home, call.runs,
-                                    call.prompt_tokens, output, self.homed, self.config)
+                                    call.prompt_tokens, output, self.homed, self.config,
+                                    self.noise.sigma)
         chosen = estimate.replica
+        flow.placed_at = now
+        flow.predicted_fixed = estimate.backlog + estimate.service - estimate.drain
+        flow.predicted_per_token = estimate.drain / output if output > 0 else 0.0
         if home is not None and chosen != home:
             self.steals += 1
             # the KV left behind is of no more use to this workflow: let it go
