@@ -4,13 +4,14 @@ restores a saved workflow whose own slot the server purged."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from saga.gateway.backends import LlamaCppBackend
+from saga.gateway.backends import BackendError, LlamaCppBackend
 from saga.gateway.config import BackendConfig
 from saga.gateway.llama_purge import SlotPurges
 from saga.sched.decisions import Retention
@@ -94,9 +95,11 @@ def test_a_saved_workflow_whose_slot_was_purged_restores_it(tmp_path: Path) -> N
     assert backend.actions["restore"] == 1
 
 
-def test_without_kv_tokens_an_own_slot_is_never_restored(tmp_path: Path) -> None:
+def test_without_kv_tokens_or_restore_kept_an_own_slot_is_never_restored(
+    tmp_path: Path,
+) -> None:
     config = BackendConfig(url="http://127.0.0.1:1", kind="llamacpp", slots=1,
-                           slot_save_path=str(tmp_path))
+                           slot_save_path=str(tmp_path), restore_kept=False)
 
     async def run() -> list[str]:
         async with aiohttp.ClientSession() as session:
@@ -111,3 +114,75 @@ def test_without_kv_tokens_an_own_slot_is_never_restored(tmp_path: Path) -> None
         return server.calls
 
     assert asyncio.run(run()) == ["save 0", "save 0"]
+
+
+def _calls(config: BackendConfig, tmp_path: Path,
+           sequence: list[tuple[str, str]]) -> tuple[LlamaCppBackend, list[str]]:
+    """Each (workflow, decision) of ``sequence`` one call then its retention; the slot
+    actions the server was asked for."""
+
+    async def run() -> tuple[LlamaCppBackend, list[str]]:
+        async with aiohttp.ClientSession() as session:
+            backend = LlamaCppBackend(0, config, session, aiohttp.ClientTimeout(total=5))
+        server = _Server(tmp_path)
+        backend._post_json = server.post  # type: ignore[method-assign]
+        for workflow, decision in sequence:
+            data: dict[str, Any] = {"max_tokens": 32}
+            await backend.prepare(workflow, data, {}, None, _info(workflow, 100))
+            backend.finished(workflow)
+            await backend.retain(workflow, Retention(decision), 0.0)
+        return backend, server.calls
+
+    return asyncio.run(run())
+
+
+def test_a_save_holding_all_the_kv_is_restored_though_the_slot_looks_kept(
+    tmp_path: Path,
+) -> None:
+    # the purge rule sees room (kv_tokens 0: not followed), yet the server may have
+    # purged the slot unseen: the fresh save goes back in first, before each call
+    config = BackendConfig(url="http://127.0.0.1:1", kind="llamacpp", slots=2,
+                           slot_save_path=str(tmp_path))
+    backend, calls = _calls(config, tmp_path, [("a", "offload"), ("a", "offload"),
+                                               ("a", "offload")])
+    assert calls == ["save 0", "restore 0", "save 0", "restore 0", "save 0"]
+    assert backend.kept_restores == 2 and backend.purge_restores == 0
+
+
+def test_a_save_older_than_the_last_call_is_not_restored_into_a_kept_slot(
+    tmp_path: Path,
+) -> None:
+    # a pinned call after the save: the slot holds more than the save, so it stays
+    config = BackendConfig(url="http://127.0.0.1:1", kind="llamacpp", slots=2,
+                           slot_save_path=str(tmp_path))
+    backend, calls = _calls(config, tmp_path, [("a", "offload"), ("a", "pin"),
+                                               ("a", "offload")])
+    assert calls == ["save 0", "restore 0", "save 0"]
+    assert backend.kept_restores == 1
+
+
+def test_a_failed_save_is_never_restored(tmp_path: Path) -> None:
+    config = BackendConfig(url="http://127.0.0.1:1", kind="llamacpp", slots=1,
+                           slot_save_path=str(tmp_path))
+
+    async def run() -> list[str]:
+        async with aiohttp.ClientSession() as session:
+            backend = LlamaCppBackend(0, config, session, aiohttp.ClientTimeout(total=5))
+        calls: list[str] = []
+
+        async def post(path: str, payload: Mapping[str, Any], what: str) -> Any:
+            action = path.partition("?action=")[2]
+            calls.append(action)
+            if action == "save":
+                raise BackendError("save refused")
+            return {}
+
+        backend._post_json = post  # type: ignore[method-assign]
+        for _ in range(2):
+            await backend.prepare("a", {"max_tokens": 32}, {}, None, _info("a", 100))
+            backend.finished("a")
+            with contextlib.suppress(BackendError):
+                await backend.retain("a", Retention("offload"), 0.0)
+        return calls
+
+    assert asyncio.run(run()) == ["save", "save"]

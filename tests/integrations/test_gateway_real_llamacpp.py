@@ -8,6 +8,7 @@ workflow's next call restores it first and reuses the restored KV; ``drop`` eras
 from __future__ import annotations
 
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import openai
@@ -117,3 +118,22 @@ def test_offload_saves_and_the_next_call_restores(gateway: GatewayThread) -> Non
     # the slot is forgotten before the erase request returns: wait for the erase itself
     _wait(lambda: backend.actions["erase"] >= 1)
     assert backend.slot_of("default/o-main") is None
+
+
+def test_a_slot_purged_unseen_is_restored_from_its_save(gateway: GatewayThread) -> None:
+    # the server clears an idle slot without telling the gateway (a purge; here an erase
+    # sent past the gateway): the workflow's fresh save goes back in before its next call
+    home, _ = _call(gateway, "p-main", f"p-main {TEXT}")
+    backend = _backend(gateway, home)
+    _wait(lambda: "default/p-main" in backend._fresh and not any(backend._saving))
+    slot = backend.slot_of("default/p-main")
+    assert slot is not None
+    erase = urllib.request.Request(f"{backend.config.url}/slots/{slot}?action=erase",
+                                   data=b"{}", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(erase, timeout=60) as answer:
+        assert answer.status == 200
+    kept, restores = backend.kept_restores, backend.actions["restore"]
+    index, cached = _call(gateway, "p-main", f"p-main {TEXT} more", end=True)
+    assert index == home
+    assert backend.kept_restores == kept + 1 and backend.actions["restore"] == restores + 1
+    assert cached > 200  # the restored KV served the prompt's prefix, not a recompute

@@ -190,7 +190,7 @@ def run_once(
     started = time.monotonic()
     actions: dict[str, int] = {}
     action_seconds: dict[str, float] = {}
-    followed = {"purges_followed": 0, "purge_restores": 0}
+    followed = {"purges_followed": 0, "purge_restores": 0, "kept_restores": 0}
     with GatewayThread(config) as gw:  # the gateway sweeps the save folders as it starts
         result = asyncio.run(replay(gw.url, workflows, salt=salt,
                                     timeout=bench.request_timeout))
@@ -206,6 +206,7 @@ def run_once(
             if purges is not None:
                 followed["purges_followed"] += purges.count
                 followed["purge_restores"] += getattr(backend, "purge_restores", 0)
+                followed["kept_restores"] += getattr(backend, "kept_restores", 0)
     wall = time.monotonic() - started
     load.append(os.getloadavg()[0])
     after = [eng.llama_prefix_cache(u) for u in urls]
@@ -213,9 +214,13 @@ def run_once(
     # purges the gateway followed (saga.gateway.llama_purge)
     purged = sum(_count_after(path, offset, b"purging slot")
                  for path, offset in zip(logs, offsets, strict=True))
+    # restores the servers refused (no room for the saved cells: the call recomputes)
+    refused = sum(_count_after(path, offset, b"Unable to restore slot")
+                  for path, offset in zip(logs, offsets, strict=True))
     return run_record(result, wall, load, before, after, retentions, [],
                       slot_actions=actions, slot_action_seconds=action_seconds,
-                      purges_logged=purged, **followed, **timed)
+                      purges_logged=purged, restores_refused_logged=refused, **followed,
+                      **timed)
 
 
 def server_log(url: str, save: Path) -> Path:

@@ -330,7 +330,12 @@ class LlamaCppBackend(Backend):
     With ``kv_tokens`` (the server's unified KV) the backend follows the server's purges
     of idle slots (:mod:`saga.gateway.llama_purge`, counted in :attr:`purges`): a saved
     workflow whose own slot was purged restores it on its next call
-    (:attr:`purge_restores`) instead of recomputing its prompt.
+    (:attr:`purge_restores`) instead of recomputing its prompt. That rule counts tokens,
+    and the server purges more than it predicts (on the real benchmark 6 purges logged
+    for 2 followed in one run), so with ``restore_kept`` (the default) a workflow whose
+    save holds all its KV (asked after its last call) restores it before each call even
+    when its slot should still hold it (:attr:`kept_restores`): the same KV again, one
+    server step of milliseconds, where a missed purge costs the whole prompt's prefill.
 
     llama.cpp never deletes a saved slot file (its API has save, restore and erase, and
     erase only clears the slot). With ``slot_save_path`` (the directory as this gateway
@@ -361,9 +366,12 @@ class LlamaCppBackend(Backend):
         # end it (forget) before that call's drop decision arrives to erase the slot
         self._ended_in: dict[int, str] = {}
         self._saving = [0] * self.slots  # saves asked and not yet answered, per slot
+        # saved workflows whose save was asked after their last call: it holds all their KV
+        self._fresh: set[str] = set()
         # the server's purges of idle slots, followed by its rule (config.kv_tokens)
         self.purges = SlotPurges(self.slots, config.kv_tokens)
         self.purge_restores = 0  # restores of a saved workflow whose own slot was purged
+        self.kept_restores = 0  # restores into a workflow's own slot believed intact
         self.actions: dict[str, int] = {"save": 0, "restore": 0, "erase": 0}
         # seconds each kind of slot action took, from the request to the server's answer
         # (it waits for the server's batch in progress), failed ones included
@@ -405,13 +413,20 @@ class LlamaCppBackend(Backend):
         slot = self._lru.get(workflow)
         if slot is not None:
             self._lru.move_to_end(workflow)
-            # its slot is its own, but the server may have purged it (llama_purge)
-            restore = self.purges.purged[slot] and workflow in self._saved \
-                and not self.busy[slot]
-            self.purge_restores += restore
+            # its slot is its own, but the server may have purged it (llama_purge), or
+            # purged it unseen (restore_kept: only a save holding all its KV is restored;
+            # not while that save is still at the server: this call goes right behind it,
+            # with no batch between them that could purge the slot)
+            purged = self.purges.purged[slot]
+            kept = self.config.restore_kept and workflow in self._fresh \
+                and not self._saving[slot]
+            restore = (purged or kept) and workflow in self._saved and not self.busy[slot]
+            self.purge_restores += restore and purged
+            self.kept_restores += restore and not purged
         else:
             slot = self._take_slot(workflow)
             restore = workflow in self._saved and not self.busy[slot]
+        self._fresh.discard(workflow)  # this call adds KV its save does not hold
         self._pinned.pop(workflow, None)  # a pin lasts until the next call
         self.busy[slot] += 1  # before the restore's wait: no other call takes the slot
         if restore:
@@ -467,11 +482,13 @@ class LlamaCppBackend(Backend):
             # a restore asked from now on comes after this save at the server
             self._saved[workflow] = None
             self._saved.move_to_end(workflow)
+            self._fresh.add(workflow)
             self._saving[slot] += 1
             try:
                 await self._action(slot, "save", slot_file(workflow))
             except BackendError:
                 self._saved.pop(workflow, None)  # nothing to restore
+                self._fresh.discard(workflow)
                 raise
             finally:
                 self._saving[slot] -= 1
@@ -528,6 +545,7 @@ class LlamaCppBackend(Backend):
         if workflow not in self._saved:
             return
         del self._saved[workflow]
+        self._fresh.discard(workflow)
         if self.slot_dir is not None and _unlink(self.slot_dir / slot_file(workflow)):
             self.deleted[reason] += 1
 

@@ -49,6 +49,15 @@ class BackendConfig(BaseModel):
         "purge of idle slots (lowest slot first, when a prompt finds no room) and restores "
         "a saved workflow whose own slot was purged. 0: not followed.",
     )
+    restore_kept: bool = Field(
+        True,
+        description="kind = llamacpp: restore a workflow's save before each of its calls "
+        "when the save holds all its KV, even when its slot should still hold it: the "
+        "server purges idle slots without telling, more often than kv_tokens' rule "
+        "predicts, and a restore of the same KV costs one server step where a missed "
+        "purge costs the whole prompt's prefill. False: restore only a slot handed on or "
+        "followed as purged.",
+    )
     name: str | None = Field(None, description="Name in metrics (default: the URL).")
     max_concurrency: int = Field(
         256, ge=1, description="Most calls in flight at this backend; more wait at the gateway."
