@@ -39,6 +39,7 @@ from saga.sched.saga.gate import (
     memory_gate,
     saturated,
 )
+from saga.sched.saga.gittins import SessionLengths
 from saga.sched.saga.graph import AgentGraph, GraphStore, node_key
 
 if TYPE_CHECKING:
@@ -110,6 +111,7 @@ class SagaPolicy(Policy):
         self.end_watch = EndWatch()  # predicted ends: pins and eviction
         self.gate_watch = EndWatch()  # predicted ends the gate acts on (sooner: priors)
         self.end_markers = EndMarkers()
+        self.session_lengths = SessionLengths(self.config.gittins_window)  # queue_order gittins
         self.predicted_ends = 0  # workflows taken as ended before any runtime said so
 
     def bind(self, ctx: PolicyContext) -> None:
@@ -378,6 +380,8 @@ class SagaPolicy(Policy):
         if flow is None:
             return
         self.end_markers.observe(agent_key(flow.info), flow.marked)
+        # the gateway sees it end here (marker or idle timeout): its length is learned
+        self.session_lengths.observe(agent_key(flow.info), flow.attained)
         if flow.uncounted:
             self._unrelease(flow)  # then forgotten as any finished workflow
         if self.graphs.learning and flow.node:
@@ -423,9 +427,17 @@ class SagaPolicy(Policy):
     def _queue_priority(self, flow: Flow, service: float) -> float:
         """Seconds of work that order ``flow``'s call within its tenant (``queue_order``):
         the work expected after it, or the work its workflow has received so far, plus
-        the call's own predicted service."""
-        if self.config.queue_order == "attained":
+        the call's own predicted service; or the Gittins-like rank of what it received
+        (:mod:`.gittins`), where its agent type's learned session lengths say something."""
+        order = self.config.queue_order
+        if order == "attained":
             return flow.attained + service
+        if order == "gittins":
+            key = agent_key(flow.info)
+            if self.session_lengths.seen(key) >= self.config.gittins_min_sessions:
+                rank = self.session_lengths.rank(key, flow.attained)
+                if rank is not None:
+                    return rank
         return flow.rest + service
 
     def _candidates(self, home: int | None) -> list[ReplicaView]:
