@@ -3,46 +3,59 @@ and queue_order="gittins" in the policy."""
 
 from __future__ import annotations
 
+import pytest
+
 from saga.engine.replica import Request
 from saga.sched.policy import CallInfo, WorkflowInfo
 from saga.sched.saga.config import SagaConfig
-from saga.sched.saga.gittins import SessionLengths, rank
+from saga.sched.saga.gittins import Lengths, SessionLengths, kaplan_meier, rank
 from saga.sched.saga.policy import SagaPolicy
 
 
-def _prefix(sizes: list[float]) -> list[float]:
-    out = [0.0]
-    for size in sizes:
-        out.append(out[-1] + size)
-    return out
+def _alike(sizes: list[float]) -> Lengths:
+    """Each length equally likely (4 of them: masses of 1/4, exact in binary)."""
+    return Lengths.of(sizes, [1.0 / len(sizes)] * len(sizes), 0.0)
 
 
 def test_decreasing_hazard_ranks_the_young_session_first() -> None:
     # half the sessions end after 1 s, half after 100 s: one that ran past 1 s is long
-    sizes = [1.0, 1.0, 100.0, 100.0]
-    prefix = _prefix(sizes)
+    sizes = _alike([1.0, 1.0, 100.0, 100.0])
     # at 0: q = 1 costs E[min(X, 1)] = 1 for P = 1/2 -> 2; q = 100 costs 50.5 for P = 1
-    assert rank(sizes, prefix, 0.0) == 2.0
+    assert rank(sizes, 0.0) == 2.0
     # at 1.5 only the 100 s sessions survive: 98.5 s left for certain
-    assert rank(sizes, prefix, 1.5) == 98.5
-    assert rank(sizes, prefix, 0.0) < rank(sizes, prefix, 1.5)  # type: ignore[operator]
+    assert rank(sizes, 1.5) == 98.5
+    assert rank(sizes, 0.0) < rank(sizes, 1.5)  # type: ignore[operator]
 
 
 def test_increasing_hazard_ranks_the_oldest_session_first() -> None:
     # lengths alike: the longer a session ran, the sooner it ends
-    sizes = [8.0, 10.0, 12.0, 14.0]
-    prefix = _prefix(sizes)
+    sizes = _alike([8.0, 10.0, 12.0, 14.0])
     # at 0 the best q is the whole length: the mean, 11 (q = 8: 32, 10: 19, 12: 14)
-    assert rank(sizes, prefix, 0.0) == 11.0
+    assert rank(sizes, 0.0) == 11.0
     # at 9 the residuals are 1, 3, 5: q = 1 costs 3 for P = 1/3 -> 3, q = 5 costs 3 -> 3
-    assert rank(sizes, prefix, 9.0) == 3.0
-    assert rank(sizes, prefix, 9.0) < rank(sizes, prefix, 0.0)  # type: ignore[operator]
+    assert rank(sizes, 9.0) == 3.0
+    assert rank(sizes, 9.0) < rank(sizes, 0.0)  # type: ignore[operator]
 
 
 def test_no_rank_for_a_session_longer_than_every_learned_one() -> None:
-    sizes = [8.0, 10.0]
-    assert rank(sizes, _prefix(sizes), 10.0) is None
-    assert rank([], [0.0], 0.0) is None
+    assert rank(Lengths.of([8.0, 10.0], [0.5, 0.5], 0.0), 10.0) is None
+    assert rank(Lengths.of([], [], 0.0), 0.0) is None
+    # mass beyond the last ended length ends within no q: no rank either
+    assert rank(Lengths.of([8.0], [0.5], 0.5), 9.0) is None
+
+
+def test_running_sessions_count_as_at_least_the_work_they_received() -> None:
+    # two ended after 1 s, two still running at 5 s: half the mass is beyond every end
+    fitted = kaplan_meier([1.0, 1.0], [5.0, 5.0])
+    assert (fitted.points, fitted.mass_prefix, fitted.tail) == ((1.0, 1.0), (0.0, 0.25, 0.5), 0.5)
+    # q = 1 invests 1 s in every session for a chance of 1/2 of ending: 2 (1 if ended only)
+    assert rank(fitted, 0.0) == 2.0
+    assert rank(kaplan_meier([1.0, 1.0], []), 0.0) == 1.0
+    # a censoring between two ends moves its mass to the longer: 1/3 at 2, 2/3 at 6
+    fitted = kaplan_meier([2.0, 6.0], [4.0])
+    assert fitted.points == (2.0, 6.0)
+    assert fitted.mass_prefix == pytest.approx((0.0, 1 / 3, 1.0))
+    assert fitted.tail == 0.0
 
 
 def test_session_lengths_keep_a_sliding_window_per_agent_type() -> None:
@@ -100,10 +113,12 @@ def test_gittins_order_follows_the_learned_hazard() -> None:
     # heavy tail: most sessions end within 10 s, the rest run 1,000 s
     # young (2 s in): residuals 2, 4, 6, 8, 998, 998; q = 8 invests 2 + 4 + 6 + 8 + 2 * 8
     # for 4 ends -> 9 (q = 2: 12, 4: 11, 6: 10, 998: 336); old (120 s in): 880 s left
-    assert _order([4.0, 6.0, 8.0, 10.0, 1000.0, 1000.0]) == (["young", "old"], 880.0, 9.0)
+    assert _order([4.0, 6.0, 8.0, 10.0, 1000.0, 1000.0]) == (
+        ["young", "old"], pytest.approx(880.0), pytest.approx(9.0))
     # alike: every session runs 121-127 s; old (120 s in): residuals 1, 3, 5, 7 -> 4 (q = 1
     # and q = 7); young (2 s in): the mean residual, 122
-    assert _order([121.0, 123.0, 125.0, 127.0]) == (["old", "young"], 4.0, 122.0)
+    assert _order([121.0, 123.0, 125.0, 127.0]) == (
+        ["old", "young"], pytest.approx(4.0), pytest.approx(122.0))
 
 
 def test_gittins_order_falls_back_to_remaining_work_until_enough_sessions_ended() -> None:
@@ -139,3 +154,20 @@ def test_a_session_length_is_learned_when_the_gateway_sees_it_end() -> None:
     assert policy.session_lengths.seen(("t", "a")) == 2
     assert policy.session_lengths._sorted[("t", "a")] == sorted(attained.values())
     assert attained["s"] < attained["l"]
+
+
+def test_the_policy_censors_its_agent_types_running_sessions_at_an_end() -> None:
+    from saga.core.workflow import Call, Prompt, Workflow
+    from saga.engine.cluster import get_cluster
+    from saga.sim.simulator import Simulation
+
+    policy = SagaPolicy(SagaConfig(queue_order="gittins"))
+    dummy = Workflow("d", "t", "a", 0.0, (Call("c0", Prompt(64), 1),))
+    Simulation(get_cluster("test-2"), policy, [dummy])  # binds the policy
+    for name, agent, attained in (("ends", "a", 10.0), ("runs", "a", 50.0),
+                                  ("other", "b", 5.0)):
+        policy._flow(WorkflowInfo(name, "t", agent, 0.0, None)).attained = attained
+    policy.on_workflow_finished(WorkflowInfo("ends", "t", "a", 0.0, None), 100.0)
+    fitted = policy.session_lengths._fitted[("t", "a")]
+    # "runs" (same agent type, 50 s so far) is censored; "other" (another type) is not
+    assert (fitted.points, fitted.mass_prefix, fitted.tail) == ((10.0,), (0.0, 0.5), 0.5)

@@ -19,45 +19,97 @@ residual, the rank is the expected remaining work, which falls with ``a``, and t
 oldest session goes first, near first come first served. One learned rule, where a fixed
 order wins only one of the two.
 
-On the empirical distribution the minimum is at a residual of one of the surviving
-samples, so :func:`rank` scans them once over prefix sums (O(survivors)).
+The distribution is the Kaplan-Meier estimate over the last ``window`` lengths seen to
+end and, censored, the work received so far by the sessions still running: the sessions
+that end first are the short ones, so lengths learned from ended sessions alone miss the
+long tail of a heavy-tailed agent (its longest sessions may run for the whole window).
+The mass Kaplan-Meier leaves beyond the last ended length (a session that ran longer than
+every ended one) is taken as never ending within any q: it adds q to the expected work
+and nothing to the chance of finishing. On this discrete distribution the minimum over q
+is at the residual of one of the surviving lengths, so :func:`rank` scans them once over
+prefix sums (O(survivors)).
 """
 
 from __future__ import annotations
 
 from bisect import bisect_right, insort
 from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 
-def rank(sizes: list[float], prefix: list[float], attained: float) -> float | None:
-    """The rank of a session that received ``attained`` seconds, given the sorted session
-    lengths ``sizes`` and ``prefix[i] = sum(sizes[:i])``; None when no learned session
-    was longer (the distribution says nothing about such a session)."""
-    start = bisect_right(sizes, attained)
-    survivors = len(sizes) - start
+@dataclass(frozen=True, slots=True)
+class Lengths:
+    """A discrete distribution of session lengths: sorted ``points`` with probability
+    ``mass`` each, ``tail`` beyond the last point, and prefix sums for :func:`rank`."""
+
+    points: tuple[float, ...]
+    mass_prefix: tuple[float, ...]  # [i]: the mass of points[:i]
+    work_prefix: tuple[float, ...]  # [i]: the sum of mass x length over points[:i]
+    tail: float
+
+    @staticmethod
+    def of(points: list[float], masses: list[float], tail: float) -> Lengths:
+        mass, work = [0.0], [0.0]
+        for point, m in zip(points, masses, strict=True):
+            mass.append(mass[-1] + m)
+            work.append(work[-1] + m * point)
+        return Lengths(tuple(points), tuple(mass), tuple(work), tail)
+
+
+def kaplan_meier(ended: list[float], running: Iterable[float]) -> Lengths:
+    """The Kaplan-Meier estimate from the sorted lengths ``ended`` and the work received
+    by the sessions still ``running`` (censored: each will run at least that long)."""
+    # at equal values an end is counted before a censoring, as the estimator's convention
+    marks = sorted([(x, 0) for x in ended] + [(x, 1) for x in running])
+    at_risk, survival = len(marks), 1.0
+    points: list[float] = []
+    masses: list[float] = []
+    for value, censored in marks:
+        if not censored:
+            mass = survival / at_risk
+            points.append(value)
+            masses.append(mass)
+            survival -= mass
+        at_risk -= 1
+    return Lengths.of(points, masses, survival if marks and marks[-1][1] else 0.0)
+
+
+def rank(lengths: Lengths, attained: float) -> float | None:
+    """The rank of a session that received ``attained`` seconds under ``lengths``; None
+    when no ended length was longer (the estimate says nothing of when it ends)."""
+    points, mass, work = lengths.points, lengths.mass_prefix, lengths.work_prefix
+    start = bisect_right(points, attained)
+    alive = mass[-1] - mass[start] + lengths.tail  # P(X > attained), unnormalized
     best: float | None = None
-    for k in range(1, survivors + 1):
-        size = sizes[start + k - 1]
-        # q = size - attained: the k shortest survivors end within q, the rest run q more
-        invested = prefix[start + k] - prefix[start] - k * attained
-        invested += (survivors - k) * (size - attained)
-        ratio = invested / k
+    for j in range(start, len(points)):
+        ended = mass[j + 1] - mass[start]  # P(attained < X <= points[j])
+        if ended <= 0.0:
+            continue
+        # q = points[j] - attained: the sessions that end within q run their residual,
+        # the others run q; per chance of ending within q
+        residual = points[j] - attained
+        invested = work[j + 1] - work[start] - attained * ended + (alive - ended) * residual
+        ratio = invested / ended
         if best is None or ratio < best:
             best = ratio
     return best
 
 
 class SessionLengths:
-    """The last ``window`` session lengths seen to end, per agent type, kept sorted."""
+    """The last ``window`` session lengths seen to end, per agent type, and the
+    Kaplan-Meier estimate refitted at each end with the running sessions censored."""
 
     def __init__(self, window: int) -> None:
         self.window = window
         self._arrived: dict[tuple[str, str], deque[float]] = {}
         self._sorted: dict[tuple[str, str], list[float]] = {}
-        self._prefix: dict[tuple[str, str], list[float] | None] = {}
+        self._fitted: dict[tuple[str, str], Lengths] = {}
 
-    def observe(self, key: tuple[str, str], length: float) -> None:
-        """A session of agent type ``key`` (tenant, agent) ended after ``length`` seconds."""
+    def observe(self, key: tuple[str, str], length: float,
+                running: Iterable[float] = ()) -> None:
+        """A session of agent type ``key`` (tenant, agent) ended after ``length`` seconds;
+        ``running``: the work received so far by its agent type's sessions in progress."""
         arrived = self._arrived.setdefault(key, deque())
         ordered = self._sorted.setdefault(key, [])
         if len(arrived) == self.window:  # the window slides: the oldest length leaves
@@ -65,21 +117,13 @@ class SessionLengths:
             del ordered[bisect_right(ordered, gone) - 1]
         arrived.append(length)
         insort(ordered, length)
-        self._prefix[key] = None  # rebuilt on the next rank
+        self._fitted[key] = kaplan_meier(ordered, running)
 
     def seen(self, key: tuple[str, str]) -> int:
         """Sessions of ``key`` in the window."""
         return len(self._sorted.get(key, ()))
 
     def rank(self, key: tuple[str, str], attained: float) -> float | None:
-        """:func:`rank` over ``key``'s window; None if it holds no longer session."""
-        ordered = self._sorted.get(key)
-        if not ordered:
-            return None
-        prefix = self._prefix.get(key)
-        if prefix is None:
-            prefix = [0.0]
-            for size in ordered:
-                prefix.append(prefix[-1] + size)
-            self._prefix[key] = prefix
-        return rank(ordered, prefix, attained)
+        """:func:`rank` under ``key``'s estimate; None if nothing is known past ``attained``."""
+        fitted = self._fitted.get(key)
+        return None if fitted is None else rank(fitted, attained)

@@ -380,8 +380,12 @@ class SagaPolicy(Policy):
         if flow is None:
             return
         self.end_markers.observe(agent_key(flow.info), flow.marked)
-        # the gateway sees it end here (marker or idle timeout): its length is learned
-        self.session_lengths.observe(agent_key(flow.info), flow.attained)
+        # the gateway sees it end here (marker or idle timeout): its length is learned, the
+        # running sessions of its agent type censored at the work they received so far
+        if self.config.queue_order == "gittins":
+            key = agent_key(flow.info)
+            self.session_lengths.observe(key, flow.attained, (
+                f.attained for f in self.flows.values() if agent_key(f.info) == key))
         if flow.uncounted:
             self._unrelease(flow)  # then forgotten as any finished workflow
         if self.graphs.learning and flow.node:
