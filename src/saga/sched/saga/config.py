@@ -283,13 +283,16 @@ class SagaConfig(BaseModel):
         description="Seconds of remaining-work priority a call gains per second it waits, "
         "so that no call starves behind shorter work.",
     )
-    queue_order: Literal["remaining", "attained"] = Field(
+    queue_order: Literal["remaining", "attained", "gittins"] = Field(
         "remaining",
         description="Within a tenant, order an engine's queued calls by their workflow's "
         "expected remaining work (remaining: the Agent Execution Graph's calls left, "
         "shortest first) or by the work it has received so far (attained: least first, "
         "as Autellix's PLAS; a gateway counts it), each plus the call's own predicted "
-        "service and less the aging.",
+        "service, or by a Gittins-like rank of the work received under the learned "
+        "distribution of its agent type's session lengths (gittins: saga/gittins.py; "
+        "least attained first where long sessions tend to run longer, oldest first where "
+        "lengths are alike), each less the aging.",
     )
     # 60 s since 2026-12-06 (docs/saga.md, "The quick pool, fit first on Claude Code"): on
     # the quick capacity case's Claude Code sessions at 0.0055 wf/s it took the share within
@@ -340,6 +343,28 @@ class SagaConfig(BaseModel):
         description="A call already preempted this many times (for memory or fairness) is "
         "not preempted for fairness again: each time its KV goes back to the cache and may "
         "have to be recomputed.",
+    )
+    gittins_window: int = Field(
+        256,
+        ge=1,
+        description="queue_order gittins: the last this many session lengths (work received, "
+        "learned when the gateway sees a session end) of each agent type form the "
+        "distribution its rank is computed on.",
+    )
+    gittins_min_sessions: int = Field(
+        16,
+        ge=1,
+        description="queue_order gittins: until this many sessions of an agent type were seen "
+        "to end, and for a session longer than every one in the window, its calls are "
+        "ordered by expected remaining work plus their own service (as remaining).",
+    )
+    gittins_graph_remaining: bool = Field(
+        False,
+        description="queue_order gittins: where the rank's best quantum runs to the longest "
+        "ended session (the rank is then the expected remaining work of any session that "
+        "old, an increasing hazard's answer), order by the Agent Execution Graph's expected "
+        "remaining work plus the call's service instead (as remaining), which knows the "
+        "call site too.",
     )
 
     # ---- SLO admission --------------------------------------------------------------

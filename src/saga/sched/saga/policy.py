@@ -39,6 +39,7 @@ from saga.sched.saga.gate import (
     memory_gate,
     saturated,
 )
+from saga.sched.saga.gittins import SessionLengths
 from saga.sched.saga.graph import AgentGraph, GraphStore, node_key
 from saga.sched.saga.steal_noise import PredictionNoise
 
@@ -118,6 +119,7 @@ class SagaPolicy(Policy):
         self.end_watch = EndWatch()  # predicted ends: pins and eviction
         self.gate_watch = EndWatch()  # predicted ends the gate acts on (sooner: priors)
         self.end_markers = EndMarkers()
+        self.session_lengths = SessionLengths(self.config.gittins_window)  # queue_order gittins
         self.predicted_ends = 0  # workflows taken as ended before any runtime said so
 
     def bind(self, ctx: PolicyContext) -> None:
@@ -390,6 +392,12 @@ class SagaPolicy(Policy):
         if flow is None:
             return
         self.end_markers.observe(agent_key(flow.info), flow.marked)
+        # the gateway sees it end here (marker or idle timeout): its length is learned, the
+        # running sessions of its agent type censored at the work they received so far
+        if self.config.queue_order == "gittins":
+            key = agent_key(flow.info)
+            self.session_lengths.observe(key, flow.attained, (
+                f.attained for f in self.flows.values() if agent_key(f.info) == key))
         if flow.uncounted:
             self._unrelease(flow)  # then forgotten as any finished workflow
         if self.graphs.learning and flow.node:
@@ -439,9 +447,19 @@ class SagaPolicy(Policy):
     def _queue_priority(self, flow: Flow, service: float) -> float:
         """Seconds of work that order ``flow``'s call within its tenant (``queue_order``):
         the work expected after it, or the work its workflow has received so far, plus
-        the call's own predicted service."""
-        if self.config.queue_order == "attained":
+        the call's own predicted service; or the Gittins-like rank of what it received
+        (:mod:`.gittins`), where its agent type's learned session lengths say something."""
+        order = self.config.queue_order
+        if order == "attained":
             return flow.attained + service
+        if order == "gittins":
+            key = agent_key(flow.info)
+            if self.session_lengths.seen(key) >= self.config.gittins_min_sessions:
+                found = self.session_lengths.best_quantum(key, flow.attained)
+                # a rank that is the expected remaining work of any session this old: the
+                # graph's, which knows the call site too, is the better estimate of it
+                if found is not None and not (found[1] and self.config.gittins_graph_remaining):
+                    return found[0]
         return flow.rest + service
 
     def _candidates(self, home: int | None) -> list[ReplicaView]:

@@ -1,0 +1,143 @@
+"""A Gittins-like queue rank from the learned distribution of session lengths.
+
+A session's length here is the work it received in all (the predicted GPU seconds Agent
+Fair Share charged its calls, as a gateway counts them), learned per agent type from the
+sessions the gateway saw end: by the client's end marker, the graph's terminal node or
+the idle timeout (``on_workflow_finished``), never from the simulator's true end.
+
+For a session that has received ``a`` seconds, with total length X drawn from the
+learned distribution, the rank is the least expected work to invest per chance of
+finishing (the reciprocal of the Gittins index of the M/G/1 queue with known attained
+service; Gittins, Glazebrook and Weber, *Multi-armed Bandit Allocation Indices*):
+
+    rank(a) = min over q > 0 of E[min(X - a, q) | X > a] / P(X - a <= q | X > a).
+
+Smaller is served first. Under a decreasing hazard (heavy-tailed lengths: the longer a
+session ran, the less likely it ends soon) the rank grows with ``a`` and the order is
+least attained first; under an increasing hazard (lengths alike) the best q is the whole
+residual, the rank is the expected remaining work, which falls with ``a``, and the
+oldest session goes first, near first come first served. One learned rule, where a fixed
+order wins only one of the two.
+
+The distribution is the Kaplan-Meier estimate over the last ``window`` lengths seen to
+end and, censored, the work received so far by the sessions still running: the sessions
+that end first are the short ones, so lengths learned from ended sessions alone miss the
+long tail of a heavy-tailed agent (its longest sessions may run for the whole window).
+The mass Kaplan-Meier leaves beyond the last ended length (a session that ran longer than
+every ended one) is taken as never ending within any q: it adds q to the expected work
+and nothing to the chance of finishing. On this discrete distribution the minimum over q
+is at the residual of one of the surviving lengths, so :func:`rank` scans them once over
+prefix sums (O(survivors)).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right, insort
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Lengths:
+    """A discrete distribution of session lengths: sorted ``points`` with probability
+    ``mass`` each, ``tail`` beyond the last point, and prefix sums for :func:`rank`."""
+
+    points: tuple[float, ...]
+    mass_prefix: tuple[float, ...]  # [i]: the mass of points[:i]
+    work_prefix: tuple[float, ...]  # [i]: the sum of mass x length over points[:i]
+    tail: float
+
+    @staticmethod
+    def of(points: list[float], masses: list[float], tail: float) -> Lengths:
+        mass, work = [0.0], [0.0]
+        for point, m in zip(points, masses, strict=True):
+            mass.append(mass[-1] + m)
+            work.append(work[-1] + m * point)
+        return Lengths(tuple(points), tuple(mass), tuple(work), tail)
+
+
+def kaplan_meier(ended: list[float], running: Iterable[float]) -> Lengths:
+    """The Kaplan-Meier estimate from the sorted lengths ``ended`` and the work received
+    by the sessions still ``running`` (censored: each will run at least that long)."""
+    # at equal values an end is counted before a censoring, as the estimator's convention
+    marks = sorted([(x, 0) for x in ended] + [(x, 1) for x in running])
+    at_risk, survival = len(marks), 1.0
+    points: list[float] = []
+    masses: list[float] = []
+    for value, censored in marks:
+        if not censored:
+            mass = survival / at_risk
+            points.append(value)
+            masses.append(mass)
+            survival -= mass
+        at_risk -= 1
+    return Lengths.of(points, masses, survival if marks and marks[-1][1] else 0.0)
+
+
+def rank(lengths: Lengths, attained: float) -> float | None:
+    """The rank of a session that received ``attained`` seconds under ``lengths``; None
+    when no ended length was longer (the estimate says nothing of when it ends)."""
+    found = best_quantum(lengths, attained)
+    return None if found is None else found[0]
+
+
+def best_quantum(lengths: Lengths, attained: float) -> tuple[float, bool] | None:
+    """:func:`rank`, and whether its best q runs to the longest ended length: then the
+    rank is the expected remaining work (an increasing hazard's answer), not a bet on
+    ending soon."""
+    points, mass, work = lengths.points, lengths.mass_prefix, lengths.work_prefix
+    start = bisect_right(points, attained)
+    alive = mass[-1] - mass[start] + lengths.tail  # P(X > attained), unnormalized
+    best: float | None = None
+    at = -1
+    for j in range(start, len(points)):
+        ended = mass[j + 1] - mass[start]  # P(attained < X <= points[j])
+        if ended <= 0.0:
+            continue
+        # q = points[j] - attained: the sessions that end within q run their residual,
+        # the others run q; per chance of ending within q
+        residual = points[j] - attained
+        invested = work[j + 1] - work[start] - attained * ended + (alive - ended) * residual
+        ratio = invested / ended
+        if best is None or ratio < best:
+            best, at = ratio, j
+    return None if best is None else (best, at == len(points) - 1)
+
+
+class SessionLengths:
+    """The last ``window`` session lengths seen to end, per agent type, and the
+    Kaplan-Meier estimate refitted at each end with the running sessions censored."""
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self._arrived: dict[tuple[str, str], deque[float]] = {}
+        self._sorted: dict[tuple[str, str], list[float]] = {}
+        self._fitted: dict[tuple[str, str], Lengths] = {}
+
+    def observe(self, key: tuple[str, str], length: float,
+                running: Iterable[float] = ()) -> None:
+        """A session of agent type ``key`` (tenant, agent) ended after ``length`` seconds;
+        ``running``: the work received so far by its agent type's sessions in progress."""
+        arrived = self._arrived.setdefault(key, deque())
+        ordered = self._sorted.setdefault(key, [])
+        if len(arrived) == self.window:  # the window slides: the oldest length leaves
+            gone = arrived.popleft()
+            del ordered[bisect_right(ordered, gone) - 1]
+        arrived.append(length)
+        insort(ordered, length)
+        self._fitted[key] = kaplan_meier(ordered, running)
+
+    def seen(self, key: tuple[str, str]) -> int:
+        """Sessions of ``key`` in the window."""
+        return len(self._sorted.get(key, ()))
+
+    def rank(self, key: tuple[str, str], attained: float) -> float | None:
+        """:func:`rank` under ``key``'s estimate; None if nothing is known past ``attained``."""
+        fitted = self._fitted.get(key)
+        return None if fitted is None else rank(fitted, attained)
+
+    def best_quantum(self, key: tuple[str, str], attained: float) -> tuple[float, bool] | None:
+        """:func:`best_quantum` under ``key``'s estimate."""
+        fitted = self._fitted.get(key)
+        return None if fitted is None else best_quantum(fitted, attained)
