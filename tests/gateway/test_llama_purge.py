@@ -142,7 +142,7 @@ def test_a_save_holding_all_the_kv_is_restored_though_the_slot_looks_kept(
     # the purge rule sees room (kv_tokens 0: not followed), yet the server may have
     # purged the slot unseen: the fresh save goes back in first, before each call
     config = BackendConfig(url="http://127.0.0.1:1", kind="llamacpp", slots=2,
-                           slot_save_path=str(tmp_path))
+                           slot_save_path=str(tmp_path), restore_kept=True)
     backend, calls = _calls(config, tmp_path, [("a", "offload"), ("a", "offload"),
                                                ("a", "offload")])
     assert calls == ["save 0", "restore 0", "save 0", "restore 0", "save 0"]
@@ -154,7 +154,7 @@ def test_a_save_older_than_the_last_call_is_not_restored_into_a_kept_slot(
 ) -> None:
     # a pinned call after the save: the slot holds more than the save, so it stays
     config = BackendConfig(url="http://127.0.0.1:1", kind="llamacpp", slots=2,
-                           slot_save_path=str(tmp_path))
+                           slot_save_path=str(tmp_path), restore_kept=True)
     backend, calls = _calls(config, tmp_path, [("a", "offload"), ("a", "pin"),
                                                ("a", "offload")])
     assert calls == ["save 0", "restore 0", "save 0"]
@@ -163,7 +163,7 @@ def test_a_save_older_than_the_last_call_is_not_restored_into_a_kept_slot(
 
 def test_a_failed_save_is_never_restored(tmp_path: Path) -> None:
     config = BackendConfig(url="http://127.0.0.1:1", kind="llamacpp", slots=1,
-                           slot_save_path=str(tmp_path))
+                           slot_save_path=str(tmp_path), restore_kept=True)
 
     async def run() -> list[str]:
         async with aiohttp.ClientSession() as session:

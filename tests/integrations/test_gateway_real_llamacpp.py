@@ -44,7 +44,8 @@ register(OffloadAlways.name, OffloadAlways)
 def gateway(llama_pair: list[str]) -> Iterator[GatewayThread]:
     config = GatewayConfig.model_validate({
         "policy": OffloadAlways.name, "cluster": "cpu-tiny", "served_models": ["tiny-llama"],
-        "backends": [{"url": u, "kind": "llamacpp", "slots": 2, "max_concurrency": 2}
+        "backends": [{"url": u, "kind": "llamacpp", "slots": 2, "max_concurrency": 2,
+                      "restore_kept": True}
                      for u in llama_pair],
     })
     with GatewayThread(config) as gw:

@@ -332,7 +332,7 @@ class LlamaCppBackend(Backend):
     workflow whose own slot was purged restores it on its next call
     (:attr:`purge_restores`) instead of recomputing its prompt. That rule counts tokens,
     and the server purges more than it predicts (on the real benchmark 6 purges logged
-    for 2 followed in one run), so with ``restore_kept`` (the default) a workflow whose
+    for 2 followed in one run), so with ``restore_kept`` (off by default) a workflow whose
     save holds all its KV (asked after its last call) restores it before each call even
     when its slot should still hold it (:attr:`kept_restores`): the same KV again, one
     server step of milliseconds, where a missed purge costs the whole prompt's prefill.

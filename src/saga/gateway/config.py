@@ -50,13 +50,14 @@ class BackendConfig(BaseModel):
         "a saved workflow whose own slot was purged. 0: not followed.",
     )
     restore_kept: bool = Field(
-        True,
+        False,
         description="kind = llamacpp: restore a workflow's save before each of its calls "
         "when the save holds all its KV, even when its slot should still hold it: the "
         "server purges idle slots without telling, more often than kv_tokens' rule "
         "predicts, and a restore of the same KV costs one server step where a missed "
-        "purge costs the whole prompt's prefill. False: restore only a slot handed on or "
-        "followed as purged.",
+        "purge costs the whole prompt's prefill. Off by default: on the real benchmark it "
+        "removed the misses but no gain in mean TCT was shown (docs/engines.md, llama.cpp, "
+        "fifth session). False: restore only a slot handed on or followed as purged.",
     )
     name: str | None = Field(None, description="Name in metrics (default: the URL).")
     max_concurrency: int = Field(
