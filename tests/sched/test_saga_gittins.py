@@ -173,33 +173,10 @@ def test_the_policy_censors_its_agent_types_running_sessions_at_an_end() -> None
     assert (fitted.points, fitted.mass_prefix, fitted.tail) == ((10.0,), (0.0, 0.5), 0.5)
 
 
-def test_best_quantum_says_when_the_rank_is_the_expected_remaining_work() -> None:
-    from saga.sched.saga.gittins import best_quantum
-
+def test_the_best_quantum_is_short_when_young_and_whole_when_lengths_are_alike() -> None:
     # decreasing hazard, young: q = 1 (not to the longest length)
-    assert best_quantum(_alike([1.0, 1.0, 100.0, 100.0]), 0.0) == (2.0, False)
+    assert rank(_alike([1.0, 1.0, 100.0, 100.0]), 0.0) == 2.0
     # increasing hazard: q = 14, the whole residual (the mean, 11)
-    assert best_quantum(_alike([8.0, 10.0, 12.0, 14.0]), 0.0) == (11.0, True)
-    # a tie between q = 1 and q = 5 (both 3) keeps the first, the shorter quantum
-    assert best_quantum(_alike([8.0, 10.0, 12.0, 14.0]), 9.0) == (3.0, False)
-
-
-def test_graph_remaining_replaces_a_rank_that_is_an_expected_remaining_work() -> None:
-    from saga.core.workflow import Call, Prompt, Workflow
-    from saga.engine.cluster import get_cluster
-    from saga.sim.simulator import Simulation
-
-    priorities = []
-    for graph_remaining in (False, True):
-        policy = SagaPolicy(SagaConfig(queue_order="gittins", gittins_min_sessions=4,
-                                       gittins_graph_remaining=graph_remaining))
-        dummy = Workflow("d", "t", "a", 0.0, (Call("c0", Prompt(64), 1),))
-        Simulation(get_cluster("test-2"), policy, [dummy])  # binds the policy
-        for size in (8.0, 10.0, 12.0, 14.0):
-            policy.session_lengths.observe(("t", "a"), size)
-        for name, attained in (("new", 0.0), ("old", 9.0)):
-            flow = policy._flow(WorkflowInfo(name, "t", "a", 0.0, None))
-            flow.attained, flow.rest = attained, 30.0
-            priorities.append(policy._queue_priority(flow, 5.0))
-    # new: q to the end (the mean, 11) -> the graph's 30 + 5; old: q = 1, its rank kept
-    assert priorities == pytest.approx([11.0, 3.0, 35.0, 3.0])
+    assert rank(_alike([8.0, 10.0, 12.0, 14.0]), 0.0) == 11.0
+    # a tie between q = 1 and q = 5 (both 3) gives 3
+    assert rank(_alike([8.0, 10.0, 12.0, 14.0]), 9.0) == 3.0

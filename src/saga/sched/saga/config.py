@@ -358,14 +358,6 @@ class SagaConfig(BaseModel):
         "to end, and for a session longer than every one in the window, its calls are "
         "ordered by expected remaining work plus their own service (as remaining).",
     )
-    gittins_graph_remaining: bool = Field(
-        False,
-        description="queue_order gittins: where the rank's best quantum runs to the longest "
-        "ended session (the rank is then the expected remaining work of any session that "
-        "old, an increasing hazard's answer), order by the Agent Execution Graph's expected "
-        "remaining work plus the call's service instead (as remaining), which knows the "
-        "call site too.",
-    )
 
     # ---- SLO admission --------------------------------------------------------------
     defer_best_effort_at: float = Field(

@@ -77,20 +77,12 @@ def kaplan_meier(ended: list[float], running: Iterable[float]) -> Lengths:
 
 def rank(lengths: Lengths, attained: float) -> float | None:
     """The rank of a session that received ``attained`` seconds under ``lengths``; None
-    when no ended length was longer (the estimate says nothing of when it ends)."""
-    found = best_quantum(lengths, attained)
-    return None if found is None else found[0]
-
-
-def best_quantum(lengths: Lengths, attained: float) -> tuple[float, bool] | None:
-    """:func:`rank`, and whether its best q runs to the longest ended length: then the
-    rank is the expected remaining work (an increasing hazard's answer), not a bet on
-    ending soon."""
+    when no ended length was longer (the estimate says nothing of when it ends). Of equal
+    ratios the first, the shorter quantum, is kept."""
     points, mass, work = lengths.points, lengths.mass_prefix, lengths.work_prefix
     start = bisect_right(points, attained)
     alive = mass[-1] - mass[start] + lengths.tail  # P(X > attained), unnormalized
     best: float | None = None
-    at = -1
     for j in range(start, len(points)):
         ended = mass[j + 1] - mass[start]  # P(attained < X <= points[j])
         if ended <= 0.0:
@@ -101,8 +93,8 @@ def best_quantum(lengths: Lengths, attained: float) -> tuple[float, bool] | None
         invested = work[j + 1] - work[start] - attained * ended + (alive - ended) * residual
         ratio = invested / ended
         if best is None or ratio < best:
-            best, at = ratio, j
-    return None if best is None else (best, at == len(points) - 1)
+            best = ratio
+    return best
 
 
 class SessionLengths:
@@ -136,8 +128,3 @@ class SessionLengths:
         """:func:`rank` under ``key``'s estimate; None if nothing is known past ``attained``."""
         fitted = self._fitted.get(key)
         return None if fitted is None else rank(fitted, attained)
-
-    def best_quantum(self, key: tuple[str, str], attained: float) -> tuple[float, bool] | None:
-        """:func:`best_quantum` under ``key``'s estimate."""
-        fitted = self._fitted.get(key)
-        return None if fitted is None else best_quantum(fitted, attained)

@@ -455,11 +455,9 @@ class SagaPolicy(Policy):
         if order == "gittins":
             key = agent_key(flow.info)
             if self.session_lengths.seen(key) >= self.config.gittins_min_sessions:
-                found = self.session_lengths.best_quantum(key, flow.attained)
-                # a rank that is the expected remaining work of any session this old: the
-                # graph's, which knows the call site too, is the better estimate of it
-                if found is not None and not (found[1] and self.config.gittins_graph_remaining):
-                    return found[0]
+                found = self.session_lengths.rank(key, flow.attained)
+                if found is not None:
+                    return found
         return flow.rest + service
 
     def _candidates(self, home: int | None) -> list[ReplicaView]:
