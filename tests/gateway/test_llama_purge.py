@@ -136,15 +136,20 @@ def _calls(config: BackendConfig, tmp_path: Path,
     return asyncio.run(run())
 
 
+def _kept(tmp_path: Path,
+          sequence: list[tuple[str, str]]) -> tuple[LlamaCppBackend, list[str]]:
+    """:func:`_calls` on a 2-slot backend with ``restore_kept``."""
+    config = BackendConfig(url="http://127.0.0.1:1", kind="llamacpp", slots=2,
+                           slot_save_path=str(tmp_path), restore_kept=True)
+    return _calls(config, tmp_path, sequence)
+
+
 def test_a_save_holding_all_the_kv_is_restored_though_the_slot_looks_kept(
     tmp_path: Path,
 ) -> None:
     # the purge rule sees room (kv_tokens 0: not followed), yet the server may have
     # purged the slot unseen: the fresh save goes back in first, before each call
-    config = BackendConfig(url="http://127.0.0.1:1", kind="llamacpp", slots=2,
-                           slot_save_path=str(tmp_path), restore_kept=True)
-    backend, calls = _calls(config, tmp_path, [("a", "offload"), ("a", "offload"),
-                                               ("a", "offload")])
+    backend, calls = _kept(tmp_path, [("a", "offload"), ("a", "offload"), ("a", "offload")])
     assert calls == ["save 0", "restore 0", "save 0", "restore 0", "save 0"]
     assert backend.kept_restores == 2 and backend.purge_restores == 0
 
@@ -153,10 +158,7 @@ def test_a_save_older_than_the_last_call_is_not_restored_into_a_kept_slot(
     tmp_path: Path,
 ) -> None:
     # a pinned call after the save: the slot holds more than the save, so it stays
-    config = BackendConfig(url="http://127.0.0.1:1", kind="llamacpp", slots=2,
-                           slot_save_path=str(tmp_path), restore_kept=True)
-    backend, calls = _calls(config, tmp_path, [("a", "offload"), ("a", "pin"),
-                                               ("a", "offload")])
+    backend, calls = _kept(tmp_path, [("a", "offload"), ("a", "pin"), ("a", "offload")])
     assert calls == ["save 0", "restore 0", "save 0"]
     assert backend.kept_restores == 1
 
