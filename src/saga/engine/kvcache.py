@@ -452,6 +452,33 @@ class RadixKV:
         # the caller's acquire() below takes the reference and counts it locked
         return child
 
+    def extend_private(self, node: KVNode, namespace: str, first: int, count: int,
+                       now: float) -> bool:
+        """Cache ``count`` blocks continuing ``node`` in place, as :meth:`insert` of the one
+        run ``(namespace, first, count)`` under ``node`` would when ``node`` is a private
+        leaf continuing it (see :meth:`_append_child`), followed by the caller's unlock of
+        ``node``: the new path is ``node`` itself, so that acquire and unlock cancel (every
+        node of a call's lock has references and users left, so neither stamps nor idles
+        one). False, changing nothing, when it is not such a leaf: use :meth:`insert`.
+
+        (A prompt chunk's blocks are cached at every step; this skips the two walks to
+        the root that the general insert and unlock take.)"""
+        if (
+            node.children
+            or node.ref != 1
+            or node.users != 1
+            or node.first + node.count != first
+            or node.namespace != namespace
+            or node is self.root
+        ):
+            return False
+        self.tick(now)
+        node.count += count
+        self.cached_blocks += count
+        self.locked_blocks += count
+        self.inuse_blocks += count
+        return True
+
     # ---- anonymous blocks and eviction ------------------------------------------------
     def allocate(self, blocks: int, now: float = 0.0) -> bool:
         """Take ``blocks`` anonymous blocks, evicting cached ones if needed.

@@ -1055,18 +1055,40 @@ class Replica(QueueTokens):
         vLLM caches each scheduled chunk's full blocks (``KVCacheManager.allocate_slots``
         calls ``cache_blocks``): a call preempted mid-prefill leaves them cached."""
         full = min(request.computed // self.block_tokens, request.keyed_blocks)
-        if full <= request.locked_blocks:
+        locked = request.locked_blocks
+        if full <= locked:
             return
-        done, _ = take_runs(skip_runs(request.runs, request.locked_blocks),
-                            full - request.locked_blocks)
+        # (most chunks lie in one run: no need to slice the runs)
+        skipped = 0
+        for namespace, first, count in request.runs:
+            if locked < skipped + count:
+                if full <= skipped + count:
+                    chunk = ((namespace, first + locked - skipped, full - locked),)
+                    self._extend_lock(request, chunk, now)
+                    return
+                break
+            skipped += count
+        done, _ = take_runs(skip_runs(request.runs, locked), full - locked)
         self._extend_lock(request, done, now)
 
     def _extend_lock(self, request: Request, runs: Sequence[Run], now: float) -> None:
-        assert request.lock is not None
+        lock = request.lock
+        assert lock is not None
+        if len(runs) == 1:
+            # Most often the call's own private leaf (its previous chunk's node, or its
+            # prompt's end for the output) continues the run: extended in place.
+            namespace, first, blocks = runs[0]
+            if self.kv.extend_private(lock, namespace, first, blocks, now):
+                self._adopt_locked(request, blocks, blocks, now)
+                return
         blocks = sum(r[2] for r in runs)
-        node, added = self.kv.insert(request.lock, runs, now)
-        self.kv.unlock(request.lock, now)
+        node, added = self.kv.insert(lock, runs, now)
+        self.kv.unlock(lock, now)
         request.lock = node
+        self._adopt_locked(request, blocks, added, now)
+
+    def _adopt_locked(self, request: Request, blocks: int, added: int, now: float) -> None:
+        """The call's lock grew by ``blocks`` blocks, ``added`` of them newly cached."""
         request.locked_blocks += blocks
         # the blocks were the request's own: now cached (or duplicates, freed)
         taken = min(blocks, request.anon)
