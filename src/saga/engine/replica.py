@@ -433,7 +433,7 @@ class Replica(QueueTokens):
         """A folded run has boundaries (or folded mixed steps) still to apply (:meth:`sync`)."""
         return bool(self._folded or self._mixed)
 
-    def sync(self, now: float) -> None:
+    def sync(self, now: float, ordered: bool = True) -> None:
         """Bring a folded run up to ``now``: apply each of its block boundaries that has
         passed, at its own instant, as its event would have (the run's end, then planning
         at that instant, which continues the run: ``_complete``, ``_continue_run`` or
@@ -451,40 +451,58 @@ class Replica(QueueTokens):
         later gives the same state, provided nothing read or changed the replica in
         between, which is what calling this first ensures. Under a static order the
         calls' progress is added once for all the runs applied (nothing in between reads
-        it); under a dynamic one at each boundary, before its queue keys are asked."""
+        it); under a dynamic one before the last boundary applied, whose queue keys sort
+        the running calls (an earlier boundary's sort is read by nothing: the folds index
+        the calls as planned, and the keys change no state).
+
+        ``ordered`` False (the barrier's syncs, ``sim/fold_barrier.py``): the queues are
+        sorted only where the engine itself reads their order, the step before the fold's
+        last (its calls finish in the batch's order), not after every step applied.
+        The audit of the readers in docs/engine.md ("Tenth pass") says why no other
+        reader depends on it: the engine sorts both queues before it reads them again,
+        and the policies read the queues' lengths and sums alone. A later ordered sync
+        that applies no step leaves that order as it is."""
         if self._mixed:
-            self._sync_mixed(now)
+            self._sync_mixed(now, ordered)
             return
         folded = self._folded
         if not folded or self.step_end > now:
             return
         calls = self._fold_calls
         n = len(calls)
-        # stepping sorts the running calls by their keys at each boundary (_form_batch)
-        resort = n > 1 and not self.hooks.static_order
+        due = 0  # the boundaries passed: the run in flight's end, then each folded one's
+        boundary = self.step_end
+        while due < len(folded) and boundary <= now:
+            boundary = folded[due][0]
+            due += 1
+        # stepping sorts the running calls by their keys at each boundary (_form_batch);
+        # only the last one applied is read, and under ``ordered`` False only when the run
+        # in flight is the fold's last
+        resort = n > 1 and not self.hooks.static_order and (ordered or due == len(folded))
         running = self.running
         kv = self.kv
         low, high = self.busy_window
         taken = 0  # decode steps applied, for each call of the batch
-        applied = 0
-        for next_end, next_steps, grow in folded:
+        for index in range(due):
+            next_end, next_steps, grow = folded[index]
             end = self.step_end
-            if end > now:
-                break
             # the run that ends here (_complete's run branch: no call ends, none trimmed)
             start, steps = self.step_start, self._run_steps
             self.steps += steps
             self.busy_seconds += end - start
             self.window_busy_seconds += max(0.0, min(end, high) - max(start, low))
             self.context_tokens += n * steps  # _step_tokens: each computed what it emitted
-            if resort:
+            taken += steps
+            if resort and index == due - 1:
+                # the calls' progress, then their keys at this boundary (a key may read the
+                # cache: before this boundary's growth, as planning there asks them)
                 for request in calls:
-                    request.computed += steps
-                    request.generated += steps
+                    request.computed += taken
+                    request.generated += taken
+                taken = 0
                 hooks = self.hooks
                 running.sort(key=lambda r: hooks.queue_key(self, r, end))
-            else:
-                taken += steps
+                self._batch = [(request, 1) for request in running]  # a run's q is 1
             # planning at ``end``: each call at a block's end takes one more
             for i in grow:
                 request = calls[i]
@@ -497,16 +515,13 @@ class Replica(QueueTokens):
             self._run_ctx = self.context_tokens
             self.step_start = end
             self.step_end = next_end
-            applied += 1
-        del folded[:applied]
-        if resort:
-            self._batch = [(request, 1) for request in running]  # a run's q is 1
-        elif taken:
+        del folded[:due]
+        if taken:
             for request in calls:
                 request.computed += taken
                 request.generated += taken
 
-    def _sync_mixed(self, now: float) -> None:
+    def _sync_mixed(self, now: float, ordered: bool = True) -> None:
         """Bring folded mixed steps up to ``now``: at each passed step's end, what that
         step's end and the planning that follows it do (``_complete``, ``_form_batch``),
         at that instant, for the one call that prefills (its chunk, its cached blocks, its
@@ -520,7 +535,9 @@ class Replica(QueueTokens):
         and the order in between decides nothing (one call prefills, every call fits the
         budget, and which call takes a block first does not change what is evicted). The
         waiting calls likewise, after the growth, as ``_admit_waiting`` sorts them (with
-        no prompt tokens left it admits none)."""
+        no prompt tokens left it admits none). Under ``ordered`` False (:meth:`sync`) the
+        running calls are sorted only when the step in flight is the fold's last, and the
+        waiting calls not at all (the engine sorts them before it reads them)."""
         mixed = self._mixed
         if self.step_end > now:
             return
@@ -535,7 +552,7 @@ class Replica(QueueTokens):
         bt = self.block_tokens
         decodes = len(calls) - 1
         low, high = self.busy_window
-        resort = decodes > 0 and not self.hooks.static_order
+        resort = decodes > 0 and not self.hooks.static_order and (ordered or due == len(mixed))
         chunk = self._mixed_chunk
         for step in range(due):
             next_end, next_chunk, grow = mixed[step]
@@ -575,7 +592,7 @@ class Replica(QueueTokens):
                 request.anon_since.append([1, end])
             if not self._grow(prompt, prompt.computed + next_chunk, end):
                 raise AssertionError("a folded mixed step found no block for its chunk")
-            if step == due - 1 and self.waiting:
+            if step == due - 1 and ordered and self.waiting:
                 # _admit_waiting: no prompt tokens left to admit with; it sorts the queue
                 self._sort_waiting(end)
             chunk = next_chunk

@@ -52,7 +52,8 @@ class PendingFolds:
             _, seq, replica = heapq.heappop(heap)
             if self._live[replica.index] != seq:
                 continue  # the replica planned a newer fold (or this one was cut)
-            replica.sync(now)
+            # unordered: the queues are sorted where the engine reads them (Replica.sync)
+            replica.sync(now, ordered=False)
             if replica.folded:  # boundaries after now are left: its next one
                 self._seq += 1
                 self._live[replica.index] = self._seq
