@@ -13,10 +13,12 @@ every hook that may change that state (its own calls, and the engine's through
 boundary applied later still reads the state of its own instant. The cost is a heap push
 and pop per folded run, not a scan of the fleet.
 
-Two assumptions, both of the policy: its queue keys change no state of its own (the
-engine asks them of every queued call at every step, so they are read-only lookups), and
-the eviction key reads no replica. A queue key may read the replica it is asked about
-(saga's ``fit_first_wait`` reads its cache), which the sync brings to that instant.
+Three assumptions, all of the policy: its queue keys change no state of its own (the
+engine asks them of every queued call at every step, so they are read-only lookups), nor
+does ``preempt_for`` (the base policy's answers False, saga's compares two fair-share
+accounts), so neither needs the barrier; and the eviction key reads no replica. A queue
+key may read the replica it is asked about (saga's ``fit_first_wait`` reads its cache),
+which the sync brings to that instant.
 """
 
 from __future__ import annotations
@@ -66,7 +68,9 @@ class BarrierHooks:
     """``hooks`` as the engine asks them, each hook that may change the policy's state
     preceded by :meth:`PendingFolds.sync_due` at the hook's instant."""
 
-    __slots__ = ("_hooks", "_pending", "prefill_limit", "queue_key", "static_order")
+    __slots__ = (
+        "_hooks", "_pending", "preempt_for", "prefill_limit", "queue_key", "static_order"
+    )
 
     def __init__(self, hooks: EngineHooks, pending: PendingFolds) -> None:
         self._hooks = hooks
@@ -76,6 +80,10 @@ class BarrierHooks:
         self.queue_key = hooks.queue_key
         # reads only the stepping replica (up to its own instant) and changes no state
         self.prefill_limit = hooks.prefill_limit
+        # read-only too (the module's assumption): under saga a full replica with calls
+        # waiting asks it at every plan, and the barrier then synced every folded replica
+        # (a fifth of saga's coding probe, tenth pass in docs/engine.md)
+        self.preempt_for = hooks.preempt_for
 
     def retention(self, replica: Replica, request: Request, now: float) -> Retention:
         self._pending.sync_due(now)
@@ -84,7 +92,3 @@ class BarrierHooks:
     def unpin_order(self, replica: Replica, now: float) -> list[str]:
         self._pending.sync_due(now)
         return self._hooks.unpin_order(replica, now)
-
-    def preempt_for(self, replica: Replica, waiting: Request, running: Request, now: float) -> bool:
-        self._pending.sync_due(now)
-        return self._hooks.preempt_for(replica, waiting, running, now)
