@@ -92,10 +92,17 @@ def _place_new(policy: SagaPolicy, count: int) -> list[int]:
 CFG = SagaConfig(colocate_slack=0.25, colocate_abs=0.0)
 
 
-def test_ten_workflows_on_two_replicas_of_four_slots_fill_one_and_pack_the_other() -> None:
-    policy, _ = _cluster(CFG, slots=4)
+def test_ten_workflows_on_two_replicas_of_four_slots_fill_the_slots_first() -> None:
+    policy, _ = _cluster(CFG, slots=4)  # slot_fit_slack 1 (the default): no packing
     homes = _place_new(policy, 10)
     assert homes[:8].count(0) == 4 and homes[:8].count(1) == 4  # the slots first
+    assert policy.homed_flows == [5, 5]  # then placement's own rule: the working sets
+
+
+def test_with_slack_two_the_overflow_packs_onto_one_replica() -> None:
+    policy, _ = _cluster(CFG.model_copy(update={"slot_fit_slack": 2}), slots=4)
+    homes = _place_new(policy, 10)
+    assert homes[:8].count(0) == 4 and homes[:8].count(1) == 4
     assert homes[8] == homes[9]  # the overflow on one replica: 4 and 6
     assert policy.homed_flows == sorted([4, 6], reverse=homes[8] == 0)
 

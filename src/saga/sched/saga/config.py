@@ -272,10 +272,12 @@ class SagaConfig(BaseModel):
         "slot_fit_slack workflows of the least loaded, else anywhere (slot_fit.py).",
     )
     slot_fit_slack: int = Field(
-        2,
+        1,
         ge=1,
         description="With slot_fit, the most workflows a replica beyond its slots may home "
-        "over the least loaded replica when a new workflow packs onto it (1: never pack).",
+        "over the least loaded replica when a new workflow packs onto it (1: never pack; "
+        "2 packed 10 sessions on 4-slot llama.cpp replicas 4 and 6, measured slower than "
+        "1: docs/engines.md, sixth session).",
     )
     placement_candidates: int = Field(
         16,
