@@ -250,6 +250,7 @@ class Replica(QueueTokens):
         eviction: EvictionOrder | None = None,
     ) -> None:
         self.index = index
+        self.slots: int | None = None  # no slots: memory alone bounds the sequences kept
         self.config = config
         self.cost = cost
         self.hooks = hooks

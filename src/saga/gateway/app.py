@@ -192,7 +192,7 @@ def _bind_policy(config: GatewayConfig) -> tuple[Policy, list[RemoteReplicaView]
                           max_concurrency=b.max_concurrency,
                           max_num_batched_tokens=cluster.engine.max_num_batched_tokens,
                           prefill_time=cost.prefill_time, decode_time=decode_time,
-                          speed=speed)
+                          speed=speed, slots=b.slots if BACKENDS[b.kind].has_slots else None)
         for i, b in enumerate(config.backends)
     ]
     # The views are the policy's replicas (saga.sched.view.ReplicaView).

@@ -84,6 +84,9 @@ class Backend:
     #: its engine carries out what was asked in the order it was asked. Else the next
     #: call waits for the retention step (``retain_wait``, saga.gateway.retain_step).
     retains_in_order: ClassVar[bool] = False
+    #: Whether it keeps KV in ``config.slots`` slots, one per active workflow (the
+    #: policy's view then carries the count: :attr:`RemoteReplicaView.slots`).
+    has_slots: ClassVar[bool] = False
 
     def __init__(
         self, index: int, config: BackendConfig, session: aiohttp.ClientSession,
@@ -350,6 +353,7 @@ class LlamaCppBackend(Backend):
     retains = True
     offloads = True
     retains_in_order = True
+    has_slots = True
 
     def __init__(
         self, index: int, config: BackendConfig, session: aiohttp.ClientSession,

@@ -279,9 +279,12 @@ class RemoteReplicaView:
         max_num_batched_tokens: int = 8192,
         prefill_time: Callable[[int, int], float] | None = None,
         decode_time: Callable[[int, int], float] | None = None,
-        speed: EngineSpeed | None = None,
+        speed: EngineSpeed | None = None, slots: int | None = None,
     ) -> None:
         self.index = index
+        #: Sequences whose KV the backend keeps between calls (llama.cpp's slots, as the
+        #: operator set ``--parallel``), None when only its memory bounds them.
+        self.slots = slots
         #: Predicted seconds to prefill a prompt of N tokens with M cached (the cluster
         #: preset's cost model), for :meth:`age`; None: running calls are not aged.
         self.prefill_time = prefill_time

@@ -129,6 +129,7 @@ class VLLMReplicaView:
     index = 0
     up = True
     host = None
+    slots = None  # vLLM keeps any number of sequences' KV, as memory allows
 
     def __init__(
         self, state: VLLMState, calls: Mapping[str, VLLMCall], pins: Mapping[str, PinView],

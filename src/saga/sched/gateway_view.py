@@ -125,6 +125,10 @@ class GatewayReplicaView:
         return self.engine.up
 
     @property
+    def slots(self) -> int | None:
+        return self.engine.slots
+
+    @property
     def block_tokens(self) -> int:
         return self.engine.block_tokens
 

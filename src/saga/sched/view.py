@@ -198,6 +198,13 @@ class ReplicaView(Protocol):
     def up(self) -> bool: ...
 
     @property
+    def slots(self) -> int | None:
+        """Sequences whose KV the replica keeps between calls (llama.cpp's ``--parallel``:
+        a workflow beyond them takes another's slot), None when only memory bounds them
+        (vLLM, the simulator)."""
+        ...
+
+    @property
     def block_tokens(self) -> int: ...
 
     @property

@@ -41,6 +41,10 @@ class SyncedReplica:
         return self._replica.up
 
     @property
+    def slots(self) -> None:
+        return None  # the simulated engine keeps any number of sequences' KV
+
+    @property
     def block_tokens(self) -> int:
         return self._replica.block_tokens
 

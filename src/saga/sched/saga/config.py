@@ -264,6 +264,21 @@ class SagaConfig(BaseModel):
     colocate_abs: float = Field(
         16384.0, ge=0.0, description="Absolute working-set slack in tokens for co-location."
     )
+    slot_fit: bool = Field(
+        True,
+        description="On replicas that declare a slot count (llama.cpp's --parallel; the "
+        "simulator's and vLLM's declare none: no effect there), a new workflow goes to a "
+        "replica with a free slot, else to one already beyond its slots within "
+        "slot_fit_slack workflows of the least loaded, else anywhere (slot_fit.py).",
+    )
+    slot_fit_slack: int = Field(
+        1,
+        ge=1,
+        description="With slot_fit, the most workflows a replica beyond its slots may home "
+        "over the least loaded replica when a new workflow packs onto it (1: never pack; "
+        "2 packed 10 sessions on 4-slot llama.cpp replicas 4 and 6, measured slower than "
+        "1: docs/engines.md, sixth session).",
+    )
     placement_candidates: int = Field(
         16,
         ge=2,

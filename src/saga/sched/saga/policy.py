@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from saga.engine.kvcache import EvictionOrder, KeyedEviction, KVNode, LRUEviction
 from saga.sched.decisions import ADMIT, RELEASE, Admission, Retention
 from saga.sched.policy import CallInfo, Policy, PolicyContext, Router, WorkflowInfo
-from saga.sched.saga import admission, placement
+from saga.sched.saga import admission, placement, slot_fit
 from saga.sched.saga import retention as keep
 from saga.sched.saga.chunking import decode_guard, guard_tokens
 from saga.sched.saga.config import SagaConfig
@@ -127,6 +127,7 @@ class SagaPolicy(Policy):
         self.predictor = placement.Predictor(ctx.cost, ctx.block_tokens,
                                               self.config.backlog_price)
         self.homed = [0.0] * len(ctx.replicas)  # context tokens of the flows homed there
+        self.homed_flows = [0] * len(ctx.replicas)  # the flows homed there (slot_fit)
         self.homed_total = 0.0
         self.growth = GrowthTally()  # the counted flows' expected growth (gate_growth)
         self._placements = 0
@@ -153,12 +154,14 @@ class SagaPolicy(Policy):
         """Move ``flow``'s working set to ``home`` with ``context`` tokens."""
         if flow.home is not None:
             self.homed[flow.home] -= flow.context
+            self.homed_flows[flow.home] -= 1
             self.homed_total -= flow.context
         else:
             self._count_unhomed(agent_key(flow.info), -1)
         flow.home, flow.context = home, context
         if home is not None:
             self.homed[home] += context
+            self.homed_flows[home] += 1
             self.homed_total += context
         else:
             self._count_unhomed(agent_key(flow.info), +1)
@@ -427,6 +430,9 @@ class SagaPolicy(Policy):
             candidates = [r for r in self.ctx.replicas if r.up]
             if not candidates:  # what the runtimes catch (the gateway answers 503)
                 raise RuntimeError("no replica is up")
+        if home is None and self.config.slot_fit:
+            candidates = list(slot_fit.fitting(candidates, self.homed_flows,
+                                               self.config.slot_fit_slack))
         estimate = placement.choose(self.predictor, candidates, home, call.runs,
                                     call.prompt_tokens, output, self.homed, self.config,
                                     self.noise.sigma)
