@@ -84,6 +84,8 @@ def decide(inp: RetentionInput, config: SagaConfig) -> Retention:
         return DROP
     if inp.blocks <= 0:
         return RELEASE
+    if inp.reload is not None and not config.pin_with_host:
+        return _offload(inp, config)  # a host tier, and no pin over it: offload
     price = shadow_price(inp.memory, config)
     share = inp.blocks / max(inp.memory.capacity, 1)
     if inp.reload is not None:
