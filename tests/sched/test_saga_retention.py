@@ -114,3 +114,16 @@ def test_no_pin_over_a_host_tier_keeps_pins_without_one_and_drop_and_release() -
     empty = RetentionInput(now=100.0, ends=False, gap=GAP, blocks=0, recompute=4.0,
                            reload=0.5, memory=CALM)
     assert decide(empty, NO_HOST_PINS).kind == "release"
+
+
+def test_pin_host_copy_marks_pins_over_a_host_tier_only() -> None:
+    """`pin_host_copy`: the same pin (kind, TTL) as the default's, with the write-through
+    asked for only where a host tier can hold the blocks."""
+    copy = SagaConfig(pin_host_copy=True)
+    default = decide(_inp(CALM, 0.5), CFG)
+    written = decide(_inp(CALM, 0.5), copy)
+    assert default.kind == written.kind == "pin" and written.ttl == default.ttl
+    assert not default.host_copy and written.host_copy
+    no_host = decide(_inp(CALM, None), copy)
+    assert no_host.kind == "pin" and not no_host.host_copy
+    assert decide(_inp(BUSY, 0.5), copy) == decide(_inp(BUSY, 0.5), CFG)  # an offload

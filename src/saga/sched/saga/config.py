@@ -136,6 +136,13 @@ class SagaConfig(BaseModel):
         "a call waiting for memory cannot take while others run: on full coding at 0.09 "
         "wf/s it is the gate's and the queues' wait (docs/saga.md, sixth session).",
     )
+    pin_host_copy: bool = Field(
+        False,
+        description="With a host tier that can hold the blocks, a pin also copies them to "
+        "the host (write-through), so a pin that expires or is given up before the workflow "
+        "returns leaves a copy to reload instead of KV to recompute. Off by default "
+        "(docs/saga.md, sixth session).",
+    )
     drop_below: float = Field(
         0.02,
         ge=0.0,

@@ -96,7 +96,8 @@ def decide(inp: RetentionInput, config: SagaConfig) -> Retention:
     for tau, p_return, held in inp.gap.ttl_table(config.ttl_max, TTL_QUANTILES):
         gain = p_return * fallback_cost - price * share * held
         if gain > best_gain:
-            best_gain, best = gain, Retention("pin", ttl=tau)
+            best_gain, best = gain, Retention(
+                "pin", ttl=tau, host_copy=inp.reload is not None and config.pin_host_copy)
     if best is not None:
         return best
     # the fallback, built only when no pin beats it (an offload asks a quantile more)
