@@ -8,9 +8,13 @@ its TCT alone is split, summed over its calls, into: the wait at the door (memor
 the wait in an engine queue, prefill over its prefill alone (prefix misses: recompute of
 evicted or stolen context, and prefill chunks slowed by a busy batch), decode over its
 decode alone (larger batches), and the rest (tool gaps, which no policy changes, and
-rounding). Also per workflow: recomputed tokens, the part of them the placement gave up
-(the replica of the previous call still held them: steals), steals (a call placed on
-another replica than its predecessor's), preemptions.
+rounding). Also per workflow: recomputed tokens; the tokens the placement gave up (the
+replica of the previous call still held them: steals; counted before any reload from the
+host tier, so they may exceed the recompute); the recompute its preemptions caused (what a
+preemption discarded and was computed again; the rest of the recompute is prefix missed on
+the GPU between calls and not found on the host: evicted, or dropped at a guessed end);
+the tokens reloaded from the host tier; steals (a call placed on another replica than its
+predecessor's); preemptions.
 
 Run: PYTHONPATH=src python benchmarks/capacity_misses.py coding 0.025 \
     saga:gate_shared_once=false,saga,sglang+gate:gate_shared_once=false [--seeds 0,1]
@@ -30,7 +34,10 @@ from saga.sim.simulator import SimResult, Simulation
 
 #: the parts of a workflow's time over its TCT alone, in the order printed
 PARTS = ("gate wait", "queue", "prefill over alone", "decode over alone", "rest")
-COUNTS = ("recomputed tok", "of which placement", "steals", "preemptions")
+COUNTS = ("recomputed tok", "of which placement", "of which preemption", "host reloaded tok",
+          "steals", "preemptions")
+#: counts small enough per workflow that their means are printed with two decimals
+FEW = ("steals", "preemptions")
 
 
 def alone_parts(job: tuple[str, int]) -> dict[str, tuple[float, float, float]]:
@@ -80,6 +87,11 @@ def breakdown(result: SimResult, alone: dict[str, tuple[float, float, float]]
         parts["slowdown"] = tct / tct_alone if finished else float("inf")
         parts["recomputed tok"] = sum(c.recomputed_tokens for c in mine)
         parts["of which placement"] = sum(c.placement_missed_tokens for c in mine)
+        # a call's recompute is its prefix missed on the GPU and not reloaded from the host,
+        # plus what its preemptions discarded: the second part is the rest
+        parts["of which preemption"] = sum(
+            c.recomputed_tokens - max(0, c.gpu_missed_tokens - c.host_tokens) for c in mine)
+        parts["host reloaded tok"] = sum(c.host_tokens for c in mine)
         parts["steals"] = sum(1 for a, b in itertools.pairwise(mine)
                               if a.replica != b.replica)
         parts["preemptions"] = sum(c.preemptions for c in mine)
@@ -128,7 +140,8 @@ def main() -> None:
         within = sum(1 for r in rows if r["slowdown"] <= 2.0)
         everyone = sum(1 for w in judged if w in table and table[w]["slowdown"] <= 2.0)
         print(f"{name} | {everyone / max(len(judged), 1):.3f} | {within}/{len(rows)} | "
-              + " | ".join(f"{sum(r[k] for r in rows) / n:,.0f}" for k in PARTS + COUNTS))
+              + " | ".join(f"{sum(r[k] for r in rows) / n:,.{2 if k in FEW else 0}f}"
+                           for k in PARTS + COUNTS))
 
 if __name__ == "__main__":
     main()

@@ -369,3 +369,28 @@ def test_no_prefill_limit_batches_as_the_budget_alone() -> None:
     assert plain == batches(PrefillLimit(None))
     assert plain[0] == [("w0", 512)]
     assert batches(PrefillLimit(512)) == plain  # a limit at the budget changes nothing
+
+
+def test_a_pin_with_host_copy_writes_through_and_outlives_its_expiry() -> None:
+    """`host_copy`: the pin holds the 10 blocks on the GPU and copies them to the host;
+    once the pin is given up and the GPU copy evicted, the next call reloads them all.
+    A plain pin copies nothing."""
+    plain = make_replica(capacity=24, hooks=Hooks(Retention("pin", ttl=60.0)), host_blocks=100)
+    plain.enqueue(request("a", 10, 2, seq=1), 0.0)
+    drive(plain)
+    assert plain.host is not None and plain.host.cached_blocks == 0
+    hooks = Hooks(Retention("pin", ttl=60.0, host_copy=True))
+    replica = make_replica(capacity=24, hooks=hooks, host_blocks=100)
+    replica.enqueue(request("a", 10, 2, seq=1), 0.0)
+    end, _ = drive(replica)
+    assert "a" in replica.pins and replica.kv.locked_blocks == 10
+    assert replica.host is not None and replica.host.cached_blocks == 10
+    replica.unpin("a", end)
+    hooks.decision = Retention("release")
+    # another workflow needs 21 of the 24 blocks: 7 of a's 10 are evicted, tail first
+    replica.enqueue(request("b", 20, 2, seq=2), end)
+    end, _ = drive(replica, end)
+    nxt = Request("a", "c1", (("w:a", 0, 10),), 10 * BT + 5, 2, BT, seq=3)
+    replica.enqueue(nxt, end)
+    drive(replica, end)
+    assert nxt.cached_tokens == 3 * BT and nxt.host_tokens == 7 * BT

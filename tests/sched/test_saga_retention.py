@@ -88,3 +88,42 @@ def test_ttl_shrinks_as_waiting_work_grows_and_converges_to_release() -> None:
 def test_ttl_is_capped() -> None:
     cfg = SagaConfig(ttl_max=3.0)
     assert decide(_inp(CALM, None), cfg).ttl == 3.0
+
+
+NO_HOST_PINS = SagaConfig(pin_with_host=False)
+
+
+def test_no_pin_over_a_host_tier_offloads_even_when_memory_is_calm() -> None:
+    """`pin_with_host` off: where the default pins (calm, reload 0.5 s: "pin-over-offload")
+    the KV goes to the host, back by the gap's 0.2 quantile less the reload."""
+    assert decide(_inp(CALM, 0.5), CFG).kind == "pin"
+    decision = decide(_inp(CALM, 0.5), NO_HOST_PINS)
+    assert decision.kind == "offload"
+    assert decision.ttl == 0.0
+    q20 = 5.0 * math.exp(0.5 * -0.8416212336)
+    assert decision.prefetch_at == pytest.approx(100.0 + q20 - 0.5, rel=1e-6)
+
+
+def test_no_pin_over_a_host_tier_keeps_pins_without_one_and_drop_and_release() -> None:
+    """Without a host tier the rule is the default's, bit for bit; a drop (end, or no
+    return) and a workflow with no private blocks are decided before it."""
+    for memory in (CALM, BUSY):
+        assert decide(_inp(memory, None), NO_HOST_PINS) == decide(_inp(memory, None), CFG)
+    assert decide(_inp(CALM, None), NO_HOST_PINS).kind == "pin"
+    assert decide(_inp(CALM, 0.5, ends=True), NO_HOST_PINS).kind == "drop"
+    empty = RetentionInput(now=100.0, ends=False, gap=GAP, blocks=0, recompute=4.0,
+                           reload=0.5, memory=CALM)
+    assert decide(empty, NO_HOST_PINS).kind == "release"
+
+
+def test_pin_host_copy_marks_pins_over_a_host_tier_only() -> None:
+    """`pin_host_copy`: the same pin (kind, TTL) as the default's, with the write-through
+    asked for only where a host tier can hold the blocks."""
+    copy = SagaConfig(pin_host_copy=True)
+    default = decide(_inp(CALM, 0.5), CFG)
+    written = decide(_inp(CALM, 0.5), copy)
+    assert default.kind == written.kind == "pin" and written.ttl == default.ttl
+    assert not default.host_copy and written.host_copy
+    no_host = decide(_inp(CALM, None), copy)
+    assert no_host.kind == "pin" and not no_host.host_copy
+    assert decide(_inp(BUSY, 0.5), copy) == decide(_inp(BUSY, 0.5), CFG)  # an offload

@@ -1148,6 +1148,8 @@ class Replica(QueueTokens):
             pin = Pin(node, now + decision.ttl)
             self.pins[request.workflow] = pin
             self.new_pins.append((request.workflow, pin))
+            if decision.host_copy and self.host is not None:
+                self._copy_node_to_host(node, now)
             return
         if kind == "offload" and self.host is not None:
             self._copy_node_to_host(node, now)

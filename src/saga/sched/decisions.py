@@ -22,11 +22,16 @@ class Retention:
     * ``offload``: copy them to the host tier and leave the GPU copy evictable;
       ``prefetch_at`` (absolute time) asks for them back on the GPU by then;
     * ``drop``: free the workflow's private blocks at once.
+
+    ``host_copy`` (with ``pin``): also copy the blocks to the host tier, so that the KV
+    outlives a pin that expires or is given up before the workflow returns (the simulator
+    carries it out; the gateway and the vLLM integration pin without the copy).
     """
 
     kind: RetentionKind = "release"
     ttl: float = 0.0
     prefetch_at: float | None = None
+    host_copy: bool = False
 
 
 RELEASE = Retention("release")

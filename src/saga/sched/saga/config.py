@@ -127,6 +127,22 @@ class SagaConfig(BaseModel):
         "memory is treated as free; the price rises linearly above it.",
     )
     ttl_max: float = Field(120.0, gt=0.0, description="Longest pin TTL in seconds.")
+    pin_with_host: bool = Field(
+        True,
+        description="Let retention pin a workflow's KV on the GPU through a tool call when "
+        "a host tier can hold it. Off: with a host tier that can, the KV is offloaded (and "
+        "prefetched), never pinned; without one, pins as before. A pin there saves only the "
+        "reload (under a second on PCIe) yet holds GPU blocks for the whole tool call, which "
+        "a call waiting for memory cannot take while others run: on full coding at 0.09 "
+        "wf/s it is the gate's and the queues' wait (docs/saga.md, sixth session).",
+    )
+    pin_host_copy: bool = Field(
+        False,
+        description="With a host tier that can hold the blocks, a pin also copies them to "
+        "the host (write-through), so a pin that expires or is given up before the workflow "
+        "returns leaves a copy to reload instead of KV to recompute. Off by default "
+        "(docs/saga.md, sixth session).",
+    )
     drop_below: float = Field(
         0.02,
         ge=0.0,

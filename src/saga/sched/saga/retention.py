@@ -84,6 +84,8 @@ def decide(inp: RetentionInput, config: SagaConfig) -> Retention:
         return DROP
     if inp.blocks <= 0:
         return RELEASE
+    if inp.reload is not None and not config.pin_with_host:
+        return _offload(inp, config)  # a host tier, and no pin over it: offload
     price = shadow_price(inp.memory, config)
     share = inp.blocks / max(inp.memory.capacity, 1)
     if inp.reload is not None:
@@ -94,7 +96,8 @@ def decide(inp: RetentionInput, config: SagaConfig) -> Retention:
     for tau, p_return, held in inp.gap.ttl_table(config.ttl_max, TTL_QUANTILES):
         gain = p_return * fallback_cost - price * share * held
         if gain > best_gain:
-            best_gain, best = gain, Retention("pin", ttl=tau)
+            best_gain, best = gain, Retention(
+                "pin", ttl=tau, host_copy=inp.reload is not None and config.pin_host_copy)
     if best is not None:
         return best
     # the fallback, built only when no pin beats it (an offload asks a quantile more)
