@@ -16,7 +16,9 @@ from saga.sched.saga.retention import (
     ttl_candidates,
 )
 
-CFG = SagaConfig()  # price_idle 0.05, price_per_waiting 1.0, knee 0.5
+# the priced pin-or-offload rule (pin_with_host on; the default is off since the sixth
+# session: tests below); price_idle 0.05, price_per_waiting 1.0, knee 0.5
+CFG = SagaConfig(pin_with_host=True)
 GAP = Gap(0.9, ((1.0, LogNormal(math.log(5.0), 0.5)),))  # returns 90 %, median 5 s
 CALM = MemoryState(capacity=1000, held=600, waiting_demand=0, waiting_calls=0)
 BUSY = MemoryState(capacity=1000, held=900, waiting_demand=300, waiting_calls=10)
@@ -90,7 +92,7 @@ def test_ttl_is_capped() -> None:
     assert decide(_inp(CALM, None), cfg).ttl == 3.0
 
 
-NO_HOST_PINS = SagaConfig(pin_with_host=False)
+NO_HOST_PINS = SagaConfig()  # the default: no pin over a host tier
 
 
 def test_no_pin_over_a_host_tier_offloads_even_when_memory_is_calm() -> None:
@@ -119,7 +121,7 @@ def test_no_pin_over_a_host_tier_keeps_pins_without_one_and_drop_and_release() -
 def test_pin_host_copy_marks_pins_over_a_host_tier_only() -> None:
     """`pin_host_copy`: the same pin (kind, TTL) as the default's, with the write-through
     asked for only where a host tier can hold the blocks."""
-    copy = SagaConfig(pin_host_copy=True)
+    copy = SagaConfig(pin_with_host=True, pin_host_copy=True)
     default = decide(_inp(CALM, 0.5), CFG)
     written = decide(_inp(CALM, 0.5), copy)
     assert default.kind == written.kind == "pin" and written.ttl == default.ttl

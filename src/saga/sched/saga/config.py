@@ -128,13 +128,14 @@ class SagaConfig(BaseModel):
     )
     ttl_max: float = Field(120.0, gt=0.0, description="Longest pin TTL in seconds.")
     pin_with_host: bool = Field(
-        True,
+        False,
         description="Let retention pin a workflow's KV on the GPU through a tool call when "
         "a host tier can hold it. Off: with a host tier that can, the KV is offloaded (and "
         "prefetched), never pinned; without one, pins as before. A pin there saves only the "
         "reload (under a second on PCIe) yet holds GPU blocks for the whole tool call, which "
         "a call waiting for memory cannot take while others run: on full coding at 0.09 "
-        "wf/s it is the gate's and the queues' wait (docs/saga.md, sixth session).",
+        "wf/s it is the gate's and the queues' wait. Off by default since the sixth "
+        "session (docs/saga.md, \"Coding agents at 0.09 wf/s\").",
     )
     pin_host_copy: bool = Field(
         False,
