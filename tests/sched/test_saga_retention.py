@@ -129,3 +129,11 @@ def test_pin_host_copy_marks_pins_over_a_host_tier_only() -> None:
     no_host = decide(_inp(CALM, None), copy)
     assert no_host.kind == "pin" and not no_host.host_copy
     assert decide(_inp(BUSY, 0.5), copy) == decide(_inp(BUSY, 0.5), CFG)  # an offload
+
+
+def test_pin_host_copy_without_pins_over_a_host_tier_is_refused() -> None:
+    """With `pin_with_host` off (the default) no pin is taken over a host tier, so a
+    write-through would silently do nothing: the configuration says so instead."""
+    with pytest.raises(ValueError, match="pin_host_copy needs pin_with_host"):
+        SagaConfig(pin_host_copy=True)
+    assert SagaConfig(pin_with_host=True, pin_host_copy=True).pin_host_copy

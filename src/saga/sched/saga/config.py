@@ -141,8 +141,9 @@ class SagaConfig(BaseModel):
         False,
         description="With a host tier that can hold the blocks, a pin also copies them to "
         "the host (write-through), so a pin that expires or is given up before the workflow "
-        "returns leaves a copy to reload instead of KV to recompute. Off by default "
-        "(docs/saga.md, sixth session).",
+        "returns leaves a copy to reload instead of KV to recompute. Needs pin_with_host "
+        "(without it no pin is taken over a host tier). Off by default (docs/saga.md, "
+        "sixth session).",
     )
     drop_below: float = Field(
         0.02,
@@ -507,6 +508,14 @@ class SagaConfig(BaseModel):
         bad = {t: w for t, w in self.tenant_weights.items() if not w > 0}
         if bad:
             raise ValueError(f"tenant weights must be > 0: {bad}")
+        return self
+
+    @model_validator(mode="after")
+    def _host_copy_needs_host_pins(self) -> SagaConfig:
+        # else a silent no-op: with pin_with_host off no pin is taken over a host tier
+        if self.pin_host_copy and not self.pin_with_host:
+            raise ValueError("pin_host_copy needs pin_with_host = true (pins over a host "
+                             "tier, which it copies through)")
         return self
 
     def weight(self, tenant: str) -> float:
