@@ -431,8 +431,8 @@ class SagaPolicy(Policy):
             if not candidates:  # what the runtimes catch (the gateway answers 503)
                 raise RuntimeError("no replica is up")
         if home is None and self.config.slot_fit:
-            candidates = list(slot_fit.fitting(candidates, self.homed_flows,
-                                               self.config.slot_fit_slack))
+            candidates = slot_fit.fitting(candidates, self.homed_flows,
+                                          self.config.slot_fit_slack)
         estimate = placement.choose(self.predictor, candidates, home, call.runs,
                                     call.prompt_tokens, output, self.homed, self.config,
                                     self.noise.sigma)

@@ -22,11 +22,11 @@ if TYPE_CHECKING:
 
 
 def fitting(
-    candidates: Sequence[ReplicaView], homed_flows: Sequence[int], slack: int,
-) -> Sequence[ReplicaView]:
+    candidates: list[ReplicaView], homed_flows: Sequence[int], slack: int,
+) -> list[ReplicaView]:
     """The candidates a new workflow may go to, by the rule above; ``homed_flows[i]`` is
     the number of workflows homed on replica ``i``. All candidates when any of them has
-    no slot count (a mixed cluster is not compared by slots)."""
+    no slot count (a mixed cluster is not compared by slots): the list itself, not a copy."""
     if not candidates:
         return candidates
     slots: list[int] = []
