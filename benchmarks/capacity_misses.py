@@ -27,7 +27,14 @@ import itertools
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 
-from capacity_probe import policy_named, pool_of, seed_list, workload, workload_label
+from capacity_probe import (
+    policy_list,
+    policy_named,
+    pool_of,
+    seed_list,
+    workload,
+    workload_label,
+)
 from saga.bench.capacity import median_alone, offered
 from saga.sched.vllm import VLLMRoundRobin
 from saga.sim.simulator import SimResult, Simulation
@@ -106,12 +113,13 @@ def main() -> None:
                         help="a quick capacity workload: coding or claude-code "
                         "(full:coding, full:claude-code: the full scenario's)")
     parser.add_argument("rate", type=float, help="Poisson arrival rate (workflows/s)")
-    parser.add_argument("policies", help="comma-separated; the first picks the workflows")
+    parser.add_argument("policies", type=policy_list,
+                        help="comma-separated; the first picks the workflows")
     parser.add_argument("--seeds", type=seed_list, default=[0],
                         help="comma-separated; several pool their workflows (window: the "
                         "median TCT alone over all of them, as the search's)")
     args = parser.parse_args()
-    policies = args.policies.split(",")
+    policies: list[str] = args.policies
     seeds: list[int] = args.seeds
     with ProcessPoolExecutor(2) as pool:
         alone = dict(zip(seeds, pool.map(alone_parts, [(args.workload, s) for s in seeds]),

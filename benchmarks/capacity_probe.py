@@ -31,11 +31,14 @@ import statistics
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
+from pydantic import ValidationError
+
 from saga.bench.capacity import median_alone, offered
 from saga.bench.scenario import WorkloadSpec, load_scenario
 from saga.bench.workloads import build_spec
 from saga.core.workflow import Workflow
 from saga.engine.cluster import ClusterSpec
+from saga.errors import UserError, validation_reasons
 from saga.metrics.summary import busy_share
 from saga.sched.baselines.llmd import LLMD, LLMDConfig
 from saga.sched.gated import GatedPolicy
@@ -123,6 +126,20 @@ def seed_list(text: str) -> list[int]:
     return seeds
 
 
+def policy_list(text: str) -> list[str]:
+    """An argparse type: comma-separated policy names, each built once here (an unknown
+    name or an invalid configuration is a usage error before any simulation starts)."""
+    names = text.split(",")
+    for name in names:
+        try:
+            policy_named(name)
+        except ValidationError as error:
+            raise argparse.ArgumentTypeError(f"{name}: {validation_reasons(error)}") from None
+        except (UserError, ValueError) as error:
+            raise argparse.ArgumentTypeError(f"{name}: {error}") from None
+    return names
+
+
 def pool_of(label: str, seed: int) -> list[Workflow]:
     cluster, spec, _, _ = workload(label)
     return build_spec(spec, seed, {}, cluster.cost_model().model.max_context)[0]
@@ -179,7 +196,7 @@ def main() -> None:
                         help="a quick capacity workload: coding or claude-code "
                         "(full:coding, full:claude-code: the full scenario's)")
     parser.add_argument("rate", type=float, help="Poisson arrival rate (workflows/s)")
-    parser.add_argument("policies", help="comma-separated policy names")
+    parser.add_argument("policies", type=policy_list, help="comma-separated policy names")
     parser.add_argument("--seeds", type=seed_list, default=[0, 1],
                         help="comma-separated seeds, pooled (default 0,1)")
     parser.add_argument("--kv-scale", type=float, default=1.0,
@@ -187,7 +204,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     seeds: list[int] = args.seeds
-    policies = args.policies.split(",")
+    policies: list[str] = args.policies
     with ProcessPoolExecutor(args.workers) as pool:
         alone = dict(zip(seeds, pool.map(alone_of, [(args.workload, s) for s in seeds]),
                          strict=True))

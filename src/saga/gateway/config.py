@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from saga.errors import UserError
+from saga.errors import UserError, validation_reasons
 
 
 class BackendConfig(BaseModel):
@@ -310,7 +310,4 @@ def load_config(path: Path) -> GatewayConfig:
     try:
         return GatewayConfig.model_validate(data)
     except ValidationError as error:
-        lines = [
-            f"{'.'.join(str(x) for x in e['loc']) or 'config'}: {e['msg']}" for e in error.errors()
-        ]
-        raise UserError(f"{path}: invalid config: " + "; ".join(lines)) from None
+        raise UserError(f"{path}: invalid config: {validation_reasons(error)}") from None

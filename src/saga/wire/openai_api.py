@@ -12,6 +12,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from saga.errors import validation_reasons
 from saga.wire.prefix import chat_text
 
 
@@ -125,8 +126,4 @@ def parse_body(raw: bytes, kind: Kind) -> tuple[ChatRequest | CompletionRequest,
 
 
 def _validation_message(error: ValidationError) -> str:
-    parts = []
-    for item in error.errors()[:3]:
-        where = ".".join(str(x) for x in item["loc"]) or "body"
-        parts.append(f"{where}: {item['msg']}")
-    return "invalid request: " + "; ".join(parts)
+    return "invalid request: " + validation_reasons(error, root="body", limit=3)
