@@ -55,6 +55,15 @@ def test_bad_scenarios_name_the_field(text: str, message: str) -> None:
         parse_scenario(text, "my.toml")
 
 
+def test_a_bad_scenario_names_every_bad_field() -> None:
+    text = TINY.replace("loads = [0.5, 0.9]", "loads = 'x'") + "\nbogus = 1\n"
+    with pytest.raises(UserError) as error:
+        parse_scenario(text, "my.toml")
+    message = str(error.value)
+    assert message.startswith("my.toml: ") and "\n" not in message
+    assert "loads" in message and "bogus: Extra inputs are not permitted" in message
+
+
 def test_bench_runs_every_policy_and_writes_summary_and_report(tmp_path: Path) -> None:
     scenario = tmp_path / "tiny.toml"
     scenario.write_text(TINY)

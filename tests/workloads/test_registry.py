@@ -55,6 +55,8 @@ def test_params_coerced_from_strings() -> None:
     ("chat", {"count": "x"}, "workload 'chat': param count: Input should be a valid integer"),
     ("fanout", {"min_workers": "9"}, "min_workers must be <= max_workers"),
     ("agents", {"count": "3"}, "workload 'agents': unknown param 'count'; valid: (none)"),
+    ("chat", {"count": "x", "bogus": "1"},
+     "integer, unable to parse string as an integer; unknown param 'bogus'; valid:"),
 ])
 def test_param_errors(name: str, params: dict[str, str], message: str) -> None:
     with pytest.raises(UserError) as e:

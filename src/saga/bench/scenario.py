@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from saga.engine.cluster import ClusterSpec, get_cluster
-from saga.errors import UserError
+from saga.errors import UserError, validation_reasons
 
 
 class WorkloadSpec(BaseModel):
@@ -221,9 +221,7 @@ def parse_scenario(text: str, source: str, *, base: Path | None = None) -> Scena
         scenario = Scenario.model_validate(data)
         scenario.quick_version()  # the overrides must be valid too
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(x) for x in first["loc"]) or "scenario"
-        raise UserError(f"{source}: {where}: {first['msg']}") from None
+        raise UserError(f"{source}: {validation_reasons(error, root='scenario')}") from None
     return scenario
 
 

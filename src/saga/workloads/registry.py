@@ -222,13 +222,13 @@ def parse_params(model: type[BaseModel], params: Mapping[str, str] | None, *, na
     try:
         return model.model_validate(raw)
     except ValidationError as e:
-        err = e.errors()[0]
-        key = ".".join(str(x) for x in err["loc"]) or "params"
-        if err["type"] == "extra_forbidden":
-            raise UserError(f"workload {name!r}: unknown param {key!r}; valid: {valid}"
-                            ) from None
-        raise UserError(f"workload {name!r}: param {key}: {err['msg']}; valid: {valid}"
-                        ) from None
+        # every bad param in one message, so a user fixes them in one go
+        reasons = []
+        for err in e.errors():
+            key = ".".join(str(x) for x in err["loc"]) or "params"
+            reasons.append(f"unknown param {key!r}" if err["type"] == "extra_forbidden"
+                           else f"param {key}: {err['msg']}")
+        raise UserError(f"workload {name!r}: {'; '.join(reasons)}; valid: {valid}") from None
 
 
 def build_workload(name: str, *, seed: int = 0, params: Mapping[str, str] | None = None,
