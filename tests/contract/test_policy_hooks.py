@@ -9,8 +9,11 @@ through each runtime's real pipeline is :mod:`test_runtime_pipelines`.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import math
+import random
+import types
 from collections import Counter
 
 import pytest
@@ -19,6 +22,7 @@ from adapters import WORLDS, World
 from saga.engine.kvcache import EvictionOrder, KVNode
 from saga.errors import UserError
 from saga.sched.decisions import Admission, Retention
+from saga.sched.policy import PolicyContext
 from saga.sched.registry import build_policy, list_policies
 from saga.sched.view import CallInfo, CallView, WorkflowInfo
 
@@ -58,6 +62,37 @@ def _check_eviction(order: EvictionOrder, now: float) -> None:
         assert isinstance(key, int | float) and not math.isnan(key)
 
 
+# the runtime's context (its replicas, cost model, clock) is the adapter's state, not the
+# policy's: the snapshot stops there
+_OPAQUE = (types.FunctionType, types.BuiltinFunctionType, types.MethodType, types.ModuleType,
+           type, PolicyContext)
+
+
+def _state(obj: object, memo: dict[int, tuple[int, object]] | None = None) -> object:
+    """Everything reachable from ``obj`` as nested tuples of plain values, so two snapshots
+    are equal exactly when no attribute, container or counter changed in between
+    (functions, classes and modules stand for themselves; a shared object is a reference
+    to its first visit; the memo keeps each visited object alive, so no id is reused)."""
+    memo = {} if memo is None else memo
+    if obj is None or isinstance(obj, bool | int | float | str | bytes):
+        return obj
+    if isinstance(obj, _OPAQUE):
+        return ("opaque", getattr(obj, "__qualname__", type(obj).__qualname__))
+    if id(obj) in memo:
+        return ("ref", memo[id(obj)][0])
+    memo[id(obj)] = (len(memo), obj)
+    if isinstance(obj, random.Random):
+        return ("random", obj.getstate())
+    if isinstance(obj, dict):
+        return ("dict", tuple((_state(k, memo), _state(v, memo)) for k, v in obj.items()))
+    if isinstance(obj, list | tuple | set | frozenset | collections.deque):
+        return (type(obj).__name__, tuple(_state(x, memo) for x in obj))
+    fields = list(getattr(obj, "__dict__", {}).items())
+    fields += [(slot, getattr(obj, slot)) for cls in type(obj).__mro__
+               for slot in getattr(cls, "__slots__", ()) if hasattr(obj, slot)]
+    return (type(obj).__qualname__, tuple((name, _state(value, memo)) for name, value in fields))
+
+
 def drive_every_hook(world: World) -> None:
     policy, replicas = world.policy, world.replicas
     n = len(replicas)
@@ -87,7 +122,10 @@ def drive_every_hook(world: World) -> None:
             index = policy.place(info, now)
             assert isinstance(index, int) and 0 <= index < n and replicas[index].up
             calls.append((wf, info, index, world.submit(info, index, now)))
-        # every call the runtime holds, in front of the hooks that read calls
+        # every call the runtime holds, in front of the hooks that read calls; the queue
+        # keys and preempt_for must change no state of the policy (the simulator's fold
+        # barrier asks them without syncing the fleet: sim/fold_barrier.py)
+        before = _state(policy)
         for replica in replicas:
             held = [*replica.waiting, *replica.running]
             for call in held:
@@ -96,6 +134,8 @@ def drive_every_hook(world: World) -> None:
             for first, second in itertools.pairwise(held):
                 assert isinstance(policy.preempt_for(replica, first, second, now), bool)
                 asked["preempt_for"] += 1
+        assert _state(policy) == before, "queue_key or preempt_for changed the policy"
+        for replica in replicas:
             unpin = policy.unpin_order(replica, now)
             assert set(unpin) <= set(replica.pins)
         now += 1.0

@@ -16,7 +16,9 @@ and pop per folded run, not a scan of the fleet.
 Three assumptions, all of the policy: its queue keys change no state of its own (the
 engine asks them of every queued call at every step, so they are read-only lookups), nor
 does ``preempt_for`` (the base policy's answers False, saga's compares two fair-share
-accounts), so neither needs the barrier; and the eviction key reads no replica. A queue
+accounts), so neither needs the barrier (the contract test
+``tests/contract/test_policy_hooks.py`` snapshots every registered policy's whole state
+around both and fails on any change); and the eviction key reads no replica. A queue
 key may read the replica it is asked about (saga's ``fit_first_wait`` reads its cache),
 which the sync brings to that instant.
 """
