@@ -506,17 +506,30 @@ class SagaPolicy(Policy):
             return (enqueued, request.seq)
         flow = self.flows.get(request.workflow)
         priority = flow.priority if flow is not None else 0.0
-        tenant, remaining = self.fair.key(info.tenant, priority, now - enqueued)
+        waited = now - enqueued
+        tenant, remaining = self.fair.key(info.tenant, priority, waited)
         wait = self.config.fit_first_wait
         if wait is not None:
-            return (tenant, self._blocked(replica, request, now - enqueued, wait), remaining,
-                    enqueued, request.seq)
+            # the fit-first check (_blocked), inline: the engine asks this key of every
+            # queued call at every step (a fifth of saga's coding probe, docs/engine.md)
+            blocked = 0
+            if waited < wait:
+                kv = replica.kv
+                free = kv.capacity - kv.locked_blocks - kv.anonymous_blocks
+                blocks = -(-request.prompt_tokens // replica.block_tokens)
+                # a cached prefix only lowers the need: a prompt that fits whole fits,
+                # without the walk of the prefix tree
+                if blocks > free and blocks - kv.match_blocks(request.runs) > free:
+                    blocked = 1
+            return (tenant, blocked, remaining, enqueued, request.seq)
         return (tenant, remaining, enqueued, request.seq)
 
     def _blocked(self, replica: ReplicaView, request: CallView, waited: float,
                  limit: float) -> int:
         """1 when ``request``'s prompt does not fit the replica's free and evictable KV
-        now and it has waited less than ``limit`` seconds, else 0."""
+        now and it has waited less than ``limit`` seconds, else 0: the fit-first check as
+        defined (``queue_key`` computes it inline, with a shortcut; a test holds them
+        equal)."""
         if waited >= limit:
             return 0
         kv = replica.kv
