@@ -17,8 +17,10 @@ import pytest
 from saga.core.workflow import Workflow
 from saga.engine.cluster import ClusterSpec, get_cluster
 from saga.sched.policy import CallView, ReplicaView
+from saga.sched.saga.config import SagaConfig
 from saga.sched.saga.policy import SagaPolicy
 from saga.sim.run import run_policy
+from saga.sim.simulator import Simulation
 from saga.workloads import build_workload
 
 KeyFunction = Callable[[CallView], tuple[float, ...]]
@@ -34,7 +36,8 @@ def defined_key(
     priority = flow.priority if flow is not None else 0.0
     tenant, remaining = policy.fair.key(info.tenant, priority, now - enqueued)
     wait = policy.config.fit_first_wait
-    assert wait is not None
+    if wait is None:
+        return (tenant, remaining, enqueued, request.seq)
     return (tenant, policy._blocked(replica, request, now - enqueued, wait), remaining,
             enqueued, request.seq)
 
@@ -79,6 +82,29 @@ def test_the_sort_keys_equal_the_defined_keys_at_every_sort(case: int) -> None:
         run_policy(cluster, "saga", workflows, seed=seed)
     # the shortcut, the walk that finds the prompt fits, and a blocked prompt all happen
     assert seen["fits whole"] > 0 and seen["fits by its prefix"] > 0 and seen["blocked"] > 0
+
+
+def test_the_sort_keys_without_fit_first_equal_the_defined_keys() -> None:
+    cluster, workflows, seed = pressed(1)
+    made = SagaPolicy.queue_keys
+    asked = 0
+
+    def checked(self: SagaPolicy, replica: ReplicaView, now: float) -> KeyFunction:
+        keys = made(self, replica, now)
+
+        def key(request: CallView) -> tuple[float, ...]:
+            nonlocal asked
+            got = keys(request)
+            assert len(got) == 4 and got == defined_key(self, replica, request, now)
+            asked += 1
+            return got
+
+        return key
+
+    with patch.object(SagaPolicy, "queue_keys", checked):
+        Simulation(cluster, SagaPolicy(SagaConfig(fit_first_wait=None)), workflows,
+                   seed=seed).run()
+    assert asked > 0
 
 
 def test_a_key_function_kept_past_its_sort_goes_stale() -> None:

@@ -523,22 +523,23 @@ class SagaPolicy(Policy):
         flows, fair = self.flows, self.fair
         tenants, aging = fair.tenants, fair.config.aging
         wait = config.fit_first_wait
-
-        def fair_key(request: CallView) -> tuple[float, ...]:
-            info = request.info
-            if info is None:
-                return (request.enqueued_at, request.seq)
-            flow = flows.get(request.workflow)
-            priority = flow.priority if flow is not None else 0.0
-            account = tenants.get(info.tenant)
-            if account is None:
-                account = fair.account(info.tenant)
-            return (account.service / account.weight,
-                    priority - aging * (now - request.enqueued_at), request.enqueued_at,
-                    request.seq)
-
         if wait is None:
+
+            def fair_key(request: CallView) -> tuple[float, ...]:
+                info = request.info
+                if info is None:
+                    return (request.enqueued_at, request.seq)
+                flow = flows.get(request.workflow)
+                priority = flow.priority if flow is not None else 0.0
+                account = tenants.get(info.tenant)
+                if account is None:
+                    account = fair.account(info.tenant)
+                return (account.service / account.weight,
+                        priority - aging * (now - request.enqueued_at), request.enqueued_at,
+                        request.seq)
+
             return fair_key
+
         kv, block_tokens = replica.kv, replica.block_tokens
         free = kv.capacity - kv.locked_blocks - kv.anonymous_blocks
         match_blocks = kv.match_blocks
