@@ -132,3 +132,16 @@ def test_a_key_function_kept_past_its_sort_goes_stale() -> None:
     with patch.object(SagaPolicy, "queue_keys", reused):
         run_policy(cluster, "saga", workflows, seed=seed)
     assert stale > 0
+
+
+def test_keys_of_a_subclass_or_set_on_the_instance_are_the_ones_sorted_by() -> None:
+    class Inverted(SagaPolicy):
+        def queue_key(self, replica: ReplicaView, request: CallView, now: float
+                      ) -> tuple[float, ...]:
+            return (-now,)
+
+    subclass = Inverted(SagaConfig())
+    assert subclass.queue_keys(None, 4.0)(None) == (-4.0,)  # type: ignore[arg-type]
+    policy = SagaPolicy(SagaConfig())
+    policy.queue_key = lambda replica, request, now: (now * 2,)  # type: ignore[method-assign]
+    assert policy.queue_keys(None, 4.0)(None) == (8.0,)  # type: ignore[arg-type]

@@ -506,7 +506,8 @@ class SagaPolicy(Policy):
     def queue_keys(
         self, replica: ReplicaView, now: float
     ) -> Callable[[CallView], tuple[float, ...]]:
-        if type(self).queue_key is not SagaPolicy.queue_key:  # a subclass's own keys
+        # a subclass's own keys, or a key set on the instance: asked as they are
+        if getattr(self.queue_key, "__func__", None) is not SagaPolicy.queue_key:
             return super().queue_keys(replica, now)
         return self._keys(replica, now)
 
