@@ -17,6 +17,7 @@ then arrival) and what to do with its KV when it finishes. The KV control verbs
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from saga.engine.cluster import ClusterSpec
@@ -92,6 +93,9 @@ class Emulator(ReplicaDriver):
         state = self.calls.get(request.seq)
         priority = state.priority if state is not None else 0.0
         return (priority, request.enqueued_at, request.seq)
+
+    def queue_keys(self, replica: Replica, now: float) -> Callable[[Request], tuple[float, ...]]:
+        return lambda request: self.queue_key(replica, request, now)
 
     def retention(self, replica: Replica, request: Request, now: float) -> Retention:
         state = self.calls.get(request.seq)

@@ -154,6 +154,12 @@ class EngineHooks(Protocol):
         """Order of service: smaller first. The largest running key is preempted first."""
         ...
 
+    def queue_keys(self, replica: Replica, now: float) -> Callable[[Request], tuple[float, ...]]:
+        """``queue_key`` of ``replica``'s calls at ``now`` as one function: what the engine
+        sorts a queue by, asked afresh for each sort (nothing changes while a sort runs,
+        so the function may read the replica and the policy once, when it is made)."""
+        ...
+
     def retention(self, replica: Replica, request: Request, now: float) -> Retention:
         """What to do with a finished call's KV while its workflow is in a tool call."""
         ...
@@ -502,7 +508,7 @@ class Replica(QueueTokens):
                     request.generated += taken
                 taken = 0
                 hooks = self.hooks
-                running.sort(key=lambda r: hooks.queue_key(self, r, end))
+                running.sort(key=hooks.queue_keys(self, end))
                 self._batch = [(request, 1) for request in running]  # a run's q is 1
             # planning at ``end``: each call at a block's end takes one more
             for i in grow:
@@ -582,7 +588,7 @@ class Replica(QueueTokens):
                         request.generated += due
                 if resort:
                     hooks = self.hooks
-                    self.running.sort(key=lambda r: hooks.queue_key(self, r, end))
+                    self.running.sort(key=hooks.queue_keys(self, end))
             # planning at ``end``: each decode at a block's end takes one more, the prompt
             # the blocks of its next chunk
             for i in grow:
@@ -754,7 +760,7 @@ class Replica(QueueTokens):
     def _form_batch(self, now: float) -> tuple[list[tuple[Request, int]], bool]:
         hooks = self.hooks
         if len(self.running) > 1 and (self._running_unsorted or not hooks.static_order):
-            self.running.sort(key=lambda r: hooks.queue_key(self, r, now))
+            self.running.sort(key=hooks.queue_keys(self, now))
             self._running_unsorted = False
         if self.waiting:
             self._preempt_for_fairness(now)
@@ -809,7 +815,7 @@ class Replica(QueueTokens):
     def _sort_waiting(self, now: float) -> None:
         hooks = self.hooks
         if len(self.waiting) > 1 and (self._waiting_unsorted or not hooks.static_order):
-            self.waiting.sort(key=lambda r: hooks.queue_key(self, r, now))
+            self.waiting.sort(key=hooks.queue_keys(self, now))
             self._waiting_unsorted = False
 
     def _preempt_for_fairness(self, now: float) -> None:

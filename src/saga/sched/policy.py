@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
@@ -99,6 +99,15 @@ class Policy:
     def queue_key(self, replica: ReplicaView, request: CallView, now: float) -> tuple[float, ...]:
         """First come first served at the replica (ties by arrival order)."""
         return (request.enqueued_at, request.seq)
+
+    def queue_keys(
+        self, replica: ReplicaView, now: float
+    ) -> Callable[[CallView], tuple[float, ...]]:
+        """:meth:`queue_key` of ``replica``'s calls at ``now`` as one function, what the
+        engine sorts a queue by (asked afresh for each sort). A policy whose keys the
+        engine asks often may return a cheaper function with the same answers."""
+        queue_key = self.queue_key
+        return lambda request: queue_key(replica, request, now)
 
     def retention(self, replica: ReplicaView, request: CallView, now: float) -> Retention:
         return RELEASE

@@ -71,7 +71,8 @@ class BarrierHooks:
     preceded by :meth:`PendingFolds.sync_due` at the hook's instant."""
 
     __slots__ = (
-        "_hooks", "_pending", "preempt_for", "prefill_limit", "queue_key", "static_order"
+        "_hooks", "_pending", "preempt_for", "prefill_limit", "queue_key", "queue_keys",
+        "static_order",
     )
 
     def __init__(self, hooks: EngineHooks, pending: PendingFolds) -> None:
@@ -80,6 +81,7 @@ class BarrierHooks:
         self.static_order = hooks.static_order
         # read-only (the module's assumption): no barrier, and asked inside a sync
         self.queue_key = hooks.queue_key
+        self.queue_keys = hooks.queue_keys
         # reads only the stepping replica (up to its own instant) and changes no state
         self.prefill_limit = hooks.prefill_limit
         # read-only too (the module's assumption): under saga a full replica with calls
