@@ -123,13 +123,16 @@ def drive_every_hook(world: World) -> None:
             assert isinstance(index, int) and 0 <= index < n and replicas[index].up
             calls.append((wf, info, index, world.submit(info, index, now)))
         # every call the runtime holds, in front of the hooks that read calls; the queue
-        # keys and preempt_for must change no state of the policy (the simulator's fold
-        # barrier asks them without syncing the fleet: sim/fold_barrier.py)
+        # keys (one by one and as the engine's sort function) and preempt_for must change
+        # no state of the policy (the simulator's fold barrier asks them without syncing
+        # the fleet: sim/fold_barrier.py)
         before = _state(policy)
         for replica in replicas:
             held = [*replica.waiting, *replica.running]
+            keys = policy.queue_keys(replica, now)  # what the engine sorts a queue by
             for call in held:
                 _check_key(policy.queue_key(replica, call, now))
+                assert keys(call) == policy.queue_key(replica, call, now)
                 asked["queue_key"] += 1
             for first, second in itertools.pairwise(held):
                 assert isinstance(policy.preempt_for(replica, first, second, now), bool)
