@@ -297,6 +297,14 @@ class SagaConfig(BaseModel):
         "2 packed 10 sessions on 4-slot llama.cpp replicas 4 and 6, measured slower than "
         "1: docs/engines.md, sixth session).",
     )
+    # Off until measured on real llama.cpp (docs/engines.md, "The gate by slots").
+    gate_slots: bool = Field(
+        False,
+        description="With the memory gate, also hold a new workflow at the door while "
+        "every slot of every up replica is homed by a workflow in flight (replicas that "
+        "declare a slot count: llama.cpp's --parallel; vLLM's and the simulator's declare "
+        "none: no effect there), until one ends or is judged ended (slot_gate.py).",
+    )
     placement_candidates: int = Field(
         16,
         ge=2,
