@@ -305,6 +305,13 @@ class SagaConfig(BaseModel):
         "declare a slot count: llama.cpp's --parallel; vLLM's and the simulator's declare "
         "none: no effect there), until one ends or is judged ended (slot_gate.py).",
     )
+    # Off until measured on real llama.cpp (docs/engines.md, "The gate by slots").
+    steal_slots: bool = Field(
+        False,
+        description="On replicas that declare a slot count, a workflow moves off its home "
+        "only to a replica whose homed workflows leave a slot free (no effect where none "
+        "is declared: slot_fit.steal_targets).",
+    )
     placement_candidates: int = Field(
         16,
         ge=2,

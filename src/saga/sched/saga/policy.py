@@ -440,6 +440,8 @@ class SagaPolicy(Policy):
         if home is None and self.config.slot_fit:
             candidates = slot_fit.fitting(candidates, self.homed_flows,
                                           self.config.slot_fit_slack)
+        elif home is not None and self.config.steal_slots:
+            candidates = slot_fit.steal_targets(candidates, home, self.homed_flows)
         estimate = placement.choose(self.predictor, candidates, home, call.runs,
                                     call.prompt_tokens, output, self.homed, self.config,
                                     self.noise.sigma)
