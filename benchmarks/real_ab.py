@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new", nargs="+", type=Path, required=True)
     parser.add_argument("--case", default="memory")
     parser.add_argument("--vs", nargs="+", default=["vllm-affinity", "continuum"])
+    parser.add_argument("--late", nargs="+", default=[],
+                        help="session ids (e.g. s008 s009) whose saga TCT is shown apart "
+                        "from the others', per code, with their wait at the door")
     args = parser.parse_args(argv)
     if len(args.base) != len(args.new):
         parser.error("--base and --new need the same number of folders (run i pairs with i)")
@@ -69,6 +72,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {policy}: mean TCT {_mean(list(tct[code][policy].values())):.2f} s "
                   f"(runs {', '.join(f'{m:.1f}' for m in means)}; load at start "
                   f"{min(loads, default=0):.1f}-{max(loads, default=0):.1f})")
+        if args.late:
+            late = [t for k, t in tct[code]["saga"].items() if k.split("/")[1] in args.late]
+            rest = [t for k, t in tct[code]["saga"].items() if k.split("/")[1] not in args.late]
+            waits = [run["saga"].get("deferred", {}).get(w, 0.0) for run in runs if "saga" in run
+                     for w in args.late]
+            print(f"  saga's sessions {', '.join(args.late)}: mean TCT {_mean(late):.2f} s, "
+                  f"at the door {_mean(waits):.2f} s; the others {_mean(rest):.2f} s")
         for baseline in args.vs:
             print(f"  saga over {baseline}: "
                   f"{_ci(speedup(tct[code][baseline], tct[code]['saga']))}")
