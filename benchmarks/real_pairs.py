@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from saga.bench.real_pairs import misses, replica_groups
+from saga.bench.real_pairs import misses, replica_groups, sessions_by_place
 from saga.metrics.summary import speedup
 
 
@@ -49,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
             m = misses(run)
             print(f"saga run {run['key']}: own-replica misses {m.own} ({m.own_tokens} "
                   f"tokens), moved {m.moved} ({m.moved_tokens} tokens)")
+            for g in sessions_by_place(run):
+                kind = "held at the door" if g.held else "admitted at once"
+                wait = f", waited {g.mean_wait:.2f} s" if g.held else ""
+                print(f"  {kind}, on a replica of {g.sessions} sessions: {g.count}, "
+                      f"mean TCT {g.mean_tct:.2f} s{wait}")
     return 0
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from saga.bench.real_pairs import Misses, misses, replica_groups
+from saga.bench.real_pairs import Misses, PlaceGroup, misses, replica_groups, sessions_by_place
 
 
 def _row(workflow: str, index: int, replica: int, prompt: int, cached: int) -> list[Any]:
@@ -47,3 +47,16 @@ def test_a_call_that_lost_its_kv_counts_on_its_replica_or_as_moved() -> None:
         _row("b", 2, 0, 6000, 2990),  # a big new part, but the 3,000 before were cached
     ]}
     assert misses(run) == Misses(own=1, own_tokens=700, moved=1, moved_tokens=3000)
+
+
+def test_sessions_split_by_the_door_and_by_their_replicas_load() -> None:
+    run = _run("saga", 0, {"a": 2.0, "b": 4.0, "c": 6.0, "d": 9.0, "e": 1.0},
+               {"a": 0, "b": 0, "c": 0, "d": 1, "e": 1})
+    run["deferred"] = {"d": 3.0, "c": 1.0}
+    run["tct"]["lost"] = 5.0  # no first call recorded (failed before it): left out
+    assert sessions_by_place(run) == [
+        PlaceGroup(held=False, sessions=2, count=1, mean_tct=1.0, mean_wait=0.0),
+        PlaceGroup(held=False, sessions=3, count=2, mean_tct=3.0, mean_wait=0.0),
+        PlaceGroup(held=True, sessions=2, count=1, mean_tct=9.0, mean_wait=3.0),
+        PlaceGroup(held=True, sessions=3, count=1, mean_tct=6.0, mean_wait=1.0),
+    ]

@@ -8,7 +8,9 @@ repetition and session) then fall into one group per replica, and the bootstrap 
 of their geomean spans the distance between the groups. :func:`replica_groups` gives each
 group's pairs, geomean and spread; :func:`misses` counts a run's later calls that found
 less than half of their previous call's prompt cached, on the replica of that call (its KV
-lost there) or elsewhere (moved).
+lost there) or elsewhere (moved). :func:`sessions_by_place` splits a run's own sessions
+by where it put them: held at the door (the gate's wait is part of their TCT) or not, and
+by how many sessions shared the replica of their first call.
 """
 
 from __future__ import annotations
@@ -86,3 +88,31 @@ def misses(run: Mapping[str, Any]) -> Misses:
                 moved, moved_tokens = moved + 1, moved_tokens + prompt - cached
         previous[workflow] = (replica, prompt)
     return Misses(own, own_tokens, moved, moved_tokens)
+
+
+@dataclass(frozen=True)
+class PlaceGroup:
+    """A run's sessions of one kind (``held`` at the door or not) on a replica whose first
+    calls came from ``sessions`` sessions."""
+
+    held: bool
+    sessions: int
+    count: int
+    mean_tct: float
+    mean_wait: float  # at the door, seconds (0 for those not held)
+
+
+def sessions_by_place(run: Mapping[str, Any]) -> list[PlaceGroup]:
+    """``run``'s sessions grouped by (held at the door, sessions sharing their first
+    replica), those not held first, then by that count."""
+    home = _first_replicas(run)
+    sharing = Counter(home.values())
+    held: Mapping[str, float] = run.get("deferred", {})
+    found: dict[tuple[bool, int], list[tuple[float, float]]] = {}
+    for workflow, seconds in run["tct"].items():
+        if workflow not in home:
+            continue
+        key = (workflow in held, sharing[home[workflow]])
+        found.setdefault(key, []).append((seconds, held.get(workflow, 0.0)))
+    return [PlaceGroup(h, n, len(v), sum(t for t, _ in v) / len(v), sum(w for _, w in v) / len(v))
+            for (h, n), v in sorted(found.items())]

@@ -297,6 +297,22 @@ class SagaConfig(BaseModel):
         "2 packed 10 sessions on 4-slot llama.cpp replicas 4 and 6, measured slower than "
         "1: docs/engines.md, sixth session).",
     )
+    # Off until measured on real llama.cpp (docs/engines.md, "The gate by slots").
+    gate_slots: bool = Field(
+        False,
+        description="With the memory gate, also hold a new workflow at the door while "
+        "every slot of every up replica is homed by a workflow in flight (replicas that "
+        "declare a slot count: llama.cpp's --parallel; vLLM's and the simulator's declare "
+        "none: no effect there), until one ends or is judged ended (slot_gate.py).",
+    )
+    # On since 2026-12-07 (docs/engines.md, "The gate by slots"): 4 interleaved pairs of the
+    # quick llama.cpp memory case, saga's within-run ratio over continuum x1.21 (1.05-1.39).
+    steal_slots: bool = Field(
+        True,
+        description="On replicas that declare a slot count, a workflow moves off its home "
+        "only to a replica whose homed workflows leave a slot free (no effect where none "
+        "is declared: slot_fit.steal_targets).",
+    )
     placement_candidates: int = Field(
         16,
         ge=2,

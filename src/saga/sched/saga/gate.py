@@ -222,7 +222,7 @@ class MemoryGate:
     def decide(
         self, workflow: WorkflowInfo, working_set: float, unplaced: int = 0,
         room: bool = False, interactive_active: bool = False, saturated: bool = False,
-        now: float | None = None,
+        now: float | None = None, slots_full: bool = False,
     ) -> Admission:
         """Admit ``workflow`` if it is first in line and fits beside ``working_set``.
 
@@ -241,6 +241,9 @@ class MemoryGate:
         for memory), so nothing new is admitted but into an empty cluster.
 
         ``now``: the time, for the adaptive LIFO order (:meth:`head`); None: first in line.
+
+        ``slots_full``: every slot of the replicas is homed by a workflow in flight
+        (:mod:`.slot_gate`), so nothing new is admitted, past ``room`` too, until one frees.
         """
         if workflow.workflow not in self._queued:
             self._queued.add(workflow.workflow)
@@ -256,12 +259,19 @@ class MemoryGate:
         known = self.seen(key) or unplaced < self.cold_start
         # An empty cluster always admits, so a workflow larger than memory still runs.
         limit = self.limit_for(workflow, interactive_active)
-        fits = working_set <= 0 or (
+        fits = not slots_full and (working_set <= 0 or (
             known and not saturated and (room or working_set + need <= limit)
-        )
+        ))
         if head == workflow.workflow and fits:
             self._leave(workflow.workflow)
             return ADMIT
+        if slots_full:
+            return Admission(
+                "defer",
+                f"memory gate: every slot is homed by a workflow in flight; "
+                f"{len(self.waiting)} workflows in the admission queue",
+                self.retry_after,
+            )
         if not known:
             return Admission(
                 "defer",

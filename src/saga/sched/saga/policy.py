@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from saga.engine.kvcache import EvictionOrder, KeyedEviction, KVNode, LRUEviction
 from saga.sched.decisions import ADMIT, RELEASE, Admission, Retention
 from saga.sched.policy import CallInfo, Policy, PolicyContext, Router, WorkflowInfo
-from saga.sched.saga import admission, placement, slot_fit
+from saga.sched.saga import admission, placement, slot_fit, slot_gate
 from saga.sched.saga import retention as keep
 from saga.sched.saga.chunking import decode_guard, guard_tokens
 from saga.sched.saga.config import SagaConfig
@@ -205,6 +205,7 @@ class SagaPolicy(Policy):
                 self.config.gate_work_conserving and self._room_for(agent_key(workflow)),
                 any(n > 0 for n in self.active_slos.values()),
                 saturated(self.ctx.replicas, self.config.gate_saturation_waiting), now,
+                self.config.gate_slots and self._every_slot_homed(),
             )
             if verdict.verdict != "admit":
                 return verdict
@@ -229,6 +230,12 @@ class SagaPolicy(Policy):
         unplaced = sum(n * expected(a) for a, n in self.unhomed.items() if n)
         once = self.shared.overcount if self.config.gate_shared_once else 0
         return self.homed_total - once + unplaced + self.growth.total
+
+    def _every_slot_homed(self) -> bool:
+        """Whether the workflows in flight (admitted, not ended nor judged ended by the
+        gate) leave no slot free on the replicas (:mod:`.slot_gate`)."""
+        return slot_gate.every_slot_homed(
+            self.ctx.replicas, (f.home for f in self.flows.values() if not f.uncounted))
 
     def _room_for(self, key: AgentKey) -> bool:
         """Whether some replica has no call waiting and free KV for a new workflow of
@@ -433,6 +440,8 @@ class SagaPolicy(Policy):
         if home is None and self.config.slot_fit:
             candidates = slot_fit.fitting(candidates, self.homed_flows,
                                           self.config.slot_fit_slack)
+        elif home is not None and self.config.steal_slots:
+            candidates = slot_fit.steal_targets(candidates, home, self.homed_flows)
         estimate = placement.choose(self.predictor, candidates, home, call.runs,
                                     call.prompt_tokens, output, self.homed, self.config,
                                     self.noise.sigma)

@@ -10,6 +10,10 @@ homes at most ``slack`` workflows more than the least loaded one; else to any. T
 workflows counted are those homed and not known to have ended, what the gateway knows;
 within the candidates kept, placement's own rule (completion, working set) chooses.
 Replicas without slots (vLLM, the simulator: ``slots`` None) are left as they are.
+
+A workflow moved off its home (a steal) takes a slot on its new replica too: with
+``SagaConfig.steal_slots`` it may move only to a replica whose homed workflows leave a slot
+free (:func:`steal_targets`), so a steal never hands another workflow's slot on.
 """
 
 from __future__ import annotations
@@ -43,3 +47,19 @@ def fitting(
     over = [r for r, n, s in zip(candidates, homed, slots, strict=True)
             if n > s and n + 1 - least <= slack]
     return over or candidates
+
+
+def steal_targets(
+    candidates: list[ReplicaView], home: int, homed_flows: Sequence[int],
+) -> list[ReplicaView]:
+    """The candidates a workflow homed on ``home`` may be placed on: its home, and the
+    others whose homed workflows leave a slot free. All candidates when any of them has no
+    slot count: the list itself, not a copy."""
+    kept: list[ReplicaView] = []
+    for replica in candidates:
+        count = replica.slots
+        if count is None:
+            return candidates
+        if replica.index == home or homed_flows[replica.index] < count:
+            kept.append(replica)
+    return kept
