@@ -12,6 +12,8 @@ tokens per engine step (the decode batch) and the mean step time, and the share 
 A policy is a registry name, or `saga:FIELD=JSON;FIELD=JSON` for SAGA with those
 `SagaConfig` fields (e.g. `saga:steal_imposed=false`), or `NAME+gate:FIELD=JSON` for a
 baseline behind SAGA's gate with those fields (e.g. `sglang+gate:gate_shared_once=false`),
+or `NAME+guard:decode_guard_share=X;decode_guard_decodes=N` for a baseline with the decode
+guard of that SAGA configuration (e.g. `infercept+guard:decode_guard_share=0.03125`),
 or `llm-d:FIELD=JSON` for llm-d with those `LLMDConfig` fields (e.g.
 `llm-d:max_prefix_blocks=8192`). A workload `full:coding` or `full:claude-code` is the full
 scenario's instead of the quick one's. `--kv-scale 8` runs a copy of the cluster with 8x
@@ -42,6 +44,8 @@ from saga.errors import UserError, validation_reasons
 from saga.metrics.summary import busy_share
 from saga.sched.baselines.llmd import LLMD, LLMDConfig
 from saga.sched.gated import GatedPolicy
+from saga.sched.guarded import SUFFIX as GUARDED
+from saga.sched.guarded import GuardedPolicy
 from saga.sched.policy import Policy
 from saga.sched.registry import build_policy
 from saga.sched.saga.config import SagaConfig
@@ -52,8 +56,9 @@ from saga.sim.simulator import Simulation
 
 
 def policy_named(name: str) -> Policy:
-    """A registry policy, `saga:FIELD=JSON;...` for SAGA with those config fields, or
-    `BASE+gate:FIELD=JSON;...` for a baseline behind a gate of that SAGA configuration."""
+    """A registry policy, `saga:FIELD=JSON;...` for SAGA with those config fields,
+    `BASE+guard:FIELD=JSON;...` for a baseline with the decode guard of that SAGA
+    configuration, or `BASE+gate:FIELD=JSON;...` for a baseline behind a gate of it."""
     if ":" not in name:
         return build_policy(name)
     base, _, spec = name.partition(":")
@@ -63,6 +68,13 @@ def policy_named(name: str) -> Policy:
     config = SagaConfig(**{k: json.loads(v) for k, v in fields.items()})
     if base == "saga":
         return SagaPolicy(config)
+    if base.endswith(GUARDED):  # the guard of that SAGA configuration, as SAGA's own
+        guarded = build_policy(base)
+        if not isinstance(guarded, GuardedPolicy):
+            raise ValueError(f"{base}: not a +guard policy")
+        guarded.guard_share = config.decode_guard_share
+        guarded.guard_decodes = config.decode_guard_decodes
+        return guarded
     wrapped = build_policy(base)
     if not isinstance(wrapped, GatedPolicy):
         raise ValueError(f"{base}: only saga and NAME+gate take a configuration")
