@@ -33,7 +33,7 @@ def test_a_guarded_baseline_answers_the_engine_as_saga_does(name: str) -> None:
             replica = Replica(budget, running)
             assert policy.prefill_limit(replica, 0.0) == saga.prefill_limit(  # type: ignore[arg-type]
                 replica, 0.0)  # type: ignore[arg-type]
-    assert policy.prefill_limit(Replica(2048, [DECODING] * 3), 0.0) == 128  # type: ignore[arg-type]
+    assert policy.prefill_limit(Replica(2048, [DECODING] * 3), 0.0) == 96  # type: ignore[arg-type]
     # the wrapped policy answers None: without the suffix there is no guard
     assert build_policy(name.removesuffix("+guard")).prefill_limit(
         Replica(2048, [DECODING] * 3), 0.0) is None  # type: ignore[arg-type]

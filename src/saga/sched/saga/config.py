@@ -360,9 +360,13 @@ class SagaConfig(BaseModel):
     # (a100-8-70b) took the quick capacity case's Claude Code sessions at 0.0055 wf/s from 0.872
     # to 0.943 within 2x (seeds 0 and 1), coding at 0.025 wf/s from 0.825 to 0.920; 512 of an
     # 8,192 budget (h100-8-8b) took the interference scenario's TCT mean from 82.4 to 46.7 s,
-    # where 128 tokens made TTFT p50 25 s.
+    # where 128 tokens made TTFT p50 25 s. 3/64 since 2026-12-07 (docs/saga.md, "The full
+    # search with a 3/64 decode guard"): 96 tokens of 2,048 took the full capacity search's
+    # saga from 0.0875 to 0.095 wf/s on coding and from 0.004375 to 0.005 on Claude Code, the
+    # +guard baselines (which take this share) one step each, the interference scenario's
+    # SLO attainment staying 100 %.
     decode_guard_share: float | None = Field(
-        0.0625,
+        0.046875,
         gt=0.0,
         le=1.0,
         description="The decode guard (saga/chunking.py): while decode_guard_decodes or more "
