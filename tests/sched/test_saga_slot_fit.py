@@ -2,75 +2,48 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from slotted import Slotted, indices, slotted_cluster
 
-from saga.engine.config import EngineConfig
-from saga.engine.costmodel import cost_model_for
-from saga.engine.replica import Replica
-from saga.sched.policy import CallInfo, PolicyContext
+from saga.sched.policy import CallInfo
 from saga.sched.saga import SagaConfig, SagaPolicy
 from saga.sched.saga.slot_fit import fitting
 from saga.sched.view import WorkflowInfo
 
 
-@dataclass
-class Slotted:
-    """A replica as slot_fit reads it: its index and slot count."""
-
-    index: int
-    slots: int | None
-
-
-def _indices(candidates: object) -> list[int]:
-    return [r.index for r in candidates]  # type: ignore[attr-defined]
-
-
 def test_replicas_with_a_free_slot_are_the_only_candidates() -> None:
     both = [Slotted(0, 4), Slotted(1, 4)]
-    assert _indices(fitting(both, [4, 3], slack=2)) == [1]
-    assert _indices(fitting(both, [3, 3], slack=2)) == [0, 1]
-    assert _indices(fitting(both, [0, 4], slack=2)) == [0]
+    assert indices(fitting(both, [4, 3], slack=2)) == [1]
+    assert indices(fitting(both, [3, 3], slack=2)) == [0, 1]
+    assert indices(fitting(both, [0, 4], slack=2)) == [0]
 
 
 def test_when_every_slot_is_taken_the_overflow_packs_where_it_already_is() -> None:
     both = [Slotted(0, 4), Slotted(1, 4)]
-    assert _indices(fitting(both, [4, 4], slack=2)) == [0, 1]  # none beyond yet: any
-    assert _indices(fitting(both, [5, 4], slack=2)) == [0]  # 6 against 4: within 2
-    assert _indices(fitting(both, [4, 5], slack=2)) == [1]
+    assert indices(fitting(both, [4, 4], slack=2)) == [0, 1]  # none beyond yet: any
+    assert indices(fitting(both, [5, 4], slack=2)) == [0]  # 6 against 4: within 2
+    assert indices(fitting(both, [4, 5], slack=2)) == [1]
     # 7 against 4 would pass the slack: any replica (placement's own rule then)
-    assert _indices(fitting(both, [6, 4], slack=2)) == [0, 1]
+    assert indices(fitting(both, [6, 4], slack=2)) == [0, 1]
     # slack 1: never pack beyond the least loaded plus one
-    assert _indices(fitting(both, [5, 4], slack=1)) == [0, 1]
+    assert indices(fitting(both, [5, 4], slack=1)) == [0, 1]
     # both beyond their slots: the one that stays within the slack of the least
-    assert _indices(fitting(both, [6, 5], slack=2)) == [0, 1]
-    assert _indices(fitting(both, [7, 5], slack=2)) == [1]
+    assert indices(fitting(both, [6, 5], slack=2)) == [0, 1]
+    assert indices(fitting(both, [7, 5], slack=2)) == [1]
 
 
 def test_slot_counts_differ_per_replica() -> None:
     mixed = [Slotted(0, 2), Slotted(1, 8)]
-    assert _indices(fitting(mixed, [2, 7], slack=2)) == [1]
+    assert indices(fitting(mixed, [2, 7], slack=2)) == [1]
     # replica 1 has no slot left but is not beyond its 8: the overflow stays on 0
-    assert _indices(fitting(mixed, [3, 8], slack=2)) == [0]
-    assert _indices(fitting(mixed, [3, 8], slack=1)) == [0]
+    assert indices(fitting(mixed, [3, 8], slack=2)) == [0]
+    assert indices(fitting(mixed, [3, 8], slack=1)) == [0]
 
 
 def test_replicas_without_slots_are_left_as_they_are() -> None:
-    assert _indices(fitting([Slotted(0, None), Slotted(1, None)], [9, 0], slack=2)) == [0, 1]
+    assert indices(fitting([Slotted(0, None), Slotted(1, None)], [9, 0], slack=2)) == [0, 1]
     # one replica without a count: the cluster is not compared by slots
-    assert _indices(fitting([Slotted(0, 4), Slotted(1, None)], [4, 0], slack=2)) == [0, 1]
+    assert indices(fitting([Slotted(0, 4), Slotted(1, None)], [4, 0], slack=2)) == [0, 1]
     assert fitting([], [], slack=2) == []
-
-
-def _cluster(config: SagaConfig, slots: int | None) -> tuple[SagaPolicy, list[Replica]]:
-    cost = cost_model_for("llama-3.1-8b", "h100-sxm", 1)
-    policy = SagaPolicy(config)
-    engine = EngineConfig(max_num_batched_tokens=8192, max_num_seqs=64)
-    replicas = [Replica(i, engine, cost, policy, block_tokens=64, capacity_blocks=4096)
-                for i in range(2)]
-    for replica in replicas:
-        replica.slots = slots
-    policy.bind(PolicyContext(replicas=replicas, cost=cost, block_tokens=64))
-    return policy, replicas
 
 
 def _first_call(workflow: str, t: float) -> CallInfo:
@@ -93,14 +66,14 @@ CFG = SagaConfig(colocate_slack=0.25, colocate_abs=0.0)
 
 
 def test_ten_workflows_on_two_replicas_of_four_slots_fill_the_slots_first() -> None:
-    policy, _ = _cluster(CFG, slots=4)  # slot_fit_slack 1 (the default): no packing
+    policy, _ = slotted_cluster(CFG, slots=4)  # slot_fit_slack 1 (the default): no packing
     homes = _place_new(policy, 10)
     assert homes[:8].count(0) == 4 and homes[:8].count(1) == 4  # the slots first
     assert policy.homed_flows == [5, 5]  # then placement's own rule: the working sets
 
 
 def test_with_slack_two_the_overflow_packs_onto_one_replica() -> None:
-    policy, _ = _cluster(CFG.model_copy(update={"slot_fit_slack": 2}), slots=4)
+    policy, _ = slotted_cluster(CFG.model_copy(update={"slot_fit_slack": 2}), slots=4)
     homes = _place_new(policy, 10)
     assert homes[:8].count(0) == 4 and homes[:8].count(1) == 4
     assert homes[8] == homes[9]  # the overflow on one replica: 4 and 6
@@ -108,14 +81,14 @@ def test_with_slack_two_the_overflow_packs_onto_one_replica() -> None:
 
 
 def test_without_slots_or_without_slot_fit_the_workflows_spread_as_before() -> None:
-    spread = _place_new(_cluster(CFG, slots=None)[0], 10)
+    spread = _place_new(slotted_cluster(CFG, slots=None)[0], 10)
     assert spread.count(0) == 5 and spread.count(1) == 5
     off = CFG.model_copy(update={"slot_fit": False})
-    assert _place_new(_cluster(off, slots=4)[0], 10) == spread
+    assert _place_new(slotted_cluster(off, slots=4)[0], 10) == spread
 
 
 def test_an_ended_workflow_gives_its_slot_back() -> None:
-    policy, _ = _cluster(CFG, slots=4)
+    policy, _ = slotted_cluster(CFG, slots=4)
     homes = _place_new(policy, 8)
     first_on_zero = f"w{homes.index(0)}"
     policy.on_workflow_finished(WorkflowInfo(first_on_zero, "acme", "swe", 0.0, None), 5.0)

@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from slotted import Slotted, slotted_cluster
 
-from saga.engine.config import EngineConfig
-from saga.engine.costmodel import cost_model_for
-from saga.engine.replica import Replica
-from saga.sched.policy import CallInfo, PolicyContext
+from saga.sched.policy import CallInfo
 from saga.sched.saga import SagaConfig, SagaPolicy
 from saga.sched.saga.slot_gate import every_slot_homed
 from saga.sched.view import WorkflowInfo
-
-
-@dataclass
-class Slotted:
-    """A replica as the rule reads it: its index, whether it is up, its slot count."""
-
-    index: int
-    slots: int | None
-    up: bool = True
 
 
 def test_every_slot_homed_counts_the_live_workflows_per_replica() -> None:
@@ -56,18 +44,6 @@ def test_a_down_replica_offers_no_slot_and_its_workflows_need_one() -> None:
 CFG = SagaConfig(colocate_slack=0.25, colocate_abs=0.0, gate_slots=True)
 
 
-def _cluster(config: SagaConfig, slots: int | None) -> SagaPolicy:
-    cost = cost_model_for("llama-3.1-8b", "h100-sxm", 1)
-    policy = SagaPolicy(config)
-    engine = EngineConfig(max_num_batched_tokens=8192, max_num_seqs=64)
-    replicas = [Replica(i, engine, cost, policy, block_tokens=64, capacity_blocks=4096)
-                for i in range(2)]
-    for replica in replicas:
-        replica.slots = slots
-    policy.bind(PolicyContext(replicas=replicas, cost=cost, block_tokens=64))
-    return policy
-
-
 def _info(workflow: str, t: float = 0.0) -> WorkflowInfo:
     return WorkflowInfo(workflow, "acme", "swe", t, None)
 
@@ -89,7 +65,7 @@ def _start(policy: SagaPolicy, workflow: str, now: float) -> str:
 
 
 def test_the_ninth_waits_while_eight_slots_are_homed_and_enters_when_one_ends() -> None:
-    policy = _cluster(CFG, slots=4)
+    policy = slotted_cluster(CFG, slots=4)[0]
     assert [_start(policy, f"w{k}", 0.25 * k) for k in range(8)] == ["admit"] * 8
     assert policy.homed_flows == [4, 4]
     held = policy.admit(_info("w8", 2.0), 2.0)
@@ -108,7 +84,7 @@ def test_the_ninth_waits_while_eight_slots_are_homed_and_enters_when_one_ends() 
 
 
 def test_an_admitted_workflow_not_yet_placed_holds_its_slot() -> None:
-    policy = _cluster(CFG, slots=4)
+    policy = slotted_cluster(CFG, slots=4)[0]
     for k in range(7):
         _start(policy, f"w{k}", 0.25 * k)
     assert policy.admit(_info("w7", 2.0), 2.0).verdict == "admit"  # the eighth slot
@@ -117,7 +93,7 @@ def test_an_admitted_workflow_not_yet_placed_holds_its_slot() -> None:
 
 
 def test_a_workflow_judged_ended_by_the_gate_gives_its_slot_back() -> None:
-    policy = _cluster(CFG, slots=4)
+    policy = slotted_cluster(CFG, slots=4)[0]
     for k in range(8):
         _start(policy, f"w{k}", 0.25 * k)
     # w0's call finishes and its workflow goes silent in a tool: the other 7 still run
@@ -134,7 +110,7 @@ def test_a_workflow_judged_ended_by_the_gate_gives_its_slot_back() -> None:
 
 def test_the_rule_is_a_no_op_without_slots_and_off_by_default() -> None:
     for config, slots in ((CFG, None), (SagaConfig(colocate_slack=0.25, colocate_abs=0.0), 4)):
-        policy = _cluster(config, slots)
+        policy = slotted_cluster(config, slots)[0]
         verdicts = [_start(policy, f"w{k}", 0.25 * k) for k in range(12)]
         assert verdicts == ["admit"] * 12
     assert not SagaConfig().gate_slots

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from slotted import Slotted, indices
 
 from saga.engine.config import EngineConfig
 from saga.engine.costmodel import cost_model_for
@@ -13,23 +13,13 @@ from saga.sched.saga import SagaConfig, SagaPolicy
 from saga.sched.saga.slot_fit import steal_targets
 
 
-@dataclass
-class Slotted:
-    index: int
-    slots: int | None
-
-
-def _indices(candidates: object) -> list[int]:
-    return [r.index for r in candidates]  # type: ignore[attr-defined]
-
-
 def test_steal_targets_keep_home_and_the_replicas_with_a_free_slot() -> None:
     three = [Slotted(0, 4), Slotted(1, 4), Slotted(2, 2)]
-    assert _indices(steal_targets(three, 0, [6, 4, 1])) == [0, 2]  # type: ignore[arg-type]
-    assert _indices(steal_targets(three, 0, [6, 3, 2])) == [0, 1]  # type: ignore[arg-type]
-    assert _indices(steal_targets(three, 1, [4, 5, 2])) == [1]  # type: ignore[arg-type]
+    assert indices(steal_targets(three, 0, [6, 4, 1])) == [0, 2]  # type: ignore[arg-type]
+    assert indices(steal_targets(three, 0, [6, 3, 2])) == [0, 1]  # type: ignore[arg-type]
+    assert indices(steal_targets(three, 1, [4, 5, 2])) == [1]  # type: ignore[arg-type]
     # home is kept however many it homes
-    assert _indices(steal_targets(three, 2, [0, 0, 9])) == [0, 1, 2]  # type: ignore[arg-type]
+    assert indices(steal_targets(three, 2, [0, 0, 9])) == [0, 1, 2]  # type: ignore[arg-type]
 
 
 def test_steal_targets_leave_replicas_without_slots_as_they_are() -> None:
