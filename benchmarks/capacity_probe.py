@@ -208,7 +208,9 @@ def main() -> None:
                         help="a quick capacity workload: coding or claude-code "
                         "(full:coding, full:claude-code: the full scenario's)")
     parser.add_argument("rate", type=float, help="Poisson arrival rate (workflows/s)")
-    parser.add_argument("policies", type=policy_list, help="comma-separated policy names")
+    parser.add_argument("policies", type=policy_list, help=(
+        "comma-separated policies: registry names, 'saga:FIELD=JSON;...', "
+        "'NAME+gate:FIELD=JSON;...' or 'NAME+guard:decode_guard_share=X;decode_guard_decodes=N'"))
     parser.add_argument("--seeds", type=seed_list, default=[0, 1],
                         help="comma-separated seeds, pooled (default 0,1)")
     parser.add_argument("--kv-scale", type=float, default=1.0,
