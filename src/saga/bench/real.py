@@ -56,7 +56,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -130,6 +130,13 @@ class RealBench(BaseModel):
         "and simulate with it (saga.bench.probe); off: the fixed cpu-tiny preset")
     probe: ProbeSettings = Field(default_factory=ProbeSettings,
                                  description="what the calibration probe times")
+    contention: Literal["preset", "probe"] = Field(
+        "preset", description="the simulator's host contention (saga.engine.contention): "
+        "``preset``, cpu-tiny's (0.29, the busy engines' slowdown in the engine logs of "
+        "earlier runs), or ``probe``, the probe's together-over-alone slowdown, which its "
+        "engines-only set understates: 0.00-0.05 in 7 of the 8 probes of two quiet records "
+        "whose busy engines ran 1.15-1.17x slower than simulated with it (docs/engines.md, "
+        "\"Simulator agreement under drift\"); recorded either way")
 
     @model_validator(mode="after")
     def _one_request_fits(self) -> RealBench:
@@ -289,9 +296,9 @@ def calibrate_engines(
 
 def calibrated_cluster(spec: RealBench, calibration: dict[str, Any] | None) -> str:
     """The simulator's (and the gateways') cluster for this run: ``cpu-tiny`` with the
-    engines' KV and, when the probe fitted them, the engines' speed alone and the host
-    contention between them (saga.bench.probe.host_contention: a step slows while the
-    other replica is busy, saga.engine.contention)."""
+    engines' KV and, when the probe fitted them, the engines' speed alone; a step slows
+    while the other replica is busy (saga.engine.contention) by ``spec.contention``'s
+    host contention: cpu-tiny's, or the probe's (saga.bench.probe.host_contention)."""
     from saga.bench.probe import host_contention
     from saga.engine.costmodel import Efficiency
     from saga.integrations.replay import kv_cluster
@@ -299,8 +306,8 @@ def calibrated_cluster(spec: RealBench, calibration: dict[str, Any] | None) -> s
     if calibration is None or "solo" not in calibration:
         return kv_cluster(spec.kv_blocks - 1)
     solo = Efficiency.model_validate(calibration["solo"]["efficiency"])
-    return kv_cluster(spec.kv_blocks - 1, efficiency=solo,
-                      host_contention=host_contention(calibration))
+    measured = host_contention(calibration) if spec.contention == "probe" else None
+    return kv_cluster(spec.kv_blocks - 1, efficiency=solo, host_contention=measured)
 
 
 def drift(start: dict[str, Any], end: dict[str, Any]) -> dict[str, float]:
@@ -736,11 +743,13 @@ def _tables(summary: dict[str, Any]) -> list[str]:
     if "sim_error" in summary:
         lines.append("")
         clusters = summary.get("sim_clusters", ())
+        slowed = (", each step slowed while the other replica is busy by the contention "
+                  "the probe measured" if any("-hc" in c for c in clusters) else
+                  ", each step slowed while the other replica is busy by cpu-tiny's host "
+                  f"contention, {_preset_contention():g}")
         speed = ("each repetition at the engines' speed alone its calibration probe "
-                 "measured" + (", each step slowed while the other replica is busy by the "
-                               "contention it measured" if any("-hc" in c for c in clusters)
-                               else "")
-                 if any("-fit" in c for c in clusters) else "the fixed preset")
+                 "measured" + slowed if any("-fit" in c for c in clusters)
+                 else "the fixed preset")
         errors = [f"{label} case: " + ", ".join(f"{p} {e:+.0%}" for p, e in
                                                 summary[key].items())
                   for key, label in (("sim_error", "memory-bound"), ("sim_error_light", "light"))
@@ -763,7 +772,7 @@ def _tables(summary: dict[str, Any]) -> list[str]:
         scales = ", ".join(
             f"x{p['solo']['prefill_scale']:.2f}/{p['solo']['decode_scale']:.2f} alone and "
             f"x{p['together']['prefill_scale']:.2f}/{p['together']['decode_scale']:.2f} "
-            "together" + (f" (host contention {p['contention']:.2f})"
+            "together" + (f" (the probe's host contention {p['contention']:.2f})"
                           if simulated and "contention" in p else "")
             for p in probes)
         lines.append("")
@@ -779,6 +788,12 @@ def _tables(summary: dict[str, Any]) -> list[str]:
             f"blocks cached, the engines' events {saga['event_blocks']} "
             f"({1 - saga['event_blocks'] / max(saga['estimate_blocks'], 1):.0%} fewer).")
     return lines
+
+
+def _preset_contention() -> float:
+    from saga.engine.cluster import get_cluster
+
+    return get_cluster("cpu-tiny").host_contention
 
 
 def _separated_line(r: dict[str, Any]) -> str:
