@@ -27,9 +27,10 @@ bound that never flatters the policy).
 
 The simulator runs the same sessions (the tiny model's tokenizer, the same salt scheme) on
 ``cpu-tiny`` with the same KV size, at the engines' speed alone that a calibration probe
-measured before each repetition, each step slowed while the other replica is busy by the
-host contention the probe measured (saga.bench.probe, saga.engine.contention; the gateways
-run the same preset), each policy as deployed: every policy but ``saga`` over stock vLLM's
+measured before each repetition, each step slowed while the other replica is busy by
+``cpu-tiny``'s host contention (saga.bench.probe, saga.engine.contention; the probe's own
+contention is recorded, and simulated only with ``RealBench.contention = "probe"``; the
+gateways run the same preset), each policy as deployed: every policy but ``saga`` over stock vLLM's
 rules (saga.sched.stock) reading the replicas as the gateway sees them
 (saga.sched.gateway_view), the gateway's prompt estimates in the policy's gateway-side
 hooks (saga.sched.estimated);
