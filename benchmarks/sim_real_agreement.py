@@ -45,6 +45,7 @@ from typing import Any
 
 from saga.bench.real import RealBench, RealCase, calibrated_cluster, ranking, trace_path
 from saga.bench.real_decompose import decompose
+from saga.bench.real_drift import lone_ratios
 from saga.bench.real_ranking import separated_pairs
 from saga.bench.real_vs_sim import placements, send_lag, sim_record
 from saga.engine.costmodel import DEFAULT_EFFICIENCY, CostModel, Efficiency
@@ -128,17 +129,8 @@ def drift(out: Path) -> None:
           "(median) | the repetition's probe alone, prefill / decode over cpu-tiny")
     for line in (out / "runs.jsonl").read_text().splitlines():
         run = json.loads(line)
-        log = run["call_log"]
-        ratios = []
-        for c in log:
-            wf, i, sent, latency, backend, status, prompt, cached = c
-            alone = not any(o is not c and o[4] == backend and o[2] < sent + latency
-                            and sent < o[2] + o[3] for o in log)
-            if status == 200 and alone:
-                output = outputs[run["case"]][(wf, i)]
-                model = (cost.prefill_time(prompt, cached, chunk=spec.max_num_batched_tokens)
-                         + cost.decode_steps_time(1, prompt + 1, output - 1))
-                ratios.append(latency / model)
+        ratios = lone_ratios(run["call_log"], outputs[run["case"]], cost,
+                             chunk=spec.max_num_batched_tokens)
         probe = (probes[run["repetition"]].get("solo")
                  if run["repetition"] < len(probes) else None)
         said = ("-" if probe is None else
