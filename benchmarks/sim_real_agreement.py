@@ -54,6 +54,7 @@ from saga.engine.speedfit import SoloCall, fit_time_scale, scaled
 from saga.integrations import engines as eng
 from saga.integrations.replay import (
     gateway_estimates,
+    gateway_runs,
     kv_cluster,
     load_sessions,
     plan,
@@ -149,7 +150,9 @@ def simulate(case: RealCase, spec: RealBench, policy: str, cluster: str) -> Any:
     workflows = sim_workflows(plans, eng.tiny_model_dir() / "tokenizer.json", salt=salt,
                               block_tokens=spec.block_tokens)
     return simulate_deployed(workflows, cluster, policy, stock_engine=policy != "saga",
-                             estimates=gateway_estimates(plans, salt=salt))
+                             estimates=gateway_estimates(plans, salt=salt),
+                             runs=gateway_runs(plans, salt=salt,
+                                               block_tokens=spec.block_tokens))
 
 
 def refitted(out: Path, summary: dict[str, Any], spec: RealBench) -> Efficiency:

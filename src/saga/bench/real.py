@@ -523,19 +523,21 @@ def run_real(
     sim: dict[str, dict[str, float]] = {}
     tokenizer = eng.tiny_model_dir() / "tokenizer.json"
     if simulate and tokenizer.exists():
-        from saga.integrations.replay import gateway_estimates, sim_workflows
+        from saga.integrations.replay import gateway_estimates, gateway_runs, sim_workflows
         from saga.integrations.replay import simulate as sim_run
 
         for case in spec.cases:
             salt = f"[real sim {case.name}]\n"
             wfs = sim_workflows(plans[case.name], tokenizer, salt=salt,
                                 block_tokens=spec.block_tokens)
-            # each policy as deployed: the gateway's prompt estimates, stock vLLM under
-            # every policy but saga (docs/engines.md, "Simulator agreement"); each
+            # each policy as deployed: the gateway's prompt estimates (and, over stock
+            # vLLM, its prompt blocks), stock vLLM under every policy but saga
+            # (docs/engines.md, "Simulator agreement" and "... under drift"); each
             # repetition at the speed its probe measured, the mean over repetitions
             seen = gateway_estimates(plans[case.name], salt=salt)
+            named = gateway_runs(plans[case.name], salt=salt, block_tokens=spec.block_tokens)
             at = {c: {p: _mean(list(sim_run(wfs, c, p, stock_engine=p != "saga",
-                                            estimates=seen).values()))
+                                            estimates=seen, runs=named).values()))
                       for p in spec.policies}
                   for c in set(clusters.values())}
             sim[case.name] = {p: _mean([at[clusters[r]][p] for r in sorted(clusters)])
