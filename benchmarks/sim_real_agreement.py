@@ -4,6 +4,7 @@
     PYTHONPATH=src python benchmarks/sim_real_agreement.py --points DIR [DIR ...] > points.json
     PYTHONPATH=src python benchmarks/sim_real_agreement.py --refit DIR [DIR ...]
     PYTHONPATH=src python benchmarks/sim_real_agreement.py --calls DIR [POLICY ...]
+    PYTHONPATH=src python benchmarks/sim_real_agreement.py --drift DIR [DIR ...]
 
 Each DIR is a ``saga bench real --out DIR`` (summary.json, runs.jsonl, logs/). No engine
 runs: the script simulates each recorded case as ``saga bench real`` does (same sessions,
@@ -18,6 +19,12 @@ call (saga.bench.real_vs_sim): held at the door, served, uncached prompt tokens,
 later calls that missed, later calls moved, those of the moves that left KV the home still
 held (real: the gateway's record of its moves, ``moves``; sim: its placement misses), the
 calls kept home that missed, and how late the real client sent its sessions' first calls.
+
+``--drift`` prints instead, per run in the order they ran, the engines' speed its lone calls
+say (the median over the calls that had their replica to themselves of the client's latency
+over the fixed ``cpu-tiny`` preset's time for the call: a prefill past its cached prefix and
+one decode step per further output token) beside its repetition's probe (alone): how far the
+engines moved between and within repetitions, and how well each probe read them.
 
 ``--points`` prints instead the calibration points the ``cpu-tiny`` preset is fitted to
 (tests/integrations/data/cpu_tiny_bench.json): every call of the recorded runs that had its
@@ -38,14 +45,16 @@ from typing import Any
 
 from saga.bench.real import RealBench, RealCase, calibrated_cluster, ranking, trace_path
 from saga.bench.real_decompose import decompose
+from saga.bench.real_drift import lone_ratios
 from saga.bench.real_ranking import separated_pairs
 from saga.bench.real_vs_sim import placements, send_lag, sim_record
-from saga.engine.costmodel import DEFAULT_EFFICIENCY, Efficiency
+from saga.engine.costmodel import DEFAULT_EFFICIENCY, CostModel, Efficiency
 from saga.engine.hardware import get_gpu, get_model
 from saga.engine.speedfit import SoloCall, fit_time_scale, scaled
 from saga.integrations import engines as eng
 from saga.integrations.replay import (
     gateway_estimates,
+    gateway_runs,
     kv_cluster,
     load_sessions,
     plan,
@@ -106,6 +115,33 @@ def saturated_throughput(out: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def drift(out: Path) -> None:
+    """Per run, the lone calls' latency over ``cpu-tiny``'s time, beside its probe (see the
+    module doc)."""
+    summary = json.loads((out / "summary.json").read_text())
+    spec = RealBench.model_validate(summary["settings"])
+    outputs = {case.name: {(f"s{k:03d}", i): c.max_tokens
+                           for k, wf in enumerate(_plan(case)) for i, c in enumerate(wf.calls)}
+               for case in _cases(summary)}
+    probes = summary.get("calibration", {}).get("repetitions", [])
+    cost = CostModel(get_model("tiny-llama"), get_gpu("cpu-tiny"), 1,
+                     DEFAULT_EFFICIENCY["cpu-tiny"])
+    print(f"{out}: rep case policy | load | lone calls | their latency over cpu-tiny's "
+          "(median) | the repetition's probe alone, prefill / decode over cpu-tiny")
+    for line in (out / "runs.jsonl").read_text().splitlines():
+        run = json.loads(line)
+        ratios = lone_ratios(run["call_log"], outputs[run["case"]], cost,
+                             chunk=spec.max_num_batched_tokens)
+        probe = (probes[run["repetition"]].get("solo")
+                 if run["repetition"] < len(probes) else None)
+        said = ("-" if probe is None else
+                f"x{probe['prefill_scale']:.2f} / x{probe['decode_scale']:.2f}")
+        median = f"x{statistics.median(ratios):.2f}" if ratios else "-"
+        print(f"  {run['repetition']} {run['case']:6s} {run['policy']:14s} | "
+              f"{run['load'][0]:4.1f}-{run['load'][-1]:4.1f} | {len(ratios):3d} | {median} | "
+              f"{said}")
+
+
 def simulate(case: RealCase, spec: RealBench, policy: str, cluster: str) -> Any:
     """``policy`` on ``case``'s sessions, simulated on ``cluster`` as ``saga bench real``
     simulates it."""
@@ -114,7 +150,9 @@ def simulate(case: RealCase, spec: RealBench, policy: str, cluster: str) -> Any:
     workflows = sim_workflows(plans, eng.tiny_model_dir() / "tokenizer.json", salt=salt,
                               block_tokens=spec.block_tokens)
     return simulate_deployed(workflows, cluster, policy, stock_engine=policy != "saga",
-                             estimates=gateway_estimates(plans, salt=salt))
+                             estimates=gateway_estimates(plans, salt=salt),
+                             runs=gateway_runs(plans, salt=salt,
+                                               block_tokens=spec.block_tokens))
 
 
 def refitted(out: Path, summary: dict[str, Any], spec: RealBench) -> Efficiency:
@@ -258,6 +296,9 @@ def main(argv: list[str]) -> None:
                       help="per repetition, the real runs of the memory case beside the "
                            "simulator's replay of each, call by call (one DIR, then "
                            "optionally the policies)")
+    mode.add_argument("--drift", action="store_true",
+                      help="per run, the engines' speed its lone calls say, beside its "
+                           "repetition's probe")
     mode.add_argument("--refit", action="store_true",
                       help="simulate at the time scale the record's own lone calls say "
                            "(a circular check)")
@@ -268,6 +309,10 @@ def main(argv: list[str]) -> None:
         calls(_records(parser, args.dirs[:1])[0], args.dirs[1:])
         return
     outs = _records(parser, args.dirs)
+    if args.drift:
+        for out in outs:
+            drift(out)
+        return
     if args.points:
         points: list[dict[str, Any]] = []
         logs: list[dict[str, Any]] = []

@@ -71,6 +71,7 @@ def test_the_load_benchmark_refuses_bad_input_before_any_simulation(
 @pytest.mark.parametrize(("argv", "says"), [
     ([], "the following arguments are required: DIR"),
     (["--points", "--refit", "x"], "not allowed with argument"),
+    (["--drift", "--calls", "x"], "not allowed with argument"),
     (["/nonexistent-run"], "/nonexistent-run holds no summary.json"),
 ])
 def test_the_agreement_script_refuses_bad_input_in_one_line(argv: list[str], says: str) -> None:

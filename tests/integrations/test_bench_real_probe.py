@@ -93,18 +93,37 @@ def test_host_contention_is_the_together_over_alone_slowdown_never_below_zero() 
     assert host_contention(record((1.0, 1.0), (0.9, 1.0))) == 0.0  # faster together: noise
 
 
-def test_the_simulator_runs_the_engines_alone_slowed_by_the_contention() -> None:
+def test_the_simulator_runs_the_engines_alone_slowed_by_the_presets_contention() -> None:
     from saga.bench.real import calibrated_cluster
     from saga.engine.cluster import get_cluster
 
     fake = FakeEngines()
     record = fit_record(probe(["a", "b"], fake.call, fake.reset, clock=fake.clock), BASE, CHUNK)
     spec = RealBench()
+    assert spec.contention == "preset"
+    cluster = get_cluster(calibrated_cluster(spec, record))
+    assert cluster.efficiency is not None
+    assert cluster.efficiency.model_dump() == record["solo"]["efficiency"]
+    # the probe measured x1.56 prefill and x1.6 decode together; the simulator takes
+    # cpu-tiny's contention (0.29), not the probe's (it lacks the runs' serving stack)
+    assert record["contention"] == pytest.approx(math.sqrt(1.25 / 0.8 * 1.12 / 0.7) - 1)
+    assert cluster.host_contention == get_cluster("cpu-tiny").host_contention == 0.29
+    assert "-hc" not in cluster.name
+    assert cluster.engine.kv_capacity_blocks == spec.kv_blocks - 1
+
+
+def test_the_probes_contention_runs_when_asked() -> None:
+    from saga.bench.real import calibrated_cluster
+    from saga.engine.cluster import get_cluster
+
+    fake = FakeEngines()
+    record = fit_record(probe(["a", "b"], fake.call, fake.reset, clock=fake.clock), BASE, CHUNK)
+    spec = RealBench(contention="probe")
     cluster = get_cluster(calibrated_cluster(spec, record))
     assert cluster.efficiency is not None
     assert cluster.efficiency.model_dump() == record["solo"]["efficiency"]
     assert cluster.host_contention == round(record["contention"], 4)
-    assert cluster.engine.kv_capacity_blocks == spec.kv_blocks - 1
+    assert cluster.name.endswith(f"-hc{round(record['contention'], 4):g}")
     # a record from before the contention was recorded: the same, from its two fits
     old = {k: v for k, v in record.items() if k != "contention"}
     assert calibrated_cluster(spec, old) == cluster.name
@@ -189,7 +208,8 @@ def test_run_real_probes_before_each_repetition_and_keeps_it_out_of_their_figure
     simulated = get_cluster(summary["sim_clusters"][0])
     efficiency = simulated.efficiency
     assert efficiency is not None and efficiency.model_dump() == first["solo"]["efficiency"]
-    assert simulated.host_contention == round(first["contention"], 4) > 0
+    assert first["contention"] > 0  # recorded, not simulated: cpu-tiny's runs
+    assert simulated.host_contention == get_cluster("cpu-tiny").host_contention
     assert first["solo"]["prefill_scale"] == pytest.approx(SOLO[0], rel=1e-9)
     assert first["together"]["decode_scale"] == pytest.approx(TOGETHER[1], rel=1e-9)
     assert c["probe_seconds"] == pytest.approx(sum(r["probe_seconds"] for r in c["repetitions"]))
@@ -261,3 +281,24 @@ def test_the_llama_cpp_probe_reads_the_servers_timings_on_fresh_slots(
     assert record["solo"]["prefill_scale"] == pytest.approx(SOLO[0], rel=1e-9)
     assert record["together"]["decode_scale"] == pytest.approx(TOGETHER[1], rel=1e-9)
     assert real_llama.calibrate_llama(RealBench(calibrate=False), ["l0"], seed=0) is None
+
+
+def test_the_record_says_which_contention_the_simulator_ran() -> None:
+    from saga.bench.real import render_markdown
+
+    spec = RealBench(policies=("saga", "vllm-affinity"), repetitions=1)
+    runs = [{**_run("memory", p, t), "case": "memory", "policy": p, "repetition": 0}
+            for p, t in (("saga", 10.0), ("vllm-affinity", 20.0))]
+    sim = {"memory": {"saga": 9.0, "vllm-affinity": 25.0}}
+
+    def simulator_line(clusters: list[str]) -> str:
+        text = render_markdown(summarize(spec, runs, sim, quick=False, wall=1.0,
+                                         clusters=clusters))
+        return next(x for x in text.splitlines() if x.startswith("Simulator ("))
+
+    assert ("each repetition at the engines' speed alone its calibration probe measured, "
+            "each step slowed while the other replica is busy by cpu-tiny's host contention"
+            ", 0.29) error") in simulator_line(["cpu-tiny-kv80-fit0123abcd"])
+    assert ("slowed while the other replica is busy by the contention the probe measured) "
+            "error") in simulator_line(["cpu-tiny-kv80-fit0123abcd-hc0.05"])
+    assert "(cpu-tiny, same KV, the fixed preset) error" in simulator_line(["cpu-tiny-kv80"])

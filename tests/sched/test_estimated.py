@@ -79,3 +79,46 @@ def test_learned_scale_applies_the_ratio_of_the_calls_finished_before_a_call_was
     policy.on_call_ready(nxt, 2.0)
     assert inner.seen == [("ready", 1000), ("ready", 1000), ("finished", 1000),
                           ("place", 1000), ("finished", 1000), ("ready", 3100)]
+
+
+class _RunsRecorder(_Recorder):
+    """Records the blocks each gateway-side hook is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runs: list[tuple[str, tuple[tuple[str, int, int], ...]]] = []
+
+    def on_call_ready(self, call: CallInfo, now: float) -> None:
+        self.runs.append(("ready", call.runs))
+
+    def place(self, call: CallInfo, now: float) -> int:
+        self.runs.append(("place", call.runs))
+        return 1
+
+    def on_call_finished(self, call: CallInfo, replica: int, now: float) -> None:
+        self.runs.append(("finished", call.runs))
+
+
+def test_gateway_hooks_see_the_gateways_blocks_when_given_and_the_engines_otherwise() -> None:
+    engine_blocks = (("w:s000", 0, 17),)  # 17 blocks of the engine's tokens
+    gateway_blocks = (("h:aa", 0, 1), ("h:bb", 0, 1))  # its text in 512-character blocks
+    call = CallInfo("default/s000", "t", "coder", "c0", 0, None, 2196, engine_blocks, 0.0,
+                    0.0, None, False)
+    inner = _RunsRecorder()
+    policy = with_prompt_estimates(inner, {("default/s000", "c0"): 1359},
+                                   runs={("default/s000", "c0"): gateway_blocks})
+    policy.on_call_ready(call, 0.0)
+    policy.place(call, 0.0)
+    policy.on_call_finished(call, 1, 1.0)
+    assert inner.runs == [("ready", gateway_blocks), ("place", gateway_blocks),
+                          ("finished", gateway_blocks)]
+    # blocks given without a token estimate for the call: the blocks alone change
+    inner = _RunsRecorder()
+    policy = with_prompt_estimates(inner, {}, runs={("default/s000", "c0"): gateway_blocks})
+    policy.place(call, 0.0)
+    assert inner.runs == [("place", gateway_blocks)]
+    # no blocks given (saga's deployment: its view reads the engine's KV events)
+    inner = _RunsRecorder()
+    policy = with_prompt_estimates(inner, {("default/s000", "c0"): 1359})
+    policy.place(call, 0.0)
+    assert inner.runs == [("place", engine_blocks)]

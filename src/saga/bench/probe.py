@@ -23,9 +23,12 @@ so none of the probe's traffic is in any policy's run (each run resets the cache
 and counts its prefix hits from there). Each set of points is fitted
 (saga.engine.speedfit.fit_speed: a prefill and a decode scale over the preset). The
 simulator runs the engines at the ``solo`` fit and slows a replica's steps while the other
-one is busy by the ``contention`` the two fits say (:func:`host_contention`,
-saga.engine.contention): the engines share the machine's cores, so one speed cannot serve
-both the light case (calls mostly alone) and the memory-bound one (both engines busy).
+one is busy (saga.engine.contention): the engines share the machine's cores, so one speed
+cannot serve both the light case (calls mostly alone) and the memory-bound one (both
+engines busy). By how much: ``cpu-tiny``'s host contention by default; the ``contention``
+the two fits say (:func:`host_contention`) is recorded, and simulated only on request
+(saga.bench.real.RealBench.contention): these engines-only sets understate the runs'
+(docs/engines.md, "Simulator agreement under drift").
 The ``preset`` of the record, one time scale between the two fits (speedfit.midway), is
 what the bench simulated with before it modelled the contention (kept for the record).
 Nothing of the policies' runs is used. A second probe at the end of the bench says how far

@@ -27,9 +27,10 @@ bound that never flatters the policy).
 
 The simulator runs the same sessions (the tiny model's tokenizer, the same salt scheme) on
 ``cpu-tiny`` with the same KV size, at the engines' speed alone that a calibration probe
-measured before each repetition, each step slowed while the other replica is busy by the
-host contention the probe measured (saga.bench.probe, saga.engine.contention; the gateways
-run the same preset), each policy as deployed: every policy but ``saga`` over stock vLLM's
+measured before each repetition, each step slowed while the other replica is busy by
+``cpu-tiny``'s host contention (saga.bench.probe, saga.engine.contention; the probe's own
+contention is recorded, and simulated only with ``RealBench.contention = "probe"``; the
+gateways run the same preset), each policy as deployed: every policy but ``saga`` over stock vLLM's
 rules (saga.sched.stock) reading the replicas as the gateway sees them
 (saga.sched.gateway_view), the gateway's prompt estimates in the policy's gateway-side
 hooks (saga.sched.estimated);
@@ -56,7 +57,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -130,6 +131,13 @@ class RealBench(BaseModel):
         "and simulate with it (saga.bench.probe); off: the fixed cpu-tiny preset")
     probe: ProbeSettings = Field(default_factory=ProbeSettings,
                                  description="what the calibration probe times")
+    contention: Literal["preset", "probe"] = Field(
+        "preset", description="the simulator's host contention (saga.engine.contention): "
+        "``preset``, cpu-tiny's (0.29, the busy engines' slowdown in the engine logs of "
+        "earlier runs), or ``probe``, the probe's together-over-alone slowdown, which its "
+        "engines-only set understates: 0.00-0.05 in 7 of the 8 probes of two quiet records "
+        "whose busy engines ran 1.15-1.17x slower than simulated with it (docs/engines.md, "
+        "\"Simulator agreement under drift\"); recorded either way")
 
     @model_validator(mode="after")
     def _one_request_fits(self) -> RealBench:
@@ -289,9 +297,9 @@ def calibrate_engines(
 
 def calibrated_cluster(spec: RealBench, calibration: dict[str, Any] | None) -> str:
     """The simulator's (and the gateways') cluster for this run: ``cpu-tiny`` with the
-    engines' KV and, when the probe fitted them, the engines' speed alone and the host
-    contention between them (saga.bench.probe.host_contention: a step slows while the
-    other replica is busy, saga.engine.contention)."""
+    engines' KV and, when the probe fitted them, the engines' speed alone; a step slows
+    while the other replica is busy (saga.engine.contention) by ``spec.contention``'s
+    host contention: cpu-tiny's, or the probe's (saga.bench.probe.host_contention)."""
     from saga.bench.probe import host_contention
     from saga.engine.costmodel import Efficiency
     from saga.integrations.replay import kv_cluster
@@ -299,8 +307,8 @@ def calibrated_cluster(spec: RealBench, calibration: dict[str, Any] | None) -> s
     if calibration is None or "solo" not in calibration:
         return kv_cluster(spec.kv_blocks - 1)
     solo = Efficiency.model_validate(calibration["solo"]["efficiency"])
-    return kv_cluster(spec.kv_blocks - 1, efficiency=solo,
-                      host_contention=host_contention(calibration))
+    measured = host_contention(calibration) if spec.contention == "probe" else None
+    return kv_cluster(spec.kv_blocks - 1, efficiency=solo, host_contention=measured)
 
 
 def drift(start: dict[str, Any], end: dict[str, Any]) -> dict[str, float]:
@@ -515,19 +523,21 @@ def run_real(
     sim: dict[str, dict[str, float]] = {}
     tokenizer = eng.tiny_model_dir() / "tokenizer.json"
     if simulate and tokenizer.exists():
-        from saga.integrations.replay import gateway_estimates, sim_workflows
+        from saga.integrations.replay import gateway_estimates, gateway_runs, sim_workflows
         from saga.integrations.replay import simulate as sim_run
 
         for case in spec.cases:
             salt = f"[real sim {case.name}]\n"
             wfs = sim_workflows(plans[case.name], tokenizer, salt=salt,
                                 block_tokens=spec.block_tokens)
-            # each policy as deployed: the gateway's prompt estimates, stock vLLM under
-            # every policy but saga (docs/engines.md, "Simulator agreement"); each
+            # each policy as deployed: the gateway's prompt estimates (and, over stock
+            # vLLM, its prompt blocks), stock vLLM under every policy but saga
+            # (docs/engines.md, "Simulator agreement" and "... under drift"); each
             # repetition at the speed its probe measured, the mean over repetitions
             seen = gateway_estimates(plans[case.name], salt=salt)
+            named = gateway_runs(plans[case.name], salt=salt, block_tokens=spec.block_tokens)
             at = {c: {p: _mean(list(sim_run(wfs, c, p, stock_engine=p != "saga",
-                                            estimates=seen).values()))
+                                            estimates=seen, runs=named).values()))
                       for p in spec.policies}
                   for c in set(clusters.values())}
             sim[case.name] = {p: _mean([at[clusters[r]][p] for r in sorted(clusters)])
@@ -736,11 +746,13 @@ def _tables(summary: dict[str, Any]) -> list[str]:
     if "sim_error" in summary:
         lines.append("")
         clusters = summary.get("sim_clusters", ())
+        slowed = (", each step slowed while the other replica is busy by the contention "
+                  "the probe measured" if any("-hc" in c for c in clusters) else
+                  ", each step slowed while the other replica is busy by cpu-tiny's host "
+                  f"contention, {_preset_contention():g}")
         speed = ("each repetition at the engines' speed alone its calibration probe "
-                 "measured" + (", each step slowed while the other replica is busy by the "
-                               "contention it measured" if any("-hc" in c for c in clusters)
-                               else "")
-                 if any("-fit" in c for c in clusters) else "the fixed preset")
+                 "measured" + slowed if any("-fit" in c for c in clusters)
+                 else "the fixed preset")
         errors = [f"{label} case: " + ", ".join(f"{p} {e:+.0%}" for p, e in
                                                 summary[key].items())
                   for key, label in (("sim_error", "memory-bound"), ("sim_error_light", "light"))
@@ -763,7 +775,7 @@ def _tables(summary: dict[str, Any]) -> list[str]:
         scales = ", ".join(
             f"x{p['solo']['prefill_scale']:.2f}/{p['solo']['decode_scale']:.2f} alone and "
             f"x{p['together']['prefill_scale']:.2f}/{p['together']['decode_scale']:.2f} "
-            "together" + (f" (host contention {p['contention']:.2f})"
+            "together" + (f" (the probe's host contention {p['contention']:.2f})"
                           if simulated and "contention" in p else "")
             for p in probes)
         lines.append("")
@@ -779,6 +791,12 @@ def _tables(summary: dict[str, Any]) -> list[str]:
             f"blocks cached, the engines' events {saga['event_blocks']} "
             f"({1 - saga['event_blocks'] / max(saga['estimate_blocks'], 1):.0%} fewer).")
     return lines
+
+
+def _preset_contention() -> float:
+    from saga.engine.cluster import get_cluster
+
+    return get_cluster("cpu-tiny").host_contention
 
 
 def _separated_line(r: dict[str, Any]) -> str:

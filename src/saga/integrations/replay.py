@@ -48,6 +48,7 @@ from aiohttp import web
 from saga.core.workflow import Call, Prompt, Workflow
 from saga.engine.cluster import get_cluster
 from saga.engine.costmodel import Efficiency
+from saga.engine.kvcache import Run
 from saga.gateway.app import Gateway
 from saga.gateway.config import GatewayConfig
 from saga.sched.estimated import with_prompt_estimates
@@ -55,7 +56,7 @@ from saga.sched.gateway_view import with_gateway_views
 from saga.sched.registry import build_policy
 from saga.sched.stock import on_stock_vllm
 from saga.sim.simulator import SimResult, Simulation
-from saga.wire.prefix import chat_text, estimate_tokens
+from saga.wire.prefix import chat_text, estimate_tokens, text_runs
 from saga.workloads._blocks import runs_from_ids
 
 __all__ = [
@@ -69,6 +70,7 @@ __all__ = [
     "chat_prompt",
     "compare",
     "gateway_estimates",
+    "gateway_runs",
     "kv_cluster",
     "load_sessions",
     "plan",
@@ -390,20 +392,35 @@ def gateway_estimates(
     }
 
 
+def gateway_runs(
+    workflows: Sequence[ReplayWorkflow], *, salt: str = "", block_tokens: int = 128,
+) -> dict[tuple[str, str], tuple[Run, ...]]:
+    """Each call's prompt blocks as the gateway names them from its text
+    (:func:`saga.wire.prefix.text_runs` of the chat text :func:`gateway_estimates` counts),
+    keyed as :func:`sim_workflows` names the calls."""
+    return {
+        (f"default/{wf.id}", f"c{i}"): text_runs(
+            chat_text([{"role": "user", "content": salt + call.text}]), block_tokens)
+        for wf in workflows for i, call in enumerate(wf.calls)
+    }
+
+
 def simulate(
     workflows: Sequence[Workflow], cluster: str, policy: str, *, stock_engine: bool = False,
     estimates: Mapping[tuple[str, str], int] | None = None,
+    runs: Mapping[tuple[str, str], tuple[Run, ...]] | None = None,
 ) -> dict[str, float]:
     """Each workflow's TCT in the simulator (ids without the tenant), as
     :func:`simulate_deployed` runs it."""
     result = simulate_deployed(workflows, cluster, policy, stock_engine=stock_engine,
-                               estimates=estimates)
+                               estimates=estimates, runs=runs)
     return {w.workflow.split("/", 1)[-1]: w.tct for w in result.workflows}
 
 
 def simulate_deployed(
     workflows: Sequence[Workflow], cluster: str, policy: str, *, stock_engine: bool = False,
     estimates: Mapping[tuple[str, str], int] | None = None, learn_token_scale: bool = True,
+    runs: Mapping[tuple[str, str], tuple[Run, ...]] | None = None,
 ) -> SimResult:
     """The simulation of ``policy`` as deployed. ``stock_engine``: the policy's gateway in
     front of stock vLLM (saga.sched.stock), as ``saga bench real`` deploys every policy but
@@ -413,13 +430,18 @@ def simulate_deployed(
     name, on by default). A policy in front of stock vLLM reads the replicas as the gateway
     sees them (saga.sched.gateway_view: its own queue, the prompts it has in flight as the
     KV in use, in its prompt count); ``saga``'s one policy object is also the scheduler
-    inside vLLM, which reads vLLM's own queues, so it keeps the engine's view."""
+    inside vLLM, which reads vLLM's own queues, so it keeps the engine's view. ``runs``:
+    each call's prompt blocks as the gateway names them (:func:`gateway_runs`), given with
+    ``estimates`` to the gateway-side hooks of a policy in front of stock vLLM, whose
+    routers index what they routed in those blocks (saga.sched.estimated); ``saga``'s view
+    reads the engines' KV events, in the engine's blocks, so it keeps those."""
     built = build_policy(policy)
     if stock_engine:
         built = on_stock_vllm(built)
     tokens = None
     if estimates is not None:
-        estimated = with_prompt_estimates(built, estimates, learn_token_scale)
+        estimated = with_prompt_estimates(built, estimates, learn_token_scale,
+                                          runs if stock_engine else None)
         tokens = estimated.gateway_tokens
         built = estimated
     if stock_engine:

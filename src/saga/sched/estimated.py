@@ -17,6 +17,14 @@ The gateway learns the ratio of the engine's prompt tokens to its estimates from
 ``learn_token_scale``, on by default) and scales its next estimates by it; ``learn_scale``
 models that here: each call's estimate is scaled by the ratio of the calls finished before
 it was ready (the engine's count of a finished call is what its answer said).
+
+The gateway also names a prompt's KV blocks from its text (:func:`saga.wire.prefix.text_runs`:
+blocks of ``4 x block_tokens`` characters), not from the engine's tokens, and the routers
+that keep their own index of what they routed (llm-d's approximate prefix scorer, SGLang's
+cache-aware router) index those names, in an index sized in blocks: on this text a gateway
+block covers ~1.6x the characters of an engine block, so the deployed index holds ~1.6x more
+of the workflows' prompts than one filled with the engine's blocks. ``runs`` gives the
+gateway-side hooks each call's blocks as the gateway names them.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from saga.engine.kvcache import Run
 from saga.sched.policy import CallInfo, Policy
 from saga.sched.wrapped import WrappedPolicy
 from saga.wire.token_scale import TokenScale
@@ -34,14 +43,18 @@ if TYPE_CHECKING:
 
 #: (workflow id, call id) -> the prompt tokens the gateway estimates for that call
 Estimates = Mapping[tuple[str, str], int]
+#: (workflow id, call id) -> the call's prompt blocks as the gateway names them
+GatewayRuns = Mapping[tuple[str, str], tuple[Run, ...]]
 
 
 class PromptEstimates(WrappedPolicy):
     """``inner`` with the gateway's prompt estimates in its gateway-side hooks."""
 
-    def __init__(self, inner: Policy, estimates: Estimates, learn_scale: bool = False) -> None:
+    def __init__(self, inner: Policy, estimates: Estimates, learn_scale: bool = False,
+                 runs: GatewayRuns | None = None) -> None:
         super().__init__(inner)
         self.estimates = estimates
+        self.runs = runs
         self.scale = TokenScale() if learn_scale else None
         # the prompt tokens each call in flight was given when it was ready: the gateway
         # makes a call's CallInfo once, so its later hooks see the same count
@@ -50,16 +63,17 @@ class PromptEstimates(WrappedPolicy):
     def _seen(self, call: CallInfo) -> CallInfo:
         """``call`` as the gateway saw it (unchanged if no estimate is known for it)."""
         key = (call.workflow, call.call_id)
+        runs = self.runs.get(key, call.runs) if self.runs is not None else call.runs
         given = self._given.get(key)
         if given is None:
             estimate = self.estimates.get(key)
             if estimate is None:
-                return call
+                return call if runs is call.runs else dataclasses.replace(call, runs=runs)
             given = self.scale.tokens(estimate) if self.scale is not None else estimate
             self._given[key] = given
-        if given == call.prompt_tokens:
+        if given == call.prompt_tokens and runs is call.runs:
             return call
-        return dataclasses.replace(call, prompt_tokens=given)
+        return dataclasses.replace(call, prompt_tokens=given, runs=runs)
 
     def gateway_tokens(self, call: CallView) -> int | None:
         """The prompt tokens the gateway gave the policy for ``call`` while it is in flight
@@ -89,12 +103,13 @@ class PromptEstimates(WrappedPolicy):
 
 def with_prompt_estimates(
     inner: Policy, estimates: Estimates, learn_scale: bool = False,
+    runs: GatewayRuns | None = None,
 ) -> PromptEstimates:
     """``inner`` seeing the gateway's ``estimates`` (scaled as the gateway learns to when
-    ``learn_scale``), named as ``inner`` (a class per wrapped policy: the engine reads
-    ``static_order`` and the simulator ``name`` from the class)."""
+    ``learn_scale``) and, when given, its ``runs``, named as ``inner`` (a class per wrapped
+    policy: the engine reads ``static_order`` and the simulator ``name`` from the class)."""
     cls = type(f"Estimated_{type(inner).__name__}", (PromptEstimates,),
                {"name": inner.name, "static_order": inner.static_order,
                 "offline": inner.offline})
-    policy: PromptEstimates = cls(inner, estimates, learn_scale)
+    policy: PromptEstimates = cls(inner, estimates, learn_scale, runs)
     return policy
