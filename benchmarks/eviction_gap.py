@@ -21,7 +21,7 @@ the frees of a retention drop) the evicted blocks are classed
 Then the GPU misses, host loads and recomputes of both runs, and how many workflows SAGA
 took as ended that called again.
 
-Run: PYTHONPATH=src python benchmarks/eviction_gap.py [--full] [--seeds 0,1]
+Run: PYTHONPATH=src python benchmarks/eviction_gap.py [--full] [--seeds 0,1] [--config JSON]
 """
 
 from __future__ import annotations
@@ -36,13 +36,13 @@ from saga.bench.scenario import load_scenario
 from saga.bench.workloads import build_spec
 from saga.core.workflow import Workflow
 from saga.engine.cluster import ClusterSpec
-from saga.engine.kvcache import EvictionOrder, KeyedEviction, KVNode, Run
+from saga.engine.kvcache import EvictionOrder, KeyedEviction, KVNode, RadixKV, Run
 from saga.metrics.summary import summarize
 from saga.sched.baselines.belady import NextUse
 from saga.sched.baselines.saga_min_eviction import SagaMinEviction
 from saga.sched.decisions import Retention
 from saga.sched.policy import CallInfo, Policy, PolicyContext, WorkflowInfo
-from saga.sched.saga import SagaPolicy
+from saga.sched.saga import SagaConfig, SagaPolicy
 from saga.sched.view import CallView, ReplicaView
 from saga.sim.simulator import Simulation
 
@@ -64,8 +64,8 @@ class WatchedSaga(SagaPolicy):
 
     name = "saga"
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, config: SagaConfig | None = None) -> None:
+        super().__init__(config)
         self.truth = NextUse()  # the trace's next uses: to class evictions, never to decide
         self.now = 0.0
         self.dropping = ""  # the namespace a retention drop frees next (not an eviction)
@@ -76,7 +76,9 @@ class WatchedSaga(SagaPolicy):
     def bind(self, ctx: PolicyContext) -> None:
         super().bind(ctx)
         for replica in ctx.replicas:
-            replica.kv.on_evict = self._watcher(replica)
+            kv = replica.kv
+            assert isinstance(kv, RadixKV)  # the simulator's replicas: their own cache
+            kv.on_evict = self._watcher(replica)
 
     def eviction_order(self, replica_index: int) -> EvictionOrder:
         base = super().eviction_order(replica_index)
@@ -120,7 +122,9 @@ class WatchedSaga(SagaPolicy):
     def _class(self, replica: ReplicaView, node: KVNode, tokens: int) -> None:
         now = self.now
         used = self.truth.node_next_use(node, now)
-        leaves = replica.kv.evictable_leaves()
+        kv = replica.kv
+        assert isinstance(kv, RadixKV)
+        leaves = kv.evictable_leaves()
         latest = max(leaves, key=lambda leaf: self.truth.node_next_use(leaf, now))
         if used == INF:
             fate = "never used again"
@@ -145,7 +149,10 @@ class WatchedSaga(SagaPolicy):
             return "taken as ended"
         if not flow.in_tool:
             return "call queued or running"
-        return "in a tool, predicted later" if flow.next_use > used else (
+        predicted = flow.next_use  # SAGA's predicted return, as its key reads it
+        if self.config.eviction_by_elapsed_tool_time and flow.tool_gap is not None:
+            predicted = self.now + flow.tool_gap.residual_mean(self.now - flow.tool_since)
+        return "in a tool, predicted later" if predicted > used else (
             "in a tool, predicted no later")
 
     def _unweighted(self, node: KVNode) -> float:
@@ -168,18 +175,20 @@ def case(full: bool, seed: int) -> tuple[ClusterSpec, list[Workflow]]:
 Watch = dict[str, object]
 
 
-def run(job: tuple[bool, int, str]) -> tuple[str, dict[str, object], Watch]:
+def run(job: tuple[bool, int, str, str]) -> tuple[str, dict[str, object], Watch]:
     """One run: its summary, and for the watched one what it classed."""
-    full, seed, which = job
+    full, seed, which, fields = job
     cluster, workflows = case(full, seed)
+    config = SagaConfig.model_validate_json(fields)
     policy: Policy = {"watched": WatchedSaga, "saga": SagaPolicy,
-                      "saga-min-eviction": SagaMinEviction}[which]()
+                      "saga-min-eviction": SagaMinEviction}[which](config)
     result = Simulation(cluster, policy, workflows, seed=seed).run()
     watch: Watch = {}
     if isinstance(policy, WatchedSaga):
         watch = {"tokens": dict(policy.tokens), "weight_decided": policy.weight_decided,
                  "ended_came_back": policy.ended_came_back,
-                 "predicted_ends": policy.predicted_ends}
+                 "predicted_ends": policy.predicted_ends,
+                 "weighted": policy.config.eviction_by_rebuild_cost}
     return which, summarize(result, {}), watch
 
 
@@ -202,8 +211,9 @@ def report(seed: int, runs: dict[str, tuple[dict[str, object], Watch]]) -> None:
         where = "on host" if host else "GPU only"
         print(f"    {owner:30} {fate:17} {where:8} {count:>10,}  {100 * count / total:5.1f} %")
     avoidable = sum(t for (_, fate, _), t in tokens.items() if fate == "avoidable")
+    weighted = f"{watch['weight_decided']:,}" if watch["weighted"] else "none (weight off)"
     print(f"  avoidable: {avoidable:,} tokens, of which the rebuild weight ranked first "
-          f"{watch['weight_decided']:,}; workflows taken as ended that called again: "
+          f"{weighted}; workflows taken as ended that called again: "
           f"{watch['ended_came_back']} (of {watch['predicted_ends']} taken as ended)")
 
 
@@ -211,9 +221,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--full", action="store_true", help="the full case, not the quick")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    parser.add_argument("--config", default="{}", help="SagaConfig fields as JSON, for all "
+                        "three runs, e.g. '{\"eviction_by_elapsed_tool_time\": true}'")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
-    jobs = [(args.full, seed, which) for seed in seeds
+    SagaConfig.model_validate_json(args.config)  # a wrong field fails here, not in a worker
+    jobs = [(args.full, seed, which, args.config) for seed in seeds
             for which in ("watched", "saga", "saga-min-eviction")]
     with ProcessPoolExecutor(2) as pool:
         done = list(pool.map(run, jobs))
