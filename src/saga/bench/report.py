@@ -293,7 +293,7 @@ def case_table(
             cells += [_fmt(_millions(metrics.get(key)), "{:.2f}") for key, _ in MISS_COLUMNS]
             if name in bounds:  # each ratio names its bound
                 cells.append(", ".join(f"{_fmt(ratio, '{:.2f}x')} {bound}"
-                                       for bound, ratio in bounds[name].items()))
+                                       for bound, ratio in bound_ratios(case, name)))
             else:  # a summary written before the ratios named their bounds
                 cells.append(_fmt(belady.get(name), "{:.2f}x"))
         rows.append(cells)
@@ -328,6 +328,14 @@ def eviction_notes(case: Mapping[str, Any]) -> list[str]:
     if meanings:
         notes.append(f"note: GPU misses / Bélády: over each bound named ({meanings})")
     return notes
+
+
+def bound_ratios(case: Mapping[str, Any], name: str) -> list[tuple[str, float]]:
+    """A policy's (bound, GPU misses over the bound's), the headline's bound first and the
+    others by name (summary.json sorts its keys: the scenario's order is not kept)."""
+    ratios: Mapping[str, float] = (case.get("eviction_vs_bounds") or {}).get(name) or {}
+    first = (case.get("eviction_bound") or {}).get(name)
+    return sorted(ratios.items(), key=lambda item: (item[0] != first, item[0]))
 
 
 def _millions(value: Any) -> Any:
@@ -1024,9 +1032,9 @@ def _eviction_headline(by_name: Mapping[str, Mapping[str, Any]]) -> str:
     if not cases:
         return "n/a"
     case = cases[-1]
-    ratios = (case.get("eviction_vs_bounds") or {}).get(reference)
+    ratios = bound_ratios(case, reference)
     if ratios:
-        return ", ".join(f"{_fmt(r, '{:.2f}x')} over {b}" for b, r in ratios.items())
+        return ", ".join(f"{_fmt(r, '{:.2f}x')} over {b}" for b, r in ratios)
     ev = (case.get("eviction_vs_belady") or {}).get(reference)
     bound = (case.get("eviction_bound") or {}).get(reference)
     over = f" (over {bound})" if bound not in (None, "belady") else ""
