@@ -1027,7 +1027,7 @@ def _eviction_headline(by_name: Mapping[str, Mapping[str, Any]]) -> str:
     """The reference's GPU prefix misses over each of its bounds, in the belady scenario's
     last case, each ratio with its bound named (only the first for older summaries)."""
     bel = by_name.get("belady", {})
-    reference = bel.get("reference")
+    reference = str(bel.get("reference"))
     cases = bel.get("cases") or []
     if not cases:
         return "n/a"
