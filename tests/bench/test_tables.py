@@ -64,13 +64,45 @@ def test_a_case_without_slos_has_no_slo_column_and_slow_rates_per_hour() -> None
             "speedup": {"saga/sglang": {**SPEED, "n": 29}},
             "eviction_vs_belady": {"saga": 1.77, "sglang": 1.5}}
     table = case_table("claude-code", case, "saga")
-    assert table.title == "claude-code" and table.notes == []
+    assert table.title == "claude-code" and table.notes == [MISSES_NOTE]
     assert table.header == ["policy", "TCT mean (s)", "TCT p50 (s)", "TCT p99 (s)", "slowdown",
                             "KV util", "hit rate", "wf/h", "completed", "rejected", "paired",
+                            "GPU missed (M tok)", "recomputed (M tok)", "host loads (M tok)",
                             "GPU misses / Bélády"]
     assert [row[7] for row in table.rows] == ["0.41", "0.41"]  # not 0.000 wf/s
-    assert [row[8:] for row in table.rows] == [["3,830", "1", "-", "1.77x"],
-                                               ["3,830", "1", "29", "1.50x"]]
+    # a summary from before the ratios named their bounds, or the token counts existed
+    assert [row[8:] for row in table.rows] == [["3,830", "1", "-", "n/a", "n/a", "n/a", "1.77x"],
+                                               ["3,830", "1", "29", "n/a", "n/a", "n/a", "1.50x"]]
+
+
+MISSES_NOTE = ("note: GPU missed: tokens of reusable prefixes not on the GPU when their call "
+               "was scheduled, recomputed or loaded from the host tier (host loads; recomputed "
+               "also counts what preemptions computed twice)")
+
+
+def test_an_eviction_table_names_the_bound_of_each_ratio_and_splits_the_misses() -> None:
+    tokens = {"gpu_missed_tokens": 4_603_005, "recomputed_tokens": 294_845,
+              "host_loaded_tokens": 4_308_160}
+    case = {"policies": {"saga": {**metrics(None, {}), **tokens},
+                         "belady": {**metrics(None, {}), "gpu_missed_tokens": 4_749_625,
+                                    "recomputed_tokens": 4_749_625, "host_loaded_tokens": 0}},
+            "eviction_vs_belady": {"saga": 3.22, "belady": 1.0},
+            "eviction_bound": {"saga": "saga-min-eviction", "belady": "belady"},
+            # as summary.json has them: keys sorted, the headline's bound no longer first
+            "eviction_vs_bounds": {"saga": {"saga-belady": 4.304, "saga-min-eviction": 3.222},
+                                   "belady": {"belady": 1.0}}}
+    table = case_table("belady", case, "saga", ["saga", "belady"])
+    assert [row[-4:] for row in table.rows] == [
+        ["4.60", "0.29", "4.31", "3.22x saga-min-eviction, 4.30x saga-belady"],
+        ["4.75", "4.75", "0.00", "1.00x belady"],
+    ]
+    assert table.notes == [
+        MISSES_NOTE,
+        "note: GPU misses / Bélády: over each bound named (belady: vllm-affinity's routing "
+        "with MIN eviction; saga-belady: SAGA's scheduling, every call's KV released and "
+        "evicted by MIN (retention and eviction); saga-min-eviction: all of SAGA, its pins, "
+        "offloads and drops included, with MIN as the GPU eviction order (eviction alone))",
+    ]
 
 
 def test_a_speedup_below_one_says_what_the_reference_trades_for_it() -> None:

@@ -87,7 +87,7 @@ def test_the_check_catches_a_policy_that_reads_an_oracle_field(
 def test_the_offline_bounds_are_the_only_policies_reading_them() -> None:
     # computed here, not from ONLINE: other tests may register policies after collection
     assert [name for name in list_policies() if build_policy(name).offline] == [
-        "belady", "saga-belady"]
+        "belady", "saga-belady", "saga-min-eviction"]
 
 
 def test_no_online_policy_source_names_an_oracle_field() -> None:

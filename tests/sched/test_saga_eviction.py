@@ -3,10 +3,13 @@ rebuilding a block."""
 
 from __future__ import annotations
 
+import math
+
 from saga.engine.costmodel import cost_model_for
 from saga.engine.kvcache import KVNode
 from saga.sched.policy import PolicyContext, WorkflowInfo
 from saga.sched.saga.config import SagaConfig
+from saga.sched.saga.graph import Gap, LogNormal
 from saga.sched.saga.policy import Flow, SagaPolicy
 
 BT = 64
@@ -104,3 +107,26 @@ def test_no_key_is_below_the_floor_the_order_declares() -> None:
             policy.flows["ended"].predicted_end = True
             keys = [policy._eviction_key(n, now) for n in leaves for now in (0.0, 10.0, 99.0)]
             assert min(keys) == floor  # the ended and the gone workflows: at it, not below
+
+
+def test_elapsed_tool_time_evicts_the_overdue_workflow_in_the_long_tail_first() -> None:
+    # Both in a tool with the same heavy-tailed gap (median 5 s, mean 15.4 s): "overdue"
+    # since 0 s, "fresh" since 99 s. At 100 s the key fixed at the call's end says the
+    # overdue one is due (until 0: kept first); given the 100 s it has run, it is expected
+    # to stay out longer than the fresh one, and goes first.
+    gap = Gap(0.9, ((1.0, LogNormal(math.log(5.0), 1.5)),))
+    short, long = _leaves()
+    for by_elapsed, first in ((False, "w:short"), (True, "w:long")):
+        policy = SagaPolicy(SagaConfig(eviction_by_elapsed_tool_time=by_elapsed))
+        policy.bind(PolicyContext([], cost_model_for("llama-3.1-8b", "h100-sxm", 1), BT))
+        for name, since in (("long", 0.0), ("short", 99.0)):
+            _in_tool(policy, name, next_use=since + gap.mean())
+            policy.flows[name].tool_gap, policy.flows[name].tool_since = gap, since
+        keys = {n.namespace: policy._eviction_key(n, 100.0) for n in (short, long)}
+        assert min(keys, key=keys.__getitem__) == first
+        if by_elapsed:
+            assert keys["w:long"] == 1.0 / (gap.residual_mean(100.0) + 1.0)
+            assert keys["w:short"] == 1.0 / (gap.residual_mean(1.0) + 1.0)
+        else:
+            assert keys["w:long"] == 1.0 / (0.0 + 1.0)
+            assert keys["w:short"] == 1.0 / (99.0 + gap.mean() - 100.0 + 1.0)

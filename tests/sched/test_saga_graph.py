@@ -8,6 +8,7 @@ import json
 import math
 import random
 import weakref
+from statistics import NormalDist
 from typing import cast
 
 import pytest
@@ -55,6 +56,24 @@ def test_lognormal_cdf_quantile_and_truncated_mean() -> None:
     # E[min(X, t)] -> E[X] as t grows, -> t as t shrinks
     assert d.mean_min(1e6) == pytest.approx(d.mean())
     assert d.mean_min(0.01) == pytest.approx(0.01, rel=1e-6)
+
+
+def test_the_tool_time_still_expected_grows_with_the_time_a_tool_has_run() -> None:
+    # E[X - e | X > e] of a log-normal: E[X; X > e] / P(X > e) - e, where
+    # E[X; X > e] = E[X] * Phi(sigma - z) and z = (log e - mu) / sigma
+    d = LogNormal(math.log(5.0), 1.5)
+    gap = Gap(0.8, ((1.0, d),))
+    phi = NormalDist().cdf
+    for elapsed in (1.0, 5.0, 30.0):
+        z = (math.log(elapsed) - d.mu) / d.sigma
+        exact = d.mean() * phi(d.sigma - z) / (1.0 - phi(z)) - elapsed
+        assert gap.residual_mean(elapsed) == pytest.approx(exact, rel=1e-9)
+    assert gap.residual_mean(0.0) == gap.mean() == pytest.approx(5.0 * math.exp(1.125))
+    # heavy-tailed: past its mean (15.4 s) a tool is expected to run longer, not to be due
+    assert gap.residual_mean(30.0) > gap.residual_mean(5.0) > gap.residual_mean(1.0)
+    assert gap.residual_mean(30.0) > gap.mean()
+    # beyond any chance the mixture gives the gap, the time elapsed
+    assert Gap(0.8, ((1.0, LogNormal(0.0, 0.1)),)).residual_mean(1e6) == 1e6
 
 
 def _feed_chain(graph: AgentGraph) -> None:

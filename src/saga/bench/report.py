@@ -182,6 +182,7 @@ def _case_dict(case: CaseResult) -> dict[str, Any]:
         "speedup": case.speedup,
         "eviction_vs_belady": case.eviction_vs_belady,
         "eviction_bound": case.eviction_bound,
+        "eviction_vs_bounds": case.eviction_vs_bounds,
     }
 
 
@@ -267,15 +268,11 @@ def case_table(
     header = ["policy", *(rate_title if f == "rate" else t for _, t, f in columns),
               *COUNT_COLUMNS]
     belady = case.get("eviction_vs_belady") or {}
+    bounds: Mapping[str, Mapping[str, float]] = case.get("eviction_vs_bounds") or {}
     if belady:
+        header += [title for _, title in MISS_COLUMNS]
         header.append("GPU misses / Bélády")
-        matched = sorted({f"{name} over {bound}" for name, bound in
-                          (case.get("eviction_bound") or {}).items() if bound != "belady"})
-        if matched:
-            notes.append(
-                "note: GPU misses / Bélády: " + ", ".join(matched)
-                + " (the same scheduling with MIN eviction); the others over belady "
-                "(vllm-affinity's routing with MIN eviction)")
+        notes += eviction_notes(case)
     speed = case.get("speedup") or {}
     rows = []
     for name in names:
@@ -293,9 +290,56 @@ def case_table(
                   _fmt(metrics.get("workflows_rejected"), "{:,}"),
                   "-" if name == reference else _fmt(paired, "{:,}")]
         if belady:
-            cells.append(_fmt(belady.get(name), "{:.2f}x"))
+            cells += [_fmt(_millions(metrics.get(key)), "{:.2f}") for key, _ in MISS_COLUMNS]
+            if name in bounds:  # each ratio names its bound
+                cells.append(", ".join(f"{_fmt(ratio, '{:.2f}x')} {bound}"
+                                       for bound, ratio in bound_ratios(case, name)))
+            else:  # a summary written before the ratios named their bounds
+                cells.append(_fmt(belady.get(name), "{:.2f}x"))
         rows.append(cells)
     return TextTable(title, header, rows, notes)
+
+
+#: the eviction scenario's token counts (summary keys), shown in millions of tokens
+MISS_COLUMNS = (
+    ("gpu_missed_tokens", "GPU missed (M tok)"),
+    ("recomputed_tokens", "recomputed (M tok)"),
+    ("host_loaded_tokens", "host loads (M tok)"),
+)
+#: what each offline bound keeps of the policy it bounds (docs/baselines.md section 7)
+BOUND_MEANING = {
+    "belady": "vllm-affinity's routing with MIN eviction",
+    "saga-belady": "SAGA's scheduling, every call's KV released and evicted by MIN "
+    "(retention and eviction)",
+    "saga-min-eviction": "all of SAGA, its pins, offloads and drops included, with MIN "
+    "as the GPU eviction order (eviction alone)",
+}
+
+
+def eviction_notes(case: Mapping[str, Any]) -> list[str]:
+    """The notes under an eviction table: what its token columns count and what each
+    bound its ratios name is."""
+    named = (case.get("eviction_vs_bounds") or {}).values()
+    used = sorted({bound for ratios in named for bound in ratios})
+    meanings = "; ".join(f"{b}: {BOUND_MEANING.get(b, 'an offline bound')}" for b in used)
+    notes = ["note: GPU missed: tokens of reusable prefixes not on the GPU when their call "
+             "was scheduled, recomputed or loaded from the host tier (host loads; "
+             "recomputed also counts what preemptions computed twice)"]
+    if meanings:
+        notes.append(f"note: GPU misses / Bélády: over each bound named ({meanings})")
+    return notes
+
+
+def bound_ratios(case: Mapping[str, Any], name: str) -> list[tuple[str, float]]:
+    """A policy's (bound, GPU misses over the bound's), the headline's bound first and the
+    others by name (summary.json sorts its keys: the scenario's order is not kept)."""
+    ratios: Mapping[str, float] = (case.get("eviction_vs_bounds") or {}).get(name) or {}
+    first = (case.get("eviction_bound") or {}).get(name)
+    return sorted(ratios.items(), key=lambda item: (item[0] != first, item[0]))
+
+
+def _millions(value: Any) -> Any:
+    return value / 1e6 if isinstance(value, int | float) else value
 
 
 def _is_number(value: Any) -> bool:
@@ -975,16 +1019,26 @@ def _headline(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
         f"| peak throughput vs throughput-optimal | ~0.70 | {_fmt(peak, '{:.3f}')} | saturation |"
     )
     rows += _ablation_row(by_name.get("ablation-claude-code", {}))
-    bel = by_name.get("belady", {})
-    ev = None
-    for case in bel.get("cases") or []:
-        ev = (case.get("eviction_vs_belady") or {}).get(bel.get("reference"))
-    bound = None
-    for case in bel.get("cases") or []:
-        bound = (case.get("eviction_bound") or {}).get(bel.get("reference"))
-    over = f" (over {bound})" if bound not in (None, "belady") else ""
-    rows.append(f"| GPU prefix misses vs Bélády | 1.31x | {_fmt(ev, '{:.2f}x')}{over} | belady |")
+    rows.append(f"| GPU prefix misses vs Bélády | 1.31x | {_eviction_headline(by_name)} | belady |")
     return ["## Headline", "", *rows]
+
+
+def _eviction_headline(by_name: Mapping[str, Mapping[str, Any]]) -> str:
+    """The reference's GPU prefix misses over each of its bounds, in the belady scenario's
+    last case, each ratio with its bound named (only the first for older summaries)."""
+    bel = by_name.get("belady", {})
+    reference = str(bel.get("reference"))
+    cases = bel.get("cases") or []
+    if not cases:
+        return "n/a"
+    case = cases[-1]
+    ratios = bound_ratios(case, reference)
+    if ratios:
+        return ", ".join(f"{_fmt(r, '{:.2f}x')} over {b}" for b, r in ratios)
+    ev = (case.get("eviction_vs_belady") or {}).get(reference)
+    bound = (case.get("eviction_bound") or {}).get(reference)
+    over = f" (over {bound})" if bound not in (None, "belady") else ""
+    return f"{_fmt(ev, '{:.2f}x')}{over}"
 
 
 # ---- RESULTS.md: goodput capacity first, then the loads the TCT figures were taken at ------

@@ -47,8 +47,11 @@ class CaseResult:
     runs: dict[str, PolicyRun] = field(default_factory=dict)
     isolated: dict[str, float] = field(default_factory=dict)  # workflow -> TCT alone
     speedup: dict[str, dict[str, float]] = field(default_factory=dict)
+    # the first of each policy's bounds (the headline's): its ratio and its name
     eviction_vs_belady: dict[str, float] = field(default_factory=dict)
     eviction_bound: dict[str, str] = field(default_factory=dict)  # policy -> its bound
+    # policy -> bound -> GPU prefix misses over the bound's, every bound in order
+    eviction_vs_bounds: dict[str, dict[str, float]] = field(default_factory=dict)
     cluster: str = ""
     params: dict[str, str] = field(default_factory=dict)  # the workload's own, as given
 
@@ -380,25 +383,29 @@ def _run_case(
         name: float(run.summary["gpu_missed_tokens"])  # type: ignore[arg-type]
         for name, run in case.runs.items()
     }
-    case.eviction_bound, case.eviction_vs_belady = eviction_ratios(missed, spec.eviction_bounds)
+    case.eviction_vs_bounds = eviction_ratios(missed, spec.eviction_bounds)
+    for name, ratios in case.eviction_vs_bounds.items():
+        first = next(iter(ratios))
+        case.eviction_bound[name], case.eviction_vs_belady[name] = first, ratios[first]
 
 
 def eviction_ratios(
-    missed: Mapping[str, float], bounds: Mapping[str, str]
-) -> tuple[dict[str, str], dict[str, float]]:
-    """(each policy's offline bound, its GPU prefix misses over the bound's). A policy's
-    bound is ``bounds[policy]``, else ``belady``; a policy whose bound was not run gets
-    neither. No miss over no miss is 1x; some over none is infinite."""
-    names: dict[str, str] = {}
-    ratios: dict[str, float] = {}
+    missed: Mapping[str, float], bounds: Mapping[str, Sequence[str]]
+) -> dict[str, dict[str, float]]:
+    """Each policy's GPU prefix misses over those of each of its offline bounds, in the
+    order given. A policy's bounds are ``bounds[policy]``, else ``belady``; bounds that were
+    not run are left out, and so is a policy with none run. No miss over no miss is 1x;
+    some over none is infinite."""
+    out: dict[str, dict[str, float]] = {}
     for name, mine in missed.items():
-        bound_name = bounds.get(name, "belady")
-        bound = missed.get(bound_name)
-        if bound is None:
-            continue
-        names[name] = bound_name
-        ratios[name] = mine / bound if bound > 0 else (1.0 if mine == 0 else math.inf)
-    return names, ratios
+        ratios = {
+            bound_name: mine / bound if bound > 0 else (1.0 if mine == 0 else math.inf)
+            for bound_name in bounds.get(name, ("belady",))
+            if (bound := missed.get(bound_name)) is not None
+        }
+        if ratios:
+            out[name] = ratios
+    return out
 
 
 def planned_runs(scenario: Scenario) -> int | None:

@@ -12,7 +12,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from saga.engine.cluster import ClusterSpec, get_cluster
 from saga.errors import UserError, validation_reasons
@@ -87,12 +94,14 @@ class Scenario(BaseModel):
         default_factory=lambda: [0], min_length=1, description="Seeds (non-negative)."
     )
     workloads: list[WorkloadSpec] = Field(min_length=1, description="Workloads to serve.")
-    eviction_bounds: dict[str, str] = Field(
+    eviction_bounds: dict[str, list[str]] = Field(
         default_factory=dict,
-        description="The offline bound whose GPU prefix misses each policy's are divided by "
-        "(policy -> bound, both among `policies`); any other policy is divided by `belady`'s "
-        "(vllm-affinity's routing with MIN eviction). A bound must schedule as its policy "
-        "does: `saga-belady` is SAGA's scheduling with MIN eviction.",
+        description="The offline bounds whose GPU prefix misses each policy's are divided by "
+        "(policy -> a bound or a list of bounds, all among `policies`; the first is the "
+        "headline's); any other policy is divided by `belady`'s (vllm-affinity's routing "
+        "with MIN eviction). A bound must schedule as its policy does: `saga-min-eviction` "
+        "is all of SAGA, its retention included, with MIN eviction; `saga-belady` is SAGA's "
+        "scheduling with every call's KV released and evicted by MIN.",
     )
     loads: list[float] | None = Field(
         None,
@@ -149,14 +158,24 @@ class Scenario(BaseModel):
         description="Overrides for `--quick`: any of the fields above, smaller.",
     )
 
+    @field_validator("eviction_bounds", mode="before")
+    @classmethod
+    def _one_bound_is_a_list_of_one(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: [v] if isinstance(v, str) else v for k, v in value.items()}
+        return value
+
     @model_validator(mode="after")
     def _reference_is_run(self) -> Scenario:
         if self.reference not in self.policies:
             raise ValueError(f"reference {self.reference!r} is not among policies")
-        for policy, bound in self.eviction_bounds.items():
-            if policy not in self.policies or bound not in self.policies:
-                raise ValueError(
-                    f"eviction_bounds: {policy!r} and {bound!r} must both be among policies")
+        for policy, bounds in self.eviction_bounds.items():
+            if not bounds:
+                raise ValueError(f"eviction_bounds: {policy!r} names no bound")
+            for bound in bounds:
+                if policy not in self.policies or bound not in self.policies:
+                    raise ValueError(
+                        f"eviction_bounds: {policy!r} and {bound!r} must both be among policies")
         if self.capacity_warmup >= self.capacity_window:
             raise ValueError("capacity_warmup must be shorter than capacity_window")
         return self

@@ -68,6 +68,13 @@ def gpu_missed_tokens(result: SimResult) -> int:
     return sum(c.gpu_missed_tokens for c in result.calls)
 
 
+def host_loaded_tokens(result: SimResult) -> int:
+    """Of :func:`gpu_missed_tokens`, those loaded from the host tier when their call was
+    scheduled (the rest of the misses were recomputed). Prefetches that landed before the
+    call are GPU hits, not counted here."""
+    return sum(c.host_tokens for c in result.calls)
+
+
 def placement_missed_tokens(result: SimResult) -> int:
     """Of :func:`gpu_missed_tokens`, those a placement gave up: the call ran on another
     replica than the one its predecessor left its prefix on, which still held them when
@@ -156,6 +163,7 @@ def summarize(result: SimResult, isolated: Mapping[str, float]) -> dict[str, obj
         "recomputed_tokens": recomputed_tokens(result),
         "gpu_missed_tokens": gpu_missed_tokens(result),
         "placement_missed_tokens": placement_missed_tokens(result),
+        "host_loaded_tokens": host_loaded_tokens(result),
         "kv_utilization": kv_utilization(result),
         "kv_useful_utilization": kv_useful_utilization(result),
         "busy_share": busy_share(result),

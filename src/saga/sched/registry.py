@@ -13,6 +13,7 @@ from collections.abc import Callable
 from saga.errors import UserError
 from saga.sched.baselines import BASELINES
 from saga.sched.baselines.saga_belady import SagaBelady
+from saga.sched.baselines.saga_min_eviction import SagaMinEviction
 from saga.sched.gated import SUFFIX as GATE_SUFFIX
 from saga.sched.gated import gated
 from saga.sched.guarded import SUFFIX as GUARD_SUFFIX
@@ -45,6 +46,8 @@ for _cls in (*_VLLM, *BASELINES):
 for _saga in SAGA_POLICIES:
     register(_saga.name, _saga)
 register(SagaBelady.name, SagaBelady)  # offline: SAGA's scheduling with MIN eviction
+# offline: all of SAGA, its retention included, with MIN as the GPU eviction order
+register(SagaMinEviction.name, SagaMinEviction)
 
 
 def _gated_factory(base: str) -> Callable[[], Policy]:

@@ -522,6 +522,14 @@ class SagaConfig(BaseModel):
         gt=0.0,
         description="Half-life in seconds of the moving average of observed call slowdowns.",
     )
+    eviction_by_elapsed_tool_time: bool = Field(
+        False,
+        description="Rank a workflow in a tool by the tool time still expected given the "
+        "time it has already run (the graph's gap, E[gap - elapsed | gap > elapsed]), not "
+        "by the return predicted when its call finished (its mean gap), which, once past, "
+        "keeps an overdue workflow's KV first although heavy-tailed tool times make it "
+        "likely to stay out long. Off by default (docs/baselines.md section 7).",
+    )
 
     @model_validator(mode="after")
     def _weights_positive(self) -> SagaConfig:

@@ -284,6 +284,20 @@ class Gap:
         held = sum(w * d.mean_min(t) for w, d in self.mixture)
         return self.p_continue * held + (1.0 - self.p_continue) * t
 
+    def residual_mean(self, elapsed: float) -> float:
+        """E[gap - elapsed | gap > elapsed]: the tool time still expected of a workflow
+        that has been in its tool ``elapsed`` seconds (given it continues). Log-normal gaps
+        are heavy-tailed: the longer a tool has run, the longer it is expected to go on,
+        where ``mean() - elapsed`` says it is due. Past the point where the mixture gives
+        the gap no chance (a survival below 1e-12), ``elapsed`` itself."""
+        if elapsed <= 0.0:
+            return self.mean()
+        survival = 1.0 - self.cdf(elapsed)
+        if survival <= 1e-12:
+            return elapsed
+        beyond = self.mean() - sum(w * d.mean_min(elapsed) for w, d in self.mixture)
+        return max(0.0, beyond / survival)
+
     def ttl_table(
         self, ttl_max: float, quantiles: tuple[float, ...]
     ) -> tuple[tuple[float, float, float], ...]:

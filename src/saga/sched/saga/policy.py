@@ -40,7 +40,7 @@ from saga.sched.saga.gate import (
     saturated,
 )
 from saga.sched.saga.gittins import SessionLengths
-from saga.sched.saga.graph import AgentGraph, GraphStore, node_key
+from saga.sched.saga.graph import AgentGraph, Gap, GraphStore, node_key
 from saga.sched.saga.steal_noise import PredictionNoise
 
 if TYPE_CHECKING:
@@ -65,6 +65,10 @@ class Flow:
     call_prefill: float = 0.0  # predicted prefill seconds of the current call
     context: int = 0  # tokens of KV it has built (prompt + output of its last call)
     next_use: float = 0.0  # predicted time of the next call (in a tool)
+    #: what the graph predicts of its current tool gap, and since when it is in the tool
+    #: (eviction_by_elapsed_tool_time)
+    tool_gap: Gap | None = None
+    tool_since: float = 0.0
     p_return: float = 0.0
     ideal: float = 0.0  # predicted seconds of its calls alone plus its tool gaps, so far
     attained: float = 0.0  # predicted GPU seconds of its finished calls (what AFS charged)
@@ -625,6 +629,7 @@ class SagaPolicy(Policy):
         gap = graph.gap(flow.node)
         flow.p_return = gap.p_continue
         flow.next_use = now + gap.mean()
+        flow.tool_gap, flow.tool_since = gap, now
         if not self.config.retention:
             return RELEASE
         return keep.decide(self._retention_input(replica, request, now), self.config)
@@ -690,6 +695,10 @@ class SagaPolicy(Policy):
             weight = flow.p_return if config.eviction_by_return_chance else 1.0
             if not flow.in_tool:
                 value = weight / t0 + 1.0  # its call is queued or running: soon
+            elif config.eviction_by_elapsed_tool_time and flow.tool_gap is not None:
+                # the tool time still expected after what it has run: a workflow past its
+                # predicted return is not due, it is in the gap's long tail
+                value = weight / (flow.tool_gap.residual_mean(now - flow.tool_since) + t0)
             else:
                 until = flow.next_use - now
                 # max(until, 0.0), without the call; the same sum (0.0 + t0 == -0.0 + t0)
