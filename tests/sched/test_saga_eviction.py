@@ -104,3 +104,85 @@ def test_no_key_is_below_the_floor_the_order_declares() -> None:
             policy.flows["ended"].predicted_end = True
             keys = [policy._eviction_key(n, now) for n in leaves for now in (0.0, 10.0, 99.0)]
             assert min(keys) == floor  # the ended and the gone workflows: at it, not below
+
+
+def _defined_key(policy: SagaPolicy, node: KVNode, now: float) -> float:
+    """The eviction key as SagaPolicy._eviction_keys' docstring defines it, written out
+    apart (the oracle for the function the engine asks once per eviction)."""
+    config, t0 = policy.config, policy.config.eviction_t0
+    if node.namespace.startswith("w:"):
+        flow = policy.flows.get(node.namespace[2:])
+        if flow is None or flow.predicted_end:
+            return -1.0
+        weight = flow.p_return if config.eviction_by_return_chance else 1.0
+        if not flow.in_tool:
+            value = weight / t0 + 1.0
+        else:
+            value = weight / (max(flow.next_use - now, 0.0) + t0)
+    elif node.namespace.startswith("s:"):
+        value = (1 + policy.prefix_users.get(node.namespace, 0)) / t0
+    else:
+        return 0.0
+    if value <= 0.0 or not config.eviction_by_rebuild_cost:
+        return value
+    blocks, walk = 0, node
+    while walk is not None:
+        blocks += walk.count
+        walk = walk.parent
+    start = blocks * BT
+    cost = policy.ctx.cost
+    return value * (cost.prefill_time(start + 2048, start) / cost.prefill_time(2048, 0))
+
+
+def test_the_engine_asks_the_keys_as_defined_for_every_kind_of_leaf() -> None:
+    """The engine asks ``eviction_order(...).key_function()``, one function per eviction
+    (SagaPolicy._eviction_keys): at every instant, for every kind of leaf and every
+    weighting, its keys are the defined ones, with the rebuild weights' cache cold and
+    warm, and the prefix users and the flows read as they are when it is made."""
+    for by_cost in (False, True):
+        for by_chance in (False, True):
+            policy = _policy(by_cost=by_cost, by_chance=by_chance)
+            root = KVNode("", 0, 0, None)
+            shared = KVNode("s:sys", 0, 20, root)
+            leaves = [KVNode(f"w:{n}", 0, 7 + 3 * i, shared) for i, n in enumerate(
+                ("due", "later", "zero", "queued", "ended", "gone"))]
+            leaves += [shared, KVNode("other", 0, 3, root), KVNode("w:deep", 0, 900, shared)]
+            _in_tool(policy, "due", next_use=0.0)
+            _in_tool(policy, "later", next_use=30.0, p_return=0.4)
+            _in_tool(policy, "zero", next_use=5.0, p_return=0.0)
+            _in_tool(policy, "queued", next_use=5.0)
+            policy.flows["queued"].in_tool = False
+            _in_tool(policy, "ended", next_use=5.0)
+            policy.flows["ended"].predicted_end = True
+            _in_tool(policy, "deep", next_use=12.5, p_return=0.7)
+            policy.prefix_users["s:sys"] = 3
+            for now in (0.0, 10.0, 12.5, 99.0, 0.0):  # the last: every weight cached
+                key = policy.eviction_order(0).key_function()
+                for node in leaves:
+                    assert key(node, now) == _defined_key(policy, node, now), (node, now)
+                    assert policy._eviction_key(node, now) == key(node, now)
+            # a flow that ends and a prefix that gains a user: the next eviction's function
+            # reads them
+            policy.flows["later"].predicted_end = True
+            policy.prefix_users["s:sys"] = 5
+            key = policy.eviction_order(0).key_function()
+            assert key(leaves[1], 0.0) == -1.0
+            assert key(shared, 0.0) == _defined_key(policy, shared, 0.0) == (
+                6 / policy.config.eviction_t0 * (1.0 if not by_cost else
+                                                   policy._rebuild_weight(shared)))
+
+
+def test_a_subclass_eviction_key_is_what_the_engine_asks() -> None:
+    class Oldest(SagaPolicy):
+        def _eviction_key(self, node: KVNode, now: float) -> float:
+            return float(node.stamp)
+
+    policy = Oldest()
+    policy.bind(PolicyContext([], cost_model_for("llama-3.1-8b", "h100-sxm", 1), BT))
+    node = KVNode("w:gone", 0, 4, KVNode("", 0, 0, None))
+    node.stamp = 7
+    assert policy.eviction_order(0).key_function()(node, 0.0) == 7.0
+    # and one set on the instance
+    plain = _policy(by_cost=False)
+    plain._eviction_key = lambda node, now: 2.5  # type: ignore[method-assign]
+    assert plain.eviction_order(0).key_function()(node, 0.0) == 2.5
