@@ -128,24 +128,17 @@ class KeyedEviction(EvictionOrder):
     static = False
 
     def __init__(
-        self,
-        name: str,
-        key_fn: Callable[[KVNode, float], float],
-        floor: float | None = None,
-        keys: Callable[[], Callable[[KVNode, float], float]] | None = None,
+        self, name: str, key_fn: Callable[[KVNode, float], float], floor: float | None = None
     ) -> None:
         self.name = name
         self._key_fn = key_fn
         self.floor = floor
-        # ``keys()``: ``key_fn`` as a function made for one eviction, which may read once
-        # what every key of that eviction reads alike (saga's config and dictionaries)
-        self._keys = keys
 
     def key(self, node: KVNode, now: float) -> float:
         return self._key_fn(node, now)
 
     def key_function(self) -> Callable[[KVNode, float], float]:
-        return self._key_fn if self._keys is None else self._keys()
+        return self._key_fn
 
 
 @dataclass(frozen=True, slots=True)

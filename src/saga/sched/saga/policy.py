@@ -665,68 +665,42 @@ class SagaPolicy(Policy):
             return LRUEviction()
         # -1, the key of an ended workflow's KV, is the least _eviction_key gives: the
         # engine's tree stops ranking at the earliest released leaf keyed so
-        # a subclass's own _eviction_key (or one set on the instance) is asked as it is
-        own = getattr(self._eviction_key, "__func__", None) is SagaPolicy._eviction_key
-        return KeyedEviction("saga-next-use", self._eviction_key, floor=-1.0,
-                             keys=self._eviction_keys if own else None)
+        return KeyedEviction("saga-next-use", self._eviction_key, floor=-1.0)
 
     def _eviction_key(self, node: KVNode, now: float) -> float:
-        """Expected reuse value of a cached leaf: smaller is evicted first
-        (:meth:`_eviction_keys`, asked once)."""
-        return self._eviction_keys()(node, now)
+        """Expected reuse value of a cached leaf: smaller is evicted first.
 
-    def _eviction_keys(self) -> Callable[[KVNode, float], float]:
-        """The eviction key as one function for one eviction, which asks it of every
-        evictable leaf it ranks (the policy's largest cost per eviction): what every key
-        reads alike (the config, the flows and the prefix users) is read once here. Made
-        afresh for each eviction: ``set_tenant_weights`` replaces the config, and asking
-        a key changes no state, so nothing read here changes within one eviction.
+        One over the time until the owner's predicted next call (an online approximation
+        of Belady: furthest next use first), times P(the owner calls again) if
+        ``eviction_by_return_chance``; blocks of finished workflows, or of workflows taken
+        as ended, are worth nothing; shared prefixes are worth their live users.
+        Weighted by what losing the leaf's last block costs: its recompute seconds,
+        relative to a block at the start of a context (``eviction_by_rebuild_cost``).
 
-        A key is the expected reuse value of a cached leaf: one over the time until the
-        owner's predicted next call (an online approximation of Belady: furthest next use
-        first), times P(the owner calls again) if ``eviction_by_return_chance``; blocks of
-        finished workflows, or of workflows taken as ended, are worth nothing; shared
-        prefixes are worth their live users. Weighted by what losing the leaf's last block
-        costs: its recompute seconds, relative to a block at the start of a context
-        (``eviction_by_rebuild_cost``, :meth:`_rebuild_weight`, inline)."""
+        (One function with no calls of its own on the common paths: a keyed eviction asks
+        it of every evictable leaf of the replica, the policy's largest cost per eviction.)
+        """
         config = self.config
         t0 = config.eviction_t0
-        by_return = config.eviction_by_return_chance
-        by_cost = config.eviction_by_rebuild_cost
-        flow_of = self.flows.get
-        users_of = self.prefix_users.get
-        weights = self._rebuild_weights
-        rebuild_weight = self._rebuild_weight
-
-        def key(node: KVNode, now: float) -> float:
-            ns = node.namespace
-            if ns.startswith("w:"):
-                flow = flow_of(ns[2:])
-                if flow is None or flow.predicted_end:
-                    return -1.0
-                weight = flow.p_return if by_return else 1.0
-                if not flow.in_tool:
-                    value = weight / t0 + 1.0  # its call is queued or running: soon
-                else:
-                    until = flow.next_use - now
-                    # max(until, 0.0), without the call; the same sum (0.0 + t0 == -0.0 + t0)
-                    value = weight / ((until if until > 0.0 else 0.0) + t0)
-            elif ns.startswith("s:"):
-                value = (1 + users_of(ns, 0)) / t0
+        ns = node.namespace
+        if ns.startswith("w:"):
+            flow = self.flows.get(ns[2:])
+            if flow is None or flow.predicted_end:
+                return -1.0
+            weight = flow.p_return if config.eviction_by_return_chance else 1.0
+            if not flow.in_tool:
+                value = weight / t0 + 1.0  # its call is queued or running: soon
             else:
-                return 0.0
-            if value <= 0.0 or not by_cost:
-                return value
-            # _rebuild_weight's walk and lookup, inline; a depth not seen yet asks it
-            blocks = 0
-            walk: KVNode | None = node
-            while walk is not None:
-                blocks += walk.count
-                walk = walk.parent
-            found = weights.get(blocks)
-            return value * (rebuild_weight(node) if found is None else found)
-
-        return key
+                until = flow.next_use - now
+                # max(until, 0.0), without the call; the same sum (0.0 + t0 == -0.0 + t0)
+                value = weight / ((until if until > 0.0 else 0.0) + t0)
+        elif ns.startswith("s:"):
+            value = (1 + self.prefix_users.get(ns, 0)) / t0
+        else:
+            return 0.0
+        if value <= 0.0 or not config.eviction_by_rebuild_cost:
+            return value
+        return value * self._rebuild_weight(node)
 
     def _rebuild_weight(self, node: KVNode) -> float:
         """Recompute cost of a token at the leaf's depth over that of a context's first
