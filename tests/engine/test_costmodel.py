@@ -369,38 +369,6 @@ def test_one_decode_step_is_the_closed_form_at_one_bit_for_bit(
 @settings(max_examples=300, deadline=None)
 @given(
     cost=_any_cost_model(),
-    n=st.integers(1, 1024),
-    contexts=st.lists(st.tuples(st.integers(0, 200_000), st.integers(2, 5_000)),
-                      min_size=1, max_size=8),
-)
-def test_the_series_of_one_batch_is_decode_steps_time_bit_for_bit(
-    cost: CostModel, n: int, contexts: list[tuple[int, int]]
-) -> None:
-    # a folded decode run's boundaries ask it run after run (saga.engine.fold): it must
-    # not move a boundary by a bit, on either side of the roofline's crossing
-    series = cost.decode_series(n)
-    for ctx_per_seq, k in contexts:
-        assert series(n * ctx_per_seq, k) == cost.decode_steps_time(n, n * ctx_per_seq, k)
-
-
-def test_the_series_of_one_batch_crosses_the_roofline_as_decode_steps_time_does() -> None:
-    # the crossing's both orders (memory-bound first, compute-bound first) and a run that
-    # crosses inside, on the models of the roofline test above
-    for heads, kv_heads, bandwidth, n in ((64, 1, 1e12, 1), (4, 4, 1e11, 256)):
-        params = float(llama_params(2, 256, heads, kv_heads, 64, 1024, 1000))
-        model = ModelSpec("m", 2, 256, heads, kv_heads, 64, 1024, params, params, vocab=1000)
-        cost = CostModel(model, GPU("g", 1e13, bandwidth, 1e12, 0.0), 1,
-                         Efficiency(mfu=1.0, mbu=1.0, t_fixed=0.0, comm_efficiency=1.0))
-        series = cost.decode_series(n)
-        for ctx_per_seq in range(0, 4300, 13):
-            for k in (2, 3, 17, 100, 1000):
-                assert series(n * ctx_per_seq, k) == cost.decode_steps_time(
-                    n, n * ctx_per_seq, k)
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    cost=_any_cost_model(),
     n=st.integers(1, 256),
     ctx_per_seq=st.integers(0, 50_000),
     steps=st.floats(0.0, 300.0),

@@ -25,7 +25,6 @@ The hot paths (``step_time``, ``decode_steps_time``) use only floats precomputed
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -275,48 +274,6 @@ class CostModel:
         else:  # compute-bound on [0, split), memory-bound on [split, k)
             total = _series(a0, a1, 0, split) + _series(b0, b1, split, k)
         return k * base + total
-
-    def decode_series(self, n_seqs: int) -> Callable[[int, int], float]:
-        """``decode_steps_time(n_seqs, ctx_sum, k)`` as a function of ``(ctx_sum, k)`` for
-        ``k >= 2``, with what depends on ``n_seqs`` alone computed once: a folded decode
-        run's boundaries (saga.engine.fold) ask it of one batch run after run. The same
-        floats in the same order as :meth:`_decode_series`, :meth:`_crossing` and
-        :func:`_series`, inline, so the same bits (tests/engine/test_costmodel.py)."""
-        n = n_seqs
-        base = self._t0 + self._s_seq * n + self._comm_tok * n
-        gemm_tokens = -(-n // self._tile) * self._tile
-        # a0 = c_tok * gemm + c_seq * n + c_attn * first sums left to right: its first two
-        # terms are one float whatever the context
-        a_fixed = self._c_tok * gemm_tokens + self._c_seq * n
-        c_attn, m_weights, m_kv = self._c_attn, self._m_weights, self._m_kv
-        a1 = c_attn * n
-        b1 = m_kv * n
-        d1 = a1 - b1
-        memory_first = a1 >= b1
-        ceil, floor = math.ceil, math.floor
-
-        def series(ctx_sum: int, k: int) -> float:
-            first = ctx_sum + n
-            a0 = a_fixed + c_attn * first
-            b0 = m_weights + m_kv * (first + n)
-            # _crossing(a0 - b0, d1, k)
-            if d1 == 0.0:
-                split = 0 if a0 - b0 >= 0.0 else k
-            else:
-                root = -(a0 - b0) / d1
-                j = ceil(root) if d1 > 0.0 else floor(root) + 1
-                split = min(max(j, 0), k)
-            if memory_first:
-                x0, x1, y0, y1 = b0, b1, a0, a1
-            else:
-                x0, x1, y0, y1 = a0, a1, b0, b1
-            # _series(x0, x1, 0, split) + _series(y0, y1, split, k)
-            low = split * x0 + x1 * (split * (split - 1) / 2.0) if split > 0 else 0.0
-            count = k - split
-            high = count * y0 + y1 * (count * (split + k - 1) / 2.0) if count > 0 else 0.0
-            return k * base + (low + high)
-
-        return series
 
     @staticmethod
     def _crossing(d0: float, d1: float, k: int) -> int:

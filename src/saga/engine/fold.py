@@ -26,8 +26,6 @@ import heapq
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from saga.engine.replica import Replica, Request
 
 
@@ -74,9 +72,7 @@ def fold_boundaries(
         if r.locked_blocks < r.keyed_blocks
     ]
     n = len(batch)
-    # every run of the chain has the same batch: decode_steps_time(n, ., .) specialized
-    # to it, made at the first run (a chain may stop before one)
-    steps_time: Callable[[int, int], float] | None = None
+    cost = replica.cost
     context = replica._run_ctx + n * steps
     available = kv.available_blocks
     end = replica.step_end
@@ -103,9 +99,7 @@ def fold_boundaries(
             if room <= 1:
                 break
             run = room
-        if steps_time is None:
-            steps_time = replica.cost.decode_series(n)
-        end = end + steps_time(context, run)
+        end = end + cost.decode_steps_time(n, context, run)
         grow.sort()
         folds.append((end, run, tuple(grow)))
         context += n * run
