@@ -99,10 +99,6 @@ class EvictionOrder(ABC):
     #: its key alone (most of saga's evictions take the KV of an ended workflow, keyed at
     #: the floor, and the oldest leaf is usually one).
     floor: float | None = None
-    #: With a floor, optionally: the leaf :meth:`RadixKV._first_ranked` chooses, given the
-    #: evictable leaves in release order (not empty), its keys asked inline in that order
-    #: (saga's: a call per leaf is a third of a key's cost, and an eviction asks about six).
-    first_ranked: Callable[[Sequence[KVNode], float], KVNode] | None = None
 
     @abstractmethod
     def key(self, node: KVNode, now: float) -> float:
@@ -132,16 +128,11 @@ class KeyedEviction(EvictionOrder):
     static = False
 
     def __init__(
-        self,
-        name: str,
-        key_fn: Callable[[KVNode, float], float],
-        floor: float | None = None,
-        first: Callable[[Sequence[KVNode], float], KVNode] | None = None,
+        self, name: str, key_fn: Callable[[KVNode, float], float], floor: float | None = None
     ) -> None:
         self.name = name
         self._key_fn = key_fn
         self.floor = floor
-        self.first_ranked = first if floor is not None else None
 
     def key(self, node: KVNode, now: float) -> float:
         return self._key_fn(node, now)
@@ -592,9 +583,6 @@ class RadixKV:
         if floor is None:
             return min([(key(n, now), n.stamp, id(n), n) for n in self._leaves])[3]
         order = self._leaf_order  # the leaves in release order
-        first = self.eviction.first_ranked
-        if first is not None:
-            return first(order, now)
         best = order[0]
         best_key = key(best, now)
         if best_key != floor:

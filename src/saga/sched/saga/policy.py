@@ -17,8 +17,7 @@ is what its client marks, the runtime reports, or :mod:`~saga.sched.saga.ends` p
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -666,10 +665,7 @@ class SagaPolicy(Policy):
             return LRUEviction()
         # -1, the key of an ended workflow's KV, is the least _eviction_key gives: the
         # engine's tree stops ranking at the earliest released leaf keyed so
-        # a subclass's own _eviction_key (or one set on the instance) is asked key by key
-        own = getattr(self._eviction_key, "__func__", None) is SagaPolicy._eviction_key
-        return KeyedEviction("saga-next-use", self._eviction_key, floor=-1.0,
-                             first=self._first_evicted if own else None)
+        return KeyedEviction("saga-next-use", self._eviction_key, floor=-1.0)
 
     def _eviction_key(self, node: KVNode, now: float) -> float:
         """Expected reuse value of a cached leaf: smaller is evicted first.
@@ -705,51 +701,6 @@ class SagaPolicy(Policy):
         if value <= 0.0 or not config.eviction_by_rebuild_cost:
             return value
         return value * self._rebuild_weight(node)
-
-    def _first_evicted(self, leaves: Sequence[KVNode], now: float) -> KVNode:
-        """The leaf a keyed eviction takes first (``RadixKV._first_ranked``): of ``leaves``,
-        the evictable leaves in release order (not empty), the first keyed at the floor
-        (-1: no key is less, and every leaf after it was released later), else the least
-        by (key, release order). :meth:`_eviction_key` inline, asked of the leaves in the
-        same order and stopping at the same one, the same floats: an eviction asks about
-        six keys, and a call per key was a third of its cost (tests/sched/
-        test_saga_eviction.py compares the two on random leaves and states)."""
-        config = self.config
-        t0 = config.eviction_t0
-        by_return = config.eviction_by_return_chance
-        by_cost = config.eviction_by_rebuild_cost
-        flow_of = self.flows.get
-        users_of = self.prefix_users.get
-        weights = self._rebuild_weights
-        best = leaves[0]
-        best_key = math.inf
-        for node in leaves:
-            ns = node.namespace
-            if ns.startswith("w:"):
-                flow = flow_of(ns[2:])
-                if flow is None or flow.predicted_end:
-                    return node  # at the floor
-                weight = flow.p_return if by_return else 1.0
-                if not flow.in_tool:
-                    value = weight / t0 + 1.0
-                else:
-                    until = flow.next_use - now
-                    value = weight / ((until if until > 0.0 else 0.0) + t0)
-            elif ns.startswith("s:"):
-                value = (1 + users_of(ns, 0)) / t0
-            else:
-                value = 0.0
-            if value > 0.0 and by_cost:  # (0.0 for any other namespace: never weighted)
-                blocks = 0
-                walk: KVNode | None = node
-                while walk is not None:
-                    blocks += walk.count
-                    walk = walk.parent
-                found = weights.get(blocks)
-                value = value * (self._rebuild_weight(node) if found is None else found)
-            if value < best_key:  # (release order: an equal key ranks after)
-                best, best_key = node, value
-        return best
 
     def _rebuild_weight(self, node: KVNode) -> float:
         """Recompute cost of a token at the leaf's depth over that of a context's first
