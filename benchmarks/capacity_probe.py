@@ -48,6 +48,7 @@ from saga.sched.guarded import SUFFIX as GUARDED
 from saga.sched.guarded import GuardedPolicy
 from saga.sched.policy import Policy
 from saga.sched.registry import build_policy
+from saga.sched.saga.chunking import GuardRule
 from saga.sched.saga.config import SagaConfig
 from saga.sched.saga.graph import GraphStore
 from saga.sched.saga.policy import SagaPolicy
@@ -72,8 +73,7 @@ def policy_named(name: str) -> Policy:
         guarded = build_policy(base)
         if not isinstance(guarded, GuardedPolicy):
             raise ValueError(f"{base}: not a +guard policy")
-        guarded.guard_share = config.decode_guard_share
-        guarded.guard_decodes = config.decode_guard_decodes
+        guarded.guard = GuardRule.of(config)
         return guarded
     wrapped = build_policy(base)
     if not isinstance(wrapped, GatedPolicy):

@@ -11,6 +11,8 @@ from saga.errors import UserError
 from saga.sched.gated import GatedPolicy
 from saga.sched.guarded import GuardedPolicy
 from saga.sched.registry import build_policy
+from saga.sched.saga.chunking import GuardRule
+from saga.sched.saga.config import SagaConfig
 from saga.sched.saga.policy import SagaPolicy
 
 
@@ -18,6 +20,7 @@ from saga.sched.saga.policy import SagaPolicy
 class Replica:
     max_num_batched_tokens: int
     running: list[Call] = field(default_factory=list)
+    waiting: list[Call] = field(default_factory=list)
 
 
 
@@ -52,3 +55,19 @@ def test_the_guard_wraps_the_named_policy_and_keeps_its_class_flags() -> None:
 def test_saga_itself_a_double_guard_or_an_unknown_base_is_refused(name: str) -> None:
     with pytest.raises(UserError, match="unknown policy"):
         build_policy(name)
+
+
+def test_a_guarded_baseline_takes_every_guard_field_of_a_saga_configuration() -> None:
+    config = SagaConfig(decode_guard_backlog=2, decode_guard_backlog_share=0.03125,
+                        decode_guard_per_decode=True)
+    policy = build_policy("kvflow+guard")
+    assert isinstance(policy, GuardedPolicy) and policy.guard == GuardRule.of(SagaConfig())
+    policy.guard = GuardRule.of(config)
+    saga = SagaPolicy(config)
+    for waiting in (0, 1, 2, 5):
+        for decodes in (2, 3, 4, 6):
+            replica = Replica(2048, [DECODING] * decodes + [PREFILLING], [PREFILLING] * waiting)
+            assert policy.prefill_limit(replica, 0.0) == saga.prefill_limit(  # type: ignore[arg-type]
+                replica, 0.0)  # type: ignore[arg-type]
+    assert policy.prefill_limit(Replica(2048, [DECODING] * 4, [PREFILLING] * 2),  # type: ignore[arg-type]
+                                0.0) == 48  # 64 x 3 / 4

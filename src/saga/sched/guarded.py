@@ -4,7 +4,7 @@ SAGA's scheduler inside the engine caps a step's prompt tokens while several cal
 (:mod:`saga.sched.saga.chunking`), so that decodes do not wait out long prefill chunks.
 That is an engine setting any deployment could adopt, so a skeptic asks what it gives the
 baselines: :class:`GuardedPolicy` wraps a policy and answers the engine's
-``prefill_limit`` with the very same rule and SAGA's default share and threshold; every
+``prefill_limit`` with the very same rule (:class:`GuardRule`) and SAGA's default fields; every
 other decision is the wrapped policy's. It composes with the memory gate
 (``throughput+gate+guard``). Only the engine reads this hook: behind the gateway over
 stock vLLM it has no effect, so the variants are for the simulator's comparisons.
@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from saga.sched.policy import Policy
-from saga.sched.saga.chunking import decode_guard, guard_tokens
+from saga.sched.saga.chunking import GuardRule, step_prefill_limit
 from saga.sched.saga.config import SagaConfig
 from saga.sched.wrapped import WrappedPolicy, variant
 
@@ -30,15 +30,12 @@ class GuardedPolicy(WrappedPolicy):
 
     name = "guarded"
 
-    def __init__(self, inner: Policy) -> None:
+    def __init__(self, inner: Policy, guard: GuardRule | None = None) -> None:
         super().__init__(inner)
-        defaults = SagaConfig()
-        self.guard_share = defaults.decode_guard_share
-        self.guard_decodes = defaults.decode_guard_decodes
+        self.guard = guard or GuardRule.of(SagaConfig())
 
     def prefill_limit(self, replica: ReplicaView, now: float) -> int | None:
-        tokens = guard_tokens(replica.max_num_batched_tokens, self.guard_share)
-        return decode_guard(replica.running, tokens, self.guard_decodes)
+        return step_prefill_limit(replica, self.guard)
 
 
 def guarded(inner: Policy, name: str) -> Policy:

@@ -16,10 +16,12 @@ inside vLLM sets them step by step from this same rule.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from saga.sched.view import CallView
+    from saga.sched.saga.config import SagaConfig
+    from saga.sched.view import CallView, ReplicaView
 
 
 def decoding(call: CallView) -> bool:
@@ -50,3 +52,38 @@ def decode_guard(running: Sequence[CallView], tokens: int | None, decodes: int) 
             if count >= decodes:
                 return tokens
     return None
+
+
+@dataclass(frozen=True)
+class GuardRule:
+    """The decode guard's fields of a :class:`SagaConfig`: SAGA's policy and the ``NAME+guard``
+    baselines (:mod:`saga.sched.guarded`) answer the engine with the same rule."""
+
+    share: float | None
+    decodes: int
+    backlog: int | None = None
+    backlog_share: float | None = None
+    per_decode: bool = False
+
+    @classmethod
+    def of(cls, config: SagaConfig) -> GuardRule:
+        return cls(config.decode_guard_share, config.decode_guard_decodes,
+                   config.decode_guard_backlog, config.decode_guard_backlog_share,
+                   config.decode_guard_per_decode)
+
+
+def step_prefill_limit(replica: ReplicaView, rule: GuardRule) -> int | None:
+    """The prefill limit of ``replica``'s next step under ``rule``: what the engine itself
+    knows (its step budget, its waiting queue's length, which running calls decode)."""
+    share = rule.share
+    if rule.backlog is not None and len(replica.waiting) >= rule.backlog:
+        share = rule.backlog_share
+    tokens = guard_tokens(replica.max_num_batched_tokens, share)
+    if tokens is None:
+        return None
+    if not rule.per_decode:
+        return decode_guard(replica.running, tokens, rule.decodes)
+    count = sum(1 for call in replica.running if decoding(call))
+    if count < rule.decodes:
+        return None
+    return max(16, tokens * rule.decodes // count)

@@ -381,6 +381,26 @@ class SagaConfig(BaseModel):
         ge=1,
         description="Decoding calls on a replica from which the decode guard applies.",
     )
+    decode_guard_backlog: int | None = Field(
+        None,
+        ge=1,
+        description="Calls waiting in a replica's queue from which the decode guard takes "
+        "decode_guard_backlog_share instead of decode_guard_share. None: the queue does "
+        "not change the guard.",
+    )
+    decode_guard_backlog_share: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="The decode guard's share while decode_guard_backlog or more calls wait "
+        "on the replica. None: no guard then (the step's whole budget).",
+    )
+    decode_guard_per_decode: bool = Field(
+        False,
+        description="Scale the decode guard's tokens by decode_guard_decodes over the calls "
+        "decoding (at least a block): the more decodes wait out a step, the smaller its "
+        "prefill.",
+    )
     preempt_gap: float | None = Field(
         30.0,
         gt=0.0,

@@ -26,7 +26,7 @@ from saga.sched.decisions import ADMIT, RELEASE, Admission, Retention
 from saga.sched.policy import CallInfo, Policy, PolicyContext, Router, WorkflowInfo
 from saga.sched.saga import admission, placement, slot_fit, slot_gate
 from saga.sched.saga import retention as keep
-from saga.sched.saga.chunking import decode_guard, guard_tokens
+from saga.sched.saga.chunking import GuardRule, step_prefill_limit
 from saga.sched.saga.config import SagaConfig
 from saga.sched.saga.ends import EndMarkers, EndWatch, end_wait, gate_min_ends, pause_wait
 from saga.sched.saga.fairshare import FairShare
@@ -108,6 +108,7 @@ class SagaPolicy(Policy):
     def __init__(self, config: SagaConfig | None = None) -> None:
         super().__init__(_NoRouter())
         self.config = config or SagaConfig()
+        self.guard = GuardRule.of(self.config)  # read every engine step
         self.graphs = GraphStore(self.config)
         self.fair = FairShare(self.config)
         self.flows: dict[str, Flow] = {}
@@ -613,9 +614,7 @@ class SagaPolicy(Policy):
 
     def prefill_limit(self, replica: ReplicaView, now: float) -> int | None:
         """The decode guard (:mod:`.chunking`)."""
-        config = self.config
-        tokens = guard_tokens(replica.max_num_batched_tokens, config.decode_guard_share)
-        return decode_guard(replica.running, tokens, config.decode_guard_decodes)
+        return step_prefill_limit(replica, self.guard)
 
     # ---- retention and eviction --------------------------------------------------------------
     def retention(self, replica: ReplicaView, request: CallView, now: float) -> Retention:
