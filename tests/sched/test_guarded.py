@@ -36,7 +36,7 @@ def test_a_guarded_baseline_answers_the_engine_as_saga_does(name: str) -> None:
             replica = Replica(budget, running)
             assert policy.prefill_limit(replica, 0.0) == saga.prefill_limit(  # type: ignore[arg-type]
                 replica, 0.0)  # type: ignore[arg-type]
-    assert policy.prefill_limit(Replica(2048, [DECODING] * 3), 0.0) == 96  # type: ignore[arg-type]
+    assert policy.prefill_limit(Replica(2048, [DECODING] * 3), 0.0) == 112  # 7/128 of 2,048  # type: ignore[arg-type]
     # the wrapped policy answers None: without the suffix there is no guard
     assert build_policy(name.removesuffix("+guard")).prefill_limit(
         Replica(2048, [DECODING] * 3), 0.0) is None  # type: ignore[arg-type]
@@ -70,4 +70,4 @@ def test_a_guarded_baseline_takes_every_guard_field_of_a_saga_configuration() ->
             assert policy.prefill_limit(replica, 0.0) == saga.prefill_limit(  # type: ignore[arg-type]
                 replica, 0.0)  # type: ignore[arg-type]
     assert policy.prefill_limit(Replica(2048, [DECODING] * 4, [PREFILLING] * 2),  # type: ignore[arg-type]
-                                0.0) == 48  # 64 x 3 / 4
+                                0.0) == 32  # 64 x 2 / 4 (the backlog's 1/32; 2 decodes over 4)

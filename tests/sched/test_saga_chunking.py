@@ -93,7 +93,7 @@ def limit(rule: GuardRule, running: list[Call], waiting: int = 0, budget: int = 
 
 
 def test_the_rule_of_a_config_is_its_guard_fields() -> None:
-    assert GuardRule.of(SagaConfig()) == GuardRule(0.046875, 3, None, None, False)
+    assert GuardRule.of(SagaConfig()) == GuardRule(0.0546875, 2, None, None, False)
     config = SagaConfig(decode_guard_share=0.0625, decode_guard_decodes=2, decode_guard_backlog=4,
                         decode_guard_backlog_share=0.03125, decode_guard_per_decode=True)
     assert GuardRule.of(config) == GuardRule(0.0625, 2, 4, 0.03125, True)
