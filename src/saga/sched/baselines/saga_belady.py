@@ -19,27 +19,22 @@ from saga.engine.kvcache import EvictionOrder
 from saga.sched.baselines.belady import NextUse
 from saga.sched.decisions import RELEASE, Retention
 from saga.sched.policy import CallInfo, WorkflowInfo
-from saga.sched.saga import SagaPolicy
+from saga.sched.saga import SagaConfig, SagaPolicy
 from saga.sched.view import CallView, ReplicaView
 
 
-class SagaBelady(SagaPolicy):
-    """``saga`` whose KV is released at every call and evicted by MIN (offline)."""
+class SagaWithNextUse(SagaPolicy):
+    """``saga`` fed the next uses of the trace and evicting by MIN: what the offline
+    bounds that schedule as SAGA does share (``saga-belady``, ``saga-min-eviction``)."""
 
-    name = "saga-belady"
     offline = True
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, config: SagaConfig | None = None) -> None:
+        super().__init__(config)
         self.next_use = NextUse()
 
     def eviction_order(self, replica_index: int) -> EvictionOrder:
         return self.next_use.eviction_order(self.name)
-
-    def retention(self, replica: ReplicaView, request: CallView, now: float) -> Retention:
-        super().retention(replica, request, now)  # what SAGA learns from the call
-        self.next_use.call_done(request, now)
-        return RELEASE
 
     def on_call_ready(self, call: CallInfo, now: float) -> None:
         super().on_call_ready(call, now)
@@ -52,3 +47,14 @@ class SagaBelady(SagaPolicy):
     def on_workflow_finished(self, workflow: WorkflowInfo, now: float) -> None:
         super().on_workflow_finished(workflow, now)
         self.next_use.workflow_finished(workflow.workflow)
+
+
+class SagaBelady(SagaWithNextUse):
+    """``saga`` whose KV is released at every call and evicted by MIN (offline)."""
+
+    name = "saga-belady"
+
+    def retention(self, replica: ReplicaView, request: CallView, now: float) -> Retention:
+        super().retention(replica, request, now)  # what SAGA learns from the call
+        self.next_use.call_done(request, now)
+        return RELEASE

@@ -14,39 +14,17 @@ changes prefill times and so the stream), as for the other bounds: not a strict 
 
 from __future__ import annotations
 
-from saga.engine.kvcache import EvictionOrder
-from saga.sched.baselines.belady import NextUse
+from saga.sched.baselines.saga_belady import SagaWithNextUse
 from saga.sched.decisions import Retention
-from saga.sched.policy import CallInfo, WorkflowInfo
-from saga.sched.saga import SagaConfig, SagaPolicy
 from saga.sched.view import CallView, ReplicaView
 
 
-class SagaMinEviction(SagaPolicy):
-    """``saga`` whose GPU evicts the leaf next used furthest in the future (offline)."""
+class SagaMinEviction(SagaWithNextUse):
+    """``saga`` whose GPU evicts the leaf next used furthest in the future (offline);
+    a variant's config gives the bound of ``saga:FIELD=...``."""
 
     name = "saga-min-eviction"
-    offline = True
-
-    def __init__(self, config: SagaConfig | None = None) -> None:
-        super().__init__(config)  # a variant's config: the bound of ``saga:FIELD=...``
-        self.next_use = NextUse()
-
-    def eviction_order(self, replica_index: int) -> EvictionOrder:
-        return self.next_use.eviction_order(self.name)
 
     def retention(self, replica: ReplicaView, request: CallView, now: float) -> Retention:
         self.next_use.call_done(request, now)
         return super().retention(replica, request, now)  # SAGA's own decision, unchanged
-
-    def on_call_ready(self, call: CallInfo, now: float) -> None:
-        super().on_call_ready(call, now)
-        self.next_use.call_ready(call)
-
-    def on_call_finished(self, call: CallInfo, replica: int, now: float) -> None:
-        super().on_call_finished(call, replica, now)
-        self.next_use.call_finished(call)
-
-    def on_workflow_finished(self, workflow: WorkflowInfo, now: float) -> None:
-        super().on_workflow_finished(workflow, now)
-        self.next_use.workflow_finished(workflow.workflow)
