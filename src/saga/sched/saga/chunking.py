@@ -30,12 +30,16 @@ def decoding(call: CallView) -> bool:
     return call.generated > 0 and call.total_tokens - call.computed <= 1
 
 
+#: the guard's floor: one block's 16 tokens a step, whatever the share or the decodes
+MIN_GUARD_TOKENS = 16
+
+
 def guard_tokens(budget: int, share: float | None) -> int | None:
     """The guard's prompt tokens a step: ``share`` of the engine's step ``budget``, at least
     one block's 16 tokens; None when the guard is off."""
     if share is None:
         return None
-    return max(16, int(budget * share))
+    return max(MIN_GUARD_TOKENS, int(budget * share))
 
 
 def decode_guard(running: Sequence[CallView], tokens: int | None, decodes: int) -> int | None:
@@ -86,4 +90,4 @@ def step_prefill_limit(replica: ReplicaView, rule: GuardRule) -> int | None:
     count = sum(1 for call in replica.running if decoding(call))
     if count < rule.decodes:
         return None
-    return max(16, tokens * rule.decodes // count)
+    return max(MIN_GUARD_TOKENS, tokens * rule.decodes // count)
