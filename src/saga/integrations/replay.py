@@ -379,6 +379,11 @@ def kv_cluster(kv_blocks: int, base: str = "cpu-tiny", efficiency: Efficiency | 
     return name
 
 
+def _gateway_text(call: ReplayCall, salt: str) -> str:
+    """The chat text the gateway reads of a replayed call (one user message, salted)."""
+    return chat_text([{"role": "user", "content": salt + call.text}])
+
+
 def gateway_estimates(
     workflows: Sequence[ReplayWorkflow], *, salt: str = "",
 ) -> dict[tuple[str, str], int]:
@@ -386,8 +391,7 @@ def gateway_estimates(
     characters / 4: :func:`saga.wire.prefix.estimate_tokens`), keyed as
     :func:`sim_workflows` names the calls (``default/ID``, ``cI``)."""
     return {
-        (f"default/{wf.id}", f"c{i}"): estimate_tokens(
-            chat_text([{"role": "user", "content": salt + call.text}]))
+        (f"default/{wf.id}", f"c{i}"): estimate_tokens(_gateway_text(call, salt))
         for wf in workflows for i, call in enumerate(wf.calls)
     }
 
@@ -399,8 +403,7 @@ def gateway_runs(
     (:func:`saga.wire.prefix.text_runs` of the chat text :func:`gateway_estimates` counts),
     keyed as :func:`sim_workflows` names the calls."""
     return {
-        (f"default/{wf.id}", f"c{i}"): text_runs(
-            chat_text([{"role": "user", "content": salt + call.text}]), block_tokens)
+        (f"default/{wf.id}", f"c{i}"): text_runs(_gateway_text(call, salt), block_tokens)
         for wf in workflows for i, call in enumerate(wf.calls)
     }
 
