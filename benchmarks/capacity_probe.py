@@ -27,6 +27,7 @@ Run: PYTHONPATH=src python benchmarks/capacity_probe.py coding 0.02 \
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import statistics
@@ -81,6 +82,25 @@ def policy_named(name: str) -> Policy:
     wrapped.config = config  # before bind: the gate and its graph are built from it
     wrapped.graphs = GraphStore(config)
     return wrapped
+
+
+def guard_example() -> str:
+    """``NAME+guard:`` with every SagaConfig field the guard takes, at its default: the
+    fields :meth:`GuardRule.of` reads, ``decode_guard_`` and a :class:`GuardRule` field."""
+    defaults = SagaConfig()
+    names = [f"decode_guard_{field.name}" for field in dataclasses.fields(GuardRule)]
+    return "NAME+guard:" + ";".join(f"{name}={json.dumps(getattr(defaults, name))}"
+                                    for name in names)
+
+
+POLICY_FORMS = f"""policies:
+  NAME                       a registry policy (saga, sglang, vllm-affinity, ...)
+  saga:FIELD=JSON;...        SAGA with those SagaConfig fields, e.g. saga:steal_imposed=false
+  NAME+gate:FIELD=JSON;...   a baseline behind SAGA's gate of that configuration
+  NAME+guard:FIELD=JSON;...  a baseline with the decode guard of that configuration; the
+                             guard's fields (here at their defaults):
+    {guard_example()}
+  llm-d:FIELD=JSON;...       llm-d with those LLMDConfig fields"""
 
 
 @dataclass
@@ -203,14 +223,15 @@ def run(job: tuple[str, str, int, float, float, float, dict[str, float]]) -> Pro
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    # raw: the examples stay whole lines (argparse would break a long one mid-name)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=POLICY_FORMS,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("workload", type=workload_label,
                         help="a quick capacity workload: coding or claude-code "
                         "(full:coding, full:claude-code: the full scenario's)")
     parser.add_argument("rate", type=float, help="Poisson arrival rate (workflows/s)")
-    parser.add_argument("policies", type=policy_list, help=(
-        "comma-separated policies: registry names, 'saga:FIELD=JSON;...', "
-        "'NAME+gate:FIELD=JSON;...' or 'NAME+guard:decode_guard_share=X;decode_guard_decodes=N'"))
+    parser.add_argument("policies", type=policy_list,
+                        help="comma-separated policies, each of a form below")
     parser.add_argument("--seeds", type=seed_list, default=[0, 1],
                         help="comma-separated seeds, pooled (default 0,1)")
     parser.add_argument("--kv-scale", type=float, default=1.0,

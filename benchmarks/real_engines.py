@@ -18,22 +18,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import socket
 import sys
 from collections.abc import Iterator, Sequence
+from functools import partial
 from pathlib import Path
 
 from saga.integrations import engines as eng
 from saga.integrations.replay import PolicyRun, compare, load_sessions, plan
 
 TRACES = Path(__file__).resolve().parents[1].parent / "shared" / "traces" / "lmcache_agent"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @contextlib.contextmanager
@@ -43,24 +36,18 @@ def _engines(kind: str, urls: str, slots: int, max_model_len: int) -> Iterator[l
         yield [u.rstrip("/") for u in urls.split(",")]
         return
     model = eng.tiny_model_dir()
-    procs: list[eng.EngineProc] = []
-    try:
-        for i in range(2):
-            if kind == "vllm":
-                procs.append(eng.start_vllm(
-                    model, _free_port(), 1,
-                    ["--scheduling-policy", "priority", "--max-num-batched-tokens", "4096"],
-                    max_model_len=max_model_len, cpu_threads=str(i), wait=False))
-            else:
-                procs.append(eng.start_llamacpp(
-                    model / "model.gguf", _free_port(), slots, ctx_per_slot=max_model_len,
-                    threads=1, wait=False))
-        for p in procs:
-            eng.wait_ready(p, 900)
+    starters: Iterator[eng.Starter]
+    if kind == "vllm":
+        starters = (partial(
+            eng.start_vllm, model, eng.free_port(), 1,
+            ["--scheduling-policy", "priority", "--max-num-batched-tokens", "4096"],
+            max_model_len=max_model_len, cpu_threads=str(i)) for i in range(2))
+    else:
+        starters = (partial(
+            eng.start_llamacpp, model / "model.gguf", eng.free_port(), slots,
+            ctx_per_slot=max_model_len, threads=1) for _ in range(2))
+    with eng.running_engines(starters, ready_timeout=900) as procs:
         yield [p.base_url for p in procs]
-    finally:
-        for p in procs:
-            p.stop()
 
 
 def report(kind: str, runs: Sequence[PolicyRun]) -> str:

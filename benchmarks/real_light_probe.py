@@ -36,6 +36,7 @@ import math
 import os
 import time
 from collections.abc import Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -170,11 +171,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from saga.gateway.kv_events import KVEventSubscriber, KVIndex, kv_events_config
 
-    procs: dict[str, list[Any]] = {"saga": [], "stock": []}
     indexes: dict[str, list[Any]] = {"saga": [], "stock": []}
     subscribers = []
-    started = time.monotonic()
-    try:
+
+    def starters() -> Iterator[eng.Starter]:
         for kind in ("saga", "stock"):
             for i in range(2):
                 endpoint = f"tcp://127.0.0.1:{_free_port()}"
@@ -185,75 +185,74 @@ def main(argv: Sequence[str] | None = None) -> int:
                     str(bench.block_tokens), "--max-num-batched-tokens",
                     str(bench.max_num_batched_tokens), "--enable-prompt-tokens-details",
                     "--kv-events-config", kv_events_config(endpoint)]
-                procs[kind].append(eng.start_vllm(
-                    eng.tiny_model_dir(), _free_port(), extra_args=engine_args,
-                    max_model_len=bench.max_model_len, cpu_threads=str(i % (os.cpu_count() or 1)),
-                    log_dir=args.out / "logs", wait=False, saga_scheduler=kind == "saga",
-                    saga_config={"stats_interval": 0} if kind == "saga" else None,
-                    env={"VLLM_SERVER_DEV_MODE": "1"}))
                 indexes[kind].append(index)
-        for kind in procs:
-            for proc in procs[kind]:
-                eng.wait_ready(proc, 900)
-        print(f"engines ready in {time.monotonic() - started:.0f} s", flush=True)
-        nonce = f"{time.time_ns():x}"
-        for rnd in range(args.rounds):
-            order = variants[rnd % len(variants):] + variants[:rnd % len(variants)]
-            for variant in order:
-                policy, kind, events = VARIANTS[variant]
-                urls = [p.base_url for p in procs[kind]]
-                for url in urls:
-                    reset_prefix_cache(url)
-                time.sleep(0.3)
-                before = [_histograms(u) for u in urls]
-                cpu_before = [_cpu(p) for p in procs[kind]] if kind == "saga" else []
-                engine_cpu = [_group_cpu(p.pid) for p in procs[kind]]
-                own_cpu = time.process_time()
-                load = os.getloadavg()[0]
-                placements = PlacementLog()
-                with whole_prompt_backlog(variant == "old-view"), \
-                        GatewayThread(gateway_config(bench, urls, policy, cluster)) as gw:
-                    if events:
-                        for view, index in zip(gw.gateway.views, indexes[kind], strict=True):
-                            view.events = index
-                    result = asyncio.run(replay(
-                        gw.url, workflows, salt=f"[probe {nonce} {rnd} {variant}]\n",
-                        timeout=bench.request_timeout))
-                    retentions = dict(gw.gateway.metrics.retentions)
-                    admissions = dict(gw.gateway.metrics.admissions)
-                    for view in gw.gateway.views:
-                        view.events = None
-                placements.close()
-                own_cpu = time.process_time() - own_cpu
-                engine_cpu = [_group_cpu(p.pid) - c
-                              for p, c in zip(procs[kind], engine_cpu, strict=True)]
-                time.sleep(0.5)  # the last finish's stats line reaches the log
-                after = [_histograms(u) for u in urls]
-                cpu_after = [_cpu(p) for p in procs[kind]] if kind == "saga" else []
-                engine = {
-                    name: [(a[name][0] - b[name][0], a[name][1] - b[name][1])
-                           for a, b in zip(after, before, strict=True)]
-                    for name in HISTOGRAMS}
-                cpu = [{k: a.get(k, 0.0) - b.get(k, 0.0) for k in a}
-                       for a, b in zip(cpu_after, cpu_before, strict=True)]
-                record = {
-                    "round": rnd, "variant": variant, "load": [load, os.getloadavg()[0]],
-                    "tct": result.tct, "failed": sorted(result.failed),
-                    "deferred": result.deferred, "retentions": retentions,
-                    "admissions": admissions, "engine": engine, "cpu": cpu,
-                    "engine_cpu": engine_cpu, "gateway_cpu": own_cpu,
-                    "placements": placements.records,
-                    "calls": [list(dataclasses.astuple(c)) for c in result.call_log],
-                }
-                with log.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
-                tct = list(result.tct.values())
-                print(f"round {rnd} {variant:9s} mean TCT {sum(tct) / max(len(tct), 1):.2f} s "
-                      f"load {load:.1f}", flush=True)
+                yield partial(
+                    eng.start_vllm, eng.tiny_model_dir(), _free_port(), extra_args=engine_args,
+                    max_model_len=bench.max_model_len, cpu_threads=str(i % (os.cpu_count() or 1)),
+                    log_dir=args.out / "logs", saga_scheduler=kind == "saga",
+                    saga_config={"stats_interval": 0} if kind == "saga" else None,
+                    env={"VLLM_SERVER_DEV_MODE": "1"})
+
+    started = time.monotonic()
+    try:
+        with eng.running_engines(starters(), ready_timeout=900) as running:
+            procs = {"saga": running[:2], "stock": running[2:]}
+            print(f"engines ready in {time.monotonic() - started:.0f} s", flush=True)
+            nonce = f"{time.time_ns():x}"
+            for rnd in range(args.rounds):
+                order = variants[rnd % len(variants):] + variants[:rnd % len(variants)]
+                for variant in order:
+                    policy, kind, events = VARIANTS[variant]
+                    urls = [p.base_url for p in procs[kind]]
+                    for url in urls:
+                        reset_prefix_cache(url)
+                    time.sleep(0.3)
+                    before = [_histograms(u) for u in urls]
+                    cpu_before = [_cpu(p) for p in procs[kind]] if kind == "saga" else []
+                    engine_cpu = [_group_cpu(p.pid) for p in procs[kind]]
+                    own_cpu = time.process_time()
+                    load = os.getloadavg()[0]
+                    placements = PlacementLog()
+                    with whole_prompt_backlog(variant == "old-view"), \
+                            GatewayThread(gateway_config(bench, urls, policy, cluster)) as gw:
+                        if events:
+                            for view, index in zip(gw.gateway.views, indexes[kind], strict=True):
+                                view.events = index
+                        result = asyncio.run(replay(
+                            gw.url, workflows, salt=f"[probe {nonce} {rnd} {variant}]\n",
+                            timeout=bench.request_timeout))
+                        retentions = dict(gw.gateway.metrics.retentions)
+                        admissions = dict(gw.gateway.metrics.admissions)
+                        for view in gw.gateway.views:
+                            view.events = None
+                    placements.close()
+                    own_cpu = time.process_time() - own_cpu
+                    engine_cpu = [_group_cpu(p.pid) - c
+                                  for p, c in zip(procs[kind], engine_cpu, strict=True)]
+                    time.sleep(0.5)  # the last finish's stats line reaches the log
+                    after = [_histograms(u) for u in urls]
+                    cpu_after = [_cpu(p) for p in procs[kind]] if kind == "saga" else []
+                    engine = {
+                        name: [(a[name][0] - b[name][0], a[name][1] - b[name][1])
+                               for a, b in zip(after, before, strict=True)]
+                        for name in HISTOGRAMS}
+                    cpu = [{k: a.get(k, 0.0) - b.get(k, 0.0) for k in a}
+                           for a, b in zip(cpu_after, cpu_before, strict=True)]
+                    record = {
+                        "round": rnd, "variant": variant, "load": [load, os.getloadavg()[0]],
+                        "tct": result.tct, "failed": sorted(result.failed),
+                        "deferred": result.deferred, "retentions": retentions,
+                        "admissions": admissions, "engine": engine, "cpu": cpu,
+                        "engine_cpu": engine_cpu, "gateway_cpu": own_cpu,
+                        "placements": placements.records,
+                        "calls": [list(dataclasses.astuple(c)) for c in result.call_log],
+                    }
+                    with log.open("a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    tct = list(result.tct.values())
+                    print(f"round {rnd} {variant:9s} mean TCT {sum(tct) / max(len(tct), 1):.2f} s "
+                          f"load {load:.1f}", flush=True)
     finally:
-        for kind in procs:
-            for proc in procs[kind]:
-                proc.stop()
         for sub in subscribers:
             sub.stop()
     report(log)

@@ -32,6 +32,7 @@ import statistics
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -58,25 +59,20 @@ def engines(out: Path, thresholds: Sequence[int], *, bench_kv: bool) -> Iterator
     ``bench_kv``: the bench's KV (80 usable blocks); else vLLM-CPU's 1 GiB, so that the
     decodes and the fresh prompt all fit."""
     bench = RealBench()
-    procs = []
-    try:
-        for threshold in thresholds:
-            args = ["--block-size", str(bench.block_tokens), "--max-num-batched-tokens",
-                    str(bench.max_num_batched_tokens)]
-            if bench_kv:
-                args += ["--num-gpu-blocks-override", str(bench.kv_blocks)]
-            if threshold:
-                args += ["--long-prefill-token-threshold", str(threshold)]
-            procs.append(eng.start_vllm(
-                eng.tiny_model_dir(), _free_port(), extra_args=args,
-                max_model_len=bench.max_model_len, cpu_threads="0", log_dir=out / "logs",
-                wait=False, env={"VLLM_SERVER_DEV_MODE": "1"}))
-        for proc in procs:
-            eng.wait_ready(proc, 900)
+
+    def starter(threshold: int) -> eng.Starter:
+        args = ["--block-size", str(bench.block_tokens), "--max-num-batched-tokens",
+                str(bench.max_num_batched_tokens)]
+        if bench_kv:
+            args += ["--num-gpu-blocks-override", str(bench.kv_blocks)]
+        if threshold:
+            args += ["--long-prefill-token-threshold", str(threshold)]
+        return partial(eng.start_vllm, eng.tiny_model_dir(), _free_port(), extra_args=args,
+                       max_model_len=bench.max_model_len, cpu_threads="0",
+                       log_dir=out / "logs", env={"VLLM_SERVER_DEV_MODE": "1"})
+
+    with eng.running_engines(map(starter, thresholds), ready_timeout=900) as procs:
         yield [p.base_url for p in procs]
-    finally:
-        for proc in procs:
-            proc.stop()
 
 
 def _fresh(rng: np.random.Generator, n: int) -> list[int]:

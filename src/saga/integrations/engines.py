@@ -8,6 +8,8 @@ HTTP with the standard library, so it imports neither torch nor an engine.
 Processes: :func:`start_vllm` and :func:`start_llamacpp` return an :class:`EngineProc` once the
 server answers ``/health`` (or raise :class:`EngineError` with the log's tail), and
 :meth:`EngineProc.stop` ends the whole process group (vLLM forks an engine-core process).
+:func:`running_engines` starts several together, waits until each is ready and stops them all
+at the end, an error included (the benchmarks' and the real-engine tests' engines).
 ``start_vllm(..., saga_scheduler=True)`` runs SAGA's own scheduler inside vLLM
 (:mod:`saga.integrations.vllm_scheduler`), this package on the engine's ``PYTHONPATH``.
 
@@ -31,27 +33,32 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 __all__ = [
     "LLAMA_CPP_VERSION",
+    "LLAMA_READY_TIMEOUT",
     "SAGA_SCHEDULER_CLS",
+    "VLLM_READY_TIMEOUT",
     "VLLM_VERSION",
     "EngineError",
     "EngineProc",
     "PrefixCacheStats",
+    "Starter",
     "engines_dir",
     "find_llama_server",
     "find_vllm_python",
+    "free_port",
     "http_json",
     "llama_completion",
     "llama_prefix_cache",
@@ -59,6 +66,7 @@ __all__ = [
     "llama_slots",
     "main",
     "parse_prometheus",
+    "running_engines",
     "saga_pythonpath",
     "start_llamacpp",
     "start_vllm",
@@ -75,6 +83,9 @@ LOOPBACK = "127.0.0.1"
 #: vLLM's ``--scheduler-cls`` for SAGA inside vLLM (saga.integrations.vllm_scheduler).
 SAGA_SCHEDULER_CLS = "saga.integrations.vllm_scheduler.SagaScheduler"
 SERVED_NAME = "tiny-llama"
+#: seconds start_vllm / start_llamacpp wait for an engine to be ready unless told otherwise
+VLLM_READY_TIMEOUT = 300.0
+LLAMA_READY_TIMEOUT = 60.0
 
 
 class EngineError(RuntimeError):
@@ -258,7 +269,7 @@ def start_vllm(
     max_model_len: int = 8192,
     cpu_threads: str | None = None,
     log_dir: str | Path | None = None,
-    ready_timeout: float = 300.0,
+    ready_timeout: float = VLLM_READY_TIMEOUT,
     env: Mapping[str, str] | None = None,
     wait: bool = True,
     saga_scheduler: bool = False,
@@ -322,7 +333,7 @@ def start_llamacpp(
     threads: int | None = None,
     slot_save_path: str | Path | None = None,
     log_dir: str | Path | None = None,
-    ready_timeout: float = 60.0,
+    ready_timeout: float = LLAMA_READY_TIMEOUT,
     wait: bool = True,
 ) -> EngineProc:
     """Start ``llama-server`` on ``127.0.0.1:port`` with ``slots`` parallel slots; wait ready.
@@ -360,6 +371,42 @@ def start_llamacpp(
     if wait:
         wait_ready(proc, ready_timeout)
     return proc
+
+
+def free_port() -> int:
+    """A loopback port free now (the OS picks it), for an engine to listen on."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Starter(Protocol):
+    """Spawns one engine without waiting for it: :func:`start_vllm` or :func:`start_llamacpp`
+    with its arguments bound (``functools.partial``), called with ``wait=False``."""
+
+    def __call__(self, *, wait: bool) -> EngineProc: ...
+
+
+@contextlib.contextmanager
+def running_engines(starters: Iterable[Starter], ready_timeout: float
+                    ) -> Iterator[list[EngineProc]]:
+    """Start every engine, then wait for each in turn until it is ready (:func:`wait_ready`,
+    ``ready_timeout`` seconds each), and yield them; on the way out, an error included (a
+    start that fails, an engine that exits or is not ready in time), stop every one started
+    (its whole process group), so none is left holding its port. Starting them all before
+    waiting lets them load together. ``starters`` is read lazily: a port picked in it is
+    picked just before its engine is spawned. Logs stay where each starter put them."""
+    procs: list[EngineProc] = []
+    try:
+        for start in starters:
+            procs.append(start(wait=False))
+        for proc in procs:
+            wait_ready(proc, ready_timeout)
+        yield procs
+    finally:
+        for proc in procs:
+            proc.stop()
 
 
 # ---- HTTP ---------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ configurations, not forks of the code.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -563,12 +564,57 @@ class SagaConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
-    def _host_copy_needs_host_pins(self) -> SagaConfig:
-        # else a silent no-op: with pin_with_host off no pin is taken over a host tier
-        if self.pin_host_copy and not self.pin_with_host:
-            raise ValueError("pin_host_copy needs pin_with_host = true (pins over a host "
-                             "tier, which it copies through)")
+    def _dependents_need_their_setting(self) -> SagaConfig:
+        # else a silent no-op: a field set away from its default where the setting it acts
+        # through is off would be accepted and change nothing (an ablation that measures
+        # nothing). Defaults are left alone: an ablation switches one mechanism off whole.
+        for name, needs, holds in DEPENDENT_FIELDS:
+            value = getattr(self, name)
+            if value != type(self).model_fields[name].default and not holds(self):
+                raise ValueError(f"{name} needs {needs}: {name} = {value!r} does nothing "
+                                 f"without it")
         return self
 
     def weight(self, tenant: str) -> float:
         return self.tenant_weights.get(tenant, 1.0)
+
+
+def _guard_share(config: SagaConfig) -> bool:
+    """Some share of the decode guard can apply: its own, or the backlog's with a backlog."""
+    return config.decode_guard_share is not None or (
+        config.decode_guard_backlog is not None
+        and config.decode_guard_backlog_share is not None)
+
+
+#: The fields that act only through another setting (checked in code: chunking.py,
+#: placement.py, policy.py, ends.py, admission.py): the field, what it needs (named in the
+#: error), and whether a configuration has it.
+DEPENDENT_FIELDS: tuple[tuple[str, str, Callable[[SagaConfig], bool]], ...] = (
+    ("pin_host_copy", "pin_with_host = true (pins over a host tier, which it copies "
+     "through)", lambda c: c.pin_with_host),
+    ("decode_guard_backlog_share", "decode_guard_backlog set (the queue length from which "
+     "it applies)", lambda c: c.decode_guard_backlog is not None),
+    ("decode_guard_backlog", "decode_guard_share or decode_guard_backlog_share set (a guard "
+     "for the backlog to change)",
+     lambda c: c.decode_guard_share is not None or c.decode_guard_backlog_share is not None),
+    ("decode_guard_decodes", "a decode guard (decode_guard_share, or decode_guard_backlog "
+     "with decode_guard_backlog_share)", _guard_share),
+    ("decode_guard_per_decode", "a decode guard (decode_guard_share, or decode_guard_backlog "
+     "with decode_guard_backlog_share)", _guard_share),
+    *((name, "steal = true (steals)", lambda c: c.steal)
+      for name in ("steal_margin", "steal_min_gain", "steal_curse", "steal_imposed",
+                   "steal_noise_window")),
+    ("steal_noise_window", "steal_curse = true (the spread it averages)",
+     lambda c: c.steal_curse),
+    ("slot_fit_slack", "slot_fit = true", lambda c: c.slot_fit),
+    *((name, "afs = true (Agent Fair Share)", lambda c: c.afs)
+      for name in ("queue_order", "fit_first_wait", "preempt_gap", "max_fair_preemptions")),
+    ("max_fair_preemptions", "preempt_gap set (fair-share preemption)",
+     lambda c: c.preempt_gap is not None),
+    *((name, 'queue_order = "gittins"', lambda c: c.queue_order == "gittins")
+      for name in ("gittins_window", "gittins_min_sessions")),
+    *((name, "predict_end = true (predicted ends)", lambda c: c.predict_end)
+      for name in ("end_confidence", "gate_end_min_ends")),
+    *((name, "admission = true (SLO admission)", lambda c: c.admission)
+      for name in ("defer_best_effort_at", "max_queue", "max_defer_best_effort")),
+)
