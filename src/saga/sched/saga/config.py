@@ -435,6 +435,15 @@ class SagaConfig(BaseModel):
         "to end, and for a session longer than every one in the window, its calls are "
         "ordered by expected remaining work plus their own service (as remaining).",
     )
+    gittins_heavy_tailed_only: bool = Field(
+        False,
+        description="queue_order gittins: rank by the Gittins-like index only the calls of "
+        "agent types whose learned session lengths are heavy-tailed (squared coefficient of "
+        "variation above 1, the exponential's: a decreasing hazard has at least that, an "
+        "increasing one at most), the others by expected remaining work plus their own "
+        "service (as remaining). Where lengths are alike the rank orders oldest first, "
+        "which the graph's remaining work does better (docs/saga.md, ninth session).",
+    )
 
     # ---- SLO admission --------------------------------------------------------------
     defer_best_effort_at: float = Field(
@@ -568,6 +577,13 @@ class SagaConfig(BaseModel):
         if self.pin_host_copy and not self.pin_with_host:
             raise ValueError("pin_host_copy needs pin_with_host = true (pins over a host "
                              "tier, which it copies through)")
+        return self
+
+    @model_validator(mode="after")
+    def _heavy_tailed_only_needs_gittins(self) -> SagaConfig:
+        # else a silent no-op: only the gittins order reads the learned lengths
+        if self.gittins_heavy_tailed_only and self.queue_order != "gittins":
+            raise ValueError("gittins_heavy_tailed_only needs queue_order = \"gittins\"")
         return self
 
     def weight(self, tenant: str) -> float:

@@ -473,9 +473,10 @@ class SagaPolicy(Policy):
         if order == "attained":
             return flow.attained + service
         if order == "gittins":
-            key = agent_key(flow.info)
-            if self.session_lengths.seen(key) >= self.config.gittins_min_sessions:
-                found = self.session_lengths.rank(key, flow.attained)
+            key, lengths = agent_key(flow.info), self.session_lengths
+            if lengths.seen(key) >= self.config.gittins_min_sessions and (
+                    not self.config.gittins_heavy_tailed_only or lengths.heavy_tailed(key)):
+                found = lengths.rank(key, flow.attained)
                 if found is not None:
                     return found
         return flow.rest + service
