@@ -104,9 +104,9 @@ def _order(sizes: list[float], min_sessions: int = 4,
     from saga.engine.cluster import get_cluster
     from saga.sim.simulator import Simulation
 
-    policy = SagaPolicy(SagaConfig(queue_order="gittins", fit_first_wait=None,
-                                   gittins_min_sessions=min_sessions,
-                                   gittins_heavy_tailed_only=heavy_only))
+    order = "gittins_heavy_tailed" if heavy_only else "gittins"
+    policy = SagaPolicy(SagaConfig(queue_order=order, fit_first_wait=None,
+                                   gittins_min_sessions=min_sessions))
     dummy = Workflow("d", "t", "a", 0.0, (Call("c0", Prompt(64), 1),))
     Simulation(get_cluster("test-2"), policy, [dummy])  # binds the policy
     for size in sizes:
@@ -227,7 +227,7 @@ def test_heavy_tailed_is_a_squared_cv_above_an_exponentials() -> None:
     assert not lengths.heavy_tailed(("t", "a"))
 
 
-def test_heavy_tailed_only_ranks_by_gittins_where_lengths_are_heavy_tailed() -> None:
+def test_heavy_tailed_order_ranks_by_gittins_where_lengths_are_heavy_tailed() -> None:
     # heavy tail (squared CV 1.92): the Gittins rank, young first, as without the switch
     heavy = [4.0, 6.0, 8.0, 10.0, 1000.0, 1000.0]
     assert _order(heavy, heavy_only=True) == _order(heavy) == (
@@ -238,7 +238,13 @@ def test_heavy_tailed_only_ranks_by_gittins_where_lengths_are_heavy_tailed() -> 
     assert _order(alike) == (["old", "young"], pytest.approx(4.0), pytest.approx(122.0))
 
 
-def test_heavy_tailed_only_needs_the_gittins_order() -> None:
-    with pytest.raises(ValueError, match="needs queue_order"):
-        SagaConfig(gittins_heavy_tailed_only=True)
-    assert SagaConfig(queue_order="gittins", gittins_heavy_tailed_only=True)
+def test_heavy_tailed_order_learns_session_lengths_as_gittins() -> None:
+    from saga.core.workflow import Call, Prompt, Workflow
+    from saga.engine.cluster import get_cluster
+    from saga.sim.simulator import Simulation
+
+    session = Workflow("s", "t", "a", 0.0, (Call("c0", Prompt(640), 20),),
+                       end_signal="explicit")
+    policy = SagaPolicy(SagaConfig(queue_order="gittins_heavy_tailed"))
+    Simulation(get_cluster("test-2"), policy, [session]).run()
+    assert policy.session_lengths.seen(("t", "a")) == 1

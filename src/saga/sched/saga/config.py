@@ -332,7 +332,7 @@ class SagaConfig(BaseModel):
         description="Seconds of remaining-work priority a call gains per second it waits, "
         "so that no call starves behind shorter work.",
     )
-    queue_order: Literal["remaining", "attained", "gittins"] = Field(
+    queue_order: Literal["remaining", "attained", "gittins", "gittins_heavy_tailed"] = Field(
         "remaining",
         description="Within a tenant, order an engine's queued calls by their workflow's "
         "expected remaining work (remaining: the Agent Execution Graph's calls left, "
@@ -341,7 +341,10 @@ class SagaConfig(BaseModel):
         "service, or by a Gittins-like rank of the work received under the learned "
         "distribution of its agent type's session lengths (gittins: saga/gittins.py; "
         "least attained first where long sessions tend to run longer, oldest first where "
-        "lengths are alike), each less the aging.",
+        "lengths are alike), or that rank only for agent types whose learned lengths are "
+        "heavy-tailed, by remaining work for the others (gittins_heavy_tailed: squared "
+        "coefficient of variation above 1, the exponential's; a decreasing hazard has at "
+        "least that, an increasing one at most), each less the aging.",
     )
     # 60 s since 2026-12-06 (docs/saga.md, "The quick pool, fit first on Claude Code"): on
     # the quick capacity case's Claude Code sessions at 0.0055 wf/s it took the share within
@@ -424,27 +427,18 @@ class SagaConfig(BaseModel):
     gittins_window: int = Field(
         256,
         ge=1,
-        description="queue_order gittins: the last this many session lengths (work received, "
-        "learned when the gateway sees a session end) of each agent type form the "
-        "distribution its rank is computed on.",
+        description="queue_order gittins(_heavy_tailed): the last this many session "
+        "lengths (work received, learned when the gateway sees a session end) of each agent "
+        "type form the distribution its rank is computed on.",
     )
     gittins_min_sessions: int = Field(
         16,
         ge=1,
-        description="queue_order gittins: until this many sessions of an agent type were seen "
-        "to end, and for a session longer than every one in the window, its calls are "
-        "ordered by expected remaining work plus their own service (as remaining).",
+        description="queue_order gittins(_heavy_tailed): until this many sessions of an "
+        "agent type were seen to end, and for a session longer than every one in the window, "
+        "its calls are ordered by expected remaining work plus their own service (as "
+        "remaining).",
     )
-    gittins_heavy_tailed_only: bool = Field(
-        False,
-        description="queue_order gittins: rank by the Gittins-like index only the calls of "
-        "agent types whose learned session lengths are heavy-tailed (squared coefficient of "
-        "variation above 1, the exponential's: a decreasing hazard has at least that, an "
-        "increasing one at most), the others by expected remaining work plus their own "
-        "service (as remaining). Where lengths are alike the rank orders oldest first, "
-        "which the graph's remaining work does better (docs/saga.md, ninth session).",
-    )
-
     # ---- SLO admission --------------------------------------------------------------
     defer_best_effort_at: float = Field(
         0.5,
@@ -577,13 +571,6 @@ class SagaConfig(BaseModel):
         if self.pin_host_copy and not self.pin_with_host:
             raise ValueError("pin_host_copy needs pin_with_host = true (pins over a host "
                              "tier, which it copies through)")
-        return self
-
-    @model_validator(mode="after")
-    def _heavy_tailed_only_needs_gittins(self) -> SagaConfig:
-        # else a silent no-op: only the gittins order reads the learned lengths
-        if self.gittins_heavy_tailed_only and self.queue_order != "gittins":
-            raise ValueError("gittins_heavy_tailed_only needs queue_order = \"gittins\"")
         return self
 
     def weight(self, tenant: str) -> float:

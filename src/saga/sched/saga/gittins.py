@@ -34,7 +34,7 @@ lengths are heavy-tailed, and where they are alike the graph's expected remainin
 knows more than the attained work does. :func:`heavy_tailed` tells the two apart by the
 squared coefficient of variation of the estimate (above 1, the exponential's; a decreasing
 hazard has at least that, an increasing one at most), which
-``SagaConfig.gittins_heavy_tailed_only`` reads to rank only the heavy-tailed agent types.
+``queue_order = "gittins_heavy_tailed"`` reads to rank only the heavy-tailed agent types.
 """
 
 from __future__ import annotations
