@@ -238,6 +238,10 @@ def test_heavy_tailed_order_ranks_by_gittins_where_lengths_are_heavy_tailed() ->
     assert _order(alike) == (["old", "young"], pytest.approx(4.0), pytest.approx(122.0))
 
 
+def test_the_heavy_tailed_order_is_the_default() -> None:
+    assert SagaConfig().queue_order == "gittins_heavy_tailed"  # docs/saga.md, ninth session
+
+
 def test_heavy_tailed_order_learns_session_lengths_as_gittins() -> None:
     from saga.core.workflow import Call, Prompt, Workflow
     from saga.engine.cluster import get_cluster
