@@ -8,7 +8,14 @@ import pytest
 from saga.engine.replica import Request
 from saga.sched.policy import CallInfo, WorkflowInfo
 from saga.sched.saga.config import SagaConfig
-from saga.sched.saga.gittins import Lengths, SessionLengths, kaplan_meier, rank
+from saga.sched.saga.gittins import (
+    Lengths,
+    SessionLengths,
+    heavy_tailed,
+    kaplan_meier,
+    rank,
+    squared_cv,
+)
 from saga.sched.saga.policy import SagaPolicy
 
 
@@ -89,14 +96,16 @@ def _queued(policy: SagaPolicy, workflow: str, attained: float, rest: float,
     return request
 
 
-def _order(sizes: list[float], min_sessions: int = 4) -> tuple[list[str], float, float]:
+def _order(sizes: list[float], min_sessions: int = 4,
+           heavy_only: bool = False) -> tuple[list[str], float, float]:
     """Queue order of an old session (120 s received, 3 s expected left) and a young one
     (2 s received, 90 s expected left) once ``sizes`` were learned."""
     from saga.core.workflow import Call, Prompt, Workflow
     from saga.engine.cluster import get_cluster
     from saga.sim.simulator import Simulation
 
-    policy = SagaPolicy(SagaConfig(queue_order="gittins", fit_first_wait=None,
+    order = "gittins_heavy_tailed" if heavy_only else "gittins"
+    policy = SagaPolicy(SagaConfig(queue_order=order, fit_first_wait=None,
                                    gittins_min_sessions=min_sessions))
     dummy = Workflow("d", "t", "a", 0.0, (Call("c0", Prompt(64), 1),))
     Simulation(get_cluster("test-2"), policy, [dummy])  # binds the policy
@@ -180,3 +189,66 @@ def test_the_best_quantum_is_short_when_young_and_whole_when_lengths_are_alike()
     assert rank(_alike([8.0, 10.0, 12.0, 14.0]), 0.0) == 11.0
     # a tie between q = 1 and q = 5 (both 3) gives 3
     assert rank(_alike([8.0, 10.0, 12.0, 14.0]), 9.0) == 3.0
+
+
+def test_squared_cv_of_the_learned_lengths() -> None:
+    # lengths alike: mean 11, second moment 126, variance 5
+    assert squared_cv(_alike([8.0, 10.0, 12.0, 14.0])) == pytest.approx(5.0 / 121.0)
+    # three short, one long: mean 25.75, variance 1,837.6875
+    assert squared_cv(_alike([1.0, 1.0, 1.0, 100.0])) == pytest.approx(1837.6875 / 663.0625)
+    # half at 1 s, half at 100 s: mean 50.5, variance 2,450.25, just under an exponential's
+    assert squared_cv(_alike([1.0, 1.0, 100.0, 100.0])) == pytest.approx(2450.25 / 2550.25)
+    # with nowhere to put it the mass beyond the last point is left out: [2, 6] at 1/2 each
+    assert squared_cv(Lengths.of([2.0, 6.0], [0.25, 0.25], 0.5)) == pytest.approx(0.25)
+    assert squared_cv(Lengths.of([], [], 1.0)) is None
+    # else at the longest running session's work: 2 and 6 at 1/4, 20 at 1/2 (mean 12,
+    # second moment 210)
+    assert squared_cv(Lengths.of([2.0, 6.0], [0.25, 0.25], 0.5, 20.0)) == pytest.approx(
+        66.0 / 144.0)
+    # Kaplan-Meier puts it there: two ended after 1 s, running sessions at 5 s and 9 s
+    fitted = kaplan_meier([1.0, 1.0], [5.0, 9.0])
+    assert (fitted.tail, fitted.tail_at) == (0.5, 9.0)
+    assert kaplan_meier([1.0, 4.0], [2.0]).tail_at == 0.0  # the last mark an end: no tail
+
+
+def test_heavy_tailed_is_a_squared_cv_above_an_exponentials() -> None:
+    assert heavy_tailed(_alike([1.0, 1.0, 1.0, 100.0]))
+    assert not heavy_tailed(_alike([1.0, 1.0, 100.0, 100.0]))
+    assert not heavy_tailed(_alike([8.0, 10.0, 12.0, 14.0]))
+    assert not heavy_tailed(Lengths.of([], [], 1.0))
+    lengths = SessionLengths(window=8)
+    assert not lengths.heavy_tailed(("t", "a"))  # nothing learned
+    for length in (1.0, 1.0, 1.0, 100.0):
+        lengths.observe(("t", "a"), length)
+    assert lengths.heavy_tailed(("t", "a"))
+    lengths.observe(("t", "a"), 100.0)  # [1, 1, 1, 100, 100]: squared CV 1.43
+    assert lengths.heavy_tailed(("t", "a"))
+    lengths.observe(("t", "a"), 100.0)  # [1, 1, 1, 100, 100, 100]: 0.96, refitted
+    assert not lengths.heavy_tailed(("t", "a"))
+
+
+def test_heavy_tailed_order_ranks_by_gittins_where_lengths_are_heavy_tailed() -> None:
+    # heavy tail (squared CV 1.92): the Gittins rank, young first, as without the switch
+    heavy = [4.0, 6.0, 8.0, 10.0, 1000.0, 1000.0]
+    assert _order(heavy, heavy_only=True) == _order(heavy) == (
+        ["young", "old"], pytest.approx(880.0), pytest.approx(9.0))
+    # alike (squared CV 0.0005): remaining work plus the call's own 5 s, as by default
+    alike = [121.0, 123.0, 125.0, 127.0]
+    assert _order(alike, heavy_only=True) == (["old", "young"], 8.0, 95.0)
+    assert _order(alike) == (["old", "young"], pytest.approx(4.0), pytest.approx(122.0))
+
+
+def test_the_heavy_tailed_order_is_the_default() -> None:
+    assert SagaConfig().queue_order == "gittins_heavy_tailed"  # docs/saga.md, ninth session
+
+
+def test_heavy_tailed_order_learns_session_lengths_as_gittins() -> None:
+    from saga.core.workflow import Call, Prompt, Workflow
+    from saga.engine.cluster import get_cluster
+    from saga.sim.simulator import Simulation
+
+    session = Workflow("s", "t", "a", 0.0, (Call("c0", Prompt(640), 20),),
+                       end_signal="explicit")
+    policy = SagaPolicy(SagaConfig(queue_order="gittins_heavy_tailed"))
+    Simulation(get_cluster("test-2"), policy, [session]).run()
+    assert policy.session_lengths.seen(("t", "a")) == 1

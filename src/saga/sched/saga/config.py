@@ -333,8 +333,13 @@ class SagaConfig(BaseModel):
         description="Seconds of remaining-work priority a call gains per second it waits, "
         "so that no call starves behind shorter work.",
     )
-    queue_order: Literal["remaining", "attained", "gittins"] = Field(
-        "remaining",
+    # "gittins_heavy_tailed" since 2026-12-07 (docs/saga.md, "The Gittins order where lengths
+    # are heavy-tailed"): on the full capacity case's Claude Code sessions it met 2x for 0.920
+    # against 0.898 at 0.0055 wf/s (the rate the full search failed) and 0.940 against 0.921
+    # at 0.00525 (seeds 0 and 1); coding agents' lengths are alike, so there it orders by
+    # remaining work as before (quick coding's probe, the interference run: identical).
+    queue_order: Literal["remaining", "attained", "gittins", "gittins_heavy_tailed"] = Field(
+        "gittins_heavy_tailed",
         description="Within a tenant, order an engine's queued calls by their workflow's "
         "expected remaining work (remaining: the Agent Execution Graph's calls left, "
         "shortest first) or by the work it has received so far (attained: least first, "
@@ -342,7 +347,10 @@ class SagaConfig(BaseModel):
         "service, or by a Gittins-like rank of the work received under the learned "
         "distribution of its agent type's session lengths (gittins: saga/gittins.py; "
         "least attained first where long sessions tend to run longer, oldest first where "
-        "lengths are alike), each less the aging.",
+        "lengths are alike), or that rank only for agent types whose learned lengths are "
+        "heavy-tailed, by remaining work for the others (gittins_heavy_tailed: squared "
+        "coefficient of variation above 1, the exponential's; a decreasing hazard has at "
+        "least that, an increasing one at most), each less the aging.",
     )
     # 60 s since 2026-12-06 (docs/saga.md, "The quick pool, fit first on Claude Code"): on
     # the quick capacity case's Claude Code sessions at 0.0055 wf/s it took the share within
@@ -425,18 +433,18 @@ class SagaConfig(BaseModel):
     gittins_window: int = Field(
         256,
         ge=1,
-        description="queue_order gittins: the last this many session lengths (work received, "
-        "learned when the gateway sees a session end) of each agent type form the "
-        "distribution its rank is computed on.",
+        description="queue_order gittins(_heavy_tailed): the last this many session "
+        "lengths (work received, learned when the gateway sees a session end) of each agent "
+        "type form the distribution its rank is computed on.",
     )
     gittins_min_sessions: int = Field(
         16,
         ge=1,
-        description="queue_order gittins: until this many sessions of an agent type were seen "
-        "to end, and for a session longer than every one in the window, its calls are "
-        "ordered by expected remaining work plus their own service (as remaining).",
+        description="queue_order gittins(_heavy_tailed): until this many sessions of an "
+        "agent type were seen to end, and for a session longer than every one in the window, "
+        "its calls are ordered by expected remaining work plus their own service (as "
+        "remaining).",
     )
-
     # ---- SLO admission --------------------------------------------------------------
     defer_best_effort_at: float = Field(
         0.5,

@@ -28,6 +28,13 @@ every ended one) is taken as never ending within any q: it adds q to the expecte
 and nothing to the chance of finishing. On this discrete distribution the minimum over q
 is at the residual of one of the surviving lengths, so :func:`rank` scans them once over
 prefix sums (O(survivors)).
+
+Where the rank's order helps depends on that shape: least attained first pays where
+lengths are heavy-tailed, and where they are alike the graph's expected remaining work
+knows more than the attained work does. :func:`heavy_tailed` tells the two apart by the
+squared coefficient of variation of the estimate (above 1, the exponential's; a decreasing
+hazard has at least that, an increasing one at most), which
+``queue_order = "gittins_heavy_tailed"`` reads to rank only the heavy-tailed agent types.
 """
 
 from __future__ import annotations
@@ -47,14 +54,17 @@ class Lengths:
     mass_prefix: tuple[float, ...]  # [i]: the mass of points[:i]
     work_prefix: tuple[float, ...]  # [i]: the sum of mass x length over points[:i]
     tail: float
+    #: the longest running session's work so far (the least the tail runs); 0: none
+    tail_at: float = 0.0
 
     @staticmethod
-    def of(points: list[float], masses: list[float], tail: float) -> Lengths:
+    def of(points: list[float], masses: list[float], tail: float,
+           tail_at: float = 0.0) -> Lengths:
         mass, work = [0.0], [0.0]
         for point, m in zip(points, masses, strict=True):
             mass.append(mass[-1] + m)
             work.append(work[-1] + m * point)
-        return Lengths(tuple(points), tuple(mass), tuple(work), tail)
+        return Lengths(tuple(points), tuple(mass), tuple(work), tail, tail_at)
 
 
 def kaplan_meier(ended: list[float], running: Iterable[float]) -> Lengths:
@@ -72,7 +82,36 @@ def kaplan_meier(ended: list[float], running: Iterable[float]) -> Lengths:
             masses.append(mass)
             survival -= mass
         at_risk -= 1
-    return Lengths.of(points, masses, survival if marks and marks[-1][1] else 0.0)
+    if marks and marks[-1][1]:
+        return Lengths.of(points, masses, survival, marks[-1][0])
+    return Lengths.of(points, masses, 0.0)
+
+
+def squared_cv(lengths: Lengths) -> float | None:
+    """The squared coefficient of variation (variance over the squared mean) of the
+    lengths, the mass beyond the last ended length put at ``tail_at``, the least the
+    longest running session will run (left out, the tail's long sessions would be missed
+    exactly where the lengths are heavy-tailed); None without mass on a positive mean."""
+    points, mass = lengths.points, lengths.mass_prefix
+    tail = lengths.tail if lengths.tail_at > 0.0 else 0.0
+    total = mass[-1] + tail
+    if total <= 0.0:
+        return None
+    mean = (lengths.work_prefix[-1] + tail * lengths.tail_at) / total
+    if mean <= 0.0:
+        return None
+    second = (sum((mass[i + 1] - mass[i]) * x * x for i, x in enumerate(points))
+              + tail * lengths.tail_at ** 2) / total
+    return max(second - mean * mean, 0.0) / (mean * mean)
+
+
+def heavy_tailed(lengths: Lengths) -> bool:
+    """Whether the lengths vary more than an exponential's (squared CV above 1). A
+    decreasing hazard (the longer a session ran, the less likely it ends soon) has a
+    squared CV of at least 1, an increasing one at most 1 (Barlow and Proschan): above
+    1, the rank's least-attained-first order is the one the lengths call for."""
+    found = squared_cv(lengths)
+    return found is not None and found > 1.0
 
 
 def rank(lengths: Lengths, attained: float) -> float | None:
@@ -106,6 +145,7 @@ class SessionLengths:
         self._arrived: dict[tuple[str, str], deque[float]] = {}
         self._sorted: dict[tuple[str, str], list[float]] = {}
         self._fitted: dict[tuple[str, str], Lengths] = {}
+        self._heavy: dict[tuple[str, str], bool] = {}
 
     def observe(self, key: tuple[str, str], length: float,
                 running: Iterable[float] = ()) -> None:
@@ -118,11 +158,16 @@ class SessionLengths:
             del ordered[bisect_right(ordered, gone) - 1]
         arrived.append(length)
         insort(ordered, length)
-        self._fitted[key] = kaplan_meier(ordered, running)
+        fitted = self._fitted[key] = kaplan_meier(ordered, running)
+        self._heavy[key] = heavy_tailed(fitted)
 
     def seen(self, key: tuple[str, str]) -> int:
         """Sessions of ``key`` in the window."""
         return len(self._sorted.get(key, ()))
+
+    def heavy_tailed(self, key: tuple[str, str]) -> bool:
+        """:func:`heavy_tailed` of ``key``'s estimate at its last refit (False unfitted)."""
+        return self._heavy.get(key, False)
 
     def rank(self, key: tuple[str, str], attained: float) -> float | None:
         """:func:`rank` under ``key``'s estimate; None if nothing is known past ``attained``."""

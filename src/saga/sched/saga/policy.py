@@ -409,7 +409,7 @@ class SagaPolicy(Policy):
         self.end_markers.observe(agent_key(flow.info), flow.marked)
         # the gateway sees it end here (marker or idle timeout): its length is learned, the
         # running sessions of its agent type censored at the work they received so far
-        if self.config.queue_order == "gittins":
+        if self.config.queue_order in ("gittins", "gittins_heavy_tailed"):
             key = agent_key(flow.info)
             self.session_lengths.observe(key, flow.attained, (
                 f.attained for f in self.flows.values() if agent_key(f.info) == key))
@@ -472,10 +472,11 @@ class SagaPolicy(Policy):
         order = self.config.queue_order
         if order == "attained":
             return flow.attained + service
-        if order == "gittins":
-            key = agent_key(flow.info)
-            if self.session_lengths.seen(key) >= self.config.gittins_min_sessions:
-                found = self.session_lengths.rank(key, flow.attained)
+        if order in ("gittins", "gittins_heavy_tailed"):
+            key, lengths = agent_key(flow.info), self.session_lengths
+            if lengths.seen(key) >= self.config.gittins_min_sessions and (
+                    order == "gittins" or lengths.heavy_tailed(key)):
+                found = lengths.rank(key, flow.attained)
                 if found is not None:
                     return found
         return flow.rest + service
