@@ -52,10 +52,12 @@ REFUSED: list[tuple[dict[str, Any], str, dict[str, Any]]] = [
     ({"afs": False, "preempt_gap": 10.0}, "preempt_gap needs afs = true", {"afs": True}),
     ({"preempt_gap": None, "max_fair_preemptions": 2},
      "max_fair_preemptions needs preempt_gap set", {"preempt_gap": 30.0}),
-    ({"gittins_window": 64}, 'gittins_window needs queue_order = "gittins"',
+    ({"queue_order": "remaining", "gittins_window": 64},
+     'gittins_window needs queue_order = "gittins" or "gittins_heavy_tailed"',
      {"queue_order": "gittins"}),
-    ({"gittins_min_sessions": 4}, 'gittins_min_sessions needs queue_order = "gittins"',
-     {"queue_order": "gittins"}),
+    ({"queue_order": "attained", "gittins_min_sessions": 4},
+     'gittins_min_sessions needs queue_order = "gittins" or "gittins_heavy_tailed"',
+     {"queue_order": "gittins_heavy_tailed"}),
     ({"predict_end": False, "end_confidence": 0.8}, "end_confidence needs predict_end = true",
      {"predict_end": True}),
     ({"predict_end": False, "gate_end_min_ends": 3},
@@ -88,9 +90,9 @@ def test_a_dependent_field_at_its_default_stays_valid_with_its_setting_off() -> 
     """The ablations switch a mechanism off and leave its fields at their defaults."""
     config = SagaConfig(steal=False, afs=False, admission=False, predict_end=False,
                         slot_fit=False, decode_guard_share=None, steal_margin=0.15,
-                        queue_order="remaining")
+                        queue_order="gittins_heavy_tailed")
     assert (config.steal_margin, config.queue_order, config.decode_guard_decodes) == (
-        0.15, "remaining", 2)
+        0.15, "gittins_heavy_tailed", 2)
 
 
 @pytest.mark.parametrize("name", list_policies())

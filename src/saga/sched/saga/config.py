@@ -619,7 +619,8 @@ DEPENDENT_FIELDS: tuple[tuple[str, str, Callable[[SagaConfig], bool]], ...] = (
       for name in ("queue_order", "fit_first_wait", "preempt_gap", "max_fair_preemptions")),
     ("max_fair_preemptions", "preempt_gap set (fair-share preemption)",
      lambda c: c.preempt_gap is not None),
-    *((name, 'queue_order = "gittins"', lambda c: c.queue_order == "gittins")
+    *((name, 'queue_order = "gittins" or "gittins_heavy_tailed"',
+       lambda c: c.queue_order in ("gittins", "gittins_heavy_tailed"))
       for name in ("gittins_window", "gittins_min_sessions")),
     *((name, "predict_end = true (predicted ends)", lambda c: c.predict_end)
       for name in ("end_confidence", "gate_end_min_ends")),
