@@ -7,7 +7,8 @@ how much the change moved them.
 Each DIR is one ``run_real(..., repetitions=1)`` output (its runs.jsonl); the i-th --base
 folder pairs with the i-th --new folder (two runs of the same policies minutes apart, on a
 machine that may be shared). Printed per code: each policy's mean TCT over the runs (and per
-run), the 1-minute load at the runs' starts, and saga's paired geomean over each baseline
+run), the 1-minute load at the runs' starts, the prefix hit rate and the sessions the
+gate held at the door (how many, their mean wait), and saga's paired geomean over each baseline
 (sessions pooled over the runs, 95 % bootstrap interval). Then, paired by (run pair,
 session): each policy's TCT at BASE over with the change (the unchanged baselines move
 only with the load), and the change of saga's within-run ratio over each baseline, i.e. the
@@ -37,6 +38,15 @@ def _runs(folder: Path, case: str) -> dict[str, dict[str, Any]]:
 
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
+
+
+def _hit_rate(runs: list[dict[str, Any]]) -> str:
+    """The prompt tokens the engines found cached over those they were asked for, pooled
+    over ``runs`` (their prefix-cache counters), and each run's."""
+    hits = [r["prefix_hits"] for r in runs]
+    queries = [r["prefix_queries"] for r in runs]
+    each = ", ".join(f"{h / q:.1%}" for h, q in zip(hits, queries, strict=True) if q)
+    return f"hits {sum(hits) / sum(queries) if sum(queries) else 0:.1%} (runs {each})"
 
 
 def _ci(s: dict[str, float]) -> str:
@@ -69,9 +79,13 @@ def main(argv: list[str] | None = None) -> int:
         for policy in policies:
             means = [_mean(list(run[policy]["tct"].values())) for run in runs if policy in run]
             loads = [run[policy]["load"][0] for run in runs if policy in run]
+            ran = [run[policy] for run in runs if policy in run]
+            held = [t for r in ran for t in r.get("deferred", {}).values()]
             print(f"  {policy}: mean TCT {_mean(list(tct[code][policy].values())):.2f} s "
                   f"(runs {', '.join(f'{m:.1f}' for m in means)}; load at start "
-                  f"{min(loads, default=0):.1f}-{max(loads, default=0):.1f})")
+                  f"{min(loads, default=0):.1f}-{max(loads, default=0):.1f}); "
+                  f"{_hit_rate(ran)}, held {len(held)} sessions"
+                  + (f", {_mean(held):.1f} s each" if held else ""))
         if args.late:
             late = [t for k, t in tct[code]["saga"].items() if k.split("/")[1] in args.late]
             rest = [t for k, t in tct[code]["saga"].items() if k.split("/")[1] not in args.late]
