@@ -7,7 +7,7 @@ how much the change moved them.
 Each DIR is one ``run_real(..., repetitions=1)`` output (its runs.jsonl); the i-th --base
 folder pairs with the i-th --new folder (two runs of the same policies minutes apart, on a
 machine that may be shared). Printed per code: each policy's mean TCT over the runs (and per
-run), the 1-minute load at the runs' starts, the prefix hit rate and the sessions the
+run), the 1-minute load at each run's start, the prefix hit rate and the sessions the
 gate held at the door (how many, their mean wait), and saga's paired geomean over each baseline
 (sessions pooled over the runs, 95 % bootstrap interval). Then, paired by (run pair,
 session): each policy's TCT at BASE over with the change (the unchanged baselines move
@@ -82,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             ran = [run[policy] for run in runs if policy in run]
             held = [t for r in ran for t in r.get("deferred", {}).values()]
             print(f"  {policy}: mean TCT {_mean(list(tct[code][policy].values())):.2f} s "
-                  f"(runs {', '.join(f'{m:.1f}' for m in means)}; load at start "
-                  f"{min(loads, default=0):.1f}-{max(loads, default=0):.1f}); "
+                  f"(runs {', '.join(f'{m:.1f}' for m in means)}; load at their starts "
+                  f"{', '.join(f'{x:.1f}' for x in loads)}); "
                   f"{_hit_rate(ran)}, held {len(held)} sessions"
                   + (f", {_mean(held):.1f} s each" if held else ""))
         if args.late:
