@@ -7,12 +7,15 @@ how much the change moved them.
 Each DIR is one ``run_real(..., repetitions=1)`` output (its runs.jsonl); the i-th --base
 folder pairs with the i-th --new folder (two runs of the same policies minutes apart, on a
 machine that may be shared). Printed per code: each policy's mean TCT over the runs (and per
-run), the 1-minute load at the runs' starts, and saga's paired geomean over each baseline
+run), the 1-minute load at each run's start, the prefix hit rate and the sessions the
+gate held at the door (how many, their mean wait), and saga's paired geomean over each baseline
 (sessions pooled over the runs, 95 % bootstrap interval). Then, paired by (run pair,
 session): each policy's TCT at BASE over with the change (the unchanged baselines move
 only with the load), and the change of saga's within-run ratio over each baseline, i.e. the
 geomean of (baseline / saga with the change) / (baseline / saga at BASE), where the load
-a run shared cancels out.
+a run shared cancels out; and the same ratio's change on the runs' mean TCTs, paired by run
+pair, whose interval resamples the run pairs (a run's sessions share its load: the
+per-session interval is too narrow when the load moves between runs).
 """
 
 from __future__ import annotations
@@ -37,6 +40,15 @@ def _runs(folder: Path, case: str) -> dict[str, dict[str, Any]]:
 
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
+
+
+def _hit_rate(runs: list[dict[str, Any]]) -> str:
+    """The prompt tokens the engines found cached over those they were asked for, pooled
+    over ``runs`` (their prefix-cache counters), and each run's."""
+    hits = [r["prefix_hits"] for r in runs]
+    queries = [r["prefix_queries"] for r in runs]
+    each = ", ".join(f"{h / q:.1%}" for h, q in zip(hits, queries, strict=True) if q)
+    return f"hits {sum(hits) / sum(queries) if sum(queries) else 0:.1%} (runs {each})"
 
 
 def _ci(s: dict[str, float]) -> str:
@@ -69,9 +81,13 @@ def main(argv: list[str] | None = None) -> int:
         for policy in policies:
             means = [_mean(list(run[policy]["tct"].values())) for run in runs if policy in run]
             loads = [run[policy]["load"][0] for run in runs if policy in run]
+            ran = [run[policy] for run in runs if policy in run]
+            held = [t for r in ran for t in r.get("deferred", {}).values()]
             print(f"  {policy}: mean TCT {_mean(list(tct[code][policy].values())):.2f} s "
-                  f"(runs {', '.join(f'{m:.1f}' for m in means)}; load at start "
-                  f"{min(loads, default=0):.1f}-{max(loads, default=0):.1f})")
+                  f"(runs {', '.join(f'{m:.1f}' for m in means)}; load at their starts "
+                  f"{', '.join(f'{x:.1f}' for x in loads)}); "
+                  f"{_hit_rate(ran)}, held {len(held)} sessions"
+                  + (f", {_mean(held):.1f} s each" if held else ""))
         if args.late:
             late = [t for k, t in tct[code]["saga"].items() if k.split("/")[1] in args.late]
             rest = [t for k, t in tct[code]["saga"].items() if k.split("/")[1] not in args.late]
@@ -90,7 +106,24 @@ def main(argv: list[str] | None = None) -> int:
                          if k in tct[code][baseline]} for code in codes}
         print(f"  saga's within-run ratio over {baseline}, with the change over at BASE: "
               f"{_ci(speedup(within['new'], within['BASE']))}")
+    # A run's sessions share its load, so the intervals above, which resample sessions as
+    # if independent, are too narrow when the load moves between runs; the run pairs are
+    # the independent units.
+    print("paired by run pair, on the runs' mean TCTs (the interval resamples the pairs):")
+    for baseline in args.vs:
+        ratios = {code: run_ratios(runs, baseline) for code, runs in codes.items()}
+        change = {i: ratios["new"][i] / r for i, r in ratios["BASE"].items() if i in ratios["new"]}
+        print(f"  saga's within-run ratio over {baseline}, with the change over at BASE: "
+              f"{_ci(speedup(ratios['new'], ratios['BASE']))}; per pair "
+              f"{', '.join(f'{change[i]:.2f}' for i in sorted(change))}")
     return 0
+
+
+def run_ratios(runs: list[dict[str, dict[str, Any]]], baseline: str) -> dict[str, float]:
+    """Per run (by its index), ``baseline``'s mean TCT over saga's in that run."""
+    return {str(i): _mean(list(run[baseline]["tct"].values()))
+            / _mean(list(run["saga"]["tct"].values()))
+            for i, run in enumerate(runs) if baseline in run and "saga" in run}
 
 
 if __name__ == "__main__":

