@@ -52,6 +52,7 @@ from typing import IO, Any
 import aiohttp
 
 from saga.gateway.upstream import UpstreamError, UpstreamPool
+from saga.integrations.engines import free_port
 
 HOST = "127.0.0.1"
 TARGETS = ("direct", "gateway", "router")
@@ -70,12 +71,6 @@ class Run:
     @property
     def achieved(self) -> float:
         return len(self.latencies) / self.elapsed if self.elapsed > 0 else 0.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def _bindable(port: int) -> bool:
@@ -247,7 +242,7 @@ def _router_unavailable() -> str | None:
 def _start_router(urls: list[str], policy: str, log: IO[bytes],
                   procs: list[subprocess.Popen[bytes]]) -> tuple[str | None, str]:
     """Start sglang-router; return its URL, or None and why it is not there."""
-    port = _free_port()
+    port = free_port()
     proc = _spawn([sys.executable, "-m", "sglang_router.launch_router", "--worker-urls", *urls,
                    "--host", HOST, "--port", str(port), "--policy", policy,
                    "--log-level", "warn"], log)
@@ -293,10 +288,10 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
-    emu_port = _free_port()
+    emu_port = free_port()
     while not all(_bindable(emu_port + i) for i in range(args.replicas)):
-        emu_port = _free_port()  # replicas need consecutive ports
-    gw_port = _free_port()
+        emu_port = free_port()  # replicas need consecutive ports
+    gw_port = free_port()
     procs: list[subprocess.Popen[bytes]] = []
     logdir = Path(tempfile.mkdtemp(prefix="saga-overhead-"))
     logs = {name: (logdir / f"{name}.log").open("wb") for name in ("emulator", "gateway", "router")}

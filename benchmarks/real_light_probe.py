@@ -81,15 +81,6 @@ def whole_prompt_backlog(on: bool) -> Iterator[None]:
         RemoteReplicaView._start, RemoteReplicaView.age = start, age  # type: ignore[method-assign]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _histograms(url: str) -> dict[str, tuple[float, float]]:
     """(sum, count) of the engine's request-time histograms."""
     metrics = eng.parse_prometheus(eng._http_text(url + "/metrics"))
@@ -177,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def starters() -> Iterator[eng.Starter]:
         for kind in ("saga", "stock"):
             for i in range(2):
-                endpoint = f"tcp://127.0.0.1:{_free_port()}"
+                endpoint = f"tcp://127.0.0.1:{eng.free_port()}"
                 index = KVIndex()
                 subscribers.append(KVEventSubscriber(endpoint, index).start())
                 engine_args = [
@@ -187,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "--kv-events-config", kv_events_config(endpoint)]
                 indexes[kind].append(index)
                 yield partial(
-                    eng.start_vllm, eng.tiny_model_dir(), _free_port(), extra_args=engine_args,
+                    eng.start_vllm, eng.tiny_model_dir(), eng.free_port(), extra_args=engine_args,
                     max_model_len=bench.max_model_len, cpu_threads=str(i % (os.cpu_count() or 1)),
                     log_dir=args.out / "logs", saga_scheduler=kind == "saga",
                     saga_config={"stats_interval": 0} if kind == "saga" else None,

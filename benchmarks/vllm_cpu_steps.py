@@ -39,7 +39,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from saga.bench.real import RealBench, _free_port, _vllm_call, reset_prefix_cache
+from saga.bench.real import RealBench, _vllm_call, reset_prefix_cache
 from saga.engine.cluster import get_cluster
 from saga.engine.costmodel import CostModel
 from saga.integrations import engines as eng
@@ -67,7 +67,7 @@ def engines(out: Path, thresholds: Sequence[int], *, bench_kv: bool) -> Iterator
             args += ["--num-gpu-blocks-override", str(bench.kv_blocks)]
         if threshold:
             args += ["--long-prefill-token-threshold", str(threshold)]
-        return partial(eng.start_vllm, eng.tiny_model_dir(), _free_port(), extra_args=args,
+        return partial(eng.start_vllm, eng.tiny_model_dir(), eng.free_port(), extra_args=args,
                        max_model_len=bench.max_model_len, cpu_threads="0",
                        log_dir=out / "logs", env={"VLLM_SERVER_DEV_MODE": "1"})
 

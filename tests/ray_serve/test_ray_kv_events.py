@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import pytest
 
 from saga.gateway.kv_events import KVIndex
+from saga.integrations.engines import free_port
 from saga.integrations.ray.call import RayCall
 from saga.integrations.ray.routing import SagaRouting, Tiers
 from saga.integrations.ray.view import ReplicaStats
@@ -163,12 +163,6 @@ def test_a_home_whose_cache_was_evicted_loses_its_pull_on_placement() -> None:
 
 
 # ---- the replica's forwarder, against a fake vLLM and a fake event stream ---------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 METRICS = (
     'vllm:num_requests_running{engine="0"} 0.0\n'
     'vllm:num_requests_waiting{engine="0"} 0.0\n'
@@ -199,7 +193,7 @@ async def _fake_vllm(bodies: list[dict[str, Any]]) -> tuple[Any, str]:
     app.router.add_get("/metrics", metrics)
     runner = web.AppRunner(app)
     await runner.setup()
-    port = _free_port()
+    port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     return runner, f"http://127.0.0.1:{port}"
 
@@ -232,7 +226,7 @@ def test_the_forwarder_passes_the_hint_on_and_reports_vllms_events() -> None:
     pytest.importorskip("zmq", reason="needs the `gateway-events` extra (pyzmq, msgspec)")
     pytest.importorskip("msgspec", reason="needs the `gateway-events` extra (pyzmq, msgspec)")
     bodies: list[dict[str, Any]] = []
-    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
 
     async def scenario() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         runner, url = await _fake_vllm(bodies)

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable
 from typing import Any
 
+from saga.integrations.engines import free_port
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["free_port", "until"]
 
 
 def until(condition: Callable[[], Any], what: str, timeout: float = 60.0,

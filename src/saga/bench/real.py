@@ -51,7 +51,6 @@ import dataclasses
 import json
 import math
 import os
-import socket
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
@@ -190,13 +189,6 @@ class RealBench(BaseModel):
         })
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def trace_path(name: str) -> Path:
     """An LMCache agent trace of the shared traces folder (saga.workloads.paths)."""
     from saga.workloads.paths import default_trace
@@ -237,13 +229,13 @@ def start_engines(bench: RealBench, log_dir: Path, events: bool) -> Iterator[Eng
                 if events:
                     from saga.gateway.kv_events import KVEventSubscriber, KVIndex, kv_events_config
 
-                    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+                    endpoint = f"tcp://127.0.0.1:{eng.free_port()}"
                     index = KVIndex()
                     out.subscribers.append(KVEventSubscriber(endpoint, index).start())
                     args += ["--kv-events-config", kv_events_config(endpoint)]
                 kinds.append((kind, index))
                 yield partial(
-                    eng.start_vllm, eng.tiny_model_dir(), _free_port(), extra_args=args,
+                    eng.start_vllm, eng.tiny_model_dir(), eng.free_port(), extra_args=args,
                     max_model_len=bench.max_model_len, cpu_threads=str(i % cores),
                     log_dir=log_dir, saga_scheduler=kind == "saga",
                     env={"VLLM_SERVER_DEV_MODE": "1"},  # POST /reset_prefix_cache

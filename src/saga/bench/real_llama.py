@@ -119,7 +119,7 @@ def start_llama(settings: LlamaSettings, log_dir: Path) -> Iterator[list[tuple[s
             save = log_dir / f"slots-{i}"
             save.mkdir(parents=True, exist_ok=True)
             proc = eng.start_llamacpp(
-                eng.tiny_model_dir() / "model.gguf", _free_port(), slots=settings.slots,
+                eng.tiny_model_dir() / "model.gguf", eng.free_port(), slots=settings.slots,
                 ctx_per_slot=settings.ctx_size // settings.slots, threads=settings.threads,
                 slot_save_path=save, log_dir=log_dir,
                 extra_args=["--kv-unified", "--cache-ram", str(settings.cache_ram),
@@ -130,12 +130,6 @@ def start_llama(settings: LlamaSettings, log_dir: Path) -> Iterator[list[tuple[s
     finally:
         for proc in procs:
             proc.stop()
-
-
-def _free_port() -> int:
-    from saga.bench.real import _free_port as free
-
-    return free()
 
 
 def erase_slots(url: str, slots: int) -> None:

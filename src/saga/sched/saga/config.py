@@ -11,6 +11,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+#: the queue orders that learn session lengths and rank by saga/gittins.py's index
+GITTINS_ORDERS = ("gittins", "gittins_heavy_tailed")
+
 
 class SagaConfig(BaseModel):
     """Configuration of the ``saga`` policy (see :mod:`saga.sched.saga`)."""
@@ -620,7 +623,7 @@ DEPENDENT_FIELDS: tuple[tuple[str, str, Callable[[SagaConfig], bool]], ...] = (
     ("max_fair_preemptions", "preempt_gap set (fair-share preemption)",
      lambda c: c.preempt_gap is not None),
     *((name, 'queue_order = "gittins" or "gittins_heavy_tailed"',
-       lambda c: c.queue_order in ("gittins", "gittins_heavy_tailed"))
+       lambda c: c.queue_order in GITTINS_ORDERS)
       for name in ("gittins_window", "gittins_min_sessions")),
     *((name, "predict_end = true (predicted ends)", lambda c: c.predict_end)
       for name in ("end_confidence", "gate_end_min_ends")),

@@ -27,7 +27,7 @@ from saga.sched.policy import CallInfo, Policy, PolicyContext, Router, WorkflowI
 from saga.sched.saga import admission, placement, slot_fit, slot_gate
 from saga.sched.saga import retention as keep
 from saga.sched.saga.chunking import GuardRule, step_prefill_limit
-from saga.sched.saga.config import SagaConfig
+from saga.sched.saga.config import GITTINS_ORDERS, SagaConfig
 from saga.sched.saga.ends import EndMarkers, EndWatch, end_wait, gate_min_ends, pause_wait
 from saga.sched.saga.fairshare import FairShare
 from saga.sched.saga.gate import (
@@ -409,7 +409,7 @@ class SagaPolicy(Policy):
         self.end_markers.observe(agent_key(flow.info), flow.marked)
         # the gateway sees it end here (marker or idle timeout): its length is learned, the
         # running sessions of its agent type censored at the work they received so far
-        if self.config.queue_order in ("gittins", "gittins_heavy_tailed"):
+        if self.config.queue_order in GITTINS_ORDERS:
             key = agent_key(flow.info)
             self.session_lengths.observe(key, flow.attained, (
                 f.attained for f in self.flows.values() if agent_key(f.info) == key))
@@ -472,7 +472,7 @@ class SagaPolicy(Policy):
         order = self.config.queue_order
         if order == "attained":
             return flow.attained + service
-        if order in ("gittins", "gittins_heavy_tailed"):
+        if order in GITTINS_ORDERS:
             key, lengths = agent_key(flow.info), self.session_lengths
             if lengths.seen(key) >= self.config.gittins_min_sessions and (
                     order == "gittins" or lengths.heavy_tailed(key)):
