@@ -24,6 +24,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install --quiet -e '.[dev,engines,gateway-events]'
+# The simulator's engine model compiled with mypyc (the same decisions, about 1.6x faster:
+# docs/engine.md, "Thirteenth pass"); skipped when current. Without a C compiler and Python's
+# headers the simulator runs its Python sources, slower, with the same results.
+.venv/bin/python scripts/build_compiled.py \
+  || echo "setup: could not compile the engine model; the simulator runs as Python (slower)" >&2
 # Ray Serve (the `ray` extra: SAGA's request router for Ray, tests/ray_serve). Its own line:
 # when it cannot be installed (no wheel for this platform) the rest still works and those
 # tests skip, saying why.

@@ -8,6 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from saga.compiled import guard
+
+# Before anything imports the engine model: a compiled build older than its sources must not
+# run (saga.compiled).
+guard()
+
 __version__ = "0.1.0"
 
 __all__ = ["Call", "Prompt", "Workflow", "__version__", "read_trace", "simulate", "write_trace"]

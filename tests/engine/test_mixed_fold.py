@@ -113,6 +113,7 @@ def serve(
     return reads, driver.done, loop.events_run, planned, planned_waiting, applied
 
 
+@pytest.mark.pure_python
 @pytest.mark.parametrize("serial", [False, True])
 @pytest.mark.parametrize("under_hooks", [False, True])
 @pytest.mark.parametrize("seed", range(10))
@@ -129,6 +130,7 @@ def test_a_read_at_any_instant_sees_the_state_stepping_leaves(
     assert folded_events <= stepped_events
 
 
+@pytest.mark.pure_python
 @pytest.mark.parametrize("serial", [False, True])
 @pytest.mark.parametrize("under_hooks", [False, True])
 def test_mixed_steps_fold_and_reads_apply_them_mid_fold(under_hooks: bool, serial: bool) -> None:
@@ -156,6 +158,7 @@ def _unordered(read: tuple[float, object]) -> tuple[float, object]:
                  tuple(sorted(q) for q in queues))
 
 
+@pytest.mark.pure_python
 def test_an_unordered_sync_keeps_the_order_the_engine_reads() -> None:
     """The barrier's syncs (``ordered`` False) sort the queues only for a fold's last step:
     over the seeds above, a read inside that step (or outside folds) sees the batch and

@@ -84,6 +84,7 @@ def serve(
     raise AssertionError("the replica did not go idle")
 
 
+@pytest.mark.pure_python
 def test_a_run_cut_where_a_block_is_needed_continues_as_the_general_path_would() -> None:
     # two long decodes on a cache with no free block once they start: every block
     # boundary of either call ends a run, and the next plan evicts a cached block
@@ -95,6 +96,7 @@ def test_a_run_cut_where_a_block_is_needed_continues_as_the_general_path_would()
     assert count > 0  # the continuation did form batches (not a vacuous comparison)
 
 
+@pytest.mark.pure_python
 @pytest.mark.parametrize("seed", range(6))
 def test_random_loads_give_the_same_states_with_and_without_the_continuation(seed: int) -> None:
     rng = random.Random(seed)

@@ -21,6 +21,7 @@ from saga.sim.synced import SyncedReplica
 from saga.workloads import build_workload
 
 
+@pytest.mark.pure_python
 @pytest.mark.parametrize("policy", ["vllm-affinity", "vllm-least-loaded", "sglang", "dynamo"])
 def test_folding_changes_no_figure_but_the_events(policy: str) -> None:
     cluster = get_cluster("small")
@@ -109,6 +110,7 @@ def _assert_same_but_events(folded: RunOutput, stepped: RunOutput) -> None:
     assert rest(folded.summary) == rest(stepped.summary)
 
 
+@pytest.mark.pure_python
 @pytest.mark.parametrize("policy", ["saga", "belady", "kvflow", "kvflow+gate", "saga-no-afs"])
 def test_keyed_orders_fold_under_the_hook_barrier_and_change_no_figure(policy: str) -> None:
     """A keyed eviction order (and saga's dynamic queue order) folds only because every
@@ -119,6 +121,7 @@ def test_keyed_orders_fold_under_the_hook_barrier_and_change_no_figure(policy: s
     _assert_same_but_events(folded, stepped)
 
 
+@pytest.mark.pure_python
 @pytest.mark.parametrize("case", range(6))
 def test_saga_folded_equals_stepped_on_random_small_clusters(case: int) -> None:
     """Random small clusters under memory pressure (replicas, KV blocks, batch limits,
@@ -146,6 +149,7 @@ def test_saga_folded_equals_stepped_on_random_small_clusters(case: int) -> None:
 GUARDED = ["saga", "sglang+guard", "kvflow+guard", "vllm-affinity+guard", "dynamo+guard"]
 
 
+@pytest.mark.pure_python
 @pytest.mark.parametrize("case", range(10))
 def test_guarded_folded_equals_stepped_on_random_clusters(case: int) -> None:
     """The decode guard's mixed steps (a capped prefill chunk beside decodes) fold into one

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from unittest.mock import patch
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -137,6 +138,7 @@ class CheckedReplica(Replica):
         return held
 
 
+@pytest.mark.pure_python
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(workflows(), st.sampled_from(["saga", "saga-no-steal", "vllm-least-loaded"]),
        st.floats(0.0, 40.0), st.booleans())
