@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from saga.bench.real import render_markdown
-from saga.bench.real_rebuild import engine_parts, rebuild
+from saga.bench.real_llama import SUMMARY_KEY as LLAMA_KEY
+from saga.bench.real_rebuild import engine_parts, read_runs, rebuild
 
 #: the figures a record made before the mean-TCT intervals already holds
 RECORDED = ("geomean", "ci_low", "ci_high", "p", "n", "mean_tct_ratio")
@@ -36,6 +37,25 @@ def _rep_ratios(part: dict[str, Any], case: str, policy: str) -> str:
     return " ".join(f"{mine[k] / saga[k]:.2f}" for k in sorted(saga) if k in mine)
 
 
+def design_effect(runs: list[dict[str, Any]], case: str, policy: str) -> float:
+    """How far a session's cells across repetitions move together: the variance of the mean
+    ratio's linearisation (per cell e = policy TCT - R x saga TCT, R the mean ratio) summed
+    per session over the same summed per cell. 1 for independent cells; the number of
+    repetitions when a session's excess is the same in each."""
+    cells: dict[str, dict[tuple[int, str], float]] = {"saga": {}, policy: {}}
+    for run in runs:
+        if run["case"] == case and run["policy"] in cells:
+            for wf, t in run["tct"].items():
+                cells[run["policy"]][run["repetition"], wf] = t
+    keys = sorted(set(cells["saga"]) & set(cells[policy]))
+    ratio = sum(cells[policy][k] for k in keys) / sum(cells["saga"][k] for k in keys)
+    residual = {k: cells[policy][k] - ratio * cells["saga"][k] for k in keys}
+    per_session: dict[str, float] = {}
+    for (_, wf), e in residual.items():
+        per_session[wf] = per_session.get(wf, 0.0) + e
+    return sum(e * e for e in per_session.values()) / sum(e * e for e in residual.values())
+
+
 def report(out: Path) -> tuple[list[str], bool, dict[str, Any]]:
     """The lines for one record, whether the recorded figures were reproduced, and the
     rebuilt summary."""
@@ -44,7 +64,10 @@ def report(out: Path) -> tuple[list[str], bool, dict[str, Any]]:
     kept = True
     lines = []
     old_parts = dict(engine_parts(recorded))
+    all_runs = read_runs(out)
     for engine, part in engine_parts(rebuilt):
+        # vLLM's part is the summary itself, llama.cpp's is nested and has its own runs
+        runs = [r for r in all_runs if (r.get("engine") == LLAMA_KEY) == (part is not rebuilt)]
         for case, key in (("memory", "speedup"), ("light", "speedup_light")):
             figures = part.get(key, {})
             if not figures:
@@ -64,7 +87,8 @@ def report(out: Path) -> tuple[list[str], bool, dict[str, Any]]:
                     f"cells {f['mean_ci_low']:.2f}-{f['mean_ci_high']:.2f} "
                     f"sessions {f['mean_session_ci_low']:.2f}-{f['mean_session_ci_high']:.2f} | "
                     f"geomean {f['geomean']:.2f} ({f['ci_low']:.2f}-{f['ci_high']:.2f}) | "
-                    f"runs {_rep_ratios(part, case, policy)}")
+                    f"runs {_rep_ratios(part, case, policy)} | "
+                    f"design effect {design_effect(runs, case, policy):.2f}")
     return lines, kept, rebuilt
 
 
