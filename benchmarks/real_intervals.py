@@ -41,7 +41,8 @@ def design_effect(runs: list[dict[str, Any]], case: str, policy: str) -> float:
     """How far a session's cells across repetitions move together: the variance of the mean
     ratio's linearisation (per cell e = policy TCT - R x saga TCT, R the mean ratio) summed
     per session over the same summed per cell. 1 for independent cells; the number of
-    repetitions when a session's excess is the same in each."""
+    repetitions when a session's excess is the same in each; NaN when no cell strays from
+    the ratio."""
     cells: dict[str, dict[tuple[int, str], float]] = {"saga": {}, policy: {}}
     for run in runs:
         if run["case"] == case and run["policy"] in cells:
@@ -53,7 +54,10 @@ def design_effect(runs: list[dict[str, Any]], case: str, policy: str) -> float:
     per_session: dict[str, float] = {}
     for (_, wf), e in residual.items():
         per_session[wf] = per_session.get(wf, 0.0) + e
-    return sum(e * e for e in per_session.values()) / sum(e * e for e in residual.values())
+    cells_spread = sum(e * e for e in residual.values())
+    if cells_spread == 0:  # every cell exactly at the ratio: nothing to correlate
+        return float("nan")
+    return sum(e * e for e in per_session.values()) / cells_spread
 
 
 def report(out: Path) -> tuple[list[str], bool, dict[str, Any]]:

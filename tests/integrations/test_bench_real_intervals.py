@@ -4,6 +4,8 @@ and their recomputation from a recorded runs.jsonl (made-up runs, no engines).""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ from saga.bench.real import RealBench, render_markdown, summarize
 from saga.bench.real_llama import SUMMARY_KEY as LLAMA_KEY
 from saga.bench.real_rebuild import rebuild
 
+ROOT = Path(__file__).resolve().parents[2]
 NEW_KEYS = ("mean_ci_low", "mean_ci_high", "mean_session_ci_low", "mean_session_ci_high",
             "sessions")
 
@@ -133,3 +136,24 @@ def test_llama_cpps_part_is_rebuilt_from_its_own_runs(tmp_path: Path) -> None:
     assert rebuilt["speedup"]["saga/vllm-affinity"]["mean_ci_high"] == 2.0
     # every key but the speedups is the record's, in the record's order
     assert list(rebuilt) == list(old)
+
+
+def test_the_script_prints_both_intervals_and_checks_the_recorded_figures(
+    tmp_path: Path,
+) -> None:
+    fresh = summarize(SPEC, _runs(), {}, quick=False, wall=60.0)
+    old = _record(tmp_path / "rec", fresh, _runs())
+    script = ROOT / "benchmarks" / "real_intervals.py"
+    env = {"PYTHONPATH": str(ROOT / "src")}
+    ok = subprocess.run([sys.executable, str(script), str(tmp_path / "rec")],
+                        capture_output=True, text=True, env=env, check=True).stdout.splitlines()
+    assert ok[0] == "rec vllm-cpu memory (saga 9.83 s, 3 sessions x 2 repetitions)"
+    assert ok[1] == ("    vllm-affinity  2.00x cells 2.00-2.00 sessions 2.00-2.00 | geomean 2.00 "
+                     "(2.00-2.00) | runs 2.00 2.00 | design effect nan")
+    assert ok[2].startswith("  * sglang         1.00x cells 1.00-1.00")
+    assert ok[-1] == "  recorded figures kept: yes"
+    old["speedup"]["saga/sglang"]["geomean"] = 1.5  # a record the runs do not give
+    (tmp_path / "rec" / "summary.json").write_text(json.dumps(old))
+    bad = subprocess.run([sys.executable, str(script), str(tmp_path / "rec")],
+                         capture_output=True, text=True, env=env, check=True).stdout
+    assert bad.splitlines()[-1] == "  recorded figures kept: NO"
