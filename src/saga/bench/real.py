@@ -856,12 +856,12 @@ def _mean_intervals(f: dict[str, Any]) -> str:
             f"over the {f['sessions']} sessions; paired ")
 
 
-def _ratio_note(speedups: dict[str, Any]) -> str:
+def _ratio_note(figures: dict[str, Any]) -> str:
     """Under a case's table: what /saga is and its intervals (docs/engines.md, "The
     interval of the mean-TCT ratio"); empty without them."""
     parts = [f"{name.split('/', 1)[1]} {f['mean_ci_low']:.2f}-{f['mean_ci_high']:.2f} / "
              f"{f['mean_session_ci_low']:.2f}-{f['mean_session_ci_high']:.2f}"
-             for name, f in speedups.items() if "mean_ci_low" in f]
+             for name, f in figures.items() if "mean_ci_low" in f]
     if not parts:
         return ""
     return ("/saga: the policy's mean TCT over saga's; its 95 % bootstrap interval over "
