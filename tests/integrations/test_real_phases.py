@@ -45,6 +45,17 @@ def test_a_run_splits_each_call_into_its_phases() -> None:
     assert math.isnan(llmd.prefill) and (llmd.retain_steps, llmd.retain_step) == (0, 0.0)
 
 
+def test_a_workflows_first_calls_and_its_later_ones_apart() -> None:
+    (first,) = phases([RUN], calls="first")
+    (later,) = phases([RUN], calls="later")
+    assert (first.calls, first.door, first.queue, first.upstream) == (2, 1.0, 1.0, 2.0)
+    # a's first call alone was timed: upstream 1.5, prefill 1.0, decode 0.25
+    assert (first.prefill, first.decode, first.engine_wait) == (1.0, 0.25, 0.25)
+    assert (later.calls, later.retain_wait, later.prepare, later.upstream) == (1, 0.4, 0.2, 1.0)
+    assert (later.prefill, later.decode, later.engine_wait) == (0.5, 0.25, 0.25)
+    assert (later.retain_steps, first.retain_steps) == (2, 2)
+
+
 def test_runs_without_phases_are_skipped() -> None:
     assert phases([{k: v for k, v in RUN.items() if k != "phases"}]) == []
 
@@ -59,3 +70,9 @@ def test_the_script_prints_the_table_or_a_usage_line(tmp_path: Path) -> None:
     ok = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True,
                         text=True, env=env, check=True)
     assert ok.stdout.splitlines()[2].startswith("| saga | 3 | 0.667 |")
+    later = subprocess.run([sys.executable, str(script), str(tmp_path), "memory", "later"],
+                           capture_output=True, text=True, env=env, check=True)
+    assert later.stdout.splitlines()[2].startswith("| saga | 1 | 0.000 | 0.400 |")
+    odd = subprocess.run([sys.executable, str(script), str(tmp_path), "memory", "second"],
+                         capture_output=True, text=True, env=env, check=False)
+    assert odd.returncode == 2

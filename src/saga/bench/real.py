@@ -583,10 +583,9 @@ def summarize(
     ``calibration``: the probes' record (saga.bench.probe), apart from every figure of
     the runs; ``clusters``: the preset the simulator ran each repetition on."""
     from saga.bench.real_ranking import separated_pairs
-    from saga.metrics.summary import speedup
 
     cases: dict[str, dict[str, Any]] = {}
-    paired: dict[str, dict[str, dict[str, float]]] = {}
+    paired = paired_tcts(runs)
     for run in runs:
         case, policy = run["case"], run["policy"]
         entry = cases.setdefault(case, {}).setdefault(policy, {
@@ -615,9 +614,6 @@ def summarize(
             entry["lookups"] += n
             entry["estimate_blocks"] += est
             entry["event_blocks"] += kept
-        bucket = paired.setdefault(case, {}).setdefault(policy, {})
-        for wf, t in run["tct"].items():
-            bucket[f"{run['repetition']}:{wf}"] = t
     for per_policy in cases.values():
         for entry in per_policy.values():
             entry["mean_tct"] = _mean([r["mean_tct"] for r in entry["runs"]])
@@ -629,18 +625,7 @@ def summarize(
         "wall_seconds": wall,
         "load_average": _load_stats(runs),
     }
-    for case, key in (("memory", "speedup"), ("light", "speedup_light")):
-        base = paired.get(case, {}).get("saga")
-        if base is None:
-            continue
-        summary[key] = {}
-        for policy, tcts in paired[case].items():
-            if policy == "saga":
-                continue
-            figures = speedup(tcts, base)
-            figures["mean_tct_ratio"] = cases[case][policy]["mean_tct"] / cases[case]["saga"][
-                "mean_tct"]
-            summary[key][f"saga/{policy}"] = figures
+    summary |= speedups(runs)
     if sim:
         summary["sim_mean_tct"] = sim
         for case, key in (("memory", "sim_error"), ("light", "sim_error_light")):
@@ -657,6 +642,61 @@ def summarize(
     if calibration is not None:
         summary["calibration"] = calibration
     return summary
+
+
+def paired_tcts(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per case and policy, the TCT of each (repetition, session) cell, keyed
+    "repetition:session": the cells the speedups pair."""
+    paired: dict[str, dict[str, dict[str, float]]] = {}
+    for run in runs:
+        bucket = paired.setdefault(run["case"], {}).setdefault(run["policy"], {})
+        for wf, t in run["tct"].items():
+            bucket[f"{run['repetition']}:{wf}"] = t
+    return paired
+
+
+def speedups(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """``speedup`` (memory case) and ``speedup_light``: per ``saga/POLICY``, saga's paired
+    geomean over the policy (saga.metrics.summary.speedup), ``mean_tct_ratio`` (the
+    policy's mean TCT over saga's, each the mean of its runs' means) and that ratio's
+    intervals (:func:`mean_tct_intervals`), from one engine's runs alone: what
+    saga.bench.real_rebuild recomputes from a recorded runs.jsonl."""
+    from saga.metrics.summary import speedup
+
+    paired = paired_tcts(runs)
+    run_means: dict[tuple[str, str], list[float]] = {}
+    for run in runs:
+        run_means.setdefault((run["case"], run["policy"]), []).append(
+            _mean(list(run["tct"].values())))
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for case, key in (("memory", "speedup"), ("light", "speedup_light")):
+        base = paired.get(case, {}).get("saga")
+        if base is None:
+            continue
+        out[key] = {}
+        for policy, tcts in paired[case].items():
+            if policy == "saga":
+                continue
+            figures = speedup(tcts, base)
+            figures["mean_tct_ratio"] = _mean(run_means[case, policy]) / _mean(
+                run_means[case, "saga"])
+            figures |= mean_tct_intervals(tcts, base)
+            out[key][f"saga/{policy}"] = figures
+    return out
+
+
+def mean_tct_intervals(base: dict[str, float], saga: dict[str, float]) -> dict[str, float]:
+    """The 95 % intervals of the headline ``mean_tct_ratio`` (saga.metrics.mean_ratio, the
+    same resample count and seed as the geomean's): ``mean_ci_*`` over the (repetition,
+    session) cells, ``mean_session_ci_*`` over the ``sessions``, each session's cells of every
+    repetition drawn together (docs/engines.md, "The interval of the mean-TCT ratio")."""
+    from saga.metrics.mean_ratio import mean_ratio_interval
+
+    # the cells' keys are "repetition:session" (summarize)
+    r = mean_ratio_interval(base, saga, block=lambda key: key.split(":", 1)[1])
+    return {"mean_ci_low": r["mean_ci_low"], "mean_ci_high": r["mean_ci_high"],
+            "mean_session_ci_low": r["mean_block_ci_low"],
+            "mean_session_ci_high": r["mean_block_ci_high"], "sessions": int(r["blocks"])}
 
 
 def ranking(real: dict[str, float], sim: dict[str, float]) -> dict[str, Any]:
@@ -732,6 +772,10 @@ def _tables(summary: dict[str, Any]) -> list[str]:
                 f"{r.get('release', 0)}/{r.get('drop', 0)} | "
                 f"{'-' if math.isnan(sim) else f'{sim:.2f}'} |")
         lines.append("")
+        note = _ratio_note(summary.get({"memory": "speedup", "light": "speedup_light"}.get(
+            case, ""), {}))
+        if note:
+            lines += [note, ""]
         slots = [f"{p} {e['slot_actions'].get('save', 0)}/{e['slot_actions'].get('restore', 0)}"
                  f"/{e['slot_actions'].get('erase', 0)}"
                  for p, e in rows.items() if "slot_actions" in e]
@@ -748,7 +792,8 @@ def _tables(summary: dict[str, Any]) -> list[str]:
     for key, label in (("speedup", "memory-bound"), ("speedup_light", "light")):
         if key in summary:
             parts = [f"{name.split('/', 1)[1]} {f['mean_tct_ratio']:.2f}x mean TCT "
-                     f"(geomean {f['geomean']:.2f}, 95 % CI {f['ci_low']:.2f}-{f['ci_high']:.2f})"
+                     f"({_mean_intervals(f)}geomean {f['geomean']:.2f}, 95 % CI "
+                     f"{f['ci_low']:.2f}-{f['ci_high']:.2f})"
                      for name, f in summary[key].items()]
             lines.append(f"SAGA's speedup, {label}: " + "; ".join(parts) + ".")
     if "sim_error" in summary:
@@ -799,6 +844,29 @@ def _tables(summary: dict[str, Any]) -> list[str]:
             f"blocks cached, the engines' events {saga['event_blocks']} "
             f"({1 - saga['event_blocks'] / max(saga['estimate_blocks'], 1):.0%} fewer).")
     return lines
+
+
+def _mean_intervals(f: dict[str, Any]) -> str:
+    """The mean-TCT ratio's two 95 % intervals, as the speedup lines open with them; empty
+    for a summary written before they were (its geomean alone)."""
+    if "mean_ci_low" not in f:
+        return ""
+    return (f"95 % CI {f['mean_ci_low']:.2f}-{f['mean_ci_high']:.2f} over (repetition, "
+            f"session) cells, {f['mean_session_ci_low']:.2f}-{f['mean_session_ci_high']:.2f} "
+            f"over the {f['sessions']} sessions; paired ")
+
+
+def _ratio_note(figures: dict[str, Any]) -> str:
+    """Under a case's table: what /saga is and its intervals (docs/engines.md, "The
+    interval of the mean-TCT ratio"); empty without them."""
+    parts = [f"{name.split('/', 1)[1]} {f['mean_ci_low']:.2f}-{f['mean_ci_high']:.2f} / "
+             f"{f['mean_session_ci_low']:.2f}-{f['mean_session_ci_high']:.2f}"
+             for name, f in figures.items() if "mean_ci_low" in f]
+    if not parts:
+        return ""
+    return ("/saga: the policy's mean TCT over saga's; its 95 % bootstrap interval over "
+            "(repetition, session) cells / over sessions (each session's repetitions drawn "
+            "together): " + ", ".join(parts) + ".")
 
 
 def _preset_contention() -> float:

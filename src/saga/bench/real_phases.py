@@ -9,14 +9,19 @@ answer was complete), the engine's own prefill and decode seconds when it report
 out (``retain_steps``: on llama.cpp a slot save or erase, which the workflow's next call
 waits for). :func:`phases` gives each policy's mean seconds per call of every phase;
 upstream less the engine's prefill and decode is the rest of upstream: the call waiting in
-the engine's task queue (a slot busy, a slot action or batch before it) and HTTP.
+the engine's task queue (a slot busy, a slot action or batch before it) and HTTP. ``calls``
+keeps each workflow's first calls only (cold for every policy: nothing of the workflow is
+cached yet) or its later ones (where retention and routing can hit).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+
+#: Which of a workflow's calls :func:`phases` averages over.
+CallSelection = Literal["all", "first", "later"]
 
 #: The gateway's phases, in the order of saga.gateway.metrics.CallPhases's fields after
 #: (at, workflow, index, replica).
@@ -41,9 +46,12 @@ class PhaseMeans:
     retain_step: float  # their mean seconds
 
 
-def phases(runs: Iterable[Mapping[str, Any]], case: str = "memory") -> list[PhaseMeans]:
+def phases(
+    runs: Iterable[Mapping[str, Any]], case: str = "memory", calls: CallSelection = "all",
+) -> list[PhaseMeans]:
     """The per-call phase means of each policy's runs of ``case``, in the order policies
-    first appear (runs without phases are skipped)."""
+    first appear (runs without phases are skipped), over ``calls``: every call, each
+    workflow's first or its later ones (the retention steps stay per run)."""
     sums: dict[str, dict[str, float]] = {}
     for run in runs:
         if run.get("case", case) != case or not run.get("phases"):
@@ -55,6 +63,8 @@ def phases(runs: Iterable[Mapping[str, Any]], case: str = "memory") -> list[Phas
         engine = {(t[0], t[1]): (t[2], t[3]) for t in run.get("engine_timings", [])}
         for record in run["phases"]:
             workflow, index = record[1].partition("/")[2] or record[1], record[2]
+            if calls != "all" and (index == 0) != (calls == "first"):
+                continue
             values = dict(zip(GATEWAY_PHASES, record[4:], strict=True))
             s["calls"] += 1
             for name in GATEWAY_PHASES:
