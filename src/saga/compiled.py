@@ -34,6 +34,9 @@ from types import ModuleType
 # Not the policies (Python classes users subclass) and not the pydantic models (presets,
 # cost model parameters), which mypyc does not compile.
 COMPILED_MODULES: tuple[str, ...] = (
+    "saga.engine.costmodel",
+    "saga.engine.driver",
+    "saga.engine.events",
     "saga.engine.fold",
     "saga.engine.kvcache",
     "saga.engine.mixed_fold",
@@ -115,7 +118,7 @@ class _SourceFinder(importlib.abc.MetaPathFinder):
 
 def guard() -> None:
     """Import the compiled modules from source unless a fresh build is present (see the
-    module's docstring). Idempotent; cheap (hashes seven files when a build exists)."""
+    module's docstring). Idempotent; cheap (hashes ten files when a build exists)."""
     if any(isinstance(finder, _SourceFinder) for finder in sys.meta_path):
         return
     if not any(_extension_present(m) for m in COMPILED_MODULES):

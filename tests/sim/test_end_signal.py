@@ -10,7 +10,7 @@ from saga.gateway.config import GatewayConfig
 from saga.sched.policy import CallInfo, Policy, WorkflowInfo
 from saga.sched.registry import build_policy, list_policies
 from saga.sched.vllm import VLLMRoundRobin
-from saga.sim.simulator import Simulation
+from saga.sim.simulator import SimResult, Simulation
 
 BT = 64
 
@@ -42,17 +42,15 @@ def chain(end_signal: EndSignal, gap: float = 5.0) -> Workflow:
     return Workflow("w", "t", "a", 0.0, calls, end_signal=end_signal)
 
 
-def run(policy: Policy, workflows: list[Workflow], timeout: float | None = None) -> Simulation:
-    sim = Simulation(get_cluster("test-2"), policy, workflows, end_idle_timeout=timeout)
-    sim.result = sim.run()  # type: ignore[attr-defined]
-    return sim
+def run(policy: Policy, workflows: list[Workflow], timeout: float | None = None) -> SimResult:
+    return Simulation(get_cluster("test-2"), policy, workflows, end_idle_timeout=timeout).run()
 
 
 def test_explicit_end_marks_the_last_call_and_ends_at_its_finish() -> None:
     rec = Recorder()
-    sim = run(rec, [chain("explicit")])
+    result = run(rec, [chain("explicit")])
     assert rec.ready == [("c0", False), ("c1", True)]
-    finish = sim.result.workflows[0].finished_at  # type: ignore[attr-defined]
+    finish = result.workflows[0].finished_at
     assert rec.ended == {"w": finish} and finish == rec.finished_calls["c1"]
 
 
@@ -61,10 +59,10 @@ def test_idle_end_is_seen_after_the_timeout_since_the_last_call_was_issued() -> 
     rec = Recorder()
     tail = Workflow("z", "t", "a", 100.0, (Call("c0", Prompt(BT, (), ((0, 1),)), 1),),
                     end_signal="explicit")  # keeps the run going past the timeout
-    sim = run(rec, [chain("idle"), tail], timeout=30.0)
+    result = run(rec, [chain("idle"), tail], timeout=30.0)
     assert ("c1", True) not in rec.ready  # no call carries the marker
-    w = next(r for r in sim.result.workflows if r.workflow == "w")  # type: ignore[attr-defined]
-    issued = next(c.ready_at for c in sim.result.calls  # type: ignore[attr-defined]
+    w = next(r for r in result.workflows if r.workflow == "w")
+    issued = next(c.ready_at for c in result.calls
                   if c.workflow == "w" and c.call_id == "c1")
     assert w.finished_at < issued + 30.0
     assert rec.ended["w"] == pytest.approx(issued + 30.0)
@@ -75,15 +73,15 @@ def test_idle_end_after_a_call_longer_than_the_timeout_comes_at_its_finish() -> 
     rec = Recorder()
     tail = Workflow("z", "t", "a", 500.0, (Call("c0", Prompt(BT, (), ((0, 1),)), 1),),
                     end_signal="explicit")
-    sim = run(rec, [chain("idle"), tail], timeout=1e-3)
-    w = next(r for r in sim.result.workflows if r.workflow == "w")  # type: ignore[attr-defined]
+    result = run(rec, [chain("idle"), tail], timeout=1e-3)
+    w = next(r for r in result.workflows if r.workflow == "w")
     assert rec.ended["w"] == w.finished_at
 
 
 def test_an_idle_end_never_prolongs_the_run() -> None:
-    explicit = run(Recorder(), [chain("explicit")]).result  # type: ignore[attr-defined]
+    explicit = run(Recorder(), [chain("explicit")])
     rec = Recorder()
-    idle = run(rec, [chain("idle")], timeout=600.0).result  # type: ignore[attr-defined]
+    idle = run(rec, [chain("idle")], timeout=600.0)
     assert idle.end == explicit.end
     assert rec.ended == {}  # nothing else happened after the finish: never seen
 
@@ -102,8 +100,8 @@ def test_every_policy_learns_an_idle_end_at_the_same_time(policy: str) -> None:
     chosen.on_workflow_finished = spy  # type: ignore[method-assign]
     tail = Workflow("z", "t", "a", 200.0, (Call("c0", Prompt(BT, (), ((0, 1),)), 1),),
                     end_signal="explicit")
-    sim = run(chosen, [chain("idle", gap=1.0), tail], timeout=50.0)
-    issued = next(c.ready_at for c in sim.result.calls  # type: ignore[attr-defined]
+    result = run(chosen, [chain("idle", gap=1.0), tail], timeout=50.0)
+    issued = next(c.ready_at for c in result.calls
                   if c.workflow == "w" and c.call_id == "c1")
     assert seen == [pytest.approx(issued + 50.0)]
 

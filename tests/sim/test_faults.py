@@ -10,7 +10,7 @@ from saga.engine.cluster import get_cluster
 from saga.engine.replica import Request
 from saga.sched.registry import build_policy, list_policies
 from saga.sim.faults import Fault, check_faults
-from saga.sim.simulator import Simulation
+from saga.sim.simulator import SimResult, Simulation
 
 BT = 64
 
@@ -36,18 +36,16 @@ FAULTS = [Fault(replica=0, at=2.0, duration=3.0), Fault(replica=1, at=3.0, durat
           Fault(replica=2, at=9.0, duration=1.0)]
 
 
-def _simulate(policy: str, faults: list[Fault]) -> Simulation:
+def _simulate(policy: str, faults: list[Fault]) -> tuple[Simulation, SimResult]:
     cluster = get_cluster("test-2").model_copy(update={"replicas": 3})
     sim = Simulation(cluster, build_policy(policy), _workflows(), seed=3, faults=faults)
-    sim.result = sim.run()  # type: ignore[attr-defined]
-    return sim
+    return sim, sim.run()
 
 
 @pytest.mark.parametrize("policy", list_policies())
 def test_every_policy_completes_every_workflow_under_faults(policy: str) -> None:
     wfs = _workflows()
-    sim = _simulate(policy, FAULTS)
-    result = sim.result  # type: ignore[attr-defined]
+    sim, result = _simulate(policy, FAULTS)
     done = [w for w in result.workflows if not w.rejected]
     assert len(result.workflows) == len(wfs)
     assert all(w.finished_at >= w.arrival for w in done)
@@ -67,8 +65,8 @@ def test_every_policy_completes_every_workflow_under_faults(policy: str) -> None
 
 
 def test_faults_move_work_and_cost_recompute() -> None:
-    calm = _simulate("vllm-least-loaded", []).result  # type: ignore[attr-defined]
-    hit = _simulate("vllm-least-loaded", FAULTS).result  # type: ignore[attr-defined]
+    calm = _simulate("vllm-least-loaded", [])[1]
+    hit = _simulate("vllm-least-loaded", FAULTS)[1]
     assert sum(c.recomputed_tokens for c in hit.calls) > sum(
         c.recomputed_tokens for c in calm.calls)
     # nothing is served by a replica while it is down
@@ -77,7 +75,7 @@ def test_faults_move_work_and_cost_recompute() -> None:
             if call.replica == f.replica:
                 assert not f.at < call.finished_at < f.until, (call, f)
     # same seed, same faults: same result
-    again = _simulate("vllm-least-loaded", FAULTS).result  # type: ignore[attr-defined]
+    again = _simulate("vllm-least-loaded", FAULTS)[1]
     assert [(c.call_id, c.finished_at) for c in again.calls] == [
         (c.call_id, c.finished_at) for c in hit.calls]
 

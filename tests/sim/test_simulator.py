@@ -16,7 +16,7 @@ from saga.engine.replica import Replica, Request
 from saga.sched.registry import build_policy
 from saga.sim.faults import Fault
 from saga.sim.run import run_policy, write_outputs
-from saga.sim.simulator import Simulation
+from saga.sim.simulator import SimResult, Simulation
 
 BT = 64
 VLLM = ["vllm-rr", "vllm-affinity", "vllm-least-loaded"]
@@ -67,19 +67,19 @@ def workflows(draw: st.DrawFn) -> list[Workflow]:
     return out
 
 
-def simulate(policy: str, wfs: list[Workflow], decode_runs: bool = True) -> Simulation:
+def simulate(
+    policy: str, wfs: list[Workflow], decode_runs: bool = True,
+) -> tuple[Simulation, SimResult]:
     sim = Simulation(get_cluster("test-2"), build_policy(policy), wfs, seed=1)
     for replica in sim.replicas:
         replica.decode_runs = decode_runs
-    sim.result = sim.run()  # type: ignore[attr-defined]
-    return sim
+    return sim, sim.run()
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(workflows(), st.sampled_from(VLLM))
 def test_every_workflow_completes_and_nothing_leaks(wfs: list[Workflow], policy: str) -> None:
-    sim = simulate(policy, wfs)
-    result = sim.result  # type: ignore[attr-defined]
+    sim, result = simulate(policy, wfs)
     assert all(w.finished_at >= w.arrival for w in result.workflows)
     assert len(result.workflows) == len(wfs)
     # tokens are conserved: every call produced exactly its output
@@ -97,8 +97,8 @@ def test_every_workflow_completes_and_nothing_leaks(wfs: list[Workflow], policy:
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(workflows())
 def test_decode_runs_give_the_same_result_as_single_steps(wfs: list[Workflow]) -> None:
-    runs = simulate("vllm-affinity", wfs, decode_runs=True).result  # type: ignore[attr-defined]
-    steps = simulate("vllm-affinity", wfs, decode_runs=False).result  # type: ignore[attr-defined]
+    runs = simulate("vllm-affinity", wfs, decode_runs=True)[1]
+    steps = simulate("vllm-affinity", wfs, decode_runs=False)[1]
     a = sorted((c.workflow, c.call_id, c.cached_tokens, c.finished_at, c.first_token_at)
                for c in runs.calls)
     b = sorted((c.workflow, c.call_id, c.cached_tokens, c.finished_at, c.first_token_at)

@@ -14,11 +14,15 @@ streams tokens and cuts long decode runs for streaming clients).
 
 from __future__ import annotations
 
+from mypy_extensions import mypyc_attr
+
 from saga.engine.events import EventLoop
 from saga.engine.kvcache import Run
 from saga.engine.replica import Pin, Replica, Request
 
 
+# Compiled (saga.compiled); the emulator and tests subclass it in Python.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ReplicaDriver:
     """Steps ``count`` replicas (the runtime's ``replicas``, indexed as they are) on
     ``loop``."""

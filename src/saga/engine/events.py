@@ -14,9 +14,13 @@ import heapq
 from collections.abc import Callable
 from typing import Any
 
+from mypy_extensions import mypyc_attr
+
 Callback = Callable[[Any], None]
 
 
+# Compiled (saga.compiled); the emulator's real-time loop subclasses it in Python.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class EventLoop:
     """Simulated clock and event heap. ``now`` is the time of the event being run."""
 
