@@ -1,7 +1,7 @@
 """Compile the simulator's engine model with mypyc (run by scripts/setup.sh).
 
 Builds the modules of ``saga.compiled.COMPILED_MODULES`` into C extensions beside their
-sources in src/ (and mypyc's shared library ``saga_compiled__mypyc*.so`` in src/), then
+sources in src/ (and mypyc's shared library ``src/saga/_compiled_lib__mypyc*.so``), then
 writes src/saga/_compiled.json with each source's SHA-256, which ``saga.compiled.guard``
 checks at import: an edited source makes Python run every module from source again until
 the next build. The same source compiled takes the same decisions, about 1.6x faster
@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
-GROUP = "saga_compiled"
+GROUP = "saga._compiled_lib"
 sys.path.insert(0, str(SRC))
 os.environ["SAGA_PURE_PYTHON"] = "1"  # this process hashes the sources, never runs a build
 
@@ -44,9 +44,16 @@ def _extensions(module: str) -> list[Path]:
     ]
 
 
+def _group_library() -> list[Path]:
+    """mypyc's shared library for the compiled modules, inside the package (so that a folder
+    holding only the package, as the engines' PYTHONPATH does, carries it)."""
+    package, name = GROUP.rsplit(".", 1)
+    return sorted(SRC.joinpath(*package.split(".")).glob(f"{name}__mypyc*"))
+
+
 def clean(modules: tuple[str, ...], manifest: Path) -> int:
     removed = [path for module in modules for path in _extensions(module)]
-    removed += sorted(SRC.glob(f"{GROUP}__mypyc*"))
+    removed += _group_library()
     for path in removed:
         path.unlink()
     manifest.unlink(missing_ok=True)
@@ -70,18 +77,18 @@ def build(modules: tuple[str, ...], manifest: Path) -> int:
             setup(
                 name="saga-compiled", ext_modules=extensions,
                 script_args=["--quiet", "build_ext", "--inplace", "--build-temp",
-                             f"{scratch}/o"],
+                             f"{scratch}/o", "--build-lib", f"{scratch}/lib"],
             )
     finally:
         os.chdir(cwd)
-    group = sorted(SRC.glob(f"{GROUP}__mypyc*"))
+    group = _group_library()
     missing = [module for module in modules if not _extensions(module)]
     if missing or not group:
         print(f"build_compiled: the build left no extension for {missing or 'the group'}",
               file=sys.stderr)
         return 1
     manifest.write_text(json.dumps({
-        "group": group[0].name,
+        "group": group[0].relative_to(SRC).as_posix(),
         "python": sys.version.split()[0],
         "modules": {module: compiled.source_digest(module) for module in modules},
     }, indent=1, sort_keys=True) + "\n")

@@ -112,3 +112,12 @@ def test_a_missing_shared_library_runs_the_sources(tmp_path: Path) -> None:
     (copy / manifest["group"]).unlink()
     probe = "import saga.compiled as c; print(c.state(), c.running_compiled())"
     assert _python(probe, pure=False, path=copy).stdout.split() == ["stale", "False"]
+
+
+@needs_build
+def test_a_folder_holding_only_the_package_runs_the_build(tmp_path: Path) -> None:
+    """vLLM's process sees SAGA through a folder with a link to the package alone
+    (saga.integrations.engines.saga_pythonpath): mypyc's shared library must be inside it."""
+    (tmp_path / "saga").symlink_to(SRC / "saga", target_is_directory=True)
+    probe = "import saga.compiled as c; print(c.state(), c.running_compiled())"
+    assert _python(probe, pure=False, path=tmp_path).stdout.split() == ["compiled", "True"]

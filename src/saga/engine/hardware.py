@@ -146,7 +146,7 @@ GPUS: dict[str, GPU] = {
         # end), so the peak is one core's fp32 FMA rate, 2 x 512-bit FMA per cycle = 64
         # FLOP/cycle at 2.6 GHz (the tiny model runs in float32).
         # ~20 GB/s is a nominal share of DDR4 bandwidth for one VM; the achieved fraction
-        # is fitted in costmodel.py. "HBM" is the memory vLLM-CPU may use for weights and
+        # is fitted in efficiency.py. "HBM" is the memory vLLM-CPU may use for weights and
         # KV (VLLM_CPU_KVCACHE_SPACE). No interconnect.
         GPU("cpu-tiny", 1 * 2.6e9 * 64, 20e9, 8 * GIB, 0.0),
     )
