@@ -33,7 +33,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from saga.bench.capacity import capacity_on
-from saga.compiled import running_compiled, state
+from saga.compiled import describe
 from saga.core.workflow import Workflow
 from saga.engine.cluster import ClusterSpec, get_cluster
 from saga.metrics.stationarity import arrival_slices, drifting, met_level
@@ -184,8 +184,7 @@ def main() -> None:
     print(f"cluster {cluster.name} x{cluster.replicas} replicas ({cluster.gpus} GPUs), "
           f"policy {args.policy}, rate {rate:g}/s: {len(workflows)} workflows, "
           f"{calls} calls, {simulated:,.0f} simulated seconds")
-    print(f"workload built in {built:.1f} s; engine model: "
-          f"{'compiled (mypyc)' if running_compiled() else 'Python sources'} ({state()})")
+    print(f"workload built in {built:.1f} s; engine model: {describe()}")
     print(f"simulation wall time: {wall:.1f} s, CPU time {cpu:.1f} s  ({events:,} events, "
           f"{events / wall:,.0f} events/s, {events / max(simulated, 1e-9):,.1f} events per "
           "simulated second)")

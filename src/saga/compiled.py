@@ -99,6 +99,14 @@ def state() -> str:
     return "stale" if stale_modules() else "compiled"
 
 
+def describe() -> str:
+    """The engine model this process runs, for the benchmarks' lines: ``"compiled
+    (mypyc)"``, ``"Python sources"`` or ``"Python sources (stale build)"``."""
+    if running_compiled():
+        return "compiled (mypyc)"
+    return "Python sources (stale build)" if state() == "stale" else "Python sources"
+
+
 def running_compiled() -> bool:
     """Whether the engine model imported in this process is the compiled one."""
     module = importlib.import_module("saga.engine.replica")

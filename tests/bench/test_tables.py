@@ -20,6 +20,7 @@ from saga.bench.report import (
 )
 from saga.bench.runner import BenchResult, CaseResult
 from saga.bench.scenario import load_scenario
+from saga.compiled import describe
 
 
 def metrics(slo: float | None, tenants: dict[str, float], wf_per_s: float = 2.5,
@@ -166,7 +167,7 @@ def test_the_report_header_describes_the_run_not_the_full_scenario() -> None:
         "closed-loop sweep).",
         "Arrival rate (workflows/s): coding@70% 0.00899.",
         f"1 case (coding@70%), seed 0; {len(spec.policies)} policies: "
-        f"{', '.join(spec.policies)}; 17 s of wall time.",
+        f"{', '.join(spec.policies)}; 17 s of wall time (engine model: {describe()}).",
     ]
     assert spec.policies[:3] == ["saga", "vllm-affinity", "vllm-least-loaded"]
     page = render_html(result, {"cases": [], "speedup": {}})

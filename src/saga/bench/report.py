@@ -19,6 +19,7 @@ from rich.table import Table
 from saga.bench.capacity import CapacityCase
 from saga.bench.runner import BenchResult, CaseResult, pooled_speedups
 from saga.bench.scenario import Scenario
+from saga.compiled import describe
 
 # (summary key, column title with its unit, format): "pct" a share as a percentage,
 # "rate" completed workflows per second or per hour, whichever shows the digits
@@ -100,6 +101,7 @@ def summary_dict(result: BenchResult) -> dict[str, Any]:
             # summary.json is written with sorted keys: this keeps the scenario's order
             "policy_order": list(scenario.policies),
             "wall_seconds": result.wall_seconds,
+            "engine_model": describe(),  # like the wall time: how it ran, not what it decided
             "primary_case": primary.name if primary else None,
             "policies": {n: r.summary for n, r in primary.runs.items()} if primary else {},
             "speedup": pooled_speedups(result),
@@ -727,7 +729,7 @@ def run_description(result: BenchResult) -> list[str]:
     lines.append(
         f"{cases}{seed if cases else seed.capitalize()}; "
         f"{len(spec.policies)} policies: {', '.join(spec.policies)}; "
-        f"{result.wall_seconds:.0f} s of wall time."
+        f"{result.wall_seconds:.0f} s of wall time (engine model: {describe()})."
     )
     return lines
 
