@@ -169,8 +169,29 @@ def render(rows: list[sc.Outcome], quick: bool) -> str:
               "* **simulator**: `saga.sim.faults.Fault` outages; a dead replica's calls "
               "go back to the policy's `place` and are recomputed; no KV block or call "
               "is left behind.",
+              "",
+              "## Slow machines: how the end-to-end tests wait",
+              "",
+              SLOW_MACHINES,
               ""]
     return "\n".join(lines)
+
+
+#: How the tests that start real processes wait (kept with the rows' meanings above).
+SLOW_MACHINES = (
+    'The end-to-end tests (these scenarios, tests/gateway, tests/ray_serve) run on a '
+    '2-core machine shared at load 20-30, where starting a Python process takes seconds '
+    'of wall time per CPU second. Nothing waits a fixed time: a started process is polled '
+    'until it answers, up to 180 s (`saga_procs.START_DEADLINE`), and a process that '
+    "exits fails the wait at once; Ray Serve's proxy is waited for as `saga ray` waits "
+    "for it (`saga.integrations.ray.serve_ready`: Serve's fixed 60 s and its 5 s proxy "
+    "ready check replaced by polling Serve's status and the proxy's routes, up to 600 s); "
+    'a call that must still run while others are checked streams and is held open (its '
+    'headers say it was placed), rather than timed to last long enough; and what is '
+    "compared with the simulator is read on the emulator's model clock (`/saga/calls`), "
+    "which a busy machine does not stretch, not the client's wall clock, which it does "
+    '(17-187 % at nice 15 against two busy loops).'
+)
 
 
 if __name__ == "__main__":

@@ -137,6 +137,52 @@ def test_single_call_latency_matches_the_simulator() -> None:
     _with_client(10.0, body)
 
 
+def test_recent_calls_are_timed_on_the_model_clock() -> None:
+    """``/saga/calls`` lists each answered call with its model-clock arrival and end:
+    their difference is the latency the response's header reported."""
+
+    async def body(client: TestClient[Any, Any], emulator: Emulator) -> None:
+        latencies = []
+        for workflow, tokens in (("w1", 8), ("w2", 12)):
+            response = await client.post(
+                "/v1/completions", headers={"x-saga-workflow": workflow},
+                json={"model": "m", "prompt": "p " * 200, "max_tokens": tokens})
+            assert response.status == 200
+            latencies.append(float(response.headers["x-saga-model-latency"]))
+        calls = (await (await client.get("/saga/calls")).json())["calls"]
+        assert [(c["workflow"], c["output_tokens"]) for c in calls] == [("w1", 8), ("w2", 12)]
+        assert [round(c["finished"] - c["arrived"], 6) for c in calls] == latencies
+        assert calls[0]["finished"] <= calls[1]["arrived"]
+        # the same 100-token prompt: w2 finds w1's one full block (64 tokens) cached
+        assert [c["cached_tokens"] for c in calls] == [0, 64]
+
+    _with_client(20.0, body)
+
+
+def test_recent_calls_keep_only_the_last_ones() -> None:
+    async def body(client: TestClient[Any, Any], emulator: Emulator) -> None:
+        for i in range(5):
+            response = await client.post(
+                "/v1/completions", headers={"x-saga-workflow": f"w{i}"},
+                json={"model": "m", "prompt": "p", "max_tokens": 1})
+            assert response.status == 200
+        calls = (await (await client.get("/saga/calls")).json())["calls"]
+        assert [c["workflow"] for c in calls] == ["w2", "w3", "w4"]
+
+    async def main() -> None:
+        emulator = Emulator(get_cluster("test-2"), 1, time_scale=50.0, recent_calls=3)
+        clock = asyncio.create_task(emulator.loop.run_realtime())
+        client = TestClient(TestServer(build_app(emulator, 0)))
+        await client.start_server()
+        try:
+            await body(client, emulator)
+        finally:
+            await client.close()
+            clock.cancel()
+
+    asyncio.run(main())
+
+
 def test_cli_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
     from saga.emulator.cli import main
 

@@ -92,13 +92,15 @@ def test_the_emulator_kv_control_api_needs_its_admin_key() -> None:
                         out.append(r.status)
                     async with http.get(url + "/saga/state", headers=headers) as r:
                         out.append(r.status)
+                    async with http.get(url + "/saga/calls", headers=headers) as r:
+                        out.append(r.status)
                 async with http.get(url + "/health") as r:
                     out.append(r.status)
         finally:
             await runner.cleanup()
         return out
 
-    assert asyncio.run(main()) == [401, 401, 401, 401, 200, 200, 200]
+    assert asyncio.run(main()) == [401, 401, 401, 401, 401, 401, 200, 200, 200, 200]
 
 
 def test_the_emulator_refuses_an_open_kv_api_on_the_network() -> None:

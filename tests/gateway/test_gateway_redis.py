@@ -11,13 +11,17 @@ import pytest
 from saga_procs import emulator, gateway, metric_value, metrics, redis_server
 
 pytestmark = [
-    pytest.mark.timeout(120),
+    # generous: five processes start at the beginning, minutes at load 20-30 (a hang
+    # still fails here; a process that dies fails at once in saga_procs)
+    pytest.mark.timeout(600),
     pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server"),
 ]
 
 
 def test_two_gateways_share_sessions_and_accounts(tmp_path: Path) -> None:
-    with redis_server() as redis_url, emulator(replicas=2, time_scale=20.0) as urls:
+    # real time (scale 1): the long call's 4000 tokens keep replica 0 busy for ~29 s,
+    # while the three short calls it must outlast take milliseconds (seconds when loaded)
+    with redis_server() as redis_url, emulator(replicas=2, time_scale=1.0) as urls:
         config = {
             "policy": "vllm-least-loaded",
             "cluster": "test-2",
@@ -48,15 +52,20 @@ async def _scenario(one: str, two: str) -> None:
         return raw.headers["x-saga-backend"]
 
     # A long call through gateway two occupies replica 0 (least loaded, lowest index).
-    long = asyncio.create_task(call(c2, "long", 2000))
-    await asyncio.sleep(0.2)
-    # Gateway one is idle: the workflow's first call goes to replica 0 as well.
-    home = await call(c1, "shared", 4)
-    assert home == "0"
-    # Through gateway two, least-loaded alone would pick replica 1 ...
-    assert await call(c2, "fresh", 4) == "1"
-    # ... but the workflow's home, shared through Redis, keeps it on replica 0.
-    assert await call(c2, "shared", 4) == home
-    assert await long == "0"
+    # It streams, so its headers say once gateway two has placed it (a fixed sleep here
+    # lost that race on a loaded machine); it is held open through the checks below and
+    # closed after them (the gateway then cancels it on the emulator).
+    async with c2.completions.with_streaming_response.create(
+        model="m", prompt="long " * 80, max_tokens=4000, stream=True,
+        extra_headers={"x-saga-workflow": "long"},
+    ) as long:
+        assert long.headers["x-saga-backend"] == "0"
+        # Gateway one is idle: the workflow's first call goes to replica 0 as well.
+        home = await call(c1, "shared", 4)
+        assert home == "0"
+        # Through gateway two, least-loaded alone would pick replica 1 ...
+        assert await call(c2, "fresh", 4) == "1"
+        # ... but the workflow's home, shared through Redis, keeps it on replica 0.
+        assert await call(c2, "shared", 4) == home
     await c1.close()
     await c2.close()

@@ -1,11 +1,23 @@
 """The same small workload through gateway + emulators and through the simulator:
-the mean task completion time agrees within 10 % (each workflow's within 15 %, a
-margin for a loaded test machine, where real time runs late)."""
+the mean task completion time agrees within 10 % (each workflow's within 15 %).
+
+The live TCT compared is measured on the emulators' model clock: each call's latency
+as the emulator modelled it (``/saga/calls``: its arrival to its end, in model seconds)
+plus the workflow's gaps. What the gateway decides (which replica, hence which prefix is
+cached and who queues behind whom) is all in those latencies. The wall-clock TCT the
+client sees adds the time HTTP, the gateway and the client's own sleeps take, which
+grows with the machine's load: with the test starved of CPU (nice 15 against two busy
+loops) it ran 17-187 % over the simulator's while the model clock's stayed within 0.1 %
+(each workflow's within 1.2 %). The gateway's own time is
+benchmarks/gateway_overhead.py's business.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+import urllib.request
 from pathlib import Path
 
 import aiohttp
@@ -17,9 +29,11 @@ from saga.engine.cluster import get_cluster
 from saga.sched.registry import build_policy
 from saga.sim.simulator import Simulation
 
-pytestmark = pytest.mark.timeout(120)
+# generous: starting the emulator and the gateway takes minutes at load 20-30 (a hang
+# still fails here; a process that dies fails at once in saga_procs.wait_http)
+pytestmark = pytest.mark.timeout(600)
 
-SCALE = 4.0  # model seconds per wall second (low: less sensitive to a busy machine)
+SCALE = 4.0  # model seconds per wall second
 BLOCK = 64
 
 
@@ -50,7 +64,8 @@ def _block_text(workflow: str, index: int) -> str:
 
 
 async def _replay(url: str, workflows: list[Workflow]) -> dict[str, float]:
-    """Issue each workflow's calls as the simulator would; return model-time TCTs."""
+    """Issue each workflow's calls as the simulator would; return the wall-clock TCTs
+    the client saw, in model seconds."""
     start = time.monotonic() + 0.2
     tcts: dict[str, float] = {}
     async with aiohttp.ClientSession() as session:
@@ -78,6 +93,17 @@ async def _replay(url: str, workflows: list[Workflow]) -> dict[str, float]:
     return tcts
 
 
+def _model_latencies(urls: list[str]) -> dict[str, list[float]]:
+    """Each workflow's call latencies on the emulators' model clock, by workflow id."""
+    latencies: dict[str, list[float]] = {}
+    for url in urls:
+        with urllib.request.urlopen(url + "/saga/calls", timeout=30) as response:
+            for call in json.load(response)["calls"]:
+                latencies.setdefault(call["workflow"], []).append(
+                    call["finished"] - call["arrived"])
+    return latencies
+
+
 def test_gateway_and_simulator_agree(tmp_path: Path) -> None:
     workflows = _workload()
     cluster = get_cluster("test-2")
@@ -87,7 +113,15 @@ def test_gateway_and_simulator_agree(tmp_path: Path) -> None:
         config = {"policy": "vllm-affinity", "cluster": "test-2",
                   "backends": [{"url": u, "kind": "emulator"} for u in urls]}
         with gateway(config, tmp_path) as url:
-            measured = asyncio.run(_replay(url, workflows))
+            wall = asyncio.run(_replay(url, workflows))
+        latencies = _model_latencies(urls)
+    assert sorted(latencies) == sorted(expected)
+    measured = {}
+    for w in workflows:
+        assert len(latencies[w.id]) == len(w.calls), (w.id, latencies[w.id])
+        measured[w.id] = sum(latencies[w.id]) + sum(call.gap for call in w.calls)
+        # the client waited for every modelled second (and more: HTTP, the gateway)
+        assert wall[w.id] >= measured[w.id] - 0.01, (w.id, wall[w.id], measured[w.id])
     mean_sim = sum(expected.values()) / len(expected)
     mean_live = sum(measured.values()) / len(measured)
     assert abs(mean_live - mean_sim) <= 0.10 * mean_sim, (mean_sim, mean_live)

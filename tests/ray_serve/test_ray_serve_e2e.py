@@ -4,6 +4,11 @@ One module-scoped Ray instance and one application: an ingress with two replicas
 router replicas), two emulator replicas of the ``test-2`` preset (small KV, so the
 memory gate binds) running ten times faster than real time. Every wait is bounded
 polling on a condition.
+
+Starting Ray and Serve is the slow part on a loaded machine (minutes at load 20-30):
+``start`` waits for Serve's proxy as long as ``START_DEADLINE_S`` (not Serve's fixed
+60 s, :mod:`saga.integrations.ray.serve_ready`), and the timeout of each test, which
+counts the module's set-up in the first one, leaves room for it.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from saga.integrations.ray.app import start  # noqa: E402
 from saga.integrations.ray.config import RayAppConfig  # noqa: E402
 from saga.integrations.ray.router import STATE_ACTOR, STATE_NAMESPACE  # noqa: E402
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(900)  # START_DEADLINE_S (600) + the test itself
 
 
 @pytest.fixture(scope="module")

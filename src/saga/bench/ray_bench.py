@@ -285,14 +285,14 @@ class RayCluster:
 
     def __enter__(self) -> RayCluster:
         import ray
-        from ray import serve
 
         from saga.integrations.ray.app import runtime_env
         from saga.integrations.ray.router import STATE_NAMESPACE, state_actor
+        from saga.integrations.ray.serve_ready import start_serve
 
         ray.init(num_cpus=self.num_cpus, runtime_env=runtime_env(), namespace=STATE_NAMESPACE,
                  include_dashboard=False, log_to_driver=False)
-        serve.start(http_options={"host": "127.0.0.1", "port": self.port})
+        start_serve({"host": "127.0.0.1", "port": self.port})
         ray.get(state_actor().ping.remote())
         return self
 
@@ -318,6 +318,7 @@ class RayCluster:
 
         from saga.integrations.ray.app import build_app
         from saga.integrations.ray.config import RayAppConfig
+        from saga.integrations.ray.serve_ready import run_app
 
         name = f"bench-{router}{'-faults' if faults else ''}"
         config = RayAppConfig(
@@ -326,7 +327,8 @@ class RayCluster:
             routers=bench.routers, replicas=bench.replicas, cluster=bench.cluster,
             time_scale=bench.time_scale, stats_period=0.2,
         )
-        serve.run(build_app(config), name=name, route_prefix=config.route_prefix)
+        run_app(build_app(config), name=name, route_prefix=config.route_prefix,
+                url=f"http://127.0.0.1:{self.port}")
         ray.get(self.state().reset_overhead.remote())
         events: list[tuple[float, Callable[[], None]]] = []
         span = max(w.arrival for w in workflows) + 2.0

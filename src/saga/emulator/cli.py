@@ -46,7 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stream-interval", type=float, default=0.05,
                    help="most model seconds between streamed chunks (default: 0.05)")
     p.add_argument("--admin-key", default=os.environ.get("SAGA_EMULATOR_ADMIN_KEY", ""),
-                   help="Bearer key the KV control API (/saga/kv/*) and /saga/state require "
+                   help="Bearer key the KV control API (/saga/kv/*), /saga/state and "
+                   "/saga/calls require "
                    "(default: $SAGA_EMULATOR_ADMIN_KEY; none: open, loopback only)")
     p.add_argument("--max-queue", type=int, default=4096,
                    help="most calls queued per replica; more get a 429 (default: 4096)")

@@ -17,6 +17,7 @@ then arrival) and what to do with its KV when it finishes. The KV control verbs
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -43,6 +44,24 @@ class CallState:
     arrived_at: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class FinishedCall:
+    """A call the emulator answered, timed on its model clock (model seconds).
+
+    ``finished - arrived`` is the call's latency in the model alone: the time HTTP,
+    a gateway and a busy machine add around it is not in it, which is what lets a test
+    compare a live run with the simulator on a slow machine.
+    """
+
+    workflow: str
+    replica: int
+    arrived: float
+    finished: float
+    prompt_tokens: int
+    cached_tokens: int
+    output_tokens: int
+
+
 class Emulator(ReplicaDriver):
     """``replicas`` engine-model replicas of ``cluster`` advancing in real time."""
 
@@ -62,6 +81,7 @@ class Emulator(ReplicaDriver):
         block_tokens: int = 64,
         stream_interval: float = 0.05,
         max_waiting: int = 4096,
+        recent_calls: int = 1024,
     ) -> None:
         self.cluster = cluster
         self.max_waiting = max_waiting
@@ -87,6 +107,8 @@ class Emulator(ReplicaDriver):
         self._seq = 0
         self.finished_calls = 0
         self.aborted_calls = 0
+        # the last ``recent_calls`` answered calls (bounded: the emulator may run for days)
+        self.recent: deque[FinishedCall] = deque(maxlen=recent_calls)
 
     # ---- hooks (saga.engine.replica.EngineHooks) ---------------------------------------
     def queue_key(self, replica: Replica, request: Request, now: float) -> tuple[float, ...]:
@@ -232,6 +254,10 @@ class Emulator(ReplicaDriver):
             self._streaming[replica.index] -= 1
         state.done = True
         state.progress.set()
+        self.recent.append(FinishedCall(
+            request.workflow, replica.index, state.arrived_at, request.finished_at,
+            request.prompt_tokens, request.cached_tokens, request.generated,
+        ))
 
     # ---- observation ----------------------------------------------------------------------
     def replica_state(self, index: int) -> dict[str, object]:
@@ -256,3 +282,12 @@ class Emulator(ReplicaDriver):
             "late_events": self.loop.late_events,
             "aborted_calls": self.aborted_calls,
         }
+
+    def recent_calls(self, index: int) -> list[dict[str, object]]:
+        """Replica ``index``'s share of the recently answered calls, oldest first."""
+        return [
+            {"workflow": c.workflow, "arrived": c.arrived, "finished": c.finished,
+             "prompt_tokens": c.prompt_tokens, "cached_tokens": c.cached_tokens,
+             "output_tokens": c.output_tokens}
+            for c in self.recent if c.replica == index
+        ]

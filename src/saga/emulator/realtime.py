@@ -3,7 +3,8 @@
 Only waiting changes: an event at model time ``t`` runs when the wall clock reaches
 ``origin + t / time_scale``. Events that run late keep their own time (the model
 stays exact while the process keeps up); events from outside (an HTTP request)
-call :meth:`RealtimeEventLoop.sync` first, which moves ``now`` to the wall clock.
+call :meth:`RealtimeEventLoop.sync` first, which moves ``now`` to the wall clock, or
+to the earliest event still due when the loop runs late.
 """
 
 from __future__ import annotations
@@ -43,8 +44,14 @@ class RealtimeEventLoop(EventLoop):
         return (self._clock() - self._origin) * self.time_scale
 
     def sync(self) -> float:
-        """Bring ``now`` up to the wall clock (before handling an outside event)."""
+        """Bring ``now`` up to the wall clock (before handling an outside event), but not
+        past an event already due: a loop running late (a starved process) would run that
+        event at the outside event's time instead of its own, so its lateness would enter
+        the model (a call's modelled latency grew with the machine's load)."""
         t = self.clock_now()
+        heap = self._heap
+        if heap and heap[0][0] < t:
+            t = heap[0][0]
         if t > self.now:
             self.now = t
         return self.now

@@ -5,13 +5,16 @@ Replica ``i`` listens on ``port + i``. Each serves:
 * ``POST /v1/chat/completions`` and ``POST /v1/completions`` (plain and SSE);
   the output is ``max_tokens`` dummy tokens (default 16; the model never stops
   early), timed by the engine model;
-* ``GET /v1/models``, ``GET /health``, ``GET /saga/state`` (load and KV as JSON);
+* ``GET /v1/models``, ``GET /health``, ``GET /saga/state`` (load and KV as JSON),
+  ``GET /saga/calls`` (the replica's recently answered calls, ``{"calls": [{"workflow",
+  "arrived", "finished", "prompt_tokens", "cached_tokens", "output_tokens"}]}``, times
+  in model seconds; the emulator keeps its last 1024 calls);
 * the KV control API: ``POST /saga/kv/pin`` ``{"workflow", "ttl"}``,
   ``POST /saga/kv/unpin`` ``{"workflow"}``, ``POST /saga/kv/offload``
   ``{"workflow", "prefetch_after"?}``, ``POST /saga/kv/drop`` ``{"workflow"}``;
   ``ttl`` and ``prefetch_after`` are model seconds. With an admin key (``saga emulate
-  --admin-key``), the KV control API and ``/saga/state`` need it as a Bearer token (401
-  otherwise); the command refuses a non-loopback ``--host`` without one.
+  --admin-key``), the KV control API, ``/saga/state`` and ``/saga/calls`` need it as a
+  Bearer token (401 otherwise); the command refuses a non-loopback ``--host`` without one.
 
 Hints a gateway may send: ``x-saga-workflow`` (whose KV a call extends and pins),
 ``x-saga-priority`` (a float, smaller is served first; default 0).
@@ -54,6 +57,7 @@ def build_app(emulator: Emulator, replica: int, admin_key: str = "") -> web.Appl
     app.router.add_get("/v1/models", _models)
     app.router.add_get("/health", _health)
     app.router.add_get("/saga/state", _state)
+    app.router.add_get("/saga/calls", _calls)
     app.router.add_post("/saga/kv/{verb}", _kv)
     return app
 
@@ -217,6 +221,14 @@ async def _state(http: web.Request) -> web.Response:
     if refused is not None:
         return refused
     return web.json_response(http.app[EMULATOR_KEY].replica_state(http.app[REPLICA_KEY]))
+
+
+async def _calls(http: web.Request) -> web.Response:
+    refused = _refused(http)
+    if refused is not None:
+        return refused
+    emulator = http.app[EMULATOR_KEY]
+    return web.json_response({"calls": emulator.recent_calls(http.app[REPLICA_KEY])})
 
 
 async def _kv(http: web.Request) -> web.Response:

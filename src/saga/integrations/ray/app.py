@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any, cast
 
 import ray
-from ray import serve
 from ray.serve.config import RequestRouterConfig
 
 import saga
 from saga.integrations.ray.config import ROUTERS, RayAppConfig
 from saga.integrations.ray.deployments import EmulatorReplica, SagaIngress, VLLMReplica
 from saga.integrations.ray.router import STATE_NAMESPACE, state_actor
+from saga.integrations.ray.serve_ready import START_DEADLINE_S, run_app, start_serve
 
 
 def router_config(config: RayAppConfig) -> RequestRouterConfig:
@@ -81,14 +81,18 @@ def runtime_env() -> dict[str, Any]:
 
 
 def start(config: RayAppConfig, *, address: str | None = None, port: int = 8000,
-          num_cpus: int | None = None) -> Any:
-    """Connect to (or start) Ray, create the state actor, run the application."""
+          num_cpus: int | None = None, deadline_s: float = START_DEADLINE_S) -> Any:
+    """Connect to (or start) Ray, create the state actor, run the application; Serve's
+    proxy is waited for up to ``deadline_s`` (not Serve's fixed 60 s: a loaded machine
+    starts it slowly, :mod:`~.serve_ready`)."""
     if not ray.is_initialized():
         ray.init(address=address, num_cpus=num_cpus if address is None else None,
                  runtime_env=runtime_env(), namespace=STATE_NAMESPACE,
                  include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "0.0.0.0" if address else "127.0.0.1", "port": port})
+    host = "0.0.0.0" if address else "127.0.0.1"
+    start_serve({"host": host, "port": port}, deadline_s)
     if config.router == "saga-ray":
         actor = state_actor(config.state_actor)
         ray.get(actor.ping.remote())
-    return serve.run(build_app(config), name=config.name, route_prefix=config.route_prefix)
+    return run_app(build_app(config), name=config.name, route_prefix=config.route_prefix,
+                   url=f"http://127.0.0.1:{port}", deadline_s=deadline_s)
