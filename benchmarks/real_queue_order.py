@@ -24,7 +24,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-BOUND = 5.0  # SagaConfig.warm_first_wait's default
+BOUND = 5.0  # the SagaConfig.warm_first_wait measured (its default is None: off)
 EPS = 1e-3  # the phases are rounded to 0.1 ms; starts closer than this are simultaneous
 
 

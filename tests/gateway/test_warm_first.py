@@ -23,6 +23,9 @@ from saga.sched.saga.policy import SagaPolicy
 from saga.sched.saga.warm_first import cold
 
 BLOCK = 16
+#: warm first as measured (docs/engines.md, "Warm first at the gateway's queue"); off by
+#: default
+WARM = SagaConfig(warm_first_wait=5.0)
 
 
 def _call(workflow: str, seq: int, blocks: int, now: float = 0.0,
@@ -77,23 +80,23 @@ def test_warm_calls_start_before_cold_ones_within_a_tenant() -> None:
     # remaining-work key gives here: no flow known, equal priority) the cold ones go first
     view = _replica({"b": 8, "d": 6})
     queued = [_call("a", 1, 8), _call("c", 2, 8), _call("b", 3, 10), _call("d", 4, 10)]
-    assert _started(SagaPolicy(), view, queued, now=1.0) == ["b", "d", "a", "c"]
-    off = SagaPolicy(SagaConfig(warm_first_wait=None))
+    assert _started(SagaPolicy(WARM), view, queued, now=1.0) == ["b", "d", "a", "c"]
+    off = SagaPolicy()  # the default: off
     view = _replica({"b": 8, "d": 6})
     queued = [_call("a", 1, 8), _call("c", 2, 8), _call("b", 3, 10), _call("d", 4, 10)]
     assert _started(off, view, queued, now=1.0) == ["a", "c", "b", "d"]
 
 
 def test_the_key_adds_the_cold_element_after_the_tenants_share() -> None:
-    policy = SagaPolicy()
+    policy = SagaPolicy(WARM)
     view = _replica({"b": 8})
     warm, first = _call("b", 1, 10), _call("a", 2, 8)
     base_warm, base_first = policy.queue_key(view, warm, 1.0), policy.queue_key(view, first, 1.0)
     assert policy.gateway_queue_key(view, warm, 1.0) == (base_warm[0], 0, *base_warm[1:])
     assert policy.gateway_queue_key(view, first, 1.0) == (base_first[0], 1, *base_first[1:])
-    # without Agent Fair Share the key is first come first served, as the engine's
-    fcfs = SagaPolicy(SagaConfig(afs=False))
-    assert fcfs.gateway_queue_key(view, first, 1.0) == fcfs.queue_key(view, first, 1.0)
+    # off (the default), the gateway's key is the engine's
+    off = SagaPolicy()
+    assert off.gateway_queue_key(view, first, 1.0) == off.queue_key(view, first, 1.0)
 
 
 def test_fair_share_comes_before_warm_first() -> None:
@@ -102,7 +105,7 @@ def test_fair_share_comes_before_warm_first() -> None:
     view = _replica({"t1": 8, "t2": 8, "t3": 8})
     queued = [_call("t1", 1, 10), _call("t2", 2, 10), _call("t3", 3, 10),
               _call("u1", 4, 10, tenant="u")]
-    assert _started(SagaPolicy(), view, queued, now=1.0) == ["t1", "u1", "t2", "t3"]
+    assert _started(SagaPolicy(WARM), view, queued, now=1.0) == ["t1", "u1", "t2", "t3"]
 
 
 def test_a_cold_call_past_the_wait_keeps_its_place_by_remaining_work() -> None:
@@ -115,9 +118,9 @@ def test_a_cold_call_past_the_wait_keeps_its_place_by_remaining_work() -> None:
                       _call("c", 3, 10, now=1.0)]
 
     view, queued = queue()
-    assert _started(SagaPolicy(), view, queued, now=6.0) == ["a", "b", "c"]
+    assert _started(SagaPolicy(WARM), view, queued, now=6.0) == ["a", "b", "c"]
     view, queued = queue()
-    assert _started(SagaPolicy(), view, queued, now=4.0) == ["b", "c", "a"]
+    assert _started(SagaPolicy(WARM), view, queued, now=4.0) == ["b", "c", "a"]
     view, queued = queue()  # a bound of 10 s: still yielding at 6 s
     assert _started(SagaPolicy(SagaConfig(warm_first_wait=10.0)), view, queued,
                     now=6.0) == ["b", "c", "a"]
@@ -185,8 +188,8 @@ def _gateway_order(takes_priority: bool, warm_first: bool = True) -> list[str]:
         "backends": [{"url": "http://127.0.0.1:1", "max_concurrency": 1}]}))
     policy = gateway.policy
     assert isinstance(policy, SagaPolicy)
-    if not warm_first:
-        policy.config = policy.config.model_copy(update={"warm_first_wait": None})
+    if warm_first:  # off by default
+        policy.config = policy.config.model_copy(update={"warm_first_wait": 5.0})
     backend = _Backend(takes_priority)
     gateway.backends = [backend]  # type: ignore[list-item]
 

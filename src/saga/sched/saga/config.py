@@ -368,8 +368,12 @@ class SagaConfig(BaseModel):
         "many seconds: past it a call keeps its place by remaining work and the calls behind "
         "it wait for the memory it needs. None: by remaining work only.",
     )
+    # Off (docs/engines.md, "Warm first at the gateway's queue"): with 5 s, three interleaved
+    # A/B pairs of the quick llama.cpp bench under load averages 7-30 showed no gain in saga's
+    # within-run ratios; there SAGA's own key already started no cold first call ahead of a
+    # waiting later call within 5 s, which it did 12-18 times per record on a quiet machine.
     warm_first_wait: float | None = Field(
-        5.0, ge=0.0,
+        None, ge=0.0,
         description="At a gateway's queue in front of an engine that takes no priority "
         "(llama.cpp; never in the simulator or on vLLM), within a tenant, start the calls "
         "at least half of whose prompt blocks are cached on the replica ahead of those "
