@@ -369,9 +369,10 @@ class SagaConfig(BaseModel):
         "it wait for the memory it needs. None: by remaining work only.",
     )
     # Off (docs/engines.md, "Warm first at the gateway's queue"): with 5 s, three interleaved
-    # A/B pairs of the quick llama.cpp bench under load averages 7-30 showed no gain in saga's
-    # within-run ratios; there SAGA's own key already started no cold first call ahead of a
-    # waiting later call within 5 s, which it did 12-18 times per record on a quiet machine.
+    # A/B pairs of the quick llama.cpp bench (load averages 7-15) did not show a gain: saga's
+    # within-run ratio over sglang 1.17x, 95 % CI 0.99-1.37 by run pair; there SAGA's own key
+    # started a cold first call ahead of a waiting later call within 5 s 0-2 times per
+    # record, against 12-18 on a quiet machine, so little was left to reorder.
     warm_first_wait: float | None = Field(
         None, ge=0.0,
         description="At a gateway's queue in front of an engine that takes no priority "
