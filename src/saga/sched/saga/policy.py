@@ -524,7 +524,8 @@ class SagaPolicy(Policy):
         """:meth:`queue_key` with, after the tenant's element, warm first
         (:mod:`.warm_first`, ``warm_first_wait``): at a gateway's queue in front of an
         engine that takes no priority, a call whose prefix the replica holds goes ahead of a
-        cold one of the same tenant, the cold one for at most ``warm_first_wait`` seconds."""
+        cold one of the same tenant, during the cold one's first ``warm_first_wait`` seconds
+        of waiting."""
         key = self.queue_key(replica, request, now)
         wait = self.config.warm_first_wait
         if wait is None or not self.config.afs or request.info is None:

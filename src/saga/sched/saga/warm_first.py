@@ -8,8 +8,10 @@ non-preemptive server, where the rule that shortens the mean wait is shortest jo
 what a gateway knows of a call's length before it runs is its prefill, and a call whose
 prefix the replica holds (a workflow's later call, its previous context cached) prefills
 only its new tokens, a fraction of a cold call's whole prompt. SAGA's within-tenant key
-(the workflow's expected remaining work) does not see that cache, so cold first calls went
-ahead of warm later calls and the time retention saved upstream was spent waiting here.
+(the workflow's expected remaining work) holds the cache only inside the call's predicted
+service, beside the agent graph's expected rest of the workflow, which can outweigh it: on
+a quiet machine cold first calls went ahead of warm later calls (runs/real-llama-s33), and
+the time retention saved upstream was spent waiting here.
 
 ``cold`` is the key element that puts a warm call ahead: 1 for a call less than half of
 whose prompt blocks are cached on the replica (the gateway's estimate of what it sent
@@ -17,9 +19,9 @@ there), 0 for a warm one. Half separates the two kinds a gateway sees: a later c
 agent session finds its whole previous context cached (83.8 % of its prompt on average in
 runs/real-llama-s33), a first call at most a shared system prompt (at most 3 % there).
 Fair share stays first (the tenant's element precedes it, and the gateway's fair queue
-chooses the tenant), and a cold call waits behind warm ones for at most ``limit`` seconds:
-past it the element is 0 and the call keeps its place by remaining work and its aging, so
-no stream of warm calls starves a new workflow.
+chooses the tenant), and a cold call yields to warm ones only for its first ``limit``
+seconds of waiting: past them the element is 0 and the call keeps its place by remaining
+work and its aging, so no stream of warm calls starves a new workflow.
 """
 
 from __future__ import annotations
