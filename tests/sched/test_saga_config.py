@@ -49,6 +49,8 @@ REFUSED: list[tuple[dict[str, Any], str, dict[str, Any]]] = [
      {"afs": True}),
     ({"afs": False, "fit_first_wait": None}, "fit_first_wait needs afs = true",
      {"afs": True}),
+    ({"afs": False, "warm_first_wait": 5.0}, "warm_first_wait needs afs = true",
+     {"afs": True}),
     ({"afs": False, "preempt_gap": 10.0}, "preempt_gap needs afs = true", {"afs": True}),
     ({"preempt_gap": None, "max_fair_preemptions": 2},
      "max_fair_preemptions needs preempt_gap set", {"preempt_gap": 30.0}),

@@ -71,7 +71,11 @@ class CallPipeline:
         self._gw = gateway
         self.workflows: dict[str, WorkflowState] = {}
         self.retry_budget = RetryBudget(gateway.config.retry_budget)
-        self._custom_priority = type(gateway.policy).queue_key is not Policy.queue_key
+        kind = type(gateway.policy)
+        self._custom_priority = kind.queue_key is not Policy.queue_key
+        # the order of the gateway's queue in front of an engine that takes no priority
+        self._custom_order = (self._custom_priority
+                              or kind.gateway_queue_key is not Policy.gateway_queue_key)
         self._rng = random.Random(0)  # retry jitter
         self._seq = 0
 
@@ -366,11 +370,11 @@ class CallPipeline:
     def release(self, index: int, call: GatewayCall) -> None:
         view, now = self._gw.views[index], self._gw.now()
         order = None
-        if self._custom_priority and not self._gw.backends[index].takes_priority:
+        if self._custom_order and not self._gw.backends[index].takes_priority:
             # the engine takes no priority (llama.cpp): the policy's order applies here,
             # at the gateway's queue in front of it
             def order(waiting: GatewayCall) -> tuple[float, ...]:
-                return self._gw.policy.queue_key(view, waiting, now)
+                return self._gw.policy.gateway_queue_key(view, waiting, now)
         for started in view.finish(call, now, _still_waiting, order):
             assert started.slot is not None
             started.slot.set_result(None)

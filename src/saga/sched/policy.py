@@ -100,6 +100,15 @@ class Policy:
         """First come first served at the replica (ties by arrival order)."""
         return (request.enqueued_at, request.seq)
 
+    def gateway_queue_key(
+        self, replica: ReplicaView, request: CallView, now: float
+    ) -> tuple[float, ...]:
+        """The order of the calls a gateway holds for ``replica``'s concurrency slots when
+        the engine takes no priority and never preempts (llama.cpp: a call sent runs to its
+        end), lower first: the only order such an engine gets. The simulator and engines
+        that order their own queue never ask it. By default :meth:`queue_key`."""
+        return self.queue_key(replica, request, now)
+
     def queue_keys(
         self, replica: ReplicaView, now: float
     ) -> Callable[[CallView], tuple[float, ...]]:

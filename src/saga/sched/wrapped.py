@@ -40,6 +40,11 @@ class WrappedPolicy(Policy):
     def queue_key(self, replica: ReplicaView, request: CallView, now: float) -> tuple[float, ...]:
         return self.inner.queue_key(replica, request, now)
 
+    def gateway_queue_key(
+        self, replica: ReplicaView, request: CallView, now: float
+    ) -> tuple[float, ...]:
+        return self.inner.gateway_queue_key(replica, request, now)
+
     def retention(self, replica: ReplicaView, request: CallView, now: float) -> Retention:
         return self.inner.retention(replica, request, now)
 

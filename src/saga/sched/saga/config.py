@@ -368,6 +368,19 @@ class SagaConfig(BaseModel):
         "many seconds: past it a call keeps its place by remaining work and the calls behind "
         "it wait for the memory it needs. None: by remaining work only.",
     )
+    # Off (docs/engines.md, "Warm first at the gateway's queue"): with 5 s, three interleaved
+    # A/B pairs of the quick llama.cpp bench (load averages 7-15) did not show a gain: saga's
+    # within-run ratio over sglang 1.17x, 95 % CI 0.99-1.37 by run pair; there SAGA's own key
+    # started a cold first call ahead of a waiting later call within 5 s 0-2 times per
+    # record, against 12-18 on a quiet machine, so little was left to reorder.
+    warm_first_wait: float | None = Field(
+        None, ge=0.0,
+        description="At a gateway's queue in front of an engine that takes no priority "
+        "(llama.cpp; never in the simulator or on vLLM), within a tenant, start the calls "
+        "at least half of whose prompt blocks are cached on the replica ahead of those "
+        "that are not, for calls that waited less than this many seconds: past it a cold "
+        "call keeps its place by remaining work. None: by remaining work only.",
+    )
     # 1/16 since 2026-12-06 (docs/saga.md, "The decode guard"): 128 tokens of a 2,048 budget
     # (a100-8-70b) took the quick capacity case's Claude Code sessions at 0.0055 wf/s from 0.872
     # to 0.943 within 2x (seeds 0 and 1), coding at 0.025 wf/s from 0.825 to 0.920; 512 of an
@@ -619,7 +632,8 @@ DEPENDENT_FIELDS: tuple[tuple[str, str, Callable[[SagaConfig], bool]], ...] = (
      lambda c: c.steal_curse),
     ("slot_fit_slack", "slot_fit = true", lambda c: c.slot_fit),
     *((name, "afs = true (Agent Fair Share)", lambda c: c.afs)
-      for name in ("queue_order", "fit_first_wait", "preempt_gap", "max_fair_preemptions")),
+      for name in ("queue_order", "fit_first_wait", "warm_first_wait", "preempt_gap",
+                   "max_fair_preemptions")),
     ("max_fair_preemptions", "preempt_gap set (fair-share preemption)",
      lambda c: c.preempt_gap is not None),
     *((name, 'queue_order = "gittins" or "gittins_heavy_tailed"',

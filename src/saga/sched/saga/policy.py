@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from saga.engine.kvcache import EvictionOrder, KeyedEviction, KVNode, LRUEviction
 from saga.sched.decisions import ADMIT, RELEASE, Admission, Retention
 from saga.sched.policy import CallInfo, Policy, PolicyContext, Router, WorkflowInfo
-from saga.sched.saga import admission, placement, slot_fit, slot_gate
+from saga.sched.saga import admission, placement, slot_fit, slot_gate, warm_first
 from saga.sched.saga import retention as keep
 from saga.sched.saga.chunking import GuardRule, step_prefill_limit
 from saga.sched.saga.config import GITTINS_ORDERS, SagaConfig
@@ -517,6 +517,21 @@ class SagaPolicy(Policy):
     # ---- queue order -------------------------------------------------------------------------
     def queue_key(self, replica: ReplicaView, request: CallView, now: float) -> tuple[float, ...]:
         return self._keys(replica, now)(request)
+
+    def gateway_queue_key(
+        self, replica: ReplicaView, request: CallView, now: float
+    ) -> tuple[float, ...]:
+        """:meth:`queue_key` with, after the tenant's element, warm first
+        (:mod:`.warm_first`, ``warm_first_wait``): at a gateway's queue in front of an
+        engine that takes no priority, a call whose prefix the replica holds goes ahead of a
+        cold one of the same tenant, during the cold one's first ``warm_first_wait`` seconds
+        of waiting."""
+        key = self.queue_key(replica, request, now)
+        wait = self.config.warm_first_wait
+        if wait is None or not self.config.afs or request.info is None:
+            return key
+        cold = warm_first.cold(replica, request, now - request.enqueued_at, wait)
+        return (key[0], cold, *key[1:])
 
     def queue_keys(
         self, replica: ReplicaView, now: float
