@@ -5,9 +5,8 @@ calls waiting at the gateway for its concurrency slots; a backend that takes pri
 from __future__ import annotations
 
 import asyncio
-import json
-from typing import Any
 
+from held_backend import HeldBackend
 from inproc import Post, chat
 
 from saga.gateway.app import Gateway
@@ -15,60 +14,11 @@ from saga.gateway.config import GatewayConfig
 from saga.sched.view import CallView, ReplicaView
 
 
-class _Upstream:
-    status = 200
-    content_type = "application/json"
-
-    def __init__(self, answer: asyncio.Event) -> None:
-        self.headers: dict[str, str] = {}
-        self._answer = answer
-
-    async def read(self) -> bytes:
-        await self._answer.wait()
-        return json.dumps({"choices": [], "usage": {"total_tokens": 70}}).encode()
-
-    def release(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class _Backend:
-    """Records the workflows in the order their calls are sent; each answer is held
-    until the test sets it."""
-
-    label = "b0"
-    retains = False
-    offloads = False
-    retains_in_order = False
-
-    def __init__(self, takes_priority: bool) -> None:
-        self.takes_priority = takes_priority
-        self.sent: list[str] = []
-        self.answers: list[asyncio.Event] = []
-
-    async def prepare(self, workflow: str, data: dict[str, Any], headers: dict[str, str],
-                      key: Any, call: Any = None) -> None:
-        self.sent.append(workflow.partition("/")[2])
-
-    async def send(self, path: str, body: bytes, headers: dict[str, str]) -> _Upstream:
-        gate = asyncio.Event()
-        self.answers.append(gate)
-        return _Upstream(gate)
-
-    def finished(self, workflow: str) -> None:
-        pass
-
-    def forget(self, workflow: str) -> None:
-        pass
-
-
 def _sent_order(takes_priority: bool) -> list[str]:
     gateway = Gateway(GatewayConfig.model_validate({
         "policy": "saga", "cluster": "small",
         "backends": [{"url": "http://127.0.0.1:1", "max_concurrency": 1}]}))
-    backend = _Backend(takes_priority)
+    backend = HeldBackend(takes_priority)
     gateway.backends = [backend]  # type: ignore[list-item]
     rank = {"first": 0.0, "a": 3.0, "b": 2.0, "c": 1.0}  # c, then b, then a
 

@@ -9,9 +9,9 @@ gateway's ``release`` runs it), then through the gateway itself."""
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
+from held_backend import HeldBackend
 from inproc import Post, chat
 
 from saga.gateway.app import Gateway
@@ -127,54 +127,6 @@ def test_a_cold_call_past_the_wait_keeps_its_place_by_remaining_work() -> None:
 
 
 # ---- through the gateway: a backend that takes no priority, and one that does -------------
-class _Upstream:
-    status = 200
-    content_type = "application/json"
-
-    def __init__(self, answer: asyncio.Event) -> None:
-        self.headers: dict[str, str] = {}
-        self._answer = answer
-
-    async def read(self) -> bytes:
-        await self._answer.wait()
-        return json.dumps({"choices": [], "usage": {"total_tokens": 70}}).encode()
-
-    def release(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class _Backend:
-    """Records the workflows in the order their calls are sent; each answer is held
-    until the test sets it."""
-
-    label = "b0"
-    retains = False
-    offloads = False
-    retains_in_order = False
-
-    def __init__(self, takes_priority: bool) -> None:
-        self.takes_priority = takes_priority
-        self.sent: list[str] = []
-        self.answers: list[asyncio.Event] = []
-
-    async def prepare(self, workflow: str, data: dict[str, Any], headers: dict[str, str],
-                      key: Any, call: Any = None) -> None:
-        self.sent.append(workflow.partition("/")[2])
-
-    async def send(self, path: str, body: bytes, headers: dict[str, str]) -> _Upstream:
-        gate = asyncio.Event()
-        self.answers.append(gate)
-        return _Upstream(gate)
-
-    def finished(self, workflow: str) -> None:
-        pass
-
-    def forget(self, workflow: str) -> None:
-        pass
-
 
 def _prompt(name: str, n: int) -> dict[str, Any]:
     """A chat call whose text is ``n`` paragraphs of ``name``'s own (its prefix grows)."""
@@ -190,7 +142,7 @@ def _gateway_order(takes_priority: bool, warm_first: bool = True) -> list[str]:
     assert isinstance(policy, SagaPolicy)
     if warm_first:  # off by default
         policy.config = policy.config.model_copy(update={"warm_first_wait": 5.0})
-    backend = _Backend(takes_priority)
+    backend = HeldBackend(takes_priority)
     gateway.backends = [backend]  # type: ignore[list-item]
 
     async def run() -> None:
