@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import time
 import uuid
 from typing import Any
@@ -189,14 +190,35 @@ class VLLMReplica:
                  kv_events: list[str] | None = None) -> None:
         context = serve.get_replica_context()
         rank = int(getattr(getattr(context, "rank", None), "rank", 0) or 0)
-        self.forwarder = VLLMForwarder(
-            urls[rank % len(urls)], context.replica_id.unique_id,
-            capacity_blocks=capacity_blocks, block_tokens=block_tokens, timeout=timeout,
-            kv_events=kv_events[rank % len(kv_events)] if kv_events else None,
+        if not kv_events:
+            self.forwarder = self._forwarder(urls[rank % len(urls)], context, capacity_blocks,
+                                             block_tokens, timeout, None)
+            return
+        # Replicas that start together may see the same rank, and two subscribers cannot
+        # bind one endpoint: the bind is the claim. From its rank on, a replica takes the
+        # first server whose events endpoint is free (and that server's URL with it).
+        for k in range(len(kv_events)):
+            i = (rank + k) % len(kv_events)
+            try:
+                self.forwarder = self._forwarder(urls[i % len(urls)], context, capacity_blocks,
+                                                 block_tokens, timeout, kv_events[i])
+                return
+            except Exception as exc:
+                if getattr(exc, "errno", None) != errno.EADDRINUSE or k == len(kv_events) - 1:
+                    raise
+
+    @staticmethod
+    def _forwarder(url: str, context: Any, capacity_blocks: int, block_tokens: int,
+                   timeout: float, kv_events: str | None) -> VLLMForwarder:
+        return VLLMForwarder(
+            url, context.replica_id.unique_id, capacity_blocks=capacity_blocks,
+            block_tokens=block_tokens, timeout=timeout, kv_events=kv_events,
         )
 
     def __del__(self) -> None:
-        self.forwarder.close()
+        forwarder = getattr(self, "forwarder", None)  # None when its start failed
+        if forwarder is not None:
+            forwarder.close()
 
     async def __call__(self, call: RayCall) -> dict[str, Any]:
         return await self.forwarder.forward(call)
