@@ -12,12 +12,13 @@ class HeldUpstream:
     status = 200
     content_type = "application/json"
 
-    def __init__(self, answer: asyncio.Event) -> None:
+    def __init__(self, answer: asyncio.Event | None) -> None:
         self.headers: dict[str, str] = {}
-        self._answer = answer
+        self._answer = answer  # None: answered at once
 
     async def read(self) -> bytes:
-        await self._answer.wait()
+        if self._answer is not None:
+            await self._answer.wait()
         return json.dumps({"choices": [], "usage": {"total_tokens": 70}}).encode()
 
     def release(self) -> None:

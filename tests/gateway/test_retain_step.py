@@ -10,37 +10,15 @@ parallel do not wait for each other."""
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
+from held_backend import HeldUpstream
 from inproc import Post, chat
 
 from saga.gateway.app import Gateway
 from saga.gateway.config import GatewayConfig
 from saga.sched.decisions import Retention
 from saga.sched.view import CallView, ReplicaView
-
-
-class _Upstream:
-    """A whole 200 answer with its usage."""
-
-    status = 200
-    content_type = "application/json"
-
-    def __init__(self, answer: asyncio.Event | None) -> None:
-        self.headers: dict[str, str] = {}
-        self._answer = answer
-
-    async def read(self) -> bytes:
-        if self._answer is not None:
-            await self._answer.wait()
-        return json.dumps({"choices": [], "usage": {"total_tokens": 70}}).encode()
-
-    def release(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 class HintingBackend:
@@ -64,8 +42,8 @@ class HintingBackend:
                       key: Any, call: Any = None) -> None:
         self.sent.append(self.hints.pop(workflow, None))
 
-    async def send(self, path: str, body: bytes, headers: dict[str, str]) -> _Upstream:
-        return _Upstream(self.answers.pop(0) if self.answers else None)
+    async def send(self, path: str, body: bytes, headers: dict[str, str]) -> HeldUpstream:
+        return HeldUpstream(self.answers.pop(0) if self.answers else None)
 
     def finished(self, workflow: str) -> None:
         pass
