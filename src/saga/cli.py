@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -272,9 +274,18 @@ def _pct(value: object) -> str:
     return "n/a" if math.isnan(number) else f"{100 * number:.1f} %"
 
 
+def _terminated(signum: int, _frame: object) -> None:
+    # Python's default SIGTERM ends the process without unwinding, which left the engines
+    # a `saga bench real` had started running (and holding their cores) after a `kill`:
+    # unwind as on Ctrl-C, so every `with` that started a process stops it
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()  # signals need it
+    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:
         handler = getattr(args, "handler", None) or args.func
         code: int = handler(args)
@@ -285,6 +296,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("saga: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
