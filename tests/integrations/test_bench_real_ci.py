@@ -56,10 +56,10 @@ def test_the_real_bench_runs_end_to_end_on_llama_cpp(tmp_path: Path) -> None:
         pytest.skip("llama-server not built: run `bash scripts/engines.sh install llamacpp`")
     bench = RealBench(
         policies=("saga", "vllm-affinity"), repetitions=1,
-        cases=(RealCase(name="memory", sessions=3, calls=2, max_prompt_chars=6000,
-                        arrival_interval=0.25, max_tokens=4),
-               RealCase(name="light", sessions=2, calls=2, max_prompt_chars=2000,
-                        arrival_interval=0.5, max_tokens=4)),
+        llama_cases=(RealCase(name="memory", sessions=3, calls=2, max_prompt_chars=6000,
+                              arrival_interval=0.25, max_tokens=4),
+                     RealCase(name="light", sessions=2, calls=2, max_prompt_chars=2000,
+                              arrival_interval=0.5, max_tokens=4)),
     )
     summary = run_real(tmp_path, bench=bench, progress=lambda _: None, engine="llama")
     assert "cases" not in summary and summary["engines"] == ["llamacpp"]  # no vLLM ran

