@@ -277,7 +277,9 @@ def _pct(value: object) -> str:
 def _terminated(signum: int, _frame: object) -> None:
     # Python's default SIGTERM ends the process without unwinding, which left the engines
     # a `saga bench real` had started running (and holding their cores) after a `kill`:
-    # unwind as on Ctrl-C, so every `with` that started a process stops it
+    # unwind as on Ctrl-C, so every `with` that started a process stops it. A second
+    # SIGTERM would cut that stopping short (it did: orphaned engines), so it is ignored
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt(f"signal {signum}")
 
 

@@ -22,6 +22,8 @@ SCRIPT = textwrap.dedent("""
             (out / "started").write_text("")
             time.sleep(120)
         finally:  # where `with start_engines(...)` stops the engines
+            (out / "stopping").write_text("")
+            time.sleep(1.0)  # a second SIGTERM now must not cut the stopping short
             (out / "unwound").write_text("")
         return 0
 
@@ -34,16 +36,22 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+def _wait_for(path: Path, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 120
+    while not path.exists():
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert time.monotonic() < deadline, f"never got to {path.name}"
+        time.sleep(0.01)
+
+
 def test_sigterm_unwinds_the_command_and_exits_130(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(tmp_path)],
                             stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while not (tmp_path / "started").exists():
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            assert time.monotonic() < deadline, "the command never started"
-            time.sleep(0.05)
+        _wait_for(tmp_path / "started", proc)
         proc.send_signal(signal.SIGTERM)
+        _wait_for(tmp_path / "stopping", proc)
+        proc.send_signal(signal.SIGTERM)  # ignored: the unwinding goes on
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()

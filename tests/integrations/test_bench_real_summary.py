@@ -127,8 +127,8 @@ def test_llama_cpp_replicas_hold_the_running_calls_and_bind_on_the_idle_ones(
 ) -> None:
     settings = RealBench().llama
     # running calls always fit the unified buffer (llama.cpp fails them all otherwise)
-    assert settings.ctx_size == settings.concurrency * settings.ctx_per_call == 2 * 3328
-    assert settings.kv_blocks(128) == 52 and settings.slots > settings.concurrency
+    assert settings.ctx_size == settings.concurrency * settings.ctx_per_call == 2 * 3456
+    assert settings.kv_blocks(128) == 54 and settings.slots > settings.concurrency
     assert settings.cache_ram == 0  # no undeclared host prompt cache
     replicas = [("http://127.0.0.1:1", tmp_path / "a"), ("http://127.0.0.1:2", tmp_path / "b")]
     config = llama_gateway_config(RealBench(), settings, replicas, "saga", "cpu-tiny")
@@ -235,13 +235,18 @@ def test_both_engines_keep_vllms_keys_on_top_and_put_llama_cpps_under_their_own(
 def test_every_llama_cpp_call_fits_the_kv_a_running_call_is_given(quick: bool) -> None:
     # a call longer than ctx_per_call could overflow llama.cpp's unified buffer (run_llama
     # refuses to start); the cases and the KV are sized together
+    import time
+
     from saga.bench.real import replay_plans
-    from saga.bench.real_llama import longest_call
+    from saga.bench.real_llama import longest_call, longest_run_call
     from saga.integrations import engines as eng
 
     if not (eng.tiny_model_dir() / "tokenizer.json").exists():
         pytest.skip("the tiny model's tokenizer is not built (scripts/engines.sh)")
     bench = RealBench().quick() if quick else RealBench()
     plans = replay_plans(bench.llama_cases)
-    longest = max(longest_call(p) for p in plans.values())
+    nonce = f"{time.time_ns():x}"  # as run_llama's
+    longest = longest_run_call(bench.for_llama(), plans, nonce)
     assert bench.llama.ctx_per_call - 256 < longest <= bench.llama.ctx_per_call
+    # the runs' salts are longer than a generic one: the check must count them
+    assert longest > max(longest_call(p) for p in plans.values())

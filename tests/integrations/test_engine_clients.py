@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -135,3 +136,24 @@ def test_vllm_starts_without_its_aot_compile_cache_unless_asked(
     monkeypatch.setenv("VLLM_USE_AOT_COMPILE", "1")  # the user's choice is kept
     eng.start_vllm(tmp_path, 1, python="python", log_dir=tmp_path, wait=False)
     assert seen[-1]["VLLM_USE_AOT_COMPILE"] == "1"
+
+
+def test_stop_all_signals_every_engine_before_waiting_for_any(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    procs = [eng._spawn("fake", ["sleep", "300"], {"PATH": "/usr/bin:/bin"},
+                        tmp_path / f"{i}.log", i + 1) for i in range(3)]
+    events: list[tuple[str, int]] = []
+    signal_group = eng._signal_group
+
+    def record(pgid: int, sig: Any) -> None:
+        events.append((sig.name, pgid))
+        signal_group(pgid, sig)
+
+    monkeypatch.setattr(eng, "_signal_group", record)
+    eng.stop_all(procs)
+    pids = [p.pid for p in procs]
+    # one SIGTERM each, all before the first SIGKILL, which only sweeps the groups
+    assert events[:3] == [("SIGTERM", pid) for pid in pids]
+    assert events[3:] == [("SIGKILL", pid) for pid in pids]
+    assert not any(p.alive() for p in procs)

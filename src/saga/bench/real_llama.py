@@ -72,7 +72,7 @@ class LlamaSettings(BaseModel):
     slots: int = Field(4, ge=1, description="--parallel: workflows a replica can keep a slot for")
     concurrency: int = Field(2, ge=1, description="calls the gateway runs at once per replica")
     ctx_per_call: int = Field(
-        3328, ge=256,
+        3456, ge=256,
         description="tokens of KV reserved per running call (the longest prompt and output)")
     cache_ram: int = Field(0, description="--cache-ram MiB (0: no host prompt cache)")
     threads: int = Field(1, ge=1)
@@ -107,6 +107,23 @@ def longest_call(workflows: Sequence[ReplayWorkflow], salt: str = "[real llama s
                 + c.max_tokens for wf in workflows for c in wf.calls), default=0)
 
 
+def run_salt(nonce: str, case: str, rep: int, policy: str) -> str:
+    """The line that starts every prompt of one run (nothing is shared between runs)."""
+    return f"[real llama {nonce} {case} {rep} {policy}]\n"
+
+
+def longest_run_call(
+    spec: RealBench, plans: dict[str, list[ReplayWorkflow]], nonce: str,
+) -> int:
+    """The most tokens one call of the bench's runs holds, with the longest salt of each
+    case (the tiny model's tokenizer; 0 without it)."""
+    longest = 0
+    for case, workflows in plans.items():
+        salts = [run_salt(nonce, case, spec.repetitions - 1, p) for p in spec.policies]
+        longest = max(longest, longest_call(workflows, max(salts, key=len)))
+    return longest
+
+
 @contextmanager
 def start_llama(settings: LlamaSettings, log_dir: Path) -> Iterator[list[tuple[str, Path]]]:
     """Two llama-server replicas of the tiny model; yields (base URL, slot-save folder)."""
@@ -133,8 +150,7 @@ def start_llama(settings: LlamaSettings, log_dir: Path) -> Iterator[list[tuple[s
             replicas.append((proc.base_url, save))
         yield replicas
     finally:
-        for proc in procs:
-            proc.stop()
+        eng.stop_all(procs)
 
 
 def erase_slots(url: str, slots: int) -> None:
@@ -287,12 +303,12 @@ def run_llama(
     from saga.integrations.replay import kv_cluster
 
     settings = spec.llama
-    longest = max(longest_call(p) for p in plans.values())
+    nonce = f"{time.time_ns():x}"
+    longest = longest_run_call(spec, plans, nonce)
     if longest > settings.ctx_per_call:
         raise UserError(f"a call of {longest} tokens exceeds llama.ctx_per_call "
                         f"{settings.ctx_per_call}: running calls could overflow the KV")
     cluster = kv_cluster(settings.kv_blocks(spec.block_tokens))
-    nonce = f"{time.time_ns():x}"
     runs: list[dict[str, Any]] = []
     started = time.monotonic()
     with start_llama(settings, out / "logs-llamacpp") as replicas:
@@ -303,7 +319,7 @@ def run_llama(
             calibration = {"repetitions": [calibration]}
             progress("llama.cpp " + _calibration_line("start", calibration["repetitions"][0]))
         for rep, case, policy in interleaved(spec):
-            salt = f"[real llama {nonce} {case.name} {rep} {policy}]\n"
+            salt = run_salt(nonce, case.name, rep, policy)
             run = run_once(spec, settings, replicas, policy, plans[case.name], salt, cluster)
             run.update(case=case.name, policy=policy, repetition=rep, engine=SUMMARY_KEY)
             runs.append(run)
