@@ -531,10 +531,7 @@ def run_real(
         summary = {"scenario": "real", "quick": quick, "engines": [LLAMA_KEY],
                    LLAMA_KEY: run_llama(llama_spec, llama_plans, out, quick=quick,
                                         progress=progress, record=record)}
-        summary["total_wall_seconds"] = time.monotonic() - begun
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        (out / "real.md").write_text(render_markdown(summary))
-        return summary
+        return _written(out, summary, begun)
     nonce = f"{time.time_ns():x}"
     runs: list[dict[str, Any]] = []
     started = time.monotonic()
@@ -604,7 +601,13 @@ def run_real(
         summary["engines"] = ["vllm-cpu", LLAMA_KEY]
         summary[LLAMA_KEY] = run_llama(llama_spec, llama_plans, out, quick=quick,
                                        progress=progress, record=record)
-    # the issue's budget is for this: engine starts, probes and the simulator included
+    return _written(out, summary, begun)
+
+
+def _written(out: Path, summary: dict[str, Any], begun: float) -> dict[str, Any]:
+    """``summary`` with the whole run's wall time since ``begun`` (the issue's budget is
+    for this: engine starts, probes and the simulator included), written to
+    ``out/summary.json`` and ``out/real.md``."""
     summary["total_wall_seconds"] = time.monotonic() - begun
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "real.md").write_text(render_markdown(summary))

@@ -686,8 +686,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
         for proc in procs:
             wait_ready(proc, args.timeout)
     except EngineError as exc:
-        for proc in procs:
-            proc.stop()
+        stop_all(procs)
         print(f"error: {exc}", file=sys.stderr)
         return 1
     for proc in procs:
