@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from saga.bench.real import (
     interleaved,
     put_real_section,
     render_markdown,
+    repetitions_text,
     run_real,
     summarize,
 )
@@ -120,6 +122,28 @@ def test_runs_are_interleaved_with_the_order_rotated_each_repetition() -> None:
         (1, "memory", "vllm-affinity"), (1, "memory", "sglang"), (1, "memory", "saga"),
         (1, "light", "vllm-affinity"), (1, "light", "sglang"), (1, "light", "saga"),
     ]
+
+
+def test_a_case_with_its_own_repetitions_runs_on_after_the_others_stop() -> None:
+    base = RealBench(policies=("saga", "vllm-affinity"), repetitions=1)
+    light = base.cases[1].model_copy(update={"repetitions": 3})
+    spec = base.model_copy(update={"cases": (base.cases[0], light)})
+    assert spec.reps(spec.cases[0]) == 1 and spec.reps(light) == 3 and spec.most_reps() == 3
+    order = [(rep, case.name, policy) for rep, case, policy in interleaved(spec)]
+    assert order == [
+        (0, "memory", "saga"), (0, "memory", "vllm-affinity"),
+        (0, "light", "saga"), (0, "light", "vllm-affinity"),
+        (1, "light", "vllm-affinity"), (1, "light", "saga"),
+        (2, "light", "saga"), (2, "light", "vllm-affinity"),
+    ]
+    # --repetitions N runs every case N times, whatever its own count
+    again = spec.only(repetitions=2)
+    assert [again.reps(c) for c in again.cases] == [2, 2]
+    assert [again.reps(c) for c in again.llama_cases] == [2, 2]
+    settings = json.loads(spec.model_dump_json())
+    assert repetitions_text(settings) == "1 interleaved repetition(s), the light case 3"
+    assert repetitions_text(json.loads(again.model_dump_json())) == \
+        "2 interleaved repetition(s)"
 
 
 def test_llama_cpp_replicas_hold_the_running_calls_and_bind_on_the_idle_ones(

