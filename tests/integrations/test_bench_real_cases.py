@@ -17,12 +17,15 @@ def test_only_keeps_the_named_cases_and_sets_the_repetitions() -> None:
     bench = RealBench()
     light = bench.only(["light"], 1)
     assert [c.name for c in light.cases] == ["light"] and light.repetitions == 1
-    assert light.cases[0] == bench.cases[1]  # the case itself is unchanged
+    # the case itself is unchanged but for its own repetitions, which --repetitions sets
+    assert light.cases[0] == bench.cases[1].model_copy(update={"repetitions": None})
+    assert bench.only(["light"]).cases[0] == bench.cases[1]
     assert bench.only() == bench
     assert bench.quick().only(["light"]).cases[0].sessions == 4  # the quick light case
     # llama.cpp's cases are filtered alike
     assert [c.name for c in light.llama_cases] == ["light"]
-    assert light.llama_cases[0] == bench.llama_cases[1]
+    assert light.llama_cases[0] == bench.llama_cases[1].model_copy(
+        update={"repetitions": None})
     with pytest.raises(UserError, match="no case heavy in the real benchmark"):
         bench.only(["heavy"])
 

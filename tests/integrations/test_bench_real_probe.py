@@ -135,14 +135,16 @@ def _run(case: str, policy: str, tct: float) -> dict[str, Any]:
             "retentions": {}, "prefix_lookups": [], "backends": [0], "deferred": {}}
 
 
-def test_run_real_probes_before_each_repetition_and_keeps_it_out_of_their_figures(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def _stub_bench(
+    monkeypatch: pytest.MonkeyPatch, fake: FakeEngines, case: str,
+) -> list[str]:
+    """run_real's engines and runs stubbed (the probe's calls answered by ``fake``, which
+    logs each probe's start, its calls and resets, and each run); returns the clusters the
+    runs were given, in order."""
     import saga.bench.real as real
 
     if not real.trace_path("miniswe").exists():
         pytest.skip("needs the LMCache agent traces (../shared/traces)")
-    fake = FakeEngines()
     clusters: list[str] = []
 
     @contextlib.contextmanager
@@ -156,11 +158,12 @@ def test_run_real_probes_before_each_repetition_and_keeps_it_out_of_their_figure
                  cluster: str) -> dict[str, Any]:
         fake.log.append(("run", policy))
         clusters.append(cluster)
-        return _run("memory", policy, 10.0 if policy == "saga" else 20.0)
+        return _run(case, policy, 10.0 if policy == "saga" else 20.0)
 
     original = real.calibrate_engines
 
     def calibrate(spec: RealBench, urls: Any, *, seed: int) -> Any:
+        fake.log.append(("probe", str(seed)))
         return original(spec, urls, seed=seed, clock=fake.clock)
 
     monkeypatch.setattr(real, "start_engines", engines)
@@ -168,6 +171,33 @@ def test_run_real_probes_before_each_repetition_and_keeps_it_out_of_their_figure
     monkeypatch.setattr(real, "_vllm_call", fake.call)
     monkeypatch.setattr(real, "reset_prefix_cache", fake.reset)
     monkeypatch.setattr(real, "calibrate_engines", calibrate)
+    return clusters
+
+
+def test_the_repetitions_only_a_case_of_its_own_count_runs_take_no_probe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = FakeEngines()
+    clusters = _stub_bench(monkeypatch, fake, "light")
+    quick = RealBench(policies=("saga", "vllm-affinity")).quick()
+    light = quick.cases[1].model_copy(update={"repetitions": 3})
+    spec = quick.model_copy(update={"cases": (quick.cases[0], light)})
+    summary = run_real(tmp_path, bench=spec, simulate=False, progress=lambda _: None)
+
+    steps = [e for e in fake.log if e[0] in ("probe", "run")]
+    assert steps == [("probe", "0"), *[("run", p) for p in ("saga", "vllm-affinity") * 2],
+                     ("run", "vllm-affinity"), ("run", "saga"),
+                     ("run", "saga"), ("run", "vllm-affinity"), ("probe", "3")]
+    # each run simulated at the speed of the probe before it: the only one
+    assert len(set(clusters)) == 1 and summary["sim_clusters"] == [clusters[0]] * 3
+    assert len(summary["calibration"]["repetitions"]) == 1
+
+
+def test_run_real_probes_before_each_repetition_and_keeps_it_out_of_their_figures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = FakeEngines()
+    clusters = _stub_bench(monkeypatch, fake, "memory")
     spec = RealBench(policies=("saga", "vllm-affinity"), repetitions=2).quick()
     spec = spec.model_copy(update={"cases": spec.cases[:1], "repetitions": 2})
     summary = run_real(tmp_path, bench=spec, simulate=False, progress=lambda _: None)

@@ -86,6 +86,10 @@ def test_quick_is_one_repetition_of_smaller_cases() -> None:
     llama = full.for_llama()
     assert llama.cases == full.llama_cases and llama.cases[0].sessions == memory.sessions
     assert llama.cases[0].max_prompt_chars < memory.max_prompt_chars
+    # the light case twice as often as the memory case, on both engines; quick: once
+    assert [full.reps(c) for c in full.cases] == [3, 6]
+    assert [llama.reps(c) for c in llama.cases] == [3, 6]
+    assert [quick.reps(c) for c in (*quick.cases, *quick.llama_cases)] == [1, 1, 1, 1]
 
 
 def test_a_request_of_max_model_len_must_fit_the_kv() -> None:
@@ -114,7 +118,7 @@ def test_the_real_section_goes_into_results_in_place_and_survives_a_regeneration
 
 
 def test_runs_are_interleaved_with_the_order_rotated_each_repetition() -> None:
-    spec = RealBench(policies=("saga", "vllm-affinity", "sglang"), repetitions=2)
+    spec = RealBench(policies=("saga", "vllm-affinity", "sglang")).only(repetitions=2)
     order = [(rep, case.name, policy) for rep, case, policy in interleaved(spec)]
     assert order == [
         (0, "memory", "saga"), (0, "memory", "vllm-affinity"), (0, "memory", "sglang"),

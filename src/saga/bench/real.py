@@ -96,6 +96,11 @@ class RealCase(BaseModel):
         None, ge=1, description="this case's interleaved repetitions (None: the bench's)")
 
 
+#: The light case's repetitions: a run that the machine slows moves a light ratio of 3
+#: repetitions by several percent (docs/engines.md, "The light case, six times").
+LIGHT_REPETITIONS = 6
+
+
 class RealBench(BaseModel):
     """The real benchmark's settings (``quick()`` is the small version)."""
 
@@ -113,12 +118,14 @@ class RealBench(BaseModel):
         # of every policy, fits the issue's 15 minutes on 2 cores (docs/engines.md, "The
         # 15-minute benchmark"): 12 sessions of 3 calls arriving in a burst (contexts
         # about 2.5x the KV; the simulator: saga/vllm-affinity 2.0x, against 2.6x for
-        # the 16 x 5 of runs/real-s33, which took 11 minutes on vLLM alone); the light
-        # case's 3 sessions 2 s apart barely overlap
+        # the 16 x 5 of runs/real-s33, which took 11 minutes on vLLM alone). The light
+        # case's sessions (about 0.9 s on a quiet machine) are over before the next comes;
+        # it runs twice as often, short: what moves it is the engines' speed from one run
+        # to the next (docs/engines.md, "The light case, six times")
         RealCase(name="memory", sessions=12, calls=3, max_prompt_chars=16000,
                  arrival_interval=0.25),
-        RealCase(name="light", sessions=3, calls=6, max_prompt_chars=6000,
-                 arrival_interval=2.0),
+        RealCase(name="light", sessions=3, calls=3, max_prompt_chars=6000,
+                 arrival_interval=1.0, repetitions=LIGHT_REPETITIONS),
     )
     llama_cases: tuple[RealCase, ...] = Field(
         (
@@ -126,8 +133,8 @@ class RealBench(BaseModel):
             # tokens): one llama.cpp thread prefills 2-3x slower than vLLM-CPU
             RealCase(name="memory", sessions=12, calls=3, max_prompt_chars=7000,
                      arrival_interval=0.25),
-            RealCase(name="light", sessions=3, calls=3, max_prompt_chars=6000,
-                     arrival_interval=2.0),
+            RealCase(name="light", sessions=3, calls=2, max_prompt_chars=6000,
+                     arrival_interval=1.0, repetitions=LIGHT_REPETITIONS),
         ),
         description="the cases on llama.cpp (smaller prompts: its prefill is slower)")
     request_timeout: float = 300.0
@@ -558,6 +565,10 @@ def run_real(
         calibration: dict[str, Any] | None = None
         clusters: dict[int, str] = {}  # repetition -> the preset its runs are simulated on
         for rep, case, policy in interleaved(spec):
+            if rep not in clusters and rep >= spec.repetitions and clusters:
+                # the repetitions only a case of its own count runs (the light case's, a
+                # few seconds each) are simulated at the last probe's speed
+                clusters[rep] = clusters[rep - 1]
             if rep not in clusters:
                 # a probe before each repetition: the engines' speed moves with the machine
                 probe = calibrate_engines(spec, probed, seed=rep)
