@@ -118,11 +118,9 @@ def longest_run_call(
     """The most tokens one call of the bench's runs holds, with the longest salt of each
     case (the tiny model's tokenizer; 0 without it)."""
     longest = 0
-    reps = {c.name: spec.reps(c) for c in spec.cases}
-    for case, workflows in plans.items():
-        salts = [run_salt(nonce, case, reps.get(case, spec.repetitions) - 1, p)
-                 for p in spec.policies]
-        longest = max(longest, longest_call(workflows, max(salts, key=len)))
+    for case in spec.cases:
+        salts = [run_salt(nonce, case.name, spec.reps(case) - 1, p) for p in spec.policies]
+        longest = max(longest, longest_call(plans[case.name], max(salts, key=len)))
     return longest
 
 
