@@ -47,16 +47,12 @@ from typing import Any
 
 import aiohttp
 
+from saga.integrations.ports import free_ports
+
 HOST = "127.0.0.1"
 ADMIN = "sk-soak-admin"
 TENANT_KEYS = {"alpha": "sk-soak-alpha", "beta": "sk-soak-beta"}
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def _env() -> dict[str, str]:
@@ -97,9 +93,9 @@ class Cluster:
         # > 0: the gateway runs under tracemalloc; -1: the same wrapper, tracing off
         self.trace_frames = trace_frames
         self.time_scale = time_scale
-        self.redis_port = free_port()
-        self.emulator_ports = [free_port() for _ in range(replicas)]
-        self.gateway_port = free_port()
+        self.redis_port = free_ports()
+        self.emulator_ports = [free_ports() for _ in range(replicas)]
+        self.gateway_port = free_ports()
         self.redis: subprocess.Popen[bytes] | None = None
         self.emulators: list[subprocess.Popen[bytes] | None] = [None] * replicas
         self.gateway: subprocess.Popen[bytes] | None = None

@@ -14,7 +14,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import random
 import shutil
 import signal
 import socket
@@ -28,29 +27,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from saga.integrations.ports import free_ports
+
 HERE = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
 #: Seconds a started process may take to answer (see the module's docstring).
 START_DEADLINE = 180.0
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((HOST, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_ports(count: int = 1) -> int:
-    """The first of ``count`` consecutive free ports on loopback."""
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20000, 60000 - count)
-        if all(_bindable(base + i) for i in range(count)):
-            return base
-    raise RuntimeError("no free port range found")
 
 
 def _env() -> dict[str, str]:

@@ -29,7 +29,6 @@ import asyncio
 import itertools
 import json
 import math
-import socket
 import statistics
 import threading
 import time
@@ -43,6 +42,7 @@ import aiohttp
 from pydantic import BaseModel, ConfigDict, Field
 
 from saga.errors import UserError
+from saga.integrations.ports import free_ports
 from saga.integrations.replay import ReplayWorkflow, load_sessions, plan
 
 ROUTER_NAMES = ("saga-gateway", "saga-ray", "saga-ray-spread", "ray-pow2",
@@ -196,25 +196,6 @@ async def replay_live(
 
 
 # ---- saga-gateway: emulator servers and the gateway in this process ---------------------
-def _free_port(count: int = 1) -> int:
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port + count <= 65535 and all(_port_free(port + i) for i in range(1, count)):
-            return port
-    raise UserError("no free ports")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 class EmulatorThread:
     """``replicas`` emulator replicas served from a thread (the gateway's backends)."""
 
@@ -223,7 +204,7 @@ class EmulatorThread:
         from saga.engine.cluster import get_cluster
 
         self.emulator = Emulator(get_cluster(cluster), replicas, time_scale=time_scale)
-        self.port = _free_port(replicas)
+        self.port = free_ports(replicas)
         self.urls = [f"http://127.0.0.1:{self.port + i}" for i in range(replicas)]
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -281,7 +262,7 @@ class RayCluster:
 
     def __init__(self, num_cpus: int = 2) -> None:
         self.num_cpus = num_cpus
-        self.port = _free_port()
+        self.port = free_ports()
 
     def __enter__(self) -> RayCluster:
         import ray

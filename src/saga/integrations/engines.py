@@ -33,7 +33,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+
+from saga.integrations.ports import free_ports
 
 __all__ = [
     "LLAMA_CPP_VERSION",
@@ -389,11 +390,9 @@ def start_llamacpp(
 
 
 def free_port() -> int:
-    """A loopback port free now (the OS picks it), for an engine to listen on."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A loopback port free now, outside the ephemeral range (:mod:`.ports` says why),
+    for an engine to listen on."""
+    return free_ports(1, LOOPBACK)
 
 
 class Starter(Protocol):
