@@ -43,10 +43,11 @@ def test_realtime_loop_runs_events_in_order_on_the_scaled_clock() -> None:
 
 
 def _with_client(
-    scale: float, body: Callable[[TestClient[Any, Any], Emulator], Awaitable[None]]
+    scale: float, body: Callable[[TestClient[Any, Any], Emulator], Awaitable[None]],
+    **options: int,
 ) -> None:
     async def main() -> None:
-        emulator = Emulator(get_cluster("test-2"), 1, time_scale=scale)
+        emulator = Emulator(get_cluster("test-2"), 1, time_scale=scale, **options)
         clock = asyncio.create_task(emulator.loop.run_realtime())
         client = TestClient(TestServer(build_app(emulator, 0)))
         await client.start_server()
@@ -169,18 +170,29 @@ def test_recent_calls_keep_only_the_last_ones() -> None:
         calls = (await (await client.get("/saga/calls")).json())["calls"]
         assert [c["workflow"] for c in calls] == ["w2", "w3", "w4"]
 
-    async def main() -> None:
-        emulator = Emulator(get_cluster("test-2"), 1, time_scale=50.0, recent_calls=3)
-        clock = asyncio.create_task(emulator.loop.run_realtime())
-        client = TestClient(TestServer(build_app(emulator, 0)))
-        await client.start_server()
-        try:
-            await body(client, emulator)
-        finally:
-            await client.close()
-            clock.cancel()
+    _with_client(50.0, body, recent_calls=3)
 
-    asyncio.run(main())
+
+def test_only_the_latest_workflows_kv_is_remembered_for_retain() -> None:
+    async def body(client: TestClient[Any, Any], emulator: Emulator) -> None:
+        prompt = "shared prefix " * 300  # 16 full blocks
+        for i in range(5):
+            response = await client.post(
+                "/v1/completions", headers={"x-saga-workflow": f"w{i}"},
+                json={"model": "m", "prompt": f"{i} {prompt}", "max_tokens": 1})
+            assert response.status == 200
+        assert list(emulator.last_kv[0]) == ["w2", "w3", "w4"]
+        forgotten = await client.post("/saga/kv/pin", json={"workflow": "w1", "ttl": 100})
+        assert (await forgotten.json())["blocks"] == 0
+        kept = await client.post("/saga/kv/pin", json={"workflow": "w3", "ttl": 100})
+        assert (await kept.json())["blocks"] >= 16
+        dropped = await client.post("/saga/kv/drop", json={"workflow": "w4"})
+        assert (await dropped.json())["blocks"] >= 16
+        assert list(emulator.last_kv[0]) == ["w2", "w3"]  # a drop forgets the workflow
+
+    _with_client(50.0, body, remembered_workflows=3)
+    with pytest.raises(ValueError, match="at least 1"):
+        Emulator(get_cluster("test-2"), 1, remembered_workflows=0)
 
 
 def test_cli_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:

@@ -17,7 +17,7 @@ then arrival) and what to do with its KV when it finishes. The KV control verbs
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -82,6 +82,7 @@ class Emulator(ReplicaDriver):
         stream_interval: float = 0.05,
         max_waiting: int = 4096,
         recent_calls: int = 1024,
+        remembered_workflows: int = 4096,
     ) -> None:
         self.cluster = cluster
         self.max_waiting = max_waiting
@@ -100,8 +101,15 @@ class Emulator(ReplicaDriver):
             for i in range(count)
         ]
         self.calls: dict[int, CallState] = {}
-        # what the last finished call of each workflow left, per replica (for retain)
-        self.last_kv: list[dict[str, tuple[Run, ...]]] = [{} for _ in self.replicas]
+        # what the last finished call of each workflow left, per replica (for retain): the
+        # ``remembered_workflows`` latest only, as the emulator may run for days; a retain
+        # comes right after its call, so an older entry is one nobody asks for any more
+        if remembered_workflows < 1:
+            raise ValueError(f"remembered_workflows must be at least 1, not {remembered_workflows}")
+        self.remembered_workflows = remembered_workflows
+        self.last_kv: list[OrderedDict[str, tuple[Run, ...]]] = [
+            OrderedDict() for _ in self.replicas
+        ]
         self._cut_pending = [False] * count
         self._streaming = [0] * count
         self._seq = 0
@@ -196,7 +204,10 @@ class Emulator(ReplicaDriver):
         """
         now = self.loop.sync()
         target = self.replicas[replica]
-        runs = self.last_kv[replica].get(workflow)
+        left = self.last_kv[replica]
+        # a dropped workflow's KV is freed for good: forget it (its next call, if the end
+        # was a guess, leaves a new entry)
+        runs = left.pop(workflow, None) if decision.kind == "drop" else left.get(workflow)
         if not runs:
             return 0
         node, hit = target.kv.lock(runs, now)
@@ -244,9 +255,11 @@ class Emulator(ReplicaDriver):
     def _call_done(self, replica: Replica, request: Request) -> None:
         state = self.calls.pop(request.seq, None)
         out = output_run(request, self.block_tokens)
-        self.last_kv[replica.index][request.workflow] = request.runs + (
-            (out,) if out is not None else ()
-        )
+        left = self.last_kv[replica.index]
+        left[request.workflow] = request.runs + ((out,) if out is not None else ())
+        left.move_to_end(request.workflow)
+        if len(left) > self.remembered_workflows:
+            left.popitem(last=False)
         self.finished_calls += 1
         if state is None:
             return
