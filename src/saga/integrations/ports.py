@@ -17,8 +17,9 @@ from pathlib import Path
 LOOPBACK = "127.0.0.1"
 #: Linux's ``ip_local_port_range`` default, used where the file cannot be read.
 DEFAULT_EPHEMERAL = (32768, 60999)
-#: Lowest port picked: below it live well-known and registered services.
-LOWEST = 10000
+#: Lowest port picked: below it live well-known and registered services, and Ray's
+#: workers take ports in 10002-19999 (its ``min_worker_port``/``max_worker_port``).
+LOWEST = 20000
 _RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 
