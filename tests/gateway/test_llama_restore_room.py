@@ -9,8 +9,10 @@ from typing import Any
 
 import aiohttp
 
+from saga.gateway.app import Gateway
 from saga.gateway.backends import BackendError, LlamaCppBackend
-from saga.gateway.config import BackendConfig
+from saga.gateway.config import BackendConfig, GatewayConfig
+from saga.gateway.prometheus import render_metrics
 from saga.sched.decisions import Retention
 
 KV = 4  # cells of each workflow's KV
@@ -94,6 +96,7 @@ def test_a_restore_without_room_erases_the_least_recent_idle_saved_slot(
     assert fake.calls[:3] == ["restore 1", "erase 0", "restore 1"]
     assert [backend.slot_of(w) for w in "abcd"] == [1, None, 2, None]
     assert backend.actions["restore"] == 1 and fake.cells == {1: KV, 2: KV}
+    assert backend.failed == {"save": 0, "restore": 1, "erase": 0}  # the first try
     # d lost its slot, not its KV: its next call restores it
     fake.calls.clear()
     _serve(backend, fake, "d", Retention("offload"))
@@ -106,4 +109,35 @@ def test_a_restore_keeps_slots_whose_kv_is_nowhere_else(tmp_path: Path) -> None:
     assert fake.calls[0] == "restore 1"  # failed, and no idle slot of a saved workflow
     assert "erase 0" not in fake.calls and "erase 2" not in fake.calls
     assert [backend.slot_of(w) for w in "acd"] == [1, 2, 0]
-    assert backend.actions["restore"] == 0
+    assert backend.actions["restore"] == 0 and backend.failed["restore"] == 1
+
+
+def test_slot_actions_reach_metrics_by_outcome(tmp_path: Path) -> None:
+    config = GatewayConfig.model_validate({
+        "policy": "saga", "cluster": "test-2", "public_metrics": True,
+        "backends": [{"url": "http://127.0.0.1:2", "kind": "llamacpp",
+                      "slot_save_path": str(tmp_path)}],
+    })
+
+    async def main() -> tuple[str, str]:
+        gateway = Gateway(config)
+        await gateway.start()
+        try:
+            (backend,) = gateway.backends
+            assert isinstance(backend, LlamaCppBackend)
+            backend.actions.update(save=5, restore=3, erase=1)
+            backend.failed["restore"] = 2
+            return backend.label, await render_metrics(gateway)
+        finally:
+            await gateway.stop()
+
+    name, text = asyncio.run(main())
+    lines = text.splitlines()
+    samples = {line.rsplit(" ", 1)[0]: line.rsplit(" ", 1)[1] for line in lines
+               if line.startswith("saga_slot_actions_total{")}
+    assert len(samples) == 6
+    label = 'saga_slot_actions_total{{backend="{}",action="{}",outcome="{}"}}'.format
+    assert samples[label(name, "restore", "done")] == "3"
+    assert samples[label(name, "restore", "failed")] == "2"
+    assert samples[label(name, "save", "done")] == "5"
+    assert samples[label(name, "erase", "failed")] == "0"

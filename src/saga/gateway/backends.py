@@ -377,6 +377,9 @@ class LlamaCppBackend(Backend):
         self.purge_restores = 0  # restores of a saved workflow whose own slot was purged
         self.kept_restores = 0  # restores into a workflow's own slot believed intact
         self.actions: dict[str, int] = {"save": 0, "restore": 0, "erase": 0}
+        # actions the server refused where the gateway goes on without them (a restore
+        # that finds no room in the KV is a cache miss: expected under memory pressure)
+        self.failed: dict[str, int] = {"save": 0, "restore": 0, "erase": 0}
         # seconds each kind of slot action took, from the request to the server's answer
         # (it waits for the server's batch in progress), failed ones included
         self.action_seconds: dict[str, float] = {"save": 0.0, "restore": 0.0, "erase": 0.0}
@@ -581,8 +584,10 @@ class LlamaCppBackend(Backend):
             self.action_seconds[action] += time.monotonic() - began
             if not quiet:
                 raise
-            # A failed restore is a cache miss: the call recomputes its prompt.
-            log.warning("backend %s: slot %s of slot %d failed", self.label, action, slot)
+            # A failed restore is a cache miss: the call recomputes its prompt. Counted
+            # (saga_slot_actions_total), not warned of: under memory pressure it is routine.
+            self.failed[action] += 1
+            log.debug("backend %s: slot %s of slot %d failed", self.label, action, slot)
             return False
         self.action_seconds[action] += time.monotonic() - began
         self.actions[action] += 1

@@ -120,6 +120,14 @@ async def render_metrics(gateway: Gateway) -> str:
         p.family("saga_slot_file_bytes", "gauge", "Bytes of saved llama.cpp slot files.")
         p.family("saga_slot_files_deleted_total", "counter",
                  "Slot files deleted, by reason (drop, end, sweep, budget).")
+        p.family("saga_slot_actions_total", "counter",
+                 "llama.cpp slot actions (save, restore, erase) by outcome: done, or failed "
+                 "(a restore that found no room in the KV: the call recomputed its prompt).")
+        for b in slotted:
+            for action in sorted(b.actions):
+                for outcome, counts in (("done", b.actions), ("failed", b.failed)):
+                    p.sample("saga_slot_actions_total", counts[action],
+                             (("backend", b.label), ("action", action), ("outcome", outcome)))
         for b in slotted:
             count, size = b.slot_files()
             p.sample("saga_slot_files", count, (("backend", b.label),))
