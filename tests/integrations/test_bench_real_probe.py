@@ -332,3 +332,67 @@ def test_the_record_says_which_contention_the_simulator_ran() -> None:
     assert ("slowed while the other replica is busy by the contention the probe measured) "
             "error") in simulator_line(["cpu-tiny-kv80-fit0123abcd-hc0.05"])
     assert "(cpu-tiny, same KV, the fixed preset) error" in simulator_line(["cpu-tiny-kv80"])
+
+
+def _probe_record(prefill: float, decode: float) -> dict[str, Any]:
+    """A fitted probe record at these scales over cpu-tiny, alone and (x1.5) together."""
+    def row(p: float, d: float) -> dict[str, Any]:
+        return {"prefill_scale": p, "decode_scale": d,
+                "efficiency": scaled(BASE, p, d).model_dump()}
+
+    record = {"solo": row(prefill, decode), "together": row(1.5 * prefill, 1.5 * decode)}
+    return {**record, "contention": host_contention(record)}
+
+
+def test_each_repetition_is_simulated_midway_between_the_probes_around_it() -> None:
+    from saga.bench.real import bracketed, calibrated_cluster
+    from saga.engine.cluster import get_cluster
+
+    spec = RealBench()
+    a, b, end = _probe_record(1.0, 1.0), _probe_record(4.0, 2.0), _probe_record(1.0, 8.0)
+    calibration = {"repetitions": [a, b], "end": end}
+    # what the gateways ran: each repetition its probe's; the third (a case's own count)
+    # the last probe's
+    ran = {0: calibrated_cluster(spec, a), 1: calibrated_cluster(spec, b),
+           2: calibrated_cluster(spec, b)}
+    simulated = bracketed(spec, calibration, ran)
+
+    def scales(name: str) -> tuple[float, float]:
+        efficiency = get_cluster(name).efficiency
+        assert efficiency is not None
+        return BASE.mfu / efficiency.mfu, efficiency.t_per_seq / BASE.t_per_seq
+
+    # the geometric mean of each scale: a to b, then b to the end for the rest
+    assert scales(simulated[0]) == pytest.approx((2.0, math.sqrt(2.0)), rel=1e-9)
+    assert scales(simulated[1]) == pytest.approx((2.0, 4.0), rel=1e-9)
+    assert simulated[2] == simulated[1]
+    assert scales(ran[1]) == pytest.approx((4.0, 2.0), rel=1e-9)  # the gateways' own
+
+
+def test_without_a_probe_after_it_a_repetition_keeps_its_own_preset() -> None:
+    from saga.bench.real import bracketed, calibrated_cluster
+
+    spec = RealBench()
+    a, b = _probe_record(1.0, 1.0), _probe_record(4.0, 2.0)
+    ran = {0: calibrated_cluster(spec, a), 1: calibrated_cluster(spec, b)}
+    assert bracketed(spec, None, ran) == ran
+    assert bracketed(spec, {"repetitions": [a, b]}, ran) == ran  # no end probe
+    unfitted = {"error": "past the hardware's peak", "probe_seconds": 1.0}
+    kept = bracketed(spec, {"repetitions": [a, b], "end": unfitted}, ran)
+    assert kept[1] == ran[1] and kept[0] != ran[0]
+
+
+def test_the_record_says_the_simulator_ran_between_the_probes() -> None:
+    from saga.bench.real import render_markdown
+
+    spec = RealBench(policies=("saga", "vllm-affinity"), repetitions=1)
+    runs = [{**_run("memory", p, t), "case": "memory", "policy": p, "repetition": 0}
+            for p, t in (("saga", 10.0), ("vllm-affinity", 20.0))]
+    sim = {"memory": {"saga": 9.0, "vllm-affinity": 25.0}}
+    calibration = {"repetitions": [_probe_record(1.0, 1.0)], "end": _probe_record(2.0, 2.0),
+                   "bracketed": True, "probe_seconds": 1.0}
+    text = render_markdown(summarize(spec, runs, sim, quick=False, wall=1.0,
+                                     calibration=calibration,
+                                     clusters=["cpu-tiny-kv80-fit0123abcd"]))
+    assert ("each repetition at the engines' speed alone midway between the calibration "
+            "probes before and after it, each step slowed") in text

@@ -366,6 +366,51 @@ def calibrated_cluster(spec: RealBench, calibration: dict[str, Any] | None) -> s
     return kv_cluster(spec.kv_blocks - 1, efficiency=solo, host_contention=measured)
 
 
+def bracketed(spec: RealBench, calibration: dict[str, Any] | None,
+              clusters: dict[int, str]) -> dict[int, str]:
+    """The preset each repetition is simulated on: the engines' speed midway (the geometric
+    mean of each scale, alone and together) between the probe before the repetition and
+    the one after it (the next repetition's, or the end probe; the repetitions past the
+    probed ones ran between the last and the end probe). The machine's speed drifts
+    within a run (runs/real-s42: a decode step 6.2-9.2 ms at the probes before the
+    repetitions, 9.1-11.3 ms at the end); a repetition at the speed of the probe before it
+    is simulated at its start's speed. The gateways ran ``clusters`` (the probe before:
+    they cannot know the next); where a probe is missing or not fitted, those stay."""
+    if calibration is None or "end" not in calibration:
+        return dict(clusters)
+    probes = [*calibration["repetitions"], calibration["end"]]
+    probed = len(calibration["repetitions"])
+    out = dict(clusters)
+    for rep in clusters:
+        before, after = probes[min(rep, probed - 1)], probes[min(rep, probed - 1) + 1]
+        if "solo" in before and "solo" in after:
+            out[rep] = calibrated_cluster(spec, between(before, after))
+    return out
+
+
+def between(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """A probe record midway between two fitted ones (saga.engine.speedfit.midway of their
+    fits alone and together), with the contention those two say."""
+    from saga.bench.probe import host_contention
+    from saga.engine.cluster import get_cluster
+    from saga.engine.costmodel import Efficiency
+    from saga.engine.speedfit import SpeedFit, midway
+
+    base = get_cluster("cpu-tiny").cost_model().efficiency
+
+    def fit(row: dict[str, Any]) -> SpeedFit:
+        return SpeedFit(row["prefill_scale"], row["decode_scale"],
+                        Efficiency.model_validate(row["efficiency"]))
+
+    record: dict[str, Any] = {}
+    for which in ("solo", "together"):
+        m = midway(base, fit(before[which]), fit(after[which]))
+        record[which] = {"prefill_scale": m.prefill_scale, "decode_scale": m.decode_scale,
+                         "efficiency": m.efficiency.model_dump()}
+    record["contention"] = host_contention(record)
+    return record
+
+
 def drift(start: dict[str, Any], end: dict[str, Any]) -> dict[str, float]:
     """How far the engines' speed moved between two probes: each scale at the end over
     the same at the start (>1: slower at the end), for the engines alone and together."""
@@ -598,6 +643,9 @@ def run_real(
             calibration["probe_seconds"] = sum(
                 r["probe_seconds"] for r in calibration["repetitions"])
     wall = time.monotonic() - started
+    simulated = bracketed(spec, calibration, clusters)
+    if calibration is not None and simulated != clusters:
+        calibration["bracketed"] = True
     sim: dict[str, dict[str, float]] = {}
     tokenizer = eng.tiny_model_dir() / "tokenizer.json"
     if simulate and tokenizer.exists():
@@ -611,19 +659,21 @@ def run_real(
             # each policy as deployed: the gateway's prompt estimates (and, over stock
             # vLLM, its prompt blocks), stock vLLM under every policy but saga
             # (docs/engines.md, "Simulator agreement" and "... under drift"); each
-            # repetition at the speed its probe measured, the mean over the case's
-            # repetitions
+            # repetition at the speed between the probes around it (:func:`bracketed`),
+            # the mean over the case's repetitions
             seen = gateway_estimates(plans[case.name], salt=salt)
             named = gateway_runs(plans[case.name], salt=salt, block_tokens=spec.block_tokens)
-            reps = [r for r in sorted(clusters) if r < spec.reps(case)]
+            reps = [r for r in sorted(simulated) if r < spec.reps(case)]
             at = {c: {p: _mean(list(sim_run(wfs, c, p, stock_engine=p != "saga",
                                             estimates=seen, runs=named).values()))
                       for p in spec.policies}
-                  for c in {clusters[r] for r in reps}}
-            sim[case.name] = {p: _mean([at[clusters[r]][p] for r in reps])
+                  for c in {simulated[r] for r in reps}}
+            sim[case.name] = {p: _mean([at[simulated[r]][p] for r in reps])
                               for p in spec.policies}
     summary = summarize(spec, runs, sim, quick=quick, wall=wall, calibration=calibration,
-                        clusters=[clusters[r] for r in sorted(clusters)])
+                        clusters=[simulated[r] for r in sorted(simulated)])
+    if simulated != clusters:
+        summary["gateway_clusters"] = [clusters[r] for r in sorted(clusters)]
     if engine == "both":
         from saga.bench.real_llama import run_llama
 
@@ -900,8 +950,11 @@ def _tables(summary: dict[str, Any]) -> list[str]:
                   "the probe measured" if any("-hc" in c for c in clusters) else
                   ", each step slowed while the other replica is busy by cpu-tiny's host "
                   f"contention, {_preset_contention():g}")
-        speed = ("each repetition at the engines' speed alone its calibration probe "
-                 "measured" + slowed if any("-fit" in c for c in clusters)
+        around = summary.get("calibration", {}).get("bracketed", False)
+        speed = (("each repetition at the engines' speed alone midway between the "
+                  "calibration probes before and after it" if around else
+                  "each repetition at the engines' speed alone its calibration probe "
+                  "measured") + slowed if any("-fit" in c for c in clusters)
                  else "the fixed preset")
         errors = [f"{label} case: " + ", ".join(f"{p} {e:+.0%}" for p, e in
                                                 summary[key].items())
