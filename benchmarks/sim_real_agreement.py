@@ -83,13 +83,19 @@ def _cases(summary: dict[str, Any]) -> list[RealCase]:
     return [RealCase.model_validate(c) for c in summary["settings"]["cases"]]
 
 
+def vllm_runs(out: Path) -> list[dict[str, Any]]:
+    """The vLLM runs of ``out``'s runs.jsonl: a whole `saga bench real` writes llama.cpp's
+    runs there too (marked ``engine``), and their sessions share the vLLM runs' names."""
+    runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    return [run for run in runs if "engine" not in run]
+
+
 def solo_calls(out: Path, case: RealCase) -> list[dict[str, Any]]:
     """The calls of ``out``'s runs of ``case`` that had their replica to themselves."""
     max_tokens = {(f"s{k:03d}", i): c.max_tokens
                   for k, wf in enumerate(_plan(case)) for i, c in enumerate(wf.calls)}
     points = []
-    for line in (out / "runs.jsonl").read_text().splitlines():
-        run = json.loads(line)
+    for run in vllm_runs(out):
         if run.get("case", case.name) != case.name:
             continue
         log = run["call_log"]
@@ -133,8 +139,7 @@ def drift(out: Path) -> None:
                      DEFAULT_EFFICIENCY["cpu-tiny"])
     print(f"{out}: rep case policy | load | lone calls | their latency over cpu-tiny's "
           "(median) | the repetition's probe alone, prefill / decode over cpu-tiny")
-    for line in (out / "runs.jsonl").read_text().splitlines():
-        run = json.loads(line)
+    for run in vllm_runs(out):
         ratios = lone_ratios(run["call_log"], outputs[run["case"]], cost,
                              chunk=spec.max_num_batched_tokens)
         probe = (probes[run["repetition"]].get("solo")
@@ -212,7 +217,7 @@ def agreement(out: Path, refit: bool = False,
     TCT per case and policy (the mean over the repetitions' clusters)."""
     summary = json.loads((out / "summary.json").read_text())
     spec = RealBench.model_validate(summary["settings"])
-    runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    runs = vllm_runs(out)
     on = clusters(out, summary, spec, refit, contention)
     print(f"{out}: simulated on {', '.join(on)}")
     predicted: dict[str, dict[str, float]] = {}
@@ -271,7 +276,7 @@ def calls(out: Path, policies: list[str], contention: float | None = None) -> No
     summary = json.loads((out / "summary.json").read_text())
     spec = RealBench.model_validate(summary["settings"])
     case = next(c for c in _cases(summary) if c.name == "memory")
-    runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    runs = vllm_runs(out)
     on = clusters(out, summary, spec, False, contention)
     print(f"{out}: rep policy source | TCT s | held s | served s | uncached tokens | hit rate"
           " | later calls missed | moved (tokens) | moved off KV home held | kept home, missed"

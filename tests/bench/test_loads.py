@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -89,3 +90,20 @@ def test_the_agreement_script_explains_itself() -> None:
                           text=True, timeout=120, check=False)
     assert proc.returncode == 0
     assert "--refit" in proc.stdout and "DIR" in proc.stdout
+
+
+def test_the_agreement_script_reads_the_vllm_runs_only(tmp_path: Path) -> None:
+    # a whole `saga bench real` writes llama.cpp's runs into the same runs.jsonl, with the
+    # same case, policy, repetition and session names: mixed in, they halved saga's TCT
+    import importlib.util
+
+    path = Path(__file__).parents[2] / "benchmarks" / "sim_real_agreement.py"
+    spec = importlib.util.spec_from_file_location("sim_real_agreement", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    vllm = {"case": "memory", "policy": "saga", "repetition": 0, "tct": {"s000": 20.0}}
+    llama = {**vllm, "tct": {"s000": 11.0}, "engine": "llamacpp"}
+    (tmp_path / "runs.jsonl").write_text(
+        "\n".join(json.dumps(r) for r in (vllm, llama, vllm)) + "\n")
+    assert module.vllm_runs(tmp_path) == [vllm, vllm]
