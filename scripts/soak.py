@@ -93,9 +93,12 @@ class Cluster:
         # > 0: the gateway runs under tracemalloc; -1: the same wrapper, tracing off
         self.trace_frames = trace_frames
         self.time_scale = time_scale
-        self.redis_port = free_ports()
-        self.emulator_ports = [free_ports() for _ in range(replicas)]
-        self.gateway_port = free_ports()
+        # one block of consecutive ports: distinct by construction (separate random picks
+        # could draw the same port twice)
+        base = free_ports(replicas + 2)
+        self.redis_port = base
+        self.emulator_ports = [base + 1 + i for i in range(replicas)]
+        self.gateway_port = base + 1 + replicas
         self.redis: subprocess.Popen[bytes] | None = None
         self.emulators: list[subprocess.Popen[bytes] | None] = [None] * replicas
         self.gateway: subprocess.Popen[bytes] | None = None

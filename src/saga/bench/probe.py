@@ -51,7 +51,8 @@ from saga.engine.hardware import get_gpu, get_model
 from saga.engine.speedfit import DecodePoint, PrefillPoint, SpeedFit, fit_speed, midway
 from saga.integrations.threads import at_once
 
-__all__ = ["Call", "ProbeSettings", "calibrate", "fit_record", "host_contention", "probe"]
+__all__ = ["Call", "ProbeSettings", "between", "calibrate", "fit_record", "host_contention",
+           "probe"]
 
 #: ``call(url, token_ids, max_tokens)``: one completion on the replica at ``url``; returns
 #: its prefill and decode seconds (first token to last) as the engine timed them.
@@ -158,15 +159,31 @@ def fit_record(probed: dict[str, Any], base: Efficiency, chunk: int) -> dict[str
     solo = _fit(probed["solo"], base, settings, chunk)
     together = _fit(probed["together"], base, settings, chunk)
     preset = midway(base, solo, together)
-
-    def row(f: SpeedFit) -> dict[str, Any]:
-        return {"prefill_scale": f.prefill_scale, "decode_scale": f.decode_scale,
-                "efficiency": f.efficiency.model_dump()}
-
-    record = {"solo": row(solo), "together": row(together), "preset": row(preset),
+    record = {"solo": _row(solo), "together": _row(together), "preset": _row(preset),
               "probe_seconds": probed["seconds"], "points": probed}
     record["contention"] = host_contention(record)
     return record
+
+
+def between(before: dict[str, Any], after: dict[str, Any], base: Efficiency) -> dict[str, Any]:
+    """A record midway between two fitted ones (:func:`midway` of their fits alone and
+    together), with the contention those two say."""
+    record: dict[str, Any] = {
+        which: _row(midway(base, _unrow(before[which]), _unrow(after[which])))
+        for which in ("solo", "together")}
+    record["contention"] = host_contention(record)
+    return record
+
+
+def _row(f: SpeedFit) -> dict[str, Any]:
+    """A fit as a record's row (JSON)."""
+    return {"prefill_scale": f.prefill_scale, "decode_scale": f.decode_scale,
+            "efficiency": f.efficiency.model_dump()}
+
+
+def _unrow(row: dict[str, Any]) -> SpeedFit:
+    return SpeedFit(row["prefill_scale"], row["decode_scale"],
+                    Efficiency.model_validate(row["efficiency"]))
 
 
 def calibrate(

@@ -378,37 +378,18 @@ def bracketed(spec: RealBench, calibration: dict[str, Any] | None,
     they cannot know the next); where a probe is missing or not fitted, those stay."""
     if calibration is None or "end" not in calibration:
         return dict(clusters)
-    probes = [*calibration["repetitions"], calibration["end"]]
-    probed = len(calibration["repetitions"])
-    out = dict(clusters)
-    for rep in clusters:
-        before, after = probes[min(rep, probed - 1)], probes[min(rep, probed - 1) + 1]
-        if "solo" in before and "solo" in after:
-            out[rep] = calibrated_cluster(spec, between(before, after))
-    return out
-
-
-def between(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """A probe record midway between two fitted ones (saga.engine.speedfit.midway of their
-    fits alone and together), with the contention those two say."""
-    from saga.bench.probe import host_contention
+    from saga.bench.probe import between
     from saga.engine.cluster import get_cluster
-    from saga.engine.costmodel import Efficiency
-    from saga.engine.speedfit import SpeedFit, midway
 
     base = get_cluster("cpu-tiny").cost_model().efficiency
-
-    def fit(row: dict[str, Any]) -> SpeedFit:
-        return SpeedFit(row["prefill_scale"], row["decode_scale"],
-                        Efficiency.model_validate(row["efficiency"]))
-
-    record: dict[str, Any] = {}
-    for which in ("solo", "together"):
-        m = midway(base, fit(before[which]), fit(after[which]))
-        record[which] = {"prefill_scale": m.prefill_scale, "decode_scale": m.decode_scale,
-                         "efficiency": m.efficiency.model_dump()}
-    record["contention"] = host_contention(record)
-    return record
+    probes = [*calibration["repetitions"], calibration["end"]]
+    last = len(calibration["repetitions"]) - 1
+    out = dict(clusters)
+    for rep in clusters:
+        before, after = probes[min(rep, last)], probes[min(rep, last) + 1]
+        if "solo" in before and "solo" in after:
+            out[rep] = calibrated_cluster(spec, between(before, after, base))
+    return out
 
 
 def drift(start: dict[str, Any], end: dict[str, Any]) -> dict[str, float]:
