@@ -140,7 +140,10 @@ def admin_metrics(url: str) -> str:
 # ---- 1. faults -----------------------------------------------------------------------------
 def replica_killed(tmp: Path, workflows: int = 6, calls: int = 4) -> list[Outcome]:
     """Two single-replica emulators; one is SIGKILLed while workflows run, then restarted."""
-    port_a, port_b = free_ports(1), free_ports(1)
+    # one block of two: picked apart, the second pick could take the first port before
+    # its emulator binds it
+    port_a = free_ports(2)
+    port_b = port_a + 1
     urls = [f"http://{HOST}:{port_a}", f"http://{HOST}:{port_b}"]
     emu_a = start_emulator(port_a)
     emu_b = start_emulator(port_b)
@@ -210,7 +213,8 @@ def replica_killed(tmp: Path, workflows: int = 6, calls: int = 4) -> list[Outcom
 
 def backend_errors(tmp: Path, calls: int = 20) -> list[Outcome]:
     """A backend that answers 500 (next to a good one), and one that hangs."""
-    p_bad, p_good, p_slow = free_ports(1), free_ports(1), free_ports(1)
+    p_bad = free_ports(3)  # one block: distinct by construction (see replica_killed)
+    p_good, p_slow = p_bad + 1, p_bad + 2
     rows: list[Outcome] = []
     with process([sys.executable, str(HERE / "fake_backend.py"), str(p_bad), "500"]) as bad, \
             process([sys.executable, str(HERE / "fake_backend.py"), str(p_good), "echo"]), \
@@ -818,15 +822,16 @@ def retry_elsewhere(tmp: Path, calls: int = 10) -> Outcome:
     """A backend answers 500 to everything; the policy would pick it again (ties go to
     replica 0): retries go to the other backend."""
     p500 = free_ports(1)
-    with process([sys.executable, str(HERE / "fake_backend.py"), str(p500), "500"]) as bad, \
-            emulator(replicas=1) as urls:
+    with process([sys.executable, str(HERE / "fake_backend.py"), str(p500), "500"]) as bad:
+        # bound before the emulator picks its port, which could otherwise be this one
         wait_http(f"http://{HOST}:{p500}/health", proc=bad)
-        cfg = gateway_config([f"http://{HOST}:{p500}", *urls], kind="emulator",
-                             policy="test-first-up", plugins=["saga_test_policies"],
-                             retries=1, retry_backoff=0.0, retry_budget=1.0)
-        with gateway(cfg, tmp) as gw:
-            got = [chat(gw, ALPHA, f"x{i}")[:2] for i in range(calls)]
-        hits = json.loads(http("GET", f"http://{HOST}:{p500}/_seen")[2])["hits"]
+        with emulator(replicas=1) as urls:
+            cfg = gateway_config([f"http://{HOST}:{p500}", *urls], kind="emulator",
+                                 policy="test-first-up", plugins=["saga_test_policies"],
+                                 retries=1, retry_backoff=0.0, retry_budget=1.0)
+            with gateway(cfg, tmp) as gw:
+                got = [chat(gw, ALPHA, f"x{i}")[:2] for i in range(calls)]
+            hits = json.loads(http("GET", f"http://{HOST}:{p500}/_seen")[2])["hits"]
     statuses = Counter(s for s, _ in got)
     moved = sum(h.get("x-saga-backend") == "1" and h.get("x-saga-retries") == "1"
                 for _, h in got)
