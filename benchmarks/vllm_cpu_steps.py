@@ -21,6 +21,13 @@ Wall-clock figures: run it on a quiet machine, or compare only within one run.
 
     PYTHONPATH=src python benchmarks/vllm_cpu_steps.py chunks --rounds 6 --out runs/steps
     PYTHONPATH=src python benchmarks/vllm_cpu_steps.py mixed --trials 3 --out runs/steps
+    PYTHONPATH=src python benchmarks/vllm_cpu_steps.py context --rounds 5 --out runs/steps
+
+* ``context``: one stock engine (vLLM-CPU's default KV); one sequence decodes alone from a
+  fresh prompt of each of several lengths, the engine's own decode seconds
+  (``vllm:request_decode_time_seconds``) over its steps, beside the model's decode step at
+  that context. Does a decode step grow with its context as the model says? (The bench's
+  probe times decode at one context, 1,024 tokens; the memory-bound calls decode at 2-6k.)
 """
 
 from __future__ import annotations
@@ -196,16 +203,46 @@ def mixed(out: Path, trials: int, shapes: Sequence[tuple[int, int]]) -> list[dic
     return rows
 
 
+#: ``context``: the prompt lengths decoded from, and the decode steps timed at each
+CONTEXTS = (1024, 2048, 4096, 6144)
+DECODE_TOKENS = 48
+
+
+def context(out: Path, rounds: int, contexts: Sequence[int]) -> list[dict[str, Any]]:
+    """A lone sequence's decode step at each context (see the module doc)."""
+    rng = np.random.default_rng(2)
+    rows: list[dict[str, Any]] = []
+    with engines(out, (0,), bench_kv=False) as (url,):
+        _vllm_call(url, _fresh(rng, 256), 2)  # warm-up
+        for r in range(rounds):
+            for n in contexts if r % 2 == 0 else contexts[::-1]:
+                reset_prefix_cache(url)
+                prefill, decode = _vllm_call(url, _fresh(rng, n), DECODE_TOKENS)
+                rows.append({"ctx": n, "round": r, "prefill": prefill,
+                             "decode_step": decode / (DECODE_TOKENS - 1)})
+    model = _model()
+    low = statistics.median(x["decode_step"] for x in rows if x["ctx"] == contexts[0])
+    low_model = model.step_time(1, contexts[0] + 1, contexts[0], 1)
+    for n in contexts:
+        step = statistics.median(x["decode_step"] for x in rows if x["ctx"] == n)
+        m = model.step_time(1, n + 1, n, 1)
+        print(f"ctx {n:5d}: decode step median {step * 1e3:.2f} ms (x{step / low:.2f} of "
+              f"{contexts[0]}'s), model {m * 1e3:.2f} ms (x{m / low_model:.2f})")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("what", choices=("chunks", "mixed"))
+    parser.add_argument("what", choices=("chunks", "mixed", "context"))
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--rounds", type=int, default=6, help="chunks: rounds per size")
+    parser.add_argument("--rounds", type=int, default=6, help="chunks, context: rounds per size")
     parser.add_argument("--trials", type=int, default=3, help="mixed: trials per shape")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.what == "chunks":
         rows = chunks(args.out, args.rounds, (768, 1536, 3072))
+    elif args.what == "context":
+        rows = context(args.out, args.rounds, CONTEXTS)
     else:
         rows = mixed(args.out, args.trials, ((2, 2048), (4, 2048), (4, 3072), (8, 1536)))
     (args.out / f"{args.what}.json").write_text(json.dumps(rows, indent=1) + "\n")

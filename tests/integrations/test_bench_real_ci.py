@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from saga.bench.real import RealBench, RealCase, run_real
+from saga.bench.real import RealBench, RealCase, probe_clusters, run_real
 from saga.integrations import engines as eng
 
 pytestmark = [pytest.mark.engines, pytest.mark.timeout(900)]
@@ -39,6 +39,13 @@ def test_the_real_bench_runs_end_to_end(tmp_path: Path) -> None:
     assert set(summary["speedup"]) == {"saga/vllm-affinity"}
     assert set(summary["speedup_light"]) == {"saga/vllm-affinity"}
     assert set(summary["sim_error"]) == set(bench.policies)
+    # the simulator again at each probe's speed (before the repetition and at the end):
+    # its figures at the fastest and the slowest, when the two probes' fits differ
+    if len(probe_clusters(bench, summary["calibration"])) > 1:
+        for case in ("memory", "light"):
+            band = summary["sim_band"][case]
+            assert set(band) == set(bench.policies)
+            assert all(b["mean_tct"][0] <= b["mean_tct"][1] for b in band.values())
     # runs.jsonl logs every call: answered (200), by a replica, its cached prompt tokens
     # reported by the engine (--enable-prompt-tokens-details), within its prompt
     runs = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]

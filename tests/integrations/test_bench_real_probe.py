@@ -230,7 +230,7 @@ def test_run_real_probes_before_each_repetition_and_keeps_it_out_of_their_figure
     from saga.engine.cluster import get_cluster
 
     c = summary["calibration"]
-    assert set(c) == {"repetitions", "end", "drift", "probe_seconds"}
+    assert set(c) == {"repetitions", "end", "drift", "probe_seconds", "spread"}
     assert len(c["repetitions"]) == 2
     first = c["repetitions"][0]
     assert set(first) == {"solo", "together", "preset", "probe_seconds", "points",
@@ -247,6 +247,7 @@ def test_run_real_probes_before_each_repetition_and_keeps_it_out_of_their_figure
     # the same engines at the end: no drift
     assert c["drift"] == pytest.approx({f"{w}_{s}": 1.0 for w in ("solo", "together", "preset")
                                         for s in ("prefill", "decode")})
+    assert c["spread"] == pytest.approx({"prefill": 1.0, "decode": 1.0})
     assert "Calibration probes" in (tmp_path / "real.md").read_text()
 
 
@@ -396,3 +397,44 @@ def test_the_record_says_the_simulator_ran_between_the_probes() -> None:
                                      clusters=["cpu-tiny-kv80-fit0123abcd"]))
     assert ("each repetition at the engines' speed alone midway between the calibration "
             "probes before and after it, each step slowed") in text
+
+
+def test_the_probes_speeds_and_their_spread_are_each_fitted_probe_in_order() -> None:
+    from saga.bench.real import calibrated_cluster, probe_clusters, probe_spread
+
+    spec = RealBench()
+    a, b, end = _probe_record(1.0, 1.0), _probe_record(4.0, 2.0), _probe_record(1.0, 8.0)
+    unfitted = {"error": "past the hardware's peak", "probe_seconds": 1.0}
+    calibration = {"repetitions": [a, unfitted, b, a], "end": end}
+    # each fitted probe once, in the order they ran; the unfitted one is left out
+    assert probe_clusters(spec, calibration) == [
+        calibrated_cluster(spec, a), calibrated_cluster(spec, b), calibrated_cluster(spec, end)]
+    # the slowest over the fastest of each scale, over every fitted probe
+    assert probe_spread(calibration) == pytest.approx({"prefill": 4.0, "decode": 8.0})
+    assert probe_spread({"repetitions": [a, unfitted]}) == {}
+    assert probe_spread(None) == {} and probe_clusters(spec, None) == []
+
+
+def test_the_summary_gives_the_simulators_error_at_the_fastest_and_slowest_probe() -> None:
+    from saga.bench.real import render_markdown
+
+    spec = RealBench(policies=("saga", "vllm-affinity"), repetitions=1)
+    runs = [{**_run("memory", p, t), "case": "memory", "policy": p, "repetition": 0}
+            for p, t in (("saga", 10.0), ("vllm-affinity", 20.0))]
+    sim = {"memory": {"saga": 9.0, "vllm-affinity": 25.0}}
+    band = {"memory": {"saga": [8.0, 12.0], "vllm-affinity": [19.0, 26.0]}}
+    calibration = {"repetitions": [_probe_record(1.0, 1.0)], "end": _probe_record(2.0, 1.5),
+                   "bracketed": True, "probe_seconds": 1.0}
+    s = summarize(spec, runs, sim, quick=False, wall=1.0, calibration=calibration,
+                  clusters=["cpu-tiny-kv80-fit0123abcd"], band=band)
+    assert s["sim_band"]["memory"]["saga"] == {"mean_tct": [8.0, 12.0],
+                                               "error": pytest.approx([-0.2, 0.2])}
+    assert s["sim_band"]["memory"]["vllm-affinity"]["error"] == pytest.approx([-0.05, 0.3])
+    assert s["calibration"]["spread"] == pytest.approx({"prefill": 2.0, "decode": 1.5})
+    text = render_markdown(s)
+    assert ("At each probe's speed in turn (alone, the slowest probe's decode took x1.50 the "
+            "fastest's time, its prefill x2.00), the simulator's error spans memory-bound "
+            "case: saga -20% to +20%, vllm-affinity -5% to +30%") in text
+    # without a band (one probe), no such line and no key
+    plain = summarize(spec, runs, sim, quick=False, wall=1.0, clusters=["cpu-tiny-kv80"])
+    assert "sim_band" not in plain and "At each probe" not in render_markdown(plain)

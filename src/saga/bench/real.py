@@ -36,6 +36,8 @@ rules (saga.sched.stock) reading the replicas as the gateway sees them
 hooks (saga.sched.estimated);
 ``sim_error[policy]`` is its relative error of each policy's mean TCT in the memory case,
 ``sim_error_light`` in the light case (docs/engines.md, "Simulator agreement");
+``sim_band`` the same again at each probe's speed in turn, fastest and slowest (the
+engines' drift alone moves it that far: docs/engines.md, "Decode speed under the probes");
 ``sim_ranking[case]`` the raw orders and the pairs the real runs separate
 (saga.bench.real_ranking).
 
@@ -392,6 +394,36 @@ def bracketed(spec: RealBench, calibration: dict[str, Any] | None,
     return out
 
 
+def _fitted_probes(calibration: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The probes whose fit succeeded, in the order they ran (the end probe last)."""
+    if calibration is None:
+        return []
+    probes = [*calibration.get("repetitions", []),
+              *([calibration["end"]] if "end" in calibration else [])]
+    return [p for p in probes if "solo" in p]
+
+
+def probe_clusters(spec: RealBench, calibration: dict[str, Any] | None) -> list[str]:
+    """The preset of each fitted probe, in order, each once: the engines' speeds the run
+    measured. The simulator's figures at each in turn (``sim_band``) say how far its
+    prediction moves with the speed alone, next to its error (docs/engines.md, "Decode
+    speed under the probes")."""
+    return list(dict.fromkeys(calibrated_cluster(spec, p) for p in _fitted_probes(calibration)))
+
+
+def probe_spread(calibration: dict[str, Any] | None) -> dict[str, float]:
+    """How far the engines' speed alone moved over the run's probes: the slowest probe's
+    prefill and decode scale over the fastest's ({} with fewer than two fitted probes)."""
+    probes = _fitted_probes(calibration)
+    if len(probes) < 2:
+        return {}
+    out = {}
+    for scale in ("prefill", "decode"):
+        values = [p["solo"][f"{scale}_scale"] for p in probes]
+        out[scale] = max(values) / min(values)
+    return out
+
+
 def drift(start: dict[str, Any], end: dict[str, Any]) -> dict[str, float]:
     """How far the engines' speed moved between two probes: each scale at the end over
     the same at the start (>1: slower at the end), for the engines alone and together."""
@@ -628,6 +660,7 @@ def run_real(
     if calibration is not None and simulated != clusters:
         calibration["bracketed"] = True
     sim: dict[str, dict[str, float]] = {}
+    band: dict[str, dict[str, list[float]]] = {}
     tokenizer = eng.tiny_model_dir() / "tokenizer.json"
     if simulate and tokenizer.exists():
         from saga.integrations.replay import gateway_estimates, gateway_runs, sim_workflows
@@ -651,8 +684,16 @@ def run_real(
                   for c in {simulated[r] for r in reps}}
             sim[case.name] = {p: _mean([at[simulated[r]][p] for r in reps])
                               for p in spec.policies}
+            # the same at each probe's speed in turn: how far the prediction moves with
+            # the engines' speed alone, which drifts under the runs
+            speeds = probe_clusters(spec, calibration)
+            if len(speeds) > 1:
+                tcts = {p: [at[c][p] if c in at else _mean(list(sim_run(
+                    wfs, c, p, stock_engine=p != "saga", estimates=seen,
+                    runs=named).values())) for c in speeds] for p in spec.policies}
+                band[case.name] = {p: [min(v), max(v)] for p, v in tcts.items()}
     summary = summarize(spec, runs, sim, quick=quick, wall=wall, calibration=calibration,
-                        clusters=[simulated[r] for r in sorted(simulated)])
+                        clusters=[simulated[r] for r in sorted(simulated)], band=band)
     if simulated != clusters:
         summary["gateway_clusters"] = [clusters[r] for r in sorted(clusters)]
     if engine == "both":
@@ -688,11 +729,14 @@ def summarize(
     spec: RealBench, runs: Sequence[dict[str, Any]], sim: dict[str, dict[str, float]], *,
     quick: bool, wall: float, engine: str = "vllm-cpu",
     calibration: dict[str, Any] | None = None, clusters: Sequence[str] = (),
+    band: dict[str, dict[str, list[float]]] | None = None,
 ) -> dict[str, Any]:
     """summary.json (of one engine): per case and policy, the pooled TCTs; the speedups
     of ``saga``; the simulator's error per case and its ranking against the real one;
     ``calibration``: the probes' record (saga.bench.probe), apart from every figure of
-    the runs; ``clusters``: the preset the simulator ran each repetition on."""
+    the runs; ``clusters``: the preset the simulator ran each repetition on; ``band``:
+    per case and policy, the simulated mean TCT at the fastest and the slowest of the
+    probes' speeds (:func:`probe_clusters`), written with its errors as ``sim_band``."""
     from saga.bench.real_ranking import separated_pairs
 
     cases: dict[str, dict[str, Any]] = {}
@@ -748,10 +792,18 @@ def summarize(
             case: ranking({p: e["mean_tct"] for p, e in rows.items()}, sim[case])
             | separated_pairs(paired[case], sim[case])
             for case, rows in cases.items() if case in sim}
+    if band:
+        summary["sim_band"] = {
+            case: {p: {"mean_tct": tcts, "error": [
+                (t - cases[case][p]["mean_tct"]) / cases[case][p]["mean_tct"] for t in tcts]}
+                for p, tcts in rows.items() if p in cases.get(case, {})}
+            for case, rows in band.items()}
     if clusters:
         summary["sim_clusters"] = list(clusters)
     if calibration is not None:
         summary["calibration"] = calibration
+        if spread := probe_spread(calibration):
+            calibration["spread"] = spread
     return summary
 
 
@@ -943,6 +995,18 @@ def _tables(summary: dict[str, Any]) -> list[str]:
                   if summary.get(key)]
         lines.append(f"Simulator (cpu-tiny, same KV, {speed}) error of mean TCT, "
                      + "; ".join(errors) + ".")
+        if "sim_band" in summary:
+            spread = summary.get("calibration", {}).get("spread", {})
+            moved = (f" (alone, the slowest probe's decode took x{spread['decode']:.2f} the "
+                     f"fastest's time, its prefill x{spread['prefill']:.2f})" if spread else "")
+            spans = [f"{label} case: " + ", ".join(
+                f"{p} {b['error'][0]:+.0%} to {b['error'][1]:+.0%}"
+                for p, b in summary["sim_band"][case].items())
+                for case, label in (("memory", "memory-bound"), ("light", "light"))
+                if summary["sim_band"].get(case)]
+            lines.append("At each probe's speed in turn" + moved + ", the simulator's error "
+                         "spans " + "; ".join(spans) + ": what the engines' drift alone "
+                         "moves it by.")
         for case, r in summary.get("sim_ranking", {}).items():
             lines.append(f"Ranking, {case}: real {' < '.join(r['real'])}; simulated "
                          f"{' < '.join(r['sim'])} ({'same' if r['same'] else 'differs'})"
