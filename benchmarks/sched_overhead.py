@@ -16,6 +16,12 @@ candidates x ~2 us, mostly reading cold replica and KV objects); with 100 calls 
 replica p50 ~48 us, p99 ~92-97 us, since each replica keeps its queues' token sums
 (``QueueTokens``) and a busy candidate reads no slower than an idle one (read call by
 call, they took p50 ~250 us, p99 ~360-600 us). No collection falls in a timed call.
+2026-12-07, on a VM running plain Python 1.4-2.4x slower than that one (20 million
+additions in 2.0-3.4 s): idle place p50 75 us, p99 147 us; busy p50 98 us, p99 177 us. The
+busy candidates' backlog prices are now remembered by (tokens, queue length)
+(placement.Predictor): in an in-process A/B, alternating batches on the same busy state,
+p50 164 -> 149 us, p99 289 -> 257 us (the machine slower still by then); the same
+decisions.
 Run: python benchmarks/sched_overhead.py [--replicas N] [--workflows N] [--samples N]
 [--busy N]
 """

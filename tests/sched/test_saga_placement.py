@@ -157,6 +157,31 @@ def test_backlog_is_priced_as_prefills_of_the_queued_calls_mean_size() -> None:
     assert queue.backlog_seconds(replica) < fixed.backlog_seconds(replica) / 7
 
 
+def test_the_backlog_price_is_remembered_by_tokens_and_queue_and_bounded() -> None:
+    cost = cost_model_for("tiny-llama", "cpu-tiny", 1)
+    engine = EngineConfig(max_num_batched_tokens=4096, max_num_seqs=64)
+    queue = Predictor(cost, 128, "queue")
+    replica = Replica(0, engine, cost, SagaPolicy(), block_tokens=128, capacity_blocks=80)
+    seen = []
+    for k, blocks in enumerate((16, 23, 7)):
+        r = Request("other", f"o{k}", (("w:o", k * 100, blocks),), blocks * 128, 32, 128, k)
+        replica.enqueue(r, 0.0)
+        tokens, queued = replica.backlog_tokens, k + 1
+        size = -(-tokens // queued)
+        size = -(-size // 128) * 128
+        # asked twice, the same float as the arithmetic, remembered once per (tokens, queue)
+        for _ in range(2):
+            assert queue.backlog_seconds(replica) == tokens * cost.prefill_time(size, 0) / size
+        seen.append((tokens, queued))
+    assert list(queue._backlog_memo) == seen
+    # full, it starts over rather than grow: one entry more than the bound leaves one
+    queue._backlog_memo.update({(-i, 1): 0.0 for i in range(1, 4094)})
+    assert len(queue._backlog_memo) == 4096
+    replica.enqueue(Request("other", "o3", (("w:o", 400, 4),), 512, 32, 128, 3), 0.0)
+    queue.backlog_seconds(replica)
+    assert list(queue._backlog_memo) == [(replica.backlog_tokens, 4)]
+
+
 def _tiny_cluster(price: str) -> tuple[SagaPolicy, list[Replica]]:
     """Two cpu-tiny replicas of the real benchmark's size (80 blocks of 128 tokens)."""
     cost = cost_model_for("tiny-llama", "cpu-tiny", 1)

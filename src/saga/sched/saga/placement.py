@@ -75,6 +75,11 @@ class Predictor:
         # the cost model runs once per distinct question, not once per candidate.
         self._prefill = lru_cache(maxsize=4096)(cost.prefill_time)
         self._decode_step = lru_cache(maxsize=4096)(cost.decode_steps_time)
+        # backlog seconds by (backlog tokens, queued calls): a placement prices the backlog
+        # of every candidate, twice when it steals, and the arithmetic took a third of a
+        # busy placement at 1,024 replicas (benchmarks/sched_overhead.py); cleared when full
+        self._fixed = backlog_price == "fixed"
+        self._backlog_memo: dict[tuple[int, int], float] = {}
 
     def prefill(self, prompt: int, cached: int) -> float:
         return float(self._prefill(prompt, min(cached, prompt)))
@@ -87,13 +92,20 @@ class Predictor:
         tokens = replica.backlog_tokens
         if tokens <= 0:
             return 0.0
-        if self.backlog_price == "fixed":
+        if self._fixed:
             return tokens * self.t_token
-        bt = self.block_tokens
-        queued = max(len(replica.waiting) + len(replica.running), 1)
-        size = -(-tokens // queued)
-        size = -(-size // bt) * bt  # whole blocks: fewer distinct questions to the cost model
-        return tokens * self.prefill(size, 0) / size
+        key = (tokens, len(replica.waiting) + len(replica.running))
+        memo = self._backlog_memo
+        seconds = memo.get(key)
+        if seconds is None:
+            bt = self.block_tokens
+            size = -(-tokens // max(key[1], 1))
+            size = -(-size // bt) * bt  # whole blocks: fewer distinct questions to the model
+            seconds = tokens * self.prefill(size, 0) / size
+            if len(memo) >= 4096:
+                memo.clear()
+            memo[key] = seconds
+        return seconds
 
     def backlog(self, replica: ReplicaView, only_slo: bool = False) -> float:
         """Seconds of prefill work queued or running on ``replica`` (``only_slo``: of
