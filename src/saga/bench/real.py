@@ -666,6 +666,11 @@ def run_real(
         from saga.integrations.replay import gateway_estimates, gateway_runs, sim_workflows
         from saga.integrations.replay import simulate as sim_run
 
+        # each probe's speed in turn too (``sim_band``): how far the prediction moves with
+        # the engines' speed alone, which drifts under the runs
+        speeds = probe_clusters(spec, calibration)
+        if len(speeds) < 2:
+            speeds = []
         for case in spec.cases:
             salt = f"[real sim {case.name}]\n"
             wfs = sim_workflows(plans[case.name], tokenizer, salt=salt,
@@ -681,17 +686,12 @@ def run_real(
             at = {c: {p: _mean(list(sim_run(wfs, c, p, stock_engine=p != "saga",
                                             estimates=seen, runs=named).values()))
                       for p in spec.policies}
-                  for c in {simulated[r] for r in reps}}
+                  for c in {*(simulated[r] for r in reps), *speeds}}
             sim[case.name] = {p: _mean([at[simulated[r]][p] for r in reps])
                               for p in spec.policies}
-            # the same at each probe's speed in turn: how far the prediction moves with
-            # the engines' speed alone, which drifts under the runs
-            speeds = probe_clusters(spec, calibration)
-            if len(speeds) > 1:
-                tcts = {p: [at[c][p] if c in at else _mean(list(sim_run(
-                    wfs, c, p, stock_engine=p != "saga", estimates=seen,
-                    runs=named).values())) for c in speeds] for p in spec.policies}
-                band[case.name] = {p: [min(v), max(v)] for p, v in tcts.items()}
+            if speeds:
+                band[case.name] = {p: [min(at[c][p] for c in speeds),
+                                       max(at[c][p] for c in speeds)] for p in spec.policies}
     summary = summarize(spec, runs, sim, quick=quick, wall=wall, calibration=calibration,
                         clusters=[simulated[r] for r in sorted(simulated)], band=band)
     if simulated != clusters:
@@ -801,9 +801,8 @@ def summarize(
     if clusters:
         summary["sim_clusters"] = list(clusters)
     if calibration is not None:
-        summary["calibration"] = calibration
-        if spread := probe_spread(calibration):
-            calibration["spread"] = spread
+        spread = probe_spread(calibration)
+        summary["calibration"] = {**calibration, "spread": spread} if spread else calibration
     return summary
 
 

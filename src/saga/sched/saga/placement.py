@@ -78,7 +78,6 @@ class Predictor:
         # backlog seconds by (backlog tokens, queued calls): a placement prices the backlog
         # of every candidate, twice when it steals, and the arithmetic took a third of a
         # busy placement at 1,024 replicas (benchmarks/sched_overhead.py); cleared when full
-        self._fixed = backlog_price == "fixed"
         self._backlog_memo: dict[tuple[int, int], float] = {}
 
     def prefill(self, prompt: int, cached: int) -> float:
@@ -92,7 +91,7 @@ class Predictor:
         tokens = replica.backlog_tokens
         if tokens <= 0:
             return 0.0
-        if self._fixed:
+        if self.backlog_price == "fixed":
             return tokens * self.t_token
         key = (tokens, len(replica.waiting) + len(replica.running))
         memo = self._backlog_memo
