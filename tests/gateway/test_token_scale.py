@@ -34,6 +34,28 @@ def test_scale_is_the_ratio_of_engine_to_estimated_tokens_over_the_answers() -> 
     assert (scale.estimated, scale.engine, scale.factor) == (0, 0, 1.0)
 
 
+def test_a_prior_counts_the_calls_before_the_first_answer_and_the_answers_replace_it() -> None:
+    import pytest
+
+    scale = TokenScale(prior=1.6)
+    assert scale.factor == 1.6 and scale.tokens(100) == 160 and scale.tokens(0) == 1
+    scale.observe(100, 120)  # the engine's own count wins from its first answer
+    assert scale.factor == 1.2 and scale.tokens(100) == 120
+    scale.assign(0, 0)
+    assert scale.factor == 1.6
+    with pytest.raises(ValueError, match="positive"):
+        TokenScale(prior=0.0)
+    # the gateway takes its prior from its configuration, validated there
+    from saga.gateway.app import Gateway
+
+    config = {"policy": "saga", "cluster": "cpu-tiny",
+              "backends": [{"url": "http://127.0.0.1:1", "kind": "vllm"}]}
+    assert Gateway(GatewayConfig.model_validate(
+        {**config, "token_scale_prior": 1.6})).token_scale.factor == 1.6
+    with pytest.raises(ValueError, match="token_scale_prior"):
+        GatewayConfig.model_validate({**config, "token_scale_prior": -1})
+
+
 def test_usage_counts_reads_the_prompt_and_total_tokens() -> None:
     vllm = {"choices": [], "usage": {"prompt_tokens": 2198, "total_tokens": 2230,
                                      "completion_tokens": 32,

@@ -192,3 +192,91 @@ def _busy_prefill() -> float:
     from saga.engine.cluster import get_cluster
 
     return get_cluster("cpu-tiny").cost_model().prefill_time(5888, 512)
+
+
+def _stored(blocks: int, session: str) -> dict[str, object]:
+    """vLLM's BlockStored event for the first ``blocks`` blocks of ``session``'s prompt."""
+    hashes = [hash((session, i)) for i in range(blocks)]
+    return {"type": "BlockStored", "block_hashes": hashes, "parent_block_hash": None,
+            "token_ids": [], "block_size": 16, "medium": "GPU", "session_id": session}
+
+
+def test_with_kv_events_a_prefill_is_not_aged_past_what_the_engine_has_stored() -> None:
+    """1 ms per uncached token: A's 999-token prefill is predicted over [0, 1]. The engine
+    publishes a step's blocks once the step has run: until A's prompt blocks are stored,
+    A is still prefilling at 3.0 (its 62 full blocks ahead); once 40 of them are stored,
+    22 blocks (352 tokens); once all are, the model's aging again, which had it over."""
+    from saga.gateway.kv_events import KVIndex
+
+    view = RemoteReplicaView(0, capacity_blocks=64, block_tokens=16, max_concurrency=4,
+                             prefill_time=lambda prompt, cached: (prompt - cached) * 1e-3)
+    index = KVIndex()
+    view.events = index
+    a = GatewayCall(_info("a", 0, 1000, 62), 8, 16, 1, 0.0)
+    assert view.try_start(a, 0.0)
+    view.age(0.5)
+    assert a.backlog == 62 * 16  # nothing stored yet: the model's 500 is not taken on trust
+    view.age(3.0)
+    assert view.backlog_tokens == a.backlog == 62 * 16
+    index.apply_batch(0, [_stored(40, "a")])
+    view.age(3.1)
+    assert view.backlog_tokens == a.backlog == (62 - 40) * 16
+    index.apply_batch(1, [_stored(62, "a")])
+    view.age(3.2)
+    assert view.backlog_tokens == a.backlog == 0
+    view.check_queue_tokens()
+
+    # an engine ahead of the model: stored blocks never take off more than the model says
+    b = GatewayCall(_info("b", 0, 1000, 62), 8, 16, 2, 4.0)
+    assert view.try_start(b, 4.0)
+    index.apply_batch(2, [_stored(62, "b")])
+    view.age(4.25)
+    assert b.backlog == 750
+
+
+def test_saga_sends_a_new_workflow_away_from_a_prefill_the_engine_has_not_finished() -> None:
+    """The real bench's light case on a slow machine: ``first`` (replica 0) runs a call
+    that hit its cache; ``slow`` (replica 1) was sent a 2,400-token prompt well past its
+    predicted prefill. Without events the view has the prefill over, replica 1 has no
+    backlog and the newcomer joins it; with them the engine has not stored ``slow``'s
+    prompt, its prefill is still ahead, and the newcomer goes to replica 0."""
+    from saga.gateway.app import WorkflowState
+    from saga.gateway.kv_events import KVIndex
+    from saga.sched.view import WorkflowInfo
+
+    def newcomer_goes_to(events: bool) -> int:
+        gateway = _two_replica_gateway()
+        views = gateway.views
+        indexes = [KVIndex(), KVIndex()]
+        if events:
+            for view, index in zip(views, indexes, strict=True):
+                view.events = index
+        flows = {w: WorkflowState(WorkflowInfo(w, "t", "a", 0.0, None))
+                 for w in ("first", "slow", "new")}
+
+        def start(info: CallInfo, now: float, at: int | None = None) -> GatewayCall:
+            index = asyncio.run(gateway.pipeline.place(info, None, now, flows[info.workflow]))
+            assert at is None or index == at
+            call = GatewayCall(info, 32, 128, info.index + 1, now)
+            assert views[index].try_start(call, now)
+            return call
+
+        done = start(_info("first", 0, 2200, 17), 0.0, at=0)
+        views[0].finish(done, 0.9, lambda c: True)
+        gateway.policy.on_call_finished(done.info, 0, 0.9)
+        indexes[0].apply_batch(0, [_stored(17, "first") | {"block_size": 128}])
+        start(_info("slow", 0, 2400, 18), 1.0, at=1)
+        start(_info("first", 1, 2300, 17), 1.75, at=0)
+        predicted = get_cluster_prefill(2400, 0)
+        now = 1.0 + 2 * predicted  # twice its predicted prefill: the model has it over
+        return asyncio.run(gateway.pipeline.place(_info("new", 0, 2000, 15), None, now,
+                                                  flows["new"]))
+
+    assert newcomer_goes_to(events=False) == 1
+    assert newcomer_goes_to(events=True) == 0
+
+
+def get_cluster_prefill(prompt: int, cached: int) -> float:
+    from saga.engine.cluster import get_cluster
+
+    return get_cluster("cpu-tiny").cost_model().prefill_time(prompt, cached)

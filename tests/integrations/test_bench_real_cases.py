@@ -126,3 +126,15 @@ def test_a_missing_engine_is_an_error_before_any_engine_starts(
     monkeypatch.setattr(real_llama, "start_llama", started)
     with pytest.raises(UserError, match=message):
         real.run_real(tmp_path, engine=engine, progress=lambda _: None)
+
+
+def test_both_engines_gateways_count_prompts_at_the_benchs_token_scale_before_any_answer(
+    tmp_path: Path,
+) -> None:
+    from saga.bench.real_llama import gateway_config as llama_config
+
+    bench = RealBench()
+    vllm = real.gateway_config(bench, ["http://127.0.0.1:1"], "saga", "cpu-tiny")
+    llama = llama_config(bench, bench.llama, [("http://127.0.0.1:2", tmp_path)], "saga",
+                         "cpu-tiny")
+    assert vllm.token_scale_prior == llama.token_scale_prior == bench.token_scale_prior == 1.6

@@ -64,3 +64,18 @@ def test_the_view_cuts_the_estimate_to_what_the_engine_still_holds() -> None:
     index.apply_batch(1, [{"type": "BlockRemoved", "block_hashes": [3]}])
     assert view.cached_blocks_for(runs) == 2
     assert view.prefix_lookups == [3, 18, 8]
+
+
+def test_a_session_stored_depth_counts_its_chain_as_stored_live_or_not() -> None:
+    index = KVIndex()
+    assert index.session_stored_blocks("w1") == 0
+    index.apply_batch(0, [_stored([1, 2, 3], None, "w1")])
+    index.apply_batch(1, [_stored([4, 5], 3, "w1")])
+    assert index.session_stored_blocks("w1") == 5  # 1 <- 2 <- 3 <- 4 <- 5
+    index.apply_batch(2, [{"type": "BlockRemoved", "block_hashes": [2, 5], "medium": "GPU"}])
+    # computed once, whatever the engine evicted since
+    assert (index.session_stored_blocks("w1"), index.session_prefix_blocks("w1")) == (5, 1)
+    index.apply_batch(3, [_stored([9], 77, "w2")])  # its parent was stored before we listened
+    assert index.session_stored_blocks("w2") == 1
+    index.apply_batch(4, [_stored([6], 2, "w3")])  # a branch off w1's chain
+    assert index.session_stored_blocks("w3") == 3

@@ -145,6 +145,13 @@ class RealBench(BaseModel):
     # memory gate holds at the door into lost work. Deployed in front of agents, the gate's
     # wait is bounded by the client's timeout, so the bench sets max_defer to it.
     max_defer: float = Field(300.0, ge=0, description="the gateway's max_defer, seconds")
+    token_scale_prior: float = Field(
+        1.6, gt=0, description="the gateways' token_scale_prior: the tiny model's tokenizer "
+        "makes about 2.5 characters a token (1.62 estimated tokens per token on this "
+        "repository's Python source, 1.59-1.64 on the cases' agent text), so the sessions "
+        "arriving before the first answer are counted in the engines' tokens as the later "
+        "ones (the light case's tie between two replicas went by working sets 0.6x apart "
+        "in unit: docs/engines.md, \"The light case's tie\")")
     learn_engine_speed: bool = Field(
         False, description="the gateway's learn_engine_speed: its views age the running "
         "prefills at the speed the answers show; off: measured on, it did not change "
@@ -446,6 +453,7 @@ def gateway_config(
                      for i, u in enumerate(urls)],
         "request_timeout": bench.request_timeout, "sticky_sessions": False,
         "max_defer": bench.max_defer, "learn_engine_speed": bench.learn_engine_speed,
+        "token_scale_prior": bench.token_scale_prior,
     })
 
 

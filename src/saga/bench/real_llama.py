@@ -180,7 +180,7 @@ def gateway_config(
                       "kv_tokens": settings.ctx_size}
                      for i, (u, save) in enumerate(replicas)],
         "request_timeout": bench.request_timeout, "sticky_sessions": False,
-        "max_defer": bench.max_defer,
+        "max_defer": bench.max_defer, "token_scale_prior": bench.token_scale_prior,
     })
 
 

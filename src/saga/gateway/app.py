@@ -94,7 +94,7 @@ class Gateway:
         self.policy, self.views, self.model_name = _bind_policy(config)
         #: Engine prompt tokens per estimated token, learned from the answers (one per
         #: gateway: its backends serve one model, whose tokenizer it learns).
-        self.token_scale = TokenScale()
+        self.token_scale = TokenScale(config.token_scale_prior)
         if config.learn_token_scale:
             for view in self.views:
                 view.use_token_scale(self.token_scale)

@@ -193,6 +193,13 @@ class GatewayConfig(BaseModel):
         "policy counts prompts, cached prefixes and KV in the engine's tokens. False: the "
         "plain estimate.",
     )
+    token_scale_prior: float = Field(
+        1.0, gt=0, le=16,
+        description="With learn_token_scale, the engine tokens per estimated token assumed "
+        "before the first answer (1: the plain estimate). Set it to 4 over your tokenizer's "
+        "characters per token (1.6 for the tiny test model's 2.5) so that a burst arriving "
+        "at a fresh gateway is counted as the engines will count it.",
+    )
     learn_engine_speed: bool = Field(
         False,
         description="Learn how much slower than the cluster preset's cost model the "

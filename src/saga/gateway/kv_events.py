@@ -61,6 +61,8 @@ class KVIndex:
         self._parent: dict[BlockHash, BlockHash | None] = {}
         self._child: dict[tuple[BlockHash | None, tuple[int, ...]], BlockHash] = {}
         self._leaf: dict[str, BlockHash] = {}  # session -> its deepest stored block
+        # block -> its place in its chain (1 = a prompt's first block), as stored
+        self._depth: dict[BlockHash, int] = {}
         self.counters = KVEventCounters()
 
     # ---- applying ----------------------------------------------------------------------
@@ -86,8 +88,12 @@ class KVIndex:
             tokens: Sequence[int] = event.get("token_ids") or ()
             size = int(event.get("block_size") or 0)
             parent: BlockHash | None = event.get("parent_block_hash")
+            # a parent stored before the index subscribed has no depth: counted from here
+            depth = 0 if parent is None else self._depth.get(parent, 0)
             for i, h in enumerate(hashes):
                 self._parent[h] = parent
+                depth += 1
+                self._depth[h] = depth
                 if size and len(tokens) >= (i + 1) * size:
                     self._child[(parent, tuple(tokens[i * size:(i + 1) * size]))] = h
                 if h not in self._live:
@@ -132,6 +138,15 @@ class KVIndex:
                     break
                 live += 1
             return live
+
+    def session_stored_blocks(self, session: str) -> int:
+        """How deep into its chain ``session`` last stored a block (0 if it stored
+        nothing here): the full blocks of its prompt (and output) the engine has computed,
+        cached now or not. vLLM publishes a step's stores after the step has run, so a
+        running call's prefill is over once this reaches its prompt's full blocks."""
+        with self._lock:
+            h = self._leaf.get(session)
+            return 0 if h is None else self._depth.get(h, 0)
 
     def match_tokens(self, token_ids: Sequence[int], block_size: int) -> int:
         """Full blocks of a prompt (token ids) the engine has cached, from its start."""

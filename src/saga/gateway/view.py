@@ -478,11 +478,14 @@ class RemoteReplicaView:
         """Take off each running call's backlog the share of its predicted prefill that
         the time since it was sent covers, the replica prefilling its calls one after
         another in the order they were sent, each at the engines' learned speed (a
-        placement calls this first)."""
+        placement calls this first). With the engine's KV events, never below the part
+        of its prompt the engine has not yet published as stored (:meth:`_unstored`):
+        an engine running slower than predicted is seen still prefilling."""
         if self.prefill_time is None:
             return
         stretch = self.speed.factor if self.speed is not None else 1.0
         spans = self._prefills(stretch)
+        events = self.kv.events
         for call in self.running:
             if call.backlog <= 0 or id(call) not in spans:
                 continue
@@ -490,8 +493,23 @@ class RemoteReplicaView:
             uncached = max(0, call.prompt_tokens - call.cached_tokens - 1)
             done = (now - start) / max(call.prefill_seconds * stretch, 1e-9)
             left = min(call.backlog, math.ceil(uncached * max(0.0, 1.0 - done)))
+            if events is not None and left < call.backlog:
+                left = min(call.backlog, max(left, self._unstored(call, events)))
             self.backlog_tokens -= call.backlog - left
             call.backlog = left
+
+    def _unstored(self, call: GatewayCall, events: KVIndex) -> int:
+        """Tokens of the full blocks of running ``call``'s prompt past those its workflow
+        has stored on the engine (:meth:`KVIndex.session_stored_blocks`, in the view's
+        blocks as :meth:`ApproxPrefixIndex.match_blocks` converts them): vLLM publishes
+        the blocks a step computed once the step has run, so a prefill whose full blocks
+        are not all stored is still running there, however long ago it was sent (its
+        last, partial block is never published)."""
+        stored = events.session_stored_blocks(call.workflow)
+        if self.kv.scale is None:
+            stored = int(stored * self.kv.token_ratio)
+        bt = self.block_tokens
+        return max(0, call.prompt_tokens // bt - stored) * bt
 
     def _start(self, call: GatewayCall, now: float) -> None:
         call.scheduled_at = now
