@@ -162,7 +162,8 @@ def simulate(case: RealCase, spec: RealBench, policy: str, cluster: str) -> Any:
     return simulate_deployed(workflows, cluster, policy, stock_engine=policy != "saga",
                              estimates=gateway_estimates(plans, salt=salt),
                              runs=gateway_runs(plans, salt=salt,
-                                               block_tokens=spec.block_tokens))
+                                               block_tokens=spec.block_tokens),
+                             token_scale_prior=spec.token_scale_prior)
 
 
 def refitted(out: Path, summary: dict[str, Any], spec: RealBench) -> Efficiency:

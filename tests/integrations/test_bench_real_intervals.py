@@ -157,3 +157,34 @@ def test_the_script_prints_both_intervals_and_checks_the_recorded_figures(
     bad = subprocess.run([sys.executable, str(script), str(tmp_path / "rec")],
                          capture_output=True, text=True, env=env, check=True).stdout
     assert bad.splitlines()[-1] == "  recorded figures kept: NO"
+
+
+def test_a_records_gateway_presets_are_its_probes_and_the_last_for_the_extra_rounds() -> None:
+    import pytest
+
+    from saga.bench.real import calibrated_cluster
+    from saga.bench.real_rebuild import gateway_presets
+    from saga.engine.cluster import get_cluster
+    from saga.errors import UserError
+
+    spec = RealBench()  # 3 repetitions; the light case 6
+    slow = get_cluster("cpu-tiny").cost_model().efficiency.model_copy(update={"mfu": 0.1})
+    probes = [{}, {"solo": {"efficiency": slow.model_dump()}}, {}]
+    presets = gateway_presets(spec, {"repetitions": probes})
+    plain, fitted = calibrated_cluster(spec, {}), calibrated_cluster(spec, probes[1])
+    assert plain != fitted
+    assert [presets[r] for r in range(6)] == [plain, fitted, plain, plain, plain, plain]
+    with pytest.raises(UserError, match="2 probes for 3 repetitions"):
+        gateway_presets(spec, {"repetitions": probes[:2]})
+
+
+def test_resimulate_refuses_a_record_without_calibrated_vllm_runs(tmp_path: Path) -> None:
+    import pytest
+
+    from saga.bench.real_rebuild import resimulate
+    from saga.errors import UserError
+
+    (tmp_path / "summary.json").write_text(json.dumps({"scenario": "real", "engines": []}))
+    (tmp_path / "runs.jsonl").write_text("")
+    with pytest.raises(UserError, match="no calibrated vLLM part"):
+        resimulate(tmp_path)

@@ -81,6 +81,24 @@ def test_learned_scale_applies_the_ratio_of_the_calls_finished_before_a_call_was
                           ("place", 1000), ("finished", 1000), ("ready", 3100)]
 
 
+
+def test_a_prior_scales_the_calls_ready_before_any_answer_as_the_gateway_does() -> None:
+    inner = _Recorder()
+    estimates = {("default/s000", "c0"): 1000, ("default/s001", "c0"): 1000,
+                 ("default/s000", "c1"): 2000}
+    policy = with_prompt_estimates(inner, estimates, learn_scale=True, prior=1.6)
+    first, second = _call("default/s000", "c0", 1600), _call("default/s001", "c0", 1500)
+    policy.on_call_ready(first, 0.0)
+    policy.on_call_ready(second, 0.1)  # before any answer: the prior's 1.6
+    policy.on_call_finished(first, 1, 1.0)
+    policy.on_call_finished(second, 1, 2.0)  # the answers' 3100 for 2000 replace it
+    policy.on_call_ready(_call("default/s000", "c1", 3000), 2.0)
+    assert inner.seen == [("ready", 1600), ("ready", 1600), ("finished", 1600),
+                          ("finished", 1600), ("ready", 3100)]
+    plain = _Recorder()  # the prior is the learned scale's: without learning, the estimate
+    with_prompt_estimates(plain, estimates, prior=1.6).on_call_ready(first, 0.0)
+    assert plain.seen == [("ready", 1000)]
+
 class _RunsRecorder(_Recorder):
     """Records the blocks each gateway-side hook is given."""
 

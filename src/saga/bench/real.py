@@ -664,42 +664,9 @@ def run_real(
             calibration["probe_seconds"] = sum(
                 r["probe_seconds"] for r in calibration["repetitions"])
     wall = time.monotonic() - started
-    simulated = bracketed(spec, calibration, clusters)
+    simulated, sim, band = simulate_cases(spec, plans, calibration, clusters, simulate)
     if calibration is not None and simulated != clusters:
         calibration["bracketed"] = True
-    sim: dict[str, dict[str, float]] = {}
-    band: dict[str, dict[str, list[float]]] = {}
-    tokenizer = eng.tiny_model_dir() / "tokenizer.json"
-    if simulate and tokenizer.exists():
-        from saga.integrations.replay import gateway_estimates, gateway_runs, sim_workflows
-        from saga.integrations.replay import simulate as sim_run
-
-        # each probe's speed in turn too (``sim_band``): how far the prediction moves with
-        # the engines' speed alone, which drifts under the runs
-        speeds = probe_clusters(spec, calibration)
-        if len(speeds) < 2:
-            speeds = []
-        for case in spec.cases:
-            salt = f"[real sim {case.name}]\n"
-            wfs = sim_workflows(plans[case.name], tokenizer, salt=salt,
-                                block_tokens=spec.block_tokens)
-            # each policy as deployed: the gateway's prompt estimates (and, over stock
-            # vLLM, its prompt blocks), stock vLLM under every policy but saga
-            # (docs/engines.md, "Simulator agreement" and "... under drift"); each
-            # repetition at the speed between the probes around it (:func:`bracketed`),
-            # the mean over the case's repetitions
-            seen = gateway_estimates(plans[case.name], salt=salt)
-            named = gateway_runs(plans[case.name], salt=salt, block_tokens=spec.block_tokens)
-            reps = [r for r in sorted(simulated) if r < spec.reps(case)]
-            at = {c: {p: _mean(list(sim_run(wfs, c, p, stock_engine=p != "saga",
-                                            estimates=seen, runs=named).values()))
-                      for p in spec.policies}
-                  for c in {*(simulated[r] for r in reps), *speeds}}
-            sim[case.name] = {p: _mean([at[simulated[r]][p] for r in reps])
-                              for p in spec.policies}
-            if speeds:
-                band[case.name] = {p: [min(at[c][p] for c in speeds),
-                                       max(at[c][p] for c in speeds)] for p in spec.policies}
     summary = summarize(spec, runs, sim, quick=quick, wall=wall, calibration=calibration,
                         clusters=[simulated[r] for r in sorted(simulated)], band=band)
     if simulated != clusters:
@@ -711,6 +678,56 @@ def run_real(
         summary[LLAMA_KEY] = run_llama(llama_spec, llama_plans, out, quick=quick,
                                        progress=progress, record=record)
     return _written(out, summary, begun)
+
+
+def simulate_cases(
+    spec: RealBench, plans: dict[str, list[ReplayWorkflow]],
+    calibration: dict[str, Any] | None, clusters: dict[int, str], simulate: bool = True,
+) -> tuple[dict[int, str], dict[str, dict[str, float]], dict[str, dict[str, list[float]]]]:
+    """The simulator's part of a run: the preset each repetition is simulated on
+    (:func:`bracketed` over ``clusters``, the presets the gateways ran), each case's mean
+    TCT per policy over its repetitions, and per case and policy the mean TCT at the
+    fastest and the slowest probe's speed (empty with fewer than two probes). Nothing is
+    simulated when ``simulate`` is False or the tiny model is not built."""
+    from saga.integrations import engines as eng
+
+    simulated = bracketed(spec, calibration, clusters)
+    sim: dict[str, dict[str, float]] = {}
+    band: dict[str, dict[str, list[float]]] = {}
+    tokenizer = eng.tiny_model_dir() / "tokenizer.json"
+    if not simulate or not tokenizer.exists():
+        return simulated, sim, band
+    from saga.integrations.replay import gateway_estimates, gateway_runs, sim_workflows
+    from saga.integrations.replay import simulate as sim_run
+
+    # each probe's speed in turn too (``sim_band``): how far the prediction moves with
+    # the engines' speed alone, which drifts under the runs
+    speeds = probe_clusters(spec, calibration)
+    if len(speeds) < 2:
+        speeds = []
+    for case in spec.cases:
+        salt = f"[real sim {case.name}]\n"
+        wfs = sim_workflows(plans[case.name], tokenizer, salt=salt,
+                            block_tokens=spec.block_tokens)
+        # each policy as deployed: the gateway's prompt estimates (and, over stock
+        # vLLM, its prompt blocks), stock vLLM under every policy but saga
+        # (docs/engines.md, "Simulator agreement" and "... under drift"); each
+        # repetition at the speed between the probes around it (:func:`bracketed`),
+        # the mean over the case's repetitions
+        seen = gateway_estimates(plans[case.name], salt=salt)
+        named = gateway_runs(plans[case.name], salt=salt, block_tokens=spec.block_tokens)
+        reps = [r for r in sorted(simulated) if r < spec.reps(case)]
+        at = {c: {p: _mean(list(sim_run(
+                      wfs, c, p, stock_engine=p != "saga", estimates=seen, runs=named,
+                      token_scale_prior=spec.token_scale_prior).values()))
+                  for p in spec.policies}
+              for c in {*(simulated[r] for r in reps), *speeds}}
+        sim[case.name] = {p: _mean([at[simulated[r]][p] for r in reps])
+                          for p in spec.policies}
+        if speeds:
+            band[case.name] = {p: [min(at[c][p] for c in speeds),
+                                   max(at[c][p] for c in speeds)] for p in spec.policies}
+    return simulated, sim, band
 
 
 def _written(out: Path, summary: dict[str, Any], begun: float) -> dict[str, Any]:

@@ -412,11 +412,13 @@ def simulate(
     workflows: Sequence[Workflow], cluster: str, policy: str, *, stock_engine: bool = False,
     estimates: Mapping[tuple[str, str], int] | None = None,
     runs: Mapping[tuple[str, str], tuple[Run, ...]] | None = None,
+    token_scale_prior: float = 1.0,
 ) -> dict[str, float]:
     """Each workflow's TCT in the simulator (ids without the tenant), as
     :func:`simulate_deployed` runs it."""
     result = simulate_deployed(workflows, cluster, policy, stock_engine=stock_engine,
-                               estimates=estimates, runs=runs)
+                               estimates=estimates, runs=runs,
+                               token_scale_prior=token_scale_prior)
     return {w.workflow.split("/", 1)[-1]: w.tct for w in result.workflows}
 
 
@@ -424,27 +426,30 @@ def simulate_deployed(
     workflows: Sequence[Workflow], cluster: str, policy: str, *, stock_engine: bool = False,
     estimates: Mapping[tuple[str, str], int] | None = None, learn_token_scale: bool = True,
     runs: Mapping[tuple[str, str], tuple[Run, ...]] | None = None,
+    token_scale_prior: float = 1.0,
 ) -> SimResult:
     """The simulation of ``policy`` as deployed. ``stock_engine``: the policy's gateway in
     front of stock vLLM (saga.sched.stock), as ``saga bench real`` deploys every policy but
     ``saga``; ``estimates``: the prompt lengths the gateway gives the policy
     (:func:`gateway_estimates`, saga.sched.estimated), scaled by the ratio the gateway
-    learns from the answers when ``learn_token_scale`` (the gateway's setting of that
-    name, on by default). A policy in front of stock vLLM reads the replicas as the gateway
-    sees them (saga.sched.gateway_view: its own queue, the prompts it has in flight as the
-    KV in use, in its prompt count); ``saga``'s one policy object is also the scheduler
-    inside vLLM, which reads vLLM's own queues, so it keeps the engine's view. ``runs``:
-    each call's prompt blocks as the gateway names them (:func:`gateway_runs`), given with
-    ``estimates`` to the gateway-side hooks of a policy in front of stock vLLM, whose
-    routers index what they routed in those blocks (saga.sched.estimated); ``saga``'s view
-    reads the engines' KV events, in the engine's blocks, so it keeps those."""
+    learns from the answers when ``learn_token_scale`` (the gateway's setting of that name,
+    on by default), from ``token_scale_prior`` (the gateway's) before the first. A policy in
+    front of stock vLLM reads the replicas as the gateway sees them
+    (saga.sched.gateway_view: its own queue, the prompts it has in flight as the KV in use,
+    in its prompt count); ``saga``'s one policy object is also the scheduler inside vLLM,
+    which reads vLLM's own queues, so it keeps the engine's view. ``runs``: each call's
+    prompt blocks as the gateway names them (:func:`gateway_runs`), given with ``estimates``
+    to the gateway-side hooks of a policy in front of stock vLLM, whose routers index what
+    they routed in those blocks (saga.sched.estimated); ``saga``'s view reads the engines'
+    KV events, in the engine's blocks, so it keeps those.
+    """
     built = build_policy(policy)
     if stock_engine:
         built = on_stock_vllm(built)
     tokens = None
     if estimates is not None:
         estimated = with_prompt_estimates(built, estimates, learn_token_scale,
-                                          runs if stock_engine else None)
+                                          runs if stock_engine else None, token_scale_prior)
         tokens = estimated.gateway_tokens
         built = estimated
     if stock_engine:

@@ -16,7 +16,8 @@ The gateway learns the ratio of the engine's prompt tokens to its estimates from
 (``usage.prompt_tokens``: :class:`saga.wire.token_scale.TokenScale`, the gateway's
 ``learn_token_scale``, on by default) and scales its next estimates by it; ``learn_scale``
 models that here: each call's estimate is scaled by the ratio of the calls finished before
-it was ready (the engine's count of a finished call is what its answer said).
+it was ready (the engine's count of a finished call is what its answer said), and by
+``prior`` (the gateway's ``token_scale_prior``) before any has finished.
 
 The gateway also names a prompt's KV blocks from its text (:func:`saga.wire.prefix.text_runs`:
 blocks of ``4 x block_tokens`` characters), not from the engine's tokens, and the routers
@@ -51,11 +52,11 @@ class PromptEstimates(WrappedPolicy):
     """``inner`` with the gateway's prompt estimates in its gateway-side hooks."""
 
     def __init__(self, inner: Policy, estimates: Estimates, learn_scale: bool = False,
-                 runs: GatewayRuns | None = None) -> None:
+                 runs: GatewayRuns | None = None, prior: float = 1.0) -> None:
         super().__init__(inner)
         self.estimates = estimates
         self.runs = runs
-        self.scale = TokenScale() if learn_scale else None
+        self.scale = TokenScale(prior) if learn_scale else None
         # the prompt tokens each call in flight was given when it was ready: the gateway
         # makes a call's CallInfo once, so its later hooks see the same count
         self._given: dict[tuple[str, str], int] = {}
@@ -103,13 +104,14 @@ class PromptEstimates(WrappedPolicy):
 
 def with_prompt_estimates(
     inner: Policy, estimates: Estimates, learn_scale: bool = False,
-    runs: GatewayRuns | None = None,
+    runs: GatewayRuns | None = None, prior: float = 1.0,
 ) -> PromptEstimates:
     """``inner`` seeing the gateway's ``estimates`` (scaled as the gateway learns to when
-    ``learn_scale``) and, when given, its ``runs``, named as ``inner`` (a class per wrapped
-    policy: the engine reads ``static_order`` and the simulator ``name`` from the class)."""
+    ``learn_scale``, from ``prior`` before the first answer) and, when given, its
+    ``runs``, named as ``inner`` (a class per wrapped policy: the engine reads
+    ``static_order`` and the simulator ``name`` from the class)."""
     cls = type(f"Estimated_{type(inner).__name__}", (PromptEstimates,),
                {"name": inner.name, "static_order": inner.static_order,
                 "offline": inner.offline})
-    policy: PromptEstimates = cls(inner, estimates, learn_scale, runs)
+    policy: PromptEstimates = cls(inner, estimates, learn_scale, runs, prior)
     return policy
