@@ -224,8 +224,7 @@ class ApproxPrefixIndex:
         owner = self.owner(runs, text_blocks - 1)
         if owner is None:
             return estimate
-        engine = self.events.session_prefix_blocks(owner)
-        held = engine if self.scale is not None else int(engine * self.token_ratio)
+        held = self.from_engine(self.events.session_prefix_blocks(owner))
         matched = min(estimate, held)
         if record:
             stats = self.lookups
@@ -233,6 +232,14 @@ class ApproxPrefixIndex:
             stats[1] += estimate
             stats[2] += matched
         return matched
+
+    def from_engine(self, engine_blocks: int) -> int:
+        """``engine_blocks`` (as the engine's KV events count them) in the blocks this
+        index reports: the engine's own with a learned scale, else converted to the
+        gateway's estimate by the ratio seen on finished calls."""
+        if self.scale is not None:
+            return engine_blocks
+        return int(engine_blocks * self.token_ratio)
 
     def _estimate(self, runs: Sequence[Run]) -> int:
         blocks = self._blocks
@@ -501,13 +508,11 @@ class RemoteReplicaView:
     def _unstored(self, call: GatewayCall, events: KVIndex) -> int:
         """Tokens of the full blocks of running ``call``'s prompt past those its workflow
         has stored on the engine (:meth:`KVIndex.session_stored_blocks`, in the view's
-        blocks as :meth:`ApproxPrefixIndex.match_blocks` converts them): vLLM publishes
+        blocks: :meth:`ApproxPrefixIndex.from_engine`): vLLM publishes
         the blocks a step computed once the step has run, so a prefill whose full blocks
         are not all stored is still running there, however long ago it was sent (its
         last, partial block is never published)."""
-        stored = events.session_stored_blocks(call.workflow)
-        if self.kv.scale is None:
-            stored = int(stored * self.kv.token_ratio)
+        stored = self.kv.from_engine(events.session_stored_blocks(call.workflow))
         bt = self.block_tokens
         return max(0, call.prompt_tokens // bt - stored) * bt
 
